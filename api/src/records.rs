@@ -1,0 +1,273 @@
+//! The records the controller and the agents exchange through the store.
+//!
+//! | key                                  | written by | record            |
+//! |--------------------------------------|------------|-------------------|
+//! | `/baton/agents/<agent>`              | agent      | [`AgentRecord`]    |
+//! | `/baton/instances/<agent>/<id>`      | controller | [`InstanceRecord`] |
+//! | `/baton/status/<agent>/<id>`         | agent      | [`StatusRecord`]   |
+//!
+//! Values are JSON so that `etcdctl get` shows something a human can read. An instance
+//! record carries everything its agent needs to run it: the agent never reads the App.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::resources::ResourceAmounts;
+
+/// What an agent offers: registered under the agent's lease, so it disappears when the
+/// agent dies.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentRecord {
+    pub name: String,
+    /// Where the agent's instances can be reached (an IP address or host name).
+    pub host: String,
+    /// Total resources the agent gives to instances.
+    pub resources: ResourceAmounts,
+    /// Attributes for constraints, e.g. `rack=r1`.
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+    /// Host port ranges the agent hands out as dynamic ports.
+    #[serde(default)]
+    pub ports: Vec<PortRange>,
+    /// The Baton version the agent runs.
+    pub version: String,
+    pub started_at: Timestamp,
+}
+
+/// An inclusive range of host ports, written `31000-31999`.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PortRange {
+    pub begin: u16,
+    pub end: u16,
+}
+
+impl PortRange {
+    pub fn len(self) -> usize {
+        usize::from(self.end.saturating_sub(self.begin)) + usize::from(self.begin <= self.end)
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.begin > self.end
+    }
+
+    pub fn contains(self, port: u16) -> bool {
+        self.begin <= port && port <= self.end
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.begin, self.end)
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = String;
+
+    /// Parses `31000-31999` or a single port `8080`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parse = |p: &str| {
+            p.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|&p| p > 0)
+                .ok_or_else(|| format!("port range {s:?}: {p:?} is not a port number (1-65535)"))
+        };
+        let (begin, end) = match s.split_once('-') {
+            Some((b, e)) => (parse(b)?, parse(e)?),
+            None => {
+                let p = parse(s)?;
+                (p, p)
+            }
+        };
+        if begin > end {
+            return Err(format!("port range {s:?}: the first port is greater than the last"));
+        }
+        Ok(PortRange { begin, end })
+    }
+}
+
+/// Which app an instance belongs to. The uid tells a re-created app of the same name apart
+/// from the one that was deleted.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "camelCase")]
+pub struct AppRef {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+impl fmt::Display for AppRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// What the controller wants of an instance.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Goal {
+    Running,
+    Stopped,
+}
+
+/// How an instance's process is started.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum Command {
+    /// Run by `sh -c`.
+    Shell(String),
+    /// Executed directly: program and arguments.
+    Exec(Vec<String>),
+}
+
+/// A host port assigned to an instance, in the app's port order.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AssignedPort {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub port: u16,
+}
+
+/// One instance, assigned to one agent: everything the agent needs to run it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceRecord {
+    /// Unique in the installation; also the name of the `Instance` view.
+    pub id: String,
+    pub app: AppRef,
+    pub agent: String,
+    pub host: String,
+    /// The app version this instance runs (see [`crate::app::AppSpec::version`]).
+    pub version: String,
+    pub created_at: Timestamp,
+    pub goal: Goal,
+    /// Why the goal became `Stopped` (scale down, app deleted…).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<String>,
+    pub command: Command,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    pub resources: ResourceAmounts,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<AssignedPort>,
+    pub kill_grace_seconds: u32,
+}
+
+/// The life of an instance's process, as its agent reports it.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Phase {
+    /// The agent accepted the instance and is preparing its sandbox.
+    Staging,
+    /// The process runs.
+    Running,
+    /// The process was sent SIGTERM and has not exited yet.
+    Killing,
+    /// The process exited with status 0 on its own.
+    Finished,
+    /// The process exited with a non-zero status or a signal on its own, or could not start.
+    Failed,
+    /// The process was stopped because its goal became `Stopped`.
+    Killed,
+    /// The process is gone and the agent cannot say how it ended (e.g. the agent restarted).
+    Lost,
+}
+
+impl Phase {
+    /// A terminal phase never changes again: the instance is over.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Phase::Finished | Phase::Failed | Phase::Killed | Phase::Lost)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Staging => "Staging",
+            Phase::Running => "Running",
+            Phase::Killing => "Killing",
+            Phase::Finished => "Finished",
+            Phase::Failed => "Failed",
+            Phase::Killed => "Killed",
+            Phase::Lost => "Lost",
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What an agent reports about one instance.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusRecord {
+    pub phase: Phase,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// The process' start time in clock ticks after boot (`/proc/<pid>/stat`, field 22):
+    /// with the pid it identifies the process even after the pid is reused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_start_ticks: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// A human-readable reason, e.g. the end of stderr when the process failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl StatusRecord {
+    /// A status in `phase` with nothing else known yet.
+    pub fn new(phase: Phase) -> Self {
+        Self {
+            phase,
+            pid: None,
+            pid_start_ticks: None,
+            started_at: None,
+            finished_at: None,
+            exit_code: None,
+            signal: None,
+            message: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_ranges_parse_and_refuse_with_the_input_named() {
+        assert_eq!("31000-31999".parse::<PortRange>(), Ok(PortRange { begin: 31000, end: 31999 }));
+        assert_eq!("8080".parse::<PortRange>(), Ok(PortRange { begin: 8080, end: 8080 }));
+        assert_eq!(PortRange { begin: 31000, end: 31999 }.len(), 1000);
+        let err = "32000-31000".parse::<PortRange>().unwrap_err();
+        assert!(err.contains("32000-31000"), "{err}");
+        let err = "0-10".parse::<PortRange>().unwrap_err();
+        assert!(err.contains("\"0\""), "{err}");
+        assert!("a-b".parse::<PortRange>().is_err());
+    }
+
+    #[test]
+    fn terminal_phases() {
+        for p in [Phase::Finished, Phase::Failed, Phase::Killed, Phase::Lost] {
+            assert!(p.is_terminal(), "{p}");
+        }
+        for p in [Phase::Staging, Phase::Running, Phase::Killing] {
+            assert!(!p.is_terminal(), "{p}");
+        }
+    }
+}

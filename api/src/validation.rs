@@ -1,0 +1,355 @@
+//! Validation of user input, reported as Kubernetes field errors.
+//!
+//! Each problem is a [`FieldError`] naming the field path and the offending value; the API
+//! server turns a list of them into a 422 `Status` whose message reads exactly as kubectl
+//! users know it: `spec.instances: Invalid value: -1: must be greater than or equal to 0`.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use serde_json::Value;
+
+use crate::app::{App, AppSpec};
+use crate::names;
+
+/// One problem with one field.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldError {
+    /// The field path, e.g. `spec.ports[1].name`.
+    pub field: String,
+    pub kind: FieldErrorKind,
+    /// What is wrong or what would be right; may be empty.
+    pub detail: String,
+}
+
+/// The kinds of field error Kubernetes reports (`k8s.io/apimachinery/pkg/util/validation/field`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldErrorKind {
+    /// The field must be set.
+    Required,
+    /// The value is not acceptable.
+    Invalid(Value),
+    /// The value has the wrong JSON type (a string where a number belongs).
+    TypeInvalid(Value),
+    /// The field may not be set (in this combination).
+    Forbidden,
+    /// The value repeats one that must be unique.
+    Duplicate(Value),
+    /// The value is not one of a fixed set.
+    NotSupported(Value, Vec<String>),
+    /// The field does not exist in the schema.
+    Unknown,
+}
+
+impl FieldError {
+    pub fn required(field: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self { field: field.into(), kind: FieldErrorKind::Required, detail: detail.into() }
+    }
+
+    pub fn invalid(field: impl Into<String>, value: impl Into<Value>, detail: impl Into<String>) -> Self {
+        Self { field: field.into(), kind: FieldErrorKind::Invalid(value.into()), detail: detail.into() }
+    }
+
+    pub fn forbidden(field: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self { field: field.into(), kind: FieldErrorKind::Forbidden, detail: detail.into() }
+    }
+
+    pub fn duplicate(field: impl Into<String>, value: impl Into<Value>) -> Self {
+        Self { field: field.into(), kind: FieldErrorKind::Duplicate(value.into()), detail: String::new() }
+    }
+
+    pub fn not_supported(field: impl Into<String>, value: impl Into<Value>, supported: &[&str]) -> Self {
+        Self {
+            field: field.into(),
+            kind: FieldErrorKind::NotSupported(value.into(), supported.iter().map(|s| s.to_string()).collect()),
+            detail: String::new(),
+        }
+    }
+
+    pub fn unknown(field: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self { field: field.into(), kind: FieldErrorKind::Unknown, detail: detail.into() }
+    }
+
+    pub fn type_invalid(field: impl Into<String>, value: impl Into<Value>, detail: impl Into<String>) -> Self {
+        Self { field: field.into(), kind: FieldErrorKind::TypeInvalid(value.into()), detail: detail.into() }
+    }
+
+    /// The `reason` of this error's `Status.details.causes` entry.
+    pub fn cause_reason(&self) -> &'static str {
+        match self.kind {
+            FieldErrorKind::Required => "FieldValueRequired",
+            FieldErrorKind::Invalid(_) | FieldErrorKind::Unknown => "FieldValueInvalid",
+            FieldErrorKind::TypeInvalid(_) => "FieldValueTypeInvalid",
+            FieldErrorKind::Forbidden => "FieldValueForbidden",
+            FieldErrorKind::Duplicate(_) => "FieldValueDuplicate",
+            FieldErrorKind::NotSupported(..) => "FieldValueNotSupported",
+        }
+    }
+
+    /// The message without the field path (what `Status.details.causes[].message` holds).
+    pub fn message(&self) -> String {
+        let head = match &self.kind {
+            FieldErrorKind::Required => "Required value".to_string(),
+            FieldErrorKind::Invalid(v) => format!("Invalid value: {}", short_json(v)),
+            FieldErrorKind::TypeInvalid(v) => format!("Invalid value: {}", short_json(v)),
+            FieldErrorKind::Forbidden => "Forbidden".to_string(),
+            FieldErrorKind::Duplicate(v) => format!("Duplicate value: {}", short_json(v)),
+            FieldErrorKind::NotSupported(v, supported) => {
+                let list: Vec<String> = supported.iter().map(|s| format!("{s:?}")).collect();
+                format!("Unsupported value: {}: supported values: {}", short_json(v), list.join(", "))
+            }
+            FieldErrorKind::Unknown => "Unknown field".to_string(),
+        };
+        if self.detail.is_empty() { head } else { format!("{head}: {}", self.detail) }
+    }
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message())
+    }
+}
+
+/// JSON for a message, cut short so a huge value cannot flood an error.
+fn short_json(v: &Value) -> String {
+    let s = v.to_string();
+    if s.len() > 120 {
+        let cut = (0..=120).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0);
+        format!("{}…", &s[..cut])
+    } else {
+        s
+    }
+}
+
+/// Everything wrong with an App, in field order. Empty means valid.
+pub fn validate_app(app: &App) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    if let Some(name) = &app.metadata.name
+        && let Some(problem) = names::dns_label_problem(name)
+    {
+        errors.push(FieldError::invalid("metadata.name", name.as_str(), problem));
+    }
+    validate_app_spec(&app.spec, &mut errors);
+    errors
+}
+
+/// Environment variables the agent sets itself; an app may not override them.
+fn reserved_env(name: &str) -> bool {
+    let port_n =
+        name.strip_prefix("PORT").is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()));
+    name == "PORT"
+        || name == "PORTS"
+        || name == "HOST"
+        || port_n
+        || name.starts_with("PORT_")
+        || name.starts_with("BATON_")
+}
+
+/// The most ports one instance may ask for.
+pub const MAX_PORTS: usize = 64;
+
+fn validate_app_spec(spec: &AppSpec, errors: &mut Vec<FieldError>) {
+    if spec.instances < 0 {
+        errors.push(FieldError::invalid("spec.instances", spec.instances, "must be greater than or equal to 0"));
+    }
+
+    match (&spec.cmd, &spec.args) {
+        (None, None) => errors.push(FieldError::required("spec.cmd", "one of spec.cmd or spec.args is required")),
+        (Some(_), Some(_)) => errors.push(FieldError::forbidden("spec.args", "may not be set together with spec.cmd")),
+        (Some(cmd), None) => {
+            if cmd.trim().is_empty() {
+                errors.push(FieldError::invalid("spec.cmd", cmd.as_str(), "must not be empty"));
+            } else if cmd.contains('\0') {
+                errors.push(FieldError::invalid("spec.cmd", cmd.as_str(), "must not contain NUL characters"));
+            }
+        }
+        (None, Some(args)) => {
+            if args.is_empty() {
+                errors.push(FieldError::required("spec.args", "must name at least the program to run"));
+            } else if args[0].trim().is_empty() {
+                errors.push(FieldError::invalid(
+                    "spec.args[0]",
+                    args[0].as_str(),
+                    "the program to run must not be empty",
+                ));
+            }
+            for (i, arg) in args.iter().enumerate() {
+                if arg.contains('\0') {
+                    errors.push(FieldError::invalid(
+                        format!("spec.args[{i}]"),
+                        arg.as_str(),
+                        "must not contain NUL characters",
+                    ));
+                }
+            }
+        }
+    }
+
+    let r = &spec.resources;
+    let positive = |field: &str, value: f64, errors: &mut Vec<FieldError>| {
+        if !(value.is_finite() && value > 0.0) {
+            errors.push(FieldError::invalid(field, value, "must be greater than 0"));
+        }
+    };
+    positive("spec.resources.cpus", r.cpus, errors);
+    positive("spec.resources.mem", r.mem, errors);
+    if !(r.disk.is_finite() && r.disk >= 0.0) {
+        errors.push(FieldError::invalid("spec.resources.disk", r.disk, "must be greater than or equal to 0"));
+    }
+
+    if spec.ports.len() > MAX_PORTS {
+        errors.push(FieldError::invalid(
+            "spec.ports",
+            spec.ports.len(),
+            format!("must have at most {MAX_PORTS} ports"),
+        ));
+    }
+    let mut port_names = BTreeSet::new();
+    for (i, port) in spec.ports.iter().enumerate() {
+        if port.port != 0 {
+            errors.push(FieldError::not_supported(format!("spec.ports[{i}].port"), port.port, &["0"]));
+        }
+        if let Some(name) = &port.name {
+            let field = format!("spec.ports[{i}].name");
+            if let Some(problem) = port_name_problem(name) {
+                errors.push(FieldError::invalid(field, name.as_str(), problem));
+            } else if !port_names.insert(env_port_suffix(name)) {
+                errors.push(FieldError::duplicate(field, name.as_str()));
+            }
+        }
+    }
+
+    for (name, value) in &spec.env {
+        let field = format!("spec.env[{name}]");
+        if name.is_empty() || name.contains('=') || name.contains('\0') {
+            errors.push(FieldError::invalid(
+                field,
+                name.as_str(),
+                "an environment variable name must be non-empty and contain no '=' or NUL",
+            ));
+        } else if reserved_env(name) {
+            errors.push(FieldError::forbidden(
+                field,
+                "set by the agent for every instance (PORT, PORTS, PORT<N>, PORT_<NAME>, HOST, BATON_*)",
+            ));
+        } else if value.contains('\0') {
+            errors.push(FieldError::invalid(field, value.as_str(), "must not contain NUL characters"));
+        }
+    }
+
+    for (key, value) in &spec.labels {
+        if let Some(problem) = names::label_key_problem(key) {
+            errors.push(FieldError::invalid("spec.labels", key.as_str(), problem));
+        } else if key == crate::APP_LABEL {
+            errors.push(FieldError::forbidden(
+                format!("spec.labels[{key}]"),
+                "set by Baton to the app's name on every instance",
+            ));
+        } else if let Some(problem) = names::label_value_problem(value) {
+            errors.push(FieldError::invalid(format!("spec.labels[{key}]"), value.as_str(), problem));
+        }
+    }
+
+    if let Some(grace) = spec.task_kill_grace_period_seconds
+        && !(0..=3600).contains(&grace)
+    {
+        errors.push(FieldError::invalid("spec.taskKillGracePeriodSeconds", grace, "must be between 0 and 3600"));
+    }
+}
+
+/// Port names are IANA service names, as in Kubernetes: at most 15 lowercase alphanumerics
+/// or '-', with at least one letter.
+fn port_name_problem(name: &str) -> Option<&'static str> {
+    let ok = !name.is_empty()
+        && name.len() <= 15
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name.bytes().any(|b| b.is_ascii_lowercase())
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--");
+    (!ok).then_some(
+        "must be at most 15 lowercase alphanumeric characters or '-', contain a letter, and not start or end with '-'",
+    )
+}
+
+/// The `<NAME>` of `$PORT_<NAME>` for a port name: `metrics-http` → `METRICS_HTTP`.
+pub fn env_port_suffix(name: &str) -> String {
+    name.to_ascii_uppercase().replace('-', "_")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::PortDefinition;
+    use crate::resources::Resources;
+
+    fn spec() -> AppSpec {
+        AppSpec {
+            instances: 3,
+            cmd: Some("python3 -m http.server $PORT0".into()),
+            args: None,
+            resources: Resources::default(),
+            ports: vec![PortDefinition { name: Some("http".into()), port: 0 }],
+            env: Default::default(),
+            labels: Default::default(),
+            task_kill_grace_period_seconds: None,
+        }
+    }
+
+    fn errors_of(spec: AppSpec) -> Vec<String> {
+        let app = App::new("web", spec);
+        validate_app(&app).iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn a_good_app_has_no_errors() {
+        assert!(errors_of(spec()).is_empty());
+    }
+
+    #[test]
+    fn each_bad_field_is_named_with_its_value() {
+        let cases: Vec<(Box<dyn Fn(&mut AppSpec)>, &str)> = vec![
+            (Box::new(|s| s.instances = -1), "spec.instances: Invalid value: -1: must be greater than or equal to 0"),
+            (Box::new(|s| s.cmd = None), "spec.cmd: Required value: one of spec.cmd or spec.args is required"),
+            (
+                Box::new(|s| s.args = Some(vec!["x".into()])),
+                "spec.args: Forbidden: may not be set together with spec.cmd",
+            ),
+            (Box::new(|s| s.resources.mem = 0.0), "spec.resources.mem: Invalid value: 0.0: must be greater than 0"),
+            (Box::new(|s| s.resources.cpus = -1.0), "spec.resources.cpus: Invalid value: -1.0: must be greater than 0"),
+            (
+                Box::new(|s| s.ports[0].port = 8080),
+                "spec.ports[0].port: Unsupported value: 8080: supported values: \"0\"",
+            ),
+            (
+                Box::new(|s| s.ports.push(PortDefinition { name: Some("http".into()), port: 0 })),
+                "spec.ports[1].name: Duplicate value: \"http\"",
+            ),
+            (Box::new(|s| _ = s.env.insert("PORT0".into(), "1".into())), "spec.env[PORT0]: Forbidden"),
+            (Box::new(|s| _ = s.labels.insert("app".into(), "x".into())), "spec.labels[app]: Forbidden"),
+            (
+                Box::new(|s| s.task_kill_grace_period_seconds = Some(-5)),
+                "spec.taskKillGracePeriodSeconds: Invalid value: -5",
+            ),
+        ];
+        for (change, expected) in cases {
+            let mut s = spec();
+            change(&mut s);
+            let errors = errors_of(s);
+            assert_eq!(errors.len(), 1, "expected exactly one error like {expected:?}, got {errors:?}");
+            assert!(errors[0].starts_with(expected), "got {:?}, expected it to start with {expected:?}", errors[0]);
+        }
+    }
+
+    #[test]
+    fn app_names_must_be_dns_labels() {
+        let app = App::new("Web_1", spec());
+        let errors = validate_app(&app);
+        assert_eq!(errors[0].field, "metadata.name");
+    }
+
+    #[test]
+    fn env_port_suffix_uppercases_and_replaces_dashes() {
+        assert_eq!(env_port_suffix("metrics-http"), "METRICS_HTTP");
+    }
+}

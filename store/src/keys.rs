@@ -1,0 +1,124 @@
+//! The keyspace: where each kind of record lives (DESIGN.md §4).
+//!
+//! Every key sits under one root (default `/baton`) so several installations can share an
+//! etcd. Instances and statuses are keyed by agent first, so an agent watches exactly its
+//! own work with one prefix watch and only ever writes under its own name.
+
+/// The default root of every key.
+pub const DEFAULT_ROOT: &str = "/baton";
+
+/// Builds and parses the keys of one installation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keyspace {
+    root: String,
+}
+
+impl Default for Keyspace {
+    fn default() -> Self {
+        Self::new(DEFAULT_ROOT)
+    }
+}
+
+impl Keyspace {
+    /// A keyspace under `root` (e.g. `/baton`); a trailing '/' is ignored.
+    pub fn new(root: &str) -> Self {
+        Self { root: root.trim_end_matches('/').to_string() }
+    }
+
+    /// `/baton/agents/`: one key per live agent.
+    pub fn agents(&self) -> String {
+        format!("{}/agents/", self.root)
+    }
+
+    pub fn agent(&self, agent: &str) -> String {
+        format!("{}/agents/{agent}", self.root)
+    }
+
+    /// `/baton/instances/`: what the controller assigned to every agent.
+    pub fn instances(&self) -> String {
+        format!("{}/instances/", self.root)
+    }
+
+    /// `/baton/instances/<agent>/`: what one agent must run.
+    pub fn agent_instances(&self, agent: &str) -> String {
+        format!("{}/instances/{agent}/", self.root)
+    }
+
+    pub fn instance(&self, agent: &str, id: &str) -> String {
+        format!("{}/instances/{agent}/{id}", self.root)
+    }
+
+    /// `/baton/status/`: what every agent reports about its instances.
+    pub fn statuses(&self) -> String {
+        format!("{}/status/", self.root)
+    }
+
+    pub fn agent_statuses(&self, agent: &str) -> String {
+        format!("{}/status/{agent}/", self.root)
+    }
+
+    pub fn status(&self, agent: &str, id: &str) -> String {
+        format!("{}/status/{agent}/{id}", self.root)
+    }
+
+    /// `/baton/leader/<scope>`: the election key of a controller scope.
+    pub fn leader(&self, scope: &str) -> String {
+        format!("{}/leader/{scope}", self.root)
+    }
+
+    /// Prefix of API objects of one resource, optionally in one namespace:
+    /// `/baton/registry/<group>/<plural>/[<ns>/]`.
+    pub fn registry(&self, group: &str, plural: &str, namespace: Option<&str>) -> String {
+        match namespace {
+            Some(ns) => format!("{}/registry/{group}/{plural}/{ns}/", self.root),
+            None => format!("{}/registry/{group}/{plural}/", self.root),
+        }
+    }
+
+    /// Key of one API object.
+    pub fn registry_object(&self, group: &str, plural: &str, namespace: Option<&str>, name: &str) -> String {
+        format!("{}{name}", self.registry(group, plural, namespace))
+    }
+
+    /// `(agent, id)` of an instance or status key; `None` for any other key.
+    pub fn parse_agent_item<'k>(&self, prefix: &str, key: &'k str) -> Option<(&'k str, &'k str)> {
+        let rest = key.strip_prefix(prefix)?;
+        let (agent, id) = rest.split_once('/')?;
+        (!agent.is_empty() && !id.is_empty() && !id.contains('/')).then_some((agent, id))
+    }
+
+    /// `(agent, id)` of a key under [`Keyspace::instances`].
+    pub fn parse_instance_key<'k>(&self, key: &'k str) -> Option<(&'k str, &'k str)> {
+        self.parse_agent_item(&self.instances(), key)
+    }
+
+    /// `(agent, id)` of a key under [`Keyspace::statuses`].
+    pub fn parse_status_key<'k>(&self, key: &'k str) -> Option<(&'k str, &'k str)> {
+        self.parse_agent_item(&self.statuses(), key)
+    }
+
+    /// The agent name of a key under [`Keyspace::agents`].
+    pub fn parse_agent_key<'k>(&self, key: &'k str) -> Option<&'k str> {
+        key.strip_prefix(&self.agents()).filter(|name| !name.is_empty() && !name.contains('/'))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip() {
+        let ks = Keyspace::new("/baton/");
+        assert_eq!(ks.instance("a1", "web-x"), "/baton/instances/a1/web-x");
+        assert_eq!(ks.parse_instance_key("/baton/instances/a1/web-x"), Some(("a1", "web-x")));
+        assert_eq!(ks.parse_status_key(&ks.status("a1", "web-x")), Some(("a1", "web-x")));
+        assert_eq!(ks.parse_instance_key("/baton/instances/a1/"), None);
+        assert_eq!(ks.parse_instance_key("/baton/status/a1/x"), None);
+        assert_eq!(ks.parse_agent_key(&ks.agent("n3")), Some("n3"));
+        assert_eq!(
+            ks.registry_object("baton.dev", "apps", Some("default"), "web"),
+            "/baton/registry/baton.dev/apps/default/web"
+        );
+    }
+}
