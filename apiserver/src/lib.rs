@@ -1,1 +1,309 @@
-//! placeholder
+//! `baton apiserver`: a Kubernetes-compatible API for Baton's kinds, stored in Baton's store.
+//!
+//! kubectl and kube-rs talk to it exactly as to a Kubernetes API server (see
+//! `docs/kube-api-compat.md` in the shared docs for what they need on the wire): discovery,
+//! CRUD with `resourceVersion` concurrency, list and watch from a revision, merge and JSON
+//! patches, the `status` and `scale` subresources, Table output with the printer columns,
+//! and `Status` errors that name the field and the value. Stored kinds live under
+//! `/baton/registry/…`; the `Instance` view is built from the controller's and agents'
+//! records. This crate knows nothing of scheduling: it stores, validates and serves.
+#![deny(warnings, rust_2018_idioms)]
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use baton_store::{Keyspace, Store};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+mod discovery;
+pub mod kinds;
+pub mod kubeconfig;
+mod objects;
+mod request;
+mod selectors;
+pub mod status;
+mod table;
+mod view;
+mod watch;
+
+use kinds::Kind;
+use objects::Part;
+use request::Query;
+use status::{ApiError, ApiResult};
+use table::{Format, negotiate};
+
+/// The largest request body accepted (as Kubernetes: 3 MiB).
+pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+/// The API server: a store, the kinds it serves, and a token that ends open watches on
+/// shutdown.
+pub struct ApiServer {
+    store: Arc<dyn Store>,
+    keys: Keyspace,
+    kinds: Vec<Kind>,
+    shutdown: CancellationToken,
+}
+
+/// A successful answer: status code, JSON body, and `Warning` headers.
+pub struct Reply {
+    code: StatusCode,
+    body: Value,
+    warnings: Vec<String>,
+}
+
+impl Reply {
+    pub fn json(code: StatusCode, body: Value) -> Self {
+        Self { code, body, warnings: Vec::new() }
+    }
+
+    pub fn with_warnings(mut self, warnings: Vec<String>) -> Self {
+        self.warnings = warnings;
+        self
+    }
+
+    fn render(self, format: Format, kind: &Kind, include: table::IncludeObject) -> Response {
+        let body = match format {
+            // A Status or a Scale is never a table.
+            Format::Table(version) if self.body.get("kind").and_then(Value::as_str) == Some(kind.kind.as_str()) => {
+                let rv = self.body.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(str::to_string);
+                table::table(kind, version, std::slice::from_ref(&self.body), rv.as_deref(), include)
+            }
+            _ => self.body,
+        };
+        let mut response = (self.code, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response();
+        for warning in self.warnings {
+            let escaped = warning.replace('\\', "\\\\").replace('"', "\\\"");
+            if let Ok(value) = HeaderValue::from_str(&format!("299 - \"{escaped}\"")) {
+                response.headers_mut().append(header::WARNING, value);
+            }
+        }
+        response
+    }
+}
+
+impl ApiServer {
+    pub fn new(store: Arc<dyn Store>, keys: Keyspace) -> Arc<Self> {
+        Arc::new(Self { store, keys, kinds: kinds::all(), shutdown: CancellationToken::new() })
+    }
+
+    /// Ends every open watch (so a graceful shutdown can complete).
+    pub fn close_watches(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// The HTTP routes.
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new().fallback(dispatch).with_state(self.clone())
+    }
+
+    fn kind(&self, group: &str, version: &str, plural: &str) -> Option<&Kind> {
+        self.kinds.iter().find(|k| k.group == group && k.version == version && k.plural == plural)
+    }
+
+    async fn handle(&self, method: Method, uri: Uri, headers: HeaderMap, body: Body) -> ApiResult<Response> {
+        let path = uri.path().to_string();
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+        let ok = |value: Value| {
+            Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], value.to_string()).into_response())
+        };
+        let discovery = |aggregated: Value, legacy: Value| match discovery::aggregated_version(accept) {
+            Some(version) => {
+                let mut doc = aggregated;
+                doc["apiVersion"] = json!(format!("apidiscovery.k8s.io/{version}"));
+                Ok((
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, discovery::aggregated_content_type(version))],
+                    doc.to_string(),
+                )
+                    .into_response())
+            }
+            None => ok(legacy),
+        };
+        let is_resource = segments.len() > 3 && segments[0] == "apis";
+        if method != Method::GET && !is_resource {
+            return Err(ApiError::method_not_allowed(&path));
+        }
+        match segments.as_slice() {
+            ["healthz"] | ["readyz"] | ["livez"] => Ok((StatusCode::OK, "ok").into_response()),
+            ["version"] => ok(discovery::version()),
+            ["api"] => discovery(discovery::aggregated_core("v2"), discovery::core_versions()),
+            ["apis"] => discovery(discovery::aggregated(&self.kinds, "v2"), discovery::group_list(&self.kinds)),
+            ["apis", group] if *group == baton_api::GROUP => ok(discovery::group(&self.kinds)),
+            ["apis", group, version] if *group == baton_api::GROUP && *version == baton_api::VERSION => {
+                ok(discovery::resource_list(&self.kinds))
+            }
+            ["openapi", "v2"] => Ok(openapi_v2(accept)),
+            ["apis", group, version, "namespaces", namespace, plural, rest @ ..] => {
+                self.resource(method, group, version, plural, Some(namespace), rest, uri.query(), &headers, body).await
+            }
+            ["apis", group, version, plural, rest @ ..] => {
+                self.resource(method, group, version, plural, None, rest, uri.query(), &headers, body).await
+            }
+            _ => Err(ApiError::not_found_path(&path)),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn resource(
+        &self,
+        method: Method,
+        group: &str,
+        version: &str,
+        plural: &str,
+        namespace: Option<&str>,
+        rest: &[&str],
+        raw_query: Option<&str>,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> ApiResult<Response> {
+        let path = format!("/apis/{group}/{version}/{plural}");
+        let kind = self.kind(group, version, plural).ok_or_else(|| ApiError::not_found_path(&path))?.clone();
+        let (name, subresource) = match rest {
+            [] => (None, None),
+            [name] => (Some(*name), None),
+            [name, sub] => (Some(*name), Some(*sub)),
+            _ => return Err(ApiError::not_found_path(&path)),
+        };
+        let scope_fits = if kind.namespaced { namespace.is_some() || name.is_none() } else { namespace.is_none() };
+        let sub_exists = match subresource {
+            None => true,
+            Some("status") => kind.status_subresource,
+            Some("scale") => kind.scale.is_some(),
+            Some(_) => false,
+        };
+        if !scope_fits || !sub_exists {
+            return Err(ApiError::not_found_path(&path));
+        }
+        if let Some(ns) = namespace
+            && let Some(problem) = baton_api::names::dns_label_problem(ns)
+        {
+            return Err(ApiError::bad_request(format!("namespace {ns:?} is not a valid namespace name: {problem}")));
+        }
+        let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+        let format = negotiate(accept)?;
+        let query = Query::parse(raw_query)?;
+        let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+        let view = kind.is_read_only();
+        let part = match subresource {
+            Some("status") => Part::Status,
+            Some("scale") => Part::Scale,
+            _ => Part::Main,
+        };
+        let reply = match (method.clone(), name) {
+            (Method::GET, None) if query.watch => {
+                return if view {
+                    self.watch_instances(&kind, namespace, &query, format).await
+                } else {
+                    self.watch_registry(&kind, namespace, &query, format).await
+                };
+            }
+            (Method::GET, None) => {
+                let (objects, revision) = if view {
+                    self.list_instances(namespace).await?
+                } else {
+                    self.list_objects(&kind, namespace).await?
+                };
+                let objects: Vec<Value> = objects.into_iter().filter(|o| query.selectors.matches(o)).collect();
+                let rv = revision.to_string();
+                let body = match format {
+                    Format::Table(version) => table::table(&kind, version, &objects, Some(&rv), query.include_object),
+                    Format::Json => json!({
+                        "apiVersion": kind.api_version(),
+                        "kind": format!("{}List", kind.kind),
+                        "metadata": {"resourceVersion": rv},
+                        "items": objects,
+                    }),
+                };
+                return Ok(
+                    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+                );
+            }
+            (Method::GET, Some(name)) => {
+                let object = match (view, part) {
+                    (true, _) => self.get_instance(&kind, namespace, name).await?,
+                    (false, Part::Scale) => self.get_scale(&kind, namespace, name).await?,
+                    (false, _) => self.get_object(&kind, namespace, name).await?,
+                };
+                Reply::json(StatusCode::OK, object)
+            }
+            _ if view => return Err(ApiError::method_not_allowed(&format!("{} (a read-only view)", kind.plural))),
+            (Method::POST, None) => {
+                let body = read_body(body).await?;
+                self.create(&kind, namespace, &query, request::parse_body(content_type, &body)?).await?
+            }
+            (Method::PUT, Some(name)) => {
+                let body = read_body(body).await?;
+                self.replace(&kind, namespace, name, part, &query, request::parse_body(content_type, &body)?).await?
+            }
+            (Method::PATCH, Some(name)) => {
+                let body = read_body(body).await?;
+                self.patch(&kind, namespace, name, part, &query, request::parse_patch(content_type, &body)?).await?
+            }
+            (Method::DELETE, Some(name)) if part == Part::Main => {
+                let body = read_body(body).await?;
+                let options = if body.iter().all(u8::is_ascii_whitespace) {
+                    json!({})
+                } else {
+                    request::parse_body(content_type, &body)?
+                };
+                self.delete(&kind, namespace, name, &query, &options).await?
+            }
+            _ => return Err(ApiError::method_not_allowed(&format!("{method} {path}"))),
+        };
+        Ok(reply.render(format, &kind, query.include_object))
+    }
+}
+
+async fn dispatch(
+    State(server): State<Arc<ApiServer>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = std::time::Instant::now();
+    let (logged_method, logged_uri) = (method.clone(), uri.clone());
+    let response = server.handle(method, uri, headers, body).await.unwrap_or_else(IntoResponse::into_response);
+    tracing::debug!(method = %logged_method, uri = %logged_uri, status = response.status().as_u16(),
+                    micros = started.elapsed().as_micros() as u64, "request");
+    response
+}
+
+async fn read_body(body: Body) -> ApiResult<axum::body::Bytes> {
+    axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| ApiError::too_large(MAX_BODY_BYTES))
+}
+
+/// `/openapi/v2`. kubectl asks for protobuf and only needs a 200 to proceed with apply and
+/// create; validation of Baton's kinds happens on the server (unknown fields are refused
+/// with 422 naming each one).
+fn openapi_v2(accept: Option<&str>) -> Response {
+    const PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
+    if accept.is_some_and(|a| a.contains("protobuf")) {
+        return (StatusCode::OK, [(header::CONTENT_TYPE, PROTOBUF)], Vec::<u8>::new()).into_response();
+    }
+    let doc = json!({"swagger": "2.0", "info": {"title": "Baton", "version": env!("CARGO_PKG_VERSION")}, "paths": {}});
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], doc.to_string()).into_response()
+}
+
+/// Serves the API on `listener` until `shutdown` completes; open watches are ended first so
+/// the shutdown does not wait for clients that never hang up.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    server: Arc<ApiServer>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let closer = server.clone();
+    axum::serve(listener, server.router())
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            closer.close_watches();
+        })
+        .await
+}

@@ -25,6 +25,11 @@ impl Keyspace {
         Self { root: root.trim_end_matches('/').to_string() }
     }
 
+    /// `/baton/`: every key of the installation.
+    pub fn root_prefix(&self) -> String {
+        format!("{}/", self.root)
+    }
+
     /// `/baton/agents/`: one key per live agent.
     pub fn agents(&self) -> String {
         format!("{}/agents/", self.root)

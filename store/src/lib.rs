@@ -25,6 +25,8 @@ pub mod election;
 pub mod embedded;
 pub mod keys;
 
+pub use keys::Keyspace;
+
 /// A store revision: a counter bumped by every change. 0 means "none" (a key that does not
 /// exist has create and mod revision 0).
 pub type Revision = i64;

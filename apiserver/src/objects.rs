@@ -1,0 +1,627 @@
+//! Stored objects: create, get, list, update, patch, delete, and the `status` and `scale`
+//! subresources, with Kubernetes' semantics.
+//!
+//! An object is stored as JSON under `/baton/registry/<group>/<plural>/<ns>/<name>`; its
+//! `resourceVersion` is the key's mod revision, set on the way out, never stored. Every write
+//! is a store transaction that compares the mod revision it read, so concurrent writers
+//! never lose each other's changes: a client that sent a `resourceVersion` gets 409 when it
+//! is stale; a patch or an unconditional update is re-applied to the latest version.
+
+use axum::http::StatusCode;
+use baton_store::{Compare, KeyValue, Op, Txn};
+use jiff::Timestamp;
+use serde_json::{Value, json};
+
+use crate::kinds::{Decoded, Kind, Source};
+use crate::request::{FieldValidation, Query};
+use crate::status::{ApiError, ApiResult, Target};
+use crate::{ApiServer, Reply};
+
+/// How many times a patch or unconditional update is re-applied after losing a race.
+const MAX_ATTEMPTS: usize = 16;
+
+/// Which part of an object a write may change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// Everything but `status` (when the kind has a status subresource).
+    Main,
+    /// Only `status`.
+    Status,
+    /// Only the replicas of the scale subresource.
+    Scale,
+}
+
+/// The body of a patch, by media type.
+pub enum Patch {
+    Merge(Value),
+    Json(Vec<json_patch::PatchOperation>),
+}
+
+pub fn target<'a>(kind: &'a Kind, name: &'a str) -> Target<'a> {
+    Target { group: &kind.group, plural: &kind.plural, kind: &kind.kind, name }
+}
+
+/// The object of a stored key, with its `resourceVersion`.
+pub fn object_of(kv: &KeyValue) -> ApiResult<Value> {
+    let mut object: Value = serde_json::from_slice(&kv.value)
+        .map_err(|e| ApiError::internal(format!("stored object {} is not valid JSON: {e}", kv.key)))?;
+    object["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
+    Ok(object)
+}
+
+/// Now, at the one-second precision Kubernetes timestamps have.
+fn now_seconds() -> Timestamp {
+    Timestamp::from_second(Timestamp::now().as_second()).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+/// Metadata fields only the server sets.
+const SERVER_MANAGED: [&str; 7] = [
+    "uid",
+    "creationTimestamp",
+    "generation",
+    "resourceVersion",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "selfLink",
+];
+
+impl ApiServer {
+    fn decoder(kind: &Kind) -> ApiResult<crate::kinds::Decoder> {
+        match kind.source {
+            Source::Registry(decoder) => Ok(decoder),
+            Source::InstanceView => Err(ApiError::method_not_allowed(&format!("{} (a read-only view)", kind.plural))),
+        }
+    }
+
+    fn object_key(&self, kind: &Kind, namespace: Option<&str>, name: &str) -> String {
+        self.keys.registry_object(&kind.group, &kind.plural, namespace, name)
+    }
+
+    /// Decodes and validates `object` for storage; unknown fields are refused, reported or
+    /// dropped as the request's field validation says.
+    fn decode(
+        &self,
+        kind: &Kind,
+        object: &Value,
+        name: &str,
+        validation: FieldValidation,
+        warnings: &mut Vec<String>,
+    ) -> ApiResult<Value> {
+        let decoder = Self::decoder(kind)?;
+        let Decoded { object, unknown_fields } =
+            decoder(object).map_err(|errors| ApiError::invalid(&target(kind, name), &errors))?;
+        if !unknown_fields.is_empty() {
+            match validation {
+                FieldValidation::Strict => {
+                    let errors: Vec<baton_api::FieldError> = unknown_fields
+                        .iter()
+                        .map(|f| baton_api::FieldError::unknown(f.clone(), format!("{} has no field {f:?}", kind.kind)))
+                        .collect();
+                    return Err(ApiError::invalid(&target(kind, name), &errors));
+                }
+                FieldValidation::Warn => warnings.extend(unknown_fields.iter().map(|f| format!("unknown field {f:?}"))),
+                FieldValidation::Ignore => {}
+            }
+        }
+        Ok(object)
+    }
+
+    pub async fn get_object(&self, kind: &Kind, namespace: Option<&str>, name: &str) -> ApiResult<Value> {
+        let kv = self.store.get(&self.object_key(kind, namespace, name)).await?;
+        let kv = kv.ok_or_else(|| ApiError::not_found(&target(kind, name)))?;
+        object_of(&kv)
+    }
+
+    /// Objects of a collection (all namespaces when `namespace` is None) and the revision
+    /// they were read at.
+    pub async fn list_objects(&self, kind: &Kind, namespace: Option<&str>) -> ApiResult<(Vec<Value>, i64)> {
+        let range = self.store.range(&self.keys.registry(&kind.group, &kind.plural, namespace)).await?;
+        let objects = range.kvs.iter().map(object_of).collect::<ApiResult<Vec<_>>>()?;
+        Ok((objects, range.revision))
+    }
+
+    pub async fn create(
+        &self,
+        kind: &Kind,
+        namespace: Option<&str>,
+        query: &Query,
+        mut object: Value,
+    ) -> ApiResult<Reply> {
+        check_type_meta(kind, &mut object)?;
+        let metadata =
+            object["metadata"].as_object_mut().ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
+        let name = match metadata.get("name").and_then(Value::as_str).filter(|n| !n.is_empty()) {
+            Some(name) => name.to_string(),
+            None => match metadata.get("generateName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
+                Some(prefix) => format!("{prefix}{}", random_suffix()),
+                None => {
+                    let error = baton_api::FieldError::required("metadata.name", "name or generateName is required");
+                    return Err(ApiError::invalid(&target(kind, ""), &[error]));
+                }
+            },
+        };
+        if let Some(problem) = baton_api::names::dns_subdomain_problem(&name) {
+            let error = baton_api::FieldError::invalid("metadata.name", name.as_str(), problem);
+            return Err(ApiError::invalid(&target(kind, &name), &[error]));
+        }
+        check_namespace(metadata.get("namespace"), namespace)?;
+        for field in SERVER_MANAGED {
+            metadata.remove(field);
+        }
+        metadata.insert("name".into(), json!(name));
+        if let Some(ns) = namespace {
+            metadata.insert("namespace".into(), json!(ns));
+        }
+        metadata.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+        metadata.insert("creationTimestamp".into(), json!(now_seconds().to_string()));
+        metadata.insert("generation".into(), json!(1));
+        if kind.status_subresource {
+            // Status belongs to the controller; a create never sets it.
+            object.as_object_mut().expect("checked above").remove("status");
+        }
+        let mut warnings = Vec::new();
+        let mut object = self.decode(kind, &object, &name, query.field_validation, &mut warnings)?;
+        if query.dry_run {
+            return Ok(Reply::json(StatusCode::CREATED, object).with_warnings(warnings));
+        }
+        let key = self.object_key(kind, namespace, &name);
+        let txn = Txn::new().when([Compare::absent(&key)]).and_then([Op::put(&key, object.to_string())]);
+        let response = self.store.txn(txn).await?;
+        if !response.succeeded {
+            return Err(ApiError::already_exists(&target(kind, &name)));
+        }
+        object["metadata"]["resourceVersion"] = json!(response.revision.to_string());
+        Ok(Reply::json(StatusCode::CREATED, object).with_warnings(warnings))
+    }
+
+    /// PUT: the body is the whole object (or its status, or a Scale).
+    pub async fn replace(
+        &self,
+        kind: &Kind,
+        namespace: Option<&str>,
+        name: &str,
+        part: Part,
+        query: &Query,
+        mut body: Value,
+    ) -> ApiResult<Reply> {
+        if part == Part::Scale {
+            check_scale_type_meta(&body)?;
+        } else {
+            check_type_meta(kind, &mut body)?;
+            check_namespace(body.pointer("/metadata/namespace"), namespace)?;
+        }
+        match body.pointer("/metadata/name").and_then(Value::as_str) {
+            Some(body_name) if body_name != name => {
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({body_name}) does not match the name on the URL ({name})"
+                )));
+            }
+            _ => {}
+        }
+        let precondition = body.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(str::to_string);
+        self.write(kind, namespace, name, part, query, precondition, move |current| match part {
+            Part::Scale => with_replicas(kind, current, &body),
+            Part::Main | Part::Status => Ok(body.clone()),
+        })
+        .await
+    }
+
+    /// PATCH: the patch applies to the latest version (or its Scale).
+    pub async fn patch(
+        &self,
+        kind: &Kind,
+        namespace: Option<&str>,
+        name: &str,
+        part: Part,
+        query: &Query,
+        patch: Patch,
+    ) -> ApiResult<Reply> {
+        self.write(kind, namespace, name, part, query, None, |current| {
+            let view = if part == Part::Scale { scale_of(kind, current)? } else { current.clone() };
+            let current_version = view.pointer("/metadata/resourceVersion").cloned();
+            let patched = apply_patch(view, &patch, &target(kind, name))?;
+            // A patch that names a resourceVersion is a precondition, as in Kubernetes.
+            if let Some(asked) = patched.pointer("/metadata/resourceVersion")
+                && Some(asked) != current_version.as_ref()
+            {
+                return Err(ApiError::conflict(
+                    &target(kind, name),
+                    "the object has been modified; please apply your changes to the latest version and try again",
+                ));
+            }
+            match part {
+                Part::Scale => with_replicas(kind, current, &patched),
+                Part::Main | Part::Status => Ok(patched),
+            }
+        })
+        .await
+    }
+
+    /// The read-modify-write loop behind every update: `change` maps the latest object to
+    /// what the client wants; the server keeps what the client may not change, validates,
+    /// and writes if the object is still the one it read.
+    #[allow(clippy::too_many_arguments)]
+    async fn write(
+        &self,
+        kind: &Kind,
+        namespace: Option<&str>,
+        name: &str,
+        part: Part,
+        query: &Query,
+        precondition: Option<String>,
+        change: impl Fn(&Value) -> ApiResult<Value>,
+    ) -> ApiResult<Reply> {
+        let key = self.object_key(kind, namespace, name);
+        let stale = || {
+            ApiError::conflict(
+                &target(kind, name),
+                "the object has been modified; please apply your changes to the latest version and try again",
+            )
+        };
+        for _ in 0..MAX_ATTEMPTS {
+            let kv = self.store.get(&key).await?.ok_or_else(|| ApiError::not_found(&target(kind, name)))?;
+            if let Some(expected) = &precondition
+                && expected.as_str() != kv.mod_revision.to_string()
+            {
+                return Err(stale());
+            }
+            let current = object_of(&kv)?;
+            let wanted = change(&current)?;
+            let merged = merge_for_update(kind, &current, wanted, part);
+            let mut warnings = Vec::new();
+            let mut object = self.decode(kind, &merged, name, query.field_validation, &mut warnings)?;
+            let finalized = object.pointer("/metadata/deletionTimestamp").is_some()
+                && object.pointer("/metadata/finalizers").and_then(Value::as_array).is_none_or(|f| f.is_empty());
+            let unchanged = strip_version(&object) == strip_version(&current);
+            let reply_object = |object: Value| -> ApiResult<Value> {
+                if part == Part::Scale { scale_of(kind, &object) } else { Ok(object) }
+            };
+            if query.dry_run || (unchanged && !finalized) {
+                // Kubernetes does not bump the resourceVersion of a write that changes nothing.
+                if unchanged {
+                    object["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
+                }
+                return Ok(Reply::json(StatusCode::OK, reply_object(object)?).with_warnings(warnings));
+            }
+            let op = if finalized { Op::delete(&key) } else { Op::put(&key, strip_version(&object).to_string()) };
+            let response =
+                self.store.txn(Txn::new().when([Compare::mod_revision(&key, kv.mod_revision)]).and_then([op])).await?;
+            if response.succeeded {
+                object["metadata"]["resourceVersion"] = json!(response.revision.to_string());
+                return Ok(Reply::json(StatusCode::OK, reply_object(object)?).with_warnings(warnings));
+            }
+            if precondition.is_some() {
+                return Err(stale());
+            }
+        }
+        Err(ApiError::conflict(&target(kind, name), "too many concurrent writers; try again"))
+    }
+
+    pub async fn delete(
+        &self,
+        kind: &Kind,
+        namespace: Option<&str>,
+        name: &str,
+        query: &Query,
+        options: &Value,
+    ) -> ApiResult<Reply> {
+        Self::decoder(kind)?;
+        let key = self.object_key(kind, namespace, name);
+        let wanted_version = options.pointer("/preconditions/resourceVersion").and_then(Value::as_str);
+        let wanted_uid = options.pointer("/preconditions/uid").and_then(Value::as_str);
+        for _ in 0..MAX_ATTEMPTS {
+            let kv = self.store.get(&key).await?.ok_or_else(|| ApiError::not_found(&target(kind, name)))?;
+            let mut object = object_of(&kv)?;
+            if wanted_version.is_some_and(|v| v != kv.mod_revision.to_string()) {
+                return Err(ApiError::conflict(
+                    &target(kind, name),
+                    &format!(
+                        "the ResourceVersion in the precondition ({}) does not match the ResourceVersion in record ({}). The object might have been modified",
+                        wanted_version.unwrap_or_default(),
+                        kv.mod_revision
+                    ),
+                ));
+            }
+            if let Some(uid) = wanted_uid
+                && object.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid)
+            {
+                return Err(ApiError::conflict(
+                    &target(kind, name),
+                    &format!("the UID in the precondition ({uid}) does not match the UID in record"),
+                ));
+            }
+            let has_finalizers =
+                object.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
+            if has_finalizers {
+                // Deletion waits for the finalizers: mark it, and let their owners finish.
+                if object.pointer("/metadata/deletionTimestamp").is_some() || query.dry_run {
+                    return Ok(Reply::json(StatusCode::ACCEPTED, object));
+                }
+                object["metadata"]["deletionTimestamp"] = json!(now_seconds().to_string());
+                object["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+                let txn = Txn::new()
+                    .when([Compare::mod_revision(&key, kv.mod_revision)])
+                    .and_then([Op::put(&key, strip_version(&object).to_string())]);
+                let response = self.store.txn(txn).await?;
+                if response.succeeded {
+                    object["metadata"]["resourceVersion"] = json!(response.revision.to_string());
+                    return Ok(Reply::json(StatusCode::ACCEPTED, object));
+                }
+                continue;
+            }
+            if query.dry_run {
+                return Ok(Reply::json(StatusCode::OK, object));
+            }
+            let txn = Txn::new().when([Compare::mod_revision(&key, kv.mod_revision)]).and_then([Op::delete(&key)]);
+            if self.store.txn(txn).await?.succeeded {
+                return Ok(Reply::json(StatusCode::OK, object));
+            }
+        }
+        Err(ApiError::conflict(&target(kind, name), "too many concurrent writers; try again"))
+    }
+
+    /// GET of the scale subresource.
+    pub async fn get_scale(&self, kind: &Kind, namespace: Option<&str>, name: &str) -> ApiResult<Value> {
+        scale_of(kind, &self.get_object(kind, namespace, name).await?)
+    }
+}
+
+/// The object to validate and store for an update of `part`: what the client may change
+/// from `wanted`, everything else from `current`.
+fn merge_for_update(kind: &Kind, current: &Value, wanted: Value, part: Part) -> Value {
+    let mut merged = match part {
+        Part::Status => {
+            let mut merged = current.clone();
+            merged["status"] = wanted.get("status").cloned().unwrap_or(Value::Null);
+            merged
+        }
+        Part::Main | Part::Scale => {
+            let mut merged = wanted;
+            if !merged["metadata"].is_object() {
+                merged["metadata"] = json!({});
+            }
+            for field in SERVER_MANAGED {
+                match current["metadata"].get(field) {
+                    Some(value) => merged["metadata"][field] = value.clone(),
+                    None => _ = merged["metadata"].as_object_mut().map(|m| m.remove(field)),
+                }
+            }
+            for field in ["name", "namespace"] {
+                merged["metadata"][field] = current["metadata"][field].clone();
+            }
+            if kind.status_subresource {
+                match current.get("status") {
+                    Some(status) => merged["status"] = status.clone(),
+                    None => _ = merged.as_object_mut().map(|m| m.remove("status")),
+                }
+            }
+            merged["apiVersion"] = current["apiVersion"].clone();
+            merged["kind"] = current["kind"].clone();
+            merged
+        }
+    };
+    // Generation counts changes of the spec only.
+    if merged.get("spec") != current.get("spec") {
+        let generation = current.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
+        merged["metadata"]["generation"] = json!(generation + 1);
+    }
+    if let Some(status) = merged.as_object_mut()
+        && status.get("status").is_some_and(Value::is_null)
+    {
+        status.remove("status");
+    }
+    merged
+}
+
+fn strip_version(object: &Value) -> Value {
+    let mut object = object.clone();
+    if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        metadata.remove("resourceVersion");
+    }
+    object
+}
+
+/// Fills in or checks `apiVersion` and `kind` of a request body.
+fn check_type_meta(kind: &Kind, object: &mut Value) -> ApiResult<()> {
+    let Some(map) = object.as_object_mut() else {
+        return Err(ApiError::bad_request(format!("the body must be a JSON or YAML object (a {})", kind.kind)));
+    };
+    let api_version = kind.api_version();
+    match map.get("apiVersion").and_then(Value::as_str) {
+        Some(v) if v != api_version => {
+            return Err(ApiError::bad_request(format!(
+                "the API version in the data ({v}) does not match the expected API version ({api_version})"
+            )));
+        }
+        _ => _ = map.insert("apiVersion".into(), json!(api_version)),
+    }
+    match map.get("kind").and_then(Value::as_str) {
+        Some(k) if k != kind.kind => {
+            return Err(ApiError::bad_request(format!(
+                "the kind in the data ({k}) does not match the expected kind ({})",
+                kind.kind
+            )));
+        }
+        _ => _ = map.insert("kind".into(), json!(kind.kind)),
+    }
+    if !map.contains_key("metadata") {
+        map.insert("metadata".into(), json!({}));
+    }
+    Ok(())
+}
+
+fn check_scale_type_meta(body: &Value) -> ApiResult<()> {
+    if !body.is_object() {
+        return Err(ApiError::bad_request("the body must be a Scale object"));
+    }
+    match (body.get("apiVersion").and_then(Value::as_str), body.get("kind").and_then(Value::as_str)) {
+        (Some(v), _) if v != "autoscaling/v1" => {
+            Err(ApiError::bad_request(format!("the scale subresource takes autoscaling/v1 Scale, not {v}")))
+        }
+        (_, Some(k)) if k != "Scale" => {
+            Err(ApiError::bad_request(format!("the scale subresource takes a Scale, not a {k}")))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn check_namespace(in_body: Option<&Value>, in_path: Option<&str>) -> ApiResult<()> {
+    match (in_body.and_then(Value::as_str).filter(|ns| !ns.is_empty()), in_path) {
+        (Some(body), Some(path)) if body != path => Err(ApiError::bad_request(format!(
+            "the namespace of the provided object ({body}) does not match the namespace sent on the request ({path})"
+        ))),
+        (Some(body), None) => {
+            Err(ApiError::bad_request(format!("a cluster-scoped object has no namespace, got {body:?}")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Segments of a `.spec.instances` path.
+fn path_segments(path: &str) -> Vec<&str> {
+    path.split('.').filter(|s| !s.is_empty()).collect()
+}
+
+/// The `autoscaling/v1` Scale of an object.
+fn scale_of(kind: &Kind, object: &Value) -> ApiResult<Value> {
+    let paths = kind.scale.as_ref().ok_or_else(|| ApiError::not_found_path(&format!("{}/scale", kind.plural)))?;
+    let get = |path: &str| crate::kinds::column_value(object, path).cloned().unwrap_or(json!(0));
+    let metadata = &object["metadata"];
+    Ok(json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": metadata["name"],
+            "namespace": metadata["namespace"],
+            "uid": metadata["uid"],
+            "resourceVersion": metadata["resourceVersion"],
+            "creationTimestamp": metadata["creationTimestamp"],
+        },
+        "spec": {"replicas": get(&paths.spec_replicas)},
+        "status": {"replicas": get(&paths.status_replicas)},
+    }))
+}
+
+/// The object with its replicas set from a Scale's `spec.replicas`.
+fn with_replicas(kind: &Kind, current: &Value, scale: &Value) -> ApiResult<Value> {
+    let paths = kind.scale.as_ref().ok_or_else(|| ApiError::not_found_path(&format!("{}/scale", kind.plural)))?;
+    let replicas = scale.pointer("/spec/replicas").cloned().unwrap_or(Value::Null);
+    let mut object = current.clone();
+    let segments = path_segments(&paths.spec_replicas);
+    let mut slot = &mut object;
+    for segment in segments {
+        if !slot.is_object() {
+            *slot = json!({});
+        }
+        slot = &mut slot[segment];
+    }
+    *slot = replicas;
+    Ok(object)
+}
+
+/// Applies a merge or JSON patch; a patch that cannot apply is a 422 naming the problem.
+fn apply_patch(mut object: Value, patch: &Patch, target: &Target<'_>) -> ApiResult<Value> {
+    match patch {
+        Patch::Merge(merge) => {
+            if !merge.is_object() {
+                return Err(ApiError::bad_request("a merge patch must be a JSON object"));
+            }
+            json_patch::merge(&mut object, merge);
+        }
+        Patch::Json(operations) => {
+            // Kubernetes treats `test` of a missing path as comparing with null (kube-rs'
+            // finalizer helper relies on it); json-patch would fail it.
+            let operations: Vec<json_patch::PatchOperation> = operations
+                .iter()
+                .filter(|op| match op {
+                    json_patch::PatchOperation::Test(test) => {
+                        !(test.value.is_null() && object.pointer(test.path.as_str()).is_none())
+                    }
+                    _ => true,
+                })
+                .cloned()
+                .collect();
+            json_patch::patch(&mut object, &operations).map_err(|e| {
+                let error =
+                    baton_api::FieldError::invalid("", Value::Null, format!("the JSON patch cannot be applied: {e}"));
+                ApiError::invalid(target, &[error])
+            })?;
+        }
+    }
+    Ok(object)
+}
+
+/// Five characters as Kubernetes uses for `generateName` (no vowels, no look-alikes).
+fn random_suffix() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut rng = rand::rng();
+    (0..5).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app_kind() -> Kind {
+        crate::kinds::all().remove(0)
+    }
+
+    fn stored() -> Value {
+        json!({"apiVersion": "baton.dev/v1alpha1", "kind": "App",
+               "metadata": {"name": "web", "namespace": "default", "uid": "u1", "generation": 2, "resourceVersion": "7",
+                            "creationTimestamp": "2026-01-01T00:00:00Z"},
+               "spec": {"instances": 3, "cmd": "x"}, "status": {"running": 3}})
+    }
+
+    #[test]
+    fn a_main_update_keeps_status_and_server_fields_and_counts_spec_changes() {
+        let wanted = json!({"metadata": {"name": "web", "uid": "forged", "labels": {"a": "b"}},
+                            "spec": {"instances": 5, "cmd": "x"}, "status": {"running": 99}});
+        let merged = merge_for_update(&app_kind(), &stored(), wanted, Part::Main);
+        assert_eq!(merged["metadata"]["uid"], "u1");
+        assert_eq!(merged["metadata"]["labels"]["a"], "b");
+        assert_eq!(merged["status"]["running"], 3, "status is the controller's");
+        assert_eq!(merged["metadata"]["generation"], 3, "a spec change bumps generation");
+
+        let same_spec =
+            json!({"metadata": {"name": "web", "labels": {"a": "b"}}, "spec": {"instances": 3, "cmd": "x"}});
+        let merged = merge_for_update(&app_kind(), &stored(), same_spec, Part::Main);
+        assert_eq!(merged["metadata"]["generation"], 2, "a metadata change does not");
+    }
+
+    #[test]
+    fn a_status_update_changes_only_status() {
+        let wanted = json!({"metadata": {"name": "web", "labels": {"x": "y"}}, "spec": {"instances": 9}, "status": {"running": 1}});
+        let merged = merge_for_update(&app_kind(), &stored(), wanted, Part::Status);
+        assert_eq!(merged["status"]["running"], 1);
+        assert_eq!(merged["spec"]["instances"], 3);
+        assert!(merged["metadata"].get("labels").is_none());
+        assert_eq!(merged["metadata"]["generation"], 2);
+    }
+
+    #[test]
+    fn scale_reads_and_writes_the_replica_paths() {
+        let kind = app_kind();
+        let scale = scale_of(&kind, &stored()).unwrap();
+        assert_eq!((scale["spec"]["replicas"].clone(), scale["status"]["replicas"].clone()), (json!(3), json!(0)));
+        let scaled = with_replicas(&kind, &stored(), &json!({"spec": {"replicas": 5}})).unwrap();
+        assert_eq!(scaled["spec"]["instances"], 5);
+    }
+
+    #[test]
+    fn json_patch_test_of_a_missing_path_equals_null() {
+        let target = Target { group: "baton.dev", plural: "apps", kind: "App", name: "web" };
+        let ops: Vec<json_patch::PatchOperation> = serde_json::from_value(json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": null},
+            {"op": "add", "path": "/metadata/finalizers", "value": ["f"]},
+        ]))
+        .unwrap();
+        let patched = apply_patch(stored(), &Patch::Json(ops), &target).unwrap();
+        assert_eq!(patched["metadata"]["finalizers"], json!(["f"]));
+        let failing: Vec<json_patch::PatchOperation> =
+            serde_json::from_value(json!([{"op": "test", "path": "/spec/instances", "value": 4}])).unwrap();
+        let err = apply_patch(stored(), &Patch::Json(failing), &target).unwrap_err();
+        assert_eq!(err.code, StatusCode::UNPROCESSABLE_ENTITY);
+    }
+}

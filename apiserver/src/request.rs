@@ -1,0 +1,182 @@
+//! Parsing what a request carries: query parameters, bodies and their media types.
+
+use serde_json::Value;
+
+use crate::objects::Patch;
+use crate::selectors::{FieldSelector, LabelSelector, Selectors};
+use crate::status::{ApiError, ApiResult};
+use crate::table::IncludeObject;
+
+/// What to do with fields the schema does not have (`fieldValidation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldValidation {
+    /// Refuse the request with 422 naming each unknown field.
+    Strict,
+    /// Drop them and say so in `Warning` headers.
+    Warn,
+    /// Drop them silently.
+    Ignore,
+}
+
+/// The query parameters the server understands.
+#[derive(Debug, Clone)]
+pub struct Query {
+    pub watch: bool,
+    pub resource_version: Option<String>,
+    pub selectors: Selectors,
+    pub timeout_seconds: Option<u64>,
+    pub allow_bookmarks: bool,
+    pub send_initial_events: bool,
+    pub dry_run: bool,
+    pub field_validation: FieldValidation,
+    pub include_object: IncludeObject,
+}
+
+impl Query {
+    /// Parses a query string; a leading `&` (as some clients send) is fine.
+    pub fn parse(raw: Option<&str>) -> ApiResult<Self> {
+        let mut query = Query {
+            watch: false,
+            resource_version: None,
+            selectors: Selectors::default(),
+            timeout_seconds: None,
+            allow_bookmarks: false,
+            send_initial_events: false,
+            dry_run: false,
+            // Unknown fields are refused unless the client asks otherwise: a misspelt field
+            // silently dropped is a setting the user believes is in force and is not.
+            field_validation: FieldValidation::Strict,
+            include_object: IncludeObject::Metadata,
+        };
+        let mut include_object = None;
+        for (key, value) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+            let flag = || matches!(value.as_ref(), "true" | "1");
+            match key.as_ref() {
+                "watch" => query.watch = flag(),
+                "resourceVersion" => query.resource_version = Some(value.to_string()).filter(|v| !v.is_empty()),
+                "labelSelector" => query.selectors.labels = LabelSelector::parse(&value)?,
+                "fieldSelector" => query.selectors.fields = FieldSelector::parse(&value)?,
+                "timeoutSeconds" => {
+                    query.timeout_seconds = Some(value.parse().map_err(|_| {
+                        ApiError::bad_request(format!("timeoutSeconds {value:?} is not a whole number of seconds"))
+                    })?)
+                }
+                "allowWatchBookmarks" => query.allow_bookmarks = flag(),
+                "sendInitialEvents" => query.send_initial_events = flag(),
+                "dryRun" => match value.as_ref() {
+                    "All" => query.dry_run = true,
+                    "" => {}
+                    other => return Err(ApiError::bad_request(format!("dryRun {other:?} is not supported; use All"))),
+                },
+                "fieldValidation" => {
+                    query.field_validation = match value.as_ref() {
+                        "Strict" | "" => FieldValidation::Strict,
+                        "Warn" => FieldValidation::Warn,
+                        "Ignore" => FieldValidation::Ignore,
+                        other => {
+                            return Err(ApiError::bad_request(format!(
+                                "fieldValidation {other:?} is not supported; use Strict, Warn or Ignore"
+                            )));
+                        }
+                    }
+                }
+                "includeObject" => include_object = Some(value.to_string()),
+                // limit/continue: lists are returned whole (no continue token), which every
+                // client accepts. Other parameters (pretty, fieldManager, propagationPolicy…)
+                // do not change the answer here.
+                _ => {}
+            }
+        }
+        query.include_object = IncludeObject::parse(include_object.as_deref())?;
+        Ok(query)
+    }
+}
+
+/// The media type of a request body, without parameters.
+pub fn media_type(content_type: Option<&str>) -> String {
+    content_type.unwrap_or("application/json").split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+}
+
+/// Parses a JSON or YAML body (a missing Content-Type means JSON).
+pub fn parse_body(content_type: Option<&str>, body: &[u8]) -> ApiResult<Value> {
+    let media = media_type(content_type);
+    let value: Value = match media.as_str() {
+        "application/json" | "" | "*/*" => serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?,
+        "application/yaml" | "application/x-yaml" | "text/yaml" => {
+            let text =
+                std::str::from_utf8(body).map_err(|_| ApiError::bad_request("the request body is not valid UTF-8"))?;
+            serde_saphyr::from_str(text)
+                .map_err(|e| ApiError::bad_request(format!("the request body is not valid YAML: {e}")))?
+        }
+        other => {
+            return Err(ApiError::unsupported_media_type(other, &["application/json", "application/yaml"]));
+        }
+    };
+    Ok(value)
+}
+
+/// Parses a PATCH body by its media type. Strategic merge patches (which need Go struct tags
+/// that custom resources do not have) get 415, as from Kubernetes.
+pub fn parse_patch(content_type: Option<&str>, body: &[u8]) -> ApiResult<Patch> {
+    let media = media_type(content_type);
+    let json = |body: &[u8]| -> ApiResult<Value> {
+        serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the patch is not valid JSON: {e}")))
+    };
+    match media.as_str() {
+        "application/merge-patch+json" => Ok(Patch::Merge(json(body)?)),
+        "application/json-patch+json" => {
+            let operations = serde_json::from_value(json(body)?)
+                .map_err(|e| ApiError::bad_request(format!("the JSON patch is not a list of operations: {e}")))?;
+            Ok(Patch::Json(operations))
+        }
+        "application/strategic-merge-patch+json" => Err(ApiError::unsupported_media_type(
+            &media,
+            &["application/merge-patch+json", "application/json-patch+json"],
+        )),
+        "application/apply-patch+yaml" => Err(ApiError::unsupported_media_type(
+            &media,
+            &[
+                "application/merge-patch+json",
+                "application/json-patch+json (server-side apply is not served yet: use kubectl apply without --server-side)",
+            ],
+        )),
+        other => Err(ApiError::unsupported_media_type(
+            other,
+            &["application/merge-patch+json", "application/json-patch+json"],
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parsing() {
+        let q = Query::parse(Some(
+            "&watch=true&resourceVersion=12&labelSelector=app%3Dweb&timeoutSeconds=290&fieldValidation=Warn",
+        ))
+        .unwrap();
+        assert!(q.watch);
+        assert_eq!(q.resource_version.as_deref(), Some("12"));
+        assert_eq!(q.timeout_seconds, Some(290));
+        assert_eq!(q.field_validation, FieldValidation::Warn);
+        assert_eq!(Query::parse(None).unwrap().field_validation, FieldValidation::Strict);
+        let err = Query::parse(Some("timeoutSeconds=soon")).unwrap_err();
+        assert!(err.message.contains("soon"));
+    }
+
+    #[test]
+    fn bodies_by_media_type() {
+        assert_eq!(parse_body(None, br#"{"a":1}"#).unwrap()["a"], 1);
+        assert_eq!(parse_body(Some("application/yaml"), b"a: 1\n").unwrap()["a"], 1);
+        assert!(parse_body(Some("application/json"), b"{").unwrap_err().message.contains("not valid JSON"));
+        assert_eq!(parse_body(Some("text/plain"), b"").unwrap_err().code.as_u16(), 415);
+        assert_eq!(
+            parse_patch(Some("application/strategic-merge-patch+json"), b"{}").err().unwrap().code.as_u16(),
+            415
+        );
+        assert!(matches!(parse_patch(Some("application/merge-patch+json"), b"{}").ok().unwrap(), Patch::Merge(_)));
+    }
+}

@@ -1,0 +1,190 @@
+//! The `Instance` view: instance records joined with the status their agent reports,
+//! served read-only (`kubectl get instances -l app=web`, `-w` too).
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::response::Response;
+use baton_api::{Instance, InstanceRecord, StatusRecord};
+use baton_store::{EventKind, KeyValue, Keyspace, Revision};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use crate::ApiServer;
+use crate::kinds::Kind;
+use crate::request::Query;
+use crate::status::{ApiError, ApiResult, Target};
+use crate::table::Format;
+use crate::watch::{Encoder, follow, respond, start_revision, transition};
+
+/// Instance records and statuses, keyed by `(agent, id)`, with the revision that last
+/// changed each.
+#[derive(Default)]
+struct Join {
+    records: HashMap<(String, String), (InstanceRecord, Revision)>,
+    statuses: HashMap<(String, String), (StatusRecord, Revision)>,
+}
+
+impl Join {
+    fn view(&self, key: &(String, String)) -> Option<Value> {
+        let (record, record_rev) = self.records.get(key)?;
+        let status = self.statuses.get(key);
+        let rev = status.map_or(*record_rev, |(_, r)| (*r).max(*record_rev));
+        Some(view_value(record, status.map(|(s, _)| s), rev))
+    }
+
+    fn views(&self) -> Vec<Value> {
+        let mut views: Vec<Value> = self.records.keys().filter_map(|k| self.view(k)).collect();
+        views.sort_by(|a, b| {
+            let key = |v: &Value| (v["metadata"]["namespace"].to_string(), v["metadata"]["name"].to_string());
+            key(a).cmp(&key(b))
+        });
+        views
+    }
+
+    /// Applies one store change; returns the view before and after it, for the instance
+    /// it concerns.
+    fn apply(&mut self, keys: &Keyspace, event: &baton_store::WatchEvent) -> Option<(Option<Value>, Option<Value>)> {
+        let key = &event.kv.key;
+        if let Some((agent, id)) = keys.parse_instance_key(key) {
+            let slot = (agent.to_string(), id.to_string());
+            let before = self.view(&slot).or_else(|| {
+                // Not loaded (it came and went before this watch): rebuild from the event.
+                let prev = event.prev_kv.as_ref()?;
+                let record: InstanceRecord = serde_json::from_slice(&prev.value).ok()?;
+                Some(view_value(&record, None, prev.mod_revision))
+            });
+            match event.kind {
+                EventKind::Put => {
+                    let record: InstanceRecord = serde_json::from_slice(&event.kv.value).ok()?;
+                    self.records.insert(slot.clone(), (record, event.kv.mod_revision));
+                    Some((before, self.view(&slot)))
+                }
+                EventKind::Delete => {
+                    self.records.remove(&slot);
+                    let before = before.map(|mut v| {
+                        v["metadata"]["resourceVersion"] = json!(event.revision().to_string());
+                        v
+                    });
+                    Some((before, None))
+                }
+            }
+        } else if let Some((agent, id)) = keys.parse_status_key(key) {
+            let slot = (agent.to_string(), id.to_string());
+            let before = self.view(&slot);
+            match event.kind {
+                EventKind::Put => {
+                    let status: StatusRecord = serde_json::from_slice(&event.kv.value).ok()?;
+                    self.statuses.insert(slot.clone(), (status, event.kv.mod_revision));
+                }
+                EventKind::Delete => _ = self.statuses.remove(&slot),
+            }
+            let after = self.view(&slot);
+            before.is_some().then_some((before, after))
+        } else {
+            None
+        }
+    }
+}
+
+fn view_value(record: &InstanceRecord, status: Option<&StatusRecord>, rev: Revision) -> Value {
+    serde_json::to_value(Instance::from_records(record, status, rev)).expect("an Instance serializes")
+}
+
+fn parse<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Option<T> {
+    match serde_json::from_slice(&kv.value) {
+        Ok(value) => Some(value),
+        Err(e) => {
+            tracing::warn!(key = kv.key, error = %e, "skipping an unreadable record");
+            None
+        }
+    }
+}
+
+fn in_namespace(view: &Value, namespace: Option<&str>) -> bool {
+    namespace.is_none_or(|ns| view.pointer("/metadata/namespace").and_then(Value::as_str) == Some(ns))
+}
+
+impl ApiServer {
+    /// Reads every instance and status. The revision returned is that of the first read, so
+    /// a watch from it re-delivers (rather than misses) anything that changed in between.
+    async fn load_instances(&self) -> ApiResult<(Join, Revision)> {
+        let records = self.store.range(&self.keys.instances()).await?;
+        let statuses = self.store.range(&self.keys.statuses()).await?;
+        let mut join = Join::default();
+        for kv in &records.kvs {
+            if let (Some((agent, id)), Some(record)) =
+                (self.keys.parse_instance_key(&kv.key), parse::<InstanceRecord>(kv))
+            {
+                join.records.insert((agent.to_string(), id.to_string()), (record, kv.mod_revision));
+            }
+        }
+        for kv in &statuses.kvs {
+            if let (Some((agent, id)), Some(status)) = (self.keys.parse_status_key(&kv.key), parse::<StatusRecord>(kv))
+            {
+                join.statuses.insert((agent.to_string(), id.to_string()), (status, kv.mod_revision));
+            }
+        }
+        Ok((join, records.revision))
+    }
+
+    pub async fn list_instances(&self, namespace: Option<&str>) -> ApiResult<(Vec<Value>, Revision)> {
+        let (join, revision) = self.load_instances().await?;
+        Ok((join.views().into_iter().filter(|v| in_namespace(v, namespace)).collect(), revision))
+    }
+
+    pub async fn get_instance(&self, kind: &Kind, namespace: Option<&str>, name: &str) -> ApiResult<Value> {
+        let (views, _) = self.list_instances(namespace).await?;
+        views.into_iter().find(|v| v.pointer("/metadata/name").and_then(Value::as_str) == Some(name)).ok_or_else(|| {
+            ApiError::not_found(&Target { group: &kind.group, plural: &kind.plural, kind: &kind.kind, name })
+        })
+    }
+
+    pub async fn watch_instances(
+        &self,
+        kind: &Kind,
+        namespace: Option<&str>,
+        query: &Query,
+        format: Format,
+    ) -> ApiResult<Response> {
+        let encoder = Encoder { kind: kind.clone(), format, include: query.include_object };
+        let (mut join, loaded_at) = self.load_instances().await?;
+        let mut initial: Vec<Bytes> = Vec::new();
+        let from = match start_revision(query)? {
+            Some(revision) => revision + 1,
+            None => {
+                for view in join.views().iter().filter(|v| in_namespace(v, namespace) && query.selectors.matches(v)) {
+                    initial.push(encoder.event("ADDED", view));
+                }
+                if query.send_initial_events && query.allow_bookmarks {
+                    initial.push(encoder.bookmark(loaded_at, true));
+                }
+                loaded_at + 1
+            }
+        };
+        // One watch over the whole keyspace keeps instance and status changes in revision
+        // order; other keys are skipped.
+        let live = match self.store.watch(&self.keys.root_prefix(), from).await {
+            Ok(watch) => {
+                let keys = self.keys.clone();
+                let selectors = query.selectors.clone();
+                let namespace = namespace.map(str::to_string);
+                let events = encoder.clone();
+                follow(watch, encoder, move |event| {
+                    let Some((before, after)) = join.apply(&keys, event) else { return Vec::new() };
+                    let matches = |v: &Value| in_namespace(v, namespace.as_deref()) && selectors.matches(v);
+                    let Some(type_) = transition(before.as_ref().map(matches), after.as_ref().map(matches)) else {
+                        return Vec::new();
+                    };
+                    let object = if type_ == "DELETED" { before.or(after) } else { after };
+                    object.map(|o| vec![events.event(type_, &o)]).unwrap_or_default()
+                })
+            }
+            Err(e @ baton_store::Error::Compacted { .. }) => {
+                futures::stream::iter([encoder.error(&ApiError::from(e))]).boxed()
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(respond(initial, live, query, &self.shutdown))
+    }
+}

@@ -1,0 +1,227 @@
+//! Watches: one JSON event per line, fed by a store watch from the requested revision.
+//!
+//! - `resourceVersion` empty or `0`: an ADDED event for every current object, then changes.
+//! - `resourceVersion=N`: every change after N, then live changes. If N is older than the
+//!   history the store keeps, the answer is 200 with one in-stream ERROR event carrying a
+//!   410 `Expired` Status (kube-rs relists on that; an HTTP 410 would make it retry forever).
+//! - `sendInitialEvents=true`: ADDED for all, then a BOOKMARK annotated
+//!   `k8s.io/initial-events-end: "true"`.
+//! - Selectors apply to both sides of a change: an object that stops matching is DELETED
+//!   for this watcher, one that starts matching is ADDED.
+//! - `timeoutSeconds` closes the stream after that long; without it, the stream stays open
+//!   until the client goes away.
+
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use baton_store::{EventKind, Revision, WatchEvent};
+use futures::stream::{self, BoxStream, StreamExt};
+use serde_json::{Value, json};
+
+use crate::ApiServer;
+use crate::kinds::Kind;
+use crate::objects::object_of;
+use crate::request::Query;
+use crate::selectors::Selectors;
+use crate::status::{ApiError, ApiResult};
+use crate::table::{Format, IncludeObject, table};
+use tokio_util::sync::CancellationToken;
+
+/// Encodes watch events in the format the client asked for.
+#[derive(Clone)]
+pub struct Encoder {
+    pub kind: Kind,
+    pub format: Format,
+    pub include: IncludeObject,
+}
+
+impl Encoder {
+    /// One event line.
+    pub fn event(&self, type_: &str, object: &Value) -> Bytes {
+        let object = match self.format {
+            Format::Json => object.clone(),
+            Format::Table(version) => {
+                let rv = object.pointer("/metadata/resourceVersion").and_then(Value::as_str);
+                table(&self.kind, version, std::slice::from_ref(object), rv, self.include)
+            }
+        };
+        line(&json!({"type": type_, "object": object}))
+    }
+
+    /// A BOOKMARK at `revision`; `initial_events_end` marks the end of a streaming list.
+    pub fn bookmark(&self, revision: Revision, initial_events_end: bool) -> Bytes {
+        let mut metadata = json!({"resourceVersion": revision.to_string()});
+        if initial_events_end {
+            metadata["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+        }
+        line(
+            &json!({"type": "BOOKMARK", "object": {"kind": self.kind.kind, "apiVersion": self.kind.api_version(), "metadata": metadata}}),
+        )
+    }
+
+    /// An in-stream ERROR event; the stream ends after it.
+    pub fn error(&self, error: &ApiError) -> Bytes {
+        line(&json!({"type": "ERROR", "object": error.to_status()}))
+    }
+}
+
+fn line(value: &Value) -> Bytes {
+    let mut bytes = serde_json::to_vec(value).expect("JSON values serialize");
+    bytes.push(b'\n');
+    Bytes::from(bytes)
+}
+
+/// Which event a change is for a watcher with `selectors`, given whether the object matched
+/// before and matches after (`None`: it did not exist on that side).
+pub fn transition(before: Option<bool>, after: Option<bool>) -> Option<&'static str> {
+    match (before, after) {
+        (None | Some(false), Some(true)) => Some("ADDED"),
+        (Some(true), Some(true)) => Some("MODIFIED"),
+        (Some(true), None | Some(false)) => Some("DELETED"),
+        _ => None,
+    }
+}
+
+/// The revision a watch starts after: parsed from `resourceVersion`, or `None` for "send
+/// the current state first".
+pub fn start_revision(query: &Query) -> ApiResult<Option<Revision>> {
+    match query.resource_version.as_deref() {
+        None | Some("0") => Ok(None),
+        Some(rv) if query.send_initial_events => {
+            rv.parse::<Revision>().map_err(|_| bad_version(rv))?;
+            Ok(None)
+        }
+        Some(rv) => rv.parse::<Revision>().map(Some).map_err(|_| bad_version(rv)),
+    }
+}
+
+fn bad_version(rv: &str) -> ApiError {
+    ApiError::bad_request(format!(
+        "resourceVersion {rv:?} is not a resource version this server issued (a whole number)"
+    ))
+}
+
+/// Streams `initial` events, then `live` ones, closing after the query's timeout or when
+/// the server shuts down.
+pub fn respond(
+    initial: Vec<Bytes>,
+    live: BoxStream<'static, Bytes>,
+    query: &Query,
+    shutdown: &CancellationToken,
+) -> Response {
+    let events = stream::iter(initial).chain(live).take_until(shutdown.clone().cancelled_owned());
+    let events: BoxStream<'static, Bytes> = match query.timeout_seconds {
+        Some(seconds) => events.take_until(tokio::time::sleep(Duration::from_secs(seconds))).boxed(),
+        None => events.boxed(),
+    };
+    let body = Body::from_stream(events.map(Ok::<_, std::convert::Infallible>));
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-cache")], body)
+        .into_response()
+}
+
+/// Turns a store watch into encoded events with `convert`, ending with an ERROR event if the
+/// store watch fails (410 Expired when the history is compacted).
+pub fn follow(
+    watch: baton_store::WatchStream,
+    encoder: Encoder,
+    mut convert: impl FnMut(&WatchEvent) -> Vec<Bytes> + Send + 'static,
+) -> BoxStream<'static, Bytes> {
+    watch
+        .scan(false, move |failed, batch| {
+            let out = if *failed {
+                None
+            } else {
+                match batch {
+                    Ok(batch) => Some(batch.events.iter().flat_map(&mut convert).collect::<Vec<_>>()),
+                    Err(e) => {
+                        *failed = true;
+                        Some(vec![encoder.error(&ApiError::from(e))])
+                    }
+                }
+            };
+            futures::future::ready(out)
+        })
+        .flat_map(stream::iter)
+        .boxed()
+}
+
+impl ApiServer {
+    /// `GET …/<plural>?watch=true` for a stored kind.
+    pub async fn watch_registry(
+        &self,
+        kind: &Kind,
+        namespace: Option<&str>,
+        query: &Query,
+        format: Format,
+    ) -> ApiResult<Response> {
+        let encoder = Encoder { kind: kind.clone(), format, include: query.include_object };
+        let prefix = self.keys.registry(&kind.group, &kind.plural, namespace);
+        let mut initial = Vec::new();
+        let from = match start_revision(query)? {
+            Some(revision) => revision + 1,
+            None => {
+                let range = self.store.range(&prefix).await?;
+                for kv in &range.kvs {
+                    let object = object_of(kv)?;
+                    if query.selectors.matches(&object) {
+                        initial.push(encoder.event("ADDED", &object));
+                    }
+                }
+                if query.send_initial_events && query.allow_bookmarks {
+                    initial.push(encoder.bookmark(range.revision, true));
+                }
+                range.revision + 1
+            }
+        };
+        let live = match self.store.watch(&prefix, from).await {
+            Ok(watch) => {
+                let selectors = query.selectors.clone();
+                let events = encoder.clone();
+                follow(watch, encoder, move |event| registry_event(&events, &selectors, event).into_iter().collect())
+            }
+            Err(e @ baton_store::Error::Compacted { .. }) => stream::iter([encoder.error(&ApiError::from(e))]).boxed(),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(respond(initial, live, query, &self.shutdown))
+    }
+}
+
+/// The watch event (if any) one store change of a stored object means for this watcher.
+fn registry_event(encoder: &Encoder, selectors: &Selectors, event: &WatchEvent) -> Option<Bytes> {
+    let before = event.prev_kv.as_ref().and_then(|kv| object_of(kv).ok());
+    let after = match event.kind {
+        EventKind::Put => object_of(&event.kv).ok(),
+        EventKind::Delete => None,
+    };
+    let type_ =
+        transition(before.as_ref().map(|o| selectors.matches(o)), after.as_ref().map(|o| selectors.matches(o)))?;
+    let object = match (type_, after, before) {
+        ("DELETED", None, Some(mut before)) => {
+            // A deleted object carries the revision of its deletion.
+            before["metadata"]["resourceVersion"] = json!(event.revision().to_string());
+            before
+        }
+        (_, Some(after), _) => after,
+        (_, None, Some(before)) => before,
+        (_, None, None) => return None,
+    };
+    Some(encoder.event(type_, &object))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selector_transitions() {
+        assert_eq!(transition(None, Some(true)), Some("ADDED"));
+        assert_eq!(transition(None, Some(false)), None);
+        assert_eq!(transition(Some(true), Some(true)), Some("MODIFIED"));
+        assert_eq!(transition(Some(false), Some(true)), Some("ADDED"));
+        assert_eq!(transition(Some(true), Some(false)), Some("DELETED"));
+        assert_eq!(transition(Some(true), None), Some("DELETED"));
+        assert_eq!(transition(Some(false), None), None);
+    }
+}
