@@ -104,12 +104,13 @@ pub struct PortDefinition {
     pub port: i32,
 }
 
-/// What the controller observed about an app.
+/// What the controller observed about an app. Every field is always serialized (`null`
+/// when unknown), so a merge patch of the whole status also clears what is gone.
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AppStatus {
     /// The `metadata.generation` this status was computed from.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub observed_generation: Option<i64>,
     /// Instances placed on an agent and not yet terminated.
     #[serde(default)]
@@ -121,11 +122,11 @@ pub struct AppStatus {
     #[serde(default)]
     pub staged: i32,
     /// The version the instances should run: a hash of the fields that change what runs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub version: Option<String>,
     /// `Available` (all instances run the current version) and `Pending` (some instances
     /// cannot be placed, with the reason).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub conditions: Vec<Condition>,
 }
 

@@ -33,6 +33,11 @@ impl Leadership {
         Compare::create_revision(self.key.clone(), self.term)
     }
 
+    /// The election key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
     /// The create revision of the election key: this term's number.
     pub fn term(&self) -> Revision {
         self.term

@@ -1,0 +1,164 @@
+//! Planner table tests over built snapshots.
+
+use std::collections::BTreeSet;
+
+use baton_api::Phase;
+
+use super::*;
+use crate::testing::{agent, app, instance, now, snapshot};
+
+fn ctx() -> PlanContext {
+    PlanContext { now: now(), seed: 42 }
+}
+
+fn stopped_ids(plan: &Plan) -> Vec<&str> {
+    plan.stops.iter().map(|s| s.record.id.as_str()).collect()
+}
+
+#[test]
+fn scale_up_launches_the_missing_instances() {
+    let web = app("web").instances(5).build();
+    let running = (0..3).map(|n| instance(&web, "a1", n).running().build()).collect();
+    let plan = plan(&snapshot(&[&web], vec![agent("a1").build(), agent("a2").build()], running), &ctx());
+    assert_eq!(plan.launches.len(), 2);
+    assert!(plan.stops.is_empty() && plan.removals.is_empty());
+    // Spread: both go to the agent without instances of the app... then the other.
+    let agents: Vec<&str> = plan.launches.iter().map(|l| l.record.agent.as_str()).collect();
+    assert_eq!(agents, ["a2", "a2"]);
+    let record = &plan.launches[0].record;
+    assert_eq!((record.goal, record.version.as_str()), (Goal::Running, web.spec.version().as_str()));
+    assert!(record.id.starts_with("web-") && record.id.len() == "web-".len() + 10, "{}", record.id);
+}
+
+#[test]
+fn scale_down_stops_the_youngest_and_those_not_running_first() {
+    let web = app("web").instances(2).build();
+    let instances = vec![
+        instance(&web, "a1", 1).running().build(),
+        instance(&web, "a1", 2).running().build(),
+        instance(&web, "a1", 3).running().build(), // youngest running
+        instance(&web, "a1", 0).phase(Phase::Staging).build(), // oldest, but not running
+    ];
+    let plan = plan(&snapshot(&[&web], vec![agent("a1").build()], instances), &ctx());
+    assert_eq!(stopped_ids(&plan), ["web-000", "web-003"]);
+    assert!(plan.stops.iter().all(|s| s.reason == StopReason::ScaledDown));
+    assert!(plan.launches.is_empty());
+}
+
+#[test]
+fn a_terminal_instance_is_replaced_after_the_restart_delay() {
+    let web = app("web").instances(2).build();
+    let just_failed = vec![instance(&web, "a1", 0).running().build(), instance(&web, "a1", 1).failed(0).build()];
+    let plan_now = plan(&snapshot(&[&web], vec![agent("a1").build()], just_failed), &ctx());
+    assert!(plan_now.launches.is_empty(), "not within the restart delay");
+    assert!(plan_now.removals.is_empty(), "the record holds the place");
+    assert_eq!(plan_now.next_wakeup, Some(now() + classify::RESTART_DELAY));
+
+    let failed_earlier = vec![instance(&web, "a1", 0).running().build(), instance(&web, "a1", 1).failed(5).build()];
+    let later = plan(&snapshot(&[&web], vec![agent("a1").build()], failed_earlier), &ctx());
+    assert_eq!(later.launches.len(), 1, "replaced");
+    assert_eq!(later.removals.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["web-001"], "and its record removed");
+}
+
+#[test]
+fn nothing_fits_nothing_is_launched_and_the_reason_is_recorded() {
+    let big = app("big").instances(2).mem(8192.0).build();
+    let agents = vec![agent("a1").mem(4096).build(), agent("a2").mem(4096).build(), agent("a3").build()];
+    let plan = plan(&snapshot(&[&big], agents, vec![]), &ctx());
+    assert!(plan.launches.is_empty());
+    let status = &plan.statuses[0].status;
+    let pending = status.condition(baton_api::app::CONDITION_PENDING).expect("a Pending condition");
+    assert_eq!((pending.status.as_str(), pending.reason.as_str()), ("True", "Unschedulable"));
+    assert_eq!(pending.message, "2 of 2 instances cannot be placed: 3 agents: insufficient mem");
+}
+
+#[test]
+fn no_agents_is_said_plainly() {
+    let web = app("web").instances(1).build();
+    let plan = plan(&snapshot(&[&web], vec![], vec![]), &ctx());
+    let pending = plan.statuses[0].status.condition(baton_api::app::CONDITION_PENDING).unwrap().clone();
+    assert_eq!(pending.message, "1 of 1 instances cannot be placed: no agents are registered");
+}
+
+#[test]
+fn placements_in_one_plan_see_each_other() {
+    // Room for exactly three 1-cpu instances with one port each on one agent with 3 ports.
+    let web = app("web").instances(5).cpus(1.0).ports(1).build();
+    let one = agent("a1").port_range(31000, 31002).build();
+    let plan = plan(&snapshot(&[&web], vec![one], vec![]), &ctx());
+    assert_eq!(plan.launches.len(), 3);
+    let ports: BTreeSet<u16> = plan.launches.iter().map(|l| l.record.ports[0].port).collect();
+    assert_eq!(ports, BTreeSet::from([31000, 31001, 31002]), "no port is handed out twice");
+    let pending = plan.statuses[0].status.condition(baton_api::app::CONDITION_PENDING).unwrap().clone();
+    assert_eq!(pending.message, "2 of 5 instances cannot be placed: 1 agent: not enough free ports");
+}
+
+#[test]
+fn ports_in_use_are_not_assigned_again() {
+    let web = app("web").instances(2).ports(1).build();
+    let taken = instance(&web, "a1", 0).running().port(31000).build();
+    let plan = plan(&snapshot(&[&web], vec![agent("a1").port_range(31000, 31001).build()], vec![taken]), &ctx());
+    assert_eq!(plan.launches[0].record.ports[0].port, 31001);
+}
+
+#[test]
+fn a_deleted_apps_instances_are_stopped_then_removed() {
+    let gone = app("gone").build();
+    let instances = vec![
+        instance(&gone, "a1", 0).running().build(),
+        instance(&gone, "a1", 1).stopping().running().build(),
+        instance(&gone, "a1", 2).stopping().phase(Phase::Killed).build(),
+    ];
+    let plan = plan(&snapshot(&[], vec![agent("a1").build()], instances), &ctx());
+    assert_eq!(stopped_ids(&plan), ["gone-000"]);
+    assert_eq!(plan.stops[0].reason, StopReason::AppDeleted);
+    assert_eq!(plan.removals.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["gone-002"]);
+}
+
+#[test]
+fn a_changed_spec_rolls_within_the_default_strategy() {
+    let web = app("web").instances(2).env("A", "2").build();
+    let old = vec![
+        instance(&web, "a1", 0).version("old").running().build(),
+        instance(&web, "a1", 1).version("old").running().build(),
+    ];
+    let first = plan(&snapshot(&[&web], vec![agent("a1").build()], old.clone()), &ctx());
+    assert_eq!(first.launches.len(), 2, "new instances start first");
+    assert!(first.stops.is_empty(), "no old one goes while nothing new runs");
+
+    let mut one_new_runs = old;
+    one_new_runs.push(instance(&web, "a1", 2).running().build());
+    one_new_runs.push(instance(&web, "a1", 3).phase(Phase::Staging).build());
+    let second = plan(&snapshot(&[&web], vec![agent("a1").build()], one_new_runs), &ctx());
+    assert!(second.launches.is_empty());
+    assert_eq!(stopped_ids(&second).len(), 1, "one running new instance lets one old one go");
+    assert_eq!(second.stops[0].reason, StopReason::Upgraded);
+}
+
+#[test]
+fn status_counts_and_is_written_only_when_it_changes() {
+    let web = app("web").instances(2).build();
+    let instances =
+        vec![instance(&web, "a1", 0).running().build(), instance(&web, "a1", 1).phase(Phase::Staging).build()];
+    let snap = snapshot(&[&web], vec![agent("a1").build()], instances);
+    let first = plan(&snap, &ctx());
+    let status = first.statuses[0].status.clone();
+    assert_eq!((status.instances, status.running, status.staged), (2, 1, 1));
+    assert_eq!(status.observed_generation, Some(1));
+
+    // Once the app carries that status, the same snapshot writes nothing, even later.
+    let mut with_status = (*web).clone();
+    with_status.status = Some(status);
+    let with_status = std::sync::Arc::new(with_status);
+    let snap =
+        snapshot(&[&with_status], snap.agents.values().cloned().collect(), snap.instances.values().cloned().collect());
+    let later = PlanContext { now: now() + jiff::SignedDuration::from_secs(60), seed: 7 };
+    assert!(plan(&snap, &later).statuses.is_empty());
+}
+
+#[test]
+fn the_same_snapshot_and_seed_give_the_same_plan() {
+    let web = app("web").instances(4).ports(2).build();
+    let snap = snapshot(&[&web], vec![agent("a1").build(), agent("a2").build()], vec![]);
+    assert_eq!(plan(&snap, &ctx()), plan(&snap, &ctx()));
+}

@@ -1,0 +1,237 @@
+//! Caches of the observed state: store records (agents, instances, statuses) kept current
+//! by a store watch, and Apps kept current by a kube-rs reflector. Each change wakes the
+//! loop; a snapshot is a cheap copy of `Arc`s.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use baton_api::{AgentRecord, App, InstanceRecord, StatusRecord};
+use baton_store::{EventKind, KeyValue, Keyspace, Revision, Store, WatchEvent};
+
+use crate::snapshot::{InstanceState, Snapshot};
+
+type Slot = (String, String);
+
+#[derive(Default)]
+struct Records {
+    agents: BTreeMap<String, (Arc<AgentRecord>, Revision)>,
+    instances: BTreeMap<Slot, (Arc<InstanceRecord>, Revision)>,
+    statuses: BTreeMap<Slot, (Arc<StatusRecord>, Revision)>,
+}
+
+/// Store records, kept current by one watch over the keyspace (so changes apply in
+/// revision order).
+#[derive(Clone)]
+pub struct StoreCache {
+    records: Arc<Mutex<Records>>,
+    /// The revision through which every change has been applied.
+    revision: watch::Receiver<Revision>,
+    ready: watch::Receiver<bool>,
+}
+
+impl StoreCache {
+    /// Starts loading and following the store; `changed` is notified after each change.
+    pub fn start(store: Arc<dyn Store>, keys: Keyspace, changed: Arc<Notify>, shutdown: CancellationToken) -> Self {
+        let records = Arc::new(Mutex::new(Records::default()));
+        let (revision_tx, revision) = watch::channel(0);
+        let (ready_tx, ready) = watch::channel(false);
+        let task_records = records.clone();
+        tokio::spawn(async move {
+            let follow = follow(store, keys, task_records, revision_tx, ready_tx, changed);
+            tokio::select! {
+                _ = follow => {}
+                _ = shutdown.cancelled() => {}
+            }
+        });
+        Self { records, revision, ready }
+    }
+
+    /// Waits until the first full load is in.
+    pub async fn ready(&self) {
+        let mut ready = self.ready.clone();
+        let _ = ready.wait_for(|r| *r).await;
+    }
+
+    /// Waits until every change through `revision` is applied (so a plan sees the
+    /// controller's own last writes); false after `timeout`.
+    pub async fn caught_up(&self, revision: Revision, timeout: Duration) -> bool {
+        let mut seen = self.revision.clone();
+        tokio::time::timeout(timeout, seen.wait_for(|r| *r >= revision)).await.is_ok_and(|r| r.is_ok())
+    }
+
+    /// Agents and instances as they are now.
+    pub fn snapshot(&self, apps: Vec<Arc<App>>) -> Snapshot {
+        let records = self.records.lock().expect("cache lock");
+        let instances = records
+            .instances
+            .iter()
+            .map(|(slot, (record, revision))| {
+                let status = records.statuses.get(slot).map(|(s, _)| s.clone());
+                (record.id.clone(), InstanceState { record: record.clone(), revision: *revision, status })
+            })
+            .collect();
+        let agents = records.agents.iter().map(|(name, (agent, _))| (name.clone(), agent.clone())).collect();
+        Snapshot { apps, agents, instances }
+    }
+}
+
+/// Loads, then follows; after a watch failure (e.g. compacted history), loads again.
+async fn follow(
+    store: Arc<dyn Store>,
+    keys: Keyspace,
+    records: Arc<Mutex<Records>>,
+    revision: watch::Sender<Revision>,
+    ready: watch::Sender<bool>,
+    changed: Arc<Notify>,
+) {
+    loop {
+        match load_and_watch(&store, &keys, &records, &revision, &ready, &changed).await {
+            Ok(()) => tracing::warn!("store watch ended; reloading"),
+            Err(e) => tracing::warn!(error = %e, "store watch failed; reloading"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn load_and_watch(
+    store: &Arc<dyn Store>,
+    keys: &Keyspace,
+    records: &Mutex<Records>,
+    revision: &watch::Sender<Revision>,
+    ready: &watch::Sender<bool>,
+    changed: &Notify,
+) -> baton_store::Result<()> {
+    let agents = store.range(&keys.agents()).await?;
+    let instances = store.range(&keys.instances()).await?;
+    let statuses = store.range(&keys.statuses()).await?;
+    let mut fresh = Records::default();
+    for kv in agents.kvs.iter().chain(&instances.kvs).chain(&statuses.kvs) {
+        apply_put(&mut fresh, keys, kv);
+    }
+    *records.lock().expect("cache lock") = fresh;
+    revision.send_replace(statuses.revision);
+    ready.send_replace(true);
+    changed.notify_one();
+    // Changes after the first range are applied (again); applying is idempotent by revision.
+    let mut watch = store.watch(&keys.root_prefix(), agents.revision + 1).await?;
+    while let Some(batch) = watch.next().await {
+        let batch = batch?;
+        let last = batch.events.last().map(WatchEvent::revision);
+        {
+            let mut records = records.lock().expect("cache lock");
+            for event in &batch.events {
+                match event.kind {
+                    EventKind::Put => apply_put(&mut records, keys, &event.kv),
+                    EventKind::Delete => apply_delete(&mut records, keys, event),
+                }
+            }
+        }
+        if let Some(last) = last {
+            revision.send_if_modified(|r| {
+                let newer = last > *r;
+                *r = (*r).max(last);
+                newer
+            });
+        }
+        changed.notify_one();
+    }
+    Ok(())
+}
+
+fn parse<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Option<Arc<T>> {
+    match serde_json::from_slice(&kv.value) {
+        Ok(value) => Some(Arc::new(value)),
+        Err(e) => {
+            tracing::warn!(key = kv.key, error = %e, "ignoring an unreadable record");
+            None
+        }
+    }
+}
+
+/// Inserts `value` unless the map already holds a newer revision of the key.
+fn upsert<K: Ord, V>(map: &mut BTreeMap<K, (V, Revision)>, key: K, value: V, revision: Revision) {
+    match map.get(&key) {
+        Some((_, known)) if *known >= revision => {}
+        _ => _ = map.insert(key, (value, revision)),
+    }
+}
+
+/// Removes the key unless the map holds a revision newer than the delete.
+fn remove<K: Ord, V>(map: &mut BTreeMap<K, (V, Revision)>, key: &K, revision: Revision) {
+    if map.get(key).is_some_and(|(_, known)| *known < revision) {
+        map.remove(key);
+    }
+}
+
+fn apply_put(records: &mut Records, keys: &Keyspace, kv: &KeyValue) {
+    if let Some(name) = keys.parse_agent_key(&kv.key) {
+        if let Some(agent) = parse(kv) {
+            upsert(&mut records.agents, name.to_string(), agent, kv.mod_revision);
+        }
+    } else if let Some((agent, id)) = keys.parse_instance_key(&kv.key) {
+        if let Some(record) = parse(kv) {
+            upsert(&mut records.instances, (agent.to_string(), id.to_string()), record, kv.mod_revision);
+        }
+    } else if let Some((agent, id)) = keys.parse_status_key(&kv.key)
+        && let Some(status) = parse(kv)
+    {
+        upsert(&mut records.statuses, (agent.to_string(), id.to_string()), status, kv.mod_revision);
+    }
+}
+
+fn apply_delete(records: &mut Records, keys: &Keyspace, event: &WatchEvent) {
+    let key = &event.kv.key;
+    let revision = event.revision();
+    if let Some(name) = keys.parse_agent_key(key) {
+        remove(&mut records.agents, &name.to_string(), revision);
+    } else if let Some((agent, id)) = keys.parse_instance_key(key) {
+        remove(&mut records.instances, &(agent.to_string(), id.to_string()), revision);
+    } else if let Some((agent, id)) = keys.parse_status_key(key) {
+        remove(&mut records.statuses, &(agent.to_string(), id.to_string()), revision);
+    }
+}
+
+/// Apps, kept current by a kube-rs reflector.
+#[derive(Clone)]
+pub struct AppCache {
+    reader: reflector::Store<App>,
+}
+
+impl AppCache {
+    /// Starts watching every App; `changed` is notified after each event.
+    pub fn start(client: kube::Client, changed: Arc<Notify>, shutdown: CancellationToken) -> Self {
+        let (reader, writer) = reflector::store();
+        let api: kube::Api<App> = kube::Api::all(client);
+        let events = reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
+        tokio::spawn(async move {
+            let mut events = std::pin::pin!(events.take_until(shutdown.cancelled_owned()));
+            while let Some(event) = events.next().await {
+                if let Err(e) = event {
+                    tracing::warn!(error = %e, "watching apps");
+                }
+                changed.notify_one();
+            }
+        });
+        Self { reader }
+    }
+
+    /// Waits until the first full list is in: planning before it would see every app as
+    /// deleted.
+    pub async fn ready(&self) {
+        // Fails only if the writer is dropped, i.e. at shutdown.
+        let _ = self.reader.wait_until_ready().await;
+    }
+
+    /// Every App, in (namespace, name) order.
+    pub fn apps(&self) -> Vec<Arc<App>> {
+        let mut apps = self.reader.state();
+        apps.sort_by(|a, b| (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name)));
+        apps
+    }
+}

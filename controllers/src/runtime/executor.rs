@@ -1,0 +1,120 @@
+//! The executor: the only part of the controller that writes.
+//!
+//! Store writes go in transactions of at most [`baton_store::MAX_TXN_OPS`] operations,
+//! each carrying the leader's fence plus one compare per operation (a launch creates a key
+//! that must not exist; a stop or removal must find the record at the revision the plan
+//! read). A transaction whose fence fails means leadership is lost: nothing more is
+//! written. One whose other compares fail was planned on a stale view: it is dropped and
+//! the next tick decides again. App statuses go to the API server, and only while leading.
+
+use std::sync::Arc;
+
+use kube::api::{Patch, PatchParams};
+use serde_json::json;
+
+use baton_api::{App, Goal};
+use baton_store::election::Leadership;
+use baton_store::{Compare, Keyspace, Op, OpResponse, Revision, Store, Txn};
+
+use crate::plan::Plan;
+
+/// Executor errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("leadership lost: a fenced write was refused")]
+    LostLeadership,
+    #[error("store: {0}")]
+    Store(#[from] baton_store::Error),
+}
+
+/// What applying a plan did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// The revision of the last successful write (0: none).
+    pub revision: Revision,
+    /// Operations written.
+    pub written: usize,
+    /// Operations dropped because the plan was made on a stale view.
+    pub stale: usize,
+    pub statuses: usize,
+}
+
+pub struct Executor {
+    store: Arc<dyn Store>,
+    keys: Keyspace,
+    client: kube::Client,
+}
+
+impl Executor {
+    pub fn new(store: Arc<dyn Store>, keys: Keyspace, client: kube::Client) -> Self {
+        Self { store, keys, client }
+    }
+
+    pub async fn apply(&self, plan: &Plan, leadership: &Leadership) -> Result<Applied, Error> {
+        let mut writes: Vec<(Compare, Op)> =
+            Vec::with_capacity(plan.launches.len() + plan.stops.len() + plan.removals.len());
+        for launch in &plan.launches {
+            let key = self.keys.instance(&launch.record.agent, &launch.record.id);
+            writes.push((Compare::absent(&key), Op::put(&key, to_json(&launch.record))));
+        }
+        for stop in &plan.stops {
+            let key = self.keys.instance(&stop.record.agent, &stop.record.id);
+            let mut record = stop.record.clone();
+            record.goal = Goal::Stopped;
+            record.stop_reason = Some(stop.reason.as_str().to_string());
+            writes.push((Compare::mod_revision(&key, stop.revision), Op::put(&key, to_json(&record))));
+        }
+        for removal in &plan.removals {
+            let key = self.keys.instance(&removal.agent, &removal.id);
+            writes.push((Compare::mod_revision(&key, removal.revision), Op::delete(&key)));
+        }
+
+        let mut applied = Applied::default();
+        // The fence takes one of the compare slots.
+        for batch in writes.chunks(baton_store::MAX_TXN_OPS - 1) {
+            let txn = Txn::new()
+                .when(std::iter::once(leadership.fence()).chain(batch.iter().map(|(c, _)| c.clone())))
+                .and_then(batch.iter().map(|(_, op)| op.clone()))
+                .or_else([Op::get(leadership.key())]);
+            let response = self.store.txn(txn).await?;
+            if response.succeeded {
+                applied.revision = response.revision;
+                applied.written += batch.len();
+                continue;
+            }
+            let leader = match response.responses.first() {
+                Some(OpResponse::Get(kv)) => kv.as_ref().map(|kv| kv.create_revision),
+                _ => None,
+            };
+            if leader != Some(leadership.term()) {
+                return Err(Error::LostLeadership);
+            }
+            tracing::debug!(
+                operations = batch.len(),
+                "dropped a batch planned on a stale view; the next tick decides again"
+            );
+            applied.stale += batch.len();
+        }
+
+        for update in &plan.statuses {
+            if leadership.is_lost() {
+                return Err(Error::LostLeadership);
+            }
+            let api: kube::Api<App> = kube::Api::namespaced(self.client.clone(), &update.namespace);
+            let patch = Patch::Merge(json!({"status": update.status}));
+            match api.patch_status(&update.name, &PatchParams::default(), &patch).await {
+                Ok(_) => applied.statuses += 1,
+                // Deleted meanwhile: nothing to report on.
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(e) => {
+                    tracing::warn!(app = %format!("{}/{}", update.namespace, update.name), error = %e, "could not write app status")
+                }
+            }
+        }
+        Ok(applied)
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("records serialize")
+}

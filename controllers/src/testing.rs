@@ -1,0 +1,172 @@
+//! Builders for planner tests: `app("web").instances(3)`, `agent("a1").mem(512)`,
+//! `instance(&app, "a1").running()`.
+
+use std::sync::Arc;
+
+use jiff::Timestamp;
+
+use baton_api::records::{AssignedPort, Command};
+use baton_api::{
+    AgentRecord, App, AppRef, AppSpec, Goal, InstanceRecord, Phase, PortRange, ResourceAmounts, StatusRecord,
+};
+
+use crate::snapshot::{InstanceState, Snapshot};
+
+/// A fixed "now" for tests.
+pub fn now() -> Timestamp {
+    "2026-11-21T12:00:00Z".parse().unwrap()
+}
+
+pub struct AppBuilder(App);
+
+pub fn app(name: &str) -> AppBuilder {
+    let spec: AppSpec =
+        serde_json::from_value(serde_json::json!({"cmd": "sleep 1000", "resources": {"cpus": 0.5, "mem": 100}}))
+            .expect("a test spec");
+    let mut app = App::new(name, spec);
+    app.metadata.namespace = Some("default".into());
+    app.metadata.uid = Some(format!("uid-{name}"));
+    app.metadata.generation = Some(1);
+    AppBuilder(app)
+}
+
+impl AppBuilder {
+    pub fn instances(mut self, n: i32) -> Self {
+        self.0.spec.instances = n;
+        self
+    }
+
+    pub fn mem(mut self, mib: f64) -> Self {
+        self.0.spec.resources.mem = mib;
+        self
+    }
+
+    pub fn cpus(mut self, cpus: f64) -> Self {
+        self.0.spec.resources.cpus = cpus;
+        self
+    }
+
+    pub fn ports(mut self, n: usize) -> Self {
+        self.0.spec.ports = (0..n).map(|_| baton_api::PortDefinition { name: None, port: 0 }).collect();
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.0.spec.env.insert(key.into(), value.into());
+        self
+    }
+
+    pub fn build(self) -> Arc<App> {
+        Arc::new(self.0)
+    }
+}
+
+pub struct AgentBuilder(AgentRecord);
+
+pub fn agent(name: &str) -> AgentBuilder {
+    AgentBuilder(AgentRecord {
+        name: name.into(),
+        host: "127.0.0.1".into(),
+        resources: ResourceAmounts { millicpus: 4000, mem_mib: 4096, disk_mib: 1024 },
+        attributes: Default::default(),
+        ports: vec![PortRange { begin: 31000, end: 31099 }],
+        version: "test".into(),
+        started_at: now(),
+    })
+}
+
+impl AgentBuilder {
+    pub fn mem(mut self, mib: u64) -> Self {
+        self.0.resources.mem_mib = mib;
+        self
+    }
+
+    pub fn port_range(mut self, begin: u16, end: u16) -> Self {
+        self.0.ports = vec![PortRange { begin, end }];
+        self
+    }
+
+    pub fn build(self) -> Arc<AgentRecord> {
+        Arc::new(self.0)
+    }
+}
+
+pub struct InstanceBuilder {
+    record: InstanceRecord,
+    status: Option<StatusRecord>,
+}
+
+/// An instance of `app` at its current version on `agent`, not yet reported.
+pub fn instance(app: &App, agent: &str, n: u32) -> InstanceBuilder {
+    InstanceBuilder {
+        record: InstanceRecord {
+            id: format!("{}-{n:03}", app.metadata.name.as_deref().unwrap()),
+            app: AppRef {
+                namespace: "default".into(),
+                name: app.metadata.name.clone().unwrap(),
+                uid: app.metadata.uid.clone().unwrap(),
+            },
+            agent: agent.into(),
+            host: "127.0.0.1".into(),
+            version: app.spec.version(),
+            created_at: now() - jiff::SignedDuration::from_secs(3600 - i64::from(n)),
+            goal: Goal::Running,
+            stop_reason: None,
+            command: Command::Shell("sleep 1000".into()),
+            env: Default::default(),
+            labels: Default::default(),
+            resources: app.spec.resources.amounts(),
+            ports: Vec::new(),
+            kill_grace_seconds: 3,
+        },
+        status: None,
+    }
+}
+
+impl InstanceBuilder {
+    pub fn phase(mut self, phase: Phase) -> Self {
+        self.status = Some(StatusRecord::new(phase));
+        self
+    }
+
+    pub fn running(self) -> Self {
+        self.phase(Phase::Running)
+    }
+
+    /// Ended on its own `seconds_ago`.
+    pub fn failed(mut self, seconds_ago: i64) -> Self {
+        let mut status = StatusRecord::new(Phase::Failed);
+        status.finished_at = Some(now() - jiff::SignedDuration::from_secs(seconds_ago));
+        status.exit_code = Some(1);
+        self.status = Some(status);
+        self
+    }
+
+    pub fn stopping(mut self) -> Self {
+        self.record.goal = Goal::Stopped;
+        self
+    }
+
+    pub fn version(mut self, version: &str) -> Self {
+        self.record.version = version.into();
+        self
+    }
+
+    pub fn port(mut self, port: u16) -> Self {
+        self.record.ports.push(AssignedPort { name: None, port });
+        self
+    }
+
+    pub fn build(self) -> InstanceState {
+        InstanceState { record: Arc::new(self.record), revision: 10, status: self.status.map(Arc::new) }
+    }
+}
+
+/// A snapshot of these apps, agents and instances.
+pub fn snapshot(apps: &[&Arc<App>], agents: Vec<Arc<AgentRecord>>, instances: Vec<InstanceState>) -> Snapshot {
+    Snapshot {
+        apps: apps.iter().map(|a| Arc::clone(a)).collect(),
+        agents: agents.into_iter().map(|a| (a.name.clone(), a)).collect(),
+        instances: instances.into_iter().map(|i| (i.record.id.clone(), i)).collect(),
+    }
+}
