@@ -1,13 +1,22 @@
-//! `baton dev`: a whole cluster in one process.
+//! `baton dev`: a whole cluster in one process — embedded store, API server, controller and
+//! agents — for trying Baton on one machine.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+use baton_agent::AgentConfig;
+use baton_api::PortRange;
 use baton_apiserver::ApiServer;
-use baton_store::Keyspace;
+use baton_controllers::runtime::ControllerConfig;
 use baton_store::embedded::{EmbeddedOptions, EmbeddedStore};
+use baton_store::{Keyspace, Store};
 
 #[derive(clap::Args)]
 pub struct DevArgs {
@@ -22,23 +31,145 @@ pub struct DevArgs {
     agents: u32,
 }
 
+/// The most agents one `baton dev` runs (each gets its own slice of ports).
+const MAX_AGENTS: u32 = 64;
+/// Dynamic host ports handed out by dev agents: each agent gets a disjoint slice.
+const PORTS_BEGIN: u32 = 31000;
+const PORTS_END: u32 = 64999;
+
+/// Disjoint port ranges for `count` agents on one host: up to 1000 ports each.
+fn port_ranges(count: u32) -> Vec<PortRange> {
+    let size = ((PORTS_END - PORTS_BEGIN + 1) / count.max(1)).min(1000);
+    (0..count)
+        .map(|i| {
+            let begin = PORTS_BEGIN + i * size;
+            PortRange { begin: begin as u16, end: (begin + size - 1) as u16 }
+        })
+        .collect()
+}
+
 pub async fn run(args: DevArgs) -> Result<()> {
-    let store = EmbeddedStore::open(&args.data_dir.join("store"), EmbeddedOptions::default())
+    if args.agents > MAX_AGENTS {
+        bail!("--agents {}: at most {MAX_AGENTS} agents can share one machine's ports", args.agents);
+    }
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("--data-dir {}: cannot create it", args.data_dir.display()))?;
+    let data_dir = std::fs::canonicalize(&args.data_dir)?;
+    let options = EmbeddedOptions { revoke_leases_on_open: true, ..EmbeddedOptions::default() };
+    let store = EmbeddedStore::open(&data_dir.join("store"), options)
         .await
-        .context("opening the embedded store")?;
-    let store: Arc<dyn baton_store::Store> = Arc::new(store);
-    let api = ApiServer::new(store.clone(), Keyspace::default());
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("--listen {}: cannot listen there (is another baton dev running?)", args.listen))?;
+        .with_context(|| format!("--data-dir {}: cannot open the store", data_dir.display()))?;
+    let store: Arc<dyn Store> = Arc::new(store);
+    let keys = Keyspace::default();
+    let shutdown = CancellationToken::new();
+
+    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| {
+        format!("--listen {}: cannot listen there (is another baton dev running? pick another port)", args.listen)
+    })?;
     let url = format!("http://{}", listener.local_addr()?);
-    let kubeconfig = args.data_dir.join("kubeconfig");
+    let kubeconfig = data_dir.join("kubeconfig");
     std::fs::write(&kubeconfig, baton_apiserver::kubeconfig::admin_kubeconfig(&url))
         .with_context(|| format!("writing {}", kubeconfig.display()))?;
-    eprintln!("API server on {url}; export KUBECONFIG={}", kubeconfig.display());
-    baton_apiserver::serve(listener, api, async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await?;
+    let api = ApiServer::new(store.clone(), keys.clone());
+    let api_shutdown = shutdown.clone();
+    let api_task = tokio::spawn(baton_apiserver::serve(listener, api, async move { api_shutdown.cancelled().await }));
+
+    let client = kube_client(&kubeconfig).await?;
+    let controller_id = format!("{}:{}", hostname(), std::process::id());
+    let controller = tokio::spawn(baton_controllers::runtime::run(
+        store.clone(),
+        client,
+        ControllerConfig::new(controller_id, keys.clone()),
+        shutdown.clone(),
+    ));
+
+    let machine = baton_agent::machine::resources(&data_dir);
+    let share = machine.divided_by(u64::from(args.agents));
+    let mut agents = Vec::new();
+    for (i, ports) in port_ranges(args.agents).into_iter().enumerate() {
+        let n = i + 1;
+        let config = AgentConfig {
+            name: format!("agent-{n}"),
+            host: "127.0.0.1".into(),
+            resources: share,
+            attributes: BTreeMap::from([("rack".to_string(), format!("r{n}"))]),
+            ports: vec![ports],
+            work_dir: data_dir.join("agents").join(format!("agent-{n}")),
+            lease_ttl: Duration::from_secs(10),
+            keys: keys.clone(),
+        };
+        agents.push(tokio::spawn(baton_agent::run(store.clone(), config, shutdown.clone())));
+    }
+
+    println!(
+        "Baton is running: API server {url}, {} agent(s) with {} each, data in {}\n\n  \
+         export KUBECONFIG={}\n  kubectl apply -f examples/web.yaml\n  kubectl get apps\n  \
+         kubectl get instances -l app=web\n\nCtrl-C stops Baton and every instance it started.",
+        args.agents,
+        share.display(),
+        data_dir.display(),
+        kubeconfig.display(),
+    );
+
+    wait_for_signal().await?;
+    eprintln!("stopping: every instance is being stopped (Ctrl-C again to quit at once)");
+    shutdown.cancel();
+    tokio::spawn(async {
+        if wait_for_signal().await.is_ok() {
+            eprintln!("quitting without waiting; instance processes may be left running");
+            std::process::exit(130);
+        }
+    });
+    for agent in agents {
+        match agent.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("agent: {e}"),
+            Err(e) => eprintln!("agent task: {e}"),
+        }
+    }
+    let _ = controller.await;
+    match api_task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => eprintln!("API server: {e}"),
+        Err(e) => eprintln!("API server task: {e}"),
+    }
+    eprintln!("stopped");
     Ok(())
+}
+
+/// A client for the API server this process serves, from the kubeconfig it wrote.
+async fn kube_client(kubeconfig: &Path) -> Result<kube::Client> {
+    let config = kube::config::Kubeconfig::read_from(kubeconfig)?;
+    let config = kube::Config::from_custom_kubeconfig(config, &kube::config::KubeConfigOptions::default()).await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn wait_for_signal() -> Result<()> {
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    Ok(())
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_ranges_are_disjoint_and_in_bounds() {
+        let three = port_ranges(3);
+        assert_eq!(three[0], PortRange { begin: 31000, end: 31999 });
+        assert_eq!(three[2], PortRange { begin: 33000, end: 33999 });
+        let many = port_ranges(MAX_AGENTS);
+        assert!(many.windows(2).all(|w| w[0].end < w[1].begin));
+        assert!(u32::from(many.last().unwrap().end) <= PORTS_END);
+    }
 }

@@ -55,11 +55,17 @@ const REPLAY_CHUNK: u64 = 512;
 pub struct EmbeddedOptions {
     /// Revisions of change history kept for watches.
     pub history: u64,
+    /// Revoke every lease found when opening (deleting the keys attached to them). Right
+    /// when this process is the store's only user, as in `baton dev`: the data dir is locked
+    /// to one process, so a lease from an earlier run has no holder left to renew it, and
+    /// waiting out its TTL (etcd's behaviour, for clients on other machines) only delays
+    /// the new run's leader election.
+    pub revoke_leases_on_open: bool,
 }
 
 impl Default for EmbeddedOptions {
     fn default() -> Self {
-        Self { history: 100_000 }
+        Self { history: 100_000, revoke_leases_on_open: false }
     }
 }
 
@@ -186,7 +192,15 @@ impl Inner {
         };
         if !stale_lease_keys.is_empty() {
             // Keys whose lease record is gone cannot expire any more: delete them now.
-            inner.apply(Txn::new().and_then(stale_lease_keys.into_iter().map(Op::delete)))?;
+            for chunk in stale_lease_keys.chunks(crate::MAX_TXN_OPS) {
+                inner.apply(Txn::new().and_then(chunk.iter().map(|k| Op::delete(k.as_str()))))?;
+            }
+        }
+        if options.revoke_leases_on_open {
+            let leases: Vec<LeaseId> = inner.lock().leases.keys().copied().collect();
+            for lease in leases {
+                inner.revoke(lease)?;
+            }
         }
         Ok(inner)
     }

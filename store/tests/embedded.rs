@@ -47,7 +47,8 @@ async fn a_second_opener_gets_a_clear_error() {
 #[tokio::test]
 async fn watching_compacted_history_fails_with_the_oldest_revision_kept() {
     let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(dir.path(), EmbeddedOptions { history: 10 }).await.unwrap();
+    let store =
+        EmbeddedStore::open(dir.path(), EmbeddedOptions { history: 10, ..EmbeddedOptions::default() }).await.unwrap();
     for i in 0..40 {
         store.put(&format!("/c/{i}"), b"v".to_vec()).await.unwrap();
     }
@@ -65,4 +66,21 @@ async fn watching_compacted_history_fails_with_the_oldest_revision_kept() {
     // The last `history` revisions stay watchable.
     let current = store.current_revision().await.unwrap();
     assert!(store.watch("/c/", current - 9).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_sole_user_can_drop_the_leases_of_an_earlier_run() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).await.unwrap();
+        let lease = store.grant_lease(Duration::from_secs(60)).await.unwrap();
+        let put = baton_store::Txn::new().and_then([baton_store::Op::put_with_lease("/l/leader", &b"old"[..], lease)]);
+        store.txn(put).await.unwrap();
+        store.put("/l/plain", b"kept".to_vec()).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let options = EmbeddedOptions { revoke_leases_on_open: true, ..EmbeddedOptions::default() };
+    let store = EmbeddedStore::open(dir.path(), options).await.unwrap();
+    assert_eq!(store.get("/l/leader").await.unwrap(), None, "the earlier run's leased key is gone at once");
+    assert!(store.get("/l/plain").await.unwrap().is_some());
 }

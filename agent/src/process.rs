@@ -1,0 +1,303 @@
+//! Running one instance as a process: its sandbox, its environment, its process group, and
+//! stopping it (SIGTERM to the group, SIGKILL after the grace period).
+
+use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
+use baton_api::InstanceRecord;
+use baton_api::records::Command;
+use baton_api::validation::env_port_suffix;
+
+/// Where an instance's files live: `<work-dir>/sandboxes/<instance id>/`.
+pub fn sandbox_dir(work_dir: &Path, id: &str) -> PathBuf {
+    work_dir.join("sandboxes").join(id)
+}
+
+/// The environment of an instance: a minimal base (PATH, LANG), the app's env, then the
+/// variables the agent sets, which the app may not override (validation forbids it).
+pub fn environment(record: &InstanceRecord, sandbox: &Path, path: &str) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    env.insert("PATH".to_string(), path.to_string());
+    if let Ok(lang) = std::env::var("LANG") {
+        env.insert("LANG".to_string(), lang);
+    }
+    env.insert("HOME".to_string(), sandbox.display().to_string());
+    env.extend(record.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    for (index, port) in record.ports.iter().enumerate() {
+        env.insert(format!("PORT{index}"), port.port.to_string());
+        if let Some(name) = &port.name {
+            env.insert(format!("PORT_{}", env_port_suffix(name)), port.port.to_string());
+        }
+    }
+    if let Some(first) = record.ports.first() {
+        env.insert("PORT".to_string(), first.port.to_string());
+    }
+    let all: Vec<String> = record.ports.iter().map(|p| p.port.to_string()).collect();
+    env.insert("PORTS".to_string(), all.join(","));
+    env.insert("HOST".to_string(), record.host.clone());
+    env.insert("BATON_APP".to_string(), record.app.name.clone());
+    env.insert("BATON_NAMESPACE".to_string(), record.app.namespace.clone());
+    env.insert("BATON_APP_VERSION".to_string(), record.version.clone());
+    env.insert("BATON_INSTANCE".to_string(), record.id.clone());
+    env.insert("BATON_AGENT".to_string(), record.agent.clone());
+    env.insert("BATON_SANDBOX".to_string(), sandbox.display().to_string());
+    env
+}
+
+/// A started instance process, leader of its own process group.
+pub struct Process {
+    child: tokio::process::Child,
+    pub pid: u32,
+    /// Start time in clock ticks after boot: with the pid, identifies the process.
+    pub start_ticks: Option<u64>,
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exit {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+impl Exit {
+    fn of(status: ExitStatus) -> Self {
+        Self { code: status.code(), signal: status.signal() }
+    }
+
+    pub fn success(self) -> bool {
+        self.code == Some(0)
+    }
+
+    pub fn describe(self) -> String {
+        match (self.code, self.signal) {
+            (Some(code), _) => format!("exited with status {code}"),
+            (None, Some(signal)) => {
+                let name =
+                    Signal::try_from(signal).map(|s| s.as_str().to_string()).unwrap_or_else(|_| signal.to_string());
+                format!("killed by signal {name}")
+            }
+            (None, None) => "ended".to_string(),
+        }
+    }
+}
+
+/// Starts the instance's command in `sandbox` (created if missing), with stdout and stderr
+/// going to files there, in a new process group.
+pub fn start(record: &InstanceRecord, sandbox: &Path, path: &str) -> std::io::Result<Process> {
+    std::fs::create_dir_all(sandbox)?;
+    let stdout = std::fs::File::create(sandbox.join("stdout"))?;
+    let stderr = std::fs::File::create(sandbox.join("stderr"))?;
+    let mut command = match &record.command {
+        Command::Shell(script) => {
+            let mut c = tokio::process::Command::new("/bin/sh");
+            c.arg("-c").arg(script);
+            c
+        }
+        Command::Exec(args) => {
+            let (program, rest) = args.split_first().ok_or_else(|| std::io::Error::other("empty args"))?;
+            let mut c = tokio::process::Command::new(program);
+            c.args(rest);
+            c
+        }
+    };
+    command
+        .current_dir(sandbox)
+        .env_clear()
+        .envs(environment(record, sandbox, path))
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .process_group(0)
+        .kill_on_drop(false);
+    let child = command.spawn()?;
+    let pid = child.id().ok_or_else(|| std::io::Error::other("the process exited before its pid was read"))?;
+    Ok(Process { child, pid, start_ticks: start_ticks(pid) })
+}
+
+impl Process {
+    /// Waits for the process to exit on its own.
+    pub async fn wait(&mut self) -> Exit {
+        match self.child.wait().await {
+            Ok(status) => Exit::of(status),
+            Err(e) => {
+                tracing::warn!(pid = self.pid, error = %e, "waiting for an instance process");
+                Exit { code: None, signal: None }
+            }
+        }
+    }
+
+    /// SIGTERM to the group; SIGKILL after `grace` if the leader is still there.
+    pub async fn stop(&mut self, grace: Duration) -> Exit {
+        signal_group(self.pid, Signal::SIGTERM);
+        match tokio::time::timeout(grace, self.child.wait()).await {
+            Ok(Ok(status)) => Exit::of(status),
+            _ => {
+                signal_group(self.pid, Signal::SIGKILL);
+                self.wait().await
+            }
+        }
+    }
+
+    /// Kills whatever is left in the group after the leader exited, so an instance leaves
+    /// nothing behind. (The group id cannot be reused while any member lives.)
+    pub fn kill_leftovers(&self) {
+        signal_group(self.pid, Signal::SIGKILL);
+    }
+}
+
+/// Sends `signal` to process group `pgid`; a group that is already gone is fine.
+pub fn signal_group(pgid: u32, signal: Signal) {
+    let Ok(pgid) = i32::try_from(pgid) else { return };
+    match killpg(Pid::from_raw(pgid), signal) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+        Err(e) => tracing::warn!(pgid, ?signal, error = %e, "could not signal an instance's process group"),
+    }
+}
+
+/// The start time of `pid` in clock ticks after boot (`/proc/<pid>/stat`, field 22), or
+/// `None` if there is no such process.
+pub fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_start_ticks(&stat)
+}
+
+/// Field 22 of a `/proc/<pid>/stat` line. The command (field 2) is in parentheses and may
+/// itself contain spaces and parentheses, so fields are counted after the last ')'.
+fn parse_start_ticks(stat: &str) -> Option<u64> {
+    let after_command = &stat[stat.rfind(')')? + 1..];
+    // After ')' come field 3 (state) onwards: field 22 is the 20th.
+    after_command.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether the process `pid` that started at `ticks` still runs (and is not a zombie).
+pub fn is_alive(pid: u32, ticks: u64) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    let state = stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next());
+    parse_start_ticks(&stat) == Some(ticks) && state != Some("Z")
+}
+
+/// Live (not zombie) processes in process group `pgid`, from `/proc`.
+pub fn live_group_members(pgid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+            let Some(close) = stat.rfind(')') else { return false };
+            // After ')': state (field 3), ppid (4), pgrp (5).
+            let mut fields = stat[close + 1..].split_whitespace();
+            let state = fields.next();
+            let pgrp = fields.nth(1).and_then(|f| f.parse::<u32>().ok());
+            state != Some("Z") && pgrp == Some(pgid)
+        })
+        .collect()
+}
+
+/// The last `max` bytes of a file, as text, trimmed (for failure messages).
+pub fn tail(path: &Path, max: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(path) else { return String::new() };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = file.seek(SeekFrom::Start(len.saturating_sub(max)));
+    let mut bytes = Vec::new();
+    let _ = file.read_to_end(&mut bytes);
+    String::from_utf8_lossy(&bytes).trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_api::records::AssignedPort;
+    use baton_api::{AppRef, Goal, ResourceAmounts};
+
+    fn record() -> InstanceRecord {
+        InstanceRecord {
+            id: "web-abc".into(),
+            app: AppRef { namespace: "default".into(), name: "web".into(), uid: "u".into() },
+            agent: "a1".into(),
+            host: "127.0.0.1".into(),
+            version: "v1".into(),
+            created_at: jiff::Timestamp::UNIX_EPOCH,
+            goal: Goal::Running,
+            stop_reason: None,
+            command: Command::Shell("echo hi".into()),
+            env: [("GREETING".to_string(), "hello".to_string())].into(),
+            labels: Default::default(),
+            resources: ResourceAmounts::default(),
+            ports: vec![
+                AssignedPort { name: Some("http".into()), port: 31000 },
+                AssignedPort { name: Some("metrics-http".into()), port: 31001 },
+            ],
+            kill_grace_seconds: 3,
+        }
+    }
+
+    #[test]
+    fn environment_has_ports_names_and_identity() {
+        let env = environment(&record(), Path::new("/sb/web-abc"), "/usr/bin:/bin");
+        let get = |k: &str| env.get(k).map(String::as_str);
+        assert_eq!(get("PORT0"), Some("31000"));
+        assert_eq!(get("PORT1"), Some("31001"));
+        assert_eq!(get("PORT"), Some("31000"));
+        assert_eq!(get("PORTS"), Some("31000,31001"));
+        assert_eq!(get("PORT_HTTP"), Some("31000"));
+        assert_eq!(get("PORT_METRICS_HTTP"), Some("31001"));
+        assert_eq!(get("HOST"), Some("127.0.0.1"));
+        assert_eq!(get("BATON_APP"), Some("web"));
+        assert_eq!(get("BATON_INSTANCE"), Some("web-abc"));
+        assert_eq!(get("GREETING"), Some("hello"));
+        assert_eq!(get("PATH"), Some("/usr/bin:/bin"));
+    }
+
+    #[test]
+    fn start_ticks_are_read_after_the_command() {
+        let stat = "1234 (odd) name) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 12345 100";
+        assert_eq!(parse_start_ticks(stat), Some(987654));
+        assert!(start_ticks(std::process::id()).is_some(), "this process has a start time");
+        assert!(is_alive(std::process::id(), start_ticks(std::process::id()).unwrap()));
+        assert!(!is_alive(std::process::id(), 1), "a different start time is a different process");
+    }
+
+    #[tokio::test]
+    async fn a_process_runs_in_its_sandbox_and_its_group_is_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = record();
+        // A shell that starts a child and ignores SIGTERM: only SIGKILL ends the group.
+        r.command = Command::Shell("trap '' TERM; sleep 60 & echo $PORT_HTTP; wait".into());
+        r.kill_grace_seconds = 1;
+        let sandbox = dir.path().join("web-abc");
+        let mut process = start(&r, &sandbox, "/usr/bin:/bin").unwrap();
+        assert!(process.start_ticks.is_some());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let exit = process.stop(Duration::from_millis(300)).await;
+        assert_eq!(exit.signal, Some(libc_sigkill()), "{}", exit.describe());
+        process.kill_leftovers();
+        assert_eq!(std::fs::read_to_string(sandbox.join("stdout")).unwrap().trim(), "31000");
+        // Nothing of the group is left running.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(live_group_members(process.pid), Vec::<u32>::new());
+    }
+
+    fn libc_sigkill() -> i32 {
+        Signal::SIGKILL as i32
+    }
+
+    #[tokio::test]
+    async fn a_failing_command_reports_its_status_and_stderr() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = record();
+        r.command = Command::Exec(vec!["/bin/sh".into(), "-c".into(), "echo boom >&2; exit 3".into()]);
+        let sandbox = dir.path().join("x");
+        let mut process = start(&r, &sandbox, "/usr/bin:/bin").unwrap();
+        let exit = process.wait().await;
+        assert_eq!(exit.code, Some(3));
+        assert_eq!(exit.describe(), "exited with status 3");
+        assert_eq!(tail(&sandbox.join("stderr"), 100), "boom");
+    }
+}
