@@ -10,7 +10,7 @@ pub fn resources(work_dir: &Path) -> ResourceAmounts {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
     let mem_mib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| mem_total_mib(&m)).unwrap_or(1024);
     let disk_mib = nix::sys::statvfs::statvfs(work_dir)
-        .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64 / (1024 * 1024))
+        .map(|s| s.blocks_available().saturating_mul(s.fragment_size()) / (1024 * 1024))
         .unwrap_or(0);
     ResourceAmounts { millicpus: cpus * 1000, mem_mib, disk_mib }
 }

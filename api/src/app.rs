@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 use crate::resources::Resources;
 
 /// The desired state of an app: what to run, how many times, with what.
+// Each printcolumn(...) repeats the same keys, which clippy mistakes for duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
 #[kube(
     group = "baton.dev",

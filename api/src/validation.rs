@@ -308,7 +308,8 @@ mod tests {
 
     #[test]
     fn each_bad_field_is_named_with_its_value() {
-        let cases: Vec<(Box<dyn Fn(&mut AppSpec)>, &str)> = vec![
+        type Change = Box<dyn Fn(&mut AppSpec)>;
+        let cases: Vec<(Change, &str)> = vec![
             (Box::new(|s| s.instances = -1), "spec.instances: Invalid value: -1: must be greater than or equal to 0"),
             (Box::new(|s| s.cmd = None), "spec.cmd: Required value: one of spec.cmd or spec.args is required"),
             (

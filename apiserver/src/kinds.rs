@@ -255,7 +255,7 @@ mod tests {
     fn decoding_names_unknown_fields_and_type_errors() {
         let body = json!({"apiVersion": "baton.dev/v1alpha1", "kind": "App", "metadata": {"name": "web", "colour": 1},
                           "spec": {"cmd": "x", "replicas": 3, "ports": [{"port": 0, "protocol": "tcp"}]}});
-        let decoded = decode_app(&body).ok().expect("valid apart from unknown fields");
+        let decoded = decode_app(&body).expect("valid apart from unknown fields");
         assert_eq!(decoded.unknown_fields, ["metadata.colour", "spec.ports[0].protocol", "spec.replicas"]);
         assert_eq!(decoded.object["spec"]["instances"], 1, "defaults are filled in");
 

@@ -267,6 +267,9 @@ impl ApiServer {
             }
             let current = object_of(&kv)?;
             let wanted = change(&current)?;
+            if !wanted.is_object() {
+                return Err(ApiError::bad_request(format!("the {} must stay a JSON object", kind.kind)));
+            }
             let merged = merge_for_update(kind, &current, wanted, part);
             let mut warnings = Vec::new();
             let mut object = self.decode(kind, &merged, name, query.field_validation, &mut warnings)?;

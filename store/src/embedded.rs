@@ -465,8 +465,7 @@ async fn reap_leases(weak: Weak<Inner>, leases_changed: Arc<Notify>) {
                     Err(e) => tracing::warn!(lease = id, error = %e, "lease expiry task failed"),
                 }
             }
-            let next_deadline = inner.lock().leases.values().map(|l| l.deadline).min();
-            next_deadline
+            inner.lock().leases.values().map(|l| l.deadline).min()
         };
         // Wake at the next deadline, or when a lease is granted; at least once a second so a
         // dropped store is noticed.

@@ -1,1 +1,246 @@
-//! placeholder
+//! Helpers for Baton's end-to-end tests, which run real processes: the built `baton`
+//! binary, the real `kubectl`, and the instance processes Baton starts.
+//!
+//! Every process a test starts is stopped by pid, also when the test fails: [`Baton`]'s
+//! drop stops `baton` (SIGTERM, then SIGKILL) and then kills any process still running
+//! from inside the test's data directory (its sandboxes), so nothing outlives a test.
+//! Ports are picked free at run time, on loopback only. Every wait is bounded and fails
+//! with what it waited for and the end of Baton's log.
+#![deny(warnings, rust_2018_idioms)]
+#![forbid(unsafe_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+pub use baton_agent::process::{live_group_members, start_ticks};
+
+/// A port nobody listens on right now, on 127.0.0.1.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding an ephemeral loopback port");
+    listener.local_addr().expect("a local address").port()
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, for at most `timeout`.
+pub fn poll<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A process identified by pid and start time, so a reused pid is not mistaken for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ProcessId {
+    pub pid: u32,
+    pub start_ticks: u64,
+}
+
+impl ProcessId {
+    pub fn of(pid: u32) -> Option<Self> {
+        Some(Self { pid, start_ticks: start_ticks(pid)? })
+    }
+
+    pub fn is_alive(self) -> bool {
+        baton_agent::process::is_alive(self.pid, self.start_ticks)
+    }
+}
+
+/// Every live process in the process groups led by `leaders` (an instance's reported pid
+/// leads its group: the shell and whatever it started).
+pub fn group_processes(leaders: &[u32]) -> Vec<ProcessId> {
+    leaders.iter().flat_map(|l| live_group_members(*l)).filter_map(ProcessId::of).collect()
+}
+
+/// Live processes whose working directory is inside `dir`.
+pub fn processes_in(dir: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(dir)))
+        .filter(|pid| ProcessId::of(*pid).is_some_and(ProcessId::is_alive))
+        .collect()
+}
+
+/// The HTTP status of `GET /` on 127.0.0.1:`port`, if something answers within 2 s.
+pub fn http_status(port: u16) -> Option<u16> {
+    let (status, _) = http("127.0.0.1", port, "GET", "/", None).ok()?;
+    Some(status)
+}
+
+/// A minimal HTTP/1.0 request on loopback: (status, body).
+pub fn http(
+    host: &str,
+    port: u16,
+    method: &str,
+    path: &str,
+    json_body: Option<&str>,
+) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect((host, port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let body = json_body.unwrap_or("");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// A running `baton dev` on a fresh data dir and a free port.
+pub struct Baton {
+    child: Option<Child>,
+    pub pid: u32,
+    data_dir: tempfile::TempDir,
+    pub port: u16,
+    pub kubeconfig: PathBuf,
+    log: PathBuf,
+    home: PathBuf,
+}
+
+impl Baton {
+    /// Starts `binary dev` with `agents` agents and waits until the API answers kubectl.
+    pub fn start_dev(binary: &Path, agents: u32) -> Self {
+        let data_dir = tempfile::Builder::new().prefix("baton-e2e-").tempdir().expect("a temporary data dir");
+        let port = free_port();
+        let log = data_dir.path().join("baton.log");
+        let home = data_dir.path().join("home");
+        std::fs::create_dir_all(&home).expect("a HOME for kubectl's cache");
+        let log_file = std::fs::File::create(&log).expect("the log file");
+        let child = Command::new(binary)
+            .args(["dev", "--data-dir"])
+            .arg(data_dir.path().join("data"))
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--agents", &agents.to_string()])
+            .env("RUST_LOG", "info,baton_controllers=debug")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("log handle"))
+            .stderr(log_file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        let pid = child.id();
+        let kubeconfig = data_dir.path().join("data").join("kubeconfig");
+        let mut baton = Baton { child: Some(child), pid, data_dir, port, kubeconfig, log, home };
+        baton.wait_for("the API server to answer `kubectl get apps`", Duration::from_secs(60), |b| {
+            (b.kubeconfig.exists() && b.kubectl(&["get", "apps"]).status.success()).then_some(())
+        });
+        baton
+    }
+
+    /// The data directory (the store, the kubeconfig, the agents' sandboxes).
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.path().join("data")
+    }
+
+    /// Runs kubectl against this cluster.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        self.kubectl_with_input(args, None)
+    }
+
+    pub fn kubectl_with_input(&self, args: &[&str], input: Option<&str>) -> Output {
+        let mut command = Command::new("kubectl");
+        command
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("HOME", &self.home)
+            .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("kubectl runs (is it on PATH?)");
+        if let Some(input) = input {
+            child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("writing kubectl's input");
+        }
+        child.wait_with_output().expect("kubectl's output")
+    }
+
+    /// Runs kubectl and returns its stdout; fails the test with stderr when it fails.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let output = self.kubectl(args);
+        assert!(
+            output.status.success(),
+            "kubectl {} failed: {}\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr),
+            self.log_tail()
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// `kubectl … -o json`, parsed.
+    pub fn kubectl_json(&self, args: &[&str]) -> Value {
+        let mut full = args.to_vec();
+        full.extend(["-o", "json"]);
+        serde_json::from_str(&self.kubectl_ok(&full)).expect("kubectl printed JSON")
+    }
+
+    /// Polls `check` until it returns `Some`; fails with `what` and the log's end.
+    pub fn wait_for<T>(&mut self, what: &str, timeout: Duration, mut check: impl FnMut(&Self) -> Option<T>) -> T {
+        let mut exited = None;
+        let found = poll(timeout, || {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                exited = Some(status);
+                return Some(None);
+            }
+            check(self).map(Some)
+        });
+        match (found, exited) {
+            (_, Some(status)) => panic!("baton exited ({status}) while waiting for {what}\n{}", self.log_tail()),
+            (Some(Some(value)), _) => value,
+            _ => panic!("timed out after {timeout:?} waiting for {what}\n{}", self.log_tail()),
+        }
+    }
+
+    /// The last 60 lines of Baton's log.
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        format!("--- end of baton's log ---\n{}", lines[lines.len().saturating_sub(60)..].join("\n"))
+    }
+
+    /// Stops baton with SIGTERM and waits (at most 30 s) for it to exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("baton is running");
+        let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGTERM);
+        let status = poll(Duration::from_secs(30), || child.try_wait().ok().flatten());
+        match status {
+            Some(status) => status,
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("baton did not exit within 30 s of SIGTERM\n{}", self.log_tail());
+            }
+        }
+    }
+}
+
+impl Drop for Baton {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGTERM);
+            if poll(Duration::from_secs(15), || child.try_wait().ok().flatten()).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        // Whatever still runs from inside the data dir was started by this test's baton.
+        for pid in processes_in(self.data_dir.path()) {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+    }
+}

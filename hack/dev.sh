@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Builds Baton (release) and runs a whole cluster on this machine: `baton dev`.
+# Arguments are passed on, e.g. hack/dev.sh --agents 5 --listen 127.0.0.1:7443
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --locked -p baton
+exec target/release/baton dev "$@"

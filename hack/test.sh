@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Runs every check CI runs, on a fresh Debian/Ubuntu machine too: installs the system
+# packages the build and the tests need when they are missing, then checks formatting,
+# runs clippy with warnings as errors, and runs every test in the workspace (the
+# end-to-end tests start real processes: baton, kubectl, and the instances).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+missing=()
+command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)   # etcd-client's build runs protoc
+command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)            # the real etcd the store tests start
+command -v python3 >/dev/null 2>&1 || missing+=(python3)             # examples/web.yaml serves with python3
+if ((${#missing[@]})); then
+  step "installing ${missing[*]}"
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+if ! command -v kubectl >/dev/null 2>&1; then
+  echo "kubectl is not on PATH: the end-to-end tests drive Baton with the real kubectl." >&2
+  echo "Install it (https://kubernetes.io/docs/tasks/tools/) and run hack/test.sh again." >&2
+  exit 1
+fi
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test"
+started=$SECONDS
+cargo test --workspace --locked
+echo "tests passed in $((SECONDS - started)) s"

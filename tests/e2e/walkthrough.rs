@@ -1,0 +1,155 @@
+//! The README's walkthrough, end to end: the built `baton dev` as a real process, the real
+//! kubectl, real instance processes answering HTTP on the ports Baton assigned.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use baton_e2e::{Baton, ProcessId, group_processes, http, http_status, processes_in};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn baton_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_baton"))
+}
+
+fn example(name: &str) -> String {
+    format!("{}/../examples/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// One instance of `web` as `kubectl get instances -o json` shows it.
+#[derive(Debug, Clone)]
+struct Seen {
+    id: String,
+    phase: String,
+    port: Option<u16>,
+    pid: Option<u32>,
+}
+
+fn instances(baton: &Baton) -> Vec<Seen> {
+    let list = baton.kubectl_json(&["get", "instances", "-l", "app=web"]);
+    list["items"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|i| Seen {
+            id: i["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+            phase: i["status"]["phase"].as_str().unwrap_or_default().to_string(),
+            port: i["spec"]["ports"][0].as_u64().map(|p| p as u16),
+            pid: i["status"]["pid"].as_u64().map(|p| p as u32),
+        })
+        .collect()
+}
+
+/// Waits until exactly `n` instances of web run and every one answers 200 on its port.
+fn wait_serving(baton: &mut Baton, n: usize) -> Vec<Seen> {
+    baton.wait_for(&format!("{n} instances of web running and answering HTTP"), WAIT, |b| {
+        let seen = instances(b);
+        let serving =
+            seen.len() == n && seen.iter().all(|i| i.phase == "Running" && i.port.and_then(http_status) == Some(200));
+        serving.then_some(seen)
+    })
+}
+
+fn processes_of(seen: &[Seen]) -> Vec<ProcessId> {
+    let leaders: Vec<u32> = seen.iter().filter_map(|i| i.pid).collect();
+    group_processes(&leaders)
+}
+
+#[test]
+fn walkthrough_apply_scale_replace_delete_stop() {
+    let mut baton = Baton::start_dev(&baton_binary(), 3);
+
+    baton.kubectl_ok(&["apply", "-f", &example("web.yaml")]);
+    let three = wait_serving(&mut baton, 3);
+    let ports: BTreeSet<Option<u16>> = three.iter().map(|i| i.port).collect();
+    assert_eq!(ports.len(), 3, "each instance has its own port: {three:?}");
+
+    let table = baton.kubectl_ok(&["get", "apps"]);
+    let header: Vec<&str> = table.lines().next().unwrap_or_default().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "INSTANCES", "RUNNING", "AGE"], "{table}");
+    let row: Vec<&str> = table.lines().nth(1).unwrap_or_default().split_whitespace().collect();
+    assert_eq!(row[..3], ["web", "3", "3"], "{table}");
+    let wide = baton.kubectl_ok(&["get", "instances", "-l", "app=web"]);
+    assert!(
+        wide.starts_with("NAME") && wide.contains("AGENT") && wide.contains("PORTS") && wide.contains("PHASE"),
+        "{wide}"
+    );
+
+    baton.kubectl_ok(&["scale", "app/web", "--replicas=5"]);
+    let five = wait_serving(&mut baton, 5);
+
+    // SIGKILL one instance's process: it is replaced by a new instance.
+    let victim = five[0].clone();
+    let victim_pid = victim.pid.expect("a running instance has a pid");
+    kill(Pid::from_raw(victim_pid as i32), Signal::SIGKILL).expect("killing the instance process");
+    let replaced = baton.wait_for("the killed instance to be replaced", WAIT, |b| {
+        let seen = instances(b);
+        let ok = seen.len() == 5
+            && !seen.iter().any(|i| i.id == victim.id)
+            && seen.iter().all(|i| i.phase == "Running" && i.port.and_then(http_status) == Some(200));
+        ok.then_some(seen)
+    });
+    assert!(replaced.iter().all(|i| i.pid != Some(victim_pid)));
+
+    // Delete: every process of every instance goes.
+    let processes = processes_of(&replaced);
+    assert!(processes.len() >= 5, "each instance has at least one live process: {processes:?}");
+    baton.kubectl_ok(&["delete", "app", "web"]);
+    baton.wait_for("every process of web to be gone", WAIT, |_| processes.iter().all(|p| !p.is_alive()).then_some(()));
+    baton.wait_for("the instances of web to disappear", WAIT, |b| instances(b).is_empty().then_some(()));
+
+    // Stopping baton stops what it runs.
+    baton.kubectl_ok(&["apply", "-f", &example("web.yaml")]);
+    let running = processes_of(&wait_serving(&mut baton, 3));
+    let status = baton.stop();
+    assert!(status.success(), "baton exits cleanly on SIGTERM: {status}\n{}", baton.log_tail());
+    let left: Vec<&ProcessId> = running.iter().filter(|p| p.is_alive()).collect();
+    assert!(left.is_empty(), "instance processes left after baton stopped: {left:?}");
+    assert_eq!(processes_in(&baton.data_dir()), Vec::<u32>::new(), "nothing runs from the data dir");
+}
+
+#[test]
+fn bad_input_is_refused_naming_the_field_and_nothing_is_stored() {
+    let baton = Baton::start_dev(&baton_binary(), 1);
+    let cases = [
+        ("instances: -1\n  cmd: sleep 1", "spec.instances", "Invalid value: -1"),
+        ("cmd: sleep 1\n  colour: red", "spec.colour", "Unknown field"),
+        ("instances: 2", "spec.cmd", "Required value"),
+        ("cmd: sleep 1\n  resources: {mem: 0}", "spec.resources.mem", "Invalid value: 0"),
+    ];
+    for (spec, field, words) in cases {
+        let manifest = format!("apiVersion: baton.dev/v1alpha1\nkind: App\nmetadata:\n  name: bad\nspec:\n  {spec}\n");
+        let output = baton.kubectl_with_input(&["apply", "-f", "-"], Some(&manifest));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "kubectl apply of {spec:?} must fail");
+        assert!(
+            stderr.contains("is invalid") && stderr.contains(field) && stderr.contains(words),
+            "kubectl's error for {spec:?} names {field} ({words}): {stderr}"
+        );
+
+        // The same over the wire: a 422 Status whose cause names the field.
+        let json = yaml_to_json(&manifest);
+        let (code, body) =
+            http("127.0.0.1", baton.port, "POST", "/apis/baton.dev/v1alpha1/namespaces/default/apps", Some(&json))
+                .expect("the API server answers");
+        assert_eq!(code, 422, "{body}");
+        let status: serde_json::Value = serde_json::from_str(&body).expect("a Status object");
+        assert_eq!(status["kind"], "Status");
+        assert_eq!(status["reason"], "Invalid");
+        assert_eq!(status["details"]["causes"][0]["field"], field, "{body}");
+    }
+    let apps = baton.kubectl_json(&["get", "apps"]);
+    assert_eq!(apps["items"].as_array().map(Vec::len), Some(0), "nothing was stored: {apps}");
+    let (code, _) =
+        http("127.0.0.1", baton.port, "GET", "/apis/baton.dev/v1alpha1/namespaces/default/apps/bad", None).unwrap();
+    assert_eq!(code, 404);
+}
+
+/// A YAML manifest as JSON, for a raw API request.
+fn yaml_to_json(manifest: &str) -> String {
+    let value: serde_json::Value = serde_saphyr::from_str(manifest).expect("a YAML manifest");
+    value.to_string()
+}
