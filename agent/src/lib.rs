@@ -73,9 +73,14 @@ pub async fn run(store: Arc<dyn Store>, config: AgentConfig, shutdown: Cancellat
         Agent { store: store.clone(), config: config.clone(), running: HashMap::new(), ended: HashSet::new(), exits };
     agent.recover_leftovers().await?;
     while !shutdown.is_cancelled() {
-        if let Err(e) = agent.follow(&mut exited, &shutdown).await {
-            tracing::warn!(agent = config.name, error = %e, "following assignments failed; resyncing");
-            tokio::time::sleep(Duration::from_millis(500)).await;
+        match agent.follow(&mut exited, &shutdown).await {
+            Ok(()) if shutdown.is_cancelled() => break,
+            Ok(()) => tracing::warn!(agent = config.name, "the watch of assignments ended; resyncing"),
+            Err(e) => tracing::warn!(agent = config.name, error = %e, "following assignments failed; resyncing"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = shutdown.cancelled() => {}
         }
     }
     agent.stop_all().await;

@@ -7,7 +7,6 @@ use axum::body::Bytes;
 use axum::response::Response;
 use baton_api::{Instance, InstanceRecord, StatusRecord};
 use baton_store::{EventKind, KeyValue, Keyspace, Revision};
-use futures::StreamExt;
 use serde_json::{Value, json};
 
 use crate::ApiServer;
@@ -15,7 +14,7 @@ use crate::kinds::Kind;
 use crate::request::Query;
 use crate::status::{ApiError, ApiResult, Target};
 use crate::table::Format;
-use crate::watch::{Encoder, follow, respond, start_revision, transition};
+use crate::watch::{Encoder, respond, start_revision, transition};
 
 /// Instance records and statuses, keyed by `(agent, id)`, with the revision that last
 /// changed each.
@@ -162,29 +161,20 @@ impl ApiServer {
                 loaded_at + 1
             }
         };
+        let keys = self.keys.clone();
+        let selectors = query.selectors.clone();
+        let namespace = namespace.map(str::to_string);
+        let events = encoder.clone();
+        let convert = move |event: &baton_store::WatchEvent| {
+            let (before, after) = join.apply(&keys, event)?;
+            let matches = |v: &Value| in_namespace(v, namespace.as_deref()) && selectors.matches(v);
+            let type_ = transition(before.as_ref().map(matches), after.as_ref().map(matches))?;
+            let object = if type_ == "DELETED" { before.or(after) } else { after };
+            object.map(|o| events.event(type_, &o))
+        };
         // One watch over the whole keyspace keeps instance and status changes in revision
         // order; other keys are skipped.
-        let live = match self.store.watch(&self.keys.root_prefix(), from).await {
-            Ok(watch) => {
-                let keys = self.keys.clone();
-                let selectors = query.selectors.clone();
-                let namespace = namespace.map(str::to_string);
-                let events = encoder.clone();
-                follow(watch, encoder, move |event| {
-                    let Some((before, after)) = join.apply(&keys, event) else { return Vec::new() };
-                    let matches = |v: &Value| in_namespace(v, namespace.as_deref()) && selectors.matches(v);
-                    let Some(type_) = transition(before.as_ref().map(matches), after.as_ref().map(matches)) else {
-                        return Vec::new();
-                    };
-                    let object = if type_ == "DELETED" { before.or(after) } else { after };
-                    object.map(|o| vec![events.event(type_, &o)]).unwrap_or_default()
-                })
-            }
-            Err(e @ baton_store::Error::Compacted { .. }) => {
-                futures::stream::iter([encoder.error(&ApiError::from(e))]).boxed()
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let live = self.follow(&self.keys.root_prefix(), from, encoder, convert).await?;
         Ok(respond(initial, live, query, &self.shutdown))
     }
 }

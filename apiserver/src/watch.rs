@@ -121,33 +121,40 @@ pub fn respond(
         .into_response()
 }
 
-/// Turns a store watch into encoded events with `convert`, ending with an ERROR event if the
-/// store watch fails (410 Expired when the history is compacted).
-pub fn follow(
-    watch: baton_store::WatchStream,
-    encoder: Encoder,
-    mut convert: impl FnMut(&WatchEvent) -> Vec<Bytes> + Send + 'static,
-) -> BoxStream<'static, Bytes> {
-    watch
-        .scan(false, move |failed, batch| {
-            let out = if *failed {
-                None
-            } else {
-                match batch {
-                    Ok(batch) => Some(batch.events.iter().flat_map(&mut convert).collect::<Vec<_>>()),
-                    Err(e) => {
+impl ApiServer {
+    /// Follows the store under `prefix` from revision `from`, turning each change into at
+    /// most one event with `convert`. History that is gone becomes an in-stream 410 ERROR
+    /// event, as does any later failure of the store watch; the stream ends after it.
+    pub async fn follow(
+        &self,
+        prefix: &str,
+        from: Revision,
+        encoder: Encoder,
+        mut convert: impl FnMut(&WatchEvent) -> Option<Bytes> + Send + 'static,
+    ) -> ApiResult<BoxStream<'static, Bytes>> {
+        let watch = match self.store.watch(prefix, from).await {
+            Ok(watch) => watch,
+            Err(e @ baton_store::Error::Compacted { .. }) => {
+                return Ok(stream::iter([encoder.error(&ApiError::from(e))]).boxed());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let events = watch
+            .scan(false, move |failed, batch| {
+                let out = match (*failed, batch) {
+                    (true, _) => None,
+                    (false, Ok(batch)) => Some(batch.events.iter().filter_map(&mut convert).collect::<Vec<_>>()),
+                    (false, Err(e)) => {
                         *failed = true;
                         Some(vec![encoder.error(&ApiError::from(e))])
                     }
-                }
-            };
-            futures::future::ready(out)
-        })
-        .flat_map(stream::iter)
-        .boxed()
-}
+                };
+                futures::future::ready(out)
+            })
+            .flat_map(stream::iter);
+        Ok(events.boxed())
+    }
 
-impl ApiServer {
     /// `GET …/<plural>?watch=true` for a stored kind.
     pub async fn watch_registry(
         &self,
@@ -175,15 +182,9 @@ impl ApiServer {
                 range.revision + 1
             }
         };
-        let live = match self.store.watch(&prefix, from).await {
-            Ok(watch) => {
-                let selectors = query.selectors.clone();
-                let events = encoder.clone();
-                follow(watch, encoder, move |event| registry_event(&events, &selectors, event).into_iter().collect())
-            }
-            Err(e @ baton_store::Error::Compacted { .. }) => stream::iter([encoder.error(&ApiError::from(e))]).boxed(),
-            Err(e) => return Err(e.into()),
-        };
+        let selectors = query.selectors.clone();
+        let events = encoder.clone();
+        let live = self.follow(&prefix, from, encoder, move |event| registry_event(&events, &selectors, event)).await?;
         Ok(respond(initial, live, query, &self.shutdown))
     }
 }

@@ -112,6 +112,32 @@ fn walkthrough_apply_scale_replace_delete_stop() {
 }
 
 #[test]
+fn a_restarted_baton_keeps_its_apps_and_stops_what_a_crash_left_behind() {
+    let mut baton = Baton::start_dev(&baton_binary(), 2);
+    baton.kubectl_ok(&["apply", "-f", &example("web.yaml")]);
+    baton.kubectl_ok(&["scale", "app/web", "--replicas=2"]);
+    wait_serving(&mut baton, 2);
+
+    // A clean stop and start: the app is still there and runs again.
+    assert!(baton.stop().success());
+    baton.restart();
+    let after_stop = wait_serving(&mut baton, 2);
+
+    // A crash: the instance processes outlive baton; the next start stops them (matched by
+    // pid and start time) and starts new instances.
+    let orphans = processes_of(&after_stop);
+    baton.kill();
+    assert!(orphans.iter().all(|p| p.is_alive()), "instance processes outlive a crashed baton");
+    baton.restart();
+    baton.wait_for("the processes a crash left behind to be stopped", WAIT, |_| {
+        orphans.iter().all(|p| !p.is_alive()).then_some(())
+    });
+    let replaced = wait_serving(&mut baton, 2);
+    let old_ids: BTreeSet<&str> = after_stop.iter().map(|i| i.id.as_str()).collect();
+    assert!(replaced.iter().all(|i| !old_ids.contains(i.id.as_str())), "new instances replace the lost ones");
+}
+
+#[test]
 fn bad_input_is_refused_naming_the_field_and_nothing_is_stored() {
     let baton = Baton::start_dev(&baton_binary(), 1);
     let cases = [

@@ -108,6 +108,8 @@ pub fn http(
 pub struct Baton {
     child: Option<Child>,
     pub pid: u32,
+    binary: PathBuf,
+    agents: u32,
     data_dir: tempfile::TempDir,
     pub port: u16,
     pub kubeconfig: PathBuf,
@@ -123,24 +125,45 @@ impl Baton {
         let log = data_dir.path().join("baton.log");
         let home = data_dir.path().join("home");
         std::fs::create_dir_all(&home).expect("a HOME for kubectl's cache");
-        let log_file = std::fs::File::create(&log).expect("the log file");
-        let child = Command::new(binary)
+        let kubeconfig = data_dir.path().join("data").join("kubeconfig");
+        let mut baton =
+            Baton { child: None, pid: 0, binary: binary.to_path_buf(), agents, data_dir, port, kubeconfig, log, home };
+        baton.spawn();
+        baton
+    }
+
+    /// Starts baton on this data dir and port (again) and waits until the API answers.
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "baton is already running");
+        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("the log file");
+        let child = Command::new(&self.binary)
             .args(["dev", "--data-dir"])
-            .arg(data_dir.path().join("data"))
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--agents", &agents.to_string()])
+            .arg(self.data_dir())
+            .args(["--listen", &format!("127.0.0.1:{}", self.port), "--agents", &self.agents.to_string()])
             .env("RUST_LOG", "info,baton_controllers=debug")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("log handle"))
             .stderr(log_file)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
-        let pid = child.id();
-        let kubeconfig = data_dir.path().join("data").join("kubeconfig");
-        let mut baton = Baton { child: Some(child), pid, data_dir, port, kubeconfig, log, home };
-        baton.wait_for("the API server to answer `kubectl get apps`", Duration::from_secs(60), |b| {
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.binary.display()));
+        self.pid = child.id();
+        self.child = Some(child);
+        self.wait_for("the API server to answer `kubectl get apps`", Duration::from_secs(60), |b| {
             (b.kubeconfig.exists() && b.kubectl(&["get", "apps"]).status.success()).then_some(())
         });
-        baton
+    }
+
+    /// Starts baton again on the same data dir and port, after [`Baton::stop`] or
+    /// [`Baton::kill`].
+    pub fn restart(&mut self) {
+        self.spawn();
+    }
+
+    /// SIGKILLs baton, as a crash would: what it started keeps running.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("baton is running");
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     /// The data directory (the store, the kubeconfig, the agents' sandboxes).

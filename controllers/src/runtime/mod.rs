@@ -108,12 +108,15 @@ async fn lead(
     }
     let mut last_write = 0;
     loop {
-        if last_write > 0 && !records.caught_up(last_write, Duration::from_secs(10)).await {
-            tracing::warn!(
-                revision = last_write,
-                "the store cache has not seen this controller's last writes after 10s; waiting"
-            );
-            continue;
+        if last_write > 0 {
+            tokio::select! {
+                caught_up = records.caught_up(last_write, Duration::from_secs(10)) => if !caught_up {
+                    tracing::warn!(revision = last_write, "the store cache has not seen this controller's last writes after 10 s; waiting");
+                    continue;
+                },
+                _ = leadership.lost() => return,
+                _ = shutdown.cancelled() => return,
+            }
         }
         let snapshot = records.snapshot(apps.apps());
         let now = Timestamp::now();
