@@ -8,7 +8,7 @@
 //! owner stopped renewing them (how a dead agent disappears).
 //!
 //! Two backends implement it: [`embedded::EmbeddedStore`] (in process, persisted with redb,
-//! for `baton dev`) and, for production, etcd. Both must pass the same [`contract`] suite.
+//! for `baton dev`) and [`etcd::EtcdStore`] for production. Both must pass the same [`contract`] suite.
 //! [`keys`] is the typed keyspace on top, and [`election`] the leader election and fencing
 //! built from the trait alone.
 #![deny(warnings, rust_2018_idioms)]
@@ -23,6 +23,7 @@ use futures::stream::BoxStream;
 pub mod contract;
 pub mod election;
 pub mod embedded;
+pub mod etcd;
 pub mod keys;
 
 pub use keys::Keyspace;

@@ -10,6 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::StreamExt;
 
+pub mod etcd_server;
+
 use crate::election;
 use crate::{
     Compare, CompareOp, CompareTarget, Error, EventKind, Op, OpResponse, Store, StoreExt, Txn, WatchEvent, WatchStream,
@@ -30,7 +32,7 @@ macro_rules! contract_suite {
     ($make:expr) => {
         $crate::contract_suite!(@tests $make;
             revisions_increase, txn_compares_decide_the_branch, failed_or_oversized_txn_writes_nothing,
-            range_reads_a_prefix, delete_prefix_removes_only_the_prefix, watch_replays_then_streams,
+            range_reads_a_prefix, range_reads_more_than_a_page, delete_prefix_removes_only_the_prefix, watch_replays_then_streams,
             watch_filters_by_prefix_and_keeps_txns_together, lease_expiry_deletes_attached_keys,
             revoke_deletes_attached_keys, data_survives_close_and_reopen, election_fences_a_deposed_leader);
     };
@@ -180,6 +182,19 @@ pub async fn range_reads_a_prefix(backend: &mut dyn Backend) {
     assert_eq!(range.revision, store.current_revision().await.unwrap());
     assert!(store.range("/nothing/").await.unwrap().kvs.is_empty());
     assert_eq!(store.get("/t/zzz").await.unwrap(), None);
+}
+
+pub async fn range_reads_more_than_a_page(backend: &mut dyn Backend) {
+    let store = backend.open().await;
+    let keys: Vec<String> = (0..2500).map(|i| format!("/big/{i:05}")).collect();
+    for chunk in keys.chunks(crate::MAX_TXN_OPS) {
+        store.txn(Txn::new().and_then(chunk.iter().map(|k| Op::put(k.as_str(), vec![b'v'; 100])))).await.unwrap();
+    }
+    let range = store.range("/big/").await.unwrap();
+    let got: Vec<&str> = range.kvs.iter().map(|kv| kv.key.as_str()).collect();
+    assert_eq!(got.len(), keys.len(), "every key of a large prefix is read");
+    assert!(got.iter().zip(&keys).all(|(a, b)| a == b), "in key order, without repeats or gaps");
+    assert_eq!(range.revision, store.current_revision().await.unwrap());
 }
 
 pub async fn delete_prefix_removes_only_the_prefix(backend: &mut dyn Backend) {

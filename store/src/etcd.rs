@@ -1,0 +1,287 @@
+//! The etcd backend: the [`Store`] on an etcd cluster (v3 API), for production.
+//!
+//! A thin mapping: etcd already has revisions, transactions with compares, prefix watches
+//! from a revision with previous values, and leases. What this adds:
+//! - ranges are read in pages at one revision, so a large prefix never exceeds a message
+//!   size limit and is still a consistent view;
+//! - one keep-alive stream per lease is kept open and reused for renewals;
+//! - etcd's errors become the trait's ([`Error::LeaseNotFound`], [`Error::Compacted`]).
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{
+    Client, Compare as EtcdCompare, CompareOp as EtcdCompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions,
+    LeaseKeepAliveStream, LeaseKeeper, TxnOp, TxnOpResponse, WatchOptions,
+};
+use futures::StreamExt;
+use tokio::sync::Mutex;
+
+use crate::{
+    CompareOp, CompareTarget, Error, EventKind, KeyValue, LeaseId, Op, OpResponse, RangeResponse, Result, Revision,
+    Store, Txn, TxnResponse, WatchBatch, WatchEvent, WatchStream, prefix_end,
+};
+
+/// Keys read per request when ranging over a prefix.
+const RANGE_PAGE: i64 = 1000;
+
+/// A store on etcd.
+pub struct EtcdStore {
+    client: Client,
+    endpoints: Vec<String>,
+    keepers: Mutex<HashMap<LeaseId, (LeaseKeeper, LeaseKeepAliveStream)>>,
+}
+
+fn backend(context: &str, e: etcd_client::Error) -> Error {
+    Error::Backend(format!("etcd {context}: {e}"))
+}
+
+/// etcd reports a missing lease as a gRPC error whose message says so.
+fn is_lease_not_found(e: &etcd_client::Error) -> bool {
+    e.to_string().contains("lease not found")
+}
+
+impl EtcdStore {
+    /// Connects to etcd at `endpoints` (`http://host:port`). Fails if none answers within
+    /// `timeout`.
+    pub async fn connect(endpoints: &[String], timeout: Duration) -> Result<Self> {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(timeout)
+            .with_timeout(Duration::from_secs(30))
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        let mut client = Client::connect(endpoints, Some(options))
+            .await
+            .map_err(|e| Error::Backend(format!("cannot connect to etcd at {}: {e}", endpoints.join(","))))?;
+        // Connecting is lazy: make sure somebody answers.
+        client
+            .status()
+            .await
+            .map_err(|e| Error::Backend(format!("etcd at {} does not answer: {e}", endpoints.join(","))))?;
+        Ok(Self { client, endpoints: endpoints.to_vec(), keepers: Mutex::new(HashMap::new()) })
+    }
+
+    /// The endpoints this store talks to.
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+}
+
+fn key_value(kv: &etcd_client::KeyValue) -> KeyValue {
+    KeyValue {
+        key: String::from_utf8_lossy(kv.key()).into_owned(),
+        value: kv.value().to_vec(),
+        create_revision: kv.create_revision(),
+        mod_revision: kv.mod_revision(),
+        version: kv.version(),
+        lease: kv.lease(),
+    }
+}
+
+fn compare(c: &crate::Compare) -> EtcdCompare {
+    let op = match c.op {
+        CompareOp::Equal => EtcdCompareOp::Equal,
+        CompareOp::NotEqual => EtcdCompareOp::NotEqual,
+        CompareOp::Greater => EtcdCompareOp::Greater,
+        CompareOp::Less => EtcdCompareOp::Less,
+    };
+    let key = c.key.as_bytes().to_vec();
+    match &c.target {
+        CompareTarget::CreateRevision(r) => EtcdCompare::create_revision(key, op, *r),
+        CompareTarget::ModRevision(r) => EtcdCompare::mod_revision(key, op, *r),
+        CompareTarget::Version(v) => EtcdCompare::version(key, op, *v),
+        CompareTarget::Value(v) => EtcdCompare::value(key, op, v.clone()),
+    }
+}
+
+fn txn_op(op: &Op) -> TxnOp {
+    match op {
+        Op::Put { key, value, lease } => {
+            let options = (*lease != 0).then(|| etcd_client::PutOptions::new().with_lease(*lease));
+            TxnOp::put(key.as_bytes(), value.clone(), options)
+        }
+        Op::Delete { key } => TxnOp::delete(key.as_bytes(), None),
+        Op::DeletePrefix { prefix } => {
+            let options = match prefix_end(prefix) {
+                Some(end) => DeleteOptions::new().with_range(end.into_bytes()),
+                None => DeleteOptions::new().with_all_keys(),
+            };
+            TxnOp::delete(prefix.as_bytes(), Some(options))
+        }
+        Op::Get { key } => TxnOp::get(key.as_bytes(), None),
+    }
+}
+
+#[async_trait]
+impl Store for EtcdStore {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        let response = self.client.kv_client().get(key, None).await.map_err(|e| backend("get", e))?;
+        Ok(response.kvs().first().map(key_value))
+    }
+
+    async fn range(&self, prefix: &str) -> Result<RangeResponse> {
+        let end = prefix_end(prefix).map(String::into_bytes).unwrap_or_else(|| vec![0]);
+        let mut kv = self.client.kv_client();
+        let mut kvs = Vec::new();
+        let mut from = prefix.as_bytes().to_vec();
+        let mut revision: Revision = 0;
+        loop {
+            let mut options = GetOptions::new().with_range(end.clone()).with_limit(RANGE_PAGE);
+            if revision > 0 {
+                // Later pages read the revision of the first: one consistent view.
+                options = options.with_revision(revision);
+            }
+            let response = kv.get(from.clone(), Some(options)).await.map_err(|e| backend("range", e))?;
+            if revision == 0 {
+                revision = response.header().map_or(0, |h| h.revision());
+            }
+            let page = response.kvs();
+            kvs.extend(page.iter().map(key_value));
+            if !response.more() || page.is_empty() {
+                break;
+            }
+            // The next page starts just after the last key read.
+            from = page.last().expect("a non-empty page").key().to_vec();
+            from.push(0);
+        }
+        Ok(RangeResponse { kvs, revision })
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
+        txn.check_size()?;
+        let request = etcd_client::Txn::new()
+            .when(txn.compares.iter().map(compare).collect::<Vec<_>>())
+            .and_then(txn.success.iter().map(txn_op).collect::<Vec<_>>())
+            .or_else(txn.failure.iter().map(txn_op).collect::<Vec<_>>());
+        let response = match self.client.kv_client().txn(request).await {
+            Ok(response) => response,
+            Err(e) if is_lease_not_found(&e) => {
+                let lease = txn
+                    .success
+                    .iter()
+                    .chain(&txn.failure)
+                    .find_map(|op| match op {
+                        Op::Put { lease, .. } if *lease != 0 => Some(*lease),
+                        _ => None,
+                    })
+                    .unwrap_or(0);
+                return Err(Error::LeaseNotFound(lease));
+            }
+            Err(e) => return Err(backend("txn", e)),
+        };
+        let revision = response.header().map_or(0, |h| h.revision());
+        let responses = response
+            .op_responses()
+            .into_iter()
+            .map(|r| match r {
+                TxnOpResponse::Put(_) => OpResponse::Put,
+                TxnOpResponse::Delete(d) => OpResponse::Delete(d.deleted()),
+                TxnOpResponse::Get(g) => OpResponse::Get(g.kvs().first().map(key_value)),
+                // Nested transactions are never sent.
+                TxnOpResponse::Txn(_) => OpResponse::Put,
+            })
+            .collect();
+        Ok(TxnResponse { succeeded: response.succeeded(), revision, responses })
+    }
+
+    async fn watch(&self, prefix: &str, from: Revision) -> Result<WatchStream> {
+        let mut options = WatchOptions::new().with_prev_key();
+        options = match prefix_end(prefix) {
+            Some(end) => options.with_range(end.into_bytes()),
+            None => options.with_all_keys(),
+        };
+        if from > 0 {
+            options = options.with_start_revision(from);
+        }
+        let stream = self.client.watch_client().watch(prefix, Some(options)).await.map_err(|e| backend("watch", e))?;
+        let requested = from;
+        Ok(futures::stream::unfold(Some(stream), move |state| async move {
+            let mut stream = state?;
+            loop {
+                let response = match stream.message().await {
+                    Ok(Some(response)) => response,
+                    Ok(None) => return None,
+                    Err(e) => return Some((Err(backend("watch", e)), None)),
+                };
+                if response.canceled() {
+                    let error = if response.compact_revision() > 0 {
+                        Error::Compacted { requested, compact_revision: response.compact_revision() }
+                    } else {
+                        Error::Backend(format!("etcd canceled the watch: {}", response.cancel_reason()))
+                    };
+                    return Some((Err(error), None));
+                }
+                let events: Vec<WatchEvent> = response
+                    .events()
+                    .iter()
+                    .filter_map(|event| {
+                        let kv = key_value(event.kv()?);
+                        let kind = match event.event_type() {
+                            EventType::Put => EventKind::Put,
+                            EventType::Delete => EventKind::Delete,
+                        };
+                        Some(WatchEvent { kind, kv, prev_kv: event.prev_kv().map(key_value) })
+                    })
+                    .collect();
+                // Creation and progress notices carry no events.
+                if !events.is_empty() {
+                    return Some((Ok(WatchBatch { events }), Some(stream)));
+                }
+            }
+        })
+        .boxed())
+    }
+
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId> {
+        if ttl < Duration::from_secs(1) {
+            return Err(Error::InvalidTtl(ttl));
+        }
+        let seconds = ttl.as_secs() as i64 + i64::from(ttl.subsec_nanos() > 0);
+        let response = self.client.lease_client().grant(seconds, None).await.map_err(|e| backend("lease grant", e))?;
+        Ok(response.id())
+    }
+
+    async fn keep_alive(&self, lease: LeaseId) -> Result<Duration> {
+        let mut keepers = self.keepers.lock().await;
+        let (keeper, stream) = match keepers.entry(lease) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => match self.client.lease_client().keep_alive(lease).await {
+                // Opening the stream renewed the lease once already.
+                Ok(keeper) => entry.insert(keeper),
+                Err(e) if is_lease_not_found(&e) => return Err(Error::LeaseNotFound(lease)),
+                Err(e) => return Err(backend("lease keep-alive", e)),
+            },
+        };
+        let renewed = async {
+            keeper.keep_alive().await?;
+            stream.message().await
+        }
+        .await;
+        match renewed {
+            Ok(Some(response)) if response.ttl() > 0 => Ok(Duration::from_secs(response.ttl() as u64)),
+            Ok(Some(_)) => {
+                keepers.remove(&lease);
+                Err(Error::LeaseNotFound(lease))
+            }
+            Ok(None) => {
+                keepers.remove(&lease);
+                Err(Error::Backend("etcd closed the lease keep-alive stream".into()))
+            }
+            Err(e) => {
+                // The stream is broken (e.g. etcd restarted): open a new one next time.
+                keepers.remove(&lease);
+                Err(backend("lease keep-alive", e))
+            }
+        }
+    }
+
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
+        self.keepers.lock().await.remove(&lease);
+        match self.client.lease_client().revoke(lease).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_lease_not_found(&e) => Err(Error::LeaseNotFound(lease)),
+            Err(e) => Err(backend("lease revoke", e)),
+        }
+    }
+}
