@@ -6,9 +6,11 @@
 //! - Watches `/baton/instances/<name>/` (its own assignments, nothing else) and starts each
 //!   instance in its own sandbox and process group; stops it when its goal becomes
 //!   `Stopped` (SIGTERM, SIGKILL after the grace period) or its record is deleted.
-//! - Writes `/baton/status/<name>/<id>` at every change of phase; only ever under its name.
-//! - After a restart it finds the processes a previous run left behind (by pid and start
-//!   time), stops them and reports them `Lost`, so the controller replaces them.
+//! - Writes `/baton/status/<name>/<id>` at every change of phase, in batched transactions;
+//!   only ever under its own name.
+//! - After a restart it re-adopts the processes a previous run started that still run
+//!   (matched by pid and start time) instead of restarting them; those that ended while
+//!   it was away are reported `Lost` (or `Killed`, if they were to be stopped).
 #![deny(warnings, rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
@@ -24,10 +26,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use baton_api::{AgentRecord, Goal, InstanceRecord, Phase, PortRange, ResourceAmounts, StatusRecord};
-use baton_store::{EventKind, KeyValue, Keyspace, LeaseId, Op, Store, StoreExt, Txn};
+use baton_store::{EventKind, KeyValue, Keyspace, LeaseId, Op, Store, Txn};
 
 pub mod machine;
 pub mod process;
+pub mod status;
+
+use process::{Adopted, Handle};
+use status::StatusWriter;
 
 /// How an agent runs.
 #[derive(Debug, Clone)]
@@ -44,6 +50,10 @@ pub struct AgentConfig {
     /// The agent's key expires this long after its last renewal.
     pub lease_ttl: Duration,
     pub keys: Keyspace,
+    /// Stop every instance when the agent stops (`baton dev`). Otherwise instances keep
+    /// running and the next run of the agent adopts them, so an agent can be restarted or
+    /// upgraded without restarting what it runs.
+    pub stop_instances_on_exit: bool,
 }
 
 /// Agent errors.
@@ -60,18 +70,26 @@ fn instance_path() -> String {
     std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into())
 }
 
-/// Runs the agent until `shutdown`; then stops every instance and deregisters.
+/// Runs the agent until `shutdown`.
 pub async fn run(store: Arc<dyn Store>, config: AgentConfig, shutdown: CancellationToken) -> Result<(), Error> {
     let sandboxes = config.work_dir.join("sandboxes");
     std::fs::create_dir_all(&sandboxes)
         .map_err(|source| Error::WorkDir { path: sandboxes.display().to_string(), source })?;
-    let registration = register(&store, &config).await?;
-    let keep_alive = tokio::spawn(keep_registered(store.clone(), config.clone(), registration, shutdown.clone()));
+    let lease = register(&store, &config).await?;
+    let registration = CancellationToken::new();
+    let keep_alive = tokio::spawn(keep_registered(store.clone(), config.clone(), lease, registration.clone()));
 
+    let (writer, writer_task) = StatusWriter::start(store.clone());
     let (exits, mut exited) = mpsc::unbounded_channel();
-    let mut agent =
-        Agent { store: store.clone(), config: config.clone(), running: HashMap::new(), ended: HashSet::new(), exits };
-    agent.recover_leftovers().await?;
+    let mut agent = Agent {
+        store: store.clone(),
+        config: config.clone(),
+        writer,
+        supervised: HashMap::new(),
+        ended: HashSet::new(),
+        exits,
+    };
+    agent.recover().await?;
     while !shutdown.is_cancelled() {
         match agent.follow(&mut exited, &shutdown).await {
             Ok(()) if shutdown.is_cancelled() => break,
@@ -83,9 +101,15 @@ pub async fn run(store: Arc<dyn Store>, config: AgentConfig, shutdown: Cancellat
             _ = shutdown.cancelled() => {}
         }
     }
-    agent.stop_all().await;
-    // On shutdown the keep-alive task revokes the lease, which deletes the agent's key at
-    // once rather than when the TTL runs out.
+    if config.stop_instances_on_exit {
+        agent.stop_all().await;
+    } else {
+        agent.leave_running();
+    }
+    // Every status is written before the agent says it stopped.
+    drop(agent);
+    let _ = writer_task.await;
+    registration.cancel();
     let _ = keep_alive.await;
     tracing::info!(agent = config.name, "stopped");
     Ok(())
@@ -112,14 +136,18 @@ async fn register(store: &Arc<dyn Store>, config: &AgentConfig) -> Result<LeaseI
     Ok(lease)
 }
 
-/// Renews the lease at a third of its TTL; registers again if it expired (e.g. the agent
-/// was paused longer than the TTL).
-async fn keep_registered(store: Arc<dyn Store>, config: AgentConfig, mut lease: LeaseId, shutdown: CancellationToken) {
+/// Renews the lease at a third of its TTL; registers again if it expired (the agent was
+/// paused or cut off from the store longer than the TTL). When `done`: if instances were
+/// stopped, revokes the lease so the agent disappears at once; otherwise lets it run out,
+/// so a restart within the TTL is not seen as the agent going away.
+async fn keep_registered(store: Arc<dyn Store>, config: AgentConfig, mut lease: LeaseId, done: CancellationToken) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(config.lease_ttl / 3) => {}
-            _ = shutdown.cancelled() => {
-                let _ = store.revoke_lease(lease).await;
+            _ = done.cancelled() => {
+                if config.stop_instances_on_exit {
+                    let _ = store.revoke_lease(lease).await;
+                }
                 return;
             }
         }
@@ -137,8 +165,9 @@ async fn keep_registered(store: Arc<dyn Store>, config: AgentConfig, mut lease: 
     }
 }
 
-/// A running instance: how to ask it to stop, and its supervising task.
-struct Running {
+/// An instance under supervision: how to ask it to stop, and its task.
+struct Supervised {
+    /// Sends the grace period, in seconds.
     stop: Option<oneshot::Sender<u32>>,
     task: JoinHandle<()>,
     /// The record was deleted: once the process is gone, clean up its status and sandbox.
@@ -148,11 +177,20 @@ struct Running {
 struct Agent {
     store: Arc<dyn Store>,
     config: AgentConfig,
-    running: HashMap<String, Running>,
+    writer: StatusWriter,
+    supervised: HashMap<String, Supervised>,
     /// Instances whose end is reported: an instance runs at most once, and its final
     /// status is never overwritten.
     ended: HashSet<String>,
     exits: mpsc::UnboundedSender<String>,
+}
+
+/// How a supervised instance begins.
+enum Start {
+    /// Start its process.
+    New,
+    /// Follow the process an earlier run of the agent started; its last status.
+    Adopted(Adopted, StatusRecord),
 }
 
 impl Agent {
@@ -160,32 +198,53 @@ impl Agent {
         &self.config.keys
     }
 
-    async fn write_status(&self, id: &str, status: &StatusRecord) {
-        write_status(&self.store, &self.keys().status(&self.config.name, id), status).await;
+    fn status_key(&self, id: &str) -> String {
+        self.keys().status(&self.config.name, id)
     }
 
-    /// Processes a previous run of this agent left running are stopped and reported `Lost`,
-    /// so the controller replaces them.
-    async fn recover_leftovers(&mut self) -> Result<(), Error> {
+    /// After a (re)start: processes an earlier run started that still run are adopted;
+    /// those that ended meanwhile get a final status.
+    async fn recover(&mut self) -> Result<(), Error> {
         let statuses = self.store.range(&self.keys().agent_statuses(&self.config.name)).await?;
         for kv in statuses.kvs {
             let Some((_, id)) = self.keys().parse_status_key(&kv.key) else { continue };
+            let id = id.to_string();
             let Ok(mut status) = serde_json::from_slice::<StatusRecord>(&kv.value) else { continue };
             if status.phase.is_terminal() {
                 continue;
             }
-            let message = match (status.pid, status.pid_start_ticks) {
-                (Some(pid), Some(ticks)) if process::is_alive(pid, ticks) => {
-                    process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
-                    format!("the agent restarted; its process {pid} was stopped")
+            let record = self
+                .store
+                .get(&self.keys().instance(&self.config.name, &id))
+                .await?
+                .and_then(|kv| serde_json::from_slice::<InstanceRecord>(&kv.value).ok());
+            let adopted = status.pid.zip(status.pid_start_ticks).and_then(|(pid, ticks)| Adopted::find(pid, ticks));
+            match (adopted, record) {
+                (Some(process), Some(record)) => {
+                    tracing::info!(
+                        agent = self.config.name,
+                        instance = id,
+                        pid = process.pid,
+                        "adopted a running instance"
+                    );
+                    self.supervise(record, Start::Adopted(process, status));
                 }
-                _ => "the agent restarted and the process was gone".to_string(),
-            };
-            tracing::info!(agent = self.config.name, instance = id, message, "recovered");
-            status.phase = Phase::Lost;
-            status.finished_at = Some(Timestamp::now());
-            status.message = Some(message);
-            self.write_status(id, &status).await;
+                (Some(process), None) => {
+                    // Its record is gone: it must not run.
+                    let mut handle = Handle::Adopted(process);
+                    handle.stop(Duration::from_secs(3)).await;
+                    handle.kill_leftovers();
+                    self.forget(&id);
+                }
+                (None, record) => {
+                    let stopping = record.is_some_and(|r| r.goal == Goal::Stopped);
+                    status.phase = if stopping { Phase::Killed } else { Phase::Lost };
+                    status.finished_at = Some(Timestamp::now());
+                    status.message = Some("the process ended while the agent was not running".into());
+                    tracing::info!(agent = self.config.name, instance = id, phase = %status.phase, "found ended while the agent was away");
+                    self.writer.put(self.status_key(&id), &status);
+                }
+            }
         }
         Ok(())
     }
@@ -208,20 +267,20 @@ impl Agent {
                 reported.insert(id.to_string(), status);
             }
         }
-        self.ended = reported.iter().filter(|(_, s)| s.phase.is_terminal()).map(|(id, _)| id.clone()).collect();
+        self.ended.extend(reported.iter().filter(|(_, s)| s.phase.is_terminal()).map(|(id, _)| id.clone()));
         let mut assigned = HashSet::new();
         for kv in &records.kvs {
             if let Some(record) = parse_record(kv) {
                 assigned.insert(record.id.clone());
-                let status = reported.get(&record.id);
-                self.on_record(record, status).await;
+                let status = reported.get(&record.id).cloned();
+                self.on_record(record, status.as_ref());
             }
         }
-        // Statuses whose record is gone (deleted while the agent was away) go too.
-        let orphaned: Vec<String> =
-            reported.into_keys().filter(|id| !assigned.contains(id) && !self.running.contains_key(id)).collect();
-        for id in orphaned {
-            self.forget(&id).await;
+        // Instances whose record went while the agent was not watching go too.
+        let gone: Vec<String> =
+            reported.into_keys().chain(self.supervised.keys().cloned()).filter(|id| !assigned.contains(id)).collect();
+        for id in gone {
+            self.on_deleted(&id);
         }
         let mut watch = self.store.watch(&prefix, records.revision + 1).await?;
         loop {
@@ -232,13 +291,13 @@ impl Agent {
                         match event.kind {
                             EventKind::Put => {
                                 if let Some(record) = parse_record(&event.kv) {
-                                    self.on_record(record, None).await;
+                                    self.on_record(record, None);
                                 }
                             }
                             EventKind::Delete => {
                                 if let Some((_, id)) = self.keys().parse_instance_key(&event.kv.key) {
                                     let id = id.to_string();
-                                    self.on_deleted(&id).await;
+                                    self.on_deleted(&id);
                                 }
                             }
                         }
@@ -246,10 +305,10 @@ impl Agent {
                 }
                 Some(id) = exited.recv() => {
                     self.ended.insert(id.clone());
-                    if let Some(running) = self.running.remove(&id)
-                        && running.forget_when_done
+                    if let Some(supervised) = self.supervised.remove(&id)
+                        && supervised.forget_when_done
                     {
-                        self.forget(&id).await;
+                        self.forget(&id);
                     }
                 }
                 _ = shutdown.cancelled() => return Ok(()),
@@ -259,16 +318,16 @@ impl Agent {
 
     /// Acts on an assignment: start it, stop it, or nothing. `reported` is its last
     /// status, when known.
-    async fn on_record(&mut self, record: InstanceRecord, reported: Option<&StatusRecord>) {
+    fn on_record(&mut self, record: InstanceRecord, reported: Option<&StatusRecord>) {
         let id = record.id.clone();
         if self.ended.contains(&id) {
             return; // Over: an instance id runs at most once.
         }
-        match (record.goal, self.running.get_mut(&id)) {
+        match (record.goal, self.supervised.get_mut(&id)) {
             (Goal::Running, Some(_)) => {}
-            (Goal::Running, None) => self.start(record),
-            (Goal::Stopped, Some(running)) => {
-                if let Some(stop) = running.stop.take() {
+            (Goal::Running, None) => self.supervise(record, Start::New),
+            (Goal::Stopped, Some(supervised)) => {
+                if let Some(stop) = supervised.stop.take() {
                     let _ = stop.send(record.kill_grace_seconds);
                 }
             }
@@ -278,31 +337,29 @@ impl Agent {
                 status.phase = Phase::Killed;
                 status.finished_at.get_or_insert_with(Timestamp::now);
                 status.message.get_or_insert_with(|| "stopped before it started".into());
-                self.write_status(&id, &status).await;
+                self.writer.put(self.status_key(&id), &status);
                 self.ended.insert(id);
             }
         }
     }
 
     /// The record is gone: stop the process if it still runs, then forget the instance.
-    async fn on_deleted(&mut self, id: &str) {
-        match self.running.get_mut(id) {
-            Some(running) => {
-                running.forget_when_done = true;
-                if let Some(stop) = running.stop.take() {
+    fn on_deleted(&mut self, id: &str) {
+        match self.supervised.get_mut(id) {
+            Some(supervised) => {
+                supervised.forget_when_done = true;
+                if let Some(stop) = supervised.stop.take() {
                     let _ = stop.send(0);
                 }
             }
-            None => self.forget(id).await,
+            None => self.forget(id),
         }
     }
 
     /// Deletes the instance's status and sandbox.
-    async fn forget(&mut self, id: &str) {
+    fn forget(&mut self, id: &str) {
         self.ended.remove(id);
-        if let Err(e) = self.store.delete(&self.keys().status(&self.config.name, id)).await {
-            tracing::warn!(instance = id, error = %e, "could not delete the status");
-        }
+        self.writer.delete(self.status_key(id));
         let sandbox = process::sandbox_dir(&self.config.work_dir, id);
         if let Err(e) = std::fs::remove_dir_all(&sandbox)
             && e.kind() != std::io::ErrorKind::NotFound
@@ -311,34 +368,43 @@ impl Agent {
         }
     }
 
-    fn start(&mut self, record: InstanceRecord) {
+    fn supervise(&mut self, record: InstanceRecord, start: Start) {
         let (stop_tx, stop_rx) = oneshot::channel();
         let id = record.id.clone();
-        let task = tokio::spawn(supervise(
-            self.store.clone(),
-            self.keys().status(&self.config.name, &record.id),
-            process::sandbox_dir(&self.config.work_dir, &record.id),
+        let instance = Instance {
+            writer: self.writer.clone(),
+            status_key: self.status_key(&record.id),
+            sandbox: process::sandbox_dir(&self.config.work_dir, &record.id),
             record,
-            stop_rx,
-            self.exits.clone(),
-        ));
-        self.running.insert(id, Running { stop: Some(stop_tx), task, forget_when_done: false });
+        };
+        let task = tokio::spawn(instance.run(start, stop_rx, self.exits.clone()));
+        self.supervised.insert(id, Supervised { stop: Some(stop_tx), task, forget_when_done: false });
     }
 
-    /// Stops every instance (at shutdown) and waits for them.
+    /// Stops every instance and waits for them (`baton dev` at exit).
     async fn stop_all(&mut self) {
         let mut tasks = Vec::new();
-        for (_, mut running) in self.running.drain() {
-            if let Some(stop) = running.stop.take() {
-                let _ = stop.send(u32::MAX);
+        for (_, mut supervised) in self.supervised.drain() {
+            if let Some(stop) = supervised.stop.take() {
+                let _ = stop.send(SHUTDOWN_GRACE_SECONDS);
             }
-            tasks.push(running.task);
+            tasks.push(supervised.task);
         }
         for task in tasks {
             let _ = task.await;
         }
     }
+
+    /// Leaves every instance running for the next run of the agent to adopt.
+    fn leave_running(&mut self) {
+        for (_, supervised) in self.supervised.drain() {
+            supervised.task.abort();
+        }
+    }
 }
+
+/// The grace period instances get when `baton dev` stops: short, so stopping is quick.
+const SHUTDOWN_GRACE_SECONDS: u32 = 5;
 
 fn parse_record(kv: &KeyValue) -> Option<InstanceRecord> {
     match serde_json::from_slice(&kv.value) {
@@ -350,89 +416,91 @@ fn parse_record(kv: &KeyValue) -> Option<InstanceRecord> {
     }
 }
 
-async fn write_status(store: &Arc<dyn Store>, key: &str, status: &StatusRecord) {
-    let value = serde_json::to_vec(status).expect("a status serializes");
-    if let Err(e) = store.put(key, value).await {
-        tracing::warn!(key, error = %e, "could not write an instance status");
-    }
-}
-
-/// The grace period a stop request asks for: the record's, except at agent shutdown
-/// (`u32::MAX`), where it is capped so shutdown stays quick.
-fn grace_of(requested: u32, record: &InstanceRecord) -> Duration {
-    const SHUTDOWN_GRACE_CAP: u32 = 5;
-    let seconds = if requested == u32::MAX { record.kill_grace_seconds.min(SHUTDOWN_GRACE_CAP) } else { requested };
-    Duration::from_secs(u64::from(seconds))
-}
-
-/// Runs one instance from start to end, reporting each phase.
-async fn supervise(
-    store: Arc<dyn Store>,
+/// One instance's supervision: from start (or adoption) to its end, reporting each phase.
+struct Instance {
+    writer: StatusWriter,
     status_key: String,
     sandbox: PathBuf,
     record: InstanceRecord,
-    mut stop: oneshot::Receiver<u32>,
-    exits: mpsc::UnboundedSender<String>,
-) {
-    let mut status = StatusRecord::new(Phase::Staging);
-    write_status(&store, &status_key, &status).await;
-    let ended = |status: &mut StatusRecord, phase: Phase, message: Option<String>| {
+}
+
+impl Instance {
+    async fn run(self, start: Start, mut stop: oneshot::Receiver<u32>, exits: mpsc::UnboundedSender<String>) {
+        let id = self.record.id.clone();
+        if let Some((handle, status)) = self.begin(start, &mut stop) {
+            self.follow(handle, status, stop).await;
+        }
+        let _ = exits.send(id);
+    }
+
+    /// Starts the process (or takes over the adopted one); `None` if it never ran.
+    fn begin(&self, start: Start, stop: &mut oneshot::Receiver<u32>) -> Option<(Handle, StatusRecord)> {
+        match start {
+            Start::Adopted(process, status) => Some((Handle::Adopted(process), status)),
+            Start::New => {
+                let mut status = StatusRecord::new(Phase::Staging);
+                self.writer.put(self.status_key.clone(), &status);
+                if stop.try_recv().is_ok() {
+                    self.end(&mut status, Phase::Killed, "stopped before it started".into());
+                    return None;
+                }
+                match process::start(&self.record, &self.sandbox, &instance_path()) {
+                    Ok(process) => {
+                        status.phase = Phase::Running;
+                        status.pid = Some(process.pid);
+                        status.pid_start_ticks = process.start_ticks;
+                        status.started_at = Some(Timestamp::now());
+                        self.writer.put(self.status_key.clone(), &status);
+                        tracing::info!(instance = self.record.id, pid = process.pid, "started");
+                        Some((Handle::Started(process), status))
+                    }
+                    Err(e) => {
+                        self.end(&mut status, Phase::Failed, format!("could not start the command: {e}"));
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for the process to end on its own or to be stopped, then reports the end.
+    async fn follow(&self, mut handle: Handle, mut status: StatusRecord, mut stop: oneshot::Receiver<u32>) {
+        let (exit, stopped) = tokio::select! {
+            exit = handle.wait() => (exit, false),
+            requested = &mut stop => {
+                // No sender: the agent is gone without asking; stop at once.
+                let grace = Duration::from_secs(u64::from(requested.unwrap_or(0)));
+                status.phase = Phase::Killing;
+                self.writer.put(self.status_key.clone(), &status);
+                (handle.stop(grace).await, true)
+            }
+        };
+        handle.kill_leftovers();
+        status.exit_code = exit.code;
+        status.signal = exit.signal;
+        let (phase, message) = if stopped {
+            (Phase::Killed, format!("stopped: {}", exit.describe()))
+        } else if !exit.is_known() {
+            (Phase::Lost, exit.describe())
+        } else if exit.success() {
+            (Phase::Finished, exit.describe())
+        } else {
+            let stderr = process::tail(&self.sandbox.join("stderr"), 512);
+            let message = if stderr.is_empty() {
+                exit.describe()
+            } else {
+                format!("{}; stderr ends with: {stderr}", exit.describe())
+            };
+            (Phase::Failed, message)
+        };
+        tracing::info!(instance = self.record.id, phase = %phase, exit = exit.describe(), "ended");
+        self.end(&mut status, phase, message);
+    }
+
+    fn end(&self, status: &mut StatusRecord, phase: Phase, message: String) {
         status.phase = phase;
         status.finished_at = Some(Timestamp::now());
-        status.message = message;
-    };
-    if stop.try_recv().is_ok() {
-        ended(&mut status, Phase::Killed, Some("stopped before it started".into()));
-        write_status(&store, &status_key, &status).await;
-        let _ = exits.send(record.id.clone());
-        return;
+        status.message = Some(message);
+        self.writer.put(self.status_key.clone(), status);
     }
-    let mut child = match process::start(&record, &sandbox, &instance_path()) {
-        Ok(child) => child,
-        Err(e) => {
-            ended(&mut status, Phase::Failed, Some(format!("could not start the command: {e}")));
-            write_status(&store, &status_key, &status).await;
-            let _ = exits.send(record.id.clone());
-            return;
-        }
-    };
-    status.phase = Phase::Running;
-    status.pid = Some(child.pid);
-    status.pid_start_ticks = child.start_ticks;
-    status.started_at = Some(Timestamp::now());
-    write_status(&store, &status_key, &status).await;
-    tracing::info!(instance = record.id, pid = child.pid, "started");
-
-    let (exit, stopped) = tokio::select! {
-        exit = child.wait() => (exit, false),
-        requested = &mut stop => {
-            let grace = match requested {
-                Ok(seconds) => grace_of(seconds, &record),
-                Err(_) => Duration::ZERO, // The agent is gone: stop at once.
-            };
-            status.phase = Phase::Killing;
-            write_status(&store, &status_key, &status).await;
-            (child.stop(grace).await, true)
-        }
-    };
-    child.kill_leftovers();
-    status.exit_code = exit.code;
-    status.signal = exit.signal;
-    let (phase, message) = if stopped {
-        (Phase::Killed, Some(format!("stopped: {}", exit.describe())))
-    } else if exit.success() {
-        (Phase::Finished, Some(exit.describe()))
-    } else {
-        let stderr = process::tail(&sandbox.join("stderr"), 512);
-        let message = if stderr.is_empty() {
-            exit.describe()
-        } else {
-            format!("{}; stderr ends with: {stderr}", exit.describe())
-        };
-        (Phase::Failed, Some(message))
-    };
-    ended(&mut status, phase, message);
-    tracing::info!(instance = record.id, phase = %phase, exit = exit.describe(), "ended");
-    write_status(&store, &status_key, &status).await;
-    let _ = exits.send(record.id.clone());
 }

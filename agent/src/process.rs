@@ -74,6 +74,11 @@ impl Exit {
         self.code == Some(0)
     }
 
+    /// Whether the exit status is known (it is not for an adopted process).
+    pub fn is_known(self) -> bool {
+        self.code.is_some() || self.signal.is_some()
+    }
+
     pub fn describe(self) -> String {
         match (self.code, self.signal) {
             (Some(code), _) => format!("exited with status {code}"),
@@ -82,7 +87,7 @@ impl Exit {
                     Signal::try_from(signal).map(|s| s.as_str().to_string()).unwrap_or_else(|_| signal.to_string());
                 format!("killed by signal {name}")
             }
-            (None, None) => "ended".to_string(),
+            (None, None) => "ended (exit status unknown: the process was adopted after an agent restart)".to_string(),
         }
     }
 }
@@ -148,6 +153,75 @@ impl Process {
     /// nothing behind. (The group id cannot be reused while any member lives.)
     pub fn kill_leftovers(&self) {
         signal_group(self.pid, Signal::SIGKILL);
+    }
+}
+
+/// A process a previous run of the agent started, still running: not a child of this
+/// process, so its end is noticed by polling and its exit status cannot be known.
+pub struct Adopted {
+    pub pid: u32,
+    pub start_ticks: u64,
+}
+
+/// How often an adopted process is checked.
+const ADOPTED_POLL: Duration = Duration::from_millis(250);
+
+impl Adopted {
+    /// `Some` if `pid` still runs and started at `start_ticks` (so it is the same process).
+    pub fn find(pid: u32, start_ticks: u64) -> Option<Self> {
+        is_alive(pid, start_ticks).then_some(Self { pid, start_ticks })
+    }
+
+    async fn wait(&self) -> Exit {
+        while is_alive(self.pid, self.start_ticks) {
+            tokio::time::sleep(ADOPTED_POLL).await;
+        }
+        Exit { code: None, signal: None }
+    }
+
+    async fn stop(&self, grace: Duration) -> Exit {
+        signal_group(self.pid, Signal::SIGTERM);
+        if tokio::time::timeout(grace, self.wait()).await.is_err() {
+            signal_group(self.pid, Signal::SIGKILL);
+            self.wait().await;
+        }
+        Exit { code: None, signal: None }
+    }
+}
+
+/// An instance's process: one this agent started, or one it adopted after a restart.
+pub enum Handle {
+    Started(Process),
+    Adopted(Adopted),
+}
+
+impl Handle {
+    pub fn pid(&self) -> u32 {
+        match self {
+            Handle::Started(p) => p.pid,
+            Handle::Adopted(a) => a.pid,
+        }
+    }
+
+    /// Waits for the process to end on its own.
+    pub async fn wait(&mut self) -> Exit {
+        match self {
+            Handle::Started(p) => p.wait().await,
+            Handle::Adopted(a) => a.wait().await,
+        }
+    }
+
+    /// SIGTERM to the group; SIGKILL after `grace`.
+    pub async fn stop(&mut self, grace: Duration) -> Exit {
+        match self {
+            Handle::Started(p) => p.stop(grace).await,
+            Handle::Adopted(a) => a.stop(grace).await,
+        }
+    }
+
+    /// Kills what is left of the group after its leader ended.
+    pub fn kill_leftovers(&self) {
+        signal_group(self.pid(), Signal::SIGKILL);
     }
 }
 
@@ -286,6 +360,23 @@ mod tests {
 
     fn libc_sigkill() -> i32 {
         Signal::SIGKILL as i32
+    }
+
+    #[tokio::test]
+    async fn an_adopted_process_is_followed_and_stopped_by_pid_and_start_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = record();
+        r.command = Command::Shell("sleep 60".into());
+        let process = start(&r, &dir.path().join("a"), "/usr/bin:/bin").unwrap();
+        let (pid, ticks) = (process.pid, process.start_ticks.unwrap());
+        assert!(Adopted::find(pid, ticks + 1).is_none(), "another start time is another process");
+        let mut adopted = Handle::Adopted(Adopted::find(pid, ticks).expect("it runs"));
+        assert!(tokio::time::timeout(Duration::from_millis(300), adopted.wait()).await.is_err(), "still running");
+        let exit = adopted.stop(Duration::from_secs(2)).await;
+        assert!(!exit.is_known());
+        // The child of this test is a zombie until reaped; the adopted view sees it gone.
+        drop(process);
+        assert!(!is_alive(pid, ticks));
     }
 
     #[tokio::test]

@@ -97,6 +97,8 @@ pub async fn run(args: DevArgs) -> Result<()> {
             work_dir: data_dir.join("agents").join(format!("agent-{n}")),
             lease_ttl: Duration::from_secs(10),
             keys: keys.clone(),
+            // Ctrl-C on baton dev stops everything it started.
+            stop_instances_on_exit: true,
         };
         agents.push(tokio::spawn(baton_agent::run(store.clone(), config, shutdown.clone())));
     }

@@ -112,29 +112,33 @@ fn walkthrough_apply_scale_replace_delete_stop() {
 }
 
 #[test]
-fn a_restarted_baton_keeps_its_apps_and_stops_what_a_crash_left_behind() {
+fn a_restarted_baton_keeps_its_apps_and_adopts_what_a_crash_left_running() {
     let mut baton = Baton::start_dev(&baton_binary(), 2);
     baton.kubectl_ok(&["apply", "-f", &example("web.yaml")]);
     baton.kubectl_ok(&["scale", "app/web", "--replicas=2"]);
     wait_serving(&mut baton, 2);
 
-    // A clean stop and start: the app is still there and runs again.
+    // A clean stop stops every instance; a start brings the app back with new ones.
     assert!(baton.stop().success());
     baton.restart();
     let after_stop = wait_serving(&mut baton, 2);
 
-    // A crash: the instance processes outlive baton; the next start stops them (matched by
-    // pid and start time) and starts new instances.
-    let orphans = processes_of(&after_stop);
+    // A crash leaves the instance processes running; the next start adopts them (matched
+    // by pid and start time): the same instances keep serving, nothing is restarted.
+    let processes = processes_of(&after_stop);
     baton.kill();
-    assert!(orphans.iter().all(|p| p.is_alive()), "instance processes outlive a crashed baton");
+    assert!(processes.iter().all(|p| p.is_alive()), "instance processes outlive a crashed baton");
     baton.restart();
-    baton.wait_for("the processes a crash left behind to be stopped", WAIT, |_| {
-        orphans.iter().all(|p| !p.is_alive()).then_some(())
+    let adopted = wait_serving(&mut baton, 2);
+    let ids = |seen: &[Seen]| seen.iter().map(|i| (i.id.clone(), i.pid)).collect::<BTreeSet<_>>();
+    assert_eq!(ids(&adopted), ids(&after_stop), "the same instances, with the same pids");
+    assert!(processes.iter().all(|p| p.is_alive()), "no process was restarted");
+
+    // Adopted instances are stopped like any other.
+    baton.kubectl_ok(&["delete", "app", "web"]);
+    baton.wait_for("the adopted processes to be stopped", WAIT, |_| {
+        processes.iter().all(|p| !p.is_alive()).then_some(())
     });
-    let replaced = wait_serving(&mut baton, 2);
-    let old_ids: BTreeSet<&str> = after_stop.iter().map(|i| i.id.as_str()).collect();
-    assert!(replaced.iter().all(|i| !old_ids.contains(i.id.as_str())), "new instances replace the lost ones");
 }
 
 #[test]
