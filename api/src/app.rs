@@ -92,6 +92,57 @@ pub struct AppSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 3600))]
     pub task_kill_grace_period_seconds: Option<i64>,
+
+    /// What happens to instances on an agent that stopped reporting.
+    #[serde(default)]
+    pub unreachable_strategy: UnreachableStrategy,
+
+    /// Which instances go first when there are more than the spec asks for.
+    #[serde(default)]
+    pub kill_selection: KillSelection,
+}
+
+/// Marathon's `unreachableStrategy`: an instance whose agent stopped reporting is replaced
+/// after `inactiveAfterSeconds` and forgotten after `expungeAfterSeconds`. If its agent comes
+/// back before then, the instance counts again and the extra instances are stopped (per
+/// `killSelection`); after it, the instance is stopped when its agent comes back.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UnreachableStrategy {
+    /// Seconds an instance may be unreachable before a replacement is launched (default 300).
+    #[serde(default = "default_inactive_after")]
+    #[schemars(range(min = 0))]
+    pub inactive_after_seconds: i64,
+    /// Seconds an instance may be unreachable before it is forgotten (default 600); at least
+    /// `inactiveAfterSeconds`.
+    #[serde(default = "default_expunge_after")]
+    #[schemars(range(min = 0))]
+    pub expunge_after_seconds: i64,
+}
+
+fn default_inactive_after() -> i64 {
+    300
+}
+
+fn default_expunge_after() -> i64 {
+    600
+}
+
+impl Default for UnreachableStrategy {
+    fn default() -> Self {
+        Self { inactive_after_seconds: default_inactive_after(), expunge_after_seconds: default_expunge_after() }
+    }
+}
+
+/// Which instances are stopped first when an app has too many (Marathon's `killSelection`).
+/// Either way, instances that are unreachable go first, then those not running yet.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq, JsonSchema)]
+pub enum KillSelection {
+    /// The most recently launched first (default).
+    #[default]
+    YoungestFirst,
+    /// The earliest launched first.
+    OldestFirst,
 }
 
 /// One host port of an instance.
@@ -123,6 +174,9 @@ pub struct AppStatus {
     /// Instances launched whose process does not run yet.
     #[serde(default)]
     pub staged: i32,
+    /// Instances on agents that stopped reporting.
+    #[serde(default)]
+    pub unreachable: i32,
     /// The version the instances should run: a hash of the fields that change what runs.
     #[serde(default)]
     pub version: Option<String>,
@@ -208,6 +262,11 @@ mod tests {
         let s = spec();
         assert_eq!(s.resources, Resources { cpus: 1.0, mem: 128.0, disk: 0.0 });
         assert_eq!(s.kill_grace_seconds(), 3);
+        assert_eq!(
+            s.unreachable_strategy,
+            UnreachableStrategy { inactive_after_seconds: 300, expunge_after_seconds: 600 }
+        );
+        assert_eq!(s.kill_selection, KillSelection::YoungestFirst);
         let one: AppSpec = serde_json::from_value(serde_json::json!({"cmd": "x"})).unwrap();
         assert_eq!(one.instances, 1);
     }
@@ -217,7 +276,14 @@ mod tests {
         let base = spec();
         let v = base.version();
         assert_eq!(v.len(), 10);
-        assert_eq!(AppSpec { instances: 7, task_kill_grace_period_seconds: Some(9), ..base.clone() }.version(), v);
+        let lifecycle_only = AppSpec {
+            instances: 7,
+            task_kill_grace_period_seconds: Some(9),
+            kill_selection: KillSelection::OldestFirst,
+            unreachable_strategy: UnreachableStrategy { inactive_after_seconds: 1, expunge_after_seconds: 2 },
+            ..base.clone()
+        };
+        assert_eq!(lifecycle_only.version(), v);
         let mut env = base.clone();
         env.env.insert("A".into(), "1".into());
         assert_ne!(env.version(), v);

@@ -13,6 +13,8 @@ use crate::records::{Goal, InstanceRecord, StatusRecord};
 pub const INSTANCE_KIND: &str = "Instance";
 /// Phase shown before the agent has reported anything.
 pub const PHASE_ASSIGNED: &str = "Assigned";
+/// Phase shown while the instance's agent does not report (its last report was not final).
+pub const PHASE_UNREACHABLE: &str = "Unreachable";
 
 /// One instance as `kubectl get instances` shows it.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -64,11 +66,21 @@ pub struct InstanceViewStatus {
 
 impl Instance {
     /// Builds the view of an instance from its record, its status if the agent reported one,
-    /// and the store revision that last changed either.
-    pub fn from_records(record: &InstanceRecord, status: Option<&StatusRecord>, resource_version: i64) -> Self {
+    /// whether its agent reports, and the store revision that last changed any of them.
+    pub fn from_records(
+        record: &InstanceRecord,
+        status: Option<&StatusRecord>,
+        agent_live: bool,
+        resource_version: i64,
+    ) -> Self {
         let mut labels: BTreeMap<String, String> = record.labels.clone();
         labels.insert(crate::APP_LABEL.to_string(), record.app.name.clone());
-        let phase = status.map_or_else(|| PHASE_ASSIGNED.to_string(), |s| s.phase.as_str().to_string());
+        let phase = match status {
+            Some(s) if s.phase.is_terminal() => s.phase.as_str().to_string(),
+            _ if !agent_live => PHASE_UNREACHABLE.to_string(),
+            Some(s) => s.phase.as_str().to_string(),
+            None => PHASE_ASSIGNED.to_string(),
+        };
         Instance {
             api_version: crate::API_VERSION.to_string(),
             kind: INSTANCE_KIND.to_string(),

@@ -17,9 +17,9 @@ pub mod records;
 pub mod resources;
 pub mod validation;
 
-pub use app::{App, AppSpec, AppStatus, PortDefinition};
+pub use app::{App, AppSpec, AppStatus, KillSelection, PortDefinition, UnreachableStrategy};
 pub use instance::{Instance, InstanceSpec, InstanceViewStatus};
-pub use records::{AgentRecord, AppRef, Goal, InstanceRecord, Phase, PortRange, StatusRecord};
+pub use records::{AgentRecord, AppRef, Goal, InstanceRecord, Phase, PortRange, StatusRecord, UnreachableMarker};
 pub use resources::{ResourceAmounts, Resources};
 pub use validation::{FieldError, FieldErrorKind};
 

@@ -5,6 +5,7 @@
 //! | `/baton/agents/<agent>`              | agent      | [`AgentRecord`]    |
 //! | `/baton/instances/<agent>/<id>`      | controller | [`InstanceRecord`] |
 //! | `/baton/status/<agent>/<id>`         | agent      | [`StatusRecord`]   |
+//! | `/baton/unreachable/<agent>`         | controller | [`UnreachableMarker`] |
 //!
 //! Values are JSON so that `etcdctl get` shows something a human can read. An instance
 //! record carries everything its agent needs to run it: the agent never reads the App.
@@ -37,6 +38,15 @@ pub struct AgentRecord {
     /// The Baton version the agent runs.
     pub version: String,
     pub started_at: Timestamp,
+}
+
+/// The controller's note that an agent with instances stopped reporting, and since when.
+/// Kept in the store (`/baton/unreachable/<agent>`) so that every leader measures
+/// `unreachableStrategy` deadlines from the same moment.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct UnreachableMarker {
+    pub since: Timestamp,
 }
 
 /// An inclusive range of host ports, written `31000-31999`.

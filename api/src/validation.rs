@@ -250,6 +250,21 @@ fn validate_app_spec(spec: &AppSpec, errors: &mut Vec<FieldError>) {
         }
     }
 
+    let unreachable = spec.unreachable_strategy;
+    if unreachable.inactive_after_seconds < 0 {
+        errors.push(FieldError::invalid(
+            "spec.unreachableStrategy.inactiveAfterSeconds",
+            unreachable.inactive_after_seconds,
+            "must be greater than or equal to 0",
+        ));
+    } else if unreachable.expunge_after_seconds < unreachable.inactive_after_seconds {
+        errors.push(FieldError::invalid(
+            "spec.unreachableStrategy.expungeAfterSeconds",
+            unreachable.expunge_after_seconds,
+            format!("must be greater than or equal to inactiveAfterSeconds ({})", unreachable.inactive_after_seconds),
+        ));
+    }
+
     if let Some(grace) = spec.task_kill_grace_period_seconds
         && !(0..=3600).contains(&grace)
     {
@@ -293,6 +308,8 @@ mod tests {
             env: Default::default(),
             labels: Default::default(),
             task_kill_grace_period_seconds: None,
+            unreachable_strategy: Default::default(),
+            kill_selection: Default::default(),
         }
     }
 

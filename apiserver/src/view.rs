@@ -16,20 +16,21 @@ use crate::status::{ApiError, ApiResult, Target};
 use crate::table::Format;
 use crate::watch::{Encoder, respond, start_revision, transition};
 
-/// Instance records and statuses, keyed by `(agent, id)`, with the revision that last
-/// changed each.
+/// Instance records, statuses and live agents, with the revision that last changed each.
 #[derive(Default)]
 struct Join {
     records: HashMap<(String, String), (InstanceRecord, Revision)>,
     statuses: HashMap<(String, String), (StatusRecord, Revision)>,
+    agents: HashMap<String, Revision>,
 }
 
 impl Join {
     fn view(&self, key: &(String, String)) -> Option<Value> {
         let (record, record_rev) = self.records.get(key)?;
         let status = self.statuses.get(key);
-        let rev = status.map_or(*record_rev, |(_, r)| (*r).max(*record_rev));
-        Some(view_value(record, status.map(|(s, _)| s), rev))
+        let agent = self.agents.get(&key.0);
+        let rev = [Some(*record_rev), status.map(|(_, r)| *r), agent.copied()].into_iter().flatten().max().unwrap_or(0);
+        Some(view_value(record, status.map(|(s, _)| s), agent.is_some(), rev))
     }
 
     fn views(&self) -> Vec<Value> {
@@ -41,9 +42,26 @@ impl Join {
         views
     }
 
-    /// Applies one store change; returns the view before and after it, for the instance
-    /// it concerns.
-    fn apply(&mut self, keys: &Keyspace, event: &baton_store::WatchEvent) -> Option<(Option<Value>, Option<Value>)> {
+    /// Applies one store change; returns the views before and after it of the instances it
+    /// concerns (all of an agent's when the agent comes or goes).
+    fn apply(&mut self, keys: &Keyspace, event: &baton_store::WatchEvent) -> Vec<(Option<Value>, Option<Value>)> {
+        if let Some(agent) = keys.parse_agent_key(&event.kv.key) {
+            let slots: Vec<(String, String)> = self.records.keys().filter(|(a, _)| a == agent).cloned().collect();
+            let before: Vec<Option<Value>> = slots.iter().map(|slot| self.view(slot)).collect();
+            match event.kind {
+                EventKind::Put => _ = self.agents.insert(agent.to_string(), event.kv.mod_revision),
+                EventKind::Delete => _ = self.agents.remove(agent),
+            }
+            return slots.iter().zip(before).map(|(slot, before)| (before, self.view(slot))).collect();
+        }
+        self.apply_instance(keys, event).into_iter().collect()
+    }
+
+    fn apply_instance(
+        &mut self,
+        keys: &Keyspace,
+        event: &baton_store::WatchEvent,
+    ) -> Option<(Option<Value>, Option<Value>)> {
         let key = &event.kv.key;
         if let Some((agent, id)) = keys.parse_instance_key(key) {
             let slot = (agent.to_string(), id.to_string());
@@ -51,7 +69,7 @@ impl Join {
                 // Not loaded (it came and went before this watch): rebuild from the event.
                 let prev = event.prev_kv.as_ref()?;
                 let record: InstanceRecord = serde_json::from_slice(&prev.value).ok()?;
-                Some(view_value(&record, None, prev.mod_revision))
+                Some(view_value(&record, None, true, prev.mod_revision))
             });
             match event.kind {
                 EventKind::Put => {
@@ -86,8 +104,8 @@ impl Join {
     }
 }
 
-fn view_value(record: &InstanceRecord, status: Option<&StatusRecord>, rev: Revision) -> Value {
-    serde_json::to_value(Instance::from_records(record, status, rev)).expect("an Instance serializes")
+fn view_value(record: &InstanceRecord, status: Option<&StatusRecord>, agent_live: bool, rev: Revision) -> Value {
+    serde_json::to_value(Instance::from_records(record, status, agent_live, rev)).expect("an Instance serializes")
 }
 
 fn parse<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Option<T> {
@@ -110,7 +128,13 @@ impl ApiServer {
     async fn load_instances(&self) -> ApiResult<(Join, Revision)> {
         let records = self.store.range(&self.keys.instances()).await?;
         let statuses = self.store.range(&self.keys.statuses()).await?;
+        let agents = self.store.range(&self.keys.agents()).await?;
         let mut join = Join::default();
+        for kv in &agents.kvs {
+            if let Some(agent) = self.keys.parse_agent_key(&kv.key) {
+                join.agents.insert(agent.to_string(), kv.mod_revision);
+            }
+        }
         for kv in &records.kvs {
             if let (Some((agent, id)), Some(record)) =
                 (self.keys.parse_instance_key(&kv.key), parse::<InstanceRecord>(kv))
@@ -166,11 +190,15 @@ impl ApiServer {
         let namespace = namespace.map(str::to_string);
         let events = encoder.clone();
         let convert = move |event: &baton_store::WatchEvent| {
-            let (before, after) = join.apply(&keys, event)?;
             let matches = |v: &Value| in_namespace(v, namespace.as_deref()) && selectors.matches(v);
-            let type_ = transition(before.as_ref().map(matches), after.as_ref().map(matches))?;
-            let object = if type_ == "DELETED" { before.or(after) } else { after };
-            object.map(|o| events.event(type_, &o))
+            join.apply(&keys, event)
+                .into_iter()
+                .filter_map(|(before, after)| {
+                    let type_ = transition(before.as_ref().map(matches), after.as_ref().map(matches))?;
+                    let object = if type_ == "DELETED" { before.or(after) } else { after };
+                    object.map(|o| events.event(type_, &o))
+                })
+                .collect::<Vec<_>>()
         };
         // One watch over the whole keyspace keeps instance and status changes in revision
         // order; other keys are skipped.

@@ -122,15 +122,15 @@ pub fn respond(
 }
 
 impl ApiServer {
-    /// Follows the store under `prefix` from revision `from`, turning each change into at
-    /// most one event with `convert`. History that is gone becomes an in-stream 410 ERROR
+    /// Follows the store under `prefix` from revision `from`, turning each change into
+    /// events with `convert`. History that is gone becomes an in-stream 410 ERROR
     /// event, as does any later failure of the store watch; the stream ends after it.
     pub async fn follow(
         &self,
         prefix: &str,
         from: Revision,
         encoder: Encoder,
-        mut convert: impl FnMut(&WatchEvent) -> Option<Bytes> + Send + 'static,
+        mut convert: impl FnMut(&WatchEvent) -> Vec<Bytes> + Send + 'static,
     ) -> ApiResult<BoxStream<'static, Bytes>> {
         let watch = match self.store.watch(prefix, from).await {
             Ok(watch) => watch,
@@ -143,7 +143,7 @@ impl ApiServer {
             .scan(false, move |failed, batch| {
                 let out = match (*failed, batch) {
                     (true, _) => None,
-                    (false, Ok(batch)) => Some(batch.events.iter().filter_map(&mut convert).collect::<Vec<_>>()),
+                    (false, Ok(batch)) => Some(batch.events.iter().flat_map(&mut convert).collect::<Vec<_>>()),
                     (false, Err(e)) => {
                         *failed = true;
                         Some(vec![encoder.error(&ApiError::from(e))])
@@ -184,7 +184,8 @@ impl ApiServer {
         };
         let selectors = query.selectors.clone();
         let events = encoder.clone();
-        let live = self.follow(&prefix, from, encoder, move |event| registry_event(&events, &selectors, event)).await?;
+        let convert = move |event: &WatchEvent| registry_event(&events, &selectors, event).into_iter().collect();
+        let live = self.follow(&prefix, from, encoder, convert).await?;
         Ok(respond(initial, live, query, &self.shutdown))
     }
 }

@@ -299,6 +299,11 @@ async fn instances_are_a_read_only_view_of_the_records() {
         .await
         .unwrap();
     let path = "/apis/baton.dev/v1alpha1/namespaces/default/instances";
+    let (_, list) = api.call(Method::GET, path, None).await;
+    assert_eq!(list["items"][0]["status"]["phase"], "Unreachable", "its agent is not registered");
+    let agent = json!({"name": "agent-1", "host": "127.0.0.1", "resources": {"millicpus": 1000, "memMib": 1024, "diskMib": 0},
+                       "version": "test", "startedAt": "2026-11-21T00:00:00Z"});
+    api.store.put("/baton/agents/agent-1", agent.to_string().into_bytes()).await.unwrap();
     let (code, list) = api.call(Method::GET, &format!("{path}?labelSelector=app%3Dweb,tier%3Dweb"), None).await;
     assert_eq!(code, StatusCode::OK);
     let item = &list["items"][0];

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use baton_api::{AgentRecord, App, Goal, InstanceRecord, Phase, StatusRecord};
 use baton_store::Revision;
+use jiff::Timestamp;
 
 /// One instance: what the controller assigned and what the agent reported.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,6 +46,14 @@ impl InstanceState {
     }
 }
 
+/// The controller's marker of an agent that stopped reporting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Marker {
+    pub since: Timestamp,
+    /// Mod revision of the marker key.
+    pub revision: Revision,
+}
+
 /// The full observed state for one tick.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -54,4 +63,6 @@ pub struct Snapshot {
     pub agents: BTreeMap<String, Arc<AgentRecord>>,
     /// Every instance record, by id.
     pub instances: BTreeMap<String, InstanceState>,
+    /// Agents known to have stopped reporting, and since when.
+    pub unreachable: BTreeMap<String, Marker>,
 }

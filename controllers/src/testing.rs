@@ -56,6 +56,17 @@ impl AppBuilder {
         self
     }
 
+    pub fn unreachable_strategy(mut self, inactive_after_seconds: i64, expunge_after_seconds: i64) -> Self {
+        self.0.spec.unreachable_strategy =
+            baton_api::UnreachableStrategy { inactive_after_seconds, expunge_after_seconds };
+        self
+    }
+
+    pub fn kill_selection(mut self, selection: baton_api::KillSelection) -> Self {
+        self.0.spec.kill_selection = selection;
+        self
+    }
+
     pub fn build(self) -> Arc<App> {
         Arc::new(self.0)
     }
@@ -162,11 +173,19 @@ impl InstanceBuilder {
     }
 }
 
+/// The snapshot with a marker saying `agent` stopped reporting `seconds_ago`.
+pub fn with_marker(mut snapshot: Snapshot, agent: &str, seconds_ago: i64) -> Snapshot {
+    let since = now() - jiff::SignedDuration::from_secs(seconds_ago);
+    snapshot.unreachable.insert(agent.into(), crate::snapshot::Marker { since, revision: 5 });
+    snapshot
+}
+
 /// A snapshot of these apps, agents and instances.
 pub fn snapshot(apps: &[&Arc<App>], agents: Vec<Arc<AgentRecord>>, instances: Vec<InstanceState>) -> Snapshot {
     Snapshot {
         apps: apps.iter().map(|a| Arc::clone(a)).collect(),
         agents: agents.into_iter().map(|a| (a.name.clone(), a)).collect(),
         instances: instances.into_iter().map(|i| (i.record.id.clone(), i)).collect(),
+        unreachable: Default::default(),
     }
 }

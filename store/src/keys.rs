@@ -66,6 +66,20 @@ impl Keyspace {
         format!("{}/status/{agent}/{id}", self.root)
     }
 
+    /// `/baton/unreachable/`: the controller's markers of agents that stopped reporting.
+    pub fn unreachable_agents(&self) -> String {
+        format!("{}/unreachable/", self.root)
+    }
+
+    pub fn unreachable_agent(&self, agent: &str) -> String {
+        format!("{}/unreachable/{agent}", self.root)
+    }
+
+    /// The agent name of a key under [`Keyspace::unreachable_agents`].
+    pub fn parse_unreachable_key<'k>(&self, key: &'k str) -> Option<&'k str> {
+        key.strip_prefix(&self.unreachable_agents()).filter(|name| !name.is_empty() && !name.contains('/'))
+    }
+
     /// `/baton/leader/<scope>`: the election key of a controller scope.
     pub fn leader(&self, scope: &str) -> String {
         format!("{}/leader/{scope}", self.root)

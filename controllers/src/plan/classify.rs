@@ -1,11 +1,13 @@
 //! Classify, then decide: an app's instances split into disjoint named sets, each decision
 //! reads only the sets it needs.
 
+use std::cmp::Ordering;
+
 use jiff::{SignedDuration, Timestamp};
 
-use baton_api::Goal;
+use baton_api::{Goal, KillSelection, UnreachableStrategy};
 
-use crate::snapshot::InstanceState;
+use crate::snapshot::{InstanceState, Snapshot};
 
 /// How long a failed instance waits before it is replaced, so a command that crashes at
 /// once does not spin (Marathon's default backoff starts at 1 second).
@@ -14,44 +16,104 @@ pub const RESTART_DELAY: SignedDuration = SignedDuration::from_secs(1);
 /// An app's instances, in disjoint sets.
 #[derive(Debug, Default)]
 pub struct AppInstances<'s> {
-    /// Wanted running, not over, at the app's current version.
+    /// Wanted running, not over, on a live agent, at the app's current version.
     pub current: Vec<&'s InstanceState>,
-    /// Wanted running, not over, at an older version: a deployment is in progress.
+    /// Wanted running, not over, on a live agent, at an older version: a deployment is in
+    /// progress.
     pub old: Vec<&'s InstanceState>,
+    /// Wanted running, on an agent that stopped reporting less than `inactiveAfterSeconds`
+    /// ago: each still holds its place.
+    pub unreachable: Vec<&'s InstanceState>,
+    /// Wanted running, on an agent gone longer than `inactiveAfterSeconds` (but less than
+    /// `expungeAfterSeconds`): replaced, but counted again if the agent comes back.
+    pub inactive: Vec<&'s InstanceState>,
     /// Being stopped: the agent has not reported the end yet.
     pub stopping: Vec<&'s InstanceState>,
     /// Ended on their own less than [`RESTART_DELAY`] ago: each holds the place of its
     /// replacement until the delay passes.
     pub cooling: Vec<&'s InstanceState>,
-    /// Over and done with: their records can go.
+    /// Over and done with (or expunged): their records can go.
     pub finished: Vec<&'s InstanceState>,
+    /// The earliest moment a set changes by time alone.
+    pub next_change: Option<Timestamp>,
+}
+
+/// Whether an instance's agent reports, and since when it does not.
+pub struct Reachability<'s> {
+    snapshot: &'s Snapshot,
+    now: Timestamp,
+}
+
+impl<'s> Reachability<'s> {
+    pub fn new(snapshot: &'s Snapshot, now: Timestamp) -> Self {
+        Self { snapshot, now }
+    }
+
+    /// `None` while the agent reports; else since when it does not (as marked in the store,
+    /// or now if this is the first tick to notice).
+    pub fn unreachable_since(&self, agent: &str) -> Option<Timestamp> {
+        if self.snapshot.agents.contains_key(agent) {
+            return None;
+        }
+        Some(self.snapshot.unreachable.get(agent).map_or(self.now, |marker| marker.since))
+    }
 }
 
 impl<'s> AppInstances<'s> {
     /// Splits `instances` of an app whose current version is `version`.
-    pub fn classify(instances: impl IntoIterator<Item = &'s InstanceState>, version: &str, now: Timestamp) -> Self {
+    pub fn classify(
+        instances: impl IntoIterator<Item = &'s InstanceState>,
+        version: &str,
+        strategy: UnreachableStrategy,
+        reach: &Reachability<'_>,
+    ) -> Self {
+        let now = reach.now;
         let mut sets = Self::default();
+        let inactive_after = SignedDuration::from_secs(strategy.inactive_after_seconds.max(0));
+        let expunge_after = SignedDuration::from_secs(strategy.expunge_after_seconds.max(0));
         for instance in instances {
-            let set = match (instance.record.goal, instance.is_terminal()) {
-                (Goal::Running, false) if instance.record.version == version => &mut sets.current,
-                (Goal::Running, false) => &mut sets.old,
-                (Goal::Stopped, false) => &mut sets.stopping,
-                (Goal::Running, true) if replace_after(instance).is_some_and(|at| at > now) => &mut sets.cooling,
-                (_, true) => &mut sets.finished,
+            let goal = instance.record.goal;
+            let set = if instance.is_terminal() {
+                match replace_after(instance) {
+                    Some(at) if goal == Goal::Running && at > now => {
+                        sets.note_change(at);
+                        &mut sets.cooling
+                    }
+                    _ => &mut sets.finished,
+                }
+            } else if let Some(since) = reach.unreachable_since(&instance.record.agent) {
+                let (inactive_at, expunge_at) = (since + inactive_after, since + expunge_after);
+                if expunge_at <= now {
+                    &mut sets.finished
+                } else if goal == Goal::Stopped {
+                    sets.note_change(expunge_at);
+                    &mut sets.stopping
+                } else if inactive_at <= now {
+                    sets.note_change(expunge_at);
+                    &mut sets.inactive
+                } else {
+                    sets.note_change(inactive_at);
+                    &mut sets.unreachable
+                }
+            } else if goal == Goal::Stopped {
+                &mut sets.stopping
+            } else if instance.record.version == version {
+                &mut sets.current
+            } else {
+                &mut sets.old
             };
             set.push(instance);
         }
         sets
     }
 
+    fn note_change(&mut self, at: Timestamp) {
+        self.next_change = Some(self.next_change.map_or(at, |t| t.min(at)));
+    }
+
     /// Instances of the current version that run.
     pub fn current_running(&self) -> usize {
         self.current.iter().filter(|i| i.is_running()).count()
-    }
-
-    /// When the first cooling instance may be replaced.
-    pub fn next_replacement(&self) -> Option<Timestamp> {
-        self.cooling.iter().filter_map(|i| replace_after(i)).min()
     }
 }
 
@@ -62,11 +124,14 @@ fn replace_after(instance: &InstanceState) -> Option<Timestamp> {
     ended.checked_add(RESTART_DELAY).ok()
 }
 
-/// Orders candidates for a kill: instances not running yet first (stopping them costs no
-/// capacity), then the youngest (Marathon's `YoungestFirst`), then by id.
-pub fn kill_order(a: &&InstanceState, b: &&InstanceState) -> std::cmp::Ordering {
-    a.is_running()
-        .cmp(&b.is_running())
-        .then_with(|| b.record.created_at.cmp(&a.record.created_at))
-        .then_with(|| a.record.id.cmp(&b.record.id))
+/// The order in which instances are stopped when there are too many: those not running yet
+/// first (stopping them costs no capacity), then by `killSelection`, then by id.
+pub fn kill_order(selection: KillSelection) -> impl Fn(&&InstanceState, &&InstanceState) -> Ordering {
+    move |a, b| {
+        let by_age = match selection {
+            KillSelection::YoungestFirst => b.record.created_at.cmp(&a.record.created_at),
+            KillSelection::OldestFirst => a.record.created_at.cmp(&b.record.created_at),
+        };
+        a.is_running().cmp(&b.is_running()).then(by_age).then_with(|| a.record.id.cmp(&b.record.id))
+    }
 }

@@ -14,7 +14,7 @@ pub struct Step {
     pub stop_old_running: usize,
     /// Current-version instances to launch.
     pub launch: usize,
-    /// Current-version instances (or cooling places) beyond what the spec asks for.
+    /// Places (cooling, unreachable or current instances) beyond what the spec asks for.
     pub excess_current: usize,
 }
 
@@ -29,6 +29,8 @@ pub struct Counts {
     pub current_running: usize,
     /// Places held by instances that ended and await their replacement.
     pub cooling: usize,
+    /// Places held by instances whose agent stopped reporting (not yet inactive).
+    pub unreachable: usize,
     pub old_running: usize,
     pub old_not_running: usize,
 }
@@ -52,7 +54,7 @@ pub fn step(c: Counts) -> Step {
     let running = c.current_running + c.old_running;
     let stop_old_running = c.old_running.min(running.saturating_sub(min_running));
     let old_left = c.old_running - stop_old_running;
-    let occupied = c.current + c.cooling;
+    let occupied = c.current + c.cooling + c.unreachable;
     let launch = c.wanted.saturating_sub(occupied).min(max_total.saturating_sub(occupied + old_left));
     Step {
         stop_old_not_running: c.old_not_running,
@@ -77,6 +79,14 @@ mod tests {
         assert_eq!(step(counts(3, 3, 1, 0)), Step::default(), "starting instances count as placed");
         let cooling = Counts { cooling: 1, ..counts(3, 2, 2, 0) };
         assert_eq!(step(cooling), Step::default(), "a cooling place is not filled twice");
+        let unreachable = Counts { unreachable: 1, ..counts(3, 2, 2, 0) };
+        assert_eq!(step(unreachable), Step::default(), "an unreachable instance holds its place");
+        let back = Counts { unreachable: 0, ..counts(3, 4, 4, 0) };
+        assert_eq!(
+            step(back),
+            Step { excess_current: 1, ..Step::default() },
+            "a returning agent's instance is one too many"
+        );
         assert_eq!(step(counts(0, 2, 2, 0)), Step { excess_current: 2, ..Step::default() });
     }
 

@@ -5,12 +5,14 @@
 //! every tick, so a leader that takes over mid-deployment decides exactly what the old one
 //! would have.
 //!
-//! Per app, in (namespace, name) order: classify its instances ([`classify`]), compute one
-//! bounded step from counts ([`deploy`]), pick the instances to stop, place the launches
-//! ([`crate::schedule`]), and compute its status ([`status`]). Instances whose app is gone
-//! are stopped. One placer serves the whole plan, so its placements see each other.
+//! First, agents that stopped reporting get a marker with the time (kept in the store, so a
+//! new leader measures from the same moment). Then per app, in (namespace, name) order:
+//! classify its instances ([`classify`]), compute one bounded step from counts
+//! ([`deploy`]), pick the instances to stop, place the launches ([`crate::schedule`]), and
+//! compute its status ([`status`]). Instances whose app is gone are stopped. One placer
+//! serves the whole plan, so its placements see each other.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::Timestamp;
 
@@ -25,7 +27,7 @@ pub mod classify;
 pub mod deploy;
 pub mod status;
 
-use classify::{AppInstances, kill_order};
+use classify::{AppInstances, Reachability, kill_order};
 
 /// What the planner is given besides the snapshot.
 #[derive(Debug, Clone, Copy)]
@@ -79,6 +81,20 @@ pub struct Removal {
     pub revision: Revision,
 }
 
+/// A note that an agent stopped reporting at `since`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mark {
+    pub agent: String,
+    pub since: Timestamp,
+}
+
+/// A note to forget: the agent is back, or nothing of it is left.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unmark {
+    pub agent: String,
+    pub revision: Revision,
+}
+
 /// A status to write to an app.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StatusUpdate {
@@ -94,19 +110,29 @@ pub struct Plan {
     pub stops: Vec<Stop>,
     pub removals: Vec<Removal>,
     pub statuses: Vec<StatusUpdate>,
-    /// When the next decision that depends on time falls due (a replacement delay ends).
+    pub marks: Vec<Mark>,
+    pub unmarks: Vec<Unmark>,
+    /// When the next decision that depends on time falls due (a replacement delay ends, an
+    /// unreachable instance becomes inactive or is expunged).
     pub next_wakeup: Option<Timestamp>,
 }
 
 impl Plan {
     pub fn is_empty(&self) -> bool {
-        self.launches.is_empty() && self.stops.is_empty() && self.removals.is_empty() && self.statuses.is_empty()
+        self.launches.is_empty()
+            && self.stops.is_empty()
+            && self.removals.is_empty()
+            && self.statuses.is_empty()
+            && self.marks.is_empty()
+            && self.unmarks.is_empty()
     }
 }
 
 /// Plans one tick.
 pub fn plan(snapshot: &Snapshot, ctx: &PlanContext) -> Plan {
     let mut plan = Plan::default();
+    let reach = Reachability::new(snapshot, ctx.now);
+    mark_unreachable_agents(snapshot, ctx, &mut plan);
     let mut by_app: BTreeMap<&str, Vec<&InstanceState>> = BTreeMap::new();
     for instance in snapshot.instances.values() {
         by_app.entry(instance.record.app.uid.as_str()).or_default().push(instance);
@@ -116,12 +142,16 @@ pub fn plan(snapshot: &Snapshot, ctx: &PlanContext) -> Plan {
     for app in &snapshot.apps {
         let uid = app.metadata.uid.as_deref().unwrap_or_default();
         let instances = by_app.remove(uid).unwrap_or_default();
-        plan_app(app, instances, ctx, &mut placer, &mut ids, &mut plan);
+        plan_app(app, instances, ctx, &reach, &mut placer, &mut ids, &mut plan);
     }
     // What is left belongs to apps that no longer exist.
     for instance in by_app.into_values().flatten() {
+        let gone = reach.unreachable_since(&instance.record.agent).is_some();
         match (instance.record.goal, instance.is_terminal()) {
+            // On an agent that is gone, the record goes at once: should the agent come
+            // back, it stops the process of an instance it no longer has a record of.
             (_, true) => plan.removals.push(removal(instance)),
+            (_, false) if gone => plan.removals.push(removal(instance)),
             (Goal::Running, false) => plan.stops.push(stop(instance, StopReason::AppDeleted)),
             (Goal::Stopped, false) => {} // The agent is on it.
         }
@@ -129,48 +159,69 @@ pub fn plan(snapshot: &Snapshot, ctx: &PlanContext) -> Plan {
     plan
 }
 
+/// Notes in the store since when each agent with instances has stopped reporting (so that
+/// every leader measures `unreachableStrategy` from the same moment), and forgets the note
+/// once the agent is back or none of its instances is left.
+fn mark_unreachable_agents(snapshot: &Snapshot, ctx: &PlanContext, plan: &mut Plan) {
+    let with_instances: BTreeSet<&str> = snapshot.instances.values().map(|i| i.record.agent.as_str()).collect();
+    for agent in &with_instances {
+        if !snapshot.agents.contains_key(*agent) && !snapshot.unreachable.contains_key(*agent) {
+            plan.marks.push(Mark { agent: agent.to_string(), since: ctx.now });
+        }
+    }
+    for (agent, marker) in &snapshot.unreachable {
+        if snapshot.agents.contains_key(agent) || !with_instances.contains(agent.as_str()) {
+            plan.unmarks.push(Unmark { agent: agent.clone(), revision: marker.revision });
+        }
+    }
+}
+
 fn plan_app(
     app: &App,
     instances: Vec<&InstanceState>,
     ctx: &PlanContext,
+    reach: &Reachability<'_>,
     placer: &mut Placer<'_>,
     ids: &mut IdSource,
     plan: &mut Plan,
 ) {
-    let version = app.spec.version();
-    let sets = AppInstances::classify(instances, &version, ctx.now);
+    let spec = &app.spec;
+    let version = spec.version();
+    let sets = AppInstances::classify(instances, &version, spec.unreachable_strategy, reach);
     plan.removals.extend(sets.finished.iter().map(|i| removal(i)));
+    plan.next_wakeup = min_time(plan.next_wakeup, sets.next_change);
+    let order = kill_order(spec.kill_selection);
 
-    let (old_running, old_not_running): (Vec<&InstanceState>, Vec<&InstanceState>) =
+    let (mut old_running, old_not_running): (Vec<&InstanceState>, Vec<&InstanceState>) =
         sets.old.iter().partition(|i| i.is_running());
     let step = deploy::step(deploy::Counts {
-        wanted: app.spec.instances.max(0) as usize,
+        wanted: spec.instances.max(0) as usize,
         current: sets.current.len(),
         current_running: sets.current_running(),
         cooling: sets.cooling.len(),
+        unreachable: sets.unreachable.len(),
         old_running: old_running.len(),
         old_not_running: old_not_running.len(),
     });
 
     plan.stops.extend(old_not_running.iter().map(|i| stop(i, StopReason::Upgraded)));
-    let mut old_running = old_running;
-    old_running.sort_by(kill_order);
+    old_running.sort_by(&order);
     plan.stops.extend(old_running.iter().take(step.stop_old_running).map(|i| stop(i, StopReason::Upgraded)));
 
-    // Excess places: cooling ones are simply not replaced; then current instances stop.
+    // Excess places go in this order: cooling ones (simply not replaced), unreachable
+    // instances, then current ones by killSelection.
     let mut excess = step.excess_current;
     let mut cooling = sets.cooling.clone();
-    cooling.sort_by(kill_order);
-    for instance in cooling.iter().take(excess) {
-        plan.removals.push(removal(instance));
-    }
+    cooling.sort_by(&order);
+    plan.removals.extend(cooling.iter().take(excess).map(|i| removal(i)));
     excess = excess.saturating_sub(cooling.len());
+    let mut unreachable = sets.unreachable.clone();
+    unreachable.sort_by(&order);
+    plan.stops.extend(unreachable.iter().take(excess).map(|i| stop(i, StopReason::ScaledDown)));
+    excess = excess.saturating_sub(unreachable.len());
     let mut current = sets.current.clone();
-    current.sort_by(kill_order);
+    current.sort_by(&order);
     plan.stops.extend(current.iter().take(excess).map(|i| stop(i, StopReason::ScaledDown)));
-    if step.excess_current < sets.cooling.len() {
-        plan.next_wakeup = min_time(plan.next_wakeup, sets.next_replacement());
-    }
 
     let unplaced = launch(app, &version, step.launch, ctx, placer, ids, plan);
     if let Some(status) = status::changed(app, status::desired(app, &version, &sets, unplaced.as_ref(), ctx.now)) {

@@ -25,9 +25,10 @@ pub fn desired(
     now: Timestamp,
 ) -> AppStatus {
     let wanted = app.spec.instances.max(0) as usize;
-    let live = sets.current.iter().chain(&sets.old);
-    let instances = sets.current.len() + sets.old.len();
-    let running = live.filter(|i| i.is_running()).count();
+    let reachable = sets.current.iter().chain(&sets.old);
+    let running = reachable.filter(|i| i.is_running()).count();
+    let unreachable = sets.unreachable.len() + sets.inactive.len();
+    let instances = sets.current.len() + sets.old.len() + unreachable;
     let current_running = sets.current_running();
     let available = sets.old.is_empty() && current_running >= wanted;
     let previous = app.status.as_ref();
@@ -66,7 +67,8 @@ pub fn desired(
         observed_generation: app.metadata.generation,
         instances: instances as i32,
         running: running as i32,
-        staged: (instances - running) as i32,
+        staged: (sets.current.len() + sets.old.len() - running) as i32,
+        unreachable: unreachable as i32,
         version: Some(version.to_string()),
         conditions: vec![available, pending],
     }

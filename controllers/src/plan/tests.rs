@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use baton_api::Phase;
 
 use super::*;
-use crate::testing::{agent, app, instance, now, snapshot};
+use crate::testing::{agent, app, instance, now, snapshot, with_marker};
 
 fn ctx() -> PlanContext {
     PlanContext { now: now(), seed: 42 }
@@ -161,4 +161,79 @@ fn the_same_snapshot_and_seed_give_the_same_plan() {
     let web = app("web").instances(4).ports(2).build();
     let snap = snapshot(&[&web], vec![agent("a1").build(), agent("a2").build()], vec![]);
     assert_eq!(plan(&snap, &ctx()), plan(&snap, &ctx()));
+}
+
+fn three_on_a1_two_agents(web: &std::sync::Arc<baton_api::App>) -> Vec<crate::snapshot::InstanceState> {
+    (0..3).map(|n| instance(web, "a1", n).running().build()).collect()
+}
+
+#[test]
+fn a_gone_agent_is_marked_and_its_instances_hold_their_places() {
+    let web = app("web").instances(3).build();
+    // a1 is not registered any more; a2 is.
+    let snap = snapshot(&[&web], vec![agent("a2").build()], three_on_a1_two_agents(&web));
+    let plan = plan(&snap, &ctx());
+    assert_eq!(plan.marks, [Mark { agent: "a1".into(), since: now() }], "the first tick to notice marks the agent");
+    assert!(plan.launches.is_empty() && plan.stops.is_empty(), "nothing is replaced before inactiveAfterSeconds");
+    let status = &plan.statuses[0].status;
+    assert_eq!((status.instances, status.running, status.unreachable), (3, 0, 3));
+    assert_eq!(plan.next_wakeup, Some(now() + jiff::SignedDuration::from_secs(300)));
+}
+
+#[test]
+fn unreachable_instances_are_replaced_after_inactive_and_forgotten_after_expunge() {
+    let web = app("web").instances(3).unreachable_strategy(60, 120).build();
+    let gone = |seconds_ago| {
+        with_marker(snapshot(&[&web], vec![agent("a2").build()], three_on_a1_two_agents(&web)), "a1", seconds_ago)
+    };
+    let before = plan(&gone(59), &ctx());
+    assert!(before.launches.is_empty() && before.marks.is_empty(), "the marker's time counts, not the tick's");
+    assert_eq!(before.next_wakeup, Some(now() + jiff::SignedDuration::from_secs(1)));
+
+    let inactive = plan(&gone(60), &ctx());
+    assert_eq!(inactive.launches.len(), 3, "replaced once inactive");
+    assert!(inactive.launches.iter().all(|l| l.record.agent == "a2"));
+    assert!(inactive.removals.is_empty() && inactive.stops.is_empty(), "the records stay until expunged");
+
+    let expunged = plan(&gone(120), &ctx());
+    assert_eq!(expunged.removals.len(), 3, "forgotten after expungeAfterSeconds");
+}
+
+#[test]
+fn when_the_agent_comes_back_the_extras_go_by_kill_selection() {
+    let run = |selection| {
+        let web = app("web").instances(3).kill_selection(selection).build();
+        let mut instances = three_on_a1_two_agents(&web); // the originals, launched first
+        instances.extend((10..13).map(|n| instance(&web, "a2", n).running().build())); // their replacements
+        let snap = with_marker(snapshot(&[&web], vec![agent("a1").build(), agent("a2").build()], instances), "a1", 500);
+        plan(&snap, &ctx())
+    };
+    let youngest = run(baton_api::KillSelection::YoungestFirst);
+    assert_eq!(stopped_ids(&youngest), ["web-012", "web-011", "web-010"], "YoungestFirst stops the replacements");
+    assert_eq!(youngest.unmarks.len(), 1, "the marker goes once the agent is back");
+    let oldest = run(baton_api::KillSelection::OldestFirst);
+    assert_eq!(stopped_ids(&oldest), ["web-000", "web-001", "web-002"], "OldestFirst stops the originals");
+}
+
+#[test]
+fn with_inactive_after_zero_a_gone_agents_instances_are_replaced_at_once() {
+    let web = app("web").instances(2).unreachable_strategy(0, 0).build();
+    let instances = vec![instance(&web, "a1", 0).running().build(), instance(&web, "a1", 1).running().build()];
+    let plan = plan(&snapshot(&[&web], vec![agent("a2").build()], instances), &ctx());
+    assert_eq!(plan.launches.len(), 2);
+    assert_eq!(plan.removals.len(), 2, "expunged at once too");
+}
+
+#[test]
+fn a_deleted_apps_instances_on_a_gone_agent_are_forgotten_at_once() {
+    let gone = app("gone").build();
+    let plan = plan(&snapshot(&[], vec![], vec![instance(&gone, "a1", 0).running().build()]), &ctx());
+    assert!(plan.stops.is_empty());
+    assert_eq!(plan.removals.len(), 1);
+}
+
+#[test]
+fn a_marker_without_instances_is_forgotten() {
+    let snap = with_marker(snapshot(&[], vec![], vec![]), "old-agent", 1000);
+    assert_eq!(plan(&snap, &ctx()).unmarks.len(), 1);
 }

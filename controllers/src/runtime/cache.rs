@@ -11,10 +11,10 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use baton_api::{AgentRecord, App, InstanceRecord, StatusRecord};
+use baton_api::{AgentRecord, App, InstanceRecord, StatusRecord, UnreachableMarker};
 use baton_store::{EventKind, KeyValue, Keyspace, Revision, Store, WatchEvent};
 
-use crate::snapshot::{InstanceState, Snapshot};
+use crate::snapshot::{InstanceState, Marker, Snapshot};
 
 type Slot = (String, String);
 
@@ -23,6 +23,7 @@ struct Records {
     agents: BTreeMap<String, (Arc<AgentRecord>, Revision)>,
     instances: BTreeMap<Slot, (Arc<InstanceRecord>, Revision)>,
     statuses: BTreeMap<Slot, (Arc<StatusRecord>, Revision)>,
+    markers: BTreeMap<String, (Arc<UnreachableMarker>, Revision)>,
 }
 
 /// Store records, kept current by one watch over the keyspace (so changes apply in
@@ -77,7 +78,12 @@ impl StoreCache {
             })
             .collect();
         let agents = records.agents.iter().map(|(name, (agent, _))| (name.clone(), agent.clone())).collect();
-        Snapshot { apps, agents, instances }
+        let unreachable = records
+            .markers
+            .iter()
+            .map(|(agent, (marker, revision))| (agent.clone(), Marker { since: marker.since, revision: *revision }))
+            .collect();
+        Snapshot { apps, agents, instances, unreachable }
     }
 }
 
@@ -110,12 +116,13 @@ async fn load_and_watch(
     let agents = store.range(&keys.agents()).await?;
     let instances = store.range(&keys.instances()).await?;
     let statuses = store.range(&keys.statuses()).await?;
+    let markers = store.range(&keys.unreachable_agents()).await?;
     let mut fresh = Records::default();
-    for kv in agents.kvs.iter().chain(&instances.kvs).chain(&statuses.kvs) {
+    for kv in agents.kvs.iter().chain(&instances.kvs).chain(&statuses.kvs).chain(&markers.kvs) {
         apply_put(&mut fresh, keys, kv);
     }
     *records.lock().expect("cache lock") = fresh;
-    revision.send_replace(statuses.revision);
+    revision.send_replace(markers.revision);
     ready.send_replace(true);
     changed.notify_one();
     // Changes after the first range are applied (again); applying is idempotent by revision.
@@ -178,10 +185,14 @@ fn apply_put(records: &mut Records, keys: &Keyspace, kv: &KeyValue) {
         if let Some(record) = parse(kv) {
             upsert(&mut records.instances, (agent.to_string(), id.to_string()), record, kv.mod_revision);
         }
-    } else if let Some((agent, id)) = keys.parse_status_key(&kv.key)
-        && let Some(status) = parse(kv)
+    } else if let Some((agent, id)) = keys.parse_status_key(&kv.key) {
+        if let Some(status) = parse(kv) {
+            upsert(&mut records.statuses, (agent.to_string(), id.to_string()), status, kv.mod_revision);
+        }
+    } else if let Some(agent) = keys.parse_unreachable_key(&kv.key)
+        && let Some(marker) = parse(kv)
     {
-        upsert(&mut records.statuses, (agent.to_string(), id.to_string()), status, kv.mod_revision);
+        upsert(&mut records.markers, agent.to_string(), marker, kv.mod_revision);
     }
 }
 
@@ -194,6 +205,8 @@ fn apply_delete(records: &mut Records, keys: &Keyspace, event: &WatchEvent) {
         remove(&mut records.instances, &(agent.to_string(), id.to_string()), revision);
     } else if let Some((agent, id)) = keys.parse_status_key(key) {
         remove(&mut records.statuses, &(agent.to_string(), id.to_string()), revision);
+    } else if let Some(agent) = keys.parse_unreachable_key(key) {
+        remove(&mut records.markers, &agent.to_string(), revision);
     }
 }
 

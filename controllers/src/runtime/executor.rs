@@ -12,7 +12,7 @@ use std::sync::Arc;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
 
-use baton_api::{App, Goal};
+use baton_api::{App, Goal, UnreachableMarker};
 use baton_store::election::Leadership;
 use baton_store::{Compare, Keyspace, Op, OpResponse, Revision, Store, Txn};
 
@@ -67,6 +67,14 @@ impl Executor {
         for removal in &plan.removals {
             let key = self.keys.instance(&removal.agent, &removal.id);
             writes.push((Compare::mod_revision(&key, removal.revision), Op::delete(&key)));
+        }
+        for mark in &plan.marks {
+            let key = self.keys.unreachable_agent(&mark.agent);
+            writes.push((Compare::absent(&key), Op::put(&key, to_json(&UnreachableMarker { since: mark.since }))));
+        }
+        for unmark in &plan.unmarks {
+            let key = self.keys.unreachable_agent(&unmark.agent);
+            writes.push((Compare::mod_revision(&key, unmark.revision), Op::delete(&key)));
         }
 
         let mut applied = Applied::default();
