@@ -309,6 +309,7 @@ mod tests {
                 AssignedPort { name: Some("metrics-http".into()), port: 31001 },
             ],
             kill_grace_seconds: 3,
+            term: 0,
         }
     }
 

@@ -169,6 +169,9 @@ pub struct InstanceRecord {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<AssignedPort>,
     pub kill_grace_seconds: u32,
+    /// The leader term (the election key's create revision) that last wrote this record.
+    #[serde(default)]
+    pub term: i64,
 }
 
 /// The life of an instance's process, as its agent reports it.

@@ -3,18 +3,18 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use baton_agent::AgentConfig;
 use baton_api::PortRange;
 use baton_apiserver::ApiServer;
 use baton_controllers::runtime::ControllerConfig;
+use baton_controllers::runtime::metrics::Metrics;
 use baton_store::embedded::{EmbeddedOptions, EmbeddedStore};
 use baton_store::{Keyspace, Store};
 
@@ -29,6 +29,10 @@ pub struct DevArgs {
     /// How many agents to run; the machine's resources are split between them.
     #[arg(long, default_value_t = 3)]
     agents: u32,
+    /// Keep the cluster's state in etcd (etcd://host:port[,…]) instead of the embedded
+    /// store in the data dir.
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
 }
 
 /// The most agents one `baton dev` runs (each gets its own slice of ports).
@@ -55,11 +59,16 @@ pub async fn run(args: DevArgs) -> Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("--data-dir {}: cannot create it", args.data_dir.display()))?;
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
-    let options = EmbeddedOptions { revoke_leases_on_open: true, ..EmbeddedOptions::default() };
-    let store = EmbeddedStore::open(&data_dir.join("store"), options)
-        .await
-        .with_context(|| format!("--data-dir {}: cannot open the store", data_dir.display()))?;
-    let store: Arc<dyn Store> = Arc::new(store);
+    let store: Arc<dyn Store> = match &args.store {
+        Some(url) => crate::flags::connect(url).await?,
+        None => {
+            let options = EmbeddedOptions { revoke_leases_on_open: true, ..EmbeddedOptions::default() };
+            let store = EmbeddedStore::open(&data_dir.join("store"), options)
+                .await
+                .with_context(|| format!("--data-dir {}: cannot open the store", data_dir.display()))?;
+            Arc::new(store)
+        }
+    };
     let keys = Keyspace::default();
     let shutdown = CancellationToken::new();
 
@@ -74,12 +83,13 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let api_shutdown = shutdown.clone();
     let api_task = tokio::spawn(baton_apiserver::serve(listener, api, async move { api_shutdown.cancelled().await }));
 
-    let client = kube_client(&kubeconfig).await?;
-    let controller_id = format!("{}:{}", hostname(), std::process::id());
+    let client = crate::kube_client(&kubeconfig).await?;
+    let controller_id = format!("{}:{}", crate::hostname(), std::process::id());
     let controller = tokio::spawn(baton_controllers::runtime::run(
         store.clone(),
         client,
         ControllerConfig::new(controller_id, keys.clone()),
+        Arc::new(Metrics::default()),
         shutdown.clone(),
     ));
 
@@ -113,11 +123,11 @@ pub async fn run(args: DevArgs) -> Result<()> {
         kubeconfig.display(),
     );
 
-    wait_for_signal().await?;
+    crate::wait_for_signal().await?;
     eprintln!("stopping: every instance is being stopped (Ctrl-C again to quit at once)");
     shutdown.cancel();
     tokio::spawn(async {
-        if wait_for_signal().await.is_ok() {
+        if crate::wait_for_signal().await.is_ok() {
             eprintln!("quitting without waiting; instance processes may be left running");
             std::process::exit(130);
         }
@@ -137,28 +147,6 @@ pub async fn run(args: DevArgs) -> Result<()> {
     }
     eprintln!("stopped");
     Ok(())
-}
-
-/// A client for the API server this process serves, from the kubeconfig it wrote.
-async fn kube_client(kubeconfig: &Path) -> Result<kube::Client> {
-    let config = kube::config::Kubeconfig::read_from(kubeconfig)?;
-    let config = kube::Config::from_custom_kubeconfig(config, &kube::config::KubeConfigOptions::default()).await?;
-    Ok(kube::Client::try_from(config)?)
-}
-
-/// Completes on SIGINT or SIGTERM.
-async fn wait_for_signal() -> Result<()> {
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
-    }
-    Ok(())
-}
-
-fn hostname() -> String {
-    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into())
 }
 
 #[cfg(test)]

@@ -1,10 +1,18 @@
 //! `baton`: the one binary. Each subcommand wires the library crates together; the logic
 //! lives in those crates.
 
+use std::path::Path;
+
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use tokio::signal::unix::{SignalKind, signal};
 
+mod agent;
+mod apiserver;
+mod controller;
 mod dev;
+mod flags;
+mod serve;
 
 #[derive(Parser)]
 #[command(name = "baton", version, about = "Marathon's application model as Kubernetes-style controllers")]
@@ -17,6 +25,12 @@ struct Cli {
 enum Command {
     /// Run a whole cluster on this machine: store, API server, controller and agents.
     Dev(dev::DevArgs),
+    /// Serve the Kubernetes-compatible API for Baton's kinds over the store.
+    Apiserver(apiserver::ApiserverArgs),
+    /// Run a controller (several may run; one leads).
+    Controller(controller::ControllerArgs),
+    /// Run an agent: offer this machine's resources and run the instances assigned to it.
+    Agent(agent::AgentArgs),
     /// Print Baton's CustomResourceDefinitions as YAML (what crds/ holds).
     Crds,
 }
@@ -24,12 +38,16 @@ enum Command {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging();
+    let runtime = || tokio::runtime::Runtime::new();
     match cli.command {
         Command::Crds => {
             print!("{}", baton_api::crds::crds_yaml());
             Ok(())
         }
-        Command::Dev(args) => tokio::runtime::Runtime::new()?.block_on(dev::run(args)),
+        Command::Dev(args) => runtime()?.block_on(dev::run(args)),
+        Command::Apiserver(args) => runtime()?.block_on(apiserver::run(args)),
+        Command::Controller(args) => runtime()?.block_on(controller::run(args)),
+        Command::Agent(args) => runtime()?.block_on(agent::run(args)),
     }
 }
 
@@ -40,4 +58,27 @@ fn init_logging() {
         EnvFilter::new("warn,baton=info,baton_store=info,baton_apiserver=info,baton_controllers=info,baton_agent=info")
     });
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn wait_for_signal() -> Result<()> {
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    Ok(())
+}
+
+/// A client for the API server named by a kubeconfig file.
+pub async fn kube_client(kubeconfig: &Path) -> Result<kube::Client> {
+    let config = kube::config::Kubeconfig::read_from(kubeconfig)
+        .map_err(|e| anyhow::anyhow!("--kubeconfig {}: {e}", kubeconfig.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(config, &kube::config::KubeConfigOptions::default()).await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+pub fn hostname() -> String {
+    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into())
 }

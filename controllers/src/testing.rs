@@ -129,6 +129,7 @@ pub fn instance(app: &App, agent: &str, n: u32) -> InstanceBuilder {
             resources: app.spec.resources.amounts(),
             ports: Vec::new(),
             kill_grace_seconds: 3,
+            term: 0,
         },
         status: None,
     }

@@ -23,6 +23,7 @@ pub struct Leadership {
     key: String,
     term: Revision,
     lease: LeaseId,
+    predecessor_gone_at: Option<std::time::Instant>,
     lost: watch::Receiver<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -41,6 +42,12 @@ impl Leadership {
     /// The create revision of the election key: this term's number.
     pub fn term(&self) -> Revision {
         self.term
+    }
+
+    /// When this candidate saw the previous leader's key go (its lease expired or it
+    /// resigned), if it had to wait for one: where a failover starts.
+    pub fn predecessor_gone_at(&self) -> Option<std::time::Instant> {
+        self.predecessor_gone_at
     }
 
     /// Whether leadership is known to be lost (lease expired, key deleted or replaced).
@@ -82,6 +89,7 @@ pub async fn campaign(store: Arc<dyn Store>, key: &str, id: &str, ttl: Duration)
     let (lost_tx, lost_rx) = watch::channel(false);
     let lost_tx = Arc::new(lost_tx);
     let keep_alive = tokio::spawn(keep_lease_alive(store.clone(), lease, ttl, lost_tx.clone()));
+    let mut predecessor_gone_at = None;
     let term = loop {
         let txn = Txn::new()
             .when([Compare::absent(key)])
@@ -103,9 +111,18 @@ pub async fn campaign(store: Arc<dyn Store>, key: &str, id: &str, ttl: Duration)
         };
         tracing::info!(key, leader = %String::from_utf8_lossy(&current.value), "waiting for the current leader to go");
         wait_for_delete(store.as_ref(), key, current.mod_revision + 1).await?;
+        predecessor_gone_at = Some(std::time::Instant::now());
     };
     let watcher = tokio::spawn(watch_term(store.clone(), key.to_string(), term, lost_tx));
-    Ok(Leadership { store, key: key.to_string(), term, lease, lost: lost_rx, tasks: vec![keep_alive, watcher] })
+    Ok(Leadership {
+        store,
+        key: key.to_string(),
+        term,
+        lease,
+        predecessor_gone_at,
+        lost: lost_rx,
+        tasks: vec![keep_alive, watcher],
+    })
 }
 
 /// Waits until `key` is deleted, watching from `from`.

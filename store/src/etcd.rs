@@ -24,6 +24,28 @@ use crate::{
     Store, Txn, TxnResponse, WatchBatch, WatchEvent, WatchStream, prefix_end,
 };
 
+/// The endpoints of a store URL: `etcd://host:port[,host:port…]` →
+/// `["http://host:port", …]`.
+pub fn parse_url(url: &str) -> Result<Vec<String>, String> {
+    let usage = "expected etcd://host:port[,host:port…]";
+    let Some(hosts) = url.strip_prefix("etcd://") else {
+        return Err(format!("{url:?}: {usage}"));
+    };
+    let endpoints: Vec<String> =
+        hosts.split(',').map(str::trim).filter(|h| !h.is_empty()).map(|h| format!("http://{h}")).collect();
+    if endpoints.is_empty() {
+        return Err(format!("{url:?}: no host given; {usage}"));
+    }
+    for host in hosts.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+        let port_ok =
+            host.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+        if !port_ok || host.contains('/') {
+            return Err(format!("{url:?}: {host:?} is not host:port; {usage}"));
+        }
+    }
+    Ok(endpoints)
+}
+
 /// Keys read per request when ranging over a prefix.
 const RANGE_PAGE: i64 = 1000;
 
@@ -282,6 +304,21 @@ impl Store for EtcdStore {
             Ok(_) => Ok(()),
             Err(e) if is_lease_not_found(&e) => Err(Error::LeaseNotFound(lease)),
             Err(e) => Err(backend("lease revoke", e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_url;
+
+    #[test]
+    fn store_urls() {
+        assert_eq!(parse_url("etcd://127.0.0.1:2379").unwrap(), ["http://127.0.0.1:2379"]);
+        assert_eq!(parse_url("etcd://a:1,b:2").unwrap(), ["http://a:1", "http://b:2"]);
+        for bad in ["127.0.0.1:2379", "etcd://", "etcd://host", "etcd://host:0", "etcd://h:1/x", "http://h:1"] {
+            let err = parse_url(bad).unwrap_err();
+            assert!(err.contains(bad) && err.contains("etcd://host:port"), "{bad}: {err}");
         }
     }
 }

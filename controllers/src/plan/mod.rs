@@ -289,6 +289,7 @@ fn launch(
                 resources,
                 ports,
                 kill_grace_seconds: spec.kill_grace_seconds(),
+                term: 0,
             },
         });
     }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
 
-use baton_api::{App, Goal, UnreachableMarker};
+use baton_api::{App, Goal, InstanceRecord, UnreachableMarker};
 use baton_store::election::Leadership;
 use baton_store::{Compare, Keyspace, Op, OpResponse, Revision, Store, Txn};
 
@@ -28,15 +28,26 @@ pub enum Error {
 }
 
 /// What applying a plan did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Applied {
     /// The revision of the last successful write (0: none).
     pub revision: Revision,
-    /// Operations written.
-    pub written: usize,
+    pub launched: usize,
+    /// The reason of each stop written.
+    pub stopped: Vec<&'static str>,
+    pub removed: usize,
     /// Operations dropped because the plan was made on a stale view.
     pub stale: usize,
     pub statuses: usize,
+}
+
+/// What kind of plan step a write carries out.
+#[derive(Clone, Copy)]
+enum Step {
+    Launch,
+    Stop(&'static str),
+    Removal,
+    Marker,
 }
 
 pub struct Executor {
@@ -51,43 +62,53 @@ impl Executor {
     }
 
     pub async fn apply(&self, plan: &Plan, leadership: &Leadership) -> Result<Applied, Error> {
-        let mut writes: Vec<(Compare, Op)> =
-            Vec::with_capacity(plan.launches.len() + plan.stops.len() + plan.removals.len());
+        let mut writes: Vec<(Step, Compare, Op)> = Vec::new();
         for launch in &plan.launches {
             let key = self.keys.instance(&launch.record.agent, &launch.record.id);
-            writes.push((Compare::absent(&key), Op::put(&key, to_json(&launch.record))));
+            let record = InstanceRecord { term: leadership.term(), ..launch.record.clone() };
+            writes.push((Step::Launch, Compare::absent(&key), Op::put(&key, to_json(&record))));
         }
         for stop in &plan.stops {
             let key = self.keys.instance(&stop.record.agent, &stop.record.id);
             let mut record = stop.record.clone();
             record.goal = Goal::Stopped;
             record.stop_reason = Some(stop.reason.as_str().to_string());
-            writes.push((Compare::mod_revision(&key, stop.revision), Op::put(&key, to_json(&record))));
+            record.term = leadership.term();
+            let write = Op::put(&key, to_json(&record));
+            writes.push((Step::Stop(stop.reason.as_str()), Compare::mod_revision(&key, stop.revision), write));
         }
         for removal in &plan.removals {
             let key = self.keys.instance(&removal.agent, &removal.id);
-            writes.push((Compare::mod_revision(&key, removal.revision), Op::delete(&key)));
+            writes.push((Step::Removal, Compare::mod_revision(&key, removal.revision), Op::delete(&key)));
         }
         for mark in &plan.marks {
             let key = self.keys.unreachable_agent(&mark.agent);
-            writes.push((Compare::absent(&key), Op::put(&key, to_json(&UnreachableMarker { since: mark.since }))));
+            let marker = UnreachableMarker { since: mark.since };
+            writes.push((Step::Marker, Compare::absent(&key), Op::put(&key, to_json(&marker))));
         }
         for unmark in &plan.unmarks {
             let key = self.keys.unreachable_agent(&unmark.agent);
-            writes.push((Compare::mod_revision(&key, unmark.revision), Op::delete(&key)));
+            writes.push((Step::Marker, Compare::mod_revision(&key, unmark.revision), Op::delete(&key)));
         }
 
         let mut applied = Applied::default();
         // The fence takes one of the compare slots.
         for batch in writes.chunks(baton_store::MAX_TXN_OPS - 1) {
             let txn = Txn::new()
-                .when(std::iter::once(leadership.fence()).chain(batch.iter().map(|(c, _)| c.clone())))
-                .and_then(batch.iter().map(|(_, op)| op.clone()))
+                .when(std::iter::once(leadership.fence()).chain(batch.iter().map(|(_, c, _)| c.clone())))
+                .and_then(batch.iter().map(|(_, _, op)| op.clone()))
                 .or_else([Op::get(leadership.key())]);
             let response = self.store.txn(txn).await?;
             if response.succeeded {
                 applied.revision = response.revision;
-                applied.written += batch.len();
+                for (step, _, _) in batch {
+                    match step {
+                        Step::Launch => applied.launched += 1,
+                        Step::Stop(reason) => applied.stopped.push(reason),
+                        Step::Removal => applied.removed += 1,
+                        Step::Marker => {}
+                    }
+                }
                 continue;
             }
             let leader = match response.responses.first() {

@@ -26,9 +26,11 @@ use crate::plan::{self, PlanContext};
 
 pub mod cache;
 pub mod executor;
+pub mod metrics;
 
 use cache::{AppCache, StoreCache};
 use executor::Executor;
+use metrics::{Metrics, ReasonLabel};
 
 /// How a controller runs.
 #[derive(Debug, Clone)]
@@ -61,7 +63,13 @@ impl ControllerConfig {
 
 /// Runs the controller until `shutdown`: campaigns, leads until leadership is lost, and
 /// campaigns again.
-pub async fn run(store: Arc<dyn Store>, client: kube::Client, config: ControllerConfig, shutdown: CancellationToken) {
+pub async fn run(
+    store: Arc<dyn Store>,
+    client: kube::Client,
+    config: ControllerConfig,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
     let changed = Arc::new(Notify::new());
     let records = StoreCache::start(store.clone(), config.keys.clone(), changed.clone(), shutdown.clone());
     let apps = AppCache::start(client.clone(), changed.clone(), shutdown.clone());
@@ -81,7 +89,18 @@ pub async fn run(store: Arc<dyn Store>, client: kube::Client, config: Controller
             _ = shutdown.cancelled() => return,
         };
         tracing::info!(id = config.id, term = leadership.term(), scope = config.scope, "leading");
-        lead(&leadership, &records, &apps, &executor, &config, &changed, &shutdown).await;
+        metrics.leader.set(1);
+        metrics.terms.inc();
+        let loop_parts = Loop {
+            records: &records,
+            apps: &apps,
+            executor: &executor,
+            config: &config,
+            changed: &changed,
+            metrics: &metrics,
+        };
+        loop_parts.lead(&leadership, &shutdown).await;
+        metrics.leader.set(0);
         if shutdown.is_cancelled() {
             if let Err(e) = leadership.resign().await {
                 tracing::warn!(error = %e, "could not resign leadership");
@@ -92,74 +111,100 @@ pub async fn run(store: Arc<dyn Store>, client: kube::Client, config: Controller
     }
 }
 
-async fn lead(
-    leadership: &Leadership,
-    records: &StoreCache,
-    apps: &AppCache,
-    executor: &Executor,
-    config: &ControllerConfig,
-    changed: &Notify,
-    shutdown: &CancellationToken,
-) {
-    tokio::select! {
-        _ = async { records.ready().await; apps.ready().await } => {}
-        _ = shutdown.cancelled() => return,
-        _ = leadership.lost() => return,
-    }
-    let mut last_write = 0;
-    loop {
-        if last_write > 0 {
+/// What a leader's loop works with.
+struct Loop<'a> {
+    records: &'a StoreCache,
+    apps: &'a AppCache,
+    executor: &'a Executor,
+    config: &'a ControllerConfig,
+    changed: &'a Notify,
+    metrics: &'a Metrics,
+}
+
+impl Loop<'_> {
+    async fn lead(&self, leadership: &Leadership, shutdown: &CancellationToken) {
+        let Loop { records, apps, executor, config, changed, metrics } = self;
+        tokio::select! {
+            _ = async { records.ready().await; apps.ready().await } => {}
+            _ = shutdown.cancelled() => return,
+            _ = leadership.lost() => return,
+        }
+        let mut last_write = 0;
+        let mut first_tick = true;
+        loop {
+            if last_write > 0 {
+                tokio::select! {
+                    caught_up = records.caught_up(last_write, Duration::from_secs(10)) => if !caught_up {
+                        tracing::warn!(revision = last_write, "the store cache has not seen this controller's last writes after 10 s; waiting");
+                        continue;
+                    },
+                    _ = leadership.lost() => return,
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+            let snapshot = records.snapshot(apps.apps());
+            let now = Timestamp::now();
+            let started = std::time::Instant::now();
+            let plan = plan::plan(&snapshot, &PlanContext { now, seed: rand::random() });
+            let planned_in = started.elapsed();
+            metrics.plans.inc();
+            metrics.plan_seconds.observe(planned_in.as_secs_f64());
+            if !plan.is_empty() {
+                match executor.apply(&plan, leadership).await {
+                    Ok(applied) => {
+                        if applied.revision > 0 {
+                            last_write = applied.revision;
+                        }
+                        self.count(&applied);
+                        tracing::info!(
+                            launches = applied.launched,
+                            stops = applied.stopped.len(),
+                            removals = applied.removed,
+                            statuses = applied.statuses,
+                            stale = applied.stale,
+                            plan_micros = planned_in.as_micros() as u64,
+                            "applied plan"
+                        );
+                        for launch in &plan.launches {
+                            let ports: Vec<u16> = launch.record.ports.iter().map(|p| p.port).collect();
+                            tracing::debug!(instance = launch.record.id, agent = launch.record.agent, ?ports, "launch");
+                        }
+                        for stop in &plan.stops {
+                            tracing::debug!(instance = stop.record.id, reason = stop.reason.as_str(), "stop");
+                        }
+                    }
+                    Err(executor::Error::LostLeadership) => return,
+                    Err(e) => tracing::warn!(error = %e, "applying the plan failed; the next tick decides again"),
+                }
+            }
+            if first_tick {
+                first_tick = false;
+                if let Some(gone) = leadership.predecessor_gone_at() {
+                    let seconds = gone.elapsed().as_secs_f64();
+                    metrics.failover_seconds.set(seconds);
+                    tracing::info!(seconds, "failover: first tick applied after the previous leader's key expired");
+                }
+            }
+            let until_due = plan
+                .next_wakeup
+                .map(|at| Duration::try_from(at.duration_since(Timestamp::now())).unwrap_or(Duration::ZERO))
+                .unwrap_or(config.resync)
+                .min(config.resync);
             tokio::select! {
-                caught_up = records.caught_up(last_write, Duration::from_secs(10)) => if !caught_up {
-                    tracing::warn!(revision = last_write, "the store cache has not seen this controller's last writes after 10 s; waiting");
-                    continue;
-                },
+                _ = changed.notified() => tokio::time::sleep(config.debounce).await,
+                _ = tokio::time::sleep(until_due) => {}
                 _ = leadership.lost() => return,
                 _ = shutdown.cancelled() => return,
             }
         }
-        let snapshot = records.snapshot(apps.apps());
-        let now = Timestamp::now();
-        let started = std::time::Instant::now();
-        let plan = plan::plan(&snapshot, &PlanContext { now, seed: rand::random() });
-        let planned_in = started.elapsed();
-        if !plan.is_empty() {
-            match executor.apply(&plan, leadership).await {
-                Ok(applied) => {
-                    if applied.revision > 0 {
-                        last_write = applied.revision;
-                    }
-                    tracing::info!(
-                        launches = plan.launches.len(),
-                        stops = plan.stops.len(),
-                        removals = plan.removals.len(),
-                        statuses = applied.statuses,
-                        stale = applied.stale,
-                        plan_micros = planned_in.as_micros() as u64,
-                        "applied plan"
-                    );
-                    for launch in &plan.launches {
-                        let ports: Vec<u16> = launch.record.ports.iter().map(|p| p.port).collect();
-                        tracing::debug!(instance = launch.record.id, agent = launch.record.agent, ?ports, "launch");
-                    }
-                    for stop in &plan.stops {
-                        tracing::debug!(instance = stop.record.id, reason = stop.reason.as_str(), "stop");
-                    }
-                }
-                Err(executor::Error::LostLeadership) => return,
-                Err(e) => tracing::warn!(error = %e, "applying the plan failed; the next tick decides again"),
-            }
-        }
-        let until_due = plan
-            .next_wakeup
-            .map(|at| Duration::try_from(at.duration_since(Timestamp::now())).unwrap_or(Duration::ZERO))
-            .unwrap_or(config.resync)
-            .min(config.resync);
-        tokio::select! {
-            _ = changed.notified() => tokio::time::sleep(config.debounce).await,
-            _ = tokio::time::sleep(until_due) => {}
-            _ = leadership.lost() => return,
-            _ = shutdown.cancelled() => return,
+    }
+
+    fn count(&self, applied: &executor::Applied) {
+        self.metrics.stale_operations.inc_by(applied.stale as u64);
+        self.metrics.launches.inc_by(applied.launched as u64);
+        self.metrics.removals.inc_by(applied.removed as u64);
+        for reason in &applied.stopped {
+            self.metrics.stops.get_or_create(&ReasonLabel { reason }).inc();
         }
     }
 }

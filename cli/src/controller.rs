@@ -1,0 +1,57 @@
+//! `baton controller`: one controller; several run side by side, one leads.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use baton_controllers::runtime::ControllerConfig;
+use baton_controllers::runtime::metrics::Metrics;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+use crate::flags::{StoreFlags, duration};
+
+#[derive(clap::Args)]
+pub struct ControllerArgs {
+    #[command(flatten)]
+    store: StoreFlags,
+    /// The API server to watch apps on and write their status to.
+    #[arg(long)]
+    kubeconfig: PathBuf,
+    /// Names this controller in the election (default: hostname:pid).
+    #[arg(long)]
+    id: Option<String>,
+    /// How long leadership outlives a controller that stopped renewing it.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    election_ttl: Duration,
+    /// Serve /metrics, /healthz and /readyz here.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+}
+
+pub async fn run(args: ControllerArgs) -> Result<()> {
+    let store = args.store.connect().await?;
+    let client = crate::kube_client(&args.kubeconfig).await?;
+    let id = args.id.unwrap_or_else(|| format!("{}:{}", crate::hostname(), std::process::id()));
+    let mut config = ControllerConfig::new(id, args.store.keys());
+    config.election_ttl = args.election_ttl;
+    let metrics = Arc::new(Metrics::default());
+    let shutdown = CancellationToken::new();
+    if let Some(addr) = args.metrics_listen {
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let endpoints = crate::serve::endpoints(addr, Arc::new(registry), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = endpoints.await {
+                tracing::error!(error = %e, "metrics endpoint");
+            }
+        });
+    }
+    let controller = tokio::spawn(baton_controllers::runtime::run(store, client, config, metrics, shutdown.clone()));
+    crate::wait_for_signal().await?;
+    shutdown.cancel();
+    controller.await.context("the controller task")?;
+    Ok(())
+}

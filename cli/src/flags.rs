@@ -1,0 +1,132 @@
+//! Parsing of the flags several commands share. Every error names the flag and the input.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use baton_api::{PortRange, ResourceAmounts, Resources};
+use baton_store::{Keyspace, Store};
+
+/// Where the cluster's state lives.
+#[derive(clap::Args, Debug, Clone)]
+pub struct StoreFlags {
+    /// The store: etcd://host:port[,host:port…]
+    #[arg(long, value_name = "URL")]
+    pub store: String,
+    /// The prefix of every key, so several installations can share one etcd.
+    #[arg(long, default_value = baton_store::keys::DEFAULT_ROOT)]
+    pub prefix: String,
+}
+
+impl StoreFlags {
+    /// Connects to the store (waiting at most 10 s for it to answer).
+    pub async fn connect(&self) -> Result<Arc<dyn Store>> {
+        connect(&self.store).await
+    }
+
+    pub fn keys(&self) -> Keyspace {
+        Keyspace::new(&self.prefix)
+    }
+}
+
+/// Connects to the store at `url`.
+pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
+    let endpoints = baton_store::etcd::parse_url(url).map_err(|e| anyhow::anyhow!("--store {e}"))?;
+    let store = baton_store::etcd::EtcdStore::connect(&endpoints, Duration::from_secs(10))
+        .await
+        .with_context(|| format!("--store {url}: is etcd running there?"))?;
+    Ok(Arc::new(store))
+}
+
+/// A duration such as `10s`, `500ms` or `2m`.
+pub fn duration(input: &str) -> Result<Duration, String> {
+    humantime::parse_duration(input).map_err(|e| format!("{input:?} is not a duration like 10s, 500ms or 2m: {e}"))
+}
+
+/// `cpus=4,mem=4096,disk=1024`: the resources given override `base` (the machine's).
+pub fn resources(input: &str, base: ResourceAmounts) -> Result<ResourceAmounts> {
+    let mut given =
+        Resources { cpus: base.millicpus as f64 / 1000.0, mem: base.mem_mib as f64, disk: base.disk_mib as f64 };
+    for (key, value) in pairs(input, "--resources")? {
+        let number: f64 = value
+            .parse()
+            .ok()
+            .filter(|n: &f64| n.is_finite() && *n >= 0.0)
+            .with_context(|| format!("--resources {input:?}: {key}={value} is not a non-negative number"))?;
+        match key.as_str() {
+            "cpus" => given.cpus = number,
+            "mem" => given.mem = number,
+            "disk" => given.disk = number,
+            other => bail!(
+                "--resources {input:?}: unknown resource {other:?} (cpus, mem and disk are known; mem and disk in MiB)"
+            ),
+        }
+    }
+    Ok(given.amounts())
+}
+
+/// `rack=r1,zone=a`.
+pub fn attributes(input: &str) -> Result<BTreeMap<String, String>> {
+    let mut attributes = BTreeMap::new();
+    for (key, value) in pairs(input, "--attributes")? {
+        if let Some(problem) = baton_api::names::label_key_problem(&key) {
+            bail!("--attributes {input:?}: attribute name {key:?}: {problem}");
+        }
+        attributes.insert(key, value);
+    }
+    Ok(attributes)
+}
+
+/// `31000-32000[,33000-33100]`.
+pub fn port_ranges(input: &str) -> Result<Vec<PortRange>> {
+    let ranges = input
+        .split(',')
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .map(|r| r.parse::<PortRange>().map_err(|e| anyhow::anyhow!("--ports {input:?}: {e}")))
+        .collect::<Result<Vec<_>>>()?;
+    if ranges.is_empty() {
+        bail!("--ports {input:?}: no range given, e.g. 31000-32000");
+    }
+    Ok(ranges)
+}
+
+fn pairs(input: &str, flag: &str) -> Result<Vec<(String, String)>> {
+    input
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+            _ => bail!("{flag} {input:?}: {pair:?} is not key=value"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resources_override_the_machine() {
+        let machine = ResourceAmounts { millicpus: 8000, mem_mib: 16000, disk_mib: 100 };
+        let r = resources("cpus=2.5,mem=4096", machine).unwrap();
+        assert_eq!(r, ResourceAmounts { millicpus: 2500, mem_mib: 4096, disk_mib: 100 });
+        let err = resources("gpus=1", machine).unwrap_err().to_string();
+        assert!(err.contains("gpus") && err.contains("--resources"), "{err}");
+        assert!(resources("mem=-1", machine).unwrap_err().to_string().contains("mem=-1"));
+        assert!(resources("mem", machine).unwrap_err().to_string().contains("key=value"));
+    }
+
+    #[test]
+    fn attributes_and_ports() {
+        assert_eq!(attributes("rack=r1, zone=a").unwrap().get("zone").map(String::as_str), Some("a"));
+        assert!(attributes("Bad Key=x").is_err());
+        assert_eq!(port_ranges("31000-31999,33000").unwrap().len(), 2);
+        let err = port_ranges("31000-").unwrap_err().to_string();
+        assert!(err.contains("--ports") && err.contains("31000-"), "{err}");
+        assert_eq!(duration("500ms").unwrap(), Duration::from_millis(500));
+        assert!(duration("ten").unwrap_err().contains("ten"));
+    }
+}

@@ -1,0 +1,76 @@
+//! The controller's Prometheus metrics.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of the stop counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+/// Everything the controller counts.
+#[derive(Debug)]
+pub struct Metrics {
+    /// 1 while this controller leads its scope.
+    pub leader: Gauge,
+    /// Terms this controller has won.
+    pub terms: Counter,
+    /// Seconds from the previous leader's election key expiring to this leader's first
+    /// applied tick, at the last takeover.
+    pub failover_seconds: Gauge<f64, AtomicU64>,
+    pub plans: Counter,
+    pub plan_seconds: Histogram,
+    pub launches: Counter,
+    pub stops: Family<ReasonLabel, Counter>,
+    pub removals: Counter,
+    /// Operations dropped because they were planned on a stale view.
+    pub stale_operations: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            leader: Gauge::default(),
+            terms: Counter::default(),
+            failover_seconds: Gauge::default(),
+            plans: Counter::default(),
+            // 10 µs … ~5 s.
+            plan_seconds: Histogram::new(exponential_buckets(0.000_01, 4.0, 10)),
+            launches: Counter::default(),
+            stops: Family::default(),
+            removals: Counter::default(),
+            stale_operations: Counter::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Registers every metric under `baton_controller_…`.
+    pub fn register(&self, registry: &mut Registry) {
+        let registry = registry.sub_registry_with_prefix("baton_controller");
+        registry.register("leader", "1 while this controller leads its scope", self.leader.clone());
+        registry.register("terms", "Terms this controller has won", self.terms.clone());
+        registry.register(
+            "failover_seconds",
+            "Seconds from the previous leader's election key expiring to this leader's first applied tick, at the last takeover",
+            self.failover_seconds.clone(),
+        );
+        registry.register("plans", "Ticks planned", self.plans.clone());
+        registry.register("plan_seconds", "Time to compute a plan", self.plan_seconds.clone());
+        registry.register("launches", "Instances launched", self.launches.clone());
+        registry.register("stops", "Instances stopped, by reason", self.stops.clone());
+        registry.register("removals", "Instance records removed", self.removals.clone());
+        registry.register(
+            "stale_operations",
+            "Writes dropped because they were planned on a stale view",
+            self.stale_operations.clone(),
+        );
+    }
+}
