@@ -1,9 +1,10 @@
 //! Helpers for Baton's end-to-end tests, which run real processes: the built `baton`
 //! binary, the real `kubectl`, and the instance processes Baton starts.
 //!
-//! Every process a test starts is stopped by pid, also when the test fails: [`Baton`]'s
-//! drop stops `baton` (SIGTERM, then SIGKILL) and then kills any process still running
-//! from inside the test's data directory (its sandboxes), so nothing outlives a test.
+//! Every process a test starts is stopped by pid, also when the test fails: a [`Proc`] is
+//! killed when dropped, and [`Baton`] and [`Cluster`] then kill any process still running
+//! from inside their temporary directory (the agents' sandboxes), so nothing outlives a
+//! test.
 //! Ports are picked free at run time, on loopback only. Every wait is bounded and fails
 //! with what it waited for and the end of Baton's log.
 #![deny(warnings, rust_2018_idioms)]
@@ -12,7 +13,7 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{ExitStatus, Output};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -20,6 +21,14 @@ use nix::unistd::Pid;
 use serde_json::Value;
 
 pub use baton_agent::process::{live_group_members, start_ticks};
+
+pub mod cluster;
+pub mod kubectl;
+pub mod proc;
+
+pub use cluster::{Cluster, ClusterOptions};
+pub use kubectl::Kubectl;
+pub use proc::Proc;
 
 /// A port nobody listens on right now, on 127.0.0.1.
 pub fn free_port() -> u16 {
@@ -104,17 +113,27 @@ pub fn http(
     Ok((status, body))
 }
 
+/// Kills every live process whose working directory is inside `dir`.
+pub fn kill_processes_in(dir: &Path) {
+    for pid in processes_in(dir) {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+    }
+}
+
+/// Polls `check` until it returns `Some`; panics with `what` and `context()` (logs) on
+/// timeout.
+pub fn wait_for<T>(what: &str, timeout: Duration, context: impl Fn() -> String, check: impl FnMut() -> Option<T>) -> T {
+    poll(timeout, check).unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}\n{}", context()))
+}
+
 /// A running `baton dev` on a fresh data dir and a free port.
 pub struct Baton {
-    child: Option<Child>,
-    pub pid: u32,
-    binary: PathBuf,
-    agents: u32,
-    data_dir: tempfile::TempDir,
+    proc: Proc,
     pub port: u16,
     pub kubeconfig: PathBuf,
-    log: PathBuf,
-    home: PathBuf,
+    kubectl: Kubectl,
+    // Last, so the processes above are stopped before the directory goes.
+    data_dir: tempfile::TempDir,
 }
 
 impl Baton {
@@ -122,48 +141,35 @@ impl Baton {
     pub fn start_dev(binary: &Path, agents: u32) -> Self {
         let data_dir = tempfile::Builder::new().prefix("baton-e2e-").tempdir().expect("a temporary data dir");
         let port = free_port();
-        let log = data_dir.path().join("baton.log");
         let home = data_dir.path().join("home");
         std::fs::create_dir_all(&home).expect("a HOME for kubectl's cache");
         let kubeconfig = data_dir.path().join("data").join("kubeconfig");
-        let mut baton =
-            Baton { child: None, pid: 0, binary: binary.to_path_buf(), agents, data_dir, port, kubeconfig, log, home };
-        baton.spawn();
+        let args = vec![
+            "dev".into(),
+            "--data-dir".into(),
+            data_dir.path().join("data").into_os_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}").into(),
+            "--agents".into(),
+            agents.to_string().into(),
+        ];
+        let env = vec![("RUST_LOG".to_string(), "info,baton_controllers=debug".to_string())];
+        let proc = Proc::start("baton dev", binary, args, env, data_dir.path().join("baton.log"));
+        let kubectl = Kubectl { kubeconfig: kubeconfig.clone(), home };
+        let mut baton = Baton { proc, port, kubeconfig, kubectl, data_dir };
+        baton.wait_until_serving();
         baton
     }
 
-    /// Starts baton on this data dir and port (again) and waits until the API answers.
-    fn spawn(&mut self) {
-        assert!(self.child.is_none(), "baton is already running");
-        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("the log file");
-        let child = Command::new(&self.binary)
-            .args(["dev", "--data-dir"])
-            .arg(self.data_dir())
-            .args(["--listen", &format!("127.0.0.1:{}", self.port), "--agents", &self.agents.to_string()])
-            .env("RUST_LOG", "info,baton_controllers=debug")
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().expect("log handle"))
-            .stderr(log_file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.binary.display()));
-        self.pid = child.id();
-        self.child = Some(child);
+    fn wait_until_serving(&mut self) {
         self.wait_for("the API server to answer `kubectl get apps`", Duration::from_secs(60), |b| {
             (b.kubeconfig.exists() && b.kubectl(&["get", "apps"]).status.success()).then_some(())
         });
     }
 
-    /// Starts baton again on the same data dir and port, after [`Baton::stop`] or
-    /// [`Baton::kill`].
-    pub fn restart(&mut self) {
-        self.spawn();
-    }
-
-    /// SIGKILLs baton, as a crash would: what it started keeps running.
-    pub fn kill(&mut self) {
-        let mut child = self.child.take().expect("baton is running");
-        let _ = child.kill();
-        let _ = child.wait();
+    /// The pid of the current run.
+    pub fn pid(&self) -> u32 {
+        self.proc.pid
     }
 
     /// The data directory (the store, the kubeconfig, the agents' sandboxes).
@@ -173,50 +179,29 @@ impl Baton {
 
     /// Runs kubectl against this cluster.
     pub fn kubectl(&self, args: &[&str]) -> Output {
-        self.kubectl_with_input(args, None)
+        self.kubectl.run(args, None)
     }
 
     pub fn kubectl_with_input(&self, args: &[&str], input: Option<&str>) -> Output {
-        let mut command = Command::new("kubectl");
-        command
-            .args(args)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("HOME", &self.home)
-            .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = command.spawn().expect("kubectl runs (is it on PATH?)");
-        if let Some(input) = input {
-            child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("writing kubectl's input");
-        }
-        child.wait_with_output().expect("kubectl's output")
+        self.kubectl.run(args, input)
     }
 
     /// Runs kubectl and returns its stdout; fails the test with stderr when it fails.
     pub fn kubectl_ok(&self, args: &[&str]) -> String {
-        let output = self.kubectl(args);
-        assert!(
-            output.status.success(),
-            "kubectl {} failed: {}\n{}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr),
-            self.log_tail()
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        self.kubectl.ok(args, None).unwrap_or_else(|e| panic!("{e}\n{}", self.log_tail()))
     }
 
     /// `kubectl … -o json`, parsed.
     pub fn kubectl_json(&self, args: &[&str]) -> Value {
-        let mut full = args.to_vec();
-        full.extend(["-o", "json"]);
-        serde_json::from_str(&self.kubectl_ok(&full)).expect("kubectl printed JSON")
+        self.kubectl.json(args).unwrap_or_else(|e| panic!("{e}\n{}", self.log_tail()))
     }
 
-    /// Polls `check` until it returns `Some`; fails with `what` and the log's end.
+    /// Polls `check` until it returns `Some`; fails with `what` and the log's end, or at
+    /// once if baton exits meanwhile.
     pub fn wait_for<T>(&mut self, what: &str, timeout: Duration, mut check: impl FnMut(&Self) -> Option<T>) -> T {
         let mut exited = None;
         let found = poll(timeout, || {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self.proc.exited() {
                 exited = Some(status);
                 return Some(None);
             }
@@ -231,39 +216,34 @@ impl Baton {
 
     /// The last 60 lines of Baton's log.
     pub fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        format!("--- end of baton's log ---\n{}", lines[lines.len().saturating_sub(60)..].join("\n"))
+        self.proc.log_tail(60)
     }
 
     /// Stops baton with SIGTERM and waits (at most 30 s) for it to exit.
     pub fn stop(&mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("baton is running");
-        let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGTERM);
-        let status = poll(Duration::from_secs(30), || child.try_wait().ok().flatten());
-        match status {
-            Some(status) => status,
-            None => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("baton did not exit within 30 s of SIGTERM\n{}", self.log_tail());
-            }
-        }
+        self.proc.stop()
+    }
+
+    /// SIGKILLs baton, as a crash would: what it started keeps running.
+    pub fn kill(&mut self) {
+        self.proc.kill();
+    }
+
+    /// Starts baton again on the same data dir and port and waits until it serves.
+    pub fn restart(&mut self) {
+        self.proc.restart();
+        self.wait_until_serving();
     }
 }
 
 impl Drop for Baton {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGTERM);
-            if poll(Duration::from_secs(15), || child.try_wait().ok().flatten()).is_none() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+        if self.proc.is_running() {
+            // A clean stop first, so baton stops its instances itself.
+            let _ = kill(Pid::from_raw(self.proc.pid as i32), Signal::SIGTERM);
+            let _ = poll(Duration::from_secs(15), || self.proc.exited());
         }
-        // Whatever still runs from inside the data dir was started by this test's baton.
-        for pid in processes_in(self.data_dir.path()) {
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-        }
+        self.proc.kill();
+        kill_processes_in(self.data_dir.path());
     }
 }

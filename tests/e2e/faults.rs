@@ -1,0 +1,262 @@
+//! Faults, with real processes on etcd: a leader killed or frozen mid-work, agents killed
+//! and restarted, etcd restarted. After each, what happened is read from the store's
+//! history: exactly what the spec needed was launched, nothing the spec did not require
+//! was stopped, and no deposed leader's write landed.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use baton_api::{Goal, InstanceRecord, Phase};
+use baton_e2e::cluster::RecordWrite;
+use baton_e2e::{Cluster, ClusterOptions, ProcessId};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn baton_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_baton"))
+}
+
+fn app(name: &str, instances: u32, extra: &str) -> String {
+    format!(
+        "apiVersion: baton.dev/v1alpha1\nkind: App\nmetadata:\n  name: {name}\nspec:\n  instances: {instances}\n  \
+         cmd: sleep 3600\n  resources: {{cpus: 0.01, mem: 1}}\n{extra}"
+    )
+}
+
+/// Records of `app` that are wanted running.
+fn running_records(cluster: &Cluster, app: &str) -> Vec<InstanceRecord> {
+    cluster.records().into_values().filter(|r| r.app.name == app && r.goal == Goal::Running).collect()
+}
+
+/// Waits until exactly `n` instances of `app` are wanted running and their processes run.
+fn wait_running(cluster: &Cluster, app: &str, n: usize) -> Vec<InstanceRecord> {
+    cluster.wait_for(&format!("{n} instances of {app} running"), WAIT, |c| {
+        let records = running_records(c, app);
+        let statuses = c.statuses();
+        let running = records.iter().filter(|r| statuses.get(&r.id).is_some_and(|s| s.phase == Phase::Running)).count();
+        (records.len() == n && running == n).then_some(records)
+    })
+}
+
+fn writes_of<'h>(history: &'h [RecordWrite], app: &str) -> Vec<&'h RecordWrite> {
+    history.iter().filter(|w| w.after.as_ref().or(w.before.as_ref()).is_some_and(|r| r.app.name == app)).collect()
+}
+
+/// Kills the leader; returns its id and how long until the standby led.
+fn kill_leader(cluster: &mut Cluster) -> (String, Duration) {
+    let leader = cluster.leader().expect("a leader");
+    let killed_at = Instant::now();
+    cluster.controller(&leader).kill();
+    let new = cluster.wait_for("the standby to lead", WAIT, |c| c.leader().filter(|l| *l != leader));
+    let took = killed_at.elapsed();
+    eprintln!("failover: {leader} SIGKILLed, {new} led {:.2} s later (election TTL 2 s)", took.as_secs_f64());
+    (leader, took)
+}
+
+#[test]
+fn leader_killed_mid_scale_up_launches_exactly_what_the_spec_needs() {
+    let mut cluster = Cluster::start(&baton_binary(), ClusterOptions::default());
+    cluster.apply(&app("many", 0, ""));
+    cluster.kubectl_ok(&["scale", "app/many", "--replicas=50"]);
+    // Kill the leader as soon as it has begun: instances are launching, statuses coming in.
+    cluster.wait_for("the first instance record", WAIT, |c| (!running_records(c, "many").is_empty()).then_some(()));
+    let (old, _) = kill_leader(&mut cluster);
+    wait_running(&cluster, "many", 50);
+    let standby = if old == "c1" { 1 } else { 0 };
+    let metric = cluster
+        .wait_for("the standby's failover metric", WAIT, |c| c.metric(standby, "baton_controller_failover_seconds"));
+    eprintln!(
+        "failover: the standby's baton_controller_failover_seconds = {metric:.3} (from the old key's expiry to its first tick)"
+    );
+
+    let history = cluster.history();
+    let writes = writes_of(&history, "many");
+    let created = writes.iter().filter(|w| w.is_creation()).count();
+    let stopped = writes.iter().filter(|w| w.is_stop()).count();
+    assert_eq!(created, 50, "exactly the 50 instances the spec asks for were launched, across the failover");
+    assert_eq!(stopped, 0, "nothing was stopped");
+}
+
+#[test]
+fn leader_killed_mid_rolling_replacement_stops_only_the_old_version() {
+    let mut cluster = Cluster::start(&baton_binary(), ClusterOptions::default());
+    cluster.apply(&app("roll", 10, "  env: {V: \"1\"}\n"));
+    let old_records = wait_running(&cluster, "roll", 10);
+    let old_version = old_records[0].version.clone();
+    cluster.kubectl_ok(&["patch", "app", "roll", "--type", "merge", "-p", r#"{"spec":{"env":{"V":"2"}}}"#]);
+    cluster.wait_for("the first new-version instance", WAIT, |c| {
+        running_records(c, "roll").iter().any(|r| r.version != old_version).then_some(())
+    });
+    kill_leader(&mut cluster);
+    let done = cluster.wait_for("the rollout to finish", WAIT, |c| {
+        let records: Vec<InstanceRecord> = c.records().into_values().filter(|r| r.app.name == "roll").collect();
+        let statuses = c.statuses();
+        let finished = records.len() == 10
+            && records.iter().all(|r| r.version != old_version && r.goal == Goal::Running)
+            && records.iter().all(|r| statuses.get(&r.id).is_some_and(|s| s.phase == Phase::Running));
+        finished.then_some(records)
+    });
+    let new_version = done[0].version.clone();
+
+    let history = cluster.history();
+    let writes = writes_of(&history, "roll");
+    let created: Vec<&InstanceRecord> =
+        writes.iter().filter(|w| w.is_creation()).filter_map(|w| w.after.as_ref()).collect();
+    let stopped: Vec<&InstanceRecord> =
+        writes.iter().filter(|w| w.is_stop()).filter_map(|w| w.before.as_ref()).collect();
+    assert_eq!(created.len(), 20, "10 at the start and 10 of the new version, no more");
+    assert_eq!(created.iter().filter(|r| r.version == new_version).count(), 10);
+    assert_eq!(stopped.len(), 10, "exactly the 10 old instances were stopped");
+    assert!(stopped.iter().all(|r| r.version == old_version), "no new-version instance was stopped");
+    let stopped_ids: BTreeSet<&str> = stopped.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(stopped_ids.len(), 10, "no instance was stopped twice");
+}
+
+#[test]
+fn a_frozen_leader_resumed_after_losing_its_lease_writes_nothing() {
+    let mut cluster = Cluster::start(&baton_binary(), ClusterOptions::default());
+    cluster.apply(&app("frozen", 2, ""));
+    wait_running(&cluster, "frozen", 2);
+    let stale = cluster.leader().expect("a leader");
+    let old_term = cluster
+        .block_on(cluster.store().get("/baton/leader/platform"))
+        .expect("reading the leader key")
+        .expect("a leader key")
+        .create_revision;
+
+    // Freeze the leader past its lease; meanwhile the spec changes.
+    cluster.controller(&stale).pause();
+    cluster.kubectl_ok(&["scale", "app/frozen", "--replicas=5"]);
+    let standby = cluster.wait_for("the standby to take over", WAIT, |c| c.leader().filter(|l| *l != stale));
+    wait_running(&cluster, "frozen", 5);
+    let new_term = cluster.block_on(cluster.store().get("/baton/leader/platform")).unwrap().unwrap().create_revision;
+
+    // Thaw it: whatever it was about to do, and whatever it plans before it notices, must
+    // not land.
+    cluster.controller(&stale).resume();
+    cluster.wait_for("the thawed leader to notice it lost", WAIT, |c| {
+        let log = c.controllers.iter().find(|p| p.name() == stale).map(|p| p.log()).unwrap_or_default();
+        (log.contains("leadership lost") || log.contains("election lease expired")).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    cluster.kubectl_ok(&["scale", "app/frozen", "--replicas=6"]);
+    wait_running(&cluster, "frozen", 6);
+
+    let history = cluster.history();
+    let stale_writes: Vec<&RecordWrite> = history
+        .iter()
+        .filter(|w| w.revision > new_term && w.after.as_ref().is_some_and(|r| r.term == old_term))
+        .collect();
+    assert!(
+        stale_writes.is_empty(),
+        "writes of the deposed leader landed after {standby} took over: {stale_writes:#?}"
+    );
+    let writes = writes_of(&history, "frozen");
+    assert_eq!(writes.iter().filter(|w| w.is_creation()).count(), 6, "6 instances launched in all, none twice");
+    assert_eq!(cluster.leader().as_deref(), Some(standby.as_str()), "the thawed leader did not take leadership back");
+}
+
+#[test]
+fn a_killed_agents_instances_are_replaced_then_the_extras_stopped_when_it_returns() {
+    let mut cluster = Cluster::start(&baton_binary(), ClusterOptions::default());
+    cluster.apply(&app("spread", 4, "  unreachableStrategy: {inactiveAfterSeconds: 2, expungeAfterSeconds: 120}\n"));
+    let before = wait_running(&cluster, "spread", 4);
+    let victim = "a1";
+    let originals: Vec<String> = before.iter().filter(|r| r.agent == victim).map(|r| r.id.clone()).collect();
+    assert!(!originals.is_empty(), "placement spreads the app over both agents: {before:?}");
+    let statuses = cluster.statuses();
+    let original_pids: Vec<ProcessId> =
+        originals.iter().filter_map(|id| statuses.get(id)?.pid).filter_map(ProcessId::of).collect();
+
+    let killed_at = Instant::now();
+    cluster.agent(victim).kill();
+    // Replaced on the other agent once inactive (the lease TTL, 2 s, then 2 s more).
+    cluster.wait_for("replacements on the other agent", WAIT, |c| {
+        let statuses = c.statuses();
+        let running_elsewhere = running_records(c, "spread")
+            .iter()
+            .filter(|r| r.agent != victim && statuses.get(&r.id).is_some_and(|s| s.phase == Phase::Running))
+            .count();
+        (running_elsewhere == 4).then_some(())
+    });
+    eprintln!("agent {victim} SIGKILLed: its instances replaced after {:.1} s", killed_at.elapsed().as_secs_f64());
+    assert!(original_pids.iter().all(|p| p.is_alive()), "the killed agent's instance processes still run");
+
+    // It comes back: its instances count again (adopted, same processes), and the extra
+    // replacements (the youngest) are stopped.
+    cluster.agent(victim).restart();
+    let after = cluster.wait_for("the count back at 4", WAIT, |c| {
+        let records = running_records(c, "spread");
+        let statuses = c.statuses();
+        let all_running = records.iter().all(|r| statuses.get(&r.id).is_some_and(|s| s.phase == Phase::Running));
+        (records.len() == 4 && all_running).then_some(records)
+    });
+    let kept: BTreeSet<&str> = after.iter().map(|r| r.id.as_str()).collect();
+    assert!(originals.iter().all(|id| kept.contains(id.as_str())), "YoungestFirst keeps the originals: {kept:?}");
+    assert!(original_pids.iter().all(|p| p.is_alive()), "the originals were adopted, not restarted");
+    let history = cluster.history();
+    let stopped: Vec<&RecordWrite> = writes_of(&history, "spread").into_iter().filter(|w| w.is_stop()).collect();
+    assert_eq!(stopped.len(), originals.len(), "exactly the extra replacements were stopped");
+}
+
+#[test]
+fn an_agent_restart_keeps_its_instances_and_their_pids() {
+    let mut cluster = Cluster::start(&baton_binary(), ClusterOptions::default());
+    cluster.apply(&app("steady", 4, ""));
+    let before = wait_running(&cluster, "steady", 4);
+    let statuses = cluster.statuses();
+    let processes: Vec<ProcessId> =
+        before.iter().filter_map(|r| statuses.get(&r.id)?.pid).filter_map(ProcessId::of).collect();
+    assert_eq!(processes.len(), 4);
+
+    let status = cluster.agent("a1").stop();
+    assert!(status.success(), "the agent exits cleanly on SIGTERM: {status}");
+    cluster.agent("a1").restart();
+    cluster.wait_for("a1 to adopt its instances", WAIT, |c| {
+        c.agents[0].log().contains("adopted a running instance").then_some(())
+    });
+    let after = wait_running(&cluster, "steady", 4);
+    let ids = |records: &[InstanceRecord]| records.iter().map(|r| r.id.clone()).collect::<BTreeSet<_>>();
+    assert_eq!(ids(&after), ids(&before), "the same instances");
+    let statuses = cluster.statuses();
+    let pids: BTreeSet<u32> = after.iter().filter_map(|r| statuses.get(&r.id)?.pid).collect();
+    assert_eq!(pids, processes.iter().map(|p| p.pid).collect(), "with the same pids");
+    assert!(processes.iter().all(|p| p.is_alive()), "none of them was restarted");
+    let history = cluster.history();
+    assert_eq!(
+        writes_of(&history, "steady").iter().filter(|w| w.is_creation()).count(),
+        4,
+        "nothing was launched again"
+    );
+}
+
+#[test]
+fn etcd_stopped_and_started_on_its_data_loses_nothing() {
+    let mut cluster = Cluster::start(&baton_binary(), ClusterOptions::default());
+    cluster.apply(&app("durable", 3, ""));
+    let before = wait_running(&cluster, "durable", 3);
+    let statuses = cluster.statuses();
+    let processes: Vec<ProcessId> =
+        before.iter().filter_map(|r| statuses.get(&r.id)?.pid).filter_map(ProcessId::of).collect();
+
+    cluster.etcd.stop();
+    std::thread::sleep(Duration::from_secs(3));
+    cluster.etcd.restart();
+
+    // Everything converges: the app is there, the same instances run, and the cluster acts
+    // on new changes again.
+    let after = wait_running(&cluster, "durable", 3);
+    assert_eq!(
+        after.iter().map(|r| &r.id).collect::<BTreeSet<_>>(),
+        before.iter().map(|r| &r.id).collect::<BTreeSet<_>>(),
+        "nothing was lost or replaced"
+    );
+    assert!(processes.iter().all(|p| p.is_alive()), "no instance was restarted");
+    cluster.wait_for("the API to answer again", WAIT, |c| {
+        c.kubectl.ok(&["scale", "app/durable", "--replicas=5"], None).ok()
+    });
+    wait_running(&cluster, "durable", 5);
+    let history = cluster.history();
+    assert_eq!(writes_of(&history, "durable").iter().filter(|w| w.is_creation()).count(), 5);
+}

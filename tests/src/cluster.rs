@@ -1,0 +1,310 @@
+//! A whole cluster of separate processes, as across machines but on loopback: a real etcd,
+//! `baton apiserver`, N `baton controller`s and M `baton agent`s. Fault tests kill, pause
+//! and restart its parts and read what happened from the store's history.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::Value;
+
+use baton_api::{Goal, InstanceRecord, StatusRecord};
+use baton_store::contract::etcd_server::TestEtcd;
+use baton_store::{EventKind, Keyspace, Store, StoreExt};
+
+use crate::{Kubectl, Proc, free_port, kill_processes_in, poll};
+
+/// How the cluster is set up.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub controllers: usize,
+    pub agents: usize,
+    /// `--election-ttl` of the controllers.
+    pub election_ttl: &'static str,
+    /// `--lease-ttl` of the agents.
+    pub agent_lease_ttl: &'static str,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self { controllers: 2, agents: 2, election_ttl: "2s", agent_lease_ttl: "2s" }
+    }
+}
+
+/// One write of an instance record, from the store's history.
+#[derive(Debug, Clone)]
+pub struct RecordWrite {
+    pub revision: i64,
+    /// The record after the write (None for a delete).
+    pub after: Option<InstanceRecord>,
+    /// The record before the write (None for a creation).
+    pub before: Option<InstanceRecord>,
+}
+
+impl RecordWrite {
+    pub fn is_creation(&self) -> bool {
+        self.before.is_none() && self.after.is_some()
+    }
+
+    /// The write that set the goal to Stopped.
+    pub fn is_stop(&self) -> bool {
+        matches!((&self.before, &self.after), (Some(b), Some(a)) if b.goal == Goal::Running && a.goal == Goal::Stopped)
+    }
+}
+
+pub struct Cluster {
+    pub etcd: TestEtcd,
+    pub apiserver: Proc,
+    /// Controllers `c1`…`cN`.
+    pub controllers: Vec<Proc>,
+    /// Agents `a1`…`aM`.
+    pub agents: Vec<Proc>,
+    pub kubectl: Kubectl,
+    /// The port of each controller's /metrics.
+    pub metrics_ports: Vec<u16>,
+    store: Arc<dyn Store>,
+    keys: Keyspace,
+    runtime: tokio::runtime::Runtime,
+    // Last, so every process is stopped before the directory goes.
+    dir: tempfile::TempDir,
+}
+
+fn os(args: &[&str]) -> Vec<OsString> {
+    args.iter().map(OsString::from).collect()
+}
+
+impl Cluster {
+    /// Starts every part and waits until the API answers, the agents are registered and a
+    /// controller leads.
+    pub fn start(binary: &Path, options: ClusterOptions) -> Self {
+        let dir = tempfile::Builder::new().prefix("baton-cluster-").tempdir().expect("a temporary dir");
+        let etcd = TestEtcd::start();
+        let url = format!("etcd://{}", etcd.endpoint().trim_start_matches("http://"));
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
+        let endpoint = etcd.endpoint();
+        let store: Arc<dyn Store> = Arc::new(
+            runtime
+                .block_on(baton_store::etcd::EtcdStore::connect(&[endpoint], Duration::from_secs(10)))
+                .expect("the test connects to etcd"),
+        );
+        let env = vec![("RUST_LOG".to_string(), "info,baton_controllers=debug".to_string())];
+        let root = dir.path().to_path_buf();
+        let log = move |name: &str| root.join(format!("{name}.log"));
+        let api_dir = dir.path().join("apiserver");
+        let apiserver = Proc::start(
+            "apiserver",
+            binary,
+            [
+                os(&["apiserver", "--store", &url, "--listen", "127.0.0.1:0", "--data-dir"]),
+                vec![api_dir.clone().into()],
+            ]
+            .concat(),
+            env.clone(),
+            log("apiserver"),
+        );
+        let home = dir.path().join("home");
+        std::fs::create_dir_all(&home).expect("a HOME for kubectl");
+        let kubeconfig = api_dir.join("kubeconfig");
+        let kubectl = Kubectl { kubeconfig: kubeconfig.clone(), home };
+        let mut cluster = Cluster {
+            etcd,
+            apiserver,
+            controllers: Vec::new(),
+            agents: Vec::new(),
+            kubectl,
+            metrics_ports: Vec::new(),
+            store,
+            keys: Keyspace::default(),
+            runtime,
+            dir,
+        };
+        cluster.wait_for("the API server to answer kubectl", Duration::from_secs(30), |c| {
+            (kubeconfig.exists() && c.kubectl.run(&["get", "apps"], None).status.success()).then_some(())
+        });
+        for i in 1..=options.controllers {
+            let id = format!("c{i}");
+            let metrics = free_port();
+            let args = os(&[
+                "controller",
+                "--store",
+                &url,
+                "--kubeconfig",
+                &kubeconfig.display().to_string(),
+                "--id",
+                &id,
+                "--election-ttl",
+                options.election_ttl,
+                "--metrics-listen",
+                &format!("127.0.0.1:{metrics}"),
+            ]);
+            cluster.controllers.push(Proc::start(&id, binary, args, env.clone(), log(&id)));
+            cluster.metrics_ports.push(metrics);
+        }
+        for i in 1..=options.agents {
+            let name = format!("a{i}");
+            let work_dir = cluster.dir.path().join(&name);
+            let ports = format!("{}-{}", 31000 + 1000 * i, 31000 + 1000 * i + 999);
+            let args = os(&[
+                "agent",
+                "--store",
+                &url,
+                "--name",
+                &name,
+                "--work-dir",
+                &work_dir.display().to_string(),
+                "--host",
+                "127.0.0.1",
+                "--resources",
+                "cpus=4,mem=4096,disk=1024",
+                "--attributes",
+                &format!("rack=r{i}"),
+                "--ports",
+                &ports,
+                "--lease-ttl",
+                options.agent_lease_ttl,
+            ]);
+            cluster.agents.push(Proc::start(&name, binary, args, env.clone(), log(&name)));
+        }
+        let agents = options.agents;
+        cluster.wait_for("every agent to register", Duration::from_secs(30), |c| {
+            (c.block_on(c.store.range(&c.keys.agents())).map(|r| r.kvs.len()).ok() == Some(agents)).then_some(())
+        });
+        cluster.wait_for("a controller to lead", Duration::from_secs(30), |c| c.leader());
+        cluster
+    }
+
+    pub fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.runtime.block_on(future)
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The id of the leading controller.
+    pub fn leader(&self) -> Option<String> {
+        let kv = self.block_on(self.store.get(&self.keys.leader("platform"))).ok()??;
+        Some(String::from_utf8_lossy(&kv.value).into_owned())
+    }
+
+    /// The controller process with this id (`c1`…).
+    pub fn controller(&mut self, id: &str) -> &mut Proc {
+        self.controllers.iter_mut().find(|c| c.name() == id).unwrap_or_else(|| panic!("no controller {id}"))
+    }
+
+    pub fn agent(&mut self, name: &str) -> &mut Proc {
+        self.agents.iter_mut().find(|a| a.name() == name).unwrap_or_else(|| panic!("no agent {name}"))
+    }
+
+    /// Every instance record now, by id.
+    pub fn records(&self) -> BTreeMap<String, InstanceRecord> {
+        let range = self.block_on(self.store.range(&self.keys.instances())).expect("reading instance records");
+        range
+            .kvs
+            .iter()
+            .filter_map(|kv| serde_json::from_slice::<InstanceRecord>(&kv.value).ok())
+            .map(|r| (r.id.clone(), r))
+            .collect()
+    }
+
+    /// Every instance status now, by id.
+    pub fn statuses(&self) -> BTreeMap<String, StatusRecord> {
+        let range = self.block_on(self.store.range(&self.keys.statuses())).expect("reading statuses");
+        range
+            .kvs
+            .iter()
+            .filter_map(|kv| {
+                let (_, id) = self.keys.parse_status_key(&kv.key)?;
+                Some((id.to_string(), serde_json::from_slice(&kv.value).ok()?))
+            })
+            .collect()
+    }
+
+    /// Every write of an instance record since the cluster started, in order.
+    pub fn history(&self) -> Vec<RecordWrite> {
+        let store = self.store.clone();
+        let keys = self.keys.clone();
+        self.block_on(async move {
+            let current = store.current_revision().await.expect("the current revision");
+            // Every change of the installation is under its root, so the watch reaches the
+            // current revision exactly.
+            let mut watch = store.watch(&keys.root_prefix(), 1).await.expect("watching the history");
+            let mut writes = Vec::new();
+            let mut seen = 0;
+            while seen < current {
+                let batch = tokio::time::timeout(Duration::from_secs(10), watch.next())
+                    .await
+                    .expect("the history replays within 10 s")
+                    .expect("the history stream continues")
+                    .expect("the history replays");
+                for event in batch.events {
+                    seen = seen.max(event.revision());
+                    if keys.parse_instance_key(&event.kv.key).is_none() {
+                        continue;
+                    }
+                    let parse = |bytes: &[u8]| serde_json::from_slice::<InstanceRecord>(bytes).ok();
+                    writes.push(RecordWrite {
+                        revision: event.revision(),
+                        after: (event.kind == EventKind::Put).then(|| parse(&event.kv.value)).flatten(),
+                        before: event.prev_kv.as_ref().and_then(|kv| parse(&kv.value)),
+                    });
+                }
+            }
+            writes
+        })
+    }
+
+    /// `kubectl … -o json` of an app.
+    pub fn app(&self, name: &str) -> Value {
+        self.kubectl.json(&["get", "app", name]).unwrap_or_else(|e| panic!("{e}\n{}", self.logs()))
+    }
+
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        self.kubectl.ok(args, None).unwrap_or_else(|e| panic!("{e}\n{}", self.logs()))
+    }
+
+    pub fn apply(&self, manifest: &str) {
+        self.kubectl.ok(&["apply", "-f", "-"], Some(manifest)).unwrap_or_else(|e| panic!("{e}\n{}", self.logs()));
+    }
+
+    /// A value from a controller's /metrics.
+    pub fn metric(&self, controller: usize, name: &str) -> Option<f64> {
+        let (_, body) = crate::http("127.0.0.1", self.metrics_ports[controller], "GET", "/metrics", None).ok()?;
+        body.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
+    /// The ends of every component's log.
+    pub fn logs(&self) -> String {
+        let mut out = vec![self.apiserver.log_tail(20)];
+        out.extend(self.controllers.iter().map(|c| c.log_tail(30)));
+        out.extend(self.agents.iter().map(|a| a.log_tail(15)));
+        out.push(format!("--- end of etcd's log ---\n{}", self.etcd.log()));
+        out.join("\n")
+    }
+
+    /// Polls `check` until it returns `Some`; fails with `what` and the logs on timeout.
+    pub fn wait_for<T>(&self, what: &str, timeout: Duration, mut check: impl FnMut(&Self) -> Option<T>) -> T {
+        poll(timeout, || check(self))
+            .unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}\n{}", self.logs()))
+    }
+
+    /// The cluster's temporary directory (agents' work dirs are inside).
+    pub fn dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for proc in self.controllers.iter_mut().chain(self.agents.iter_mut()) {
+            proc.kill();
+        }
+        self.apiserver.kill();
+        // Agents leave their instances running when they stop: kill those too.
+        kill_processes_in(self.dir.path());
+    }
+}
