@@ -46,6 +46,9 @@ pub fn parse_url(url: &str) -> Result<Vec<String>, String> {
     Ok(endpoints)
 }
 
+/// How long a lease renewal may take before it counts as failed.
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Keys read per request when ranging over a prefix.
 const RANGE_PAGE: i64 = 1000;
 
@@ -302,11 +305,15 @@ impl Store for EtcdStore {
                 Err(e) => return Err(backend("lease keep-alive", e)),
             },
         };
-        let renewed = async {
+        let renewal = async {
             keeper.keep_alive().await?;
             stream.message().await
-        }
-        .await;
+        };
+        // A stalled connection must not hold every renewal of this process.
+        let Ok(renewed) = tokio::time::timeout(KEEP_ALIVE_TIMEOUT, renewal).await else {
+            keepers.remove(&lease);
+            return Err(Error::Backend(format!("etcd did not answer a lease renewal within {KEEP_ALIVE_TIMEOUT:?}")));
+        };
         match renewed {
             Ok(Some(response)) if response.ttl() > 0 => Ok(Duration::from_secs(response.ttl() as u64)),
             Ok(Some(_)) => {
