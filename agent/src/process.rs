@@ -34,6 +34,9 @@ pub fn environment(record: &InstanceRecord, sandbox: &Path, path: &str) -> BTree
         if let Some(name) = &port.name {
             env.insert(format!("PORT_{}", env_port_suffix(name)), port.port.to_string());
         }
+        if port.requested != 0 {
+            env.insert(format!("PORT_{}", port.requested), port.port.to_string());
+        }
     }
     if let Some(first) = record.ports.first() {
         env.insert("PORT".to_string(), first.port.to_string());
@@ -305,8 +308,8 @@ mod tests {
             labels: Default::default(),
             resources: ResourceAmounts::default(),
             ports: vec![
-                AssignedPort { name: Some("http".into()), port: 31000 },
-                AssignedPort { name: Some("metrics-http".into()), port: 31001 },
+                AssignedPort { name: Some("http".into()), port: 31000, requested: 0 },
+                AssignedPort { name: Some("metrics-http".into()), port: 31001, requested: 8080 },
             ],
             kill_grace_seconds: 3,
             term: 0,
@@ -323,6 +326,7 @@ mod tests {
         assert_eq!(get("PORTS"), Some("31000,31001"));
         assert_eq!(get("PORT_HTTP"), Some("31000"));
         assert_eq!(get("PORT_METRICS_HTTP"), Some("31001"));
+        assert_eq!(get("PORT_8080"), Some("31001"), "a service port names its host port too");
         assert_eq!(get("HOST"), Some("127.0.0.1"));
         assert_eq!(get("BATON_APP"), Some("web"));
         assert_eq!(get("BATON_INSTANCE"), Some("web-abc"));

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -75,10 +75,21 @@ pub struct AppSpec {
     #[serde(default)]
     pub resources: Resources,
 
-    /// Host ports each instance gets. `port: 0` (the only value today) asks for a dynamic
-    /// port from the agent's range; the instance finds it in `$PORT0…` and `$PORT_<NAME>`.
+    /// Host ports each instance gets, found in `$PORT0…` and `$PORT_<NAME>`. `port: 0` asks
+    /// for a dynamic port from the agent's range; a fixed `port` is the host port itself
+    /// when `requirePorts` is set, and otherwise a service port (the instance gets a dynamic
+    /// host port, also in `$PORT_<port>`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PortDefinition>,
+
+    /// Fixed `ports` are the host ports: an instance goes only where they are free.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_ports: bool,
+
+    /// Placement constraints, Marathon's `[field, OPERATOR, value?]`: `[[hostname, UNIQUE]]`,
+    /// `[[rack, GROUP_BY, "3"]]`, `[[rack, LIKE, "r[1-3]"]]`… (see `docs/apps.md`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub constraints: Vec<Vec<String>>,
 
     /// Environment variables for every instance.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -100,7 +111,115 @@ pub struct AppSpec {
     /// Which instances go first when there are more than the spec asks for.
     #[serde(default)]
     pub kill_selection: KillSelection,
+
+    /// How a new version replaces the running one.
+    #[serde(default)]
+    pub upgrade_strategy: UpgradeStrategy,
+
+    /// How long to wait before launching again after instances fail.
+    #[serde(default)]
+    pub backoff: Backoff,
 }
+
+/// How a new version replaces the old one, as Marathon does it: with `n` instances wanted,
+/// at least `ceil(n × minimumHealthCapacity)` stay healthy and at most
+/// `floor(n × (1 + maximumOverCapacity))` exist at any time. Fractions count in thousandths.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpgradeStrategy {
+    /// Fraction (0 to 1) of the instances that must stay healthy during a deployment.
+    #[serde(default = "one")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub minimum_health_capacity: f64,
+    /// Fraction (0 to 1) by which the total may exceed the wanted count during a deployment.
+    #[serde(default = "one")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub maximum_over_capacity: f64,
+    /// At most this many instances of the app starting (launched, not yet healthy) at once,
+    /// for apps whose start-up overloads what they depend on. Unlimited when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_concurrent_starts: Option<i32>,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+impl Default for UpgradeStrategy {
+    fn default() -> Self {
+        Self { minimum_health_capacity: 1.0, maximum_over_capacity: 1.0, max_concurrent_starts: None }
+    }
+}
+
+impl UpgradeStrategy {
+    /// `minimumHealthCapacity` in thousandths.
+    pub fn minimum_health_permille(&self) -> u64 {
+        permille(self.minimum_health_capacity)
+    }
+
+    /// `maximumOverCapacity` in thousandths.
+    pub fn maximum_over_permille(&self) -> u64 {
+        permille(self.maximum_over_capacity)
+    }
+}
+
+/// A fraction in thousandths, rounded to the nearest: in floating point `0.1 × 10` is
+/// `1.0000000000000002`, whose ceiling is 2; in thousandths it is exactly 1.
+fn permille(fraction: f64) -> u64 {
+    if fraction.is_finite() && fraction > 0.0 { (fraction * 1000.0).round().min(1000.0) as u64 } else { 0 }
+}
+
+/// Marathon's launch backoff: after a failure, the next launch waits `seconds`, then
+/// `factor` times longer after each further failure, at most `maxLaunchDelaySeconds`. It is
+/// reset when an instance of the current version has run for longer than the delay, and
+/// when the app's version changes.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Backoff {
+    /// The delay after the first failure (default 1).
+    #[serde(default = "one")]
+    #[schemars(range(min = 0.0))]
+    pub seconds: f64,
+    /// How much longer each further failure makes the delay (default 1.15).
+    #[serde(default = "default_backoff_factor")]
+    #[schemars(range(min = 1.0))]
+    pub factor: f64,
+    /// The longest delay (default 300).
+    #[serde(default = "default_max_launch_delay")]
+    #[schemars(range(min = 0.0))]
+    pub max_launch_delay_seconds: f64,
+}
+
+fn default_backoff_factor() -> f64 {
+    1.15
+}
+
+fn default_max_launch_delay() -> f64 {
+    300.0
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { seconds: 1.0, factor: default_backoff_factor(), max_launch_delay_seconds: default_max_launch_delay() }
+    }
+}
+
+impl Backoff {
+    /// The delay after `failures` failures in a row (0 → none), in milliseconds.
+    pub fn delay_millis(&self, failures: u32) -> u64 {
+        if failures == 0 {
+            return 0;
+        }
+        let grown = self.seconds * self.factor.powi(failures.saturating_sub(1).min(1000) as i32);
+        let seconds = grown.min(self.max_launch_delay_seconds);
+        if seconds.is_finite() && seconds > 0.0 { (seconds * 1000.0).round() as u64 } else { 0 }
+    }
+}
+
+/// The annotation whose value, when changed, restarts every instance (`kubectl annotate app
+/// web baton.dev/restartedAt=$(date +%s) --overwrite`), as `kubectl rollout restart` does.
+pub const RESTARTED_AT_ANNOTATION: &str = "baton.dev/restartedAt";
 
 /// Marathon's `unreachableStrategy`: an instance whose agent stopped reporting is replaced
 /// after `inactiveAfterSeconds` and forgotten after `expungeAfterSeconds`. If its agent comes
@@ -177,15 +296,80 @@ pub struct AppStatus {
     /// Instances on agents that stopped reporting.
     #[serde(default)]
     pub unreachable: i32,
+    /// Instances at the current version.
+    #[serde(default)]
+    pub updated: i32,
+    /// Instances that are healthy and ready to serve, whatever their version.
+    #[serde(default)]
+    pub ready: i32,
+    /// Ready instances at the current version.
+    #[serde(default)]
+    pub available: i32,
+    /// Instances that cannot be placed, and why: how many agents were rejected for each
+    /// reason. Absent when every instance is placed.
+    #[serde(default)]
+    pub pending: Option<PendingSummary>,
+    /// How the last instance of the current version that failed ended.
+    #[serde(default)]
+    pub last_failure: Option<LastFailure>,
     /// The version the instances should run: a hash of the fields that change what runs.
     #[serde(default)]
     pub version: Option<String>,
-    /// `Available` (all instances run the current version) and `Pending` (some instances
+    /// `Available` (all instances ready at the current version), `Progressing` (a
+    /// deployment or scaling under way, or stuck and why) and `Pending` (some instances
     /// cannot be placed, with the reason).
     #[serde(default)]
     pub conditions: Vec<Condition>,
 }
 
+/// Why some instances of an app cannot be placed.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingSummary {
+    /// Instances waiting for an agent.
+    pub instances: i32,
+    /// Agents rejected, per reason ("insufficient mem", "constraint hostname UNIQUE"…).
+    pub rejections: Vec<Rejection>,
+}
+
+/// How an instance failed (Marathon's `lastTaskFailure`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LastFailure {
+    pub instance: String,
+    pub agent: String,
+    pub version: String,
+    /// `Failed` or `Finished`.
+    pub phase: String,
+    /// The exit status and the end of stderr.
+    pub message: String,
+    pub time: Time,
+}
+
+impl From<&crate::records::Failure> for LastFailure {
+    fn from(f: &crate::records::Failure) -> Self {
+        Self {
+            instance: f.instance.clone(),
+            agent: f.agent.clone(),
+            version: f.version.clone(),
+            phase: f.phase.as_str().to_string(),
+            message: f.message.clone(),
+            time: Time(f.time),
+        }
+    }
+}
+
+/// How many agents were rejected for one reason.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Rejection {
+    pub reason: String,
+    pub agents: i32,
+}
+
+/// Condition type: a deployment or scaling is under way (`False`/`Complete` when done,
+/// `False`/`Stuck` with the reason when no progress is possible).
+pub const CONDITION_PROGRESSING: &str = "Progressing";
 /// Condition type: every instance the spec asks for runs the current version.
 pub const CONDITION_AVAILABLE: &str = "Available";
 /// Condition type: some instances cannot be placed on any agent; the message says why.
@@ -224,23 +408,39 @@ struct RunDefinition<'a> {
     args: &'a Option<Vec<String>>,
     resources: &'a Resources,
     ports: &'a [PortDefinition],
+    require_ports: bool,
     env: &'a BTreeMap<String, String>,
     labels: &'a BTreeMap<String, String>,
+    constraints: &'a [Vec<String>],
+    restarted_at: Option<&'a str>,
+}
+
+impl App {
+    /// The version of what this app runs: the first 10 hex digits of the SHA-256 of the
+    /// fields that change what runs or where (command, resources, ports, env, labels,
+    /// constraints) and of the `baton.dev/restartedAt` annotation, in a fixed JSON
+    /// encoding, so every controller computes the same version for the same app. Scaling,
+    /// the strategies and the kill grace period are not part of it.
+    pub fn version(&self) -> String {
+        let restarted_at =
+            self.metadata.annotations.as_ref().and_then(|a| a.get(RESTARTED_AT_ANNOTATION)).map(String::as_str);
+        self.spec.version_with(restarted_at)
+    }
 }
 
 impl AppSpec {
-    /// The version of what this spec runs: the first 10 hex digits of the SHA-256 of the
-    /// fields that change what runs (command, resources, ports, env, labels), in a fixed
-    /// JSON encoding, so every controller computes the same version for the same spec.
-    pub fn version(&self) -> String {
+    fn version_with(&self, restarted_at: Option<&str>) -> String {
         use sha2::{Digest, Sha256};
         let run = RunDefinition {
             cmd: &self.cmd,
             args: &self.args,
             resources: &self.resources,
             ports: &self.ports,
+            require_ports: self.require_ports,
             env: &self.env,
             labels: &self.labels,
+            constraints: &self.constraints,
+            restarted_at,
         };
         // Serializing plain structs, strings, numbers and BTreeMaps cannot fail.
         let bytes = serde_json::to_vec(&run).expect("run definition serializes");
@@ -260,13 +460,18 @@ mod tests {
     #[test]
     fn defaults_are_marathons() {
         let s = spec();
-        assert_eq!(s.resources, Resources { cpus: 1.0, mem: 128.0, disk: 0.0 });
+        assert_eq!(s.resources, Resources { cpus: 1.0, mem: 128.0, disk: 0.0, gpus: 0 });
         assert_eq!(s.kill_grace_seconds(), 3);
         assert_eq!(
             s.unreachable_strategy,
             UnreachableStrategy { inactive_after_seconds: 300, expunge_after_seconds: 600 }
         );
         assert_eq!(s.kill_selection, KillSelection::YoungestFirst);
+        assert_eq!(
+            s.upgrade_strategy,
+            UpgradeStrategy { minimum_health_capacity: 1.0, maximum_over_capacity: 1.0, max_concurrent_starts: None }
+        );
+        assert_eq!(s.backoff, Backoff { seconds: 1.0, factor: 1.15, max_launch_delay_seconds: 300.0 });
         let one: AppSpec = serde_json::from_value(serde_json::json!({"cmd": "x"})).unwrap();
         assert_eq!(one.instances, 1);
     }
@@ -274,7 +479,7 @@ mod tests {
     #[test]
     fn scaling_keeps_the_version_and_changing_what_runs_changes_it() {
         let base = spec();
-        let v = base.version();
+        let v = base.version_with(None);
         assert_eq!(v.len(), 10);
         let lifecycle_only = AppSpec {
             instances: 7,
@@ -283,15 +488,44 @@ mod tests {
             unreachable_strategy: UnreachableStrategy { inactive_after_seconds: 1, expunge_after_seconds: 2 },
             ..base.clone()
         };
-        assert_eq!(lifecycle_only.version(), v);
+        assert_eq!(lifecycle_only.version_with(None), v);
+        let strategies = AppSpec {
+            upgrade_strategy: UpgradeStrategy { minimum_health_capacity: 0.5, ..Default::default() },
+            backoff: Backoff { seconds: 5.0, ..Default::default() },
+            ..base.clone()
+        };
+        assert_eq!(strategies.version_with(None), v);
         let mut env = base.clone();
         env.env.insert("A".into(), "1".into());
-        assert_ne!(env.version(), v);
+        assert_ne!(env.version_with(None), v);
         let mut cmd = base.clone();
         cmd.cmd = Some("sleep 200".into());
-        assert_ne!(cmd.version(), v);
-        let mut mem = base;
+        assert_ne!(cmd.version_with(None), v);
+        let mut constraints = base.clone();
+        constraints.constraints = vec![vec!["hostname".into(), "UNIQUE".into()]];
+        assert_ne!(constraints.version_with(None), v);
+        let mut mem = base.clone();
         mem.resources.mem = 256.0;
-        assert_ne!(mem.version(), v);
+        assert_ne!(mem.version_with(None), v);
+        assert_ne!(base.version_with(Some("2026-11-21T10:00:00Z")), v, "a restart annotation rolls every instance");
+        assert_ne!(base.version_with(Some("1")), base.version_with(Some("2")));
+    }
+
+    #[test]
+    fn fractions_count_in_thousandths() {
+        let s =
+            UpgradeStrategy { minimum_health_capacity: 0.1, maximum_over_capacity: 0.2, max_concurrent_starts: None };
+        assert_eq!((s.minimum_health_permille(), s.maximum_over_permille()), (100, 200));
+        assert_eq!(UpgradeStrategy::default().minimum_health_permille(), 1000);
+    }
+
+    #[test]
+    fn backoff_grows_by_the_factor_up_to_the_maximum() {
+        let b = Backoff::default();
+        assert_eq!(b.delay_millis(0), 0);
+        assert_eq!(b.delay_millis(1), 1000);
+        assert_eq!(b.delay_millis(2), 1150);
+        assert_eq!(b.delay_millis(3), 1322, "1.15² s = 1.3225 s, which floating point holds as 1.32249…");
+        assert_eq!(b.delay_millis(200), 300_000, "capped at maxLaunchDelaySeconds");
     }
 }

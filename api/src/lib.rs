@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod constraints;
 pub mod crds;
 pub mod instance;
 pub mod names;
@@ -17,9 +18,12 @@ pub mod records;
 pub mod resources;
 pub mod validation;
 
-pub use app::{App, AppSpec, AppStatus, KillSelection, PortDefinition, UnreachableStrategy};
+pub use app::{App, AppSpec, AppStatus, Backoff, KillSelection, PortDefinition, UnreachableStrategy, UpgradeStrategy};
 pub use instance::{Instance, InstanceSpec, InstanceViewStatus};
-pub use records::{AgentRecord, AppRef, Goal, InstanceRecord, Phase, PortRange, StatusRecord, UnreachableMarker};
+pub use records::{
+    AgentRecord, AppRef, BackoffRecord, Failure, Goal, InstanceRecord, Phase, PortRange, StatusRecord,
+    UnreachableMarker,
+};
 pub use resources::{ResourceAmounts, Resources};
 pub use validation::{FieldError, FieldErrorKind};
 

@@ -6,6 +6,7 @@
 //! | `/baton/instances/<agent>/<id>`      | controller | [`InstanceRecord`] |
 //! | `/baton/status/<agent>/<id>`         | agent      | [`StatusRecord`]   |
 //! | `/baton/unreachable/<agent>`         | controller | [`UnreachableMarker`] |
+//! | `/baton/apps/<ns>/<app>/backoff`     | controller | [`BackoffRecord`]  |
 //!
 //! Values are JSON so that `etcdctl get` shows something a human can read. An instance
 //! record carries everything its agent needs to run it: the agent never reads the App.
@@ -47,6 +48,38 @@ pub struct AgentRecord {
 #[serde(rename_all = "camelCase")]
 pub struct UnreachableMarker {
     pub since: Timestamp,
+}
+
+/// An app's launch backoff and its last failure, kept in the store
+/// (`/baton/apps/<ns>/<app>/backoff`) so a new leader honours it. Each failure is counted in
+/// the same write that removes the failed instance's record, so none is counted twice.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackoffRecord {
+    /// The app it belongs to (a re-created app of the same name starts afresh).
+    pub uid: String,
+    /// The version whose failures are counted; another version starts afresh.
+    pub version: String,
+    /// Failures in a row.
+    pub failures: u32,
+    /// No launch before this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_until: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<Failure>,
+}
+
+/// How an instance failed.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Failure {
+    pub instance: String,
+    pub agent: String,
+    pub version: String,
+    pub phase: Phase,
+    /// What the agent said: the exit status and the end of stderr.
+    pub message: String,
+    pub time: Timestamp,
 }
 
 /// An inclusive range of host ports, written `31000-31999`.
@@ -141,7 +174,16 @@ pub enum Command {
 pub struct AssignedPort {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// The host port.
     pub port: u16,
+    /// The app's `port` for it (0: dynamic): when it differs from the host port, the
+    /// instance also finds the host port in `$PORT_<requested>`, as in Marathon.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub requested: u16,
+}
+
+fn is_zero(n: &u16) -> bool {
+    *n == 0
 }
 
 /// One instance, assigned to one agent: everything the agent needs to run it.

@@ -2,7 +2,7 @@
 //! adds up.
 //!
 //! Users write resources the way Marathon did — `cpus: 0.25`, `mem: 128` (MiB), `disk: 0`
-//! (MiB). Placement never adds floats: every request is turned once into integer
+//! (MiB), `gpus: 1`. Placement never adds floats: every request is turned once into integer
 //! [`ResourceAmounts`] (thousandths of a cpu, whole MiB, rounded up), so sums over
 //! thousands of instances carry no drift and `fits` is exact.
 
@@ -22,6 +22,14 @@ pub struct Resources {
     /// Scratch disk in MiB (0 = none).
     #[serde(default)]
     pub disk: f64,
+    /// Whole GPUs (0 = none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    #[schemars(range(min = 0))]
+    pub gpus: i64,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 fn default_cpus() -> f64 {
@@ -35,7 +43,7 @@ fn default_mem() -> f64 {
 impl Default for Resources {
     /// Marathon's defaults: 1 cpu, 128 MiB, no disk.
     fn default() -> Self {
-        Self { cpus: default_cpus(), mem: default_mem(), disk: 0.0 }
+        Self { cpus: default_cpus(), mem: default_mem(), disk: 0.0, gpus: 0 }
     }
 }
 
@@ -47,6 +55,7 @@ impl Resources {
             millicpus: round_up(self.cpus * 1000.0),
             mem_mib: round_up(self.mem),
             disk_mib: round_up(self.disk),
+            gpus: self.gpus.max(0) as u64,
         }
     }
 }
@@ -73,6 +82,9 @@ pub struct ResourceAmounts {
     pub mem_mib: u64,
     /// MiB of disk.
     pub disk_mib: u64,
+    /// Whole GPUs.
+    #[serde(default)]
+    pub gpus: u64,
 }
 
 impl ResourceAmounts {
@@ -82,6 +94,7 @@ impl ResourceAmounts {
             millicpus: self.millicpus.saturating_add(other.millicpus),
             mem_mib: self.mem_mib.saturating_add(other.mem_mib),
             disk_mib: self.disk_mib.saturating_add(other.disk_mib),
+            gpus: self.gpus.saturating_add(other.gpus),
         }
     }
 
@@ -91,6 +104,7 @@ impl ResourceAmounts {
             millicpus: self.millicpus.saturating_sub(other.millicpus),
             mem_mib: self.mem_mib.saturating_sub(other.mem_mib),
             disk_mib: self.disk_mib.saturating_sub(other.disk_mib),
+            gpus: self.gpus.saturating_sub(other.gpus),
         }
     }
 
@@ -98,7 +112,12 @@ impl ResourceAmounts {
     /// resources among the agents `baton dev` runs on it.
     pub fn divided_by(self, parts: u64) -> Self {
         let parts = parts.max(1);
-        Self { millicpus: self.millicpus / parts, mem_mib: self.mem_mib / parts, disk_mib: self.disk_mib / parts }
+        Self {
+            millicpus: self.millicpus / parts,
+            mem_mib: self.mem_mib / parts,
+            disk_mib: self.disk_mib / parts,
+            gpus: self.gpus / parts,
+        }
     }
 
     /// The first resource of `request` that does not fit into `self` (the free amounts),
@@ -110,14 +129,18 @@ impl ResourceAmounts {
             Some(ResourceKind::Mem)
         } else if request.disk_mib > self.disk_mib {
             Some(ResourceKind::Disk)
+        } else if request.gpus > self.gpus {
+            Some(ResourceKind::Gpus)
         } else {
             None
         }
     }
 
-    /// Renders as the user would write it: `cpus=0.25,mem=128,disk=0`.
+    /// Renders as the user would write it: `cpus=0.25,mem=128,disk=0` (and `,gpus=N` when
+    /// there are any).
     pub fn display(self) -> String {
-        format!("cpus={},mem={},disk={}", format_millis(self.millicpus), self.mem_mib, self.disk_mib)
+        let gpus = if self.gpus > 0 { format!(",gpus={}", self.gpus) } else { String::new() };
+        format!("cpus={},mem={},disk={}{gpus}", format_millis(self.millicpus), self.mem_mib, self.disk_mib)
     }
 }
 
@@ -139,6 +162,7 @@ pub enum ResourceKind {
     Cpus,
     Mem,
     Disk,
+    Gpus,
 }
 
 impl ResourceKind {
@@ -147,6 +171,7 @@ impl ResourceKind {
             ResourceKind::Cpus => "cpus",
             ResourceKind::Mem => "mem",
             ResourceKind::Disk => "disk",
+            ResourceKind::Gpus => "gpus",
         }
     }
 }
@@ -157,26 +182,27 @@ mod tests {
 
     #[test]
     fn amounts_round_up_to_whole_units() {
-        let r = Resources { cpus: 0.0005, mem: 127.2, disk: 0.0 };
-        assert_eq!(r.amounts(), ResourceAmounts { millicpus: 1, mem_mib: 128, disk_mib: 0 });
-        let r = Resources { cpus: 0.25, mem: 64.0, disk: 10.0 };
-        assert_eq!(r.amounts(), ResourceAmounts { millicpus: 250, mem_mib: 64, disk_mib: 10 });
+        let r = Resources { cpus: 0.0005, mem: 127.2, disk: 0.0, gpus: 0 };
+        assert_eq!(r.amounts(), ResourceAmounts { millicpus: 1, mem_mib: 128, disk_mib: 0, gpus: 0 });
+        let r = Resources { cpus: 0.25, mem: 64.0, disk: 10.0, gpus: 2 };
+        assert_eq!(r.amounts(), ResourceAmounts { millicpus: 250, mem_mib: 64, disk_mib: 10, gpus: 2 });
     }
 
     #[test]
     fn shortfall_names_the_first_missing_resource() {
-        let free = ResourceAmounts { millicpus: 500, mem_mib: 100, disk_mib: 0 };
-        let ask = |millicpus, mem_mib, disk_mib| ResourceAmounts { millicpus, mem_mib, disk_mib };
+        let free = ResourceAmounts { millicpus: 500, mem_mib: 100, disk_mib: 0, gpus: 1 };
+        let ask = |millicpus, mem_mib, disk_mib| ResourceAmounts { millicpus, mem_mib, disk_mib, gpus: 0 };
         assert_eq!(free.first_shortfall(ask(500, 100, 0)), None);
         assert_eq!(free.first_shortfall(ask(501, 1, 0)), Some(ResourceKind::Cpus));
         assert_eq!(free.first_shortfall(ask(100, 101, 0)), Some(ResourceKind::Mem));
         assert_eq!(free.first_shortfall(ask(100, 100, 1)), Some(ResourceKind::Disk));
+        assert_eq!(free.first_shortfall(ResourceAmounts { gpus: 2, ..ask(1, 1, 0) }), Some(ResourceKind::Gpus));
     }
 
     #[test]
     fn display_reads_like_the_cli_flag() {
-        let a = ResourceAmounts { millicpus: 2250, mem_mib: 4096, disk_mib: 0 };
+        let a = ResourceAmounts { millicpus: 2250, mem_mib: 4096, disk_mib: 0, gpus: 0 };
         assert_eq!(a.display(), "cpus=2.25,mem=4096,disk=0");
-        assert_eq!(ResourceAmounts { millicpus: 3000, ..a }.display(), "cpus=3,mem=4096,disk=0");
+        assert_eq!(ResourceAmounts { millicpus: 3000, gpus: 1, ..a }.display(), "cpus=3,mem=4096,disk=0,gpus=1");
     }
 }

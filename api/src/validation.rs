@@ -10,6 +10,7 @@ use std::fmt;
 use serde_json::Value;
 
 use crate::app::{App, AppSpec};
+use crate::constraints::Constraint;
 use crate::names;
 
 /// One problem with one field.
@@ -134,6 +135,8 @@ pub fn validate_app(app: &App) -> Vec<FieldError> {
 }
 
 /// Environment variables the agent sets itself; an app may not override them.
+/// Whether the agent sets `name` itself. `PORT_<n>` covers both `PORT_<NAME>` and the
+/// service-port variables.
 fn reserved_env(name: &str) -> bool {
     let port_n =
         name.strip_prefix("PORT").is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()));
@@ -205,9 +208,13 @@ fn validate_app_spec(spec: &AppSpec, errors: &mut Vec<FieldError>) {
         ));
     }
     let mut port_names = BTreeSet::new();
+    let mut fixed_ports = BTreeSet::new();
     for (i, port) in spec.ports.iter().enumerate() {
-        if port.port != 0 {
-            errors.push(FieldError::not_supported(format!("spec.ports[{i}].port"), port.port, &["0"]));
+        let field = format!("spec.ports[{i}].port");
+        if !(0..=65535).contains(&port.port) {
+            errors.push(FieldError::invalid(field, port.port, "must be between 0 (a dynamic port) and 65535"));
+        } else if port.port != 0 && !fixed_ports.insert(port.port) {
+            errors.push(FieldError::duplicate(field, port.port));
         }
         if let Some(name) = &port.name {
             let field = format!("spec.ports[{i}].name");
@@ -217,6 +224,62 @@ fn validate_app_spec(spec: &AppSpec, errors: &mut Vec<FieldError>) {
                 errors.push(FieldError::duplicate(field, name.as_str()));
             }
         }
+    }
+
+    for (i, parts) in spec.constraints.iter().enumerate() {
+        if let Err(problem) = Constraint::parse(parts) {
+            errors.push(FieldError::invalid(format!("spec.constraints[{i}]"), serde_json::json!(parts), problem));
+        }
+    }
+
+    if spec.resources.gpus < 0 {
+        errors.push(FieldError::invalid(
+            "spec.resources.gpus",
+            spec.resources.gpus,
+            "must be greater than or equal to 0",
+        ));
+    }
+
+    let strategy = spec.upgrade_strategy;
+    let fraction = |field: &str, value: f64, errors: &mut Vec<FieldError>| {
+        let ok = value.is_finite() && (0.0..=1.0).contains(&value);
+        if !ok {
+            errors.push(FieldError::invalid(field, value, "must be between 0 and 1"));
+        }
+        ok
+    };
+    let health_ok = fraction("spec.upgradeStrategy.minimumHealthCapacity", strategy.minimum_health_capacity, errors);
+    let over_ok = fraction("spec.upgradeStrategy.maximumOverCapacity", strategy.maximum_over_capacity, errors);
+    if health_ok && over_ok && strategy.minimum_health_permille() == 1000 && strategy.maximum_over_permille() == 0 {
+        errors.push(FieldError::invalid(
+            "spec.upgradeStrategy.maximumOverCapacity",
+            strategy.maximum_over_capacity,
+            "must be above 0 when minimumHealthCapacity is 1: no old instance could stop before a new one runs, and no new one could start",
+        ));
+    }
+    if let Some(starts) = strategy.max_concurrent_starts
+        && starts < 1
+    {
+        errors.push(FieldError::invalid(
+            "spec.upgradeStrategy.maxConcurrentStarts",
+            starts,
+            "must be at least 1 (leave it out for no limit)",
+        ));
+    }
+
+    let backoff = spec.backoff;
+    if !(backoff.seconds.is_finite() && backoff.seconds >= 0.0) {
+        errors.push(FieldError::invalid("spec.backoff.seconds", backoff.seconds, "must be greater than or equal to 0"));
+    }
+    if !(backoff.factor.is_finite() && backoff.factor >= 1.0) {
+        errors.push(FieldError::invalid("spec.backoff.factor", backoff.factor, "must be at least 1"));
+    }
+    if !(backoff.max_launch_delay_seconds.is_finite() && backoff.max_launch_delay_seconds >= 0.0) {
+        errors.push(FieldError::invalid(
+            "spec.backoff.maxLaunchDelaySeconds",
+            backoff.max_launch_delay_seconds,
+            "must be greater than or equal to 0",
+        ));
     }
 
     for (name, value) in &spec.env {
@@ -310,6 +373,10 @@ mod tests {
             task_kill_grace_period_seconds: None,
             unreachable_strategy: Default::default(),
             kill_selection: Default::default(),
+            require_ports: false,
+            constraints: Vec::new(),
+            upgrade_strategy: Default::default(),
+            backoff: Default::default(),
         }
     }
 
@@ -335,10 +402,31 @@ mod tests {
             ),
             (Box::new(|s| s.resources.mem = 0.0), "spec.resources.mem: Invalid value: 0.0: must be greater than 0"),
             (Box::new(|s| s.resources.cpus = -1.0), "spec.resources.cpus: Invalid value: -1.0: must be greater than 0"),
+            (Box::new(|s| s.ports[0].port = 70000), "spec.ports[0].port: Invalid value: 70000: must be between 0"),
             (
-                Box::new(|s| s.ports[0].port = 8080),
-                "spec.ports[0].port: Unsupported value: 8080: supported values: \"0\"",
+                Box::new(|s| {
+                    s.ports = vec![PortDefinition { name: None, port: 80 }, PortDefinition { name: None, port: 80 }]
+                }),
+                "spec.ports[1].port: Duplicate value: 80",
             ),
+            (
+                Box::new(|s| s.constraints = vec![vec!["hostname".into(), "UNIQ".into()]]),
+                "spec.constraints[0]: Invalid value: [\"hostname\",\"UNIQ\"]: unknown operator \"UNIQ\"",
+            ),
+            (
+                Box::new(|s| s.upgrade_strategy.maximum_over_capacity = 0.0),
+                "spec.upgradeStrategy.maximumOverCapacity: Invalid value: 0.0: must be above 0 when minimumHealthCapacity is 1",
+            ),
+            (
+                Box::new(|s| s.upgrade_strategy.minimum_health_capacity = 1.5),
+                "spec.upgradeStrategy.minimumHealthCapacity: Invalid value: 1.5",
+            ),
+            (
+                Box::new(|s| s.upgrade_strategy.max_concurrent_starts = Some(0)),
+                "spec.upgradeStrategy.maxConcurrentStarts: Invalid value: 0",
+            ),
+            (Box::new(|s| s.backoff.factor = 0.5), "spec.backoff.factor: Invalid value: 0.5: must be at least 1"),
+            (Box::new(|s| s.resources.gpus = -1), "spec.resources.gpus: Invalid value: -1"),
             (
                 Box::new(|s| s.ports.push(PortDefinition { name: Some("http".into()), port: 0 })),
                 "spec.ports[1].name: Duplicate value: \"http\"",

@@ -44,10 +44,14 @@ pub fn duration(input: &str) -> Result<Duration, String> {
     humantime::parse_duration(input).map_err(|e| format!("{input:?} is not a duration like 10s, 500ms or 2m: {e}"))
 }
 
-/// `cpus=4,mem=4096,disk=1024`: the resources given override `base` (the machine's).
+/// `cpus=4,mem=4096,disk=1024,gpus=1`: the resources given override `base` (the machine's).
 pub fn resources(input: &str, base: ResourceAmounts) -> Result<ResourceAmounts> {
-    let mut given =
-        Resources { cpus: base.millicpus as f64 / 1000.0, mem: base.mem_mib as f64, disk: base.disk_mib as f64 };
+    let mut given = Resources {
+        cpus: base.millicpus as f64 / 1000.0,
+        mem: base.mem_mib as f64,
+        disk: base.disk_mib as f64,
+        gpus: base.gpus as i64,
+    };
     for (key, value) in pairs(input, "--resources")? {
         let number: f64 = value
             .parse()
@@ -58,8 +62,10 @@ pub fn resources(input: &str, base: ResourceAmounts) -> Result<ResourceAmounts> 
             "cpus" => given.cpus = number,
             "mem" => given.mem = number,
             "disk" => given.disk = number,
+            "gpus" if number.fract() == 0.0 => given.gpus = number as i64,
+            "gpus" => bail!("--resources {input:?}: gpus={value} is not a whole number"),
             other => bail!(
-                "--resources {input:?}: unknown resource {other:?} (cpus, mem and disk are known; mem and disk in MiB)"
+                "--resources {input:?}: unknown resource {other:?} (cpus, mem, disk and gpus are known; mem and disk in MiB)"
             ),
         }
     }
@@ -110,11 +116,12 @@ mod tests {
 
     #[test]
     fn resources_override_the_machine() {
-        let machine = ResourceAmounts { millicpus: 8000, mem_mib: 16000, disk_mib: 100 };
-        let r = resources("cpus=2.5,mem=4096", machine).unwrap();
-        assert_eq!(r, ResourceAmounts { millicpus: 2500, mem_mib: 4096, disk_mib: 100 });
-        let err = resources("gpus=1", machine).unwrap_err().to_string();
-        assert!(err.contains("gpus") && err.contains("--resources"), "{err}");
+        let machine = ResourceAmounts { millicpus: 8000, mem_mib: 16000, disk_mib: 100, gpus: 0 };
+        let r = resources("cpus=2.5,mem=4096,gpus=2", machine).unwrap();
+        assert_eq!(r, ResourceAmounts { millicpus: 2500, mem_mib: 4096, disk_mib: 100, gpus: 2 });
+        let err = resources("tpus=1", machine).unwrap_err().to_string();
+        assert!(err.contains("tpus") && err.contains("--resources"), "{err}");
+        assert!(resources("gpus=0.5", machine).unwrap_err().to_string().contains("whole number"));
         assert!(resources("mem=-1", machine).unwrap_err().to_string().contains("mem=-1"));
         assert!(resources("mem", machine).unwrap_err().to_string().contains("key=value"));
     }

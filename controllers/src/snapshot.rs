@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use baton_api::{AgentRecord, App, Goal, InstanceRecord, Phase, StatusRecord};
+use baton_api::{AgentRecord, App, BackoffRecord, Goal, InstanceRecord, Phase, StatusRecord};
 use baton_store::Revision;
 use jiff::Timestamp;
 
@@ -34,6 +34,17 @@ impl InstanceState {
     /// Its process runs.
     pub fn is_running(&self) -> bool {
         self.phase() == Some(Phase::Running)
+    }
+
+    /// It counts towards the app's capacity: its process runs. (Health checks, when an
+    /// app has them, narrow this.)
+    pub fn is_healthy(&self) -> bool {
+        self.is_running()
+    }
+
+    /// Since when its process has run, when it does.
+    pub fn running_since(&self) -> Option<Timestamp> {
+        self.status.as_ref().filter(|s| s.phase == Phase::Running)?.started_at
     }
 
     /// The controller wants it to run, and it has not ended.
@@ -65,4 +76,6 @@ pub struct Snapshot {
     pub instances: BTreeMap<String, InstanceState>,
     /// Agents known to have stopped reporting, and since when.
     pub unreachable: BTreeMap<String, Marker>,
+    /// Launch backoffs by `(namespace, app)`, with the revision of each.
+    pub backoffs: BTreeMap<(String, String), (Arc<BackoffRecord>, Revision)>,
 }

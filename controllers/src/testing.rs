@@ -62,6 +62,33 @@ impl AppBuilder {
         self
     }
 
+    pub fn constraint(mut self, parts: &[&str]) -> Self {
+        self.0.spec.constraints.push(parts.iter().map(|p| p.to_string()).collect());
+        self
+    }
+
+    pub fn strategy(mut self, minimum_health_capacity: f64, maximum_over_capacity: f64) -> Self {
+        self.0.spec.upgrade_strategy.minimum_health_capacity = minimum_health_capacity;
+        self.0.spec.upgrade_strategy.maximum_over_capacity = maximum_over_capacity;
+        self
+    }
+
+    pub fn max_concurrent_starts(mut self, n: i32) -> Self {
+        self.0.spec.upgrade_strategy.max_concurrent_starts = Some(n);
+        self
+    }
+
+    pub fn fixed_port(mut self, port: i32) -> Self {
+        self.0.spec.require_ports = true;
+        self.0.spec.ports.push(baton_api::PortDefinition { name: None, port });
+        self
+    }
+
+    pub fn gpus(mut self, gpus: i64) -> Self {
+        self.0.spec.resources.gpus = gpus;
+        self
+    }
+
     pub fn kill_selection(mut self, selection: baton_api::KillSelection) -> Self {
         self.0.spec.kill_selection = selection;
         self
@@ -78,7 +105,7 @@ pub fn agent(name: &str) -> AgentBuilder {
     AgentBuilder(AgentRecord {
         name: name.into(),
         host: "127.0.0.1".into(),
-        resources: ResourceAmounts { millicpus: 4000, mem_mib: 4096, disk_mib: 1024 },
+        resources: ResourceAmounts { millicpus: 4000, mem_mib: 4096, disk_mib: 1024, gpus: 0 },
         attributes: Default::default(),
         ports: vec![PortRange { begin: 31000, end: 31099 }],
         version: "test".into(),
@@ -89,6 +116,16 @@ pub fn agent(name: &str) -> AgentBuilder {
 impl AgentBuilder {
     pub fn mem(mut self, mib: u64) -> Self {
         self.0.resources.mem_mib = mib;
+        self
+    }
+
+    pub fn gpus(mut self, gpus: u64) -> Self {
+        self.0.resources.gpus = gpus;
+        self
+    }
+
+    pub fn attribute(mut self, key: &str, value: &str) -> Self {
+        self.0.attributes.insert(key.into(), value.into());
         self
     }
 
@@ -119,7 +156,7 @@ pub fn instance(app: &App, agent: &str, n: u32) -> InstanceBuilder {
             },
             agent: agent.into(),
             host: "127.0.0.1".into(),
-            version: app.spec.version(),
+            version: app.version(),
             created_at: now() - jiff::SignedDuration::from_secs(3600 - i64::from(n)),
             goal: Goal::Running,
             stop_reason: None,
@@ -145,6 +182,14 @@ impl InstanceBuilder {
         self.phase(Phase::Running)
     }
 
+    /// Running since `seconds_ago`.
+    pub fn running_for(mut self, seconds_ago: i64) -> Self {
+        let mut status = StatusRecord::new(Phase::Running);
+        status.started_at = Some(now() - jiff::SignedDuration::from_secs(seconds_ago));
+        self.status = Some(status);
+        self
+    }
+
     /// Ended on its own `seconds_ago`.
     pub fn failed(mut self, seconds_ago: i64) -> Self {
         let mut status = StatusRecord::new(Phase::Failed);
@@ -165,13 +210,26 @@ impl InstanceBuilder {
     }
 
     pub fn port(mut self, port: u16) -> Self {
-        self.record.ports.push(AssignedPort { name: None, port });
+        self.record.ports.push(AssignedPort { name: None, port, requested: 0 });
         self
     }
 
     pub fn build(self) -> InstanceState {
         InstanceState { record: Arc::new(self.record), revision: 10, status: self.status.map(Arc::new) }
     }
+}
+
+/// The snapshot with `app`'s stored backoff.
+pub fn with_backoff(mut snapshot: Snapshot, app: &App, failures: u32, delay_until_in_seconds: i64) -> Snapshot {
+    let record = baton_api::BackoffRecord {
+        uid: app.metadata.uid.clone().unwrap(),
+        version: app.version(),
+        failures,
+        delay_until: Some(now() + jiff::SignedDuration::from_secs(delay_until_in_seconds)),
+        last_failure: None,
+    };
+    snapshot.backoffs.insert(("default".into(), app.metadata.name.clone().unwrap()), (Arc::new(record), 7));
+    snapshot
 }
 
 /// The snapshot with a marker saying `agent` stopped reporting `seconds_ago`.
@@ -188,5 +246,6 @@ pub fn snapshot(apps: &[&Arc<App>], agents: Vec<Arc<AgentRecord>>, instances: Ve
         agents: agents.into_iter().map(|a| (a.name.clone(), a)).collect(),
         instances: instances.into_iter().map(|i| (i.record.id.clone(), i)).collect(),
         unreachable: Default::default(),
+        backoffs: Default::default(),
     }
 }

@@ -80,6 +80,23 @@ impl Keyspace {
         key.strip_prefix(&self.unreachable_agents()).filter(|name| !name.is_empty() && !name.contains('/'))
     }
 
+    /// `/baton/apps/`: what the controller keeps about apps across failovers.
+    pub fn apps(&self) -> String {
+        format!("{}/apps/", self.root)
+    }
+
+    /// `/baton/apps/<ns>/<app>/backoff`: an app's launch backoff.
+    pub fn app_backoff(&self, namespace: &str, app: &str) -> String {
+        format!("{}/apps/{namespace}/{app}/backoff", self.root)
+    }
+
+    /// `(namespace, app)` of a key made by [`Keyspace::app_backoff`].
+    pub fn parse_app_backoff_key<'k>(&self, key: &'k str) -> Option<(&'k str, &'k str)> {
+        let rest = key.strip_prefix(&self.apps())?.strip_suffix("/backoff")?;
+        let (namespace, app) = rest.split_once('/')?;
+        (!namespace.is_empty() && !app.is_empty() && !app.contains('/')).then_some((namespace, app))
+    }
+
     /// `/baton/leader/<scope>`: the election key of a controller scope.
     pub fn leader(&self, scope: &str) -> String {
         format!("{}/leader/{scope}", self.root)

@@ -5,13 +5,9 @@ use std::cmp::Ordering;
 
 use jiff::{SignedDuration, Timestamp};
 
-use baton_api::{Goal, KillSelection, UnreachableStrategy};
+use baton_api::{Goal, KillSelection, Phase, UnreachableStrategy};
 
 use crate::snapshot::{InstanceState, Snapshot};
-
-/// How long a failed instance waits before it is replaced, so a command that crashes at
-/// once does not spin (Marathon's default backoff starts at 1 second).
-pub const RESTART_DELAY: SignedDuration = SignedDuration::from_secs(1);
 
 /// An app's instances, in disjoint sets.
 #[derive(Debug, Default)]
@@ -29,9 +25,9 @@ pub struct AppInstances<'s> {
     pub inactive: Vec<&'s InstanceState>,
     /// Being stopped: the agent has not reported the end yet.
     pub stopping: Vec<&'s InstanceState>,
-    /// Ended on their own less than [`RESTART_DELAY`] ago: each holds the place of its
-    /// replacement until the delay passes.
-    pub cooling: Vec<&'s InstanceState>,
+    /// Wanted running at the current version, but their process ended on its own (failed,
+    /// or exited): each is a failure for the launch backoff.
+    pub failed: Vec<&'s InstanceState>,
     /// Over and done with (or expunged): their records can go.
     pub finished: Vec<&'s InstanceState>,
     /// The earliest moment a set changes by time alone.
@@ -74,12 +70,11 @@ impl<'s> AppInstances<'s> {
         for instance in instances {
             let goal = instance.record.goal;
             let set = if instance.is_terminal() {
-                match replace_after(instance) {
-                    Some(at) if goal == Goal::Running && at > now => {
-                        sets.note_change(at);
-                        &mut sets.cooling
-                    }
-                    _ => &mut sets.finished,
+                let ended_on_its_own = matches!(instance.phase(), Some(Phase::Failed | Phase::Finished));
+                if goal == Goal::Running && ended_on_its_own && instance.record.version == version {
+                    &mut sets.failed
+                } else {
+                    &mut sets.finished
                 }
             } else if let Some(since) = reach.unreachable_since(&instance.record.agent) {
                 let (inactive_at, expunge_at) = (since + inactive_after, since + expunge_after);
@@ -111,27 +106,24 @@ impl<'s> AppInstances<'s> {
         self.next_change = Some(self.next_change.map_or(at, |t| t.min(at)));
     }
 
-    /// Instances of the current version that run.
-    pub fn current_running(&self) -> usize {
-        self.current.iter().filter(|i| i.is_running()).count()
+    /// Instances of the current version that are healthy.
+    pub fn current_healthy(&self) -> usize {
+        self.current.iter().filter(|i| i.is_healthy()).count()
     }
 }
 
-/// When a terminated instance may be replaced: [`RESTART_DELAY`] after it ended. `None`
-/// when the end time is unknown (replace at once).
-fn replace_after(instance: &InstanceState) -> Option<Timestamp> {
-    let ended = instance.status.as_ref()?.finished_at?;
-    ended.checked_add(RESTART_DELAY).ok()
-}
-
 /// The order in which instances are stopped when there are too many: those not running yet
-/// first (stopping them costs no capacity), then by `killSelection`, then by id.
+/// first, then those running but not healthy (stopping either costs no capacity), then by
+/// `killSelection`, then by id.
 pub fn kill_order(selection: KillSelection) -> impl Fn(&&InstanceState, &&InstanceState) -> Ordering {
     move |a, b| {
         let by_age = match selection {
             KillSelection::YoungestFirst => b.record.created_at.cmp(&a.record.created_at),
             KillSelection::OldestFirst => a.record.created_at.cmp(&b.record.created_at),
         };
-        a.is_running().cmp(&b.is_running()).then(by_age).then_with(|| a.record.id.cmp(&b.record.id))
+        (a.is_running(), a.is_healthy())
+            .cmp(&(b.is_running(), b.is_healthy()))
+            .then(by_age)
+            .then_with(|| a.record.id.cmp(&b.record.id))
     }
 }

@@ -1,21 +1,51 @@
 //! The arithmetic of one tick of an app: how many to launch and how many to stop, from
 //! counts alone. Nothing here remembers the previous tick: a new leader computes the same.
 //!
-//! The rolling upgrade follows Marathon's defaults (`minimumHealthCapacity: 1`,
-//! `maximumOverCapacity: 1`): old instances go only while the running count stays at the
-//! minimum, and new ones are launched while the total stays within the maximum.
+//! A new version replaces the old one as Marathon does it, with `n` instances wanted:
+//! - `min_healthy = ceil(n × minimumHealthCapacity)`: old instances stop only while the
+//!   healthy count stays at least that (unhealthy old ones first, as they carry nothing);
+//! - `max_total = floor(n × (1 + maximumOverCapacity))`: new ones launch only while every
+//!   instance whose process may exist (old ones, those being stopped, unreachable ones)
+//!   stays within that — so the process count never exceeds it, grace periods included;
+//! - at most `maxConcurrentStarts` instances of the current version start (launched, not
+//!   yet healthy) at once.
+//!
+//! Fractions are in thousandths, so `ceil(10 × 0.1)` is 1, as written, not 2.
 
-/// What one tick may do for an app.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Step {
-    /// Old-version instances that do not run (yet) to stop: they carry no capacity.
-    pub stop_old_not_running: usize,
-    /// Running old-version instances to stop.
-    pub stop_old_running: usize,
-    /// Current-version instances to launch.
-    pub launch: usize,
-    /// Places (cooling, unreachable or current instances) beyond what the spec asks for.
-    pub excess_current: usize,
+/// The strategy's numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Strategy {
+    pub minimum_health_permille: u64,
+    pub maximum_over_permille: u64,
+    pub max_concurrent_starts: Option<usize>,
+}
+
+impl Default for Strategy {
+    /// Marathon's defaults: 1 and 1, no start limit.
+    fn default() -> Self {
+        Self { minimum_health_permille: 1000, maximum_over_permille: 1000, max_concurrent_starts: None }
+    }
+}
+
+impl Strategy {
+    pub fn of(spec: &baton_api::AppSpec) -> Self {
+        let s = spec.upgrade_strategy;
+        Self {
+            minimum_health_permille: s.minimum_health_permille(),
+            maximum_over_permille: s.maximum_over_permille(),
+            max_concurrent_starts: s.max_concurrent_starts.map(|n| n.max(1) as usize),
+        }
+    }
+
+    /// `ceil(n × minimumHealthCapacity)`.
+    pub fn min_healthy(&self, wanted: usize) -> usize {
+        (wanted as u64 * self.minimum_health_permille).div_ceil(1000) as usize
+    }
+
+    /// `floor(n × (1 + maximumOverCapacity))`.
+    pub fn max_total(&self, wanted: usize) -> usize {
+        (wanted as u64 * (1000 + self.maximum_over_permille) / 1000) as usize
+    }
 }
 
 /// Counts the step reads.
@@ -23,93 +53,162 @@ pub struct Step {
 pub struct Counts {
     /// `spec.instances`.
     pub wanted: usize,
-    /// Current-version instances not over (running or starting).
+    /// Current-version instances on live agents (starting or healthy).
     pub current: usize,
-    /// Current-version instances that run.
-    pub current_running: usize,
-    /// Places held by instances that ended and await their replacement.
-    pub cooling: usize,
-    /// Places held by instances whose agent stopped reporting (not yet inactive).
+    /// Of those, the healthy ones.
+    pub current_healthy: usize,
+    /// Instances whose agent stopped reporting, not yet inactive: each holds its place,
+    /// and its process may still run.
     pub unreachable: usize,
-    pub old_running: usize,
-    pub old_not_running: usize,
+    pub old_healthy: usize,
+    /// Old-version instances that are not healthy (not running yet, or failing).
+    pub old_unhealthy: usize,
+    /// Instances already being stopped: their processes still run.
+    pub stopping: usize,
 }
 
-/// minimumHealthCapacity: the fraction of `wanted` that must keep running during an upgrade.
-const MINIMUM_HEALTH_CAPACITY_PERCENT: usize = 100;
-/// maximumOverCapacity: how far above `wanted` the total may go during an upgrade.
-const MAXIMUM_OVER_CAPACITY_PERCENT: usize = 100;
+/// What one tick may do for an app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Step {
+    /// Old-version instances that are not healthy to stop.
+    pub stop_old_unhealthy: usize,
+    /// Healthy old-version instances to stop.
+    pub stop_old_healthy: usize,
+    /// Current-version instances to launch.
+    pub launch: usize,
+    /// Places (unreachable or current instances) beyond what the spec asks for.
+    pub excess: usize,
+}
 
 /// One bounded step.
 ///
-/// Worked example, n = 3, three old instances running, none new:
-/// - min_running = ceil(3 × 100%) = 3; max_total = floor(3 × (100% + 100%)) = 6.
-/// - Tick 1: running = 3, so no old one may stop (3 − 1 < 3); launch min(3 − 0, 6 − 3) = 3.
-/// - Tick 2 (the three new ones run): running = 6; stop 6 − 3 = 3 old ones.
+/// Worked example, defaults (`minimumHealthCapacity` 1, `maximumOverCapacity` 1), n = 3,
+/// three healthy old instances, none new:
+/// - min_healthy = ceil(3 × 1) = 3; max_total = floor(3 × 2) = 6.
+/// - Tick 1: healthy = 3, so no old one may stop (3 − 1 < 3); launch min(3 − 0, 6 − 3) = 3.
+/// - Tick 2 (the three new ones healthy): healthy = 6; stop 6 − 3 = 3 old ones; launch 0.
 ///
-/// Without old instances this is plain scaling: launch up to `wanted`, report the excess.
-pub fn step(c: Counts) -> Step {
-    let min_running = (c.wanted * MINIMUM_HEALTH_CAPACITY_PERCENT).div_ceil(100);
-    let max_total = c.wanted * (100 + MAXIMUM_OVER_CAPACITY_PERCENT) / 100;
-    let running = c.current_running + c.old_running;
-    let stop_old_running = c.old_running.min(running.saturating_sub(min_running));
-    let old_left = c.old_running - stop_old_running;
-    let occupied = c.current + c.cooling + c.unreachable;
-    let launch = c.wanted.saturating_sub(occupied).min(max_total.saturating_sub(occupied + old_left));
-    Step {
-        stop_old_not_running: c.old_not_running,
-        stop_old_running,
-        launch,
-        excess_current: occupied.saturating_sub(c.wanted),
+/// Without old instances this is plain scaling: launch up to `wanted` (within the start
+/// limit), report the excess.
+pub fn step(c: Counts, s: Strategy) -> Step {
+    let min_healthy = s.min_healthy(c.wanted);
+    let max_total = s.max_total(c.wanted);
+    let healthy = c.current_healthy + c.old_healthy;
+    let stop_old_healthy = c.old_healthy.min(healthy.saturating_sub(min_healthy));
+    let places = c.current + c.unreachable;
+    let processes = places + c.old_healthy + c.old_unhealthy + c.stopping;
+    let mut launch = c.wanted.saturating_sub(places).min(max_total.saturating_sub(processes));
+    if let Some(max_starts) = s.max_concurrent_starts {
+        let starting = c.current - c.current_healthy;
+        launch = launch.min(max_starts.saturating_sub(starting));
     }
+    Step { stop_old_unhealthy: c.old_unhealthy, stop_old_healthy, launch, excess: places.saturating_sub(c.wanted) }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn counts(wanted: usize, current: usize, current_running: usize, old_running: usize) -> Counts {
-        Counts { wanted, current, current_running, old_running, ..Counts::default() }
+    fn counts(wanted: usize, current: usize, current_healthy: usize, old_healthy: usize) -> Counts {
+        Counts { wanted, current, current_healthy, old_healthy, ..Counts::default() }
+    }
+
+    fn strategy(health: u64, over: u64) -> Strategy {
+        Strategy { minimum_health_permille: health, maximum_over_permille: over, max_concurrent_starts: None }
     }
 
     #[test]
     fn scaling_without_a_deployment() {
-        assert_eq!(step(counts(5, 3, 3, 0)), Step { launch: 2, ..Step::default() });
-        assert_eq!(step(counts(2, 5, 5, 0)), Step { excess_current: 3, ..Step::default() });
-        assert_eq!(step(counts(3, 3, 1, 0)), Step::default(), "starting instances count as placed");
-        let cooling = Counts { cooling: 1, ..counts(3, 2, 2, 0) };
-        assert_eq!(step(cooling), Step::default(), "a cooling place is not filled twice");
+        let d = Strategy::default();
+        assert_eq!(step(counts(5, 3, 3, 0), d), Step { launch: 2, ..Step::default() });
+        assert_eq!(step(counts(2, 5, 5, 0), d), Step { excess: 3, ..Step::default() });
+        assert_eq!(step(counts(3, 3, 1, 0), d), Step::default(), "starting instances count as placed");
         let unreachable = Counts { unreachable: 1, ..counts(3, 2, 2, 0) };
-        assert_eq!(step(unreachable), Step::default(), "an unreachable instance holds its place");
-        let back = Counts { unreachable: 0, ..counts(3, 4, 4, 0) };
+        assert_eq!(step(unreachable, d), Step::default(), "an unreachable instance holds its place");
         assert_eq!(
-            step(back),
-            Step { excess_current: 1, ..Step::default() },
+            step(counts(3, 4, 4, 0), d),
+            Step { excess: 1, ..Step::default() },
             "a returning agent's instance is one too many"
         );
-        assert_eq!(step(counts(0, 2, 2, 0)), Step { excess_current: 2, ..Step::default() });
+        assert_eq!(step(counts(0, 2, 2, 0), d), Step { excess: 2, ..Step::default() });
     }
 
     #[test]
     fn the_worked_example() {
-        // Tick 1: three old running, no new.
-        assert_eq!(step(counts(3, 0, 0, 3)), Step { launch: 3, ..Step::default() });
-        // Tick 2: new ones launched, not running yet: nothing more to do.
-        assert_eq!(step(counts(3, 3, 0, 3)), Step::default());
-        // One new runs: one old may go.
-        assert_eq!(step(counts(3, 3, 1, 3)), Step { stop_old_running: 1, ..Step::default() });
-        // All new run: every old goes.
-        assert_eq!(step(counts(3, 3, 3, 3)), Step { stop_old_running: 3, ..Step::default() });
+        let d = Strategy::default();
+        assert_eq!(step(counts(3, 0, 0, 3), d), Step { launch: 3, ..Step::default() });
+        assert_eq!(step(counts(3, 3, 0, 3), d), Step::default(), "new ones started, not healthy yet");
+        assert_eq!(step(counts(3, 3, 1, 3), d), Step { stop_old_healthy: 1, ..Step::default() });
+        assert_eq!(step(counts(3, 3, 3, 3), d), Step { stop_old_healthy: 3, ..Step::default() });
+    }
+
+    /// The first step from n = 10 healthy old instances, for each strategy: (minimum
+    /// health, maximum over) in thousandths → (old stopped, new launched). Old instances
+    /// being stopped still count in the total, so where all of them stop, the new ones
+    /// start on a later tick, once they are gone.
+    #[test]
+    fn first_steps_for_n_10() {
+        let cases = [
+            ((0, 0), (10, 0)),
+            ((0, 200), (10, 2)),
+            ((0, 1000), (10, 10)),
+            ((500, 0), (5, 0)),
+            ((500, 200), (5, 2)),
+            ((500, 1000), (5, 10)),
+            ((1000, 200), (0, 2)),
+            ((1000, 1000), (0, 10)),
+        ];
+        for ((health, over), (stopped, launched)) in cases {
+            let s = step(counts(10, 0, 0, 10), strategy(health, over));
+            assert_eq!(
+                (s.stop_old_healthy, s.launch),
+                (stopped, launched),
+                "minimumHealthCapacity {health}‰, maximumOverCapacity {over}‰"
+            );
+        }
+    }
+
+    /// The next tick: the old instances stopped last time are gone.
+    #[test]
+    fn second_steps_for_n_10() {
+        // (0, 0): all 10 old ones gone; launch 10.
+        assert_eq!(step(counts(10, 0, 0, 0), strategy(0, 0)).launch, 10);
+        // (0.5, 0): 5 old left, healthy; launch 5 to reach max_total 10.
+        assert_eq!(step(counts(10, 0, 0, 5), strategy(500, 0)).launch, 5);
+        // (0.5, 0.2): 5 old left and 2 new starting; room for 5 more within 12.
+        assert_eq!(step(counts(10, 2, 0, 5), strategy(500, 200)).launch, 5);
+        // (1, 0.2): 2 new healthy let 2 old go; no room for more until they are gone.
+        let s = step(counts(10, 2, 2, 10), strategy(1000, 200));
+        assert_eq!((s.stop_old_healthy, s.launch), (2, 0));
+        assert_eq!(step(Counts { stopping: 0, ..counts(10, 2, 2, 8) }, strategy(1000, 200)).launch, 2);
     }
 
     #[test]
-    fn old_instances_that_do_not_run_go_first_and_free() {
-        let c = Counts { old_not_running: 2, ..counts(3, 0, 0, 1) };
-        assert_eq!(step(c), Step { stop_old_not_running: 2, launch: 3, ..Step::default() });
+    fn fractions_round_as_written() {
+        let s = strategy(100, 100);
+        assert_eq!((s.min_healthy(10), s.max_total(10)), (1, 11), "ceil(10 × 0.1) = 1, floor(10 × 1.1) = 11");
+        assert_eq!(strategy(500, 0).min_healthy(3), 2, "ceil(1.5) = 2");
+    }
+
+    #[test]
+    fn unhealthy_old_instances_go_first_and_free() {
+        let c = Counts { old_unhealthy: 2, ..counts(3, 0, 0, 1) };
+        assert_eq!(step(c, Strategy::default()), Step { stop_old_unhealthy: 2, launch: 3, ..Step::default() });
+    }
+
+    #[test]
+    fn max_concurrent_starts_bounds_launches() {
+        let s = Strategy { max_concurrent_starts: Some(2), ..Strategy::default() };
+        assert_eq!(step(counts(10, 0, 0, 0), s).launch, 2);
+        assert_eq!(step(counts(10, 2, 1, 0), s).launch, 1, "one still starting");
+        assert_eq!(step(counts(10, 2, 2, 0), s).launch, 2);
     }
 
     #[test]
     fn scaling_to_zero_during_a_deployment_stops_everything() {
-        assert_eq!(step(counts(0, 1, 1, 2)), Step { stop_old_running: 2, excess_current: 1, ..Step::default() });
+        assert_eq!(
+            step(counts(0, 1, 1, 2), Strategy::default()),
+            Step { stop_old_healthy: 2, excess: 1, ..Step::default() }
+        );
     }
 }

@@ -14,13 +14,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 
+use baton_api::constraints::Constraint;
 use baton_api::records::{AssignedPort, Command};
-use baton_api::{App, AppRef, AppStatus, Goal, InstanceRecord};
+use baton_api::{App, AppRef, AppStatus, BackoffRecord, Failure, Goal, InstanceRecord, Phase};
 use baton_store::Revision;
 
-use crate::schedule::{Fit, Placer, Request};
+use crate::schedule::{Fit, Placer, PortAsk, Request};
 use crate::snapshot::{InstanceState, Snapshot};
 
 pub mod classify;
@@ -95,6 +96,20 @@ pub struct Unmark {
     pub revision: Revision,
 }
 
+/// A change of an app's launch backoff, written in one transaction with the removal of the
+/// failed instances it counts — so a failure is counted exactly once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackoffChange {
+    pub namespace: String,
+    pub name: String,
+    /// The new record; `None` deletes it (the app is gone).
+    pub next: Option<BackoffRecord>,
+    /// The revision of the record the change was made on (0: there was none).
+    pub revision: Revision,
+    /// The failed instances counted in `next`.
+    pub removals: Vec<Removal>,
+}
+
 /// A status to write to an app.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StatusUpdate {
@@ -112,6 +127,7 @@ pub struct Plan {
     pub statuses: Vec<StatusUpdate>,
     pub marks: Vec<Mark>,
     pub unmarks: Vec<Unmark>,
+    pub backoffs: Vec<BackoffChange>,
     /// When the next decision that depends on time falls due (a replacement delay ends, an
     /// unreachable instance becomes inactive or is expunged).
     pub next_wakeup: Option<Timestamp>,
@@ -125,6 +141,7 @@ impl Plan {
             && self.statuses.is_empty()
             && self.marks.is_empty()
             && self.unmarks.is_empty()
+            && self.backoffs.is_empty()
     }
 }
 
@@ -142,7 +159,25 @@ pub fn plan(snapshot: &Snapshot, ctx: &PlanContext) -> Plan {
     for app in &snapshot.apps {
         let uid = app.metadata.uid.as_deref().unwrap_or_default();
         let instances = by_app.remove(uid).unwrap_or_default();
-        plan_app(app, instances, ctx, &reach, &mut placer, &mut ids, &mut plan);
+        plan_app(app, snapshot, instances, ctx, &reach, &mut placer, &mut ids, &mut plan);
+    }
+    // Backoffs of apps that no longer exist go.
+    let live: BTreeSet<(&str, &str)> = snapshot
+        .apps
+        .iter()
+        .map(|a| (a.metadata.namespace.as_deref().unwrap_or_default(), a.metadata.name.as_deref().unwrap_or_default()))
+        .collect();
+    for ((namespace, name), (_, revision)) in &snapshot.backoffs {
+        if !live.contains(&(namespace.as_str(), name.as_str())) {
+            let (namespace, name) = (namespace.clone(), name.clone());
+            plan.backoffs.push(BackoffChange {
+                namespace,
+                name,
+                next: None,
+                revision: *revision,
+                removals: Vec::new(),
+            });
+        }
     }
     // What is left belongs to apps that no longer exist.
     for instance in by_app.into_values().flatten() {
@@ -176,8 +211,14 @@ fn mark_unreachable_agents(snapshot: &Snapshot, ctx: &PlanContext, plan: &mut Pl
     }
 }
 
+/// Failures counted per app per tick, so that a backoff change and the removals it counts
+/// fit in one transaction.
+const MAX_FAILURES_PER_TICK: usize = 100;
+
+#[allow(clippy::too_many_arguments)]
 fn plan_app(
     app: &App,
+    snapshot: &Snapshot,
     instances: Vec<&InstanceState>,
     ctx: &PlanContext,
     reach: &Reachability<'_>,
@@ -186,51 +227,132 @@ fn plan_app(
     plan: &mut Plan,
 ) {
     let spec = &app.spec;
-    let version = spec.version();
+    let version = app.version();
     let sets = AppInstances::classify(instances, &version, spec.unreachable_strategy, reach);
     plan.removals.extend(sets.finished.iter().map(|i| removal(i)));
     plan.next_wakeup = min_time(plan.next_wakeup, sets.next_change);
     let order = kill_order(spec.kill_selection);
 
-    let (mut old_running, old_not_running): (Vec<&InstanceState>, Vec<&InstanceState>) =
-        sets.old.iter().partition(|i| i.is_running());
-    let step = deploy::step(deploy::Counts {
-        wanted: spec.instances.max(0) as usize,
-        current: sets.current.len(),
-        current_running: sets.current_running(),
-        cooling: sets.cooling.len(),
-        unreachable: sets.unreachable.len(),
-        old_running: old_running.len(),
-        old_not_running: old_not_running.len(),
-    });
+    let backoff = plan_backoff(app, snapshot, &version, &sets, ctx, plan);
 
-    plan.stops.extend(old_not_running.iter().map(|i| stop(i, StopReason::Upgraded)));
-    old_running.sort_by(&order);
-    plan.stops.extend(old_running.iter().take(step.stop_old_running).map(|i| stop(i, StopReason::Upgraded)));
+    let (mut old_healthy, old_unhealthy): (Vec<&InstanceState>, Vec<&InstanceState>) =
+        sets.old.iter().partition(|i| i.is_healthy());
+    let mut step = deploy::step(
+        deploy::Counts {
+            wanted: spec.instances.max(0) as usize,
+            current: sets.current.len(),
+            current_healthy: sets.current_healthy(),
+            unreachable: sets.unreachable.len(),
+            old_healthy: old_healthy.len(),
+            old_unhealthy: old_unhealthy.len(),
+            stopping: sets.stopping.len(),
+        },
+        deploy::Strategy::of(spec),
+    );
+    let backing_off = backoff.as_ref().and_then(|b| b.delay_until).filter(|until| *until > ctx.now);
+    if let Some(until) = backing_off {
+        step.launch = 0;
+        plan.next_wakeup = min_time(plan.next_wakeup, Some(until));
+    }
 
-    // Excess places go in this order: cooling ones (simply not replaced), unreachable
-    // instances, then current ones by killSelection.
-    let mut excess = step.excess_current;
-    let mut cooling = sets.cooling.clone();
-    cooling.sort_by(&order);
-    plan.removals.extend(cooling.iter().take(excess).map(|i| removal(i)));
-    excess = excess.saturating_sub(cooling.len());
+    plan.stops.extend(old_unhealthy.iter().map(|i| stop(i, StopReason::Upgraded)));
+    old_healthy.sort_by(&order);
+    plan.stops.extend(old_healthy.iter().take(step.stop_old_healthy).map(|i| stop(i, StopReason::Upgraded)));
+
+    // Excess places go in this order: unreachable instances, then current ones (those
+    // not running yet, then not healthy, then by killSelection).
     let mut unreachable = sets.unreachable.clone();
     unreachable.sort_by(&order);
-    plan.stops.extend(unreachable.iter().take(excess).map(|i| stop(i, StopReason::ScaledDown)));
-    excess = excess.saturating_sub(unreachable.len());
+    plan.stops.extend(unreachable.iter().take(step.excess).map(|i| stop(i, StopReason::ScaledDown)));
+    let excess = step.excess.saturating_sub(unreachable.len());
     let mut current = sets.current.clone();
     current.sort_by(&order);
     plan.stops.extend(current.iter().take(excess).map(|i| stop(i, StopReason::ScaledDown)));
 
     let unplaced = launch(app, &version, step.launch, ctx, placer, ids, plan);
-    if let Some(status) = status::changed(app, status::desired(app, &version, &sets, unplaced.as_ref(), ctx.now)) {
+    let progress = status::Progress { unplaced, backoff: backoff.as_ref(), backing_off, now: ctx.now };
+    if let Some(status) = status::changed(app, status::desired(app, &version, &sets, &progress)) {
         plan.statuses.push(StatusUpdate {
             namespace: app.metadata.namespace.clone().unwrap_or_default(),
             name: app.metadata.name.clone().unwrap_or_default(),
             status,
         });
     }
+}
+
+/// The app's backoff after this tick: failures of the current version are counted (and
+/// their records removed in the same write); a new version, or an instance of the current
+/// one that has run for longer than the delay, starts it afresh. Returns the backoff that
+/// holds from now on.
+fn plan_backoff(
+    app: &App,
+    snapshot: &Snapshot,
+    version: &str,
+    sets: &AppInstances<'_>,
+    ctx: &PlanContext,
+    plan: &mut Plan,
+) -> Option<BackoffRecord> {
+    let namespace = app.metadata.namespace.clone().unwrap_or_default();
+    let name = app.metadata.name.clone().unwrap_or_default();
+    let uid = app.metadata.uid.clone().unwrap_or_default();
+    let stored = snapshot.backoffs.get(&(namespace.clone(), name.clone()));
+    let fresh = BackoffRecord {
+        uid: uid.clone(),
+        version: version.to_string(),
+        failures: 0,
+        delay_until: None,
+        last_failure: None,
+    };
+    let mut next = match stored {
+        Some((record, _)) if record.uid == uid && record.version == version => (**record).clone(),
+        // Another app of that name, or another version: start afresh (the last failure of
+        // the same app is kept for its status).
+        Some((record, _)) if record.uid == uid => BackoffRecord { last_failure: record.last_failure.clone(), ..fresh },
+        _ => fresh,
+    };
+    let backoff = app.spec.backoff;
+    if next.failures > 0 {
+        let delay = SignedDuration::from_millis(backoff.delay_millis(next.failures).max(1000) as i64);
+        let recovered = sets
+            .current
+            .iter()
+            .any(|i| i.is_healthy() && i.running_since().is_some_and(|since| since + delay <= ctx.now));
+        if recovered {
+            next.failures = 0;
+            next.delay_until = None;
+        }
+    }
+    let counted: Vec<&InstanceState> = sets.failed.iter().copied().take(MAX_FAILURES_PER_TICK).collect();
+    if !counted.is_empty() {
+        next.failures = next.failures.saturating_add(counted.len() as u32);
+        let delay = SignedDuration::from_millis(backoff.delay_millis(next.failures) as i64);
+        next.delay_until = Some(ctx.now + delay);
+        let last = counted
+            .iter()
+            .max_by_key(|i| (i.status.as_ref().and_then(|s| s.finished_at), i.record.id.clone()))
+            .expect("not empty");
+        let status = last.status.as_ref();
+        next.last_failure = Some(Failure {
+            instance: last.record.id.clone(),
+            agent: last.record.agent.clone(),
+            version: last.record.version.clone(),
+            phase: last.phase().unwrap_or(Phase::Failed),
+            message: status.and_then(|s| s.message.clone()).unwrap_or_default(),
+            time: status.and_then(|s| s.finished_at).unwrap_or(ctx.now),
+        });
+    } else if next.failures == 0 && next.last_failure.is_none() && stored.is_none() {
+        return None; // Nothing to remember.
+    }
+    if stored.map(|(record, _)| record.as_ref()) != Some(&next) {
+        plan.backoffs.push(BackoffChange {
+            namespace,
+            name,
+            next: Some(next.clone()),
+            revision: stored.map_or(0, |(_, revision)| *revision),
+            removals: counted.iter().map(|i| removal(i)).collect(),
+        });
+    }
+    Some(next)
 }
 
 /// Places `count` new instances of `app`; returns what could not be placed and why.
@@ -243,31 +365,42 @@ fn launch(
     ids: &mut IdSource,
     plan: &mut Plan,
 ) -> Option<status::Unplaced> {
+    let spec = &app.spec;
+    let (command, constraints) = match runnable(app) {
+        Ok(runnable) => runnable,
+        Err(why) => return (count > 0).then(|| status::Unplaced { count, why, rejections: Vec::new() }),
+    };
     let uid = app.metadata.uid.clone().unwrap_or_default();
     let name = app.metadata.name.clone().unwrap_or_default();
-    let spec = &app.spec;
     let resources = spec.resources.amounts();
+    let asks: Vec<PortAsk> = spec
+        .ports
+        .iter()
+        .map(|p| if spec.require_ports && p.port > 0 { PortAsk::Fixed(p.port as u16) } else { PortAsk::Dynamic })
+        .collect();
     for placed in 0..count {
-        let request = Request { app_uid: &uid, resources, ports: spec.ports.len(), seed: ids.next() };
+        let request = Request { app_uid: &uid, resources, ports: &asks, constraints: &constraints, seed: ids.next() };
         let placement = match placer.place(&request) {
             Fit::Placed(placement) => placement,
             Fit::Unschedulable(rejections) => {
                 // Every instance of an app asks for the same: if one does not fit, the
                 // rest do not either.
-                return Some(status::Unplaced { count: count - placed, why: rejections.summary() });
+                return Some(status::Unplaced {
+                    count: count - placed,
+                    why: rejections.summary(&constraints),
+                    rejections: rejections.list(&constraints),
+                });
             }
-        };
-        let command = match (&spec.cmd, &spec.args) {
-            (Some(cmd), _) => Command::Shell(cmd.clone()),
-            (None, Some(args)) => Command::Exec(args.clone()),
-            // Validation guarantees one of them; an app without either launches nothing.
-            (None, None) => return None,
         };
         let ports = spec
             .ports
             .iter()
             .zip(&placement.ports)
-            .map(|(definition, port)| AssignedPort { name: definition.name.clone(), port: *port })
+            .map(|(definition, port)| AssignedPort {
+                name: definition.name.clone(),
+                port: *port,
+                requested: u16::try_from(definition.port).unwrap_or(0),
+            })
             .collect();
         plan.launches.push(Launch {
             record: InstanceRecord {
@@ -283,7 +416,7 @@ fn launch(
                 created_at: ctx.now,
                 goal: Goal::Running,
                 stop_reason: None,
-                command,
+                command: command.clone(),
                 env: spec.env.clone(),
                 labels: spec.labels.clone(),
                 resources,
@@ -294,6 +427,24 @@ fn launch(
         });
     }
     None
+}
+
+/// The command and parsed constraints of an app, or why it cannot run. Validation at apply
+/// refuses such apps; this keeps one stored under older rules from being placed wrongly.
+fn runnable(app: &App) -> Result<(Command, Vec<Constraint>), String> {
+    let command = match (&app.spec.cmd, &app.spec.args) {
+        (Some(cmd), _) => Command::Shell(cmd.clone()),
+        (None, Some(args)) if !args.is_empty() => Command::Exec(args.clone()),
+        _ => return Err("the app has neither cmd nor args".into()),
+    };
+    let constraints = app
+        .spec
+        .constraints
+        .iter()
+        .enumerate()
+        .map(|(i, parts)| Constraint::parse(parts).map_err(|e| format!("spec.constraints[{i}] is invalid: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((command, constraints))
 }
 
 fn stop(instance: &InstanceState, reason: StopReason) -> Stop {

@@ -4,33 +4,40 @@
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use baton_api::App;
-use baton_api::app::{AppStatus, CONDITION_AVAILABLE, CONDITION_PENDING};
+use baton_api::app::{
+    AppStatus, CONDITION_AVAILABLE, CONDITION_PENDING, CONDITION_PROGRESSING, LastFailure, PendingSummary, Rejection,
+};
+use baton_api::{App, BackoffRecord};
 
 use super::classify::AppInstances;
 
-/// Why an app is not fully placed, for its `Pending` condition.
+/// Why an app is not fully placed, for its `Pending` condition and `status.pending`.
 pub struct Unplaced {
     pub count: usize,
     /// e.g. "3 agents: insufficient mem".
     pub why: String,
+    /// `(reason, agents)`, the most common first.
+    pub rejections: Vec<(String, usize)>,
+}
+
+/// What this tick decided for the app, beyond its instance sets.
+pub struct Progress<'a> {
+    pub unplaced: Option<Unplaced>,
+    pub backoff: Option<&'a BackoffRecord>,
+    /// Launches wait until then.
+    pub backing_off: Option<Timestamp>,
+    pub now: Timestamp,
 }
 
 /// The status `app` should have now.
-pub fn desired(
-    app: &App,
-    version: &str,
-    sets: &AppInstances<'_>,
-    unplaced: Option<&Unplaced>,
-    now: Timestamp,
-) -> AppStatus {
+pub fn desired(app: &App, version: &str, sets: &AppInstances<'_>, progress: &Progress<'_>) -> AppStatus {
     let wanted = app.spec.instances.max(0) as usize;
-    let reachable = sets.current.iter().chain(&sets.old);
-    let running = reachable.filter(|i| i.is_running()).count();
+    let reachable = || sets.current.iter().chain(&sets.old);
+    let running = reachable().filter(|i| i.is_running()).count();
+    let ready = reachable().filter(|i| i.is_healthy()).count();
+    let available = sets.current_healthy();
     let unreachable = sets.unreachable.len() + sets.inactive.len();
-    let instances = sets.current.len() + sets.old.len() + unreachable;
-    let current_running = sets.current_running();
-    let available = sets.old.is_empty() && current_running >= wanted;
+    let placed = sets.current.len() + sets.old.len();
     let previous = app.status.as_ref();
     let condition = |type_: &str, status: bool, reason: &str, message: String| {
         let status = if status { "True" } else { "False" }.to_string();
@@ -38,7 +45,7 @@ pub fn desired(
         let since = previous
             .and_then(|s| s.condition(type_))
             .filter(|c| c.status == status)
-            .map_or(Time(now), |c| c.last_transition_time.clone());
+            .map_or(Time(progress.now), |c| c.last_transition_time.clone());
         Condition {
             type_: type_.into(),
             status,
@@ -48,13 +55,14 @@ pub fn desired(
             observed_generation: app.metadata.generation,
         }
     };
-    let available = condition(
+    let is_available = available >= wanted && sets.old.is_empty();
+    let available_condition = condition(
         CONDITION_AVAILABLE,
-        available,
-        if available { "AllInstancesRunning" } else { "InstancesNotRunning" },
-        format!("{current_running} of {wanted} instances run the current version"),
+        is_available,
+        if is_available { "AllInstancesAvailable" } else { "InstancesUnavailable" },
+        format!("{available} of {wanted} instances are healthy at the current version"),
     );
-    let pending = match unplaced {
+    let pending = match &progress.unplaced {
         Some(u) => condition(
             CONDITION_PENDING,
             true,
@@ -65,13 +73,77 @@ pub fn desired(
     };
     AppStatus {
         observed_generation: app.metadata.generation,
-        instances: instances as i32,
+        instances: (placed + unreachable) as i32,
         running: running as i32,
-        staged: (sets.current.len() + sets.old.len() - running) as i32,
+        staged: (placed - running) as i32,
         unreachable: unreachable as i32,
+        updated: sets.current.len() as i32,
+        ready: ready as i32,
+        available: available as i32,
         version: Some(version.to_string()),
-        conditions: vec![available, pending],
+        pending: progress.unplaced.as_ref().map(|u| PendingSummary {
+            instances: u.count as i32,
+            rejections: u
+                .rejections
+                .iter()
+                .map(|(reason, agents)| Rejection { reason: reason.clone(), agents: *agents as i32 })
+                .collect(),
+        }),
+        last_failure: progress.backoff.and_then(|b| b.last_failure.as_ref()).map(LastFailure::from),
+        conditions: vec![available_condition, progressing(app, version, sets, progress, &condition), pending],
     }
+}
+
+/// `Progressing`: `False`/`Stuck` when no progress is possible, else `True` with what is
+/// under way — `Backoff`, `Deploying`, `Scaling` — or `Complete`.
+fn progressing(
+    app: &App,
+    version: &str,
+    sets: &AppInstances<'_>,
+    progress: &Progress<'_>,
+    condition: &dyn Fn(&str, bool, &str, String) -> Condition,
+) -> Condition {
+    let wanted = app.spec.instances.max(0) as usize;
+    let available = sets.current_healthy();
+    let in_flight =
+        !sets.old.is_empty() || !sets.stopping.is_empty() || sets.current.len() != wanted || available < wanted;
+    if let Some(unplaced) = &progress.unplaced {
+        return condition(
+            CONDITION_PROGRESSING,
+            false,
+            "Stuck",
+            format!("{} of {wanted} instances cannot be placed: {}", unplaced.count, unplaced.why),
+        );
+    }
+    if let (Some(until), Some(backoff)) = (progress.backing_off, progress.backoff)
+        && in_flight
+    {
+        // An absolute time: the message stays the same from tick to tick.
+        let until =
+            Timestamp::from_second(until.as_second() + i64::from(until.subsec_nanosecond() > 0)).unwrap_or(until);
+        let last = backoff.last_failure.as_ref().map(|f| format!("; the last: {}", f.message)).unwrap_or_default();
+        return condition(
+            CONDITION_PROGRESSING,
+            true,
+            "Backoff",
+            format!("launching again at {until} after {} failure(s) in a row{last}", backoff.failures),
+        );
+    }
+    if !sets.old.is_empty() {
+        return condition(
+            CONDITION_PROGRESSING,
+            true,
+            "Deploying",
+            format!(
+                "{} of {wanted} instances updated to version {version}, {available} healthy",
+                sets.current.len().min(wanted)
+            ),
+        );
+    }
+    if in_flight {
+        return condition(CONDITION_PROGRESSING, true, "Scaling", format!("{available} of {wanted} instances healthy"));
+    }
+    condition(CONDITION_PROGRESSING, true, "Complete", format!("{wanted} instances run version {version}"))
 }
 
 /// `Some(desired)` when it differs from what the app has.

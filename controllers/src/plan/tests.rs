@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use baton_api::Phase;
 
 use super::*;
-use crate::testing::{agent, app, instance, now, snapshot, with_marker};
+use crate::testing::{agent, app, instance, now, snapshot, with_backoff, with_marker};
 
 fn ctx() -> PlanContext {
     PlanContext { now: now(), seed: 42 }
@@ -22,11 +22,11 @@ fn scale_up_launches_the_missing_instances() {
     let plan = plan(&snapshot(&[&web], vec![agent("a1").build(), agent("a2").build()], running), &ctx());
     assert_eq!(plan.launches.len(), 2);
     assert!(plan.stops.is_empty() && plan.removals.is_empty());
-    // Spread: both go to the agent without instances of the app... then the other.
+    // Bin-packing: both go to the busy agent while it has room; a2 stays whole.
     let agents: Vec<&str> = plan.launches.iter().map(|l| l.record.agent.as_str()).collect();
-    assert_eq!(agents, ["a2", "a2"]);
+    assert_eq!(agents, ["a1", "a1"]);
     let record = &plan.launches[0].record;
-    assert_eq!((record.goal, record.version.as_str()), (Goal::Running, web.spec.version().as_str()));
+    assert_eq!((record.goal, record.version.as_str()), (Goal::Running, web.version().as_str()));
     assert!(record.id.starts_with("web-") && record.id.len() == "web-".len() + 10, "{}", record.id);
 }
 
@@ -46,18 +46,62 @@ fn scale_down_stops_the_youngest_and_those_not_running_first() {
 }
 
 #[test]
-fn a_terminal_instance_is_replaced_after_the_restart_delay() {
+fn a_failure_is_counted_with_the_removal_of_its_record_and_delays_the_replacement() {
     let web = app("web").instances(2).build();
-    let just_failed = vec![instance(&web, "a1", 0).running().build(), instance(&web, "a1", 1).failed(0).build()];
-    let plan_now = plan(&snapshot(&[&web], vec![agent("a1").build()], just_failed), &ctx());
-    assert!(plan_now.launches.is_empty(), "not within the restart delay");
-    assert!(plan_now.removals.is_empty(), "the record holds the place");
-    assert_eq!(plan_now.next_wakeup, Some(now() + classify::RESTART_DELAY));
+    let instances = vec![instance(&web, "a1", 0).running().build(), instance(&web, "a1", 1).failed(0).build()];
+    let plan = plan(&snapshot(&[&web], vec![agent("a1").build()], instances), &ctx());
+    assert!(plan.launches.is_empty(), "not within the backoff");
+    assert!(plan.removals.is_empty(), "the failed record goes with the backoff change");
+    let change = &plan.backoffs[0];
+    let record = change.next.as_ref().expect("a backoff record");
+    assert_eq!((record.failures, record.delay_until), (1, Some(now() + jiff::SignedDuration::from_secs(1))));
+    assert_eq!(change.removals.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["web-001"]);
+    assert_eq!(record.last_failure.as_ref().map(|f| f.instance.as_str()), Some("web-001"));
+    assert_eq!(plan.next_wakeup, Some(now() + jiff::SignedDuration::from_secs(1)));
+    let status = &plan.statuses[0].status;
+    let progressing = status.condition(baton_api::app::CONDITION_PROGRESSING).unwrap();
+    assert_eq!(progressing.reason, "Backoff");
+    assert!(progressing.message.contains("after 1 failure"), "{}", progressing.message);
+    assert_eq!(status.last_failure.as_ref().map(|f| f.instance.as_str()), Some("web-001"));
+}
 
-    let failed_earlier = vec![instance(&web, "a1", 0).running().build(), instance(&web, "a1", 1).failed(5).build()];
-    let later = plan(&snapshot(&[&web], vec![agent("a1").build()], failed_earlier), &ctx());
-    assert_eq!(later.launches.len(), 1, "replaced");
-    assert_eq!(later.removals.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["web-001"], "and its record removed");
+#[test]
+fn the_backoff_grows_with_each_failure_and_releases_launches_when_it_ends() {
+    let web = app("web").instances(2).build();
+    let one_left = || vec![instance(&web, "a1", 0).running_for(0).build()];
+    // Still waiting.
+    let waiting = plan(&with_backoff(snapshot(&[&web], vec![agent("a1").build()], one_left()), &web, 3, 5), &ctx());
+    assert!(waiting.launches.is_empty());
+    assert_eq!(waiting.next_wakeup, Some(now() + jiff::SignedDuration::from_secs(5)));
+    // Over: the replacement launches.
+    let over = plan(&with_backoff(snapshot(&[&web], vec![agent("a1").build()], one_left()), &web, 3, -1), &ctx());
+    assert_eq!(over.launches.len(), 1);
+    // Another failure while backing off grows the delay: 1 s × 1.15³.
+    let mut failing = one_left();
+    failing.push(instance(&web, "a1", 1).failed(0).build());
+    let grown = plan(&with_backoff(snapshot(&[&web], vec![agent("a1").build()], failing), &web, 3, -1), &ctx());
+    let record = grown.backoffs[0].next.as_ref().unwrap();
+    assert_eq!(record.failures, 4);
+    assert_eq!(record.delay_until, Some(now() + jiff::SignedDuration::from_millis(1521)));
+}
+
+#[test]
+fn the_backoff_starts_afresh_once_an_instance_has_run_long_enough_or_the_version_changes() {
+    let web = app("web").instances(1).build();
+    // Failures 3: the delay is 1.3 s; the instance has run for 5 s.
+    let healthy = vec![instance(&web, "a1", 0).running_for(5).build()];
+    let reset = plan(&with_backoff(snapshot(&[&web], vec![agent("a1").build()], healthy), &web, 3, -10), &ctx());
+    assert_eq!(reset.backoffs[0].next.as_ref().map(|r| r.failures), Some(0));
+    // Running for less than the delay: nothing changes.
+    let fresh = vec![instance(&web, "a1", 0).running_for(1).build()];
+    let kept = plan(&with_backoff(snapshot(&[&web], vec![agent("a1").build()], fresh), &web, 3, -10), &ctx());
+    assert!(kept.backoffs.is_empty());
+    // A new version starts afresh too.
+    let changed = app("web").instances(1).env("A", "2").build();
+    let old = with_backoff(snapshot(&[&changed], vec![agent("a1").build()], vec![]), &web, 5, 100);
+    let next = plan(&old, &ctx());
+    assert_eq!(next.backoffs[0].next.as_ref().map(|r| (r.failures, r.version.clone())), Some((0, changed.version())));
+    assert_eq!(next.launches.len(), 1, "the new version launches at once");
 }
 
 #[test]
@@ -70,6 +114,11 @@ fn nothing_fits_nothing_is_launched_and_the_reason_is_recorded() {
     let pending = status.condition(baton_api::app::CONDITION_PENDING).expect("a Pending condition");
     assert_eq!((pending.status.as_str(), pending.reason.as_str()), ("True", "Unschedulable"));
     assert_eq!(pending.message, "2 of 2 instances cannot be placed: 3 agents: insufficient mem");
+    let summary = status.pending.as_ref().expect("a pending summary");
+    assert_eq!(summary.instances, 2);
+    assert_eq!(summary.rejections, [baton_api::app::Rejection { reason: "insufficient mem".into(), agents: 3 }]);
+    let progressing = status.condition(baton_api::app::CONDITION_PROGRESSING).unwrap();
+    assert_eq!((progressing.status.as_str(), progressing.reason.as_str()), ("False", "Stuck"));
 }
 
 #[test]

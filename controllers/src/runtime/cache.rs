@@ -11,7 +11,7 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use baton_api::{AgentRecord, App, InstanceRecord, StatusRecord, UnreachableMarker};
+use baton_api::{AgentRecord, App, BackoffRecord, InstanceRecord, StatusRecord, UnreachableMarker};
 use baton_store::{EventKind, KeyValue, Keyspace, Revision, Store, WatchEvent};
 
 use crate::snapshot::{InstanceState, Marker, Snapshot};
@@ -24,6 +24,7 @@ struct Records {
     instances: BTreeMap<Slot, (Arc<InstanceRecord>, Revision)>,
     statuses: BTreeMap<Slot, (Arc<StatusRecord>, Revision)>,
     markers: BTreeMap<String, (Arc<UnreachableMarker>, Revision)>,
+    backoffs: BTreeMap<(String, String), (Arc<BackoffRecord>, Revision)>,
 }
 
 /// Store records, kept current by one watch over the keyspace (so changes apply in
@@ -83,7 +84,7 @@ impl StoreCache {
             .iter()
             .map(|(agent, (marker, revision))| (agent.clone(), Marker { since: marker.since, revision: *revision }))
             .collect();
-        Snapshot { apps, agents, instances, unreachable }
+        Snapshot { apps, agents, instances, unreachable, backoffs: records.backoffs.clone() }
     }
 }
 
@@ -117,12 +118,13 @@ async fn load_and_watch(
     let instances = store.range(&keys.instances()).await?;
     let statuses = store.range(&keys.statuses()).await?;
     let markers = store.range(&keys.unreachable_agents()).await?;
+    let apps = store.range(&keys.apps()).await?;
     let mut fresh = Records::default();
-    for kv in agents.kvs.iter().chain(&instances.kvs).chain(&statuses.kvs).chain(&markers.kvs) {
+    for kv in agents.kvs.iter().chain(&instances.kvs).chain(&statuses.kvs).chain(&markers.kvs).chain(&apps.kvs) {
         apply_put(&mut fresh, keys, kv);
     }
     *records.lock().expect("cache lock") = fresh;
-    revision.send_replace(markers.revision);
+    revision.send_replace(apps.revision);
     ready.send_replace(true);
     changed.notify_one();
     // Changes after the first range are applied (again); applying is idempotent by revision.
@@ -189,10 +191,14 @@ fn apply_put(records: &mut Records, keys: &Keyspace, kv: &KeyValue) {
         if let Some(status) = parse(kv) {
             upsert(&mut records.statuses, (agent.to_string(), id.to_string()), status, kv.mod_revision);
         }
-    } else if let Some(agent) = keys.parse_unreachable_key(&kv.key)
-        && let Some(marker) = parse(kv)
+    } else if let Some(agent) = keys.parse_unreachable_key(&kv.key) {
+        if let Some(marker) = parse(kv) {
+            upsert(&mut records.markers, agent.to_string(), marker, kv.mod_revision);
+        }
+    } else if let Some((namespace, app)) = keys.parse_app_backoff_key(&kv.key)
+        && let Some(backoff) = parse(kv)
     {
-        upsert(&mut records.markers, agent.to_string(), marker, kv.mod_revision);
+        upsert(&mut records.backoffs, (namespace.to_string(), app.to_string()), backoff, kv.mod_revision);
     }
 }
 
@@ -207,6 +213,8 @@ fn apply_delete(records: &mut Records, keys: &Keyspace, event: &WatchEvent) {
         remove(&mut records.statuses, &(agent.to_string(), id.to_string()), revision);
     } else if let Some(agent) = keys.parse_unreachable_key(key) {
         remove(&mut records.markers, &agent.to_string(), revision);
+    } else if let Some((namespace, app)) = keys.parse_app_backoff_key(key) {
+        remove(&mut records.backoffs, &(namespace.to_string(), app.to_string()), revision);
     }
 }
 

@@ -91,9 +91,28 @@ impl Executor {
             writes.push((Step::Marker, Compare::mod_revision(&key, unmark.revision), Op::delete(&key)));
         }
 
+        // A backoff change and the failed instances it counts go in one transaction of
+        // their own; everything else in batches. The fence takes one of the compare slots.
+        let mut batches: Vec<Vec<(Step, Compare, Op)>> =
+            writes.chunks(baton_store::MAX_TXN_OPS - 1).map(<[_]>::to_vec).collect();
+        for change in &plan.backoffs {
+            let key = self.keys.app_backoff(&change.namespace, &change.name);
+            let compare =
+                if change.revision == 0 { Compare::absent(&key) } else { Compare::mod_revision(&key, change.revision) };
+            let op = match &change.next {
+                Some(record) => Op::put(&key, to_json(record)),
+                None => Op::delete(&key),
+            };
+            let mut unit = vec![(Step::Marker, compare, op)];
+            for removal in &change.removals {
+                let key = self.keys.instance(&removal.agent, &removal.id);
+                unit.push((Step::Removal, Compare::mod_revision(&key, removal.revision), Op::delete(&key)));
+            }
+            batches.push(unit);
+        }
+
         let mut applied = Applied::default();
-        // The fence takes one of the compare slots.
-        for batch in writes.chunks(baton_store::MAX_TXN_OPS - 1) {
+        for batch in &batches {
             let txn = Txn::new()
                 .when(std::iter::once(leadership.fence()).chain(batch.iter().map(|(_, c, _)| c.clone())))
                 .and_then(batch.iter().map(|(_, _, op)| op.clone()))

@@ -1,17 +1,23 @@
 //! Placement: which agent runs a new instance, and on which host ports.
 //!
-//! A pipeline in three stages, built here in one place:
-//! 1. **filters** ([`filters`]) drop agents that cannot take the instance, each with a
-//!    constant [`Reason`]; rejections are counted per reason so an app's status can say why
-//!    it is pending;
-//! 2. **scorers** ([`scorers`]) rank the agents that remain;
-//! 3. **select** takes the best and reserves its resources and ports, so the next placement
-//!    in the same plan sees them taken (two launches never claim the same port).
+//! A pipeline, built here in one place:
+//! 1. **candidates**: for most apps, agents in best-fit order of the request's dominant
+//!    resource (the tightest agent with room first), taken from an index that skips agents
+//!    too small in that resource outright; for apps that spread (`GROUP_BY`, `MAX_PER`),
+//!    every agent, since the best spread can be anywhere;
+//! 2. **filters** ([`filters`]) drop candidates that cannot take the instance — resources,
+//!    ports, constraints — each with a constant [`Reason`];
+//! 3. **scorers** ([`scorers`]) rank the first [`CANDIDATES`] that pass (all of them for
+//!    spreading apps): spread first where asked, then bin-packing on the dominant resource;
+//! 4. **select** takes the best and reserves what it takes, so later placements in the same
+//!    plan see it (two instances of a UNIQUE app never land together in one tick).
 //!
-//! Pure: no I/O, no clock; the port choice is driven by a seed passed in.
+//! Only when nothing fits is every agent filtered, to count the rejections per reason that
+//! the app's status reports. Pure: no I/O, no clock; the port choice is driven by a seed.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
+use baton_api::constraints::{Constraint, Operator};
 use baton_api::{AgentRecord, ResourceAmounts};
 
 use crate::snapshot::Snapshot;
@@ -20,17 +26,37 @@ pub mod filters;
 pub mod scorers;
 
 pub use filters::Reason;
+use filters::ValueCounts;
+
+/// How many feasible agents are scored per placement, in best-fit order: the index already
+/// orders them by fit in one resource; scoring a few more finds the best fit across all.
+pub const CANDIDATES: usize = 4;
+
+/// One host port an instance asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortAsk {
+    /// Any free port from the agent's ranges.
+    Dynamic,
+    /// Exactly this port (`requirePorts`).
+    Fixed(u16),
+}
 
 /// What one instance needs.
 #[derive(Debug, Clone)]
 pub struct Request<'a> {
-    /// The app's uid: spreading counts instances of the same app.
+    /// The app's uid: constraints count the instances of the same app.
     pub app_uid: &'a str,
     pub resources: ResourceAmounts,
-    /// How many host ports.
-    pub ports: usize,
+    pub ports: &'a [PortAsk],
+    pub constraints: &'a [Constraint],
     /// Drives which free ports are picked.
     pub seed: u64,
+}
+
+impl Request<'_> {
+    fn spreads(&self) -> bool {
+        self.constraints.iter().any(|c| matches!(c.operator, Operator::GroupBy | Operator::MaxPer))
+    }
 }
 
 /// Where an instance goes.
@@ -51,14 +77,23 @@ pub struct Rejections {
 }
 
 impl Rejections {
-    /// "3 agents: insufficient mem; 1 agent: not enough free ports", or "no agents are registered".
-    pub fn summary(&self) -> String {
+    /// `(reason, agents)`, the most common reason first.
+    pub fn list(&self, constraints: &[Constraint]) -> Vec<(String, usize)> {
+        let mut list: Vec<(String, usize)> =
+            self.by_reason.iter().map(|(r, n)| (r.describe(constraints), *n)).collect();
+        list.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        list
+    }
+
+    /// "3 agents: insufficient mem; 1 agent: constraint hostname UNIQUE", or "no agents are
+    /// registered".
+    pub fn summary(&self, constraints: &[Constraint]) -> String {
         if self.agents == 0 {
             return "no agents are registered".into();
         }
-        self.by_reason
+        self.list(constraints)
             .iter()
-            .map(|(reason, n)| format!("{n} agent{}: {}", if *n == 1 { "" } else { "s" }, reason.message()))
+            .map(|(reason, n)| format!("{n} agent{}: {reason}", if *n == 1 { "" } else { "s" }))
             .collect::<Vec<_>>()
             .join("; ")
     }
@@ -76,30 +111,34 @@ pub enum Fit {
 pub struct AgentSlot<'a> {
     pub record: &'a AgentRecord,
     pub free: ResourceAmounts,
-    pub used_ports: BTreeSet<u16>,
-    /// Instances per app uid already on the agent (including this plan's placements).
-    pub instances_of_app: HashMap<String, usize>,
+    pub used_ports: HashSet<u16>,
+    /// Ports of the agent's ranges not in use.
+    pub free_ports: usize,
 }
 
 impl AgentSlot<'_> {
-    fn port_capacity(&self) -> usize {
-        self.record.ports.iter().map(|r| r.len()).sum()
+    fn in_ranges(&self, port: u16) -> bool {
+        self.record.ports.iter().any(|r| r.contains(port))
     }
 
-    pub fn free_port_count(&self) -> usize {
-        let used_in_ranges =
-            self.used_ports.iter().filter(|p| self.record.ports.iter().any(|r| r.contains(**p))).count();
-        self.port_capacity().saturating_sub(used_in_ranges)
-    }
-
-    /// `count` free ports, scanning the agent's ranges from a position picked by `seed`
-    /// (so that a port just freed is not handed out again at once).
-    fn pick_ports(&self, count: usize, seed: u64) -> Vec<u16> {
-        let capacity = self.port_capacity();
-        if count == 0 || capacity == 0 {
-            return Vec::new();
+    /// Takes `port`.
+    fn use_port(&mut self, port: u16) {
+        if self.used_ports.insert(port) && self.in_ranges(port) {
+            self.free_ports = self.free_ports.saturating_sub(1);
         }
-        let start = (seed % capacity as u64) as usize;
+    }
+
+    /// Host ports for `asks`: fixed ones as asked, dynamic ones scanning the agent's ranges
+    /// from a position picked by `seed` (so a port just freed is not handed out at once).
+    fn pick_ports(&self, asks: &[PortAsk], seed: u64) -> Vec<u16> {
+        let fixed: HashSet<u16> = asks
+            .iter()
+            .filter_map(|a| match a {
+                PortAsk::Fixed(p) => Some(*p),
+                PortAsk::Dynamic => None,
+            })
+            .collect();
+        let capacity: usize = self.record.ports.iter().map(|r| r.len()).sum();
         let nth = |mut i: usize| -> u16 {
             for range in &self.record.ports {
                 if i < range.len() {
@@ -109,67 +148,210 @@ impl AgentSlot<'_> {
             }
             unreachable!("index within capacity")
         };
-        (0..capacity)
+        let start = if capacity == 0 { 0 } else { (seed % capacity as u64) as usize };
+        let mut dynamic = (0..capacity)
             .map(|i| nth((start + i) % capacity))
-            .filter(|p| !self.used_ports.contains(p))
-            .take(count)
+            .filter(|p| !self.used_ports.contains(p) && !fixed.contains(p));
+        asks.iter()
+            .map(|ask| match ask {
+                PortAsk::Fixed(port) => *port,
+                // The ports filter made sure there are enough.
+                PortAsk::Dynamic => dynamic.next().unwrap_or(0),
+            })
             .collect()
     }
 }
 
 /// Places instances on the agents of one snapshot.
 pub struct Placer<'a> {
+    /// In name order.
     agents: Vec<AgentSlot<'a>>,
+    /// Best-fit indexes: `(free amount, agent index)`.
+    by_cpus: BTreeSet<(u64, usize)>,
+    by_mem: BTreeSet<(u64, usize)>,
+    by_gpus: BTreeSet<(u64, usize)>,
+    /// Mean capacity of an agent, to tell which resource dominates a request.
+    mean: ResourceAmounts,
+    /// Per app uid: the agents its instances are on (one entry per instance).
+    app_agents: HashMap<&'a str, Vec<usize>>,
+    /// Per app uid: instances per value of its constraint fields, computed on first use.
+    app_counts: HashMap<String, ValueCounts>,
 }
 
 impl<'a> Placer<'a> {
     /// Agents with what their current instances (every instance not yet over, including
     /// those being stopped, whose processes still hold their resources) leave free.
     pub fn new(snapshot: &'a Snapshot) -> Self {
-        let mut agents: BTreeMap<&str, AgentSlot<'a>> = snapshot
+        let mut agents: Vec<AgentSlot<'a>> = snapshot
             .agents
             .values()
-            .map(|record| {
-                let slot = AgentSlot {
-                    record: record.as_ref(),
-                    free: record.resources,
-                    used_ports: BTreeSet::new(),
-                    instances_of_app: HashMap::new(),
-                };
-                (record.name.as_str(), slot)
+            .map(|record| AgentSlot {
+                record: record.as_ref(),
+                free: record.resources,
+                used_ports: HashSet::new(),
+                free_ports: record.ports.iter().map(|r| r.len()).sum(),
             })
             .collect();
+        let index_of: HashMap<&str, usize> =
+            agents.iter().enumerate().map(|(i, a)| (a.record.name.as_str(), i)).collect();
+        let mut app_agents: HashMap<&'a str, Vec<usize>> = HashMap::new();
         for instance in snapshot.instances.values().filter(|i| !i.is_terminal()) {
-            if let Some(slot) = agents.get_mut(instance.record.agent.as_str()) {
-                slot.free = slot.free.minus(instance.record.resources);
-                slot.used_ports.extend(instance.record.ports.iter().map(|p| p.port));
-                *slot.instances_of_app.entry(instance.record.app.uid.clone()).or_default() += 1;
+            let Some(&i) = index_of.get(instance.record.agent.as_str()) else { continue };
+            let slot = &mut agents[i];
+            slot.free = slot.free.minus(instance.record.resources);
+            for port in &instance.record.ports {
+                slot.use_port(port.port);
             }
+            app_agents.entry(instance.record.app.uid.as_str()).or_default().push(i);
         }
-        Self { agents: agents.into_values().collect() }
+        let count = agents.len().max(1) as u64;
+        let total = agents.iter().fold(ResourceAmounts::default(), |sum, a| sum.plus(a.record.resources));
+        let mean = total.divided_by(count);
+        let mut placer = Placer {
+            agents,
+            by_cpus: BTreeSet::new(),
+            by_mem: BTreeSet::new(),
+            by_gpus: BTreeSet::new(),
+            mean,
+            app_agents,
+            app_counts: HashMap::new(),
+        };
+        for i in 0..placer.agents.len() {
+            placer.index(i);
+        }
+        placer
+    }
+
+    fn index(&mut self, i: usize) {
+        let free = self.agents[i].free;
+        self.by_cpus.insert((free.millicpus, i));
+        self.by_mem.insert((free.mem_mib, i));
+        if self.agents[i].record.resources.gpus > 0 {
+            self.by_gpus.insert((free.gpus, i));
+        }
+    }
+
+    fn unindex(&mut self, i: usize) {
+        let free = self.agents[i].free;
+        self.by_cpus.remove(&(free.millicpus, i));
+        self.by_mem.remove(&(free.mem_mib, i));
+        self.by_gpus.remove(&(free.gpus, i));
+    }
+
+    /// What is left on an agent.
+    pub fn free(&self, agent: &str) -> Option<ResourceAmounts> {
+        self.agents.iter().find(|a| a.record.name == agent).map(|a| a.free)
     }
 
     /// Finds the best agent for `request` and reserves what it takes there.
     pub fn place(&mut self, request: &Request<'_>) -> Fit {
-        let mut rejections = Rejections { agents: self.agents.len(), ..Rejections::default() };
-        let mut best: Option<(usize, (i64, u64))> = None;
-        for (index, agent) in self.agents.iter().enumerate() {
-            if let Some(reason) = filters::FILTERS.iter().find_map(|filter| filter(agent, request)) {
-                *rejections.by_reason.entry(reason).or_default() += 1;
-                continue;
+        // Taken out while the agents are read, put back updated.
+        let mut counts = self.app_counts.remove(request.app_uid).unwrap_or_else(|| self.count_values(request));
+        let chosen =
+            if request.spreads() { self.best_of_all(request, &counts) } else { self.best_fit(request, &counts) };
+        let fit = match chosen {
+            Some(i) => Fit::Placed(self.reserve(i, request, &mut counts)),
+            None => Fit::Unschedulable(self.rejections(request, &counts)),
+        };
+        self.app_counts.insert(request.app_uid.to_string(), counts);
+        fit
+    }
+
+    /// Instances of the app per value of each field its constraints read.
+    fn count_values(&self, request: &Request<'_>) -> ValueCounts {
+        let mut counts = ValueCounts::new();
+        let on = self.app_agents.get(request.app_uid).map(Vec::as_slice).unwrap_or_default();
+        for constraint in request.constraints {
+            let per_value = counts.entry(constraint.field.clone()).or_default();
+            if !per_value.is_empty() {
+                continue; // Another constraint on the same field counted it already.
             }
-            let score = scorers::spread(agent, request);
-            // Agents are in name order: the first of equal scores wins.
-            if best.is_none_or(|(_, s)| score > s) {
-                best = Some((index, score));
+            for &i in on {
+                if let Some(value) = filters::value_of(&self.agents[i], &constraint.field) {
+                    *per_value.entry(value.to_string()).or_default() += 1;
+                }
             }
         }
-        let Some((index, _)) = best else { return Fit::Unschedulable(rejections) };
-        let agent = &mut self.agents[index];
-        let ports = agent.pick_ports(request.ports, request.seed);
+        counts
+    }
+
+    /// The best of the first [`CANDIDATES`] feasible agents in best-fit order of the
+    /// request's dominant resource.
+    fn best_fit(&self, request: &Request<'_>, counts: &ValueCounts) -> Option<usize> {
+        let ask = request.resources;
+        let (index, amount) = if ask.gpus > 0 {
+            (&self.by_gpus, ask.gpus)
+        } else if u128::from(ask.millicpus) * u128::from(self.mean.mem_mib.max(1))
+            >= u128::from(ask.mem_mib) * u128::from(self.mean.millicpus.max(1))
+        {
+            (&self.by_cpus, ask.millicpus)
+        } else {
+            (&self.by_mem, ask.mem_mib)
+        };
+        let mut best: Option<(u64, usize)> = None;
+        let mut found = 0;
+        for &(_, i) in index.range((amount, 0)..) {
+            let agent = &self.agents[i];
+            if filters::check(agent, request, counts).is_some() {
+                continue;
+            }
+            let score = scorers::binpack(agent, request);
+            if best.is_none_or(|(s, j)| score > s || (score == s && i < j)) {
+                best = Some((score, i));
+            }
+            found += 1;
+            if found == CANDIDATES {
+                break;
+            }
+        }
+        best.map(|(_, i)| i)
+    }
+
+    /// The best feasible agent of all: spread first, then bin-packing.
+    fn best_of_all(&self, request: &Request<'_>, counts: &ValueCounts) -> Option<usize> {
+        let mut best: Option<((i64, u64), usize)> = None;
+        for (i, agent) in self.agents.iter().enumerate() {
+            if filters::check(agent, request, counts).is_some() {
+                continue;
+            }
+            let score = (scorers::spread(agent, request, counts), scorers::binpack(agent, request));
+            // Agents are in name order: the first of equal scores wins.
+            if best.is_none_or(|(s, _)| score > s) {
+                best = Some((score, i));
+            }
+        }
+        best.map(|(_, i)| i)
+    }
+
+    /// Why each agent rejects the request.
+    fn rejections(&self, request: &Request<'_>, counts: &ValueCounts) -> Rejections {
+        let mut rejections = Rejections { agents: self.agents.len(), ..Rejections::default() };
+        for agent in &self.agents {
+            if let Some(reason) = filters::check(agent, request, counts) {
+                *rejections.by_reason.entry(reason).or_default() += 1;
+            }
+        }
+        rejections
+    }
+
+    fn reserve(&mut self, i: usize, request: &Request<'_>, counts: &mut ValueCounts) -> Placement {
+        let ports = self.agents[i].pick_ports(request.ports, request.seed);
+        self.unindex(i);
+        let agent = &mut self.agents[i];
         agent.free = agent.free.minus(request.resources);
-        agent.used_ports.extend(ports.iter().copied());
-        *agent.instances_of_app.entry(request.app_uid.to_string()).or_default() += 1;
-        Fit::Placed(Placement { agent: agent.record.name.clone(), host: agent.record.host.clone(), ports })
+        for port in &ports {
+            agent.use_port(*port);
+        }
+        for (field, per_value) in counts.iter_mut() {
+            if let Some(value) = filters::value_of(&self.agents[i], field) {
+                *per_value.entry(value.to_string()).or_default() += 1;
+            }
+        }
+        self.index(i);
+        let agent = &self.agents[i];
+        Placement { agent: agent.record.name.clone(), host: agent.record.host.clone(), ports }
     }
 }
+
+#[cfg(test)]
+mod tests;

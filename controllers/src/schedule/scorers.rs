@@ -1,11 +1,70 @@
-//! Scorers: among agents that pass every filter, which is best? Higher is better; ties go to
-//! the agent whose name sorts first, so placement is deterministic.
+//! Scorers: among agents that pass every filter, which is best? Higher is better; ties go
+//! to the agent whose name sorts first, so placement is deterministic. Integer arithmetic
+//! only: the same snapshot scores the same everywhere.
 
+use baton_api::ResourceAmounts;
+use baton_api::constraints::Operator;
+
+use super::filters::{ValueCounts, value_of};
 use super::{AgentSlot, Request};
 
-/// Spreads an app: fewest instances of the same app first, then the most free memory.
-/// (Bin-packing for large instances replaces this with the full scheduler.)
-pub fn spread(agent: &AgentSlot<'_>, request: &Request<'_>) -> (i64, u64) {
-    let same_app = agent.instances_of_app.get(request.app_uid).copied().unwrap_or(0);
-    (-(same_app as i64), agent.free.mem_mib)
+/// Shares are in millionths.
+const SCALE: u128 = 1_000_000;
+
+/// How full the agent's most allocated resource would be with the instance placed, in
+/// millionths: bin-packing prefers the fullest agent that still fits, so instances pile up
+/// on busy agents and whole agents stay free for instances that need most of a machine.
+pub fn binpack(agent: &AgentSlot<'_>, request: &Request<'_>) -> u64 {
+    let total = agent.record.resources;
+    let after = total.minus(agent.free).plus(request.resources);
+    dominant_share(after, total)
+}
+
+/// The largest share `used / total` over the resources the agent has, in millionths.
+pub fn dominant_share(used: ResourceAmounts, total: ResourceAmounts) -> u64 {
+    [
+        (used.millicpus, total.millicpus),
+        (used.mem_mib, total.mem_mib),
+        (used.disk_mib, total.disk_mib),
+        (used.gpus, total.gpus),
+    ]
+    .into_iter()
+    .filter(|(_, total)| *total > 0)
+    .map(|(used, total)| (u128::from(used) * SCALE / u128::from(total)) as u64)
+    .max()
+    .unwrap_or(0)
+}
+
+/// Spreading for `GROUP_BY` and `MAX_PER`: the fewer of the app's instances share the
+/// agent's value, the better (0 is best; more instances score lower).
+pub fn spread(agent: &AgentSlot<'_>, request: &Request<'_>, counts: &ValueCounts) -> i64 {
+    request
+        .constraints
+        .iter()
+        .filter(|c| matches!(c.operator, Operator::GroupBy | Operator::MaxPer))
+        .map(|c| {
+            let value = value_of(agent, &c.field);
+            let n = value.and_then(|v| counts.get(&c.field)?.get(v).copied()).unwrap_or(0);
+            -(n as i64)
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn amounts(millicpus: u64, mem_mib: u64) -> ResourceAmounts {
+        ResourceAmounts { millicpus, mem_mib, disk_mib: 0, gpus: 0 }
+    }
+
+    #[test]
+    fn the_dominant_share_is_the_fullest_resource() {
+        let total = amounts(4000, 8192);
+        assert_eq!(dominant_share(amounts(1000, 1024), total), 250_000, "cpus dominate: 1/4 > 1/8");
+        assert_eq!(dominant_share(amounts(1000, 4096), total), 500_000, "mem dominates: 1/2");
+        assert_eq!(dominant_share(amounts(0, 0), total), 0);
+        let no_disk = dominant_share(ResourceAmounts { disk_mib: 5, ..amounts(0, 0) }, total);
+        assert_eq!(no_disk, 0, "a resource the agent does not have is not counted");
+    }
 }
