@@ -242,21 +242,12 @@ fn validate_app_spec(spec: &AppSpec, errors: &mut Vec<FieldError>) {
 
     let strategy = spec.upgrade_strategy;
     let fraction = |field: &str, value: f64, errors: &mut Vec<FieldError>| {
-        let ok = value.is_finite() && (0.0..=1.0).contains(&value);
-        if !ok {
+        if !(value.is_finite() && (0.0..=1.0).contains(&value)) {
             errors.push(FieldError::invalid(field, value, "must be between 0 and 1"));
         }
-        ok
     };
-    let health_ok = fraction("spec.upgradeStrategy.minimumHealthCapacity", strategy.minimum_health_capacity, errors);
-    let over_ok = fraction("spec.upgradeStrategy.maximumOverCapacity", strategy.maximum_over_capacity, errors);
-    if health_ok && over_ok && strategy.minimum_health_permille() == 1000 && strategy.maximum_over_permille() == 0 {
-        errors.push(FieldError::invalid(
-            "spec.upgradeStrategy.maximumOverCapacity",
-            strategy.maximum_over_capacity,
-            "must be above 0 when minimumHealthCapacity is 1: no old instance could stop before a new one runs, and no new one could start",
-        ));
-    }
+    fraction("spec.upgradeStrategy.minimumHealthCapacity", strategy.minimum_health_capacity, errors);
+    fraction("spec.upgradeStrategy.maximumOverCapacity", strategy.maximum_over_capacity, errors);
     if let Some(starts) = strategy.max_concurrent_starts
         && starts < 1
     {
@@ -414,8 +405,8 @@ mod tests {
                 "spec.constraints[0]: Invalid value: [\"hostname\",\"UNIQ\"]: unknown operator \"UNIQ\"",
             ),
             (
-                Box::new(|s| s.upgrade_strategy.maximum_over_capacity = 0.0),
-                "spec.upgradeStrategy.maximumOverCapacity: Invalid value: 0.0: must be above 0 when minimumHealthCapacity is 1",
+                Box::new(|s| s.upgrade_strategy.maximum_over_capacity = -0.5),
+                "spec.upgradeStrategy.maximumOverCapacity: Invalid value: -0.5: must be between 0 and 1",
             ),
             (
                 Box::new(|s| s.upgrade_strategy.minimum_health_capacity = 1.5),

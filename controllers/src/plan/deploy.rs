@@ -8,7 +8,9 @@
 //!   instance whose process may exist (old ones, those being stopped, unreachable ones)
 //!   stays within that — so the process count never exceeds it, grace periods included;
 //! - at most `maxConcurrentStarts` instances of the current version start (launched, not
-//!   yet healthy) at once.
+//!   yet healthy) at once;
+//! - when the minimum equals the maximum during a deployment, one instance may go over
+//!   (Marathon's rule), or no step would be possible.
 //!
 //! Fractions are in thousandths, so `ceil(10 × 0.1)` is 1, as written, not 2.
 
@@ -92,11 +94,17 @@ pub struct Step {
 /// limit), report the excess.
 pub fn step(c: Counts, s: Strategy) -> Step {
     let min_healthy = s.min_healthy(c.wanted);
-    let max_total = s.max_total(c.wanted);
     let healthy = c.current_healthy + c.old_healthy;
     let stop_old_healthy = c.old_healthy.min(healthy.saturating_sub(min_healthy));
     let places = c.current + c.unreachable;
     let processes = places + c.old_healthy + c.old_unhealthy + c.stopping;
+    let mut max_total = s.max_total(c.wanted);
+    // Marathon's rule: when the healthy minimum equals the maximum (n = 1 with 1 and 0.2,
+    // or 1 and 0 for any n) and the maximum is reached, no old instance may stop before a
+    // new one is healthy and no new one may start: allow one instance over.
+    if min_healthy == max_total && max_total <= processes && c.old_healthy + c.old_unhealthy > 0 {
+        max_total += 1;
+    }
     let mut launch = c.wanted.saturating_sub(places).min(max_total.saturating_sub(processes));
     if let Some(max_starts) = s.max_concurrent_starts {
         let starting = c.current - c.current_healthy;
@@ -150,6 +158,7 @@ mod tests {
     fn first_steps_for_n_10() {
         let cases = [
             ((0, 0), (10, 0)),
+            ((1000, 0), (0, 1)),
             ((0, 200), (10, 2)),
             ((0, 1000), (10, 10)),
             ((500, 0), (5, 0)),
@@ -181,6 +190,16 @@ mod tests {
         let s = step(counts(10, 2, 2, 10), strategy(1000, 200));
         assert_eq!((s.stop_old_healthy, s.launch), (2, 0));
         assert_eq!(step(Counts { stopping: 0, ..counts(10, 2, 2, 8) }, strategy(1000, 200)).launch, 2);
+    }
+
+    #[test]
+    fn one_over_when_the_minimum_equals_the_maximum() {
+        // n = 1, 1 and 0.2: floor(1.2) = 1 = ceil(1): one new instance may start anyway.
+        let s = strategy(1000, 200);
+        assert_eq!(step(counts(1, 0, 0, 1), s), Step { launch: 1, ..Step::default() });
+        assert_eq!(step(counts(1, 1, 1, 1), s), Step { stop_old_healthy: 1, ..Step::default() });
+        // Without a deployment nothing goes over.
+        assert_eq!(step(counts(1, 1, 1, 0), s), Step::default());
     }
 
     #[test]

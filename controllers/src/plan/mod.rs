@@ -494,4 +494,6 @@ impl IdSource {
 }
 
 #[cfg(test)]
+mod simulation;
+#[cfg(test)]
 mod tests;
