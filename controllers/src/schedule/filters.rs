@@ -1,12 +1,14 @@
 //! Feasibility filters: can this agent take this instance at all? Each returns the
-//! [`Reason`] it rejects with, or `None`; they run cheapest first.
+//! [`Reason`] it rejects with, or `None`; they run cheapest first. Constraints run in their
+//! compiled form ([`super::compiled`]); [`holds`] is their reference semantics.
 
 use std::collections::HashMap;
 
 use baton_api::constraints::{Constraint, Field, Operator, Value};
 use baton_api::resources::ResourceKind;
 
-use super::{AgentSlot, PortAsk, Request};
+use super::compiled::{self, FieldIndex};
+use super::{AgentSlot, AppState, PortAsk, Request};
 
 /// Why an agent cannot take an instance. [`Reason::describe`] is what users read in the
 /// app's status: "3 agents: insufficient mem", "2 agents: constraint hostname UNIQUE".
@@ -40,10 +42,6 @@ impl Reason {
     }
 }
 
-/// Counts of an app's instances per value of each field its constraints read:
-/// `counts[field][value]`.
-pub type ValueCounts = HashMap<Field, HashMap<String, usize>>;
-
 /// The value of `field` on an agent: its name for `hostname`, else the attribute.
 pub fn value_of<'a>(agent: &'a AgentSlot<'_>, field: &Field) -> Option<&'a str> {
     match field {
@@ -52,9 +50,15 @@ pub fn value_of<'a>(agent: &'a AgentSlot<'_>, field: &Field) -> Option<&'a str> 
     }
 }
 
-/// Runs every filter; the first that rejects says why.
-pub fn check(agent: &AgentSlot<'_>, request: &Request<'_>, counts: &ValueCounts) -> Option<Reason> {
-    resources(agent, request).or_else(|| ports(agent, request)).or_else(|| constraints(agent, request, counts))
+/// Runs every filter on agent `i`; the first that rejects says why.
+pub fn check(
+    i: usize,
+    agent: &AgentSlot<'_>,
+    request: &Request<'_>,
+    app: &AppState,
+    fields: &[FieldIndex],
+) -> Option<Reason> {
+    resources(agent, request).or_else(|| ports(agent, request)).or_else(|| constraints(i, app, fields))
 }
 
 /// The instance's cpus, mem, disk and gpus fit into what is not allocated on the agent.
@@ -70,27 +74,23 @@ fn resources(agent: &AgentSlot<'_>, request: &Request<'_>) -> Option<Reason> {
 /// Fixed ports are in the agent's ranges and free; enough free ports remain for the
 /// dynamic ones.
 fn ports(agent: &AgentSlot<'_>, request: &Request<'_>) -> Option<Reason> {
-    let mut fixed = 0;
     for ask in request.ports {
         if let PortAsk::Fixed(port) = ask {
             let offered = agent.record.ports.iter().any(|r| r.contains(*port));
             if !offered || agent.used_ports.contains(port) {
                 return Some(Reason::PortNotFree(*port));
             }
-            fixed += 1;
         }
     }
-    let dynamic = request.ports.len() - fixed;
-    (agent.free_ports < dynamic + fixed).then_some(Reason::NotEnoughFreePorts)
+    (agent.free_ports < request.ports.len()).then_some(Reason::NotEnoughFreePorts)
 }
 
-/// Every placement constraint holds for the agent, with Marathon's semantics (see
-/// `baton_api::constraints`).
-fn constraints(agent: &AgentSlot<'_>, request: &Request<'_>, counts: &ValueCounts) -> Option<Reason> {
-    let empty = HashMap::new();
-    request.constraints.iter().enumerate().find_map(|(i, constraint)| {
-        let counts = counts.get(&constraint.field).unwrap_or(&empty);
-        (!holds(constraint, value_of(agent, &constraint.field), counts)).then_some(Reason::Constraint(i))
+/// Every placement constraint holds for agent `i`, with Marathon's semantics (compiled;
+/// see [`holds`] for the reference).
+fn constraints(i: usize, app: &AppState, fields: &[FieldIndex]) -> Option<Reason> {
+    app.compiled.iter().enumerate().find_map(|(n, c)| {
+        let value = fields[app.field_ids[c.field]].value_of[i];
+        (!compiled::holds(c, value, &app.counts[c.field])).then_some(Reason::Constraint(n))
     })
 }
 

@@ -3,30 +3,34 @@
 //! A pipeline, built here in one place:
 //! 1. **candidates**: for most apps, agents in best-fit order of the request's dominant
 //!    resource (the tightest agent with room first), taken from an index that skips agents
-//!    too small in that resource outright; for apps that spread (`GROUP_BY`, `MAX_PER`),
-//!    every agent, since the best spread can be anywhere;
+//!    too small in that resource outright; for an app that spreads (`GROUP_BY`, `MAX_PER`)
+//!    on one field, the agents of the values with the fewest of its instances first; with
+//!    several spreading constraints, every agent;
 //! 2. **filters** ([`filters`]) drop candidates that cannot take the instance — resources,
 //!    ports, constraints — each with a constant [`Reason`];
-//! 3. **scorers** ([`scorers`]) rank the first [`CANDIDATES`] that pass (all of them for
-//!    spreading apps): spread first where asked, then bin-packing on the dominant resource;
+//! 3. **scorers** ([`scorers`]) rank the first [`CANDIDATES`] that pass: bin-packing on
+//!    the dominant resource (with several spreading constraints: all agents, spread first);
 //! 4. **select** takes the best and reserves what it takes, so later placements in the same
 //!    plan see it (two instances of a UNIQUE app never land together in one tick).
 //!
 //! Only when nothing fits is every agent filtered, to count the rejections per reason that
-//! the app's status reports. Pure: no I/O, no clock; the port choice is driven by a seed.
+//! the app's status reports. Constraints are compiled per app against per-field value ids
+//! ([`compiled`]), so no check hashes or compares strings. Pure: no I/O, no clock; the port
+//! choice is driven by a seed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use baton_api::constraints::{Constraint, Operator};
+use baton_api::constraints::{Constraint, Field};
 use baton_api::{AgentRecord, ResourceAmounts};
 
 use crate::snapshot::Snapshot;
 
+pub mod compiled;
 pub mod filters;
 pub mod scorers;
 
+use compiled::{Check, Compiled, FieldCounts, FieldIndex};
 pub use filters::Reason;
-use filters::ValueCounts;
 
 /// How many feasible agents are scored per placement, in best-fit order: the index already
 /// orders them by fit in one resource; scoring a few more finds the best fit across all.
@@ -51,12 +55,6 @@ pub struct Request<'a> {
     pub constraints: &'a [Constraint],
     /// Drives which free ports are picked.
     pub seed: u64,
-}
-
-impl Request<'_> {
-    fn spreads(&self) -> bool {
-        self.constraints.iter().any(|c| matches!(c.operator, Operator::GroupBy | Operator::MaxPer))
-    }
 }
 
 /// Where an instance goes.
@@ -162,6 +160,17 @@ impl AgentSlot<'_> {
     }
 }
 
+/// An app's constraints compiled for this plan, and its instances per value of each field
+/// they read.
+pub struct AppState {
+    /// For each of the app's fields, the placer's field index.
+    pub field_ids: Vec<usize>,
+    /// Per app field (parallel to `field_ids`).
+    pub counts: Vec<FieldCounts>,
+    /// Per request constraint (same order, so a rejection names the constraint).
+    pub compiled: Vec<Compiled>,
+}
+
 /// Places instances on the agents of one snapshot.
 pub struct Placer<'a> {
     /// In name order.
@@ -174,8 +183,11 @@ pub struct Placer<'a> {
     mean: ResourceAmounts,
     /// Per app uid: the agents its instances are on (one entry per instance).
     app_agents: HashMap<&'a str, Vec<usize>>,
-    /// Per app uid: instances per value of its constraint fields, computed on first use.
-    app_counts: HashMap<String, ValueCounts>,
+    /// Per app uid: its state, made on its first placement.
+    apps: HashMap<String, AppState>,
+    /// Value ids of each field any constraint reads, made on first use.
+    fields: Vec<FieldIndex>,
+    field_ids: HashMap<Field, usize>,
 }
 
 impl<'a> Placer<'a> {
@@ -214,7 +226,9 @@ impl<'a> Placer<'a> {
             by_gpus: BTreeSet::new(),
             mean,
             app_agents,
-            app_counts: HashMap::new(),
+            apps: HashMap::new(),
+            fields: Vec::new(),
+            field_ids: HashMap::new(),
         };
         for i in 0..placer.agents.len() {
             placer.index(i);
@@ -246,38 +260,78 @@ impl<'a> Placer<'a> {
     /// Finds the best agent for `request` and reserves what it takes there.
     pub fn place(&mut self, request: &Request<'_>) -> Fit {
         // Taken out while the agents are read, put back updated.
-        let mut counts = self.app_counts.remove(request.app_uid).unwrap_or_else(|| self.count_values(request));
-        let chosen =
-            if request.spreads() { self.best_of_all(request, &counts) } else { self.best_fit(request, &counts) };
-        let fit = match chosen {
-            Some(i) => Fit::Placed(self.reserve(i, request, &mut counts)),
-            None => Fit::Unschedulable(self.rejections(request, &counts)),
+        let mut app = match self.apps.remove(request.app_uid) {
+            Some(app) => app,
+            None => self.app_state(request),
         };
-        self.app_counts.insert(request.app_uid.to_string(), counts);
+        let spreading: Vec<usize> = app
+            .compiled
+            .iter()
+            .filter(|c| matches!(c.check, Check::GroupBy { .. } | Check::MaxPer(_)))
+            .map(|c| c.field)
+            .collect();
+        let chosen = match spreading.as_slice() {
+            [] => self.best_fit(request, &app, |_| true),
+            [field] => self.best_spread(request, &app, *field),
+            _ => self.best_of_all(request, &app),
+        };
+        let fit = match chosen {
+            Some(i) => Fit::Placed(self.reserve(i, request, &mut app)),
+            None => Fit::Unschedulable(self.rejections(request, &app)),
+        };
+        self.apps.insert(request.app_uid.to_string(), app);
         fit
     }
 
-    /// Instances of the app per value of each field its constraints read.
-    fn count_values(&self, request: &Request<'_>) -> ValueCounts {
-        let mut counts = ValueCounts::new();
-        let on = self.app_agents.get(request.app_uid).map(Vec::as_slice).unwrap_or_default();
-        for constraint in request.constraints {
-            let per_value = counts.entry(constraint.field.clone()).or_default();
-            if !per_value.is_empty() {
-                continue; // Another constraint on the same field counted it already.
-            }
-            for &i in on {
-                if let Some(value) = filters::value_of(&self.agents[i], &constraint.field) {
-                    *per_value.entry(value.to_string()).or_default() += 1;
-                }
-            }
+    /// The id of `field`'s index, made if needed.
+    fn field_index(&mut self, field: &Field) -> usize {
+        if let Some(&id) = self.field_ids.get(field) {
+            return id;
         }
-        counts
+        let mut index = FieldIndex { field: Some(field.clone()), ..FieldIndex::default() };
+        let mut ids: HashMap<String, u32> = HashMap::new();
+        for agent in &self.agents {
+            let id = filters::value_of(agent, field).map(|value| {
+                *ids.entry(value.to_string()).or_insert_with(|| {
+                    index.values.push(value.to_string());
+                    (index.values.len() - 1) as u32
+                })
+            });
+            index.value_of.push(id);
+        }
+        self.fields.push(index);
+        self.field_ids.insert(field.clone(), self.fields.len() - 1);
+        self.fields.len() - 1
     }
 
-    /// The best of the first [`CANDIDATES`] feasible agents in best-fit order of the
-    /// request's dominant resource.
-    fn best_fit(&self, request: &Request<'_>, counts: &ValueCounts) -> Option<usize> {
+    /// Compiles the app's constraints and counts its instances per value of each field.
+    fn app_state(&mut self, request: &Request<'_>) -> AppState {
+        let mut app = AppState { field_ids: Vec::new(), counts: Vec::new(), compiled: Vec::new() };
+        for constraint in request.constraints {
+            let id = self.field_index(&constraint.field);
+            let position = match app.field_ids.iter().position(|f| *f == id) {
+                Some(position) => position,
+                None => {
+                    let field = &self.fields[id];
+                    let mut counts = FieldCounts::new(field.values.len());
+                    for &i in self.app_agents.get(request.app_uid).map(Vec::as_slice).unwrap_or_default() {
+                        if let Some(value) = field.value_of[i] {
+                            counts.add(value);
+                        }
+                    }
+                    app.field_ids.push(id);
+                    app.counts.push(counts);
+                    app.field_ids.len() - 1
+                }
+            };
+            app.compiled.push(compiled::compile(constraint, position, &self.fields[id].values));
+        }
+        app
+    }
+
+    /// The best of the first [`CANDIDATES`] feasible agents that `keep` accepts, in best-fit
+    /// order of the request's dominant resource.
+    fn best_fit(&self, request: &Request<'_>, app: &AppState, keep: impl Fn(usize) -> bool) -> Option<usize> {
         let ask = request.resources;
         let (index, amount) = if ask.gpus > 0 {
             (&self.by_gpus, ask.gpus)
@@ -291,8 +345,11 @@ impl<'a> Placer<'a> {
         let mut best: Option<(u64, usize)> = None;
         let mut found = 0;
         for &(_, i) in index.range((amount, 0)..) {
+            if !keep(i) {
+                continue;
+            }
             let agent = &self.agents[i];
-            if filters::check(agent, request, counts).is_some() {
+            if filters::check(i, agent, request, app, &self.fields).is_some() {
                 continue;
             }
             let score = scorers::binpack(agent, request);
@@ -307,14 +364,28 @@ impl<'a> Placer<'a> {
         best.map(|(_, i)| i)
     }
 
-    /// The best feasible agent of all: spread first, then bin-packing.
-    fn best_of_all(&self, request: &Request<'_>, counts: &ValueCounts) -> Option<usize> {
+    /// For an app with one spreading constraint (on its field `field`): the values with the
+    /// fewest of its instances first; among their agents, best-fit as for any app.
+    fn best_spread(&self, request: &Request<'_>, app: &AppState, field: usize) -> Option<usize> {
+        let values = &self.fields[app.field_ids[field]].value_of;
+        let counts = &app.counts[field];
+        let mut levels = counts.per_value.clone();
+        levels.sort_unstable();
+        levels.dedup();
+        levels
+            .into_iter()
+            .find_map(|level| self.best_fit(request, app, |i| values[i].is_some_and(|v| counts.of(v) == level)))
+    }
+
+    /// The best feasible agent of all: spread first, then bin-packing (for apps with
+    /// several spreading constraints).
+    fn best_of_all(&self, request: &Request<'_>, app: &AppState) -> Option<usize> {
         let mut best: Option<((i64, u64), usize)> = None;
         for (i, agent) in self.agents.iter().enumerate() {
-            if filters::check(agent, request, counts).is_some() {
+            if filters::check(i, agent, request, app, &self.fields).is_some() {
                 continue;
             }
-            let score = (scorers::spread(agent, request, counts), scorers::binpack(agent, request));
+            let score = (scorers::spread(i, app, &self.fields), scorers::binpack(agent, request));
             // Agents are in name order: the first of equal scores wins.
             if best.is_none_or(|(s, _)| score > s) {
                 best = Some((score, i));
@@ -324,17 +395,17 @@ impl<'a> Placer<'a> {
     }
 
     /// Why each agent rejects the request.
-    fn rejections(&self, request: &Request<'_>, counts: &ValueCounts) -> Rejections {
+    fn rejections(&self, request: &Request<'_>, app: &AppState) -> Rejections {
         let mut rejections = Rejections { agents: self.agents.len(), ..Rejections::default() };
-        for agent in &self.agents {
-            if let Some(reason) = filters::check(agent, request, counts) {
+        for (i, agent) in self.agents.iter().enumerate() {
+            if let Some(reason) = filters::check(i, agent, request, app, &self.fields) {
                 *rejections.by_reason.entry(reason).or_default() += 1;
             }
         }
         rejections
     }
 
-    fn reserve(&mut self, i: usize, request: &Request<'_>, counts: &mut ValueCounts) -> Placement {
+    fn reserve(&mut self, i: usize, request: &Request<'_>, app: &mut AppState) -> Placement {
         let ports = self.agents[i].pick_ports(request.ports, request.seed);
         self.unindex(i);
         let agent = &mut self.agents[i];
@@ -342,9 +413,9 @@ impl<'a> Placer<'a> {
         for port in &ports {
             agent.use_port(*port);
         }
-        for (field, per_value) in counts.iter_mut() {
-            if let Some(value) = filters::value_of(&self.agents[i], field) {
-                *per_value.entry(value.to_string()).or_default() += 1;
+        for (position, id) in app.field_ids.iter().enumerate() {
+            if let Some(value) = self.fields[*id].value_of[i] {
+                app.counts[position].add(value);
             }
         }
         self.index(i);

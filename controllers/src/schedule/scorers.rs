@@ -3,13 +3,12 @@
 //! only: the same snapshot scores the same everywhere.
 
 use baton_api::ResourceAmounts;
-use baton_api::constraints::Operator;
 
-use super::filters::{ValueCounts, value_of};
-use super::{AgentSlot, Request};
+use super::compiled::{Check, FieldIndex};
+use super::{AgentSlot, AppState, Request};
 
 /// Shares are in millionths.
-const SCALE: u128 = 1_000_000;
+const SCALE: u64 = 1_000_000;
 
 /// How full the agent's most allocated resource would be with the instance placed, in
 /// millionths: bin-packing prefers the fullest agent that still fits, so instances pile up
@@ -21,6 +20,7 @@ pub fn binpack(agent: &AgentSlot<'_>, request: &Request<'_>) -> u64 {
 }
 
 /// The largest share `used / total` over the resources the agent has, in millionths.
+/// (Amounts are far below 2^44, so `used × 10^6` fits in 64 bits.)
 pub fn dominant_share(used: ResourceAmounts, total: ResourceAmounts) -> u64 {
     [
         (used.millicpus, total.millicpus),
@@ -30,22 +30,20 @@ pub fn dominant_share(used: ResourceAmounts, total: ResourceAmounts) -> u64 {
     ]
     .into_iter()
     .filter(|(_, total)| *total > 0)
-    .map(|(used, total)| (u128::from(used) * SCALE / u128::from(total)) as u64)
+    .map(|(used, total)| used.saturating_mul(SCALE) / total)
     .max()
     .unwrap_or(0)
 }
 
-/// Spreading for `GROUP_BY` and `MAX_PER`: the fewer of the app's instances share the
-/// agent's value, the better (0 is best; more instances score lower).
-pub fn spread(agent: &AgentSlot<'_>, request: &Request<'_>, counts: &ValueCounts) -> i64 {
-    request
-        .constraints
+/// Spreading for `GROUP_BY` and `MAX_PER`: the fewer of the app's instances share agent
+/// `i`'s value, the better (0 is best; more instances score lower).
+pub fn spread(i: usize, app: &AppState, fields: &[FieldIndex]) -> i64 {
+    app.compiled
         .iter()
-        .filter(|c| matches!(c.operator, Operator::GroupBy | Operator::MaxPer))
+        .filter(|c| matches!(c.check, Check::GroupBy { .. } | Check::MaxPer(_)))
         .map(|c| {
-            let value = value_of(agent, &c.field);
-            let n = value.and_then(|v| counts.get(&c.field)?.get(v).copied()).unwrap_or(0);
-            -(n as i64)
+            let value = fields[app.field_ids[c.field]].value_of[i];
+            -(value.map_or(0, |v| app.counts[c.field].of(v)) as i64)
         })
         .sum()
 }

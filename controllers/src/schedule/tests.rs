@@ -193,6 +193,7 @@ fn scorers_are_pure_functions_of_the_slot() {
     let small = app("s").cpus(1.0).mem(100.0).build();
     let req = request(&small, &[], &[]);
     assert_eq!(scorers::binpack(&slot, &req), 750_000, "cpus dominate: (2 + 1) of 4");
+    assert_eq!(scorers::binpack(&AgentSlot { free: slot.record.resources, ..slot.clone() }, &req), 250_000);
 }
 
 #[test]
