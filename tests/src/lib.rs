@@ -89,6 +89,19 @@ pub fn http_status(port: u16) -> Option<u16> {
     Some(status)
 }
 
+/// The process groups of the live processes whose working directory is inside `dir`: one
+/// per instance (its shell and what it started share a group).
+pub fn process_groups_in(dir: &Path) -> std::collections::BTreeSet<u32> {
+    processes_in(dir)
+        .into_iter()
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // After ')': state (field 3), ppid (4), pgrp (5).
+            stat[stat.rfind(')')? + 1..].split_whitespace().nth(2)?.parse().ok()
+        })
+        .collect()
+}
+
 /// A minimal HTTP/1.0 request on loopback: (status, body).
 pub fn http(
     host: &str,

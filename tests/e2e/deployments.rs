@@ -1,0 +1,112 @@
+//! Deployments and placement, end to end with `baton dev`: a rolling upgrade watched while
+//! it runs, and a UNIQUE app that cannot fit saying why.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use baton_e2e::{Baton, http, http_status, process_groups_in};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn baton_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_baton"))
+}
+
+/// The instances of `app` straight from the API (faster than kubectl, for sampling).
+fn instances(baton: &Baton, app: &str) -> Vec<Value> {
+    let path = format!("/apis/baton.dev/v1alpha1/namespaces/default/instances?labelSelector=app%3D{app}");
+    let (_, body) = http("127.0.0.1", baton.port, "GET", &path, None).expect("the API answers");
+    let list: Value = serde_json::from_str(&body).expect("a list");
+    list["items"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn a_rolling_upgrade_keeps_capacity_and_stays_within_the_maximum() {
+    let mut baton = Baton::start_dev(&baton_binary(), 3);
+    // 6 instances, at least ceil(6 × 0.5) = 3 healthy, at most floor(6 × 1.5) = 9 in all.
+    let manifest = |version: &str| {
+        format!(
+            "apiVersion: baton.dev/v1alpha1\nkind: App\nmetadata: {{name: roll}}\nspec:\n  instances: 6\n  \
+             cmd: python3 -m http.server $PORT0 --bind 127.0.0.1\n  resources: {{cpus: 0.05, mem: 16}}\n  \
+             ports: [{{name: http}}]\n  env: {{V: \"{version}\"}}\n  \
+             upgradeStrategy: {{minimumHealthCapacity: 0.5, maximumOverCapacity: 0.5}}\n"
+        )
+    };
+    let apply = |b: &Baton, version: &str| {
+        let output = b.kubectl_with_input(&["apply", "-f", "-"], Some(&manifest(version)));
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    };
+    apply(&baton, "1");
+    baton.wait_for("6 instances serving", WAIT, |b| {
+        let all = instances(b, "roll");
+        (all.len() == 6
+            && all.iter().all(|i| i["spec"]["ports"][0].as_u64().and_then(|p| http_status(p as u16)) == Some(200)))
+        .then_some(())
+    });
+    let old_version = instances(&baton, "roll")[0]["spec"]["version"].as_str().unwrap().to_string();
+
+    apply(&baton, "2");
+    let data_dir = baton.data_dir();
+    let started = Instant::now();
+    let (mut least_serving, mut most_processes, mut samples) = (usize::MAX, 0, 0);
+    loop {
+        let all = instances(&baton, "roll");
+        let now = jiff::Timestamp::now();
+        let mut serving = 0;
+        for instance in all.iter().filter(|i| i["status"]["phase"] == "Running" && i["spec"]["goal"] == "Running") {
+            let answers = instance["spec"]["ports"][0].as_u64().and_then(|p| http_status(p as u16)) == Some(200);
+            // Until health checks land, a running process is healthy: give it 2 s to listen.
+            let starting = instance["status"]["startedAt"]
+                .as_str()
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                .is_some_and(|t| now.duration_since(t) < jiff::SignedDuration::from_secs(2));
+            if answers || starting {
+                serving += 1;
+            }
+        }
+        least_serving = least_serving.min(serving);
+        most_processes = most_processes.max(process_groups_in(&data_dir).len());
+        samples += 1;
+        let done = all.len() == 6
+            && all.iter().all(|i| i["spec"]["version"] != old_version.as_str() && i["status"]["phase"] == "Running");
+        if done {
+            break;
+        }
+        assert!(started.elapsed() < WAIT, "the rollout did not finish within {WAIT:?}\n{}", baton.log_tail());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    eprintln!(
+        "rolling upgrade of 6: {samples} samples over {:.1} s; fewest serving {least_serving} (minimum 3), most processes {most_processes} (maximum 9)",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(least_serving >= 3, "serving instances fell to {least_serving}, below the minimum of 3");
+    assert!(most_processes <= 9, "{most_processes} instance processes ran at once, above the maximum of 9");
+    let status = baton.kubectl_json(&["get", "app", "roll"]);
+    assert_eq!(status["status"]["updated"], 6);
+    let progressing =
+        status["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Progressing").cloned();
+    assert_eq!(progressing.map(|c| c["reason"].clone()), Some(Value::from("Complete")));
+}
+
+#[test]
+fn a_unique_app_with_more_instances_than_agents_says_why_one_is_pending() {
+    let mut baton = Baton::start_dev(&baton_binary(), 3);
+    let manifest = "apiVersion: baton.dev/v1alpha1\nkind: App\nmetadata: {name: one-per-agent}\nspec:\n  instances: 4\n  \
+                    cmd: sleep 3600\n  resources: {cpus: 0.05, mem: 16}\n  constraints: [[hostname, UNIQUE]]\n";
+    let output = baton.kubectl_with_input(&["apply", "-f", "-"], Some(manifest));
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let yaml = baton.wait_for("3 running and 1 pending with the reason", WAIT, |b| {
+        let yaml =
+            String::from_utf8_lossy(&b.kubectl(&["get", "app", "one-per-agent", "-o", "yaml"]).stdout).into_owned();
+        (yaml.contains("running: 3") && yaml.contains("1 of 4 instances cannot be placed")).then_some(yaml)
+    });
+    assert!(yaml.contains("3 agents: constraint hostname UNIQUE"), "the status says why:\n{yaml}");
+    let app = baton.kubectl_json(&["get", "app", "one-per-agent"]);
+    assert_eq!(app["status"]["pending"]["instances"], 1);
+    assert_eq!(app["status"]["pending"]["rejections"][0]["reason"], "constraint hostname UNIQUE");
+    assert_eq!(app["status"]["pending"]["rejections"][0]["agents"], 3);
+    let agents: std::collections::BTreeSet<String> =
+        instances(&baton, "one-per-agent").iter().map(|i| i["spec"]["agent"].as_str().unwrap().to_string()).collect();
+    assert_eq!(agents.len(), 3, "one instance on each agent");
+}
