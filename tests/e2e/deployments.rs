@@ -110,3 +110,26 @@ fn a_unique_app_with_more_instances_than_agents_says_why_one_is_pending() {
         instances(&baton, "one-per-agent").iter().map(|i| i["spec"]["agent"].as_str().unwrap().to_string()).collect();
     assert_eq!(agents.len(), 3, "one instance on each agent");
 }
+
+#[test]
+fn the_restart_annotation_replaces_every_instance() {
+    let mut baton = Baton::start_dev(&baton_binary(), 2);
+    let manifest = "apiVersion: baton.dev/v1alpha1\nkind: App\nmetadata: {name: bounce}\nspec:\n  instances: 2\n  \
+                    cmd: sleep 3600\n  resources: {cpus: 0.05, mem: 16}\n";
+    let output = baton.kubectl_with_input(&["apply", "-f", "-"], Some(manifest));
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let ids = |b: &Baton| -> std::collections::BTreeSet<String> {
+        instances(b, "bounce")
+            .iter()
+            .filter(|i| i["status"]["phase"] == "Running" && i["spec"]["goal"] == "Running")
+            .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let before = baton.wait_for("2 instances running", WAIT, |b| Some(ids(b)).filter(|ids| ids.len() == 2));
+    baton.kubectl_ok(&["annotate", "app", "bounce", "baton.dev/restartedAt=2026-11-21T12:00:00Z", "--overwrite"]);
+    let after = baton.wait_for("2 new instances running and the old ones gone", WAIT, |b| {
+        let now = ids(b);
+        (now.len() == 2 && now.is_disjoint(&before) && instances(b, "bounce").len() == 2).then_some(now)
+    });
+    assert!(after.is_disjoint(&before));
+}
