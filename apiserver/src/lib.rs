@@ -21,14 +21,17 @@ use baton_store::{Keyspace, Store};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+pub mod auth;
 mod discovery;
 pub mod kinds;
 pub mod kubeconfig;
 mod objects;
 mod request;
 mod selectors;
+pub mod setup;
 pub mod status;
 mod table;
+pub mod tls;
 mod view;
 mod watch;
 
@@ -41,13 +44,57 @@ use table::{Format, negotiate};
 /// The largest request body accepted (as Kubernetes: 3 MiB).
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
-/// The API server: a store, the kinds it serves, and a token that ends open watches on
-/// shutdown.
+/// Who may use the server: bearer tokens and authorization rules. (Client certificates
+/// are verified by TLS; [`serve`] passes their identity on.)
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    pub tokens: auth::Tokens,
+    pub rules: auth::Rules,
+}
+
+/// Limits that keep one client from crowding out the others.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Watches one user may hold open at once.
+    pub watches_per_user: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { watches_per_user: 1000 }
+    }
+}
+
+/// The identity a client certificate established for its connection.
+#[derive(Debug, Clone)]
+struct PeerIdentity(Option<auth::Identity>);
+
+/// The API server: a store, the kinds it serves, who may use it, and a token that ends
+/// open watches on shutdown.
 pub struct ApiServer {
     store: Arc<dyn Store>,
     keys: Keyspace,
     kinds: Vec<Kind>,
+    security: Security,
+    limits: Limits,
+    /// Open watches per user.
+    watches: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     shutdown: CancellationToken,
+}
+
+/// Counts one open watch of a user; uncounts it when dropped (the stream ends).
+pub(crate) struct WatchSlot {
+    server: Arc<ApiServer>,
+    user: String,
+}
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        let mut watches = self.server.watches.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = watches.get_mut(&self.user) {
+            *n = n.saturating_sub(1);
+        }
+    }
 }
 
 /// A successful answer: status code, JSON body, and `Warning` headers.
@@ -88,8 +135,31 @@ impl Reply {
 }
 
 impl ApiServer {
-    pub fn new(store: Arc<dyn Store>, keys: Keyspace) -> Arc<Self> {
-        Arc::new(Self { store, keys, kinds: kinds::all(), shutdown: CancellationToken::new() })
+    pub fn new(store: Arc<dyn Store>, keys: Keyspace, security: Security, limits: Limits) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            keys,
+            kinds: kinds::all(),
+            security,
+            limits,
+            watches: Default::default(),
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    /// Takes a watch slot for `user`, or refuses with 429 when they hold too many.
+    fn watch_slot(self: &Arc<Self>, user: &str) -> ApiResult<WatchSlot> {
+        let mut watches = self.watches.lock().unwrap_or_else(|p| p.into_inner());
+        let open = watches.entry(user.to_string()).or_default();
+        if *open >= self.limits.watches_per_user {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequests",
+                format!("user {user:?} has {open} watches open, the most allowed; close some and try again"),
+            ));
+        }
+        *open += 1;
+        Ok(WatchSlot { server: self.clone(), user: user.to_string() })
     }
 
     /// Ends every open watch (so a graceful shutdown can complete).
@@ -97,16 +167,40 @@ impl ApiServer {
         self.shutdown.cancel();
     }
 
-    /// The HTTP routes.
+    /// The HTTP routes, behind authentication and authorization.
     pub fn router(self: &Arc<Self>) -> Router {
-        Router::new().fallback(dispatch).with_state(self.clone())
+        Router::new()
+            .fallback(dispatch)
+            .layer(axum::middleware::from_fn_with_state(self.clone(), authenticate))
+            .with_state(self.clone())
+    }
+
+    /// Who is asking: a bearer token, else the connection's client certificate.
+    fn identify(&self, request: &axum::extract::Request) -> Option<auth::Identity> {
+        let bearer = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        match bearer {
+            Some(token) => self.security.tokens.identify(token),
+            None => request.extensions().get::<PeerIdentity>().and_then(|p| p.0.clone()),
+        }
     }
 
     fn kind(&self, group: &str, version: &str, plural: &str) -> Option<&Kind> {
         self.kinds.iter().find(|k| k.group == group && k.version == version && k.plural == plural)
     }
 
-    async fn handle(&self, method: Method, uri: Uri, headers: HeaderMap, body: Body) -> ApiResult<Response> {
+    async fn handle(
+        self: &Arc<Self>,
+        user: &str,
+        method: Method,
+        uri: Uri,
+        headers: HeaderMap,
+        body: Body,
+    ) -> ApiResult<Response> {
         let path = uri.path().to_string();
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
         let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
@@ -141,10 +235,11 @@ impl ApiServer {
             }
             ["openapi", "v2"] => Ok(openapi_v2(accept)),
             ["apis", group, version, "namespaces", namespace, plural, rest @ ..] => {
-                self.resource(method, group, version, plural, Some(namespace), rest, uri.query(), &headers, body).await
+                self.resource(user, method, group, version, plural, Some(namespace), rest, uri.query(), &headers, body)
+                    .await
             }
             ["apis", group, version, plural, rest @ ..] => {
-                self.resource(method, group, version, plural, None, rest, uri.query(), &headers, body).await
+                self.resource(user, method, group, version, plural, None, rest, uri.query(), &headers, body).await
             }
             _ => Err(ApiError::not_found_path(&path)),
         }
@@ -152,7 +247,8 @@ impl ApiServer {
 
     #[allow(clippy::too_many_arguments)]
     async fn resource(
-        &self,
+        self: &Arc<Self>,
+        user: &str,
         method: Method,
         group: &str,
         version: &str,
@@ -198,10 +294,11 @@ impl ApiServer {
         };
         let reply = match (method.clone(), name) {
             (Method::GET, None) if query.watch => {
+                let slot = self.watch_slot(user)?;
                 return if view {
-                    self.watch_instances(&kind, namespace, &query, format).await
+                    self.watch_instances(&kind, namespace, &query, format, slot).await
                 } else {
-                    self.watch_registry(&kind, namespace, &query, format).await
+                    self.watch_registry(&kind, namespace, &query, format, slot).await
                 };
             }
             (Method::GET, None) => {
@@ -261,16 +358,47 @@ impl ApiServer {
     }
 }
 
+/// Authenticates every request but the health checks (401 otherwise) and authorizes it
+/// (403 otherwise); the identity goes on to the handlers.
+async fn authenticate(
+    State(server): State<Arc<ApiServer>>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let needs = auth::needs(request.method(), request.uri().path(), request.uri().query());
+    if needs == auth::Needs::Nothing {
+        return next.run(request).await;
+    }
+    let Some(identity) = server.identify(&request) else {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "Unauthorized: give a bearer token or a client certificate",
+        )
+        .into_response();
+    };
+    if let auth::Needs::Authorization(attributes) = &needs
+        && !server.security.rules.allows(&identity, attributes)
+    {
+        return ApiError::new(StatusCode::FORBIDDEN, "Forbidden", auth::forbidden_message(&identity, attributes))
+            .into_response();
+    }
+    request.extensions_mut().insert(identity);
+    next.run(request).await
+}
+
 async fn dispatch(
     State(server): State<Arc<ApiServer>>,
+    identity: Option<axum::Extension<auth::Identity>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let user = identity.map(|i| i.0.user).unwrap_or_default();
     let started = std::time::Instant::now();
     let (logged_method, logged_uri) = (method.clone(), uri.clone());
-    let response = server.handle(method, uri, headers, body).await.unwrap_or_else(IntoResponse::into_response);
+    let response = server.handle(&user, method, uri, headers, body).await.unwrap_or_else(IntoResponse::into_response);
     tracing::debug!(method = %logged_method, uri = %logged_uri, status = response.status().as_u16(),
                     micros = started.elapsed().as_micros() as u64, "request");
     response
@@ -292,18 +420,70 @@ fn openapi_v2(accept: Option<&str>) -> Response {
     (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], doc.to_string()).into_response()
 }
 
-/// Serves the API on `listener` until `shutdown` completes; open watches are ended first so
-/// the shutdown does not wait for clients that never hang up.
+/// Serves the API over TLS on `listener` until `shutdown` completes. A client certificate
+/// (verified by `tls`) identifies the connection's user; open watches are ended first, then
+/// connections are given 10 s to finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     server: Arc<ApiServer>,
+    tls: Arc<rustls::ServerConfig>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let closer = server.clone();
-    axum::serve(listener, server.router())
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            closer.close_watches();
-        })
-        .await
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tower::ServiceExt;
+
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let router = server.router();
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a connection");
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let identity = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|certs| certs.first())
+                .and_then(tls::certificate_identity)
+                .map(|(user, groups)| auth::Identity { user, groups });
+            let peer_identity = PeerIdentity(identity);
+            let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(peer_identity.clone());
+                router.clone().oneshot(request.map(Body::new))
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+            if let Err(e) = watcher.watch(connection.into_owned()).await {
+                tracing::debug!(%peer, error = %e, "connection ended");
+            }
+        });
+    }
+    server.close_watches();
+    if tokio::time::timeout(std::time::Duration::from_secs(10), graceful.shutdown()).await.is_err() {
+        tracing::warn!("connections still open 10 s after shutdown began; closing them");
+    }
+    Ok(())
 }

@@ -163,12 +163,13 @@ impl ApiServer {
         })
     }
 
-    pub async fn watch_instances(
+    pub(crate) async fn watch_instances(
         &self,
         kind: &Kind,
         namespace: Option<&str>,
         query: &Query,
         format: Format,
+        slot: crate::WatchSlot,
     ) -> ApiResult<Response> {
         let encoder = Encoder { kind: kind.clone(), format, include: query.include_object };
         let (mut join, loaded_at) = self.load_instances().await?;
@@ -203,6 +204,6 @@ impl ApiServer {
         // One watch over the whole keyspace keeps instance and status changes in revision
         // order; other keys are skipped.
         let live = self.follow(&self.keys.root_prefix(), from, encoder, convert).await?;
-        Ok(respond(initial, live, query, &self.shutdown))
+        Ok(respond(initial, live, query, &self.shutdown, slot))
     }
 }

@@ -110,8 +110,13 @@ pub fn respond(
     live: BoxStream<'static, Bytes>,
     query: &Query,
     shutdown: &CancellationToken,
+    slot: crate::WatchSlot,
 ) -> Response {
-    let events = stream::iter(initial).chain(live).take_until(shutdown.clone().cancelled_owned());
+    // The slot lives as long as the stream: the watch counts until it ends.
+    let events = stream::iter(initial).chain(live).take_until(shutdown.clone().cancelled_owned()).map(move |event| {
+        let _ = &slot;
+        event
+    });
     let events: BoxStream<'static, Bytes> = match query.timeout_seconds {
         Some(seconds) => events.take_until(tokio::time::sleep(Duration::from_secs(seconds))).boxed(),
         None => events.boxed(),
@@ -156,12 +161,13 @@ impl ApiServer {
     }
 
     /// `GET …/<plural>?watch=true` for a stored kind.
-    pub async fn watch_registry(
+    pub(crate) async fn watch_registry(
         &self,
         kind: &Kind,
         namespace: Option<&str>,
         query: &Query,
         format: Format,
+        slot: crate::WatchSlot,
     ) -> ApiResult<Response> {
         let encoder = Encoder { kind: kind.clone(), format, include: query.include_object };
         let prefix = self.keys.registry(&kind.group, &kind.plural, namespace);
@@ -186,7 +192,7 @@ impl ApiServer {
         let events = encoder.clone();
         let convert = move |event: &WatchEvent| registry_event(&events, &selectors, event).into_iter().collect();
         let live = self.follow(&prefix, from, encoder, convert).await?;
-        Ok(respond(initial, live, query, &self.shutdown))
+        Ok(respond(initial, live, query, &self.shutdown, slot))
     }
 }
 

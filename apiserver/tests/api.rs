@@ -7,7 +7,8 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
-use baton_apiserver::ApiServer;
+use baton_apiserver::auth::{Rules, Tokens};
+use baton_apiserver::{ApiServer, Limits, Security};
 use baton_store::embedded::{EmbeddedOptions, EmbeddedStore};
 use baton_store::{Keyspace, Store, StoreExt};
 use http_body_util::BodyExt;
@@ -31,12 +32,25 @@ impl Api {
         let dir = tempfile::tempdir().unwrap();
         let options = EmbeddedOptions { history, ..EmbeddedOptions::default() };
         let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path(), options).await.unwrap());
-        let router = ApiServer::new(store.clone(), Keyspace::default()).router();
+        let security = Security {
+            tokens: Tokens::parse("admin-token,admin,baton:admins\nalice-token,alice,team-a\nbob-token,bob\n").unwrap(),
+            rules: Rules::parse("rules:\n- groups: [team-a]\n  namespaces: [default]\n  access: read\n").unwrap(),
+        };
+        let router =
+            ApiServer::new(store.clone(), Keyspace::default(), security, Limits { watches_per_user: 3 }).router();
         Self { router, store, _dir: dir }
     }
 
     fn request(method: Method, path: &str, content_type: &str, body: Option<&Value>) -> Request<Body> {
-        let builder = Request::builder().method(method).uri(path).header("content-type", content_type);
+        Self::request_as("admin-token", method, path, content_type, body)
+    }
+
+    fn request_as(token: &str, method: Method, path: &str, content_type: &str, body: Option<&Value>) -> Request<Body> {
+        let builder = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", content_type)
+            .header("authorization", format!("Bearer {token}"));
         builder.body(body.map_or_else(Body::empty, |b| Body::from(b.to_string()))).unwrap()
     }
 
@@ -47,7 +61,11 @@ impl Api {
         content_type: &str,
         body: Option<&Value>,
     ) -> (StatusCode, Value) {
-        let response = self.router.clone().oneshot(Self::request(method, path, content_type, body)).await.unwrap();
+        self.send(Self::request(method, path, content_type, body)).await
+    }
+
+    async fn send(&self, request: Request<Body>) -> (StatusCode, Value) {
+        let response = self.router.clone().oneshot(request).await.unwrap();
         let status = response.status();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         let value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
@@ -225,6 +243,7 @@ async fn list_filters_by_selectors_and_renders_tables() {
     let request = Request::builder()
         .uri(APPS)
         .header("accept", "application/json;as=Table;v=v1;g=meta.k8s.io,application/json")
+        .header("authorization", "Bearer admin-token")
         .body(Body::empty())
         .unwrap();
     let response = api.router.clone().oneshot(request).await.unwrap();
@@ -316,4 +335,55 @@ async fn instances_are_a_read_only_view_of_the_records() {
     assert_eq!(code, StatusCode::NOT_FOUND, "namespaced by the app's namespace");
     let (code, _) = api.call(Method::DELETE, &format!("{path}/web-abc"), None).await;
     assert_eq!(code, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn who_may_do_what() {
+    let api = Api::new().await;
+    api.create("web", 1).await;
+    let anonymous = Request::builder().uri(APPS).body(Body::empty()).unwrap();
+    let (code, body) = api.send(anonymous).await;
+    assert_eq!((code, body["reason"].as_str()), (StatusCode::UNAUTHORIZED, Some("Unauthorized")));
+    let (code, _) = api.send(Api::request_as("wrong-token", Method::GET, APPS, "application/json", None)).await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED);
+    // alice's team may read in default, nothing else.
+    let (code, _) = api.send(Api::request_as("alice-token", Method::GET, APPS, "application/json", None)).await;
+    assert_eq!(code, StatusCode::OK);
+    let (code, body) =
+        api.send(Api::request_as("alice-token", Method::POST, APPS, "application/json", Some(&app("x", 1)))).await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+    assert_eq!(
+        body["message"],
+        "apps.baton.dev is forbidden: User \"alice\" cannot create resource \"apps\" in API group \"baton.dev\" in the namespace \"default\""
+    );
+    let elsewhere = "/apis/baton.dev/v1alpha1/namespaces/other/apps";
+    let (code, _) = api.send(Api::request_as("alice-token", Method::GET, elsewhere, "application/json", None)).await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+    // bob has no rule: discovery only.
+    let (code, _) = api.send(Api::request_as("bob-token", Method::GET, APPS, "application/json", None)).await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+    let (code, _) = api.send(Api::request_as("bob-token", Method::GET, "/apis", "application/json", None)).await;
+    assert_eq!(code, StatusCode::OK);
+    let health = Request::builder().uri("/healthz").body(Body::empty()).unwrap();
+    assert_eq!(api.send(health).await.0, StatusCode::OK, "health needs no credentials");
+}
+
+#[tokio::test]
+async fn a_user_may_hold_only_so_many_watches() {
+    let api = Api::new().await;
+    let watch = || Api::request_as("alice-token", Method::GET, &format!("{APPS}?watch=true"), "application/json", None);
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let response = api.router.clone().oneshot(watch()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        open.push(response);
+    }
+    let (code, body) = api.send(watch()).await;
+    assert_eq!((code, body["reason"].as_str()), (StatusCode::TOO_MANY_REQUESTS, Some("TooManyRequests")));
+    // Others are not affected, and a closed watch frees its place.
+    let admin = Api::request(Method::GET, &format!("{APPS}?watch=true"), "application/json", None);
+    assert_eq!(api.router.clone().oneshot(admin).await.unwrap().status(), StatusCode::OK);
+    drop(open.pop());
+    let response = api.router.clone().oneshot(watch()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
 }

@@ -1,11 +1,10 @@
-//! `baton apiserver`: the Kubernetes-compatible API over the store.
+//! `baton apiserver`: the Kubernetes-compatible API over the store, over TLS.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use baton_apiserver::ApiServer;
-use tokio_util::sync::CancellationToken;
+use baton_apiserver::{ApiServer, Limits, setup};
 
 use crate::flags::StoreFlags;
 
@@ -13,12 +12,37 @@ use crate::flags::StoreFlags;
 pub struct ApiserverArgs {
     #[command(flatten)]
     store: StoreFlags,
-    /// Address to serve the API on.
+    /// Address to serve the API on (HTTPS).
     #[arg(long, default_value = "127.0.0.1:6443")]
     listen: SocketAddr,
-    /// Where the admin kubeconfig is written (`<data-dir>/kubeconfig`).
+    /// Where generated certificates and tokens live, and the admin kubeconfig is written
+    /// (`<data-dir>/kubeconfig`).
     #[arg(long, default_value = ".baton-apiserver")]
     data_dir: PathBuf,
+    /// Serve this certificate (PEM) instead of a generated one; needs --tls-key.
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// Accept client certificates signed by this CA (PEM); the user is the CN, the groups
+    /// the Os. Default: the generated CA.
+    #[arg(long)]
+    client_ca: Option<PathBuf>,
+    /// Bearer tokens, lines of token,user,group1|group2 (default: <data-dir>/tokens, made
+    /// with an admin token).
+    #[arg(long)]
+    tokens: Option<PathBuf>,
+    /// Who may do what beyond baton:admins (YAML; see docs/security.md).
+    #[arg(long)]
+    authorization_rules: Option<PathBuf>,
+    /// Another name or IP address the generated certificate covers (repeatable), e.g. the
+    /// address other machines reach this server on.
+    #[arg(long = "tls-san", value_name = "NAME")]
+    tls_sans: Vec<String>,
+    /// Watches one user may hold open at once.
+    #[arg(long, default_value_t = Limits::default().watches_per_user)]
+    max_watches_per_user: usize,
 }
 
 pub async fn run(args: ApiserverArgs) -> Result<()> {
@@ -26,29 +50,25 @@ pub async fn run(args: ApiserverArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("--listen {}: cannot listen there", args.listen))?;
-    let mut address = listener.local_addr()?;
-    if address.ip().is_unspecified() {
-        // Listening on every address: the kubeconfig (for this machine) uses loopback.
-        address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
-    let url = format!("http://{address}");
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("--data-dir {}: cannot create it", args.data_dir.display()))?;
+    let address = listener.local_addr()?;
+    let options = setup::Options {
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
+        client_ca: args.client_ca,
+        tokens: args.tokens,
+        rules: args.authorization_rules,
+        tls_names: args.tls_sans,
+    };
+    let setup = setup::prepare(&args.data_dir, address, &options)?;
     let kubeconfig = args.data_dir.join("kubeconfig");
-    std::fs::write(&kubeconfig, baton_apiserver::kubeconfig::admin_kubeconfig(&url))
+    setup::write_private(&kubeconfig, &setup.admin_kubeconfig)
         .with_context(|| format!("writing {}", kubeconfig.display()))?;
-    eprintln!("API server on {url}; kubeconfig in {}", kubeconfig.display());
-    let shutdown = CancellationToken::new();
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
+    eprintln!("API server on {}; admin kubeconfig in {}", setup::server_url(address), kubeconfig.display());
+    let limits = Limits { watches_per_user: args.max_watches_per_user };
+    let server = ApiServer::new(store, args.store.keys(), setup.security, limits);
+    baton_apiserver::serve(listener, server, setup.tls, async {
         let _ = crate::wait_for_signal().await;
-        stop.cancel();
-    });
-    baton_apiserver::serve(
-        listener,
-        ApiServer::new(store, args.store.keys()),
-        async move { shutdown.cancelled().await },
-    )
+    })
     .await?;
     Ok(())
 }

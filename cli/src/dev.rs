@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use baton_agent::AgentConfig;
 use baton_api::PortRange;
-use baton_apiserver::ApiServer;
+use baton_apiserver::{ApiServer, Limits, setup};
 use baton_controllers::runtime::ControllerConfig;
 use baton_controllers::runtime::metrics::Metrics;
 use baton_store::embedded::{EmbeddedOptions, EmbeddedStore};
@@ -75,13 +75,16 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| {
         format!("--listen {}: cannot listen there (is another baton dev running? pick another port)", args.listen)
     })?;
-    let url = format!("http://{}", listener.local_addr()?);
+    let address = listener.local_addr()?;
+    let url = setup::server_url(address);
+    let setup = setup::prepare(&data_dir, address, &setup::Options::default())?;
     let kubeconfig = data_dir.join("kubeconfig");
-    std::fs::write(&kubeconfig, baton_apiserver::kubeconfig::admin_kubeconfig(&url))
+    setup::write_private(&kubeconfig, &setup.admin_kubeconfig)
         .with_context(|| format!("writing {}", kubeconfig.display()))?;
-    let api = ApiServer::new(store.clone(), keys.clone());
+    let api = ApiServer::new(store.clone(), keys.clone(), setup.security, Limits::default());
     let api_shutdown = shutdown.clone();
-    let api_task = tokio::spawn(baton_apiserver::serve(listener, api, async move { api_shutdown.cancelled().await }));
+    let api_task =
+        tokio::spawn(baton_apiserver::serve(listener, api, setup.tls, async move { api_shutdown.cancelled().await }));
 
     let client = crate::kube_client(&kubeconfig).await?;
     let controller_id = format!("{}:{}", crate::hostname(), std::process::id());

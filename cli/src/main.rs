@@ -12,6 +12,7 @@ mod apiserver;
 mod controller;
 mod dev;
 mod flags;
+mod kubeconfig;
 mod serve;
 
 #[derive(Parser)]
@@ -31,6 +32,8 @@ enum Command {
     Controller(controller::ControllerArgs),
     /// Run an agent: offer this machine's resources and run the instances assigned to it.
     Agent(agent::AgentArgs),
+    /// Print a kubeconfig for a user, with a client certificate from the API server's CA.
+    Kubeconfig(kubeconfig::KubeconfigArgs),
     /// Print Baton's CustomResourceDefinitions as YAML (what crds/ holds).
     Crds,
 }
@@ -44,6 +47,7 @@ fn main() -> Result<()> {
             print!("{}", baton_api::crds::crds_yaml());
             Ok(())
         }
+        Command::Kubeconfig(args) => kubeconfig::run(args),
         Command::Dev(args) => runtime()?.block_on(dev::run(args)),
         Command::Apiserver(args) => runtime()?.block_on(apiserver::run(args)),
         Command::Controller(args) => runtime()?.block_on(controller::run(args)),

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use baton_e2e::{Baton, http, http_status, process_groups_in};
+use baton_e2e::{Baton, http_status, process_groups_in};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -16,8 +16,7 @@ fn baton_binary() -> PathBuf {
 /// The instances of `app` straight from the API (faster than kubectl, for sampling).
 fn instances(baton: &Baton, app: &str) -> Vec<Value> {
     let path = format!("/apis/baton.dev/v1alpha1/namespaces/default/instances?labelSelector=app%3D{app}");
-    let (_, body) = http("127.0.0.1", baton.port, "GET", &path, None).expect("the API answers");
-    let list: Value = serde_json::from_str(&body).expect("a list");
+    let list = baton.api().get_json(&path);
     list["items"].as_array().cloned().unwrap_or_default()
 }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use baton_e2e::{Baton, ProcessId, group_processes, http, http_status, processes_in};
+use baton_e2e::{Baton, ProcessId, group_processes, http_status, processes_in};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -162,9 +162,7 @@ fn bad_input_is_refused_naming_the_field_and_nothing_is_stored() {
 
         // The same over the wire: a 422 Status whose cause names the field.
         let json = yaml_to_json(&manifest);
-        let (code, body) =
-            http("127.0.0.1", baton.port, "POST", "/apis/baton.dev/v1alpha1/namespaces/default/apps", Some(&json))
-                .expect("the API server answers");
+        let (code, body) = baton.api().post_json("/apis/baton.dev/v1alpha1/namespaces/default/apps", &json);
         assert_eq!(code, 422, "{body}");
         let status: serde_json::Value = serde_json::from_str(&body).expect("a Status object");
         assert_eq!(status["kind"], "Status");
@@ -173,8 +171,7 @@ fn bad_input_is_refused_naming_the_field_and_nothing_is_stored() {
     }
     let apps = baton.kubectl_json(&["get", "apps"]);
     assert_eq!(apps["items"].as_array().map(Vec::len), Some(0), "nothing was stored: {apps}");
-    let (code, _) =
-        http("127.0.0.1", baton.port, "GET", "/apis/baton.dev/v1alpha1/namespaces/default/apps/bad", None).unwrap();
+    let (code, _) = baton.api().get("/apis/baton.dev/v1alpha1/namespaces/default/apps/bad");
     assert_eq!(code, 404);
 }
 

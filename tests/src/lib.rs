@@ -22,10 +22,12 @@ use serde_json::Value;
 
 pub use baton_agent::process::{live_group_members, start_ticks};
 
+pub mod api;
 pub mod cluster;
 pub mod kubectl;
 pub mod proc;
 
+pub use api::ApiClient;
 pub use cluster::{Cluster, ClusterOptions};
 pub use kubectl::Kubectl;
 pub use proc::Proc;
@@ -178,6 +180,11 @@ impl Baton {
         self.wait_for("the API server to answer `kubectl get apps`", Duration::from_secs(60), |b| {
             (b.kubeconfig.exists() && b.kubectl(&["get", "apps"]).status.success()).then_some(())
         });
+    }
+
+    /// A raw HTTPS client for the API, as the kubeconfig describes it.
+    pub fn api(&self) -> ApiClient {
+        ApiClient::from_kubeconfig(&self.kubeconfig)
     }
 
     /// The pid of the current run.

@@ -1,0 +1,226 @@
+//! TLS for the API server: a certificate authority and a server certificate it signs,
+//! generated in the data dir on first start (kept across restarts), and the rustls server
+//! configuration that accepts — but does not require — client certificates from a CA.
+//!
+//! The CA and the server certificate are separate because rustls (and so kube-rs) refuses a
+//! self-signed certificate that is its own CA.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    SanType,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// TLS errors; each names the file or the input.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+    #[error("generating a certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("TLS configuration: {0}")]
+    Config(String),
+}
+
+type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| Error::File { path: path.display().to_string(), message: e.to_string() })
+}
+
+fn write(path: &Path, contents: &str, private: bool) -> Result<()> {
+    let failed = |e: std::io::Error| Error::File { path: path.display().to_string(), message: e.to_string() };
+    std::fs::write(path, contents).map_err(failed)?;
+    if private {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(failed)?;
+    }
+    Ok(())
+}
+
+/// The files of a generated PKI in a data dir.
+#[derive(Debug, Clone)]
+pub struct Pki {
+    pub ca_cert: PathBuf,
+    pub ca_key: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+}
+
+impl Pki {
+    pub fn in_dir(dir: &Path) -> Self {
+        Pki {
+            ca_cert: dir.join("ca.crt"),
+            ca_key: dir.join("ca.key"),
+            server_cert: dir.join("server.crt"),
+            server_key: dir.join("server.key"),
+        }
+    }
+
+    /// The CA, in PEM.
+    pub fn ca_pem(&self) -> Result<String> {
+        read(&self.ca_cert)
+    }
+
+    /// Makes the CA if missing, and a server certificate for `names` (host names and IP
+    /// addresses) if missing or not covering them all.
+    pub fn ensure(&self, names: &[String]) -> Result<()> {
+        if !self.ca_cert.exists() || !self.ca_key.exists() {
+            let key = KeyPair::generate()?;
+            let mut params = CertificateParams::new(Vec::<String>::new())?;
+            params.distinguished_name.push(DnType::CommonName, "baton-ca");
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.key_usages =
+                vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+            params.not_after = rcgen::date_time_ymd(2036, 1, 1);
+            let cert = params.self_signed(&key)?;
+            write(&self.ca_key, &key.serialize_pem(), true)?;
+            write(&self.ca_cert, &cert.pem(), false)?;
+            // A new CA invalidates any server certificate.
+            let _ = std::fs::remove_file(&self.server_cert);
+        }
+        if self.server_cert.exists() && self.server_key.exists() && covers(&read(&self.server_cert)?, names) {
+            return Ok(());
+        }
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, "baton-apiserver");
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.subject_alt_names = names
+            .iter()
+            .map(|n| match n.parse::<IpAddr>() {
+                Ok(ip) => Ok(SanType::IpAddress(ip)),
+                Err(_) => Ok(SanType::DnsName(n.clone().try_into()?)),
+            })
+            .collect::<Result<Vec<_>, rcgen::Error>>()?;
+        params.not_after = rcgen::date_time_ymd(2036, 1, 1);
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer()?)?;
+        write(&self.server_key, &key.serialize_pem(), true)?;
+        write(&self.server_cert, &cert.pem(), false)?;
+        Ok(())
+    }
+
+    fn issuer(&self) -> Result<Issuer<'static, KeyPair>> {
+        let key = KeyPair::from_pem(&read(&self.ca_key)?)?;
+        Ok(Issuer::from_ca_cert_pem(&read(&self.ca_cert)?, key)?)
+    }
+
+    /// A client certificate for `user` (its CN), in `group` (its O, as Kubernetes reads
+    /// them), signed by the CA: `(certificate PEM, key PEM)`. (rcgen writes one O per
+    /// name; certificates from other CAs may name several groups, one O each, and the
+    /// server reads them all.)
+    pub fn client_certificate(&self, user: &str, group: Option<&str>) -> Result<(String, String)> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, user);
+        if let Some(group) = group {
+            params.distinguished_name.push(DnType::OrganizationName, group);
+        }
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.not_after = rcgen::date_time_ymd(2036, 1, 1);
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer()?)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+}
+
+/// Whether a PEM certificate names every one of `names` in its subject alternative names.
+fn covers(pem: &str, names: &[String]) -> bool {
+    let Ok(der) = CertificateDer::from_pem_slice(pem.as_bytes()) else { return false };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(&der) else { return false };
+    let Ok(Some(sans)) = cert.subject_alternative_name() else { return false };
+    let have: Vec<String> = sans
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+            x509_parser::extensions::GeneralName::IPAddress(bytes) => match bytes.len() {
+                4 => Some(IpAddr::from(<[u8; 4]>::try_from(*bytes).ok()?).to_string()),
+                16 => Some(IpAddr::from(<[u8; 16]>::try_from(*bytes).ok()?).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    names.iter().all(|n| have.iter().any(|h| h == n))
+}
+
+/// The rustls configuration: serve `cert`/`key` (PEM files), accept client certificates
+/// signed by `client_ca` (PEM file) without requiring one.
+pub fn server_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<Arc<rustls::ServerConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| Error::File { path: cert.display().to_string(), message: e.to_string() })?
+        .collect::<Result<_, _>>()
+        .map_err(|e| Error::File { path: cert.display().to_string(), message: e.to_string() })?;
+    if certs.is_empty() {
+        return Err(Error::File { path: cert.display().to_string(), message: "no certificate in it".into() });
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| Error::File { path: key.display().to_string(), message: e.to_string() })?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Config(e.to_string()))?;
+    let builder = match client_ca {
+        Some(path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for ca in CertificateDer::pem_file_iter(path)
+                .map_err(|e| Error::File { path: path.display().to_string(), message: e.to_string() })?
+            {
+                let ca = ca.map_err(|e| Error::File { path: path.display().to_string(), message: e.to_string() })?;
+                roots.add(ca).map_err(|e| Error::File { path: path.display().to_string(), message: e.to_string() })?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| Error::Config(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(certs, key).map_err(|e| Error::Config(e.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The user (CN) and groups (O) a client certificate names.
+pub fn certificate_identity(der: &CertificateDer<'_>) -> Option<(String, Vec<String>)> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let subject = cert.subject();
+    let user = subject.iter_common_name().next()?.as_str().ok()?.to_string();
+    let groups = subject.iter_organization().filter_map(|o| o.as_str().ok().map(str::to_string)).collect();
+    Some((user, groups))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_certificates_cover_their_names_and_identify_clients() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::in_dir(dir.path());
+        let names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+        pki.ensure(&names).unwrap();
+        let first = read(&pki.server_cert).unwrap();
+        assert!(covers(&first, &names));
+        pki.ensure(&names).unwrap();
+        assert_eq!(read(&pki.server_cert).unwrap(), first, "kept when it still covers the names");
+        let more = vec!["127.0.0.1".to_string(), "10.1.2.3".to_string()];
+        pki.ensure(&more).unwrap();
+        assert!(covers(&read(&pki.server_cert).unwrap(), &more), "reissued for a new address");
+        server_config(&pki.server_cert, &pki.server_key, Some(&pki.ca_cert)).unwrap();
+
+        let (cert, _) = pki.client_certificate("alice", Some("team-a")).unwrap();
+        let der = CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
+        assert_eq!(certificate_identity(&der), Some(("alice".into(), vec!["team-a".into()])));
+    }
+}
