@@ -284,6 +284,10 @@ pub struct AppStatus {
     /// The `metadata.generation` this status was computed from.
     #[serde(default)]
     pub observed_generation: Option<i64>,
+    /// The `spec.instances` this status was computed from (so a change of it shows as
+    /// scaling, with an event).
+    #[serde(default)]
+    pub observed_instances: Option<i32>,
     /// Instances placed on an agent and not yet terminated.
     #[serde(default)]
     pub instances: i32,

@@ -9,6 +9,7 @@
 #![deny(warnings, rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod app;
 pub mod constraints;
 pub mod crds;
@@ -18,6 +19,7 @@ pub mod records;
 pub mod resources;
 pub mod validation;
 
+pub use agent::{Agent, AgentSpec, AgentStatus};
 pub use app::{App, AppSpec, AppStatus, Backoff, KillSelection, PortDefinition, UnreachableStrategy, UpgradeStrategy};
 pub use instance::{Instance, InstanceSpec, InstanceViewStatus};
 pub use records::{

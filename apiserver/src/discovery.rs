@@ -36,7 +36,7 @@ fn scope(kind: &Kind) -> &'static str {
     if kind.namespaced { "Namespaced" } else { "Cluster" }
 }
 
-/// `/apis` as an `APIGroupDiscoveryList`.
+/// `/apis` (or `/api`, given the core kinds) as an `APIGroupDiscoveryList`.
 pub fn aggregated(kinds: &[Kind], version: &str) -> Value {
     let group_of = |kind: &Kind| (kind.group.clone(), kind.version.clone());
     let mut groups: Vec<(String, String)> = kinds.iter().map(group_of).collect();
@@ -81,14 +81,9 @@ pub fn aggregated(kinds: &[Kind], version: &str) -> Value {
     json!({"kind": "APIGroupDiscoveryList", "apiVersion": format!("apidiscovery.k8s.io/{version}"), "metadata": {}, "items": items})
 }
 
-/// `/api` aggregated: no core resources are served.
-pub fn aggregated_core(version: &str) -> Value {
-    json!({"kind": "APIGroupDiscoveryList", "apiVersion": format!("apidiscovery.k8s.io/{version}"), "metadata": {}, "items": []})
-}
-
-/// `/api` legacy.
+/// `/api` legacy: the core group's one version.
 pub fn core_versions() -> Value {
-    json!({"kind": "APIVersions", "versions": [], "serverAddressByClientCIDRs": []})
+    json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []})
 }
 
 fn group_entry(kinds: &[Kind]) -> Value {

@@ -24,6 +24,35 @@ pub struct Column {
     pub priority: i32,
     /// A simple path such as `.status.running`.
     pub json_path: String,
+    /// Computes the cell instead of reading `json_path` (e.g. `used/total`).
+    pub compute: Option<fn(&Value) -> Option<Value>>,
+}
+
+impl Column {
+    fn new(name: &str, type_: &str, json_path: &str, priority: i32, description: &str) -> Self {
+        Column {
+            name: name.into(),
+            type_: type_.into(),
+            format: String::new(),
+            description: description.into(),
+            priority,
+            json_path: json_path.into(),
+            compute: None,
+        }
+    }
+
+    fn computed(mut self, compute: fn(&Value) -> Option<Value>) -> Self {
+        self.compute = Some(compute);
+        self
+    }
+
+    /// The cell's value in `object`.
+    pub fn value(&self, object: &Value) -> Option<Value> {
+        match self.compute {
+            Some(compute) => compute(object),
+            None => column_value(object, &self.json_path).cloned(),
+        }
+    }
 }
 
 /// Where the scale subresource reads and writes its replicas.
@@ -50,6 +79,8 @@ pub enum Source {
     Registry(Decoder),
     /// Built from the instance and status records; read-only.
     InstanceView,
+    /// Built from the agent, instance and unreachable records; read-only.
+    AgentView,
 }
 
 /// A served kind.
@@ -67,16 +98,38 @@ pub struct Kind {
     pub status_subresource: bool,
     pub scale: Option<ScalePaths>,
     pub source: Source,
+    /// Field selectors the kind supports besides `metadata.name` and `metadata.namespace`:
+    /// `(field, JSON path)`.
+    pub fields: Vec<(String, String)>,
+    /// Objects expire this long after their last write (events).
+    pub ttl: Option<std::time::Duration>,
+    /// Sets what the server owns in a new object (a namespace's phase).
+    pub on_create: Option<fn(&mut Value)>,
 }
 
 impl Kind {
-    /// `group/version`.
+    /// `group/version`, or just the version in the core group.
     pub fn api_version(&self) -> String {
-        format!("{}/{}", self.group, self.version)
+        if self.group.is_empty() { self.version.clone() } else { format!("{}/{}", self.group, self.version) }
     }
 
     pub fn is_read_only(&self) -> bool {
-        matches!(self.source, Source::InstanceView)
+        matches!(self.source, Source::InstanceView | Source::AgentView)
+    }
+
+    /// Whether this is the core `namespaces` kind.
+    pub fn is_namespace(&self) -> bool {
+        self.group.is_empty() && self.plural == NAMESPACES
+    }
+
+    /// `apps.baton.dev`, or `namespaces` in the core group.
+    pub fn qualified_plural(&self) -> String {
+        if self.group.is_empty() { self.plural.clone() } else { format!("{}.{}", self.plural, self.group) }
+    }
+
+    /// The group's name in store keys (`core` for the core group).
+    pub fn store_group(&self) -> &str {
+        if self.group.is_empty() { "core" } else { &self.group }
     }
 
     /// Verbs for discovery.
@@ -113,6 +166,7 @@ impl Kind {
                     description: c.description.clone().unwrap_or_default(),
                     priority: c.priority.unwrap_or(0),
                     json_path: c.json_path.clone(),
+                    compute: None,
                 })
                 .collect(),
             status_subresource: subresources.is_some_and(|s| s.status.is_some()),
@@ -121,25 +175,38 @@ impl Kind {
                 status_replicas: s.status_replicas_path.clone(),
             }),
             source: Source::Registry(decoder),
+            fields: Vec::new(),
+            ttl: None,
+            on_create: None,
         }
     }
 }
 
-/// Every kind served, in discovery order.
+/// The plural of the core `Namespace` kind.
+pub const NAMESPACES: &str = "namespaces";
+/// The plural of the core `Event` kind.
+pub const EVENTS: &str = "events";
+/// How long an event lives after its last update (Kubernetes' default `--event-ttl`).
+pub const EVENT_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Every kind served, in discovery order: Baton's group, then the core group.
 pub fn all() -> Vec<Kind> {
-    vec![Kind::from_crd(&baton_api::App::crd(), decode_app), instance_kind()]
+    vec![
+        Kind::from_crd(&baton_api::App::crd(), decode_app),
+        instance_kind(),
+        agent_kind(),
+        namespace_kind(),
+        event_kind(),
+    ]
+}
+
+fn fields(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(f, p)| (f.to_string(), p.to_string())).collect()
 }
 
 /// The read-only `Instance` view.
 fn instance_kind() -> Kind {
-    let column = |name: &str, type_: &str, json_path: &str, priority: i32, description: &str| Column {
-        name: name.into(),
-        type_: type_.into(),
-        format: String::new(),
-        description: description.into(),
-        priority,
-        json_path: json_path.into(),
-    };
+    let column = Column::new;
     Kind {
         group: baton_api::GROUP.into(),
         version: baton_api::VERSION.into(),
@@ -162,7 +229,178 @@ fn instance_kind() -> Kind {
         status_subresource: false,
         scale: None,
         source: Source::InstanceView,
+        fields: fields(&[("spec.app", "spec.app"), ("spec.agent", "spec.agent"), ("status.phase", "status.phase")]),
+        ttl: None,
+        on_create: None,
     }
+}
+
+/// `used/total` of one resource of an agent, e.g. `0.5/4`.
+fn allocation(object: &Value, resource: &str) -> Option<Value> {
+    // 2.0 cpus reads as 2, 0.25 as 0.25.
+    let number = |v: Option<&Value>| v.and_then(Value::as_f64).map(|n| format!("{}", (n * 1000.0).round() / 1000.0));
+    let allocated = number(object.pointer(&format!("/status/allocated/{resource}"))).unwrap_or_else(|| "0".into());
+    let capacity = number(object.pointer(&format!("/status/capacity/{resource}"))).unwrap_or_else(|| "?".into());
+    Some(Value::String(format!("{allocated}/{capacity}")))
+}
+
+/// The read-only, cluster-scoped `Agent` view.
+fn agent_kind() -> Kind {
+    let column = Column::new;
+    Kind {
+        group: baton_api::GROUP.into(),
+        version: baton_api::VERSION.into(),
+        kind: baton_api::agent::AGENT_KIND.into(),
+        plural: "agents".into(),
+        singular: "agent".into(),
+        short_names: vec![],
+        categories: vec!["baton".into()],
+        namespaced: false,
+        columns: vec![
+            column("Host", "string", ".spec.host", 0, "Where its instances are reached"),
+            column("State", "string", ".status.state", 0, "Ready while it reports"),
+            column("CPUs", "string", ".status.allocated.cpus", 0, "Allocated/capacity")
+                .computed(|o| allocation(o, "cpus")),
+            column("Mem", "string", ".status.allocated.mem", 0, "Allocated/capacity, MiB")
+                .computed(|o| allocation(o, "mem")),
+            column("Disk", "string", ".status.allocated.disk", 1, "Allocated/capacity, MiB")
+                .computed(|o| allocation(o, "disk")),
+            column("GPUs", "string", ".status.allocated.gpus", 1, "Allocated/capacity")
+                .computed(|o| allocation(o, "gpus")),
+            column("Instances", "integer", ".status.instances", 0, "Instances assigned and not over"),
+            column("Attributes", "string", ".spec.attributes", 1, "Attributes for constraints").computed(|o| {
+                let attributes = o.pointer("/spec/attributes")?.as_object()?;
+                let pairs: Vec<String> =
+                    attributes.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect();
+                Some(Value::String(pairs.join(",")))
+            }),
+            column("Version", "string", ".spec.version", 1, "The Baton version it runs"),
+            column("Age", "date", ".metadata.creationTimestamp", 0, ""),
+        ],
+        status_subresource: false,
+        scale: None,
+        source: Source::AgentView,
+        fields: fields(&[("status.state", "status.state"), ("spec.host", "spec.host")]),
+        ttl: None,
+        on_create: None,
+    }
+}
+
+/// The core `Namespace` kind.
+fn namespace_kind() -> Kind {
+    Kind {
+        group: String::new(),
+        version: "v1".into(),
+        kind: "Namespace".into(),
+        plural: NAMESPACES.into(),
+        singular: "namespace".into(),
+        short_names: vec!["ns".into()],
+        categories: vec![],
+        namespaced: false,
+        columns: vec![
+            Column::new("Status", "string", ".status.phase", 0, "Active, or Terminating while its objects are deleted"),
+            Column::new("Age", "date", ".metadata.creationTimestamp", 0, ""),
+        ],
+        status_subresource: true,
+        scale: None,
+        source: Source::Registry(decode_namespace),
+        fields: fields(&[("status.phase", "status.phase")]),
+        ttl: None,
+        on_create: Some(|object| object["status"] = serde_json::json!({"phase": "Active"})),
+    }
+}
+
+/// The core `Event` kind.
+fn event_kind() -> Kind {
+    let column = Column::new;
+    Kind {
+        group: String::new(),
+        version: "v1".into(),
+        kind: "Event".into(),
+        plural: EVENTS.into(),
+        singular: "event".into(),
+        short_names: vec!["ev".into()],
+        categories: vec![],
+        namespaced: true,
+        columns: vec![
+            column("Last Seen", "date", ".lastTimestamp", 0, "When it last happened"),
+            column("Type", "string", ".type", 0, "Normal or Warning"),
+            column("Reason", "string", ".reason", 0, "Why, in one word"),
+            column("Object", "string", ".involvedObject.name", 0, "What it is about").computed(|o| {
+                let kind = o.pointer("/involvedObject/kind")?.as_str()?.to_lowercase();
+                let name = o.pointer("/involvedObject/name")?.as_str()?;
+                Some(Value::String(format!("{kind}/{name}")))
+            }),
+            column("Message", "string", ".message", 0, "What happened"),
+            column("Source", "string", ".source.component", 1, "Who reported it"),
+            column("First Seen", "date", ".firstTimestamp", 1, "When it first happened"),
+            column("Count", "integer", ".count", 1, "How often it happened"),
+        ],
+        status_subresource: false,
+        scale: None,
+        source: Source::Registry(decode_event),
+        fields: fields(&[
+            ("involvedObject.kind", "involvedObject.kind"),
+            ("involvedObject.namespace", "involvedObject.namespace"),
+            ("involvedObject.name", "involvedObject.name"),
+            ("involvedObject.uid", "involvedObject.uid"),
+            ("involvedObject.apiVersion", "involvedObject.apiVersion"),
+            ("involvedObject.resourceVersion", "involvedObject.resourceVersion"),
+            ("involvedObject.fieldPath", "involvedObject.fieldPath"),
+            ("reason", "reason"),
+            ("reportingComponent", "reportingComponent"),
+            ("source", "source.component"),
+            ("type", "type"),
+        ]),
+        ttl: Some(EVENT_TTL),
+        on_create: None,
+    }
+}
+
+/// Decodes a Namespace: its name must be a DNS label.
+fn decode_namespace(value: &Value) -> Result<Decoded, Vec<FieldError>> {
+    let (namespace, unknown_fields) =
+        decode_typed::<k8s_openapi::api::core::v1::Namespace>(value).map_err(|e| vec![e])?;
+    let name = namespace.metadata.name.clone().unwrap_or_default();
+    if let Some(problem) = baton_api::names::dns_label_problem(&name) {
+        return Err(vec![FieldError::invalid("metadata.name", name.as_str(), problem)]);
+    }
+    let object = serde_json::to_value(&namespace).map_err(|e| vec![FieldError::invalid("", "", e.to_string())])?;
+    Ok(Decoded { object, unknown_fields })
+}
+
+/// The longest event message kept.
+const MAX_EVENT_MESSAGE: usize = 4096;
+
+/// Decodes an Event: it must name the object it is about; its type is Normal or Warning.
+fn decode_event(value: &Value) -> Result<Decoded, Vec<FieldError>> {
+    let (event, unknown_fields) = decode_typed::<k8s_openapi::api::core::v1::Event>(value).map_err(|e| vec![e])?;
+    let mut errors = Vec::new();
+    if event.involved_object.kind.as_deref().unwrap_or_default().is_empty() {
+        errors.push(FieldError::required("involvedObject.kind", "the kind of the object the event is about"));
+    }
+    if event.involved_object.name.as_deref().unwrap_or_default().is_empty() {
+        errors.push(FieldError::required("involvedObject.name", "the name of the object the event is about"));
+    }
+    if let Some(type_) = event.type_.as_deref()
+        && !matches!(type_, "Normal" | "Warning")
+    {
+        errors.push(FieldError::invalid("type", type_, "must be Normal or Warning"));
+    }
+    if let Some(message) = &event.message
+        && message.len() > MAX_EVENT_MESSAGE
+    {
+        errors.push(FieldError::invalid(
+            "message",
+            format!("{}…", &message[..message.floor_char_boundary(40)]),
+            format!("must be at most {MAX_EVENT_MESSAGE} bytes, not {}", message.len()),
+        ));
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let object = serde_json::to_value(&event).map_err(|e| vec![FieldError::invalid("", "", e.to_string())])?;
+    Ok(Decoded { object, unknown_fields })
 }
 
 /// Decodes an App: typed parse (type errors and unknown fields named by path), then

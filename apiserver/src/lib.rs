@@ -25,7 +25,10 @@ pub mod auth;
 mod discovery;
 pub mod kinds;
 pub mod kubeconfig;
+mod list;
+mod namespaces;
 mod objects;
+mod protobuf;
 mod request;
 mod selectors;
 pub mod setup;
@@ -57,11 +60,13 @@ pub struct Security {
 pub struct Limits {
     /// Watches one user may hold open at once.
     pub watches_per_user: usize,
+    /// How often a watch that allows bookmarks gets one.
+    pub bookmark_interval: std::time::Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { watches_per_user: 1000 }
+        Self { watches_per_user: 1000, bookmark_interval: std::time::Duration::from_secs(60) }
     }
 }
 
@@ -79,6 +84,8 @@ pub struct ApiServer {
     limits: Limits,
     /// Open watches per user.
     watches: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    /// The lease objects with a TTL are written with, and when it was granted.
+    ttl_lease: tokio::sync::Mutex<Option<(baton_store::LeaseId, std::time::Instant)>>,
     shutdown: CancellationToken,
 }
 
@@ -118,8 +125,9 @@ impl Reply {
         let body = match format {
             // A Status or a Scale is never a table.
             Format::Table(version) if self.body.get("kind").and_then(Value::as_str) == Some(kind.kind.as_str()) => {
-                let rv = self.body.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(str::to_string);
-                table::table(kind, version, std::slice::from_ref(&self.body), rv.as_deref(), include)
+                let rv = self.body.pointer("/metadata/resourceVersion").cloned();
+                let metadata = json!({"resourceVersion": rv});
+                table::table(kind, version, std::slice::from_ref(&self.body), metadata, include)
             }
             _ => self.body,
         };
@@ -135,7 +143,20 @@ impl Reply {
 }
 
 impl ApiServer {
-    pub fn new(store: Arc<dyn Store>, keys: Keyspace, security: Security, limits: Limits) -> Arc<Self> {
+    /// A server over `store`, ready to serve: the `default` namespace exists and deletions
+    /// of namespaces an earlier run left unfinished are finished.
+    pub async fn start(
+        store: Arc<dyn Store>,
+        keys: Keyspace,
+        security: Security,
+        limits: Limits,
+    ) -> Result<Arc<Self>, ApiError> {
+        let server = Self::new(store, keys, security, limits);
+        server.ensure_namespaces().await?;
+        Ok(server)
+    }
+
+    fn new(store: Arc<dyn Store>, keys: Keyspace, security: Security, limits: Limits) -> Arc<Self> {
         Arc::new(Self {
             store,
             keys,
@@ -143,6 +164,7 @@ impl ApiServer {
             security,
             limits,
             watches: Default::default(),
+            ttl_lease: Default::default(),
             shutdown: CancellationToken::new(),
         })
     }
@@ -193,6 +215,15 @@ impl ApiServer {
         self.kinds.iter().find(|k| k.group == group && k.version == version && k.plural == plural)
     }
 
+    /// The kinds of the core group (`/api/v1`), or of the named groups (`/apis`).
+    fn kinds_of(&self, core: bool) -> Vec<Kind> {
+        self.kinds.iter().filter(|k| k.group.is_empty() == core).cloned().collect()
+    }
+
+    fn is_core_namespaced(&self, plural: &str) -> bool {
+        self.kinds.iter().any(|k| k.group.is_empty() && k.namespaced && k.plural == plural)
+    }
+
     async fn handle(
         self: &Arc<Self>,
         user: &str,
@@ -220,20 +251,28 @@ impl ApiServer {
             }
             None => ok(legacy),
         };
-        let is_resource = segments.len() > 3 && segments[0] == "apis";
+        let is_resource = (segments.len() > 3 && segments[0] == "apis") || (segments.len() > 2 && segments[0] == "api");
         if method != Method::GET && !is_resource {
             return Err(ApiError::method_not_allowed(&path));
         }
+        let (core, named) = (self.kinds_of(true), self.kinds_of(false));
         match segments.as_slice() {
             ["healthz"] | ["readyz"] | ["livez"] => Ok((StatusCode::OK, "ok").into_response()),
             ["version"] => ok(discovery::version()),
-            ["api"] => discovery(discovery::aggregated_core("v2"), discovery::core_versions()),
-            ["apis"] => discovery(discovery::aggregated(&self.kinds, "v2"), discovery::group_list(&self.kinds)),
-            ["apis", group] if *group == baton_api::GROUP => ok(discovery::group(&self.kinds)),
+            ["api"] => discovery(discovery::aggregated(&core, "v2"), discovery::core_versions()),
+            ["api", "v1"] => ok(discovery::resource_list(&core)),
+            ["apis"] => discovery(discovery::aggregated(&named, "v2"), discovery::group_list(&named)),
+            ["apis", group] if *group == baton_api::GROUP => ok(discovery::group(&named)),
             ["apis", group, version] if *group == baton_api::GROUP && *version == baton_api::VERSION => {
-                ok(discovery::resource_list(&self.kinds))
+                ok(discovery::resource_list(&named))
             }
             ["openapi", "v2"] => Ok(openapi_v2(accept)),
+            ["api", "v1", "namespaces", namespace, plural, rest @ ..] if self.is_core_namespaced(plural) => {
+                self.resource(user, method, "", "v1", plural, Some(namespace), rest, uri.query(), &headers, body).await
+            }
+            ["api", "v1", plural, rest @ ..] => {
+                self.resource(user, method, "", "v1", plural, None, rest, uri.query(), &headers, body).await
+            }
             ["apis", group, version, "namespaces", namespace, plural, rest @ ..] => {
                 self.resource(user, method, group, version, plural, Some(namespace), rest, uri.query(), &headers, body)
                     .await
@@ -259,7 +298,11 @@ impl ApiServer {
         headers: &HeaderMap,
         body: Body,
     ) -> ApiResult<Response> {
-        let path = format!("/apis/{group}/{version}/{plural}");
+        let path = if group.is_empty() {
+            format!("/api/{version}/{plural}")
+        } else {
+            format!("/apis/{group}/{version}/{plural}")
+        };
         let kind = self.kind(group, version, plural).ok_or_else(|| ApiError::not_found_path(&path))?.clone();
         let (name, subresource) = match rest {
             [] => (None, None),
@@ -284,7 +327,8 @@ impl ApiServer {
         }
         let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
         let format = negotiate(accept)?;
-        let query = Query::parse(raw_query)?;
+        let mut query = Query::parse(raw_query)?;
+        query.selectors.fields.resolve(&kind.plural, &kind.fields)?;
         let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
         let view = kind.is_read_only();
         let part = match subresource {
@@ -296,26 +340,22 @@ impl ApiServer {
             (Method::GET, None) if query.watch => {
                 let slot = self.watch_slot(user)?;
                 return if view {
-                    self.watch_instances(&kind, namespace, &query, format, slot).await
+                    self.watch_view(&kind, namespace, &query, format, slot).await
                 } else {
                     self.watch_registry(&kind, namespace, &query, format, slot).await
                 };
             }
             (Method::GET, None) => {
-                let (objects, revision) = if view {
-                    self.list_instances(namespace).await?
-                } else {
-                    self.list_objects(&kind, namespace).await?
-                };
-                let objects: Vec<Value> = objects.into_iter().filter(|o| query.selectors.matches(o)).collect();
-                let rv = revision.to_string();
+                let list = self.list(&kind, namespace, &query).await?;
                 let body = match format {
-                    Format::Table(version) => table::table(&kind, version, &objects, Some(&rv), query.include_object),
+                    Format::Table(version) => {
+                        table::table(&kind, version, &list.items, list.metadata, query.include_object)
+                    }
                     Format::Json => json!({
                         "apiVersion": kind.api_version(),
                         "kind": format!("{}List", kind.kind),
-                        "metadata": {"resourceVersion": rv},
-                        "items": objects,
+                        "metadata": list.metadata,
+                        "items": list.items,
                     }),
                 };
                 return Ok(
@@ -324,7 +364,7 @@ impl ApiServer {
             }
             (Method::GET, Some(name)) => {
                 let object = match (view, part) {
-                    (true, _) => self.get_instance(&kind, namespace, name).await?,
+                    (true, _) => self.get_view(&kind, namespace, name).await?,
                     (false, Part::Scale) => self.get_scale(&kind, namespace, name).await?,
                     (false, _) => self.get_object(&kind, namespace, name).await?,
                 };
@@ -350,7 +390,11 @@ impl ApiServer {
                 } else {
                     request::parse_body(content_type, &body)?
                 };
-                self.delete(&kind, namespace, name, &query, &options).await?
+                if kind.is_namespace() {
+                    Reply::json(StatusCode::OK, self.delete_namespace(name, query.dry_run).await?)
+                } else {
+                    self.delete(&kind, namespace, name, &query, &options).await?
+                }
             }
             _ => return Err(ApiError::method_not_allowed(&format!("{method} {path}"))),
         };

@@ -18,7 +18,7 @@ use crate::status::{ApiError, ApiResult, Target};
 use crate::{ApiServer, Reply};
 
 /// How many times a patch or unconditional update is re-applied after losing a race.
-const MAX_ATTEMPTS: usize = 16;
+pub const MAX_ATTEMPTS: usize = 16;
 
 /// Which part of an object a write may change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +50,7 @@ pub fn object_of(kv: &KeyValue) -> ApiResult<Value> {
 }
 
 /// Now, at the one-second precision Kubernetes timestamps have.
-fn now_seconds() -> Timestamp {
+pub fn now_seconds() -> Timestamp {
     Timestamp::from_second(Timestamp::now().as_second()).unwrap_or(Timestamp::UNIX_EPOCH)
 }
 
@@ -69,12 +69,54 @@ impl ApiServer {
     fn decoder(kind: &Kind) -> ApiResult<crate::kinds::Decoder> {
         match kind.source {
             Source::Registry(decoder) => Ok(decoder),
-            Source::InstanceView => Err(ApiError::method_not_allowed(&format!("{} (a read-only view)", kind.plural))),
+            Source::InstanceView | Source::AgentView => {
+                Err(ApiError::method_not_allowed(&format!("{} (a read-only view)", kind.plural)))
+            }
         }
     }
 
+    /// The lease objects of a kind with a TTL are attached to. One lease serves every write
+    /// for a tenth of the TTL, so an object expires between `ttl` and `1.1 × ttl` after its
+    /// last write, and the store holds few leases.
+    async fn ttl_lease(&self, ttl: std::time::Duration) -> ApiResult<baton_store::LeaseId> {
+        let mut lease = self.ttl_lease.lock().await;
+        let renew_after = ttl / 10;
+        if let Some((id, granted)) = *lease
+            && granted.elapsed() < renew_after
+        {
+            return Ok(id);
+        }
+        let id = self.store.grant_lease(ttl + renew_after).await?;
+        *lease = Some((id, std::time::Instant::now()));
+        Ok(id)
+    }
+
+    /// Writes `object` at `key` if `compares` hold, attached to the TTL lease when the kind
+    /// has a TTL (retrying once with a fresh lease if the cached one is gone).
+    async fn put_txn(
+        &self,
+        kind: &Kind,
+        compares: Vec<Compare>,
+        key: &str,
+        object: &Value,
+    ) -> ApiResult<baton_store::TxnResponse> {
+        let value = strip_version(object).to_string();
+        let Some(ttl) = kind.ttl else {
+            return Ok(self.store.txn(Txn::new().when(compares).and_then([Op::put(key, value)])).await?);
+        };
+        for attempt in 0..2 {
+            let lease = self.ttl_lease(ttl).await?;
+            let txn = Txn::new().when(compares.clone()).and_then([Op::put_with_lease(key, value.clone(), lease)]);
+            match self.store.txn(txn).await {
+                Err(baton_store::Error::LeaseNotFound(_)) if attempt == 0 => *self.ttl_lease.lock().await = None,
+                other => return Ok(other?),
+            }
+        }
+        unreachable!("the second attempt returns")
+    }
+
     fn object_key(&self, kind: &Kind, namespace: Option<&str>, name: &str) -> String {
-        self.keys.registry_object(&kind.group, &kind.plural, namespace, name)
+        self.keys.registry_object(kind.store_group(), &kind.plural, namespace, name)
     }
 
     /// Decodes and validates `object` for storage; unknown fields are refused, reported or
@@ -110,14 +152,6 @@ impl ApiServer {
         let kv = self.store.get(&self.object_key(kind, namespace, name)).await?;
         let kv = kv.ok_or_else(|| ApiError::not_found(&target(kind, name)))?;
         object_of(&kv)
-    }
-
-    /// Objects of a collection (all namespaces when `namespace` is None) and the revision
-    /// they were read at.
-    pub async fn list_objects(&self, kind: &Kind, namespace: Option<&str>) -> ApiResult<(Vec<Value>, i64)> {
-        let range = self.store.range(&self.keys.registry(&kind.group, &kind.plural, namespace)).await?;
-        let objects = range.kvs.iter().map(object_of).collect::<ApiResult<Vec<_>>>()?;
-        Ok((objects, range.revision))
     }
 
     pub async fn create(
@@ -159,14 +193,19 @@ impl ApiServer {
             // Status belongs to the controller; a create never sets it.
             object.as_object_mut().expect("checked above").remove("status");
         }
+        if let Some(on_create) = kind.on_create {
+            on_create(&mut object);
+        }
         let mut warnings = Vec::new();
         let mut object = self.decode(kind, &object, &name, query.field_validation, &mut warnings)?;
+        if let Some(namespace) = namespace {
+            self.check_namespace_open(kind, namespace, &name).await?;
+        }
         if query.dry_run {
             return Ok(Reply::json(StatusCode::CREATED, object).with_warnings(warnings));
         }
         let key = self.object_key(kind, namespace, &name);
-        let txn = Txn::new().when([Compare::absent(&key)]).and_then([Op::put(&key, object.to_string())]);
-        let response = self.store.txn(txn).await?;
+        let response = self.put_txn(kind, vec![Compare::absent(&key)], &key, &object).await?;
         if !response.succeeded {
             return Err(ApiError::already_exists(&target(kind, &name)));
         }
@@ -286,10 +325,16 @@ impl ApiServer {
                 }
                 return Ok(Reply::json(StatusCode::OK, reply_object(object)?).with_warnings(warnings));
             }
-            let op = if finalized { Op::delete(&key) } else { Op::put(&key, strip_version(&object).to_string()) };
-            let response =
-                self.store.txn(Txn::new().when([Compare::mod_revision(&key, kv.mod_revision)]).and_then([op])).await?;
+            let compares = vec![Compare::mod_revision(&key, kv.mod_revision)];
+            let response = if finalized {
+                self.store.txn(Txn::new().when(compares).and_then([Op::delete(&key)])).await?
+            } else {
+                self.put_txn(kind, compares, &key, &object).await?
+            };
             if response.succeeded {
+                if finalized {
+                    self.object_removed(namespace).await;
+                }
                 object["metadata"]["resourceVersion"] = json!(response.revision.to_string());
                 return Ok(Reply::json(StatusCode::OK, reply_object(object)?).with_warnings(warnings));
             }
@@ -342,10 +387,8 @@ impl ApiServer {
                 }
                 object["metadata"]["deletionTimestamp"] = json!(now_seconds().to_string());
                 object["metadata"]["deletionGracePeriodSeconds"] = json!(0);
-                let txn = Txn::new()
-                    .when([Compare::mod_revision(&key, kv.mod_revision)])
-                    .and_then([Op::put(&key, strip_version(&object).to_string())]);
-                let response = self.store.txn(txn).await?;
+                let response =
+                    self.put_txn(kind, vec![Compare::mod_revision(&key, kv.mod_revision)], &key, &object).await?;
                 if response.succeeded {
                     object["metadata"]["resourceVersion"] = json!(response.revision.to_string());
                     return Ok(Reply::json(StatusCode::ACCEPTED, object));
@@ -357,6 +400,7 @@ impl ApiServer {
             }
             let txn = Txn::new().when([Compare::mod_revision(&key, kv.mod_revision)]).and_then([Op::delete(&key)]);
             if self.store.txn(txn).await?.succeeded {
+                self.object_removed(namespace).await;
                 return Ok(Reply::json(StatusCode::OK, object));
             }
         }
@@ -416,7 +460,7 @@ fn merge_for_update(kind: &Kind, current: &Value, wanted: Value, part: Part) -> 
     merged
 }
 
-fn strip_version(object: &Value) -> Value {
+pub fn strip_version(object: &Value) -> Value {
     let mut object = object.clone();
     if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
         metadata.remove("resourceVersion");

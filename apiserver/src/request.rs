@@ -30,6 +30,13 @@ pub struct Query {
     pub dry_run: bool,
     pub field_validation: FieldValidation,
     pub include_object: IncludeObject,
+    /// At most this many items per list page; 0 for all.
+    pub limit: usize,
+    pub continue_token: Option<String>,
+    /// Who writes (`fieldManager`), for managed fields.
+    pub field_manager: Option<String>,
+    /// Server-side apply takes fields other managers own (`force`).
+    pub force: bool,
 }
 
 impl Query {
@@ -47,6 +54,10 @@ impl Query {
             // silently dropped is a setting the user believes is in force and is not.
             field_validation: FieldValidation::Strict,
             include_object: IncludeObject::Metadata,
+            limit: 0,
+            continue_token: None,
+            field_manager: None,
+            force: false,
         };
         let mut include_object = None;
         for (key, value) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
@@ -81,9 +92,23 @@ impl Query {
                     }
                 }
                 "includeObject" => include_object = Some(value.to_string()),
-                // limit/continue: lists are returned whole (no continue token), which every
-                // client accepts. Other parameters (pretty, fieldManager, propagationPolicy…)
-                // do not change the answer here.
+                "limit" => {
+                    query.limit = value
+                        .parse()
+                        .map_err(|_| ApiError::bad_request(format!("limit {value:?} is not a whole number of items")))?
+                }
+                "continue" => query.continue_token = Some(value.to_string()).filter(|v| !v.is_empty()),
+                "fieldManager" => {
+                    if value.chars().count() > 128 || value.chars().any(char::is_control) {
+                        return Err(ApiError::bad_request(format!(
+                            "fieldManager {value:?}: must be at most 128 printable characters"
+                        )));
+                    }
+                    query.field_manager = Some(value.to_string()).filter(|v| !v.is_empty());
+                }
+                "force" => query.force = flag(),
+                // Other parameters (pretty, propagationPolicy, gracePeriodSeconds…) do not
+                // change the answer here.
                 _ => {}
             }
         }
@@ -109,6 +134,7 @@ pub fn parse_body(content_type: Option<&str>, body: &[u8]) -> ApiResult<Value> {
             serde_saphyr::from_str(text)
                 .map_err(|e| ApiError::bad_request(format!("the request body is not valid YAML: {e}")))?
         }
+        crate::protobuf::MEDIA_TYPE => crate::protobuf::decode(body)?,
         other => {
             return Err(ApiError::unsupported_media_type(other, &["application/json", "application/yaml"]));
         }

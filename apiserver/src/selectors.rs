@@ -112,14 +112,25 @@ fn parse_set(rest: &str) -> Option<BTreeSet<String>> {
     Some(inner.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect())
 }
 
-/// A field selector over `metadata.name` and `metadata.namespace`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FieldSelector(Vec<(Field, bool, String)>);
+/// The fields every kind can be selected by, with the JSON paths they read.
+pub const COMMON_FIELDS: [(&str, &str); 2] =
+    [("metadata.name", "metadata.name"), ("metadata.namespace", "metadata.namespace")];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Field {
-    Name,
-    Namespace,
+/// A field selector: terms `field=value` or `field!=value`, all of which must hold. Each
+/// field is one the kind supports (see [`FieldSelector::resolve`]), read at its JSON path.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FieldSelector {
+    input: String,
+    terms: Vec<Term>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Term {
+    field: String,
+    /// JSON pointer of the field, once resolved against the kind.
+    pointer: String,
+    equal: bool,
+    value: String,
 }
 
 impl FieldSelector {
@@ -135,29 +146,40 @@ impl FieldSelector {
                     "invalid field selector {input:?}: {part:?} has no operator"
                 )));
             };
-            let field = match field.trim() {
-                "metadata.name" => Field::Name,
-                "metadata.namespace" => Field::Namespace,
-                other => {
-                    return Err(ApiError::bad_request(format!(
-                        "field label not supported: {other} (supported: metadata.name, metadata.namespace)"
-                    )));
-                }
-            };
-            terms.push((field, equal, value.trim().to_string()));
+            let field = field.trim().to_string();
+            terms.push(Term { pointer: String::new(), field, equal, value: value.trim().to_string() });
         }
-        Ok(Self(terms))
+        Ok(Self { input: input.to_string(), terms })
+    }
+
+    /// Checks every field against those the kind supports (`(field, JSON path)`, besides
+    /// [`COMMON_FIELDS`]) and resolves where each is read.
+    pub fn resolve(&mut self, plural: &str, fields: &[(String, String)]) -> ApiResult<()> {
+        let supported: Vec<(&str, &str)> =
+            COMMON_FIELDS.iter().copied().chain(fields.iter().map(|(f, p)| (f.as_str(), p.as_str()))).collect();
+        for term in &mut self.terms {
+            let Some((_, path)) = supported.iter().find(|(field, _)| *field == term.field) else {
+                let names: Vec<&str> = supported.iter().map(|(f, _)| *f).collect();
+                return Err(ApiError::bad_request(format!(
+                    "fieldSelector {:?}: field label not supported: {} (the fields of {plural} are {})",
+                    self.input,
+                    term.field,
+                    names.join(", ")
+                )));
+            };
+            term.pointer = path.split('.').map(|s| format!("/{s}")).collect();
+        }
+        Ok(())
     }
 
     pub fn matches(&self, object: &Value) -> bool {
-        self.0.iter().all(|(field, equal, value)| {
-            let actual = match field {
-                Field::Name => object.pointer("/metadata/name"),
-                Field::Namespace => object.pointer("/metadata/namespace"),
-            }
-            .and_then(Value::as_str)
-            .unwrap_or("");
-            (actual == value) == *equal
+        self.terms.iter().all(|term| {
+            let actual = match object.pointer(&term.pointer) {
+                Some(Value::String(s)) => s.clone(),
+                None | Some(Value::Null) => String::new(),
+                Some(other) => other.to_string(),
+            };
+            (actual == term.value) == term.equal
         })
     }
 }
@@ -219,16 +241,26 @@ mod tests {
     fn bad_selectors_name_the_input() {
         let err = LabelSelector::parse("app in web").unwrap_err();
         assert!(err.message.contains("app in web"), "{}", err.message);
-        let err = FieldSelector::parse("spec.instances=3").unwrap_err();
+        let err = fields("spec.instances=3").unwrap_err();
         assert!(err.message.contains("spec.instances"), "{}", err.message);
+        assert!(err.message.contains("metadata.name, metadata.namespace, source"), "{}", err.message);
+        assert!(FieldSelector::parse("metadata.name").is_err(), "a term needs an operator");
+    }
+
+    fn fields(input: &str) -> ApiResult<FieldSelector> {
+        let mut selector = FieldSelector::parse(input)?;
+        selector.resolve("events", &[("source".to_string(), "source.component".to_string())])?;
+        Ok(selector)
     }
 
     #[test]
     fn field_selectors() {
-        let obj = json!({"metadata": {"name": "web", "namespace": "default"}});
-        assert!(FieldSelector::parse("metadata.name=web").unwrap().matches(&obj));
-        assert!(!FieldSelector::parse("metadata.name!=web").unwrap().matches(&obj));
-        assert!(FieldSelector::parse("metadata.namespace==default,metadata.name=web").unwrap().matches(&obj));
-        assert!(!FieldSelector::parse("metadata.namespace=other").unwrap().matches(&obj));
+        let obj = json!({"metadata": {"name": "web", "namespace": "default"}, "source": {"component": "c"}});
+        assert!(fields("metadata.name=web").unwrap().matches(&obj));
+        assert!(!fields("metadata.name!=web").unwrap().matches(&obj));
+        assert!(fields("metadata.namespace==default,metadata.name=web").unwrap().matches(&obj));
+        assert!(!fields("metadata.namespace=other").unwrap().matches(&obj));
+        assert!(fields("source=c").unwrap().matches(&obj), "a kind's own field, read at its path");
+        assert!(fields("source!=").unwrap().matches(&obj));
     }
 }

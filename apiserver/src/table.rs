@@ -4,7 +4,7 @@
 use jiff::Timestamp;
 use serde_json::{Value, json};
 
-use crate::kinds::{Column, Kind, column_value};
+use crate::kinds::{Column, Kind};
 use crate::status::{ApiError, ApiResult};
 
 /// What the client asked to receive.
@@ -59,14 +59,9 @@ impl IncludeObject {
     }
 }
 
-/// A Table of `objects` with the kind's columns (Name first), at `resource_version`.
-pub fn table(
-    kind: &Kind,
-    version: &str,
-    objects: &[Value],
-    resource_version: Option<&str>,
-    include: IncludeObject,
-) -> Value {
+/// A Table of `objects` with the kind's columns (Name first); `metadata` is the list's
+/// (resourceVersion, continue).
+pub fn table(kind: &Kind, version: &str, objects: &[Value], metadata: Value, include: IncludeObject) -> Value {
     let now = Timestamp::now();
     let mut definitions = vec![json!({
         "name": "Name", "type": "string", "format": "name", "priority": 0,
@@ -95,10 +90,6 @@ pub fn table(
             row
         })
         .collect();
-    let mut metadata = json!({});
-    if let Some(rv) = resource_version {
-        metadata["resourceVersion"] = json!(rv);
-    }
     json!({
         "kind": "Table",
         "apiVersion": format!("meta.k8s.io/{version}"),
@@ -109,8 +100,8 @@ pub fn table(
 }
 
 fn cell(object: &Value, column: &Column, now: Timestamp) -> Value {
-    let Some(value) = column_value(object, &column.json_path) else { return Value::Null };
-    match (column.type_.as_str(), value) {
+    let Some(value) = column.value(object) else { return Value::Null };
+    match (column.type_.as_str(), &value) {
         ("date", Value::String(s)) => match s.parse::<Timestamp>() {
             Ok(t) => Value::String(human_duration(now.duration_since(t).as_secs())),
             Err(_) => Value::String(s.clone()),
@@ -123,7 +114,7 @@ fn cell(object: &Value, column: &Column, now: Timestamp) -> Value {
                 .collect::<Vec<_>>()
                 .join(","),
         ),
-        _ => value.clone(),
+        _ => value,
     }
 }
 

@@ -1,111 +1,224 @@
-//! The `Instance` view: instance records joined with the status their agent reports,
-//! served read-only (`kubectl get instances -l app=web`, `-w` too).
+//! The read-only views: `Instance` (an instance record joined with the status its agent
+//! reports) and `Agent` (an agent's record with what its instances take, or its
+//! unreachable marker), built from the store and served like any kind: get, list, and
+//! watch (`kubectl get instances -l app=web -w`, `kubectl get agents`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use axum::body::Bytes;
 use axum::response::Response;
-use baton_api::{Instance, InstanceRecord, StatusRecord};
-use baton_store::{EventKind, KeyValue, Keyspace, Revision};
+use baton_api::{Agent, AgentRecord, Instance, InstanceRecord, StatusRecord, UnreachableMarker};
+use baton_store::{EventKind, KeyValue, Keyspace, Revision, WatchEvent};
 use serde_json::{Value, json};
 
 use crate::ApiServer;
-use crate::kinds::Kind;
+use crate::kinds::{Kind, Source};
 use crate::request::Query;
 use crate::status::{ApiError, ApiResult, Target};
 use crate::table::Format;
 use crate::watch::{Encoder, respond, start_revision, transition};
 
-/// Instance records, statuses and live agents, with the revision that last changed each.
+/// Which view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Which {
+    Instances,
+    Agents,
+}
+
+impl Which {
+    fn of(kind: &Kind) -> ApiResult<Self> {
+        match kind.source {
+            Source::InstanceView => Ok(Which::Instances),
+            Source::AgentView => Ok(Which::Agents),
+            Source::Registry(_) => Err(ApiError::internal(format!("{} is not a view", kind.plural))),
+        }
+    }
+}
+
+/// `(agent, instance id)`.
+type Slot = (String, String);
+
+/// One view object's identity: an instance slot, or an agent name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Id {
+    Instance(Slot),
+    Agent(String),
+}
+
+/// Every record the views are built from, with the revision that last changed each.
+/// Ordered maps, so an agent's instances are one range.
 #[derive(Default)]
 struct Join {
-    records: HashMap<(String, String), (InstanceRecord, Revision)>,
-    statuses: HashMap<(String, String), (StatusRecord, Revision)>,
-    agents: HashMap<String, Revision>,
+    records: BTreeMap<Slot, (InstanceRecord, Revision)>,
+    statuses: BTreeMap<Slot, (StatusRecord, Revision)>,
+    agents: BTreeMap<String, (AgentRecord, Revision)>,
+    markers: BTreeMap<String, (UnreachableMarker, Revision)>,
+}
+
+fn agent_range(agent: &str) -> std::ops::RangeFrom<Slot> {
+    (agent.to_string(), String::new())..
 }
 
 impl Join {
-    fn view(&self, key: &(String, String)) -> Option<Value> {
-        let (record, record_rev) = self.records.get(key)?;
-        let status = self.statuses.get(key);
-        let agent = self.agents.get(&key.0);
-        let rev = [Some(*record_rev), status.map(|(_, r)| *r), agent.copied()].into_iter().flatten().max().unwrap_or(0);
-        Some(view_value(record, status.map(|(s, _)| s), agent.is_some(), rev))
+    fn instance_slots<'a>(&'a self, agent: &'a str) -> impl Iterator<Item = &'a Slot> + 'a {
+        self.records.range(agent_range(agent)).map(|(slot, _)| slot).take_while(move |(a, _)| a == agent)
     }
 
-    fn views(&self) -> Vec<Value> {
-        let mut views: Vec<Value> = self.records.keys().filter_map(|k| self.view(k)).collect();
+    fn instance_view(&self, slot: &Slot) -> Option<Value> {
+        let (record, record_rev) = self.records.get(slot)?;
+        let status = self.statuses.get(slot);
+        let agent = self.agents.get(&slot.0);
+        let rev = [Some(*record_rev), status.map(|(_, r)| *r), agent.map(|(_, r)| *r)]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or(0);
+        let view = Instance::from_records(record, status.map(|(s, _)| s), agent.is_some(), rev);
+        Some(serde_json::to_value(view).expect("an Instance serializes"))
+    }
+
+    /// The view of an agent that reports, has an unreachable marker, or has instances not
+    /// yet over.
+    fn agent_view(&self, name: &str) -> Option<Value> {
+        let agent = self.agents.get(name);
+        let marker = self.markers.get(name);
+        let mut rev = agent.map_or(0, |(_, r)| *r).max(marker.map_or(0, |(_, r)| *r));
+        let mut live = Vec::new();
+        for slot in self.instance_slots(name) {
+            let (record, record_rev) = &self.records[slot];
+            let status = self.statuses.get(slot);
+            if status.is_some_and(|(s, _)| s.phase.is_terminal()) {
+                continue;
+            }
+            rev = rev.max(*record_rev).max(status.map_or(0, |(_, r)| *r));
+            live.push(record);
+        }
+        if agent.is_none() && marker.is_none() && live.is_empty() {
+            return None;
+        }
+        let view = Agent::from_records(name, agent.map(|(a, _)| a), &live, marker.map(|(m, _)| m), rev);
+        Some(serde_json::to_value(view).expect("an Agent serializes"))
+    }
+
+    fn view(&self, id: &Id) -> Option<Value> {
+        match id {
+            Id::Instance(slot) => self.instance_view(slot),
+            Id::Agent(name) => self.agent_view(name),
+        }
+    }
+
+    fn ids(&self, which: Which) -> Vec<Id> {
+        match which {
+            Which::Instances => self.records.keys().cloned().map(Id::Instance).collect(),
+            Which::Agents => {
+                let names: BTreeSet<&String> =
+                    self.agents.keys().chain(self.markers.keys()).chain(self.records.keys().map(|(a, _)| a)).collect();
+                names.into_iter().cloned().map(Id::Agent).collect()
+            }
+        }
+    }
+
+    /// Every view, by namespace and name.
+    fn views(&self, which: Which) -> Vec<Value> {
+        let mut views: Vec<Value> = self.ids(which).iter().filter_map(|id| self.view(id)).collect();
         views.sort_by(|a, b| {
-            let key = |v: &Value| (v["metadata"]["namespace"].to_string(), v["metadata"]["name"].to_string());
+            let key = |v: &Value| {
+                let field = |f: &str| v["metadata"][f].as_str().unwrap_or_default().to_string();
+                (field("namespace"), field("name"))
+            };
             key(a).cmp(&key(b))
         });
         views
     }
 
-    /// Applies one store change; returns the views before and after it of the instances it
-    /// concerns (all of an agent's when the agent comes or goes).
-    fn apply(&mut self, keys: &Keyspace, event: &baton_store::WatchEvent) -> Vec<(Option<Value>, Option<Value>)> {
-        if let Some(agent) = keys.parse_agent_key(&event.kv.key) {
-            let slots: Vec<(String, String)> = self.records.keys().filter(|(a, _)| a == agent).cloned().collect();
-            let before: Vec<Option<Value>> = slots.iter().map(|slot| self.view(slot)).collect();
-            match event.kind {
-                EventKind::Put => _ = self.agents.insert(agent.to_string(), event.kv.mod_revision),
-                EventKind::Delete => _ = self.agents.remove(agent),
+    /// The views one store change may alter.
+    fn touched(&self, which: Which, keys: &Keyspace, key: &str) -> Vec<Id> {
+        let agent_of = || {
+            keys.parse_agent_key(key)
+                .or_else(|| keys.parse_instance_key(key).map(|(a, _)| a))
+                .or_else(|| keys.parse_status_key(key).map(|(a, _)| a))
+                .or_else(|| keys.parse_unreachable_key(key))
+        };
+        match which {
+            Which::Agents => agent_of().map(|a| Id::Agent(a.to_string())).into_iter().collect(),
+            Which::Instances => {
+                if let Some(agent) = keys.parse_agent_key(key) {
+                    // An agent coming or going changes the phase of all its instances.
+                    self.instance_slots(agent).cloned().map(Id::Instance).collect()
+                } else if let Some((agent, id)) = keys.parse_instance_key(key).or_else(|| keys.parse_status_key(key)) {
+                    vec![Id::Instance((agent.to_string(), id.to_string()))]
+                } else {
+                    Vec::new()
+                }
             }
-            return slots.iter().zip(before).map(|(slot, before)| (before, self.view(slot))).collect();
         }
-        self.apply_instance(keys, event).into_iter().collect()
     }
 
-    fn apply_instance(
-        &mut self,
-        keys: &Keyspace,
-        event: &baton_store::WatchEvent,
-    ) -> Option<(Option<Value>, Option<Value>)> {
+    /// Takes in one store change.
+    fn ingest(&mut self, keys: &Keyspace, event: &WatchEvent) {
         let key = &event.kv.key;
-        if let Some((agent, id)) = keys.parse_instance_key(key) {
+        let rev = event.kv.mod_revision;
+        let put = event.kind == EventKind::Put;
+        if let Some(agent) = keys.parse_agent_key(key) {
+            match parse::<AgentRecord>(&event.kv).filter(|_| put) {
+                Some(record) => _ = self.agents.insert(agent.to_string(), (record, rev)),
+                None => _ = self.agents.remove(agent),
+            }
+        } else if let Some(agent) = keys.parse_unreachable_key(key) {
+            match parse::<UnreachableMarker>(&event.kv).filter(|_| put) {
+                Some(marker) => _ = self.markers.insert(agent.to_string(), (marker, rev)),
+                None => _ = self.markers.remove(agent),
+            }
+        } else if let Some((agent, id)) = keys.parse_instance_key(key) {
             let slot = (agent.to_string(), id.to_string());
-            let before = self.view(&slot).or_else(|| {
-                // Not loaded (it came and went before this watch): rebuild from the event.
-                let prev = event.prev_kv.as_ref()?;
-                let record: InstanceRecord = serde_json::from_slice(&prev.value).ok()?;
-                Some(view_value(&record, None, true, prev.mod_revision))
-            });
-            match event.kind {
-                EventKind::Put => {
-                    let record: InstanceRecord = serde_json::from_slice(&event.kv.value).ok()?;
-                    self.records.insert(slot.clone(), (record, event.kv.mod_revision));
-                    Some((before, self.view(&slot)))
-                }
-                EventKind::Delete => {
-                    self.records.remove(&slot);
-                    let before = before.map(|mut v| {
-                        v["metadata"]["resourceVersion"] = json!(event.revision().to_string());
-                        v
-                    });
-                    Some((before, None))
-                }
+            match parse::<InstanceRecord>(&event.kv).filter(|_| put) {
+                Some(record) => _ = self.records.insert(slot, (record, rev)),
+                None => _ = self.records.remove(&slot),
             }
         } else if let Some((agent, id)) = keys.parse_status_key(key) {
             let slot = (agent.to_string(), id.to_string());
-            let before = self.view(&slot);
-            match event.kind {
-                EventKind::Put => {
-                    let status: StatusRecord = serde_json::from_slice(&event.kv.value).ok()?;
-                    self.statuses.insert(slot.clone(), (status, event.kv.mod_revision));
-                }
-                EventKind::Delete => _ = self.statuses.remove(&slot),
+            match parse::<StatusRecord>(&event.kv).filter(|_| put) {
+                Some(status) => _ = self.statuses.insert(slot, (status, rev)),
+                None => _ = self.statuses.remove(&slot),
             }
-            let after = self.view(&slot);
-            before.is_some().then_some((before, after))
-        } else {
-            None
         }
     }
-}
 
-fn view_value(record: &InstanceRecord, status: Option<&StatusRecord>, agent_live: bool, rev: Revision) -> Value {
-    serde_json::to_value(Instance::from_records(record, status, agent_live, rev)).expect("an Instance serializes")
+    /// Applies one store change; returns the views before and after it of what it touched.
+    /// Views after a change carry its revision.
+    fn apply(&mut self, which: Which, keys: &Keyspace, event: &WatchEvent) -> Vec<(Option<Value>, Option<Value>)> {
+        let touched = self.touched(which, keys, &event.kv.key);
+        if touched.is_empty() {
+            return Vec::new();
+        }
+        let before: Vec<Option<Value>> = touched.iter().map(|id| self.view(id)).collect();
+        // An instance that came and went before this watch loaded: rebuild it from the event.
+        let before = match (which, before.as_slice(), &event.prev_kv) {
+            (Which::Instances, [None], Some(prev)) if keys.parse_instance_key(&prev.key).is_some() => {
+                let rebuilt = parse::<InstanceRecord>(prev).map(|record| {
+                    let view = Instance::from_records(&record, None, true, prev.mod_revision);
+                    serde_json::to_value(view).expect("an Instance serializes")
+                });
+                vec![rebuilt]
+            }
+            _ => before,
+        };
+        self.ingest(keys, event);
+        let stamp = |mut view: Value| {
+            view["metadata"]["resourceVersion"] = json!(event.revision().to_string());
+            view
+        };
+        touched
+            .iter()
+            .zip(before)
+            .map(|(id, before)| {
+                let after = self.view(id).map(stamp);
+                // A deleted object carries the revision of its deletion.
+                let before = if after.is_none() { before.map(stamp) } else { before };
+                (before, after)
+            })
+            .collect()
+    }
 }
 
 fn parse<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Option<T> {
@@ -123,47 +236,38 @@ fn in_namespace(view: &Value, namespace: Option<&str>) -> bool {
 }
 
 impl ApiServer {
-    /// Reads every instance and status. The revision returned is that of the first read, so
+    /// Reads every record a view needs. The revision returned is that of the first read, so
     /// a watch from it re-delivers (rather than misses) anything that changed in between.
-    async fn load_instances(&self) -> ApiResult<(Join, Revision)> {
+    async fn load_join(&self, which: Which) -> ApiResult<(Join, Revision)> {
+        let agents = self.store.range(&self.keys.agents()).await?;
         let records = self.store.range(&self.keys.instances()).await?;
         let statuses = self.store.range(&self.keys.statuses()).await?;
-        let agents = self.store.range(&self.keys.agents()).await?;
+        let markers = match which {
+            Which::Agents => self.store.range(&self.keys.unreachable_agents()).await?.kvs,
+            Which::Instances => Vec::new(),
+        };
         let mut join = Join::default();
-        for kv in &agents.kvs {
-            if let Some(agent) = self.keys.parse_agent_key(&kv.key) {
-                join.agents.insert(agent.to_string(), kv.mod_revision);
-            }
+        for kv in agents.kvs.iter().chain(&records.kvs).chain(&statuses.kvs).chain(&markers) {
+            join.ingest(&self.keys, &WatchEvent { kind: EventKind::Put, kv: kv.clone(), prev_kv: None });
         }
-        for kv in &records.kvs {
-            if let (Some((agent, id)), Some(record)) =
-                (self.keys.parse_instance_key(&kv.key), parse::<InstanceRecord>(kv))
-            {
-                join.records.insert((agent.to_string(), id.to_string()), (record, kv.mod_revision));
-            }
-        }
-        for kv in &statuses.kvs {
-            if let (Some((agent, id)), Some(status)) = (self.keys.parse_status_key(&kv.key), parse::<StatusRecord>(kv))
-            {
-                join.statuses.insert((agent.to_string(), id.to_string()), (status, kv.mod_revision));
-            }
-        }
-        Ok((join, records.revision))
+        Ok((join, agents.revision))
     }
 
-    pub async fn list_instances(&self, namespace: Option<&str>) -> ApiResult<(Vec<Value>, Revision)> {
-        let (join, revision) = self.load_instances().await?;
-        Ok((join.views().into_iter().filter(|v| in_namespace(v, namespace)).collect(), revision))
+    /// Every object of a view (in `namespace`, if given) and the revision it was read at.
+    pub async fn list_view(&self, kind: &Kind, namespace: Option<&str>) -> ApiResult<(Vec<Value>, Revision)> {
+        let which = Which::of(kind)?;
+        let (join, revision) = self.load_join(which).await?;
+        Ok((join.views(which).into_iter().filter(|v| in_namespace(v, namespace)).collect(), revision))
     }
 
-    pub async fn get_instance(&self, kind: &Kind, namespace: Option<&str>, name: &str) -> ApiResult<Value> {
-        let (views, _) = self.list_instances(namespace).await?;
+    pub async fn get_view(&self, kind: &Kind, namespace: Option<&str>, name: &str) -> ApiResult<Value> {
+        let (views, _) = self.list_view(kind, namespace).await?;
         views.into_iter().find(|v| v.pointer("/metadata/name").and_then(Value::as_str) == Some(name)).ok_or_else(|| {
             ApiError::not_found(&Target { group: &kind.group, plural: &kind.plural, kind: &kind.kind, name })
         })
     }
 
-    pub(crate) async fn watch_instances(
+    pub(crate) async fn watch_view(
         &self,
         kind: &Kind,
         namespace: Option<&str>,
@@ -171,13 +275,15 @@ impl ApiServer {
         format: Format,
         slot: crate::WatchSlot,
     ) -> ApiResult<Response> {
+        let which = Which::of(kind)?;
         let encoder = Encoder { kind: kind.clone(), format, include: query.include_object };
-        let (mut join, loaded_at) = self.load_instances().await?;
+        let (mut join, loaded_at) = self.load_join(which).await?;
         let mut initial: Vec<Bytes> = Vec::new();
         let from = match start_revision(query)? {
             Some(revision) => revision + 1,
             None => {
-                for view in join.views().iter().filter(|v| in_namespace(v, namespace) && query.selectors.matches(v)) {
+                let views = join.views(which);
+                for view in views.iter().filter(|v| in_namespace(v, namespace) && query.selectors.matches(v)) {
                     initial.push(encoder.event("ADDED", view));
                 }
                 if query.send_initial_events && query.allow_bookmarks {
@@ -190,9 +296,9 @@ impl ApiServer {
         let selectors = query.selectors.clone();
         let namespace = namespace.map(str::to_string);
         let events = encoder.clone();
-        let convert = move |event: &baton_store::WatchEvent| {
+        let convert = move |event: &WatchEvent| {
             let matches = |v: &Value| in_namespace(v, namespace.as_deref()) && selectors.matches(v);
-            join.apply(&keys, event)
+            join.apply(which, &keys, event)
                 .into_iter()
                 .filter_map(|(before, after)| {
                     let type_ = transition(before.as_ref().map(matches), after.as_ref().map(matches))?;
@@ -201,9 +307,87 @@ impl ApiServer {
                 })
                 .collect::<Vec<_>>()
         };
-        // One watch over the whole keyspace keeps instance and status changes in revision
-        // order; other keys are skipped.
-        let live = self.follow(&self.keys.root_prefix(), from, encoder, convert).await?;
+        // One watch over the whole keyspace keeps changes of every record in revision
+        // order; keys no view reads are skipped.
+        let live = self.follow(&self.keys.root_prefix(), from, encoder, query, convert).await?;
         Ok(respond(initial, live, query, &self.shutdown, slot))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_api::records::Command;
+    use baton_api::{AppRef, Goal, Phase, ResourceAmounts};
+    use jiff::Timestamp;
+
+    fn put(key: String, value: Value, rev: Revision) -> WatchEvent {
+        let kv = KeyValue {
+            key,
+            value: value.to_string().into_bytes(),
+            create_revision: rev,
+            mod_revision: rev,
+            version: 1,
+            lease: 0,
+        };
+        WatchEvent { kind: EventKind::Put, kv, prev_kv: None }
+    }
+
+    fn record(agent: &str, id: &str) -> Value {
+        serde_json::to_value(InstanceRecord {
+            id: id.into(),
+            app: AppRef { namespace: "default".into(), name: "web".into(), uid: "u".into() },
+            agent: agent.into(),
+            host: "h".into(),
+            version: "v".into(),
+            created_at: Timestamp::UNIX_EPOCH,
+            goal: Goal::Running,
+            stop_reason: None,
+            command: Command::Shell("x".into()),
+            env: Default::default(),
+            labels: Default::default(),
+            resources: ResourceAmounts { millicpus: 500, mem_mib: 64, disk_mib: 0, gpus: 0 },
+            ports: vec![],
+            kill_grace_seconds: 3,
+            term: 1,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn an_agent_view_follows_its_instances_and_leaves_with_its_last_trace() {
+        let keys = Keyspace::default();
+        let mut join = Join::default();
+        let agent = json!({"name": "a1", "host": "h", "resources": {"millicpus": 2000, "memMib": 1024, "diskMib": 0},
+                           "version": "0.1.0", "startedAt": "2026-01-01T00:00:00Z"});
+        let changes = join.apply(Which::Agents, &keys, &put(keys.agent("a1"), agent, 2));
+        assert_eq!(changes.len(), 1);
+        assert!(changes[0].0.is_none() && changes[0].1.is_some(), "the agent appears");
+
+        let changes = join.apply(Which::Agents, &keys, &put(keys.instance("a1", "web-1"), record("a1", "web-1"), 3));
+        let after = changes[0].1.as_ref().unwrap();
+        assert_eq!(after["status"]["allocated"]["cpus"], 0.5);
+        assert_eq!(after["metadata"]["resourceVersion"], "3", "a watched view carries the change's revision");
+
+        let status = serde_json::to_value(StatusRecord::new(Phase::Failed)).unwrap();
+        let changes = join.apply(Which::Agents, &keys, &put(keys.status("a1", "web-1"), status, 4));
+        assert_eq!(changes[0].1.as_ref().unwrap()["status"]["instances"], 0, "an instance that is over takes nothing");
+
+        let gone = WatchEvent {
+            kind: EventKind::Delete,
+            kv: KeyValue {
+                key: keys.agent("a1"),
+                value: vec![],
+                create_revision: 0,
+                mod_revision: 5,
+                version: 0,
+                lease: 0,
+            },
+            prev_kv: None,
+        };
+        let changes = join.apply(Which::Agents, &keys, &gone);
+        assert!(changes[0].1.is_none(), "an agent without key, marker or live instance is gone");
+        assert_eq!(changes[0].0.as_ref().unwrap()["metadata"]["resourceVersion"], "5");
+        assert!(join.apply(Which::Agents, &keys, &put("/baton/registry/x".into(), json!({}), 6)).is_empty());
     }
 }

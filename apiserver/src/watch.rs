@@ -43,8 +43,8 @@ impl Encoder {
         let object = match self.format {
             Format::Json => object.clone(),
             Format::Table(version) => {
-                let rv = object.pointer("/metadata/resourceVersion").and_then(Value::as_str);
-                table(&self.kind, version, std::slice::from_ref(object), rv, self.include)
+                let metadata = json!({"resourceVersion": object.pointer("/metadata/resourceVersion")});
+                table(&self.kind, version, std::slice::from_ref(object), metadata, self.include)
             }
         };
         line(&json!({"type": type_, "object": object}))
@@ -130,13 +130,20 @@ impl ApiServer {
     /// Follows the store under `prefix` from revision `from`, turning each change into
     /// events with `convert`. History that is gone becomes an in-stream 410 ERROR
     /// event, as does any later failure of the store watch; the stream ends after it.
-    pub async fn follow(
+    /// With `allowWatchBookmarks`, a BOOKMARK every [`crate::Limits::bookmark_interval`]
+    /// carries the last revision this watch has seen (including changes no event was sent
+    /// for), so a client that resumes from it does not replay them.
+    pub async fn follow<C>(
         &self,
         prefix: &str,
         from: Revision,
         encoder: Encoder,
-        mut convert: impl FnMut(&WatchEvent) -> Vec<Bytes> + Send + 'static,
-    ) -> ApiResult<BoxStream<'static, Bytes>> {
+        query: &Query,
+        convert: C,
+    ) -> ApiResult<BoxStream<'static, Bytes>>
+    where
+        C: FnMut(&WatchEvent) -> Vec<Bytes> + Send + 'static,
+    {
         let watch = match self.store.watch(prefix, from).await {
             Ok(watch) => watch,
             Err(e @ baton_store::Error::Compacted { .. }) => {
@@ -144,20 +151,14 @@ impl ApiServer {
             }
             Err(e) => return Err(e.into()),
         };
-        let events = watch
-            .scan(false, move |failed, batch| {
-                let out = match (*failed, batch) {
-                    (true, _) => None,
-                    (false, Ok(batch)) => Some(batch.events.iter().flat_map(&mut convert).collect::<Vec<_>>()),
-                    (false, Err(e)) => {
-                        *failed = true;
-                        Some(vec![encoder.error(&ApiError::from(e))])
-                    }
-                };
-                futures::future::ready(out)
-            })
-            .flat_map(stream::iter);
-        Ok(events.boxed())
+        let period = self.limits.bookmark_interval;
+        let ticks = query.allow_bookmarks.then(|| {
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks
+        });
+        let state = Follow { watch, ticks, seen: from - 1, convert, encoder, done: false };
+        Ok(stream::unfold(state, Follow::next).flat_map(stream::iter).boxed())
     }
 
     /// `GET …/<plural>?watch=true` for a stored kind.
@@ -170,7 +171,7 @@ impl ApiServer {
         slot: crate::WatchSlot,
     ) -> ApiResult<Response> {
         let encoder = Encoder { kind: kind.clone(), format, include: query.include_object };
-        let prefix = self.keys.registry(&kind.group, &kind.plural, namespace);
+        let prefix = self.keys.registry(kind.store_group(), &kind.plural, namespace);
         let mut initial = Vec::new();
         let from = match start_revision(query)? {
             Some(revision) => revision + 1,
@@ -191,8 +192,57 @@ impl ApiServer {
         let selectors = query.selectors.clone();
         let events = encoder.clone();
         let convert = move |event: &WatchEvent| registry_event(&events, &selectors, event).into_iter().collect();
-        let live = self.follow(&prefix, from, encoder, convert).await?;
+        let live = self.follow(&prefix, from, encoder, query, convert).await?;
         Ok(respond(initial, live, query, &self.shutdown, slot))
+    }
+}
+
+/// The state of a followed store watch.
+struct Follow<C> {
+    watch: baton_store::WatchStream,
+    ticks: Option<tokio::time::Interval>,
+    /// The last revision the store watch delivered.
+    seen: Revision,
+    convert: C,
+    encoder: Encoder,
+    done: bool,
+}
+
+impl<C: FnMut(&WatchEvent) -> Vec<Bytes> + Send + 'static> Follow<C> {
+    /// The next lines to send, or `None` when the watch is over.
+    async fn next(mut self) -> Option<(Vec<Bytes>, Self)> {
+        if self.done {
+            return None;
+        }
+        loop {
+            let batch = match &mut self.ticks {
+                Some(ticks) => tokio::select! {
+                    batch = self.watch.next() => batch,
+                    _ = ticks.tick() => {
+                        let bookmark = self.encoder.bookmark(self.seen, false);
+                        return Some((vec![bookmark], self));
+                    }
+                },
+                None => self.watch.next().await,
+            };
+            match batch {
+                None => return None,
+                Some(Err(e)) => {
+                    self.done = true;
+                    let error = self.encoder.error(&ApiError::from(e));
+                    return Some((vec![error], self));
+                }
+                Some(Ok(batch)) => {
+                    if let Some(last) = batch.events.last() {
+                        self.seen = self.seen.max(last.revision());
+                    }
+                    let lines: Vec<Bytes> = batch.events.iter().flat_map(&mut self.convert).collect();
+                    if !lines.is_empty() {
+                        return Some((lines, self));
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -36,8 +36,8 @@ impl Api {
             tokens: Tokens::parse("admin-token,admin,baton:admins\nalice-token,alice,team-a\nbob-token,bob\n").unwrap(),
             rules: Rules::parse("rules:\n- groups: [team-a]\n  namespaces: [default]\n  access: read\n").unwrap(),
         };
-        let router =
-            ApiServer::new(store.clone(), Keyspace::default(), security, Limits { watches_per_user: 3 }).router();
+        let limits = Limits { watches_per_user: 3, bookmark_interval: Duration::from_millis(300) };
+        let router = ApiServer::start(store.clone(), Keyspace::default(), security, limits).await.unwrap().router();
         Self { router, store, _dir: dir }
     }
 
@@ -386,4 +386,235 @@ async fn a_user_may_hold_only_so_many_watches() {
     drop(open.pop());
     let response = api.router.clone().oneshot(watch()).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+}
+
+fn names(list: &Value) -> Vec<String> {
+    list["items"].as_array().unwrap().iter().map(|i| i["metadata"]["name"].as_str().unwrap().to_string()).collect()
+}
+
+#[tokio::test]
+async fn pages_of_a_list_are_one_consistent_view() {
+    let api = Api::new().await;
+    for i in 0..7 {
+        api.create(&format!("app-{i}"), 1).await;
+    }
+    let (code, first) = api.call(Method::GET, &format!("{APPS}?limit=3"), None).await;
+    assert_eq!(code, StatusCode::OK, "{first}");
+    assert_eq!(names(&first), ["app-0", "app-1", "app-2"]);
+    let token = first["metadata"]["continue"].as_str().expect("a continue token").to_string();
+    // Changes after the first page do not show in its later pages.
+    api.call(Method::DELETE, &format!("{APPS}/app-4"), None).await;
+    api.create("app-35", 1).await;
+    let (_, second) = api.call(Method::GET, &format!("{APPS}?limit=3&continue={token}"), None).await;
+    assert_eq!(names(&second), ["app-3", "app-4", "app-5"]);
+    assert_eq!(second["metadata"]["resourceVersion"], first["metadata"]["resourceVersion"]);
+    let token = second["metadata"]["continue"].as_str().unwrap().to_string();
+    let (_, last) = api.call(Method::GET, &format!("{APPS}?limit=3&continue={token}"), None).await;
+    assert_eq!(names(&last), ["app-6"]);
+    assert!(last["metadata"].get("continue").is_none(), "the last page has no continue token");
+
+    // A selector fills pages with matching objects only.
+    let (_, page) =
+        api.call(Method::GET, &format!("{APPS}?limit=2&fieldSelector=metadata.name%21%3Dapp-0"), None).await;
+    assert_eq!(names(&page), ["app-1", "app-2"]);
+    let (code, body) = api.call(Method::GET, &format!("{APPS}?limit=2&continue=garbage"), None).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
+}
+
+#[tokio::test]
+async fn a_continue_token_older_than_the_history_is_expired() {
+    let api = Api::with_history(5).await;
+    for i in 0..4 {
+        api.create(&format!("app-{i}"), 1).await;
+    }
+    let (_, first) = api.call(Method::GET, &format!("{APPS}?limit=2"), None).await;
+    let token = first["metadata"]["continue"].as_str().unwrap().to_string();
+    for i in 0..20 {
+        api.store.put(&format!("/baton/other/{i}"), b"x".to_vec()).await.unwrap();
+    }
+    let (code, body) = api.call(Method::GET, &format!("{APPS}?limit=2&continue={token}"), None).await;
+    assert_eq!((code, body["reason"].as_str()), (StatusCode::GONE, Some("Expired")), "{body}");
+}
+
+const NAMESPACES: &str = "/api/v1/namespaces";
+
+fn namespace(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+}
+
+#[tokio::test]
+async fn objects_live_in_namespaces_that_exist() {
+    let api = Api::new().await;
+    let (code, default) = api.call(Method::GET, &format!("{NAMESPACES}/default"), None).await;
+    assert_eq!((code, default["status"]["phase"].as_str()), (StatusCode::OK, Some("Active")), "default always exists");
+    let shop_apps = "/apis/baton.dev/v1alpha1/namespaces/shop/apps";
+    let (code, body) = api.call(Method::POST, shop_apps, Some(&app("web", 1))).await;
+    assert_eq!((code, body["message"].as_str()), (StatusCode::NOT_FOUND, Some("namespaces \"shop\" not found")));
+    let (code, created) = api.call(Method::POST, NAMESPACES, Some(&namespace("shop"))).await;
+    assert_eq!((code, created["status"]["phase"].as_str()), (StatusCode::CREATED, Some("Active")), "{created}");
+    let (code, body) = api.call(Method::POST, NAMESPACES, Some(&namespace("Not_A_Label"))).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let (code, _) = api.call(Method::POST, shop_apps, Some(&app("web", 1))).await;
+    assert_eq!(code, StatusCode::CREATED);
+    let mut held = app("held", 1);
+    held["metadata"]["finalizers"] = json!(["example.dev/hold"]);
+    api.call(Method::POST, shop_apps, Some(&held)).await;
+    let (_, list) = api.call(Method::GET, NAMESPACES, None).await;
+    assert_eq!(names(&list), ["default", "shop"]);
+
+    // Deleting the namespace deletes what it holds; an object with a finalizer keeps it
+    // Terminating, and nothing new may be created in it meanwhile.
+    let (code, deleting) = api.call(Method::DELETE, &format!("{NAMESPACES}/shop"), None).await;
+    assert_eq!((code, deleting["status"]["phase"].as_str()), (StatusCode::OK, Some("Terminating")));
+    let web_gone = wait_until(|| async {
+        api.call(Method::GET, &format!("{shop_apps}/web"), None).await.0 == StatusCode::NOT_FOUND
+    })
+    .await;
+    assert!(web_gone, "the namespace's app without finalizers is deleted");
+    let (_, held) = api.call(Method::GET, &format!("{shop_apps}/held"), None).await;
+    assert!(held["metadata"]["deletionTimestamp"].is_string(), "{held}");
+    let (code, body) = api.call(Method::POST, shop_apps, Some(&app("late", 1))).await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("being terminated"), "{body}");
+    let (code, _) = api.call(Method::GET, &format!("{NAMESPACES}/shop"), None).await;
+    assert_eq!(code, StatusCode::OK, "still Terminating while an object waits for its finalizer");
+    let release = json!({"metadata": {"finalizers": null}});
+    api.call_as(Method::PATCH, &format!("{shop_apps}/held"), "application/merge-patch+json", Some(&release)).await;
+    let ns_gone = wait_until(|| async {
+        api.call(Method::GET, &format!("{NAMESPACES}/shop"), None).await.0 == StatusCode::NOT_FOUND
+    })
+    .await;
+    assert!(ns_gone, "the namespace goes with its last object");
+    let (code, _) = api.call(Method::DELETE, &format!("{NAMESPACES}/default"), None).await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "default may not be deleted");
+}
+
+/// Whether `check` holds within 5 s.
+async fn wait_until<F, Fut>(check: F) -> bool
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+fn event(name: &str, reason: &str, about: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Event", "metadata": {"name": name, "namespace": "default"},
+        "involvedObject": {"apiVersion": "baton.dev/v1alpha1", "kind": "App", "name": about, "namespace": "default"},
+        "reason": reason, "message": format!("{reason} {about}"), "type": "Normal", "count": 1,
+        "source": {"component": "baton-controller"},
+        "firstTimestamp": "2026-11-21T00:00:00Z", "lastTimestamp": "2026-11-21T00:00:00Z",
+    })
+}
+
+#[tokio::test]
+async fn events_are_selected_by_what_they_are_about_and_expire() {
+    let api = Api::new().await;
+    let events = "/api/v1/namespaces/default/events";
+    for (name, reason, about) in [("e1", "Launched", "web"), ("e2", "Killed", "web"), ("e3", "Launched", "db")] {
+        let (code, body) = api.call(Method::POST, events, Some(&event(name, reason, about))).await;
+        assert_eq!(code, StatusCode::CREATED, "{body}");
+    }
+    let query = "fieldSelector=involvedObject.name%3Dweb,involvedObject.namespace%3Ddefault,involvedObject.kind%3DApp";
+    let (_, list) = api.call(Method::GET, &format!("{events}?{query}"), None).await;
+    assert_eq!(names(&list), ["e1", "e2"]);
+    let (_, list) = api.call(Method::GET, "/api/v1/events?fieldSelector=reason%3DLaunched", None).await;
+    assert_eq!(names(&list), ["e1", "e3"]);
+    let (code, body) = api.call(Method::GET, &format!("{events}?fieldSelector=spec.x%3D1"), None).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert!(body["message"].as_str().unwrap().contains("involvedObject.name"), "{body}");
+    let mut bad = event("e4", "X", "web");
+    bad["type"] = json!("Urgent");
+    let (code, body) = api.call(Method::POST, events, Some(&bad)).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["details"]["causes"][0]["field"], "type");
+    // Every event is attached to a lease, so the store expires it.
+    let stored = api.store.get("/baton/registry/core/events/default/e1").await.unwrap().unwrap();
+    assert_ne!(stored.lease, 0, "an event expires with its lease");
+    let patch = json!({"count": 2});
+    let (code, _) =
+        api.call_as(Method::PATCH, &format!("{events}/e1"), "application/merge-patch+json", Some(&patch)).await;
+    assert_eq!(code, StatusCode::OK);
+    let stored = api.store.get("/baton/registry/core/events/default/e1").await.unwrap().unwrap();
+    assert_ne!(stored.lease, 0, "an updated event keeps a lease");
+}
+
+#[tokio::test]
+async fn discovery_serves_the_core_group_and_the_views() {
+    let api = Api::new().await;
+    let (_, core) = api.call(Method::GET, "/api/v1", None).await;
+    let resources: Vec<&str> =
+        core["resources"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(resources, ["namespaces", "namespaces/status", "events"]);
+    let (_, versions) = api.call(Method::GET, "/api", None).await;
+    assert_eq!(versions["versions"], json!(["v1"]));
+    let (_, group) = api.call(Method::GET, "/apis/baton.dev/v1alpha1", None).await;
+    let agents = group["resources"].as_array().unwrap().iter().find(|r| r["name"] == "agents").unwrap().clone();
+    assert_eq!(
+        (agents["namespaced"].clone(), agents["verbs"].clone()),
+        (json!(false), json!(["get", "list", "watch"]))
+    );
+}
+
+#[tokio::test]
+async fn agents_are_a_read_only_cluster_wide_view() {
+    let api = Api::new().await;
+    let agent = json!({"name": "a1", "host": "10.0.0.1", "resources": {"millicpus": 2000, "memMib": 1024, "diskMib": 0},
+                       "attributes": {"rack": "r1"}, "version": "test", "startedAt": "2026-11-21T00:00:00Z"});
+    api.store.put("/baton/agents/a1", agent.to_string().into_bytes()).await.unwrap();
+    let path = "/apis/baton.dev/v1alpha1/agents";
+    let (code, list) = api.call(Method::GET, &format!("{path}?labelSelector=rack%3Dr1"), None).await;
+    assert_eq!(code, StatusCode::OK, "{list}");
+    assert_eq!(names(&list), ["a1"]);
+    assert_eq!(list["items"][0]["status"]["state"], "Ready");
+    assert_eq!(list["items"][0]["status"]["capacity"]["cpus"], 2.0);
+    let (code, _) = api.call(Method::GET, &format!("{path}?fieldSelector=status.state%3DUnreachable"), None).await;
+    assert_eq!(code, StatusCode::OK);
+    let (code, _) = api.call(Method::POST, path, Some(&json!({}))).await;
+    assert_eq!(code, StatusCode::METHOD_NOT_ALLOWED);
+    let request = Request::builder()
+        .uri(path)
+        .header("accept", "application/json;as=Table;v=v1;g=meta.k8s.io")
+        .header("authorization", "Bearer admin-token")
+        .body(Body::empty())
+        .unwrap();
+    let (_, table) = api.send(request).await;
+    assert_eq!(
+        table["rows"][0]["cells"],
+        json!([
+            "a1",
+            "10.0.0.1",
+            "Ready",
+            "0/2",
+            "0/1024",
+            "0/0",
+            "0/0",
+            0,
+            "rack=r1",
+            "test",
+            table["rows"][0]["cells"][10]
+        ])
+    );
+}
+
+#[tokio::test]
+async fn idle_watches_get_bookmarks_with_the_revision_they_have_seen() {
+    let api = Api::new().await;
+    let created = api.create("web", 1).await;
+    // A write elsewhere in the store moves the revision on without an event for apps.
+    let other = api.store.put("/baton/registry/baton.dev/apps/elsewhere/x", b"{}".to_vec()).await;
+    assert!(other.is_ok());
+    let events =
+        api.watch(&format!("{APPS}?watch=true&allowWatchBookmarks=true&resourceVersion={}", rv(&created)), 1).await;
+    assert_eq!(events[0]["type"], "BOOKMARK");
+    assert_eq!(events[0]["object"]["kind"], "App");
+    assert_eq!(rv(&events[0]["object"]), rv(&created));
 }

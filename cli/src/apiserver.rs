@@ -64,8 +64,10 @@ pub async fn run(args: ApiserverArgs) -> Result<()> {
     setup::write_private(&kubeconfig, &setup.admin_kubeconfig)
         .with_context(|| format!("writing {}", kubeconfig.display()))?;
     eprintln!("API server on {}; admin kubeconfig in {}", setup::server_url(address), kubeconfig.display());
-    let limits = Limits { watches_per_user: args.max_watches_per_user };
-    let server = ApiServer::new(store, args.store.keys(), setup.security, limits);
+    let limits = Limits { watches_per_user: args.max_watches_per_user, ..Limits::default() };
+    let server = ApiServer::start(store, args.store.keys(), setup.security, limits)
+        .await
+        .map_err(|e| anyhow::anyhow!("preparing the store for the API server: {}", e.message))?;
     baton_apiserver::serve(listener, server, setup.tls, async {
         let _ = crate::wait_for_signal().await;
     })

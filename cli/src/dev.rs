@@ -81,7 +81,9 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let kubeconfig = data_dir.join("kubeconfig");
     setup::write_private(&kubeconfig, &setup.admin_kubeconfig)
         .with_context(|| format!("writing {}", kubeconfig.display()))?;
-    let api = ApiServer::new(store.clone(), keys.clone(), setup.security, Limits::default());
+    let api = ApiServer::start(store.clone(), keys.clone(), setup.security, Limits::default())
+        .await
+        .map_err(|e| anyhow::anyhow!("preparing the store for the API server: {}", e.message))?;
     let api_shutdown = shutdown.clone();
     let api_task =
         tokio::spawn(baton_apiserver::serve(listener, api, setup.tls, async move { api_shutdown.cancelled().await }));

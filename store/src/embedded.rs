@@ -29,8 +29,8 @@ use tokio::sync::{Notify, broadcast};
 use tokio::time::Instant;
 
 use crate::{
-    Error, EventKind, KeyValue, LeaseId, Op, OpResponse, RangeResponse, Result, Revision, Store, Txn, TxnResponse,
-    WatchBatch, WatchEvent, WatchStream, prefix_end,
+    Error, EventKind, KeyValue, LeaseId, Op, OpResponse, PageRequest, RangePage, RangeResponse, Result, Revision,
+    Store, Txn, TxnResponse, WatchBatch, WatchEvent, WatchStream, prefix_end,
 };
 
 /// key → encoded [`KeyValue`] without the key.
@@ -235,6 +235,79 @@ impl Inner {
             kvs.push(decode_record(key.value(), value.value())?);
         }
         Ok(RangeResponse { kvs, revision })
+    }
+
+    /// A page of a prefix as of a revision: the current keys, with those changed since the
+    /// revision put back as they were (from the log), all in one read transaction.
+    fn range_page(&self, request: &PageRequest) -> Result<RangePage> {
+        use std::ops::Bound;
+        let fail = |e: &dyn std::fmt::Display| backend("range", e);
+        let txn = self.db.begin_read().map_err(|e| fail(&e))?;
+        let meta = txn.open_table(META).map_err(|e| fail(&e))?;
+        let current = meta.get("revision").map_err(|e| fail(&e))?.map_or(0, |v| v.value());
+        let oldest = meta.get("oldest").map_err(|e| fail(&e))?.map_or(1, |v| v.value());
+        let at = request.revision.filter(|r| *r > 0).unwrap_or(current);
+        if at > current {
+            return Err(Error::Backend(format!("range: revision {at} is in the future (the store is at {current})")));
+        }
+        if at < current && at + 1 < oldest {
+            return Err(Error::Compacted { requested: at, compact_revision: oldest });
+        }
+        let prefix = request.prefix.as_str();
+        let after = request.after.as_deref().filter(|a| *a >= prefix);
+        let wanted = |key: &str| key.starts_with(prefix) && after.is_none_or(|a| key > a);
+        // Keys changed after `at`, as they were at `at` (`None`: absent then). Walking the
+        // log backwards, the earliest change's previous value is written last.
+        let mut then: std::collections::BTreeMap<String, Option<KeyValue>> = std::collections::BTreeMap::new();
+        if at < current {
+            let log = txn.open_table(LOG).map_err(|e| fail(&e))?;
+            for entry in log.range((at + 1) as u64..=current as u64).map_err(|e| fail(&e))?.rev() {
+                let (_, value) = entry.map_err(|e| fail(&e))?;
+                for event in decode_events(value.value())?.into_iter().rev() {
+                    if wanted(&event.kv.key) {
+                        then.insert(event.kv.key, event.prev_kv);
+                    }
+                }
+            }
+        }
+        let kv = txn.open_table(KV).map_err(|e| fail(&e))?;
+        let end = prefix_end(prefix);
+        let lower = match after {
+            Some(after) => Bound::Excluded(after),
+            None => Bound::Included(prefix),
+        };
+        let upper = match &end {
+            Some(end) => Bound::Excluded(end.as_str()),
+            None => Bound::Unbounded,
+        };
+        let take = if request.limit == 0 { usize::MAX } else { request.limit + 1 };
+        let mut kvs: Vec<KeyValue> = Vec::new();
+        let mut past = then.into_iter().peekable();
+        let mut present = kv.range::<&str>((lower, upper)).map_err(|e| fail(&e))?;
+        let mut next_present = present.next().transpose().map_err(|e| fail(&e))?;
+        while kvs.len() < take {
+            let present_key = next_present.as_ref().map(|(k, _)| k.value().to_string());
+            let past_first = match (past.peek(), &present_key) {
+                (Some((past_key, _)), Some(present_key)) => past_key <= present_key,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            if past_first {
+                let (key, then) = past.next().expect("peeked");
+                if present_key.as_deref() == Some(key.as_str()) {
+                    next_present = present.next().transpose().map_err(|e| fail(&e))?;
+                }
+                kvs.extend(then);
+            } else {
+                let (key, value) = next_present.take().expect("a present key");
+                kvs.push(decode_record(key.value(), value.value())?);
+                next_present = present.next().transpose().map_err(|e| fail(&e))?;
+            }
+        }
+        let more = kvs.len() > request.limit && request.limit > 0;
+        kvs.truncate(if more { request.limit } else { kvs.len() });
+        Ok(RangePage { kvs, revision: at, more })
     }
 
     /// Applies a transaction: the one place that writes.
@@ -489,6 +562,11 @@ impl Store for EmbeddedStore {
     async fn range(&self, prefix: &str) -> Result<RangeResponse> {
         let prefix = prefix.to_string();
         self.blocking(move |inner| inner.range(&prefix)).await
+    }
+
+    async fn range_page(&self, request: &PageRequest) -> Result<RangePage> {
+        let request = request.clone();
+        self.blocking(move |inner| inner.range_page(&request)).await
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResponse> {

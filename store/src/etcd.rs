@@ -20,8 +20,8 @@ use futures::StreamExt;
 use tokio::sync::Mutex;
 
 use crate::{
-    CompareOp, CompareTarget, Error, EventKind, KeyValue, LeaseId, Op, OpResponse, RangeResponse, Result, Revision,
-    Store, Txn, TxnResponse, WatchBatch, WatchEvent, WatchStream, prefix_end,
+    CompareOp, CompareTarget, Error, EventKind, KeyValue, LeaseId, Op, OpResponse, PageRequest, RangePage,
+    RangeResponse, Result, Revision, Store, Txn, TxnResponse, WatchBatch, WatchEvent, WatchStream, prefix_end,
 };
 
 /// The endpoints of a store URL: `etcd://host:port[,host:port…]` →
@@ -171,6 +171,37 @@ impl Store for EtcdStore {
             from.push(0);
         }
         Ok(RangeResponse { kvs, revision })
+    }
+
+    async fn range_page(&self, request: &PageRequest) -> Result<RangePage> {
+        let end = prefix_end(&request.prefix).map(String::into_bytes).unwrap_or_else(|| vec![0]);
+        let from = match &request.after {
+            Some(after) if after.as_str() >= request.prefix.as_str() => {
+                let mut from = after.as_bytes().to_vec();
+                from.push(0);
+                from
+            }
+            _ => request.prefix.as_bytes().to_vec(),
+        };
+        let mut options = GetOptions::new().with_range(end);
+        if request.limit > 0 {
+            options = options.with_limit(request.limit as i64);
+        }
+        if let Some(revision) = request.revision.filter(|r| *r > 0) {
+            options = options.with_revision(revision);
+        }
+        let response = match self.client.kv_client().get(from, Some(options)).await {
+            Ok(response) => response,
+            Err(e) if e.to_string().contains("required revision has been compacted") => {
+                return Err(Error::Compacted { requested: request.revision.unwrap_or(0), compact_revision: 0 });
+            }
+            Err(e) => return Err(backend("range", e)),
+        };
+        let revision = match request.revision.filter(|r| *r > 0) {
+            Some(revision) => revision,
+            None => response.header().map_or(0, |h| h.revision()),
+        };
+        Ok(RangePage { kvs: response.kvs().iter().map(key_value).collect(), revision, more: response.more() })
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResponse> {

@@ -223,6 +223,29 @@ pub struct RangeResponse {
     pub revision: Revision,
 }
 
+/// Which page of a prefix to read.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PageRequest {
+    pub prefix: String,
+    /// Start after this key (the last key of the previous page); `None`: from the start.
+    pub after: Option<String>,
+    /// At most this many keys; 0 for all.
+    pub limit: usize,
+    /// Read as of this revision (that of the first page, so that every page is one
+    /// consistent view); `None`: the current revision.
+    pub revision: Option<Revision>,
+}
+
+/// One page of keys under a prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangePage {
+    pub kvs: Vec<KeyValue>,
+    /// The revision the page was read at.
+    pub revision: Revision,
+    /// Whether keys follow the page's last key.
+    pub more: bool,
+}
+
 /// Whether a watch event wrote or deleted its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {
@@ -262,8 +285,8 @@ pub type WatchStream = BoxStream<'static, Result<WatchBatch>>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The history before `compact_revision` is gone; re-read with a range and watch from its
-    /// revision.
-    #[error("revision {requested} has been compacted; the oldest revision kept is {compact_revision}")]
+    /// revision. (`compact_revision` is 0 when the backend did not say.)
+    #[error("revision {requested} has been compacted{}", kept_from(*.compact_revision))]
     Compacted { requested: Revision, compact_revision: Revision },
     #[error("lease {0} not found (it expired or was revoked)")]
     LeaseNotFound(LeaseId),
@@ -281,6 +304,10 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+fn kept_from(compact_revision: Revision) -> String {
+    if compact_revision > 0 { format!("; the oldest revision kept is {compact_revision}") } else { String::new() }
+}
+
 /// A revisioned key-value store with transactions, watches and leases (see the crate docs).
 ///
 /// Keys are UTF-8 strings under the installation's prefix; values are bytes (JSON by
@@ -293,6 +320,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every key starting with `prefix`, in key order, at one revision.
     async fn range(&self, prefix: &str) -> Result<RangeResponse>;
+
+    /// One page of the keys under a prefix, in key order. Reading an older revision than the
+    /// kept history yields [`Error::Compacted`].
+    async fn range_page(&self, request: &PageRequest) -> Result<RangePage>;
 
     /// Applies a transaction atomically. A branch that only reads does not bump the revision.
     async fn txn(&self, txn: Txn) -> Result<TxnResponse>;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use baton_store::contract::Backend;
 use baton_store::embedded::{EmbeddedOptions, EmbeddedStore};
-use baton_store::{Error, Store, StoreExt};
+use baton_store::{Error, PageRequest, Store, StoreExt};
 
 struct Embedded {
     dir: tempfile::TempDir,
@@ -63,9 +63,16 @@ async fn watching_compacted_history_fails_with_the_oldest_revision_kept() {
         Ok(_) => panic!("watching from revision 1 must fail once it is compacted"),
         Err(other) => panic!("expected Compacted, got {other}"),
     }
-    // The last `history` revisions stay watchable.
+    // The last `history` revisions stay watchable, and readable by page.
     let current = store.current_revision().await.unwrap();
     assert!(store.watch("/c/", current - 9).await.is_ok());
+    let page = |revision| PageRequest { prefix: "/c/".into(), after: None, limit: 5, revision: Some(revision) };
+    let recent = store.range_page(&page(current - 5)).await.unwrap();
+    assert_eq!(recent.kvs.len(), 5);
+    match store.range_page(&page(2)).await {
+        Err(Error::Compacted { requested: 2, .. }) => {}
+        other => panic!("a page at a compacted revision must fail with Compacted, got {other:?}"),
+    }
 }
 
 #[tokio::test]

@@ -26,6 +26,7 @@ use crate::snapshot::{InstanceState, Snapshot};
 
 pub mod classify;
 pub mod deploy;
+pub mod events;
 pub mod status;
 
 use classify::{AppInstances, Reachability, kill_order};
@@ -128,6 +129,8 @@ pub struct Plan {
     pub marks: Vec<Mark>,
     pub unmarks: Vec<Unmark>,
     pub backoffs: Vec<BackoffChange>,
+    /// What to report as Kubernetes events.
+    pub events: Vec<events::Event>,
     /// When the next decision that depends on time falls due (a replacement delay ends, an
     /// unreachable instance becomes inactive or is expunged).
     pub next_wakeup: Option<Timestamp>,
@@ -142,6 +145,7 @@ impl Plan {
             && self.marks.is_empty()
             && self.unmarks.is_empty()
             && self.backoffs.is_empty()
+            && self.events.is_empty()
     }
 }
 
@@ -202,6 +206,8 @@ fn mark_unreachable_agents(snapshot: &Snapshot, ctx: &PlanContext, plan: &mut Pl
     for agent in &with_instances {
         if !snapshot.agents.contains_key(*agent) && !snapshot.unreachable.contains_key(*agent) {
             plan.marks.push(Mark { agent: agent.to_string(), since: ctx.now });
+            let count = snapshot.instances.values().filter(|i| i.record.agent == *agent && !i.is_terminal()).count();
+            plan.events.push(events::agent_unreachable(agent, count));
         }
     }
     for (agent, marker) in &snapshot.unreachable {
@@ -255,6 +261,7 @@ fn plan_app(
         plan.next_wakeup = min_time(plan.next_wakeup, Some(until));
     }
 
+    let (stops_before, launches_before) = (plan.stops.len(), plan.launches.len());
     plan.stops.extend(old_unhealthy.iter().map(|i| stop(i, StopReason::Upgraded)));
     old_healthy.sort_by(&order);
     plan.stops.extend(old_healthy.iter().take(step.stop_old_healthy).map(|i| stop(i, StopReason::Upgraded)));
@@ -271,7 +278,14 @@ fn plan_app(
 
     let unplaced = launch(app, &version, step.launch, ctx, placer, ids, plan);
     let progress = status::Progress { unplaced, backoff: backoff.as_ref(), backing_off, now: ctx.now };
-    if let Some(status) = status::changed(app, status::desired(app, &version, &sets, &progress)) {
+    let desired = status::desired(app, &version, &sets, &progress);
+    plan.events.extend(events::scaled(app));
+    plan.events.extend(events::killing(app, &version, &plan.stops[stops_before..]));
+    plan.events.extend(events::launched(app, &version, &plan.launches[launches_before..]));
+    if let Some(pending) = desired.condition(baton_api::app::CONDITION_PENDING) {
+        plan.events.extend(events::failed_scheduling(app, pending));
+    }
+    if let Some(status) = status::changed(app, desired) {
         plan.statuses.push(StatusUpdate {
             namespace: app.metadata.namespace.clone().unwrap_or_default(),
             name: app.metadata.name.clone().unwrap_or_default(),
@@ -340,6 +354,9 @@ fn plan_backoff(
             message: status.and_then(|s| s.message.clone()).unwrap_or_default(),
             time: status.and_then(|s| s.finished_at).unwrap_or(ctx.now),
         });
+        let failed: Vec<String> = counted.iter().map(|i| format!("{} on {}", i.record.id, i.record.agent)).collect();
+        let last_message = format!("the last: {}", next.last_failure.as_ref().map_or("", |f| f.message.as_str()));
+        plan.events.push(events::back_off(app, next.failures, &failed, &last_message, next.delay_until));
     } else if next.failures == 0 && next.last_failure.is_none() && stored.is_none() {
         return None; // Nothing to remember.
     }

@@ -73,6 +73,7 @@ pub fn desired(app: &App, version: &str, sets: &AppInstances<'_>, progress: &Pro
     };
     AppStatus {
         observed_generation: app.metadata.generation,
+        observed_instances: Some(app.spec.instances),
         instances: (placed + unreachable) as i32,
         running: running as i32,
         staged: (placed - running) as i32,

@@ -286,3 +286,68 @@ fn a_marker_without_instances_is_forgotten() {
     let snap = with_marker(snapshot(&[], vec![], vec![]), "old-agent", 1000);
     assert_eq!(plan(&snap, &ctx()).unmarks.len(), 1);
 }
+
+fn reasons(plan: &Plan) -> Vec<(&'static str, &str)> {
+    plan.events.iter().map(|e| (e.reason, e.message.as_str())).collect()
+}
+
+#[test]
+fn events_say_what_was_launched_and_stopped_and_why() {
+    let web = app("web").instances(1).build();
+    let instances = (0..3).map(|n| instance(&web, "a1", n).running().build()).collect();
+    let down = plan(&snapshot(&[&web], vec![agent("a1").build()], instances), &ctx());
+    assert_eq!(
+        reasons(&down),
+        [("Killing", "stopping 2 instances (more than the 1 wanted): web-002, web-001")],
+        "the youngest go, in kill order"
+    );
+    assert!(down.events.iter().all(|e| e.of_writes && e.type_ == events::EventType::Normal));
+
+    let up = app("web").instances(2).build();
+    let launched = plan(&snapshot(&[&up], vec![agent("a1").build()], vec![]), &ctx());
+    let (reason, message) = reasons(&launched)[0];
+    assert_eq!(reason, "Launched");
+    assert!(message.starts_with("launched 2 instances of version "), "{message}");
+    assert!(message.contains(" on a1, "), "{message}");
+}
+
+#[test]
+fn scaling_is_reported_once_from_the_observed_instances() {
+    let mut web = (*app("web").instances(5).build()).clone();
+    web.status = Some(baton_api::AppStatus { observed_instances: Some(3), ..Default::default() });
+    let web = std::sync::Arc::new(web);
+    let first = plan(&snapshot(&[&web], vec![agent("a1").build()], vec![]), &ctx());
+    assert!(reasons(&first).contains(&("Scaled", "scaled from 3 to 5 instances")), "{:?}", reasons(&first));
+    assert_eq!(first.statuses[0].status.observed_instances, Some(5), "the status records what was observed");
+}
+
+#[test]
+fn unschedulable_instances_are_a_warning_once_per_reason() {
+    let big = app("big").instances(2).mem(8192.0).build();
+    let agents = || vec![agent("a1").mem(4096).build()];
+    let first = plan(&snapshot(&[&big], agents(), vec![]), &ctx());
+    let warning = first.events.iter().find(|e| e.reason == "FailedScheduling").expect("a FailedScheduling event");
+    assert_eq!(warning.type_, events::EventType::Warning);
+    assert_eq!(warning.message, "2 of 2 instances cannot be placed: 1 agent: insufficient mem");
+    // With that status in place, the next tick says nothing new.
+    let mut seen = (*big).clone();
+    seen.status = Some(first.statuses[0].status.clone());
+    let seen = std::sync::Arc::new(seen);
+    let again = plan(&snapshot(&[&seen], agents(), vec![]), &ctx());
+    assert!(again.events.is_empty(), "{:?}", reasons(&again));
+}
+
+#[test]
+fn failures_and_unreachable_agents_are_warnings() {
+    let web = app("web").instances(2).build();
+    let instances = vec![instance(&web, "a1", 0).running().build(), instance(&web, "a1", 1).failed(0).build()];
+    let failed = plan(&snapshot(&[&web], vec![agent("a1").build()], instances), &ctx());
+    let back_off = failed.events.iter().find(|e| e.reason == "BackOff").expect("a BackOff event");
+    assert!(back_off.message.starts_with("1 instance failed (web-001 on a1)"), "{}", back_off.message);
+    assert!(back_off.message.contains("launches wait until 2026-11-21T12:00:01Z"), "{}", back_off.message);
+
+    let gone = plan(&snapshot(&[&web], vec![agent("a2").build()], three_on_a1_two_agents(&web)), &ctx());
+    let unreachable = gone.events.iter().find(|e| e.reason == "AgentUnreachable").expect("an AgentUnreachable event");
+    assert_eq!(unreachable.regarding, events::Regarding::Agent("a1".into()));
+    assert!(unreachable.message.starts_with("agent a1 stopped reporting; its 3 instances"), "{}", unreachable.message);
+}

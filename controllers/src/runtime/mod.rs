@@ -25,6 +25,7 @@ use baton_store::{Keyspace, Store};
 use crate::plan::{self, PlanContext};
 
 pub mod cache;
+pub mod events;
 pub mod executor;
 pub mod metrics;
 
@@ -73,6 +74,7 @@ pub async fn run(
     let changed = Arc::new(Notify::new());
     let records = StoreCache::start(store.clone(), config.keys.clone(), changed.clone(), shutdown.clone());
     let apps = AppCache::start(client.clone(), changed.clone(), shutdown.clone());
+    let recorder = events::Recorder::start(client.clone(), config.id.clone(), shutdown.clone());
     let executor = Executor::new(store.clone(), config.keys.clone(), client);
     let leader_key = config.keys.leader(&config.scope);
     while !shutdown.is_cancelled() {
@@ -95,6 +97,7 @@ pub async fn run(
             records: &records,
             apps: &apps,
             executor: &executor,
+            recorder: &recorder,
             config: &config,
             changed: &changed,
             metrics: &metrics,
@@ -116,6 +119,7 @@ struct Loop<'a> {
     records: &'a StoreCache,
     apps: &'a AppCache,
     executor: &'a Executor,
+    recorder: &'a events::Recorder,
     config: &'a ControllerConfig,
     changed: &'a Notify,
     metrics: &'a Metrics,
@@ -123,7 +127,7 @@ struct Loop<'a> {
 
 impl Loop<'_> {
     async fn lead(&self, leadership: &Leadership, shutdown: &CancellationToken) {
-        let Loop { records, apps, executor, config, changed, metrics } = self;
+        let Loop { records, apps, executor, recorder, config, changed, metrics } = self;
         tokio::select! {
             _ = async { records.ready().await; apps.ready().await } => {}
             _ = shutdown.cancelled() => return,
@@ -156,6 +160,10 @@ impl Loop<'_> {
                             last_write = applied.revision;
                         }
                         self.count(&applied);
+                        // Events about writes hold only if every write was made; the
+                        // next tick plans (and reports) what was dropped.
+                        let all_written = applied.stale == 0;
+                        recorder.record(plan.events.iter().filter(|e| all_written || !e.of_writes).cloned());
                         tracing::info!(
                             launches = applied.launched,
                             stops = applied.stopped.len(),

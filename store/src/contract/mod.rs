@@ -14,7 +14,8 @@ pub mod etcd_server;
 
 use crate::election;
 use crate::{
-    Compare, CompareOp, CompareTarget, Error, EventKind, Op, OpResponse, Store, StoreExt, Txn, WatchEvent, WatchStream,
+    Compare, CompareOp, CompareTarget, Error, EventKind, Op, OpResponse, PageRequest, RangePage, Revision, Store,
+    StoreExt, Txn, WatchEvent, WatchStream,
 };
 
 /// A backend under test.
@@ -32,7 +33,8 @@ macro_rules! contract_suite {
     ($make:expr) => {
         $crate::contract_suite!(@tests $make;
             revisions_increase, txn_compares_decide_the_branch, failed_or_oversized_txn_writes_nothing,
-            range_reads_a_prefix, range_reads_more_than_a_page, delete_prefix_removes_only_the_prefix, watch_replays_then_streams,
+            range_reads_a_prefix, range_reads_more_than_a_page, range_pages_read_one_revision,
+            delete_prefix_removes_only_the_prefix, watch_replays_then_streams,
             watch_filters_by_prefix_and_keeps_txns_together, lease_expiry_deletes_attached_keys,
             revoke_deletes_attached_keys, data_survives_close_and_reopen, election_fences_a_deposed_leader);
     };
@@ -195,6 +197,49 @@ pub async fn range_reads_more_than_a_page(backend: &mut dyn Backend) {
     assert_eq!(got.len(), keys.len(), "every key of a large prefix is read");
     assert!(got.iter().zip(&keys).all(|(a, b)| a == b), "in key order, without repeats or gaps");
     assert_eq!(range.revision, store.current_revision().await.unwrap());
+}
+
+pub async fn range_pages_read_one_revision(backend: &mut dyn Backend) {
+    let store = backend.open().await;
+    for i in 0..10 {
+        store.put(&format!("/p/{i:02}"), b"old".to_vec()).await.unwrap();
+    }
+    store.put("/q/00", b"other prefix".to_vec()).await.unwrap();
+    let page = |after: Option<&str>, limit: usize, revision: Option<Revision>| PageRequest {
+        prefix: "/p/".into(),
+        after: after.map(str::to_string),
+        limit,
+        revision,
+    };
+    let keys = |page: &RangePage| page.kvs.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>();
+    let first = store.range_page(&page(None, 4, None)).await.unwrap();
+    assert_eq!(keys(&first), ["/p/00", "/p/01", "/p/02", "/p/03"]);
+    assert!(first.more, "keys follow the first page");
+    assert_eq!(first.revision, store.current_revision().await.unwrap());
+
+    // Changes after the first page do not show in the later pages of the same list.
+    store.delete("/p/05").await.unwrap();
+    store.put("/p/045", b"new".to_vec()).await.unwrap();
+    store.put("/p/06", b"new".to_vec()).await.unwrap();
+    store.put("/p/99", b"new".to_vec()).await.unwrap();
+    let second = store.range_page(&page(Some("/p/03"), 4, Some(first.revision))).await.unwrap();
+    assert_eq!(keys(&second), ["/p/04", "/p/05", "/p/06", "/p/07"], "the second page as of the first's revision");
+    assert!(second.kvs.iter().all(|kv| kv.value == b"old"), "values as of the first page's revision");
+    assert_eq!(second.revision, first.revision);
+    let third = store.range_page(&page(Some("/p/07"), 4, Some(first.revision))).await.unwrap();
+    assert_eq!(keys(&third), ["/p/08", "/p/09"]);
+    assert!(!third.more, "the last page says nothing follows");
+
+    let now = store.range_page(&page(None, 0, None)).await.unwrap();
+    assert_eq!(
+        keys(&now),
+        ["/p/00", "/p/01", "/p/02", "/p/03", "/p/04", "/p/045", "/p/06", "/p/07", "/p/08", "/p/09", "/p/99"],
+        "without a revision: the current keys"
+    );
+    assert!(!now.more);
+    let exact = store.range_page(&page(None, 11, None)).await.unwrap();
+    assert_eq!(exact.kvs.len(), 11);
+    assert!(!exact.more, "a limit equal to the count leaves nothing more");
 }
 
 pub async fn delete_prefix_removes_only_the_prefix(backend: &mut dyn Backend) {

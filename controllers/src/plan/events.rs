@@ -1,0 +1,200 @@
+//! The events a plan reports: what the controller does and what it declines to do, in the
+//! words `kubectl describe app` shows. Pure: built from the same data as the decisions.
+
+use baton_api::{App, AppRef};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+use super::{Launch, Stop, StopReason};
+
+/// Normal or Warning, as in Kubernetes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    Normal,
+    Warning,
+}
+
+impl EventType {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EventType::Normal => "Normal",
+            EventType::Warning => "Warning",
+        }
+    }
+}
+
+/// What an event is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Regarding {
+    App(AppRef),
+    Agent(String),
+}
+
+/// One event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub regarding: Regarding,
+    pub type_: EventType,
+    /// One CamelCase word: `Launched`, `Killing`, `Scaled`, `FailedScheduling`, `BackOff`…
+    pub reason: &'static str,
+    pub message: String,
+    /// Reports writes of the plan (launches, stops): true when it holds only if those
+    /// writes were made.
+    pub of_writes: bool,
+}
+
+/// Names shown in a message before the rest are counted.
+const LISTED: usize = 5;
+
+/// `a, b, c and 4 more`.
+fn listing(items: &[String]) -> String {
+    let shown = items.iter().take(LISTED).cloned().collect::<Vec<_>>().join(", ");
+    match items.len().saturating_sub(LISTED) {
+        0 => shown,
+        more => format!("{shown} and {more} more"),
+    }
+}
+
+fn plural(n: usize, one: &str) -> String {
+    if n == 1 { format!("1 {one}") } else { format!("{n} {one}s") }
+}
+
+/// The app's reference.
+pub fn app_ref(app: &App) -> AppRef {
+    AppRef {
+        namespace: app.metadata.namespace.clone().unwrap_or_default(),
+        name: app.metadata.name.clone().unwrap_or_default(),
+        uid: app.metadata.uid.clone().unwrap_or_default(),
+    }
+}
+
+/// `Launched`: the instances placed this tick, and where.
+pub fn launched(app: &App, version: &str, launches: &[Launch]) -> Option<Event> {
+    if launches.is_empty() {
+        return None;
+    }
+    let placed: Vec<String> = launches.iter().map(|l| format!("{} on {}", l.record.id, l.record.agent)).collect();
+    Some(Event {
+        regarding: Regarding::App(app_ref(app)),
+        type_: EventType::Normal,
+        reason: "Launched",
+        message: format!(
+            "launched {} of version {}: {}",
+            plural(launches.len(), "instance"),
+            short(version),
+            listing(&placed)
+        ),
+        of_writes: true,
+    })
+}
+
+/// `Killing`: the instances stopped this tick, one event per reason.
+pub fn killing(app: &App, version: &str, stops: &[Stop]) -> Vec<Event> {
+    let wanted = app.spec.instances.max(0);
+    [StopReason::ScaledDown, StopReason::Upgraded]
+        .into_iter()
+        .filter_map(|reason| {
+            let ids: Vec<String> = stops.iter().filter(|s| s.reason == reason).map(|s| s.record.id.clone()).collect();
+            if ids.is_empty() {
+                return None;
+            }
+            let why = match reason {
+                StopReason::ScaledDown => format!("more than the {wanted} wanted"),
+                StopReason::Upgraded => format!("replaced by version {}", short(version)),
+                StopReason::AppDeleted => "the app was deleted".to_string(),
+            };
+            Some(Event {
+                regarding: Regarding::App(app_ref(app)),
+                type_: EventType::Normal,
+                reason: "Killing",
+                message: format!("stopping {} ({why}): {}", plural(ids.len(), "instance"), listing(&ids)),
+                of_writes: true,
+            })
+        })
+        .collect()
+}
+
+/// `Scaled`: `spec.instances` changed since the last status.
+pub fn scaled(app: &App) -> Option<Event> {
+    let before = app.status.as_ref()?.observed_instances?;
+    let now = app.spec.instances;
+    (before != now).then(|| Event {
+        regarding: Regarding::App(app_ref(app)),
+        type_: EventType::Normal,
+        reason: "Scaled",
+        message: format!("scaled from {before} to {now} instances"),
+        of_writes: false,
+    })
+}
+
+/// `FailedScheduling`: instances cannot be placed, reported when that starts or the reason
+/// changes (not at every tick).
+pub fn failed_scheduling(app: &App, pending: &Condition) -> Option<Event> {
+    if pending.status != "True" {
+        return None;
+    }
+    let before = app.status.as_ref().and_then(|s| s.condition(&pending.type_));
+    if before.is_some_and(|b| b.status == "True" && b.message == pending.message) {
+        return None;
+    }
+    Some(Event {
+        regarding: Regarding::App(app_ref(app)),
+        type_: EventType::Warning,
+        reason: "FailedScheduling",
+        message: pending.message.clone(),
+        of_writes: false,
+    })
+}
+
+/// `BackOff`: instances failed; launches wait.
+pub fn back_off(app: &App, failures: u32, failed: &[String], last: &str, until: Option<jiff::Timestamp>) -> Event {
+    let wait = match until {
+        Some(until) => format!("; launches wait until {}", until.round(jiff::Unit::Second).unwrap_or(until)),
+        None => String::new(),
+    };
+    Event {
+        regarding: Regarding::App(app_ref(app)),
+        type_: EventType::Warning,
+        reason: "BackOff",
+        message: format!(
+            "{} failed ({}): {last}; {} in a row{wait}",
+            plural(failed.len(), "instance"),
+            listing(failed),
+            plural(failures as usize, "failure")
+        ),
+        of_writes: false,
+    }
+}
+
+/// `AgentUnreachable`: an agent with instances stopped reporting.
+pub fn agent_unreachable(agent: &str, instances: usize) -> Event {
+    Event {
+        regarding: Regarding::Agent(agent.to_string()),
+        type_: EventType::Warning,
+        reason: "AgentUnreachable",
+        message: format!(
+            "agent {agent} stopped reporting; its {} count as unreachable and are replaced after each app's \
+             unreachableStrategy.inactiveAfterSeconds",
+            plural(instances, "instance")
+        ),
+        of_writes: false,
+    }
+}
+
+/// The first 10 characters of a version hash: enough to tell versions apart in a message.
+fn short(version: &str) -> &str {
+    &version[..version.len().min(10)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_listings_are_counted() {
+        let items: Vec<String> = (0..8).map(|i| format!("i{i}")).collect();
+        assert_eq!(listing(&items), "i0, i1, i2, i3, i4 and 3 more");
+        assert_eq!(listing(&items[..2]), "i0, i1");
+        assert_eq!(plural(1, "instance"), "1 instance");
+        assert_eq!(plural(3, "failure"), "3 failures");
+    }
+}

@@ -1,0 +1,163 @@
+//! Posts the plan's events to the API server as core/v1 Events, off the reconcile loop.
+//!
+//! Like Kubernetes' event recorder, an event that repeats (same object, reason and message)
+//! bumps the `count` and `lastTimestamp` of the event already posted instead of adding
+//! another. Events are queued; if the API server falls behind, events beyond the queue are
+//! dropped (and counted in the log) rather than slowing the controller down.
+
+use std::collections::HashMap;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Event as KubeEvent, EventSource, ObjectReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::api::{Patch, PatchParams, PostParams};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::plan::events::{Event, Regarding};
+
+/// Events waiting to be posted.
+const QUEUE: usize = 1024;
+/// Repeats remembered for aggregation.
+const REMEMBERED: usize = 4096;
+/// Who reports, in `source.component`.
+pub const COMPONENT: &str = "baton-controller";
+/// The namespace of events about cluster-scoped objects (agents), as Kubernetes does for
+/// nodes.
+const CLUSTER_EVENTS_NAMESPACE: &str = "default";
+
+/// Queues events for posting.
+#[derive(Clone)]
+pub struct Recorder {
+    queue: mpsc::Sender<Event>,
+}
+
+/// What makes two events the same event.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    namespace: String,
+    kind: &'static str,
+    name: String,
+    reason: &'static str,
+    message: String,
+}
+
+impl Recorder {
+    /// Starts the task that posts events as `instance` (the controller's id).
+    pub fn start(client: kube::Client, instance: String, shutdown: CancellationToken) -> Self {
+        let (queue, mut events) = mpsc::channel::<Event>(QUEUE);
+        tokio::spawn(async move {
+            let mut poster = Poster { client, instance, posted: HashMap::new() };
+            loop {
+                let event = tokio::select! {
+                    event = events.recv() => match event {
+                        Some(event) => event,
+                        None => return,
+                    },
+                    _ = shutdown.cancelled() => return,
+                };
+                poster.post(event).await;
+            }
+        });
+        Self { queue }
+    }
+
+    /// Queues events; drops them if the queue is full.
+    pub fn record(&self, events: impl IntoIterator<Item = Event>) {
+        let mut dropped = 0;
+        for event in events {
+            if self.queue.try_send(event).is_err() {
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            tracing::warn!(dropped, "the API server is behind on events; some were not recorded");
+        }
+    }
+}
+
+struct Poster {
+    client: kube::Client,
+    instance: String,
+    /// Events posted: the name of each and how often it happened.
+    posted: HashMap<Key, (String, i32)>,
+}
+
+impl Poster {
+    async fn post(&mut self, event: Event) {
+        let (namespace, reference) = match &event.regarding {
+            Regarding::App(app) => (
+                app.namespace.clone(),
+                ObjectReference {
+                    api_version: Some(baton_api::API_VERSION.into()),
+                    kind: Some("App".into()),
+                    name: Some(app.name.clone()),
+                    namespace: Some(app.namespace.clone()),
+                    uid: Some(app.uid.clone()),
+                    ..ObjectReference::default()
+                },
+            ),
+            Regarding::Agent(agent) => (
+                CLUSTER_EVENTS_NAMESPACE.to_string(),
+                ObjectReference {
+                    api_version: Some(baton_api::API_VERSION.into()),
+                    kind: Some(baton_api::agent::AGENT_KIND.into()),
+                    name: Some(agent.clone()),
+                    uid: Some(agent.clone()),
+                    ..ObjectReference::default()
+                },
+            ),
+        };
+        let key = Key {
+            namespace: namespace.clone(),
+            kind: if matches!(event.regarding, Regarding::App(_)) { "App" } else { "Agent" },
+            name: reference.name.clone().unwrap_or_default(),
+            reason: event.reason,
+            message: event.message.clone(),
+        };
+        let api: kube::Api<KubeEvent> = kube::Api::namespaced(self.client.clone(), &namespace);
+        let now = Time(Timestamp::now());
+        if let Some((name, count)) = self.posted.get(&key).cloned() {
+            let patch = json!({"count": count + 1, "lastTimestamp": now});
+            match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                Ok(_) => {
+                    self.posted.insert(key, (name, count + 1));
+                    return;
+                }
+                // Expired or deleted meanwhile: post it anew.
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, reason = event.reason, "could not update an event");
+                    return;
+                }
+            }
+        }
+        let name = format!("{}.{:x}", key.name, Timestamp::now().as_nanosecond());
+        let object = KubeEvent {
+            metadata: ObjectMeta { name: Some(name.clone()), namespace: Some(namespace), ..ObjectMeta::default() },
+            involved_object: reference,
+            reason: Some(event.reason.into()),
+            message: Some(event.message.clone()),
+            type_: Some(event.type_.as_str().into()),
+            source: Some(EventSource { component: Some(COMPONENT.into()), host: None }),
+            reporting_component: Some(format!("{}/controller", baton_api::GROUP)),
+            reporting_instance: Some(self.instance.clone()),
+            first_timestamp: Some(now.clone()),
+            last_timestamp: Some(now),
+            count: Some(1),
+            ..KubeEvent::default()
+        };
+        match api.create(&PostParams::default(), &object).await {
+            Ok(_) => {
+                if self.posted.len() >= REMEMBERED {
+                    self.posted.clear();
+                }
+                self.posted.insert(key, (name, 1));
+            }
+            // The namespace is being deleted, or is gone: nothing to report on.
+            Err(kube::Error::Api(status)) if matches!(status.code, 403 | 404) => {}
+            Err(e) => tracing::warn!(error = %e, reason = event.reason, "could not record an event"),
+        }
+    }
+}
