@@ -20,6 +20,7 @@ pub const STATE_UNREACHABLE: &str = "Unreachable";
 
 /// One agent as `kubectl get agents` shows it.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[schemars(rename = "dev.baton.v1alpha1.Agent")]
 #[serde(rename_all = "camelCase")]
 pub struct Agent {
     pub api_version: String,
@@ -33,6 +34,7 @@ pub struct Agent {
 
 /// What the agent offers, as it registered (empty while it does not report).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default, JsonSchema)]
+#[schemars(rename = "dev.baton.v1alpha1.AgentSpec")]
 #[serde(rename_all = "camelCase")]
 pub struct AgentSpec {
     /// Where its instances are reached.
@@ -51,6 +53,7 @@ pub struct AgentSpec {
 
 /// Amounts of resources, in the units apps ask for them.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Default, JsonSchema)]
+#[schemars(rename = "dev.baton.v1alpha1.AgentResources")]
 #[serde(rename_all = "camelCase")]
 pub struct Amounts {
     /// Cpus.
@@ -75,6 +78,7 @@ impl From<ResourceAmounts> for Amounts {
 
 /// How the agent is doing.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[schemars(rename = "dev.baton.v1alpha1.AgentStatus")]
 #[serde(rename_all = "camelCase")]
 pub struct AgentStatus {
     /// `Ready` while it reports, `Unreachable` once it stopped with instances assigned.

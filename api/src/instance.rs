@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::records::{Goal, InstanceRecord, StatusRecord};
@@ -17,7 +18,8 @@ pub const PHASE_ASSIGNED: &str = "Assigned";
 pub const PHASE_UNREACHABLE: &str = "Unreachable";
 
 /// One instance as `kubectl get instances` shows it.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[schemars(rename = "dev.baton.v1alpha1.Instance")]
 #[serde(rename_all = "camelCase")]
 pub struct Instance {
     pub api_version: String,
@@ -28,7 +30,8 @@ pub struct Instance {
 }
 
 /// Where the instance runs and what it runs.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[schemars(rename = "dev.baton.v1alpha1.InstanceSpec")]
 #[serde(rename_all = "camelCase")]
 pub struct InstanceSpec {
     /// The app's name (in the instance's namespace).
@@ -45,16 +48,21 @@ pub struct InstanceSpec {
 }
 
 /// What the agent reported.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[schemars(rename = "dev.baton.v1alpha1.InstanceStatus")]
 #[serde(rename_all = "camelCase")]
 pub struct InstanceViewStatus {
     /// `Assigned` until the agent reports, then the agent's phase.
     pub phase: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
+    /// When the process started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
     pub started_at: Option<Timestamp>,
+    /// When the process ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
     pub finished_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,

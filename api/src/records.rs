@@ -152,7 +152,7 @@ impl fmt::Display for AppRef {
 }
 
 /// What the controller wants of an instance.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, schemars::JsonSchema)]
 pub enum Goal {
     Running,
     Stopped,

@@ -72,6 +72,21 @@ pub struct Decoded {
 /// Turns a request body into a stored object, or field errors.
 pub type Decoder = fn(&Value) -> Result<Decoded, Vec<FieldError>>;
 
+/// Where a kind's OpenAPI schema comes from.
+#[derive(Clone, Copy)]
+pub enum SchemaOf {
+    /// The CRD's structural schema: what validation enforces.
+    Crd(fn() -> CustomResourceDefinition),
+    /// A Rust type's schemars schema: registers it with the generator and returns its name.
+    Typed(fn(&mut schemars::SchemaGenerator) -> String),
+}
+
+/// Registers `T`'s schema (and those it refers to) with `generator`; returns its name.
+fn typed<T: schemars::JsonSchema>(generator: &mut schemars::SchemaGenerator) -> String {
+    generator.subschema_for::<T>();
+    T::schema_name().into_owned()
+}
+
 /// How the objects of a kind come to be.
 #[derive(Clone, Copy)]
 pub enum Source {
@@ -105,6 +120,8 @@ pub struct Kind {
     pub ttl: Option<std::time::Duration>,
     /// Sets what the server owns in a new object (a namespace's phase).
     pub on_create: Option<fn(&mut Value)>,
+    /// For the OpenAPI documents (`kubectl explain`).
+    pub schema: SchemaOf,
 }
 
 impl Kind {
@@ -142,7 +159,9 @@ impl Kind {
     }
 
     /// Describes a stored kind from its CRD (first served version).
-    pub fn from_crd(crd: &CustomResourceDefinition, decoder: Decoder) -> Self {
+    pub fn from_crd(crd: fn() -> CustomResourceDefinition, decoder: Decoder) -> Self {
+        let schema = SchemaOf::Crd(crd);
+        let crd = &crd();
         let names = &crd.spec.names;
         let version = &crd.spec.versions[0];
         let subresources = version.subresources.as_ref();
@@ -178,6 +197,7 @@ impl Kind {
             fields: Vec::new(),
             ttl: None,
             on_create: None,
+            schema,
         }
     }
 }
@@ -191,13 +211,7 @@ pub const EVENT_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Every kind served, in discovery order: Baton's group, then the core group.
 pub fn all() -> Vec<Kind> {
-    vec![
-        Kind::from_crd(&baton_api::App::crd(), decode_app),
-        instance_kind(),
-        agent_kind(),
-        namespace_kind(),
-        event_kind(),
-    ]
+    vec![Kind::from_crd(baton_api::App::crd, decode_app), instance_kind(), agent_kind(), namespace_kind(), event_kind()]
 }
 
 fn fields(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -232,6 +246,7 @@ fn instance_kind() -> Kind {
         fields: fields(&[("spec.app", "spec.app"), ("spec.agent", "spec.agent"), ("status.phase", "status.phase")]),
         ttl: None,
         on_create: None,
+        schema: SchemaOf::Typed(typed::<baton_api::Instance>),
     }
 }
 
@@ -283,6 +298,7 @@ fn agent_kind() -> Kind {
         fields: fields(&[("status.state", "status.state"), ("spec.host", "spec.host")]),
         ttl: None,
         on_create: None,
+        schema: SchemaOf::Typed(typed::<baton_api::Agent>),
     }
 }
 
@@ -307,6 +323,7 @@ fn namespace_kind() -> Kind {
         fields: fields(&[("status.phase", "status.phase")]),
         ttl: None,
         on_create: Some(|object| object["status"] = serde_json::json!({"phase": "Active"})),
+        schema: SchemaOf::Typed(typed::<k8s_openapi::api::core::v1::Namespace>),
     }
 }
 
@@ -354,6 +371,7 @@ fn event_kind() -> Kind {
         ]),
         ttl: Some(EVENT_TTL),
         on_create: None,
+        schema: SchemaOf::Typed(typed::<k8s_openapi::api::core::v1::Event>),
     }
 }
 

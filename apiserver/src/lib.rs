@@ -28,6 +28,7 @@ pub mod kubeconfig;
 mod list;
 mod namespaces;
 mod objects;
+mod openapi;
 mod protobuf;
 mod request;
 mod selectors;
@@ -80,6 +81,7 @@ pub struct ApiServer {
     store: Arc<dyn Store>,
     keys: Keyspace,
     kinds: Vec<Kind>,
+    openapi: openapi::OpenApi,
     security: Security,
     limits: Limits,
     /// Open watches per user.
@@ -157,10 +159,12 @@ impl ApiServer {
     }
 
     fn new(store: Arc<dyn Store>, keys: Keyspace, security: Security, limits: Limits) -> Arc<Self> {
+        let kinds = kinds::all();
         Arc::new(Self {
             store,
             keys,
-            kinds: kinds::all(),
+            openapi: openapi::OpenApi::build(&kinds),
+            kinds,
             security,
             limits,
             watches: Default::default(),
@@ -266,7 +270,12 @@ impl ApiServer {
             ["apis", group, version] if *group == baton_api::GROUP && *version == baton_api::VERSION => {
                 ok(discovery::resource_list(&named))
             }
-            ["openapi", "v2"] => Ok(openapi_v2(accept)),
+            ["openapi", "v2"] => Ok(openapi_v2(accept, self.openapi.v2())),
+            ["openapi", "v3"] => ok(self.openapi.index().clone()),
+            ["openapi", "v3", rest @ ..] => match self.openapi.document(&rest.join("/")) {
+                Some(document) => ok(document.clone()),
+                None => Err(ApiError::not_found_path(&path)),
+            },
             ["api", "v1", "namespaces", namespace, plural, rest @ ..] if self.is_core_namespaced(plural) => {
                 self.resource(user, method, "", "v1", plural, Some(namespace), rest, uri.query(), &headers, body).await
             }
@@ -452,16 +461,15 @@ async fn read_body(body: Body) -> ApiResult<axum::body::Bytes> {
     axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| ApiError::too_large(MAX_BODY_BYTES))
 }
 
-/// `/openapi/v2`. kubectl asks for protobuf and only needs a 200 to proceed with apply and
-/// create; validation of Baton's kinds happens on the server (unknown fields are refused
-/// with 422 naming each one).
-fn openapi_v2(accept: Option<&str>) -> Response {
+/// `/openapi/v2`: JSON when asked; to kubectl, which asks in protobuf, an empty document
+/// (it reads kinds and validation parameters from the v3 documents; validation happens on
+/// the server, which refuses unknown fields with 422 naming each one).
+fn openapi_v2(accept: Option<&str>, document: &Value) -> Response {
     const PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
     if accept.is_some_and(|a| a.contains("protobuf")) {
         return (StatusCode::OK, [(header::CONTENT_TYPE, PROTOBUF)], Vec::<u8>::new()).into_response();
     }
-    let doc = json!({"swagger": "2.0", "info": {"title": "Baton", "version": env!("CARGO_PKG_VERSION")}, "paths": {}});
-    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], doc.to_string()).into_response()
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], document.to_string()).into_response()
 }
 
 /// Serves the API over TLS on `listener` until `shutdown` completes. A client certificate
