@@ -26,6 +26,7 @@ mod discovery;
 pub mod kinds;
 pub mod kubeconfig;
 mod list;
+mod managed;
 mod namespaces;
 mod objects;
 mod openapi;
@@ -34,6 +35,7 @@ mod request;
 mod selectors;
 pub mod setup;
 pub mod status;
+mod strategic;
 mod table;
 pub mod tls;
 mod view;
@@ -338,6 +340,7 @@ impl ApiServer {
         let format = negotiate(accept)?;
         let mut query = Query::parse(raw_query)?;
         query.selectors.fields.resolve(&kind.plural, &kind.fields)?;
+        query.client = manager_from_user_agent(headers);
         let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
         let view = kind.is_read_only();
         let part = match subresource {
@@ -455,6 +458,14 @@ async fn dispatch(
     tracing::debug!(method = %logged_method, uri = %logged_uri, status = response.status().as_u16(),
                     micros = started.elapsed().as_micros() as u64, "request");
     response
+}
+
+/// The field manager of a write that names none: the client's name from its User-Agent
+/// (`kubectl/v1.32.4 (linux/amd64) …` → `kubectl`), as Kubernetes does.
+fn manager_from_user_agent(headers: &HeaderMap) -> String {
+    let agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let name: String = agent.split('/').next().unwrap_or_default().chars().take(128).collect();
+    if name.trim().is_empty() { "unknown".into() } else { name.trim().to_string() }
 }
 
 async fn read_body(body: Body) -> ApiResult<axum::body::Bytes> {

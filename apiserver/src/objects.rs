@@ -13,6 +13,7 @@ use jiff::Timestamp;
 use serde_json::{Value, json};
 
 use crate::kinds::{Decoded, Kind, Source};
+use crate::managed;
 use crate::request::{FieldValidation, Query};
 use crate::status::{ApiError, ApiResult, Target};
 use crate::{ApiServer, Reply};
@@ -35,6 +36,10 @@ pub enum Part {
 pub enum Patch {
     Merge(Value),
     Json(Vec<json_patch::PatchOperation>),
+    /// Only for the core kinds (see [`crate::strategic`]).
+    Strategic(Value),
+    /// Server-side apply: the configuration (see [`crate::managed`]).
+    Apply(Value),
 }
 
 pub fn target<'a>(kind: &'a Kind, name: &'a str) -> Target<'a> {
@@ -55,7 +60,8 @@ pub fn now_seconds() -> Timestamp {
 }
 
 /// Metadata fields only the server sets.
-const SERVER_MANAGED: [&str; 7] = [
+const SERVER_MANAGED: [&str; 8] = [
+    "managedFields",
     "uid",
     "creationTimestamp",
     "generation",
@@ -154,12 +160,28 @@ impl ApiServer {
         object_of(&kv)
     }
 
-    pub async fn create(
+    /// Who writes, for managed fields.
+    fn writer<'a>(query: &'a Query, api_version: &'a str, time: &'a str) -> managed::Writer<'a> {
+        managed::Writer { manager: query.manager(), api_version, time }
+    }
+
+    fn scope(kind: &Kind, part: Part) -> managed::Scope {
+        managed::Scope { part, status_subresource: kind.status_subresource }
+    }
+
+    pub async fn create(&self, kind: &Kind, namespace: Option<&str>, query: &Query, object: Value) -> ApiResult<Reply> {
+        self.create_owned(kind, namespace, query, object, false).await
+    }
+
+    /// POST, or the first server-side apply (`applied`): the creator owns every field it
+    /// set (an applier only those of its configuration).
+    async fn create_owned(
         &self,
         kind: &Kind,
         namespace: Option<&str>,
         query: &Query,
         mut object: Value,
+        applied: bool,
     ) -> ApiResult<Reply> {
         check_type_meta(kind, &mut object)?;
         let metadata =
@@ -193,11 +215,29 @@ impl ApiServer {
             // Status belongs to the controller; a create never sets it.
             object.as_object_mut().expect("checked above").remove("status");
         }
+        let scope = Self::scope(kind, Part::Main);
+        let applied_fields = applied.then(|| managed::fields_of(&object, scope));
         if let Some(on_create) = kind.on_create {
             on_create(&mut object);
         }
         let mut warnings = Vec::new();
         let mut object = self.decode(kind, &object, &name, query.field_validation, &mut warnings)?;
+        let (api_version, time) = (kind.api_version(), now_seconds().to_string());
+        let writer = Self::writer(query, &api_version, &time);
+        match applied_fields {
+            Some(fields) => managed::set_entries(
+                &mut object,
+                &[managed::Entry {
+                    manager: writer.manager.to_string(),
+                    operation: managed::Operation::Apply,
+                    api_version: api_version.clone(),
+                    time: time.clone(),
+                    subresource: None,
+                    fields,
+                }],
+            ),
+            None => managed::record_update(&json!({}), &mut object, &writer, scope),
+        }
         if let Some(namespace) = namespace {
             self.check_namespace_open(kind, namespace, &name).await?;
         }
@@ -238,7 +278,7 @@ impl ApiServer {
             _ => {}
         }
         let precondition = body.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(str::to_string);
-        self.write(kind, namespace, name, part, query, precondition, move |current| match part {
+        self.write(kind, namespace, name, part, query, precondition, false, move |current| match part {
             Part::Scale => with_replicas(kind, current, &body),
             Part::Main | Part::Status => Ok(body.clone()),
         })
@@ -255,7 +295,17 @@ impl ApiServer {
         query: &Query,
         patch: Patch,
     ) -> ApiResult<Reply> {
-        self.write(kind, namespace, name, part, query, None, |current| {
+        let patch = match patch {
+            Patch::Apply(config) => return self.apply(kind, namespace, name, part, query, config).await,
+            Patch::Strategic(_) if !kind.group.is_empty() => {
+                return Err(ApiError::unsupported_media_type(
+                    "application/strategic-merge-patch+json",
+                    crate::request::PATCH_TYPES,
+                ));
+            }
+            patch => patch,
+        };
+        self.write(kind, namespace, name, part, query, None, false, |current| {
             let view = if part == Part::Scale { scale_of(kind, current)? } else { current.clone() };
             let current_version = view.pointer("/metadata/resourceVersion").cloned();
             let patched = apply_patch(view, &patch, &target(kind, name))?;
@@ -276,9 +326,64 @@ impl ApiServer {
         .await
     }
 
+    /// Server-side apply: creates the object from `config` if it does not exist; otherwise
+    /// merges it in, removes what this manager stopped applying, and refuses (409) to change
+    /// fields other managers own unless `force` is given.
+    pub async fn apply(
+        &self,
+        kind: &Kind,
+        namespace: Option<&str>,
+        name: &str,
+        part: Part,
+        query: &Query,
+        mut config: Value,
+    ) -> ApiResult<Reply> {
+        if query.field_manager.is_none() {
+            return Err(ApiError::bad_request(
+                "PATCH: fieldManager is required for apply requests (application/apply-patch+yaml)",
+            ));
+        }
+        if !config.is_object() {
+            return Err(ApiError::bad_request("an apply configuration must be an object"));
+        }
+        check_type_meta(kind, &mut config)?;
+        match config.pointer("/metadata/name").and_then(Value::as_str) {
+            Some(given) if given != name => {
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({given}) does not match the name on the URL ({name})"
+                )));
+            }
+            Some(_) => {}
+            None => config["metadata"]["name"] = json!(name),
+        }
+        check_namespace(config.pointer("/metadata/namespace"), namespace)?;
+        let precondition = config.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(str::to_string);
+        let scope = Self::scope(kind, part);
+        let (api_version, time) = (kind.api_version(), now_seconds().to_string());
+        for _ in 0..MAX_ATTEMPTS {
+            if part == Part::Main && self.store.get(&self.object_key(kind, namespace, name)).await?.is_none() {
+                match self.create_owned(kind, namespace, query, config.clone(), true).await {
+                    Err(e) if e.reason == "AlreadyExists" => continue,
+                    other => return other,
+                }
+            }
+            let writer = Self::writer(query, &api_version, &time);
+            let change = |current: &Value| {
+                managed::apply(Some(current), &config, &writer, scope, query.force)
+                    .map_err(|conflicts| conflict_error(kind, name, &conflicts))
+            };
+            match self.write(kind, namespace, name, part, query, precondition.clone(), true, change).await {
+                Err(e) if e.code == StatusCode::NOT_FOUND && part == Part::Main => continue,
+                other => return other,
+            }
+        }
+        Err(ApiError::conflict(&target(kind, name), "too many concurrent writers; try again"))
+    }
+
     /// The read-modify-write loop behind every update: `change` maps the latest object to
     /// what the client wants; the server keeps what the client may not change, validates,
-    /// and writes if the object is still the one it read.
+    /// and writes if the object is still the one it read. Managed fields record the change
+    /// (an apply's `change` has computed them already).
     #[allow(clippy::too_many_arguments)]
     async fn write(
         &self,
@@ -288,6 +393,7 @@ impl ApiServer {
         part: Part,
         query: &Query,
         precondition: Option<String>,
+        applying: bool,
         change: impl Fn(&Value) -> ApiResult<Value>,
     ) -> ApiResult<Reply> {
         let key = self.object_key(kind, namespace, name);
@@ -309,9 +415,21 @@ impl ApiServer {
             if !wanted.is_object() {
                 return Err(ApiError::bad_request(format!("the {} must stay a JSON object", kind.kind)));
             }
+            let applied_fields = wanted.pointer("/metadata/managedFields").cloned();
             let merged = merge_for_update(kind, &current, wanted, part);
             let mut warnings = Vec::new();
             let mut object = self.decode(kind, &merged, name, query.field_validation, &mut warnings)?;
+            if applying {
+                match applied_fields {
+                    Some(fields) => object["metadata"]["managedFields"] = fields,
+                    None => _ = object["metadata"].as_object_mut().map(|m| m.remove("managedFields")),
+                }
+            } else {
+                let (api_version, time) = (kind.api_version(), now_seconds().to_string());
+                let writer = Self::writer(query, &api_version, &time);
+                let scope = Self::scope(kind, part);
+                managed::record_update(&current, &mut object, &writer, scope);
+            }
             let finalized = object.pointer("/metadata/deletionTimestamp").is_some()
                 && object.pointer("/metadata/finalizers").and_then(Value::as_array).is_none_or(|f| f.is_empty());
             let unchanged = strip_version(&object) == strip_version(&current);
@@ -411,6 +529,40 @@ impl ApiServer {
     pub async fn get_scale(&self, kind: &Kind, namespace: Option<&str>, name: &str) -> ApiResult<Value> {
         scale_of(kind, &self.get_object(kind, namespace, name).await?)
     }
+}
+
+/// 409 for an apply that would change fields other managers own, worded as Kubernetes does.
+fn conflict_error(kind: &Kind, name: &str, conflicts: &[managed::Conflict]) -> ApiError {
+    let mut by_manager: Vec<(String, Vec<String>)> = Vec::new();
+    for conflict in conflicts {
+        let owner = format!("{:?} using {}", conflict.manager, conflict.api_version);
+        let field = managed::display(&conflict.field);
+        match by_manager.iter_mut().find(|(o, _)| *o == owner) {
+            Some((_, fields)) => fields.push(field),
+            None => by_manager.push((owner, vec![field])),
+        }
+    }
+    let described: Vec<String> = by_manager
+        .iter()
+        .map(|(owner, fields)| match fields.as_slice() {
+            [one] => format!("conflict with {owner}: {one}"),
+            many => format!("conflicts with {owner}:\n- {}", many.join("\n- ")),
+        })
+        .collect();
+    let count = conflicts.len();
+    let message =
+        format!("Apply failed with {count} conflict{}: {}", if count == 1 { "" } else { "s" }, described.join("\n"));
+    let causes: Vec<Value> = conflicts
+        .iter()
+        .map(|c| {
+            json!({"reason": "FieldManagerConflict", "message": format!("conflict with {:?} using {}", c.manager, c.api_version),
+                   "field": managed::display(&c.field)})
+        })
+        .collect();
+    let mut error = ApiError::conflict(&target(kind, name), "");
+    error.message = message;
+    error.details = Some(json!({"name": name, "group": kind.group, "kind": kind.plural, "causes": causes}));
+    error
 }
 
 /// The object to validate and store for an update of `part`: what the client may change
@@ -575,6 +727,8 @@ fn apply_patch(mut object: Value, patch: &Patch, target: &Target<'_>) -> ApiResu
             }
             json_patch::merge(&mut object, merge);
         }
+        Patch::Strategic(patch) => crate::strategic::merge(&mut object, patch)?,
+        Patch::Apply(_) => return Err(ApiError::internal("an apply is not a patch to apply")),
         Patch::Json(operations) => {
             // Kubernetes treats `test` of a missing path as comparing with null (kube-rs'
             // finalizer helper relies on it); json-patch would fail it.

@@ -35,11 +35,18 @@ pub struct Query {
     pub continue_token: Option<String>,
     /// Who writes (`fieldManager`), for managed fields.
     pub field_manager: Option<String>,
+    /// The client's name from its User-Agent: the manager when `fieldManager` is absent.
+    pub client: String,
     /// Server-side apply takes fields other managers own (`force`).
     pub force: bool,
 }
 
 impl Query {
+    /// The field manager of a write.
+    pub fn manager(&self) -> &str {
+        self.field_manager.as_deref().unwrap_or(&self.client)
+    }
+
     /// Parses a query string; a leading `&` (as some clients send) is fine.
     pub fn parse(raw: Option<&str>) -> ApiResult<Self> {
         let mut query = Query {
@@ -57,6 +64,7 @@ impl Query {
             limit: 0,
             continue_token: None,
             field_manager: None,
+            client: "unknown".into(),
             force: false,
         };
         let mut include_object = None;
@@ -142,8 +150,11 @@ pub fn parse_body(content_type: Option<&str>, body: &[u8]) -> ApiResult<Value> {
     Ok(value)
 }
 
-/// Parses a PATCH body by its media type. Strategic merge patches (which need Go struct tags
-/// that custom resources do not have) get 415, as from Kubernetes.
+/// The patch media types of custom resources.
+pub const PATCH_TYPES: &[&str] =
+    &["application/merge-patch+json", "application/json-patch+json", "application/apply-patch+yaml"];
+
+/// Parses a PATCH body by its media type.
 pub fn parse_patch(content_type: Option<&str>, body: &[u8]) -> ApiResult<Patch> {
     let media = media_type(content_type);
     let json = |body: &[u8]| -> ApiResult<Value> {
@@ -156,21 +167,21 @@ pub fn parse_patch(content_type: Option<&str>, body: &[u8]) -> ApiResult<Patch> 
                 .map_err(|e| ApiError::bad_request(format!("the JSON patch is not a list of operations: {e}")))?;
             Ok(Patch::Json(operations))
         }
-        "application/strategic-merge-patch+json" => Err(ApiError::unsupported_media_type(
-            &media,
-            &["application/merge-patch+json", "application/json-patch+json"],
-        )),
-        "application/apply-patch+yaml" => Err(ApiError::unsupported_media_type(
-            &media,
-            &[
-                "application/merge-patch+json",
-                "application/json-patch+json (server-side apply is not served yet: use kubectl apply without --server-side)",
-            ],
-        )),
-        other => Err(ApiError::unsupported_media_type(
-            other,
-            &["application/merge-patch+json", "application/json-patch+json"],
-        )),
+        "application/strategic-merge-patch+json" => Ok(Patch::Strategic(json(body)?)),
+        "application/apply-patch+yaml" => {
+            // kubectl sends JSON (which is YAML too); others send YAML.
+            let config = match serde_json::from_slice(body) {
+                Ok(config) => config,
+                Err(_) => {
+                    let text = std::str::from_utf8(body)
+                        .map_err(|_| ApiError::bad_request("the apply configuration is not valid UTF-8"))?;
+                    serde_saphyr::from_str(text)
+                        .map_err(|e| ApiError::bad_request(format!("the apply configuration is not valid YAML: {e}")))?
+                }
+            };
+            Ok(Patch::Apply(config))
+        }
+        other => Err(ApiError::unsupported_media_type(other, PATCH_TYPES)),
     }
 }
 
@@ -199,10 +210,11 @@ mod tests {
         assert_eq!(parse_body(Some("application/yaml"), b"a: 1\n").unwrap()["a"], 1);
         assert!(parse_body(Some("application/json"), b"{").unwrap_err().message.contains("not valid JSON"));
         assert_eq!(parse_body(Some("text/plain"), b"").unwrap_err().code.as_u16(), 415);
-        assert_eq!(
-            parse_patch(Some("application/strategic-merge-patch+json"), b"{}").err().unwrap().code.as_u16(),
-            415
-        );
+        let strategic = parse_patch(Some("application/strategic-merge-patch+json"), b"{}").ok().unwrap();
+        assert!(matches!(strategic, Patch::Strategic(_)), "refused later for custom resources");
         assert!(matches!(parse_patch(Some("application/merge-patch+json"), b"{}").ok().unwrap(), Patch::Merge(_)));
+        let yaml = parse_patch(Some("application/apply-patch+yaml"), b"spec:\n  instances: 2\n").ok().unwrap();
+        assert!(matches!(yaml, Patch::Apply(config) if config["spec"]["instances"] == 2));
+        assert_eq!(parse_patch(Some("text/x-diff"), b"").err().unwrap().code.as_u16(), 415);
     }
 }

@@ -618,3 +618,77 @@ async fn idle_watches_get_bookmarks_with_the_revision_they_have_seen() {
     assert_eq!(events[0]["object"]["kind"], "App");
     assert_eq!(rv(&events[0]["object"]), rv(&created));
 }
+
+async fn apply_as(api: &Api, manager: &str, config: &Value, force: bool) -> (StatusCode, Value) {
+    let path = format!("{APPS}/web?fieldManager={manager}{}", if force { "&force=true" } else { "" });
+    api.call_as(Method::PATCH, &path, "application/apply-patch+yaml", Some(config)).await
+}
+
+#[tokio::test]
+async fn server_side_apply_owns_fields_removes_dropped_ones_and_reports_conflicts() {
+    let api = Api::new().await;
+    let config = json!({"apiVersion": "baton.dev/v1alpha1", "kind": "App", "metadata": {"name": "web"},
+                        "spec": {"instances": 2, "cmd": "sleep 100", "env": {"A": "1", "B": "2"}}});
+    let (code, created) = apply_as(&api, "ci", &config, false).await;
+    assert_eq!(code, StatusCode::CREATED, "apply creates what is missing: {created}");
+    assert_eq!(created["metadata"]["managedFields"][0]["manager"], "ci");
+    assert_eq!(created["metadata"]["managedFields"][0]["operation"], "Apply");
+    assert_eq!(created["metadata"]["managedFields"][0]["fieldsV1"]["f:spec"]["f:env"]["f:B"], json!({}));
+    let (code, again) = apply_as(&api, "ci", &config, false).await;
+    assert_eq!((code, rv(&again)), (StatusCode::OK, rv(&created)), "the same apply changes nothing");
+
+    let mut smaller = config.clone();
+    smaller["spec"]["env"] = json!({"A": "1"});
+    let (_, applied) = apply_as(&api, "ci", &smaller, false).await;
+    assert_eq!(applied["spec"]["env"], json!({"A": "1"}), "a field no longer applied is removed");
+
+    // Another manager changing a field ci owns: a conflict naming it, and nothing written.
+    let theirs = json!({"apiVersion": "baton.dev/v1alpha1", "kind": "App", "metadata": {"name": "web"},
+                        "spec": {"instances": 5}});
+    let (code, body) = apply_as(&api, "ops", &theirs, false).await;
+    assert_eq!((code, body["reason"].as_str()), (StatusCode::CONFLICT, Some("Conflict")), "{body}");
+    assert_eq!(
+        body["message"],
+        "Apply failed with 1 conflict: conflict with \"ci\" using baton.dev/v1alpha1: .spec.instances"
+    );
+    assert_eq!(body["details"]["causes"][0]["reason"], "FieldManagerConflict");
+    assert_eq!(body["details"]["causes"][0]["field"], ".spec.instances");
+    let (code, forced) = apply_as(&api, "ops", &theirs, true).await;
+    assert_eq!((code, forced["spec"]["instances"].clone()), (StatusCode::OK, json!(5)), "force takes the field");
+
+    // A merge patch is an update: it takes the fields it changes.
+    let patch = json!({"spec": {"env": {"A": "9"}}});
+    let (_, patched) = api
+        .call_as(
+            Method::PATCH,
+            &format!("{APPS}/web?fieldManager=kubectl-patch"),
+            "application/merge-patch+json",
+            Some(&patch),
+        )
+        .await;
+    let managers: Vec<&str> = patched["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["manager"].as_str().unwrap())
+        .collect();
+    assert_eq!(managers, ["ci", "ops", "kubectl-patch"]);
+    let (code, body) = apply_as(&api, "ci", &smaller, false).await;
+    assert_eq!(code, StatusCode::CONFLICT, "ci's env.A now belongs to kubectl-patch: {body}");
+
+    let (code, body) =
+        api.call_as(Method::PATCH, &format!("{APPS}/web"), "application/apply-patch+yaml", Some(&config)).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "apply needs a field manager: {body}");
+}
+
+#[tokio::test]
+async fn core_kinds_take_strategic_merge_patches() {
+    let api = Api::new().await;
+    api.call(Method::POST, NAMESPACES, Some(&namespace("shop"))).await;
+    let patch = json!({"metadata": {"labels": {"env": "prod"}, "$setElementOrder/finalizers": []}});
+    let (code, patched) = api
+        .call_as(Method::PATCH, &format!("{NAMESPACES}/shop"), "application/strategic-merge-patch+json", Some(&patch))
+        .await;
+    assert_eq!(code, StatusCode::OK, "{patched}");
+    assert_eq!(patched["metadata"]["labels"]["env"], "prod");
+}

@@ -120,7 +120,8 @@ impl Poster {
         let now = Time(Timestamp::now());
         if let Some((name, count)) = self.posted.get(&key).cloned() {
             let patch = json!({"count": count + 1, "lastTimestamp": now});
-            match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            let params = PatchParams { field_manager: Some(COMPONENT.into()), ..PatchParams::default() };
+            match api.patch(&name, &params, &Patch::Merge(&patch)).await {
                 Ok(_) => {
                     self.posted.insert(key, (name, count + 1));
                     return;
@@ -148,7 +149,8 @@ impl Poster {
             count: Some(1),
             ..KubeEvent::default()
         };
-        match api.create(&PostParams::default(), &object).await {
+        let params = PostParams { field_manager: Some(COMPONENT.into()), ..PostParams::default() };
+        match api.create(&params, &object).await {
             Ok(_) => {
                 if self.posted.len() >= REMEMBERED {
                     self.posted.clear();

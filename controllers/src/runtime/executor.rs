@@ -150,7 +150,8 @@ impl Executor {
             }
             let api: kube::Api<App> = kube::Api::namespaced(self.client.clone(), &update.namespace);
             let patch = Patch::Merge(json!({"status": update.status}));
-            match api.patch_status(&update.name, &PatchParams::default(), &patch).await {
+            let params = PatchParams { field_manager: Some(super::events::COMPONENT.into()), ..PatchParams::default() };
+            match api.patch_status(&update.name, &params, &patch).await {
                 Ok(_) => applied.statuses += 1,
                 // Deleted meanwhile: nothing to report on.
                 Err(kube::Error::Api(status)) if status.code == 404 => {}
