@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 pub mod auth;
 mod discovery;
+mod hub;
 pub mod kinds;
 pub mod kubeconfig;
 mod list;
@@ -88,6 +89,8 @@ pub struct ApiServer {
     limits: Limits,
     /// Open watches per user.
     watches: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    /// The shared watch of each stored kind.
+    hubs: hub::Hubs,
     /// The lease objects with a TTL are written with, and when it was granted.
     ttl_lease: tokio::sync::Mutex<Option<(baton_store::LeaseId, std::time::Instant)>>,
     shutdown: CancellationToken,
@@ -170,6 +173,7 @@ impl ApiServer {
             security,
             limits,
             watches: Default::default(),
+            hubs: Default::default(),
             ttl_lease: Default::default(),
             shutdown: CancellationToken::new(),
         })
@@ -454,7 +458,12 @@ async fn dispatch(
     let user = identity.map(|i| i.0.user).unwrap_or_default();
     let started = std::time::Instant::now();
     let (logged_method, logged_uri) = (method.clone(), uri.clone());
-    let response = server.handle(&user, method, uri, headers, body).await.unwrap_or_else(IntoResponse::into_response);
+    let mut response =
+        server.handle(&user, method, uri, headers, body).await.unwrap_or_else(IntoResponse::into_response);
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        // The rest of the body was not read: this connection cannot carry another request.
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     tracing::debug!(method = %logged_method, uri = %logged_uri, status = response.status().as_u16(),
                     micros = started.elapsed().as_micros() as u64, "request");
     response

@@ -20,7 +20,10 @@ use baton_store::{EventKind, Revision, WatchEvent};
 use futures::stream::{self, BoxStream, StreamExt};
 use serde_json::{Value, json};
 
+use std::sync::Arc;
+
 use crate::ApiServer;
+use crate::hub::Change;
 use crate::kinds::Kind;
 use crate::objects::object_of;
 use crate::request::Query;
@@ -127,6 +130,16 @@ pub fn respond(
 }
 
 impl ApiServer {
+    /// Bookmark ticks for a watch that allows them.
+    fn bookmark_ticks(&self, query: &Query) -> Option<tokio::time::Interval> {
+        let period = self.limits.bookmark_interval;
+        query.allow_bookmarks.then(|| {
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks
+        })
+    }
+
     /// Follows the store under `prefix` from revision `from`, turning each change into
     /// events with `convert`. History that is gone becomes an in-stream 410 ERROR
     /// event, as does any later failure of the store watch; the stream ends after it.
@@ -151,17 +164,21 @@ impl ApiServer {
             }
             Err(e) => return Err(e.into()),
         };
-        let period = self.limits.bookmark_interval;
-        let ticks = query.allow_bookmarks.then(|| {
-            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            ticks
-        });
-        let state = Follow { watch, ticks, seen: from - 1, convert, encoder, done: false };
+        let source = watch.map(|batch| batch.map(|b| b.events).map_err(ApiError::from)).boxed();
+        let state = Follow {
+            source,
+            ticks: self.bookmark_ticks(query),
+            seen: from - 1,
+            convert,
+            revision_of: WatchEvent::revision,
+            encoder,
+            done: false,
+        };
         Ok(stream::unfold(state, Follow::next).flat_map(stream::iter).boxed())
     }
 
-    /// `GET …/<plural>?watch=true` for a stored kind.
+    /// `GET …/<plural>?watch=true` for a stored kind: from the kind's shared watch when it
+    /// still holds the changes asked for, else from a store watch of its own.
     pub(crate) async fn watch_registry(
         &self,
         kind: &Kind,
@@ -190,25 +207,80 @@ impl ApiServer {
             }
         };
         let selectors = query.selectors.clone();
-        let events = encoder.clone();
-        let convert = move |event: &WatchEvent| registry_event(&events, &selectors, event).into_iter().collect();
-        let live = self.follow(&prefix, from, encoder, query, convert).await?;
+        let all_prefix = self.keys.registry(kind.store_group(), &kind.plural, None);
+        let hub = self.hubs.get(&self.store, &all_prefix).await?;
+        let live = match hub.subscribe(from) {
+            Some(subscription) => {
+                let namespace = namespace.map(str::to_string);
+                let events = encoder.clone();
+                let convert = move |change: &Arc<Change>| {
+                    change_event(&events, &selectors, namespace.as_deref(), change).into_iter().collect()
+                };
+                let replay = stream::iter((!subscription.replay.is_empty()).then_some(Ok(subscription.replay)));
+                // A watcher too slow for the shared watch is closed; it resumes from the
+                // last revision it saw.
+                let live = stream::unfold(Some(subscription.live), |live| async move {
+                    let mut live = live?;
+                    let batch = next_changes(&mut live).await?;
+                    Some((batch, Some(live)))
+                })
+                .map(move |batch| Ok(batch.into_iter().filter(|change| change.revision >= from).collect()));
+                let state = Follow {
+                    source: replay.chain(live).boxed(),
+                    ticks: self.bookmark_ticks(query),
+                    seen: from - 1,
+                    convert,
+                    revision_of: |change: &Arc<Change>| change.revision,
+                    encoder,
+                    done: false,
+                };
+                stream::unfold(state, Follow::next).flat_map(stream::iter).boxed()
+            }
+            None => {
+                let events = encoder.clone();
+                let convert =
+                    move |event: &WatchEvent| registry_event(&events, &selectors, event).into_iter().collect();
+                self.follow(&prefix, from, encoder, query, convert).await?
+            }
+        };
         Ok(respond(initial, live, query, &self.shutdown, slot))
     }
 }
 
-/// The state of a followed store watch.
-struct Follow<C> {
-    watch: baton_store::WatchStream,
+/// Changes waiting at most for a batch: one write per batch to the client, not per change.
+const BATCH: usize = 256;
+
+/// The next changes of a shared watch: the first to come and those already behind it.
+/// `None` when the watch is over, or this watcher fell too far behind (it then resumes
+/// from the last revision it saw, as after any closed watch).
+async fn next_changes(live: &mut tokio::sync::broadcast::Receiver<Arc<Change>>) -> Option<Vec<Arc<Change>>> {
+    use tokio::sync::broadcast::error::TryRecvError;
+    let mut batch = vec![live.recv().await.ok()?];
+    while batch.len() < BATCH {
+        match live.try_recv() {
+            Ok(change) => batch.push(change),
+            Err(TryRecvError::Empty) => break,
+            // Behind or closed: the watch ends here, and the client resumes from the last
+            // revision it was sent (so this batch is sent again then).
+            Err(TryRecvError::Lagged(_) | TryRecvError::Closed) => return None,
+        }
+    }
+    Some(batch)
+}
+
+/// The state of a followed watch: batches of items (store events or shared changes).
+struct Follow<T, C> {
+    source: BoxStream<'static, Result<Vec<T>, ApiError>>,
     ticks: Option<tokio::time::Interval>,
-    /// The last revision the store watch delivered.
+    /// The last revision the source delivered.
     seen: Revision,
     convert: C,
+    revision_of: fn(&T) -> Revision,
     encoder: Encoder,
     done: bool,
 }
 
-impl<C: FnMut(&WatchEvent) -> Vec<Bytes> + Send + 'static> Follow<C> {
+impl<T: Send + 'static, C: FnMut(&T) -> Vec<Bytes> + Send + 'static> Follow<T, C> {
     /// The next lines to send, or `None` when the watch is over.
     async fn next(mut self) -> Option<(Vec<Bytes>, Self)> {
         if self.done {
@@ -217,32 +289,49 @@ impl<C: FnMut(&WatchEvent) -> Vec<Bytes> + Send + 'static> Follow<C> {
         loop {
             let batch = match &mut self.ticks {
                 Some(ticks) => tokio::select! {
-                    batch = self.watch.next() => batch,
+                    batch = self.source.next() => batch,
                     _ = ticks.tick() => {
                         let bookmark = self.encoder.bookmark(self.seen, false);
                         return Some((vec![bookmark], self));
                     }
                 },
-                None => self.watch.next().await,
+                None => self.source.next().await,
             };
             match batch {
                 None => return None,
                 Some(Err(e)) => {
                     self.done = true;
-                    let error = self.encoder.error(&ApiError::from(e));
+                    let error = self.encoder.error(&e);
                     return Some((vec![error], self));
                 }
-                Some(Ok(batch)) => {
-                    if let Some(last) = batch.events.last() {
-                        self.seen = self.seen.max(last.revision());
+                Some(Ok(items)) => {
+                    if let Some(last) = items.last() {
+                        self.seen = self.seen.max((self.revision_of)(last));
                     }
-                    let lines: Vec<Bytes> = batch.events.iter().flat_map(&mut self.convert).collect();
-                    if !lines.is_empty() {
-                        return Some((lines, self));
+                    let lines: Vec<Bytes> = items.iter().flat_map(&mut self.convert).collect();
+                    match lines.len() {
+                        0 => {}
+                        1 => return Some((lines, self)),
+                        // One body frame (one TLS record, one write) for the whole batch.
+                        _ => return Some((vec![Bytes::from(lines.concat())], self)),
                     }
                 }
             }
         }
+    }
+}
+
+/// The watch event (if any) one shared change means for this watcher. JSON lines are
+/// encoded once per change, for every JSON watcher.
+fn change_event(encoder: &Encoder, selectors: &Selectors, namespace: Option<&str>, change: &Change) -> Option<Bytes> {
+    let matches = |object: &Value| {
+        namespace.is_none_or(|ns| object.pointer("/metadata/namespace").and_then(Value::as_str) == Some(ns))
+            && selectors.matches(object)
+    };
+    let type_ = transition(change.before.as_ref().map(matches), change.after.as_ref().map(matches))?;
+    match encoder.format {
+        Format::Json => change.json_line(type_, |object| encoder.event(type_, object)),
+        Format::Table(_) => Some(encoder.event(type_, &change.object(type_)?)),
     }
 }
 

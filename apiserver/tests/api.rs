@@ -692,3 +692,36 @@ async fn core_kinds_take_strategic_merge_patches() {
     assert_eq!(code, StatusCode::OK, "{patched}");
     assert_eq!(patched["metadata"]["labels"]["env"], "prod");
 }
+
+#[tokio::test]
+async fn watchers_share_one_watch_per_kind_and_resume_from_its_memory() {
+    let api = Api::new().await;
+    let (_, list) = api.call(Method::GET, APPS, None).await;
+    let start = rv(&list);
+    // The first watch starts the kind's shared watch at the current revision.
+    let first = format!("{APPS}?watch=true&resourceVersion={start}");
+    let response = api.router.clone().oneshot(Api::request(Method::GET, &first, "application/json", None)).await;
+    assert_eq!(response.unwrap().status(), StatusCode::OK);
+    api.call(Method::POST, NAMESPACES, Some(&namespace("other"))).await;
+    let created = api.create("web", 1).await;
+    let elsewhere = "/apis/baton.dev/v1alpha1/namespaces/other/apps";
+    let (code, _) = api.call(Method::POST, elsewhere, Some(&app("db", 1))).await;
+    assert_eq!(code, StatusCode::CREATED);
+    api.call(Method::DELETE, &format!("{APPS}/web"), None).await;
+
+    // A watch from the start is served from memory: only this namespace, in order.
+    let events = api.watch(&first, 2).await;
+    let seen: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| (e["type"].as_str().unwrap(), e["object"]["metadata"]["name"].as_str().unwrap()))
+        .collect();
+    assert_eq!(seen, [("ADDED", "web"), ("DELETED", "web")]);
+    assert_eq!(rv(&events[0]["object"]), rv(&created));
+    assert!(rv(&events[1]["object"]).parse::<i64>().unwrap() > rv(&created).parse::<i64>().unwrap());
+    // Across namespaces, with a selector.
+    let everywhere =
+        format!("/apis/baton.dev/v1alpha1/apps?watch=true&resourceVersion={start}&labelSelector=tier%3Dweb");
+    let events = api.watch(&everywhere, 3).await;
+    let names: Vec<&str> = events.iter().map(|e| e["object"]["metadata"]["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["web", "db", "web"]);
+}

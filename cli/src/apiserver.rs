@@ -40,6 +40,9 @@ pub struct ApiserverArgs {
     /// address other machines reach this server on.
     #[arg(long = "tls-san", value_name = "NAME")]
     tls_sans: Vec<String>,
+    /// How often a watch that allows bookmarks gets one (e.g. 60s).
+    #[arg(long, default_value = "60s", value_parser = crate::flags::duration)]
+    bookmark_interval: std::time::Duration,
     /// Watches one user may hold open at once.
     #[arg(long, default_value_t = Limits::default().watches_per_user)]
     max_watches_per_user: usize,
@@ -64,7 +67,7 @@ pub async fn run(args: ApiserverArgs) -> Result<()> {
     setup::write_private(&kubeconfig, &setup.admin_kubeconfig)
         .with_context(|| format!("writing {}", kubeconfig.display()))?;
     eprintln!("API server on {}; admin kubeconfig in {}", setup::server_url(address), kubeconfig.display());
-    let limits = Limits { watches_per_user: args.max_watches_per_user, ..Limits::default() };
+    let limits = Limits { watches_per_user: args.max_watches_per_user, bookmark_interval: args.bookmark_interval };
     let server = ApiServer::start(store, args.store.keys(), setup.security, limits)
         .await
         .map_err(|e| anyhow::anyhow!("preparing the store for the API server: {}", e.message))?;

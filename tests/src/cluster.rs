@@ -26,13 +26,21 @@ pub struct ClusterOptions {
     pub election_ttl: &'static str,
     /// `--lease-ttl` of the agents.
     pub agent_lease_ttl: &'static str,
+    /// More lines for the API server's tokens file (`token,user,group1|group2`); the
+    /// admin token is always there.
+    pub tokens: Vec<&'static str>,
+    /// The API server's authorization rules (YAML), if any.
+    pub rules: Option<&'static str>,
 }
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        Self { controllers: 2, agents: 2, election_ttl: "2s", agent_lease_ttl: "2s" }
+        Self { controllers: 2, agents: 2, election_ttl: "2s", agent_lease_ttl: "2s", tokens: Vec::new(), rules: None }
     }
 }
+
+/// The admin token of a test cluster's API server.
+pub const ADMIN_TOKEN: &str = "admin-token-for-tests";
 
 /// One write of an instance record, from the store's history.
 #[derive(Debug, Clone)]
@@ -95,17 +103,25 @@ impl Cluster {
         let root = dir.path().to_path_buf();
         let log = move |name: &str| root.join(format!("{name}.log"));
         let api_dir = dir.path().join("apiserver");
-        let apiserver = Proc::start(
-            "apiserver",
-            binary,
-            [
-                os(&["apiserver", "--store", &url, "--listen", "127.0.0.1:0", "--data-dir"]),
-                vec![api_dir.clone().into()],
-            ]
-            .concat(),
-            env.clone(),
-            log("apiserver"),
-        );
+        let tokens = dir.path().join("tokens");
+        let mut lines = vec![format!("{ADMIN_TOKEN},admin,baton:admins")];
+        lines.extend(options.tokens.iter().map(|l| l.to_string()));
+        std::fs::write(&tokens, lines.join("\n") + "\n").expect("writing the tokens file");
+        // A fixed port, so that a restarted API server is where its clients expect it.
+        let listen = format!("127.0.0.1:{}", free_port());
+        let mut args = os(&["apiserver", "--store", &url, "--listen", &listen, "--bookmark-interval", "2s"]);
+        args.extend([
+            "--data-dir".into(),
+            api_dir.clone().into_os_string(),
+            "--tokens".into(),
+            tokens.into_os_string(),
+        ]);
+        if let Some(rules) = options.rules {
+            let path = dir.path().join("rules.yaml");
+            std::fs::write(&path, rules).expect("writing the rules file");
+            args.extend(["--authorization-rules".into(), path.into_os_string()]);
+        }
+        let apiserver = Proc::start("apiserver", binary, args, env.clone(), log("apiserver"));
         let home = dir.path().join("home");
         std::fs::create_dir_all(&home).expect("a HOME for kubectl");
         let kubeconfig = api_dir.join("kubeconfig");
@@ -173,12 +189,23 @@ impl Cluster {
         cluster.wait_for("every agent to register", Duration::from_secs(30), |c| {
             (c.block_on(c.store.range(&c.keys.agents())).map(|r| r.kvs.len()).ok() == Some(agents)).then_some(())
         });
-        cluster.wait_for("a controller to lead", Duration::from_secs(30), |c| c.leader());
+        if options.controllers > 0 {
+            cluster.wait_for("a controller to lead", Duration::from_secs(30), |c| c.leader());
+        }
         cluster
     }
 
     pub fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
         self.runtime.block_on(future)
+    }
+
+    /// Runs `future` on the cluster's runtime in the background.
+    pub fn spawn<F>(&self, future: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.runtime.spawn(future)
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -295,6 +322,46 @@ impl Cluster {
     /// The cluster's temporary directory (agents' work dirs are inside).
     pub fn dir(&self) -> PathBuf {
         self.dir.path().to_path_buf()
+    }
+
+    /// The API server's data dir (its CA, certificates and kubeconfig).
+    pub fn api_dir(&self) -> PathBuf {
+        self.dir.path().join("apiserver")
+    }
+
+    /// Raw HTTPS requests as the admin.
+    pub fn api(&self) -> crate::ApiClient {
+        crate::ApiClient::from_kubeconfig(&self.kubectl.kubeconfig)
+    }
+
+    /// A kube-rs client as the admin (use it inside [`Cluster::block_on`]).
+    pub async fn kube_client(&self) -> kube::Client {
+        let config = kube::config::Kubeconfig::read_from(&self.kubectl.kubeconfig).expect("the admin kubeconfig");
+        let config = kube::Config::from_custom_kubeconfig(config, &kube::config::KubeConfigOptions::default())
+            .await
+            .expect("a kube config");
+        kube::Client::try_from(config).expect("a kube client")
+    }
+
+    /// Kills the API server and starts it again on the same port and data.
+    pub fn restart_apiserver(&mut self) {
+        self.apiserver.kill();
+        self.apiserver.restart();
+        self.wait_for("the restarted API server to answer kubectl", Duration::from_secs(30), |c| {
+            c.kubectl.run(&["get", "apps"], None).status.success().then_some(())
+        });
+    }
+
+    /// Compacts etcd's history up to its current revision: watches from before it get 410.
+    pub fn compact_etcd(&self) -> i64 {
+        let endpoint = self.etcd.endpoint();
+        self.block_on(async move {
+            let mut client = etcd_client::Client::connect([endpoint], None).await.expect("connecting to etcd");
+            let revision = client.get("/", None).await.expect("reading etcd").header().expect("a header").revision();
+            let options = etcd_client::CompactionOptions::new().with_physical();
+            client.compact(revision, Some(options)).await.expect("compacting etcd");
+            revision
+        })
     }
 }
 

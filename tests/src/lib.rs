@@ -25,6 +25,7 @@ pub use baton_agent::process::{live_group_members, start_ticks};
 pub mod api;
 pub mod cluster;
 pub mod kubectl;
+pub mod load;
 pub mod proc;
 
 pub use api::ApiClient;
