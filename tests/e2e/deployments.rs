@@ -108,6 +108,18 @@ fn a_unique_app_with_more_instances_than_agents_says_why_one_is_pending() {
     let agents: std::collections::BTreeSet<String> =
         instances(&baton, "one-per-agent").iter().map(|i| i["spec"]["agent"].as_str().unwrap().to_string()).collect();
     assert_eq!(agents.len(), 3, "one instance on each agent");
+    // An event says the same.
+    let selector = "involvedObject.name=one-per-agent,reason=FailedScheduling";
+    let warning = baton.wait_for("a FailedScheduling event", WAIT, |b| {
+        let events = b.kubectl_json(&["get", "events", "--field-selector", selector]);
+        events["items"]
+            .as_array()?
+            .iter()
+            .find(|e| e["message"].as_str().is_some_and(|m| m.contains("1 of 4")))
+            .cloned()
+    });
+    assert_eq!(warning["type"], "Warning");
+    assert_eq!(warning["message"], "1 of 4 instances cannot be placed: 3 agents: constraint hostname UNIQUE");
 }
 
 #[test]
