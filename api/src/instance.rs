@@ -16,6 +16,8 @@ pub const INSTANCE_KIND: &str = "Instance";
 pub const PHASE_ASSIGNED: &str = "Assigned";
 /// Phase shown while the instance's agent does not report (its last report was not final).
 pub const PHASE_UNREACHABLE: &str = "Unreachable";
+/// Health of an instance that counts towards its app's capacity.
+pub const HEALTHY: &str = "Healthy";
 
 /// One instance as `kubectl get instances` shows it.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
@@ -54,6 +56,10 @@ pub struct InstanceSpec {
 pub struct InstanceViewStatus {
     /// `Assigned` until the agent reports, then the agent's phase.
     pub phase: String,
+    /// `Healthy` when the instance counts towards its app's capacity: its process runs
+    /// (and, for apps with health checks, passes them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
     /// When the process started.
@@ -119,6 +125,7 @@ impl Instance {
                 stop_reason: record.stop_reason.clone(),
             },
             status: InstanceViewStatus {
+                health: (phase == crate::Phase::Running.as_str()).then(|| HEALTHY.to_string()),
                 phase,
                 pid: status.and_then(|s| s.pid),
                 started_at: status.and_then(|s| s.started_at),

@@ -236,6 +236,7 @@ fn instance_kind() -> Kind {
             column("Host", "string", ".spec.host", 0, "Where its ports are reachable"),
             column("Ports", "string", ".spec.ports", 0, "Assigned host ports, in the app's port order"),
             column("Phase", "string", ".status.phase", 0, "What the agent reported"),
+            column("Health", "string", ".status.health", 0, "Healthy when it counts towards the app's capacity"),
             column("Version", "string", ".spec.version", 1, "The app version it runs"),
             column("Pid", "integer", ".status.pid", 1, "The process id on the agent's host"),
             column("Age", "date", ".metadata.creationTimestamp", 0, ""),

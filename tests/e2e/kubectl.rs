@@ -227,9 +227,14 @@ fn watch_describe_and_the_views() {
     assert_eq!(agents.lines().filter(|l| l.contains("Ready")).count(), 2, "{agents}");
     let racked = ok(&cluster, &["get", "agents", "-l", "rack=r1", "-o", "wide"]);
     assert!(racked.contains("rack=r1") && !racked.contains("rack=r2"), "{racked}");
-    let instances = ok(&cluster, &["get", "instances", "-l", "app=web"]);
+    let instances = cluster.wait_for("both instances running", WAIT, |c| {
+        let out = c.kubectl.ok(&["get", "instances", "-l", "app=web"], None).ok()?;
+        (out.lines().skip(1).filter(|l| l.contains("Running")).count() == 2).then_some(out)
+    });
     assert_eq!(instances.lines().count(), 3, "a header and two instances: {instances}");
-    assert!(instances.lines().next().unwrap().contains("PHASE"), "{instances}");
+    let header: Vec<&str> = instances.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "AGENT", "HOST", "PORTS", "PHASE", "HEALTH", "AGE"], "{instances}");
+    assert!(instances.lines().skip(1).all(|l| l.contains("Running") && l.contains("Healthy")), "{instances}");
     let (mut watcher, lines) = background(&cluster, &["get", "instances", "-w", "-l", "app=web"]);
     expect_line(&lines, "an instance listed", |l| l.contains("Running"));
     ok(&cluster, &["scale", "app/web", "--replicas=0"]);
