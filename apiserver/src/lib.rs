@@ -31,6 +31,7 @@ mod managed;
 mod namespaces;
 mod objects;
 mod openapi;
+mod openapi_v2;
 mod protobuf;
 mod request;
 mod selectors;
@@ -481,13 +482,11 @@ async fn read_body(body: Body) -> ApiResult<axum::body::Bytes> {
     axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| ApiError::too_large(MAX_BODY_BYTES))
 }
 
-/// `/openapi/v2`: JSON when asked; to kubectl, which asks in protobuf, an empty document
-/// (it reads kinds and validation parameters from the v3 documents; validation happens on
-/// the server, which refuses unknown fields with 422 naming each one).
+/// `/openapi/v2`: in protobuf (as kubectl asks) or JSON.
 fn openapi_v2(accept: Option<&str>, document: &Value) -> Response {
     const PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
     if accept.is_some_and(|a| a.contains("protobuf")) {
-        return (StatusCode::OK, [(header::CONTENT_TYPE, PROTOBUF)], Vec::<u8>::new()).into_response();
+        return (StatusCode::OK, [(header::CONTENT_TYPE, PROTOBUF)], openapi_v2::encode(document)).into_response();
     }
     (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], document.to_string()).into_response()
 }

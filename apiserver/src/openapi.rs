@@ -8,8 +8,8 @@
 //!   `kubectl explain app.spec.upgradeStrategy` finds it), and every path with its
 //!   operations. Write operations list `fieldValidation`, `dryRun` and `fieldManager`, which
 //!   is how kubectl learns that the server validates fields itself.
-//! - `/openapi/v2` in JSON: the same schemas as Swagger 2.0 definitions. kubectl asks for
-//!   v2 in protobuf only for features the v3 documents serve; it gets an empty document.
+//! - `/openapi/v2`: the same schemas as Swagger 2.0 definitions, in JSON or in protobuf
+//!   (see [`crate::openapi_v2`]).
 
 use std::collections::BTreeMap;
 

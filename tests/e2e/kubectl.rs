@@ -107,6 +107,8 @@ fn apply_get_and_explain() {
     assert!(explained.contains("minimumHealthCapacity") && explained.contains("KIND:       App"), "{explained}");
     let views = ok(&cluster, &["explain", "agents.status"]);
     assert!(views.contains("allocated"), "{views}");
+    let from_v2 = ok(&cluster, &["explain", "app.spec.upgradeStrategy", "--output=plaintext-openapiv2"]);
+    assert!(from_v2.contains("minimumHealthCapacity"), "the v2 document (protobuf) explains too: {from_v2}");
 }
 
 #[test]
