@@ -28,7 +28,9 @@ use tokio_util::sync::CancellationToken;
 use baton_api::{AgentRecord, Goal, InstanceRecord, Phase, PortRange, ResourceAmounts, StatusRecord};
 use baton_store::{EventKind, KeyValue, Keyspace, LeaseId, Op, Store, Txn};
 
+pub mod checks;
 pub mod machine;
+pub mod probe;
 pub mod process;
 pub mod status;
 
@@ -190,7 +192,7 @@ enum Start {
     /// Start its process.
     New,
     /// Follow the process an earlier run of the agent started; its last status.
-    Adopted(Adopted, StatusRecord),
+    Adopted(Adopted, Box<StatusRecord>),
 }
 
 impl Agent {
@@ -227,7 +229,7 @@ impl Agent {
                         pid = process.pid,
                         "adopted a running instance"
                     );
-                    self.supervise(record, Start::Adopted(process, status));
+                    self.supervise(record, Start::Adopted(process, Box::new(status)));
                 }
                 (Some(process), None) => {
                     // Its record is gone: it must not run.
@@ -436,7 +438,10 @@ impl Instance {
     /// Starts the process (or takes over the adopted one); `None` if it never ran.
     fn begin(&self, start: Start, stop: &mut oneshot::Receiver<u32>) -> Option<(Handle, StatusRecord)> {
         match start {
-            Start::Adopted(process, status) => Some((Handle::Adopted(process), status)),
+            Start::Adopted(process, mut status) => {
+                checks::prepare(&mut status, &self.record);
+                Some((Handle::Adopted(process), *status))
+            }
             Start::New => {
                 let mut status = StatusRecord::new(Phase::Staging);
                 self.writer.put(self.status_key.clone(), &status);
@@ -450,6 +455,7 @@ impl Instance {
                         status.pid = Some(process.pid);
                         status.pid_start_ticks = process.start_ticks;
                         status.started_at = Some(Timestamp::now());
+                        checks::prepare(&mut status, &self.record);
                         self.writer.put(self.status_key.clone(), &status);
                         tracing::info!(instance = self.record.id, pid = process.pid, "started");
                         Some((Handle::Started(process), status))
@@ -463,18 +469,37 @@ impl Instance {
         }
     }
 
-    /// Waits for the process to end on its own or to be stopped, then reports the end.
+    /// Probes the process' health while it runs; waits for it to end on its own or to be
+    /// stopped, then reports the end.
     async fn follow(&self, mut handle: Handle, mut status: StatusRecord, mut stop: oneshot::Receiver<u32>) {
-        let (exit, stopped) = tokio::select! {
-            exit = handle.wait() => (exit, false),
-            requested = &mut stop => {
-                // No sender: the agent is gone without asking; stop at once.
-                let grace = Duration::from_secs(u64::from(requested.unwrap_or(0)));
-                status.phase = Phase::Killing;
-                self.writer.put(self.status_key.clone(), &status);
-                (handle.stop(grace).await, true)
+        let mut checks = checks::Checks::start(
+            &self.record,
+            &self.sandbox,
+            process::environment(&self.record, &self.sandbox, &instance_path()),
+        );
+        let (exit, stopped) = loop {
+            tokio::select! {
+                exit = handle.wait() => break (exit, false),
+                requested = &mut stop => {
+                    // No sender: the agent is gone without asking; stop at once.
+                    let grace = Duration::from_secs(u64::from(requested.unwrap_or(0)));
+                    status.phase = Phase::Killing;
+                    self.writer.put(self.status_key.clone(), &status);
+                    break (handle.stop(grace).await, true);
+                }
+                report = checks.next() => {
+                    let was = status.health.iter().map(|r| r.passing).collect::<Vec<_>>();
+                    checks::apply(&mut status, &self.record, report);
+                    let now: Vec<Option<bool>> = status.health.iter().map(|r| r.passing).collect();
+                    if was != now {
+                        let output = status.health.iter().filter_map(|r| r.last_output.as_deref()).collect::<Vec<_>>();
+                        tracing::info!(instance = self.record.id, passing = ?now, ?output, "health changed");
+                    }
+                    self.writer.put(self.status_key.clone(), &status);
+                }
             }
         };
+        drop(checks);
         handle.kill_leftovers();
         status.exit_code = exit.code;
         status.signal = exit.signal;

@@ -69,7 +69,7 @@ pub struct Exit {
 }
 
 impl Exit {
-    fn of(status: ExitStatus) -> Self {
+    pub(crate) fn of(status: ExitStatus) -> Self {
         Self { code: status.code(), signal: status.signal() }
     }
 
@@ -312,6 +312,8 @@ mod tests {
                 AssignedPort { name: Some("metrics-http".into()), port: 31001, requested: 8080 },
             ],
             kill_grace_seconds: 3,
+            health_checks: Vec::new(),
+            readiness_checks: Vec::new(),
             term: 0,
         }
     }

@@ -187,6 +187,8 @@ mod tests {
             resources: ResourceAmounts { millicpus, mem_mib: 128, disk_mib: 0, gpus: 0 },
             ports: vec![],
             kill_grace_seconds: 3,
+            health_checks: Vec::new(),
+            readiness_checks: Vec::new(),
             term: 1,
         }
     }

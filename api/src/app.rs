@@ -11,6 +11,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::health::{HealthCheck, HealthPolicy, ReadinessCheck};
 use crate::resources::Resources;
 
 /// The desired state of an app: what to run, how many times, with what.
@@ -38,6 +39,18 @@ use crate::resources::Resources;
         type_ = "integer",
         json_path = ".status.running",
         description = "Instances whose process runs"
+    ),
+    printcolumn(
+        name = "Healthy",
+        type_ = "integer",
+        json_path = ".status.healthy",
+        description = "Instances that run and pass their health checks"
+    ),
+    printcolumn(
+        name = "Unhealthy",
+        type_ = "integer",
+        json_path = ".status.unhealthy",
+        description = "Instances that run and fail a health check"
     ),
     printcolumn(
         name = "Staged",
@@ -119,6 +132,21 @@ pub struct AppSpec {
     /// How long to wait before launching again after instances fail.
     #[serde(default)]
     pub backoff: Backoff,
+
+    /// Probes the agents run on every instance (Marathon's fields and defaults): an
+    /// instance is healthy while it passes all of them, and is killed and replaced after
+    /// `maxConsecutiveFailures` failures in a row, within `healthPolicy`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health_checks: Vec<HealthCheck>,
+
+    /// At most one: a new instance counts towards a deployment's progress only once it
+    /// passes. Never kills.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub readiness_checks: Vec<ReadinessCheck>,
+
+    /// How many failing instances may be killed at once when much of the app is unhealthy.
+    #[serde(default)]
+    pub health_policy: HealthPolicy,
 }
 
 /// How a new version replaces the old one, as Marathon does it: with `n` instances wanted,
@@ -166,7 +194,7 @@ impl UpgradeStrategy {
 
 /// A fraction in thousandths, rounded to the nearest: in floating point `0.1 × 10` is
 /// `1.0000000000000002`, whose ceiling is 2; in thousandths it is exactly 1.
-fn permille(fraction: f64) -> u64 {
+pub(crate) fn permille(fraction: f64) -> u64 {
     if fraction.is_finite() && fraction > 0.0 { (fraction * 1000.0).round().min(1000.0) as u64 } else { 0 }
 }
 
@@ -297,6 +325,13 @@ pub struct AppStatus {
     /// Instances launched whose process does not run yet.
     #[serde(default)]
     pub staged: i32,
+    /// Instances whose process runs and passes every health check (every running one, for
+    /// an app without health checks).
+    #[serde(default)]
+    pub healthy: i32,
+    /// Instances whose process runs and fails a health check.
+    #[serde(default)]
+    pub unhealthy: i32,
     /// Instances on agents that stopped reporting.
     #[serde(default)]
     pub unreachable: i32,
@@ -320,8 +355,9 @@ pub struct AppStatus {
     #[serde(default)]
     pub version: Option<String>,
     /// `Available` (all instances ready at the current version), `Progressing` (a
-    /// deployment or scaling under way, or stuck and why) and `Pending` (some instances
-    /// cannot be placed, with the reason).
+    /// deployment or scaling under way, or stuck and why), `Pending` (some instances
+    /// cannot be placed, with the reason) and `Healthy` (instances fail their health checks,
+    /// and kills the health policy withholds, with the reason).
     #[serde(default)]
     pub conditions: Vec<Condition>,
 }
@@ -378,6 +414,10 @@ pub const CONDITION_PROGRESSING: &str = "Progressing";
 pub const CONDITION_AVAILABLE: &str = "Available";
 /// Condition type: some instances cannot be placed on any agent; the message says why.
 pub const CONDITION_PENDING: &str = "Pending";
+/// Condition type: every running instance passes its health checks (`False`/`Unhealthy`
+/// when some fail, `False`/`KillsWithheld` when the health policy spares some that are due
+/// to be killed, and why).
+pub const CONDITION_HEALTHY: &str = "Healthy";
 
 fn default_instances() -> i32 {
     1
@@ -417,12 +457,18 @@ struct RunDefinition<'a> {
     labels: &'a BTreeMap<String, String>,
     constraints: &'a [Vec<String>],
     restarted_at: Option<&'a str>,
+    // Left out when empty, so apps without checks keep the versions they had before checks
+    // existed.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    health_checks: &'a [HealthCheck],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    readiness_checks: &'a [ReadinessCheck],
 }
 
 impl App {
     /// The version of what this app runs: the first 10 hex digits of the SHA-256 of the
     /// fields that change what runs or where (command, resources, ports, env, labels,
-    /// constraints) and of the `baton.dev/restartedAt` annotation, in a fixed JSON
+    /// constraints, health and readiness checks) and of the `baton.dev/restartedAt` annotation, in a fixed JSON
     /// encoding, so every controller computes the same version for the same app. Scaling,
     /// the strategies and the kill grace period are not part of it.
     pub fn version(&self) -> String {
@@ -445,6 +491,8 @@ impl AppSpec {
             labels: &self.labels,
             constraints: &self.constraints,
             restarted_at,
+            health_checks: &self.health_checks,
+            readiness_checks: &self.readiness_checks,
         };
         // Serializing plain structs, strings, numbers and BTreeMaps cannot fail.
         let bytes = serde_json::to_vec(&run).expect("run definition serializes");
@@ -496,9 +544,14 @@ mod tests {
         let strategies = AppSpec {
             upgrade_strategy: UpgradeStrategy { minimum_health_capacity: 0.5, ..Default::default() },
             backoff: Backoff { seconds: 5.0, ..Default::default() },
+            health_policy: crate::health::HealthPolicy { min_healthy_ratio: 0.1, ..Default::default() },
             ..base.clone()
         };
         assert_eq!(strategies.version_with(None), v);
+        assert_eq!(v, "62fbacd619", "an app without checks keeps the version it had before checks existed");
+        let mut checked = base.clone();
+        checked.health_checks = vec![serde_json::from_value(serde_json::json!({"protocol": "TCP"})).unwrap()];
+        assert_ne!(checked.version_with(None), v);
         let mut env = base.clone();
         env.env.insert("A".into(), "1".into());
         assert_ne!(env.version_with(None), v);

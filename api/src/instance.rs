@@ -8,6 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference,
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::health::CheckResult;
 use crate::records::{Goal, InstanceRecord, StatusRecord};
 
 /// Kind of the view.
@@ -16,8 +17,16 @@ pub const INSTANCE_KIND: &str = "Instance";
 pub const PHASE_ASSIGNED: &str = "Assigned";
 /// Phase shown while the instance's agent does not report (its last report was not final).
 pub const PHASE_UNREACHABLE: &str = "Unreachable";
-/// Health of an instance that counts towards its app's capacity.
+/// Health of a running instance that passes every health check (or has none) and its
+/// readiness check: it counts towards its app's capacity.
 pub const HEALTHY: &str = "Healthy";
+/// Health of a running instance that fails a health check.
+pub const UNHEALTHY: &str = "Unhealthy";
+/// Health of a running instance that passes its health checks but not yet its readiness
+/// check.
+pub const NOT_READY: &str = "NotReady";
+/// Health of a running instance whose checks have no result yet.
+pub const UNKNOWN: &str = "Unknown";
 
 /// One instance as `kubectl get instances` shows it.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
@@ -56,10 +65,18 @@ pub struct InstanceSpec {
 pub struct InstanceViewStatus {
     /// `Assigned` until the agent reports, then the agent's phase.
     pub phase: String,
-    /// `Healthy` when the instance counts towards its app's capacity: its process runs
-    /// (and, for apps with health checks, passes them).
+    /// For a running instance: `Healthy` when it counts towards its app's capacity (it
+    /// passes its health checks, if any, and its readiness check, if any), `Unhealthy` when
+    /// it fails a health check, `NotReady` when only its readiness check has not passed yet,
+    /// `Unknown` before the first results.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<String>,
+    /// Each health check and the agent's results of it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health_checks: Vec<CheckView>,
+    /// The readiness check and its results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_check: Option<CheckView>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
     /// When the process started.
@@ -76,6 +93,31 @@ pub struct InstanceViewStatus {
     pub signal: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+/// One check of an instance: what it probes and how it went.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[schemars(rename = "dev.baton.v1alpha1.InstanceCheck")]
+#[serde(rename_all = "camelCase")]
+pub struct CheckView {
+    /// e.g. `HTTP GET /health on port index 0`.
+    pub check: String,
+    #[serde(flatten)]
+    pub result: CheckResult,
+}
+
+/// The health column of a running instance.
+fn health(record: &InstanceRecord, status: &StatusRecord) -> &'static str {
+    let checks = record.health_checks.len();
+    if status.fails_a_health_check() {
+        UNHEALTHY
+    } else if !status.passes_health_checks(checks) {
+        UNKNOWN
+    } else if !status.is_ready(!record.readiness_checks.is_empty()) {
+        NOT_READY
+    } else {
+        HEALTHY
+    }
 }
 
 impl Instance {
@@ -125,7 +167,22 @@ impl Instance {
                 stop_reason: record.stop_reason.clone(),
             },
             status: InstanceViewStatus {
-                health: (phase == crate::Phase::Running.as_str()).then(|| HEALTHY.to_string()),
+                health: status
+                    .filter(|_| phase == crate::Phase::Running.as_str())
+                    .map(|s| health(record, s).to_string()),
+                health_checks: record
+                    .health_checks
+                    .iter()
+                    .enumerate()
+                    .map(|(i, check)| CheckView {
+                        check: check.describe(),
+                        result: status.and_then(|s| s.health.get(i)).cloned().unwrap_or_default(),
+                    })
+                    .collect(),
+                readiness_check: record.readiness_checks.first().map(|check| CheckView {
+                    check: check.describe(),
+                    result: status.and_then(|s| s.readiness.clone()).unwrap_or_default(),
+                }),
                 phase,
                 pid: status.and_then(|s| s.pid),
                 started_at: status.and_then(|s| s.started_at),

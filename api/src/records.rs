@@ -18,6 +18,7 @@ use std::str::FromStr;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use crate::health::{CheckResult, HealthCheck, ReadinessCheck};
 use crate::resources::ResourceAmounts;
 
 /// What an agent offers: registered under the agent's lease, so it disappears when the
@@ -211,6 +212,11 @@ pub struct InstanceRecord {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<AssignedPort>,
     pub kill_grace_seconds: u32,
+    /// The probes the agent runs on the instance, as the app had them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health_checks: Vec<HealthCheck>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub readiness_checks: Vec<ReadinessCheck>,
     /// The leader term (the election key's create revision) that last wrote this record.
     #[serde(default)]
     pub term: i64,
@@ -282,6 +288,16 @@ pub struct StatusRecord {
     /// A human-readable reason, e.g. the end of stderr when the process failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The results of the instance's health checks, in the order of its record's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health: Vec<CheckResult>,
+    /// When the instance first passed every health check steadily (and its readiness
+    /// check): from then on it is not a replacement in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_at: Option<Timestamp>,
+    /// The result of its readiness check; `passing` stays true once it passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<CheckResult>,
 }
 
 impl StatusRecord {
@@ -296,7 +312,26 @@ impl StatusRecord {
             exit_code: None,
             signal: None,
             message: None,
+            health: Vec::new(),
+            healthy_at: None,
+            readiness: None,
         }
+    }
+
+    /// Whether every one of `checks` health checks passed its last probe (true when there
+    /// are none). Says nothing about whether the process runs.
+    pub fn passes_health_checks(&self, checks: usize) -> bool {
+        checks == 0 || (self.health.len() == checks && self.health.iter().all(|r| r.passing == Some(true)))
+    }
+
+    /// Whether some health check failed its last probe.
+    pub fn fails_a_health_check(&self) -> bool {
+        self.health.iter().any(|r| r.passing == Some(false))
+    }
+
+    /// Whether the readiness check passed (true when there is none).
+    pub fn is_ready(&self, has_readiness_check: bool) -> bool {
+        !has_readiness_check || self.readiness.as_ref().is_some_and(|r| r.passing == Some(true))
     }
 }
 

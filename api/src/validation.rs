@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::app::{App, AppSpec};
 use crate::constraints::Constraint;
+use crate::health::HealthProtocol;
 use crate::names;
 
 /// One problem with one field.
@@ -324,6 +325,170 @@ fn validate_app_spec(spec: &AppSpec, errors: &mut Vec<FieldError>) {
     {
         errors.push(FieldError::invalid("spec.taskKillGracePeriodSeconds", grace, "must be between 0 and 3600"));
     }
+
+    validate_health(spec, errors);
+}
+
+/// The most health checks an app may have.
+pub const MAX_HEALTH_CHECKS: usize = 8;
+/// The longest a probe's interval, timeout, delay or grace period may be (a day).
+const MAX_CHECK_SECONDS: i64 = 86_400;
+
+fn validate_health(spec: &AppSpec, errors: &mut Vec<FieldError>) {
+    let seconds = |field: String, value: i64, min: i64, errors: &mut Vec<FieldError>| {
+        if !(min..=MAX_CHECK_SECONDS).contains(&value) {
+            errors.push(FieldError::invalid(field, value, format!("must be between {min} and {MAX_CHECK_SECONDS}")));
+        }
+    };
+    if spec.health_checks.len() > MAX_HEALTH_CHECKS {
+        errors.push(FieldError::invalid(
+            "spec.healthChecks",
+            spec.health_checks.len(),
+            format!("must have at most {MAX_HEALTH_CHECKS} checks"),
+        ));
+    }
+    for (i, check) in spec.health_checks.iter().enumerate() {
+        let field = |name: &str| format!("spec.healthChecks[{i}].{name}");
+        seconds(field("gracePeriodSeconds"), check.grace_period_seconds, 0, errors);
+        seconds(field("intervalSeconds"), check.interval_seconds, 1, errors);
+        seconds(field("timeoutSeconds"), check.timeout_seconds, 1, errors);
+        seconds(field("delaySeconds"), check.delay_seconds, 0, errors);
+        if check.timeout_seconds > check.interval_seconds && check.interval_seconds >= 1 {
+            errors.push(FieldError::invalid(
+                field("timeoutSeconds"),
+                check.timeout_seconds,
+                format!("must not be greater than intervalSeconds ({})", check.interval_seconds),
+            ));
+        }
+        if check.max_consecutive_failures < 0 {
+            errors.push(FieldError::invalid(
+                field("maxConsecutiveFailures"),
+                check.max_consecutive_failures,
+                "must be greater than or equal to 0 (0: never kill)",
+            ));
+        }
+        let protocol = check.protocol;
+        if protocol == HealthProtocol::Command {
+            match &check.command {
+                None => errors.push(FieldError::required(field("command"), "a COMMAND check needs command.value")),
+                Some(command) if command.value.trim().is_empty() || command.value.contains('\0') => {
+                    errors.push(FieldError::invalid(
+                        field("command.value"),
+                        command.value.as_str(),
+                        "must be a non-empty shell command without NUL characters",
+                    ))
+                }
+                Some(_) => {}
+            }
+            for (name, set) in [
+                ("path", check.path.is_some()),
+                ("portIndex", check.port_index.is_some()),
+                ("port", check.port.is_some()),
+            ] {
+                if set {
+                    errors.push(FieldError::forbidden(field(name), "only HTTP, HTTPS and TCP checks probe a port"));
+                }
+            }
+        } else {
+            if check.command.is_some() {
+                errors.push(FieldError::forbidden(field("command"), "only a COMMAND check runs a command"));
+            }
+            match (check.port_index, check.port) {
+                (Some(_), Some(_)) => {
+                    errors.push(FieldError::forbidden(field("port"), "may not be set together with portIndex"))
+                }
+                (_, Some(port)) if !(1..=65535).contains(&port) => {
+                    errors.push(FieldError::invalid(field("port"), port, "must be between 1 and 65535"))
+                }
+                (_, Some(_)) => {}
+                (index, None) => {
+                    let index = index.unwrap_or(0);
+                    if index < 0 || index as usize >= spec.ports.len() {
+                        let detail = if spec.ports.is_empty() {
+                            "the app has no ports: add spec.ports or give the check a port".to_string()
+                        } else {
+                            format!(
+                                "must name one of the app's {} ports (0 to {})",
+                                spec.ports.len(),
+                                spec.ports.len() - 1
+                            )
+                        };
+                        errors.push(FieldError::invalid(field("portIndex"), index, detail));
+                    }
+                }
+            }
+        }
+        if let Some(path) = &check.path {
+            if !protocol.is_http() {
+                errors.push(FieldError::forbidden(field("path"), "only HTTP and HTTPS checks ask for a path"));
+            } else if let Some(problem) = http_path_problem(path) {
+                errors.push(FieldError::invalid(field("path"), path.as_str(), problem));
+            }
+        }
+        if check.ignore_http1xx && !protocol.is_http() {
+            errors.push(FieldError::forbidden(field("ignoreHttp1xx"), "only HTTP and HTTPS checks get a status"));
+        }
+    }
+
+    if spec.readiness_checks.len() > 1 {
+        errors.push(FieldError::invalid(
+            "spec.readinessChecks",
+            spec.readiness_checks.len(),
+            "at most one readiness check is supported",
+        ));
+    }
+    for (i, check) in spec.readiness_checks.iter().enumerate() {
+        let field = |name: &str| format!("spec.readinessChecks[{i}].{name}");
+        seconds(field("intervalSeconds"), check.interval_seconds, 1, errors);
+        seconds(field("timeoutSeconds"), check.timeout_seconds, 1, errors);
+        if let Some(problem) = http_path_problem(&check.path) {
+            errors.push(FieldError::invalid(field("path"), check.path.as_str(), problem));
+        }
+        if !spec.ports.iter().any(|p| p.name.as_deref() == Some(check.port_name.as_str())) {
+            let names: Vec<&str> = spec.ports.iter().filter_map(|p| p.name.as_deref()).collect();
+            let detail = if names.is_empty() {
+                "the app has no named ports: name one in spec.ports".to_string()
+            } else {
+                format!("must name one of the app's ports ({})", names.join(", "))
+            };
+            errors.push(FieldError::invalid(field("portName"), check.port_name.as_str(), detail));
+        }
+        if check.http_status_codes_for_ready.is_empty() {
+            errors.push(FieldError::required(field("httpStatusCodesForReady"), "at least one HTTP status means ready"));
+        }
+        for (j, code) in check.http_status_codes_for_ready.iter().enumerate() {
+            if !(100..=599).contains(code) {
+                errors.push(FieldError::invalid(
+                    format!("spec.readinessChecks[{i}].httpStatusCodesForReady[{j}]"),
+                    *code,
+                    "must be an HTTP status from 100 to 599",
+                ));
+            }
+        }
+    }
+
+    let policy = &spec.health_policy;
+    if !(policy.min_healthy_ratio.is_finite() && (0.0..=1.0).contains(&policy.min_healthy_ratio)) {
+        errors.push(FieldError::invalid(
+            "spec.healthPolicy.minHealthyRatio",
+            policy.min_healthy_ratio,
+            "must be between 0 and 1",
+        ));
+    }
+    if let Err(problem) = policy.replacements(0) {
+        errors.push(FieldError::invalid(
+            "spec.healthPolicy.maxConcurrentReplacements",
+            serde_json::to_value(&policy.max_concurrent_replacements).unwrap_or_default(),
+            format!("{problem}: use a number (e.g. 2) or a percentage of instances (e.g. \"10%\")"),
+        ));
+    }
+}
+
+/// An HTTP request path: starts with '/', no spaces or control characters (it goes into the
+/// request line as it is).
+fn http_path_problem(path: &str) -> Option<&'static str> {
+    let ok = path.starts_with('/') && path.len() <= 1024 && !path.chars().any(|c| c.is_whitespace() || c.is_control());
+    (!ok).then_some("must start with '/' and contain no spaces or control characters (at most 1024 characters)")
 }
 
 /// Port names are IANA service names, as in Kubernetes: at most 15 lowercase alphanumerics
@@ -368,7 +533,14 @@ mod tests {
             constraints: Vec::new(),
             upgrade_strategy: Default::default(),
             backoff: Default::default(),
+            health_checks: Vec::new(),
+            readiness_checks: Vec::new(),
+            health_policy: Default::default(),
         }
+    }
+
+    fn check(json: serde_json::Value) -> crate::health::HealthCheck {
+        serde_json::from_value(json).unwrap()
     }
 
     fn errors_of(spec: AppSpec) -> Vec<String> {
@@ -427,6 +599,56 @@ mod tests {
             (
                 Box::new(|s| s.task_kill_grace_period_seconds = Some(-5)),
                 "spec.taskKillGracePeriodSeconds: Invalid value: -5",
+            ),
+            (
+                Box::new(|s| s.health_checks = vec![check(serde_json::json!({"portIndex": 1}))]),
+                "spec.healthChecks[0].portIndex: Invalid value: 1: must name one of the app's 1 ports (0 to 0)",
+            ),
+            (
+                Box::new(|s| {
+                    s.ports.clear();
+                    s.health_checks = vec![check(serde_json::json!({"protocol": "TCP"}))]
+                }),
+                "spec.healthChecks[0].portIndex: Invalid value: 0: the app has no ports",
+            ),
+            (
+                Box::new(|s| s.health_checks = vec![check(serde_json::json!({"protocol": "COMMAND"}))]),
+                "spec.healthChecks[0].command: Required value",
+            ),
+            (
+                Box::new(|s| {
+                    s.health_checks = vec![check(serde_json::json!({"intervalSeconds": 5, "timeoutSeconds": 10}))]
+                }),
+                "spec.healthChecks[0].timeoutSeconds: Invalid value: 10: must not be greater than intervalSeconds (5)",
+            ),
+            (
+                Box::new(|s| s.health_checks = vec![check(serde_json::json!({"path": "/a b"}))]),
+                "spec.healthChecks[0].path: Invalid value: \"/a b\"",
+            ),
+            (
+                Box::new(|s| s.health_checks = vec![check(serde_json::json!({"protocol": "TCP", "path": "/x"}))]),
+                "spec.healthChecks[0].path: Forbidden",
+            ),
+            (
+                Box::new(|s| s.health_checks = vec![check(serde_json::json!({"maxConsecutiveFailures": -1}))]),
+                "spec.healthChecks[0].maxConsecutiveFailures: Invalid value: -1",
+            ),
+            (
+                Box::new(|s| {
+                    s.readiness_checks = vec![serde_json::from_value(serde_json::json!({"portName": "web"})).unwrap()]
+                }),
+                "spec.readinessChecks[0].portName: Invalid value: \"web\": must name one of the app's ports (http)",
+            ),
+            (
+                Box::new(|s| s.health_policy.min_healthy_ratio = 2.0),
+                "spec.healthPolicy.minHealthyRatio: Invalid value: 2.0",
+            ),
+            (
+                Box::new(|s| {
+                    s.health_policy.max_concurrent_replacements =
+                        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("lots".into())
+                }),
+                "spec.healthPolicy.maxConcurrentReplacements: Invalid value: \"lots\"",
             ),
         ];
         for (change, expected) in cases {

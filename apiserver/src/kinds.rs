@@ -505,7 +505,7 @@ mod tests {
         assert!(app.status_subresource);
         assert_eq!(app.scale.as_ref().unwrap().spec_replicas, ".spec.instances");
         let names: Vec<&str> = app.columns.iter().map(|c| c.name.as_str()).collect();
-        assert_eq!(names, ["Instances", "Running", "Staged", "Version", "Age"]);
+        assert_eq!(names, ["Instances", "Running", "Healthy", "Unhealthy", "Staged", "Version", "Age"]);
     }
 
     #[test]

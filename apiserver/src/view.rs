@@ -349,6 +349,8 @@ mod tests {
             resources: ResourceAmounts { millicpus: 500, mem_mib: 64, disk_mib: 0, gpus: 0 },
             ports: vec![],
             kill_grace_seconds: 3,
+            health_checks: Vec::new(),
+            readiness_checks: Vec::new(),
             term: 1,
         })
         .unwrap()

@@ -251,7 +251,7 @@ async fn list_filters_by_selectors_and_renders_tables() {
     assert_eq!(table["kind"], "Table");
     let columns: Vec<&str> =
         table["columnDefinitions"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(columns, ["Name", "Instances", "Running", "Staged", "Version", "Age"]);
+    assert_eq!(columns, ["Name", "Instances", "Running", "Healthy", "Unhealthy", "Staged", "Version", "Age"]);
     assert_eq!(table["rows"][0]["cells"][0], "db");
     assert_eq!(table["rows"][0]["cells"][1], 2);
 }

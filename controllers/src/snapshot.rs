@@ -36,10 +36,53 @@ impl InstanceState {
         self.phase() == Some(Phase::Running)
     }
 
-    /// It counts towards the app's capacity: its process runs. (Health checks, when an
-    /// app has them, narrow this.)
+    /// It counts towards the app's capacity: its process runs, passes every health check
+    /// and has passed its readiness check (those it has).
     pub fn is_healthy(&self) -> bool {
+        self.passes_health_checks()
+            && self.status.as_ref().is_some_and(|s| s.is_ready(!self.record.readiness_checks.is_empty()))
+    }
+
+    /// Its process runs and passes every health check it has (readiness aside).
+    pub fn passes_health_checks(&self) -> bool {
         self.is_running()
+            && self.status.as_ref().is_some_and(|s| s.passes_health_checks(self.record.health_checks.len()))
+    }
+
+    /// Its process runs and passes every health check steadily (see
+    /// [`baton_api::CheckResult::is_steady`]): it counts towards `minHealthyRatio`.
+    pub fn steadily_healthy(&self) -> bool {
+        self.passes_health_checks()
+            && self.status.as_ref().is_some_and(|s| {
+                self.record.health_checks.iter().zip(&s.health).all(|(check, result)| result.is_steady(check))
+            })
+    }
+
+    /// Its process runs and failed a health check's last probe.
+    pub fn fails_health_checks(&self) -> bool {
+        self.is_running() && self.status.as_ref().is_some_and(|s| s.fails_a_health_check())
+    }
+
+    /// Its process runs and has failed a health check `maxConsecutiveFailures` times in a
+    /// row after its grace period: it is due to be killed. Returns the failures and the
+    /// check's last output.
+    pub fn health_kill_due(&self) -> Option<(u32, &str)> {
+        if !self.is_running() {
+            return None;
+        }
+        let status = self.status.as_ref()?;
+        self.record.health_checks.iter().zip(&status.health).find_map(|(check, result)| {
+            let limit = check.kill_after()?;
+            (result.consecutive_failures >= limit)
+                .then(|| (result.consecutive_failures, result.last_output.as_deref().unwrap_or("")))
+        })
+    }
+
+    /// It has been (steadily) healthy since it started: for an app with health checks, its
+    /// agent noted when; without, it is healthy now.
+    pub fn ever_healthy(&self) -> bool {
+        self.status.as_ref().is_some_and(|s| s.healthy_at.is_some())
+            || (self.record.health_checks.is_empty() && self.is_healthy())
     }
 
     /// Since when its process has run, when it does.

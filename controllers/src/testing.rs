@@ -89,6 +89,24 @@ impl AppBuilder {
         self
     }
 
+    /// A TCP health check on port index 0 that kills after `max_failures` in a row.
+    pub fn tcp_check(mut self, max_failures: i64) -> Self {
+        let check = serde_json::json!({"protocol": "TCP", "maxConsecutiveFailures": max_failures});
+        self.0.spec.health_checks.push(serde_json::from_value(check).expect("a test check"));
+        self
+    }
+
+    /// `healthPolicy {minHealthyRatio, maxConcurrentReplacements}`.
+    pub fn health_policy(mut self, min_healthy_ratio: f64, max_concurrent_replacements: i32) -> Self {
+        self.0.spec.health_policy = baton_api::HealthPolicy {
+            min_healthy_ratio,
+            max_concurrent_replacements: k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(
+                max_concurrent_replacements,
+            ),
+        };
+        self
+    }
+
     pub fn kill_selection(mut self, selection: baton_api::KillSelection) -> Self {
         self.0.spec.kill_selection = selection;
         self
@@ -166,6 +184,8 @@ pub fn instance(app: &App, agent: &str, n: u32) -> InstanceBuilder {
             resources: app.spec.resources.amounts(),
             ports: Vec::new(),
             kill_grace_seconds: 3,
+            health_checks: app.spec.health_checks.clone(),
+            readiness_checks: app.spec.readiness_checks.clone(),
             term: 0,
         },
         status: None,
@@ -196,6 +216,67 @@ impl InstanceBuilder {
         status.finished_at = Some(now() - jiff::SignedDuration::from_secs(seconds_ago));
         status.exit_code = Some(1);
         self.status = Some(status);
+        self
+    }
+
+    /// Running, every health check passing, healthy since a minute ago.
+    pub fn passing(self) -> Self {
+        self.checked(Some(true), 0)
+    }
+
+    /// Running, every health check failing `failures` times in a row (after having passed).
+    pub fn failing(self, failures: u32) -> Self {
+        self.checked(Some(false), failures)
+    }
+
+    /// Running, passing `passes` probes in a row again after failing.
+    pub fn recovered(self, passes: u32) -> Self {
+        let mut built = self.passing();
+        if let Some(status) = &mut built.status {
+            for result in &mut status.health {
+                result.last_failure = Some(now() - jiff::SignedDuration::from_secs(i64::from(passes) + 1));
+                result.consecutive_successes = passes;
+            }
+        }
+        built
+    }
+
+    /// Never healthy since it started.
+    pub fn never_healthy(mut self) -> Self {
+        if let Some(status) = &mut self.status {
+            status.healthy_at = None;
+        }
+        self
+    }
+
+    /// Ready (its readiness check passed) or not.
+    pub fn ready(mut self, ready: bool) -> Self {
+        let status = self.status.get_or_insert_with(|| StatusRecord::new(Phase::Running));
+        status.readiness = Some(baton_api::CheckResult { passing: Some(ready), ..Default::default() });
+        self
+    }
+
+    fn checked(mut self, passing: Option<bool>, failures: u32) -> Self {
+        let mut status = StatusRecord::new(Phase::Running);
+        status.started_at = Some(now() - jiff::SignedDuration::from_secs(600));
+        status.healthy_at = Some(now() - jiff::SignedDuration::from_secs(500));
+        let result = baton_api::CheckResult {
+            passing,
+            consecutive_failures: failures,
+            consecutive_successes: u32::from(passing == Some(true)) * 10,
+            last_success: Some(now() - jiff::SignedDuration::from_secs(60)),
+            last_failure: (failures > 0).then(now),
+            last_output: Some(if failures > 0 { "connection refused" } else { "connected" }.into()),
+        };
+        status.health = vec![result; self.record.health_checks.len()];
+        self.status = Some(status);
+        self
+    }
+
+    /// Being stopped for `reason`.
+    pub fn stopped(mut self, reason: &str) -> Self {
+        self.record.goal = Goal::Stopped;
+        self.record.stop_reason = Some(reason.into());
         self
     }
 

@@ -29,7 +29,8 @@ fn a_rolling_upgrade_keeps_capacity_and_stays_within_the_maximum() {
             "apiVersion: baton.dev/v1alpha1\nkind: App\nmetadata: {{name: roll}}\nspec:\n  instances: 6\n  \
              cmd: python3 -m http.server $PORT0 --bind 127.0.0.1\n  resources: {{cpus: 0.05, mem: 16}}\n  \
              ports: [{{name: http}}]\n  env: {{V: \"{version}\"}}\n  \
-             upgradeStrategy: {{minimumHealthCapacity: 0.5, maximumOverCapacity: 0.5}}\n"
+             upgradeStrategy: {{minimumHealthCapacity: 0.5, maximumOverCapacity: 0.5}}\n  \
+             healthChecks: [{{protocol: HTTP, path: /, delaySeconds: 0, intervalSeconds: 1, timeoutSeconds: 1}}]\n"
         )
     };
     let apply = |b: &Baton, version: &str| {
@@ -37,10 +38,13 @@ fn a_rolling_upgrade_keeps_capacity_and_stays_within_the_maximum() {
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     };
     apply(&baton, "1");
-    baton.wait_for("6 instances serving", WAIT, |b| {
+    baton.wait_for("6 instances healthy and serving", WAIT, |b| {
         let all = instances(b, "roll");
         (all.len() == 6
-            && all.iter().all(|i| i["spec"]["ports"][0].as_u64().and_then(|p| http_status(p as u16)) == Some(200)))
+            && all.iter().all(|i| {
+                i["status"]["health"] == "Healthy"
+                    && i["spec"]["ports"][0].as_u64().and_then(|p| http_status(p as u16)) == Some(200)
+            }))
         .then_some(())
     });
     let old_version = instances(&baton, "roll")[0]["spec"]["version"].as_str().unwrap().to_string();
@@ -50,25 +54,25 @@ fn a_rolling_upgrade_keeps_capacity_and_stays_within_the_maximum() {
     let started = Instant::now();
     let (mut least_serving, mut most_processes, mut samples) = (usize::MAX, 0, 0);
     loop {
+        // Instances the controller counts on (still wanted running after the requests) that
+        // answer: old ones stop only once new ones pass their health check, so these never
+        // fall below 3. One that did not answer yet is asked again after the second listing
+        // (it may have started listening, and been counted on, in between).
+        let answers = |i: &Value| i["spec"]["ports"][0].as_u64().and_then(|p| http_status(p as u16)) == Some(200);
+        let name = |i: &Value| i["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let answered: std::collections::BTreeSet<String> =
+            instances(&baton, "roll").iter().filter(|i| answers(i)).map(name).collect();
         let all = instances(&baton, "roll");
-        let now = jiff::Timestamp::now();
-        let mut serving = 0;
-        for instance in all.iter().filter(|i| i["status"]["phase"] == "Running" && i["spec"]["goal"] == "Running") {
-            let answers = instance["spec"]["ports"][0].as_u64().and_then(|p| http_status(p as u16)) == Some(200);
-            // Until health checks land, a running process is healthy: give it 2 s to listen.
-            let starting = instance["status"]["startedAt"]
-                .as_str()
-                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-                .is_some_and(|t| now.duration_since(t) < jiff::SignedDuration::from_secs(2));
-            if answers || starting {
-                serving += 1;
-            }
-        }
+        let serving = all
+            .iter()
+            .filter(|i| i["status"]["phase"] == "Running" && i["spec"]["goal"] == "Running")
+            .filter(|i| answered.contains(&name(i)) || answers(i))
+            .count();
         least_serving = least_serving.min(serving);
         most_processes = most_processes.max(process_groups_in(&data_dir).len());
         samples += 1;
         let done = all.len() == 6
-            && all.iter().all(|i| i["spec"]["version"] != old_version.as_str() && i["status"]["phase"] == "Running");
+            && all.iter().all(|i| i["spec"]["version"] != old_version.as_str() && i["status"]["health"] == "Healthy");
         if done {
             break;
         }

@@ -81,7 +81,7 @@ fn apply_get_and_explain() {
     // get in every format.
     let table = ok(&cluster, &["get", "apps"]);
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
-    assert_eq!(header, ["NAME", "INSTANCES", "RUNNING", "AGE"], "{table}");
+    assert_eq!(header, ["NAME", "INSTANCES", "RUNNING", "HEALTHY", "UNHEALTHY", "AGE"], "{table}");
     let wide = ok(&cluster, &["get", "apps", "-o", "wide"]);
     assert!(wide.lines().next().unwrap().contains("VERSION"), "-o wide shows priority columns: {wide}");
     let yaml = ok(&cluster, &["get", "app", "web", "-o", "yaml"]);

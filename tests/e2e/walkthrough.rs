@@ -69,7 +69,7 @@ fn walkthrough_apply_scale_replace_delete_stop() {
 
     let table = baton.kubectl_ok(&["get", "apps"]);
     let header: Vec<&str> = table.lines().next().unwrap_or_default().split_whitespace().collect();
-    assert_eq!(header, ["NAME", "INSTANCES", "RUNNING", "AGE"], "{table}");
+    assert_eq!(header, ["NAME", "INSTANCES", "RUNNING", "HEALTHY", "UNHEALTHY", "AGE"], "{table}");
     let row: Vec<&str> = table.lines().nth(1).unwrap_or_default().split_whitespace().collect();
     assert_eq!(row[..3], ["web", "3", "3"], "{table}");
     let wide = baton.kubectl_ok(&["get", "instances", "-l", "app=web"]);

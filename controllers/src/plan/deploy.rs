@@ -3,7 +3,10 @@
 //!
 //! A new version replaces the old one as Marathon does it, with `n` instances wanted:
 //! - `min_healthy = ceil(n × minimumHealthCapacity)`: old instances stop only while the
-//!   healthy count stays at least that (unhealthy old ones first, as they carry nothing);
+//!   healthy count stays at least that (old ones that never became healthy first, as they
+//!   carry nothing); old ones that were healthy and now fail their health checks stop once
+//!   the healthy count reaches the minimum without them — until then they may recover, and
+//!   only the health policy kills them;
 //! - `max_total = floor(n × (1 + maximumOverCapacity))`: new ones launch only while every
 //!   instance whose process may exist (old ones, those being stopped, unreachable ones)
 //!   stays within that — so the process count never exceeds it, grace periods included;
@@ -63,8 +66,11 @@ pub struct Counts {
     /// and its process may still run.
     pub unreachable: usize,
     pub old_healthy: usize,
-    /// Old-version instances that are not healthy (not running yet, or failing).
+    /// Old-version instances that have never been healthy (not running yet, or never
+    /// passing).
     pub old_unhealthy: usize,
+    /// Old-version instances that were healthy and now fail their health checks.
+    pub old_failing: usize,
     /// Instances already being stopped: their processes still run.
     pub stopping: usize,
 }
@@ -72,8 +78,10 @@ pub struct Counts {
 /// What one tick may do for an app.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Step {
-    /// Old-version instances that are not healthy to stop.
+    /// Old-version instances that have never been healthy to stop.
     pub stop_old_unhealthy: usize,
+    /// Old-version instances that fail their health checks to stop.
+    pub stop_old_failing: usize,
     /// Healthy old-version instances to stop.
     pub stop_old_healthy: usize,
     /// Current-version instances to launch.
@@ -96,13 +104,14 @@ pub fn step(c: Counts, s: Strategy) -> Step {
     let min_healthy = s.min_healthy(c.wanted);
     let healthy = c.current_healthy + c.old_healthy;
     let stop_old_healthy = c.old_healthy.min(healthy.saturating_sub(min_healthy));
+    let stop_old_failing = if healthy >= min_healthy { c.old_failing } else { 0 };
     let places = c.current + c.unreachable;
-    let processes = places + c.old_healthy + c.old_unhealthy + c.stopping;
+    let processes = places + c.old_healthy + c.old_unhealthy + c.old_failing + c.stopping;
     let mut max_total = s.max_total(c.wanted);
     // Marathon's rule: when the healthy minimum equals the maximum (n = 1 with 1 and 0.2,
     // or 1 and 0 for any n) and the maximum is reached, no old instance may stop before a
     // new one is healthy and no new one may start: allow one instance over.
-    if min_healthy == max_total && max_total <= processes && c.old_healthy + c.old_unhealthy > 0 {
+    if min_healthy == max_total && max_total <= processes && c.old_healthy + c.old_unhealthy + c.old_failing > 0 {
         max_total += 1;
     }
     let mut launch = c.wanted.saturating_sub(places).min(max_total.saturating_sub(processes));
@@ -110,7 +119,13 @@ pub fn step(c: Counts, s: Strategy) -> Step {
         let starting = c.current - c.current_healthy;
         launch = launch.min(max_starts.saturating_sub(starting));
     }
-    Step { stop_old_unhealthy: c.old_unhealthy, stop_old_healthy, launch, excess: places.saturating_sub(c.wanted) }
+    Step {
+        stop_old_unhealthy: c.old_unhealthy,
+        stop_old_failing,
+        stop_old_healthy,
+        launch,
+        excess: places.saturating_sub(c.wanted),
+    }
 }
 
 #[cfg(test)]
@@ -213,6 +228,15 @@ mod tests {
     fn unhealthy_old_instances_go_first_and_free() {
         let c = Counts { old_unhealthy: 2, ..counts(3, 0, 0, 1) };
         assert_eq!(step(c, Strategy::default()), Step { stop_old_unhealthy: 2, launch: 3, ..Step::default() });
+    }
+
+    #[test]
+    fn failing_old_instances_stop_only_once_the_new_ones_carry_the_minimum() {
+        // A shared dependency broke mid-deployment: the old instances that served fail.
+        let c = Counts { old_failing: 3, ..counts(3, 3, 0, 0) };
+        assert_eq!(step(c, Strategy::default()), Step::default(), "kept: they may recover");
+        let c = Counts { old_failing: 3, ..counts(3, 3, 3, 0) };
+        assert_eq!(step(c, Strategy::default()), Step { stop_old_failing: 3, ..Step::default() });
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use baton_api::{App, AppRef};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
+use super::health::Due;
 use super::{Launch, Stop, StopReason};
 
 /// Normal or Warning, as in Kubernetes.
@@ -46,7 +47,7 @@ pub struct Event {
 const LISTED: usize = 5;
 
 /// `a, b, c and 4 more`.
-fn listing(items: &[String]) -> String {
+pub(super) fn listing(items: &[String]) -> String {
     let shown = items.iter().take(LISTED).cloned().collect::<Vec<_>>().join(", ");
     match items.len().saturating_sub(LISTED) {
         0 => shown,
@@ -54,7 +55,7 @@ fn listing(items: &[String]) -> String {
     }
 }
 
-fn plural(n: usize, one: &str) -> String {
+pub(super) fn plural(n: usize, one: &str) -> String {
     if n == 1 { format!("1 {one}") } else { format!("{n} {one}s") }
 }
 
@@ -90,6 +91,7 @@ pub fn launched(app: &App, version: &str, launches: &[Launch]) -> Option<Event> 
 /// `Killing`: the instances stopped this tick, one event per reason.
 pub fn killing(app: &App, version: &str, stops: &[Stop]) -> Vec<Event> {
     let wanted = app.spec.instances.max(0);
+    // Health kills have their own event, with each instance's failures.
     [StopReason::ScaledDown, StopReason::Upgraded]
         .into_iter()
         .filter_map(|reason| {
@@ -101,6 +103,7 @@ pub fn killing(app: &App, version: &str, stops: &[Stop]) -> Vec<Event> {
                 StopReason::ScaledDown => format!("more than the {wanted} wanted"),
                 StopReason::Upgraded => format!("replaced by version {}", short(version)),
                 StopReason::AppDeleted => "the app was deleted".to_string(),
+                StopReason::Unhealthy => "failing health checks".to_string(),
             };
             Some(Event {
                 regarding: Regarding::App(app_ref(app)),
@@ -111,6 +114,52 @@ pub fn killing(app: &App, version: &str, stops: &[Stop]) -> Vec<Event> {
             })
         })
         .collect()
+}
+
+/// `Killing` (a Warning): instances killed for failing their health checks, with how.
+pub fn health_kills(app: &App, killed: &[Due<'_>]) -> Event {
+    let each: Vec<String> = killed
+        .iter()
+        .map(|d| {
+            let output = if d.output.is_empty() { String::new() } else { format!("; last: {}", d.output) };
+            format!("{} on {} ({} failures in a row{output})", d.instance.id(), d.instance.record.agent, d.failures)
+        })
+        .collect();
+    Event {
+        regarding: Regarding::App(app_ref(app)),
+        type_: EventType::Warning,
+        reason: "Killing",
+        message: format!(
+            "killing {} that failed health checks maxConsecutiveFailures times in a row: {}",
+            plural(killed.len(), "instance"),
+            listing(&each)
+        ),
+        of_writes: true,
+    }
+}
+
+/// `KillsWithheld`: the health policy spares instances that are due to be killed, reported
+/// when that starts or its reason changes (not at every tick).
+pub fn kills_withheld(app: &App, healthy: &Condition) -> Option<Event> {
+    (healthy.reason == "KillsWithheld").then(|| warning_when_new(app, healthy, "KillsWithheld"))?
+}
+
+/// A warning with `condition`'s message, unless the app's status already had the same
+/// condition (same status, reason and message): reported once, not at every tick.
+fn warning_when_new(app: &App, condition: &Condition, reason: &'static str) -> Option<Event> {
+    let before = app.status.as_ref().and_then(|s| s.condition(&condition.type_));
+    if before
+        .is_some_and(|b| b.status == condition.status && b.reason == condition.reason && b.message == condition.message)
+    {
+        return None;
+    }
+    Some(Event {
+        regarding: Regarding::App(app_ref(app)),
+        type_: EventType::Warning,
+        reason,
+        message: condition.message.clone(),
+        of_writes: false,
+    })
 }
 
 /// `Scaled`: `spec.instances` changed since the last status.
@@ -129,20 +178,7 @@ pub fn scaled(app: &App) -> Option<Event> {
 /// `FailedScheduling`: instances cannot be placed, reported when that starts or the reason
 /// changes (not at every tick).
 pub fn failed_scheduling(app: &App, pending: &Condition) -> Option<Event> {
-    if pending.status != "True" {
-        return None;
-    }
-    let before = app.status.as_ref().and_then(|s| s.condition(&pending.type_));
-    if before.is_some_and(|b| b.status == "True" && b.message == pending.message) {
-        return None;
-    }
-    Some(Event {
-        regarding: Regarding::App(app_ref(app)),
-        type_: EventType::Warning,
-        reason: "FailedScheduling",
-        message: pending.message.clone(),
-        of_writes: false,
-    })
+    (pending.status == "True").then(|| warning_when_new(app, pending, "FailedScheduling"))?
 }
 
 /// `BackOff`: instances failed; launches wait.

@@ -7,9 +7,10 @@
 //!
 //! First, agents that stopped reporting get a marker with the time (kept in the store, so a
 //! new leader measures from the same moment). Then per app, in (namespace, name) order:
-//! classify its instances ([`classify`]), compute one bounded step from counts
-//! ([`deploy`]), pick the instances to stop, place the launches ([`crate::schedule`]), and
-//! compute its status ([`status`]). Instances whose app is gone are stopped. One placer
+//! classify its instances ([`classify`]), kill those failing their health checks within
+//! the app's health policy ([`health`]), compute one bounded step from counts ([`deploy`]),
+//! pick the instances to stop, place the launches ([`crate::schedule`]), and compute its
+//! status ([`status`]). Instances whose app is gone are stopped. One placer
 //! serves the whole plan, so its placements see each other.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -27,6 +28,7 @@ use crate::snapshot::{InstanceState, Snapshot};
 pub mod classify;
 pub mod deploy;
 pub mod events;
+pub mod health;
 pub mod status;
 
 use classify::{AppInstances, Reachability, kill_order};
@@ -48,6 +50,8 @@ pub enum StopReason {
     AppDeleted,
     /// A newer version replaces it.
     Upgraded,
+    /// It failed a health check `maxConsecutiveFailures` times in a row.
+    Unhealthy,
 }
 
 impl StopReason {
@@ -56,6 +60,7 @@ impl StopReason {
             StopReason::ScaledDown => "ScaledDown",
             StopReason::AppDeleted => "AppDeleted",
             StopReason::Upgraded => "Upgraded",
+            StopReason::Unhealthy => "Unhealthy",
         }
     }
 }
@@ -131,6 +136,9 @@ pub struct Plan {
     pub backoffs: Vec<BackoffChange>,
     /// What to report as Kubernetes events.
     pub events: Vec<events::Event>,
+    /// Instances due to be killed for failing health checks that the health policy spares
+    /// this tick (for metrics; the apps' statuses and events say why).
+    pub withheld_kills: Vec<String>,
     /// When the next decision that depends on time falls due (a replacement delay ends, an
     /// unreachable instance becomes inactive or is expunged).
     pub next_wakeup: Option<Timestamp>,
@@ -234,23 +242,36 @@ fn plan_app(
 ) {
     let spec = &app.spec;
     let version = app.version();
-    let sets = AppInstances::classify(instances, &version, spec.unreachable_strategy, reach);
+    let mut sets = AppInstances::classify(instances, &version, spec.unreachable_strategy, reach);
     plan.removals.extend(sets.finished.iter().map(|i| removal(i)));
     plan.next_wakeup = min_time(plan.next_wakeup, sets.next_change);
     let order = kill_order(spec.kill_selection);
 
     let backoff = plan_backoff(app, snapshot, &version, &sets, ctx, plan);
 
-    let (mut old_healthy, old_unhealthy): (Vec<&InstanceState>, Vec<&InstanceState>) =
-        sets.old.iter().partition(|i| i.is_healthy());
+    let wanted = spec.instances.max(0) as usize;
+    let (stops_before, launches_before) = (plan.stops.len(), plan.launches.len());
+    let health = kill_unhealthy(app, &mut sets, wanted, plan);
+
+    let mut old_healthy: Vec<&InstanceState> = Vec::new();
+    let mut old_failing: Vec<&InstanceState> = Vec::new();
+    let mut old_unhealthy: Vec<&InstanceState> = Vec::new();
+    for &i in &sets.old {
+        match (i.is_healthy(), i.ever_healthy()) {
+            (true, _) => old_healthy.push(i),
+            (false, true) => old_failing.push(i),
+            (false, false) => old_unhealthy.push(i),
+        }
+    }
     let mut step = deploy::step(
         deploy::Counts {
-            wanted: spec.instances.max(0) as usize,
+            wanted,
             current: sets.current.len(),
             current_healthy: sets.current_healthy(),
             unreachable: sets.unreachable.len(),
             old_healthy: old_healthy.len(),
             old_unhealthy: old_unhealthy.len(),
+            old_failing: old_failing.len(),
             stopping: sets.stopping.len(),
         },
         deploy::Strategy::of(spec),
@@ -261,8 +282,9 @@ fn plan_app(
         plan.next_wakeup = min_time(plan.next_wakeup, Some(until));
     }
 
-    let (stops_before, launches_before) = (plan.stops.len(), plan.launches.len());
     plan.stops.extend(old_unhealthy.iter().map(|i| stop(i, StopReason::Upgraded)));
+    old_failing.sort_by(&order);
+    plan.stops.extend(old_failing.iter().take(step.stop_old_failing).map(|i| stop(i, StopReason::Upgraded)));
     old_healthy.sort_by(&order);
     plan.stops.extend(old_healthy.iter().take(step.stop_old_healthy).map(|i| stop(i, StopReason::Upgraded)));
 
@@ -277,13 +299,17 @@ fn plan_app(
     plan.stops.extend(current.iter().take(excess).map(|i| stop(i, StopReason::ScaledDown)));
 
     let unplaced = launch(app, &version, step.launch, ctx, placer, ids, plan);
-    let progress = status::Progress { unplaced, backoff: backoff.as_ref(), backing_off, now: ctx.now };
+    let progress =
+        status::Progress { unplaced, backoff: backoff.as_ref(), backing_off, now: ctx.now, health: health.as_ref() };
     let desired = status::desired(app, &version, &sets, &progress);
     plan.events.extend(events::scaled(app));
     plan.events.extend(events::killing(app, &version, &plan.stops[stops_before..]));
     plan.events.extend(events::launched(app, &version, &plan.launches[launches_before..]));
     if let Some(pending) = desired.condition(baton_api::app::CONDITION_PENDING) {
         plan.events.extend(events::failed_scheduling(app, pending));
+    }
+    if let Some(healthy) = desired.condition(baton_api::app::CONDITION_HEALTHY) {
+        plan.events.extend(events::kills_withheld(app, healthy));
     }
     if let Some(status) = status::changed(app, desired) {
         plan.statuses.push(StatusUpdate {
@@ -292,6 +318,39 @@ fn plan_app(
             status,
         });
     }
+}
+
+/// Kills (stops) the instances due for failing their health checks that the app's health
+/// policy allows, and moves them to the app's `stopping` set so the rest of the tick counts
+/// them as gone (and launches their replacements). Returns what was withheld, if anything.
+fn kill_unhealthy<'s>(
+    app: &App,
+    sets: &mut AppInstances<'s>,
+    wanted: usize,
+    plan: &mut Plan,
+) -> Option<status::Withheld> {
+    let live: Vec<&'s InstanceState> = sets.current.iter().chain(&sets.old).copied().collect();
+    let policy = health::Policy::of(&app.spec, wanted);
+    let decision = health::decide(wanted, &live, &sets.stopping, policy);
+    if !decision.kill.is_empty() {
+        let killed: BTreeSet<&str> = decision.kill.iter().map(|d| d.instance.id()).collect();
+        sets.current.retain(|i| !killed.contains(i.id()));
+        sets.old.retain(|i| !killed.contains(i.id()));
+        sets.stopping.extend(decision.kill.iter().map(|d| d.instance));
+        plan.stops.extend(decision.kill.iter().map(|d| stop(d.instance, StopReason::Unhealthy)));
+        plan.events.push(events::health_kills(app, &decision.kill));
+    }
+    if decision.withheld.is_empty() {
+        return None;
+    }
+    plan.withheld_kills.extend(decision.withheld.iter().map(|d| d.instance.id().to_string()));
+    Some(status::Withheld {
+        instances: decision.withheld.iter().map(|d| d.instance.id().to_string()).collect(),
+        healthy: decision.healthy,
+        in_flight: decision.in_flight + decision.kill.len(),
+        policy,
+        ratio: app.spec.health_policy.min_healthy_ratio,
+    })
 }
 
 /// The app's backoff after this tick: failures of the current version are counted (and
@@ -439,6 +498,8 @@ fn launch(
                 resources,
                 ports,
                 kill_grace_seconds: spec.kill_grace_seconds(),
+                health_checks: spec.health_checks.clone(),
+                readiness_checks: spec.readiness_checks.clone(),
                 term: 0,
             },
         });

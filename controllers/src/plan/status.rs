@@ -5,7 +5,8 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use baton_api::app::{
-    AppStatus, CONDITION_AVAILABLE, CONDITION_PENDING, CONDITION_PROGRESSING, LastFailure, PendingSummary, Rejection,
+    AppStatus, CONDITION_AVAILABLE, CONDITION_HEALTHY, CONDITION_PENDING, CONDITION_PROGRESSING, LastFailure,
+    PendingSummary, Rejection,
 };
 use baton_api::{App, BackoffRecord};
 
@@ -20,6 +21,18 @@ pub struct Unplaced {
     pub rejections: Vec<(String, usize)>,
 }
 
+/// Instances due to be killed for failing health checks that the health policy spares.
+pub struct Withheld {
+    pub instances: Vec<String>,
+    /// Instances that pass their health checks.
+    pub healthy: usize,
+    /// Instances being replaced.
+    pub in_flight: usize,
+    pub policy: super::health::Policy,
+    /// `minHealthyRatio` as written.
+    pub ratio: f64,
+}
+
 /// What this tick decided for the app, beyond its instance sets.
 pub struct Progress<'a> {
     pub unplaced: Option<Unplaced>,
@@ -27,6 +40,7 @@ pub struct Progress<'a> {
     /// Launches wait until then.
     pub backing_off: Option<Timestamp>,
     pub now: Timestamp,
+    pub health: Option<&'a Withheld>,
 }
 
 /// The status `app` should have now.
@@ -35,6 +49,8 @@ pub fn desired(app: &App, version: &str, sets: &AppInstances<'_>, progress: &Pro
     let reachable = || sets.current.iter().chain(&sets.old);
     let running = reachable().filter(|i| i.is_running()).count();
     let ready = reachable().filter(|i| i.is_healthy()).count();
+    let healthy = reachable().filter(|i| i.passes_health_checks()).count();
+    let unhealthy = reachable().filter(|i| i.fails_health_checks()).count();
     let available = sets.current_healthy();
     let unreachable = sets.unreachable.len() + sets.inactive.len();
     let placed = sets.current.len() + sets.old.len();
@@ -77,6 +93,8 @@ pub fn desired(app: &App, version: &str, sets: &AppInstances<'_>, progress: &Pro
         instances: (placed + unreachable) as i32,
         running: running as i32,
         staged: (placed - running) as i32,
+        healthy: healthy as i32,
+        unhealthy: unhealthy as i32,
         unreachable: unreachable as i32,
         updated: sets.current.len() as i32,
         ready: ready as i32,
@@ -91,8 +109,56 @@ pub fn desired(app: &App, version: &str, sets: &AppInstances<'_>, progress: &Pro
                 .collect(),
         }),
         last_failure: progress.backoff.and_then(|b| b.last_failure.as_ref()).map(LastFailure::from),
-        conditions: vec![available_condition, progressing(app, version, sets, progress, &condition), pending],
+        conditions: vec![
+            available_condition,
+            progressing(app, version, sets, progress, &condition),
+            pending,
+            health_condition(app, running, unhealthy, progress.health, &condition),
+        ],
     }
+}
+
+/// `Healthy`: `True` while no running instance fails a health check; `False`/`Unhealthy`
+/// when some do; `False`/`KillsWithheld` when the health policy spares some that are due.
+fn health_condition(
+    app: &App,
+    running: usize,
+    unhealthy: usize,
+    withheld: Option<&Withheld>,
+    condition: &dyn Fn(&str, bool, &str, String) -> Condition,
+) -> Condition {
+    let wanted = app.spec.instances.max(0);
+    if let Some(w) = withheld {
+        return condition(
+            CONDITION_HEALTHY,
+            false,
+            "KillsWithheld",
+            format!(
+                "not killing {} that fail their health checks: only {} of {wanted} instances are healthy \
+                 (minHealthyRatio {}) and {} being replaced (maxConcurrentReplacements {}): {}",
+                super::events::plural(w.instances.len(), "instance"),
+                w.healthy,
+                w.ratio,
+                if w.in_flight == 1 { "1 is".to_string() } else { format!("{} are", w.in_flight) },
+                w.policy.replacements,
+                super::events::listing(&w.instances)
+            ),
+        );
+    }
+    if unhealthy > 0 {
+        return condition(
+            CONDITION_HEALTHY,
+            false,
+            "Unhealthy",
+            format!("{unhealthy} of {running} running instances fail their health checks"),
+        );
+    }
+    let message = if app.spec.health_checks.is_empty() {
+        "no health checks: running instances count as healthy".to_string()
+    } else {
+        format!("no running instance fails its health checks ({running} running)")
+    };
+    condition(CONDITION_HEALTHY, true, "AllHealthy", message)
 }
 
 /// `Progressing`: `False`/`Stuck` when no progress is possible, else `True` with what is

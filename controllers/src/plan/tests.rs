@@ -351,3 +351,124 @@ fn failures_and_unreachable_agents_are_warnings() {
     assert_eq!(unreachable.regarding, events::Regarding::Agent("a1".into()));
     assert!(unreachable.message.starts_with("agent a1 stopped reporting; its 3 instances"), "{}", unreachable.message);
 }
+
+/// An app with a check that kills after 3 failures, a policy of 0.5 and 2, and 10 wanted.
+fn checked_pool() -> std::sync::Arc<baton_api::App> {
+    app("pool").instances(10).cpus(0.1).mem(10.0).ports(1).tcp_check(3).health_policy(0.5, 2).build()
+}
+
+fn with_status(app: &std::sync::Arc<baton_api::App>, plan: &Plan) -> std::sync::Arc<baton_api::App> {
+    let mut app = (**app).clone();
+    app.status = plan.statuses.first().map(|s| s.status.clone());
+    std::sync::Arc::new(app)
+}
+
+#[test]
+fn one_failing_instance_of_ten_is_killed_and_replaced_in_the_same_tick() {
+    let pool = checked_pool();
+    let mut instances: Vec<_> = (0..9).map(|n| instance(&pool, "a1", n).passing().build()).collect();
+    instances.push(instance(&pool, "a1", 9).failing(3).build());
+    let plan = plan(&snapshot(&[&pool], vec![agent("a1").build()], instances), &ctx());
+    assert_eq!(stopped_ids(&plan), ["pool-009"]);
+    assert_eq!(plan.stops[0].reason, StopReason::Unhealthy);
+    assert_eq!(plan.launches.len(), 1, "its replacement");
+    let (reason, message) = reasons(&plan).into_iter().find(|(r, _)| *r == "Killing").unwrap();
+    assert_eq!(reason, "Killing");
+    assert!(message.contains("pool-009 on a1 (3 failures in a row; last: connection refused)"), "{message}");
+    assert!(plan.withheld_kills.is_empty());
+}
+
+#[test]
+fn a_snowball_kills_only_the_budget_and_says_why_the_rest_are_spared() {
+    let pool = checked_pool();
+    let failing: Vec<_> = (0..10).map(|n| instance(&pool, "a1", n).failing(3).build()).collect();
+    let first = plan(&snapshot(&[&pool], vec![agent("a1").build()], failing.clone()), &ctx());
+    assert_eq!(stopped_ids(&first), ["pool-000", "pool-001"], "the budget: 2");
+    assert!(first.stops.iter().all(|s| s.reason == StopReason::Unhealthy));
+    assert_eq!(first.launches.len(), 2, "replaced at once");
+    assert_eq!(first.withheld_kills.len(), 8);
+    let status = &first.statuses[0].status;
+    assert_eq!((status.healthy, status.unhealthy), (0, 8), "the two killed are being stopped");
+    let condition = status.condition(baton_api::app::CONDITION_HEALTHY).unwrap();
+    assert_eq!((condition.status.as_str(), condition.reason.as_str()), ("False", "KillsWithheld"));
+    assert!(
+        condition.message.starts_with(
+            "not killing 8 instances that fail their health checks: only 0 of 10 instances are healthy \
+             (minHealthyRatio 0.5) and 2 are being replaced (maxConcurrentReplacements 2)"
+        ),
+        "{}",
+        condition.message
+    );
+    assert!(reasons(&first).iter().any(|(r, m)| *r == "KillsWithheld" && *m == condition.message));
+
+    // Next tick: the two are being stopped; their replacements start. Nothing more is killed,
+    // and the withheld event is not repeated.
+    let pool_with_status = with_status(&pool, &first);
+    let mut next: Vec<_> = failing[2..].to_vec();
+    next.extend((0..2).map(|n| instance(&pool, "a1", n).failing(3).stopped("Unhealthy").build()));
+    next.extend((10..12).map(|n| instance(&pool, "a1", n).running().build()));
+    let second = plan(&snapshot(&[&pool_with_status], vec![agent("a1").build()], next), &ctx());
+    assert!(second.stops.is_empty() && second.launches.is_empty(), "{:?}", stopped_ids(&second));
+    assert_eq!(second.withheld_kills.len(), 8);
+
+    // The replacements became healthy: the next two go.
+    let mut healed: Vec<_> = failing[2..].to_vec();
+    healed.extend((10..12).map(|n| instance(&pool, "a1", n).passing().build()));
+    let third = plan(&snapshot(&[&pool_with_status], vec![agent("a1").build()], healed), &ctx());
+    assert_eq!(stopped_ids(&third), ["pool-002", "pool-003"]);
+
+    // The cause went away: everything passes, nothing is killed, the condition clears.
+    let recovered: Vec<_> = (0..10).map(|n| instance(&pool, "a1", n).recovered(3).build()).collect();
+    let fixed = plan(&snapshot(&[&pool_with_status], vec![agent("a1").build()], recovered), &ctx());
+    assert!(fixed.stops.is_empty() && fixed.launches.is_empty() && fixed.withheld_kills.is_empty());
+    let condition = fixed.statuses[0].status.condition(baton_api::app::CONDITION_HEALTHY).unwrap().clone();
+    assert_eq!((condition.status.as_str(), condition.reason.as_str()), ("True", "AllHealthy"));
+}
+
+#[test]
+fn instances_on_an_unreachable_agent_are_never_killed_for_failing_checks() {
+    let pool = app("pool").instances(2).ports(1).tcp_check(3).health_policy(0.0, 0).build();
+    let instances = vec![instance(&pool, "a1", 0).failing(5).build(), instance(&pool, "a2", 1).passing().build()];
+    let snap = with_marker(snapshot(&[&pool], vec![agent("a2").build()], instances), "a1", 10);
+    let plan = plan(&snap, &ctx());
+    assert!(plan.stops.is_empty(), "{:?}", stopped_ids(&plan));
+}
+
+#[test]
+fn a_new_instance_counts_towards_a_deployment_only_once_ready() {
+    let mut spec = (*app("web").instances(1).ports(1).build()).clone();
+    spec.spec.ports[0].name = Some("http".into());
+    spec.spec.readiness_checks =
+        vec![serde_json::from_value(serde_json::json!({"portName": "http"})).expect("a readiness check")];
+    let web = std::sync::Arc::new(spec);
+    let old = instance(&web, "a1", 0).version("old").running().ready(true).build();
+    let not_ready = vec![old.clone(), instance(&web, "a1", 1).running().ready(false).build()];
+    let plan_not_ready = plan(&snapshot(&[&web], vec![agent("a1").build()], not_ready), &ctx());
+    assert!(plan_not_ready.stops.is_empty(), "the old instance stays until the new one is ready");
+    let ready = vec![old, instance(&web, "a1", 1).running().ready(true).build()];
+    let plan_ready = plan(&snapshot(&[&web], vec![agent("a1").build()], ready), &ctx());
+    assert_eq!(stopped_ids(&plan_ready), ["web-000"]);
+}
+
+#[test]
+fn a_blip_during_a_deployment_does_not_stop_the_old_instances_that_failed() {
+    let pool = app("pool").instances(3).ports(1).tcp_check(3).env("V", "2").build();
+    // The old ones served, then failed once (not due); the new ones start.
+    let mut instances: Vec<_> = (0..3).map(|n| instance(&pool, "a1", n).version("old").failing(1).build()).collect();
+    instances.extend((3..6).map(|n| instance(&pool, "a1", n).running().build()));
+    let plan = plan(&snapshot(&[&pool], vec![agent("a1").build()], instances), &ctx());
+    assert!(plan.stops.is_empty(), "kept to recover: {:?}", stopped_ids(&plan));
+}
+
+#[test]
+fn when_a_blip_ends_the_first_recoveries_free_no_budget_for_the_rest() {
+    let pool = checked_pool();
+    // The cause went away a moment ago: the two replacements and three originals passed one
+    // probe; five originals have not been probed since.
+    let mut instances: Vec<_> = (0..3).map(|n| instance(&pool, "a1", n).recovered(1).build()).collect();
+    instances.extend((3..8).map(|n| instance(&pool, "a1", n).failing(12).build()));
+    instances.extend((8..10).map(|n| instance(&pool, "a1", n).recovered(1).never_healthy().build()));
+    let plan = plan(&snapshot(&[&pool], vec![agent("a1").build()], instances), &ctx());
+    assert!(plan.stops.is_empty(), "the replacements are not steadily healthy yet: {:?}", stopped_ids(&plan));
+    assert_eq!(plan.withheld_kills.len(), 5);
+}

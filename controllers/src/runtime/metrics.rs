@@ -32,6 +32,11 @@ pub struct Metrics {
     pub removals: Counter,
     /// Operations dropped because they were planned on a stale view.
     pub stale_operations: Counter,
+    /// Instances the health policy spared although they were due to be killed (each
+    /// counted once per stretch of being spared).
+    pub health_kills_withheld: Counter,
+    /// Instances spared by the health policy at the last tick.
+    pub health_kills_withheld_now: Gauge,
 }
 
 impl Default for Metrics {
@@ -47,6 +52,8 @@ impl Default for Metrics {
             stops: Family::default(),
             removals: Counter::default(),
             stale_operations: Counter::default(),
+            health_kills_withheld: Counter::default(),
+            health_kills_withheld_now: Gauge::default(),
         }
     }
 }
@@ -65,7 +72,21 @@ impl Metrics {
         registry.register("plans", "Ticks planned", self.plans.clone());
         registry.register("plan_seconds", "Time to compute a plan", self.plan_seconds.clone());
         registry.register("launches", "Instances launched", self.launches.clone());
-        registry.register("stops", "Instances stopped, by reason", self.stops.clone());
+        registry.register(
+            "stops",
+            "Instances stopped, by reason (Unhealthy: killed for failing health checks)",
+            self.stops.clone(),
+        );
+        registry.register(
+            "health_kills_withheld",
+            "Instances due to be killed for failing health checks that the health policy spared",
+            self.health_kills_withheld.clone(),
+        );
+        registry.register(
+            "health_kills_withheld_instances",
+            "Instances the health policy spared at the last tick",
+            self.health_kills_withheld_now.clone(),
+        );
         registry.register("removals", "Instance records removed", self.removals.clone());
         registry.register(
             "stale_operations",

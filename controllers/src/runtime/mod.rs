@@ -12,6 +12,7 @@
 //! only once both caches hold a full view, and each tick waits until the store cache shows
 //! the previous tick's writes: a plan never counts what it already launched as missing.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -135,6 +136,7 @@ impl Loop<'_> {
         }
         let mut last_write = 0;
         let mut first_tick = true;
+        let mut withheld_before: HashSet<String> = HashSet::new();
         loop {
             if last_write > 0 {
                 tokio::select! {
@@ -153,6 +155,10 @@ impl Loop<'_> {
             let planned_in = started.elapsed();
             metrics.plans.inc();
             metrics.plan_seconds.observe(planned_in.as_secs_f64());
+            let withheld: HashSet<String> = plan.withheld_kills.iter().cloned().collect();
+            metrics.health_kills_withheld.inc_by(withheld.difference(&withheld_before).count() as u64);
+            metrics.health_kills_withheld_now.set(withheld.len() as i64);
+            withheld_before = withheld;
             if !plan.is_empty() {
                 match executor.apply(&plan, leadership).await {
                     Ok(applied) => {
