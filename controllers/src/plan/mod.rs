@@ -343,9 +343,12 @@ fn kill_unhealthy<'s>(
     if decision.withheld.is_empty() {
         return None;
     }
-    plan.withheld_kills.extend(decision.withheld.iter().map(|d| d.instance.id().to_string()));
+    // By id, so the status and its event change only when the set does.
+    let mut withheld: Vec<String> = decision.withheld.iter().map(|d| d.instance.id().to_string()).collect();
+    withheld.sort();
+    plan.withheld_kills.extend(withheld.iter().cloned());
     Some(status::Withheld {
-        instances: decision.withheld.iter().map(|d| d.instance.id().to_string()).collect(),
+        instances: withheld,
         healthy: decision.healthy,
         in_flight: decision.in_flight + decision.kill.len(),
         policy,

@@ -400,6 +400,12 @@ fn a_snowball_kills_only_the_budget_and_says_why_the_rest_are_spared() {
         condition.message
     );
     assert!(reasons(&first).iter().any(|(r, m)| *r == "KillsWithheld" && *m == condition.message));
+    // More failures of the same instances change nothing in what is said.
+    let more: Vec<_> =
+        (0..10).map(|n| instance(&pool, "a1", n).failing(if n < 2 { 9 } else { 3 + n % 4 }).build()).collect();
+    let later = plan(&snapshot(&[&pool], vec![agent("a1").build()], more), &ctx());
+    let same = later.statuses[0].status.condition(baton_api::app::CONDITION_HEALTHY).unwrap();
+    assert_eq!(same.message.split(": ").last(), condition.message.split(": ").last(), "listed by id");
 
     // Next tick: the two are being stopped; their replacements start. Nothing more is killed,
     // and the withheld event is not repeated.
