@@ -172,9 +172,10 @@ pub fn apply(status: &mut StatusRecord, record: &InstanceRecord, report: Report)
             }
         }
     }
-    let steady = status.health.len() == record.health_checks.len()
-        && record.health_checks.iter().zip(&status.health).all(|(check, result)| result.is_steady(check));
-    if status.healthy_at.is_none() && steady && status.is_ready(!record.readiness_checks.is_empty()) {
+    if status.healthy_at.is_none()
+        && status.passes_steadily(&record.health_checks)
+        && status.is_ready(!record.readiness_checks.is_empty())
+    {
         status.healthy_at = Some(at);
     }
 }

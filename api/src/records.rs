@@ -324,6 +324,11 @@ impl StatusRecord {
         checks == 0 || (self.health.len() == checks && self.health.iter().all(|r| r.passing == Some(true)))
     }
 
+    /// Whether it passes every one of `checks` steadily (see [`CheckResult::is_steady`]).
+    pub fn passes_steadily(&self, checks: &[HealthCheck]) -> bool {
+        self.health.len() == checks.len() && checks.iter().zip(&self.health).all(|(check, r)| r.is_steady(check))
+    }
+
     /// Whether some health check failed its last probe.
     pub fn fails_a_health_check(&self) -> bool {
         self.health.iter().any(|r| r.passing == Some(false))

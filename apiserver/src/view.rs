@@ -45,6 +45,16 @@ enum Id {
     Agent(String),
 }
 
+impl Id {
+    /// The view's `metadata.name`: the instance id, or the agent's name.
+    fn name(&self) -> &str {
+        match self {
+            Id::Instance((_, id)) => id,
+            Id::Agent(name) => name,
+        }
+    }
+}
+
 /// Every record the views are built from, with the revision that last changed each.
 /// Ordered maps, so an agent's instances are one range.
 #[derive(Default)]
@@ -260,11 +270,18 @@ impl ApiServer {
         Ok((join.views(which).into_iter().filter(|v| in_namespace(v, namespace)).collect(), revision))
     }
 
+    /// One view: only that one is built (not every view of the kind, as a list does).
     pub async fn get_view(&self, kind: &Kind, namespace: Option<&str>, name: &str) -> ApiResult<Value> {
-        let (views, _) = self.list_view(kind, namespace).await?;
-        views.into_iter().find(|v| v.pointer("/metadata/name").and_then(Value::as_str) == Some(name)).ok_or_else(|| {
-            ApiError::not_found(&Target { group: &kind.group, plural: &kind.plural, kind: &kind.kind, name })
-        })
+        let which = Which::of(kind)?;
+        let (join, _) = self.load_join(which).await?;
+        join.ids(which)
+            .iter()
+            .find(|id| id.name() == name)
+            .and_then(|id| join.view(id))
+            .filter(|v| in_namespace(v, namespace))
+            .ok_or_else(|| {
+                ApiError::not_found(&Target { group: &kind.group, plural: &kind.plural, kind: &kind.kind, name })
+            })
     }
 
     pub(crate) async fn watch_view(

@@ -52,10 +52,7 @@ impl InstanceState {
     /// Its process runs and passes every health check steadily (see
     /// [`baton_api::CheckResult::is_steady`]): it counts towards `minHealthyRatio`.
     pub fn steadily_healthy(&self) -> bool {
-        self.passes_health_checks()
-            && self.status.as_ref().is_some_and(|s| {
-                self.record.health_checks.iter().zip(&s.health).all(|(check, result)| result.is_steady(check))
-            })
+        self.is_running() && self.status.as_ref().is_some_and(|s| s.passes_steadily(&self.record.health_checks))
     }
 
     /// Its process runs and failed a health check's last probe.
