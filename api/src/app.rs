@@ -60,6 +60,20 @@ use crate::resources::Resources;
         priority = 1
     ),
     printcolumn(
+        name = "Desired",
+        type_ = "integer",
+        json_path = ".status.desired",
+        description = "Instances wanted, scaled by the app's groups",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Id",
+        type_ = "string",
+        json_path = ".status.id",
+        description = "The app's group and name",
+        priority = 1
+    ),
+    printcolumn(
         name = "Version",
         type_ = "string",
         json_path = ".status.version",
@@ -147,6 +161,19 @@ pub struct AppSpec {
     /// How many failing instances may be killed at once when much of the app is unhealthy.
     #[serde(default)]
     pub health_policy: HealthPolicy,
+
+    /// The group the app belongs to, an absolute path such as `/shop/frontend` (default
+    /// `/`). The app's id is the group plus its name: `/shop/frontend/web`. It inherits the
+    /// dependencies and scale factor of the AppGroups at its group and above.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+
+    /// Apps or groups this app needs: it starts, or moves to a new version, only once each
+    /// is available (every instance healthy at its current version); when they are deleted
+    /// together, it stops first. Absolute paths, or relative to the app's group (`db`,
+    /// `../shared/cache`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dependencies: Vec<String>,
 }
 
 /// How a new version replaces the old one, as Marathon does it: with `n` instances wanted,
@@ -316,6 +343,16 @@ pub struct AppStatus {
     /// scaling, with an event).
     #[serde(default)]
     pub observed_instances: Option<i32>,
+    /// The app's id: its group and name (`/shop/db`).
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Instances wanted: `spec.instances` scaled by the app's AppGroups.
+    #[serde(default)]
+    pub desired: i32,
+    /// The dependencies that are not available, which hold back the app's start or its move
+    /// to a new version (the `Dependencies` condition says why).
+    #[serde(default)]
+    pub waiting_for: Vec<String>,
     /// Instances placed on an agent and not yet terminated.
     #[serde(default)]
     pub instances: i32,
@@ -418,6 +455,13 @@ pub const CONDITION_PENDING: &str = "Pending";
 /// when some fail, `False`/`KillsWithheld` when the health policy spares some that are due
 /// to be killed, and why).
 pub const CONDITION_HEALTHY: &str = "Healthy";
+/// Condition type: everything the app depends on is available (`False`/`Waiting` with what
+/// is not, which holds back its start or its move to a new version).
+pub const CONDITION_DEPENDENCIES: &str = "Dependencies";
+
+/// The finalizer the controller puts on every App: the App goes once its instances have
+/// stopped, and apps deleted together stop in dependency order.
+pub const STOP_FINALIZER: &str = "baton.dev/stop-instances";
 
 fn default_instances() -> i32 {
     1

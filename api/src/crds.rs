@@ -5,10 +5,11 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 
 use crate::app::App;
+use crate::groups::AppGroup;
 
 /// Every CRD Baton defines.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![App::crd()]
+    vec![App::crd(), AppGroup::crd()]
 }
 
 /// All CRDs as one YAML stream (documents separated by `---`).

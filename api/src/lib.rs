@@ -13,6 +13,7 @@ pub mod agent;
 pub mod app;
 pub mod constraints;
 pub mod crds;
+pub mod groups;
 pub mod health;
 pub mod instance;
 pub mod names;
@@ -22,6 +23,7 @@ pub mod validation;
 
 pub use agent::{Agent, AgentSpec, AgentStatus};
 pub use app::{App, AppSpec, AppStatus, Backoff, KillSelection, PortDefinition, UnreachableStrategy, UpgradeStrategy};
+pub use groups::{AppGroup, AppGroupSpec, AppGroupStatus, GroupPath};
 pub use health::{CheckResult, HealthCheck, HealthPolicy, HealthProtocol, ReadinessCheck};
 pub use instance::{Instance, InstanceSpec, InstanceViewStatus};
 pub use records::{

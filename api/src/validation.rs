@@ -132,6 +132,7 @@ pub fn validate_app(app: &App) -> Vec<FieldError> {
         errors.push(FieldError::invalid("metadata.name", name.as_str(), problem));
     }
     validate_app_spec(&app.spec, &mut errors);
+    crate::groups::validate_app_paths(app, &mut errors);
     errors
 }
 
@@ -536,6 +537,8 @@ mod tests {
             health_checks: Vec::new(),
             readiness_checks: Vec::new(),
             health_policy: Default::default(),
+            group: None,
+            dependencies: Vec::new(),
         }
     }
 

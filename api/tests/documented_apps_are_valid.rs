@@ -1,25 +1,32 @@
-//! The Apps users copy from the docs and `examples/` are valid as written: each parses
-//! strictly (no unknown fields) and passes validation.
+//! The Apps and AppGroups users copy from the docs and `examples/` are valid as written:
+//! each parses strictly (no unknown fields) and passes validation, and the objects of one
+//! file form no dependency cycle.
 
 use std::path::Path;
 
-use baton_api::App;
+use baton_api::{App, AppGroup};
 
 fn root() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
 
-/// Parses `yaml` as an App, refusing unknown fields as the API server does by default.
-fn check(source: &str, yaml: &str) {
+/// Parses `yaml` as a `T`, refusing unknown fields as the API server does by default.
+fn parse<T: serde::de::DeserializeOwned>(source: &str, yaml: &str) -> T {
     let value: serde_json::Value = serde_saphyr::from_str(yaml).unwrap_or_else(|e| panic!("{source}: {e}"));
     let mut unknown = Vec::new();
-    let app: App = serde_ignored::deserialize(value, |path| unknown.push(path.to_string()))
+    let typed: T = serde_ignored::deserialize(value, |path| unknown.push(path.to_string()))
         .unwrap_or_else(|e| panic!("{source}: {e}"));
     // The type and version are checked by the API server's routing, not by the struct.
     unknown.retain(|path| path != "apiVersion" && path != "kind");
     assert!(unknown.is_empty(), "{source}: unknown fields {unknown:?}");
+    typed
+}
+
+fn check(source: &str, yaml: &str) -> App {
+    let app: App = parse(source, yaml);
     let errors = baton_api::validation::validate_app(&app);
     assert!(errors.is_empty(), "{source}: {errors:?}");
+    app
 }
 
 #[test]
@@ -29,13 +36,24 @@ fn every_example_app_is_valid() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "yaml") {
             let text = std::fs::read_to_string(&path).unwrap();
-            if text.contains("kind: App\n") {
-                check(&path.display().to_string(), &text);
-                checked += 1;
+            let source = path.display().to_string();
+            let (mut apps, mut groups) = (Vec::new(), Vec::new());
+            for document in text.split("\n---\n") {
+                if document.contains("\nkind: App\n") || document.starts_with("kind: App\n") {
+                    apps.push(check(&source, document));
+                } else if document.contains("\nkind: AppGroup\n") {
+                    let group: AppGroup = parse(&source, document);
+                    let errors = baton_api::groups::validate_app_group(&group);
+                    assert!(errors.is_empty(), "{source}: {errors:?}");
+                    groups.push(group);
+                }
             }
+            let cycle = baton_api::groups::Graph::new(&apps, &groups).find_cycle();
+            assert!(cycle.is_none(), "{source}: {}", cycle.unwrap());
+            checked += apps.len();
         }
     }
-    assert!(checked >= 2, "examples/ has the web and snowball apps");
+    assert!(checked >= 5, "examples/ has the web, snowball and shop apps");
 }
 
 #[test]

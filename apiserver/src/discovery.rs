@@ -163,7 +163,8 @@ mod tests {
         let resources = &doc["items"][0]["versions"][0]["resources"];
         assert_eq!(resources[0]["resource"], "apps");
         assert_eq!(resources[0]["subresources"][1]["responseKind"]["kind"], "Scale");
-        assert_eq!(resources[1]["resource"], "instances");
-        assert_eq!(resources[1]["verbs"], json!(["get", "list", "watch"]));
+        assert_eq!(resources[1]["resource"], "appgroups");
+        assert_eq!(resources[2]["resource"], "instances");
+        assert_eq!(resources[2]["verbs"], json!(["get", "list", "watch"]));
     }
 }

@@ -211,7 +211,14 @@ pub const EVENT_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Every kind served, in discovery order: Baton's group, then the core group.
 pub fn all() -> Vec<Kind> {
-    vec![Kind::from_crd(baton_api::App::crd, decode_app), instance_kind(), agent_kind(), namespace_kind(), event_kind()]
+    vec![
+        Kind::from_crd(baton_api::App::crd, decode_app),
+        Kind::from_crd(baton_api::AppGroup::crd, decode_app_group),
+        instance_kind(),
+        agent_kind(),
+        namespace_kind(),
+        event_kind(),
+    ]
 }
 
 fn fields(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -431,12 +438,24 @@ fn decode_event(value: &Value) -> Result<Decoded, Vec<FieldError>> {
 /// Decodes an App: typed parse (type errors and unknown fields named by path), then
 /// validation, then the normalized form with defaults filled in.
 fn decode_app(value: &Value) -> Result<Decoded, Vec<FieldError>> {
-    let (app, unknown_fields) = decode_typed::<baton_api::App>(value).map_err(|e| vec![e])?;
-    let errors = baton_api::validation::validate_app(&app);
+    decode_validated(value, baton_api::validation::validate_app)
+}
+
+fn decode_app_group(value: &Value) -> Result<Decoded, Vec<FieldError>> {
+    decode_validated(value, baton_api::groups::validate_app_group)
+}
+
+/// Decodes `T` and validates it; the stored object is `T` serialized (defaults filled in).
+fn decode_validated<T: DeserializeOwned + Serialize>(
+    value: &Value,
+    validate: fn(&T) -> Vec<FieldError>,
+) -> Result<Decoded, Vec<FieldError>> {
+    let (typed, unknown_fields) = decode_typed::<T>(value).map_err(|e| vec![e])?;
+    let errors = validate(&typed);
     if !errors.is_empty() {
         return Err(errors);
     }
-    let object = serde_json::to_value(&app).map_err(|e| vec![FieldError::invalid("", "", e.to_string())])?;
+    let object = serde_json::to_value(&typed).map_err(|e| vec![FieldError::invalid("", "", e.to_string())])?;
     Ok(Decoded { object, unknown_fields })
 }
 
@@ -511,7 +530,14 @@ mod tests {
         assert!(app.status_subresource);
         assert_eq!(app.scale.as_ref().unwrap().spec_replicas, ".spec.instances");
         let names: Vec<&str> = app.columns.iter().map(|c| c.name.as_str()).collect();
-        assert_eq!(names, ["Instances", "Running", "Healthy", "Unhealthy", "Staged", "Version", "Age"]);
+        assert_eq!(
+            names,
+            ["Instances", "Running", "Healthy", "Unhealthy", "Staged", "Desired", "Id", "Version", "Age"]
+        );
+        let group = &kinds[1];
+        assert_eq!((group.plural.as_str(), group.short_names.as_slice()), ("appgroups", ["ag".to_string()].as_slice()));
+        let names: Vec<&str> = group.columns.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["Path", "Apps", "Ready", "Scale", "Age"]);
     }
 
     #[test]

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 pub mod auth;
 mod discovery;
+mod graph;
 mod hub;
 pub mod kinds;
 pub mod kubeconfig;

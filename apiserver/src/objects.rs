@@ -12,6 +12,7 @@ use baton_store::{Compare, KeyValue, Op, Txn};
 use jiff::Timestamp;
 use serde_json::{Value, json};
 
+use crate::graph::Guard;
 use crate::kinds::{Decoded, Kind, Source};
 use crate::managed;
 use crate::request::{FieldValidation, Query};
@@ -97,22 +98,31 @@ impl ApiServer {
         Ok(id)
     }
 
-    /// Writes `object` at `key` if `compares` hold, attached to the TTL lease when the kind
-    /// has a TTL (retrying once with a fresh lease if the cached one is gone).
+    /// Writes `object` at `key` if `compares` hold (and the graph guard's, with its op),
+    /// attached to the TTL lease when the kind has a TTL (retrying once with a fresh lease if
+    /// the cached one is gone).
     async fn put_txn(
         &self,
         kind: &Kind,
-        compares: Vec<Compare>,
+        mut compares: Vec<Compare>,
         key: &str,
         object: &Value,
+        guard: Option<Guard>,
     ) -> ApiResult<baton_store::TxnResponse> {
         let value = strip_version(object).to_string();
+        let mut extra = Vec::new();
+        if let Some(guard) = guard {
+            compares.push(guard.compare);
+            extra.extend(guard.op);
+        }
         let Some(ttl) = kind.ttl else {
-            return Ok(self.store.txn(Txn::new().when(compares).and_then([Op::put(key, value)])).await?);
+            let ops = std::iter::once(Op::put(key, value)).chain(extra);
+            return Ok(self.store.txn(Txn::new().when(compares).and_then(ops)).await?);
         };
         for attempt in 0..2 {
             let lease = self.ttl_lease(ttl).await?;
-            let txn = Txn::new().when(compares.clone()).and_then([Op::put_with_lease(key, value.clone(), lease)]);
+            let ops = std::iter::once(Op::put_with_lease(key, value.clone(), lease)).chain(extra.iter().cloned());
+            let txn = Txn::new().when(compares.clone()).and_then(ops);
             match self.store.txn(txn).await {
                 Err(baton_store::Error::LeaseNotFound(_)) if attempt == 0 => *self.ttl_lease.lock().await = None,
                 other => return Ok(other?),
@@ -241,16 +251,23 @@ impl ApiServer {
         if let Some(namespace) = namespace {
             self.check_namespace_open(kind, namespace, &name).await?;
         }
-        if query.dry_run {
-            return Ok(Reply::json(StatusCode::CREATED, object).with_warnings(warnings));
-        }
         let key = self.object_key(kind, namespace, &name);
-        let response = self.put_txn(kind, vec![Compare::absent(&key)], &key, &object).await?;
-        if !response.succeeded {
-            return Err(ApiError::already_exists(&target(kind, &name)));
+        for _ in 0..MAX_ATTEMPTS {
+            let guard = self.check_graph(kind, namespace, &name, None, &object).await?;
+            if query.dry_run {
+                return Ok(Reply::json(StatusCode::CREATED, object).with_warnings(warnings));
+            }
+            let response = self.put_txn(kind, vec![Compare::absent(&key)], &key, &object, guard).await?;
+            if response.succeeded {
+                object["metadata"]["resourceVersion"] = json!(response.revision.to_string());
+                return Ok(Reply::json(StatusCode::CREATED, object).with_warnings(warnings));
+            }
+            if self.store.get(&key).await?.is_some() {
+                return Err(ApiError::already_exists(&target(kind, &name)));
+            }
+            // The namespace's dependency graph changed meanwhile: check again.
         }
-        object["metadata"]["resourceVersion"] = json!(response.revision.to_string());
-        Ok(Reply::json(StatusCode::CREATED, object).with_warnings(warnings))
+        Err(ApiError::conflict(&target(kind, &name), "too many concurrent writers; try again"))
     }
 
     /// PUT: the body is the whole object (or its status, or a Scale).
@@ -436,6 +453,8 @@ impl ApiServer {
             let reply_object = |object: Value| -> ApiResult<Value> {
                 if part == Part::Scale { scale_of(kind, &object) } else { Ok(object) }
             };
+            let guard =
+                if finalized { None } else { self.check_graph(kind, namespace, name, Some(&current), &object).await? };
             if query.dry_run || (unchanged && !finalized) {
                 // Kubernetes does not bump the resourceVersion of a write that changes nothing.
                 if unchanged {
@@ -447,7 +466,7 @@ impl ApiServer {
             let response = if finalized {
                 self.store.txn(Txn::new().when(compares).and_then([Op::delete(&key)])).await?
             } else {
-                self.put_txn(kind, compares, &key, &object).await?
+                self.put_txn(kind, compares, &key, &object, guard).await?
             };
             if response.succeeded {
                 if finalized {
@@ -456,9 +475,7 @@ impl ApiServer {
                 object["metadata"]["resourceVersion"] = json!(response.revision.to_string());
                 return Ok(Reply::json(StatusCode::OK, reply_object(object)?).with_warnings(warnings));
             }
-            if precondition.is_some() {
-                return Err(stale());
-            }
+            // The object (a precondition then fails above) or the dependency graph changed.
         }
         Err(ApiError::conflict(&target(kind, name), "too many concurrent writers; try again"))
     }
@@ -506,7 +523,7 @@ impl ApiServer {
                 object["metadata"]["deletionTimestamp"] = json!(now_seconds().to_string());
                 object["metadata"]["deletionGracePeriodSeconds"] = json!(0);
                 let response =
-                    self.put_txn(kind, vec![Compare::mod_revision(&key, kv.mod_revision)], &key, &object).await?;
+                    self.put_txn(kind, vec![Compare::mod_revision(&key, kv.mod_revision)], &key, &object, None).await?;
                 if response.succeeded {
                     object["metadata"]["resourceVersion"] = json!(response.revision.to_string());
                     return Ok(Reply::json(StatusCode::ACCEPTED, object));

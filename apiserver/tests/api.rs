@@ -251,7 +251,10 @@ async fn list_filters_by_selectors_and_renders_tables() {
     assert_eq!(table["kind"], "Table");
     let columns: Vec<&str> =
         table["columnDefinitions"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(columns, ["Name", "Instances", "Running", "Healthy", "Unhealthy", "Staged", "Version", "Age"]);
+    assert_eq!(
+        columns,
+        ["Name", "Instances", "Running", "Healthy", "Unhealthy", "Staged", "Desired", "Id", "Version", "Age"]
+    );
     assert_eq!(table["rows"][0]["cells"][0], "db");
     assert_eq!(table["rows"][0]["cells"][1], 2);
 }
@@ -724,4 +727,95 @@ async fn watchers_share_one_watch_per_kind_and_resume_from_its_memory() {
     let events = api.watch(&everywhere, 3).await;
     let names: Vec<&str> = events.iter().map(|e| e["object"]["metadata"]["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["web", "db", "web"]);
+}
+
+const GROUPS: &str = "/apis/baton.dev/v1alpha1/namespaces/default/appgroups";
+
+fn grouped(name: &str, group: &str, dependencies: &[&str]) -> Value {
+    json!({"apiVersion": "baton.dev/v1alpha1", "kind": "App", "metadata": {"name": name},
+           "spec": {"cmd": "sleep 100", "group": group, "dependencies": dependencies}})
+}
+
+fn app_group(name: &str, path: &str, dependencies: &[&str]) -> Value {
+    json!({"apiVersion": "baton.dev/v1alpha1", "kind": "AppGroup", "metadata": {"name": name},
+           "spec": {"path": path, "dependencies": dependencies}})
+}
+
+#[tokio::test]
+async fn a_dependency_cycle_is_refused_naming_the_paths_and_nothing_is_written() {
+    let api = Api::new().await;
+    for body in [grouped("db", "/shop", &[]), grouped("api", "/shop", &["db"]), grouped("web", "/shop", &["api"])] {
+        let (status, body) = api.call(Method::POST, APPS, Some(&body)).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let (_, db) = api.call(Method::GET, &format!("{APPS}/db"), None).await;
+    let mut cyclic = db.clone();
+    cyclic["spec"]["dependencies"] = json!(["/shop/web"]);
+    let (status, body) = api.call(Method::PUT, &format!("{APPS}/db"), Some(&cyclic)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(
+        body["message"],
+        "App.baton.dev \"db\" is invalid: spec.dependencies: Invalid value: [\"/shop/web\"]: dependency cycle: \
+         /shop/db → /shop/web → /shop/api → /shop/db (/shop/db depends on /shop/web; /shop/web depends on \
+         /shop/api; /shop/api depends on /shop/db)"
+    );
+    assert_eq!(body["details"]["causes"][0]["field"], "spec.dependencies");
+    let (_, unchanged) = api.call(Method::GET, &format!("{APPS}/db"), None).await;
+    assert_eq!(rv(&unchanged), rv(&db), "nothing was written");
+
+    // Through a group: /shop depending on /shop/web makes every app of /shop depend on it.
+    let (status, body) = api.call(Method::POST, GROUPS, Some(&app_group("shop", "/shop", &["web"]))).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("inherited from the AppGroup at /shop"), "{body}");
+
+    // An app joining a group whose dependencies lead back to it closes a cycle too.
+    let (status, _) = api.call(Method::POST, GROUPS, Some(&app_group("front", "/front", &["/shop"]))).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let mut joins = db.clone();
+    joins["spec"]["dependencies"] = json!(["/front"]);
+    let (status, body) = api.call(Method::PUT, &format!("{APPS}/db"), Some(&joins)).await;
+    assert_eq!(status, StatusCode::OK, "/front has no app yet: {body}");
+    let (status, body) = api.call(Method::POST, APPS, Some(&grouped("ui", "/front", &[]))).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["details"]["causes"][0]["field"], "spec.group", "{body}");
+    assert!(body["message"].as_str().unwrap().contains("/front/ui → /shop/"), "{body}");
+}
+
+#[tokio::test]
+async fn one_app_group_per_path() {
+    let api = Api::new().await;
+    let (status, _) = api.call(Method::POST, GROUPS, Some(&app_group("shop", "/shop", &[]))).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, body) = api.call(Method::POST, GROUPS, Some(&app_group("shop-2", "/shop/", &[]))).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(
+        body["message"],
+        "AppGroup.baton.dev \"shop-2\" is invalid: spec.path: Invalid value: \"/shop/\": the AppGroup \"shop\" already \
+         holds the settings of /shop: edit that one"
+    );
+    let (status, body) = api.call(Method::POST, GROUPS, Some(&app_group("bad", "shop", &["../../x"]))).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let causes: Vec<&str> =
+        body["details"]["causes"].as_array().unwrap().iter().map(|c| c["field"].as_str().unwrap()).collect();
+    assert_eq!(causes, ["spec.path", "spec.dependencies[0]"]);
+}
+
+/// Two writes that each close half of a cycle, at once: the namespace's graph key lets only
+/// one of them in, and the other is checked again against it.
+#[tokio::test]
+async fn concurrent_halves_of_a_cycle_cannot_both_land() {
+    for round in 0..20 {
+        let api = Api::new().await;
+        let a = grouped("a", "/", &["/b"]);
+        let b = grouped("b", "/", &["/a"]);
+        let (first, second) =
+            tokio::join!(api.call(Method::POST, APPS, Some(&a)), api.call(Method::POST, APPS, Some(&b)));
+        let statuses = [first.0, second.0];
+        assert!(
+            statuses.contains(&StatusCode::CREATED) && statuses.contains(&StatusCode::UNPROCESSABLE_ENTITY),
+            "round {round}: {statuses:?} {} {}",
+            first.1,
+            second.1
+        );
+    }
 }

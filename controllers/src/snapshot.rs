@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use baton_api::{AgentRecord, App, BackoffRecord, Goal, InstanceRecord, Phase, StatusRecord};
+use baton_api::{AgentRecord, App, AppGroup, BackoffRecord, Goal, InstanceRecord, Phase, StatusRecord};
 use baton_store::Revision;
 use jiff::Timestamp;
 
@@ -110,6 +110,8 @@ pub struct Marker {
 pub struct Snapshot {
     /// Every App, in (namespace, name) order.
     pub apps: Vec<Arc<App>>,
+    /// Every AppGroup, in (namespace, name) order.
+    pub groups: Vec<Arc<AppGroup>>,
     /// Registered (live) agents by name.
     pub agents: BTreeMap<String, Arc<AgentRecord>>,
     /// Every instance record, by id.

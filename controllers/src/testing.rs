@@ -27,6 +27,9 @@ pub fn app(name: &str) -> AppBuilder {
     app.metadata.namespace = Some("default".into());
     app.metadata.uid = Some(format!("uid-{name}"));
     app.metadata.generation = Some(1);
+    app.metadata.resource_version = Some("10".into());
+    // As the controller leaves every App it has seen.
+    app.metadata.finalizers = Some(vec![baton_api::app::STOP_FINALIZER.into()]);
     AppBuilder(app)
 }
 
@@ -112,9 +115,42 @@ impl AppBuilder {
         self
     }
 
+    /// `spec.group`.
+    pub fn group(mut self, path: &str) -> Self {
+        self.0.spec.group = Some(path.into());
+        self
+    }
+
+    pub fn dependencies(mut self, paths: &[&str]) -> Self {
+        self.0.spec.dependencies = paths.iter().map(|p| p.to_string()).collect();
+        self
+    }
+
+    /// As created, before the controller put its finalizer on it.
+    pub fn without_finalizer(mut self) -> Self {
+        self.0.metadata.finalizers = None;
+        self
+    }
+
     pub fn build(self) -> Arc<App> {
         Arc::new(self.0)
     }
+}
+
+/// An AppGroup at `path`.
+pub fn group(path: &str, dependencies: &[&str], scale_factor: f64) -> Arc<baton_api::AppGroup> {
+    let name = if path == "/" { "root".to_string() } else { path.trim_matches('/').replace('/', "-") };
+    let mut group = baton_api::AppGroup::new(
+        &name,
+        baton_api::AppGroupSpec {
+            path: path.into(),
+            dependencies: dependencies.iter().map(|d| d.to_string()).collect(),
+            scale_factor,
+        },
+    );
+    group.metadata.namespace = Some("default".into());
+    group.metadata.generation = Some(1);
+    Arc::new(group)
 }
 
 pub struct AgentBuilder(AgentRecord);
@@ -324,6 +360,7 @@ pub fn with_marker(mut snapshot: Snapshot, agent: &str, seconds_ago: i64) -> Sna
 pub fn snapshot(apps: &[&Arc<App>], agents: Vec<Arc<AgentRecord>>, instances: Vec<InstanceState>) -> Snapshot {
     Snapshot {
         apps: apps.iter().map(|a| Arc::clone(a)).collect(),
+        groups: Vec::new(),
         agents: agents.into_iter().map(|a| (a.name.clone(), a)).collect(),
         instances: instances.into_iter().map(|i| (i.record.id.clone(), i)).collect(),
         unreachable: Default::default(),

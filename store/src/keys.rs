@@ -97,6 +97,12 @@ impl Keyspace {
         (!namespace.is_empty() && !app.is_empty() && !app.contains('/')).then_some((namespace, app))
     }
 
+    /// `/baton/graph/<ns>`: bumped by every write that changes the namespace's app
+    /// dependency graph, which compares it, so such writes are checked one at a time.
+    pub fn dependency_graph(&self, namespace: &str) -> String {
+        format!("{}/graph/{namespace}", self.root)
+    }
+
     /// `/baton/leader/<scope>`: the election key of a controller scope.
     pub fn leader(&self, scope: &str) -> String {
         format!("{}/leader/{scope}", self.root)

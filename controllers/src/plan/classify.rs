@@ -106,6 +106,11 @@ impl<'s> AppInstances<'s> {
         self.next_change = Some(self.next_change.map_or(at, |t| t.min(at)));
     }
 
+    /// Instances whose process may still run: wanted, being stopped, or out of reach.
+    pub fn live(&self) -> usize {
+        self.current.len() + self.old.len() + self.unreachable.len() + self.inactive.len() + self.stopping.len()
+    }
+
     /// Instances of the current version that are healthy.
     pub fn current_healthy(&self) -> usize {
         self.current.iter().filter(|i| i.is_healthy()).count()

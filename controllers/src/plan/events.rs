@@ -89,10 +89,9 @@ pub fn launched(app: &App, version: &str, launches: &[Launch]) -> Option<Event> 
 }
 
 /// `Killing`: the instances stopped this tick, one event per reason.
-pub fn killing(app: &App, version: &str, stops: &[Stop]) -> Vec<Event> {
-    let wanted = app.spec.instances.max(0);
+pub fn killing(app: &App, version: &str, wanted: usize, stops: &[Stop]) -> Vec<Event> {
     // Health kills have their own event, with each instance's failures.
-    [StopReason::ScaledDown, StopReason::Upgraded]
+    [StopReason::ScaledDown, StopReason::Upgraded, StopReason::AppDeleted]
         .into_iter()
         .filter_map(|reason| {
             let ids: Vec<String> = stops.iter().filter(|s| s.reason == reason).map(|s| s.record.id.clone()).collect();
@@ -147,6 +146,12 @@ pub fn kills_withheld(app: &App, healthy: &Condition) -> Option<Event> {
 /// A warning with `condition`'s message, unless the app's status already had the same
 /// condition (same status, reason and message): reported once, not at every tick.
 fn warning_when_new(app: &App, condition: &Condition, reason: &'static str) -> Option<Event> {
+    when_new(app, condition, EventType::Warning, reason)
+}
+
+/// An event with `condition`'s message, unless the app's status already had the same
+/// condition.
+fn when_new(app: &App, condition: &Condition, type_: EventType, reason: &'static str) -> Option<Event> {
     let before = app.status.as_ref().and_then(|s| s.condition(&condition.type_));
     if before
         .is_some_and(|b| b.status == condition.status && b.reason == condition.reason && b.message == condition.message)
@@ -155,24 +160,49 @@ fn warning_when_new(app: &App, condition: &Condition, reason: &'static str) -> O
     }
     Some(Event {
         regarding: Regarding::App(app_ref(app)),
-        type_: EventType::Warning,
+        type_,
         reason,
         message: condition.message.clone(),
         of_writes: false,
     })
 }
 
-/// `Scaled`: `spec.instances` changed since the last status.
-pub fn scaled(app: &App) -> Option<Event> {
-    let before = app.status.as_ref()?.observed_instances?;
+/// `Scaled`: `spec.instances`, or the scale factor of the app's groups, changed since the
+/// last status.
+pub fn scaled(app: &App, wanted: usize) -> Option<Event> {
+    let status = app.status.as_ref()?;
+    let before = status.observed_instances?;
     let now = app.spec.instances;
-    (before != now).then(|| Event {
+    let message = if before != now {
+        let scaled =
+            if wanted as i32 != now { format!(" ({wanted} with its groups' scale factors)") } else { String::new() };
+        format!("scaled from {before} to {now} instances{scaled}")
+    } else if status.desired != wanted as i32 && status.id.is_some() {
+        format!("scaled from {} to {wanted} instances by its groups' scale factors", status.desired)
+    } else {
+        return None;
+    };
+    Some(Event {
         regarding: Regarding::App(app_ref(app)),
         type_: EventType::Normal,
         reason: "Scaled",
-        message: format!("scaled from {before} to {now} instances"),
+        message,
         of_writes: false,
     })
+}
+
+/// `WaitingForDependencies`: the app's start or move to a new version waits, reported when
+/// that starts or what it waits for changes.
+pub fn waiting(app: &App, dependencies: &Condition) -> Option<Event> {
+    (dependencies.reason == "Waiting")
+        .then(|| when_new(app, dependencies, EventType::Normal, "WaitingForDependencies"))?
+}
+
+/// `WaitingForDependents`: a deleted app keeps running until the apps deleted with it that
+/// depend on it have stopped.
+pub fn waiting_for_dependents(app: &App, progressing: &Condition) -> Option<Event> {
+    (progressing.reason == "WaitingForDependents")
+        .then(|| when_new(app, progressing, EventType::Normal, "WaitingForDependents"))?
 }
 
 /// `FailedScheduling`: instances cannot be placed, reported when that starts or the reason

@@ -17,9 +17,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::{SignedDuration, Timestamp};
 
+use baton_api::app::STOP_FINALIZER;
 use baton_api::constraints::Constraint;
 use baton_api::records::{AssignedPort, Command};
-use baton_api::{App, AppRef, AppStatus, BackoffRecord, Failure, Goal, InstanceRecord, Phase};
+use baton_api::{App, AppGroupStatus, AppRef, AppStatus, BackoffRecord, Failure, Goal, InstanceRecord, Phase};
 use baton_store::Revision;
 
 use crate::schedule::{Fit, Placer, PortAsk, Request};
@@ -28,10 +29,12 @@ use crate::snapshot::{InstanceState, Snapshot};
 pub mod classify;
 pub mod deploy;
 pub mod events;
+pub mod groups;
 pub mod health;
 pub mod status;
 
 use classify::{AppInstances, Reachability, kill_order};
+use groups::{Availabilities, Availability, Topology, Wait};
 
 /// What the planner is given besides the snapshot.
 #[derive(Debug, Clone, Copy)]
@@ -124,6 +127,26 @@ pub struct StatusUpdate {
     pub status: AppStatus,
 }
 
+/// A status to write to an AppGroup.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupStatusUpdate {
+    pub namespace: String,
+    pub name: String,
+    pub status: AppGroupStatus,
+}
+
+/// The controller's finalizer goes on an App ([`baton_api::app::STOP_FINALIZER`]), or comes
+/// off once nothing of a deleted App runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FinalizerChange {
+    pub namespace: String,
+    pub name: String,
+    /// The App's finalizers after the change.
+    pub finalizers: Vec<String>,
+    /// The resourceVersion the change was decided on: the write is refused if it moved.
+    pub resource_version: String,
+}
+
 /// Everything one tick decided.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Plan {
@@ -131,6 +154,8 @@ pub struct Plan {
     pub stops: Vec<Stop>,
     pub removals: Vec<Removal>,
     pub statuses: Vec<StatusUpdate>,
+    pub group_statuses: Vec<GroupStatusUpdate>,
+    pub finalizers: Vec<FinalizerChange>,
     pub marks: Vec<Mark>,
     pub unmarks: Vec<Unmark>,
     pub backoffs: Vec<BackoffChange>,
@@ -150,6 +175,8 @@ impl Plan {
             && self.stops.is_empty()
             && self.removals.is_empty()
             && self.statuses.is_empty()
+            && self.group_statuses.is_empty()
+            && self.finalizers.is_empty()
             && self.marks.is_empty()
             && self.unmarks.is_empty()
             && self.backoffs.is_empty()
@@ -166,12 +193,53 @@ pub fn plan(snapshot: &Snapshot, ctx: &PlanContext) -> Plan {
     for instance in snapshot.instances.values() {
         by_app.entry(instance.record.app.uid.as_str()).or_default().push(instance);
     }
-    let mut placer = Placer::new(snapshot);
-    let mut ids = IdSource::new(ctx.seed);
+    // Groups first: whether an app may start or move to a new version, and when a deleted
+    // app may stop, depends on the others — so every app is classified before any is planned.
+    let topology = Topology::new(&snapshot.apps, &snapshot.groups);
+    let mut prepared = Vec::with_capacity(snapshot.apps.len());
+    let mut availability = Availabilities::new();
     for app in &snapshot.apps {
         let uid = app.metadata.uid.as_deref().unwrap_or_default();
         let instances = by_app.remove(uid).unwrap_or_default();
-        plan_app(app, snapshot, instances, ctx, &reach, &mut placer, &mut ids, &mut plan);
+        let version = app.version();
+        let deleting = app.metadata.deletion_timestamp.is_some();
+        let wanted = if deleting { 0 } else { topology.wanted(app) };
+        let sets = AppInstances::classify(instances, &version, app.spec.unreachable_strategy, &reach);
+        let state = Availability {
+            wanted,
+            available: sets.current_healthy(),
+            old: sets.old.len(),
+            live: sets.live(),
+            deleting,
+            version: version.clone(),
+        };
+        availability.insert((app.metadata.namespace.clone().unwrap_or_default(), app.path()), state);
+        prepared.push(Prepared { app, version, wanted, sets });
+    }
+    let mut placer = Placer::new(snapshot);
+    let mut ids = IdSource::new(ctx.seed);
+    for app in prepared {
+        if app.app.metadata.deletion_timestamp.is_some() {
+            let dependents = topology.stopping_dependents(app.app, &availability, ctx.now);
+            if let Some(deleted) = &app.app.metadata.deletion_timestamp {
+                let settled = deleted.0 + groups::DELETION_SETTLE;
+                if settled > ctx.now {
+                    plan.next_wakeup = min_time(plan.next_wakeup, Some(settled));
+                }
+            }
+            plan_deletion(app, &dependents, ctx, &mut plan);
+        } else {
+            ensure_finalizer(app.app, &mut plan);
+            let waits = topology.waits(app.app, &availability);
+            plan_app(app, &waits, snapshot, ctx, &mut placer, &mut ids, &mut plan);
+        }
+    }
+    for (group, status) in topology.group_statuses(&snapshot.groups, &availability, ctx.now) {
+        plan.group_statuses.push(GroupStatusUpdate {
+            namespace: group.metadata.namespace.clone().unwrap_or_default(),
+            name: group.metadata.name.clone().unwrap_or_default(),
+            status,
+        });
     }
     // Backoffs of apps that no longer exist go.
     let live: BTreeSet<(&str, &str)> = snapshot
@@ -229,27 +297,107 @@ fn mark_unreachable_agents(snapshot: &Snapshot, ctx: &PlanContext, plan: &mut Pl
 /// fit in one transaction.
 const MAX_FAILURES_PER_TICK: usize = 100;
 
-#[allow(clippy::too_many_arguments)]
+/// An app, classified, before it is planned.
+struct Prepared<'s> {
+    app: &'s App,
+    version: String,
+    /// `spec.instances` scaled by the app's groups (0 for an app being deleted).
+    wanted: usize,
+    sets: AppInstances<'s>,
+}
+
+/// Puts the controller's finalizer on an App that lacks it, so that deleting the App stops
+/// its instances (in dependency order) before the App goes.
+fn ensure_finalizer(app: &App, plan: &mut Plan) {
+    let finalizers = app.metadata.finalizers.clone().unwrap_or_default();
+    if finalizers.iter().any(|f| f == STOP_FINALIZER) {
+        return;
+    }
+    plan.finalizers.push(FinalizerChange {
+        namespace: app.metadata.namespace.clone().unwrap_or_default(),
+        name: app.metadata.name.clone().unwrap_or_default(),
+        finalizers: finalizers.into_iter().chain([STOP_FINALIZER.to_string()]).collect(),
+        resource_version: app.metadata.resource_version.clone().unwrap_or_default(),
+    });
+}
+
+/// A deleted App (it has a deletion timestamp, and the controller's finalizer holds it):
+/// its instances stop — after those of the apps deleted with it that depend on it — and once
+/// none is left, the finalizer comes off and the App goes.
+fn plan_deletion(app: Prepared<'_>, dependents: &[String], ctx: &PlanContext, plan: &mut Plan) {
+    let Prepared { app, version, sets, .. } = app;
+    let stops_before = plan.stops.len();
+    plan.removals.extend(sets.finished.iter().chain(&sets.failed).map(|i| removal(i)));
+    plan.next_wakeup = min_time(plan.next_wakeup, sets.next_change);
+    let running: Vec<&InstanceState> = sets.current.iter().chain(&sets.old).copied().collect();
+    if dependents.is_empty() {
+        plan.stops.extend(running.iter().map(|i| stop(i, StopReason::AppDeleted)));
+        // On an agent that is gone, the record goes at once (the agent stops the process if
+        // it comes back).
+        plan.removals.extend(sets.unreachable.iter().chain(&sets.inactive).map(|i| removal(i)));
+    }
+    let left = running.len() + sets.unreachable.len() + sets.inactive.len() + sets.stopping.len();
+    let records = left + sets.failed.len() + sets.finished.len();
+    let finalizers = app.metadata.finalizers.clone().unwrap_or_default();
+    if records == 0 && finalizers.iter().any(|f| f == STOP_FINALIZER) {
+        plan.finalizers.push(FinalizerChange {
+            namespace: app.metadata.namespace.clone().unwrap_or_default(),
+            name: app.metadata.name.clone().unwrap_or_default(),
+            finalizers: finalizers.into_iter().filter(|f| f != STOP_FINALIZER).collect(),
+            resource_version: app.metadata.resource_version.clone().unwrap_or_default(),
+        });
+        return; // The App goes: no status to write.
+    }
+    plan.events.extend(events::killing(app, &version, 0, &plan.stops[stops_before..]));
+    let deletion = status::Deletion { dependents: dependents.to_vec(), left };
+    let progress = status::Progress {
+        wanted: 0,
+        unplaced: None,
+        backoff: None,
+        backing_off: None,
+        now: ctx.now,
+        health: None,
+        waits: &[],
+        gated: false,
+        deletion: Some(&deletion),
+    };
+    let desired = status::desired(app, &version, &sets, &progress);
+    if let Some(progressing) = desired.condition(baton_api::app::CONDITION_PROGRESSING) {
+        plan.events.extend(events::waiting_for_dependents(app, progressing));
+    }
+    push_status(app, desired, plan);
+}
+
+fn push_status(app: &App, desired: AppStatus, plan: &mut Plan) {
+    if let Some(status) = status::changed(app, desired) {
+        plan.statuses.push(StatusUpdate {
+            namespace: app.metadata.namespace.clone().unwrap_or_default(),
+            name: app.metadata.name.clone().unwrap_or_default(),
+            status,
+        });
+    }
+}
+
+/// Plans one app: health kills, one bounded step of scaling or deployment — held back while
+/// something it depends on is not available, if it is starting or moving to a new version —
+/// placement, status.
 fn plan_app(
-    app: &App,
+    app: Prepared<'_>,
+    waits: &[Wait],
     snapshot: &Snapshot,
-    instances: Vec<&InstanceState>,
     ctx: &PlanContext,
-    reach: &Reachability<'_>,
     placer: &mut Placer<'_>,
     ids: &mut IdSource,
     plan: &mut Plan,
 ) {
+    let Prepared { app, version, wanted, mut sets } = app;
     let spec = &app.spec;
-    let version = app.version();
-    let mut sets = AppInstances::classify(instances, &version, spec.unreachable_strategy, reach);
     plan.removals.extend(sets.finished.iter().map(|i| removal(i)));
     plan.next_wakeup = min_time(plan.next_wakeup, sets.next_change);
     let order = kill_order(spec.kill_selection);
 
     let backoff = plan_backoff(app, snapshot, &version, &sets, ctx, plan);
 
-    let wanted = spec.instances.max(0) as usize;
     let (stops_before, launches_before) = (plan.stops.len(), plan.launches.len());
     let health = kill_unhealthy(app, &mut sets, wanted, plan);
 
@@ -281,6 +429,14 @@ fn plan_app(
         step.launch = 0;
         plan.next_wakeup = min_time(plan.next_wakeup, Some(until));
     }
+    // Starting (nothing placed) or moving to a new version waits for the dependencies; an
+    // app already running its current version keeps scaling and replacing.
+    let starting = sets.current.is_empty() && sets.unreachable.is_empty() && sets.inactive.is_empty() && wanted > 0;
+    let gated = !waits.is_empty() && (starting || !sets.old.is_empty());
+    if gated {
+        step = deploy::Step { excess: step.excess, ..deploy::Step::default() };
+        old_unhealthy.clear();
+    }
 
     plan.stops.extend(old_unhealthy.iter().map(|i| stop(i, StopReason::Upgraded)));
     old_failing.sort_by(&order);
@@ -299,11 +455,20 @@ fn plan_app(
     plan.stops.extend(current.iter().take(excess).map(|i| stop(i, StopReason::ScaledDown)));
 
     let unplaced = launch(app, &version, step.launch, ctx, placer, ids, plan);
-    let progress =
-        status::Progress { unplaced, backoff: backoff.as_ref(), backing_off, now: ctx.now, health: health.as_ref() };
+    let progress = status::Progress {
+        wanted,
+        unplaced,
+        backoff: backoff.as_ref(),
+        backing_off,
+        now: ctx.now,
+        health: health.as_ref(),
+        waits,
+        gated,
+        deletion: None,
+    };
     let desired = status::desired(app, &version, &sets, &progress);
-    plan.events.extend(events::scaled(app));
-    plan.events.extend(events::killing(app, &version, &plan.stops[stops_before..]));
+    plan.events.extend(events::scaled(app, wanted));
+    plan.events.extend(events::killing(app, &version, wanted, &plan.stops[stops_before..]));
     plan.events.extend(events::launched(app, &version, &plan.launches[launches_before..]));
     if let Some(pending) = desired.condition(baton_api::app::CONDITION_PENDING) {
         plan.events.extend(events::failed_scheduling(app, pending));
@@ -311,13 +476,10 @@ fn plan_app(
     if let Some(healthy) = desired.condition(baton_api::app::CONDITION_HEALTHY) {
         plan.events.extend(events::kills_withheld(app, healthy));
     }
-    if let Some(status) = status::changed(app, desired) {
-        plan.statuses.push(StatusUpdate {
-            namespace: app.metadata.namespace.clone().unwrap_or_default(),
-            name: app.metadata.name.clone().unwrap_or_default(),
-            status,
-        });
+    if let Some(dependencies) = desired.condition(baton_api::app::CONDITION_DEPENDENCIES) {
+        plan.events.extend(events::waiting(app, dependencies));
     }
+    push_status(app, desired, plan);
 }
 
 /// Kills (stops) the instances due for failing their health checks that the app's health
@@ -574,6 +736,8 @@ impl IdSource {
     }
 }
 
+#[cfg(test)]
+mod group_tests;
 #[cfg(test)]
 mod simulation;
 #[cfg(test)]

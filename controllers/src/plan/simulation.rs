@@ -154,6 +154,7 @@ impl World {
             .collect();
         Snapshot {
             apps: vec![Arc::new(self.app.clone())],
+            groups: Vec::new(),
             agents,
             instances: self.instances.clone(),
             unreachable: self.markers.clone(),
@@ -340,6 +341,7 @@ fn round_trip(snapshot: &Snapshot) -> Snapshot {
     }
     Snapshot {
         apps: snapshot.apps.iter().map(|a| Arc::new(again(a.as_ref()))).collect(),
+        groups: snapshot.groups.iter().map(|g| Arc::new(again(g.as_ref()))).collect(),
         agents: snapshot.agents.iter().map(|(k, a)| (k.clone(), Arc::new(again(a.as_ref())))).collect(),
         instances: snapshot
             .instances

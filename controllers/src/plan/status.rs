@@ -5,8 +5,8 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use baton_api::app::{
-    AppStatus, CONDITION_AVAILABLE, CONDITION_HEALTHY, CONDITION_PENDING, CONDITION_PROGRESSING, LastFailure,
-    PendingSummary, Rejection,
+    AppStatus, CONDITION_AVAILABLE, CONDITION_DEPENDENCIES, CONDITION_HEALTHY, CONDITION_PENDING,
+    CONDITION_PROGRESSING, LastFailure, PendingSummary, Rejection,
 };
 use baton_api::{App, BackoffRecord};
 
@@ -33,19 +33,34 @@ pub struct Withheld {
     pub ratio: f64,
 }
 
+/// A deleted app's instances stopping.
+pub struct Deletion {
+    /// Apps deleted with it that depend on it and still run: it stops after them.
+    pub dependents: Vec<String>,
+    /// Its instances whose process may still run.
+    pub left: usize,
+}
+
 /// What this tick decided for the app, beyond its instance sets.
 pub struct Progress<'a> {
+    /// Instances wanted: `spec.instances` scaled by the app's groups.
+    pub wanted: usize,
     pub unplaced: Option<Unplaced>,
     pub backoff: Option<&'a BackoffRecord>,
     /// Launches wait until then.
     pub backing_off: Option<Timestamp>,
     pub now: Timestamp,
     pub health: Option<&'a Withheld>,
+    /// Dependencies that are not available.
+    pub waits: &'a [super::groups::Wait],
+    /// Whether they hold the app back (it is starting or moving to a new version).
+    pub gated: bool,
+    pub deletion: Option<&'a Deletion>,
 }
 
 /// The status `app` should have now.
 pub fn desired(app: &App, version: &str, sets: &AppInstances<'_>, progress: &Progress<'_>) -> AppStatus {
-    let wanted = app.spec.instances.max(0) as usize;
+    let wanted = progress.wanted;
     let reachable = || sets.current.iter().chain(&sets.old);
     let running = reachable().filter(|i| i.is_running()).count();
     let ready = reachable().filter(|i| i.is_healthy()).count();
@@ -87,9 +102,22 @@ pub fn desired(app: &App, version: &str, sets: &AppInstances<'_>, progress: &Pro
         ),
         None => condition(CONDITION_PENDING, false, "AllPlaced", "every instance is placed on an agent".into()),
     };
+    let waiting_for = if progress.gated { progress.waits.iter().map(|w| w.path.clone()).collect() } else { Vec::new() };
+    let mut conditions = vec![
+        available_condition,
+        progressing(version, sets, progress, &condition),
+        pending,
+        health_condition(app, wanted, running, unhealthy, progress.health, &condition),
+    ];
+    if progress.deletion.is_none() {
+        conditions.push(dependencies_condition(version, sets, progress, &condition));
+    }
     AppStatus {
         observed_generation: app.metadata.generation,
         observed_instances: Some(app.spec.instances),
+        id: Some(app.path().to_string()),
+        desired: wanted as i32,
+        waiting_for,
         instances: (placed + unreachable) as i32,
         running: running as i32,
         staged: (placed - running) as i32,
@@ -109,25 +137,45 @@ pub fn desired(app: &App, version: &str, sets: &AppInstances<'_>, progress: &Pro
                 .collect(),
         }),
         last_failure: progress.backoff.and_then(|b| b.last_failure.as_ref()).map(LastFailure::from),
-        conditions: vec![
-            available_condition,
-            progressing(app, version, sets, progress, &condition),
-            pending,
-            health_condition(app, running, unhealthy, progress.health, &condition),
-        ],
+        conditions,
     }
+}
+
+/// `Dependencies`: `True` while everything the app depends on is available; `False` with
+/// what is not — `Waiting` when that holds back its start or its move to a new version,
+/// `Unavailable` when the app runs its current version anyway.
+fn dependencies_condition(
+    version: &str,
+    sets: &AppInstances<'_>,
+    progress: &Progress<'_>,
+    condition: &dyn Fn(&str, bool, &str, String) -> Condition,
+) -> Condition {
+    let waits = super::groups::Wait::describe(progress.waits);
+    if progress.gated {
+        let what = if sets.old.is_empty() { "starting".to_string() } else { format!("moving to version {version}") };
+        return condition(CONDITION_DEPENDENCIES, false, "Waiting", format!("waiting for {waits} before {what}"));
+    }
+    if !progress.waits.is_empty() {
+        return condition(
+            CONDITION_DEPENDENCIES,
+            false,
+            "Unavailable",
+            format!("not available: {waits}; the app keeps running, but a new version would wait for them"),
+        );
+    }
+    condition(CONDITION_DEPENDENCIES, true, "Available", "every dependency is available".into())
 }
 
 /// `Healthy`: `True` while no running instance fails a health check; `False`/`Unhealthy`
 /// when some do; `False`/`KillsWithheld` when the health policy spares some that are due.
 fn health_condition(
     app: &App,
+    wanted: usize,
     running: usize,
     unhealthy: usize,
     withheld: Option<&Withheld>,
     condition: &dyn Fn(&str, bool, &str, String) -> Condition,
 ) -> Condition {
-    let wanted = app.spec.instances.max(0);
     if let Some(w) = withheld {
         return condition(
             CONDITION_HEALTHY,
@@ -161,17 +209,37 @@ fn health_condition(
     condition(CONDITION_HEALTHY, true, "AllHealthy", message)
 }
 
-/// `Progressing`: `False`/`Stuck` when no progress is possible, else `True` with what is
-/// under way — `Backoff`, `Deploying`, `Scaling` — or `Complete`.
+/// `Progressing`: `False`/`Stuck` when no progress is possible or `WaitingForDependencies`,
+/// else `True` with what is under way — `Deleting` (or `WaitingForDependents`), `Backoff`,
+/// `Deploying`, `Scaling` — or `Complete`.
 fn progressing(
-    app: &App,
     version: &str,
     sets: &AppInstances<'_>,
     progress: &Progress<'_>,
     condition: &dyn Fn(&str, bool, &str, String) -> Condition,
 ) -> Condition {
-    let wanted = app.spec.instances.max(0) as usize;
+    let wanted = progress.wanted;
     let available = sets.current_healthy();
+    if let Some(deletion) = progress.deletion {
+        return match deletion.dependents.as_slice() {
+            [] => condition(
+                CONDITION_PROGRESSING,
+                true,
+                "Deleting",
+                format!("stopping {}", super::events::plural(deletion.left, "instance")),
+            ),
+            dependents => condition(
+                CONDITION_PROGRESSING,
+                true,
+                "WaitingForDependents",
+                format!("deleted: stopping after the apps that depend on it: {}", super::events::listing(dependents)),
+            ),
+        };
+    }
+    if progress.gated {
+        let waits = super::groups::Wait::describe(progress.waits);
+        return condition(CONDITION_PROGRESSING, false, "WaitingForDependencies", format!("waiting for {waits}"));
+    }
     let in_flight =
         !sets.old.is_empty() || !sets.stopping.is_empty() || sets.current.len() != wanted || available < wanted;
     if let Some(unplaced) = &progress.unplaced {

@@ -11,7 +11,7 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use baton_api::{AgentRecord, App, BackoffRecord, InstanceRecord, StatusRecord, UnreachableMarker};
+use baton_api::{AgentRecord, App, AppGroup, BackoffRecord, InstanceRecord, StatusRecord, UnreachableMarker};
 use baton_store::{EventKind, KeyValue, Keyspace, Revision, Store, WatchEvent};
 
 use crate::snapshot::{InstanceState, Marker, Snapshot};
@@ -68,7 +68,7 @@ impl StoreCache {
     }
 
     /// Agents and instances as they are now.
-    pub fn snapshot(&self, apps: Vec<Arc<App>>) -> Snapshot {
+    pub fn snapshot(&self, apps: Vec<Arc<App>>, groups: Vec<Arc<AppGroup>>) -> Snapshot {
         let records = self.records.lock().expect("cache lock");
         let instances = records
             .instances
@@ -84,7 +84,7 @@ impl StoreCache {
             .iter()
             .map(|(agent, (marker, revision))| (agent.clone(), Marker { since: marker.since, revision: *revision }))
             .collect();
-        Snapshot { apps, agents, instances, unreachable, backoffs: records.backoffs.clone() }
+        Snapshot { apps, groups, agents, instances, unreachable, backoffs: records.backoffs.clone() }
     }
 }
 
@@ -218,23 +218,31 @@ fn apply_delete(records: &mut Records, keys: &Keyspace, event: &WatchEvent) {
     }
 }
 
-/// Apps, kept current by a kube-rs reflector.
+/// Objects of one kind (Apps, AppGroups), kept current by a kube-rs reflector.
 #[derive(Clone)]
-pub struct AppCache {
-    reader: reflector::Store<App>,
+pub struct ObjectCache<K: kube::Resource<DynamicType = ()> + 'static> {
+    reader: reflector::Store<K>,
 }
 
-impl AppCache {
-    /// Starts watching every App; `changed` is notified after each event.
+/// Every App.
+pub type AppCache = ObjectCache<App>;
+/// Every AppGroup.
+pub type GroupCache = ObjectCache<AppGroup>;
+
+impl<K> ObjectCache<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    /// Starts watching every object of the kind; `changed` is notified after each event.
     pub fn start(client: kube::Client, changed: Arc<Notify>, shutdown: CancellationToken) -> Self {
         let (reader, writer) = reflector::store();
-        let api: kube::Api<App> = kube::Api::all(client);
+        let api: kube::Api<K> = kube::Api::all(client);
         let events = reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
         tokio::spawn(async move {
             let mut events = std::pin::pin!(events.take_until(shutdown.cancelled_owned()));
             while let Some(event) = events.next().await {
                 if let Err(e) = event {
-                    tracing::warn!(error = %e, "watching apps");
+                    tracing::warn!(kind = %K::kind(&()), error = %e, "watching");
                 }
                 changed.notify_one();
             }
@@ -242,17 +250,20 @@ impl AppCache {
         Self { reader }
     }
 
-    /// Waits until the first full list is in: planning before it would see every app as
+    /// Waits until the first full list is in: planning before it would see every object as
     /// deleted.
     pub async fn ready(&self) {
         // Fails only if the writer is dropped, i.e. at shutdown.
         let _ = self.reader.wait_until_ready().await;
     }
 
-    /// Every App, in (namespace, name) order.
-    pub fn apps(&self) -> Vec<Arc<App>> {
-        let mut apps = self.reader.state();
-        apps.sort_by(|a, b| (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name)));
-        apps
+    /// Every object, in (namespace, name) order.
+    pub fn objects(&self) -> Vec<Arc<K>> {
+        let mut objects = self.reader.state();
+        objects.sort_by(|a, b| {
+            let (a, b) = (a.meta(), b.meta());
+            (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name))
+        });
+        objects
     }
 }

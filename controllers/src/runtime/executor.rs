@@ -12,7 +12,7 @@ use std::sync::Arc;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
 
-use baton_api::{App, Goal, InstanceRecord, UnreachableMarker};
+use baton_api::{App, AppGroup, Goal, InstanceRecord, UnreachableMarker};
 use baton_store::election::Leadership;
 use baton_store::{Compare, Keyspace, Op, OpResponse, Revision, Store, Txn};
 
@@ -39,6 +39,8 @@ pub struct Applied {
     /// Operations dropped because the plan was made on a stale view.
     pub stale: usize,
     pub statuses: usize,
+    /// Finalizers put on or taken off Apps.
+    pub finalizers: usize,
 }
 
 /// What kind of plan step a write carries out.
@@ -144,23 +146,67 @@ impl Executor {
             applied.stale += batch.len();
         }
 
-        for update in &plan.statuses {
-            if leadership.is_lost() {
-                return Err(Error::LostLeadership);
+        let params = PatchParams { field_manager: Some(super::events::COMPONENT.into()), ..PatchParams::default() };
+        // Finalizers first: a status written in the same tick would move the resourceVersion
+        // they are conditional on.
+        for change in &plan.finalizers {
+            // The resourceVersion makes it conditional: a finalizer list changed meanwhile is
+            // not overwritten (409), and the next tick decides again.
+            let patch = Patch::Merge(json!({"metadata": {
+                "finalizers": change.finalizers,
+                "resourceVersion": change.resource_version,
+            }}));
+            if self.patch::<App>(&change.namespace, &change.name, &params, &patch, false, leadership).await? {
+                applied.finalizers += 1;
             }
-            let api: kube::Api<App> = kube::Api::namespaced(self.client.clone(), &update.namespace);
+        }
+        for update in &plan.statuses {
             let patch = Patch::Merge(json!({"status": update.status}));
-            let params = PatchParams { field_manager: Some(super::events::COMPONENT.into()), ..PatchParams::default() };
-            match api.patch_status(&update.name, &params, &patch).await {
-                Ok(_) => applied.statuses += 1,
-                // Deleted meanwhile: nothing to report on.
-                Err(kube::Error::Api(status)) if status.code == 404 => {}
-                Err(e) => {
-                    tracing::warn!(app = %format!("{}/{}", update.namespace, update.name), error = %e, "could not write app status")
-                }
+            if self.patch::<App>(&update.namespace, &update.name, &params, &patch, true, leadership).await? {
+                applied.statuses += 1;
+            }
+        }
+        for update in &plan.group_statuses {
+            let patch = Patch::Merge(json!({"status": update.status}));
+            if self.patch::<AppGroup>(&update.namespace, &update.name, &params, &patch, true, leadership).await? {
+                applied.statuses += 1;
             }
         }
         Ok(applied)
+    }
+
+    /// Patches an object's status (or the object), only while leading. False when it was not
+    /// written: deleted or changed meanwhile, or refused (logged).
+    async fn patch<K>(
+        &self,
+        namespace: &str,
+        name: &str,
+        params: &PatchParams,
+        patch: &Patch<serde_json::Value>,
+        status: bool,
+        leadership: &Leadership,
+    ) -> Result<bool, Error>
+    where
+        K: kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+            + Clone
+            + std::fmt::Debug
+            + serde::de::DeserializeOwned,
+    {
+        if leadership.is_lost() {
+            return Err(Error::LostLeadership);
+        }
+        let api: kube::Api<K> = kube::Api::namespaced(self.client.clone(), namespace);
+        let result =
+            if status { api.patch_status(name, params, patch).await } else { api.patch(name, params, patch).await };
+        match result {
+            Ok(_) => Ok(true),
+            // Deleted or changed meanwhile: the next tick decides again.
+            Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(false),
+            Err(e) => {
+                tracing::warn!(kind = %K::kind(&()), object = %format!("{namespace}/{name}"), error = %e, "could not write");
+                Ok(false)
+            }
+        }
     }
 }
 

@@ -30,7 +30,7 @@ pub mod events;
 pub mod executor;
 pub mod metrics;
 
-use cache::{AppCache, StoreCache};
+use cache::{AppCache, GroupCache, StoreCache};
 use executor::Executor;
 use metrics::{Metrics, ReasonLabel};
 
@@ -75,6 +75,7 @@ pub async fn run(
     let changed = Arc::new(Notify::new());
     let records = StoreCache::start(store.clone(), config.keys.clone(), changed.clone(), shutdown.clone());
     let apps = AppCache::start(client.clone(), changed.clone(), shutdown.clone());
+    let groups = GroupCache::start(client.clone(), changed.clone(), shutdown.clone());
     let recorder = events::Recorder::start(client.clone(), config.id.clone(), shutdown.clone());
     let executor = Executor::new(store.clone(), config.keys.clone(), client);
     let leader_key = config.keys.leader(&config.scope);
@@ -97,6 +98,7 @@ pub async fn run(
         let loop_parts = Loop {
             records: &records,
             apps: &apps,
+            groups: &groups,
             executor: &executor,
             recorder: &recorder,
             config: &config,
@@ -119,6 +121,7 @@ pub async fn run(
 struct Loop<'a> {
     records: &'a StoreCache,
     apps: &'a AppCache,
+    groups: &'a GroupCache,
     executor: &'a Executor,
     recorder: &'a events::Recorder,
     config: &'a ControllerConfig,
@@ -128,9 +131,9 @@ struct Loop<'a> {
 
 impl Loop<'_> {
     async fn lead(&self, leadership: &Leadership, shutdown: &CancellationToken) {
-        let Loop { records, apps, executor, recorder, config, changed, metrics } = self;
+        let Loop { records, apps, groups, executor, recorder, config, changed, metrics } = self;
         tokio::select! {
-            _ = async { records.ready().await; apps.ready().await } => {}
+            _ = async { records.ready().await; apps.ready().await; groups.ready().await } => {}
             _ = shutdown.cancelled() => return,
             _ = leadership.lost() => return,
         }
@@ -148,7 +151,7 @@ impl Loop<'_> {
                     _ = shutdown.cancelled() => return,
                 }
             }
-            let snapshot = records.snapshot(apps.apps());
+            let snapshot = records.snapshot(apps.objects(), groups.objects());
             let now = Timestamp::now();
             let started = std::time::Instant::now();
             let plan = plan::plan(&snapshot, &PlanContext { now, seed: rand::random() });
@@ -175,6 +178,7 @@ impl Loop<'_> {
                             stops = applied.stopped.len(),
                             removals = applied.removed,
                             statuses = applied.statuses,
+                            finalizers = applied.finalizers,
                             stale = applied.stale,
                             plan_micros = planned_in.as_micros() as u64,
                             "applied plan"

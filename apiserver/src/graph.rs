@@ -1,0 +1,151 @@
+//! The checks that span objects: a write of an App or AppGroup that changes the namespace's
+//! dependency graph (an app's group or dependencies, a group's path or dependencies) is
+//! refused if it would close a dependency cycle or give two AppGroups one path.
+//!
+//! Such writes compare and bump one key per namespace (`/baton/graph/<ns>`) in the same
+//! transaction as the object: two concurrent writes that would each close half of a cycle
+//! cannot both succeed — the second finds the key moved, and is checked again. An app with
+//! no dependencies, own or inherited, cannot be on a cycle: its write only compares the key
+//! (so it waits for no other such write, and cannot slip past a concurrent one that adds
+//! dependencies to its group). An app with
+//! no dependencies, own or inherited, cannot be on a cycle: its write only compares the key
+//! (so it waits for no other such write, and cannot slip past a concurrent one that adds
+//! dependencies to its group).
+
+use baton_api::groups::{Graph, GroupPath};
+use baton_api::{App, AppGroup, FieldError};
+use baton_store::{Compare, Op};
+use serde_json::{Value, json};
+
+use crate::ApiServer;
+use crate::kinds::Kind;
+use crate::objects::target;
+use crate::status::{ApiError, ApiResult};
+
+/// What a graph-changing write adds to its transaction.
+pub struct Guard {
+    pub compare: Compare,
+    /// The bump, for a write that adds dependencies.
+    pub op: Option<Op>,
+}
+
+/// The fields of `object` that shape the dependency graph, for the kinds in it.
+fn shape(kind: &Kind, object: &Value) -> Option<Value> {
+    if kind.group != baton_api::GROUP {
+        return None;
+    }
+    let spec = &object["spec"];
+    match kind.kind.as_str() {
+        "App" => Some(json!([object["metadata"]["name"], spec["group"], spec["dependencies"]])),
+        "AppGroup" => Some(json!([object["metadata"]["name"], spec["path"], spec["dependencies"]])),
+        _ => None,
+    }
+}
+
+impl ApiServer {
+    /// Checks a write of `after` (replacing `before`, if any) against the rest of the
+    /// namespace's apps and groups. `None` when the write does not change the graph.
+    pub async fn check_graph(
+        &self,
+        kind: &Kind,
+        namespace: Option<&str>,
+        name: &str,
+        before: Option<&Value>,
+        after: &Value,
+    ) -> ApiResult<Option<Guard>> {
+        let (Some(namespace), Some(shape_after)) = (namespace, shape(kind, after)) else {
+            return Ok(None);
+        };
+        if before.and_then(|b| shape(kind, b)).as_ref() == Some(&shape_after) {
+            return Ok(None);
+        }
+        let graph_key = self.keys.dependency_graph(namespace);
+        let seen = self.store.get(&graph_key).await?;
+        let compare = match &seen {
+            Some(kv) => Compare::mod_revision(&graph_key, kv.mod_revision),
+            None => Compare::absent(&graph_key),
+        };
+        let mut groups: Vec<AppGroup> = self.load(namespace, "appgroups").await?;
+        let decode_error =
+            |e: serde_json::Error| ApiError::internal(format!("decoded {} no longer reads: {e}", kind.kind));
+        let app: Option<App> =
+            if kind.kind == "App" { Some(serde_json::from_value(after.clone()).map_err(decode_error)?) } else { None };
+        if let Some(app) = &app {
+            let group = app.group_path();
+            let inherits = groups.iter().any(|g| !g.spec.dependencies.is_empty() && g.group_path().contains(&group));
+            if app.spec.dependencies.is_empty() && !inherits {
+                return Ok(Some(Guard { compare, op: None }));
+            }
+        }
+        let mut apps: Vec<App> = self.load(namespace, "apps").await?;
+        let before_graph = Graph::new(&apps, &groups);
+        let errors = match app {
+            Some(app) => {
+                apps.retain(|a| a.metadata.name.as_deref() != Some(name));
+                let me = app.path();
+                apps.push(app);
+                cycle_errors(&before_graph, &Graph::new(&apps, &groups), Some(&me), "spec.group", after)
+            }
+            None => {
+                let group: AppGroup = serde_json::from_value(after.clone()).map_err(decode_error)?;
+                groups.retain(|g| g.metadata.name.as_deref() != Some(name));
+                let path = group.group_path();
+                let mut errors = Vec::new();
+                if let Some(other) = groups.iter().find(|g| g.group_path() == path) {
+                    errors.push(FieldError::invalid(
+                        "spec.path",
+                        group.spec.path.as_str(),
+                        format!(
+                            "the AppGroup {:?} already holds the settings of {path}: edit that one",
+                            other.metadata.name.as_deref().unwrap_or_default()
+                        ),
+                    ));
+                }
+                groups.push(group);
+                errors.extend(cycle_errors(&before_graph, &Graph::new(&apps, &groups), None, "spec.path", after));
+                errors
+            }
+        };
+        if !errors.is_empty() {
+            return Err(ApiError::invalid(&target(kind, name), &errors));
+        }
+        let bump = Op::put(&graph_key, json!({"changedBy": format!("{}/{name}", kind.plural)}).to_string());
+        Ok(Some(Guard { compare, op: Some(bump) }))
+    }
+
+    /// Every stored object of a Baton kind in `namespace` that still reads.
+    async fn load<T: serde::de::DeserializeOwned>(&self, namespace: &str, plural: &str) -> ApiResult<Vec<T>> {
+        let prefix = self.keys.registry(baton_api::GROUP, plural, Some(namespace));
+        let listed = self.store.range(&prefix).await?;
+        Ok(listed.kvs.iter().filter_map(|kv| serde_json::from_slice(&kv.value).ok()).collect())
+    }
+}
+
+/// A cycle the write would close, reported on its dependencies — or, for an object without
+/// dependencies of its own that joins a group whose dependencies lead back to it, on
+/// `position` (`spec.group`, `spec.path`). A cycle that was there before (stored under older
+/// rules) is not this write's to answer for.
+fn cycle_errors(
+    before: &Graph,
+    after: &Graph,
+    me: Option<&GroupPath>,
+    position: &str,
+    object: &Value,
+) -> Vec<FieldError> {
+    let Some(mut cycle) = after.find_cycle().filter(|_| before.find_cycle().is_none()) else {
+        return Vec::new();
+    };
+    if let Some(me) = me {
+        cycle = cycle.starting_at(me);
+    }
+    let dependencies = object.pointer("/spec/dependencies").filter(|d| d.as_array().is_some_and(|d| !d.is_empty()));
+    let error = match dependencies {
+        Some(written) => FieldError::invalid("spec.dependencies", written.clone(), cycle.to_string()),
+        None => {
+            let written = object.pointer(&format!("/{}", position.replace('.', "/"))).and_then(Value::as_str);
+            let path = written.and_then(|w| GroupPath::parse_absolute(w).ok()).unwrap_or_default();
+            FieldError::invalid(position, path.to_string(), cycle.to_string())
+        }
+    };
+    vec![error]
+}

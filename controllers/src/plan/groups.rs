@@ -1,0 +1,236 @@
+//! Groups, the first planner of a tick: each namespace's dependency graph gives every app
+//! its effective instance count (`spec.instances` times its AppGroups' factors), the
+//! dependencies that hold back its start or its move to a new version, and — for apps being
+//! deleted together — the dependents that must stop first. It also computes the AppGroups'
+//! statuses. Pure, like every planner.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use baton_api::groups::{Graph, GroupPath, Origin};
+use baton_api::{App, AppGroup, AppGroupStatus};
+
+use super::events::listing;
+
+/// What the rest of the tick needs to know about an app from the others: whether it is
+/// available, and how many of its instances are.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Availability {
+    pub wanted: usize,
+    /// Healthy instances at the current version.
+    pub available: usize,
+    /// Instances at older versions still running.
+    pub old: usize,
+    /// Instances whose process may still run (not over), whatever their goal.
+    pub live: usize,
+    pub deleting: bool,
+    pub version: String,
+}
+
+impl Availability {
+    /// Every instance healthy at the current version, and no older one left.
+    pub fn is_available(&self) -> bool {
+        !self.deleting && self.available >= self.wanted && self.old == 0
+    }
+
+    /// Why it is not available, as a dependent's status says it.
+    fn why_not(&self) -> String {
+        if self.deleting {
+            return "it is being deleted".into();
+        }
+        if self.old > 0 {
+            return format!(
+                "moving to version {}: {} of {} instances available, {} at older versions",
+                self.version, self.available, self.wanted, self.old
+            );
+        }
+        format!("{} of {} instances available", self.available, self.wanted)
+    }
+}
+
+/// One thing an app waits for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wait {
+    /// The app that is not available, or the dependency that names nothing.
+    pub path: String,
+    pub why: String,
+}
+
+impl Wait {
+    pub fn describe(waits: &[Wait]) -> String {
+        let described: Vec<String> = waits.iter().map(|w| format!("{} ({})", w.path, w.why)).collect();
+        listing(&described)
+    }
+}
+
+/// The dependency graphs of every namespace, for one tick.
+pub struct Topology {
+    graphs: BTreeMap<String, Graph>,
+}
+
+impl Topology {
+    pub fn new(apps: &[Arc<App>], groups: &[Arc<AppGroup>]) -> Self {
+        let mut apps_by_ns: BTreeMap<String, Vec<&App>> = BTreeMap::new();
+        for app in apps {
+            apps_by_ns.entry(namespace_of(&app.metadata)).or_default().push(app);
+        }
+        let mut groups_by_ns: BTreeMap<String, Vec<&AppGroup>> = BTreeMap::new();
+        for group in groups {
+            groups_by_ns.entry(namespace_of(&group.metadata)).or_default().push(group);
+        }
+        let namespaces: Vec<String> = apps_by_ns.keys().chain(groups_by_ns.keys()).cloned().collect();
+        let graphs = namespaces
+            .into_iter()
+            .map(|ns| {
+                let apps = apps_by_ns.get(&ns).map(Vec::as_slice).unwrap_or_default().iter().copied();
+                let groups = groups_by_ns.get(&ns).map(Vec::as_slice).unwrap_or_default().iter().copied();
+                let graph = Graph::new(apps, groups);
+                (ns, graph)
+            })
+            .collect();
+        Self { graphs }
+    }
+
+    fn graph(&self, namespace: &str) -> Option<&Graph> {
+        self.graphs.get(namespace)
+    }
+
+    /// The instances `app` wants: `ceil(spec.instances × its AppGroups' factors)`.
+    pub fn wanted(&self, app: &App) -> usize {
+        let instances = app.spec.instances.max(0);
+        match self.graph(&namespace_of(&app.metadata)) {
+            Some(graph) => graph.effective_instances(&app.path(), instances) as usize,
+            None => instances as usize,
+        }
+    }
+
+    /// What `app` waits for: each app it depends on that is not available, and each
+    /// dependency that names nothing.
+    pub fn waits(&self, app: &App, availability: &Availabilities) -> Vec<Wait> {
+        let namespace = namespace_of(&app.metadata);
+        let Some(graph) = self.graph(&namespace) else { return Vec::new() };
+        let mut waits: Vec<Wait> = Vec::new();
+        for dependency in graph.dependencies_of(&app.path()) {
+            let Some(path) = &dependency.path else {
+                waits.push(Wait { path: dependency.written.clone(), why: "not a valid path".into() });
+                continue;
+            };
+            let mut members = graph.members(path).peekable();
+            if members.peek().is_none() {
+                let why = match &dependency.origin {
+                    Origin::App => "no app there yet".to_string(),
+                    Origin::Group(group) => format!("no app there yet; inherited from the AppGroup at {group}"),
+                };
+                push_once(&mut waits, path.to_string(), why);
+                continue;
+            }
+            for member in members {
+                let state = availability.get(&(namespace.clone(), member.clone()));
+                match state {
+                    Some(state) if state.is_available() => {}
+                    Some(state) => push_once(&mut waits, member.to_string(), state.why_not()),
+                    None => push_once(&mut waits, member.to_string(), "not planned yet".into()),
+                }
+            }
+        }
+        waits
+    }
+
+    /// The apps that depend on the deleted `app` and whose processes may still run: those
+    /// deleted too, and — until [`DELETION_SETTLE`] after `app`'s deletion, since
+    /// `kubectl delete -f` deletes a file's objects one by one, in file order — those not
+    /// deleted yet. `app` stops after them.
+    pub fn stopping_dependents(&self, app: &App, availability: &Availabilities, now: jiff::Timestamp) -> Vec<String> {
+        let namespace = namespace_of(&app.metadata);
+        let Some(graph) = self.graph(&namespace) else { return Vec::new() };
+        let me = app.path();
+        let settling = app.metadata.deletion_timestamp.as_ref().is_some_and(|t| now < t.0 + DELETION_SETTLE);
+        availability
+            .range((namespace.clone(), GroupPath::root())..)
+            .take_while(|((ns, _), _)| *ns == namespace)
+            .filter(|((_, path), state)| (state.deleting || settling) && state.live > 0 && *path != me)
+            .filter(|((_, path), _)| {
+                graph.dependencies_of(path).iter().any(|d| d.path.as_ref().is_some_and(|p| p.contains(&me)))
+            })
+            .map(|((_, path), _)| path.to_string())
+            .collect()
+    }
+
+    /// The status each AppGroup should have; `now` stamps condition transitions.
+    pub fn group_statuses<'g>(
+        &self,
+        groups: &'g [Arc<AppGroup>],
+        availability: &Availabilities,
+        now: jiff::Timestamp,
+    ) -> Vec<(&'g AppGroup, AppGroupStatus)> {
+        let mut statuses = Vec::new();
+        for group in groups {
+            let namespace = namespace_of(&group.metadata);
+            let path = group.group_path();
+            let members: Vec<(&GroupPath, Option<&Availability>)> = match self.graph(&namespace) {
+                Some(graph) => {
+                    graph.members(&path).map(|m| (m, availability.get(&(namespace.clone(), m.clone())))).collect()
+                }
+                None => Vec::new(),
+            };
+            let wanted: usize = members.iter().filter_map(|(_, a)| a.map(|a| a.wanted)).sum();
+            let ready: usize = members.iter().filter_map(|(_, a)| a.map(|a| a.available.min(a.wanted))).sum();
+            let unavailable: Vec<String> = members
+                .iter()
+                .filter(|(_, a)| !a.is_some_and(Availability::is_available))
+                .map(|(p, a)| format!("{p} ({})", a.map_or_else(|| "not planned yet".into(), Availability::why_not)))
+                .collect();
+            let available_apps = members.len() - unavailable.len();
+            let (status, reason, message) = if members.is_empty() {
+                ("False", "NoApps", format!("no app is in {path} or below it"))
+            } else if unavailable.is_empty() {
+                ("True", "AllAppsAvailable", format!("all {} apps are available", members.len()))
+            } else {
+                ("False", "AppsUnavailable", format!("not available: {}", listing(&unavailable)))
+            };
+            let previous = group.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Available"));
+            let since = previous.filter(|c| c.status == status).map_or(Time(now), |c| c.last_transition_time.clone());
+            let scale = self.graph(&namespace).map_or(group.spec.scale_factor, |g| g.scale_of_group(&path));
+            let desired = AppGroupStatus {
+                observed_generation: group.metadata.generation,
+                apps: members.len() as i32,
+                available_apps: available_apps as i32,
+                instances: wanted as i32,
+                ready_instances: ready as i32,
+                ready: format!("{ready}/{wanted}"),
+                scale,
+                conditions: vec![Condition {
+                    type_: "Available".into(),
+                    status: status.into(),
+                    reason: reason.into(),
+                    message,
+                    last_transition_time: since,
+                    observed_generation: group.metadata.generation,
+                }],
+            };
+            if group.status.as_ref() != Some(&desired) {
+                statuses.push((group.as_ref(), desired));
+            }
+        }
+        statuses
+    }
+}
+
+/// How long a deleted app waits for the apps that depend on it to be deleted too, before
+/// it stops regardless of those that stay.
+pub const DELETION_SETTLE: jiff::SignedDuration = jiff::SignedDuration::from_secs(3);
+
+/// Every app's availability, by `(namespace, path)`.
+pub type Availabilities = BTreeMap<(String, GroupPath), Availability>;
+
+fn push_once(waits: &mut Vec<Wait>, path: String, why: String) {
+    if !waits.iter().any(|w| w.path == path) {
+        waits.push(Wait { path, why });
+    }
+}
+
+fn namespace_of(metadata: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+    metadata.namespace.clone().unwrap_or_default()
+}
