@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs every check CI runs, on a fresh Debian/Ubuntu machine too: installs the system
-# packages the build and the tests need when they are missing, then checks formatting,
-# runs clippy with warnings as errors, and runs every test in the workspace (the
-# end-to-end tests start real processes: baton, kubectl, and the instances).
+# packages the build and the tests need when they are missing (and the PyPI packages the
+# Helm chart's checks use), checks the chart (strict lint, offline render, Kubernetes
+# schemas), checks formatting, runs clippy with warnings as errors, and runs every test in
+# the workspace (the end-to-end tests start real processes: baton, kubectl, etcd, and the
+# instances).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +26,14 @@ if ! command -v kubectl >/dev/null 2>&1; then
   echo "Install it (https://kubernetes.io/docs/tasks/tools/) and run hack/test.sh again." >&2
   exit 1
 fi
+
+if ! python3 -c "import helm_python, kubernetes_validate, yaml" >/dev/null 2>&1; then
+  step "installing hack/chart-requirements.txt (PyPI)"
+  python3 -m pip install -q --disable-pip-version-check -r hack/chart-requirements.txt
+fi
+
+step "helm chart: lint, render, validate"
+python3 hack/chart.py check
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

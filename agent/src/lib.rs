@@ -30,6 +30,7 @@ use baton_store::{EventKind, KeyValue, Keyspace, LeaseId, Op, Store, Txn};
 
 pub mod checks;
 pub mod machine;
+pub mod metrics;
 pub mod probe;
 pub mod process;
 pub mod status;
@@ -56,6 +57,7 @@ pub struct AgentConfig {
     /// running and the next run of the agent adopts them, so an agent can be restarted or
     /// upgraded without restarting what it runs.
     pub stop_instances_on_exit: bool,
+    pub metrics: Arc<metrics::AgentMetrics>,
 }
 
 /// Agent errors.
@@ -78,6 +80,7 @@ pub async fn run(store: Arc<dyn Store>, config: AgentConfig, shutdown: Cancellat
     std::fs::create_dir_all(&sandboxes)
         .map_err(|source| Error::WorkDir { path: sandboxes.display().to_string(), source })?;
     let lease = register(&store, &config).await?;
+    config.metrics.registered.set(1);
     let registration = CancellationToken::new();
     let keep_alive = tokio::spawn(keep_registered(store.clone(), config.clone(), lease, registration.clone()));
 
@@ -153,17 +156,27 @@ async fn keep_registered(store: Arc<dyn Store>, config: AgentConfig, mut lease: 
                 return;
             }
         }
-        match store.keep_alive(lease).await {
-            Ok(_) => {}
+        let registered = match store.keep_alive(lease).await {
+            Ok(_) => true,
             Err(baton_store::Error::LeaseNotFound(_)) => {
                 tracing::warn!(agent = config.name, "registration expired; registering again");
                 match register(&store, &config).await {
-                    Ok(new) => lease = new,
-                    Err(e) => tracing::warn!(agent = config.name, error = %e, "could not register again"),
+                    Ok(new) => {
+                        lease = new;
+                        true
+                    }
+                    Err(e) => {
+                        tracing::warn!(agent = config.name, error = %e, "could not register again");
+                        false
+                    }
                 }
             }
-            Err(e) => tracing::warn!(agent = config.name, error = %e, "could not renew the registration"),
-        }
+            Err(e) => {
+                tracing::warn!(agent = config.name, error = %e, "could not renew the registration");
+                false
+            }
+        };
+        config.metrics.registered.set(i64::from(registered));
     }
 }
 
@@ -307,11 +320,13 @@ impl Agent {
                 }
                 Some(id) = exited.recv() => {
                     self.ended.insert(id.clone());
+                    self.config.metrics.ended.inc();
                     if let Some(supervised) = self.supervised.remove(&id)
                         && supervised.forget_when_done
                     {
                         self.forget(&id);
                     }
+                    self.config.metrics.instances.set(self.supervised.len() as i64);
                 }
                 _ = shutdown.cancelled() => return Ok(()),
             }
@@ -379,8 +394,12 @@ impl Agent {
             sandbox: process::sandbox_dir(&self.config.work_dir, &record.id),
             record,
         };
+        if matches!(start, Start::New) {
+            self.config.metrics.started.inc();
+        }
         let task = tokio::spawn(instance.run(start, stop_rx, self.exits.clone()));
         self.supervised.insert(id, Supervised { stop: Some(stop_tx), task, forget_when_done: false });
+        self.config.metrics.instances.set(self.supervised.len() as i64);
     }
 
     /// Stops every instance and waits for them (`baton dev` at exit).

@@ -29,6 +29,7 @@ pub mod kinds;
 pub mod kubeconfig;
 mod list;
 mod managed;
+pub mod metrics;
 mod namespaces;
 mod objects;
 mod openapi;
@@ -95,6 +96,7 @@ pub struct ApiServer {
     hubs: hub::Hubs,
     /// The lease objects with a TTL are written with, and when it was granted.
     ttl_lease: tokio::sync::Mutex<Option<(baton_store::LeaseId, std::time::Instant)>>,
+    metrics: Arc<metrics::ApiMetrics>,
     shutdown: CancellationToken,
 }
 
@@ -110,6 +112,7 @@ impl Drop for WatchSlot {
         if let Some(n) = watches.get_mut(&self.user) {
             *n = n.saturating_sub(1);
         }
+        self.server.metrics.watches.dec();
     }
 }
 
@@ -177,8 +180,32 @@ impl ApiServer {
             watches: Default::default(),
             hubs: Default::default(),
             ttl_lease: Default::default(),
+            metrics: Default::default(),
             shutdown: CancellationToken::new(),
         })
+    }
+
+    /// What the server counts, to register with a Prometheus registry.
+    pub fn metrics(&self) -> Arc<metrics::ApiMetrics> {
+        self.metrics.clone()
+    }
+
+    /// Checks that the store answers every `every`, into the `store_up` metric, until the
+    /// server shuts down.
+    pub fn watch_store(self: &Arc<Self>, every: std::time::Duration) {
+        let server = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let key = server.keys.leader("apiserver-probe");
+                let probe = server.store.get(&key);
+                let up = matches!(tokio::time::timeout(every, probe).await, Ok(Ok(_)));
+                server.metrics.store_up.set(i64::from(up));
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = server.shutdown.cancelled() => return,
+                }
+            }
+        });
     }
 
     /// Takes a watch slot for `user`, or refuses with 429 when they hold too many.
@@ -193,6 +220,7 @@ impl ApiServer {
             ));
         }
         *open += 1;
+        self.metrics.watches.inc();
         Ok(WatchSlot { server: self.clone(), user: user.to_string() })
     }
 
@@ -206,6 +234,7 @@ impl ApiServer {
         Router::new()
             .fallback(dispatch)
             .layer(axum::middleware::from_fn_with_state(self.clone(), authenticate))
+            .layer(axum::middleware::from_fn_with_state(self.clone(), count))
             .with_state(self.clone())
     }
 
@@ -422,6 +451,19 @@ impl ApiServer {
 
 /// Authenticates every request but the health checks (401 otherwise) and authorizes it
 /// (403 otherwise); the identity goes on to the handlers.
+/// Counts every answer by method and status code.
+async fn count(
+    State(server): State<Arc<ApiServer>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let method = request.method().as_str().to_string();
+    let response = next.run(request).await;
+    let labels = metrics::RequestLabels { method, code: response.status().as_u16() };
+    server.metrics.requests.get_or_create(&labels).inc();
+    response
+}
+
 async fn authenticate(
     State(server): State<Arc<ApiServer>>,
     mut request: axum::extract::Request,

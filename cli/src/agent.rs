@@ -38,6 +38,9 @@ pub struct AgentArgs {
     /// start of the agent adopts them).
     #[arg(long)]
     stop_instances_on_exit: bool,
+    /// Serve /metrics, /healthz and /readyz (ready while registered) here.
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 pub async fn run(args: AgentArgs) -> Result<()> {
@@ -53,12 +56,19 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         lease_ttl: args.lease_ttl,
         keys: args.store.keys(),
         stop_instances_on_exit: args.stop_instances_on_exit,
+        metrics: Default::default(),
     };
     if let Some(problem) = baton_api::names::dns_subdomain_problem(&config.name) {
         anyhow::bail!("--name {:?}: {problem}", config.name);
     }
     let store = args.store.connect().await?;
     let shutdown = CancellationToken::new();
+    let mut registry = prometheus_client::registry::Registry::default();
+    config.metrics.register(&mut registry);
+    let metrics = config.metrics.clone();
+    let ready: crate::serve::Readiness =
+        std::sync::Arc::new(move || (!metrics.is_registered()).then(|| "not registered with the store".to_string()));
+    crate::serve::spawn_endpoints(args.metrics_listen, registry, ready, shutdown.clone()).await?;
     let mut agent = tokio::spawn(baton_agent::run(store, config, shutdown.clone()));
     tokio::select! {
         signal = crate::wait_for_signal() => {

@@ -46,6 +46,10 @@ pub struct ApiserverArgs {
     /// Watches one user may hold open at once.
     #[arg(long, default_value_t = Limits::default().watches_per_user)]
     max_watches_per_user: usize,
+    /// Serve /metrics, /healthz and /readyz (ready while the store answers) here, over
+    /// plain HTTP (the API port serves /healthz, /livez and /readyz too).
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
 }
 
 pub async fn run(args: ApiserverArgs) -> Result<()> {
@@ -71,6 +75,15 @@ pub async fn run(args: ApiserverArgs) -> Result<()> {
     let server = ApiServer::start(store, args.store.keys(), setup.security, limits)
         .await
         .map_err(|e| anyhow::anyhow!("preparing the store for the API server: {}", e.message))?;
+    server.watch_store(std::time::Duration::from_secs(5));
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = server.metrics();
+    metrics.register(&mut registry);
+    let ready: crate::serve::Readiness =
+        std::sync::Arc::new(move || (metrics.store_up.get() == 0).then(|| "the store does not answer".to_string()));
+    let endpoints_shutdown = tokio_util::sync::CancellationToken::new();
+    crate::serve::spawn_endpoints(args.metrics_listen, registry, ready, endpoints_shutdown.clone()).await?;
+    let _stop_endpoints = endpoints_shutdown.drop_guard();
     baton_apiserver::serve(listener, server, setup.tls, async {
         let _ = crate::wait_for_signal().await;
     })

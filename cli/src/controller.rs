@@ -17,9 +17,10 @@ use crate::flags::{StoreFlags, duration};
 pub struct ControllerArgs {
     #[command(flatten)]
     store: StoreFlags,
-    /// The API server to watch apps on and write their status to.
+    /// The API server to watch apps on and write their status to (default: as kubectl finds
+    /// one — $KUBECONFIG, ~/.kube/config, or the pod's service account in Kubernetes).
     #[arg(long)]
-    kubeconfig: PathBuf,
+    kubeconfig: Option<PathBuf>,
     /// Names this controller in the election (default: hostname:pid).
     #[arg(long)]
     id: Option<String>,
@@ -33,22 +34,21 @@ pub struct ControllerArgs {
 
 pub async fn run(args: ControllerArgs) -> Result<()> {
     let store = args.store.connect().await?;
-    let client = crate::kube_client(&args.kubeconfig).await?;
+    let client = match &args.kubeconfig {
+        Some(path) => crate::kube_client(path).await?,
+        None => crate::inferred_kube_client().await?,
+    };
     let id = args.id.unwrap_or_else(|| format!("{}:{}", crate::hostname(), std::process::id()));
     let mut config = ControllerConfig::new(id, args.store.keys());
     config.election_ttl = args.election_ttl;
     let metrics = Arc::new(Metrics::default());
     let shutdown = CancellationToken::new();
-    if let Some(addr) = args.metrics_listen {
-        let mut registry = Registry::default();
-        metrics.register(&mut registry);
-        let endpoints = crate::serve::endpoints(addr, Arc::new(registry), shutdown.clone());
-        tokio::spawn(async move {
-            if let Err(e) = endpoints.await {
-                tracing::error!(error = %e, "metrics endpoint");
-            }
-        });
-    }
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let watched = metrics.clone();
+    let ready: crate::serve::Readiness =
+        Arc::new(move || (watched.ready.get() == 0).then(|| "loading apps, groups and instances".to_string()));
+    crate::serve::spawn_endpoints(args.metrics_listen, registry, ready, shutdown.clone()).await?;
     let controller = tokio::spawn(baton_controllers::runtime::run(store, client, config, metrics, shutdown.clone()));
     crate::wait_for_signal().await?;
     shutdown.cancel();

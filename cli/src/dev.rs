@@ -114,6 +114,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
             keys: keys.clone(),
             // Ctrl-C on baton dev stops everything it started.
             stop_instances_on_exit: true,
+            metrics: Default::default(),
         };
         agents.push(tokio::spawn(baton_agent::run(store.clone(), config, shutdown.clone())));
     }

@@ -1,6 +1,7 @@
 //! Parsing of the flags several commands share. Every error names the flag and the input.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,12 +18,33 @@ pub struct StoreFlags {
     /// The prefix of every key, so several installations can share one etcd.
     #[arg(long, default_value = baton_store::keys::DEFAULT_ROOT)]
     pub prefix: String,
+    /// Speak TLS to etcd, trusting this CA (PEM) for its certificate.
+    #[arg(long, value_name = "FILE")]
+    pub store_ca_file: Option<PathBuf>,
+    /// The client certificate (PEM) to show etcd, when it checks clients; needs --store-key-file.
+    #[arg(long, value_name = "FILE", requires = "store_key_file", requires = "store_ca_file")]
+    pub store_cert_file: Option<PathBuf>,
+    /// The key of --store-cert-file (PEM).
+    #[arg(long, value_name = "FILE", requires = "store_cert_file")]
+    pub store_key_file: Option<PathBuf>,
 }
 
 impl StoreFlags {
     /// Connects to the store (waiting at most 10 s for it to answer).
     pub async fn connect(&self) -> Result<Arc<dyn Store>> {
-        connect(&self.store).await
+        let tls = match &self.store_ca_file {
+            None => None,
+            Some(ca) => {
+                let client = match (&self.store_cert_file, &self.store_key_file) {
+                    (Some(cert), Some(key)) => {
+                        Some((read_pem("--store-cert-file", cert)?, read_pem("--store-key-file", key)?))
+                    }
+                    _ => None,
+                };
+                Some(baton_store::etcd::EtcdTls { ca_pem: read_pem("--store-ca-file", ca)?, client })
+            }
+        };
+        connect_with(&self.store, tls.as_ref()).await
     }
 
     pub fn keys(&self) -> Keyspace {
@@ -32,11 +54,29 @@ impl StoreFlags {
 
 /// Connects to the store at `url`.
 pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
+    connect_with(url, None).await
+}
+
+async fn connect_with(url: &str, tls: Option<&baton_store::etcd::EtcdTls>) -> Result<Arc<dyn Store>> {
     let endpoints = baton_store::etcd::parse_url(url).map_err(|e| anyhow::anyhow!("--store {e}"))?;
-    let store = baton_store::etcd::EtcdStore::connect(&endpoints, Duration::from_secs(10))
+    let store = baton_store::etcd::EtcdStore::connect_with(&endpoints, Duration::from_secs(10), tls)
         .await
-        .with_context(|| format!("--store {url}: is etcd running there?"))?;
+        .with_context(|| match tls {
+            None => format!("--store {url}: is etcd running there (without TLS; give --store-ca-file for TLS)?"),
+            Some(_) => format!(
+                "--store {url}: is etcd running there, and do --store-ca-file (and the client certificate) match it?"
+            ),
+        })?;
     Ok(Arc::new(store))
+}
+
+/// A PEM file a flag names, with an error naming the flag and the file.
+fn read_pem(flag: &str, path: &std::path::Path) -> Result<Vec<u8>> {
+    let bytes = std::fs::read(path).with_context(|| format!("{flag} {}: cannot read it", path.display()))?;
+    if !String::from_utf8_lossy(&bytes).contains("-----BEGIN ") {
+        bail!("{flag} {}: not a PEM file (no -----BEGIN line)", path.display());
+    }
+    Ok(bytes)
 }
 
 /// A duration such as `10s`, `500ms` or `2m`.

@@ -83,6 +83,15 @@ pub async fn kube_client(kubeconfig: &Path) -> Result<kube::Client> {
     Ok(kube::Client::try_from(config)?)
 }
 
+/// A client for the API server kubectl would use: `$KUBECONFIG`, `~/.kube/config`, or the
+/// pod's service account.
+pub async fn inferred_kube_client() -> Result<kube::Client> {
+    let config = kube::Config::infer().await.map_err(|e| {
+        anyhow::anyhow!("no --kubeconfig given, and none found ($KUBECONFIG, ~/.kube/config, in-cluster): {e}")
+    })?;
+    Ok(kube::Client::try_from(config)?)
+}
+
 pub fn hostname() -> String {
     nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into())
 }

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Client, Compare as EtcdCompare, CompareOp as EtcdCompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions,
-    LeaseKeepAliveStream, LeaseKeeper, TxnOp, TxnOpResponse, WatchOptions,
+    Certificate, Client, Compare as EtcdCompare, CompareOp as EtcdCompareOp, ConnectOptions, DeleteOptions, EventType,
+    GetOptions, Identity, LeaseKeepAliveStream, LeaseKeeper, TlsOptions, TxnOp, TxnOpResponse, WatchOptions,
 };
 use futures::StreamExt;
 use tokio::sync::Mutex;
@@ -52,6 +52,14 @@ const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Keys read per request when ranging over a prefix.
 const RANGE_PAGE: i64 = 1000;
 
+/// TLS to etcd: the CA that signed etcd's serving certificate, and the client certificate
+/// and key (PEM) etcd asks for when it checks clients (`--client-cert-auth`).
+#[derive(Clone, Debug, Default)]
+pub struct EtcdTls {
+    pub ca_pem: Vec<u8>,
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
 /// A store on etcd.
 pub struct EtcdStore {
     client: Client,
@@ -72,10 +80,29 @@ impl EtcdStore {
     /// Connects to etcd at `endpoints` (`http://host:port`). Fails if none answers within
     /// `timeout`.
     pub async fn connect(endpoints: &[String], timeout: Duration) -> Result<Self> {
-        let options = ConnectOptions::new()
+        Self::connect_with(endpoints, timeout, None).await
+    }
+
+    /// Connects over TLS when `tls` is given (`http://` endpoints become `https://`).
+    pub async fn connect_with(endpoints: &[String], timeout: Duration, tls: Option<&EtcdTls>) -> Result<Self> {
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(timeout)
             .with_timeout(Duration::from_secs(30))
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        let mut endpoints = endpoints.to_vec();
+        if let Some(tls) = tls {
+            let mut config = TlsOptions::new().ca_certificate(Certificate::from_pem(&tls.ca_pem));
+            if let Some((cert, key)) = &tls.client {
+                config = config.identity(Identity::from_pem(cert, key));
+            }
+            options = options.with_tls(config);
+            for endpoint in &mut endpoints {
+                if let Some(rest) = endpoint.strip_prefix("http://") {
+                    *endpoint = format!("https://{rest}");
+                }
+            }
+        }
+        let endpoints = endpoints.as_slice();
         let mut client = Client::connect(endpoints, Some(options))
             .await
             .map_err(|e| Error::Backend(format!("cannot connect to etcd at {}: {e}", endpoints.join(","))))?;

@@ -45,3 +45,65 @@ async fn an_unreachable_etcd_is_a_clear_error() {
         .expect("no etcd there");
     assert!(err.to_string().contains(&endpoint), "the error names the endpoint: {err}");
 }
+
+/// A CA, etcd's serving certificate for 127.0.0.1 and a client certificate, as PEM files.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca_pem: String,
+    client: (String, String),
+}
+
+fn pki() -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "test etcd CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf = |names: Vec<String>, cn: &str| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(names).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let server = leaf(vec!["127.0.0.1".into(), "localhost".into()], "etcd");
+    let client = leaf(vec!["baton".into()], "baton");
+    std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.path().join("server.pem"), &server.0).unwrap();
+    std::fs::write(dir.path().join("server-key.pem"), &server.1).unwrap();
+    Pki { dir, ca_pem: ca.pem(), client }
+}
+
+#[tokio::test]
+async fn tls_with_client_certificates() {
+    use baton_store::StoreExt;
+    use baton_store::contract::etcd_server::ServerTls;
+    use baton_store::etcd::EtcdTls;
+    let pki = pki();
+    let files = ServerTls {
+        ca: pki.dir.path().join("ca.pem"),
+        cert: pki.dir.path().join("server.pem"),
+        key: pki.dir.path().join("server-key.pem"),
+    };
+    let server = TestEtcd::start_tls(files);
+    let plain = format!("http://{}", server.address());
+    let tls = EtcdTls {
+        ca_pem: pki.ca_pem.clone().into_bytes(),
+        client: Some((pki.client.0.clone().into_bytes(), pki.client.1.clone().into_bytes())),
+    };
+    let store = EtcdStore::connect_with(std::slice::from_ref(&plain), Duration::from_secs(10), Some(&tls))
+        .await
+        .unwrap_or_else(|e| panic!("TLS with a client certificate: {e}\n{}", server.log()));
+    store.put("/t/k", b"v".to_vec()).await.unwrap();
+    assert_eq!(store.get("/t/k").await.unwrap().map(|kv| kv.value), Some(b"v".to_vec()));
+
+    let without_certificate = EtcdTls { client: None, ..tls.clone() };
+    let refused =
+        EtcdStore::connect_with(std::slice::from_ref(&plain), Duration::from_secs(2), Some(&without_certificate)).await;
+    assert!(refused.is_err(), "etcd asks for a client certificate");
+    let plaintext = EtcdStore::connect(std::slice::from_ref(&plain), Duration::from_secs(2)).await;
+    assert!(plaintext.is_err(), "etcd speaks only TLS to clients");
+}

@@ -222,6 +222,9 @@ fn apply_delete(records: &mut Records, keys: &Keyspace, event: &WatchEvent) {
 #[derive(Clone)]
 pub struct ObjectCache<K: kube::Resource<DynamicType = ()> + 'static> {
     reader: reflector::Store<K>,
+    /// True once the first full list is in. (Not the reflector's own `wait_until_ready`:
+    /// of several tasks waiting on it at once, only the last to poll is woken.)
+    ready: watch::Receiver<bool>,
 }
 
 /// Every App.
@@ -238,23 +241,27 @@ where
         let (reader, writer) = reflector::store();
         let api: kube::Api<K> = kube::Api::all(client);
         let events = reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
+        let (ready_tx, ready) = watch::channel(false);
         tokio::spawn(async move {
             let mut events = std::pin::pin!(events.take_until(shutdown.cancelled_owned()));
             while let Some(event) = events.next().await {
-                if let Err(e) = event {
-                    tracing::warn!(kind = %K::kind(&()), error = %e, "watching");
+                match event {
+                    Ok(watcher::Event::InitDone) => _ = ready_tx.send_replace(true),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(kind = %K::kind(&()), error = %e, "watching"),
                 }
                 changed.notify_one();
             }
         });
-        Self { reader }
+        Self { reader, ready }
     }
 
     /// Waits until the first full list is in: planning before it would see every object as
     /// deleted.
     pub async fn ready(&self) {
-        // Fails only if the writer is dropped, i.e. at shutdown.
-        let _ = self.reader.wait_until_ready().await;
+        let mut ready = self.ready.clone();
+        // Fails only if the sender is dropped, i.e. at shutdown.
+        let _ = ready.wait_for(|r| *r).await;
     }
 
     /// Every object, in (namespace, name) order.

@@ -18,6 +18,8 @@ pub struct ReasonLabel {
 /// Everything the controller counts.
 #[derive(Debug)]
 pub struct Metrics {
+    /// 1 once this controller's caches hold a full view (it can lead at once).
+    pub ready: Gauge,
     /// 1 while this controller leads its scope.
     pub leader: Gauge,
     /// Terms this controller has won.
@@ -42,6 +44,7 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self {
+            ready: Gauge::default(),
             leader: Gauge::default(),
             terms: Counter::default(),
             failover_seconds: Gauge::default(),
@@ -62,6 +65,7 @@ impl Metrics {
     /// Registers every metric under `baton_controller_…`.
     pub fn register(&self, registry: &mut Registry) {
         let registry = registry.sub_registry_with_prefix("baton_controller");
+        registry.register("ready", "1 once the caches hold a full view", self.ready.clone());
         registry.register("leader", "1 while this controller leads its scope", self.leader.clone());
         registry.register("terms", "Terms this controller has won", self.terms.clone());
         registry.register(

@@ -77,6 +77,15 @@ pub async fn run(
     let apps = AppCache::start(client.clone(), changed.clone(), shutdown.clone());
     let groups = GroupCache::start(client.clone(), changed.clone(), shutdown.clone());
     let recorder = events::Recorder::start(client.clone(), config.id.clone(), shutdown.clone());
+    {
+        let (records, apps, groups, metrics) = (records.clone(), apps.clone(), groups.clone(), metrics.clone());
+        tokio::spawn(async move {
+            records.ready().await;
+            apps.ready().await;
+            groups.ready().await;
+            metrics.ready.set(1);
+        });
+    }
     let executor = Executor::new(store.clone(), config.keys.clone(), client);
     let leader_key = config.keys.leader(&config.scope);
     while !shutdown.is_cancelled() {

@@ -13,6 +13,17 @@ pub struct TestEtcd {
     dir: tempfile::TempDir,
     client_port: u16,
     peer_port: u16,
+    /// Plain HTTP `/health` and `/metrics`, whatever the client URLs speak.
+    metrics_port: u16,
+    tls: Option<ServerTls>,
+}
+
+/// PEM files for an etcd that serves TLS and asks clients for certificates signed by `ca`.
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 fn free_port() -> u16 {
@@ -35,11 +46,21 @@ impl TestEtcd {
     /// Starts etcd and waits until it is healthy (at most 20 s). Ports are picked at run
     /// time; if one was taken meanwhile, it starts again on others.
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// Starts etcd serving clients over TLS only, with client certificates required.
+    pub fn start_tls(tls: ServerTls) -> Self {
+        Self::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<ServerTls>) -> Self {
         let dir = tempfile::Builder::new().prefix("baton-etcd-").tempdir().expect("a temporary etcd data dir");
-        let mut etcd = TestEtcd { child: None, dir, client_port: 0, peer_port: 0 };
+        let mut etcd = TestEtcd { child: None, dir, client_port: 0, peer_port: 0, metrics_port: 0, tls };
         for _ in 0..5 {
             etcd.client_port = free_port();
             etcd.peer_port = free_port();
+            etcd.metrics_port = free_port();
             if etcd.spawn() {
                 return etcd;
             }
@@ -64,15 +85,22 @@ impl TestEtcd {
 
     /// Spawns etcd on this data dir and ports; false if it exits before it is healthy.
     fn spawn(&mut self) -> bool {
-        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let metrics = format!("http://127.0.0.1:{}", self.metrics_port);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("etcd's log file");
-        let child = Command::new("etcd")
+        let mut command = Command::new("etcd");
+        if let Some(tls) = &self.tls {
+            command.arg("--client-cert-auth").arg("--trusted-ca-file").arg(&tls.ca);
+            command.arg("--cert-file").arg(&tls.cert).arg("--key-file").arg(&tls.key);
+        }
+        let child = command
             .args(["--name", "t", "--data-dir"])
             .arg(self.data_dir())
             .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &format!("t={peer}"), "--initial-cluster-state", "new"])
+            .args(["--listen-metrics-urls", &metrics])
             .args(["--heartbeat-interval=10", "--election-timeout=100", "--log-level=warn"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
@@ -84,7 +112,7 @@ impl TestEtcd {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if healthy(self.client_port) {
+            if healthy(self.metrics_port) {
                 return true;
             }
             if let Some(child) = self.child.as_mut()
@@ -98,9 +126,15 @@ impl TestEtcd {
         panic!("etcd did not become healthy within 20 s; its log:\n{}", self.log())
     }
 
-    /// The client URL, e.g. `http://127.0.0.1:23790`.
+    /// The client URL, e.g. `http://127.0.0.1:23790` (`https://` with TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    /// `127.0.0.1:port`, as `--store etcd://…` takes it.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
     }
 
     /// The process id, while it runs.

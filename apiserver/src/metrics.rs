@@ -1,0 +1,35 @@
+//! The API server's Prometheus metrics: requests by verb and code, open watches, and
+//! whether the store answers.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Labels of the request counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The HTTP method (`GET`, `POST`, …); a watch is a `GET`.
+    pub method: String,
+    pub code: u16,
+}
+
+/// Everything the API server counts.
+#[derive(Debug, Default)]
+pub struct ApiMetrics {
+    pub requests: Family<RequestLabels, Counter>,
+    /// Watches open now, over every user.
+    pub watches: Gauge,
+    /// 1 while the store answered the last check.
+    pub store_up: Gauge,
+}
+
+impl ApiMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        let registry = registry.sub_registry_with_prefix("baton_apiserver");
+        registry.register("requests", "Requests answered, by method and status code", self.requests.clone());
+        registry.register("watches", "Watches open now", self.watches.clone());
+        registry.register("store_up", "1 while the store answered the last check", self.store_up.clone());
+    }
+}

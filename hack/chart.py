@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""The Helm chart's checks, offline (PyPI: helm-python-sdk, kubernetes-validate).
+
+  hack/chart.py check                  lint strictly; CRDs in sync with crds/; render with the
+                                       default values and every charts/baton/ci/*.yaml, and
+                                       validate each manifest against the Kubernetes schemas;
+                                       bad values are refused by values.schema.json
+  hack/chart.py processes [JSON]       one render, with JSON values over the defaults: the
+                                       command and args of every container, and the
+                                       stringData of every Secret, as JSON
+"""
+
+import json
+import pathlib
+import sys
+
+import helm_python
+import kubernetes_validate
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+CHART = ROOT / "charts" / "baton"
+KUBERNETES = "1.30.0"
+RELEASE, NAMESPACE = "baton", "baton-system"
+
+
+def render(values):
+    chart = helm_python.Chart.load(str(CHART))
+    try:
+        return chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    finally:
+        chart.close()
+
+
+def documents(rendered):
+    for path, text in sorted(rendered.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                yield path, doc
+
+
+def validate(source, doc):
+    try:
+        kubernetes_validate.validate(doc, KUBERNETES, strict=True)
+    except kubernetes_validate.ValidationError as e:
+        name = f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+        sys.exit(f"{source}: {name} is not a valid Kubernetes {KUBERNETES} object: {e.message} at {list(e.path)}")
+
+
+def check():
+    report = helm_python.lint(str(CHART), strict=True, namespace=NAMESPACE)
+    problems = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
+    if problems:
+        sys.exit(f"helm lint --strict: {problems}")
+    print(f"lint: ok ({len(report['messages'])} informational)")
+
+    ours, charted = ROOT / "crds" / "baton.dev.yaml", CHART / "crds" / "baton.dev.yaml"
+    if ours.read_text() != charted.read_text():
+        sys.exit(f"{charted} differs from {ours}: cp {ours.relative_to(ROOT)} {charted.relative_to(ROOT)}")
+    crds = list(yaml.safe_load_all(charted.read_text()))
+    for crd in crds:
+        validate(str(charted), crd)
+    print(f"crds: in sync with crds/, {len(crds)} valid")
+
+    value_sets = [("default values", {})]
+    for path in sorted((CHART / "ci").glob("*.yaml")):
+        value_sets.append((str(path.relative_to(ROOT)), yaml.safe_load(path.read_text())))
+    for label, values in value_sets:
+        rendered = render(values)
+        kinds = []
+        for path, doc in documents(rendered):
+            validate(f"{label}: {path}", doc)
+            kinds.append(doc["kind"])
+        notes = rendered.get("baton/templates/NOTES.txt", "")
+        if "kubectl" not in notes:
+            sys.exit(f"{label}: NOTES.txt says nothing to do next")
+        print(f"render ({label}): {len(kinds)} manifests valid: {', '.join(sorted(set(kinds)))}")
+
+    for bad, field in [({"controller": {"replicas": 0}}, "replicas"), ({"controler": {}}, "controler"),
+                       ({"agent": {"ports": "lots"}}, "ports")]:
+        try:
+            render(bad)
+        except helm_python.HelmError as e:
+            if field not in str(e):
+                sys.exit(f"values {bad} were refused, but the error does not name {field!r}: {e}")
+            continue
+        sys.exit(f"values {bad} were accepted; values.schema.json must refuse them")
+    print("schema: bad values refused, naming the field")
+
+
+def processes(values_json):
+    """One render: each container's command and args, and each Secret's stringData."""
+    values = json.loads(values_json) if values_json else {}
+    out = {"containers": {}, "secrets": {}}
+    for path, doc in documents(render(values)):
+        if doc.get("kind") in ("Deployment", "DaemonSet", "StatefulSet"):
+            for container in doc["spec"]["template"]["spec"]["containers"]:
+                out["containers"][container["name"]] = container["command"] + container["args"]
+        elif doc.get("kind") == "Secret":
+            out["secrets"][doc["metadata"]["name"]] = doc.get("stringData", {})
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 2 and sys.argv[1] == "check":
+        check()
+    elif len(sys.argv) in (2, 3) and sys.argv[1] == "processes":
+        processes(sys.argv[2] if len(sys.argv) == 3 else "")
+    else:
+        sys.exit(__doc__)
