@@ -33,6 +33,10 @@ pub struct DevArgs {
     /// store in the data dir.
     #[arg(long, value_name = "URL")]
     store: Option<String>,
+    /// Serve /metrics (the API server's, the controller's and each agent's), /healthz and
+    /// /readyz (ready once the controller has loaded and every agent is registered) here.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
 }
 
 /// The most agents one `baton dev` runs (each gets its own slice of ports).
@@ -84,6 +88,11 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let api = ApiServer::start(store.clone(), keys.clone(), setup.security, Limits::default())
         .await
         .map_err(|e| anyhow::anyhow!("preparing the store for the API server: {}", e.message))?;
+    api.watch_store(Duration::from_secs(5));
+    let mut registry = prometheus_client::registry::Registry::default();
+    api.metrics().register(&mut registry);
+    let controller_metrics = Arc::new(Metrics::default());
+    controller_metrics.register(&mut registry);
     let api_shutdown = shutdown.clone();
     let api_task =
         tokio::spawn(baton_apiserver::serve(listener, api, setup.tls, async move { api_shutdown.cancelled().await }));
@@ -94,13 +103,14 @@ pub async fn run(args: DevArgs) -> Result<()> {
         store.clone(),
         client,
         ControllerConfig::new(controller_id, keys.clone()),
-        Arc::new(Metrics::default()),
+        controller_metrics.clone(),
         shutdown.clone(),
     ));
 
     let machine = baton_agent::machine::resources(&data_dir);
     let share = machine.divided_by(u64::from(args.agents));
     let mut agents = Vec::new();
+    let mut agent_metrics = Vec::new();
     for (i, ports) in port_ranges(args.agents).into_iter().enumerate() {
         let n = i + 1;
         let config = AgentConfig {
@@ -116,8 +126,18 @@ pub async fn run(args: DevArgs) -> Result<()> {
             stop_instances_on_exit: true,
             metrics: Default::default(),
         };
+        config.metrics.register(registry.sub_registry_with_label(("agent".into(), config.name.clone().into())));
+        agent_metrics.push(config.metrics.clone());
         agents.push(tokio::spawn(baton_agent::run(store.clone(), config, shutdown.clone())));
     }
+    let ready: crate::serve::Readiness = Arc::new(move || {
+        if controller_metrics.ready.get() == 0 {
+            return Some("the controller is loading".into());
+        }
+        let unregistered = agent_metrics.iter().filter(|m| !m.is_registered()).count();
+        (unregistered > 0).then(|| format!("{unregistered} agent(s) not registered"))
+    });
+    crate::serve::spawn_endpoints(args.metrics_listen, registry, ready, shutdown.clone()).await?;
 
     println!(
         "Baton is running: API server {url}, {} agent(s) with {} each, data in {}\n\n  \
