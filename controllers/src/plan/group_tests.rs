@@ -328,3 +328,21 @@ fn an_app_groups_status_counts_its_apps_and_their_instances() {
     // Written only when it changes.
     assert!(world.tick().group_statuses.is_empty());
 }
+
+/// The API server refuses cycles, but apps stored before (or around) the check may form
+/// one: its apps never start, and say why.
+#[test]
+fn a_stored_cycle_holds_its_apps_and_is_named() {
+    let a = app("a").dependencies(&["/b"]).build();
+    let b = app("b").dependencies(&["/a"]).build();
+    let c = app("c").build();
+    let plan = plan(&snapshot(&[&a, &b, &c], vec![agent("a1").build()], Vec::new()), &ctx());
+    let launched: Vec<&str> = plan.launches.iter().map(|l| l.record.app.name.as_str()).collect();
+    assert_eq!(launched, ["c"], "only the app outside the cycle starts");
+    let status = &plan.statuses.iter().find(|s| s.name == "b").unwrap().status;
+    let message = &status.condition(CONDITION_DEPENDENCIES).unwrap().message;
+    assert!(
+        message.starts_with("waiting for /b (dependency cycle: /b → /a → /b (/b depends on /a; /a depends on /b)"),
+        "{message}"
+    );
+}

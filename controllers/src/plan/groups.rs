@@ -68,6 +68,9 @@ impl Wait {
 /// The dependency graphs of every namespace, for one tick.
 pub struct Topology {
     graphs: BTreeMap<String, Graph>,
+    /// A cycle per namespace that has one: the API server refuses them, but objects stored
+    /// before a check (or written around the API server) may still form one.
+    cycles: BTreeMap<String, baton_api::groups::Cycle>,
 }
 
 impl Topology {
@@ -81,7 +84,7 @@ impl Topology {
             groups_by_ns.entry(namespace_of(&group.metadata)).or_default().push(group);
         }
         let namespaces: Vec<String> = apps_by_ns.keys().chain(groups_by_ns.keys()).cloned().collect();
-        let graphs = namespaces
+        let graphs: BTreeMap<String, Graph> = namespaces
             .into_iter()
             .map(|ns| {
                 let apps = apps_by_ns.get(&ns).map(Vec::as_slice).unwrap_or_default().iter().copied();
@@ -90,7 +93,8 @@ impl Topology {
                 (ns, graph)
             })
             .collect();
-        Self { graphs }
+        let cycles = graphs.iter().filter_map(|(ns, g)| Some((ns.clone(), g.find_cycle()?))).collect();
+        Self { graphs, cycles }
     }
 
     fn graph(&self, namespace: &str) -> Option<&Graph> {
@@ -112,7 +116,12 @@ impl Topology {
         let namespace = namespace_of(&app.metadata);
         let Some(graph) = self.graph(&namespace) else { return Vec::new() };
         let mut waits: Vec<Wait> = Vec::new();
-        for dependency in graph.dependencies_of(&app.path()) {
+        let me = app.path();
+        if let Some(cycle) = self.cycles.get(&namespace).filter(|c| c.apps().any(|a| *a == me)) {
+            let cycle = cycle.clone().starting_at(&me);
+            waits.push(Wait { path: me.to_string(), why: format!("{cycle}; break it by removing a dependency") });
+        }
+        for dependency in graph.dependencies_of(&me) {
             let Some(path) = &dependency.path else {
                 waits.push(Wait { path: dependency.written.clone(), why: "not a valid path".into() });
                 continue;
