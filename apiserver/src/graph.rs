@@ -2,15 +2,16 @@
 //! dependency graph (an app's group or dependencies, a group's path or dependencies) is
 //! refused if it would close a dependency cycle or give two AppGroups one path.
 //!
-//! Such writes compare and bump one key per namespace (`/baton/graph/<ns>`) in the same
-//! transaction as the object: two concurrent writes that would each close half of a cycle
-//! cannot both succeed — the second finds the key moved, and is checked again. An app with
-//! no dependencies, own or inherited, cannot be on a cycle: its write only compares the key
-//! (so it waits for no other such write, and cannot slip past a concurrent one that adds
-//! dependencies to its group). An app with
-//! no dependencies, own or inherited, cannot be on a cycle: its write only compares the key
-//! (so it waits for no other such write, and cannot slip past a concurrent one that adds
-//! dependencies to its group).
+//! Two keys per namespace keep concurrent writes honest, each compared or written in the
+//! same transaction as the object:
+//! - a write that may add dependency edges (an app with dependencies, own or inherited, or
+//!   any AppGroup) compares both keys as it read them and bumps `/baton/graph/<ns>`: of two
+//!   such writes that would each close half of a cycle, the second finds the key moved and
+//!   is checked again;
+//! - an app with no dependencies, own or inherited, cannot be on a cycle, but joining a group
+//!   it may make one for a concurrent write that gives the group dependencies: it compares
+//!   `/baton/graph/<ns>` and bumps `/baton/graph/<ns>/members`, which such writes compare.
+//!   Writes of this kind do not wait for each other.
 
 use baton_api::groups::{Graph, GroupPath};
 use baton_api::{App, AppGroup, FieldError};
@@ -24,9 +25,16 @@ use crate::status::{ApiError, ApiResult};
 
 /// What a graph-changing write adds to its transaction.
 pub struct Guard {
-    pub compare: Compare,
-    /// The bump, for a write that adds dependencies.
-    pub op: Option<Op>,
+    pub compares: Vec<Compare>,
+    pub ops: Vec<Op>,
+}
+
+/// A compare that holds while `key` is as it was read.
+fn unchanged(key: &str, seen: Option<&baton_store::KeyValue>) -> Compare {
+    match seen {
+        Some(kv) => Compare::mod_revision(key, kv.mod_revision),
+        None => Compare::absent(key),
+    }
 }
 
 /// The fields of `object` that shape the dependency graph, for the kinds in it.
@@ -60,11 +68,11 @@ impl ApiServer {
             return Ok(None);
         }
         let graph_key = self.keys.dependency_graph(namespace);
-        let seen = self.store.get(&graph_key).await?;
-        let compare = match &seen {
-            Some(kv) => Compare::mod_revision(&graph_key, kv.mod_revision),
-            None => Compare::absent(&graph_key),
-        };
+        let members_key = format!("{graph_key}/members");
+        // Both read before the objects, so that a write after these reads is noticed.
+        let graph_seen = self.store.get(&graph_key).await?;
+        let members_seen = self.store.get(&members_key).await?;
+        let changed_by = json!({"changedBy": format!("{}/{name}", kind.plural)}).to_string();
         let mut groups: Vec<AppGroup> = self.load(namespace, "appgroups").await?;
         let decode_error =
             |e: serde_json::Error| ApiError::internal(format!("decoded {} no longer reads: {e}", kind.kind));
@@ -74,7 +82,10 @@ impl ApiServer {
             let group = app.group_path();
             let inherits = groups.iter().any(|g| !g.spec.dependencies.is_empty() && g.group_path().contains(&group));
             if app.spec.dependencies.is_empty() && !inherits {
-                return Ok(Some(Guard { compare, op: None }));
+                return Ok(Some(Guard {
+                    compares: vec![unchanged(&graph_key, graph_seen.as_ref())],
+                    ops: vec![Op::put(&members_key, changed_by)],
+                }));
             }
         }
         let mut apps: Vec<App> = self.load(namespace, "apps").await?;
@@ -109,8 +120,10 @@ impl ApiServer {
         if !errors.is_empty() {
             return Err(ApiError::invalid(&target(kind, name), &errors));
         }
-        let bump = Op::put(&graph_key, json!({"changedBy": format!("{}/{name}", kind.plural)}).to_string());
-        Ok(Some(Guard { compare, op: Some(bump) }))
+        Ok(Some(Guard {
+            compares: vec![unchanged(&graph_key, graph_seen.as_ref()), unchanged(&members_key, members_seen.as_ref())],
+            ops: vec![Op::put(&graph_key, changed_by)],
+        }))
     }
 
     /// Every stored object of a Baton kind in `namespace` that still reads.

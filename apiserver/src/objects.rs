@@ -112,8 +112,8 @@ impl ApiServer {
         let value = strip_version(object).to_string();
         let mut extra = Vec::new();
         if let Some(guard) = guard {
-            compares.push(guard.compare);
-            extra.extend(guard.op);
+            compares.extend(guard.compares);
+            extra.extend(guard.ops);
         }
         let Some(ttl) = kind.ttl else {
             let ops = std::iter::once(Op::put(key, value)).chain(extra);

@@ -819,3 +819,25 @@ async fn concurrent_halves_of_a_cycle_cannot_both_land() {
         );
     }
 }
+
+/// An app without dependencies joining a group, while the group is given dependencies that
+/// lead back to it: each is fine alone, together they are a cycle, so one of them must fail.
+#[tokio::test]
+async fn joining_a_group_while_it_gains_dependencies_cannot_close_a_cycle() {
+    for round in 0..20 {
+        let api = Api::new().await;
+        let (status, _) = api.call(Method::POST, APPS, Some(&grouped("api", "/back", &["/front"]))).await;
+        assert_eq!(status, StatusCode::CREATED);
+        let group = app_group("front", "/front", &["/back"]);
+        let web = grouped("web", "/front", &[]);
+        let (first, second) =
+            tokio::join!(api.call(Method::POST, GROUPS, Some(&group)), api.call(Method::POST, APPS, Some(&web)));
+        let statuses = [first.0, second.0];
+        assert!(
+            statuses.contains(&StatusCode::CREATED) && statuses.contains(&StatusCode::UNPROCESSABLE_ENTITY),
+            "round {round}: {statuses:?} {} {}",
+            first.1,
+            second.1
+        );
+    }
+}

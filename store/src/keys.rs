@@ -97,8 +97,10 @@ impl Keyspace {
         (!namespace.is_empty() && !app.is_empty() && !app.contains('/')).then_some((namespace, app))
     }
 
-    /// `/baton/graph/<ns>`: bumped by every write that changes the namespace's app
-    /// dependency graph, which compares it, so such writes are checked one at a time.
+    /// `/baton/graph/<ns>`: bumped by every write that may add edges to the namespace's app
+    /// dependency graph, so that such writes are checked one at a time (and
+    /// `/baton/graph/<ns>/members`, bumped by apps without dependencies joining a group;
+    /// see the API server's graph checks).
     pub fn dependency_graph(&self, namespace: &str) -> String {
         format!("{}/graph/{namespace}", self.root)
     }
