@@ -46,6 +46,13 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// Reads and parses a configuration file; errors name the file.
+fn load_file<T>(path: &Path, parse: fn(&str) -> Result<T, String>) -> Result<T, ConfigError> {
+    let error = |message: String| ConfigError { path: path.display().to_string(), message };
+    let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+    parse(&text).map_err(error)
+}
+
 /// Bearer tokens.
 #[derive(Debug, Clone, Default)]
 pub struct Tokens(Vec<(String, Identity)>);
@@ -53,9 +60,7 @@ pub struct Tokens(Vec<(String, Identity)>);
 impl Tokens {
     /// Reads `token,user,group1|group2` lines; blank lines and `#` comments are skipped.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let error = |message: String| ConfigError { path: path.display().to_string(), message };
-        let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
-        Self::parse(&text).map_err(error)
+        load_file(path, Self::parse)
     }
 
     pub fn parse(text: &str) -> Result<Self, String> {
@@ -151,9 +156,7 @@ pub struct Rules(Vec<Rule>);
 
 impl Rules {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let error = |message: String| ConfigError { path: path.display().to_string(), message };
-        let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
-        Self::parse(&text).map_err(error)
+        load_file(path, Self::parse)
     }
 
     pub fn parse(text: &str) -> Result<Self, String> {
