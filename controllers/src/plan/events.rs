@@ -68,24 +68,26 @@ pub fn app_ref(app: &App) -> AppRef {
     }
 }
 
+impl Event {
+    /// An event about `app`.
+    fn about(app: &App, type_: EventType, reason: &'static str, message: String, of_writes: bool) -> Self {
+        Event { regarding: Regarding::App(app_ref(app)), type_, reason, message, of_writes }
+    }
+}
+
 /// `Launched`: the instances placed this tick, and where.
 pub fn launched(app: &App, version: &str, launches: &[Launch]) -> Option<Event> {
     if launches.is_empty() {
         return None;
     }
     let placed: Vec<String> = launches.iter().map(|l| format!("{} on {}", l.record.id, l.record.agent)).collect();
-    Some(Event {
-        regarding: Regarding::App(app_ref(app)),
-        type_: EventType::Normal,
-        reason: "Launched",
-        message: format!(
-            "launched {} of version {}: {}",
-            plural(launches.len(), "instance"),
-            short(version),
-            listing(&placed)
-        ),
-        of_writes: true,
-    })
+    Some(Event::about(
+        app,
+        EventType::Normal,
+        "Launched",
+        format!("launched {} of version {}: {}", plural(launches.len(), "instance"), short(version), listing(&placed)),
+        true,
+    ))
 }
 
 /// `Killing`: the instances stopped this tick, one event per reason.
@@ -104,13 +106,13 @@ pub fn killing(app: &App, version: &str, wanted: usize, stops: &[Stop]) -> Vec<E
                 StopReason::AppDeleted => "the app was deleted".to_string(),
                 StopReason::Unhealthy => "failing health checks".to_string(),
             };
-            Some(Event {
-                regarding: Regarding::App(app_ref(app)),
-                type_: EventType::Normal,
-                reason: "Killing",
-                message: format!("stopping {} ({why}): {}", plural(ids.len(), "instance"), listing(&ids)),
-                of_writes: true,
-            })
+            Some(Event::about(
+                app,
+                EventType::Normal,
+                "Killing",
+                format!("stopping {} ({why}): {}", plural(ids.len(), "instance"), listing(&ids)),
+                true,
+            ))
         })
         .collect()
 }
@@ -124,17 +126,17 @@ pub fn health_kills(app: &App, killed: &[Due<'_>]) -> Event {
             format!("{} on {} ({} failures in a row{output})", d.instance.id(), d.instance.record.agent, d.failures)
         })
         .collect();
-    Event {
-        regarding: Regarding::App(app_ref(app)),
-        type_: EventType::Warning,
-        reason: "Killing",
-        message: format!(
+    Event::about(
+        app,
+        EventType::Warning,
+        "Killing",
+        format!(
             "killing {} that failed health checks maxConsecutiveFailures times in a row: {}",
             plural(killed.len(), "instance"),
             listing(&each)
         ),
-        of_writes: true,
-    }
+        true,
+    )
 }
 
 /// `KillsWithheld`: the health policy spares instances that are due to be killed, reported
@@ -158,13 +160,7 @@ fn when_new(app: &App, condition: &Condition, type_: EventType, reason: &'static
     {
         return None;
     }
-    Some(Event {
-        regarding: Regarding::App(app_ref(app)),
-        type_,
-        reason,
-        message: condition.message.clone(),
-        of_writes: false,
-    })
+    Some(Event::about(app, type_, reason, condition.message.clone(), false))
 }
 
 /// `Scaled`: `spec.instances`, or the scale factor of the app's groups, changed since the
@@ -178,17 +174,12 @@ pub fn scaled(app: &App, wanted: usize) -> Option<Event> {
             if wanted as i32 != now { format!(" ({wanted} with its groups' scale factors)") } else { String::new() };
         format!("scaled from {before} to {now} instances{scaled}")
     } else if status.desired != wanted as i32 && status.id.is_some() {
+        // (A status without an id predates `desired`, whose 0 there means nothing.)
         format!("scaled from {} to {wanted} instances by its groups' scale factors", status.desired)
     } else {
         return None;
     };
-    Some(Event {
-        regarding: Regarding::App(app_ref(app)),
-        type_: EventType::Normal,
-        reason: "Scaled",
-        message,
-        of_writes: false,
-    })
+    Some(Event::about(app, EventType::Normal, "Scaled", message, false))
 }
 
 /// `WaitingForDependencies`: the app's start or move to a new version waits, reported when
@@ -217,18 +208,18 @@ pub fn back_off(app: &App, failures: u32, failed: &[String], last: &str, until: 
         Some(until) => format!("; launches wait until {}", until.round(jiff::Unit::Second).unwrap_or(until)),
         None => String::new(),
     };
-    Event {
-        regarding: Regarding::App(app_ref(app)),
-        type_: EventType::Warning,
-        reason: "BackOff",
-        message: format!(
+    Event::about(
+        app,
+        EventType::Warning,
+        "BackOff",
+        format!(
             "{} failed ({}): {last}; {} in a row{wait}",
             plural(failed.len(), "instance"),
             listing(failed),
             plural(failures as usize, "failure")
         ),
-        of_writes: false,
-    }
+        false,
+    )
 }
 
 /// `AgentUnreachable`: an agent with instances stopped reporting.

@@ -101,27 +101,26 @@ impl Topology {
         self.graphs.get(namespace)
     }
 
-    /// The instances `app` wants: `ceil(spec.instances × its AppGroups' factors)`.
-    pub fn wanted(&self, app: &App) -> usize {
-        let instances = app.spec.instances.max(0);
-        match self.graph(&namespace_of(&app.metadata)) {
-            Some(graph) => graph.effective_instances(&app.path(), instances) as usize,
+    /// The instances the app at `me` wants: `ceil(instances × its AppGroups' factors)`.
+    pub fn wanted(&self, namespace: &str, me: &GroupPath, instances: i32) -> usize {
+        let instances = instances.max(0);
+        match self.graph(namespace) {
+            Some(graph) => graph.effective_instances(me, instances) as usize,
             None => instances as usize,
         }
     }
 
-    /// What `app` waits for: each app it depends on that is not available, and each
-    /// dependency that names nothing.
-    pub fn waits(&self, app: &App, availability: &Availabilities) -> Vec<Wait> {
-        let namespace = namespace_of(&app.metadata);
-        let Some(graph) = self.graph(&namespace) else { return Vec::new() };
+    /// What the app at `me` waits for: each app it depends on that is not available, and
+    /// each dependency that names nothing.
+    pub fn waits(&self, namespace: &str, me: &GroupPath, availability: &Availabilities) -> Vec<Wait> {
+        let Some(graph) = self.graph(namespace) else { return Vec::new() };
+        let states = availability.get(namespace);
         let mut waits: Vec<Wait> = Vec::new();
-        let me = app.path();
-        if let Some(cycle) = self.cycles.get(&namespace).filter(|c| c.apps().any(|a| *a == me)) {
-            let cycle = cycle.clone().starting_at(&me);
+        if let Some(cycle) = self.cycles.get(namespace).filter(|c| c.apps().any(|a| a == me)) {
+            let cycle = cycle.clone().starting_at(me);
             waits.push(Wait { path: me.to_string(), why: format!("{cycle}; break it by removing a dependency") });
         }
-        for dependency in graph.dependencies_of(&me) {
+        for dependency in graph.dependencies_of(me) {
             let Some(path) = &dependency.path else {
                 waits.push(Wait { path: dependency.written.clone(), why: "not a valid path".into() });
                 continue;
@@ -136,8 +135,7 @@ impl Topology {
                 continue;
             }
             for member in members {
-                let state = availability.get(&(namespace.clone(), member.clone()));
-                match state {
+                match states.and_then(|s| s.get(member)) {
                     Some(state) if state.is_available() => {}
                     Some(state) => push_once(&mut waits, member.to_string(), state.why_not()),
                     None => push_once(&mut waits, member.to_string(), "not planned yet".into()),
@@ -151,19 +149,25 @@ impl Topology {
     /// deleted too, and — until [`DELETION_SETTLE`] after `app`'s deletion, since
     /// `kubectl delete -f` deletes a file's objects one by one, in file order — those not
     /// deleted yet. `app` stops after them.
-    pub fn stopping_dependents(&self, app: &App, availability: &Availabilities, now: jiff::Timestamp) -> Vec<String> {
-        let namespace = namespace_of(&app.metadata);
-        let Some(graph) = self.graph(&namespace) else { return Vec::new() };
-        let me = app.path();
-        let settling = app.metadata.deletion_timestamp.as_ref().is_some_and(|t| now < t.0 + DELETION_SETTLE);
-        availability
-            .range((namespace.clone(), GroupPath::root())..)
-            .take_while(|((ns, _), _)| *ns == namespace)
-            .filter(|((_, path), state)| (state.deleting || settling) && state.live > 0 && *path != me)
-            .filter(|((_, path), _)| {
-                graph.dependencies_of(path).iter().any(|d| d.path.as_ref().is_some_and(|p| p.contains(&me)))
+    pub fn stopping_dependents(
+        &self,
+        namespace: &str,
+        me: &GroupPath,
+        deleted: jiff::Timestamp,
+        availability: &Availabilities,
+        now: jiff::Timestamp,
+    ) -> Vec<String> {
+        let (Some(graph), Some(states)) = (self.graph(namespace), availability.get(namespace)) else {
+            return Vec::new();
+        };
+        let settling = now < deleted + DELETION_SETTLE;
+        states
+            .iter()
+            .filter(|(path, state)| (state.deleting || settling) && state.live > 0 && *path != me)
+            .filter(|(path, _)| {
+                graph.dependencies_of(path).iter().any(|d| d.path.as_ref().is_some_and(|p| p.contains(me)))
             })
-            .map(|((_, path), _)| path.to_string())
+            .map(|(path, _)| path.to_string())
             .collect()
     }
 
@@ -180,7 +184,8 @@ impl Topology {
             let path = group.group_path();
             let members: Vec<(&GroupPath, Option<&Availability>)> = match self.graph(&namespace) {
                 Some(graph) => {
-                    graph.members(&path).map(|m| (m, availability.get(&(namespace.clone(), m.clone())))).collect()
+                    let states = availability.get(&namespace);
+                    graph.members(&path).map(|m| (m, states.and_then(|s| s.get(m)))).collect()
                 }
                 None => Vec::new(),
             };
@@ -231,8 +236,8 @@ impl Topology {
 /// it stops regardless of those that stay.
 pub const DELETION_SETTLE: jiff::SignedDuration = jiff::SignedDuration::from_secs(3);
 
-/// Every app's availability, by `(namespace, path)`.
-pub type Availabilities = BTreeMap<(String, GroupPath), Availability>;
+/// Every app's availability, by namespace and path.
+pub type Availabilities = BTreeMap<String, BTreeMap<GroupPath, Availability>>;
 
 fn push_once(waits: &mut Vec<Wait>, path: String, why: String) {
     if !waits.iter().any(|w| w.path == path) {

@@ -147,6 +147,18 @@ pub struct FinalizerChange {
     pub resource_version: String,
 }
 
+impl FinalizerChange {
+    /// `app`'s finalizers to become `finalizers`, on the version of `app` read.
+    fn of(app: &App, finalizers: Vec<String>) -> Self {
+        Self {
+            namespace: app.metadata.namespace.clone().unwrap_or_default(),
+            name: app.metadata.name.clone().unwrap_or_default(),
+            finalizers,
+            resource_version: app.metadata.resource_version.clone().unwrap_or_default(),
+        }
+    }
+}
+
 /// Everything one tick decided.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Plan {
@@ -203,7 +215,9 @@ pub fn plan(snapshot: &Snapshot, ctx: &PlanContext) -> Plan {
         let instances = by_app.remove(uid).unwrap_or_default();
         let version = app.version();
         let deleting = app.metadata.deletion_timestamp.is_some();
-        let wanted = if deleting { 0 } else { topology.wanted(app) };
+        let namespace = app.metadata.namespace.as_deref().unwrap_or_default();
+        let path = app.path();
+        let wanted = if deleting { 0 } else { topology.wanted(namespace, &path, app.spec.instances) };
         let sets = AppInstances::classify(instances, &version, app.spec.unreachable_strategy, &reach);
         let state = Availability {
             wanted,
@@ -213,24 +227,22 @@ pub fn plan(snapshot: &Snapshot, ctx: &PlanContext) -> Plan {
             deleting,
             version: version.clone(),
         };
-        availability.insert((app.metadata.namespace.clone().unwrap_or_default(), app.path()), state);
-        prepared.push(Prepared { app, version, wanted, sets });
+        availability.entry(namespace.to_string()).or_default().insert(path.clone(), state);
+        prepared.push(Prepared { app, namespace, path, version, wanted, sets });
     }
     let mut placer = Placer::new(snapshot);
     let mut ids = IdSource::new(ctx.seed);
     for app in prepared {
-        if app.app.metadata.deletion_timestamp.is_some() {
-            let dependents = topology.stopping_dependents(app.app, &availability, ctx.now);
-            if let Some(deleted) = &app.app.metadata.deletion_timestamp {
-                let settled = deleted.0 + groups::DELETION_SETTLE;
-                if settled > ctx.now {
-                    plan.next_wakeup = min_time(plan.next_wakeup, Some(settled));
-                }
+        if let Some(deleted) = app.app.metadata.deletion_timestamp.as_ref().map(|t| t.0) {
+            let dependents = topology.stopping_dependents(app.namespace, &app.path, deleted, &availability, ctx.now);
+            let settled = deleted + groups::DELETION_SETTLE;
+            if settled > ctx.now {
+                plan.next_wakeup = min_time(plan.next_wakeup, Some(settled));
             }
             plan_deletion(app, &dependents, ctx, &mut plan);
         } else {
             ensure_finalizer(app.app, &mut plan);
-            let waits = topology.waits(app.app, &availability);
+            let waits = topology.waits(app.namespace, &app.path, &availability);
             plan_app(app, &waits, snapshot, ctx, &mut placer, &mut ids, &mut plan);
         }
     }
@@ -300,6 +312,9 @@ const MAX_FAILURES_PER_TICK: usize = 100;
 /// An app, classified, before it is planned.
 struct Prepared<'s> {
     app: &'s App,
+    namespace: &'s str,
+    /// The app's id (`/group/name`).
+    path: baton_api::GroupPath,
     version: String,
     /// `spec.instances` scaled by the app's groups (0 for an app being deleted).
     wanted: usize,
@@ -313,12 +328,8 @@ fn ensure_finalizer(app: &App, plan: &mut Plan) {
     if finalizers.iter().any(|f| f == STOP_FINALIZER) {
         return;
     }
-    plan.finalizers.push(FinalizerChange {
-        namespace: app.metadata.namespace.clone().unwrap_or_default(),
-        name: app.metadata.name.clone().unwrap_or_default(),
-        finalizers: finalizers.into_iter().chain([STOP_FINALIZER.to_string()]).collect(),
-        resource_version: app.metadata.resource_version.clone().unwrap_or_default(),
-    });
+    let with_ours = finalizers.into_iter().chain([STOP_FINALIZER.to_string()]).collect();
+    plan.finalizers.push(FinalizerChange::of(app, with_ours));
 }
 
 /// A deleted App (it has a deletion timestamp, and the controller's finalizer holds it):
@@ -340,12 +351,8 @@ fn plan_deletion(app: Prepared<'_>, dependents: &[String], ctx: &PlanContext, pl
     let records = left + sets.failed.len() + sets.finished.len();
     let finalizers = app.metadata.finalizers.clone().unwrap_or_default();
     if records == 0 && finalizers.iter().any(|f| f == STOP_FINALIZER) {
-        plan.finalizers.push(FinalizerChange {
-            namespace: app.metadata.namespace.clone().unwrap_or_default(),
-            name: app.metadata.name.clone().unwrap_or_default(),
-            finalizers: finalizers.into_iter().filter(|f| f != STOP_FINALIZER).collect(),
-            resource_version: app.metadata.resource_version.clone().unwrap_or_default(),
-        });
+        let without_ours = finalizers.into_iter().filter(|f| f != STOP_FINALIZER).collect();
+        plan.finalizers.push(FinalizerChange::of(app, without_ours));
         return; // The App goes: no status to write.
     }
     plan.events.extend(events::killing(app, &version, 0, &plan.stops[stops_before..]));
@@ -390,7 +397,7 @@ fn plan_app(
     ids: &mut IdSource,
     plan: &mut Plan,
 ) {
-    let Prepared { app, version, wanted, mut sets } = app;
+    let Prepared { app, version, wanted, mut sets, .. } = app;
     let spec = &app.spec;
     plan.removals.extend(sets.finished.iter().map(|i| removal(i)));
     plan.next_wakeup = min_time(plan.next_wakeup, sets.next_change);
