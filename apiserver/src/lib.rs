@@ -54,6 +54,11 @@ use table::{Format, negotiate};
 /// The largest request body accepted (as Kubernetes: 3 MiB).
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
+/// How much of a too-large body is read and dropped before answering 413. A client writes
+/// its whole body before it reads the answer: cut off mid-body it sees a broken pipe, not
+/// the Status that says what was wrong. Beyond this the connection is closed at once.
+const MAX_DRAINED_BYTES: u64 = 4 * MAX_BODY_BYTES as u64;
+
 /// Who may use the server: bearer tokens and authorization rules. (Client certificates
 /// are verified by TLS; [`serve`] passes their identity on.)
 #[derive(Debug, Clone, Default)]
@@ -521,8 +526,28 @@ fn manager_from_user_agent(headers: &HeaderMap) -> String {
     if name.trim().is_empty() { "unknown".into() } else { name.trim().to_string() }
 }
 
+/// The request body, at most [`MAX_BODY_BYTES`]. A larger one is read to its end (up to
+/// [`MAX_DRAINED_BYTES`]) and dropped, so the client gets to read the 413.
 async fn read_body(body: Body) -> ApiResult<axum::body::Bytes> {
-    axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| ApiError::too_large(MAX_BODY_BYTES))
+    use axum::body::HttpBody as _;
+    use futures::StreamExt as _;
+    let too_large = || ApiError::too_large(MAX_BODY_BYTES);
+    if body.size_hint().lower() > MAX_DRAINED_BYTES {
+        return Err(too_large());
+    }
+    let mut kept = Vec::new();
+    let mut seen: u64 = 0;
+    let mut chunks = body.into_data_stream();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
+        seen += chunk.len() as u64;
+        if seen <= MAX_BODY_BYTES as u64 {
+            kept.extend_from_slice(&chunk);
+        } else if seen > MAX_DRAINED_BYTES {
+            break;
+        }
+    }
+    if seen > MAX_BODY_BYTES as u64 { Err(too_large()) } else { Ok(kept.into()) }
 }
 
 /// `/openapi/v2`: in protobuf (as kubectl asks) or JSON.
