@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use axum::body::Bytes;
 use axum::response::Response;
 use baton_api::{Agent, AgentRecord, Instance, InstanceRecord, StatusRecord, UnreachableMarker};
-use baton_store::{EventKind, KeyValue, Keyspace, Revision, WatchEvent};
+use baton_store::{EventKind, KeyValue, Keyspace, PageRequest, Revision, WatchEvent};
 use serde_json::{Value, json};
 
 use crate::ApiServer;
@@ -246,21 +246,27 @@ fn in_namespace(view: &Value, namespace: Option<&str>) -> bool {
 }
 
 impl ApiServer {
-    /// Reads every record a view needs. The revision returned is that of the first read, so
-    /// a watch from it re-delivers (rather than misses) anything that changed in between.
+    /// Reads every record a view needs, all as of one revision (that of the first read), so
+    /// the views are one consistent state and a watch from that revision misses nothing.
     async fn load_join(&self, which: Which) -> ApiResult<(Join, Revision)> {
         let agents = self.store.range(&self.keys.agents()).await?;
-        let records = self.store.range(&self.keys.instances()).await?;
-        let statuses = self.store.range(&self.keys.statuses()).await?;
-        let markers = match which {
-            Which::Agents => self.store.range(&self.keys.unreachable_agents()).await?.kvs,
-            Which::Instances => Vec::new(),
-        };
-        let mut join = Join::default();
-        for kv in agents.kvs.iter().chain(&records.kvs).chain(&statuses.kvs).chain(&markers) {
-            join.ingest(&self.keys, &WatchEvent { kind: EventKind::Put, kv: kv.clone(), prev_kv: None });
+        let revision = agents.revision;
+        let mut prefixes = vec![self.keys.instances(), self.keys.statuses()];
+        if which == Which::Agents {
+            prefixes.push(self.keys.unreachable_agents());
         }
-        Ok((join, agents.revision))
+        let mut join = Join::default();
+        let mut ingest = |kvs: Vec<KeyValue>| {
+            for kv in kvs {
+                join.ingest(&self.keys, &WatchEvent { kind: EventKind::Put, kv, prev_kv: None });
+            }
+        };
+        ingest(agents.kvs);
+        for prefix in prefixes {
+            let request = PageRequest { prefix, after: None, limit: 0, revision: Some(revision) };
+            ingest(self.store.range_page(&request).await?.kvs);
+        }
+        Ok((join, revision))
     }
 
     /// Every object of a view (in `namespace`, if given) and the revision it was read at.
