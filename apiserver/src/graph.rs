@@ -68,7 +68,7 @@ impl ApiServer {
             return Ok(None);
         }
         let graph_key = self.keys.dependency_graph(namespace);
-        let members_key = format!("{graph_key}/members");
+        let members_key = self.keys.dependency_graph_members(namespace);
         // Both read before the objects, so that a write after these reads is noticed.
         let graph_seen = self.store.get(&graph_key).await?;
         let members_seen = self.store.get(&members_key).await?;

@@ -177,7 +177,11 @@ impl ApiServer {
             if let Some(kv) = self.store.get(&key).await?
                 && is_terminating(&object_of(&kv)?)
             {
-                let txn = Txn::new().when([Compare::mod_revision(&key, kv.mod_revision)]).and_then([Op::delete(&key)]);
+                // The dependency graph's serialization keys go with the namespace.
+                let graph = [self.keys.dependency_graph(name), self.keys.dependency_graph_members(name)];
+                let txn = Txn::new()
+                    .when([Compare::mod_revision(&key, kv.mod_revision)])
+                    .and_then([Op::delete(&key)].into_iter().chain(graph.into_iter().map(Op::delete)));
                 if self.store.txn(txn).await?.succeeded {
                     tracing::info!(namespace = %name, "deleted namespace");
                 }

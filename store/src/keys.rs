@@ -98,11 +98,16 @@ impl Keyspace {
     }
 
     /// `/baton/graph/<ns>`: bumped by every write that may add edges to the namespace's app
-    /// dependency graph, so that such writes are checked one at a time (and
-    /// `/baton/graph/<ns>/members`, bumped by apps without dependencies joining a group;
-    /// see the API server's graph checks).
+    /// dependency graph, so that such writes are checked one at a time (see the API
+    /// server's graph checks).
     pub fn dependency_graph(&self, namespace: &str) -> String {
         format!("{}/graph/{namespace}", self.root)
+    }
+
+    /// `/baton/graph/<ns>/members`: bumped by apps without dependencies joining a group,
+    /// which writes adding edges compare.
+    pub fn dependency_graph_members(&self, namespace: &str) -> String {
+        format!("{}/members", self.dependency_graph(namespace))
     }
 
     /// `/baton/leader/<scope>`: the election key of a controller scope.

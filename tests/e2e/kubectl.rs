@@ -260,9 +260,17 @@ fn namespaces_hold_apps_and_go_with_them() {
     });
     let ns_manifest = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n  labels:\n    env: prod\n";
     assert_eq!(ok_in(&cluster, &["apply", "-f", "-"], Some(ns_manifest)).trim(), "namespace/shop configured");
+    let graph_keys = || {
+        let keys = baton_store::Keyspace::default();
+        let prefix = keys.dependency_graph("shop");
+        let range = cluster.block_on(baton_store::Store::range(cluster.store().as_ref(), &prefix)).expect("reading");
+        range.kvs.into_iter().map(|kv| kv.key).collect::<Vec<_>>()
+    };
+    assert!(!graph_keys().is_empty(), "the app's write serialized on the namespace's dependency graph");
     ok(&cluster, &["delete", "namespace", "shop", "--wait", "--timeout=60s"]);
     let stderr = fails(&cluster, &["get", "namespace", "shop"]);
     assert!(stderr.contains("not found"), "{stderr}");
+    assert_eq!(graph_keys(), Vec::<String>::new(), "the graph keys went with the namespace");
     cluster.wait_for("the app's instances to stop", WAIT, |c| {
         c.records().values().all(|r| r.app.namespace != "shop").then_some(())
     });
