@@ -23,7 +23,9 @@ pub const STATE_UNREACHABLE: &str = "Unreachable";
 #[schemars(rename = "dev.baton.v1alpha1.Agent")]
 #[serde(rename_all = "camelCase")]
 pub struct Agent {
+    /// `baton.dev/v1alpha1`.
     pub api_version: String,
+    /// `Agent`.
     pub kind: String,
     /// The name is the agent's; its attributes that are valid label values are also its
     /// labels, so `kubectl get agents -l rack=r1` works.
@@ -62,6 +64,7 @@ pub struct Amounts {
     pub mem: u64,
     /// Disk in MiB.
     pub disk: u64,
+    /// Whole GPUs.
     pub gpus: u64,
 }
 

@@ -413,8 +413,11 @@ pub struct PendingSummary {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LastFailure {
+    /// The instance's name.
     pub instance: String,
+    /// The agent it ran on.
     pub agent: String,
+    /// The app version it ran.
     pub version: String,
     /// `Failed` or `Finished`.
     pub phase: String,
@@ -440,7 +443,9 @@ impl From<&crate::records::Failure> for LastFailure {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Rejection {
+    /// Why: `insufficient mem`, `constraint hostname UNIQUE`, `no free port`…
     pub reason: String,
+    /// How many agents were rejected for it.
     pub agents: i32,
 }
 

@@ -88,6 +88,7 @@ fn one() -> f64 {
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AppGroupStatus {
+    /// The `metadata.generation` this status was computed from.
     #[serde(default)]
     pub observed_generation: Option<i64>,
     /// Apps in the group and below it.

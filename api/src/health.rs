@@ -295,9 +295,11 @@ pub struct CheckResult {
     /// Passes in a row.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub consecutive_successes: u32,
+    /// When a probe last passed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>")]
     pub last_success: Option<jiff::Timestamp>,
+    /// When a probe last failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>")]
     pub last_failure: Option<jiff::Timestamp>,

@@ -33,7 +33,9 @@ pub const UNKNOWN: &str = "Unknown";
 #[schemars(rename = "dev.baton.v1alpha1.Instance")]
 #[serde(rename_all = "camelCase")]
 pub struct Instance {
+    /// `baton.dev/v1alpha1`.
     pub api_version: String,
+    /// `Instance`.
     pub kind: String,
     pub metadata: ObjectMeta,
     pub spec: InstanceSpec,
@@ -47,13 +49,18 @@ pub struct Instance {
 pub struct InstanceSpec {
     /// The app's name (in the instance's namespace).
     pub app: String,
+    /// The agent the instance was placed on.
     pub agent: String,
+    /// That agent's host, where the instance's ports are reached.
     pub host: String,
     /// Assigned host ports, in the app's port order.
     #[serde(default)]
     pub ports: Vec<u16>,
+    /// The app version the instance runs (the app's `status.version` when current).
     pub version: String,
     pub goal: Goal,
+    /// Why the controller stopped the instance: `ScaledDown`, `AppDeleted`, `Upgraded`
+    /// (replaced by a new version) or `Unhealthy`; absent while it should run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_reason: Option<String>,
 }
@@ -77,6 +84,7 @@ pub struct InstanceViewStatus {
     /// The readiness check and its results.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub readiness_check: Option<CheckView>,
+    /// The process id on the agent's machine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
     /// When the process started.
@@ -87,10 +95,14 @@ pub struct InstanceViewStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>")]
     pub finished_at: Option<Timestamp>,
+    /// The process' exit code, when it exited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
+    /// The signal that ended the process, when one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal: Option<i32>,
+    /// What the agent has to say: why the process could not start, how it ended and the
+    /// end of its stderr.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }

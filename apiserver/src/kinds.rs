@@ -1,11 +1,10 @@
 //! The kinds the server serves, described once: names for discovery, printer columns for
 //! tables, subresources, and how objects are decoded and validated or built from the store.
 //!
-//! Stored kinds are described from their CRD (`App::crd()`), so the API server, the Helm
+//! Stored kinds are described from their CRD (`baton_api::crds::app()`), so the API server, the Helm
 //! install and `crds/` can never disagree on names, columns or subresources.
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::CustomResourceExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -212,8 +211,8 @@ pub const EVENT_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Every kind served, in discovery order: Baton's group, then the core group.
 pub fn all() -> Vec<Kind> {
     vec![
-        Kind::from_crd(baton_api::App::crd, decode_app),
-        Kind::from_crd(baton_api::AppGroup::crd, decode_app_group),
+        Kind::from_crd(baton_api::crds::app, decode_app),
+        Kind::from_crd(baton_api::crds::app_group, decode_app_group),
         instance_kind(),
         agent_kind(),
         namespace_kind(),

@@ -210,6 +210,8 @@ impl OpenApi {
                 own.push((name, schema, gvk(kind)));
             }
             let mut schemas = generator.take_definitions(true);
+            // The views' doc comments, as the CRDs' (`kubectl explain` wraps them itself).
+            schemas.values_mut().for_each(baton_api::crds::unwrap_descriptions);
             for (name, schema, gvk) in own {
                 if let Some(schema) = schema {
                     schemas.insert(name.clone(), schema);
@@ -275,6 +277,39 @@ mod tests {
             return resolve(document, only);
         }
         schema
+    }
+
+    /// Every field of Baton's own schemas says what it is (for `kubectl explain`), in
+    /// lines that `kubectl explain` can wrap.
+    #[test]
+    fn every_baton_field_is_described_in_unwrapped_lines() {
+        fn check(schema: &Value, path: &str, missing: &mut Vec<String>) {
+            let properties = schema.get("properties").and_then(Value::as_object).into_iter().flatten();
+            for (name, field) in properties {
+                let path = format!("{path}.{name}");
+                let referenced = field.get("$ref").is_some() || field.get("allOf").is_some();
+                match field.get("description").and_then(Value::as_str) {
+                    None if !referenced => missing.push(format!("{path}: no description")),
+                    Some(text) if text.replace("\n\n", "").contains('\n') => {
+                        missing.push(format!("{path}: a line break within a paragraph"))
+                    }
+                    _ => {}
+                }
+                check(field, &path, missing);
+                if let Some(items) = field.get("items") {
+                    check(items, &format!("{path}[]"), missing);
+                }
+            }
+        }
+        let openapi = OpenApi::build(&crate::kinds::all());
+        let baton = openapi.document("apis/baton.dev/v1alpha1").expect("the baton.dev document");
+        let mut missing = Vec::new();
+        for (name, schema) in baton["components"]["schemas"].as_object().unwrap() {
+            if name.starts_with("dev.baton.") {
+                check(schema, name, &mut missing);
+            }
+        }
+        assert_eq!(missing, Vec::<String>::new());
     }
 
     #[test]
