@@ -56,12 +56,16 @@ fn main() -> Result<()> {
 }
 
 /// Logs to stderr; `RUST_LOG` overrides the default level (info for Baton, warn otherwise).
+/// Colours only on a terminal (not in journald, files or `kubectl logs`), and not with
+/// `NO_COLOR` set.
 fn init_logging() {
+    use std::io::IsTerminal as _;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new("warn,baton=info,baton_store=info,baton_apiserver=info,baton_controllers=info,baton_agent=info")
     });
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour).init();
 }
 
 /// Completes on SIGINT or SIGTERM.
