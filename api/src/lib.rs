@@ -27,7 +27,7 @@ pub use groups::{AppGroup, AppGroupSpec, AppGroupStatus, GroupPath};
 pub use health::{CheckResult, HealthCheck, HealthPolicy, HealthProtocol, ReadinessCheck};
 pub use instance::{Instance, InstanceSpec, InstanceViewStatus};
 pub use records::{
-    AgentRecord, AppRef, BackoffRecord, Failure, Goal, InstanceRecord, Phase, PortRange, StatusRecord,
+    AgentRecord, AppRef, BackoffRecord, Failure, Goal, InstanceRecord, KillRequest, Phase, PortRange, StatusRecord,
     UnreachableMarker,
 };
 pub use resources::{ResourceAmounts, Resources};

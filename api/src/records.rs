@@ -70,6 +70,20 @@ pub struct BackoffRecord {
     pub last_failure: Option<Failure>,
 }
 
+/// A user's request to kill an instance (`kubectl delete instance`), kept in the store
+/// (`/baton/kills/<ns>/<instance>`) until the instance is gone: the controller stops it
+/// (and launches a replacement, as for any missing instance).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct KillRequest {
+    /// Who asked.
+    pub user: String,
+    pub requested_at: Timestamp,
+    /// SIGTERM to SIGKILL, instead of the app's (`kubectl delete --grace-period`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_seconds: Option<u32>,
+}
+
 /// How an instance failed.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]

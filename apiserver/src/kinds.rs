@@ -148,9 +148,16 @@ impl Kind {
         if self.group.is_empty() { "core" } else { &self.group }
     }
 
+    /// Whether DELETE works: on stored kinds, and on instances (it kills them).
+    pub fn deletable(&self) -> bool {
+        !self.is_read_only() || matches!(self.source, Source::InstanceView)
+    }
+
     /// Verbs for discovery.
     pub fn verbs(&self) -> Vec<&'static str> {
-        if self.is_read_only() {
+        if self.deletable() && self.is_read_only() {
+            vec!["delete", "get", "list", "watch"]
+        } else if self.is_read_only() {
             vec!["get", "list", "watch"]
         } else {
             vec!["create", "delete", "get", "list", "patch", "update", "watch"]

@@ -422,6 +422,10 @@ impl ApiServer {
                 };
                 Reply::json(StatusCode::OK, object)
             }
+            (Method::DELETE, Some(name)) if view && part == Part::Main => {
+                let options = delete_options(content_type, body, &mut query).await?;
+                self.kill_instance(&kind, namespace, name, user, &query, &options).await?
+            }
             _ if view => return Err(ApiError::method_not_allowed(&format!("{} (a read-only view)", kind.plural))),
             (Method::POST, None) => {
                 let body = read_body(body).await?;
@@ -436,12 +440,7 @@ impl ApiServer {
                 self.patch(&kind, namespace, name, part, &query, request::parse_patch(content_type, &body)?).await?
             }
             (Method::DELETE, Some(name)) if part == Part::Main => {
-                let body = read_body(body).await?;
-                let options = if body.iter().all(u8::is_ascii_whitespace) {
-                    json!({})
-                } else {
-                    request::parse_body(content_type, &body)?
-                };
+                let options = delete_options(content_type, body, &mut query).await?;
                 if kind.is_namespace() {
                     Reply::json(StatusCode::OK, self.delete_namespace(name, query.dry_run).await?)
                 } else {
@@ -524,6 +523,17 @@ fn manager_from_user_agent(headers: &HeaderMap) -> String {
     let agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or_default();
     let name: String = agent.split('/').next().unwrap_or_default().chars().take(128).collect();
     if name.trim().is_empty() { "unknown".into() } else { name.trim().to_string() }
+}
+
+/// A DELETE's `DeleteOptions` (`{}` without a body); a `dryRun` in them goes to `query`.
+async fn delete_options(content_type: Option<&str>, body: Body, query: &mut Query) -> ApiResult<Value> {
+    let body = read_body(body).await?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    let options = request::parse_body(content_type, &body)?;
+    query.merge_delete_options(&options)?;
+    Ok(options)
 }
 
 /// The request body, at most [`MAX_BODY_BYTES`]. A larger one is read to its end (up to

@@ -142,6 +142,8 @@ fn kind_paths(kind: &Kind, schema_name: &str) -> Vec<(String, Value)> {
     if writable {
         item["put"] = operation(kind, "put", &schema_ref, with(&item_params, write_parameters(false)));
         item["patch"] = operation(kind, "patch", &schema_ref, with(&item_params, write_parameters(true)));
+    }
+    if kind.deletable() {
         item["delete"] = operation(kind, "delete", &json!({"type": "object"}), with(&item_params, vec![]));
     }
     paths.push((format!("{scope}/{}/{{name}}", kind.plural), item));

@@ -42,6 +42,28 @@ pub struct Query {
 }
 
 impl Query {
+    /// Takes what a DELETE's `DeleteOptions` body says that the query string could also
+    /// say: `dryRun` (kubectl sends `kubectl delete --dry-run=server` there, not in the query).
+    pub fn merge_delete_options(&mut self, options: &Value) -> ApiResult<()> {
+        match options.get("dryRun") {
+            None | Some(Value::Null) => Ok(()),
+            Some(Value::Array(values)) => {
+                for value in values {
+                    match value.as_str() {
+                        Some("All") => self.dry_run = true,
+                        _ => {
+                            return Err(ApiError::bad_request(format!(
+                                "dryRun: Unsupported value: {value}: supported values: \"All\""
+                            )));
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Some(other) => Err(ApiError::bad_request(format!("dryRun: Invalid value: {other}: must be a list"))),
+        }
+    }
+
     /// The field manager of a write.
     pub fn manager(&self) -> &str {
         self.field_manager.as_deref().unwrap_or(&self.client)
@@ -188,6 +210,18 @@ pub fn parse_patch(content_type: Option<&str>, body: &[u8]) -> ApiResult<Patch> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dry_run_in_delete_options_counts() {
+        let mut q = Query::parse(None).unwrap();
+        q.merge_delete_options(&serde_json::json!({"propagationPolicy": "Background"})).unwrap();
+        assert!(!q.dry_run);
+        q.merge_delete_options(&serde_json::json!({"dryRun": ["All"]})).unwrap();
+        assert!(q.dry_run);
+        let error = q.merge_delete_options(&serde_json::json!({"dryRun": ["Some"]})).unwrap_err();
+        assert!(error.to_status()["message"].as_str().unwrap().contains(r#"dryRun: Unsupported value: "Some""#));
+        assert!(q.merge_delete_options(&serde_json::json!({"dryRun": "All"})).is_err(), "a list, as Kubernetes has it");
+    }
 
     #[test]
     fn query_parsing() {

@@ -290,6 +290,60 @@ impl ApiServer {
             })
     }
 
+    /// `DELETE` of an instance: a request to kill it, which the controller carries out (and
+    /// replaces the instance, as for any that is missing). Answers the instance, marked for
+    /// deletion; it disappears once its process has ended. A request made again keeps the
+    /// first one. `gracePeriodSeconds` replaces the app's time from SIGTERM to SIGKILL.
+    pub async fn kill_instance(
+        &self,
+        kind: &Kind,
+        namespace: Option<&str>,
+        name: &str,
+        user: &str,
+        query: &Query,
+        options: &Value,
+    ) -> ApiResult<crate::Reply> {
+        if Which::of(kind)? != Which::Instances {
+            return Err(ApiError::method_not_allowed(&format!("{} (a read-only view)", kind.plural)));
+        }
+        let mut view = self.get_view(kind, namespace, name).await?;
+        let target = Target { group: &kind.group, plural: &kind.plural, kind: &kind.kind, name };
+        if let Some(uid) = options.pointer("/preconditions/uid").and_then(Value::as_str)
+            && view.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid)
+        {
+            let why = format!("the UID in the precondition ({uid}) does not match the UID in record");
+            return Err(ApiError::conflict(&target, &why));
+        }
+        let grace_seconds = match options.get("gracePeriodSeconds") {
+            None | Some(Value::Null) => None,
+            Some(value) => Some(value.as_u64().and_then(|g| u32::try_from(g).ok()).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "gracePeriodSeconds: Invalid value: {value}: must be a whole number of seconds, 0 or more"
+                ))
+            })?),
+        };
+        let now = crate::objects::now_seconds();
+        view["metadata"]["deletionTimestamp"] = json!(now.to_string());
+        if let Some(grace) = grace_seconds {
+            view["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+        }
+        if query.dry_run {
+            return Ok(crate::Reply::json(axum::http::StatusCode::OK, view));
+        }
+        let namespace = view.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default();
+        let key = self.keys.kill_request(namespace, name);
+        let request = baton_api::KillRequest { user: user.to_string(), requested_at: now, grace_seconds };
+        let value = serde_json::to_vec(&request).map_err(|e| ApiError::internal(e.to_string()))?;
+        // Only if there is none: a second request keeps the first (its time and user).
+        let txn = baton_store::Txn::new()
+            .when([baton_store::Compare::absent(&key)])
+            .and_then([baton_store::Op::put(&key, value)]);
+        if self.store.txn(txn).await?.succeeded {
+            tracing::info!(instance = name, namespace, user, "kill requested");
+        }
+        Ok(crate::Reply::json(axum::http::StatusCode::OK, view))
+    }
+
     pub(crate) async fn watch_view(
         &self,
         kind: &Kind,

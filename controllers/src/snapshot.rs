@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use baton_api::{AgentRecord, App, AppGroup, BackoffRecord, Goal, InstanceRecord, Phase, StatusRecord};
+use baton_api::{AgentRecord, App, AppGroup, BackoffRecord, Goal, InstanceRecord, KillRequest, Phase, StatusRecord};
 use baton_store::Revision;
 use jiff::Timestamp;
 
@@ -120,4 +120,7 @@ pub struct Snapshot {
     pub unreachable: BTreeMap<String, Marker>,
     /// Launch backoffs by `(namespace, app)`, with the revision of each.
     pub backoffs: BTreeMap<(String, String), (Arc<BackoffRecord>, Revision)>,
+    /// Users' requests to kill instances, by `(namespace, instance id)`, with the revision
+    /// of each.
+    pub kill_requests: BTreeMap<(String, String), (Arc<KillRequest>, Revision)>,
 }

@@ -349,6 +349,13 @@ pub fn with_backoff(mut snapshot: Snapshot, app: &App, failures: u32, delay_unti
     snapshot
 }
 
+/// The snapshot with a user's request (by `ops`) to kill instance `id` of the default namespace.
+pub fn with_kill_request(mut snapshot: Snapshot, id: &str, grace_seconds: Option<u32>) -> Snapshot {
+    let request = baton_api::KillRequest { user: "ops".into(), requested_at: now(), grace_seconds };
+    snapshot.kill_requests.insert(("default".into(), id.into()), (Arc::new(request), 11));
+    snapshot
+}
+
 /// The snapshot with a marker saying `agent` stopped reporting `seconds_ago`.
 pub fn with_marker(mut snapshot: Snapshot, agent: &str, seconds_ago: i64) -> Snapshot {
     let since = now() - jiff::SignedDuration::from_secs(seconds_ago);
@@ -365,5 +372,6 @@ pub fn snapshot(apps: &[&Arc<App>], agents: Vec<Arc<AgentRecord>>, instances: Ve
         instances: instances.into_iter().map(|i| (i.record.id.clone(), i)).collect(),
         unreachable: Default::default(),
         backoffs: Default::default(),
+        kill_requests: Default::default(),
     }
 }

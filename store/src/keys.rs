@@ -97,6 +97,22 @@ impl Keyspace {
         (!namespace.is_empty() && !app.is_empty() && !app.contains('/')).then_some((namespace, app))
     }
 
+    /// `/baton/kills/`: users' requests to kill instances (`kubectl delete instance`).
+    pub fn kill_requests(&self) -> String {
+        format!("{}/kills/", self.root)
+    }
+
+    /// `/baton/kills/<ns>/<instance>`: a request to kill one instance.
+    pub fn kill_request(&self, namespace: &str, instance: &str) -> String {
+        format!("{}/kills/{namespace}/{instance}", self.root)
+    }
+
+    /// `(namespace, instance)` of a key made by [`Keyspace::kill_request`].
+    pub fn parse_kill_request_key<'k>(&self, key: &'k str) -> Option<(&'k str, &'k str)> {
+        let (namespace, instance) = key.strip_prefix(&self.kill_requests())?.split_once('/')?;
+        (!namespace.is_empty() && !instance.is_empty() && !instance.contains('/')).then_some((namespace, instance))
+    }
+
     /// `/baton/graph/<ns>`: bumped by every write that may add edges to the namespace's app
     /// dependency graph, so that such writes are checked one at a time (see the API
     /// server's graph checks).
@@ -165,6 +181,9 @@ mod tests {
         assert_eq!(ks.parse_instance_key("/baton/instances/a1/"), None);
         assert_eq!(ks.parse_instance_key("/baton/status/a1/x"), None);
         assert_eq!(ks.parse_agent_key(&ks.agent("n3")), Some("n3"));
+        assert_eq!(ks.parse_kill_request_key(&ks.kill_request("shop", "web-x")), Some(("shop", "web-x")));
+        assert_eq!(ks.parse_kill_request_key("/baton/kills/shop/"), None);
+        assert_eq!(ks.parse_kill_request_key("/baton/kills/shop/web-x/y"), None);
         assert_eq!(
             ks.registry_object("baton.dev", "apps", Some("default"), "web"),
             "/baton/registry/baton.dev/apps/default/web"

@@ -160,6 +160,10 @@ fn scale_patch_edit_diff_replace_label_and_delete() {
     ok(&cluster, &["label", "app", "web", "tier-"]);
     assert!(json(&cluster, &["get", "app", "web"])["metadata"]["labels"].get("tier").is_none());
 
+    // kubectl sends a server dry run of a delete in the body's DeleteOptions.
+    let dry = ok(&cluster, &["delete", "app", "web", "--dry-run=server"]);
+    assert_eq!(dry.trim(), "app.baton.dev \"web\" deleted (server dry run)");
+    ok(&cluster, &["get", "app", "web"]);
     assert_eq!(ok(&cluster, &["delete", "app", "web", "--wait"]).trim(), "app.baton.dev \"web\" deleted");
     let stderr = fails(&cluster, &["get", "app", "web"]);
     assert!(stderr.contains("NotFound") && stderr.contains("\"web\" not found"), "{stderr}");
@@ -245,6 +249,78 @@ fn watch_describe_and_the_views() {
     let _ = watcher.wait();
 }
 
+/// `(name, pid)` of each running instance of `app`.
+fn running_instances(cluster: &Cluster, app: &str) -> Vec<(String, u32)> {
+    let list = json(cluster, &["get", "instances", "-l", &format!("app={app}")]);
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|i| i["status"]["phase"] == "Running")
+        .filter_map(|i| Some((i["metadata"]["name"].as_str()?.to_string(), i["status"]["pid"].as_u64()? as u32)))
+        .collect()
+}
+
+/// Whether `pid` is (still) the `sleep` an instance ran.
+fn sleeps(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains("sleep"))
+}
+
+#[test]
+fn deleting_an_instance_kills_it_and_a_replacement_starts() {
+    let cluster = cluster();
+    ok_in(&cluster, &["apply", "-f", "-"], Some(&app("web", 2, "")));
+    // Ignores SIGTERM, and the app would give it two minutes before SIGKILL.
+    let stubborn = "apiVersion: baton.dev/v1alpha1\nkind: App\nmetadata:\n  name: stubborn\nspec:\n  cmd: \"trap '' TERM; \
+                    sleep 3600\"\n  taskKillGracePeriodSeconds: 120\n  resources: {cpus: 0.01, mem: 1}\n";
+    ok_in(&cluster, &["apply", "-f", "-"], Some(stubborn));
+    let before = cluster.wait_for("both web instances running", WAIT, |c| {
+        let running = running_instances(c, "web");
+        (running.len() == 2).then_some(running)
+    });
+    let (victim, pid) = before[0].clone();
+    assert!(sleeps(pid), "{victim}'s process {pid} runs");
+
+    // kubectl waits until the instance is gone, which is when its process has ended.
+    let out = ok(&cluster, &["delete", "instance", &victim]);
+    assert_eq!(out.trim(), format!("instance.baton.dev \"{victim}\" deleted"));
+    assert!(!sleeps(pid), "{victim}'s process {pid} ended before kubectl returned");
+    let after = cluster.wait_for("a replacement running", WAIT, |c| {
+        let running = running_instances(c, "web");
+        (running.len() == 2 && running.iter().all(|(name, _)| *name != victim)).then_some(running)
+    });
+    assert!(after.contains(&before[1]), "the other instance was left alone: {before:?} → {after:?}");
+    let events = cluster.wait_for("the kill's event", WAIT, |c| {
+        let out = c.kubectl.ok(&["get", "events"], None).ok()?;
+        out.contains(&format!("{victim} on")).then_some(out)
+    });
+    assert!(events.contains("(requested by admin)"), "{events}");
+
+    // A dry run kills nothing.
+    let (survivor, survivor_pid) = after[0].clone();
+    let out = ok(&cluster, &["delete", "instance", &survivor, "--dry-run=server"]);
+    assert!(out.contains("deleted (server dry run)"), "{out}");
+    let now = running_instances(&cluster, "web");
+    assert!(sleeps(survivor_pid) && now.contains(&after[0]), "{survivor} still runs: {after:?} → {now:?}");
+
+    // --grace-period replaces the app's two minutes: SIGKILL comes after one second.
+    let (stubborn, stubborn_pid) = cluster
+        .wait_for("the stubborn instance running", WAIT, |c| running_instances(c, "stubborn").into_iter().next());
+    ok(&cluster, &["delete", "instance", &stubborn, "--grace-period=1", "--timeout=30s"]);
+    assert!(!sleeps(stubborn_pid), "SIGKILL ended {stubborn}");
+
+    // Requests are forgotten once their instances are gone.
+    let keys = baton_store::Keyspace::default();
+    cluster.wait_for("the kill requests to be forgotten", WAIT, |c| {
+        let left = c.block_on(baton_store::Store::range(c.store().as_ref(), &keys.kill_requests())).ok()?;
+        left.kvs.is_empty().then_some(())
+    });
+    let stderr = fails(&cluster, &["delete", "instance", "web-nothing"]);
+    assert!(stderr.contains("instances.baton.dev \"web-nothing\" not found"), "{stderr}");
+    let stderr = fails(&cluster, &["delete", "agent", "agent-1"]);
+    assert!(stderr.contains("does not allow this method on agents"), "{stderr}");
+}
+
 #[test]
 fn namespaces_hold_apps_and_go_with_them() {
     let cluster = cluster();
@@ -312,6 +388,8 @@ fn who_may_do_what() {
     );
     let elsewhere = as_token("reader-token", &["get", "apps", "-A"], None);
     assert!(text(&elsewhere).contains("Forbidden") || text(&elsewhere).contains("forbidden"), "{}", text(&elsewhere));
+    let refused = as_token("reader-token", &["delete", "instance", "web-1"], None);
+    assert!(text(&refused).contains("User \"rita\" cannot delete resource \"instances\""), "{}", text(&refused));
     let writer = as_token("writer-token", &["scale", "app/web", "--replicas=2"], None);
     assert!(writer.status.success(), "{}", text(&writer));
 

@@ -92,7 +92,7 @@ pub fn launched(app: &App, version: &str, launches: &[Launch]) -> Option<Event> 
 
 /// `Killing`: the instances stopped this tick, one event per reason.
 pub fn killing(app: &App, version: &str, wanted: usize, stops: &[Stop]) -> Vec<Event> {
-    // Health kills have their own event, with each instance's failures.
+    // Health kills and users' kills have their own events.
     [StopReason::ScaledDown, StopReason::Upgraded, StopReason::AppDeleted]
         .into_iter()
         .filter_map(|reason| {
@@ -105,6 +105,7 @@ pub fn killing(app: &App, version: &str, wanted: usize, stops: &[Stop]) -> Vec<E
                 StopReason::Upgraded => format!("replaced by version {}", short(version)),
                 StopReason::AppDeleted => "the app was deleted".to_string(),
                 StopReason::Unhealthy => "failing health checks".to_string(),
+                StopReason::Killed => "a user asked".to_string(),
             };
             Some(Event::about(
                 app,
@@ -115,6 +116,20 @@ pub fn killing(app: &App, version: &str, wanted: usize, stops: &[Stop]) -> Vec<E
             ))
         })
         .collect()
+}
+
+/// `Killing`: instances users asked to kill, `(id, agent, user)`; replacements follow as
+/// for any missing instance.
+pub fn user_kills(app: &App, killed: &[(String, String, String)]) -> Event {
+    let each: Vec<String> =
+        killed.iter().map(|(id, agent, user)| format!("{id} on {agent} (requested by {user})")).collect();
+    Event::about(
+        app,
+        EventType::Normal,
+        "Killing",
+        format!("killing {}: {}", plural(killed.len(), "instance"), listing(&each)),
+        true,
+    )
 }
 
 /// `Killing` (a Warning): instances killed for failing their health checks, with how.

@@ -55,6 +55,8 @@ pub enum StopReason {
     Upgraded,
     /// It failed a health check `maxConsecutiveFailures` times in a row.
     Unhealthy,
+    /// A user asked (`kubectl delete instance`).
+    Killed,
 }
 
 impl StopReason {
@@ -64,6 +66,7 @@ impl StopReason {
             StopReason::AppDeleted => "AppDeleted",
             StopReason::Upgraded => "Upgraded",
             StopReason::Unhealthy => "Unhealthy",
+            StopReason::Killed => "Killed",
         }
     }
 }
@@ -81,6 +84,8 @@ pub struct Stop {
     /// The record's revision the decision was made on.
     pub revision: Revision,
     pub reason: StopReason,
+    /// SIGTERM to SIGKILL, if not the app's (a user's kill request may say).
+    pub grace_seconds: Option<u32>,
 }
 
 /// A record that is over and can be deleted.
@@ -117,6 +122,14 @@ pub struct BackoffChange {
     pub revision: Revision,
     /// The failed instances counted in `next`.
     pub removals: Vec<Removal>,
+}
+
+/// A user's kill request to forget: its instance is gone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KillDone {
+    pub namespace: String,
+    pub id: String,
+    pub revision: Revision,
 }
 
 /// A status to write to an app.
@@ -171,6 +184,7 @@ pub struct Plan {
     pub marks: Vec<Mark>,
     pub unmarks: Vec<Unmark>,
     pub backoffs: Vec<BackoffChange>,
+    pub kills_done: Vec<KillDone>,
     /// What to report as Kubernetes events.
     pub events: Vec<events::Event>,
     /// Instances due to be killed for failing health checks that the health policy spares
@@ -192,6 +206,7 @@ impl Plan {
             && self.marks.is_empty()
             && self.unmarks.is_empty()
             && self.backoffs.is_empty()
+            && self.kills_done.is_empty()
             && self.events.is_empty()
     }
 }
@@ -269,6 +284,15 @@ pub fn plan(snapshot: &Snapshot, ctx: &PlanContext) -> Plan {
                 revision: *revision,
                 removals: Vec::new(),
             });
+        }
+    }
+    // Kill requests are kept until their instance is gone (the request was written after the
+    // instance, so a snapshot that has the request would have the instance).
+    let instances: BTreeSet<(&str, &str)> =
+        snapshot.instances.values().map(|i| (i.record.app.namespace.as_str(), i.record.id.as_str())).collect();
+    for ((namespace, id), (_, revision)) in &snapshot.kill_requests {
+        if !instances.contains(&(namespace.as_str(), id.as_str())) {
+            plan.kills_done.push(KillDone { namespace: namespace.clone(), id: id.clone(), revision: *revision });
         }
     }
     // What is left belongs to apps that no longer exist.
@@ -406,6 +430,7 @@ fn plan_app(
     let backoff = plan_backoff(app, snapshot, &version, &sets, ctx, plan);
 
     let (stops_before, launches_before) = (plan.stops.len(), plan.launches.len());
+    kill_requested(app, &mut sets, snapshot, plan);
     let health = kill_unhealthy(app, &mut sets, wanted, plan);
 
     let mut old_healthy: Vec<&InstanceState> = Vec::new();
@@ -487,6 +512,40 @@ fn plan_app(
         plan.events.extend(events::waiting(app, dependencies));
     }
     push_status(app, desired, plan);
+}
+
+/// Kills the instances users asked to kill (`kubectl delete instance`), at once and
+/// whatever the policies, as Marathon's kill and Kubernetes' pod deletion do; moves them out
+/// of the sets that count, so the rest of the tick launches their replacements. One on an
+/// agent that stopped reporting loses its record at once (should the agent come back, it
+/// stops the process of an instance it no longer has a record of).
+fn kill_requested(app: &App, sets: &mut AppInstances<'_>, snapshot: &Snapshot, plan: &mut Plan) {
+    if snapshot.kill_requests.is_empty() {
+        return;
+    }
+    let namespace = app.metadata.namespace.clone().unwrap_or_default();
+    let request = |i: &InstanceState| snapshot.kill_requests.get(&(namespace.clone(), i.record.id.clone()));
+    let mut killed: Vec<(String, String, String)> = Vec::new();
+    for set in [&mut sets.current, &mut sets.old] {
+        set.retain(|&i| {
+            let Some((request, _)) = request(i) else { return true };
+            plan.stops.push(Stop { grace_seconds: request.grace_seconds, ..stop(i, StopReason::Killed) });
+            killed.push((i.record.id.clone(), i.record.agent.clone(), request.user.clone()));
+            sets.stopping.push(i);
+            false
+        });
+    }
+    for set in [&mut sets.unreachable, &mut sets.inactive] {
+        set.retain(|&i| {
+            let Some((request, _)) = request(i) else { return true };
+            plan.removals.push(removal(i));
+            killed.push((i.record.id.clone(), i.record.agent.clone(), request.user.clone()));
+            false
+        });
+    }
+    if !killed.is_empty() {
+        plan.events.push(events::user_kills(app, &killed));
+    }
 }
 
 /// Kills (stops) the instances due for failing their health checks that the app's health
@@ -698,7 +757,7 @@ fn runnable(app: &App) -> Result<(Command, Vec<Constraint>), String> {
 }
 
 fn stop(instance: &InstanceState, reason: StopReason) -> Stop {
-    Stop { record: (*instance.record).clone(), revision: instance.revision, reason }
+    Stop { record: (*instance.record).clone(), revision: instance.revision, reason, grace_seconds: None }
 }
 
 fn removal(instance: &InstanceState) -> Removal {

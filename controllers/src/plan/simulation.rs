@@ -159,6 +159,7 @@ impl World {
             instances: self.instances.clone(),
             unreachable: self.markers.clone(),
             backoffs,
+            kill_requests: Default::default(),
         }
     }
 
@@ -357,6 +358,11 @@ fn round_trip(snapshot: &Snapshot) -> Snapshot {
             .backoffs
             .iter()
             .map(|(k, (b, rev))| (k.clone(), (Arc::new(again(b.as_ref())), *rev)))
+            .collect(),
+        kill_requests: snapshot
+            .kill_requests
+            .iter()
+            .map(|(k, (r, rev))| (k.clone(), (Arc::new(again(r.as_ref())), *rev)))
             .collect(),
     }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use baton_api::Phase;
 
 use super::*;
-use crate::testing::{agent, app, instance, now, snapshot, with_backoff, with_marker};
+use crate::testing::{agent, app, instance, now, snapshot, with_backoff, with_kill_request, with_marker};
 
 fn ctx() -> PlanContext {
     PlanContext { now: now(), seed: 42 }
@@ -477,4 +477,43 @@ fn when_a_blip_ends_the_first_recoveries_free_no_budget_for_the_rest() {
     let plan = plan(&snapshot(&[&pool], vec![agent("a1").build()], instances), &ctx());
     assert!(plan.stops.is_empty(), "the replacements are not steadily healthy yet: {:?}", stopped_ids(&plan));
     assert_eq!(plan.withheld_kills.len(), 5);
+}
+
+#[test]
+fn a_kill_request_stops_the_instance_at_once_and_a_replacement_launches() {
+    // A user's kill is carried out whatever the health policy says (here: kill nothing).
+    let web = app("web").instances(3).health_policy(1.0, 0).build();
+    let running: Vec<InstanceState> = (0..3).map(|n| instance(&web, "a1", n).running().build()).collect();
+    let base = snapshot(&[&web], vec![agent("a1").build()], running);
+    let plan = plan(&with_kill_request(base.clone(), "web-001", Some(0)), &ctx());
+    assert_eq!(stopped_ids(&plan), ["web-001"]);
+    assert_eq!((plan.stops[0].reason, plan.stops[0].grace_seconds), (StopReason::Killed, Some(0)));
+    assert_eq!(plan.launches.len(), 1, "the replacement");
+    assert!(plan.kills_done.is_empty(), "kept until the instance is gone");
+    let event = plan.events.iter().find(|e| e.reason == "Killing").expect("a Killing event");
+    assert_eq!(event.message, "killing 1 instance: web-001 on a1 (requested by ops)");
+
+    // Once it is stopping, the request asks nothing more; once it is gone, it is forgotten.
+    let mut stopping = base.clone();
+    let victim = stopping.instances.get_mut("web-001").unwrap();
+    *victim = instance(&web, "a1", 1).running().stopped("Killed").build();
+    let replacement = instance(&web, "a1", 7).build();
+    stopping.instances.insert(replacement.record.id.clone(), replacement);
+    let plan = super::plan(&with_kill_request(stopping.clone(), "web-001", None), &ctx());
+    assert!(plan.stops.is_empty() && plan.launches.is_empty() && plan.kills_done.is_empty(), "{plan:?}");
+    stopping.instances.remove("web-001");
+    let plan = super::plan(&with_kill_request(stopping, "web-001", None), &ctx());
+    assert_eq!(plan.kills_done, [KillDone { namespace: "default".into(), id: "web-001".into(), revision: 11 }]);
+}
+
+#[test]
+fn killing_an_unreachable_instance_forgets_it_and_replaces_it() {
+    let web = app("web").instances(3).unreachable_strategy(300, 600).build();
+    let instances = (0..3).map(|n| instance(&web, "a1", n).running().build()).collect();
+    let gone = with_marker(snapshot(&[&web], vec![agent("a2").build()], instances), "a1", 10);
+    let plan = plan(&with_kill_request(gone, "web-002", None), &ctx());
+    let removed: Vec<&str> = plan.removals.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(removed, ["web-002"], "its agent is gone: the record goes at once");
+    assert!(plan.stops.is_empty());
+    assert_eq!(plan.launches.len(), 1, "replaced at once, not after inactiveAfterSeconds");
 }

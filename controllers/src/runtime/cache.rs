@@ -11,7 +11,9 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use baton_api::{AgentRecord, App, AppGroup, BackoffRecord, InstanceRecord, StatusRecord, UnreachableMarker};
+use baton_api::{
+    AgentRecord, App, AppGroup, BackoffRecord, InstanceRecord, KillRequest, StatusRecord, UnreachableMarker,
+};
 use baton_store::{EventKind, KeyValue, Keyspace, Revision, Store, WatchEvent};
 
 use crate::snapshot::{InstanceState, Marker, Snapshot};
@@ -25,6 +27,7 @@ struct Records {
     statuses: BTreeMap<Slot, (Arc<StatusRecord>, Revision)>,
     markers: BTreeMap<String, (Arc<UnreachableMarker>, Revision)>,
     backoffs: BTreeMap<(String, String), (Arc<BackoffRecord>, Revision)>,
+    kill_requests: BTreeMap<(String, String), (Arc<KillRequest>, Revision)>,
 }
 
 /// Store records, kept current by one watch over the keyspace (so changes apply in
@@ -84,7 +87,15 @@ impl StoreCache {
             .iter()
             .map(|(agent, (marker, revision))| (agent.clone(), Marker { since: marker.since, revision: *revision }))
             .collect();
-        Snapshot { apps, groups, agents, instances, unreachable, backoffs: records.backoffs.clone() }
+        Snapshot {
+            apps,
+            groups,
+            agents,
+            instances,
+            unreachable,
+            backoffs: records.backoffs.clone(),
+            kill_requests: records.kill_requests.clone(),
+        }
     }
 }
 
@@ -119,12 +130,15 @@ async fn load_and_watch(
     let statuses = store.range(&keys.statuses()).await?;
     let markers = store.range(&keys.unreachable_agents()).await?;
     let apps = store.range(&keys.apps()).await?;
+    let kills = store.range(&keys.kill_requests()).await?;
     let mut fresh = Records::default();
-    for kv in agents.kvs.iter().chain(&instances.kvs).chain(&statuses.kvs).chain(&markers.kvs).chain(&apps.kvs) {
-        apply_put(&mut fresh, keys, kv);
+    for kvs in [&agents.kvs, &instances.kvs, &statuses.kvs, &markers.kvs, &apps.kvs, &kills.kvs] {
+        for kv in kvs {
+            apply_put(&mut fresh, keys, kv);
+        }
     }
     *records.lock().expect("cache lock") = fresh;
-    revision.send_replace(apps.revision);
+    revision.send_replace(kills.revision);
     ready.send_replace(true);
     changed.notify_one();
     // Changes after the first range are applied (again); applying is idempotent by revision.
@@ -195,10 +209,14 @@ fn apply_put(records: &mut Records, keys: &Keyspace, kv: &KeyValue) {
         if let Some(marker) = parse(kv) {
             upsert(&mut records.markers, agent.to_string(), marker, kv.mod_revision);
         }
-    } else if let Some((namespace, app)) = keys.parse_app_backoff_key(&kv.key)
-        && let Some(backoff) = parse(kv)
+    } else if let Some((namespace, app)) = keys.parse_app_backoff_key(&kv.key) {
+        if let Some(backoff) = parse(kv) {
+            upsert(&mut records.backoffs, (namespace.to_string(), app.to_string()), backoff, kv.mod_revision);
+        }
+    } else if let Some((namespace, id)) = keys.parse_kill_request_key(&kv.key)
+        && let Some(request) = parse(kv)
     {
-        upsert(&mut records.backoffs, (namespace.to_string(), app.to_string()), backoff, kv.mod_revision);
+        upsert(&mut records.kill_requests, (namespace.to_string(), id.to_string()), request, kv.mod_revision);
     }
 }
 
@@ -215,6 +233,8 @@ fn apply_delete(records: &mut Records, keys: &Keyspace, event: &WatchEvent) {
         remove(&mut records.markers, &agent.to_string(), revision);
     } else if let Some((namespace, app)) = keys.parse_app_backoff_key(key) {
         remove(&mut records.backoffs, &(namespace.to_string(), app.to_string()), revision);
+    } else if let Some((namespace, id)) = keys.parse_kill_request_key(key) {
+        remove(&mut records.kill_requests, &(namespace.to_string(), id.to_string()), revision);
     }
 }
 

@@ -75,6 +75,9 @@ impl Executor {
             let mut record = stop.record.clone();
             record.goal = Goal::Stopped;
             record.stop_reason = Some(stop.reason.as_str().to_string());
+            if let Some(grace) = stop.grace_seconds {
+                record.kill_grace_seconds = grace;
+            }
             record.term = leadership.term();
             let write = Op::put(&key, to_json(&record));
             writes.push((Step::Stop(stop.reason.as_str()), Compare::mod_revision(&key, stop.revision), write));
@@ -82,6 +85,10 @@ impl Executor {
         for removal in &plan.removals {
             let key = self.keys.instance(&removal.agent, &removal.id);
             writes.push((Step::Removal, Compare::mod_revision(&key, removal.revision), Op::delete(&key)));
+        }
+        for done in &plan.kills_done {
+            let key = self.keys.kill_request(&done.namespace, &done.id);
+            writes.push((Step::Marker, Compare::mod_revision(&key, done.revision), Op::delete(&key)));
         }
         for mark in &plan.marks {
             let key = self.keys.unreachable_agent(&mark.agent);
