@@ -165,6 +165,8 @@ mod tests {
         assert_eq!(resources[0]["subresources"][1]["responseKind"]["kind"], "Scale");
         assert_eq!(resources[1]["resource"], "appgroups");
         assert_eq!(resources[2]["resource"], "instances");
-        assert_eq!(resources[2]["verbs"], json!(["get", "list", "watch"]));
+        assert_eq!(resources[2]["verbs"], json!(["delete", "get", "list", "watch"]), "delete kills an instance");
+        assert_eq!(resources[3]["resource"], "agents");
+        assert_eq!(resources[3]["verbs"], json!(["get", "list", "watch"]));
     }
 }
