@@ -336,8 +336,29 @@ async fn instances_are_a_read_only_view_of_the_records() {
     assert_eq!(code, StatusCode::OK);
     let (code, _) = api.call(Method::GET, "/apis/baton.dev/v1alpha1/namespaces/other/instances/web-abc", None).await;
     assert_eq!(code, StatusCode::NOT_FOUND, "namespaced by the app's namespace");
-    let (code, _) = api.call(Method::DELETE, &format!("{path}/web-abc"), None).await;
-    assert_eq!(code, StatusCode::METHOD_NOT_ALLOWED);
+    let (code, _) = api.call(Method::PATCH, &format!("{path}/web-abc"), Some(&json!({"spec": {}}))).await;
+    assert_eq!(code, StatusCode::METHOD_NOT_ALLOWED, "a view is not written");
+    let (code, _) = api.call(Method::DELETE, "/apis/baton.dev/v1alpha1/agents/agent-1", None).await;
+    assert_eq!(code, StatusCode::METHOD_NOT_ALLOWED, "agents are not deleted through the API");
+
+    // DELETE asks the controller to kill the instance: a kill request, the view marked.
+    let (code, killed) = api.call(Method::DELETE, &format!("{path}/web-abc"), None).await;
+    assert_eq!(code, StatusCode::OK, "{killed}");
+    assert!(killed["metadata"]["deletionTimestamp"].is_string(), "{killed}");
+    let request = api.store.get("/baton/kills/default/web-abc").await.unwrap().expect("a kill request");
+    let request: baton_api::KillRequest = serde_json::from_slice(&request.value).unwrap();
+    assert_eq!((request.user.as_str(), request.grace_seconds), ("admin", None));
+    // Again, with a grace period: the first request stays.
+    let (code, _) = api.call(Method::DELETE, &format!("{path}/web-abc"), Some(&json!({"gracePeriodSeconds": 0}))).await;
+    assert_eq!(code, StatusCode::OK);
+    let again = api.store.get("/baton/kills/default/web-abc").await.unwrap().unwrap();
+    assert_eq!(serde_json::from_slice::<baton_api::KillRequest>(&again.value).unwrap(), request);
+    let (code, status) =
+        api.call(Method::DELETE, &format!("{path}/web-abc"), Some(&json!({"gracePeriodSeconds": -1}))).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert!(status["message"].as_str().unwrap().contains("gracePeriodSeconds: Invalid value: -1"), "{status}");
+    let (code, _) = api.call(Method::DELETE, &format!("{path}/web-nothing"), None).await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]
