@@ -7,11 +7,12 @@
 //!
 //! First, agents that stopped reporting get a marker with the time (kept in the store, so a
 //! new leader measures from the same moment). Then per app, in (namespace, name) order:
-//! classify its instances ([`classify`]), kill those failing their health checks within
-//! the app's health policy ([`health`]), compute one bounded step from counts ([`deploy`]),
-//! pick the instances to stop, place the launches ([`crate::schedule`]), and compute its
-//! status ([`status`]). Instances whose app is gone are stopped. One placer
-//! serves the whole plan, so its placements see each other.
+//! classify its instances ([`classify`]), kill those users asked to kill, and those failing
+//! their health checks within the app's health policy ([`health`]), compute one bounded
+//! step from counts ([`deploy`]), pick the instances to stop, place the launches
+//! ([`crate::schedule`]), and compute its status ([`status`]). Instances whose app is gone
+//! are stopped, and kill requests whose instance is gone are forgotten. One placer serves
+//! the whole plan, so its placements see each other.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -184,6 +185,7 @@ pub struct Plan {
     pub marks: Vec<Mark>,
     pub unmarks: Vec<Unmark>,
     pub backoffs: Vec<BackoffChange>,
+    /// Users' kill requests whose instances are gone.
     pub kills_done: Vec<KillDone>,
     /// What to report as Kubernetes events.
     pub events: Vec<events::Event>,
