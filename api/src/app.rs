@@ -25,6 +25,7 @@ use crate::resources::Resources;
     plural = "apps",
     namespaced,
     status = "AppStatus",
+    category = "all",
     category = "baton",
     derive = "PartialEq",
     doc = "An application: a command run as a number of instances on Baton's agents.",

@@ -241,7 +241,8 @@ fn instance_kind() -> Kind {
         plural: "instances".into(),
         singular: "instance".into(),
         short_names: vec!["inst".into()],
-        categories: vec!["baton".into()],
+        // `kubectl get all` lists apps and instances, as it lists deployments and pods.
+        categories: vec!["all".into(), "baton".into()],
         namespaced: true,
         columns: vec![
             column("App", "string", ".spec.app", 1, "The app the instance belongs to"),

@@ -241,6 +241,8 @@ fn watch_describe_and_the_views() {
     let header: Vec<&str> = instances.lines().next().unwrap().split_whitespace().collect();
     assert_eq!(header, ["NAME", "AGENT", "HOST", "PORTS", "PHASE", "HEALTH", "AGE"], "{instances}");
     assert!(instances.lines().skip(1).all(|l| l.contains("Running") && l.contains("Healthy")), "{instances}");
+    let all = ok(&cluster, &["get", "all"]);
+    assert!(all.contains("app.baton.dev/web ") && all.contains("instance.baton.dev/web-"), "{all}");
     let (mut watcher, lines) = background(&cluster, &["get", "instances", "-w", "-l", "app=web"]);
     expect_line(&lines, "an instance listed", |l| l.contains("Running"));
     ok(&cluster, &["scale", "app/web", "--replicas=0"]);
