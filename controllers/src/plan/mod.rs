@@ -290,10 +290,8 @@ pub fn plan(snapshot: &Snapshot, ctx: &PlanContext) -> Plan {
     }
     // Kill requests are kept until their instance is gone (the request was written after the
     // instance, so a snapshot that has the request would have the instance).
-    let instances: BTreeSet<(&str, &str)> =
-        snapshot.instances.values().map(|i| (i.record.app.namespace.as_str(), i.record.id.as_str())).collect();
     for ((namespace, id), (_, revision)) in &snapshot.kill_requests {
-        if !instances.contains(&(namespace.as_str(), id.as_str())) {
+        if snapshot.instances.get(id).is_none_or(|i| i.record.app.namespace != *namespace) {
             plan.kills_done.push(KillDone { namespace: namespace.clone(), id: id.clone(), revision: *revision });
         }
     }
@@ -526,11 +524,21 @@ fn kill_requested(app: &App, sets: &mut AppInstances<'_>, snapshot: &Snapshot, p
         return;
     }
     let namespace = app.metadata.namespace.clone().unwrap_or_default();
-    let request = |i: &InstanceState| snapshot.kill_requests.get(&(namespace.clone(), i.record.id.clone()));
+    // This namespace's requests, by instance id.
+    let requests: BTreeMap<&str, &baton_api::KillRequest> = snapshot
+        .kill_requests
+        .range((namespace.clone(), String::new())..)
+        .take_while(|((ns, _), _)| *ns == namespace)
+        .map(|((_, id), (request, _))| (id.as_str(), request.as_ref()))
+        .collect();
+    if requests.is_empty() {
+        return;
+    }
+    let request = |i: &InstanceState| requests.get(i.record.id.as_str()).copied();
     let mut killed: Vec<(String, String, String)> = Vec::new();
     for set in [&mut sets.current, &mut sets.old] {
         set.retain(|&i| {
-            let Some((request, _)) = request(i) else { return true };
+            let Some(request) = request(i) else { return true };
             plan.stops.push(Stop { grace_seconds: request.grace_seconds, ..stop(i, StopReason::Killed) });
             killed.push((i.record.id.clone(), i.record.agent.clone(), request.user.clone()));
             sets.stopping.push(i);
@@ -539,7 +547,7 @@ fn kill_requested(app: &App, sets: &mut AppInstances<'_>, snapshot: &Snapshot, p
     }
     for set in [&mut sets.unreachable, &mut sets.inactive] {
         set.retain(|&i| {
-            let Some((request, _)) = request(i) else { return true };
+            let Some(request) = request(i) else { return true };
             plan.removals.push(removal(i));
             killed.push((i.record.id.clone(), i.record.agent.clone(), request.user.clone()));
             false
