@@ -10,26 +10,17 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
-missing=()
-command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)   # etcd-client's build runs protoc
-command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)            # the real etcd the store tests start
-command -v python3 >/dev/null 2>&1 || missing+=(python3)             # examples/web.yaml serves with python3
-if ((${#missing[@]})); then
-  step "installing ${missing[*]}"
-  sudo=""
-  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
-if ! command -v kubectl >/dev/null 2>&1; then
-  echo "kubectl is not on PATH: the end-to-end tests drive Baton with the real kubectl." >&2
-  echo "Install it (https://kubernetes.io/docs/tasks/tools/) and run hack/test.sh again." >&2
-  exit 1
-fi
+# System packages the build and the tests need, checked by the files they use.
+hack/prereqs.sh --tests
 
 if ! python3 -c "import helm_python, kubernetes_validate, yaml" >/dev/null 2>&1; then
   step "installing hack/chart-requirements.txt (PyPI)"
-  python3 -m pip install -q --disable-pip-version-check -r hack/chart-requirements.txt
+  if ! python3 -m pip install -q --disable-pip-version-check -r hack/chart-requirements.txt; then
+    echo "hack/test.sh: could not install the PyPI packages of hack/chart-requirements.txt" >&2
+    echo "(helm-python-sdk, kubernetes-validate, PyYAML: the Helm chart's checks use them)." >&2
+    echo "Install them by hand (python3 -m pip install -r hack/chart-requirements.txt) and run this again." >&2
+    exit 1
+  fi
 fi
 
 step "helm chart: lint, render, validate"

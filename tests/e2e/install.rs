@@ -254,3 +254,38 @@ fn the_systemd_units_use_only_flags_baton_knows() {
     }
     assert_eq!(units, 3, "apiserver, controller and agent units");
 }
+
+/// `hack/prereqs.sh` (run by `hack/test.sh` and `hack/dev.sh`) on a machine where what it
+/// needs is missing and cannot be installed: it stops at once, naming each package, why it is
+/// needed, and what to do — not a build error minutes later.
+#[test]
+fn prerequisites_that_cannot_be_installed_are_named() {
+    let dir = tempfile::tempdir().expect("a temporary dir");
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    // A PATH with only what the script runs besides bash's builtins, and an apt-get that fails
+    // as it does without network: no protoc, cc, python3, etcd or kubectl on it.
+    for tool in ["id", "bash"] {
+        let found = ["/usr/bin", "/bin"].iter().map(|d| Path::new(d).join(tool)).find(|p| p.exists());
+        std::os::unix::fs::symlink(found.unwrap_or_else(|| panic!("{tool} not found")), bin.join(tool)).unwrap();
+    }
+    let apt = bin.join("apt-get");
+    std::fs::write(&apt, "#!/bin/bash\necho 'E: Unable to locate package' >&2\nexit 100\n").unwrap();
+    std::fs::set_permissions(&apt, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hack/prereqs.sh");
+    let output = Command::new(bin.join("bash"))
+        .arg(&script)
+        .arg("--tests")
+        .env_clear()
+        .env("PATH", &bin)
+        .output()
+        .expect("runs hack/prereqs.sh");
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(!output.status.success(), "it must fail\n{stdout}\n{stderr}");
+    for package in ["protobuf-compiler", "etcd-server", "python3"] {
+        assert!(stdout.contains(package) && stderr.contains(package), "{package} is named\n{stdout}\n{stderr}");
+    }
+    assert!(stdout.contains("etcd-client's build runs protoc"), "why each is needed\n{stdout}");
+    assert!(stderr.contains("apt-get install failed"), "what went wrong\n{stderr}");
+    assert!(stderr.contains("Install them by hand"), "what to do next\n{stderr}");
+}
