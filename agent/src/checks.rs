@@ -268,6 +268,8 @@ mod tests {
             created_at: Timestamp::UNIX_EPOCH,
             goal: Goal::Running,
             stop_reason: None,
+            replaces: None,
+            holds_slot: false,
             command: Command::Shell("true".into()),
             env: Default::default(),
             labels: Default::default(),

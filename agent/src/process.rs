@@ -303,6 +303,8 @@ mod tests {
             created_at: jiff::Timestamp::UNIX_EPOCH,
             goal: Goal::Running,
             stop_reason: None,
+            replaces: None,
+            holds_slot: false,
             command: Command::Shell("echo hi".into()),
             env: [("GREETING".to_string(), "hello".to_string())].into(),
             labels: Default::default(),

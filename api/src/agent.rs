@@ -184,6 +184,8 @@ mod tests {
             created_at: Timestamp::UNIX_EPOCH,
             goal: Goal::Running,
             stop_reason: None,
+            replaces: None,
+            holds_slot: false,
             command: Command::Shell("x".into()),
             env: BTreeMap::new(),
             labels: BTreeMap::new(),

@@ -370,6 +370,15 @@ pub struct AppStatus {
     /// Instances whose process runs and fails a health check.
     #[serde(default)]
     pub unhealthy: i32,
+    /// Instances whose process runs and whose health is not known yet: no probe result, or
+    /// failures only within the grace period. Neither healthy nor failed: a rollout stops
+    /// them only within its capacity budget.
+    #[serde(default)]
+    pub health_unknown: i32,
+    /// The health policy's replacement slots in use: each instance killed for its health
+    /// holds one until an instance replacing it has been steadily healthy.
+    #[serde(default)]
+    pub replacements: Vec<ReplacementSlot>,
     /// Instances on agents that stopped reporting.
     #[serde(default)]
     pub unreachable: i32,
@@ -438,6 +447,21 @@ impl From<&crate::records::Failure> for LastFailure {
             time: Time(f.time),
         }
     }
+}
+
+/// A replacement slot of the health policy in use, and what it waits for.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplacementSlot {
+    /// The instance killed for failing its health checks.
+    pub killed: String,
+    /// The instance launched to replace it, while one is starting or running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replacement: Option<String>,
+    /// What must happen before the slot is free again: the killed instance to stop, a launch
+    /// (after the backoff, at a given time), the replacement to start, or to pass its health
+    /// checks steadily.
+    pub waiting_for: String,
 }
 
 /// How many agents were rejected for one reason.

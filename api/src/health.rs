@@ -220,8 +220,9 @@ fn default_ready_codes() -> Vec<i32> {
 /// The pool-aware kill policy. An instance that fails a health check
 /// `maxConsecutiveFailures` times in a row is killed and replaced — but while fewer than
 /// `minHealthyRatio` of the app's instances are healthy, only as long as fewer than
-/// `maxConcurrentReplacements` instances are being replaced (killed, or started and not yet
-/// healthy). So when every instance fails at once, a few are replaced at a time, and the
+/// `maxConcurrentReplacements` replacement slots are held: each health kill holds one until
+/// an instance replacing it has been steadily healthy, however often replacements fail in
+/// between. So when every instance fails at once, a few are replaced at a time, and the
 /// rest are left alone to recover when the cause goes away.
 ///
 /// Marathon's behaviour, killing every failing instance at once: `minHealthyRatio: 0`.
@@ -232,8 +233,9 @@ pub struct HealthPolicy {
     /// killed without a limit (default 0.75).
     #[serde(default = "default_min_healthy_ratio")]
     pub min_healthy_ratio: f64,
-    /// Below `minHealthyRatio`, at most this many instances are being replaced at once: a
-    /// number, or a percentage of `instances` rounded up (default `10%`). 0 kills none.
+    /// Below `minHealthyRatio`, at most this many replacement slots are held at once (a
+    /// health kill holds one until its replacement is steadily healthy): a number, or a
+    /// percentage of `instances` rounded up (default `10%`). 0 kills none.
     #[serde(default = "default_max_concurrent_replacements")]
     pub max_concurrent_replacements: IntOrString,
 }

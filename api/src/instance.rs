@@ -60,9 +60,15 @@ pub struct InstanceSpec {
     pub version: String,
     pub goal: Goal,
     /// Why the controller stopped the instance: `ScaledDown`, `AppDeleted`, `Upgraded`
-    /// (replaced by a new version) or `Unhealthy`; absent while it should run.
+    /// (replaced by a new version), `Unhealthy` or `Killed` (a user asked); absent while it
+    /// should run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_reason: Option<String>,
+    /// The instance killed for failing its health checks that this one was launched to
+    /// replace (the app's `status.replacements` shows the slot until this one is steadily
+    /// healthy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<String>,
 }
 
 /// What the agent reported.
@@ -177,6 +183,7 @@ impl Instance {
                 version: record.version.clone(),
                 goal: record.goal,
                 stop_reason: record.stop_reason.clone(),
+                replaces: record.replaces.clone(),
             },
             status: InstanceViewStatus {
                 health: status

@@ -217,6 +217,15 @@ pub struct InstanceRecord {
     /// Why the goal became `Stopped` (scale down, app deleted…).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_reason: Option<String>,
+    /// The instance killed for its health that this one was launched to replace: the
+    /// health policy's replacement slot it fills (see the controller's `plan::slots`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<String>,
+    /// Killed for its health, this instance took a replacement slot of the health policy:
+    /// its record is kept until an instance replacing it has been steadily healthy. False for
+    /// an instance killed while it was itself filling a slot (that takes no second one).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub holds_slot: bool,
     pub command: Command,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,

@@ -11,6 +11,22 @@ use baton_api::{AgentRecord, App, AppGroup, BackoffRecord, Goal, InstanceRecord,
 use baton_store::Revision;
 use jiff::Timestamp;
 
+/// What is known of a live instance's health, worst first: the order in which instances
+/// are given up (a scale-down stops those that carry least first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum HealthState {
+    /// Its process does not run (yet): it serves nothing.
+    NotRunning,
+    /// It runs and failed a health check's last probe.
+    Failing,
+    /// It runs and its health is not known yet: no probe result, failures only within its
+    /// grace period, or passing its health checks but not yet its readiness check. It may be
+    /// minutes into a warm-up: neither healthy nor failed.
+    Unknown,
+    /// It runs, passes every health check and its readiness check: it counts towards capacity.
+    Healthy,
+}
+
 /// One instance: what the controller assigned and what the agent reported.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InstanceState {
@@ -43,6 +59,19 @@ impl InstanceState {
             && self.status.as_ref().is_some_and(|s| s.is_ready(!self.record.readiness_checks.is_empty()))
     }
 
+    /// What is known of its health.
+    pub fn health_state(&self) -> HealthState {
+        if !self.is_running() {
+            HealthState::NotRunning
+        } else if self.is_healthy() {
+            HealthState::Healthy
+        } else if self.fails_health_checks() {
+            HealthState::Failing
+        } else {
+            HealthState::Unknown
+        }
+    }
+
     /// Its process runs and passes every health check it has (readiness aside).
     pub fn passes_health_checks(&self) -> bool {
         self.is_running()
@@ -53,6 +82,22 @@ impl InstanceState {
     /// [`baton_api::CheckResult::is_steady`]): it counts towards `minHealthyRatio`.
     pub fn steadily_healthy(&self) -> bool {
         self.is_running() && self.status.as_ref().is_some_and(|s| s.passes_steadily(&self.record.health_checks))
+    }
+
+    /// It has proved itself as a replacement: its process runs, it is healthy (and ready),
+    /// and it has passed every health check at least as many times in a row as it takes
+    /// failures to kill it — even if it never failed. Only then does it release the
+    /// replacement slot it fills: when a shared dependency comes back, the instances the
+    /// policy spared pass their next probe well before a fresh replacement has passed that
+    /// many, so none of them is killed in the moment the budget frees.
+    pub fn proven_healthy(&self) -> bool {
+        self.is_healthy()
+            && self.status.as_ref().is_some_and(|s| {
+                s.health.len() == self.record.health_checks.len()
+                    && self.record.health_checks.iter().zip(&s.health).all(|(check, r)| {
+                        r.passing == Some(true) && r.consecutive_successes >= check.kill_after().unwrap_or(1)
+                    })
+            })
     }
 
     /// Its process runs and failed a health check's last probe.

@@ -214,6 +214,8 @@ pub fn instance(app: &App, agent: &str, n: u32) -> InstanceBuilder {
             created_at: now() - jiff::SignedDuration::from_secs(3600 - i64::from(n)),
             goal: Goal::Running,
             stop_reason: None,
+            replaces: None,
+            holds_slot: false,
             command: Command::Shell("sleep 1000".into()),
             env: Default::default(),
             labels: Default::default(),
@@ -316,8 +318,20 @@ impl InstanceBuilder {
         self
     }
 
+    /// Killed for its health, holding a replacement slot.
+    pub fn killed_for_health(mut self) -> Self {
+        self.record.holds_slot = true;
+        self.stopped("Unhealthy")
+    }
+
     pub fn stopping(mut self) -> Self {
         self.record.goal = Goal::Stopped;
+        self
+    }
+
+    /// Launched to fill the replacement slot of `killed` (see `plan::slots`).
+    pub fn replacing(mut self, killed: &str) -> Self {
+        self.record.replaces = Some(killed.into());
         self
     }
 

@@ -1,6 +1,8 @@
 //! Health checks end to end with `baton dev`: the "snowball" — every instance of an app
-//! failing its health check at once — kills at most the policy's budget, and the pool
-//! recovers without further kills once the cause goes away.
+//! failing its health check at once — kills at most the policy's budget of the instances
+//! that were running, also while their replacements cannot start (they exit at start, or
+//! fail their probes, and are tried again), and the pool recovers without further kills once
+//! the cause goes away.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -41,12 +43,40 @@ fn wanted_running(all: &[Value]) -> BTreeSet<String> {
         .collect()
 }
 
+fn name(instance: &Value) -> String {
+    instance["metadata"]["name"].as_str().unwrap_or_default().to_string()
+}
+
+/// How the replacements of killed instances behave while the dependency is down.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Replacements {
+    /// They exit at start (the example as it is).
+    ExitAtStart,
+    /// They run and fail their health checks.
+    FailProbes,
+}
+
 #[test]
-fn a_snowball_kills_at_most_the_budget_and_the_pool_recovers_without_more_kills() {
+fn a_snowball_kills_at_most_the_budget_while_replacements_exit_at_start() {
+    snowball(Replacements::ExitAtStart);
+}
+
+#[test]
+fn a_snowball_kills_at_most_the_budget_while_replacements_fail_their_probes() {
+    snowball(Replacements::FailProbes);
+}
+
+fn snowball(replacements: Replacements) {
     let mut baton = Baton::start_dev(&baton_binary(), 3);
     let flag = baton.data_dir().join("broken");
     // The example as users run it, with the flag file in this test's directory.
-    let manifest = example("snowball.yaml").replace("/tmp/baton-snowball-broken", flag.to_str().unwrap());
+    let mut manifest = example("snowball.yaml").replace("/tmp/baton-snowball-broken", flag.to_str().unwrap());
+    if replacements == Replacements::FailProbes {
+        let exit_at_start =
+            "    if os.path.exists(os.environ[\"FLAG\"]):\n        sys.exit(\"cannot reach the dependency\")\n";
+        assert!(manifest.contains(exit_at_start), "the example changed: {manifest}");
+        manifest = manifest.replace(exit_at_start, "");
+    }
     let budget = 2;
     let output = baton.kubectl_with_input(&["apply", "-f", "-"], Some(&manifest));
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
@@ -59,57 +89,98 @@ fn a_snowball_kills_at_most_the_budget_and_the_pool_recovers_without_more_kills(
     assert!(shown.lines().next().unwrap().contains("HEALTHY"), "{shown}");
 
     // The shared dependency breaks for everyone.
+    let originals = wanted_running(&instances(&baton, "pool"));
     std::fs::write(&flag, "").unwrap();
     let broke = Instant::now();
     let mut timeline: Vec<String> = vec!["0.0 s: the flag file is created; every instance answers 500".into()];
-    let mut ever_running: BTreeSet<String> = wanted_running(&instances(&baton, "pool"));
+    let mut seen: BTreeSet<String> = originals.clone();
     let mut killed: BTreeMap<String, f64> = BTreeMap::new();
+    let mut replacement_ends: BTreeSet<String> = BTreeSet::new();
     let mut first_kill: Option<Instant> = None;
     let mut withheld_seen = false;
-    // Watch until the budget's replacements have been failing long enough to be due
-    // themselves (grace 5 s + 3 failures at 1 s), and more.
-    while first_kill.is_none_or(|t| t.elapsed() < Duration::from_secs(12)) {
+    let mut slots_seen: Option<Value> = None;
+    // Watch until the budget's replacements have failed several times over: exited at start
+    // and were tried again after the backoff, or were due themselves (grace 5 s + 3 failures
+    // at 1 s) and were killed and replaced in turn.
+    while first_kill.is_none_or(|t| t.elapsed() < Duration::from_secs(16)) {
         assert!(broke.elapsed() < WAIT, "no instance was killed within {WAIT:?}\n{}", baton.log_tail());
-        let running = wanted_running(&instances(&baton, "pool"));
+        let all = instances(&baton, "pool");
         let t = broke.elapsed().as_secs_f64();
-        for id in ever_running.difference(&running) {
-            if !killed.contains_key(id) {
+        let listed: BTreeSet<String> = all.iter().map(name).collect();
+        for instance in &all {
+            let id = name(instance);
+            let stopped = instance["spec"]["goal"] == "Stopped";
+            if originals.contains(&id) && stopped && !killed.contains_key(&id) {
+                assert_eq!(instance["spec"]["stopReason"], "Unhealthy", "{instance}");
                 killed.insert(id.clone(), t);
                 timeline.push(format!("{t:.1} s: {id} killed"));
                 first_kill.get_or_insert_with(Instant::now);
             }
+            if seen.insert(id.clone()) {
+                timeline.push(format!("{t:.1} s: {id} launched to replace {}", instance["spec"]["replaces"]));
+            }
+            let ended =
+                instance["status"]["phase"] == "Failed" || (stopped && instance["spec"]["stopReason"] == "Unhealthy");
+            if !originals.contains(&id) && ended && replacement_ends.insert(id.clone()) {
+                timeline.push(format!("{t:.1} s: replacement {id} {}", if stopped { "killed" } else { "exited" }));
+            }
         }
-        for id in running.difference(&ever_running) {
-            timeline.push(format!("{t:.1} s: {id} launched"));
+        // A replacement gone: it exited (its failure was counted and its record removed).
+        for id in seen.difference(&listed) {
+            if !originals.contains(id) && replacement_ends.insert(id.clone()) {
+                timeline.push(format!("{t:.1} s: replacement {id} ended and is gone"));
+            }
         }
-        ever_running.extend(running);
+        // An original gone without its stop seen is counted as killed too.
+        for id in originals.difference(&listed) {
+            if !killed.contains_key(id) {
+                killed.insert(id.clone(), t);
+                timeline.push(format!("{t:.1} s: {id} gone"));
+            }
+        }
         assert!(
             killed.len() <= budget,
-            "more than the budget of {budget} killed: {killed:?}\n{}\n{}",
+            "more than the budget of {budget} of the running instances killed: {killed:?}\n{}\n{}",
             timeline.join("\n"),
             baton.log_tail()
         );
-        if !withheld_seen
-            && condition(&app_status(&baton, "pool"), "Healthy").is_some_and(|c| c["reason"] == "KillsWithheld")
-        {
+        let status = app_status(&baton, "pool");
+        if !withheld_seen && condition(&status, "Healthy").is_some_and(|c| c["reason"] == "KillsWithheld") {
             withheld_seen = true;
             timeline.push(format!("{t:.1} s: status says KillsWithheld"));
+        }
+        if status["replacements"].as_array().is_some_and(|slots| slots.len() == budget) {
+            slots_seen = Some(status["replacements"].clone());
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(killed.len(), budget, "the budget is used: {}", timeline.join("\n"));
+    assert!(
+        replacement_ends.len() >= budget,
+        "the replacements could not become healthy and were tried again: {}",
+        timeline.join("\n")
+    );
     assert!(withheld_seen, "the app's Healthy condition said why kills were withheld\n{}", timeline.join("\n"));
+    let slots =
+        slots_seen.unwrap_or_else(|| panic!("status.replacements never showed the 2 slots\n{}", timeline.join("\n")));
+    for slot in slots.as_array().unwrap() {
+        assert!(killed.contains_key(slot["killed"].as_str().unwrap()), "{slot}");
+        assert!(!slot["waitingFor"].as_str().unwrap_or("").is_empty(), "{slot}");
+    }
     let described = baton.kubectl_ok(&["describe", "app", "pool"]);
     assert!(described.contains("KillsWithheld"), "{described}");
+    assert!(described.contains("Waiting For"), "describe shows what each slot waits for: {described}");
 
     // The cause goes away: every instance passes again, none more is killed.
     std::fs::remove_file(&flag).unwrap();
     let fixed = Instant::now();
     timeline.push(format!("{:.1} s: the flag file is removed", broke.elapsed().as_secs_f64()));
-    baton.wait_for("all 10 healthy again", WAIT, |b| {
+    baton.wait_for("all 10 healthy again, no slot held", WAIT, |b| {
         let all = instances(b, "pool");
         let healthy = all.iter().filter(|i| i["spec"]["goal"] == "Running" && i["status"]["health"] == "Healthy");
-        (healthy.count() == 10 && app_status(b, "pool")["healthy"] == 10).then_some(())
+        let status = app_status(b, "pool");
+        (healthy.count() == 10 && status["healthy"] == 10 && status["replacements"] == serde_json::json!([]))
+            .then_some(())
     });
     timeline.push(format!(
         "{:.1} s: all 10 healthy ({:.1} s after the fix)",
@@ -117,13 +188,18 @@ fn a_snowball_kills_at_most_the_budget_and_the_pool_recovers_without_more_kills(
         fixed.elapsed().as_secs_f64()
     ));
     let settled = wanted_running(&instances(&baton, "pool"));
-    let survivors: BTreeSet<String> = ever_running.iter().filter(|id| !killed.contains_key(*id)).cloned().collect();
-    assert_eq!(
-        settled,
-        survivors,
-        "the survivors and the budget's replacements, nothing else\n{}",
-        timeline.join("\n")
+    let survivors: BTreeSet<String> = originals.iter().filter(|id| !killed.contains_key(*id)).cloned().collect();
+    assert!(
+        survivors.is_subset(&settled),
+        "the 8 spared kept running\n{}\n{:#?}\n{}",
+        timeline.join("\n"),
+        instances(&baton, "pool")
+            .iter()
+            .map(|i| format!("{} {} {} {}", name(i), i["spec"]["goal"], i["spec"]["stopReason"], i["status"]["phase"]))
+            .collect::<Vec<_>>(),
+        baton.log_tail()
     );
+    assert_eq!(settled.len(), 10);
     let calm = Instant::now();
     while calm.elapsed() < Duration::from_secs(5) {
         let all = instances(&baton, "pool");
@@ -148,6 +224,6 @@ fn a_snowball_kills_at_most_the_budget_and_the_pool_recovers_without_more_kills(
         "{about_pool:#?}"
     );
 
-    eprintln!("snowball kill timeline (budget {budget} of 10):\n  {}", timeline.join("\n  "));
+    eprintln!("snowball kill timeline ({replacements:?}, budget {budget} of 10):\n  {}", timeline.join("\n  "));
     baton.kubectl_ok(&["delete", "app", "pool", "--wait"]);
 }

@@ -118,17 +118,15 @@ impl<'s> AppInstances<'s> {
 }
 
 /// The order in which instances are stopped when there are too many: those not running yet
-/// first, then those running but not healthy (stopping either costs no capacity), then by
-/// `killSelection`, then by id.
+/// first, then those failing their health checks (stopping either costs no capacity), then
+/// those whose health is not known yet (they may be warming up), then healthy ones; within
+/// each, by `killSelection`, then by id.
 pub fn kill_order(selection: KillSelection) -> impl Fn(&&InstanceState, &&InstanceState) -> Ordering {
     move |a, b| {
         let by_age = match selection {
             KillSelection::YoungestFirst => b.record.created_at.cmp(&a.record.created_at),
             KillSelection::OldestFirst => a.record.created_at.cmp(&b.record.created_at),
         };
-        (a.is_running(), a.is_healthy())
-            .cmp(&(b.is_running(), b.is_healthy()))
-            .then(by_age)
-            .then_with(|| a.record.id.cmp(&b.record.id))
+        a.health_state().cmp(&b.health_state()).then(by_age).then_with(|| a.record.id.cmp(&b.record.id))
     }
 }

@@ -3,10 +3,14 @@
 //!
 //! A new version replaces the old one as Marathon does it, with `n` instances wanted:
 //! - `min_healthy = ceil(n × minimumHealthCapacity)`: old instances stop only while the
-//!   healthy count stays at least that (old ones that never became healthy first, as they
-//!   carry nothing); old ones that were healthy and now fail their health checks stop once
-//!   the healthy count reaches the minimum without them — until then they may recover, and
-//!   only the health policy kills them;
+//!   instances that are healthy or not yet judged stay at least that many. Old ones that
+//!   carry nothing go first and at once: not running yet, or failing their health checks
+//!   without ever having been healthy. Old ones whose health is not known yet (running, no
+//!   probe result, or inside their grace period without a failure) are neither healthy nor
+//!   failed — they may be minutes into a warm-up — so they stop within the same budget as
+//!   healthy ones, before them. Old ones that were healthy and now fail their health checks
+//!   stop once the healthy count reaches the minimum without them — until then they may
+//!   recover, and only the health policy kills them;
 //! - `max_total = floor(n × (1 + maximumOverCapacity))`: new ones launch only while every
 //!   instance whose process may exist (old ones, those being stopped, unreachable ones)
 //!   stays within that — so the process count never exceeds it, grace periods included;
@@ -66,8 +70,10 @@ pub struct Counts {
     /// and its process may still run.
     pub unreachable: usize,
     pub old_healthy: usize,
-    /// Old-version instances that have never been healthy (not running yet, or never
-    /// passing).
+    /// Old-version instances running whose health is not known yet: they count as capacity.
+    pub old_unknown: usize,
+    /// Old-version instances that carry nothing: not running yet, or failing their health
+    /// checks without ever having been healthy.
     pub old_unhealthy: usize,
     /// Old-version instances that were healthy and now fail their health checks.
     pub old_failing: usize,
@@ -78,8 +84,10 @@ pub struct Counts {
 /// What one tick may do for an app.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Step {
-    /// Old-version instances that have never been healthy to stop.
+    /// Old-version instances that carry nothing to stop.
     pub stop_old_unhealthy: usize,
+    /// Old-version instances whose health is not known yet to stop.
+    pub stop_old_unknown: usize,
     /// Old-version instances that fail their health checks to stop.
     pub stop_old_failing: usize,
     /// Healthy old-version instances to stop.
@@ -103,15 +111,21 @@ pub struct Step {
 pub fn step(c: Counts, s: Strategy) -> Step {
     let min_healthy = s.min_healthy(c.wanted);
     let healthy = c.current_healthy + c.old_healthy;
-    let stop_old_healthy = c.old_healthy.min(healthy.saturating_sub(min_healthy));
+    // What may be stopped of the old instances that serve or may soon: those not judged yet
+    // first (they serve nothing yet), then healthy ones. New instances not judged yet do not
+    // count: old ones make way only for new ones that proved healthy.
+    let may_stop = (healthy + c.old_unknown).saturating_sub(min_healthy);
+    let stop_old_unknown = c.old_unknown.min(may_stop);
+    let stop_old_healthy = c.old_healthy.min(may_stop - stop_old_unknown);
     let stop_old_failing = if healthy >= min_healthy { c.old_failing } else { 0 };
     let places = c.current + c.unreachable;
-    let processes = places + c.old_healthy + c.old_unhealthy + c.old_failing + c.stopping;
+    let old = c.old_healthy + c.old_unknown + c.old_unhealthy + c.old_failing;
+    let processes = places + old + c.stopping;
     let mut max_total = s.max_total(c.wanted);
     // Marathon's rule: when the healthy minimum equals the maximum (n = 1 with 1 and 0.2,
     // or 1 and 0 for any n) and the maximum is reached, no old instance may stop before a
     // new one is healthy and no new one may start: allow one instance over.
-    if min_healthy == max_total && max_total <= processes && c.old_healthy + c.old_unhealthy + c.old_failing > 0 {
+    if min_healthy == max_total && max_total <= processes && old > 0 {
         max_total += 1;
     }
     let mut launch = c.wanted.saturating_sub(places).min(max_total.saturating_sub(processes));
@@ -121,6 +135,7 @@ pub fn step(c: Counts, s: Strategy) -> Step {
     }
     Step {
         stop_old_unhealthy: c.old_unhealthy,
+        stop_old_unknown,
         stop_old_failing,
         stop_old_healthy,
         launch,
@@ -245,6 +260,22 @@ mod tests {
         assert_eq!(step(counts(10, 0, 0, 0), s).launch, 2);
         assert_eq!(step(counts(10, 2, 1, 0), s).launch, 1, "one still starting");
         assert_eq!(step(counts(10, 2, 2, 0), s).launch, 2);
+    }
+
+    #[test]
+    fn old_instances_not_judged_yet_stop_within_the_budget_before_healthy_ones() {
+        // A rollout started right after the previous one: the 12 instances it launched run,
+        // none probed yet. With 0.75, 9 must stay: 3 go, not 12.
+        let c = Counts { old_unknown: 12, ..counts(12, 0, 0, 0) };
+        let s = step(c, strategy(750, 1000));
+        assert_eq!((s.stop_old_unknown, s.stop_old_healthy, s.launch), (3, 0, 12));
+        // Mixed: unknown ones go first, healthy ones only beyond them.
+        let c = Counts { old_unknown: 2, ..counts(4, 0, 0, 2) };
+        let s = step(c, strategy(500, 0));
+        assert_eq!((s.stop_old_unknown, s.stop_old_healthy), (2, 0));
+        // New instances not judged yet free nothing.
+        let c = Counts { old_unknown: 3, ..counts(3, 3, 0, 0) };
+        assert_eq!(step(c, Strategy::default()), Step::default());
     }
 
     #[test]

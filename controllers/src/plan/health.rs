@@ -12,15 +12,22 @@
 //!   probes in a row, so that instances failing from the same cause are not killed in the
 //!   moment between the first recoveries and their own), every due instance is killed (and
 //!   replaced);
-//! - below that, instances are killed only while fewer than `maxConcurrentReplacements` are
-//!   being replaced: stopping after a health kill, or started and never healthy yet
-//!   (whatever started them — a replacement, a scale-up or a deployment);
+//! - below that, an instance is killed only while fewer than `maxConcurrentReplacements`
+//!   replacement slots are held ([`super::slots`]): a slot is taken by each health kill and
+//!   held until an instance launched to replace it has proved healthy (passed its checks
+//!   `maxConsecutiveFailures` times in a row), whatever happens in between (slow stops,
+//!   backoff, replacements that crash at start);
+//! - a due instance that was itself launched to fill a held slot is killed whatever the
+//!   budget: that refills the same place and takes no new slot;
 //! - the rest are withheld, with the reason. When the cause goes away they pass again and
 //!   are never killed; when it does not, the pool is replaced a budget at a time, as
 //!   replacements become healthy.
 //!
-//! Everything is counted from the snapshot: a new leader decides the same. Instances on
-//! agents that stopped reporting are not looked at (their last results are stale).
+//! An instance that was never healthy but was not launched to replace a health kill holds
+//! no slot: an app of one instance that never becomes healthy is killed and replaced, as in
+//! Marathon. Everything is counted from the snapshot: a new leader decides the same.
+//! Instances on agents that stopped reporting are not looked at (their last results are
+//! stale).
 
 use std::cmp::Reverse;
 
@@ -28,7 +35,7 @@ use baton_api::AppSpec;
 
 use crate::snapshot::InstanceState;
 
-use super::StopReason;
+use super::slots::Slots;
 
 /// The policy's numbers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +66,7 @@ pub struct Decision<'s> {
     pub withheld: Vec<Due<'s>>,
     /// Instances that pass their health checks steadily.
     pub healthy: usize,
-    /// Instances being replaced (the budget used).
+    /// Replacement slots held before this tick's kills (the budget used).
     pub in_flight: usize,
     /// Whether the budget applied (fewer than `minHealthyRatio` healthy).
     pub limited: bool,
@@ -74,13 +81,8 @@ pub struct Due<'s> {
 }
 
 /// Decides for an app with `wanted` instances, given its live instances (wanted running, on
-/// agents that report) and those being stopped.
-pub fn decide<'s>(
-    wanted: usize,
-    live: &[&'s InstanceState],
-    stopping: &[&'s InstanceState],
-    policy: Policy,
-) -> Decision<'s> {
+/// agents that report) and the replacement slots it holds.
+pub fn decide<'s>(wanted: usize, live: &[&'s InstanceState], slots: &Slots<'s>, policy: Policy) -> Decision<'s> {
     let mut due: Vec<Due<'s>> = live
         .iter()
         .filter_map(|&instance| instance.health_kill_due().map(|(failures, output)| Due { instance, failures, output }))
@@ -88,9 +90,10 @@ pub fn decide<'s>(
     if due.is_empty() {
         return Decision::default();
     }
-    // The longest failing first, then the oldest.
+    // Refills of held slots first (free), then the longest failing, then the oldest.
     due.sort_by(|a, b| {
-        (Reverse(a.failures), a.instance.record.created_at, a.instance.id()).cmp(&(
+        (!slots.fills(a.instance), Reverse(a.failures), a.instance.record.created_at, a.instance.id()).cmp(&(
+            !slots.fills(b.instance),
             Reverse(b.failures),
             b.instance.record.created_at,
             b.instance.id(),
@@ -98,10 +101,9 @@ pub fn decide<'s>(
     });
     let healthy = live.iter().filter(|i| i.steadily_healthy()).count();
     let limited = (healthy as u64) * 1000 < (wanted as u64) * policy.min_healthy_permille;
-    let killed_before =
-        stopping.iter().filter(|i| i.record.stop_reason.as_deref() == Some(StopReason::Unhealthy.as_str())).count();
-    let in_flight = killed_before + live.iter().filter(|i| !i.ever_healthy()).count();
-    let allowed = if limited { policy.replacements.saturating_sub(in_flight) } else { due.len() };
+    let in_flight = slots.held.len();
+    let refills = due.iter().take_while(|d| slots.fills(d.instance)).count();
+    let allowed = if limited { refills + policy.replacements.saturating_sub(in_flight) } else { due.len() };
     let withheld = due.split_off(allowed.min(due.len()));
     Decision { kill: due, withheld, healthy, in_flight, limited }
 }
@@ -109,117 +111,168 @@ pub fn decide<'s>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{app, instance};
+    use crate::plan::classify::{AppInstances, Reachability};
+    use crate::testing::{agent, app, instance, now, snapshot};
 
     fn policy(ratio_permille: u64, replacements: usize) -> Policy {
         Policy { min_healthy_permille: ratio_permille, replacements }
     }
 
-    fn ids(due: &[Due<'_>]) -> Vec<String> {
-        due.iter().map(|d| d.instance.id().to_string()).collect()
+    /// What was decided, by instance id.
+    #[derive(Debug, PartialEq)]
+    struct Outcome {
+        kill: Vec<String>,
+        withheld: Vec<String>,
+        healthy: usize,
+        in_flight: usize,
+        limited: bool,
+    }
+
+    /// Decides for 10 wanted of the app "web" with these instances (on a live agent).
+    fn decided(instances: &[InstanceState], policy: Policy) -> Outcome {
+        let web = web();
+        let snap = snapshot(&[&web], vec![agent("a1").build()], instances.to_vec());
+        let reach = Reachability::new(&snap, now());
+        let sets =
+            AppInstances::classify(snap.instances.values(), &web.version(), web.spec.unreachable_strategy, &reach);
+        let slots = Slots::of(&sets, 10);
+        let live: Vec<&InstanceState> = sets.current.iter().chain(&sets.old).copied().collect();
+        let d = decide(10, &live, &slots, policy);
+        let ids = |due: &[Due<'_>]| due.iter().map(|d| d.instance.id().to_string()).collect();
+        Outcome {
+            kill: ids(&d.kill),
+            withheld: ids(&d.withheld),
+            healthy: d.healthy,
+            in_flight: d.in_flight,
+            limited: d.limited,
+        }
+    }
+
+    fn web() -> std::sync::Arc<baton_api::App> {
+        app("web").instances(10).ports(1).tcp_check(3).build()
     }
 
     /// `healthy` passing, `failing` due (3 failures in a row, kill after 3).
     fn pool(healthy: u32, failing: u32) -> Vec<InstanceState> {
-        let web = app("web").instances(10).ports(1).tcp_check(3).build();
+        let web = web();
         let mut pool: Vec<InstanceState> = (0..healthy).map(|n| instance(&web, "a1", n).passing().build()).collect();
         pool.extend((healthy..healthy + failing).map(|n| instance(&web, "a1", n).failing(3).build()));
         pool
     }
 
-    fn refs(pool: &[InstanceState]) -> Vec<&InstanceState> {
-        pool.iter().collect()
-    }
-
     #[test]
     fn one_unhealthy_of_ten_is_killed() {
-        let pool = pool(9, 1);
-        let d = decide(10, &refs(&pool), &[], policy(500, 2));
-        assert_eq!(ids(&d.kill), ["web-009"]);
+        let d = decided(&pool(9, 1), policy(500, 2));
+        assert_eq!(d.kill, ["web-009"]);
         assert!(d.withheld.is_empty() && !d.limited);
     }
 
     #[test]
     fn ten_unhealthy_only_the_budget() {
-        let pool = pool(0, 10);
-        let d = decide(10, &refs(&pool), &[], policy(500, 2));
-        assert_eq!(d.kill.len(), 2);
-        assert_eq!(d.withheld.len(), 8);
-        assert!(d.limited);
-        assert_eq!(ids(&d.kill), ["web-000", "web-001"], "the oldest first among equal failures");
+        let d = decided(&pool(0, 10), policy(500, 2));
+        assert_eq!((d.kill.len(), d.withheld.len(), d.limited), (2, 8, true));
+        assert_eq!(d.kill, ["web-000", "web-001"], "the oldest first among equal failures");
     }
 
     #[test]
-    fn the_budget_is_used_by_kills_in_progress_and_replacements_not_yet_healthy() {
-        let web = app("web").instances(10).ports(1).tcp_check(3).build();
-        let failing: Vec<InstanceState> = (0..8).map(|n| instance(&web, "a1", n).failing(3).build()).collect();
-        // Tick after the kills: the two killed are being stopped.
-        let stopping: Vec<InstanceState> =
-            (8..10).map(|n| instance(&web, "a1", n).failing(3).stopped("Unhealthy").build()).collect();
-        let d = decide(10, &refs(&failing), &refs(&stopping), policy(500, 2));
+    fn a_slot_is_held_while_the_killed_instance_stops_ends_and_its_replacement_starts() {
+        let web = web();
+        let failing: Vec<InstanceState> = (2..10).map(|n| instance(&web, "a1", n).failing(3).build()).collect();
+        let with = |extra: Vec<InstanceState>| failing.iter().cloned().chain(extra).collect::<Vec<_>>();
+        let killed = |n| instance(&web, "a1", n).failing(3).killed_for_health();
+        // The two killed are stopping, slowly.
+        let d = decided(&with(vec![killed(0).build(), killed(1).build()]), policy(500, 2));
         assert_eq!((d.kill.len(), d.withheld.len(), d.in_flight), (0, 8, 2));
-        // Their replacements started, not healthy yet (or failing themselves).
-        let mut pool = failing.clone();
-        pool.push(instance(&web, "a1", 10).running().build());
-        pool.push(instance(&web, "a1", 11).failing(5).never_healthy().build());
-        let d = decide(10, &refs(&pool), &[], policy(500, 2));
-        assert_eq!((d.kill.len(), d.in_flight), (0, 2), "replacements not yet healthy use the budget");
-        // The replacements became healthy: the next batch goes.
-        let mut pool = failing;
-        pool.push(instance(&web, "a1", 10).passing().build());
-        pool.push(instance(&web, "a1", 11).passing().build());
-        let d = decide(10, &refs(&pool), &[], policy(500, 2));
+        // They ended; no replacement yet (backoff, or no room within maximumOverCapacity).
+        let ended =
+            || vec![killed(0).failed(1).killed_for_health().build(), killed(1).failed(1).killed_for_health().build()];
+        let d = decided(&with(ended()), policy(500, 2));
+        assert_eq!((d.kill.len(), d.in_flight), (0, 2), "an ended kill still holds its slot");
+        // Their replacements started, one not probed yet, one failing.
+        let mut starting = with(ended());
+        starting.push(instance(&web, "a1", 10).running().replacing("web-000").build());
+        starting.push(instance(&web, "a1", 11).failing(1).never_healthy().replacing("web-001").build());
+        let d = decided(&starting, policy(500, 2));
+        assert_eq!((d.kill.len(), d.in_flight), (0, 2), "replacements not yet healthy keep the slots");
+        // The replacements proved healthy: the slots are free, the next batch goes.
+        let mut healed = with(ended());
+        healed.push(instance(&web, "a1", 10).passing().replacing("web-000").build());
+        healed.push(instance(&web, "a1", 11).passing().replacing("web-001").build());
+        let d = decided(&healed, policy(500, 2));
         assert_eq!((d.kill.len(), d.withheld.len(), d.in_flight), (2, 6, 0));
     }
 
     #[test]
+    fn a_failing_replacement_is_killed_without_taking_another_slot() {
+        let web = web();
+        let mut instances: Vec<InstanceState> = (1..10).map(|n| instance(&web, "a1", n).failing(3).build()).collect();
+        instances.push(instance(&web, "a1", 0).failed(5).killed_for_health().build());
+        instances.push(instance(&web, "a1", 10).failing(3).never_healthy().replacing("web-000").build());
+        let d = decided(&instances, policy(500, 1));
+        assert_eq!(d.kill, ["web-010"], "the replacement is judged as any instance; the originals are spared");
+        assert_eq!((d.withheld.len(), d.in_flight), (9, 1));
+    }
+
+    #[test]
+    fn an_instance_never_healthy_that_replaces_nothing_holds_no_slot() {
+        // One instance wanted, never healthy: Marathon would replace it, and so does Baton.
+        let web = app("web").instances(1).ports(1).tcp_check(3).build();
+        let lonely = vec![instance(&web, "a1", 0).failing(3).never_healthy().build()];
+        let snap = snapshot(&[&web], vec![agent("a1").build()], lonely);
+        let reach = Reachability::new(&snap, now());
+        let sets =
+            AppInstances::classify(snap.instances.values(), &web.version(), web.spec.unreachable_strategy, &reach);
+        let slots = Slots::of(&sets, 1);
+        let d = decide(1, &sets.current, &slots, Policy::of(&web.spec, 1));
+        assert_eq!((d.kill.len(), d.in_flight, d.limited), (1, 0, true));
+    }
+
+    #[test]
     fn when_the_cause_is_fixed_nothing_is_killed() {
-        let web = app("web").instances(10).ports(1).tcp_check(3).build();
+        let web = web();
         let pool: Vec<InstanceState> = (0..10).map(|n| instance(&web, "a1", n).recovered(3).build()).collect();
-        let d = decide(10, &refs(&pool), &[], policy(500, 2));
+        let d = decided(&pool, policy(500, 2));
         assert!(d.kill.is_empty() && d.withheld.is_empty());
     }
 
     #[test]
     fn at_the_ratio_every_due_instance_is_killed() {
         let pool = pool(5, 5);
-        let d = decide(10, &refs(&pool), &[], policy(500, 1));
+        let d = decided(&pool, policy(500, 1));
         assert_eq!((d.kill.len(), d.limited), (5, false), "5 of 10 healthy is not fewer than 0.5");
-        let d = decide(10, &refs(&pool), &[], policy(600, 1));
+        let d = decided(&pool, policy(600, 1));
         assert_eq!((d.kill.len(), d.withheld.len(), d.limited), (1, 4, true));
     }
 
     #[test]
     fn instances_that_just_recovered_do_not_count_yet() {
-        let web = app("web").instances(4).ports(1).tcp_check(3).build();
+        let web = web();
         let mut pool: Vec<InstanceState> = (0..3).map(|n| instance(&web, "a1", n).recovered(1).build()).collect();
         pool.push(instance(&web, "a1", 3).failing(3).never_healthy().build());
-        let d = decide(4, &refs(&pool), &[], policy(500, 0));
+        let d = decided(&pool, policy(300, 0));
         assert_eq!((d.healthy, d.kill.len(), d.withheld.len()), (0, 0, 1), "1 pass in a row is not steady");
         let mut steady: Vec<InstanceState> = (0..3).map(|n| instance(&web, "a1", n).recovered(3).build()).collect();
         steady.push(instance(&web, "a1", 3).failing(3).never_healthy().build());
-        let d = decide(4, &refs(&steady), &[], policy(500, 0));
+        let d = decided(&steady, policy(300, 0));
         assert_eq!((d.healthy, d.kill.len()), (3, 1), "3 passes in a row are");
     }
 
     #[test]
     fn marathons_behaviour_with_a_ratio_of_zero() {
-        let pool = pool(0, 10);
-        assert_eq!(decide(10, &refs(&pool), &[], policy(0, 0)).kill.len(), 10);
+        assert_eq!(decided(&pool(0, 10), policy(0, 0)).kill.len(), 10);
     }
 
     #[test]
     fn a_budget_of_zero_kills_nothing_below_the_ratio() {
-        let pool = pool(2, 8);
-        let d = decide(10, &refs(&pool), &[], policy(500, 0));
+        let d = decided(&pool(2, 8), policy(500, 0));
         assert_eq!((d.kill.len(), d.withheld.len()), (0, 8));
     }
 
     #[test]
     fn failures_below_the_limit_are_not_due() {
-        let web = app("web").instances(2).ports(1).tcp_check(3).build();
+        let web = web();
         let pool = vec![instance(&web, "a1", 0).failing(2).build(), instance(&web, "a1", 1).failing(2).build()];
-        let d = decide(2, &refs(&pool), &[], policy(0, 0));
+        let d = decided(&pool, policy(0, 0));
         assert!(d.kill.is_empty() && d.withheld.is_empty());
     }
 }

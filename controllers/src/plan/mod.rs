@@ -25,13 +25,14 @@ use baton_api::{App, AppGroupStatus, AppRef, AppStatus, BackoffRecord, Failure, 
 use baton_store::Revision;
 
 use crate::schedule::{Fit, Placer, PortAsk, Request};
-use crate::snapshot::{InstanceState, Snapshot};
+use crate::snapshot::{HealthState, InstanceState, Snapshot};
 
 pub mod classify;
 pub mod deploy;
 pub mod events;
 pub mod groups;
 pub mod health;
+pub mod slots;
 pub mod status;
 
 use classify::{AppInstances, Reachability, kill_order};
@@ -87,6 +88,16 @@ pub struct Stop {
     pub reason: StopReason,
     /// SIGTERM to SIGKILL, if not the app's (a user's kill request may say).
     pub grace_seconds: Option<u32>,
+    /// A health kill that takes a replacement slot: the record is marked to hold it.
+    pub takes_slot: bool,
+}
+
+/// A replacement slot released while its killed instance is still stopping: the record's
+/// mark comes off (it goes once the process has ended).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlotRelease {
+    pub record: InstanceRecord,
+    pub revision: Revision,
 }
 
 /// A record that is over and can be deleted.
@@ -178,6 +189,7 @@ impl FinalizerChange {
 pub struct Plan {
     pub launches: Vec<Launch>,
     pub stops: Vec<Stop>,
+    pub slot_releases: Vec<SlotRelease>,
     pub removals: Vec<Removal>,
     pub statuses: Vec<StatusUpdate>,
     pub group_statuses: Vec<GroupStatusUpdate>,
@@ -201,6 +213,7 @@ impl Plan {
     pub fn is_empty(&self) -> bool {
         self.launches.is_empty()
             && self.stops.is_empty()
+            && self.slot_releases.is_empty()
             && self.removals.is_empty()
             && self.statuses.is_empty()
             && self.group_statuses.is_empty()
@@ -388,6 +401,7 @@ fn plan_deletion(app: Prepared<'_>, dependents: &[String], ctx: &PlanContext, pl
         backing_off: None,
         now: ctx.now,
         health: None,
+        slots: &[],
         waits: &[],
         gated: false,
         deletion: Some(&deletion),
@@ -423,7 +437,13 @@ fn plan_app(
 ) {
     let Prepared { app, version, wanted, mut sets, .. } = app;
     let spec = &app.spec;
-    plan.removals.extend(sets.finished.iter().map(|i| removal(i)));
+    // Records of instances killed for their health are kept while their replacement slot is
+    // held: they are the slot.
+    let slots = slots::Slots::of(&sets, wanted);
+    plan.removals.extend(sets.finished.iter().filter(|i| !slots.holds(i)).map(|i| removal(i)));
+    plan.slot_releases.extend(
+        slots.released_stopping.iter().map(|i| SlotRelease { record: (*i.record).clone(), revision: i.revision }),
+    );
     plan.next_wakeup = min_time(plan.next_wakeup, sets.next_change);
     let order = kill_order(spec.kill_selection);
 
@@ -431,16 +451,18 @@ fn plan_app(
 
     let (stops_before, launches_before) = (plan.stops.len(), plan.launches.len());
     kill_requested(app, &mut sets, snapshot, plan);
-    let health = kill_unhealthy(app, &mut sets, wanted, plan);
+    let health = kill_unhealthy(app, &mut sets, wanted, &slots, plan);
 
     let mut old_healthy: Vec<&InstanceState> = Vec::new();
+    let mut old_unknown: Vec<&InstanceState> = Vec::new();
     let mut old_failing: Vec<&InstanceState> = Vec::new();
     let mut old_unhealthy: Vec<&InstanceState> = Vec::new();
     for &i in &sets.old {
-        match (i.is_healthy(), i.ever_healthy()) {
-            (true, _) => old_healthy.push(i),
-            (false, true) => old_failing.push(i),
-            (false, false) => old_unhealthy.push(i),
+        match (i.health_state(), i.ever_healthy()) {
+            (HealthState::Healthy, _) => old_healthy.push(i),
+            (_, true) => old_failing.push(i),
+            (HealthState::Unknown, false) => old_unknown.push(i),
+            (HealthState::NotRunning | HealthState::Failing, false) => old_unhealthy.push(i),
         }
     }
     let mut step = deploy::step(
@@ -450,6 +472,7 @@ fn plan_app(
             current_healthy: sets.current_healthy(),
             unreachable: sets.unreachable.len(),
             old_healthy: old_healthy.len(),
+            old_unknown: old_unknown.len(),
             old_unhealthy: old_unhealthy.len(),
             old_failing: old_failing.len(),
             stopping: sets.stopping.len(),
@@ -473,6 +496,8 @@ fn plan_app(
     plan.stops.extend(old_unhealthy.iter().map(|i| stop(i, StopReason::Upgraded)));
     old_failing.sort_by(&order);
     plan.stops.extend(old_failing.iter().take(step.stop_old_failing).map(|i| stop(i, StopReason::Upgraded)));
+    old_unknown.sort_by(&order);
+    plan.stops.extend(old_unknown.iter().take(step.stop_old_unknown).map(|i| stop(i, StopReason::Upgraded)));
     old_healthy.sort_by(&order);
     plan.stops.extend(old_healthy.iter().take(step.stop_old_healthy).map(|i| stop(i, StopReason::Upgraded)));
 
@@ -487,13 +512,16 @@ fn plan_app(
     plan.stops.extend(current.iter().take(excess).map(|i| stop(i, StopReason::ScaledDown)));
 
     let unplaced = launch(app, &version, step.launch, ctx, placer, ids, plan);
+    let mut held = slots_after(&slots, &health.new_slots, &plan.stops[stops_before..]);
+    fill_slots(&mut held, &mut plan.launches[launches_before..]);
     let progress = status::Progress {
         wanted,
         unplaced,
         backoff: backoff.as_ref(),
         backing_off,
         now: ctx.now,
-        health: health.as_ref(),
+        health: health.withheld.as_ref(),
+        slots: &held,
         waits,
         gated,
         deletion: None,
@@ -558,40 +586,84 @@ fn kill_requested(app: &App, sets: &mut AppInstances<'_>, snapshot: &Snapshot, p
     }
 }
 
+/// What the health planner did for an app this tick.
+struct HealthKills<'s> {
+    /// Due instances spared, and why.
+    withheld: Option<status::Withheld>,
+    /// Instances killed this tick that take a replacement slot of their own (those that
+    /// refilled a held slot take none).
+    new_slots: Vec<&'s InstanceState>,
+}
+
 /// Kills (stops) the instances due for failing their health checks that the app's health
 /// policy allows, and moves them to the app's `stopping` set so the rest of the tick counts
-/// them as gone (and launches their replacements). Returns what was withheld, if anything.
+/// them as gone (and launches their replacements).
 fn kill_unhealthy<'s>(
     app: &App,
     sets: &mut AppInstances<'s>,
     wanted: usize,
+    slots: &slots::Slots<'s>,
     plan: &mut Plan,
-) -> Option<status::Withheld> {
+) -> HealthKills<'s> {
     let live: Vec<&'s InstanceState> = sets.current.iter().chain(&sets.old).copied().collect();
     let policy = health::Policy::of(&app.spec, wanted);
-    let decision = health::decide(wanted, &live, &sets.stopping, policy);
+    let decision = health::decide(wanted, &live, slots, policy);
+    let new_slots: Vec<&'s InstanceState> =
+        decision.kill.iter().map(|d| d.instance).filter(|i| !slots.fills(i)).collect();
     if !decision.kill.is_empty() {
         let killed: BTreeSet<&str> = decision.kill.iter().map(|d| d.instance.id()).collect();
         sets.current.retain(|i| !killed.contains(i.id()));
         sets.old.retain(|i| !killed.contains(i.id()));
         sets.stopping.extend(decision.kill.iter().map(|d| d.instance));
-        plan.stops.extend(decision.kill.iter().map(|d| stop(d.instance, StopReason::Unhealthy)));
+        plan.stops.extend(
+            decision
+                .kill
+                .iter()
+                .map(|d| Stop { takes_slot: !slots.fills(d.instance), ..stop(d.instance, StopReason::Unhealthy) }),
+        );
         plan.events.push(events::health_kills(app, &decision.kill));
     }
     if decision.withheld.is_empty() {
-        return None;
+        return HealthKills { withheld: None, new_slots };
     }
     // By id, so the status and its event change only when the set does.
     let mut withheld: Vec<String> = decision.withheld.iter().map(|d| d.instance.id().to_string()).collect();
     withheld.sort();
     plan.withheld_kills.extend(withheld.iter().cloned());
-    Some(status::Withheld {
+    let withheld = status::Withheld {
         instances: withheld,
         healthy: decision.healthy,
-        in_flight: decision.in_flight + decision.kill.len(),
+        in_flight: decision.in_flight + new_slots.len(),
         policy,
         ratio: app.spec.health_policy.min_healthy_ratio,
-    })
+    };
+    HealthKills { withheld: Some(withheld), new_slots }
+}
+
+/// Each launch fills the next empty slot, oldest first, while there is one: it names the
+/// slot in its record, written with the launch.
+fn fill_slots(slots: &mut [status::HeldSlot<'_>], launches: &mut [Launch]) {
+    let mut empty = slots.iter_mut().filter(|s| s.filler.is_none());
+    for launch in launches {
+        let Some(slot) = empty.next() else { return };
+        launch.record.replaces = Some(slot.killed.id().to_string());
+        slot.filler = Some(status::Filler::Launched(launch.record.id.clone()));
+    }
+}
+
+/// The replacement slots an app holds after this tick's stops and kills, each with what fills
+/// it; launches fill the empty ones (see [`launch`]).
+fn slots_after<'s>(
+    slots: &slots::Slots<'s>,
+    new_slots: &[&'s InstanceState],
+    stopped: &[Stop],
+) -> Vec<status::HeldSlot<'s>> {
+    let stopped: BTreeSet<&str> = stopped.iter().map(|s| s.record.id.as_str()).collect();
+    let kept = slots.held.iter().map(|s| status::HeldSlot {
+        killed: s.killed,
+        filler: s.replacement.filter(|r| !stopped.contains(r.id())).map(status::Filler::Running),
+    });
+    kept.chain(new_slots.iter().map(|&killed| status::HeldSlot { killed, filler: None })).collect()
 }
 
 /// The app's backoff after this tick: failures of the current version are counted (and
@@ -733,6 +805,8 @@ fn launch(
                 created_at: ctx.now,
                 goal: Goal::Running,
                 stop_reason: None,
+                replaces: None,
+                holds_slot: false,
                 command: command.clone(),
                 env: spec.env.clone(),
                 labels: spec.labels.clone(),
@@ -767,7 +841,13 @@ fn runnable(app: &App) -> Result<(Command, Vec<Constraint>), String> {
 }
 
 fn stop(instance: &InstanceState, reason: StopReason) -> Stop {
-    Stop { record: (*instance.record).clone(), revision: instance.revision, reason, grace_seconds: None }
+    Stop {
+        record: (*instance.record).clone(),
+        revision: instance.revision,
+        reason,
+        grace_seconds: None,
+        takes_slot: false,
+    }
 }
 
 fn removal(instance: &InstanceState) -> Removal {

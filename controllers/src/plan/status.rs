@@ -6,11 +6,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use baton_api::app::{
     AppStatus, CONDITION_AVAILABLE, CONDITION_DEPENDENCIES, CONDITION_HEALTHY, CONDITION_PENDING,
-    CONDITION_PROGRESSING, LastFailure, PendingSummary, Rejection,
+    CONDITION_PROGRESSING, LastFailure, PendingSummary, Rejection, ReplacementSlot,
 };
 use baton_api::{App, BackoffRecord};
 
 use super::classify::AppInstances;
+use crate::snapshot::{HealthState, InstanceState};
 
 /// Why an app is not fully placed, for its `Pending` condition and `status.pending`.
 pub struct Unplaced {
@@ -33,6 +34,63 @@ pub struct Withheld {
     pub ratio: f64,
 }
 
+/// A replacement slot the app holds after this tick (see [`super::slots`]).
+pub struct HeldSlot<'s> {
+    /// The instance killed for its health.
+    pub killed: &'s InstanceState,
+    /// What fills it, if anything does.
+    pub filler: Option<Filler<'s>>,
+}
+
+/// The instance filling a replacement slot.
+pub enum Filler<'s> {
+    /// Launched before this tick.
+    Running(&'s InstanceState),
+    /// Launched this tick, by id.
+    Launched(String),
+}
+
+impl HeldSlot<'_> {
+    /// The slot as `status.replacements` shows it: what it waits for, in words that stay the
+    /// same from tick to tick while nothing changes.
+    fn describe(&self, progress: &Progress<'_>) -> ReplacementSlot {
+        let killed = self.killed.id().to_string();
+        let (replacement, waiting_for) = match &self.filler {
+            Some(Filler::Launched(id)) => (Some(id.clone()), format!("{id} to start")),
+            Some(Filler::Running(r)) => {
+                let in_a_row = r.record.health_checks.iter().filter_map(|c| c.kill_after()).max().unwrap_or(1);
+                let waits = match r.health_state() {
+                    HealthState::NotRunning => "to start".to_string(),
+                    HealthState::Failing => "to pass its health checks (it fails them)".to_string(),
+                    HealthState::Unknown => "to pass its health checks".to_string(),
+                    HealthState::Healthy => format!("to pass its health checks {in_a_row} times in a row"),
+                };
+                (Some(r.id().to_string()), format!("{} {waits}", r.id()))
+            }
+            None => {
+                let why = if let Some(until) = progress.backing_off {
+                    format!("a launch after the backoff, at {}", whole_second(until))
+                } else if let Some(unplaced) = &progress.unplaced {
+                    format!("an agent with room: {}", unplaced.why)
+                } else if progress.gated {
+                    "the app's dependencies, before a launch".to_string()
+                } else if !self.killed.is_terminal() {
+                    format!("{killed} to stop, before its replacement starts (maximumOverCapacity)")
+                } else {
+                    "a launch".to_string()
+                };
+                (None, why)
+            }
+        };
+        ReplacementSlot { killed, replacement, waiting_for }
+    }
+}
+
+/// `t` rounded up to the second: an absolute time that reads well and stays the same.
+fn whole_second(t: Timestamp) -> Timestamp {
+    Timestamp::from_second(t.as_second() + i64::from(t.subsec_nanosecond() > 0)).unwrap_or(t)
+}
+
 /// A deleted app's instances stopping.
 pub struct Deletion {
     /// Apps deleted with it that depend on it and still run: it stops after them.
@@ -51,6 +109,8 @@ pub struct Progress<'a> {
     pub backing_off: Option<Timestamp>,
     pub now: Timestamp,
     pub health: Option<&'a Withheld>,
+    /// The replacement slots held after this tick.
+    pub slots: &'a [HeldSlot<'a>],
     /// Dependencies that are not available.
     pub waits: &'a [super::groups::Wait],
     /// Whether they hold the app back (it is starting or moving to a new version).
@@ -66,6 +126,8 @@ pub fn desired(app: &App, version: &str, sets: &AppInstances<'_>, progress: &Pro
     let ready = reachable().filter(|i| i.is_healthy()).count();
     let healthy = reachable().filter(|i| i.passes_health_checks()).count();
     let unhealthy = reachable().filter(|i| i.fails_health_checks()).count();
+    let health_unknown =
+        reachable().filter(|i| i.is_running() && !i.passes_health_checks() && !i.fails_health_checks()).count();
     let available = sets.current_healthy();
     let unreachable = sets.unreachable.len() + sets.inactive.len();
     let placed = sets.current.len() + sets.old.len();
@@ -123,6 +185,8 @@ pub fn desired(app: &App, version: &str, sets: &AppInstances<'_>, progress: &Pro
         staged: (placed - running) as i32,
         healthy: healthy as i32,
         unhealthy: unhealthy as i32,
+        health_unknown: health_unknown as i32,
+        replacements: progress.slots.iter().map(|s| s.describe(progress)).collect(),
         unreachable: unreachable as i32,
         updated: sets.current.len() as i32,
         ready: ready as i32,
@@ -254,8 +318,7 @@ fn progressing(
         && in_flight
     {
         // An absolute time: the message stays the same from tick to tick.
-        let until =
-            Timestamp::from_second(until.as_second() + i64::from(until.subsec_nanosecond() > 0)).unwrap_or(until);
+        let until = whole_second(until);
         let last = backoff.last_failure.as_ref().map(|f| format!("; the last: {}", f.message)).unwrap_or_default();
         return condition(
             CONDITION_PROGRESSING,

@@ -411,17 +411,28 @@ fn a_snowball_kills_only_the_budget_and_says_why_the_rest_are_spared() {
     // and the withheld event is not repeated.
     let pool_with_status = with_status(&pool, &first);
     let mut next: Vec<_> = failing[2..].to_vec();
-    next.extend((0..2).map(|n| instance(&pool, "a1", n).failing(3).stopped("Unhealthy").build()));
-    next.extend((10..12).map(|n| instance(&pool, "a1", n).running().build()));
+    next.extend((0..2).map(|n| instance(&pool, "a1", n).failing(3).killed_for_health().build()));
+    let replacing = |n: u32| format!("pool-{:03}", n - 10);
+    next.extend((10..12).map(|n| instance(&pool, "a1", n).running().replacing(&replacing(n)).build()));
     let second = plan(&snapshot(&[&pool_with_status], vec![agent("a1").build()], next), &ctx());
     assert!(second.stops.is_empty() && second.launches.is_empty(), "{:?}", stopped_ids(&second));
     assert_eq!(second.withheld_kills.len(), 8);
+    let slots = &second.statuses[0].status.replacements;
+    assert_eq!(slots.len(), 2, "{slots:?}");
+    assert_eq!(
+        (slots[0].killed.as_str(), slots[0].replacement.as_deref(), slots[0].waiting_for.as_str()),
+        ("pool-000", Some("pool-010"), "pool-010 to pass its health checks")
+    );
 
-    // The replacements became healthy: the next two go.
+    // The replacements became healthy: the slots are free, the killed records go, the next
+    // two are killed.
     let mut healed: Vec<_> = failing[2..].to_vec();
-    healed.extend((10..12).map(|n| instance(&pool, "a1", n).passing().build()));
+    healed.extend((0..2).map(|n| instance(&pool, "a1", n).failed(5).killed_for_health().build()));
+    healed.extend((10..12).map(|n| instance(&pool, "a1", n).passing().replacing(&replacing(n)).build()));
     let third = plan(&snapshot(&[&pool_with_status], vec![agent("a1").build()], healed), &ctx());
     assert_eq!(stopped_ids(&third), ["pool-002", "pool-003"]);
+    let removed: Vec<&str> = third.removals.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(removed, ["pool-000", "pool-001"]);
 
     // The cause went away: everything passes, nothing is killed, the condition clears.
     let recovered: Vec<_> = (0..10).map(|n| instance(&pool, "a1", n).recovered(3).build()).collect();
@@ -473,7 +484,12 @@ fn when_a_blip_ends_the_first_recoveries_free_no_budget_for_the_rest() {
     // probe; five originals have not been probed since.
     let mut instances: Vec<_> = (0..3).map(|n| instance(&pool, "a1", n).recovered(1).build()).collect();
     instances.extend((3..8).map(|n| instance(&pool, "a1", n).failing(12).build()));
-    instances.extend((8..10).map(|n| instance(&pool, "a1", n).recovered(1).never_healthy().build()));
+    instances.extend((10..12).map(|n| instance(&pool, "a1", n).failed(30).killed_for_health().build()));
+    instances.extend(
+        (8..10).map(|n| {
+            instance(&pool, "a1", n).recovered(1).never_healthy().replacing(&format!("pool-0{}", n + 2)).build()
+        }),
+    );
     let plan = plan(&snapshot(&[&pool], vec![agent("a1").build()], instances), &ctx());
     assert!(plan.stops.is_empty(), "the replacements are not steadily healthy yet: {:?}", stopped_ids(&plan));
     assert_eq!(plan.withheld_kills.len(), 5);

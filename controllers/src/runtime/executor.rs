@@ -78,9 +78,16 @@ impl Executor {
             if let Some(grace) = stop.grace_seconds {
                 record.kill_grace_seconds = grace;
             }
+            record.holds_slot = stop.takes_slot;
             record.term = leadership.term();
             let write = Op::put(&key, to_json(&record));
             writes.push((Step::Stop(stop.reason.as_str()), Compare::mod_revision(&key, stop.revision), write));
+        }
+        for release in &plan.slot_releases {
+            let key = self.keys.instance(&release.record.agent, &release.record.id);
+            let record = InstanceRecord { holds_slot: false, term: leadership.term(), ..release.record.clone() };
+            let write = Op::put(&key, to_json(&record));
+            writes.push((Step::Marker, Compare::mod_revision(&key, release.revision), write));
         }
         for removal in &plan.removals {
             let key = self.keys.instance(&removal.agent, &removal.id);
