@@ -305,6 +305,7 @@ mod tests {
             stop_reason: None,
             replaces: None,
             holds_slot: false,
+            failure_counted: false,
             command: Command::Shell("echo hi".into()),
             env: [("GREETING".to_string(), "hello".to_string())].into(),
             labels: Default::default(),

@@ -186,6 +186,7 @@ mod tests {
             stop_reason: None,
             replaces: None,
             holds_slot: false,
+            failure_counted: false,
             command: Command::Shell("x".into()),
             env: BTreeMap::new(),
             labels: BTreeMap::new(),

@@ -30,6 +30,12 @@ use crate::resources::Resources;
     derive = "PartialEq",
     doc = "An application: a command run as a number of instances on Baton's agents.",
     printcolumn(
+        name = "State",
+        type_ = "string",
+        json_path = ".status.state",
+        description = "Running, Deploying, Scaling, Unhealthy, Waiting, Pending, BackingOff, Stopped or Deleting"
+    ),
+    printcolumn(
         name = "Instances",
         type_ = "integer",
         json_path = ".spec.instances",
@@ -52,6 +58,12 @@ use crate::resources::Resources;
         type_ = "integer",
         json_path = ".status.unhealthy",
         description = "Instances that run and fail a health check"
+    ),
+    printcolumn(
+        name = "Failures",
+        type_ = "integer",
+        json_path = ".status.failures",
+        description = "Instances of the current version that failed in a row (the launch backoff counts them)"
     ),
     printcolumn(
         name = "Staged",
@@ -347,6 +359,18 @@ pub struct AppStatus {
     /// The app's id: its group and name (`/shop/db`).
     #[serde(default)]
     pub id: Option<String>,
+    /// What the app is doing, in one word: `Running` (every instance healthy at the current
+    /// version), `Deploying` (a new version rolls out), `Scaling` (instances start or stop
+    /// to reach the count, or are not healthy yet), `Unhealthy` (instances fail their health
+    /// checks), `Waiting` (for its dependencies), `Pending` (instances cannot be placed),
+    /// `BackingOff` (instances keep failing; launches wait), `Stopped` (no instance wanted)
+    /// or `Deleting`. The conditions say why.
+    #[serde(default)]
+    pub state: Option<String>,
+    /// Instances of the current version that failed in a row (ended on their own); 0 once
+    /// one has run for longer than the backoff delay.
+    #[serde(default)]
+    pub failures: i32,
     /// Instances wanted: `spec.instances` scaled by the app's AppGroups.
     #[serde(default)]
     pub desired: i32,

@@ -32,6 +32,13 @@ pub fn dns_subdomain_problem(value: &str) -> Option<String> {
     if value.len() > 253 {
         return Some(format!("must be no more than 253 characters (it has {})", value.len()));
     }
+    if let Some(part) = value.split('.').find(|part| part.len() > 63) {
+        let shown = if value.contains('.') { format!(" ({part:?})") } else { String::new() };
+        return Some(format!(
+            "each part between dots must be no more than 63 characters (the part{shown} has {})",
+            part.len()
+        ));
+    }
     if value.split('.').any(|part| dns_label_problem(part).is_some()) {
         return Some(
             "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', \
@@ -104,6 +111,10 @@ mod tests {
         assert!(dns_label_problem("Web").is_some());
         assert!(dns_label_problem("-web").is_some());
         assert!(dns_label_problem(&"a".repeat(64)).unwrap().contains("63"));
+        let long = dns_subdomain_problem(&"a".repeat(64)).unwrap();
+        assert!(long.contains("no more than 63 characters") && long.contains("has 64"), "{long}");
+        let dotted = dns_subdomain_problem(&format!("x.{}", "b".repeat(70))).unwrap();
+        assert!(dotted.contains("has 70"), "{dotted}");
         assert_eq!(dns_subdomain_problem("a.b-c.d"), None);
         assert!(dns_subdomain_problem("a..b").is_some());
     }

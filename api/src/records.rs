@@ -226,6 +226,10 @@ pub struct InstanceRecord {
     /// an instance killed while it was itself filling a slot (that takes no second one).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub holds_slot: bool,
+    /// Ended on its own and counted as a failure in its app's launch backoff (written with the
+    /// count, so a failure is counted once while its record is kept for its logs).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub failure_counted: bool,
     pub command: Command,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,

@@ -257,8 +257,12 @@ fn instance_kind() -> Kind {
                 0,
                 "Healthy, Unhealthy (a health check fails), NotReady (readiness not passed yet) or Unknown",
             ),
+            column("Exit", "string", ".status.exitCode", 0, "How it ended: its exit code, or the signal that ended it")
+                .computed(exit),
+            column("Ended", "date", ".status.finishedAt", 0, "When its process ended"),
             column("Version", "string", ".spec.version", 1, "The app version it runs"),
             column("Pid", "integer", ".status.pid", 1, "The process id on the agent's host"),
+            column("Replaces", "string", ".spec.replaces", 1, "The instance killed for its health it replaces"),
             column("Age", "date", ".metadata.creationTimestamp", 0, ""),
         ],
         status_subresource: false,
@@ -269,6 +273,18 @@ fn instance_kind() -> Kind {
         on_create: None,
         schema: SchemaOf::Typed(typed::<baton_api::Instance>),
     }
+}
+
+/// How an instance ended: its exit code (`3`), or the signal (`SIGKILL`); empty while it runs.
+fn exit(object: &Value) -> Option<Value> {
+    if let Some(signal) = object.pointer("/status/signal").and_then(Value::as_i64) {
+        let name = i32::try_from(signal)
+            .ok()
+            .and_then(|s| nix::sys::signal::Signal::try_from(s).ok())
+            .map_or_else(|| format!("signal {signal}"), |s| s.as_str().to_string());
+        return Some(Value::String(name));
+    }
+    object.pointer("/status/exitCode").and_then(Value::as_i64).map(|code| Value::String(code.to_string()))
 }
 
 /// `used/total` of one resource of an agent, e.g. `0.5/4`.
@@ -539,7 +555,19 @@ mod tests {
         let names: Vec<&str> = app.columns.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(
             names,
-            ["Instances", "Running", "Healthy", "Unhealthy", "Staged", "Desired", "Id", "Version", "Age"]
+            [
+                "State",
+                "Instances",
+                "Running",
+                "Healthy",
+                "Unhealthy",
+                "Failures",
+                "Staged",
+                "Desired",
+                "Id",
+                "Version",
+                "Age"
+            ]
         );
         let group = &kinds[1];
         assert_eq!((group.plural.as_str(), group.short_names.as_slice()), ("appgroups", ["ag".to_string()].as_slice()));

@@ -82,9 +82,9 @@ impl Default for Limits {
     }
 }
 
-/// The identity a client certificate established for its connection.
+/// What a connection's client certificate established.
 #[derive(Debug, Clone)]
-struct PeerIdentity(Option<auth::Identity>);
+struct PeerIdentity(tls::ClientIdentity);
 
 /// The API server: a store, the kinds it serves, who may use it, and a token that ends
 /// open watches on shutdown.
@@ -253,7 +253,12 @@ impl ApiServer {
             .map(str::trim);
         match bearer {
             Some(token) => self.security.tokens.identify(token),
-            None => request.extensions().get::<PeerIdentity>().and_then(|p| p.0.clone()),
+            None => match request.extensions().get::<PeerIdentity>().map(|p| &p.0) {
+                Some(tls::ClientIdentity::Verified { user, groups }) => {
+                    Some(auth::Identity { user: user.clone(), groups: groups.clone() })
+                }
+                _ => None,
+            },
         }
     }
 
@@ -478,12 +483,11 @@ async fn authenticate(
         return next.run(request).await;
     }
     let Some(identity) = server.identify(&request) else {
-        return ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "Unauthorized: give a bearer token or a client certificate",
-        )
-        .into_response();
+        let message = match request.extensions().get::<PeerIdentity>().map(|p| &p.0) {
+            Some(tls::ClientIdentity::Rejected(why)) => format!("Unauthorized: {why}"),
+            _ => "Unauthorized: give a bearer token or a client certificate".to_string(),
+        };
+        return ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", message).into_response();
     };
     if let auth::Needs::Authorization(attributes) = &needs
         && !server.security.rules.allows(&identity, attributes)
@@ -575,13 +579,13 @@ fn openapi_v2(accept: Option<&str>, document: &Value) -> Response {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     server: Arc<ApiServer>,
-    tls: Arc<rustls::ServerConfig>,
+    tls: tls::ServerTls,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use tower::ServiceExt;
 
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
     let router = server.router();
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -598,10 +602,11 @@ pub async fn serve(
         };
         let acceptor = acceptor.clone();
         let router = router.clone();
+        let trust = tls.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
+            let stream = match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
                     return;
@@ -611,20 +616,13 @@ pub async fn serve(
                     return;
                 }
             };
-            let identity = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|certs| certs.first())
-                .and_then(tls::certificate_identity)
-                .map(|(user, groups)| auth::Identity { user, groups });
-            let peer_identity = PeerIdentity(identity);
+            let peer_identity = PeerIdentity(trust.identify(stream.get_ref().1.peer_certificates()));
             let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
                 request.extensions_mut().insert(peer_identity.clone());
                 router.clone().oneshot(request.map(Body::new))
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             if let Err(e) = watcher.watch(connection.into_owned()).await {
                 tracing::debug!(%peer, error = %e, "connection ended");
             }

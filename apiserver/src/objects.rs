@@ -436,6 +436,7 @@ impl ApiServer {
             let merged = merge_for_update(kind, &current, wanted, part);
             let mut warnings = Vec::new();
             let mut object = self.decode(kind, &merged, name, query.field_validation, &mut warnings)?;
+            count_generation(&current, &mut object);
             if applying {
                 match applied_fields {
                     Some(fields) => object["metadata"]["managedFields"] = fields,
@@ -446,6 +447,9 @@ impl ApiServer {
                 let writer = Self::writer(query, &api_version, &time);
                 let scope = Self::scope(kind, part);
                 managed::record_update(&current, &mut object, &writer, scope);
+            }
+            if only_managed_times_differ(&object, &current) {
+                object["metadata"]["managedFields"] = current["metadata"]["managedFields"].clone();
             }
             let finalized = object.pointer("/metadata/deletionTimestamp").is_some()
                 && object.pointer("/metadata/finalizers").and_then(Value::as_array).is_none_or(|f| f.is_empty());
@@ -616,17 +620,37 @@ fn merge_for_update(kind: &Kind, current: &Value, wanted: Value, part: Part) -> 
             merged
         }
     };
-    // Generation counts changes of the spec only.
-    if merged.get("spec") != current.get("spec") {
-        let generation = current.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
-        merged["metadata"]["generation"] = json!(generation + 1);
-    }
     if let Some(status) = merged.as_object_mut()
         && status.get("status").is_some_and(Value::is_null)
     {
         status.remove("status");
     }
     merged
+}
+
+/// Counts a change of the spec in `object`'s generation. Compared once defaults are filled
+/// in, so a manifest that leaves out defaulted fields (re-applied by a GitOps tool every few
+/// minutes) changes nothing.
+fn count_generation(current: &Value, object: &mut Value) {
+    if object.get("spec") != current.get("spec") {
+        let generation = current.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
+        object["metadata"]["generation"] = json!(generation + 1);
+    }
+}
+
+/// Whether `object` differs from `current` only in the times of its managed fields: a write
+/// that changes nothing else changes nothing (as Kubernetes treats a no-op apply).
+fn only_managed_times_differ(object: &Value, current: &Value) -> bool {
+    let without_times = |v: &Value| {
+        let mut v = strip_version(v);
+        if let Some(entries) = v.pointer_mut("/metadata/managedFields").and_then(Value::as_array_mut) {
+            for entry in entries.iter_mut().filter_map(Value::as_object_mut) {
+                entry.remove("time");
+            }
+        }
+        v
+    };
+    object != current && without_times(object) == without_times(current)
 }
 
 pub fn strip_version(object: &Value) -> Value {
@@ -796,15 +820,17 @@ mod tests {
     fn a_main_update_keeps_status_and_server_fields_and_counts_spec_changes() {
         let wanted = json!({"metadata": {"name": "web", "uid": "forged", "labels": {"a": "b"}},
                             "spec": {"instances": 5, "cmd": "x"}, "status": {"running": 99}});
-        let merged = merge_for_update(&app_kind(), &stored(), wanted, Part::Main);
+        let mut merged = merge_for_update(&app_kind(), &stored(), wanted, Part::Main);
         assert_eq!(merged["metadata"]["uid"], "u1");
         assert_eq!(merged["metadata"]["labels"]["a"], "b");
         assert_eq!(merged["status"]["running"], 3, "status is the controller's");
+        count_generation(&stored(), &mut merged);
         assert_eq!(merged["metadata"]["generation"], 3, "a spec change bumps generation");
 
         let same_spec =
             json!({"metadata": {"name": "web", "labels": {"a": "b"}}, "spec": {"instances": 3, "cmd": "x"}});
-        let merged = merge_for_update(&app_kind(), &stored(), same_spec, Part::Main);
+        let mut merged = merge_for_update(&app_kind(), &stored(), same_spec, Part::Main);
+        count_generation(&stored(), &mut merged);
         assert_eq!(merged["metadata"]["generation"], 2, "a metadata change does not");
     }
 

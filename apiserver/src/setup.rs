@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use crate::auth::{ADMINS, Rules, Tokens};
 use crate::kubeconfig::{Credentials, kubeconfig};
@@ -41,7 +40,7 @@ pub enum Error {
 
 /// A server ready to start.
 pub struct Setup {
-    pub tls: Arc<rustls::ServerConfig>,
+    pub tls: tls::ServerTls,
     pub security: Security,
     /// The kubeconfig for an admin, to write next to the data.
     pub admin_kubeconfig: String,

@@ -2,6 +2,11 @@
 //! generated in the data dir on first start (kept across restarts), and the rustls server
 //! configuration that accepts — but does not require — client certificates from a CA.
 //!
+//! A client certificate that does not chain to that CA does not fail the handshake: the
+//! connection is made (the client still proves it holds the certificate's key), and every
+//! request on it is answered with a 401 Status saying why — so kubectl and kube-rs show a
+//! Kubernetes error instead of a TLS reset.
+//!
 //! The CA and the server certificate are separate because rustls (and so kube-rs) refuses a
 //! self-signed certificate that is its own CA.
 
@@ -15,6 +20,7 @@ use rcgen::{
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 
 /// TLS errors; each names the file or the input.
 #[derive(Debug, thiserror::Error)]
@@ -153,9 +159,97 @@ fn covers(pem: &str, names: &[String]) -> bool {
     names.iter().all(|n| have.iter().any(|h| h == n))
 }
 
-/// The rustls configuration: serve `cert`/`key` (PEM files), accept client certificates
+/// The server's TLS: its rustls configuration, and the check of client certificates made
+/// once the handshake is done.
+#[derive(Clone)]
+pub struct ServerTls {
+    pub config: Arc<rustls::ServerConfig>,
+    clients: Option<Arc<dyn ClientCertVerifier>>,
+}
+
+/// What a connection's client certificate says about its user.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientIdentity {
+    /// No certificate.
+    None,
+    /// Signed by the client CA: the user (CN) and groups (O).
+    Verified { user: String, groups: Vec<String> },
+    /// Not accepted, and why.
+    Rejected(String),
+}
+
+impl ServerTls {
+    /// Checks a connection's client certificate chain against the client CA.
+    pub fn identify(&self, chain: Option<&[CertificateDer<'_>]>) -> ClientIdentity {
+        let Some((end_entity, intermediates)) = chain.and_then(<[_]>::split_first) else {
+            return ClientIdentity::None;
+        };
+        let Some(verifier) = &self.clients else {
+            return ClientIdentity::Rejected("this server accepts no client certificates".into());
+        };
+        if let Err(e) = verifier.verify_client_cert(end_entity, intermediates, rustls::pki_types::UnixTime::now()) {
+            return ClientIdentity::Rejected(format!("the client certificate is not accepted: {e}"));
+        }
+        match certificate_identity(end_entity) {
+            Some((user, groups)) => ClientIdentity::Verified { user, groups },
+            None => ClientIdentity::Rejected("the client certificate names no user (no CN)".into()),
+        }
+    }
+}
+
+/// Completes the handshake with any client certificate whose key the client holds; whether
+/// it chains to the client CA is checked after ([`ServerTls::identify`]).
+#[derive(Debug)]
+struct CheckedLater(Arc<dyn ClientCertVerifier>);
+
+impl ClientCertVerifier for CheckedLater {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// The TLS configuration: serve `cert`/`key` (PEM files), accept client certificates
 /// signed by `client_ca` (PEM file) without requiring one.
-pub fn server_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<Arc<rustls::ServerConfig>> {
+pub fn server_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<ServerTls> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|e| Error::File { path: cert.display().to_string(), message: e.to_string() })?
@@ -169,6 +263,7 @@ pub fn server_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Resul
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Config(e.to_string()))?;
+    let mut clients = None;
     let builder = match client_ca {
         Some(path) => {
             let mut roots = rustls::RootCertStore::empty();
@@ -182,13 +277,14 @@ pub fn server_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Resul
                 .allow_unauthenticated()
                 .build()
                 .map_err(|e| Error::Config(e.to_string()))?;
-            builder.with_client_cert_verifier(verifier)
+            clients = Some(verifier.clone());
+            builder.with_client_cert_verifier(Arc::new(CheckedLater(verifier)))
         }
         None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_single_cert(certs, key).map_err(|e| Error::Config(e.to_string()))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok(ServerTls { config: Arc::new(config), clients })
 }
 
 /// The user (CN) and groups (O) a client certificate names.

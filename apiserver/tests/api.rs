@@ -253,10 +253,24 @@ async fn list_filters_by_selectors_and_renders_tables() {
         table["columnDefinitions"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert_eq!(
         columns,
-        ["Name", "Instances", "Running", "Healthy", "Unhealthy", "Staged", "Desired", "Id", "Version", "Age"]
+        [
+            "Name",
+            "State",
+            "Instances",
+            "Running",
+            "Healthy",
+            "Unhealthy",
+            "Failures",
+            "Staged",
+            "Desired",
+            "Id",
+            "Version",
+            "Age"
+        ]
     );
     assert_eq!(table["rows"][0]["cells"][0], "db");
-    assert_eq!(table["rows"][0]["cells"][1], 2);
+    assert_eq!(table["rows"][0]["cells"][1], Value::Null, "no state before a controller has seen it");
+    assert_eq!(table["rows"][0]["cells"][2], 2);
 }
 
 #[tokio::test]
@@ -703,6 +717,32 @@ async fn server_side_apply_owns_fields_removes_dropped_ones_and_reports_conflict
     let (code, body) =
         api.call_as(Method::PATCH, &format!("{APPS}/web"), "application/apply-patch+yaml", Some(&config)).await;
     assert_eq!(code, StatusCode::BAD_REQUEST, "apply needs a field manager: {body}");
+}
+
+/// GitOps tools re-apply every few minutes: applying an unchanged manifest that leaves out
+/// fields with defaults (examples/web.yaml does) must change nothing — no new generation, no
+/// new resourceVersion, no write — also when a second has passed (managed fields keep their
+/// time).
+#[tokio::test]
+async fn applying_an_unchanged_manifest_again_changes_nothing() {
+    let api = Api::new().await;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/web.yaml");
+    let manifest = std::fs::read_to_string(&path).unwrap();
+    let config: Value = serde_saphyr::from_str(&manifest).expect("examples/web.yaml parses");
+    let (code, first) = apply_as(&api, "kubectl", &config, false).await;
+    assert_eq!(code, StatusCode::CREATED, "{first}");
+    let revision = api.store.current_revision().await.unwrap();
+    for _ in 0..2 {
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        let (code, again) = apply_as(&api, "kubectl", &config, false).await;
+        assert_eq!(code, StatusCode::OK, "{again}");
+        assert_eq!(again["metadata"]["generation"], 1, "{again}");
+        assert_eq!(rv(&again), rv(&first), "{again}");
+        assert_eq!(again["metadata"]["managedFields"], first["metadata"]["managedFields"]);
+    }
+    assert_eq!(api.store.current_revision().await.unwrap(), revision, "nothing was written");
+    let (_, stored) = api.call(Method::GET, &format!("{APPS}/web"), None).await;
+    assert_eq!((stored["metadata"]["generation"].clone(), rv(&stored)), (json!(1), rv(&first)));
 }
 
 #[tokio::test]

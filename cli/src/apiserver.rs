@@ -70,7 +70,15 @@ pub async fn run(args: ApiserverArgs) -> Result<()> {
     let kubeconfig = args.data_dir.join("kubeconfig");
     setup::write_private(&kubeconfig, &setup.admin_kubeconfig)
         .with_context(|| format!("writing {}", kubeconfig.display()))?;
-    eprintln!("API server on {}; admin kubeconfig in {}", setup::server_url(address), kubeconfig.display());
+    eprintln!("API server listening on {address}; admin kubeconfig in {}", kubeconfig.display());
+    if address.ip().is_unspecified() {
+        eprintln!(
+            "  on this machine: {}; from others: https://<this machine's address>:{} \
+             (the generated certificate covers the names given with --tls-san)",
+            setup::server_url(address),
+            address.port()
+        );
+    }
     let limits = Limits { watches_per_user: args.max_watches_per_user, bookmark_interval: args.bookmark_interval };
     let server = ApiServer::start(store, args.store.keys(), setup.security, limits)
         .await

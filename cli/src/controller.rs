@@ -11,7 +11,7 @@ use baton_controllers::runtime::metrics::Metrics;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-use crate::flags::{StoreFlags, duration};
+use crate::flags::{RetentionFlags, StoreFlags, duration};
 
 #[derive(clap::Args)]
 pub struct ControllerArgs {
@@ -30,6 +30,8 @@ pub struct ControllerArgs {
     /// Serve /metrics, /healthz and /readyz here.
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    retention: RetentionFlags,
 }
 
 pub async fn run(args: ControllerArgs) -> Result<()> {
@@ -41,6 +43,7 @@ pub async fn run(args: ControllerArgs) -> Result<()> {
     let id = args.id.unwrap_or_else(|| format!("{}:{}", crate::hostname(), std::process::id()));
     let mut config = ControllerConfig::new(id, args.store.keys());
     config.election_ttl = args.election_ttl;
+    config.retention = args.retention.retention();
     let metrics = Arc::new(Metrics::default());
     let shutdown = CancellationToken::new();
     let mut registry = Registry::default();

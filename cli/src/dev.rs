@@ -37,28 +37,59 @@ pub struct DevArgs {
     /// /readyz (ready once the controller has loaded and every agent is registered) here.
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
+    /// Host ports the agents hand out, split evenly between them. The default lies below the
+    /// kernel's ephemeral range (32768-60999 on Linux), which outgoing connections use.
+    #[arg(long, default_value = "20000-29999", value_name = "BEGIN-END")]
+    ports: PortRange,
+    /// Bearer tokens, lines of token,user,group1|group2 (default: <data-dir>/tokens, made
+    /// with an admin token); see docs/security.md.
+    #[arg(long, value_name = "FILE")]
+    tokens: Option<PathBuf>,
+    /// Who may do what beyond baton:admins (YAML; see docs/security.md).
+    #[arg(long, value_name = "FILE")]
+    authorization_rules: Option<PathBuf>,
+    #[command(flatten)]
+    retention: crate::flags::RetentionFlags,
 }
 
 /// The most agents one `baton dev` runs (each gets its own slice of ports).
 const MAX_AGENTS: u32 = 64;
-/// Dynamic host ports handed out by dev agents: each agent gets a disjoint slice.
-const PORTS_BEGIN: u32 = 31000;
-const PORTS_END: u32 = 64999;
 
-/// Disjoint port ranges for `count` agents on one host: up to 1000 ports each.
-fn port_ranges(count: u32) -> Vec<PortRange> {
-    let size = ((PORTS_END - PORTS_BEGIN + 1) / count.max(1)).min(1000);
-    (0..count)
+/// `ports` split into `count` disjoint ranges of equal size, or why it cannot be.
+fn port_ranges(ports: PortRange, count: u32) -> Result<Vec<PortRange>> {
+    let size = ports.len() / count.max(1) as usize;
+    if size == 0 {
+        bail!("--ports {ports}: {} ports cannot be split between {count} agents", ports.len());
+    }
+    Ok((0..count as usize)
         .map(|i| {
-            let begin = PORTS_BEGIN + i * size;
+            let begin = usize::from(ports.begin) + i * size;
             PortRange { begin: begin as u16, end: (begin + size - 1) as u16 }
         })
-        .collect()
+        .collect())
+}
+
+/// The kernel's ephemeral port range, where outgoing connections take their local ports.
+fn ephemeral_ports() -> Option<PortRange> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut parts = text.split_whitespace().map(|p| p.parse::<u16>().ok());
+    Some(PortRange { begin: parts.next()??, end: parts.next()?? })
 }
 
 pub async fn run(args: DevArgs) -> Result<()> {
     if args.agents > MAX_AGENTS {
         bail!("--agents {}: at most {MAX_AGENTS} agents can share one machine's ports", args.agents);
+    }
+    let port_ranges = port_ranges(args.ports, args.agents)?;
+    if let Some(ephemeral) = ephemeral_ports()
+        && args.ports.begin <= ephemeral.end
+        && ephemeral.begin <= args.ports.end
+    {
+        eprintln!(
+            "warning: --ports {} overlaps the kernel's ephemeral range {ephemeral} \
+             (net.ipv4.ip_local_port_range): an instance may find its port taken by an outgoing connection",
+            args.ports
+        );
     }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("--data-dir {}: cannot create it", args.data_dir.display()))?;
@@ -66,7 +97,11 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let store: Arc<dyn Store> = match &args.store {
         Some(url) => crate::flags::connect(url).await?,
         None => {
-            let options = EmbeddedOptions { revoke_leases_on_open: true, ..EmbeddedOptions::default() };
+            // The earlier run's agent registrations and leadership have no holder left;
+            // events keep their time to live.
+            let keys = Keyspace::default();
+            let revoke_leases_under = vec![keys.agents(), keys.leader("")];
+            let options = EmbeddedOptions { revoke_leases_under, ..EmbeddedOptions::default() };
             let store = EmbeddedStore::open(&data_dir.join("store"), options)
                 .await
                 .with_context(|| format!("--data-dir {}: cannot open the store", data_dir.display()))?;
@@ -81,7 +116,12 @@ pub async fn run(args: DevArgs) -> Result<()> {
     })?;
     let address = listener.local_addr()?;
     let url = setup::server_url(address);
-    let setup = setup::prepare(&data_dir, address, &setup::Options::default())?;
+    let options = setup::Options {
+        tokens: args.tokens.clone(),
+        rules: args.authorization_rules.clone(),
+        ..setup::Options::default()
+    };
+    let setup = setup::prepare(&data_dir, address, &options)?;
     let kubeconfig = data_dir.join("kubeconfig");
     setup::write_private(&kubeconfig, &setup.admin_kubeconfig)
         .with_context(|| format!("writing {}", kubeconfig.display()))?;
@@ -99,10 +139,12 @@ pub async fn run(args: DevArgs) -> Result<()> {
 
     let client = crate::kube_client(&kubeconfig).await?;
     let controller_id = format!("{}:{}", crate::hostname(), std::process::id());
+    let mut controller_config = ControllerConfig::new(controller_id, keys.clone());
+    controller_config.retention = args.retention.retention();
     let controller = tokio::spawn(baton_controllers::runtime::run(
         store.clone(),
         client,
-        ControllerConfig::new(controller_id, keys.clone()),
+        controller_config,
         controller_metrics.clone(),
         shutdown.clone(),
     ));
@@ -111,7 +153,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let share = machine.divided_by(u64::from(args.agents));
     let mut agents = Vec::new();
     let mut agent_metrics = Vec::new();
-    for (i, ports) in port_ranges(args.agents).into_iter().enumerate() {
+    for (i, ports) in port_ranges.into_iter().enumerate() {
         let n = i + 1;
         let config = AgentConfig {
             name: format!("agent-{n}"),
@@ -181,11 +223,14 @@ mod tests {
 
     #[test]
     fn port_ranges_are_disjoint_and_in_bounds() {
-        let three = port_ranges(3);
-        assert_eq!(three[0], PortRange { begin: 31000, end: 31999 });
-        assert_eq!(three[2], PortRange { begin: 33000, end: 33999 });
-        let many = port_ranges(MAX_AGENTS);
+        let ports = PortRange { begin: 20000, end: 29999 };
+        let three = port_ranges(ports, 3).unwrap();
+        assert_eq!(three[0], PortRange { begin: 20000, end: 23332 });
+        assert_eq!(three[2], PortRange { begin: 26666, end: 29998 });
+        let many = port_ranges(ports, MAX_AGENTS).unwrap();
         assert!(many.windows(2).all(|w| w[0].end < w[1].begin));
-        assert!(u32::from(many.last().unwrap().end) <= PORTS_END);
+        assert!(many.last().unwrap().end <= ports.end);
+        let err = port_ranges(PortRange { begin: 20000, end: 20001 }, 3).unwrap_err().to_string();
+        assert!(err.contains("--ports 20000-20001") && err.contains("3 agents"), "{err}");
     }
 }

@@ -52,6 +52,26 @@ impl StoreFlags {
     }
 }
 
+/// How long a controller keeps ended instances, with their sandboxes and logs.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct RetentionFlags {
+    /// Ended instances kept per app (with their sandbox and logs), the latest first.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub keep_ended: usize,
+    /// How long an ended instance is kept at most (e.g. 1h, 30m).
+    #[arg(long, default_value = "1h", value_parser = duration, value_name = "DURATION")]
+    pub keep_ended_for: Duration,
+}
+
+impl RetentionFlags {
+    pub fn retention(&self) -> baton_controllers::plan::Retention {
+        baton_controllers::plan::Retention {
+            per_app: self.keep_ended,
+            max_age: jiff::SignedDuration::try_from(self.keep_ended_for).unwrap_or(jiff::SignedDuration::MAX),
+        }
+    }
+}
+
 /// Connects to the store at `url`.
 pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
     connect_with(url, None).await

@@ -9,6 +9,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 mod agent;
 mod apiserver;
+mod certificates;
 mod controller;
 mod dev;
 mod flags;
@@ -34,6 +35,8 @@ enum Command {
     Agent(agent::AgentArgs),
     /// Print a kubeconfig for a user, with a client certificate from the API server's CA.
     Kubeconfig(kubeconfig::KubeconfigArgs),
+    /// Make a CA and certificates for etcd over TLS, with a client certificate for Baton.
+    Certificates(certificates::CertificatesArgs),
     /// Print Baton's CustomResourceDefinitions as YAML (what crds/ holds).
     Crds,
 }
@@ -48,6 +51,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Kubeconfig(args) => kubeconfig::run(args),
+        Command::Certificates(args) => certificates::run(args),
         Command::Dev(args) => runtime()?.block_on(dev::run(args)),
         Command::Apiserver(args) => runtime()?.block_on(apiserver::run(args)),
         Command::Controller(args) => runtime()?.block_on(controller::run(args)),

@@ -79,7 +79,7 @@ fn apps() -> Vec<Arc<App>> {
 fn main() {
     let snapshot = Snapshot { apps: apps(), agents: agents(), ..Snapshot::default() };
     let wanted: usize = snapshot.apps.iter().map(|a| a.spec.instances as usize).sum();
-    let ctx = PlanContext { now: jiff::Timestamp::UNIX_EPOCH, seed: 42 };
+    let ctx = PlanContext::at(jiff::Timestamp::UNIX_EPOCH, 42);
     // One warm-up run, then the measured ones.
     plan(&snapshot, &ctx);
     let runs = 3;

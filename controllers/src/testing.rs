@@ -216,6 +216,7 @@ pub fn instance(app: &App, agent: &str, n: u32) -> InstanceBuilder {
             stop_reason: None,
             replaces: None,
             holds_slot: false,
+            failure_counted: false,
             command: Command::Shell("sleep 1000".into()),
             env: Default::default(),
             labels: Default::default(),
@@ -315,6 +316,12 @@ impl InstanceBuilder {
     pub fn stopped(mut self, reason: &str) -> Self {
         self.record.goal = Goal::Stopped;
         self.record.stop_reason = Some(reason.into());
+        self
+    }
+
+    /// Its failure was counted in the app's backoff.
+    pub fn counted(mut self) -> Self {
+        self.record.failure_counted = true;
         self
     }
 

@@ -55,17 +55,18 @@ const REPLAY_CHUNK: u64 = 512;
 pub struct EmbeddedOptions {
     /// Revisions of change history kept for watches.
     pub history: u64,
-    /// Revoke every lease found when opening (deleting the keys attached to them). Right
-    /// when this process is the store's only user, as in `baton dev`: the data dir is locked
-    /// to one process, so a lease from an earlier run has no holder left to renew it, and
-    /// waiting out its TTL (etcd's behaviour, for clients on other machines) only delays
-    /// the new run's leader election.
-    pub revoke_leases_on_open: bool,
+    /// When opening, revoke every lease attached to a key under one of these prefixes
+    /// (deleting the keys attached to it). Right when this process is the store's only user,
+    /// as in `baton dev`: the data dir is locked to one process, so an agent registration or
+    /// a leader's lease from an earlier run has no holder left to renew it, and waiting out
+    /// its TTL (etcd's behaviour, for clients on other machines) only delays the new run.
+    /// Leases under no such prefix (events' time to live) run on.
+    pub revoke_leases_under: Vec<String>,
 }
 
 impl Default for EmbeddedOptions {
     fn default() -> Self {
-        Self { history: 100_000, revoke_leases_on_open: false }
+        Self { history: 100_000, revoke_leases_under: Vec::new() }
     }
 }
 
@@ -196,8 +197,16 @@ impl Inner {
                 inner.apply(Txn::new().and_then(chunk.iter().map(|k| Op::delete(k.as_str()))))?;
             }
         }
-        if options.revoke_leases_on_open {
-            let leases: Vec<LeaseId> = inner.lock().leases.keys().copied().collect();
+        if !options.revoke_leases_under.is_empty() {
+            let leases: Vec<LeaseId> = inner
+                .lock()
+                .leases
+                .iter()
+                .filter(|(_, lease)| {
+                    lease.keys.iter().any(|key| options.revoke_leases_under.iter().any(|p| key.starts_with(p)))
+                })
+                .map(|(id, _)| *id)
+                .collect();
             for lease in leases {
                 inner.revoke(lease)?;
             }

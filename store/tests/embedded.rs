@@ -84,10 +84,14 @@ async fn a_sole_user_can_drop_the_leases_of_an_earlier_run() {
         let put = baton_store::Txn::new().and_then([baton_store::Op::put_with_lease("/l/leader", &b"old"[..], lease)]);
         store.txn(put).await.unwrap();
         store.put("/l/plain", b"kept".to_vec()).await.unwrap();
+        let ttl = store.grant_lease(Duration::from_secs(60)).await.unwrap();
+        let event = baton_store::Txn::new().and_then([baton_store::Op::put_with_lease("/e/event", &b"e"[..], ttl)]);
+        store.txn(event).await.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(10)).await;
-    let options = EmbeddedOptions { revoke_leases_on_open: true, ..EmbeddedOptions::default() };
+    let options = EmbeddedOptions { revoke_leases_under: vec!["/l/".into()], ..EmbeddedOptions::default() };
     let store = EmbeddedStore::open(dir.path(), options).await.unwrap();
     assert_eq!(store.get("/l/leader").await.unwrap(), None, "the earlier run's leased key is gone at once");
     assert!(store.get("/l/plain").await.unwrap().is_some());
+    assert!(store.get("/e/event").await.unwrap().is_some(), "a lease under no listed prefix runs on");
 }

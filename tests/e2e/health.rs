@@ -35,10 +35,11 @@ fn condition(status: &Value, type_: &str) -> Option<Value> {
     status["conditions"].as_array()?.iter().find(|c| c["type"] == type_).cloned()
 }
 
-/// Ids of the instances the controller still wants running.
+/// Ids of the instances the controller still wants running that have not ended.
 fn wanted_running(all: &[Value]) -> BTreeSet<String> {
+    let ended = |i: &&Value| ["Failed", "Finished", "Killed", "Lost"].iter().any(|p| i["status"]["phase"] == *p);
     all.iter()
-        .filter(|i| i["spec"]["goal"] == "Running")
+        .filter(|i| i["spec"]["goal"] == "Running" && !ended(i))
         .filter_map(|i| i["metadata"]["name"].as_str().map(String::from))
         .collect()
 }

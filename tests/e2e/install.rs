@@ -289,3 +289,45 @@ fn prerequisites_that_cannot_be_installed_are_named() {
     assert!(stderr.contains("apt-get install failed"), "what went wrong\n{stderr}");
     assert!(stderr.contains("Install them by hand"), "what to do next\n{stderr}");
 }
+
+/// `baton certificates` makes what the README's across-machines etcd needs: etcd serves TLS with
+/// its server certificate and checks client certificates; Baton connects with the client one,
+/// and nothing without it does.
+#[test]
+fn the_generated_certificates_secure_etcd() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let output = Command::new(baton_binary())
+        .args(["certificates", "--dir"])
+        .arg(&pki)
+        .args(["--san", "127.0.0.1", "--san", "localhost"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("--store-cert-file") && stdout.contains("--client-cert-auth"), "{stdout}");
+    let etcd = TestEtcd::start_tls(ServerTls {
+        ca: pki.join("ca.crt"),
+        cert: pki.join("server.crt"),
+        key: pki.join("server.key"),
+    });
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let read = |name: &str| std::fs::read(pki.join(name)).unwrap();
+    let with_client =
+        baton_store::etcd::EtcdTls { ca_pem: read("ca.crt"), client: Some((read("client.crt"), read("client.key"))) };
+    let endpoints = baton_store::etcd::parse_url(&format!("etcd://{}", etcd.address())).unwrap();
+    runtime.block_on(async {
+        let store = baton_store::etcd::EtcdStore::connect_with(&endpoints, Duration::from_secs(10), Some(&with_client))
+            .await
+            .unwrap_or_else(|e| panic!("connecting with the client certificate: {e}\n{}", etcd.log()));
+        baton_store::StoreExt::put(&store, "/certs-test", b"ok".to_vec()).await.unwrap();
+        let anonymous = baton_store::etcd::EtcdTls { ca_pem: read("ca.crt"), client: None };
+        let refused =
+            baton_store::etcd::EtcdStore::connect_with(&endpoints, Duration::from_secs(3), Some(&anonymous)).await;
+        let refused = match refused {
+            Err(_) => true,
+            Ok(store) => baton_store::StoreExt::put(&store, "/certs-test", b"no".to_vec()).await.is_err(),
+        };
+        assert!(refused, "a client without a certificate gets nowhere");
+    });
+}

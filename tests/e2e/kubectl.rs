@@ -81,7 +81,7 @@ fn apply_get_and_explain() {
     // get in every format.
     let table = ok(&cluster, &["get", "apps"]);
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
-    assert_eq!(header, ["NAME", "INSTANCES", "RUNNING", "HEALTHY", "UNHEALTHY", "AGE"], "{table}");
+    assert_eq!(header, ["NAME", "STATE", "INSTANCES", "RUNNING", "HEALTHY", "UNHEALTHY", "FAILURES", "AGE"], "{table}");
     let wide = ok(&cluster, &["get", "apps", "-o", "wide"]);
     assert!(wide.lines().next().unwrap().contains("VERSION"), "-o wide shows priority columns: {wide}");
     let yaml = ok(&cluster, &["get", "app", "web", "-o", "yaml"]);
@@ -214,7 +214,7 @@ fn watch_describe_and_the_views() {
     ok(&cluster, &["scale", "app/web", "--replicas=2"]);
     expect_line(&lines, "the app with 2 instances running", |l| {
         let cells: Vec<&str> = l.split_whitespace().collect();
-        cells.first() == Some(&"web") && cells.get(1) == Some(&"2") && cells.get(2) == Some(&"2")
+        cells.first() == Some(&"web") && cells.get(2) == Some(&"2") && cells.get(3) == Some(&"2")
     });
     let _ = watcher.kill();
     let _ = watcher.wait();
@@ -239,7 +239,7 @@ fn watch_describe_and_the_views() {
     });
     assert_eq!(instances.lines().count(), 3, "a header and two instances: {instances}");
     let header: Vec<&str> = instances.lines().next().unwrap().split_whitespace().collect();
-    assert_eq!(header, ["NAME", "AGENT", "HOST", "PORTS", "PHASE", "HEALTH", "AGE"], "{instances}");
+    assert_eq!(header, ["NAME", "AGENT", "HOST", "PORTS", "PHASE", "HEALTH", "EXIT", "ENDED", "AGE"], "{instances}");
     assert!(instances.lines().skip(1).all(|l| l.contains("Running") && l.contains("Healthy")), "{instances}");
     let all = ok(&cluster, &["get", "all"]);
     assert!(all.contains("app.baton.dev/web ") && all.contains("instance.baton.dev/web-"), "{all}");
@@ -417,6 +417,35 @@ fn who_may_do_what() {
     assert!(scaled.status.success(), "{}", text(&scaled));
     let nodes = carol(&["get", "agents"]);
     assert!(text(&nodes).contains("User \"carol\" cannot list resource \"agents\""), "{}", text(&nodes));
+
+    // A certificate from a CA the server does not trust: a 401 Status that says why, not a
+    // TLS reset.
+    let foreign = tempfile::tempdir().unwrap();
+    let other_ca = baton_apiserver::tls::Pki::in_dir(foreign.path());
+    other_ca.ensure(&["localhost".to_string()]).unwrap();
+    let (cert, key) = other_ca.client_certificate("mallory", Some("certified")).unwrap();
+    let server_ca = std::fs::read_to_string(cluster.api_dir().join("ca.crt")).unwrap();
+    let config = baton_apiserver::kubeconfig::kubeconfig(
+        &server,
+        Some(&server_ca),
+        baton_apiserver::kubeconfig::Credentials::Certificate { cert: &cert, key: &key },
+        "default",
+    );
+    let mallory = cluster.dir().join("mallory.kubeconfig");
+    std::fs::write(&mallory, config).unwrap();
+    let refused = Command::new("kubectl")
+        .args(["get", "apps"])
+        .env("KUBECONFIG", &mallory)
+        .env("HOME", &cluster.kubectl.home)
+        .output()
+        .expect("kubectl runs");
+    assert!(
+        !refused.status.success()
+            && text(&refused).contains("Unauthorized")
+            && text(&refused).contains("client certificate is not accepted"),
+        "{}",
+        text(&refused)
+    );
 }
 
 #[test]

@@ -69,9 +69,9 @@ fn walkthrough_apply_scale_replace_delete_stop() {
 
     let table = baton.kubectl_ok(&["get", "apps"]);
     let header: Vec<&str> = table.lines().next().unwrap_or_default().split_whitespace().collect();
-    assert_eq!(header, ["NAME", "INSTANCES", "RUNNING", "HEALTHY", "UNHEALTHY", "AGE"], "{table}");
+    assert_eq!(header, ["NAME", "STATE", "INSTANCES", "RUNNING", "HEALTHY", "UNHEALTHY", "FAILURES", "AGE"], "{table}");
     let row: Vec<&str> = table.lines().nth(1).unwrap_or_default().split_whitespace().collect();
-    assert_eq!(row[..3], ["web", "3", "3"], "{table}");
+    assert_eq!(row[..4], ["web", "Running", "3", "3"], "{table}");
     let wide = baton.kubectl_ok(&["get", "instances", "-l", "app=web"]);
     assert!(
         wide.starts_with("NAME") && wide.contains("AGENT") && wide.contains("PORTS") && wide.contains("PHASE"),
@@ -85,14 +85,18 @@ fn walkthrough_apply_scale_replace_delete_stop() {
     let victim = five[0].clone();
     let victim_pid = victim.pid.expect("a running instance has a pid");
     kill(Pid::from_raw(victim_pid as i32), Signal::SIGKILL).expect("killing the instance process");
+    // It stays listed as Failed (with its output) while a new one replaces it.
     let replaced = baton.wait_for("the killed instance to be replaced", WAIT, |b| {
         let seen = instances(b);
-        let ok = seen.len() == 5
-            && !seen.iter().any(|i| i.id == victim.id)
-            && seen.iter().all(|i| i.phase == "Running" && i.port.and_then(http_status) == Some(200));
-        ok.then_some(seen)
+        let (ended, running): (Vec<Seen>, Vec<Seen>) = seen.into_iter().partition(|i| i.id == victim.id);
+        let ok = running.len() == 5
+            && ended.iter().all(|i| i.phase == "Failed")
+            && running.iter().all(|i| i.phase == "Running" && i.port.and_then(http_status) == Some(200));
+        ok.then_some(running)
     });
     assert!(replaced.iter().all(|i| i.pid != Some(victim_pid)));
+    let listed = baton.kubectl_ok(&["get", "instance", &victim.id]);
+    assert!(listed.contains("Failed") && listed.contains("SIGKILL"), "phase and how it ended: {listed}");
 
     // Delete: every process of every instance goes.
     let processes = processes_of(&replaced);

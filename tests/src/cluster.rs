@@ -163,7 +163,7 @@ impl Cluster {
         for i in 1..=options.agents {
             let name = format!("a{i}");
             let work_dir = cluster.dir.path().join(&name);
-            let ports = format!("{}-{}", 31000 + 1000 * i, 31000 + 1000 * i + 999);
+            let ports = format!("{}-{}", 20000 + 1000 * i, 20000 + 1000 * i + 999);
             let args = os(&[
                 "agent",
                 "--store",

@@ -26,10 +26,14 @@ pub struct AppInstances<'s> {
     /// Being stopped: the agent has not reported the end yet.
     pub stopping: Vec<&'s InstanceState>,
     /// Wanted running at the current version, but their process ended on its own (failed,
-    /// or exited): each is a failure for the launch backoff.
+    /// or exited), not counted yet: each is a failure for the launch backoff.
     pub failed: Vec<&'s InstanceState>,
-    /// Over and done with (or expunged): their records can go.
+    /// Over and done with. Those that ended on their own (failed, finished, lost) are kept a
+    /// while for their status and logs ([`Retention`]); those the controller stopped go at
+    /// once, unless they hold a replacement slot.
     pub finished: Vec<&'s InstanceState>,
+    /// On an agent gone longer than `expungeAfterSeconds`: their records go at once.
+    pub expunged: Vec<&'s InstanceState>,
     /// The earliest moment a set changes by time alone.
     pub next_change: Option<Timestamp>,
 }
@@ -71,7 +75,8 @@ impl<'s> AppInstances<'s> {
             let goal = instance.record.goal;
             let set = if instance.is_terminal() {
                 let ended_on_its_own = matches!(instance.phase(), Some(Phase::Failed | Phase::Finished));
-                if goal == Goal::Running && ended_on_its_own && instance.record.version == version {
+                let uncounted = !instance.record.failure_counted;
+                if goal == Goal::Running && ended_on_its_own && instance.record.version == version && uncounted {
                     &mut sets.failed
                 } else {
                     &mut sets.finished
@@ -79,7 +84,7 @@ impl<'s> AppInstances<'s> {
             } else if let Some(since) = reach.unreachable_since(&instance.record.agent) {
                 let (inactive_at, expunge_at) = (since + inactive_after, since + expunge_after);
                 if expunge_at <= now {
-                    &mut sets.finished
+                    &mut sets.expunged
                 } else if goal == Goal::Stopped {
                     sets.note_change(expunge_at);
                     &mut sets.stopping
@@ -114,6 +119,53 @@ impl<'s> AppInstances<'s> {
     /// Instances of the current version that are healthy.
     pub fn current_healthy(&self) -> usize {
         self.current.iter().filter(|i| i.is_healthy()).count()
+    }
+}
+
+/// How long instances that ended on their own (failed, finished or lost) are kept, with their
+/// sandboxes and logs, so that a crash loop's output can be read after the fact (as Mesos
+/// keeps sandboxes): the last `per_app` of each app, each for at most `max_age` after it
+/// ended. Instances the controller stopped go at once (their app wanted them gone), and
+/// records of deleted apps go at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub per_app: usize,
+    pub max_age: SignedDuration,
+}
+
+impl Default for Retention {
+    /// The last 5 of each app, for an hour.
+    fn default() -> Self {
+        Self { per_app: 5, max_age: SignedDuration::from_secs(3600) }
+    }
+}
+
+impl Retention {
+    /// Of an app's ended instances, those whose records go now: the ones the controller
+    /// stopped, and of those that ended on their own all but the latest `per_app` younger than
+    /// `max_age`. `hold` marks records that stay whatever (replacement slots). Also returns
+    /// when the oldest kept one is due to go.
+    pub fn apply<'s>(
+        &self,
+        finished: &[&'s InstanceState],
+        hold: impl Fn(&InstanceState) -> bool,
+        now: Timestamp,
+    ) -> (Vec<&'s InstanceState>, Option<Timestamp>) {
+        let ended_at = |i: &InstanceState| i.status.as_ref().and_then(|s| s.finished_at).unwrap_or(i.record.created_at);
+        let on_its_own = |i: &&InstanceState| matches!(i.phase(), Some(Phase::Failed | Phase::Finished | Phase::Lost));
+        let (mut kept, mut remove): (Vec<&'s InstanceState>, Vec<&'s InstanceState>) =
+            finished.iter().copied().filter(|i| !hold(i)).partition(on_its_own);
+        kept.sort_by(|a, b| (ended_at(b), b.id()).cmp(&(ended_at(a), a.id())));
+        let mut due: Option<Timestamp> = None;
+        for (rank, instance) in kept.into_iter().enumerate() {
+            let expires = ended_at(instance) + self.max_age;
+            if rank >= self.per_app || expires <= now {
+                remove.push(instance);
+            } else {
+                due = Some(due.map_or(expires, |d| d.min(expires)));
+            }
+        }
+        (remove, due)
     }
 }
 

@@ -75,10 +75,19 @@ impl Event {
     }
 }
 
-/// `Launched`: the instances placed this tick, and where.
-pub fn launched(app: &App, version: &str, launches: &[Launch]) -> Option<Event> {
+/// `Launched`: the instances placed this tick, and where. Launches in place of instances that
+/// failed (a crash loop) say so in the same words each time, so the event's count grows
+/// instead of a new event per failure (`kubectl get instances` names them).
+pub fn launched(app: &App, version: &str, launches: &[Launch], relaunching: bool) -> Option<Event> {
     if launches.is_empty() {
         return None;
+    }
+    if relaunching {
+        let message = match launches.len() {
+            1 => format!("launched 1 instance of version {} in place of a failed one", short(version)),
+            n => format!("launched {n} instances of version {} in place of failed ones", short(version)),
+        };
+        return Some(Event::about(app, EventType::Normal, "Launched", message, true));
     }
     let placed: Vec<String> = launches.iter().map(|l| format!("{} on {}", l.record.id, l.record.agent)).collect();
     Some(Event::about(
@@ -217,22 +226,21 @@ pub fn failed_scheduling(app: &App, pending: &Condition) -> Option<Event> {
     (pending.status == "True").then(|| warning_when_new(app, pending, "FailedScheduling"))?
 }
 
-/// `BackOff`: instances failed; launches wait.
-pub fn back_off(app: &App, failures: u32, failed: &[String], last: &str, until: Option<jiff::Timestamp>) -> Event {
-    let wait = match until {
-        Some(until) => format!("; launches wait until {}", until.round(jiff::Unit::Second).unwrap_or(until)),
-        None => String::new(),
+/// `BackOff`: instances of the current version ended on their own; launches back off. The
+/// same failure gives the same words each time (no counts, ids or times), so a crash loop is
+/// one event whose count grows; the app's status has the failures in a row and when the next
+/// launch may be.
+pub fn back_off(app: &App, version: &str, failed: usize, message: &str, delayed: bool) -> Event {
+    let who = match failed {
+        1 => "an instance".to_string(),
+        n => format!("{n} instances"),
     };
+    let then = if delayed { "; launches back off" } else { "" };
     Event::about(
         app,
         EventType::Warning,
         "BackOff",
-        format!(
-            "{} failed ({}): {last}; {} in a row{wait}",
-            plural(failed.len(), "instance"),
-            listing(failed),
-            plural(failures as usize, "failure")
-        ),
+        format!("{who} of version {} failed: {message}{then}", short(version)),
         false,
     )
 }

@@ -13,7 +13,7 @@ use crate::snapshot::InstanceState;
 use crate::testing::{agent, app, group, instance, now, snapshot};
 
 fn ctx() -> PlanContext {
-    PlanContext { now: now(), seed: 7 }
+    PlanContext::at(now(), 7)
 }
 
 /// Apps, groups and instances; [`World::tick`] plans and applies.
@@ -70,7 +70,7 @@ impl World {
         snapshot.groups = self.groups.clone();
         snapshot.instances = self.instances.clone();
         // A seed per tick, as the controller draws one: ids must not repeat.
-        let plan = plan(&snapshot, &PlanContext { now: now(), seed: self.ticks as u64 });
+        let plan = plan(&snapshot, &PlanContext::at(now(), self.ticks as u64));
         for launch in &plan.launches {
             self.revision += 1;
             let state = InstanceState {

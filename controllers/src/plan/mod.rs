@@ -35,6 +35,7 @@ pub mod health;
 pub mod slots;
 pub mod status;
 
+pub use classify::Retention;
 use classify::{AppInstances, Reachability, kill_order};
 use groups::{Availabilities, Availability, Topology, Wait};
 
@@ -44,6 +45,15 @@ pub struct PlanContext {
     pub now: Timestamp,
     /// Randomness for instance ids and port choice, drawn by the caller.
     pub seed: u64,
+    /// How long ended instances are kept.
+    pub retention: Retention,
+}
+
+impl PlanContext {
+    /// A tick at `now`, with the default retention of ended instances.
+    pub fn at(now: Timestamp, seed: u64) -> Self {
+        Self { now, seed, retention: Retention::default() }
+    }
 }
 
 /// Why an instance is stopped. Constant strings: they end up in the instance record.
@@ -92,8 +102,8 @@ pub struct Stop {
     pub takes_slot: bool,
 }
 
-/// A replacement slot released while its killed instance is still stopping: the record's
-/// mark comes off (it goes once the process has ended).
+/// A replacement slot released: the killed instance's record loses its mark (it goes when the
+/// retention of ended instances says).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SlotRelease {
     pub record: InstanceRecord,
@@ -122,8 +132,9 @@ pub struct Unmark {
     pub revision: Revision,
 }
 
-/// A change of an app's launch backoff, written in one transaction with the removal of the
-/// failed instances it counts — so a failure is counted exactly once.
+/// A change of an app's launch backoff, written in one transaction with the marks on the
+/// failed instances it counts (`failureCounted`) — so a failure is counted exactly once, and
+/// the failed instance's record stays for its status and logs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BackoffChange {
     pub namespace: String,
@@ -133,7 +144,14 @@ pub struct BackoffChange {
     /// The revision of the record the change was made on (0: there was none).
     pub revision: Revision,
     /// The failed instances counted in `next`.
-    pub removals: Vec<Removal>,
+    pub counted: Vec<Counted>,
+}
+
+/// A failed instance counted in its app's backoff: its record is marked, at the revision read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Counted {
+    pub record: InstanceRecord,
+    pub revision: Revision,
 }
 
 /// A user's kill request to forget: its instance is gone.
@@ -292,13 +310,7 @@ pub fn plan(snapshot: &Snapshot, ctx: &PlanContext) -> Plan {
     for ((namespace, name), (_, revision)) in &snapshot.backoffs {
         if !live.contains(&(namespace.as_str(), name.as_str())) {
             let (namespace, name) = (namespace.clone(), name.clone());
-            plan.backoffs.push(BackoffChange {
-                namespace,
-                name,
-                next: None,
-                revision: *revision,
-                removals: Vec::new(),
-            });
+            plan.backoffs.push(BackoffChange { namespace, name, next: None, revision: *revision, counted: Vec::new() });
         }
     }
     // Kill requests are kept until their instance is gone (the request was written after the
@@ -342,7 +354,7 @@ fn mark_unreachable_agents(snapshot: &Snapshot, ctx: &PlanContext, plan: &mut Pl
     }
 }
 
-/// Failures counted per app per tick, so that a backoff change and the removals it counts
+/// Failures counted per app per tick, so that a backoff change and the marks of what it counts
 /// fit in one transaction.
 const MAX_FAILURES_PER_TICK: usize = 100;
 
@@ -375,7 +387,7 @@ fn ensure_finalizer(app: &App, plan: &mut Plan) {
 fn plan_deletion(app: Prepared<'_>, dependents: &[String], ctx: &PlanContext, plan: &mut Plan) {
     let Prepared { app, version, sets, .. } = app;
     let stops_before = plan.stops.len();
-    plan.removals.extend(sets.finished.iter().chain(&sets.failed).map(|i| removal(i)));
+    plan.removals.extend(sets.finished.iter().chain(&sets.failed).chain(&sets.expunged).map(|i| removal(i)));
     plan.next_wakeup = min_time(plan.next_wakeup, sets.next_change);
     let running: Vec<&InstanceState> = sets.current.iter().chain(&sets.old).copied().collect();
     if dependents.is_empty() {
@@ -385,7 +397,7 @@ fn plan_deletion(app: Prepared<'_>, dependents: &[String], ctx: &PlanContext, pl
         plan.removals.extend(sets.unreachable.iter().chain(&sets.inactive).map(|i| removal(i)));
     }
     let left = running.len() + sets.unreachable.len() + sets.inactive.len() + sets.stopping.len();
-    let records = left + sets.failed.len() + sets.finished.len();
+    let records = left + sets.failed.len() + sets.finished.len() + sets.expunged.len();
     let finalizers = app.metadata.finalizers.clone().unwrap_or_default();
     if records == 0 && finalizers.iter().any(|f| f == STOP_FINALIZER) {
         let without_ours = finalizers.into_iter().filter(|f| f != STOP_FINALIZER).collect();
@@ -440,9 +452,17 @@ fn plan_app(
     // Records of instances killed for their health are kept while their replacement slot is
     // held: they are the slot.
     let slots = slots::Slots::of(&sets, wanted);
-    plan.removals.extend(sets.finished.iter().filter(|i| !slots.holds(i)).map(|i| removal(i)));
+    let (ended, expires) = ctx.retention.apply(&sets.finished, |i| slots.holds(i), ctx.now);
+    plan.removals.extend(ended.iter().chain(&sets.expunged).map(|i| removal(i)));
+    plan.next_wakeup = min_time(plan.next_wakeup, expires);
+    // Released slots are unmarked, unless their record goes now anyway.
+    let going: BTreeSet<&str> = ended.iter().chain(&sets.expunged).map(|i| i.id()).collect();
     plan.slot_releases.extend(
-        slots.released_stopping.iter().map(|i| SlotRelease { record: (*i.record).clone(), revision: i.revision }),
+        slots
+            .released
+            .iter()
+            .filter(|i| !going.contains(i.id()))
+            .map(|i| SlotRelease { record: (*i.record).clone(), revision: i.revision }),
     );
     plan.next_wakeup = min_time(plan.next_wakeup, sets.next_change);
     let order = kill_order(spec.kill_selection);
@@ -529,7 +549,8 @@ fn plan_app(
     let desired = status::desired(app, &version, &sets, &progress);
     plan.events.extend(events::scaled(app, wanted));
     plan.events.extend(events::killing(app, &version, wanted, &plan.stops[stops_before..]));
-    plan.events.extend(events::launched(app, &version, &plan.launches[launches_before..]));
+    let relaunching = backoff.as_ref().is_some_and(|b| b.failures > 0);
+    plan.events.extend(events::launched(app, &version, &plan.launches[launches_before..], relaunching));
     if let Some(pending) = desired.condition(baton_api::app::CONDITION_PENDING) {
         plan.events.extend(events::failed_scheduling(app, pending));
     }
@@ -726,9 +747,8 @@ fn plan_backoff(
             message: status.and_then(|s| s.message.clone()).unwrap_or_default(),
             time: status.and_then(|s| s.finished_at).unwrap_or(ctx.now),
         });
-        let failed: Vec<String> = counted.iter().map(|i| format!("{} on {}", i.record.id, i.record.agent)).collect();
-        let last_message = format!("the last: {}", next.last_failure.as_ref().map_or("", |f| f.message.as_str()));
-        plan.events.push(events::back_off(app, next.failures, &failed, &last_message, next.delay_until));
+        let last_message = next.last_failure.as_ref().map_or("", |f| f.message.as_str());
+        plan.events.push(events::back_off(app, version, counted.len(), last_message, !delay.is_zero()));
     } else if next.failures == 0 && next.last_failure.is_none() && stored.is_none() {
         return None; // Nothing to remember.
     }
@@ -738,7 +758,7 @@ fn plan_backoff(
             name,
             next: Some(next.clone()),
             revision: stored.map_or(0, |(_, revision)| *revision),
-            removals: counted.iter().map(|i| removal(i)).collect(),
+            counted: counted.iter().map(|i| Counted { record: (*i.record).clone(), revision: i.revision }).collect(),
         });
     }
     Some(next)
@@ -807,6 +827,7 @@ fn launch(
                 stop_reason: None,
                 replaces: None,
                 holds_slot: false,
+                failure_counted: false,
                 command: command.clone(),
                 env: spec.env.clone(),
                 labels: spec.labels.clone(),

@@ -453,8 +453,16 @@ impl World {
                 state.revision = revision;
             }
         }
-        for removal in plan.removals.iter().chain(plan.backoffs.iter().flat_map(|b| &b.removals)) {
+        for removal in &plan.removals {
             self.instances.remove(&removal.id);
+        }
+        for counted in plan.backoffs.iter().flat_map(|b| &b.counted) {
+            let revision = self.next_revision();
+            let record = InstanceRecord { failure_counted: true, ..counted.record.clone() };
+            if let Some(state) = self.instances.get_mut(&record.id) {
+                state.record = Arc::new(record);
+                state.revision = revision;
+            }
         }
         for change in &plan.backoffs {
             let revision = self.next_revision();
@@ -518,7 +526,7 @@ impl World {
         let open_before = self.ledger.open.len();
         let snapshot = self.snapshot();
         self.seed = self.seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-        let ctx = PlanContext { now: self.now, seed: self.seed };
+        let ctx = PlanContext::at(self.now, self.seed);
         let decided = plan(&snapshot, &ctx);
         // A new leader reads the same state back from the store: it must decide the same.
         let reread = round_trip(&snapshot);

@@ -20,7 +20,8 @@
 //! A slot is released when an instance that fills it (wanted running, not ended) has proved
 //! healthy ([`InstanceState::proven_healthy`]: `maxConsecutiveFailures` passes in a row), or when nothing fills it and the app needs no more instances than it has (it was
 //! scaled down, or an instance came back with its agent): then nothing is left to replace.
-//! A released slot's record goes once its process has ended; until then it is unmarked.
+//! A released slot's record is unmarked; like any ended instance's, it goes when the retention
+//! of ended instances says.
 
 use std::collections::BTreeMap;
 
@@ -42,8 +43,8 @@ pub struct Slot<'s> {
 pub struct Slots<'s> {
     /// Held, oldest killed instance first.
     pub held: Vec<Slot<'s>>,
-    /// Released this tick, their killed instance still stopping: to unmark.
-    pub released_stopping: Vec<&'s InstanceState>,
+    /// Released this tick: their records are unmarked (and go when retention says).
+    pub released: Vec<&'s InstanceState>,
 }
 
 impl<'s> Slots<'s> {
@@ -72,9 +73,7 @@ impl<'s> Slots<'s> {
             let healed = filling.iter().any(|r| r.proven_healthy());
             let needed = !filling.is_empty() || shortfall > 0;
             if healed || !needed {
-                if !killed.is_terminal() {
-                    slots.released_stopping.push(killed);
-                }
+                slots.released.push(killed);
                 continue;
             }
             if filling.is_empty() {
@@ -172,7 +171,7 @@ mod tests {
     }
 
     #[test]
-    fn a_released_slot_still_stopping_is_unmarked_not_held() {
+    fn a_released_slot_is_unmarked_not_held() {
         let pool = app("pool").instances(2).tcp_check(3).build();
         let instances = vec![
             instance(&pool, "a1", 1).passing().build(),
@@ -186,6 +185,6 @@ mod tests {
             AppInstances::classify(snap.instances.values(), &app.version(), app.spec.unreachable_strategy, &reach);
         let slots = Slots::of(&sets, 2);
         assert!(slots.held.is_empty());
-        assert_eq!(slots.released_stopping.iter().map(|i| i.id()).collect::<Vec<_>>(), ["pool-000"]);
+        assert_eq!(slots.released.iter().map(|i| i.id()).collect::<Vec<_>>(), ["pool-000"]);
     }
 }

@@ -174,10 +174,13 @@ pub fn desired(app: &App, version: &str, sets: &AppInstances<'_>, progress: &Pro
     if progress.deletion.is_none() {
         conditions.push(dependencies_condition(version, sets, progress, &condition));
     }
+    let state = state(sets, progress, unhealthy, available);
     AppStatus {
         observed_generation: app.metadata.generation,
         observed_instances: Some(app.spec.instances),
         id: Some(app.path().to_string()),
+        state: Some(state.to_string()),
+        failures: progress.backoff.map_or(0, |b| b.failures.min(i32::MAX as u32) as i32),
         desired: wanted as i32,
         waiting_for,
         instances: (placed + unreachable) as i32,
@@ -202,6 +205,33 @@ pub fn desired(app: &App, version: &str, sets: &AppInstances<'_>, progress: &Pro
         }),
         last_failure: progress.backoff.and_then(|b| b.last_failure.as_ref()).map(LastFailure::from),
         conditions,
+    }
+}
+
+/// What the app is doing, in one word (`status.state`, the `STATE` column): the first that
+/// holds of Deleting, Stopped, Waiting, Pending, BackingOff, Deploying, Unhealthy, Scaling,
+/// else Running.
+fn state(sets: &AppInstances<'_>, progress: &Progress<'_>, unhealthy: usize, available: usize) -> &'static str {
+    let wanted = progress.wanted;
+    let settled = sets.current.len() == wanted && available >= wanted && sets.stopping.is_empty();
+    if progress.deletion.is_some() {
+        "Deleting"
+    } else if wanted == 0 && sets.live() == 0 {
+        "Stopped"
+    } else if progress.gated {
+        "Waiting"
+    } else if progress.unplaced.is_some() {
+        "Pending"
+    } else if progress.backing_off.is_some() && !settled {
+        "BackingOff"
+    } else if !sets.old.is_empty() {
+        "Deploying"
+    } else if unhealthy > 0 || progress.health.is_some() {
+        "Unhealthy"
+    } else if !settled {
+        "Scaling"
+    } else {
+        "Running"
     }
 }
 

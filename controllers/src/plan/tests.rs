@@ -8,7 +8,7 @@ use super::*;
 use crate::testing::{agent, app, instance, now, snapshot, with_backoff, with_kill_request, with_marker};
 
 fn ctx() -> PlanContext {
-    PlanContext { now: now(), seed: 42 }
+    PlanContext::at(now(), 42)
 }
 
 fn stopped_ids(plan: &Plan) -> Vec<&str> {
@@ -46,16 +46,16 @@ fn scale_down_stops_the_youngest_and_those_not_running_first() {
 }
 
 #[test]
-fn a_failure_is_counted_with_the_removal_of_its_record_and_delays_the_replacement() {
+fn a_failure_is_counted_with_a_mark_on_its_record_and_delays_the_replacement() {
     let web = app("web").instances(2).build();
     let instances = vec![instance(&web, "a1", 0).running().build(), instance(&web, "a1", 1).failed(0).build()];
     let plan = plan(&snapshot(&[&web], vec![agent("a1").build()], instances), &ctx());
     assert!(plan.launches.is_empty(), "not within the backoff");
-    assert!(plan.removals.is_empty(), "the failed record goes with the backoff change");
+    assert!(plan.removals.is_empty(), "the failed record stays, for its status and logs");
     let change = &plan.backoffs[0];
     let record = change.next.as_ref().expect("a backoff record");
     assert_eq!((record.failures, record.delay_until), (1, Some(now() + jiff::SignedDuration::from_secs(1))));
-    assert_eq!(change.removals.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["web-001"]);
+    assert_eq!(change.counted.iter().map(|c| c.record.id.as_str()).collect::<Vec<_>>(), ["web-001"]);
     assert_eq!(record.last_failure.as_ref().map(|f| f.instance.as_str()), Some("web-001"));
     assert_eq!(plan.next_wakeup, Some(now() + jiff::SignedDuration::from_secs(1)));
     let status = &plan.statuses[0].status;
@@ -201,7 +201,7 @@ fn status_counts_and_is_written_only_when_it_changes() {
     let with_status = std::sync::Arc::new(with_status);
     let snap =
         snapshot(&[&with_status], snap.agents.values().cloned().collect(), snap.instances.values().cloned().collect());
-    let later = PlanContext { now: now() + jiff::SignedDuration::from_secs(60), seed: 7 };
+    let later = PlanContext::at(now() + jiff::SignedDuration::from_secs(60), 7);
     assert!(plan(&snap, &later).statuses.is_empty());
 }
 
@@ -343,8 +343,8 @@ fn failures_and_unreachable_agents_are_warnings() {
     let instances = vec![instance(&web, "a1", 0).running().build(), instance(&web, "a1", 1).failed(0).build()];
     let failed = plan(&snapshot(&[&web], vec![agent("a1").build()], instances), &ctx());
     let back_off = failed.events.iter().find(|e| e.reason == "BackOff").expect("a BackOff event");
-    assert!(back_off.message.starts_with("1 instance failed (web-001 on a1)"), "{}", back_off.message);
-    assert!(back_off.message.contains("launches wait until 2026-11-21T12:00:01Z"), "{}", back_off.message);
+    assert!(back_off.message.starts_with("an instance of version "), "{}", back_off.message);
+    assert!(back_off.message.ends_with("failed: ; launches back off"), "{}", back_off.message);
 
     let gone = plan(&snapshot(&[&web], vec![agent("a2").build()], three_on_a1_two_agents(&web)), &ctx());
     let unreachable = gone.events.iter().find(|e| e.reason == "AgentUnreachable").expect("an AgentUnreachable event");
@@ -424,15 +424,18 @@ fn a_snowball_kills_only_the_budget_and_says_why_the_rest_are_spared() {
         ("pool-000", Some("pool-010"), "pool-010 to pass its health checks")
     );
 
-    // The replacements became healthy: the slots are free, the killed records go, the next
-    // two are killed.
+    // The replacements became healthy: the slots are free (the killed records are unmarked,
+    // and kept a while as ended instances), the next two are killed.
     let mut healed: Vec<_> = failing[2..].to_vec();
     healed.extend((0..2).map(|n| instance(&pool, "a1", n).failed(5).killed_for_health().build()));
     healed.extend((10..12).map(|n| instance(&pool, "a1", n).passing().replacing(&replacing(n)).build()));
     let third = plan(&snapshot(&[&pool_with_status], vec![agent("a1").build()], healed), &ctx());
     assert_eq!(stopped_ids(&third), ["pool-002", "pool-003"]);
-    let removed: Vec<&str> = third.removals.iter().map(|r| r.id.as_str()).collect();
-    assert_eq!(removed, ["pool-000", "pool-001"]);
+    let unmarked: Vec<&str> = third.slot_releases.iter().map(|r| r.record.id.as_str()).collect();
+    assert_eq!(unmarked, ["pool-000", "pool-001"]);
+    assert!(third.removals.is_empty(), "ended instances are kept a while");
+    let slots: Vec<&str> = third.statuses[0].status.replacements.iter().map(|r| r.killed.as_str()).collect();
+    assert_eq!(slots, ["pool-002", "pool-003"], "the new kills hold the slots now");
 
     // The cause went away: everything passes, nothing is killed, the condition clears.
     let recovered: Vec<_> = (0..10).map(|n| instance(&pool, "a1", n).recovered(3).build()).collect();
@@ -532,4 +535,80 @@ fn killing_an_unreachable_instance_forgets_it_and_replaces_it() {
     assert_eq!(removed, ["web-002"], "its agent is gone: the record goes at once");
     assert!(plan.stops.is_empty());
     assert_eq!(plan.launches.len(), 1, "replaced at once, not after inactiveAfterSeconds");
+}
+
+#[test]
+fn ended_instances_are_kept_the_last_few_per_app_for_a_while_then_removed() {
+    let web = app("web").instances(1).build();
+    // Seven ended: 10 s, 20 s … 70 s ago (counted failures), and one two hours ago.
+    let mut instances: Vec<InstanceState> = vec![instance(&web, "a1", 100).running_for(600).build()];
+    for n in 1..=7u32 {
+        instances.push(instance(&web, "a1", n).failed(i64::from(n) * 10).counted().build());
+    }
+    instances.push(instance(&web, "a1", 8).failed(7200).counted().build());
+    let retention = super::Retention { per_app: 5, max_age: jiff::SignedDuration::from_secs(3600) };
+    let ctx = PlanContext { retention, ..ctx() };
+    let plan = plan(&snapshot(&[&web], vec![agent("a1").build()], instances.clone()), &ctx);
+    let mut removed: Vec<&str> = plan.removals.iter().map(|r| r.id.as_str()).collect();
+    removed.sort();
+    assert_eq!(removed, ["web-006", "web-007", "web-008"], "beyond the last 5, or older than an hour");
+    assert!(plan.backoffs.iter().all(|b| b.counted.is_empty()), "each failure is counted once");
+    // The oldest kept one goes when it is an hour old: the controller wakes up then.
+    assert_eq!(
+        plan.next_wakeup,
+        Some(now() - jiff::SignedDuration::from_secs(50) + jiff::SignedDuration::from_secs(3600))
+    );
+
+    // A deleted app's ended instances go at once.
+    let plan = super::plan(&snapshot(&[], vec![agent("a1").build()], instances), &ctx);
+    assert_eq!(plan.removals.len(), 8);
+}
+
+#[test]
+fn the_state_says_in_one_word_what_the_app_is_doing() {
+    let state = |plan: &Plan| {
+        let status = &plan.statuses[0].status;
+        (status.state.clone().unwrap_or_default(), status.failures)
+    };
+    let web = app("web").instances(2).build();
+    let agents = || vec![agent("a1").build()];
+    let running = vec![instance(&web, "a1", 0).running().build(), instance(&web, "a1", 1).running().build()];
+    assert_eq!(state(&plan(&snapshot(&[&web], agents(), running.clone()), &ctx())), ("Running".into(), 0));
+    let starting = vec![instance(&web, "a1", 0).running().build()];
+    assert_eq!(state(&plan(&snapshot(&[&web], agents(), starting.clone()), &ctx())).0, "Scaling");
+    let crash = vec![instance(&web, "a1", 0).running().build(), instance(&web, "a1", 1).failed(0).build()];
+    assert_eq!(state(&plan(&snapshot(&[&web], agents(), crash), &ctx())), ("BackingOff".into(), 1));
+    let waiting = with_backoff(snapshot(&[&web], agents(), starting), &web, 4, 30);
+    assert_eq!(state(&plan(&waiting, &ctx())), ("BackingOff".into(), 4));
+    let old = vec![instance(&web, "a1", 0).version("old").running().build()];
+    assert_eq!(state(&plan(&snapshot(&[&web], agents(), old), &ctx())).0, "Deploying");
+    let huge = app("huge").instances(1).mem(1_000_000.0).build();
+    assert_eq!(state(&plan(&snapshot(&[&huge], agents(), vec![]), &ctx())).0, "Pending");
+    let none = app("none").instances(0).build();
+    assert_eq!(state(&plan(&snapshot(&[&none], agents(), vec![]), &ctx())).0, "Stopped");
+}
+
+#[test]
+fn a_crash_loop_repeats_the_same_two_events_so_they_aggregate() {
+    let web = app("web").instances(1).build();
+    let agents = || vec![agent("a1").build()];
+    let event = |plan: &Plan, reason: &str| {
+        plan.events.iter().find(|e| e.reason == reason).map(|e| e.message.clone()).unwrap_or_default()
+    };
+    let mut failing = instance(&web, "a1", 1).failed(0).build();
+    std::sync::Arc::make_mut(failing.status.as_mut().unwrap()).message = Some("exited with status 3".into());
+    let first = plan(&snapshot(&[&web], agents(), vec![failing.clone()]), &ctx());
+    // The second failure of the loop, after a relaunch.
+    let mut second = failing.clone();
+    std::sync::Arc::make_mut(&mut second.record).id = "web-009".into();
+    let again = plan(&with_backoff(snapshot(&[&web], agents(), vec![second]), &web, 1, -1), &ctx());
+    assert_eq!(event(&first, "BackOff"), event(&again, "BackOff"), "the same words for the same failure");
+    assert!(event(&again, "BackOff").contains("failed: exited with status 3; launches back off"));
+    // Relaunches once the backoff is over.
+    let later = PlanContext::at(now() + jiff::SignedDuration::from_secs(5), 1);
+    let relaunch = plan(&with_backoff(snapshot(&[&web], agents(), vec![]), &web, 2, -1), &later);
+    let relaunch_again = plan(&with_backoff(snapshot(&[&web], agents(), vec![]), &web, 3, -1), &ctx());
+    let launched = event(&relaunch, "Launched");
+    assert!(launched.ends_with("in place of a failed one"), "{launched}");
+    assert_eq!(launched, event(&relaunch_again, "Launched"));
 }

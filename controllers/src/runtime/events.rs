@@ -2,8 +2,10 @@
 //!
 //! Like Kubernetes' event recorder, an event that repeats (same object, reason and message)
 //! bumps the `count` and `lastTimestamp` of the event already posted instead of adding
-//! another. Events are queued; if the API server falls behind, events beyond the queue are
-//! dropped (and counted in the log) rather than slowing the controller down.
+//! another. An event's name is derived from what makes it the same event, so this holds
+//! across restarts and leader changes too: a create that finds the event there bumps it.
+//! Events are queued; if the API server falls behind, events beyond the queue are dropped
+//! (and counted in the log) rather than slowing the controller down.
 
 use std::collections::HashMap;
 
@@ -41,6 +43,21 @@ struct Key {
     name: String,
     reason: &'static str,
     message: String,
+}
+
+impl Key {
+    /// The event's name: the object's, then a hash of what makes the event the same one.
+    fn event_name(&self, uid: &str) -> String {
+        use sha2::Digest;
+        let mut hash = sha2::Sha256::new();
+        for part in [self.kind, uid, self.reason, self.message.as_str()] {
+            hash.update(part.as_bytes());
+            hash.update([0]);
+        }
+        let digest = hash.finalize();
+        let suffix: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        format!("{}.{suffix}", self.name)
+    }
 }
 
 impl Recorder {
@@ -118,23 +135,15 @@ impl Poster {
         };
         let api: kube::Api<KubeEvent> = kube::Api::namespaced(self.client.clone(), &namespace);
         let now = Time(Timestamp::now());
-        if let Some((name, count)) = self.posted.get(&key).cloned() {
-            let patch = json!({"count": count + 1, "lastTimestamp": now});
-            let params = PatchParams { field_manager: Some(COMPONENT.into()), ..PatchParams::default() };
-            match api.patch(&name, &params, &Patch::Merge(&patch)).await {
-                Ok(_) => {
-                    self.posted.insert(key, (name, count + 1));
-                    return;
-                }
-                // Expired or deleted meanwhile: post it anew.
-                Err(kube::Error::Api(status)) if status.code == 404 => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, reason = event.reason, "could not update an event");
-                    return;
-                }
-            }
+        let name = key.event_name(reference.uid.as_deref().unwrap_or_default());
+        // Known to be posted: count it, unless it expired or was deleted meanwhile (then it is
+        // posted anew).
+        if let Some((_, count)) = self.posted.get(&key).cloned()
+            && let Some(count) = self.bump(&api, &name, count, &now).await
+        {
+            self.posted.insert(key, (name, count));
+            return;
         }
-        let name = format!("{}.{:x}", key.name, Timestamp::now().as_nanosecond());
         let object = KubeEvent {
             metadata: ObjectMeta { name: Some(name.clone()), namespace: Some(namespace), ..ObjectMeta::default() },
             involved_object: reference,
@@ -145,21 +154,52 @@ impl Poster {
             reporting_component: Some(format!("{}/controller", baton_api::GROUP)),
             reporting_instance: Some(self.instance.clone()),
             first_timestamp: Some(now.clone()),
-            last_timestamp: Some(now),
+            last_timestamp: Some(now.clone()),
             count: Some(1),
             ..KubeEvent::default()
         };
         let params = PostParams { field_manager: Some(COMPONENT.into()), ..PostParams::default() };
-        match api.create(&params, &object).await {
-            Ok(_) => {
-                if self.posted.len() >= REMEMBERED {
-                    self.posted.clear();
+        let count = match api.create(&params, &object).await {
+            Ok(_) => 1,
+            // Posted before (by an earlier run, or another leader): it happened once more.
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                let seen = match api.get(&name).await {
+                    Ok(existing) => existing.count.unwrap_or(1),
+                    Err(e) => {
+                        tracing::warn!(error = %e, reason = event.reason, "could not read an event to update");
+                        return;
+                    }
+                };
+                match self.bump(&api, &name, seen, &now).await {
+                    Some(count) => count,
+                    None => return,
                 }
-                self.posted.insert(key, (name, 1));
             }
             // The namespace is being deleted, or is gone: nothing to report on.
-            Err(kube::Error::Api(status)) if matches!(status.code, 403 | 404) => {}
-            Err(e) => tracing::warn!(error = %e, reason = event.reason, "could not record an event"),
+            Err(kube::Error::Api(status)) if matches!(status.code, 403 | 404) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, reason = event.reason, "could not record an event");
+                return;
+            }
+        };
+        if self.posted.len() >= REMEMBERED {
+            self.posted.clear();
+        }
+        self.posted.insert(key, (name, count));
+    }
+
+    /// Counts one more occurrence of the event `name` seen `count` times; the new count, or
+    /// `None` if the event is gone (or could not be written: logged).
+    async fn bump(&self, api: &kube::Api<KubeEvent>, name: &str, count: i32, now: &Time) -> Option<i32> {
+        let patch = json!({"count": count + 1, "lastTimestamp": now});
+        let params = PatchParams { field_manager: Some(COMPONENT.into()), ..PatchParams::default() };
+        match api.patch(name, &params, &Patch::Merge(&patch)).await {
+            Ok(_) => Some(count + 1),
+            Err(kube::Error::Api(status)) if status.code == 404 => None,
+            Err(e) => {
+                tracing::warn!(error = %e, event = name, "could not update an event");
+                None
+            }
         }
     }
 }

@@ -107,8 +107,8 @@ impl Executor {
             writes.push((Step::Marker, Compare::mod_revision(&key, unmark.revision), Op::delete(&key)));
         }
 
-        // A backoff change and the failed instances it counts go in one transaction of
-        // their own; everything else in batches. The fence takes one of the compare slots.
+        // A backoff change and the marks on the failed instances it counts go in one
+        // transaction of their own; everything else in batches. The fence takes one of the compare slots.
         let mut batches: Vec<Vec<(Step, Compare, Op)>> =
             writes.chunks(baton_store::MAX_TXN_OPS - 1).map(<[_]>::to_vec).collect();
         for change in &plan.backoffs {
@@ -120,9 +120,15 @@ impl Executor {
                 None => Op::delete(&key),
             };
             let mut unit = vec![(Step::Marker, compare, op)];
-            for removal in &change.removals {
-                let key = self.keys.instance(&removal.agent, &removal.id);
-                unit.push((Step::Removal, Compare::mod_revision(&key, removal.revision), Op::delete(&key)));
+            for counted in &change.counted {
+                let key = self.keys.instance(&counted.record.agent, &counted.record.id);
+                let record =
+                    InstanceRecord { failure_counted: true, term: leadership.term(), ..counted.record.clone() };
+                unit.push((
+                    Step::Marker,
+                    Compare::mod_revision(&key, counted.revision),
+                    Op::put(&key, to_json(&record)),
+                ));
             }
             batches.push(unit);
         }

@@ -48,6 +48,8 @@ pub struct ControllerConfig {
     pub resync: Duration,
     /// After a change, wait this long for more before planning.
     pub debounce: Duration,
+    /// How long ended instances (and their sandboxes and logs) are kept.
+    pub retention: plan::Retention,
 }
 
 impl ControllerConfig {
@@ -59,6 +61,7 @@ impl ControllerConfig {
             election_ttl: Duration::from_secs(10),
             resync: Duration::from_secs(10),
             debounce: Duration::from_millis(20),
+            retention: plan::Retention::default(),
         }
     }
 }
@@ -163,7 +166,8 @@ impl Loop<'_> {
             let snapshot = records.snapshot(apps.objects(), groups.objects());
             let now = Timestamp::now();
             let started = std::time::Instant::now();
-            let plan = plan::plan(&snapshot, &PlanContext { now, seed: rand::random() });
+            let ctx = PlanContext { now, seed: rand::random(), retention: config.retention };
+            let plan = plan::plan(&snapshot, &ctx);
             let planned_in = started.elapsed();
             metrics.plans.inc();
             metrics.plan_seconds.observe(planned_in.as_secs_f64());

@@ -199,7 +199,7 @@ fn scorers_are_pure_functions_of_the_slot() {
 #[test]
 fn the_planner_reports_why_a_unique_app_is_pending() {
     let unique = app("u").instances(4).constraint(&["hostname", "UNIQUE"]).build();
-    let plan = plan(&snapshot(&[&unique], racks(3), vec![]), &PlanContext { now: now(), seed: 1 });
+    let plan = plan(&snapshot(&[&unique], racks(3), vec![]), &PlanContext::at(now(), 1));
     assert_eq!(plan.launches.len(), 3);
     let status = &plan.statuses[0].status;
     assert_eq!(status.pending.as_ref().map(|p| p.instances), Some(1));
@@ -212,11 +212,11 @@ fn max_concurrent_starts_and_the_strategy_reach_the_plan() {
     let limited = app("l").instances(10).max_concurrent_starts(3).build();
     let plan1 = plan(
         &snapshot(&[&limited], vec![agent("a1").build(), agent("a2").build()], vec![]),
-        &PlanContext { now: now(), seed: 1 },
+        &PlanContext::at(now(), 1),
     );
     assert_eq!(plan1.launches.len(), 3);
     let half = app("h").instances(4).strategy(0.5, 0.0).env("V", "2").build();
     let old: Vec<InstanceState> = (0..4).map(|n| instance(&half, "a1", n).version("old").running().build()).collect();
-    let plan2 = plan(&snapshot(&[&half], vec![agent("a1").build()], old), &PlanContext { now: now(), seed: 1 });
+    let plan2 = plan(&snapshot(&[&half], vec![agent("a1").build()], old), &PlanContext::at(now(), 1));
     assert_eq!((plan2.stops.len(), plan2.launches.len()), (2, 0), "half stop first; the new start once they are gone");
 }

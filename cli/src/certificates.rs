@@ -1,0 +1,46 @@
+//! `baton certificates`: a CA, a server certificate and a client certificate, so that etcd can
+//! speak TLS and check who connects. Agents take their work from etcd and run it: an etcd that
+//! other machines reach must not take plain, unauthenticated connections.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use baton_apiserver::tls::Pki;
+
+#[derive(clap::Args)]
+pub struct CertificatesArgs {
+    /// Where to write them (made if missing; a CA already there is kept and signs again).
+    #[arg(long, default_value = "baton-pki")]
+    dir: PathBuf,
+    /// A name or IP address the server certificate covers (repeatable): each address clients
+    /// reach etcd on.
+    #[arg(long = "san", value_name = "NAME", required = true)]
+    sans: Vec<String>,
+    /// The client certificate's user (its CN).
+    #[arg(long, default_value = "baton")]
+    client: String,
+}
+
+pub fn run(args: CertificatesArgs) -> Result<()> {
+    if args.sans.iter().any(|s| s.trim().is_empty()) {
+        bail!("--san: give a host name or an IP address");
+    }
+    std::fs::create_dir_all(&args.dir).with_context(|| format!("--dir {}: cannot create it", args.dir.display()))?;
+    let pki = Pki::in_dir(&args.dir);
+    pki.ensure(&args.sans).with_context(|| format!("--dir {}: cannot write the certificates", args.dir.display()))?;
+    let (cert, key) = pki.client_certificate(&args.client, None)?;
+    let (client_cert, client_key) = (args.dir.join("client.crt"), args.dir.join("client.key"));
+    std::fs::write(&client_cert, cert).with_context(|| format!("writing {}", client_cert.display()))?;
+    baton_apiserver::setup::write_private(&client_key, &key)
+        .with_context(|| format!("writing {}", client_key.display()))?;
+    let dir = std::fs::canonicalize(&args.dir)?;
+    let d = dir.display();
+    println!(
+        "In {d}: ca.crt (and ca.key: keep it safe), server.crt/server.key for etcd (covering {}), \
+         client.crt/client.key for Baton's processes.\n\n\
+         etcd:   --cert-file {d}/server.crt --key-file {d}/server.key --client-cert-auth --trusted-ca-file {d}/ca.crt\n\
+         Baton:  --store-ca-file {d}/ca.crt --store-cert-file {d}/client.crt --store-key-file {d}/client.key",
+        args.sans.join(", ")
+    );
+    Ok(())
+}
