@@ -270,7 +270,7 @@ mod tests {
             stop_reason: None,
             replaces: None,
             holds_slot: false,
-            failure_counted: false,
+            end_noted: false,
             command: Command::Shell("true".into()),
             env: Default::default(),
             labels: Default::default(),

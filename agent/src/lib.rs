@@ -29,10 +29,13 @@ use baton_api::{AgentRecord, Goal, InstanceRecord, Phase, PortRange, ResourceAmo
 use baton_store::{EventKind, KeyValue, Keyspace, LeaseId, Op, Store, Txn};
 
 pub mod checks;
+pub mod logger;
+pub mod logs;
 pub mod machine;
 pub mod metrics;
 pub mod probe;
 pub mod process;
+pub mod sandbox;
 pub mod status;
 
 use process::{Adopted, Handle};
@@ -58,6 +61,11 @@ pub struct AgentConfig {
     /// upgraded without restarting what it runs.
     pub stop_instances_on_exit: bool,
     pub metrics: Arc<metrics::AgentMetrics>,
+    /// How instances' output reaches their log files.
+    pub logging: process::Logging,
+    /// Where to serve the sandboxes (instances' output) to the API server, over TLS; `None`:
+    /// not served.
+    pub sandbox_listen: Option<std::net::SocketAddr>,
 }
 
 /// Agent errors.
@@ -67,6 +75,8 @@ pub enum Error {
     Store(#[from] baton_store::Error),
     #[error("work dir {path}: {source}")]
     WorkDir { path: String, source: std::io::Error },
+    #[error("serving sandboxes on {listen}: {source}")]
+    Serve { listen: std::net::SocketAddr, source: std::io::Error },
 }
 
 /// The PATH instances get: the agent's own, or a standard one.
@@ -79,10 +89,29 @@ pub async fn run(store: Arc<dyn Store>, config: AgentConfig, shutdown: Cancellat
     let sandboxes = config.work_dir.join("sandboxes");
     std::fs::create_dir_all(&sandboxes)
         .map_err(|source| Error::WorkDir { path: sandboxes.display().to_string(), source })?;
-    let lease = register(&store, &config).await?;
+    let running = sandbox::Running::default();
+    let served = CancellationToken::new();
+    let endpoint = match config.sandbox_listen {
+        Some(listen) => {
+            let sandboxes = sandbox::Sandboxes {
+                store: store.clone(),
+                keys: config.keys.clone(),
+                work_dir: config.work_dir.clone(),
+                running: running.clone(),
+            };
+            let endpoint = sandbox::start(listen, &config.host, &config.name, sandboxes, served.clone())
+                .await
+                .map_err(|source| Error::Serve { listen, source })?;
+            tracing::info!(agent = config.name, url = endpoint.url, "serving sandboxes");
+            Some(endpoint)
+        }
+        None => None,
+    };
+    let record = AgentRecord { sandbox: endpoint, ..agent_record(&config) };
+    let lease = register(&store, &config, &record).await?;
     config.metrics.registered.set(1);
     let registration = CancellationToken::new();
-    let keep_alive = tokio::spawn(keep_registered(store.clone(), config.clone(), lease, registration.clone()));
+    let keep_alive = tokio::spawn(keep_registered(store.clone(), config.clone(), record, lease, registration.clone()));
 
     let (writer, writer_task) = StatusWriter::start(store.clone());
     let (exits, mut exited) = mpsc::unbounded_channel();
@@ -93,6 +122,7 @@ pub async fn run(store: Arc<dyn Store>, config: AgentConfig, shutdown: Cancellat
         supervised: HashMap::new(),
         ended: HashSet::new(),
         exits,
+        running,
     };
     agent.recover().await?;
     while !shutdown.is_cancelled() {
@@ -116,6 +146,7 @@ pub async fn run(store: Arc<dyn Store>, config: AgentConfig, shutdown: Cancellat
     let _ = writer_task.await;
     registration.cancel();
     let _ = keep_alive.await;
+    served.cancel();
     tracing::info!(agent = config.name, "stopped");
     Ok(())
 }
@@ -129,13 +160,14 @@ fn agent_record(config: &AgentConfig) -> AgentRecord {
         ports: config.ports.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         started_at: Timestamp::now(),
+        sandbox: None,
     }
 }
 
 /// Writes the agent's key under a fresh lease.
-async fn register(store: &Arc<dyn Store>, config: &AgentConfig) -> Result<LeaseId, Error> {
+async fn register(store: &Arc<dyn Store>, config: &AgentConfig, record: &AgentRecord) -> Result<LeaseId, Error> {
     let lease = store.grant_lease(config.lease_ttl).await?;
-    let value = serde_json::to_vec(&agent_record(config)).expect("an agent record serializes");
+    let value = serde_json::to_vec(record).expect("an agent record serializes");
     store.txn(Txn::new().and_then([Op::put_with_lease(config.keys.agent(&config.name), value, lease)])).await?;
     tracing::info!(agent = config.name, resources = config.resources.display(), "registered");
     Ok(lease)
@@ -145,7 +177,13 @@ async fn register(store: &Arc<dyn Store>, config: &AgentConfig) -> Result<LeaseI
 /// paused or cut off from the store longer than the TTL). When `done`: if instances were
 /// stopped, revokes the lease so the agent disappears at once; otherwise lets it run out,
 /// so a restart within the TTL is not seen as the agent going away.
-async fn keep_registered(store: Arc<dyn Store>, config: AgentConfig, mut lease: LeaseId, done: CancellationToken) {
+async fn keep_registered(
+    store: Arc<dyn Store>,
+    config: AgentConfig,
+    record: AgentRecord,
+    mut lease: LeaseId,
+    done: CancellationToken,
+) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(config.lease_ttl / 3) => {}
@@ -160,7 +198,7 @@ async fn keep_registered(store: Arc<dyn Store>, config: AgentConfig, mut lease: 
             Ok(_) => true,
             Err(baton_store::Error::LeaseNotFound(_)) => {
                 tracing::warn!(agent = config.name, "registration expired; registering again");
-                match register(&store, &config).await {
+                match register(&store, &config, &record).await {
                     Ok(new) => {
                         lease = new;
                         true
@@ -198,6 +236,8 @@ struct Agent {
     /// status is never overwritten.
     ended: HashSet<String>,
     exits: mpsc::UnboundedSender<String>,
+    /// Instances whose process runs, for followed logs.
+    running: sandbox::Running,
 }
 
 /// How a supervised instance begins.
@@ -319,6 +359,7 @@ impl Agent {
                     }
                 }
                 Some(id) = exited.recv() => {
+                    self.running.remove(&id);
                     self.ended.insert(id.clone());
                     self.config.metrics.ended.inc();
                     if let Some(supervised) = self.supervised.remove(&id)
@@ -393,10 +434,12 @@ impl Agent {
             status_key: self.status_key(&record.id),
             sandbox: process::sandbox_dir(&self.config.work_dir, &record.id),
             record,
+            logging: self.config.logging.clone(),
         };
         if matches!(start, Start::New) {
             self.config.metrics.started.inc();
         }
+        self.running.insert(&id);
         let task = tokio::spawn(instance.run(start, stop_rx, self.exits.clone()));
         self.supervised.insert(id, Supervised { stop: Some(stop_tx), task, forget_when_done: false });
         self.config.metrics.instances.set(self.supervised.len() as i64);
@@ -443,6 +486,7 @@ struct Instance {
     status_key: String,
     sandbox: PathBuf,
     record: InstanceRecord,
+    logging: process::Logging,
 }
 
 impl Instance {
@@ -468,7 +512,7 @@ impl Instance {
                     self.end(&mut status, Phase::Killed, "stopped before it started".into());
                     return None;
                 }
-                match process::start(&self.record, &self.sandbox, &instance_path()) {
+                match process::start(&self.record, &self.sandbox, &instance_path(), &self.logging) {
                     Ok(process) => {
                         status.phase = Phase::Running;
                         status.pid = Some(process.pid);
@@ -477,7 +521,7 @@ impl Instance {
                         checks::prepare(&mut status, &self.record);
                         self.writer.put(self.status_key.clone(), &status);
                         tracing::info!(instance = self.record.id, pid = process.pid, "started");
-                        Some((Handle::Started(process), status))
+                        Some((Handle::Started(Box::new(process)), status))
                     }
                     Err(e) => {
                         self.end(&mut status, Phase::Failed, format!("could not start the command: {e}"));
@@ -520,10 +564,12 @@ impl Instance {
         };
         drop(checks);
         handle.kill_leftovers();
+        handle.flush_logs(Duration::from_secs(2)).await;
         status.exit_code = exit.code;
         status.signal = exit.signal;
+        status.forced_after_seconds = exit.forced_after.map(|grace| grace.as_secs().min(u64::from(u32::MAX)) as u32);
         let (phase, message) = if stopped {
-            (Phase::Killed, format!("stopped: {}", exit.describe()))
+            (Phase::Killed, format!("stopped: {}", exit.describe_stop()))
         } else if !exit.is_known() {
             (Phase::Lost, exit.describe())
         } else if exit.success() {

@@ -56,6 +56,8 @@ pub fn environment(record: &InstanceRecord, sandbox: &Path, path: &str) -> BTree
 /// A started instance process, leader of its own process group.
 pub struct Process {
     child: tokio::process::Child,
+    /// The loggers of its output, which end after it (their input ends).
+    loggers: Vec<tokio::process::Child>,
     pub pid: u32,
     /// Start time in clock ticks after boot: with the pid, identifies the process.
     pub start_ticks: Option<u64>,
@@ -66,12 +68,17 @@ pub struct Process {
 pub struct Exit {
     pub code: Option<i32>,
     pub signal: Option<i32>,
+    /// Asked to stop, it did not end within this grace period after SIGTERM: SIGKILL followed.
+    pub forced_after: Option<Duration>,
 }
 
 impl Exit {
     pub(crate) fn of(status: ExitStatus) -> Self {
-        Self { code: status.code(), signal: status.signal() }
+        Self { code: status.code(), signal: status.signal(), forced_after: None }
     }
+
+    /// Unknown: an adopted process that is gone.
+    const UNKNOWN: Exit = Exit { code: None, signal: None, forced_after: None };
 
     pub fn success(self) -> bool {
         self.code == Some(0)
@@ -93,14 +100,67 @@ impl Exit {
             (None, None) => "ended (exit status unknown: the process was adopted after an agent restart)".to_string(),
         }
     }
+
+    /// As [`Exit::describe`], saying when SIGKILL followed the grace period.
+    pub fn describe_stop(self) -> String {
+        match self.forced_after {
+            Some(grace) => format!(
+                "{}: it did not stop within its grace period of {} s after SIGTERM, so SIGKILL followed",
+                self.describe(),
+                grace.as_secs()
+            ),
+            None => self.describe(),
+        }
+    }
+}
+
+/// How an instance's output reaches its log files: through a logger process per stream
+/// ([`crate::logger`]: rotation, a time index, survives agent restarts), or, without one,
+/// straight into the files.
+#[derive(Debug, Clone, Default)]
+pub struct Logging {
+    /// The program run as `<program> logger --file F --max-bytes N --keep K` (the `baton`
+    /// binary); `None`: output goes straight to the files, unrotated.
+    pub program: Option<PathBuf>,
+    pub rotation: crate::logger::Rotation,
+}
+
+/// Where one output stream of an instance goes: a pipe to a started logger, or the file.
+fn output(sandbox: &Path, stream: &str, logging: &Logging) -> std::io::Result<(Stdio, Option<tokio::process::Child>)> {
+    let file = sandbox.join(stream);
+    let Some(program) = &logging.program else {
+        return Ok((Stdio::from(std::fs::File::create(&file)?), None));
+    };
+    let (reader, writer) = std::io::pipe()?;
+    let logger = tokio::process::Command::new(program)
+        .arg("logger")
+        .arg("--file")
+        .arg(&file)
+        .arg("--max-bytes")
+        .arg(logging.rotation.max_bytes.to_string())
+        .arg("--keep")
+        .arg(logging.rotation.keep.to_string())
+        // Not in the sandbox: what runs there is the instance's.
+        .current_dir("/")
+        .env_clear()
+        .stdin(Stdio::from(reader))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        // Its own group: signals to the instance's group (and Ctrl-C on a terminal) do not
+        // reach it; it ends when the last writer of its pipe is gone.
+        .process_group(0)
+        .kill_on_drop(false)
+        .spawn()?;
+    Ok((Stdio::from(writer), Some(logger)))
 }
 
 /// Starts the instance's command in `sandbox` (created if missing), with stdout and stderr
-/// going to files there, in a new process group.
-pub fn start(record: &InstanceRecord, sandbox: &Path, path: &str) -> std::io::Result<Process> {
+/// going to log files there (see [`Logging`]), in a new process group.
+pub fn start(record: &InstanceRecord, sandbox: &Path, path: &str, logging: &Logging) -> std::io::Result<Process> {
     std::fs::create_dir_all(sandbox)?;
-    let stdout = std::fs::File::create(sandbox.join("stdout"))?;
-    let stderr = std::fs::File::create(sandbox.join("stderr"))?;
+    let (stdout, stdout_logger) = output(sandbox, "stdout", logging)?;
+    let (stderr, stderr_logger) = output(sandbox, "stderr", logging)?;
+    let loggers: Vec<tokio::process::Child> = stdout_logger.into_iter().chain(stderr_logger).collect();
     let mut command = match &record.command {
         Command::Shell(script) => {
             let mut c = tokio::process::Command::new("/bin/sh");
@@ -123,9 +183,19 @@ pub fn start(record: &InstanceRecord, sandbox: &Path, path: &str) -> std::io::Re
         .stderr(stderr)
         .process_group(0)
         .kill_on_drop(false);
-    let child = command.spawn()?;
+    let spawned = command.spawn();
+    // The pipes' write ends are the child's now: the loggers end when it and its own
+    // children are gone.
+    drop(command);
+    let child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            drop(loggers); // They see the end of their input at once and exit.
+            return Err(e);
+        }
+    };
     let pid = child.id().ok_or_else(|| std::io::Error::other("the process exited before its pid was read"))?;
-    Ok(Process { child, pid, start_ticks: start_ticks(pid) })
+    Ok(Process { child, pid, start_ticks: start_ticks(pid), loggers })
 }
 
 impl Process {
@@ -135,7 +205,7 @@ impl Process {
             Ok(status) => Exit::of(status),
             Err(e) => {
                 tracing::warn!(pid = self.pid, error = %e, "waiting for an instance process");
-                Exit { code: None, signal: None }
+                Exit::UNKNOWN
             }
         }
     }
@@ -147,7 +217,7 @@ impl Process {
             Ok(Ok(status)) => Exit::of(status),
             _ => {
                 signal_group(self.pid, Signal::SIGKILL);
-                self.wait().await
+                Exit { forced_after: Some(grace), ..self.wait().await }
             }
         }
     }
@@ -156,6 +226,14 @@ impl Process {
     /// nothing behind. (The group id cannot be reused while any member lives.)
     pub fn kill_leftovers(&self) {
         signal_group(self.pid, Signal::SIGKILL);
+    }
+
+    /// Waits (at most `limit`) for the loggers to write the last output, once the process and
+    /// its group are gone.
+    pub async fn flush_logs(&mut self, limit: Duration) {
+        for logger in &mut self.loggers {
+            let _ = tokio::time::timeout(limit, logger.wait()).await;
+        }
     }
 }
 
@@ -179,7 +257,7 @@ impl Adopted {
         while is_alive(self.pid, self.start_ticks) {
             tokio::time::sleep(ADOPTED_POLL).await;
         }
-        Exit { code: None, signal: None }
+        Exit::UNKNOWN
     }
 
     async fn stop(&self, grace: Duration) -> Exit {
@@ -187,14 +265,15 @@ impl Adopted {
         if tokio::time::timeout(grace, self.wait()).await.is_err() {
             signal_group(self.pid, Signal::SIGKILL);
             self.wait().await;
+            return Exit { forced_after: Some(grace), ..Exit::UNKNOWN };
         }
-        Exit { code: None, signal: None }
+        Exit::UNKNOWN
     }
 }
 
 /// An instance's process: one this agent started, or one it adopted after a restart.
 pub enum Handle {
-    Started(Process),
+    Started(Box<Process>),
     Adopted(Adopted),
 }
 
@@ -225,6 +304,14 @@ impl Handle {
     /// Kills what is left of the group after its leader ended.
     pub fn kill_leftovers(&self) {
         signal_group(self.pid(), Signal::SIGKILL);
+    }
+
+    /// Waits (at most `limit`) for the last output to be written, for a process this agent
+    /// started (an adopted one's loggers are not its children).
+    pub async fn flush_logs(&mut self, limit: Duration) {
+        if let Handle::Started(p) = self {
+            p.flush_logs(limit).await;
+        }
     }
 }
 
@@ -305,7 +392,7 @@ mod tests {
             stop_reason: None,
             replaces: None,
             holds_slot: false,
-            failure_counted: false,
+            end_noted: false,
             command: Command::Shell("echo hi".into()),
             env: [("GREETING".to_string(), "hello".to_string())].into(),
             labels: Default::default(),
@@ -356,7 +443,7 @@ mod tests {
         r.command = Command::Shell("trap '' TERM; sleep 60 & echo $PORT_HTTP; wait".into());
         r.kill_grace_seconds = 1;
         let sandbox = dir.path().join("web-abc");
-        let mut process = start(&r, &sandbox, "/usr/bin:/bin").unwrap();
+        let mut process = start(&r, &sandbox, "/usr/bin:/bin", &Logging::default()).unwrap();
         assert!(process.start_ticks.is_some());
         tokio::time::sleep(Duration::from_millis(200)).await;
         let exit = process.stop(Duration::from_millis(300)).await;
@@ -377,7 +464,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut r = record();
         r.command = Command::Shell("sleep 60".into());
-        let process = start(&r, &dir.path().join("a"), "/usr/bin:/bin").unwrap();
+        let process = start(&r, &dir.path().join("a"), "/usr/bin:/bin", &Logging::default()).unwrap();
         let (pid, ticks) = (process.pid, process.start_ticks.unwrap());
         assert!(Adopted::find(pid, ticks + 1).is_none(), "another start time is another process");
         let mut adopted = Handle::Adopted(Adopted::find(pid, ticks).expect("it runs"));
@@ -395,7 +482,7 @@ mod tests {
         let mut r = record();
         r.command = Command::Exec(vec!["/bin/sh".into(), "-c".into(), "echo boom >&2; exit 3".into()]);
         let sandbox = dir.path().join("x");
-        let mut process = start(&r, &sandbox, "/usr/bin:/bin").unwrap();
+        let mut process = start(&r, &sandbox, "/usr/bin:/bin", &Logging::default()).unwrap();
         let exit = process.wait().await;
         assert_eq!(exit.code, Some(3));
         assert_eq!(exit.describe(), "exited with status 3");

@@ -171,6 +171,7 @@ mod tests {
             ports: vec![crate::PortRange { begin: 31000, end: 31999 }],
             version: "0.1.0".into(),
             started_at: Timestamp::UNIX_EPOCH,
+            sandbox: None,
         }
     }
 
@@ -186,7 +187,7 @@ mod tests {
             stop_reason: None,
             replaces: None,
             holds_slot: false,
-            failure_counted: false,
+            end_noted: false,
             command: Command::Shell("x".into()),
             env: BTreeMap::new(),
             labels: BTreeMap::new(),

@@ -27,8 +27,8 @@ pub use groups::{AppGroup, AppGroupSpec, AppGroupStatus, GroupPath};
 pub use health::{CheckResult, HealthCheck, HealthPolicy, HealthProtocol, ReadinessCheck};
 pub use instance::{Instance, InstanceSpec, InstanceViewStatus};
 pub use records::{
-    AgentRecord, AppRef, BackoffRecord, Failure, Goal, InstanceRecord, KillRequest, Phase, PortRange, StatusRecord,
-    UnreachableMarker,
+    AgentRecord, AppRef, BackoffRecord, Failure, Goal, InstanceRecord, KillRequest, Phase, PortRange, SandboxEndpoint,
+    StatusRecord, UnreachableMarker,
 };
 pub use resources::{ResourceAmounts, Resources};
 pub use validation::{FieldError, FieldErrorKind};

@@ -40,6 +40,21 @@ pub struct AgentRecord {
     /// The Baton version the agent runs.
     pub version: String,
     pub started_at: Timestamp,
+    /// Where the agent serves its sandboxes (instances' output) to the API server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<SandboxEndpoint>,
+}
+
+/// An agent's sandbox endpoint: HTTPS with a certificate the agent made itself. The record is
+/// written by the agent under its lease in the store, which the API server trusts; so the API
+/// server trusts exactly this certificate for this agent, and needs no other PKI.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxEndpoint {
+    /// `https://<host>:<port>`.
+    pub url: String,
+    /// The agent's certificate (PEM).
+    pub certificate: String,
 }
 
 /// The controller's note that an agent with instances stopped reporting, and since when.
@@ -226,10 +241,11 @@ pub struct InstanceRecord {
     /// an instance killed while it was itself filling a slot (that takes no second one).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub holds_slot: bool,
-    /// Ended on its own and counted as a failure in its app's launch backoff (written with the
-    /// count, so a failure is counted once while its record is kept for its logs).
+    /// Ended on its own, and the controller has noted it: counted it as a failure in its app's
+    /// launch backoff (in the same write), or reported it lost. So an end is noted once while
+    /// the record is kept for its status and logs.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub failure_counted: bool,
+    pub end_noted: bool,
     pub command: Command,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
@@ -315,6 +331,10 @@ pub struct StatusRecord {
     /// A human-readable reason, e.g. the end of stderr when the process failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Asked to stop, the process did not end within its grace period after SIGTERM, and
+    /// SIGKILL followed after this many seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forced_after_seconds: Option<u32>,
     /// The results of the instance's health checks, in the order of its record's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub health: Vec<CheckResult>,
@@ -339,6 +359,7 @@ impl StatusRecord {
             exit_code: None,
             signal: None,
             message: None,
+            forced_after_seconds: None,
             health: Vec::new(),
             healthy_at: None,
             readiness: None,

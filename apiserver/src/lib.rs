@@ -36,6 +36,7 @@ mod openapi;
 mod openapi_v2;
 mod protobuf;
 mod request;
+mod sandbox;
 mod selectors;
 pub mod setup;
 pub mod status;
@@ -170,6 +171,7 @@ impl ApiServer {
     ) -> Result<Arc<Self>, ApiError> {
         let server = Self::new(store, keys, security, limits);
         server.ensure_namespaces().await?;
+        server.ensure_sandbox_token().await?;
         Ok(server)
     }
 
@@ -371,10 +373,17 @@ impl ApiServer {
             None => true,
             Some("status") => kind.status_subresource,
             Some("scale") => kind.scale.is_some(),
+            Some("log") => matches!(kind.source, kinds::Source::InstanceView),
             Some(_) => false,
         };
         if !scope_fits || !sub_exists {
             return Err(ApiError::not_found_path(&path));
+        }
+        if let (Some("log"), Some(name)) = (subresource, name) {
+            if method != Method::GET {
+                return Err(ApiError::method_not_allowed(&format!("{path}/{name}/log")));
+            }
+            return self.instance_log(&kind, namespace, name, raw_query).await;
         }
         if let Some(ns) = namespace
             && let Some(problem) = baton_api::names::dns_label_problem(ns)

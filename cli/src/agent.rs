@@ -41,6 +41,11 @@ pub struct AgentArgs {
     /// Serve /metrics, /healthz and /readyz (ready while registered) here.
     #[arg(long)]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Serve instances' output to the API server here (HTTPS; only the API server may ask).
+    #[arg(long, default_value = "0.0.0.0:5051")]
+    sandbox_listen: std::net::SocketAddr,
+    #[command(flatten)]
+    output: flags::OutputFlags,
 }
 
 pub async fn run(args: AgentArgs) -> Result<()> {
@@ -57,6 +62,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         keys: args.store.keys(),
         stop_instances_on_exit: args.stop_instances_on_exit,
         metrics: Default::default(),
+        logging: args.output.logging()?,
+        sandbox_listen: Some(args.sandbox_listen),
     };
     if let Some(problem) = baton_api::names::dns_subdomain_problem(&config.name) {
         anyhow::bail!("--name {:?}: {problem}", config.name);

@@ -50,6 +50,8 @@ pub struct DevArgs {
     authorization_rules: Option<PathBuf>,
     #[command(flatten)]
     retention: crate::flags::RetentionFlags,
+    #[command(flatten)]
+    output: crate::flags::OutputFlags,
 }
 
 /// The most agents one `baton dev` runs (each gets its own slice of ports).
@@ -167,6 +169,8 @@ pub async fn run(args: DevArgs) -> Result<()> {
             // Ctrl-C on baton dev stops everything it started.
             stop_instances_on_exit: true,
             metrics: Default::default(),
+            logging: args.output.logging()?,
+            sandbox_listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
         };
         config.metrics.register(registry.sub_registry_with_label(("agent".into(), config.name.clone().into())));
         agent_metrics.push(config.metrics.clone());

@@ -52,6 +52,50 @@ impl StoreFlags {
     }
 }
 
+/// How an agent keeps instances' output, and serves it.
+#[derive(clap::Args, Debug, Clone)]
+pub struct OutputFlags {
+    /// An instance's stdout (and stderr) file is rotated at this size: 16Mi, 500Ki, 1G or
+    /// bytes.
+    #[arg(long, default_value = "16Mi", value_parser = bytes, value_name = "SIZE")]
+    pub log_max_size: u64,
+    /// Rotated files kept per stream (stdout.1 … stdout.N).
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub log_files: usize,
+}
+
+impl OutputFlags {
+    /// Output through `baton logger` processes (this program), rotated as the flags say.
+    pub fn logging(&self) -> Result<baton_agent::process::Logging> {
+        let program = std::env::current_exe().context("finding this program, to run `baton logger`")?;
+        let rotation = baton_agent::logger::Rotation { max_bytes: self.log_max_size, keep: self.log_files };
+        Ok(baton_agent::process::Logging { program: Some(program), rotation })
+    }
+}
+
+/// A size: bytes, or with a suffix K, M, G (powers of 1000) or Ki, Mi, Gi (of 1024).
+pub fn bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| format!("{text:?} is not a size (e.g. 16Mi, 500Ki, 4096)"))?;
+    let factor: u64 = match unit {
+        "" => 1,
+        "K" | "k" => 1000,
+        "M" => 1000 * 1000,
+        "G" => 1000 * 1000 * 1000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        other => return Err(format!("{text:?}: unknown unit {other:?} (use K, M, G, Ki, Mi or Gi)")),
+    };
+    let size = number.checked_mul(factor).ok_or_else(|| format!("{text:?} is too large"))?;
+    if size == 0 {
+        return Err(format!("{text:?}: a size must be more than 0"));
+    }
+    Ok(size)
+}
+
 /// How long a controller keeps ended instances, with their sandboxes and logs.
 #[derive(clap::Args, Debug, Clone, Copy)]
 pub struct RetentionFlags {

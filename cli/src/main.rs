@@ -14,6 +14,7 @@ mod controller;
 mod dev;
 mod flags;
 mod kubeconfig;
+mod logs;
 mod serve;
 
 #[derive(Parser)]
@@ -35,14 +36,41 @@ enum Command {
     Agent(agent::AgentArgs),
     /// Print a kubeconfig for a user, with a client certificate from the API server's CA.
     Kubeconfig(kubeconfig::KubeconfigArgs),
+    /// Print an instance's output (stdout, or stderr), as `kubectl logs` does for a pod.
+    Logs(logs::LogsArgs),
+    /// Copy standard input to a log file, rotating it (what the agent runs between an
+    /// instance and its log files).
+    #[command(hide = true)]
+    Logger(LoggerArgs),
     /// Make a CA and certificates for etcd over TLS, with a client certificate for Baton.
     Certificates(certificates::CertificatesArgs),
     /// Print Baton's CustomResourceDefinitions as YAML (what crds/ holds).
     Crds,
 }
 
+#[derive(clap::Args)]
+struct LoggerArgs {
+    #[arg(long)]
+    file: std::path::PathBuf,
+    #[arg(long)]
+    max_bytes: u64,
+    #[arg(long)]
+    keep: usize,
+}
+
+/// `baton logger`: runs until its input ends (every writer of the pipe is gone).
+fn logger(args: LoggerArgs) -> Result<()> {
+    let rotation = baton_agent::logger::Rotation { max_bytes: args.max_bytes.max(1), keep: args.keep };
+    let now = || jiff::Timestamp::now().as_millisecond();
+    baton_agent::logger::run(std::io::stdin().lock(), &args.file, rotation, now)
+        .map_err(|e| anyhow::anyhow!("logging to {}: {e}", args.file.display()))
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if let Command::Logger(args) = cli.command {
+        return logger(args);
+    }
     init_logging();
     let runtime = || tokio::runtime::Runtime::new();
     match cli.command {
@@ -56,6 +84,8 @@ fn main() -> Result<()> {
         Command::Apiserver(args) => runtime()?.block_on(apiserver::run(args)),
         Command::Controller(args) => runtime()?.block_on(controller::run(args)),
         Command::Agent(args) => runtime()?.block_on(agent::run(args)),
+        Command::Logs(args) => runtime()?.block_on(logs::run(args)),
+        Command::Logger(_) => unreachable!("handled before logging starts"),
     }
 }
 

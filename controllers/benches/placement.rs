@@ -36,6 +36,7 @@ fn agents() -> BTreeMap<String, Arc<AgentRecord>> {
                 ports: vec![PortRange { begin: 31000, end: 32000 }],
                 version: "bench".into(),
                 started_at: jiff::Timestamp::UNIX_EPOCH,
+                sandbox: None,
             };
             (name, Arc::new(record))
         })

@@ -164,6 +164,7 @@ pub fn agent(name: &str) -> AgentBuilder {
         ports: vec![PortRange { begin: 31000, end: 31099 }],
         version: "test".into(),
         started_at: now(),
+        sandbox: None,
     })
 }
 
@@ -216,7 +217,7 @@ pub fn instance(app: &App, agent: &str, n: u32) -> InstanceBuilder {
             stop_reason: None,
             replaces: None,
             holds_slot: false,
-            failure_counted: false,
+            end_noted: false,
             command: Command::Shell("sleep 1000".into()),
             env: Default::default(),
             labels: Default::default(),
@@ -321,7 +322,7 @@ impl InstanceBuilder {
 
     /// Its failure was counted in the app's backoff.
     pub fn counted(mut self) -> Self {
-        self.record.failure_counted = true;
+        self.record.end_noted = true;
         self
     }
 

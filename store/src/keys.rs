@@ -126,6 +126,12 @@ impl Keyspace {
         format!("{}/members", self.dependency_graph(namespace))
     }
 
+    /// `/baton/secrets/sandbox-token`: what the API server shows agents to read sandboxes
+    /// (made by the first API server; agents read it from the store).
+    pub fn sandbox_token(&self) -> String {
+        format!("{}/secrets/sandbox-token", self.root)
+    }
+
     /// `/baton/leader/<scope>`: the election key of a controller scope.
     pub fn leader(&self, scope: &str) -> String {
         format!("{}/leader/{scope}", self.root)

@@ -108,7 +108,7 @@ fn the_charts_processes_run_an_app_with_etcd_over_tls() {
         "etcd": {"enabled": false, "external": {"endpoints": [etcd.address()], "tls": {"enabled": true, "secretName": "etcd-client"}}},
         "apiserver": {"enabled": true, "port": api_port, "metricsPort": api_metrics},
         "controller": {"metricsPort": controller_metrics},
-        "agent": {"metricsPort": agent_metrics, "ports": format!("{first_port}-{}", first_port + 99)},
+        "agent": {"metricsPort": agent_metrics, "sandboxPort": free_port(), "ports": format!("{first_port}-{}", first_port + 99)},
     });
     let rendered = render(&values);
     let secrets = &rendered["secrets"];

@@ -182,6 +182,10 @@ impl Cluster {
                 &ports,
                 "--lease-ttl",
                 options.agent_lease_ttl,
+                // Several agents share the machine: each serves its sandboxes on a free port
+                // (the one it binds is in its record).
+                "--sandbox-listen",
+                "127.0.0.1:0",
             ]);
             cluster.agents.push(Proc::start(&name, binary, args, env.clone(), log(&name)));
         }

@@ -155,6 +155,11 @@ pub struct Baton {
 impl Baton {
     /// Starts `binary dev` with `agents` agents and waits until the API answers kubectl.
     pub fn start_dev(binary: &Path, agents: u32) -> Self {
+        Self::start_dev_with(binary, agents, &[])
+    }
+
+    /// As [`Baton::start_dev`], with more arguments for `baton dev`.
+    pub fn start_dev_with(binary: &Path, agents: u32, extra: &[&str]) -> Self {
         let data_dir = tempfile::Builder::new().prefix("baton-e2e-").tempdir().expect("a temporary data dir");
         let port = free_port();
         let home = data_dir.path().join("home");
@@ -169,6 +174,7 @@ impl Baton {
             "--agents".into(),
             agents.to_string().into(),
         ];
+        let args = args.into_iter().chain(extra.iter().map(Into::into)).collect();
         let env = vec![("RUST_LOG".to_string(), "info,baton_controllers=debug".to_string())];
         let proc = Proc::start("baton dev", binary, args, env, data_dir.path().join("baton.log"));
         let kubectl = Kubectl { kubeconfig: kubeconfig.clone(), home };

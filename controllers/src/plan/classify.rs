@@ -28,6 +28,9 @@ pub struct AppInstances<'s> {
     /// Wanted running at the current version, but their process ended on its own (failed,
     /// or exited), not counted yet: each is a failure for the launch backoff.
     pub failed: Vec<&'s InstanceState>,
+    /// Wanted running, but lost (the process ended while its agent was not running), not
+    /// reported yet.
+    pub lost: Vec<&'s InstanceState>,
     /// Over and done with. Those that ended on their own (failed, finished, lost) are kept a
     /// while for their status and logs ([`Retention`]); those the controller stopped go at
     /// once, unless they hold a replacement slot.
@@ -75,9 +78,11 @@ impl<'s> AppInstances<'s> {
             let goal = instance.record.goal;
             let set = if instance.is_terminal() {
                 let ended_on_its_own = matches!(instance.phase(), Some(Phase::Failed | Phase::Finished));
-                let uncounted = !instance.record.failure_counted;
-                if goal == Goal::Running && ended_on_its_own && instance.record.version == version && uncounted {
+                let unnoted = goal == Goal::Running && !instance.record.end_noted;
+                if unnoted && ended_on_its_own && instance.record.version == version {
                     &mut sets.failed
+                } else if unnoted && instance.phase() == Some(Phase::Lost) {
+                    &mut sets.lost
                 } else {
                     &mut sets.finished
                 }

@@ -245,6 +245,51 @@ pub fn back_off(app: &App, version: &str, failed: usize, message: &str, delayed:
     )
 }
 
+/// `Lost`: instances whose process ended while their agent was not running (an agent restart
+/// found them gone instead of adopting them); each is replaced as any missing instance.
+pub fn lost(app: &App, lost: &[&crate::snapshot::InstanceState]) -> Event {
+    let each: Vec<String> = lost
+        .iter()
+        .map(|i| {
+            let why = i.status.as_ref().and_then(|s| s.message.clone()).unwrap_or_default();
+            format!("{} on {} ({why})", i.record.id, i.record.agent)
+        })
+        .collect();
+    Event::about(
+        app,
+        EventType::Warning,
+        "Lost",
+        format!("lost {}, replaced: {}", plural(lost.len(), "instance"), listing(&each)),
+        true,
+    )
+}
+
+/// `GracePeriodExceeded`: instances that did not stop within their grace period after
+/// SIGTERM and were killed with SIGKILL (reported as their records go).
+pub fn forced_kills(app: &App, gone: &[&crate::snapshot::InstanceState]) -> Option<Event> {
+    let forced: Vec<String> = gone
+        .iter()
+        .filter_map(|i| {
+            let grace = i.status.as_ref()?.forced_after_seconds?;
+            Some(format!("{} on {} (grace period {grace} s)", i.record.id, i.record.agent))
+        })
+        .collect();
+    (!forced.is_empty()).then(|| {
+        Event::about(
+            app,
+            EventType::Warning,
+            "GracePeriodExceeded",
+            format!(
+                "{} did not stop within the grace period after SIGTERM and {} killed with SIGKILL: {}",
+                plural(forced.len(), "instance"),
+                if forced.len() == 1 { "was" } else { "were" },
+                listing(&forced)
+            ),
+            true,
+        )
+    })
+}
+
 /// `AgentUnreachable`: an agent with instances stopped reporting.
 pub fn agent_unreachable(agent: &str, instances: usize) -> Event {
     Event {

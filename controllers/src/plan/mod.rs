@@ -133,7 +133,7 @@ pub struct Unmark {
 }
 
 /// A change of an app's launch backoff, written in one transaction with the marks on the
-/// failed instances it counts (`failureCounted`) — so a failure is counted exactly once, and
+/// failed instances it counts (`endNoted`) — so a failure is counted exactly once, and
 /// the failed instance's record stays for its status and logs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BackoffChange {
@@ -147,7 +147,8 @@ pub struct BackoffChange {
     pub counted: Vec<Counted>,
 }
 
-/// A failed instance counted in its app's backoff: its record is marked, at the revision read.
+/// An ended instance whose end is noted (counted in its app's backoff, or reported lost): its
+/// record is marked (`endNoted`), at the revision read.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Counted {
     pub record: InstanceRecord,
@@ -208,6 +209,8 @@ pub struct Plan {
     pub launches: Vec<Launch>,
     pub stops: Vec<Stop>,
     pub slot_releases: Vec<SlotRelease>,
+    /// Ended instances whose end is noted (lost ones, reported), apart from a backoff.
+    pub noted: Vec<Counted>,
     pub removals: Vec<Removal>,
     pub statuses: Vec<StatusUpdate>,
     pub group_statuses: Vec<GroupStatusUpdate>,
@@ -232,6 +235,7 @@ impl Plan {
         self.launches.is_empty()
             && self.stops.is_empty()
             && self.slot_releases.is_empty()
+            && self.noted.is_empty()
             && self.removals.is_empty()
             && self.statuses.is_empty()
             && self.group_statuses.is_empty()
@@ -387,7 +391,9 @@ fn ensure_finalizer(app: &App, plan: &mut Plan) {
 fn plan_deletion(app: Prepared<'_>, dependents: &[String], ctx: &PlanContext, plan: &mut Plan) {
     let Prepared { app, version, sets, .. } = app;
     let stops_before = plan.stops.len();
-    plan.removals.extend(sets.finished.iter().chain(&sets.failed).chain(&sets.expunged).map(|i| removal(i)));
+    let gone: Vec<&InstanceState> =
+        sets.finished.iter().chain(&sets.failed).chain(&sets.lost).chain(&sets.expunged).copied().collect();
+    remove(app, &gone, plan);
     plan.next_wakeup = min_time(plan.next_wakeup, sets.next_change);
     let running: Vec<&InstanceState> = sets.current.iter().chain(&sets.old).copied().collect();
     if dependents.is_empty() {
@@ -397,7 +403,7 @@ fn plan_deletion(app: Prepared<'_>, dependents: &[String], ctx: &PlanContext, pl
         plan.removals.extend(sets.unreachable.iter().chain(&sets.inactive).map(|i| removal(i)));
     }
     let left = running.len() + sets.unreachable.len() + sets.inactive.len() + sets.stopping.len();
-    let records = left + sets.failed.len() + sets.finished.len() + sets.expunged.len();
+    let records = left + sets.failed.len() + sets.lost.len() + sets.finished.len() + sets.expunged.len();
     let finalizers = app.metadata.finalizers.clone().unwrap_or_default();
     if records == 0 && finalizers.iter().any(|f| f == STOP_FINALIZER) {
         let without_ours = finalizers.into_iter().filter(|f| f != STOP_FINALIZER).collect();
@@ -453,7 +459,13 @@ fn plan_app(
     // held: they are the slot.
     let slots = slots::Slots::of(&sets, wanted);
     let (ended, expires) = ctx.retention.apply(&sets.finished, |i| slots.holds(i), ctx.now);
-    plan.removals.extend(ended.iter().chain(&sets.expunged).map(|i| removal(i)));
+    let gone: Vec<&InstanceState> = ended.iter().chain(&sets.expunged).copied().collect();
+    remove(app, &gone, plan);
+    // Lost instances are reported once (and replaced, as any missing instance).
+    if !sets.lost.is_empty() {
+        plan.events.push(events::lost(app, &sets.lost));
+        plan.noted.extend(sets.lost.iter().map(|i| Counted { record: (*i.record).clone(), revision: i.revision }));
+    }
     plan.next_wakeup = min_time(plan.next_wakeup, expires);
     // Released slots are unmarked, unless their record goes now anyway.
     let going: BTreeSet<&str> = ended.iter().chain(&sets.expunged).map(|i| i.id()).collect();
@@ -827,7 +839,7 @@ fn launch(
                 stop_reason: None,
                 replaces: None,
                 holds_slot: false,
-                failure_counted: false,
+                end_noted: false,
                 command: command.clone(),
                 env: spec.env.clone(),
                 labels: spec.labels.clone(),
@@ -869,6 +881,13 @@ fn stop(instance: &InstanceState, reason: StopReason) -> Stop {
         grace_seconds: None,
         takes_slot: false,
     }
+}
+
+/// Removes the records of `instances` of `app`, reporting those whose process had to be
+/// killed with SIGKILL after its grace period.
+fn remove(app: &App, instances: &[&InstanceState], plan: &mut Plan) {
+    plan.removals.extend(instances.iter().map(|i| removal(i)));
+    plan.events.extend(events::forced_kills(app, instances));
 }
 
 fn removal(instance: &InstanceState) -> Removal {

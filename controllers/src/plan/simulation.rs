@@ -456,9 +456,9 @@ impl World {
         for removal in &plan.removals {
             self.instances.remove(&removal.id);
         }
-        for counted in plan.backoffs.iter().flat_map(|b| &b.counted) {
+        for counted in plan.backoffs.iter().flat_map(|b| &b.counted).chain(&plan.noted) {
             let revision = self.next_revision();
-            let record = InstanceRecord { failure_counted: true, ..counted.record.clone() };
+            let record = InstanceRecord { end_noted: true, ..counted.record.clone() };
             if let Some(state) = self.instances.get_mut(&record.id) {
                 state.record = Arc::new(record);
                 state.revision = revision;

@@ -612,3 +612,35 @@ fn a_crash_loop_repeats_the_same_two_events_so_they_aggregate() {
     assert!(launched.ends_with("in place of a failed one"), "{launched}");
     assert_eq!(launched, event(&relaunch_again, "Launched"));
 }
+
+#[test]
+fn a_lost_instance_is_reported_once_and_replaced_and_a_forced_kill_is_reported() {
+    let web = app("web").instances(1).build();
+    let mut lost = instance(&web, "a1", 0).phase(Phase::Lost).build();
+    std::sync::Arc::make_mut(lost.status.as_mut().unwrap()).message =
+        Some("the process ended while the agent was not running".into());
+    let plan = plan(&snapshot(&[&web], vec![agent("a1").build()], vec![lost.clone()]), &ctx());
+    assert_eq!(plan.launches.len(), 1, "replaced");
+    let event = plan.events.iter().find(|e| e.reason == "Lost").expect("a Lost event");
+    assert_eq!(
+        event.message,
+        "lost 1 instance, replaced: web-000 on a1 (the process ended while the agent was not running)"
+    );
+    assert_eq!(plan.noted.len(), 1, "noted, so reported once");
+    let mut noted = lost;
+    std::sync::Arc::make_mut(&mut noted.record).end_noted = true;
+    let again = super::plan(&snapshot(&[&web], vec![agent("a1").build()], vec![noted]), &ctx());
+    assert!(again.events.iter().all(|e| e.reason != "Lost") && again.noted.is_empty());
+
+    // A stopped instance that needed SIGKILL after its grace period: said when its record goes.
+    let mut forced = instance(&web, "a1", 1).stopped("ScaledDown").phase(Phase::Killed).build();
+    std::sync::Arc::make_mut(forced.status.as_mut().unwrap()).forced_after_seconds = Some(3);
+    let running = instance(&web, "a1", 2).running().build();
+    let plan = super::plan(&snapshot(&[&web], vec![agent("a1").build()], vec![forced, running]), &ctx());
+    assert_eq!(plan.removals.len(), 1);
+    let event = plan.events.iter().find(|e| e.reason == "GracePeriodExceeded").expect("an event");
+    assert_eq!(
+        event.message,
+        "1 instance did not stop within the grace period after SIGTERM and was killed with SIGKILL: web-001 on a1 (grace period 3 s)"
+    );
+}

@@ -83,6 +83,11 @@ impl Executor {
             let write = Op::put(&key, to_json(&record));
             writes.push((Step::Stop(stop.reason.as_str()), Compare::mod_revision(&key, stop.revision), write));
         }
+        for noted in &plan.noted {
+            let key = self.keys.instance(&noted.record.agent, &noted.record.id);
+            let record = InstanceRecord { end_noted: true, term: leadership.term(), ..noted.record.clone() };
+            writes.push((Step::Marker, Compare::mod_revision(&key, noted.revision), Op::put(&key, to_json(&record))));
+        }
         for release in &plan.slot_releases {
             let key = self.keys.instance(&release.record.agent, &release.record.id);
             let record = InstanceRecord { holds_slot: false, term: leadership.term(), ..release.record.clone() };
@@ -122,8 +127,7 @@ impl Executor {
             let mut unit = vec![(Step::Marker, compare, op)];
             for counted in &change.counted {
                 let key = self.keys.instance(&counted.record.agent, &counted.record.id);
-                let record =
-                    InstanceRecord { failure_counted: true, term: leadership.term(), ..counted.record.clone() };
+                let record = InstanceRecord { end_noted: true, term: leadership.term(), ..counted.record.clone() };
                 unit.push((
                     Step::Marker,
                     Compare::mod_revision(&key, counted.revision),
