@@ -2,15 +2,17 @@
 # Benchmarks, on release builds; each prints its figures.
 #   hack/bench.sh store      keys/s of the embedded and the etcd store (needs etcd on PATH)
 #   hack/bench.sh placement  placements/s: 100,000 instances of mixed apps on 10,000 agents
+#   hack/bench.sh plan       plan time of a steady tick (p50, p99) and of a change, at 100,000 instances
 #   hack/bench.sh api        writes/s and latency of the API server with 200 watchers (needs etcd)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-}" in
   store) cargo bench --locked -p baton-store --bench store ;;
   placement) cargo bench --locked -p baton-controllers --bench placement ;;
+  plan) cargo bench --locked -p baton-controllers --bench plan ;;
   api) cargo bench --locked -p baton --bench api ;;
   *)
-    echo "usage: hack/bench.sh store|placement|api" >&2
+    echo "usage: hack/bench.sh store|placement|plan|api" >&2
     exit 2
     ;;
 esac

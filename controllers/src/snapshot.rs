@@ -7,7 +7,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use baton_api::{AgentRecord, App, AppGroup, BackoffRecord, Goal, InstanceRecord, KillRequest, Phase, StatusRecord};
+use baton_api::{
+    AgentRecord, App, AppGroup, BackoffRecord, Goal, InstanceRecord, KillRequest, Phase, ResourceAmounts, StatusRecord,
+};
 use baton_store::Revision;
 use jiff::Timestamp;
 
@@ -27,6 +29,51 @@ pub enum HealthState {
     Healthy,
 }
 
+/// A string in a form compared without reading it: a UUID or a lowercase hex string (app
+/// uids, versions) as its number — exact, the number and length are the string — else
+/// nothing, and the string is compared. At 100,000 instances a tick, reading each one's
+/// strings is what comparing them costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Key {
+    Uuid(u128),
+    Hex { len: u8, value: u128 },
+    Text,
+}
+
+impl Key {
+    pub fn of(text: &str) -> Self {
+        let hex = |digits: &str| u128::from_str_radix(digits, 16).ok();
+        let is_lower_hex = |t: &str| t.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !text.is_empty()
+            && text.len() <= 32
+            && is_lower_hex(text)
+            && let Some(value) = hex(text)
+        {
+            return Key::Hex { len: text.len() as u8, value };
+        }
+        let bytes = text.as_bytes();
+        if text.len() == 36 && [8, 13, 18, 23].iter().all(|&i| bytes[i] == b'-') {
+            let digits: String = text.chars().filter(|c| *c != '-').collect();
+            if digits.len() == 32
+                && is_lower_hex(&digits)
+                && let Some(value) = hex(&digits)
+            {
+                return Key::Uuid(value);
+            }
+        }
+        Key::Text
+    }
+
+    /// Whether the strings these keys stand for are equal; `strings` compares the strings
+    /// when the keys cannot tell.
+    pub fn same(self, other: Key, strings: impl FnOnce() -> bool) -> bool {
+        match (self, other) {
+            (Key::Text, _) | (_, Key::Text) => strings(),
+            (a, b) => a == b,
+        }
+    }
+}
+
 /// One instance: what the controller assigned and what the agent reported.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InstanceState {
@@ -34,9 +81,28 @@ pub struct InstanceState {
     /// Mod revision of the record: writes to it compare against this.
     pub revision: Revision,
     pub status: Option<Arc<StatusRecord>>,
+    /// The record's app uid, made a [`Key`] with the state.
+    pub app_key: Key,
+    /// The record's version, made a [`Key`] with the state.
+    pub version_key: Key,
 }
 
 impl InstanceState {
+    pub fn new(record: Arc<InstanceRecord>, revision: Revision, status: Option<Arc<StatusRecord>>) -> Self {
+        let (app_key, version_key) = (Key::of(&record.app.uid), Key::of(&record.version));
+        Self { record, revision, status, app_key, version_key }
+    }
+
+    /// Whether it runs `version` (whose key is `key`).
+    pub fn runs_version(&self, version: &str, key: Key) -> bool {
+        self.version_key.same(key, || self.record.version == version)
+    }
+
+    /// Whether it belongs to the same app as `other`.
+    pub fn same_app(&self, other: &InstanceState) -> bool {
+        self.app_key.same(other.app_key, || self.record.app.uid == other.record.app.uid)
+    }
+
     /// The phase the agent reported, if any.
     pub fn phase(&self) -> Option<Phase> {
         self.status.as_ref().map(|s| s.phase)
@@ -150,6 +216,46 @@ pub struct Marker {
     pub revision: Revision,
 }
 
+/// What one agent's instances hold: those not over (including those being stopped, whose
+/// processes still hold their resources and ports).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct AgentUse {
+    /// Instances not over.
+    pub live: usize,
+    pub resources: ResourceAmounts,
+    pub ports: Vec<u16>,
+}
+
+impl AgentUse {
+    /// Counts an instance on the agent.
+    pub fn add(&mut self, instance: &InstanceState) {
+        if !instance.is_terminal() {
+            self.live += 1;
+            self.resources = self.resources.plus(instance.record.resources);
+            self.ports.extend(instance.record.ports.iter().map(|p| p.port));
+        }
+    }
+}
+
+/// Per agent (in name order), what its instances hold, gathered from `instances` given in
+/// agent order — as the store keys them (`instances/<agent>/<id>`), so agents come one after
+/// another and nothing is looked up.
+pub fn held_in_agent_order<'a>(instances: impl IntoIterator<Item = &'a InstanceState>) -> BTreeMap<String, AgentUse> {
+    let mut held: Vec<(String, AgentUse)> = Vec::new();
+    for instance in instances {
+        let agent = instance.record.agent.as_str();
+        match held.last_mut() {
+            Some((name, used)) if name == agent => used.add(instance),
+            _ => {
+                let mut used = AgentUse::default();
+                used.add(instance);
+                held.push((agent.to_string(), used));
+            }
+        }
+    }
+    held.into_iter().collect()
+}
+
 /// The full observed state for one tick.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -168,4 +274,40 @@ pub struct Snapshot {
     /// Users' requests to kill instances, by `(namespace, instance id)`, with the revision
     /// of each.
     pub kill_requests: BTreeMap<(String, String), (Arc<KillRequest>, Revision)>,
+    /// What each agent's instances hold, by agent name, when the snapshot's builder gathered
+    /// it with the instances (the runtime does, from the store's agent-ordered keys): it must
+    /// be that of `instances`. `None`: [`Snapshot::held`] gathers it.
+    pub held: Option<Arc<BTreeMap<String, AgentUse>>>,
+}
+
+impl Snapshot {
+    /// What each agent's instances hold, by agent name.
+    pub fn held(&self) -> Arc<BTreeMap<String, AgentUse>> {
+        if let Some(held) = &self.held {
+            return held.clone();
+        }
+        let mut by_agent: Vec<&InstanceState> = self.instances.values().collect();
+        by_agent.sort_by(|a, b| a.record.agent.cmp(&b.record.agent));
+        Arc::new(held_in_agent_order(by_agent))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_exact() {
+        let version = Key::of("12952d44a1");
+        assert!(version.same(Key::of("12952d44a1"), || unreachable!("numbers tell")));
+        assert!(!version.same(Key::of("12952d44a2"), || unreachable!("numbers tell")));
+        assert!(!Key::of("0a").same(Key::of("a"), || unreachable!("the length tells")));
+        let uid = Key::of("6ba7b810-9dad-11d1-80b4-00c04fd430c8");
+        assert!(matches!(uid, Key::Uuid(_)));
+        assert!(!uid.same(Key::of("6ba7b810-9dad-11d1-80b4-00c04fd430c9"), || unreachable!()));
+        assert_eq!(Key::of("uid-web"), Key::Text);
+        assert_eq!(Key::of("6ba7b810-9dad-11d1-80b4-00c04fd430c-"), Key::Text, "31 digits is text");
+        assert_eq!(Key::of("6BA7B810-9DAD-11D1-80B4-00C04FD430C8"), Key::Text, "upper case is text");
+        assert!(Key::of("old").same(Key::of("12952d44a1"), || true), "text is compared as text");
+    }
 }

@@ -354,7 +354,7 @@ impl InstanceBuilder {
     }
 
     pub fn build(self) -> InstanceState {
-        InstanceState { record: Arc::new(self.record), revision: 10, status: self.status.map(Arc::new) }
+        InstanceState::new(Arc::new(self.record), 10, self.status.map(Arc::new))
     }
 }
 
@@ -395,5 +395,6 @@ pub fn snapshot(apps: &[&Arc<App>], agents: Vec<Arc<AgentRecord>>, instances: Ve
         unreachable: Default::default(),
         backoffs: Default::default(),
         kill_requests: Default::default(),
+        held: None,
     }
 }

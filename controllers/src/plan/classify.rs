@@ -7,7 +7,9 @@ use jiff::{SignedDuration, Timestamp};
 
 use baton_api::{Goal, KillSelection, Phase, UnreachableStrategy};
 
-use crate::snapshot::{InstanceState, Snapshot};
+use rustc_hash::FxHashMap;
+
+use crate::snapshot::{InstanceState, Key, Snapshot};
 
 /// An app's instances, in disjoint sets.
 #[derive(Debug, Default)]
@@ -41,24 +43,37 @@ pub struct AppInstances<'s> {
     pub next_change: Option<Timestamp>,
 }
 
-/// Whether an instance's agent reports, and since when it does not.
-pub struct Reachability<'s> {
-    snapshot: &'s Snapshot,
+/// Whether an instance's agent reports, and since when it does not: known once per agent,
+/// so that classifying an instance looks nothing up while every agent reports.
+pub struct Reachability {
+    /// Agents holding instances that do not report, and since when.
+    gone: FxHashMap<String, Timestamp>,
     now: Timestamp,
 }
 
-impl<'s> Reachability<'s> {
-    pub fn new(snapshot: &'s Snapshot, now: Timestamp) -> Self {
-        Self { snapshot, now }
+impl Reachability {
+    /// For the agents of every instance of the snapshot.
+    pub fn new(snapshot: &Snapshot, now: Timestamp) -> Self {
+        Self::of(snapshot, snapshot.instances.values().map(|i| i.record.agent.as_str()), now)
+    }
+
+    /// For `agents` (those holding instances; those that report are left out).
+    pub fn of<'a>(snapshot: &Snapshot, agents: impl IntoIterator<Item = &'a str>, now: Timestamp) -> Self {
+        let gone = agents
+            .into_iter()
+            .filter(|agent| !snapshot.agents.contains_key(*agent))
+            .map(|agent| (agent.to_string(), snapshot.unreachable.get(agent).map_or(now, |marker| marker.since)))
+            .collect();
+        Self { gone, now }
     }
 
     /// `None` while the agent reports; else since when it does not (as marked in the store,
     /// or now if this is the first tick to notice).
     pub fn unreachable_since(&self, agent: &str) -> Option<Timestamp> {
-        if self.snapshot.agents.contains_key(agent) {
+        if self.gone.is_empty() {
             return None;
         }
-        Some(self.snapshot.unreachable.get(agent).map_or(self.now, |marker| marker.since))
+        self.gone.get(agent).copied()
     }
 }
 
@@ -68,9 +83,10 @@ impl<'s> AppInstances<'s> {
         instances: impl IntoIterator<Item = &'s InstanceState>,
         version: &str,
         strategy: UnreachableStrategy,
-        reach: &Reachability<'_>,
+        reach: &Reachability,
     ) -> Self {
         let now = reach.now;
+        let version_key = Key::of(version);
         let mut sets = Self::default();
         let inactive_after = SignedDuration::from_secs(strategy.inactive_after_seconds.max(0));
         let expunge_after = SignedDuration::from_secs(strategy.expunge_after_seconds.max(0));
@@ -79,7 +95,7 @@ impl<'s> AppInstances<'s> {
             let set = if instance.is_terminal() {
                 let ended_on_its_own = matches!(instance.phase(), Some(Phase::Failed | Phase::Finished));
                 let unnoted = goal == Goal::Running && !instance.record.end_noted;
-                if unnoted && ended_on_its_own && instance.record.version == version {
+                if unnoted && ended_on_its_own && instance.runs_version(version, version_key) {
                     &mut sets.failed
                 } else if unnoted && instance.phase() == Some(Phase::Lost) {
                     &mut sets.lost
@@ -102,7 +118,7 @@ impl<'s> AppInstances<'s> {
                 }
             } else if goal == Goal::Stopped {
                 &mut sets.stopping
-            } else if instance.record.version == version {
+            } else if instance.runs_version(version, version_key) {
                 &mut sets.current
             } else {
                 &mut sets.old

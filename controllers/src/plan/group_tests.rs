@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use baton_api::app::{CONDITION_DEPENDENCIES, CONDITION_PROGRESSING, STOP_FINALIZER};
-use baton_api::{App, AppGroup, Phase, StatusRecord};
+use baton_api::{App, AppGroup, AppStatus, Phase, StatusRecord};
 
 use super::*;
 use crate::snapshot::InstanceState;
@@ -73,11 +73,11 @@ impl World {
         let plan = plan(&snapshot, &PlanContext::at(now(), self.ticks as u64));
         for launch in &plan.launches {
             self.revision += 1;
-            let state = InstanceState {
-                record: Arc::new(launch.record.clone()),
-                revision: self.revision,
-                status: Some(Arc::new(StatusRecord::new(Phase::Staging))),
-            };
+            let state = InstanceState::new(
+                Arc::new(launch.record.clone()),
+                self.revision,
+                Some(Arc::new(StatusRecord::new(Phase::Staging))),
+            );
             self.instances.insert(launch.record.id.clone(), state);
         }
         for stop in &plan.stops {

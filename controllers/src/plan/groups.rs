@@ -1,8 +1,8 @@
-//! Groups, the first planner of a tick: each namespace's dependency graph gives every app
-//! its effective instance count (`spec.instances` times its AppGroups' factors), the
-//! dependencies that hold back its start or its move to a new version, and — for apps being
-//! deleted together — the dependents that must stop first. It also computes the AppGroups'
-//! statuses. Pure, like every planner.
+//! Stage 2, groups: each namespace's dependency graph gives every app its effective instance
+//! count (`spec.instances` times its AppGroups' factors), the dependencies that hold back its
+//! start or its move to a new version, and — for apps being deleted together — the
+//! dependents that must stop first. It also computes the AppGroups' statuses. It reads the
+//! observed sets of every app ([`gate`]); pure, like every stage.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,6 +13,8 @@ use baton_api::groups::{Graph, GroupPath, Origin};
 use baton_api::{App, AppGroup, AppGroupStatus};
 
 use super::events::listing;
+use super::observe::Observed;
+use super::{GroupStatusUpdate, PlanContext};
 
 /// What the rest of the tick needs to know about an app from the others: whether it is
 /// available, and how many of its instances are.
@@ -247,4 +249,76 @@ fn push_once(waits: &mut Vec<Wait>, path: String, why: String) {
 
 fn namespace_of(metadata: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
     metadata.namespace.clone().unwrap_or_default()
+}
+
+/// What the groups stage decided for one app.
+pub struct Gate {
+    /// `spec.instances` scaled by the app's groups (0 for an app being deleted).
+    pub wanted: usize,
+    /// Dependencies that are not available.
+    pub waits: Vec<Wait>,
+    /// For an app being deleted: the apps deleted with it that depend on it and still run
+    /// (it stops after them).
+    pub dependents: Vec<String>,
+}
+
+/// What the groups stage decided: a gate per app (in the observed order), the AppGroups'
+/// statuses, and when a deleted app stops waiting for its dependents.
+pub struct Gates {
+    pub apps: Vec<Gate>,
+    pub group_statuses: Vec<GroupStatusUpdate>,
+    pub next_wakeup: Option<jiff::Timestamp>,
+}
+
+/// The groups stage: whether an app may start or move to a new version, and when a deleted
+/// app may stop, depends on the others, so every app's availability is known before any
+/// gate is computed.
+pub fn gate(observed: &Observed<'_>, groups: &[Arc<AppGroup>], apps: &[Arc<App>], ctx: &PlanContext) -> Gates {
+    let topology = Topology::new(apps, groups);
+    let mut availability = Availabilities::new();
+    let wanted: Vec<usize> = observed
+        .apps
+        .iter()
+        .map(|o| {
+            let deleting = o.app.metadata.deletion_timestamp.is_some();
+            let wanted = if deleting { 0 } else { topology.wanted(o.namespace, &o.path, o.app.spec.instances) };
+            let state = Availability {
+                wanted,
+                available: o.sets.current_healthy(),
+                old: o.sets.old.len(),
+                live: o.sets.live(),
+                deleting,
+                version: o.version.clone(),
+            };
+            availability.entry(o.namespace.to_string()).or_default().insert(o.path.clone(), state);
+            wanted
+        })
+        .collect();
+    let mut next_wakeup: Option<jiff::Timestamp> = None;
+    let gates = observed
+        .apps
+        .iter()
+        .zip(wanted)
+        .map(|(o, wanted)| match o.app.metadata.deletion_timestamp.as_ref().map(|t| t.0) {
+            Some(deleted) => {
+                let dependents = topology.stopping_dependents(o.namespace, &o.path, deleted, &availability, ctx.now);
+                let settled = deleted + DELETION_SETTLE;
+                if settled > ctx.now {
+                    next_wakeup = Some(next_wakeup.map_or(settled, |t| t.min(settled)));
+                }
+                Gate { wanted, waits: Vec::new(), dependents }
+            }
+            None => Gate { wanted, waits: topology.waits(o.namespace, &o.path, &availability), dependents: Vec::new() },
+        })
+        .collect();
+    let group_statuses = topology
+        .group_statuses(groups, &availability, ctx.now)
+        .into_iter()
+        .map(|(group, status)| GroupStatusUpdate {
+            namespace: group.metadata.namespace.clone().unwrap_or_default(),
+            name: group.metadata.name.clone().unwrap_or_default(),
+            status,
+        })
+        .collect();
+    Gates { apps: gates, group_statuses, next_wakeup }
 }

@@ -254,6 +254,7 @@ impl World {
             unreachable: self.markers.clone(),
             backoffs,
             kill_requests: Default::default(),
+            held: None,
         }
     }
 
@@ -429,7 +430,7 @@ impl World {
     fn apply(&mut self, plan: &Plan) {
         for launch in &plan.launches {
             let revision = self.next_revision();
-            let state = InstanceState { record: Arc::new(launch.record.clone()), revision, status: None };
+            let state = InstanceState::new(Arc::new(launch.record.clone()), revision, None);
             self.instances.insert(launch.record.id.clone(), state);
         }
         for stop in &plan.stops {
@@ -697,7 +698,7 @@ fn round_trip(snapshot: &Snapshot) -> Snapshot {
             .map(|(id, i)| {
                 let record: InstanceRecord = again(i.record.as_ref());
                 let status = i.status.as_ref().map(|s| Arc::new(again::<StatusRecord>(s.as_ref())));
-                (id.clone(), InstanceState { record: Arc::new(record), revision: i.revision, status })
+                (id.clone(), InstanceState::new(Arc::new(record), i.revision, status))
             })
             .collect(),
         unreachable: snapshot.unreachable.clone(),
@@ -711,6 +712,7 @@ fn round_trip(snapshot: &Snapshot) -> Snapshot {
             .iter()
             .map(|(k, (r, rev))| (k.clone(), (Arc::new(again(r.as_ref())), *rev)))
             .collect(),
+        held: None,
     }
 }
 

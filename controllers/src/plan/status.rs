@@ -121,14 +121,24 @@ pub struct Progress<'a> {
 /// The status `app` should have now.
 pub fn desired(app: &App, version: &str, sets: &AppInstances<'_>, progress: &Progress<'_>) -> AppStatus {
     let wanted = progress.wanted;
-    let reachable = || sets.current.iter().chain(&sets.old);
-    let running = reachable().filter(|i| i.is_running()).count();
-    let ready = reachable().filter(|i| i.is_healthy()).count();
-    let healthy = reachable().filter(|i| i.passes_health_checks()).count();
-    let unhealthy = reachable().filter(|i| i.fails_health_checks()).count();
-    let health_unknown =
-        reachable().filter(|i| i.is_running() && !i.passes_health_checks() && !i.fails_health_checks()).count();
-    let available = sets.current_healthy();
+    // One pass over the instances that report: how many run, and in which health.
+    let (mut running, mut ready, mut healthy, mut unhealthy, mut health_unknown, mut available) = (0, 0, 0, 0, 0, 0);
+    for (current, instance) in sets.current.iter().map(|i| (true, i)).chain(sets.old.iter().map(|i| (false, i))) {
+        if !instance.is_running() {
+            continue;
+        }
+        running += 1;
+        let is_healthy = instance.is_healthy();
+        ready += usize::from(is_healthy);
+        available += usize::from(is_healthy && current);
+        if instance.passes_health_checks() {
+            healthy += 1;
+        } else if instance.fails_health_checks() {
+            unhealthy += 1;
+        } else {
+            health_unknown += 1;
+        }
+    }
     let unreachable = sets.unreachable.len() + sets.inactive.len();
     let placed = sets.current.len() + sets.old.len();
     let previous = app.status.as_ref();
@@ -186,9 +196,9 @@ pub fn desired(app: &App, version: &str, sets: &AppInstances<'_>, progress: &Pro
         instances: (placed + unreachable) as i32,
         running: running as i32,
         staged: (placed - running) as i32,
-        healthy: healthy as i32,
+        healthy,
         unhealthy: unhealthy as i32,
-        health_unknown: health_unknown as i32,
+        health_unknown,
         replacements: progress.slots.iter().map(|s| s.describe(progress)).collect(),
         unreachable: unreachable as i32,
         updated: sets.current.len() as i32,

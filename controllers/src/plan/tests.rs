@@ -2,9 +2,10 @@
 
 use std::collections::BTreeSet;
 
-use baton_api::Phase;
+use baton_api::{Goal, Phase};
 
 use super::*;
+use crate::snapshot::InstanceState;
 use crate::testing::{agent, app, instance, now, snapshot, with_backoff, with_kill_request, with_marker};
 
 fn ctx() -> PlanContext {

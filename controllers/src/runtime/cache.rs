@@ -16,7 +16,7 @@ use baton_api::{
 };
 use baton_store::{EventKind, KeyValue, Keyspace, Revision, Store, WatchEvent};
 
-use crate::snapshot::{InstanceState, Marker, Snapshot};
+use crate::snapshot::{InstanceState, Marker, Snapshot, held_in_agent_order};
 
 type Slot = (String, String);
 
@@ -73,14 +73,17 @@ impl StoreCache {
     /// Agents and instances as they are now.
     pub fn snapshot(&self, apps: Vec<Arc<App>>, groups: Vec<Arc<AppGroup>>) -> Snapshot {
         let records = self.records.lock().expect("cache lock");
-        let instances = records
+        // In the store's key order, by agent: what each agent holds is gathered on the way.
+        let by_agent: Vec<InstanceState> = records
             .instances
             .iter()
             .map(|(slot, (record, revision))| {
                 let status = records.statuses.get(slot).map(|(s, _)| s.clone());
-                (record.id.clone(), InstanceState { record: record.clone(), revision: *revision, status })
+                InstanceState::new(record.clone(), *revision, status)
             })
             .collect();
+        let held = held_in_agent_order(&by_agent);
+        let instances = by_agent.into_iter().map(|i| (i.record.id.clone(), i)).collect();
         let agents = records.agents.iter().map(|(name, (agent, _))| (name.clone(), agent.clone())).collect();
         let unreachable = records
             .markers
@@ -95,6 +98,7 @@ impl StoreCache {
             unreachable,
             backoffs: records.backoffs.clone(),
             kill_requests: records.kill_requests.clone(),
+            held: Some(Arc::new(held)),
         }
     }
 }

@@ -18,12 +18,16 @@
 //! ([`compiled`]), so no check hashes or compares strings. Pure: no I/O, no clock; the port
 //! choice is driven by a seed.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
+
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use baton_api::constraints::{Constraint, Field};
 use baton_api::{AgentRecord, ResourceAmounts};
 
-use crate::snapshot::Snapshot;
+use std::sync::Arc;
+
+use crate::snapshot::{AgentUse, InstanceState, Snapshot};
 
 pub mod compiled;
 pub mod filters;
@@ -171,6 +175,48 @@ pub struct AppState {
     pub compiled: Vec<Compiled>,
 }
 
+/// What placement starts from: what each agent's instances hold ([`Snapshot::held`]) and
+/// each app's instances (for the constraints of those placed). The planner's observe stage
+/// gathers the apps' instances while it reads every instance anyway, so a placer is made in
+/// one pass over the agents.
+#[derive(Default)]
+pub struct Usage<'a> {
+    pub held: Arc<BTreeMap<String, AgentUse>>,
+    /// Every instance, in id order.
+    all: Vec<&'a InstanceState>,
+    /// Per app uid, where its instances are in `all`: ids start with the app's name, so an
+    /// app's instances are mostly one run, found without hashing each instance.
+    runs: HashMap<&'a str, Vec<std::ops::Range<usize>>>,
+}
+
+impl<'a> Usage<'a> {
+    /// Every instance of `snapshot`.
+    pub fn of(snapshot: &'a Snapshot) -> Self {
+        let all: Vec<&'a InstanceState> = snapshot.instances.values().collect();
+        let mut runs: HashMap<&'a str, Vec<std::ops::Range<usize>>> = HashMap::default();
+        runs.reserve(snapshot.apps.len());
+        let mut start = 0;
+        for end in 1..=all.len() {
+            if end == all.len() || !all[end].same_app(all[start]) {
+                runs.entry(all[start].record.app.uid.as_str()).or_default().push(start..end);
+                start = end;
+            }
+        }
+        Usage { held: snapshot.held(), all, runs }
+    }
+
+    /// The instances of the app `uid`.
+    pub fn instances_of(&self, uid: &str) -> impl Iterator<Item = &'a InstanceState> + '_ {
+        let runs = self.runs.get(uid).map(Vec::as_slice).unwrap_or_default();
+        runs.iter().flat_map(|run| self.all[run.clone()].iter().copied())
+    }
+
+    /// The uids of the apps that have instances.
+    pub fn apps(&self) -> impl Iterator<Item = &'a str> + '_ {
+        self.runs.keys().copied()
+    }
+}
+
 /// Places instances on the agents of one snapshot.
 pub struct Placer<'a> {
     /// In name order.
@@ -181,8 +227,10 @@ pub struct Placer<'a> {
     by_gpus: BTreeSet<(u64, usize)>,
     /// Mean capacity of an agent, to tell which resource dominates a request.
     mean: ResourceAmounts,
-    /// Per app uid: the agents its instances are on (one entry per instance).
-    app_agents: HashMap<&'a str, Vec<usize>>,
+    /// The agents' index by name.
+    index_of: HashMap<&'a str, usize>,
+    /// The instances of each app, for the constraints of those placed.
+    usage: &'a Usage<'a>,
     /// Per app uid: its state, made on its first placement.
     apps: HashMap<String, AppState>,
     /// Value ids of each field any constraint reads, made on first use.
@@ -191,31 +239,34 @@ pub struct Placer<'a> {
 }
 
 impl<'a> Placer<'a> {
-    /// Agents with what their current instances (every instance not yet over, including
-    /// those being stopped, whose processes still hold their resources) leave free.
-    pub fn new(snapshot: &'a Snapshot) -> Self {
-        let mut agents: Vec<AgentSlot<'a>> = snapshot
+    /// Agents with what their current instances leave free (every instance not yet over,
+    /// including those being stopped, whose processes still hold their resources), as
+    /// `usage` gathered them: one pass over the agents.
+    pub fn new(snapshot: &'a Snapshot, usage: &'a Usage<'a>) -> Self {
+        // Both in name order: what each agent holds is found walking along.
+        let mut held = usage.held.iter().peekable();
+        let agents: Vec<AgentSlot<'a>> = snapshot
             .agents
             .values()
-            .map(|record| AgentSlot {
-                record: record.as_ref(),
-                free: record.resources,
-                used_ports: HashSet::new(),
-                free_ports: record.ports.iter().map(|r| r.len()).sum(),
+            .map(|record| {
+                let mut slot = AgentSlot {
+                    record: record.as_ref(),
+                    free: record.resources,
+                    used_ports: HashSet::default(),
+                    free_ports: record.ports.iter().map(|r| r.len()).sum(),
+                };
+                while held.next_if(|(agent, _)| agent.as_str() < record.name.as_str()).is_some() {}
+                if let Some((_, used)) = held.next_if(|(agent, _)| **agent == record.name) {
+                    slot.free = slot.free.minus(used.resources);
+                    for port in &used.ports {
+                        slot.use_port(*port);
+                    }
+                }
+                slot
             })
             .collect();
         let index_of: HashMap<&str, usize> =
             agents.iter().enumerate().map(|(i, a)| (a.record.name.as_str(), i)).collect();
-        let mut app_agents: HashMap<&'a str, Vec<usize>> = HashMap::new();
-        for instance in snapshot.instances.values().filter(|i| !i.is_terminal()) {
-            let Some(&i) = index_of.get(instance.record.agent.as_str()) else { continue };
-            let slot = &mut agents[i];
-            slot.free = slot.free.minus(instance.record.resources);
-            for port in &instance.record.ports {
-                slot.use_port(port.port);
-            }
-            app_agents.entry(instance.record.app.uid.as_str()).or_default().push(i);
-        }
         let count = agents.len().max(1) as u64;
         let total = agents.iter().fold(ResourceAmounts::default(), |sum, a| sum.plus(a.record.resources));
         let mean = total.divided_by(count);
@@ -225,10 +276,11 @@ impl<'a> Placer<'a> {
             by_mem: BTreeSet::new(),
             by_gpus: BTreeSet::new(),
             mean,
-            app_agents,
-            apps: HashMap::new(),
+            index_of,
+            usage,
+            apps: HashMap::default(),
             fields: Vec::new(),
-            field_ids: HashMap::new(),
+            field_ids: HashMap::default(),
         };
         for i in 0..placer.agents.len() {
             placer.index(i);
@@ -289,7 +341,7 @@ impl<'a> Placer<'a> {
             return id;
         }
         let mut index = FieldIndex { field: Some(field.clone()), ..FieldIndex::default() };
-        let mut ids: HashMap<String, u32> = HashMap::new();
+        let mut ids: HashMap<String, u32> = HashMap::default();
         for agent in &self.agents {
             let id = filters::value_of(agent, field).map(|value| {
                 *ids.entry(value.to_string()).or_insert_with(|| {
@@ -314,7 +366,12 @@ impl<'a> Placer<'a> {
                 None => {
                     let field = &self.fields[id];
                     let mut counts = FieldCounts::new(field.values.len());
-                    for &i in self.app_agents.get(request.app_uid).map(Vec::as_slice).unwrap_or_default() {
+                    let on = self
+                        .usage
+                        .instances_of(request.app_uid)
+                        .filter(|i| !i.is_terminal())
+                        .filter_map(|i| self.index_of.get(i.record.agent.as_str()));
+                    for &i in on {
                         if let Some(value) = field.value_of[i] {
                             counts.add(value);
                         }

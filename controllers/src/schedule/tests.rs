@@ -33,7 +33,8 @@ fn place_n(
     n: usize,
 ) -> (Vec<String>, Option<Rejections>) {
     let snap = snapshot(&[app], agents, existing);
-    let mut placer = Placer::new(&snap);
+    let usage = Usage::of(&snap);
+    let mut placer = Placer::new(&snap, &usage);
     let constraints = constraints_of(app);
     let asks: Vec<PortAsk> = vec![PortAsk::Dynamic; app.spec.ports.len()];
     let mut placed = Vec::new();
@@ -75,7 +76,8 @@ fn fixed_ports_must_be_offered_and_free() {
     let taken = instance(&fixed, "a1", 0).running().port(31005).build();
     let agents = vec![agent("a1").build(), agent("a2").build(), agent("a3").port_range(40000, 40010).build()];
     let snap = snapshot(&[&fixed], agents, vec![taken]);
-    let mut placer = Placer::new(&snap);
+    let usage = Usage::of(&snap);
+    let mut placer = Placer::new(&snap, &usage);
     match placer.place(&request(&fixed, &asks, &constraints)) {
         Fit::Placed(p) => assert_eq!((p.agent.as_str(), p.ports.as_slice()), ("a2", &[31005][..])),
         other => panic!("a2 has the port free: {other:?}"),

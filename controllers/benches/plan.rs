@@ -1,0 +1,155 @@
+//! `hack/bench.sh plan`: what a tick costs the planner at the scale Baton is built for
+//! (DESIGN.md §8): 100,000 running instances of 2,000 apps on 10,000 agents (the fleet of
+//! `fleet/mod.rs`).
+//!
+//! Prints: the placement throughput of the empty cluster; the plan time of a steady tick
+//! (everything runs, healthy, statuses current: nothing to do), p50 and p99 over the ticks;
+//! the plan time after one app's spec changed (a rollout starts); and the memory the
+//! snapshot's instances take, per instance.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use baton_api::{Goal, Phase, StatusRecord};
+use baton_controllers::plan::{Plan, PlanContext, plan};
+use baton_controllers::snapshot::{InstanceState, Snapshot};
+
+mod fleet;
+
+/// Counts the bytes allocated and not yet freed.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(new_size, Ordering::Relaxed);
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Applies what a plan decided, as the executor and the agents would: launches run, healthy;
+/// statuses and finalizers are written.
+fn apply(snapshot: &mut Snapshot, plan: &Plan, now: jiff::Timestamp, revision: &mut i64) {
+    snapshot.held = None;
+    for launch in &plan.launches {
+        *revision += 1;
+        let mut status = StatusRecord::new(Phase::Running);
+        status.started_at = Some(now);
+        status.healthy_at = Some(now);
+        status.pid = Some(1000);
+        let record = Arc::new(launch.record.clone());
+        let state = InstanceState::new(record, *revision, Some(Arc::new(status)));
+        snapshot.instances.insert(launch.record.id.clone(), state);
+    }
+    for stop in &plan.stops {
+        if let Some(state) = snapshot.instances.get_mut(&stop.record.id) {
+            let mut record = stop.record.clone();
+            record.goal = Goal::Stopped;
+            state.record = Arc::new(record);
+        }
+    }
+    for update in &plan.statuses {
+        if let Some(app) = snapshot.apps.iter_mut().find(|a| a.metadata.name.as_deref() == Some(&update.name)) {
+            Arc::make_mut(app).status = Some(update.status.clone());
+        }
+    }
+    for change in &plan.finalizers {
+        if let Some(app) = snapshot.apps.iter_mut().find(|a| a.metadata.name.as_deref() == Some(&change.name)) {
+            Arc::make_mut(app).metadata.finalizers = Some(change.finalizers.clone());
+        }
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn main() {
+    let ticks: usize = std::env::var("TICKS").ok().and_then(|t| t.parse().ok()).unwrap_or(40);
+    let now = jiff::Timestamp::UNIX_EPOCH + jiff::SignedDuration::from_secs(3600);
+    let mut snapshot = Snapshot { apps: fleet::apps(), agents: fleet::agents(), ..Snapshot::default() };
+
+    // The empty cluster: one plan places everything.
+    let ctx = PlanContext::at(now, 42);
+    let started = Instant::now();
+    let first = plan(&snapshot, &ctx);
+    let placing = started.elapsed().as_secs_f64();
+    println!(
+        "empty cluster: {} placements in {:.3} s = {:.0} placements/s",
+        first.launches.len(),
+        placing,
+        first.launches.len() as f64 / placing
+    );
+
+    // Everything runs: the instances and their statuses, then ticks until nothing is left to do.
+    let before = LIVE.load(Ordering::Relaxed);
+    let mut revision = 1;
+    apply(&mut snapshot, &first, now, &mut revision);
+    let instance_bytes = LIVE.load(Ordering::Relaxed).saturating_sub(before);
+    let instances = snapshot.instances.len();
+    for _ in 0..5 {
+        let next = plan(&snapshot, &ctx);
+        if next.is_empty() {
+            break;
+        }
+        apply(&mut snapshot, &next, now, &mut revision);
+    }
+    let steady = plan(&snapshot, &ctx);
+    assert!(steady.launches.is_empty() && steady.stops.is_empty(), "not steady: {} launches", steady.launches.len());
+    println!(
+        "snapshot: {instances} instances on {} agents, {} apps; instances take {:.0} bytes each",
+        snapshot.agents.len(),
+        snapshot.apps.len(),
+        instance_bytes as f64 / instances as f64
+    );
+
+    // As the runtime gathers it from the store's agent-ordered keys, with the instances.
+    snapshot.held = Some(snapshot.held());
+    // Steady ticks.
+    let mut times: Vec<f64> = (0..ticks)
+        .map(|tick| {
+            let ctx = PlanContext::at(now + jiff::SignedDuration::from_secs(tick as i64), tick as u64);
+            let started = Instant::now();
+            let decided = plan(&snapshot, &ctx);
+            let elapsed = started.elapsed().as_secs_f64() * 1000.0;
+            assert!(decided.launches.is_empty() && decided.stops.is_empty());
+            elapsed
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    println!(
+        "steady tick: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {ticks} ticks",
+        percentile(&times, 0.5),
+        percentile(&times, 0.99),
+        times[times.len() - 1]
+    );
+
+    // One app's spec changes: a rollout starts.
+    let changed = &mut snapshot.apps[7];
+    Arc::make_mut(changed).spec.env.insert("RELEASE".into(), "2".into());
+    let started = Instant::now();
+    let rollout = plan(&snapshot, &ctx);
+    println!(
+        "one app changed: {:.1} ms ({} launches, {} stops)",
+        started.elapsed().as_secs_f64() * 1000.0,
+        rollout.launches.len(),
+        rollout.stops.len()
+    );
+}

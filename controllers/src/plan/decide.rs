@@ -1,0 +1,551 @@
+//! Stage 3, decide: for each app, from its observed sets and its gate — what goes (records of
+//! ended instances, beyond retention), what is killed (users' kill requests, health kills
+//! within the health policy), one bounded step of scaling or deployment ([`super::deploy`]),
+//! the launch backoff, and how many instances to launch: its **launch demand**. Nothing is
+//! placed here; the place stage places every app's demand through one placer.
+//!
+//! Also decided here, for the whole snapshot: instances of apps that no longer exist stop
+//! (or their records go), backoffs of apps that no longer exist go, and kill requests whose
+//! instance is gone are forgotten.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use jiff::{SignedDuration, Timestamp};
+
+use baton_api::app::STOP_FINALIZER;
+use baton_api::{App, BackoffRecord, Failure, Goal, Phase};
+
+use super::classify::{AppInstances, Reachability, kill_order};
+use super::events::{self, Event};
+use super::groups::Gate;
+use super::observe::ObservedApp;
+use super::place::Demand;
+use super::slots::Slots;
+use super::status::{self, Filler, HeldSlot};
+use super::{
+    BackoffChange, Counted, FinalizerChange, KillDone, PlanContext, Removal, SlotRelease, Stop, StopReason, deploy,
+    health,
+};
+use crate::snapshot::{HealthState, InstanceState, Snapshot};
+
+/// Failures counted per app per tick, so that a backoff change and the marks of what it counts
+/// fit in one transaction.
+const MAX_FAILURES_PER_TICK: usize = 100;
+
+/// What the decide stage decided for one app.
+pub struct Decision<'s> {
+    pub app: &'s App,
+    /// The version its instances should run.
+    pub version: String,
+    pub stops: Vec<Stop>,
+    pub removals: Vec<Removal>,
+    pub slot_releases: Vec<SlotRelease>,
+    /// Lost instances, reported.
+    pub noted: Vec<Counted>,
+    pub backoff_change: Option<BackoffChange>,
+    pub finalizer: Option<FinalizerChange>,
+    /// What was decided, said as events, in the order it was decided.
+    pub events: Vec<Event>,
+    pub next_wakeup: Option<Timestamp>,
+    /// The app's instances after this tick's kills (the killed ones are `stopping`).
+    pub sets: AppInstances<'s>,
+    pub course: Course<'s>,
+}
+
+/// Whether the app runs or is being deleted, and what follows from it.
+pub enum Course<'s> {
+    /// Deleted: its instances stop after those of its dependents. `left` of them may still
+    /// run; with none left and no record, the finalizer comes off and the App goes (no status).
+    Deleting {
+        left: usize,
+        gone: bool,
+    },
+    Running(Box<Running<'s>>),
+}
+
+/// What the report stage needs of a running app's decisions.
+pub struct Running<'s> {
+    /// The backoff in force after this tick.
+    pub backoff: Option<BackoffRecord>,
+    /// Launches wait until then.
+    pub backing_off: Option<Timestamp>,
+    pub health: HealthKills<'s>,
+    /// The replacement slots held after this tick's stops and kills; launches fill the empty
+    /// ones.
+    pub slots: Vec<HeldSlot<'s>>,
+    /// Held back by its dependencies.
+    pub gated: bool,
+    /// Its launch demand: how many instances to place.
+    pub launch: usize,
+}
+
+/// What the health policy did for an app this tick.
+pub struct HealthKills<'s> {
+    /// Due instances spared, and why.
+    pub withheld: Option<status::Withheld>,
+    /// Instances killed this tick that take a replacement slot of their own (those that
+    /// refilled a held slot take none).
+    pub new_slots: Vec<&'s InstanceState>,
+}
+
+/// Decisions about what belongs to no app of the snapshot.
+#[derive(Default)]
+pub struct Leftovers {
+    pub stops: Vec<Stop>,
+    pub removals: Vec<Removal>,
+    pub backoffs: Vec<BackoffChange>,
+    pub kills_done: Vec<KillDone>,
+}
+
+/// What the decide stage decided: one decision per app, in the observed order, and the
+/// leftovers.
+pub struct Decided<'s> {
+    pub apps: Vec<Decision<'s>>,
+    pub leftovers: Leftovers,
+}
+
+impl<'s> Decided<'s> {
+    /// Every app's launch demand, in the apps' order.
+    pub fn demand(&self) -> Vec<Demand<'_>> {
+        self.apps
+            .iter()
+            .enumerate()
+            .filter_map(|(index, d)| match &d.course {
+                Course::Running(running) if running.launch > 0 => {
+                    Some(Demand { index, app: d.app, version: &d.version, count: running.launch })
+                }
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// The decide stage, over the observed apps (their sets, with their gates) and the instances
+/// of apps that no longer exist.
+pub fn decide<'s>(
+    snapshot: &'s Snapshot,
+    reach: &Reachability,
+    apps: Vec<ObservedApp<'s>>,
+    orphans: &[&'s InstanceState],
+    gates: &[Gate],
+    ctx: &PlanContext,
+) -> Decided<'s> {
+    let leftovers = leftovers(snapshot, orphans, reach);
+    let apps = apps
+        .into_iter()
+        .zip(gates)
+        .map(|(app, gate)| match app.app.metadata.deletion_timestamp {
+            Some(_) => deleting(app, gate),
+            None => running(app, gate, snapshot, ctx),
+        })
+        .collect();
+    Decided { apps, leftovers }
+}
+
+fn stop(instance: &InstanceState, reason: StopReason) -> Stop {
+    Stop {
+        record: (*instance.record).clone(),
+        revision: instance.revision,
+        reason,
+        grace_seconds: None,
+        takes_slot: false,
+    }
+}
+
+fn removal(instance: &InstanceState) -> Removal {
+    Removal { agent: instance.record.agent.clone(), id: instance.record.id.clone(), revision: instance.revision }
+}
+
+fn min_time(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// A decision about `app` with nothing decided yet.
+fn empty<'s>(app: &'s App, version: String) -> Decision<'s> {
+    Decision {
+        app,
+        version,
+        stops: Vec::new(),
+        removals: Vec::new(),
+        slot_releases: Vec::new(),
+        noted: Vec::new(),
+        backoff_change: None,
+        finalizer: None,
+        events: Vec::new(),
+        next_wakeup: None,
+        sets: AppInstances::default(),
+        course: Course::Deleting { left: 0, gone: false },
+    }
+}
+
+impl Decision<'_> {
+    /// Removes the records of `instances`, reporting those whose process had to be killed
+    /// with SIGKILL after its grace period.
+    fn remove(&mut self, app: &App, instances: &[&InstanceState]) {
+        self.removals.extend(instances.iter().map(|i| removal(i)));
+        self.events.extend(events::forced_kills(app, instances));
+    }
+}
+
+/// A deleted App (it has a deletion timestamp, and the controller's finalizer holds it):
+/// its instances stop — after those of the apps deleted with it that depend on it — and once
+/// none is left, the finalizer comes off and the App goes.
+fn deleting<'s>(observed: ObservedApp<'s>, gate: &Gate) -> Decision<'s> {
+    let ObservedApp { app, version, sets, .. } = observed;
+    let mut decision = empty(app, version);
+    let gone: Vec<&InstanceState> =
+        sets.finished.iter().chain(&sets.failed).chain(&sets.lost).chain(&sets.expunged).copied().collect();
+    decision.remove(app, &gone);
+    decision.next_wakeup = sets.next_change;
+    let running: Vec<&InstanceState> = sets.current.iter().chain(&sets.old).copied().collect();
+    if gate.dependents.is_empty() {
+        decision.stops.extend(running.iter().map(|i| stop(i, StopReason::AppDeleted)));
+        // On an agent that is gone, the record goes at once (the agent stops the process if
+        // it comes back).
+        decision.removals.extend(sets.unreachable.iter().chain(&sets.inactive).map(|i| removal(i)));
+    }
+    let left = running.len() + sets.unreachable.len() + sets.inactive.len() + sets.stopping.len();
+    let records = left + sets.failed.len() + sets.lost.len() + sets.finished.len() + sets.expunged.len();
+    let finalizers = app.metadata.finalizers.clone().unwrap_or_default();
+    let gone = records == 0 && finalizers.iter().any(|f| f == STOP_FINALIZER);
+    if gone {
+        let without_ours = finalizers.into_iter().filter(|f| f != STOP_FINALIZER).collect();
+        decision.finalizer = Some(FinalizerChange::of(app, without_ours));
+    }
+    decision.course = Course::Deleting { left, gone };
+    decision.sets = sets;
+    decision
+}
+
+/// A running app: what goes, what is killed, one bounded step, the backoff, the demand.
+fn running<'s>(observed: ObservedApp<'s>, gate: &Gate, snapshot: &Snapshot, ctx: &PlanContext) -> Decision<'s> {
+    let ObservedApp { app, version, sets, .. } = observed;
+    let wanted = gate.wanted;
+    let spec = &app.spec;
+    let mut d = empty(app, version.clone());
+    d.finalizer = finalizer(app);
+
+    // Records of instances killed for their health are kept while their replacement slot is
+    // held: they are the slot.
+    let slots = Slots::of(&sets, wanted);
+    let (ended, expires) = ctx.retention.apply(&sets.finished, |i| slots.holds(i), ctx.now);
+    let gone: Vec<&InstanceState> = ended.iter().chain(&sets.expunged).copied().collect();
+    d.remove(app, &gone);
+    d.next_wakeup = min_time(expires, sets.next_change);
+    // Released slots are unmarked, unless their record goes now anyway.
+    let going: BTreeSet<&str> = gone.iter().map(|i| i.id()).collect();
+    d.slot_releases.extend(
+        slots
+            .released
+            .iter()
+            .filter(|i| !going.contains(i.id()))
+            .map(|i| SlotRelease { record: (*i.record).clone(), revision: i.revision }),
+    );
+    // Lost instances are reported once (and replaced, as any missing instance).
+    if !sets.lost.is_empty() {
+        d.events.push(events::lost(app, &sets.lost));
+        d.noted.extend(sets.lost.iter().map(|i| Counted { record: (*i.record).clone(), revision: i.revision }));
+    }
+    let order = kill_order(spec.kill_selection);
+
+    let backoff = backoff(app, snapshot, &version, &sets, ctx, &mut d);
+    let mut sets = sets;
+    let stops_before = d.stops.len();
+    kill_requested(app, &mut sets, snapshot, &mut d);
+    let health = kill_unhealthy(app, &mut sets, wanted, &slots, &mut d);
+
+    let mut old_healthy: Vec<&'s InstanceState> = Vec::new();
+    let mut old_unknown: Vec<&'s InstanceState> = Vec::new();
+    let mut old_failing: Vec<&'s InstanceState> = Vec::new();
+    let mut old_unhealthy: Vec<&'s InstanceState> = Vec::new();
+    for &i in &sets.old {
+        match (i.health_state(), i.ever_healthy()) {
+            (HealthState::Healthy, _) => old_healthy.push(i),
+            (_, true) => old_failing.push(i),
+            (HealthState::Unknown, false) => old_unknown.push(i),
+            (HealthState::NotRunning | HealthState::Failing, false) => old_unhealthy.push(i),
+        }
+    }
+    let mut step = deploy::step(
+        deploy::Counts {
+            wanted,
+            current: sets.current.len(),
+            current_healthy: sets.current_healthy(),
+            unreachable: sets.unreachable.len(),
+            old_healthy: old_healthy.len(),
+            old_unknown: old_unknown.len(),
+            old_unhealthy: old_unhealthy.len(),
+            old_failing: old_failing.len(),
+            stopping: sets.stopping.len(),
+        },
+        deploy::Strategy::of(spec),
+    );
+    let backing_off = backoff.as_ref().and_then(|b| b.delay_until).filter(|until| *until > ctx.now);
+    if let Some(until) = backing_off {
+        step.launch = 0;
+        d.next_wakeup = min_time(d.next_wakeup, Some(until));
+    }
+    // Starting (nothing placed) or moving to a new version waits for the dependencies; an
+    // app already running its current version keeps scaling and replacing.
+    let starting = sets.current.is_empty() && sets.unreachable.is_empty() && sets.inactive.is_empty() && wanted > 0;
+    let gated = !gate.waits.is_empty() && (starting || !sets.old.is_empty());
+    if gated {
+        step = deploy::Step { excess: step.excess, ..deploy::Step::default() };
+        old_unhealthy.clear();
+    }
+
+    // The first `n` of `set` in kill order (sorted only when some are taken).
+    let first = |set: &[&'s InstanceState], n: usize| -> Vec<&'s InstanceState> {
+        if n == 0 {
+            return Vec::new();
+        }
+        let mut sorted = set.to_vec();
+        sorted.sort_by(&order);
+        sorted.truncate(n);
+        sorted
+    };
+    d.stops.extend(old_unhealthy.iter().map(|i| stop(i, StopReason::Upgraded)));
+    let upgraded = [
+        first(&old_failing, step.stop_old_failing),
+        first(&old_unknown, step.stop_old_unknown),
+        first(&old_healthy, step.stop_old_healthy),
+    ];
+    d.stops.extend(upgraded.iter().flatten().map(|i| stop(i, StopReason::Upgraded)));
+
+    // Excess places go in this order: unreachable instances, then current ones (those
+    // not running yet, then not healthy, then by killSelection).
+    let unreachable = first(&sets.unreachable, step.excess);
+    d.stops.extend(unreachable.iter().map(|i| stop(i, StopReason::ScaledDown)));
+    let excess = step.excess.saturating_sub(sets.unreachable.len());
+    d.stops.extend(first(&sets.current, excess).iter().map(|i| stop(i, StopReason::ScaledDown)));
+
+    let slots = slots_after(&slots, &health.new_slots, &d.stops[stops_before..]);
+    d.sets = sets;
+    d.course = Course::Running(Box::new(Running { backoff, backing_off, health, slots, gated, launch: step.launch }));
+    d
+}
+
+/// Puts the controller's finalizer on an App that lacks it, so that deleting the App stops
+/// its instances (in dependency order) before the App goes.
+fn finalizer(app: &App) -> Option<FinalizerChange> {
+    let finalizers = app.metadata.finalizers.clone().unwrap_or_default();
+    if finalizers.iter().any(|f| f == STOP_FINALIZER) {
+        return None;
+    }
+    let with_ours = finalizers.into_iter().chain([STOP_FINALIZER.to_string()]).collect();
+    Some(FinalizerChange::of(app, with_ours))
+}
+
+/// Kills the instances users asked to kill (`kubectl delete instance`), at once and
+/// whatever the policies, as Marathon's kill and Kubernetes' pod deletion do; moves them out
+/// of the sets that count, so the rest of the tick launches their replacements. One on an
+/// agent that stopped reporting loses its record at once (should the agent come back, it
+/// stops the process of an instance it no longer has a record of).
+fn kill_requested(app: &App, sets: &mut AppInstances<'_>, snapshot: &Snapshot, d: &mut Decision<'_>) {
+    if snapshot.kill_requests.is_empty() {
+        return;
+    }
+    let namespace = app.metadata.namespace.clone().unwrap_or_default();
+    // This namespace's requests, by instance id.
+    let requests: BTreeMap<&str, &baton_api::KillRequest> = snapshot
+        .kill_requests
+        .range((namespace.clone(), String::new())..)
+        .take_while(|((ns, _), _)| *ns == namespace)
+        .map(|((_, id), (request, _))| (id.as_str(), request.as_ref()))
+        .collect();
+    if requests.is_empty() {
+        return;
+    }
+    let request = |i: &InstanceState| requests.get(i.record.id.as_str()).copied();
+    let mut killed: Vec<(String, String, String)> = Vec::new();
+    for set in [&mut sets.current, &mut sets.old] {
+        set.retain(|&i| {
+            let Some(request) = request(i) else { return true };
+            d.stops.push(Stop { grace_seconds: request.grace_seconds, ..stop(i, StopReason::Killed) });
+            killed.push((i.record.id.clone(), i.record.agent.clone(), request.user.clone()));
+            sets.stopping.push(i);
+            false
+        });
+    }
+    for set in [&mut sets.unreachable, &mut sets.inactive] {
+        set.retain(|&i| {
+            let Some(request) = request(i) else { return true };
+            d.removals.push(removal(i));
+            killed.push((i.record.id.clone(), i.record.agent.clone(), request.user.clone()));
+            false
+        });
+    }
+    if !killed.is_empty() {
+        d.events.push(events::user_kills(app, &killed));
+    }
+}
+
+/// Kills (stops) the instances due for failing their health checks that the app's health
+/// policy allows, and moves them to the app's `stopping` set so the rest of the tick counts
+/// them as gone (and launches their replacements).
+fn kill_unhealthy<'s>(
+    app: &App,
+    sets: &mut AppInstances<'s>,
+    wanted: usize,
+    slots: &Slots<'s>,
+    d: &mut Decision<'s>,
+) -> HealthKills<'s> {
+    let live: Vec<&'s InstanceState> = sets.current.iter().chain(&sets.old).copied().collect();
+    let policy = health::Policy::of(&app.spec, wanted);
+    let decision = health::decide(wanted, &live, slots, policy);
+    let new_slots: Vec<&'s InstanceState> =
+        decision.kill.iter().map(|due| due.instance).filter(|i| !slots.fills(i)).collect();
+    if !decision.kill.is_empty() {
+        let killed: BTreeSet<&str> = decision.kill.iter().map(|due| due.instance.id()).collect();
+        sets.current.retain(|i| !killed.contains(i.id()));
+        sets.old.retain(|i| !killed.contains(i.id()));
+        sets.stopping.extend(decision.kill.iter().map(|due| due.instance));
+        d.stops.extend(
+            decision.kill.iter().map(|due| Stop {
+                takes_slot: !slots.fills(due.instance),
+                ..stop(due.instance, StopReason::Unhealthy)
+            }),
+        );
+        d.events.push(events::health_kills(app, &decision.kill));
+    }
+    if decision.withheld.is_empty() {
+        return HealthKills { withheld: None, new_slots };
+    }
+    // By id, so the status and its event change only when the set does.
+    let mut withheld: Vec<String> = decision.withheld.iter().map(|due| due.instance.id().to_string()).collect();
+    withheld.sort();
+    let withheld = status::Withheld {
+        instances: withheld,
+        healthy: decision.healthy,
+        in_flight: decision.in_flight + new_slots.len(),
+        policy,
+        ratio: app.spec.health_policy.min_healthy_ratio,
+    };
+    HealthKills { withheld: Some(withheld), new_slots }
+}
+
+/// The replacement slots an app holds after this tick's stops and kills, each with what fills
+/// it; launches fill the empty ones.
+fn slots_after<'s>(slots: &Slots<'s>, new_slots: &[&'s InstanceState], stopped: &[Stop]) -> Vec<HeldSlot<'s>> {
+    let stopped: BTreeSet<&str> = stopped.iter().map(|s| s.record.id.as_str()).collect();
+    let kept = slots.held.iter().map(|s| HeldSlot {
+        killed: s.killed,
+        filler: s.replacement.filter(|r| !stopped.contains(r.id())).map(Filler::Running),
+    });
+    kept.chain(new_slots.iter().map(|&killed| HeldSlot { killed, filler: None })).collect()
+}
+
+/// The app's backoff after this tick: failures of the current version are counted (and
+/// their records marked in the same write); a new version, or an instance of the current one
+/// that has run for longer than the delay, starts it afresh. Returns the backoff that holds
+/// from now on.
+fn backoff(
+    app: &App,
+    snapshot: &Snapshot,
+    version: &str,
+    sets: &AppInstances<'_>,
+    ctx: &PlanContext,
+    d: &mut Decision<'_>,
+) -> Option<BackoffRecord> {
+    let namespace = app.metadata.namespace.clone().unwrap_or_default();
+    let name = app.metadata.name.clone().unwrap_or_default();
+    let uid = app.metadata.uid.clone().unwrap_or_default();
+    let stored = snapshot.backoffs.get(&(namespace.clone(), name.clone()));
+    let fresh = BackoffRecord {
+        uid: uid.clone(),
+        version: version.to_string(),
+        failures: 0,
+        delay_until: None,
+        last_failure: None,
+    };
+    let mut next = match stored {
+        Some((record, _)) if record.uid == uid && record.version == version => (**record).clone(),
+        // Another app of that name, or another version: start afresh (the last failure of
+        // the same app is kept for its status).
+        Some((record, _)) if record.uid == uid => BackoffRecord { last_failure: record.last_failure.clone(), ..fresh },
+        _ => fresh,
+    };
+    let backoff = app.spec.backoff;
+    if next.failures > 0 {
+        let delay = SignedDuration::from_millis(backoff.delay_millis(next.failures).max(1000) as i64);
+        let recovered = sets
+            .current
+            .iter()
+            .any(|i| i.is_healthy() && i.running_since().is_some_and(|since| since + delay <= ctx.now));
+        if recovered {
+            next.failures = 0;
+            next.delay_until = None;
+        }
+    }
+    let counted: Vec<&InstanceState> = sets.failed.iter().copied().take(MAX_FAILURES_PER_TICK).collect();
+    if !counted.is_empty() {
+        next.failures = next.failures.saturating_add(counted.len() as u32);
+        let delay = SignedDuration::from_millis(backoff.delay_millis(next.failures) as i64);
+        next.delay_until = Some(ctx.now + delay);
+        let last = counted
+            .iter()
+            .max_by_key(|i| (i.status.as_ref().and_then(|s| s.finished_at), i.record.id.clone()))
+            .expect("not empty");
+        let status = last.status.as_ref();
+        next.last_failure = Some(Failure {
+            instance: last.record.id.clone(),
+            agent: last.record.agent.clone(),
+            version: last.record.version.clone(),
+            phase: last.phase().unwrap_or(Phase::Failed),
+            message: status.and_then(|s| s.message.clone()).unwrap_or_default(),
+            time: status.and_then(|s| s.finished_at).unwrap_or(ctx.now),
+        });
+        let last_message = next.last_failure.as_ref().map_or("", |f| f.message.as_str());
+        d.events.push(events::back_off(app, version, counted.len(), last_message, !delay.is_zero()));
+    } else if next.failures == 0 && next.last_failure.is_none() && stored.is_none() {
+        return None; // Nothing to remember.
+    }
+    if stored.map(|(record, _)| record.as_ref()) != Some(&next) {
+        d.backoff_change = Some(BackoffChange {
+            namespace,
+            name,
+            next: Some(next.clone()),
+            revision: stored.map_or(0, |(_, revision)| *revision),
+            counted: counted.iter().map(|i| Counted { record: (*i.record).clone(), revision: i.revision }).collect(),
+        });
+    }
+    Some(next)
+}
+
+/// What belongs to no app of the snapshot: instances of deleted apps stop (or, ended or on an
+/// agent that is gone, lose their record: should the agent come back, it stops the process
+/// of an instance it no longer has a record of); backoffs of deleted apps go; kill requests
+/// whose instance is gone are forgotten (the request was written after the instance, so a
+/// snapshot that has the request would have the instance).
+fn leftovers(snapshot: &Snapshot, orphans: &[&InstanceState], reach: &Reachability) -> Leftovers {
+    let mut left = Leftovers::default();
+    let live: BTreeSet<(&str, &str)> = snapshot
+        .apps
+        .iter()
+        .map(|a| (a.metadata.namespace.as_deref().unwrap_or_default(), a.metadata.name.as_deref().unwrap_or_default()))
+        .collect();
+    for ((namespace, name), (_, revision)) in &snapshot.backoffs {
+        if !live.contains(&(namespace.as_str(), name.as_str())) {
+            let (namespace, name) = (namespace.clone(), name.clone());
+            left.backoffs.push(BackoffChange { namespace, name, next: None, revision: *revision, counted: Vec::new() });
+        }
+    }
+    for ((namespace, id), (_, revision)) in &snapshot.kill_requests {
+        if snapshot.instances.get(id).is_none_or(|i| i.record.app.namespace != *namespace) {
+            left.kills_done.push(KillDone { namespace: namespace.clone(), id: id.clone(), revision: *revision });
+        }
+    }
+    for &instance in orphans {
+        let gone = reach.unreachable_since(&instance.record.agent).is_some();
+        match (instance.record.goal, instance.is_terminal()) {
+            (_, true) => left.removals.push(removal(instance)),
+            (_, false) if gone => left.removals.push(removal(instance)),
+            (Goal::Running, false) => left.stops.push(stop(instance, StopReason::AppDeleted)),
+            (Goal::Stopped, false) => {} // The agent is on it.
+        }
+    }
+    left
+}

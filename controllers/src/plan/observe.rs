@@ -1,0 +1,106 @@
+//! Stage 1, observe: every instance of the snapshot, once. Each app's instances are classified
+//! into its named, disjoint sets ([`AppInstances`]); instances whose app is gone are set
+//! aside; agents that stopped reporting get a marker with the time (kept in the store, so a
+//! new leader measures `unreachableStrategy` from the same moment), and markers of agents
+//! that are back, or have nothing left, are forgotten.
+//!
+//! The later stages read these sets and never classify again.
+
+use rustc_hash::FxHashSet;
+
+use baton_api::{App, GroupPath};
+
+use super::classify::{AppInstances, Reachability};
+use super::events::{self, Event};
+use super::{Mark, PlanContext, Unmark};
+use crate::schedule::Usage;
+use crate::snapshot::{InstanceState, Snapshot};
+
+/// One app, as observed.
+pub struct ObservedApp<'s> {
+    pub app: &'s App,
+    pub namespace: &'s str,
+    /// The app's id (`/group/name`).
+    pub path: GroupPath,
+    /// The version its instances should run.
+    pub version: String,
+    pub sets: AppInstances<'s>,
+}
+
+/// What the observe stage saw.
+pub struct Observed<'s> {
+    pub reach: Reachability,
+    /// Every app of the snapshot, in its order.
+    pub apps: Vec<ObservedApp<'s>>,
+    /// Instances whose app no longer exists.
+    pub orphans: Vec<&'s InstanceState>,
+    /// What the instances hold, per agent and per app: what placement starts from.
+    pub usage: Usage<'s>,
+    pub marks: Vec<Mark>,
+    pub unmarks: Vec<Unmark>,
+    /// Agents that stopped reporting, said once.
+    pub events: Vec<Event>,
+}
+
+/// Observes the snapshot.
+pub fn observe<'s>(snapshot: &'s Snapshot, ctx: &PlanContext) -> Observed<'s> {
+    // One pass over the instances, by app; what each agent holds, as the snapshot has it.
+    let usage = Usage::of(snapshot);
+    // Agents holding instances that do not report (usually none): both in name order.
+    let mut registered = snapshot.agents.keys().peekable();
+    let unregistered: Vec<&str> = usage
+        .held
+        .keys()
+        .filter(|agent| {
+            while registered.next_if(|name| *name < *agent).is_some() {}
+            registered.peek() != Some(agent)
+        })
+        .map(String::as_str)
+        .collect();
+    let reach = Reachability::of(snapshot, unregistered.iter().copied(), ctx.now);
+    let (marks, unmarks, events) = markers(snapshot, &unregistered, &usage, ctx);
+    let mut uids: FxHashSet<&str> = FxHashSet::default();
+    let apps = snapshot
+        .apps
+        .iter()
+        .map(|app| {
+            let uid = app.metadata.uid.as_deref().unwrap_or_default();
+            uids.insert(uid);
+            let version = app.version();
+            let sets = AppInstances::classify(usage.instances_of(uid), &version, app.spec.unreachable_strategy, &reach);
+            let namespace = app.metadata.namespace.as_deref().unwrap_or_default();
+            ObservedApp { app, namespace, path: app.path(), version, sets }
+        })
+        .collect();
+    let mut orphans: Vec<&'s InstanceState> =
+        usage.apps().filter(|uid| !uids.contains(*uid)).flat_map(|uid| usage.instances_of(uid)).collect();
+    orphans.sort_by(|a, b| a.id().cmp(b.id()));
+    Observed { reach, apps, orphans, usage, marks, unmarks, events }
+}
+
+/// Markers to write for agents with instances that stopped reporting (`unregistered`), and
+/// to forget for agents that are back or hold nothing any more.
+fn markers(
+    snapshot: &Snapshot,
+    unregistered: &[&str],
+    usage: &Usage<'_>,
+    ctx: &PlanContext,
+) -> (Vec<Mark>, Vec<Unmark>, Vec<Event>) {
+    let (mut marks, mut unmarks, mut events) = (Vec::new(), Vec::new(), Vec::new());
+    let mut gone: Vec<(&str, usize)> = unregistered
+        .iter()
+        .filter(|agent| !snapshot.unreachable.contains_key(**agent))
+        .map(|agent| (*agent, usage.held.get(*agent).map_or(0, |used| used.live)))
+        .collect();
+    gone.sort();
+    for (agent, live) in gone {
+        marks.push(Mark { agent: agent.to_string(), since: ctx.now });
+        events.push(events::agent_unreachable(agent, live));
+    }
+    for (agent, marker) in &snapshot.unreachable {
+        if snapshot.agents.contains_key(agent) || !usage.held.contains_key(agent.as_str()) {
+            unmarks.push(Unmark { agent: agent.clone(), revision: marker.revision });
+        }
+    }
+    (marks, unmarks, events)
+}

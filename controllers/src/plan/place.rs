@@ -1,0 +1,189 @@
+//! Stage 4, place: every app's launch demand, through one [`Placer`] in one order, so that
+//! placements see each other (two instances of a UNIQUE app never land together in one
+//! tick) and capacity is given out once. The placer is built only when there is demand: a
+//! tick with nothing to launch does not index the cluster.
+//!
+//! The stages that will order demand across tenants (share) and add the replacements of
+//! moves (migrate) sit between decide and place (DESIGN.md §5); they take and give a queue of
+//! [`Demand`].
+
+use baton_api::constraints::Constraint;
+use baton_api::records::{AssignedPort, Command};
+use baton_api::{App, AppRef, Goal, InstanceRecord};
+
+use super::Launch;
+use super::status::Unplaced;
+use crate::schedule::{Fit, Placer, PortAsk, Request, Usage};
+use crate::snapshot::Snapshot;
+
+/// Instances of one app to place.
+#[derive(Debug, Clone, Copy)]
+pub struct Demand<'s> {
+    /// The app's index among the decisions.
+    pub index: usize,
+    pub app: &'s App,
+    /// The version they run.
+    pub version: &'s str,
+    pub count: usize,
+}
+
+/// What was placed for one demand.
+#[derive(Default)]
+pub struct Placed {
+    pub launches: Vec<Launch>,
+    /// What could not be placed, and why.
+    pub unplaced: Option<Unplaced>,
+}
+
+/// Places the queue, in its order; `seed` drives instance ids and port choice. Returns what
+/// was placed for each demand, with its app's index.
+pub fn place<'s>(
+    snapshot: &'s Snapshot,
+    usage: &'s Usage<'s>,
+    queue: &[Demand<'_>],
+    now: jiff::Timestamp,
+    seed: u64,
+) -> Vec<(usize, Placed)> {
+    let mut placer: Option<Placer<'_>> = None;
+    let mut ids = IdSource::new(seed);
+    queue
+        .iter()
+        .filter(|demand| demand.count > 0)
+        .map(|demand| {
+            let placer = placer.get_or_insert_with(|| Placer::new(snapshot, usage));
+            let mut placed = Placed::default();
+            placed.unplaced =
+                launch(demand.app, demand.version, demand.count, now, placer, &mut ids, &mut placed.launches);
+            (demand.index, placed)
+        })
+        .collect()
+}
+
+/// Places `count` new instances of `app` into `launches`; returns what could not be placed
+/// and why.
+fn launch(
+    app: &App,
+    version: &str,
+    count: usize,
+    now: jiff::Timestamp,
+    placer: &mut Placer<'_>,
+    ids: &mut IdSource,
+    launches: &mut Vec<Launch>,
+) -> Option<Unplaced> {
+    let spec = &app.spec;
+    let (command, constraints) = match runnable(app) {
+        Ok(runnable) => runnable,
+        Err(why) => return (count > 0).then(|| Unplaced { count, why, rejections: Vec::new() }),
+    };
+    let uid = app.metadata.uid.clone().unwrap_or_default();
+    let name = app.metadata.name.clone().unwrap_or_default();
+    let resources = spec.resources.amounts();
+    let asks: Vec<PortAsk> = spec
+        .ports
+        .iter()
+        .map(|p| if spec.require_ports && p.port > 0 { PortAsk::Fixed(p.port as u16) } else { PortAsk::Dynamic })
+        .collect();
+    for placed in 0..count {
+        let request = Request { app_uid: &uid, resources, ports: &asks, constraints: &constraints, seed: ids.next() };
+        let placement = match placer.place(&request) {
+            Fit::Placed(placement) => placement,
+            Fit::Unschedulable(rejections) => {
+                // Every instance of an app asks for the same: if one does not fit, the
+                // rest do not either.
+                return Some(Unplaced {
+                    count: count - placed,
+                    why: rejections.summary(&constraints),
+                    rejections: rejections.list(&constraints),
+                });
+            }
+        };
+        let ports = spec
+            .ports
+            .iter()
+            .zip(&placement.ports)
+            .map(|(definition, port)| AssignedPort {
+                name: definition.name.clone(),
+                port: *port,
+                requested: u16::try_from(definition.port).unwrap_or(0),
+            })
+            .collect();
+        launches.push(Launch {
+            record: InstanceRecord {
+                id: format!("{name}-{}", ids.suffix()),
+                app: AppRef {
+                    namespace: app.metadata.namespace.clone().unwrap_or_default(),
+                    name: name.clone(),
+                    uid: uid.clone(),
+                },
+                agent: placement.agent,
+                host: placement.host,
+                version: version.to_string(),
+                created_at: now,
+                goal: Goal::Running,
+                stop_reason: None,
+                replaces: None,
+                holds_slot: false,
+                end_noted: false,
+                command: command.clone(),
+                env: spec.env.clone(),
+                labels: spec.labels.clone(),
+                resources,
+                ports,
+                kill_grace_seconds: spec.kill_grace_seconds(),
+                health_checks: spec.health_checks.clone(),
+                readiness_checks: spec.readiness_checks.clone(),
+                term: 0,
+            },
+        });
+    }
+    None
+}
+
+/// The command and parsed constraints of an app, or why it cannot run. Validation at apply
+/// refuses such apps; this keeps one stored under older rules from being placed wrongly.
+fn runnable(app: &App) -> Result<(Command, Vec<Constraint>), String> {
+    let command = match (&app.spec.cmd, &app.spec.args) {
+        (Some(cmd), _) => Command::Shell(cmd.clone()),
+        (None, Some(args)) if !args.is_empty() => Command::Exec(args.clone()),
+        _ => return Err("the app has neither cmd nor args".into()),
+    };
+    let constraints = app
+        .spec
+        .constraints
+        .iter()
+        .enumerate()
+        .map(|(i, parts)| Constraint::parse(parts).map_err(|e| format!("spec.constraints[{i}] is invalid: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((command, constraints))
+}
+
+/// Deterministic pseudo-random numbers from the plan's seed (splitmix64): the same seed and
+/// snapshot give the same ids and ports.
+struct IdSource(u64);
+
+impl IdSource {
+    fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Ten lowercase base-32 characters (50 bits), valid in a DNS label.
+    fn suffix(&mut self) -> String {
+        const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
+        let mut n = self.next();
+        (0..10)
+            .map(|_| {
+                let c = ALPHABET[(n & 31) as usize] as char;
+                n >>= 5;
+                c
+            })
+            .collect()
+    }
+}

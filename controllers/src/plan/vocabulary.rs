@@ -1,0 +1,220 @@
+//! The plan's vocabulary: what the planner is given besides the snapshot, and what a plan
+//! is made of — launches, stops (with their reasons), removals, markers, backoff changes,
+//! statuses, finalizers and events. Plain data: the executor carries it out.
+
+use jiff::Timestamp;
+
+use baton_api::{App, AppGroupStatus, AppStatus, BackoffRecord, InstanceRecord};
+use baton_store::Revision;
+
+use super::classify::Retention;
+use super::events;
+
+/// What the planner is given besides the snapshot.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanContext {
+    pub now: Timestamp,
+    /// Randomness for instance ids and port choice, drawn by the caller.
+    pub seed: u64,
+    /// How long ended instances are kept.
+    pub retention: Retention,
+}
+
+impl PlanContext {
+    /// A tick at `now`, with the default retention of ended instances.
+    pub fn at(now: Timestamp, seed: u64) -> Self {
+        Self { now, seed, retention: Retention::default() }
+    }
+}
+
+/// Why an instance is stopped. Constant strings: they end up in the instance record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The spec asks for fewer instances.
+    ScaledDown,
+    /// The app was deleted.
+    AppDeleted,
+    /// A newer version replaces it.
+    Upgraded,
+    /// It failed a health check `maxConsecutiveFailures` times in a row.
+    Unhealthy,
+    /// A user asked (`kubectl delete instance`).
+    Killed,
+}
+
+impl StopReason {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            StopReason::ScaledDown => "ScaledDown",
+            StopReason::AppDeleted => "AppDeleted",
+            StopReason::Upgraded => "Upgraded",
+            StopReason::Unhealthy => "Unhealthy",
+            StopReason::Killed => "Killed",
+        }
+    }
+}
+
+/// A new instance on an agent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Launch {
+    pub record: InstanceRecord,
+}
+
+/// An instance to stop: its record's goal becomes `Stopped`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stop {
+    pub record: InstanceRecord,
+    /// The record's revision the decision was made on.
+    pub revision: Revision,
+    pub reason: StopReason,
+    /// SIGTERM to SIGKILL, if not the app's (a user's kill request may say).
+    pub grace_seconds: Option<u32>,
+    /// A health kill that takes a replacement slot: the record is marked to hold it.
+    pub takes_slot: bool,
+}
+
+/// A replacement slot released: the killed instance's record loses its mark (it goes when the
+/// retention of ended instances says).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlotRelease {
+    pub record: InstanceRecord,
+    pub revision: Revision,
+}
+
+/// A record that is over and can be deleted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Removal {
+    pub agent: String,
+    pub id: String,
+    pub revision: Revision,
+}
+
+/// A note that an agent stopped reporting at `since`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mark {
+    pub agent: String,
+    pub since: Timestamp,
+}
+
+/// A note to forget: the agent is back, or nothing of it is left.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unmark {
+    pub agent: String,
+    pub revision: Revision,
+}
+
+/// A change of an app's launch backoff, written in one transaction with the marks on the
+/// failed instances it counts (`endNoted`) — so a failure is counted exactly once, and
+/// the failed instance's record stays for its status and logs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackoffChange {
+    pub namespace: String,
+    pub name: String,
+    /// The new record; `None` deletes it (the app is gone).
+    pub next: Option<BackoffRecord>,
+    /// The revision of the record the change was made on (0: there was none).
+    pub revision: Revision,
+    /// The failed instances counted in `next`.
+    pub counted: Vec<Counted>,
+}
+
+/// An ended instance whose end is noted (counted in its app's backoff, or reported lost): its
+/// record is marked (`endNoted`), at the revision read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Counted {
+    pub record: InstanceRecord,
+    pub revision: Revision,
+}
+
+/// A user's kill request to forget: its instance is gone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KillDone {
+    pub namespace: String,
+    pub id: String,
+    pub revision: Revision,
+}
+
+/// A status to write to an app.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusUpdate {
+    pub namespace: String,
+    pub name: String,
+    pub status: AppStatus,
+}
+
+/// A status to write to an AppGroup.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupStatusUpdate {
+    pub namespace: String,
+    pub name: String,
+    pub status: AppGroupStatus,
+}
+
+/// The controller's finalizer goes on an App ([`baton_api::app::STOP_FINALIZER`]), or comes
+/// off once nothing of a deleted App runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FinalizerChange {
+    pub namespace: String,
+    pub name: String,
+    /// The App's finalizers after the change.
+    pub finalizers: Vec<String>,
+    /// The resourceVersion the change was decided on: the write is refused if it moved.
+    pub resource_version: String,
+}
+
+impl FinalizerChange {
+    /// `app`'s finalizers to become `finalizers`, on the version of `app` read.
+    pub(super) fn of(app: &App, finalizers: Vec<String>) -> Self {
+        Self {
+            namespace: app.metadata.namespace.clone().unwrap_or_default(),
+            name: app.metadata.name.clone().unwrap_or_default(),
+            finalizers,
+            resource_version: app.metadata.resource_version.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// Everything one tick decided.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    pub launches: Vec<Launch>,
+    pub stops: Vec<Stop>,
+    pub slot_releases: Vec<SlotRelease>,
+    /// Ended instances whose end is noted (lost ones, reported), apart from a backoff.
+    pub noted: Vec<Counted>,
+    pub removals: Vec<Removal>,
+    pub statuses: Vec<StatusUpdate>,
+    pub group_statuses: Vec<GroupStatusUpdate>,
+    pub finalizers: Vec<FinalizerChange>,
+    pub marks: Vec<Mark>,
+    pub unmarks: Vec<Unmark>,
+    pub backoffs: Vec<BackoffChange>,
+    /// Users' kill requests whose instances are gone.
+    pub kills_done: Vec<KillDone>,
+    /// What to report as Kubernetes events.
+    pub events: Vec<events::Event>,
+    /// Instances due to be killed for failing health checks that the health policy spares
+    /// this tick (for metrics; the apps' statuses and events say why).
+    pub withheld_kills: Vec<String>,
+    /// When the next decision that depends on time falls due (a replacement delay ends, an
+    /// unreachable instance becomes inactive or is expunged).
+    pub next_wakeup: Option<Timestamp>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.launches.is_empty()
+            && self.stops.is_empty()
+            && self.slot_releases.is_empty()
+            && self.noted.is_empty()
+            && self.removals.is_empty()
+            && self.statuses.is_empty()
+            && self.group_statuses.is_empty()
+            && self.finalizers.is_empty()
+            && self.marks.is_empty()
+            && self.unmarks.is_empty()
+            && self.backoffs.is_empty()
+            && self.kills_done.is_empty()
+            && self.events.is_empty()
+    }
+}
