@@ -66,7 +66,8 @@ pub fn apps() -> Vec<Arc<App>> {
             .expect("a bench spec");
             let mut app = App::new(&format!("app-{i:04}"), spec);
             app.metadata.namespace = Some("bench".into());
-            app.metadata.uid = Some(format!("uid-{i}"));
+            // As the API server assigns them: UUIDs.
+            app.metadata.uid = Some(format!("6ba7b810-9dad-41d1-80b4-{i:012x}"));
             app.metadata.generation = Some(1);
             Arc::new(app)
         })
