@@ -262,6 +262,7 @@ mod tests {
         InstanceRecord {
             id: "web-1".into(),
             app: AppRef { namespace: "default".into(), name: "web".into(), uid: "u".into() },
+            scope: Default::default(),
             agent: "a1".into(),
             host: "127.0.0.1".into(),
             version: "v".into(),

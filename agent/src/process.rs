@@ -384,6 +384,7 @@ mod tests {
         InstanceRecord {
             id: "web-abc".into(),
             app: AppRef { namespace: "default".into(), name: "web".into(), uid: "u".into() },
+            scope: Default::default(),
             agent: "a1".into(),
             host: "127.0.0.1".into(),
             version: "v1".into(),

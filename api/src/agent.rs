@@ -179,6 +179,7 @@ mod tests {
         InstanceRecord {
             id: format!("web-{millicpus}"),
             app: AppRef { namespace: "default".into(), name: "web".into(), uid: "u".into() },
+            scope: Default::default(),
             agent: "a1".into(),
             host: "10.0.0.1".into(),
             version: "v".into(),

@@ -19,6 +19,7 @@ pub mod instance;
 pub mod names;
 pub mod records;
 pub mod resources;
+pub mod scope;
 pub mod validation;
 
 pub use agent::{Agent, AgentSpec, AgentStatus};
@@ -31,6 +32,7 @@ pub use records::{
     StatusRecord, UnreachableMarker,
 };
 pub use resources::{ResourceAmounts, Resources};
+pub use scope::Scope;
 pub use validation::{FieldError, FieldErrorKind};
 
 /// The API group of every Baton kind.

@@ -223,6 +223,10 @@ pub struct InstanceRecord {
     /// Unique in the installation; also the name of the `Instance` view.
     pub id: String,
     pub app: AppRef,
+    /// The scope of the app it runs for: only that scope's controller stops, rewrites or
+    /// counts it (records written before scopes are the platform's).
+    #[serde(default)]
+    pub scope: crate::Scope,
     pub agent: String,
     pub host: String,
     /// The app version this instance runs (see [`crate::app::AppSpec::version`]).

@@ -414,6 +414,7 @@ mod tests {
         serde_json::to_value(InstanceRecord {
             id: id.into(),
             app: AppRef { namespace: "default".into(), name: "web".into(), uid: "u".into() },
+            scope: Default::default(),
             agent: agent.into(),
             host: "h".into(),
             version: "v".into(),

@@ -24,6 +24,12 @@ pub struct ControllerArgs {
     /// Names this controller in the election (default: hostname:pid).
     #[arg(long)]
     id: Option<String>,
+    /// What this controller owns: `platform` (every namespace not labelled
+    /// `baton.dev/tenant`; the one controller that places instances on agents), or
+    /// `tenant/NAME` (the namespaces labelled `baton.dev/tenant=NAME`). Each scope elects
+    /// its own leader and never stops, rewrites or counts another's instances.
+    #[arg(long, default_value = "platform")]
+    scope: baton_api::Scope,
     /// How long leadership outlives a controller that stopped renewing it.
     #[arg(long, default_value = "10s", value_parser = duration)]
     election_ttl: Duration,
@@ -43,6 +49,7 @@ pub async fn run(args: ControllerArgs) -> Result<()> {
     let id = args.id.unwrap_or_else(|| format!("{}:{}", crate::hostname(), std::process::id()));
     let mut config = ControllerConfig::new(id, args.store.keys());
     config.election_ttl = args.election_ttl;
+    config.scope = args.scope;
     config.retention = args.retention.retention();
     let metrics = Arc::new(Metrics::default());
     let shutdown = CancellationToken::new();

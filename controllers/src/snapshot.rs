@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use baton_api::{
-    AgentRecord, App, AppGroup, BackoffRecord, Goal, InstanceRecord, KillRequest, Phase, ResourceAmounts, StatusRecord,
+    AgentRecord, App, AppGroup, BackoffRecord, Goal, InstanceRecord, KillRequest, Phase, ResourceAmounts, Scope,
+    StatusRecord,
 };
 use baton_store::Revision;
 use jiff::Timestamp;
@@ -259,14 +260,21 @@ pub fn held_in_agent_order<'a>(instances: impl IntoIterator<Item = &'a InstanceS
 /// The full observed state for one tick.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
-    /// Every App, in (namespace, name) order.
+    /// The scope of the controller that plans (DESIGN.md §5): the apps, groups, instances,
+    /// backoffs and kill requests below are this scope's.
+    pub scope: Scope,
+    /// Every App of the scope, in (namespace, name) order.
     pub apps: Vec<Arc<App>>,
-    /// Every AppGroup, in (namespace, name) order.
+    /// Every AppGroup of the scope, in (namespace, name) order.
     pub groups: Vec<Arc<AppGroup>>,
     /// Registered (live) agents by name.
     pub agents: BTreeMap<String, Arc<AgentRecord>>,
-    /// Every instance record, by id.
+    /// Every instance record of the scope, by id.
     pub instances: BTreeMap<String, InstanceState>,
+    /// Instances of other scopes, as the platform sees them: they hold resources and ports
+    /// on their agents, which placement leaves alone, and are never stopped, rewritten or
+    /// counted here. (A tenant's controller does not place, and holds none.)
+    pub foreign: Vec<InstanceState>,
     /// Agents known to have stopped reporting, and since when.
     pub unreachable: BTreeMap<String, Marker>,
     /// Launch backoffs by `(namespace, app)`, with the revision of each.
@@ -276,17 +284,17 @@ pub struct Snapshot {
     pub kill_requests: BTreeMap<(String, String), (Arc<KillRequest>, Revision)>,
     /// What each agent's instances hold, by agent name, when the snapshot's builder gathered
     /// it with the instances (the runtime does, from the store's agent-ordered keys): it must
-    /// be that of `instances`. `None`: [`Snapshot::held`] gathers it.
+    /// be that of `instances` and `foreign`. `None`: [`Snapshot::held`] gathers it.
     pub held: Option<Arc<BTreeMap<String, AgentUse>>>,
 }
 
 impl Snapshot {
-    /// What each agent's instances hold, by agent name.
+    /// What each agent's instances hold (of every scope the snapshot has), by agent name.
     pub fn held(&self) -> Arc<BTreeMap<String, AgentUse>> {
         if let Some(held) = &self.held {
             return held.clone();
         }
-        let mut by_agent: Vec<&InstanceState> = self.instances.values().collect();
+        let mut by_agent: Vec<&InstanceState> = self.instances.values().chain(&self.foreign).collect();
         by_agent.sort_by(|a, b| a.record.agent.cmp(&b.record.agent));
         Arc::new(held_in_agent_order(by_agent))
     }

@@ -7,7 +7,7 @@ use jiff::Timestamp;
 
 use baton_api::records::{AssignedPort, Command};
 use baton_api::{
-    AgentRecord, App, AppRef, AppSpec, Goal, InstanceRecord, Phase, PortRange, ResourceAmounts, StatusRecord,
+    AgentRecord, App, AppRef, AppSpec, Goal, InstanceRecord, Phase, PortRange, ResourceAmounts, Scope, StatusRecord,
 };
 
 use crate::snapshot::{InstanceState, Snapshot};
@@ -209,6 +209,7 @@ pub fn instance(app: &App, agent: &str, n: u32) -> InstanceBuilder {
                 name: app.metadata.name.clone().unwrap(),
                 uid: app.metadata.uid.clone().unwrap(),
             },
+            scope: Scope::Platform,
             agent: agent.into(),
             host: "127.0.0.1".into(),
             version: app.version(),
@@ -233,6 +234,12 @@ pub fn instance(app: &App, agent: &str, n: u32) -> InstanceBuilder {
 }
 
 impl InstanceBuilder {
+    /// Launched for another scope's app.
+    pub fn scope(mut self, scope: Scope) -> Self {
+        self.record.scope = scope;
+        self
+    }
+
     pub fn phase(mut self, phase: Phase) -> Self {
         self.status = Some(StatusRecord::new(phase));
         self
@@ -385,13 +392,18 @@ pub fn with_marker(mut snapshot: Snapshot, agent: &str, seconds_ago: i64) -> Sna
     snapshot
 }
 
-/// A snapshot of these apps, agents and instances.
+/// A snapshot of the platform scope with these apps, agents and instances (those of other
+/// scopes are foreign).
 pub fn snapshot(apps: &[&Arc<App>], agents: Vec<Arc<AgentRecord>>, instances: Vec<InstanceState>) -> Snapshot {
+    let (own, foreign): (Vec<InstanceState>, Vec<InstanceState>) =
+        instances.into_iter().partition(|i| i.record.scope == Scope::Platform);
     Snapshot {
+        scope: Scope::Platform,
         apps: apps.iter().map(|a| Arc::clone(a)).collect(),
         groups: Vec::new(),
         agents: agents.into_iter().map(|a| (a.name.clone(), a)).collect(),
-        instances: instances.into_iter().map(|i| (i.record.id.clone(), i)).collect(),
+        instances: own.into_iter().map(|i| (i.record.id.clone(), i)).collect(),
+        foreign,
         unreachable: Default::default(),
         backoffs: Default::default(),
         kill_requests: Default::default(),

@@ -76,6 +76,10 @@ pub struct Cluster {
     store: Arc<dyn Store>,
     keys: Keyspace,
     runtime: tokio::runtime::Runtime,
+    /// How processes are started: the binary, the store's URL, the options.
+    binary: PathBuf,
+    url: String,
+    options: ClusterOptions,
     // Last, so every process is stopped before the directory goes.
     dir: tempfile::TempDir,
 }
@@ -136,29 +140,16 @@ impl Cluster {
             store,
             keys: Keyspace::default(),
             runtime,
+            binary: binary.to_path_buf(),
+            url: url.clone(),
+            options: options.clone(),
             dir,
         };
         cluster.wait_for("the API server to answer kubectl", Duration::from_secs(30), |c| {
             (kubeconfig.exists() && c.kubectl.run(&["get", "apps"], None).status.success()).then_some(())
         });
         for i in 1..=options.controllers {
-            let id = format!("c{i}");
-            let metrics = free_port();
-            let args = os(&[
-                "controller",
-                "--store",
-                &url,
-                "--kubeconfig",
-                &kubeconfig.display().to_string(),
-                "--id",
-                &id,
-                "--election-ttl",
-                options.election_ttl,
-                "--metrics-listen",
-                &format!("127.0.0.1:{metrics}"),
-            ]);
-            cluster.controllers.push(Proc::start(&id, binary, args, env.clone(), log(&id)));
-            cluster.metrics_ports.push(metrics);
+            cluster.add_controller(&format!("c{i}"), &[]);
         }
         for i in 1..=options.agents {
             let name = format!("a{i}");
@@ -199,6 +190,30 @@ impl Cluster {
         cluster
     }
 
+    /// Starts one more controller, `id`, with `extra` arguments (e.g. `--scope tenant/a`).
+    pub fn add_controller(&mut self, id: &str, extra: &[&str]) {
+        let metrics = free_port();
+        let kubeconfig = self.kubectl.kubeconfig.display().to_string();
+        let mut args = os(&[
+            "controller",
+            "--store",
+            &self.url,
+            "--kubeconfig",
+            &kubeconfig,
+            "--id",
+            id,
+            "--election-ttl",
+            self.options.election_ttl,
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics}"),
+        ]);
+        args.extend(os(extra));
+        let env = vec![("RUST_LOG".to_string(), "info,baton_controllers=debug".to_string())];
+        let log = self.dir.path().join(format!("{id}.log"));
+        self.controllers.push(Proc::start(id, &self.binary, args, env, log));
+        self.metrics_ports.push(metrics);
+    }
+
     pub fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
         self.runtime.block_on(future)
     }
@@ -216,9 +231,14 @@ impl Cluster {
         &self.store
     }
 
-    /// The id of the leading controller.
+    /// The id of the platform's leading controller.
     pub fn leader(&self) -> Option<String> {
-        let kv = self.block_on(self.store.get(&self.keys.leader("platform"))).ok()??;
+        self.leader_of("platform")
+    }
+
+    /// The id of `scope`'s leading controller.
+    pub fn leader_of(&self, scope: &str) -> Option<String> {
+        let kv = self.block_on(self.store.get(&self.keys.leader(scope))).ok()??;
         Some(String::from_utf8_lossy(&kv.value).into_owned())
     }
 

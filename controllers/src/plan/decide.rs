@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use jiff::{SignedDuration, Timestamp};
 
 use baton_api::app::STOP_FINALIZER;
-use baton_api::{App, BackoffRecord, Failure, Goal, Phase};
+use baton_api::{App, BackoffRecord, Failure, Goal, Phase, Scope};
 
 use super::classify::{AppInstances, Reachability, kill_order};
 use super::events::{self, Event};
@@ -22,10 +22,10 @@ use super::observe::ObservedApp;
 use super::place::Demand;
 use super::slots::Slots;
 use super::status::{self, Filler, HeldSlot};
-use super::{
-    BackoffChange, Counted, FinalizerChange, KillDone, PlanContext, Removal, SlotRelease, Stop, StopReason, deploy,
-    health,
+use super::vocabulary::{
+    BackoffChange, Counted, FinalizerChange, KillDone, PlanContext, Removal, SlotRelease, Stop, StopReason,
 };
+use super::{deploy, health};
 use crate::snapshot::{HealthState, InstanceState, Snapshot};
 
 /// Failures counted per app per tick, so that a backoff change and the marks of what it counts
@@ -105,14 +105,14 @@ pub struct Decided<'s> {
 }
 
 impl<'s> Decided<'s> {
-    /// Every app's launch demand, in the apps' order.
-    pub fn demand(&self) -> Vec<Demand<'_>> {
+    /// Every app's launch demand, in the apps' order; the apps are `scope`'s.
+    pub fn demand<'d>(&'d self, scope: &'d Scope) -> Vec<Demand<'d>> {
         self.apps
             .iter()
             .enumerate()
             .filter_map(|(index, d)| match &d.course {
                 Course::Running(running) if running.launch > 0 => {
-                    Some(Demand { index, app: d.app, version: &d.version, count: running.launch })
+                    Some(Demand { index, scope, app: d.app, version: &d.version, count: running.launch })
                 }
                 _ => None,
             })

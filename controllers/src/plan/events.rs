@@ -5,7 +5,7 @@ use baton_api::{App, AppRef};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 use super::health::Due;
-use super::{Launch, Stop, StopReason};
+use super::vocabulary::{Launch, Stop, StopReason};
 
 /// Normal or Warning, as in Kubernetes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

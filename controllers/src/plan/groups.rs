@@ -14,7 +14,7 @@ use baton_api::{App, AppGroup, AppGroupStatus};
 
 use super::events::listing;
 use super::observe::Observed;
-use super::{GroupStatusUpdate, PlanContext};
+use super::vocabulary::{GroupStatusUpdate, PlanContext};
 
 /// What the rest of the tick needs to know about an app from the others: whether it is
 /// available, and how many of its instances are.

@@ -43,7 +43,7 @@ pub fn plan(snapshot: &Snapshot, ctx: &PlanContext) -> Plan {
     let gates = groups::gate(&observed, &snapshot.groups, &snapshot.apps, ctx);
     let observe::Observed { reach, apps, orphans, usage, marks, unmarks, events } = observed;
     let decided = decide::decide(snapshot, &reach, apps, &orphans, &gates.apps, ctx);
-    let placed = place::place(snapshot, &usage, &decided.demand(), ctx.now, ctx.seed);
+    let placed = place::place(snapshot, &usage, &decided.demand(&snapshot.scope), ctx.now, ctx.seed);
     report::report(report::Parts { marks, unmarks, events, gates, decided, placed }, ctx)
 }
 

@@ -1,8 +1,9 @@
 //! Stage 1, observe: every instance of the snapshot, once. Each app's instances are classified
-//! into its named, disjoint sets ([`AppInstances`]); instances whose app is gone are set
-//! aside; agents that stopped reporting get a marker with the time (kept in the store, so a
-//! new leader measures `unreachableStrategy` from the same moment), and markers of agents
-//! that are back, or have nothing left, are forgotten.
+//! into its named, disjoint sets ([`AppInstances`]); instances of the scope whose app is gone
+//! are set aside; agents that stopped reporting get a marker with the time (kept in the
+//! store, so a new leader measures `unreachableStrategy` from the same moment), and markers
+//! of agents that are back, or have nothing left, are forgotten. Agents are the platform's:
+//! only its controller writes markers; other scopes read them.
 //!
 //! The later stages read these sets and never classify again.
 
@@ -12,7 +13,7 @@ use baton_api::{App, GroupPath};
 
 use super::classify::{AppInstances, Reachability};
 use super::events::{self, Event};
-use super::{Mark, PlanContext, Unmark};
+use super::vocabulary::{Mark, PlanContext, Unmark};
 use crate::schedule::Usage;
 use crate::snapshot::{InstanceState, Snapshot};
 
@@ -32,7 +33,7 @@ pub struct Observed<'s> {
     pub reach: Reachability,
     /// Every app of the snapshot, in its order.
     pub apps: Vec<ObservedApp<'s>>,
-    /// Instances whose app no longer exists.
+    /// Instances of the scope whose app no longer exists (in the scope).
     pub orphans: Vec<&'s InstanceState>,
     /// What the instances hold, per agent and per app: what placement starts from.
     pub usage: Usage<'s>,
@@ -58,7 +59,8 @@ pub fn observe<'s>(snapshot: &'s Snapshot, ctx: &PlanContext) -> Observed<'s> {
         .map(String::as_str)
         .collect();
     let reach = Reachability::of(snapshot, unregistered.iter().copied(), ctx.now);
-    let (marks, unmarks, events) = markers(snapshot, &unregistered, &usage, ctx);
+    let (marks, unmarks, events) =
+        if snapshot.scope.places() { markers(snapshot, &unregistered, &usage, ctx) } else { Default::default() };
     let mut uids: FxHashSet<&str> = FxHashSet::default();
     let apps = snapshot
         .apps

@@ -3,16 +3,20 @@
 //! tick) and capacity is given out once. The placer is built only when there is demand: a
 //! tick with nothing to launch does not index the cluster.
 //!
+//! Only the platform's controller places: it is the one arbiter of capacity, binding every
+//! instance to an agent in its fenced transactions. A controller of another scope reports its
+//! demand as waiting for the platform (docs/contributors/planner.md says how it will get there).
+//!
 //! The stages that will order demand across tenants (share) and add the replacements of
 //! moves (migrate) sit between decide and place (DESIGN.md §5); they take and give a queue of
 //! [`Demand`].
 
 use baton_api::constraints::Constraint;
 use baton_api::records::{AssignedPort, Command};
-use baton_api::{App, AppRef, Goal, InstanceRecord};
+use baton_api::{App, AppRef, Goal, InstanceRecord, Scope};
 
-use super::Launch;
 use super::status::Unplaced;
+use super::vocabulary::Launch;
 use crate::schedule::{Fit, Placer, PortAsk, Request, Usage};
 use crate::snapshot::Snapshot;
 
@@ -21,6 +25,8 @@ use crate::snapshot::Snapshot;
 pub struct Demand<'s> {
     /// The app's index among the decisions.
     pub index: usize,
+    /// The scope the app belongs to.
+    pub scope: &'s Scope,
     pub app: &'s App,
     /// The version they run.
     pub version: &'s str,
@@ -50,26 +56,32 @@ pub fn place<'s>(
         .iter()
         .filter(|demand| demand.count > 0)
         .map(|demand| {
-            let placer = placer.get_or_insert_with(|| Placer::new(snapshot, usage));
             let mut placed = Placed::default();
-            placed.unplaced =
-                launch(demand.app, demand.version, demand.count, now, placer, &mut ids, &mut placed.launches);
+            placed.unplaced = if snapshot.scope.places() {
+                let placer = placer.get_or_insert_with(|| Placer::new(snapshot, usage));
+                launch(demand, now, placer, &mut ids, &mut placed.launches)
+            } else {
+                Some(Unplaced {
+                    count: demand.count,
+                    why: format!("the {} controller leaves placement to the platform's", snapshot.scope),
+                    rejections: Vec::new(),
+                })
+            };
             (demand.index, placed)
         })
         .collect()
 }
 
-/// Places `count` new instances of `app` into `launches`; returns what could not be placed
-/// and why.
+/// Places the demand's new instances into `launches`; returns what could not be placed and
+/// why.
 fn launch(
-    app: &App,
-    version: &str,
-    count: usize,
+    demand: &Demand<'_>,
     now: jiff::Timestamp,
     placer: &mut Placer<'_>,
     ids: &mut IdSource,
     launches: &mut Vec<Launch>,
 ) -> Option<Unplaced> {
+    let Demand { scope, app, version, count, .. } = *demand;
     let spec = &app.spec;
     let (command, constraints) = match runnable(app) {
         Ok(runnable) => runnable,
@@ -84,7 +96,8 @@ fn launch(
         .map(|p| if spec.require_ports && p.port > 0 { PortAsk::Fixed(p.port as u16) } else { PortAsk::Dynamic })
         .collect();
     for placed in 0..count {
-        let request = Request { app_uid: &uid, resources, ports: &asks, constraints: &constraints, seed: ids.next() };
+        let request =
+            Request { scope, app_uid: &uid, resources, ports: &asks, constraints: &constraints, seed: ids.next() };
         let placement = match placer.place(&request) {
             Fit::Placed(placement) => placement,
             Fit::Unschedulable(rejections) => {
@@ -115,6 +128,7 @@ fn launch(
                     name: name.clone(),
                     uid: uid.clone(),
                 },
+                scope: request.scope.clone(),
                 agent: placement.agent,
                 host: placement.host,
                 version: version.to_string(),

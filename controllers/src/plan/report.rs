@@ -8,13 +8,13 @@ use super::events;
 use super::groups::{Gate, Gates};
 use super::place::Placed;
 use super::status::{self, Filler, HeldSlot};
-use super::{Launch, Plan, PlanContext, StatusUpdate};
+use super::vocabulary::{Launch, Mark, Plan, PlanContext, StatusUpdate, Unmark};
 
 /// Everything the stages decided, as one plan.
 pub struct Parts<'s> {
     /// The observe stage's markers and events (its sets went to decide).
-    pub marks: Vec<super::Mark>,
-    pub unmarks: Vec<super::Unmark>,
+    pub marks: Vec<Mark>,
+    pub unmarks: Vec<Unmark>,
     pub events: Vec<events::Event>,
     pub gates: Gates,
     pub decided: Decided<'s>,

@@ -247,6 +247,7 @@ impl World {
             .map(|(record, rev)| (("default".to_string(), "web".to_string()), (record.clone(), *rev)))
             .collect();
         Snapshot {
+            scope: Default::default(),
             apps: vec![Arc::new(self.app.clone())],
             groups: Vec::new(),
             agents,
@@ -254,6 +255,7 @@ impl World {
             unreachable: self.markers.clone(),
             backoffs,
             kill_requests: Default::default(),
+            foreign: Vec::new(),
             held: None,
         }
     }
@@ -688,19 +690,18 @@ fn round_trip(snapshot: &Snapshot) -> Snapshot {
     fn again<T: serde::Serialize + serde::de::DeserializeOwned>(value: &T) -> T {
         serde_json::from_slice(&serde_json::to_vec(value).expect("serializes")).expect("deserializes")
     }
+    let instance = |i: &InstanceState| {
+        let record: InstanceRecord = again(i.record.as_ref());
+        let status = i.status.as_ref().map(|s| Arc::new(again::<StatusRecord>(s.as_ref())));
+        InstanceState::new(Arc::new(record), i.revision, status)
+    };
     Snapshot {
+        scope: again(&snapshot.scope),
+        foreign: snapshot.foreign.iter().map(instance).collect(),
         apps: snapshot.apps.iter().map(|a| Arc::new(again(a.as_ref()))).collect(),
         groups: snapshot.groups.iter().map(|g| Arc::new(again(g.as_ref()))).collect(),
         agents: snapshot.agents.iter().map(|(k, a)| (k.clone(), Arc::new(again(a.as_ref())))).collect(),
-        instances: snapshot
-            .instances
-            .iter()
-            .map(|(id, i)| {
-                let record: InstanceRecord = again(i.record.as_ref());
-                let status = i.status.as_ref().map(|s| Arc::new(again::<StatusRecord>(s.as_ref())));
-                (id.clone(), InstanceState::new(Arc::new(record), i.revision, status))
-            })
-            .collect(),
+        instances: snapshot.instances.iter().map(|(id, i)| (id.clone(), instance(i))).collect(),
         unreachable: snapshot.unreachable.clone(),
         backoffs: snapshot
             .backoffs

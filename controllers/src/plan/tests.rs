@@ -166,6 +166,49 @@ fn a_deleted_apps_instances_are_stopped_then_removed() {
 }
 
 #[test]
+fn other_scopes_instances_take_capacity_and_nothing_else() {
+    let web = app("web").instances(2).cpus(1.0).build();
+    let theirs = app("theirs").cpus(2.0).build();
+    let tenant = baton_api::Scope::Tenant("team-a".into());
+    let instances = vec![
+        instance(&web, "a1", 0).running().build(),
+        // Of an app this scope does not have, on a full a1: not an orphan, not counted.
+        instance(&theirs, "a1", 0).scope(tenant.clone()).running().build(),
+        instance(&theirs, "a1", 1).scope(tenant.clone()).running().build(),
+        instance(&theirs, "a2", 2).scope(tenant.clone()).failed(1).build(),
+    ];
+    let snap = snapshot(&[&web], vec![agent("a1").build(), agent("a2").build()], instances);
+    assert_eq!((snap.instances.len(), snap.foreign.len()), (1, 3));
+    let plan = plan(&snap, &ctx());
+    assert!(plan.stops.is_empty() && plan.removals.is_empty() && plan.noted.is_empty(), "{plan:?}");
+    assert!(plan.backoffs.is_empty(), "another scope's failure is not this scope's to count");
+    let agents: Vec<&str> = plan.launches.iter().map(|l| l.record.agent.as_str()).collect();
+    assert_eq!(agents, ["a2"], "a1's cpus are taken by the other scope's instances");
+    assert_eq!(plan.launches[0].record.scope, baton_api::Scope::Platform);
+    let status = &plan.statuses[0].status;
+    assert_eq!((status.instances, status.running), (1, 1), "only the app's own instances are counted");
+}
+
+#[test]
+fn a_tenant_scope_plans_its_apps_and_leaves_placement_to_the_platform() {
+    let web = app("web").instances(3).build();
+    let tenant = baton_api::Scope::Tenant("team-a".into());
+    let own = vec![instance(&web, "a1", 0).scope(tenant.clone()).running().build()];
+    let mut snap = snapshot(&[&web], vec![agent("a1").build()], vec![]);
+    snap.scope = tenant.clone();
+    snap.instances = own.into_iter().map(|i| (i.record.id.clone(), i)).collect();
+    // An agent with an instance that stopped reporting: the platform marks it, not a tenant.
+    snap.agents.clear();
+    let plan = plan(&snap, &ctx());
+    assert!(plan.launches.is_empty() && plan.marks.is_empty(), "{plan:?}");
+    let pending = plan.statuses[0].status.condition(baton_api::app::CONDITION_PENDING).expect("Pending");
+    assert_eq!(
+        pending.message,
+        "2 of 3 instances cannot be placed: the tenant/team-a controller leaves placement to the platform's"
+    );
+}
+
+#[test]
 fn a_changed_spec_rolls_within_the_default_strategy() {
     let web = app("web").instances(2).env("A", "2").build();
     let old = vec![

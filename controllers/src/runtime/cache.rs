@@ -1,6 +1,9 @@
 //! Caches of the observed state: store records (agents, instances, statuses) kept current
-//! by a store watch, and Apps kept current by a kube-rs reflector. Each change wakes the
-//! loop; a snapshot is a cheap copy of `Arc`s.
+//! by a store watch, and Apps, AppGroups and Namespaces kept current by kube-rs reflectors.
+//! Each change wakes the loop; a snapshot is a cheap copy of `Arc`s, of the controller's
+//! scope: its namespaces' apps, groups, backoffs and kill requests, and its instances (the
+//! platform's cache also holds other scopes' instances, for the capacity they take; a
+//! tenant's holds only its own).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -12,16 +15,18 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use baton_api::{
-    AgentRecord, App, AppGroup, BackoffRecord, InstanceRecord, KillRequest, StatusRecord, UnreachableMarker,
+    AgentRecord, App, AppGroup, BackoffRecord, InstanceRecord, KillRequest, Scope, StatusRecord, UnreachableMarker,
 };
 use baton_store::{EventKind, KeyValue, Keyspace, Revision, Store, WatchEvent};
+use k8s_openapi::api::core::v1::Namespace;
 
 use crate::snapshot::{InstanceState, Marker, Snapshot, held_in_agent_order};
 
 type Slot = (String, String);
 
-#[derive(Default)]
 struct Records {
+    /// The controller's scope.
+    scope: Scope,
     agents: BTreeMap<String, (Arc<AgentRecord>, Revision)>,
     instances: BTreeMap<Slot, (Arc<InstanceRecord>, Revision)>,
     statuses: BTreeMap<Slot, (Arc<StatusRecord>, Revision)>,
@@ -42,8 +47,14 @@ pub struct StoreCache {
 
 impl StoreCache {
     /// Starts loading and following the store; `changed` is notified after each change.
-    pub fn start(store: Arc<dyn Store>, keys: Keyspace, changed: Arc<Notify>, shutdown: CancellationToken) -> Self {
-        let records = Arc::new(Mutex::new(Records::default()));
+    pub fn start(
+        store: Arc<dyn Store>,
+        keys: Keyspace,
+        scope: Scope,
+        changed: Arc<Notify>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let records = Arc::new(Mutex::new(Records::new(scope)));
         let (revision_tx, revision) = watch::channel(0);
         let (ready_tx, ready) = watch::channel(false);
         let task_records = records.clone();
@@ -70,9 +81,12 @@ impl StoreCache {
         tokio::time::timeout(timeout, seen.wait_for(|r| *r >= revision)).await.is_ok_and(|r| r.is_ok())
     }
 
-    /// Agents and instances as they are now.
-    pub fn snapshot(&self, apps: Vec<Arc<App>>, groups: Vec<Arc<AppGroup>>) -> Snapshot {
+    /// The scope's state as it is now: `apps` and `groups` are every App and AppGroup,
+    /// `namespaces` tells each namespace's scope.
+    pub fn snapshot(&self, apps: Vec<Arc<App>>, groups: Vec<Arc<AppGroup>>, namespaces: &Scopes) -> Snapshot {
         let records = self.records.lock().expect("cache lock");
+        let scope = records.scope.clone();
+        let ours = |namespace: Option<&str>| namespaces.of(namespace.unwrap_or_default()) == &scope;
         // In the store's key order, by agent: what each agent holds is gathered on the way.
         let by_agent: Vec<InstanceState> = records
             .instances
@@ -83,7 +97,9 @@ impl StoreCache {
             })
             .collect();
         let held = held_in_agent_order(&by_agent);
-        let instances = by_agent.into_iter().map(|i| (i.record.id.clone(), i)).collect();
+        let (own, foreign): (Vec<InstanceState>, Vec<InstanceState>) =
+            by_agent.into_iter().partition(|i| i.record.scope == scope);
+        let instances = own.into_iter().map(|i| (i.record.id.clone(), i)).collect();
         let agents = records.agents.iter().map(|(name, (agent, _))| (name.clone(), agent.clone())).collect();
         let unreachable = records
             .markers
@@ -91,15 +107,46 @@ impl StoreCache {
             .map(|(agent, (marker, revision))| (agent.clone(), Marker { since: marker.since, revision: *revision }))
             .collect();
         Snapshot {
-            apps,
-            groups,
+            apps: apps.into_iter().filter(|a| ours(a.metadata.namespace.as_deref())).collect(),
+            groups: groups.into_iter().filter(|g| ours(g.metadata.namespace.as_deref())).collect(),
             agents,
             instances,
+            foreign,
             unreachable,
-            backoffs: records.backoffs.clone(),
-            kill_requests: records.kill_requests.clone(),
+            backoffs: records.backoffs.iter().filter(|((ns, _), _)| ours(Some(ns))).map(clone_entry).collect(),
+            kill_requests: records
+                .kill_requests
+                .iter()
+                .filter(|((ns, _), _)| ours(Some(ns)))
+                .map(clone_entry)
+                .collect(),
             held: Some(Arc::new(held)),
+            scope,
         }
+    }
+}
+
+fn clone_entry<K: Clone, V: Clone>((key, value): (&K, &V)) -> (K, V) {
+    (key.clone(), value.clone())
+}
+
+impl Records {
+    fn new(scope: Scope) -> Self {
+        Records {
+            scope,
+            agents: BTreeMap::new(),
+            instances: BTreeMap::new(),
+            statuses: BTreeMap::new(),
+            markers: BTreeMap::new(),
+            backoffs: BTreeMap::new(),
+            kill_requests: BTreeMap::new(),
+        }
+    }
+
+    /// Whether the cache keeps this instance: the platform keeps every scope's (it places
+    /// around them); another scope only its own.
+    fn keeps(&self, record: &InstanceRecord) -> bool {
+        self.scope.places() || record.scope == self.scope
     }
 }
 
@@ -135,7 +182,7 @@ async fn load_and_watch(
     let markers = store.range(&keys.unreachable_agents()).await?;
     let apps = store.range(&keys.apps()).await?;
     let kills = store.range(&keys.kill_requests()).await?;
-    let mut fresh = Records::default();
+    let mut fresh = Records::new(records.lock().expect("cache lock").scope.clone());
     for kvs in [&agents.kvs, &instances.kvs, &statuses.kvs, &markers.kvs, &apps.kvs, &kills.kvs] {
         for kv in kvs {
             apply_put(&mut fresh, keys, kv);
@@ -202,12 +249,19 @@ fn apply_put(records: &mut Records, keys: &Keyspace, kv: &KeyValue) {
             upsert(&mut records.agents, name.to_string(), agent, kv.mod_revision);
         }
     } else if let Some((agent, id)) = keys.parse_instance_key(&kv.key) {
-        if let Some(record) = parse(kv) {
+        if let Some(record) = parse::<InstanceRecord>(kv)
+            && records.keeps(&record)
+        {
             upsert(&mut records.instances, (agent.to_string(), id.to_string()), record, kv.mod_revision);
         }
     } else if let Some((agent, id)) = keys.parse_status_key(&kv.key) {
-        if let Some(status) = parse(kv) {
-            upsert(&mut records.statuses, (agent.to_string(), id.to_string()), status, kv.mod_revision);
+        let slot = (agent.to_string(), id.to_string());
+        // Statuses of instances the cache keeps (an instance's record is written before its
+        // agent reports on it).
+        if let Some(status) = parse(kv)
+            && records.instances.contains_key(&slot)
+        {
+            upsert(&mut records.statuses, slot, status, kv.mod_revision);
         }
     } else if let Some(agent) = keys.parse_unreachable_key(&kv.key) {
         if let Some(marker) = parse(kv) {
@@ -255,6 +309,31 @@ pub struct ObjectCache<K: kube::Resource<DynamicType = ()> + 'static> {
 pub type AppCache = ObjectCache<App>;
 /// Every AppGroup.
 pub type GroupCache = ObjectCache<AppGroup>;
+/// Every Namespace: their labels tell their scopes.
+pub type NamespaceCache = ObjectCache<Namespace>;
+
+/// Each namespace's scope, for one tick.
+pub struct Scopes(BTreeMap<String, Scope>);
+
+impl Scopes {
+    /// `namespace`'s scope. One not known (yet) is the platform's, as an unlabelled one is.
+    pub fn of(&self, namespace: &str) -> &Scope {
+        static PLATFORM: Scope = Scope::Platform;
+        self.0.get(namespace).unwrap_or(&PLATFORM)
+    }
+}
+
+impl NamespaceCache {
+    /// Every namespace's scope, as the labels are now.
+    pub fn scopes(&self) -> Scopes {
+        let namespaces = self.reader.state();
+        let scopes = namespaces.iter().filter_map(|ns| {
+            let name = ns.metadata.name.clone()?;
+            Some((name, Scope::of_namespace(ns.metadata.labels.as_ref())))
+        });
+        Scopes(scopes.collect())
+    }
+}
 
 impl<K> ObjectCache<K>
 where

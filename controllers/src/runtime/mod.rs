@@ -20,6 +20,7 @@ use jiff::Timestamp;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use baton_api::Scope;
 use baton_store::election::{self, Leadership};
 use baton_store::{Keyspace, Store};
 
@@ -30,7 +31,7 @@ pub mod events;
 pub mod executor;
 pub mod metrics;
 
-use cache::{AppCache, GroupCache, StoreCache};
+use cache::{AppCache, GroupCache, NamespaceCache, StoreCache};
 use executor::Executor;
 use metrics::{Metrics, ReasonLabel};
 
@@ -40,8 +41,9 @@ pub struct ControllerConfig {
     /// Names this controller in the election key (e.g. `hostname:pid`).
     pub id: String,
     pub keys: Keyspace,
-    /// Election scope: `platform`, or `tenant/<name>`.
-    pub scope: String,
+    /// The scope this controller owns (`platform`, or `tenant/<name>`): it elects a leader
+    /// of its own and plans only that scope's apps and instances.
+    pub scope: Scope,
     /// How long leadership outlives a controller that stopped renewing it.
     pub election_ttl: Duration,
     /// Plan at least this often even when nothing changed.
@@ -57,7 +59,7 @@ impl ControllerConfig {
         Self {
             id: id.into(),
             keys,
-            scope: "platform".into(),
+            scope: Scope::Platform,
             election_ttl: Duration::from_secs(10),
             resync: Duration::from_secs(10),
             debounce: Duration::from_millis(20),
@@ -76,21 +78,26 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let changed = Arc::new(Notify::new());
-    let records = StoreCache::start(store.clone(), config.keys.clone(), changed.clone(), shutdown.clone());
+    let records =
+        StoreCache::start(store.clone(), config.keys.clone(), config.scope.clone(), changed.clone(), shutdown.clone());
     let apps = AppCache::start(client.clone(), changed.clone(), shutdown.clone());
     let groups = GroupCache::start(client.clone(), changed.clone(), shutdown.clone());
+    let namespaces = NamespaceCache::start(client.clone(), changed.clone(), shutdown.clone());
     let recorder = events::Recorder::start(client.clone(), config.id.clone(), shutdown.clone());
     {
-        let (records, apps, groups, metrics) = (records.clone(), apps.clone(), groups.clone(), metrics.clone());
+        let caches = (records.clone(), apps.clone(), groups.clone(), namespaces.clone());
+        let metrics = metrics.clone();
         tokio::spawn(async move {
+            let (records, apps, groups, namespaces) = caches;
             records.ready().await;
             apps.ready().await;
             groups.ready().await;
+            namespaces.ready().await;
             metrics.ready.set(1);
         });
     }
     let executor = Executor::new(store.clone(), config.keys.clone(), client);
-    let leader_key = config.keys.leader(&config.scope);
+    let leader_key = config.keys.leader(&config.scope.to_string());
     while !shutdown.is_cancelled() {
         let campaign = election::campaign(store.clone(), &leader_key, &config.id, config.election_ttl);
         let leadership = tokio::select! {
@@ -104,13 +111,14 @@ pub async fn run(
             },
             _ = shutdown.cancelled() => return,
         };
-        tracing::info!(id = config.id, term = leadership.term(), scope = config.scope, "leading");
+        tracing::info!(id = config.id, term = leadership.term(), scope = %config.scope, "leading");
         metrics.leader.set(1);
         metrics.terms.inc();
         let loop_parts = Loop {
             records: &records,
             apps: &apps,
             groups: &groups,
+            namespaces: &namespaces,
             executor: &executor,
             recorder: &recorder,
             config: &config,
@@ -134,6 +142,7 @@ struct Loop<'a> {
     records: &'a StoreCache,
     apps: &'a AppCache,
     groups: &'a GroupCache,
+    namespaces: &'a NamespaceCache,
     executor: &'a Executor,
     recorder: &'a events::Recorder,
     config: &'a ControllerConfig,
@@ -143,9 +152,9 @@ struct Loop<'a> {
 
 impl Loop<'_> {
     async fn lead(&self, leadership: &Leadership, shutdown: &CancellationToken) {
-        let Loop { records, apps, groups, executor, recorder, config, changed, metrics } = self;
+        let Loop { records, apps, groups, namespaces, executor, recorder, config, changed, metrics } = self;
         tokio::select! {
-            _ = async { records.ready().await; apps.ready().await; groups.ready().await } => {}
+            _ = async { records.ready().await; apps.ready().await; groups.ready().await; namespaces.ready().await } => {}
             _ = shutdown.cancelled() => return,
             _ = leadership.lost() => return,
         }
@@ -163,7 +172,7 @@ impl Loop<'_> {
                     _ = shutdown.cancelled() => return,
                 }
             }
-            let snapshot = records.snapshot(apps.objects(), groups.objects());
+            let snapshot = records.snapshot(apps.objects(), groups.objects(), &namespaces.scopes());
             let now = Timestamp::now();
             let started = std::time::Instant::now();
             let ctx = PlanContext { now, seed: rand::random(), retention: config.retention };

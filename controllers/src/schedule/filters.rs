@@ -1,17 +1,16 @@
-//! Feasibility filters: can this agent take this instance at all? Each returns the
-//! [`Reason`] it rejects with, or `None`; they run cheapest first. Constraints run in their
-//! compiled form ([`super::compiled`]); [`holds`] is their reference semantics.
+//! Feasibility filters: can this agent take this instance at all? Each has a name and the
+//! one [`Reason`] it rejects with; [`FILTERS`] lists them in the order they run, and the
+//! first that rejects ends the checks for that agent. Constraints run in their compiled form
+//! ([`super::compiled`]); [`holds`] is their reference semantics.
 
 use std::collections::HashMap;
 
 use baton_api::constraints::{Constraint, Field, Operator, Value};
-use baton_api::resources::ResourceKind;
 
 use super::compiled::{self, FieldIndex};
 use super::{AgentSlot, AppState, PortAsk, Request};
 
-/// Why an agent cannot take an instance. [`Reason::describe`] is what users read in the
-/// app's status: "3 agents: insufficient mem", "2 agents: constraint hostname UNIQUE".
+/// Why an agent cannot take an instance: the constant reason of the filter that rejected it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Reason {
     InsufficientCpus,
@@ -19,27 +18,81 @@ pub enum Reason {
     InsufficientDisk,
     InsufficientGpus,
     /// A fixed host port (`requirePorts`) is outside the agent's ranges or taken.
-    PortNotFree(u16),
+    PortNotFree,
     NotEnoughFreePorts,
-    /// The request's constraint at this index.
-    Constraint(usize),
+    /// One of the request's constraints does not hold.
+    Constraint,
 }
 
-impl Reason {
+/// One agent's rejection: the reason, and which port or constraint it names.
+/// [`Rejection::describe`] is what users read in the app's status: "3 agents: insufficient
+/// mem", "2 agents: constraint hostname UNIQUE", "1 agent: port 8080 not free".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Rejection {
+    pub reason: Reason,
+    /// The port ([`Reason::PortNotFree`]) or the constraint's index ([`Reason::Constraint`]);
+    /// 0 for the other reasons.
+    pub detail: u32,
+}
+
+impl Rejection {
     pub fn describe(self, constraints: &[Constraint]) -> String {
-        match self {
+        match self.reason {
             Reason::InsufficientCpus => "insufficient cpus".into(),
             Reason::InsufficientMem => "insufficient mem".into(),
             Reason::InsufficientDisk => "insufficient disk".into(),
             Reason::InsufficientGpus => "insufficient gpus".into(),
-            Reason::PortNotFree(port) => format!("port {port} not free"),
+            Reason::PortNotFree => format!("port {} not free", self.detail),
             Reason::NotEnoughFreePorts => "not enough free ports".into(),
-            Reason::Constraint(i) => match constraints.get(i) {
+            Reason::Constraint => match constraints.get(self.detail as usize) {
                 Some(c) => format!("constraint {c}"),
                 None => "a constraint".into(),
             },
         }
     }
+}
+
+/// What a filter or a scorer looks at: one agent (the `index`-th, in name order) for one
+/// request of one app.
+pub struct Candidate<'c> {
+    pub index: usize,
+    pub agent: &'c AgentSlot<'c>,
+    pub request: &'c Request<'c>,
+    pub app: &'c AppState,
+    pub fields: &'c [FieldIndex],
+}
+
+/// A feasibility check.
+pub struct Filter {
+    /// Names the filter in docs and tests: `cpus`, `fixed-ports`, `constraints`, ….
+    pub name: &'static str,
+    /// The reason every rejection by this filter gives.
+    pub reason: Reason,
+    /// `None` when the agent passes; else which port or constraint fails (0 when the filter
+    /// checks one thing).
+    pub rejects: fn(&Candidate<'_>) -> Option<u32>,
+}
+
+/// Every filter, in the order they run: cheapest and most often decisive first, since the
+/// first rejection ends an agent's checks and is the reason its app's status reports.
+pub const FILTERS: [Filter; 7] = [
+    // Room first: one comparison each, and in a busy cluster most agents are rejected for
+    // lack of room. Cpus, mem, disk, gpus: the order in which a shortfall is named.
+    Filter { name: "cpus", reason: Reason::InsufficientCpus, rejects: |c| short(c, |r| r.millicpus) },
+    Filter { name: "mem", reason: Reason::InsufficientMem, rejects: |c| short(c, |r| r.mem_mib) },
+    Filter { name: "disk", reason: Reason::InsufficientDisk, rejects: |c| short(c, |r| r.disk_mib) },
+    Filter { name: "gpus", reason: Reason::InsufficientGpus, rejects: |c| short(c, |r| r.gpus) },
+    // Ports next: a fixed port looks up the agent's ranges and used ports, rare and cheap;
+    // then the count of free ports for the dynamic ones, one comparison.
+    Filter { name: "fixed-ports", reason: Reason::PortNotFree, rejects: fixed_ports },
+    Filter { name: "free-ports", reason: Reason::NotEnoughFreePorts, rejects: free_ports },
+    // Constraints last: they read the app's instances per value, and most apps have none.
+    Filter { name: "constraints", reason: Reason::Constraint, rejects: constraints },
+];
+
+/// Runs the filters on one candidate; the first that rejects says why.
+pub fn check(candidate: &Candidate<'_>) -> Option<Rejection> {
+    FILTERS.iter().find_map(|f| (f.rejects)(candidate).map(|detail| Rejection { reason: f.reason, detail }))
 }
 
 /// The value of `field` on an agent: its name for `hostname`, else the attribute.
@@ -50,47 +103,34 @@ pub fn value_of<'a>(agent: &'a AgentSlot<'_>, field: &Field) -> Option<&'a str> 
     }
 }
 
-/// Runs every filter on agent `i`; the first that rejects says why.
-pub fn check(
-    i: usize,
-    agent: &AgentSlot<'_>,
-    request: &Request<'_>,
-    app: &AppState,
-    fields: &[FieldIndex],
-) -> Option<Reason> {
-    resources(agent, request).or_else(|| ports(agent, request)).or_else(|| constraints(i, app, fields))
+/// The request asks for more of one resource than is not allocated on the agent.
+fn short(c: &Candidate<'_>, amount: fn(&baton_api::ResourceAmounts) -> u64) -> Option<u32> {
+    (amount(&c.request.resources) > amount(&c.agent.free)).then_some(0)
 }
 
-/// The instance's cpus, mem, disk and gpus fit into what is not allocated on the agent.
-fn resources(agent: &AgentSlot<'_>, request: &Request<'_>) -> Option<Reason> {
-    agent.free.first_shortfall(request.resources).map(|kind| match kind {
-        ResourceKind::Cpus => Reason::InsufficientCpus,
-        ResourceKind::Mem => Reason::InsufficientMem,
-        ResourceKind::Disk => Reason::InsufficientDisk,
-        ResourceKind::Gpus => Reason::InsufficientGpus,
+/// A fixed port (`requirePorts`) the agent does not offer or that is taken: the port.
+fn fixed_ports(c: &Candidate<'_>) -> Option<u32> {
+    c.request.ports.iter().find_map(|ask| match ask {
+        PortAsk::Fixed(port) => {
+            let offered = c.agent.record.ports.iter().any(|r| r.contains(*port));
+            (!offered || c.agent.used_ports.contains(port)).then_some(u32::from(*port))
+        }
+        PortAsk::Dynamic => None,
     })
 }
 
-/// Fixed ports are in the agent's ranges and free; enough free ports remain for the
-/// dynamic ones.
-fn ports(agent: &AgentSlot<'_>, request: &Request<'_>) -> Option<Reason> {
-    for ask in request.ports {
-        if let PortAsk::Fixed(port) = ask {
-            let offered = agent.record.ports.iter().any(|r| r.contains(*port));
-            if !offered || agent.used_ports.contains(port) {
-                return Some(Reason::PortNotFree(*port));
-            }
-        }
-    }
-    (agent.free_ports < request.ports.len()).then_some(Reason::NotEnoughFreePorts)
+/// Fewer free ports in the agent's ranges than the request asks for.
+fn free_ports(c: &Candidate<'_>) -> Option<u32> {
+    (c.agent.free_ports < c.request.ports.len()).then_some(0)
 }
 
-/// Every placement constraint holds for agent `i`, with Marathon's semantics (compiled;
-/// see [`holds`] for the reference).
-fn constraints(i: usize, app: &AppState, fields: &[FieldIndex]) -> Option<Reason> {
-    app.compiled.iter().enumerate().find_map(|(n, c)| {
-        let value = fields[app.field_ids[c.field]].value_of[i];
-        (!compiled::holds(c, value, &app.counts[c.field])).then_some(Reason::Constraint(n))
+/// A placement constraint that does not hold, with Marathon's semantics (compiled; see
+/// [`holds`] for the reference): its index.
+fn constraints(c: &Candidate<'_>) -> Option<u32> {
+    let app = c.app;
+    app.compiled.iter().enumerate().find_map(|(n, compiled)| {
+        let value = c.fields[app.field_ids[compiled.field]].value_of[c.index];
+        (!compiled::holds(compiled, value, &app.counts[compiled.field])).then_some(n as u32)
     })
 }
 

@@ -1,17 +1,19 @@
 //! Placement: which agent runs a new instance, and on which host ports.
 //!
-//! A pipeline, built here in one place:
-//! 1. **candidates**: for most apps, agents in best-fit order of the request's dominant
-//!    resource (the tightest agent with room first), taken from an index that skips agents
-//!    too small in that resource outright; for an app that spreads (`GROUP_BY`, `MAX_PER`)
-//!    on one field, the agents of the values with the fewest of its instances first; with
-//!    several spreading constraints, every agent;
-//! 2. **filters** ([`filters`]) drop candidates that cannot take the instance — resources,
-//!    ports, constraints — each with a constant [`Reason`];
-//! 3. **scorers** ([`scorers`]) rank the first [`CANDIDATES`] that pass: bin-packing on
-//!    the dominant resource (with several spreading constraints: all agents, spread first);
-//! 4. **select** takes the best and reserves what it takes, so later placements in the same
-//!    plan see it (two instances of a UNIQUE app never land together in one tick).
+//! A pipeline of named parts, run for each instance:
+//! 1. **candidates** ([`Placer::place`]): for most apps, agents in best-fit order of the
+//!    request's dominant resource (the tightest agent with room first), taken from an index
+//!    that skips agents too small in that resource outright, the first [`CANDIDATES`] that
+//!    pass scored; for an app that spreads (`GROUP_BY`, `MAX_PER`) on one field, the same,
+//!    over the agents of the values with the fewest of its instances first; with several
+//!    spreading constraints, every agent;
+//! 2. **filters** ([`filters::FILTERS`]) drop candidates that cannot take the instance —
+//!    resources, ports, constraints — each with its name and constant [`Reason`];
+//! 3. **scorers** ([`scorers::SCORERS`]) rank those that pass: spread, then bin-packing on
+//!    the dominant resource;
+//! 4. **select** ([`Placer::select`], the one selection loop) keeps the best, and the placer
+//!    reserves what it takes, so later placements in the same plan see it (two instances of a
+//!    UNIQUE app never land together in one tick).
 //!
 //! Only when nothing fits is every agent filtered, to count the rejections per reason that
 //! the app's status reports. Constraints are compiled per app against per-field value ids
@@ -23,7 +25,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use baton_api::constraints::{Constraint, Field};
-use baton_api::{AgentRecord, ResourceAmounts};
+use baton_api::{AgentRecord, ResourceAmounts, Scope};
 
 use std::sync::Arc;
 
@@ -34,7 +36,7 @@ pub mod filters;
 pub mod scorers;
 
 use compiled::{Check, Compiled, FieldCounts, FieldIndex};
-pub use filters::Reason;
+pub use filters::{Candidate, Reason, Rejection};
 
 /// How many feasible agents are scored per placement, in best-fit order: the index already
 /// orders them by fit in one resource; scoring a few more finds the best fit across all.
@@ -52,6 +54,9 @@ pub enum PortAsk {
 /// What one instance needs.
 #[derive(Debug, Clone)]
 pub struct Request<'a> {
+    /// The scope whose app asks: what the instance is placed for (where quotas and fair
+    /// shares will be counted).
+    pub scope: &'a Scope,
     /// The app's uid: constraints count the instances of the same app.
     pub app_uid: &'a str,
     pub resources: ResourceAmounts,
@@ -73,7 +78,7 @@ pub struct Placement {
 /// Why no agent fits: how many agents were rejected for each reason.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Rejections {
-    pub by_reason: BTreeMap<Reason, usize>,
+    pub by_reason: BTreeMap<Rejection, usize>,
     /// Agents considered (0: none is registered).
     pub agents: usize,
 }
@@ -323,9 +328,15 @@ impl<'a> Placer<'a> {
             .map(|c| c.field)
             .collect();
         let chosen = match spreading.as_slice() {
-            [] => self.best_fit(request, &app, |_| true),
-            [field] => self.best_spread(request, &app, *field),
-            _ => self.best_of_all(request, &app),
+            [] => self.select(request, &app, self.best_fit_order(request), CANDIDATES),
+            [field] => self.spread_levels(&app, *field).into_iter().find_map(|level| {
+                let values = &self.fields[app.field_ids[*field]].value_of;
+                let counts = &app.counts[*field];
+                let at_level =
+                    self.best_fit_order(request).filter(|i| values[*i].is_some_and(|v| counts.of(v) == level));
+                self.select(request, &app, at_level, CANDIDATES)
+            }),
+            _ => self.select(request, &app, 0..self.agents.len(), usize::MAX),
         };
         let fit = match chosen {
             Some(i) => Fit::Placed(self.reserve(i, request, &mut app)),
@@ -333,6 +344,63 @@ impl<'a> Placer<'a> {
         };
         self.apps.insert(request.app_uid.to_string(), app);
         fit
+    }
+
+    /// Candidates: the agents in best-fit order of the request's dominant resource, from
+    /// the index of that resource, starting at the first with enough of it.
+    fn best_fit_order(&self, request: &Request<'_>) -> impl Iterator<Item = usize> + '_ {
+        let ask = request.resources;
+        let (index, amount) = if ask.gpus > 0 {
+            (&self.by_gpus, ask.gpus)
+        } else if u128::from(ask.millicpus) * u128::from(self.mean.mem_mib.max(1))
+            >= u128::from(ask.mem_mib) * u128::from(self.mean.millicpus.max(1))
+        {
+            (&self.by_cpus, ask.millicpus)
+        } else {
+            (&self.by_mem, ask.mem_mib)
+        };
+        index.range((amount, 0)..).map(|&(_, i)| i)
+    }
+
+    /// For an app that spreads on its field `field`: the instance counts its values have,
+    /// fewest first (the values to fill first).
+    fn spread_levels(&self, app: &AppState, field: usize) -> Vec<usize> {
+        let mut levels = app.counts[field].per_value.clone();
+        levels.sort_unstable();
+        levels.dedup();
+        levels
+    }
+
+    /// The one selection loop: of `candidates`, in order, the best by [`scorers::SCORERS`]
+    /// among the first `enough` that pass every filter (ties: the agent first in name order).
+    fn select(
+        &self,
+        request: &Request<'_>,
+        app: &AppState,
+        candidates: impl Iterator<Item = usize>,
+        enough: usize,
+    ) -> Option<usize> {
+        let mut best: Option<(scorers::Score, usize)> = None;
+        let mut found = 0;
+        for index in candidates {
+            let candidate = self.candidate(index, request, app);
+            if filters::check(&candidate).is_some() {
+                continue;
+            }
+            let score = scorers::score(&candidate);
+            if best.is_none_or(|(s, j)| score > s || (score == s && index < j)) {
+                best = Some((score, index));
+            }
+            found += 1;
+            if found == enough {
+                break;
+            }
+        }
+        best.map(|(_, i)| i)
+    }
+
+    fn candidate<'c>(&'c self, index: usize, request: &'c Request<'c>, app: &'c AppState) -> Candidate<'c> {
+        Candidate { index, agent: &self.agents[index], request, app, fields: &self.fields }
     }
 
     /// The id of `field`'s index, made if needed.
@@ -386,77 +454,12 @@ impl<'a> Placer<'a> {
         app
     }
 
-    /// The best of the first [`CANDIDATES`] feasible agents that `keep` accepts, in best-fit
-    /// order of the request's dominant resource.
-    fn best_fit(&self, request: &Request<'_>, app: &AppState, keep: impl Fn(usize) -> bool) -> Option<usize> {
-        let ask = request.resources;
-        let (index, amount) = if ask.gpus > 0 {
-            (&self.by_gpus, ask.gpus)
-        } else if u128::from(ask.millicpus) * u128::from(self.mean.mem_mib.max(1))
-            >= u128::from(ask.mem_mib) * u128::from(self.mean.millicpus.max(1))
-        {
-            (&self.by_cpus, ask.millicpus)
-        } else {
-            (&self.by_mem, ask.mem_mib)
-        };
-        let mut best: Option<(u64, usize)> = None;
-        let mut found = 0;
-        for &(_, i) in index.range((amount, 0)..) {
-            if !keep(i) {
-                continue;
-            }
-            let agent = &self.agents[i];
-            if filters::check(i, agent, request, app, &self.fields).is_some() {
-                continue;
-            }
-            let score = scorers::binpack(agent, request);
-            if best.is_none_or(|(s, j)| score > s || (score == s && i < j)) {
-                best = Some((score, i));
-            }
-            found += 1;
-            if found == CANDIDATES {
-                break;
-            }
-        }
-        best.map(|(_, i)| i)
-    }
-
-    /// For an app with one spreading constraint (on its field `field`): the values with the
-    /// fewest of its instances first; among their agents, best-fit as for any app.
-    fn best_spread(&self, request: &Request<'_>, app: &AppState, field: usize) -> Option<usize> {
-        let values = &self.fields[app.field_ids[field]].value_of;
-        let counts = &app.counts[field];
-        let mut levels = counts.per_value.clone();
-        levels.sort_unstable();
-        levels.dedup();
-        levels
-            .into_iter()
-            .find_map(|level| self.best_fit(request, app, |i| values[i].is_some_and(|v| counts.of(v) == level)))
-    }
-
-    /// The best feasible agent of all: spread first, then bin-packing (for apps with
-    /// several spreading constraints).
-    fn best_of_all(&self, request: &Request<'_>, app: &AppState) -> Option<usize> {
-        let mut best: Option<((i64, u64), usize)> = None;
-        for (i, agent) in self.agents.iter().enumerate() {
-            if filters::check(i, agent, request, app, &self.fields).is_some() {
-                continue;
-            }
-            let score = (scorers::spread(i, app, &self.fields), scorers::binpack(agent, request));
-            // Agents are in name order: the first of equal scores wins.
-            if best.is_none_or(|(s, _)| score > s) {
-                best = Some((score, i));
-            }
-        }
-        best.map(|(_, i)| i)
-    }
-
     /// Why each agent rejects the request.
     fn rejections(&self, request: &Request<'_>, app: &AppState) -> Rejections {
         let mut rejections = Rejections { agents: self.agents.len(), ..Rejections::default() };
-        for (i, agent) in self.agents.iter().enumerate() {
-            if let Some(reason) = filters::check(i, agent, request, app, &self.fields) {
-                *rejections.by_reason.entry(reason).or_default() += 1;
+        for index in 0..self.agents.len() {
+            if let Some(rejection) = filters::check(&self.candidate(index, request, app)) {
+                *rejections.by_reason.entry(rejection).or_default() += 1;
             }
         }
         rejections

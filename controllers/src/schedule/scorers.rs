@@ -1,11 +1,36 @@
-//! Scorers: among agents that pass every filter, which is best? Higher is better; ties go
-//! to the agent whose name sorts first, so placement is deterministic. Integer arithmetic
-//! only: the same snapshot scores the same everywhere.
+//! Scorers: among agents that pass every filter, which is best? Each has a name; an agent's
+//! score is the list of [`SCORERS`]' scores, compared in order (the first that differs
+//! decides). Higher is better; ties go to the agent whose name sorts first, so placement is
+//! deterministic. Integer arithmetic only: the same snapshot scores the same everywhere.
 
 use baton_api::ResourceAmounts;
 
 use super::compiled::{Check, FieldIndex};
+use super::filters::Candidate;
 use super::{AgentSlot, AppState, Request};
+
+/// A ranking of feasible agents.
+pub struct Scorer {
+    /// Names the scorer in docs and tests.
+    pub name: &'static str,
+    pub score: fn(&Candidate<'_>) -> i64,
+}
+
+/// Every scorer, most significant first.
+pub const SCORERS: [Scorer; 2] = [
+    // Spread first: an app that spreads (GROUP_BY, MAX_PER) loses more to an uneven spread
+    // than to a loose fit. Every agent scores 0 for an app that does not spread.
+    Scorer { name: "spread", score: |c| spread(c.index, c.app, c.fields) },
+    // Then bin-packing on the dominant resource.
+    Scorer { name: "binpack", score: |c| binpack(c.agent, c.request) as i64 },
+];
+
+/// An agent's scores, in the order of [`SCORERS`].
+pub type Score = [i64; SCORERS.len()];
+
+pub fn score(candidate: &Candidate<'_>) -> Score {
+    SCORERS.each_ref().map(|s| (s.score)(candidate))
+}
 
 /// Shares are in millionths.
 const SCALE: u64 = 1_000_000;

@@ -13,6 +13,7 @@ use crate::testing::{agent, app, instance, now, snapshot};
 
 fn request<'a>(app: &'a App, asks: &'a [PortAsk], constraints: &'a [Constraint]) -> Request<'a> {
     Request {
+        scope: &baton_api::Scope::Platform,
         app_uid: app.metadata.uid.as_deref().unwrap(),
         resources: app.spec.resources.amounts(),
         ports: asks,

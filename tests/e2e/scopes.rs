@@ -1,0 +1,170 @@
+//! Two controllers of two scopes on one store, with real processes on etcd: the platform's,
+//! and a tenant's that owns the namespace labelled `baton.dev/tenant=team-a`. Neither stops,
+//! rewrites or counts the other's instances; the platform places around the tenant's.
+//!
+//! Only the platform binds instances to agents; the tenant's launch demand reaching it comes
+//! with tenants (docs/contributors/planner.md). Here the tenant's instances are written into the
+//! store as the platform will write them for it, and real agents run them.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton_api::records::Command;
+use baton_api::{App, AppRef, Goal, InstanceRecord, Phase, ResourceAmounts, Scope};
+use baton_e2e::{Cluster, ClusterOptions};
+use baton_store::{Keyspace, Store, StoreExt};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(60);
+const TENANT: &str = "tenant/team-a";
+
+fn baton_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_baton"))
+}
+
+fn app(name: &str, namespace: &str, instances: u32, cpus: f64) -> String {
+    format!(
+        "apiVersion: baton.dev/v1alpha1\nkind: App\nmetadata:\n  name: {name}\n  namespace: {namespace}\nspec:\n  \
+         instances: {instances}\n  cmd: sleep 3600\n  resources: {{cpus: {cpus}, mem: 1}}\n"
+    )
+}
+
+fn get_app(cluster: &Cluster, name: &str, namespace: &str) -> Value {
+    cluster.kubectl.json(&["get", "app", name, "-n", namespace]).unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()))
+}
+
+fn condition(app: &Value, kind: &str) -> Option<Value> {
+    app["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == kind).cloned()
+}
+
+/// Records of `app` wanted running whose processes run, when there are exactly `n`.
+fn running(cluster: &Cluster, app: &str, n: usize) -> Option<Vec<InstanceRecord>> {
+    let statuses = cluster.statuses();
+    let records: Vec<InstanceRecord> =
+        cluster.records().into_values().filter(|r| r.app.name == app && r.goal == Goal::Running).collect();
+    let all_run = records.iter().all(|r| statuses.get(&r.id).is_some_and(|s| s.phase == Phase::Running));
+    (records.len() == n && all_run).then_some(records)
+}
+
+/// An instance of the tenant's app, as the platform will write it for the tenant.
+fn tenant_instance(app: &App, n: u32) -> InstanceRecord {
+    InstanceRecord {
+        id: format!("api-tenant{n}"),
+        app: AppRef { namespace: "team-a".into(), name: "api".into(), uid: app.metadata.uid.clone().expect("a uid") },
+        scope: TENANT.parse().expect("a scope"),
+        agent: "a1".into(),
+        host: "127.0.0.1".into(),
+        version: app.version(),
+        created_at: jiff::Timestamp::now(),
+        goal: Goal::Running,
+        stop_reason: None,
+        replaces: None,
+        holds_slot: false,
+        end_noted: false,
+        command: Command::Shell("sleep 3600".into()),
+        env: Default::default(),
+        labels: Default::default(),
+        resources: ResourceAmounts { millicpus: 1750, mem_mib: 1, disk_mib: 0, gpus: 0 },
+        ports: Vec::new(),
+        kill_grace_seconds: 2,
+        health_checks: Vec::new(),
+        readiness_checks: Vec::new(),
+        term: 0,
+    }
+}
+
+/// The term (election key's create revision) of `scope`'s leader.
+fn term_of(store: &Arc<dyn Store>, cluster: &Cluster, scope: &str) -> i64 {
+    let key = Keyspace::default().leader(scope);
+    cluster.block_on(store.get(&key)).expect("reading the leader key").expect("a leader").create_revision
+}
+
+#[test]
+fn two_scopes_on_one_store_leave_each_other_alone() {
+    let options = ClusterOptions { controllers: 1, ..ClusterOptions::default() };
+    let mut cluster = Cluster::start(&baton_binary(), options);
+    cluster
+        .apply("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: team-a\n  labels:\n    baton.dev/tenant: team-a\n");
+    cluster.add_controller("t1", &["--scope", TENANT]);
+    cluster.wait_for("the tenant's controller to lead its scope", WAIT, |c| c.leader_of(TENANT));
+
+    // The tenant's app: its controller plans it, and leaves placement to the platform.
+    cluster.apply(&app("api", "team-a", 2, 1.75));
+    let pending = cluster.wait_for("the tenant's controller to report its demand", WAIT, |c| {
+        condition(&get_app(c, "api", "team-a"), "Pending").filter(|p| p["status"] == "True")
+    });
+    let message = pending["message"].as_str().unwrap_or_default();
+    assert!(message.contains("the tenant/team-a controller leaves placement to the platform's"), "{pending}");
+
+    // Its instances, placed for it on a1 (3.5 of 4 cpus), run.
+    let api: App = serde_json::from_value(get_app(&cluster, "api", "team-a")).expect("an App");
+    let store = cluster.store().clone();
+    for n in 0..2 {
+        let record = tenant_instance(&api, n);
+        let key = Keyspace::default().instance(&record.agent, &record.id);
+        let value = serde_json::to_string(&record).expect("a record");
+        cluster.block_on(store.put(&key, value.into_bytes())).expect("writing a tenant's instance");
+    }
+    cluster.wait_for("the tenant's instances to run", WAIT, |c| running(c, "api", 2));
+    cluster.wait_for("the tenant's controller to count them", WAIT, |c| {
+        let status = get_app(c, "api", "team-a")["status"].clone();
+        (status["running"] == 2 && status["instances"] == 2).then_some(())
+    });
+
+    // The platform's app: placed around the tenant's instances, counted on its own.
+    cluster.apply(&app("web", "default", 4, 1.0));
+    let web = cluster.wait_for("the platform's 4 instances to run", WAIT, |c| running(c, "web", 4));
+    assert!(web.iter().all(|r| r.agent == "a2" && r.scope == Scope::Platform), "a1 is taken: {web:?}");
+    cluster.wait_for("the platform to count its own", WAIT, |c| {
+        let status = c.app("web")["status"].clone();
+        (status["running"] == 4 && status["instances"] == 4).then_some(())
+    });
+    let api_status = get_app(&cluster, "api", "team-a")["status"].clone();
+    assert_eq!((api_status["running"].as_i64(), api_status["instances"].as_i64()), (Some(2), Some(2)));
+
+    // Deleting the platform's app stops its instances only.
+    cluster.kubectl_ok(&["delete", "app", "web", "--wait=true"]);
+    cluster.wait_for("web's records to go", WAIT, |c| c.records().values().all(|r| r.app.name != "web").then_some(()));
+    assert!(running(&cluster, "api", 2).is_some(), "the tenant's instances still run: {:?}", cluster.records());
+
+    // The tenant's controller stops its own.
+    cluster.kubectl_ok(&["delete", "app", "api", "-n", "team-a", "--wait=true"]);
+    cluster.wait_for("api's records to go", WAIT, |c| c.records().values().all(|r| r.app.name != "api").then_some(()));
+
+    // Who wrote what: each scope's records only by its own leader.
+    let platform = term_of(&store, &cluster, "platform");
+    let tenant = term_of(&store, &cluster, TENANT);
+    assert_ne!(platform, tenant);
+    let history = cluster.history();
+    for write in &history {
+        let record = write.after.as_ref().or(write.before.as_ref()).expect("a record");
+        match record.app.name.as_str() {
+            "api" => {
+                assert_eq!(record.scope.to_string(), TENANT, "{write:?}");
+                if let Some(after) = &write.after
+                    && !write.is_creation()
+                {
+                    assert_eq!(after.term, tenant, "only the tenant's leader rewrites its instances: {write:?}");
+                }
+                if write.is_creation() {
+                    assert_eq!(record.term, 0, "nothing but the test created the tenant's instances: {write:?}");
+                }
+            }
+            "web" => {
+                if let Some(after) = &write.after {
+                    assert_eq!(after.term, platform, "{write:?}");
+                }
+            }
+            other => panic!("an instance of an unexpected app {other}: {write:?}"),
+        }
+    }
+    let stops: Vec<(&str, Option<&str>)> = history
+        .iter()
+        .filter(|w| w.is_stop())
+        .filter_map(|w| w.after.as_ref())
+        .map(|r| (r.app.name.as_str(), r.stop_reason.as_deref()))
+        .collect();
+    assert_eq!(stops.iter().filter(|(app, _)| *app == "api").count(), 2, "{stops:?}");
+    assert!(stops.iter().all(|(_, reason)| *reason == Some("AppDeleted")), "{stops:?}");
+}
