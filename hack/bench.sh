@@ -4,6 +4,7 @@
 #   hack/bench.sh placement  placements/s: 100,000 instances of mixed apps on 10,000 agents
 #   hack/bench.sh plan       plan time of a steady tick (p50, p99) and of a change, at 100,000 instances
 #   hack/bench.sh api        writes/s and latency of the API server with 200 watchers (needs etcd)
+#   hack/bench.sh status     store writes/min of an agent with 1,000 healthy instances probed every 1 s
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-}" in
@@ -11,8 +12,9 @@ case "${1:-}" in
   placement) cargo bench --locked -p baton-controllers --bench placement ;;
   plan) cargo bench --locked -p baton-controllers --bench plan ;;
   api) cargo bench --locked -p baton --bench api ;;
+  status) cargo bench --locked -p baton-agent --bench status_writes ;;
   *)
-    echo "usage: hack/bench.sh store|placement|plan|api" >&2
+    echo "usage: hack/bench.sh store|placement|plan|api|status" >&2
     exit 2
     ;;
 esac

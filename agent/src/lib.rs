@@ -6,8 +6,9 @@
 //! - Watches `/baton/instances/<name>/` (its own assignments, nothing else) and starts each
 //!   instance in its own sandbox and process group; stops it when its goal becomes
 //!   `Stopped` (SIGTERM, SIGKILL after the grace period) or its record is deleted.
-//! - Writes `/baton/status/<name>/<id>` at every change of phase, in batched transactions;
-//!   only ever under its own name.
+//! - Writes `/baton/status/<name>/<id>` when something the controller decides on changes
+//!   (phase, a health check passing or failing, steadiness, readiness) and otherwise at most
+//!   every `status_refresh`, in batched transactions; only ever under its own name.
 //! - After a restart it re-adopts the processes a previous run started that still run
 //!   (matched by pid and start time) instead of restarting them; those that ended while
 //!   it was away are reported `Lost` (or `Killed`, if they were to be stopped).
@@ -63,6 +64,10 @@ pub struct AgentConfig {
     pub metrics: Arc<metrics::AgentMetrics>,
     /// How instances' output reaches their log files.
     pub logging: process::Logging,
+    /// A status is written at once when something the controller decides on changes (see
+    /// [`StatusRecord::differs_for_decisions`]); probe counters and times alone at most this
+    /// often. Zero: after every probe.
+    pub status_refresh: Duration,
     /// Where to serve the sandboxes (instances' output) to the API server, over TLS; `None`:
     /// not served.
     pub sandbox_listen: Option<std::net::SocketAddr>,
@@ -435,6 +440,7 @@ impl Agent {
             sandbox: process::sandbox_dir(&self.config.work_dir, &record.id),
             record,
             logging: self.config.logging.clone(),
+            refresh: self.config.status_refresh,
         };
         if matches!(start, Start::New) {
             self.config.metrics.started.inc();
@@ -487,6 +493,8 @@ struct Instance {
     sandbox: PathBuf,
     record: InstanceRecord,
     logging: process::Logging,
+    /// Probe results that change no decision are written at most this often.
+    refresh: Duration,
 }
 
 impl Instance {
@@ -540,6 +548,10 @@ impl Instance {
             &self.sandbox,
             process::environment(&self.record, &self.sandbox, &instance_path()),
         );
+        // What the store has: a probe's result is written when it changes what the controller
+        // decides on, or when the last write is `refresh` old.
+        let mut written = status.clone();
+        let mut written_at = tokio::time::Instant::now();
         let (exit, stopped) = loop {
             tokio::select! {
                 exit = handle.wait() => break (exit, false),
@@ -558,7 +570,12 @@ impl Instance {
                         let output = status.health.iter().filter_map(|r| r.last_output.as_deref()).collect::<Vec<_>>();
                         tracing::info!(instance = self.record.id, passing = ?now, ?output, "health changed");
                     }
-                    self.writer.put(self.status_key.clone(), &status);
+                    let decisive = written.differs_for_decisions(&status, &self.record.health_checks);
+                    if decisive || (status != written && written_at.elapsed() >= self.refresh) {
+                        self.writer.put(self.status_key.clone(), &status);
+                        written = status.clone();
+                        written_at = tokio::time::Instant::now();
+                    }
                 }
             }
         };

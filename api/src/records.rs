@@ -390,11 +390,102 @@ impl StatusRecord {
     pub fn is_ready(&self, has_readiness_check: bool) -> bool {
         !has_readiness_check || self.readiness.as_ref().is_some_and(|r| r.passing == Some(true))
     }
+
+    /// Whether the controller could decide differently on `later` (a later status of the
+    /// same instance, whose record has `checks`) than on this one. What its decisions read:
+    /// everything but the check results (phase, pid, times, exit, message, `healthyAt`); of
+    /// each health check whether it passes, passes steadily, is due to be killed (failures
+    /// in a row ≥ `maxConsecutiveFailures`) and has proven itself (passes in a row ≥ the
+    /// same); whether the readiness check passes. The probe counters and times in between
+    /// change none of it: agents write those at most every refresh period.
+    pub fn differs_for_decisions(&self, later: &StatusRecord, checks: &[HealthCheck]) -> bool {
+        let rest = |s: &StatusRecord| StatusRecord { health: Vec::new(), readiness: None, ..s.clone() };
+        let facts = |s: &StatusRecord| -> Vec<(Option<bool>, bool, bool, bool)> {
+            checks
+                .iter()
+                .zip(&s.health)
+                .map(|(check, result)| {
+                    let limit = check.kill_after();
+                    (
+                        result.passing,
+                        result.is_steady(check),
+                        limit.is_some_and(|n| result.consecutive_failures >= n),
+                        result.consecutive_successes >= limit.unwrap_or(1),
+                    )
+                })
+                .collect()
+        };
+        let ready = |s: &StatusRecord| s.readiness.as_ref().map(|r| r.passing);
+        rest(self) != rest(later)
+            || self.health.len() != later.health.len()
+            || facts(self) != facts(later)
+            || ready(self) != ready(later)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_what_decisions_read_makes_a_status_differ() {
+        let check: HealthCheck = serde_json::from_value(serde_json::json!({"maxConsecutiveFailures": 3})).unwrap();
+        let checks = [check];
+        let mut before = StatusRecord::new(Phase::Running);
+        before.health = vec![CheckResult { passing: Some(true), consecutive_successes: 10, ..CheckResult::default() }];
+        let with = |change: &dyn Fn(&mut CheckResult)| {
+            let mut later = before.clone();
+            change(&mut later.health[0]);
+            later
+        };
+        let t = Timestamp::UNIX_EPOCH;
+        // One more pass, a new time and output: nothing a plan reads.
+        let probed = with(&|r| {
+            r.consecutive_successes += 1;
+            r.last_success = Some(t);
+            r.last_output = Some("HTTP 200".into());
+        });
+        assert!(!before.differs_for_decisions(&probed, &checks));
+        // A failure: no longer passing.
+        let failed = with(&|r| {
+            r.passing = Some(false);
+            r.consecutive_failures = 1;
+            r.consecutive_successes = 0;
+        });
+        assert!(before.differs_for_decisions(&failed, &checks));
+        // Failing again, below the limit: no; at the limit (due to be killed): yes.
+        let twice = StatusRecord {
+            health: vec![CheckResult { consecutive_failures: 2, ..failed.health[0].clone() }],
+            ..failed.clone()
+        };
+        assert!(!failed.differs_for_decisions(&twice, &checks));
+        let due = StatusRecord {
+            health: vec![CheckResult { consecutive_failures: 3, ..failed.health[0].clone() }],
+            ..failed.clone()
+        };
+        assert!(twice.differs_for_decisions(&due, &checks));
+        // Passing again after a failure: steady (and proven) only after 3 in a row.
+        let back = |n| {
+            let result = CheckResult {
+                passing: Some(true),
+                consecutive_failures: 0,
+                consecutive_successes: n,
+                last_failure: Some(t),
+                ..CheckResult::default()
+            };
+            StatusRecord { health: vec![result], ..before.clone() }
+        };
+        assert!(!back(1).differs_for_decisions(&back(2), &checks));
+        assert!(back(2).differs_for_decisions(&back(3), &checks));
+        // Anything outside the checks counts.
+        let ended = StatusRecord { phase: Phase::Failed, ..before.clone() };
+        assert!(before.differs_for_decisions(&ended, &checks));
+        let ready = StatusRecord {
+            readiness: Some(CheckResult { passing: Some(true), ..CheckResult::default() }),
+            ..before.clone()
+        };
+        assert!(before.differs_for_decisions(&ready, &checks));
+    }
 
     #[test]
     fn port_ranges_parse_and_refuse_with_the_input_named() {

@@ -63,6 +63,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         stop_instances_on_exit: args.stop_instances_on_exit,
         metrics: Default::default(),
         logging: args.output.logging()?,
+        status_refresh: args.output.status_refresh,
         sandbox_listen: Some(args.sandbox_listen),
     };
     if let Some(problem) = baton_api::names::dns_subdomain_problem(&config.name) {

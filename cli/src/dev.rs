@@ -170,6 +170,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
             stop_instances_on_exit: true,
             metrics: Default::default(),
             logging: args.output.logging()?,
+            status_refresh: args.output.status_refresh,
             sandbox_listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
         };
         config.metrics.register(registry.sub_registry_with_label(("agent".into(), config.name.clone().into())));

@@ -52,9 +52,14 @@ impl StoreFlags {
     }
 }
 
-/// How an agent keeps instances' output, and serves it.
+/// How an agent keeps instances' output and reports on them.
 #[derive(clap::Args, Debug, Clone)]
 pub struct OutputFlags {
+    /// An instance's status is written at once when its phase, a health check's passing or
+    /// failing, steadiness or readiness changes; probe counters and times alone are written
+    /// at most this often (0s: after every probe).
+    #[arg(long, default_value = "30s", value_parser = duration, value_name = "DURATION")]
+    pub status_refresh: std::time::Duration,
     /// An instance's stdout (and stderr) file is rotated at this size: 16Mi, 500Ki, 1G or
     /// bytes.
     #[arg(long, default_value = "16Mi", value_parser = bytes, value_name = "SIZE")]
