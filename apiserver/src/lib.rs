@@ -171,6 +171,7 @@ impl ApiServer {
     ) -> Result<Arc<Self>, ApiError> {
         let server = Self::new(store, keys, security, limits);
         server.ensure_namespaces().await?;
+        server.ensure_instance_index().await?;
         server.ensure_sandbox_token().await?;
         Ok(server)
     }

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use axum::body::Bytes;
 use axum::response::Response;
 use baton_api::{Agent, AgentRecord, Instance, InstanceRecord, StatusRecord, UnreachableMarker};
-use baton_store::{EventKind, KeyValue, Keyspace, PageRequest, Revision, WatchEvent};
+use baton_store::{Compare, EventKind, KeyValue, Keyspace, Op, OpResponse, PageRequest, Revision, Txn, WatchEvent};
 use serde_json::{Value, json};
 
 use crate::ApiServer;
@@ -43,16 +43,6 @@ type Slot = (String, String);
 enum Id {
     Instance(Slot),
     Agent(String),
-}
-
-impl Id {
-    /// The view's `metadata.name`: the instance id, or the agent's name.
-    fn name(&self) -> &str {
-        match self {
-            Id::Instance((_, id)) => id,
-            Id::Agent(name) => name,
-        }
-    }
 }
 
 /// Every record the views are built from, with the revision that last changed each.
@@ -276,18 +266,95 @@ impl ApiServer {
         Ok((join.views(which).into_iter().filter(|v| in_namespace(v, namespace)).collect(), revision))
     }
 
-    /// One view: only that one is built (not every view of the kind, as a list does).
+    /// One view, from a bounded number of reads whatever the cluster's size: an instance
+    /// from its index entry, its record, its status and its agent (two round trips); an
+    /// agent from its record, its marker, and its own instances and their statuses.
     pub async fn get_view(&self, kind: &Kind, namespace: Option<&str>, name: &str) -> ApiResult<Value> {
         let which = Which::of(kind)?;
-        let (join, _) = self.load_join(which).await?;
-        join.ids(which)
+        let not_found =
+            || ApiError::not_found(&Target { group: &kind.group, plural: &kind.plural, kind: &kind.kind, name });
+        let (join, id) = match which {
+            Which::Instances => {
+                let Some(agent) = self.store.get(&self.keys.instance_agent(name)).await? else {
+                    return Err(not_found());
+                };
+                let agent = String::from_utf8_lossy(&agent.value).into_owned();
+                (self.load_instance(&agent, name).await?, Id::Instance((agent, name.to_string())))
+            }
+            Which::Agents => (self.load_agent(name).await?, Id::Agent(name.to_string())),
+        };
+        join.view(&id).filter(|v| in_namespace(v, namespace)).ok_or_else(not_found)
+    }
+
+    /// The records of instance `id` on `agent`, in one transaction (so as of one revision).
+    async fn load_instance(&self, agent: &str, id: &str) -> ApiResult<Join> {
+        let keys = [self.keys.instance(agent, id), self.keys.status(agent, id), self.keys.agent(agent)];
+        let response = self.store.txn(Txn::new().and_then(keys.iter().map(Op::get))).await?;
+        let mut join = Join::default();
+        for response in response.responses {
+            if let OpResponse::Get(Some(kv)) = response {
+                join.ingest(&self.keys, &WatchEvent { kind: EventKind::Put, kv, prev_kv: None });
+            }
+        }
+        Ok(join)
+    }
+
+    /// The records of agent `name`: its own, its marker, its instances and their statuses,
+    /// all as of one revision.
+    async fn load_agent(&self, name: &str) -> ApiResult<Join> {
+        let keys = [self.keys.agent(name), self.keys.unreachable_agent(name)];
+        let response = self.store.txn(Txn::new().and_then(keys.iter().map(Op::get))).await?;
+        let mut join = Join::default();
+        let mut ingest = |kvs: Vec<KeyValue>| {
+            for kv in kvs {
+                join.ingest(&self.keys, &WatchEvent { kind: EventKind::Put, kv, prev_kv: None });
+            }
+        };
+        ingest(
+            response
+                .responses
+                .into_iter()
+                .filter_map(|r| match r {
+                    OpResponse::Get(kv) => kv,
+                    _ => None,
+                })
+                .collect(),
+        );
+        for prefix in [self.keys.agent_instances(name), self.keys.agent_statuses(name)] {
+            let request = PageRequest { prefix, after: None, limit: 0, revision: Some(response.revision) };
+            ingest(self.store.range_page(&request).await?.kvs);
+        }
+        Ok(join)
+    }
+
+    /// Gives every instance record an index entry (`instance-agents/<id>`) if it has none:
+    /// records written before the index existed. Run at start; the controller writes the
+    /// entries of new records itself, with them.
+    pub async fn ensure_instance_index(&self) -> ApiResult<()> {
+        let records = self.store.range(&self.keys.instances()).await?;
+        let indexed = self.store.range(&self.keys.instance_agents()).await?;
+        let indexed: BTreeSet<&str> =
+            indexed.kvs.iter().filter_map(|kv| self.keys.parse_instance_agent_key(&kv.key)).collect();
+        let missing: Vec<(&str, &str, Revision)> = records
+            .kvs
             .iter()
-            .find(|id| id.name() == name)
-            .and_then(|id| join.view(id))
-            .filter(|v| in_namespace(v, namespace))
-            .ok_or_else(|| {
-                ApiError::not_found(&Target { group: &kind.group, plural: &kind.plural, kind: &kind.kind, name })
-            })
+            .filter_map(|kv| self.keys.parse_instance_key(&kv.key).map(|(agent, id)| (agent, id, kv.mod_revision)))
+            .filter(|(_, id, _)| !indexed.contains(id))
+            .collect();
+        for chunk in missing.chunks(baton_store::MAX_TXN_OPS / 2) {
+            // Each only if its record is still as read (a record removed meanwhile gets none).
+            let compares =
+                chunk.iter().map(|(agent, id, rev)| Compare::mod_revision(self.keys.instance(agent, id), *rev));
+            let puts =
+                chunk.iter().map(|(agent, id, _)| Op::put(self.keys.instance_agent(id), agent.as_bytes().to_vec()));
+            if !self.store.txn(Txn::new().when(compares).and_then(puts)).await?.succeeded {
+                tracing::info!("instance records changed while indexing them; the controller indexes what it writes");
+            }
+        }
+        if !missing.is_empty() {
+            tracing::info!(instances = missing.len(), "indexed instance records written before the index");
+        }
+        Ok(())
     }
 
     /// `DELETE` of an instance: a request to kill it, which the controller carries out (and

@@ -32,6 +32,11 @@ impl Api {
         let dir = tempfile::tempdir().unwrap();
         let options = EmbeddedOptions { history, ..EmbeddedOptions::default() };
         let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path(), options).await.unwrap());
+        Self::on(store, dir).await
+    }
+
+    /// An API server on `store` (kept in `dir`).
+    async fn on(store: Arc<dyn Store>, dir: tempfile::TempDir) -> Self {
         let security = Security {
             tokens: Tokens::parse("admin-token,admin,baton:admins\nalice-token,alice,team-a\nbob-token,bob\n").unwrap(),
             rules: Rules::parse("rules:\n- groups: [team-a]\n  namespaces: [default]\n  access: read\n").unwrap(),
@@ -330,6 +335,8 @@ async fn instances_are_a_read_only_view_of_the_records() {
         "killGraceSeconds": 3
     });
     api.store.put("/baton/instances/agent-1/web-abc", record.to_string().into_bytes()).await.unwrap();
+    // As the controller writes it: with the index entry that finds it by id.
+    api.store.put("/baton/instance-agents/web-abc", b"agent-1".to_vec()).await.unwrap();
     api.store
         .put("/baton/status/agent-1/web-abc", json!({"phase": "Running", "pid": 42}).to_string().into_bytes())
         .await
@@ -900,4 +907,128 @@ async fn joining_a_group_while_it_gains_dependencies_cannot_close_a_cycle() {
             tokio::join!(api.call(Method::POST, GROUPS, Some(&group)), api.call(Method::POST, APPS, Some(&web)));
         exactly_one_landed(round, &first, &second);
     }
+}
+
+/// A store that counts what is read through it.
+struct Counting {
+    inner: Arc<dyn Store>,
+    /// Calls that read (get, range, range_page, txn).
+    calls: std::sync::atomic::AtomicUsize,
+    /// Keys returned by them.
+    keys: std::sync::atomic::AtomicUsize,
+}
+
+impl Counting {
+    fn count(&self, keys: usize) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.calls.fetch_add(1, SeqCst);
+        self.keys.fetch_add(keys, SeqCst);
+    }
+
+    /// (calls, keys) since the last take.
+    fn take(&self) -> (usize, usize) {
+        use std::sync::atomic::Ordering::SeqCst;
+        (self.calls.swap(0, SeqCst), self.keys.swap(0, SeqCst))
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for Counting {
+    async fn get(&self, key: &str) -> baton_store::Result<Option<baton_store::KeyValue>> {
+        let kv = self.inner.get(key).await?;
+        self.count(usize::from(kv.is_some()));
+        Ok(kv)
+    }
+
+    async fn range(&self, prefix: &str) -> baton_store::Result<baton_store::RangeResponse> {
+        let range = self.inner.range(prefix).await?;
+        self.count(range.kvs.len());
+        Ok(range)
+    }
+
+    async fn range_page(&self, request: &baton_store::PageRequest) -> baton_store::Result<baton_store::RangePage> {
+        let page = self.inner.range_page(request).await?;
+        self.count(page.kvs.len());
+        Ok(page)
+    }
+
+    async fn txn(&self, txn: baton_store::Txn) -> baton_store::Result<baton_store::TxnResponse> {
+        let response = self.inner.txn(txn).await?;
+        let read = response.responses.iter().filter(|r| matches!(r, baton_store::OpResponse::Get(Some(_)))).count();
+        self.count(read);
+        Ok(response)
+    }
+
+    async fn watch(&self, prefix: &str, from: baton_store::Revision) -> baton_store::Result<baton_store::WatchStream> {
+        self.inner.watch(prefix, from).await
+    }
+
+    async fn grant_lease(&self, ttl: Duration) -> baton_store::Result<baton_store::LeaseId> {
+        self.inner.grant_lease(ttl).await
+    }
+
+    async fn keep_alive(&self, lease: baton_store::LeaseId) -> baton_store::Result<Duration> {
+        self.inner.keep_alive(lease).await
+    }
+
+    async fn revoke_lease(&self, lease: baton_store::LeaseId) -> baton_store::Result<()> {
+        self.inner.revoke_lease(lease).await
+    }
+}
+
+/// Instance `n` on agent `a{n % 20}`, its status, and (when `indexed`) its index entry.
+async fn put_instance(store: &Arc<dyn Store>, n: usize, indexed: bool) {
+    let (agent, id) = (format!("a{}", n % 20), format!("web-{n:04}"));
+    let record = json!({
+        "id": id, "app": {"namespace": "default", "name": "web", "uid": "u1"}, "agent": agent,
+        "host": "127.0.0.1", "version": "v1", "createdAt": "2026-11-21T00:00:00Z", "goal": "Running",
+        "command": {"shell": "sleep 1"}, "resources": {"millicpus": 100, "memMib": 64, "diskMib": 0},
+        "killGraceSeconds": 3
+    });
+    store.put(&format!("/baton/instances/{agent}/{id}"), record.to_string().into_bytes()).await.unwrap();
+    store
+        .put(&format!("/baton/status/{agent}/{id}"), json!({"phase": "Running"}).to_string().into_bytes())
+        .await
+        .unwrap();
+    if indexed {
+        store.put(&format!("/baton/instance-agents/{id}"), agent.into_bytes()).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn reading_one_instance_reads_one_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let embedded: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).await.unwrap());
+    // Records from before the index: the API server indexes them when it starts.
+    for n in 0..100 {
+        put_instance(&embedded, n, false).await;
+    }
+    let counting = Arc::new(Counting { inner: embedded.clone(), calls: Default::default(), keys: Default::default() });
+    let api = Api::on(counting.clone(), dir).await;
+    // And as the controller writes them now, with their index entries.
+    for n in 100..1000 {
+        put_instance(&embedded, n, true).await;
+    }
+    let agent = json!({"name": "a7", "host": "127.0.0.1", "resources": {"millicpus": 1000, "memMib": 1024, "diskMib": 0},
+                       "version": "test", "startedAt": "2026-11-21T00:00:00Z"});
+    embedded.put("/baton/agents/a7", agent.to_string().into_bytes()).await.unwrap();
+    let path = "/apis/baton.dev/v1alpha1/namespaces/default/instances";
+
+    for id in ["web-0007", "web-0907"] {
+        counting.take();
+        let (code, view) = api.call(Method::GET, &format!("{path}/{id}"), None).await;
+        assert_eq!(code, StatusCode::OK, "{view}");
+        assert_eq!((view["spec"]["agent"].as_str(), view["status"]["phase"].as_str()), (Some("a7"), Some("Running")));
+        let (calls, keys) = counting.take();
+        assert!(calls <= 2 && keys <= 4, "GET of one of 1,000 instances made {calls} reads of {keys} keys");
+    }
+    let (code, _) = api.call(Method::GET, &format!("{path}/web-9999"), None).await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    assert_eq!(counting.take(), (1, 0), "a missing instance costs one read");
+
+    // An agent: its own records, its 50 instances and their statuses.
+    let (code, view) = api.call(Method::GET, "/apis/baton.dev/v1alpha1/agents/a7", None).await;
+    assert_eq!(code, StatusCode::OK, "{view}");
+    let (calls, keys) = counting.take();
+    assert!(calls <= 3 && keys <= 1 + 2 * 50, "GET of one of 20 agents made {calls} reads of {keys} keys");
 }

@@ -53,6 +53,23 @@ impl Keyspace {
         format!("{}/instances/{agent}/{id}", self.root)
     }
 
+    /// `/baton/instance-agents/`: which agent each instance is on, by instance id — so one
+    /// instance is found without reading every agent's (instances are keyed by agent).
+    pub fn instance_agents(&self) -> String {
+        format!("{}/instance-agents/", self.root)
+    }
+
+    /// `/baton/instance-agents/<id>`: the agent of instance `id` (the value is its name).
+    /// Written and deleted with the instance's record, in the same transaction.
+    pub fn instance_agent(&self, id: &str) -> String {
+        format!("{}/instance-agents/{id}", self.root)
+    }
+
+    /// The instance id of a key under [`Keyspace::instance_agents`].
+    pub fn parse_instance_agent_key<'k>(&self, key: &'k str) -> Option<&'k str> {
+        key.strip_prefix(&self.instance_agents()).filter(|id| !id.is_empty() && !id.contains('/'))
+    }
+
     /// `/baton/status/`: what every agent reports about its instances.
     pub fn statuses(&self) -> String {
         format!("{}/status/", self.root)
@@ -187,6 +204,8 @@ mod tests {
         assert_eq!(ks.parse_instance_key("/baton/instances/a1/"), None);
         assert_eq!(ks.parse_instance_key("/baton/status/a1/x"), None);
         assert_eq!(ks.parse_agent_key(&ks.agent("n3")), Some("n3"));
+        assert_eq!(ks.parse_instance_agent_key(&ks.instance_agent("web-x")), Some("web-x"));
+        assert_eq!(ks.parse_instance_key(&ks.instance_agent("web-x")), None);
         assert_eq!(ks.parse_kill_request_key(&ks.kill_request("shop", "web-x")), Some(("shop", "web-x")));
         assert_eq!(ks.parse_kill_request_key("/baton/kills/shop/"), None);
         assert_eq!(ks.parse_kill_request_key("/baton/kills/shop/web-x/y"), None);

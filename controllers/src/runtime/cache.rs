@@ -313,6 +313,7 @@ pub type GroupCache = ObjectCache<AppGroup>;
 pub type NamespaceCache = ObjectCache<Namespace>;
 
 /// Each namespace's scope, for one tick.
+#[derive(Default)]
 pub struct Scopes(BTreeMap<String, Scope>);
 
 impl Scopes {

@@ -1,10 +1,11 @@
 //! The executor: the only part of the controller that writes.
 //!
 //! Store writes go in transactions of at most [`baton_store::MAX_TXN_OPS`] operations,
-//! each carrying the leader's fence plus one compare per operation (a launch creates a key
-//! that must not exist; a stop or removal must find the record at the revision the plan
-//! read). A transaction whose fence fails means leadership is lost: nothing more is
-//! written. One whose other compares fail was planned on a stale view: it is dropped and
+//! each carrying the leader's fence plus the compares of its writes (a launch creates keys
+//! that must not exist — the record and its `instance-agents` index entry; a stop or removal
+//! must find the record at the revision the plan read). A write is never split across
+//! transactions ([`pack`]). A transaction whose fence fails means leadership is lost: nothing
+//! more is written. One whose other compares fail was planned on a stale view: it is dropped and
 //! the next tick decides again. App statuses go to the API server, and only while leading.
 
 use std::sync::Arc;
@@ -64,14 +65,21 @@ impl Executor {
     }
 
     pub async fn apply(&self, plan: &Plan, leadership: &Leadership) -> Result<Applied, Error> {
-        let mut writes: Vec<(Step, Compare, Op)> = Vec::new();
+        let term = leadership.term();
+        let mut writes: Vec<Write> = Vec::new();
         for launch in &plan.launches {
-            let key = self.keys.instance(&launch.record.agent, &launch.record.id);
-            let record = InstanceRecord { term: leadership.term(), ..launch.record.clone() };
-            writes.push((Step::Launch, Compare::absent(&key), Op::put(&key, to_json(&record))));
+            let (agent, id) = (&launch.record.agent, &launch.record.id);
+            let key = self.keys.instance(agent, id);
+            let record = InstanceRecord { term, ..launch.record.clone() };
+            // The record and the index entry that finds it by id, together.
+            let index = self.keys.instance_agent(id);
+            writes.push(Write {
+                step: Step::Launch,
+                compares: vec![Compare::absent(&key), Compare::absent(&index)],
+                ops: vec![Op::put(&key, to_json(&record)), Op::put(&index, agent.as_bytes().to_vec())],
+            });
         }
         for stop in &plan.stops {
-            let key = self.keys.instance(&stop.record.agent, &stop.record.id);
             let mut record = stop.record.clone();
             record.goal = Goal::Stopped;
             record.stop_reason = Some(stop.reason.as_str().to_string());
@@ -79,43 +87,41 @@ impl Executor {
                 record.kill_grace_seconds = grace;
             }
             record.holds_slot = stop.takes_slot;
-            record.term = leadership.term();
-            let write = Op::put(&key, to_json(&record));
-            writes.push((Step::Stop(stop.reason.as_str()), Compare::mod_revision(&key, stop.revision), write));
+            writes.push(self.rewrite(Step::Stop(stop.reason.as_str()), record, stop.revision, term));
         }
         for noted in &plan.noted {
-            let key = self.keys.instance(&noted.record.agent, &noted.record.id);
-            let record = InstanceRecord { end_noted: true, term: leadership.term(), ..noted.record.clone() };
-            writes.push((Step::Marker, Compare::mod_revision(&key, noted.revision), Op::put(&key, to_json(&record))));
+            let record = InstanceRecord { end_noted: true, ..noted.record.clone() };
+            writes.push(self.rewrite(Step::Marker, record, noted.revision, term));
         }
         for release in &plan.slot_releases {
-            let key = self.keys.instance(&release.record.agent, &release.record.id);
-            let record = InstanceRecord { holds_slot: false, term: leadership.term(), ..release.record.clone() };
-            let write = Op::put(&key, to_json(&record));
-            writes.push((Step::Marker, Compare::mod_revision(&key, release.revision), write));
+            let record = InstanceRecord { holds_slot: false, ..release.record.clone() };
+            writes.push(self.rewrite(Step::Marker, record, release.revision, term));
         }
         for removal in &plan.removals {
             let key = self.keys.instance(&removal.agent, &removal.id);
-            writes.push((Step::Removal, Compare::mod_revision(&key, removal.revision), Op::delete(&key)));
+            writes.push(Write {
+                step: Step::Removal,
+                compares: vec![Compare::mod_revision(&key, removal.revision)],
+                ops: vec![Op::delete(&key), Op::delete(self.keys.instance_agent(&removal.id))],
+            });
         }
         for done in &plan.kills_done {
             let key = self.keys.kill_request(&done.namespace, &done.id);
-            writes.push((Step::Marker, Compare::mod_revision(&key, done.revision), Op::delete(&key)));
+            writes.push(Write::one(Step::Marker, Compare::mod_revision(&key, done.revision), Op::delete(&key)));
         }
         for mark in &plan.marks {
             let key = self.keys.unreachable_agent(&mark.agent);
             let marker = UnreachableMarker { since: mark.since };
-            writes.push((Step::Marker, Compare::absent(&key), Op::put(&key, to_json(&marker))));
+            writes.push(Write::one(Step::Marker, Compare::absent(&key), Op::put(&key, to_json(&marker))));
         }
         for unmark in &plan.unmarks {
             let key = self.keys.unreachable_agent(&unmark.agent);
-            writes.push((Step::Marker, Compare::mod_revision(&key, unmark.revision), Op::delete(&key)));
+            writes.push(Write::one(Step::Marker, Compare::mod_revision(&key, unmark.revision), Op::delete(&key)));
         }
 
         // A backoff change and the marks on the failed instances it counts go in one
-        // transaction of their own; everything else in batches. The fence takes one of the compare slots.
-        let mut batches: Vec<Vec<(Step, Compare, Op)>> =
-            writes.chunks(baton_store::MAX_TXN_OPS - 1).map(<[_]>::to_vec).collect();
+        // transaction of their own; everything else in batches.
+        let mut batches = pack(writes);
         for change in &plan.backoffs {
             let key = self.keys.app_backoff(&change.namespace, &change.name);
             let compare =
@@ -124,15 +130,10 @@ impl Executor {
                 Some(record) => Op::put(&key, to_json(record)),
                 None => Op::delete(&key),
             };
-            let mut unit = vec![(Step::Marker, compare, op)];
+            let mut unit = vec![Write::one(Step::Marker, compare, op)];
             for counted in &change.counted {
-                let key = self.keys.instance(&counted.record.agent, &counted.record.id);
-                let record = InstanceRecord { end_noted: true, term: leadership.term(), ..counted.record.clone() };
-                unit.push((
-                    Step::Marker,
-                    Compare::mod_revision(&key, counted.revision),
-                    Op::put(&key, to_json(&record)),
-                ));
+                let record = InstanceRecord { end_noted: true, ..counted.record.clone() };
+                unit.push(self.rewrite(Step::Marker, record, counted.revision, term));
             }
             batches.push(unit);
         }
@@ -140,13 +141,13 @@ impl Executor {
         let mut applied = Applied::default();
         for batch in &batches {
             let txn = Txn::new()
-                .when(std::iter::once(leadership.fence()).chain(batch.iter().map(|(_, c, _)| c.clone())))
-                .and_then(batch.iter().map(|(_, _, op)| op.clone()))
+                .when(std::iter::once(leadership.fence()).chain(batch.iter().flat_map(|w| w.compares.iter().cloned())))
+                .and_then(batch.iter().flat_map(|w| w.ops.iter().cloned()))
                 .or_else([Op::get(leadership.key())]);
             let response = self.store.txn(txn).await?;
             if response.succeeded {
                 applied.revision = response.revision;
-                for (step, _, _) in batch {
+                for Write { step, .. } in batch {
                     match step {
                         Step::Launch => applied.launched += 1,
                         Step::Stop(reason) => applied.stopped.push(reason),
@@ -164,7 +165,7 @@ impl Executor {
                 return Err(Error::LostLeadership);
             }
             tracing::debug!(
-                operations = batch.len(),
+                writes = batch.len(),
                 "dropped a batch planned on a stale view; the next tick decides again"
             );
             applied.stale += batch.len();
@@ -197,6 +198,19 @@ impl Executor {
             }
         }
         Ok(applied)
+    }
+
+    /// An instance record written again (stopped, marked), if it is still at `revision`;
+    /// its index entry with it (records written before the index existed gain one).
+    fn rewrite(&self, step: Step, record: InstanceRecord, revision: Revision, term: Revision) -> Write {
+        let key = self.keys.instance(&record.agent, &record.id);
+        let index = Op::put(self.keys.instance_agent(&record.id), record.agent.as_bytes().to_vec());
+        let record = InstanceRecord { term, ..record };
+        Write {
+            step,
+            compares: vec![Compare::mod_revision(&key, revision)],
+            ops: vec![Op::put(&key, to_json(&record)), index],
+        }
     }
 
     /// Patches an object's status (or the object), only while leading. False when it was not
@@ -232,6 +246,39 @@ impl Executor {
             }
         }
     }
+}
+
+/// One step of a plan in the store: compares and operations that land together or not at all.
+#[derive(Clone)]
+pub struct Write {
+    step: Step,
+    compares: Vec<Compare>,
+    ops: Vec<Op>,
+}
+
+impl Write {
+    fn one(step: Step, compare: Compare, op: Op) -> Self {
+        Write { step, compares: vec![compare], ops: vec![op] }
+    }
+}
+
+/// Packs writes, in order and each whole, into transactions of at most
+/// [`baton_store::MAX_TXN_OPS`] compares (one of them the leader's fence) and operations.
+pub fn pack(writes: Vec<Write>) -> Vec<Vec<Write>> {
+    let mut batches: Vec<Vec<Write>> = Vec::new();
+    let (mut compares, mut ops) = (0, 0);
+    for write in writes {
+        let fits = compares + write.compares.len() < baton_store::MAX_TXN_OPS
+            && ops + write.ops.len() <= baton_store::MAX_TXN_OPS;
+        if batches.is_empty() || !fits {
+            batches.push(Vec::new());
+            (compares, ops) = (0, 0);
+        }
+        compares += write.compares.len();
+        ops += write.ops.len();
+        batches.last_mut().expect("a batch").push(write);
+    }
+    batches
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {

@@ -30,6 +30,8 @@ pub mod cache;
 pub mod events;
 pub mod executor;
 pub mod metrics;
+#[cfg(test)]
+mod tests;
 
 use cache::{AppCache, GroupCache, NamespaceCache, StoreCache};
 use executor::Executor;
