@@ -18,15 +18,15 @@ use baton_api::{App, AppGroup, FieldError};
 use baton_store::{Compare, Op};
 use serde_json::{Value, json};
 
-use crate::ApiServer;
-use crate::kinds::Kind;
-use crate::objects::target;
+use crate::admission::{Admission, Context, Guard, Proposed};
 use crate::status::{ApiError, ApiResult};
 
-/// What a graph-changing write adds to its transaction.
-pub struct Guard {
-    pub compares: Vec<Compare>,
-    pub ops: Vec<Op>,
+/// The dependency graph's check, for the two kinds that shape it.
+pub enum DependencyGraph {
+    /// Apps: their group and dependencies.
+    Apps,
+    /// AppGroups: their path and dependencies.
+    Groups,
 }
 
 /// A compare that holds while `key` is as it was read.
@@ -37,47 +37,46 @@ fn unchanged(key: &str, seen: Option<&baton_store::KeyValue>) -> Compare {
     }
 }
 
-/// The fields of `object` that shape the dependency graph, for the kinds in it.
-fn shape(kind: &Kind, object: &Value) -> Option<Value> {
-    if kind.group != baton_api::GROUP {
-        return None;
-    }
-    let spec = &object["spec"];
-    match kind.kind.as_str() {
-        "App" => Some(json!([object["metadata"]["name"], spec["group"], spec["dependencies"]])),
-        "AppGroup" => Some(json!([object["metadata"]["name"], spec["path"], spec["dependencies"]])),
-        _ => None,
+impl DependencyGraph {
+    /// The fields of `object` that shape the dependency graph.
+    fn shape(&self, object: &Value) -> Value {
+        let spec = &object["spec"];
+        let position = match self {
+            DependencyGraph::Apps => &spec["group"],
+            DependencyGraph::Groups => &spec["path"],
+        };
+        json!([object["metadata"]["name"], position, spec["dependencies"]])
     }
 }
 
-impl ApiServer {
-    /// Checks a write of `after` (replacing `before`, if any) against the rest of the
-    /// namespace's apps and groups. `None` when the write does not change the graph.
-    pub async fn check_graph(
-        &self,
-        kind: &Kind,
-        namespace: Option<&str>,
-        name: &str,
-        before: Option<&Value>,
-        after: &Value,
-    ) -> ApiResult<Option<Guard>> {
-        let (Some(namespace), Some(shape_after)) = (namespace, shape(kind, after)) else {
+#[async_trait::async_trait]
+impl Admission for DependencyGraph {
+    /// Checks a write against the rest of the namespace's apps and groups. `None` when the
+    /// write does not change the graph.
+    async fn admit(&self, context: Context<'_>, write: &Proposed<'_>) -> ApiResult<Option<Guard>> {
+        let Proposed { target, namespace, before, after } = *write;
+        let Some(namespace) = namespace else {
             return Ok(None);
         };
-        if before.and_then(|b| shape(kind, b)).as_ref() == Some(&shape_after) {
+        let shape_after = self.shape(after);
+        if before.map(|b| self.shape(b)).as_ref() == Some(&shape_after) {
             return Ok(None);
         }
-        let graph_key = self.keys.dependency_graph(namespace);
-        let members_key = self.keys.dependency_graph_members(namespace);
+        let (store, keys) = (context.store, context.keys);
+        let name = target.name;
+        let graph_key = keys.dependency_graph(namespace);
+        let members_key = keys.dependency_graph_members(namespace);
         // Both read before the objects, so that a write after these reads is noticed.
-        let graph_seen = self.store.get(&graph_key).await?;
-        let members_seen = self.store.get(&members_key).await?;
-        let changed_by = json!({"changedBy": format!("{}/{name}", kind.plural)}).to_string();
-        let mut groups: Vec<AppGroup> = self.load(namespace, "appgroups").await?;
+        let graph_seen = store.get(&graph_key).await?;
+        let members_seen = store.get(&members_key).await?;
+        let changed_by = json!({"changedBy": format!("{}/{name}", target.plural)}).to_string();
+        let mut groups: Vec<AppGroup> = load(context, namespace, "appgroups").await?;
         let decode_error =
-            |e: serde_json::Error| ApiError::internal(format!("decoded {} no longer reads: {e}", kind.kind));
-        let app: Option<App> =
-            if kind.kind == "App" { Some(serde_json::from_value(after.clone()).map_err(decode_error)?) } else { None };
+            |e: serde_json::Error| ApiError::internal(format!("decoded {} no longer reads: {e}", target.kind));
+        let app: Option<App> = match self {
+            DependencyGraph::Apps => Some(serde_json::from_value(after.clone()).map_err(decode_error)?),
+            DependencyGraph::Groups => None,
+        };
         if let Some(app) = &app {
             let group = app.group_path();
             let inherits = groups.iter().any(|g| !g.spec.dependencies.is_empty() && g.group_path().contains(&group));
@@ -88,7 +87,7 @@ impl ApiServer {
                 }));
             }
         }
-        let mut apps: Vec<App> = self.load(namespace, "apps").await?;
+        let mut apps: Vec<App> = load(context, namespace, "apps").await?;
         let before_graph = Graph::new(&apps, &groups);
         let errors = match app {
             Some(app) => {
@@ -118,20 +117,24 @@ impl ApiServer {
             }
         };
         if !errors.is_empty() {
-            return Err(ApiError::invalid(&target(kind, name), &errors));
+            return Err(ApiError::invalid(&target, &errors));
         }
         Ok(Some(Guard {
             compares: vec![unchanged(&graph_key, graph_seen.as_ref()), unchanged(&members_key, members_seen.as_ref())],
             ops: vec![Op::put(&graph_key, changed_by)],
         }))
     }
+}
 
-    /// Every stored object of a Baton kind in `namespace` that still reads.
-    async fn load<T: serde::de::DeserializeOwned>(&self, namespace: &str, plural: &str) -> ApiResult<Vec<T>> {
-        let prefix = self.keys.registry(baton_api::GROUP, plural, Some(namespace));
-        let listed = self.store.range(&prefix).await?;
-        Ok(listed.kvs.iter().filter_map(|kv| serde_json::from_slice(&kv.value).ok()).collect())
-    }
+/// Every stored object of a Baton kind in `namespace` that still reads.
+async fn load<T: serde::de::DeserializeOwned>(
+    context: Context<'_>,
+    namespace: &str,
+    plural: &str,
+) -> ApiResult<Vec<T>> {
+    let prefix = context.keys.registry(baton_api::GROUP, plural, Some(namespace));
+    let listed = context.store.range(&prefix).await?;
+    Ok(listed.kvs.iter().filter_map(|kv| serde_json::from_slice(&kv.value).ok()).collect())
 }
 
 /// A cycle the write would close, reported on its dependencies — or, for an object without

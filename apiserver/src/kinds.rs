@@ -4,12 +4,18 @@
 //! Stored kinds are described from their CRD (`baton_api::crds::app()`), so the API server, the Helm
 //! install and `crds/` can never disagree on names, columns or subresources.
 
+use std::sync::Arc;
+
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use baton_api::FieldError;
+
+use crate::admission::Admission;
+use crate::graph::DependencyGraph;
+use crate::status::Target;
 
 /// One column of `kubectl get`.
 #[derive(Debug, Clone)]
@@ -97,7 +103,9 @@ pub enum Source {
     AgentView,
 }
 
-/// A served kind.
+/// A served kind: everything about it in one place — names, printer columns, subresources,
+/// how its objects are decoded and validated, and the admission checks their writes pass.
+/// Adding a kind is adding an entry to [`all`].
 #[derive(Clone)]
 pub struct Kind {
     pub group: String,
@@ -119,6 +127,8 @@ pub struct Kind {
     pub ttl: Option<std::time::Duration>,
     /// Sets what the server owns in a new object (a namespace's phase).
     pub on_create: Option<fn(&mut Value)>,
+    /// Checks of a write against other stored objects, in order (see [`crate::admission`]).
+    pub admission: Vec<Arc<dyn Admission>>,
     /// For the OpenAPI documents (`kubectl explain`).
     pub schema: SchemaOf,
 }
@@ -131,6 +141,11 @@ impl Kind {
 
     pub fn is_read_only(&self) -> bool {
         matches!(self.source, Source::InstanceView | Source::AgentView)
+    }
+
+    /// What errors about the object `name` of this kind name.
+    pub fn target<'a>(&'a self, name: &'a str) -> Target<'a> {
+        Target { group: &self.group, plural: &self.plural, kind: &self.kind, name }
     }
 
     /// Whether this is the core `namespaces` kind.
@@ -203,8 +218,15 @@ impl Kind {
             fields: Vec::new(),
             ttl: None,
             on_create: None,
+            admission: Vec::new(),
             schema,
         }
+    }
+
+    /// With `check` run on every write of the kind's objects.
+    pub fn admitted_by(mut self, check: impl Admission + 'static) -> Self {
+        self.admission.push(Arc::new(check));
+        self
     }
 }
 
@@ -218,8 +240,8 @@ pub const EVENT_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Every kind served, in discovery order: Baton's group, then the core group.
 pub fn all() -> Vec<Kind> {
     vec![
-        Kind::from_crd(baton_api::crds::app, decode_app),
-        Kind::from_crd(baton_api::crds::app_group, decode_app_group),
+        Kind::from_crd(baton_api::crds::app, decode_app).admitted_by(DependencyGraph::Apps),
+        Kind::from_crd(baton_api::crds::app_group, decode_app_group).admitted_by(DependencyGraph::Groups),
         instance_kind(),
         agent_kind(),
         namespace_kind(),
@@ -271,6 +293,7 @@ fn instance_kind() -> Kind {
         fields: fields(&[("spec.app", "spec.app"), ("spec.agent", "spec.agent"), ("status.phase", "status.phase")]),
         ttl: None,
         on_create: None,
+        admission: Vec::new(),
         schema: SchemaOf::Typed(typed::<baton_api::Instance>),
     }
 }
@@ -335,6 +358,7 @@ fn agent_kind() -> Kind {
         fields: fields(&[("status.state", "status.state"), ("spec.host", "spec.host")]),
         ttl: None,
         on_create: None,
+        admission: Vec::new(),
         schema: SchemaOf::Typed(typed::<baton_api::Agent>),
     }
 }
@@ -360,6 +384,7 @@ fn namespace_kind() -> Kind {
         fields: fields(&[("status.phase", "status.phase")]),
         ttl: None,
         on_create: Some(|object| object["status"] = serde_json::json!({"phase": "Active"})),
+        admission: Vec::new(),
         schema: SchemaOf::Typed(typed::<k8s_openapi::api::core::v1::Namespace>),
     }
 }
@@ -408,6 +433,7 @@ fn event_kind() -> Kind {
         ]),
         ttl: Some(EVENT_TTL),
         on_create: None,
+        admission: Vec::new(),
         schema: SchemaOf::Typed(typed::<k8s_openapi::api::core::v1::Event>),
     }
 }

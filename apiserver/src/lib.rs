@@ -21,6 +21,7 @@ use baton_store::{Keyspace, Store};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+mod admission;
 pub mod auth;
 mod discovery;
 mod graph;
@@ -47,7 +48,7 @@ mod view;
 mod watch;
 
 use kinds::Kind;
-use objects::Part;
+use managed::Part;
 use request::Query;
 use status::{ApiError, ApiResult};
 use table::{Format, negotiate};
@@ -120,6 +121,18 @@ impl Drop for WatchSlot {
         }
         self.server.metrics.watches.dec();
     }
+}
+
+/// A request for a kind's objects, as routed from its path.
+struct Route<'a> {
+    group: &'a str,
+    version: &'a str,
+    plural: &'a str,
+    namespace: Option<&'a str>,
+    /// After the plural: nothing, `[name]` or `[name, subresource]`.
+    rest: &'a [&'a str],
+    /// The raw query string.
+    query: Option<&'a str>,
 }
 
 /// A successful answer: status code, JSON body, and `Warning` headers.
@@ -305,6 +318,7 @@ impl ApiServer {
             }
             None => ok(legacy),
         };
+        let query = uri.query();
         let is_resource = (segments.len() > 3 && segments[0] == "apis") || (segments.len() > 2 && segments[0] == "api");
         if method != Method::GET && !is_resource {
             return Err(ApiError::method_not_allowed(&path));
@@ -327,36 +341,34 @@ impl ApiServer {
                 None => Err(ApiError::not_found_path(&path)),
             },
             ["api", "v1", "namespaces", namespace, plural, rest @ ..] if self.is_core_namespaced(plural) => {
-                self.resource(user, method, "", "v1", plural, Some(namespace), rest, uri.query(), &headers, body).await
+                let route = Route { group: "", version: "v1", plural, namespace: Some(namespace), rest, query };
+                self.resource(user, method, route, &headers, body).await
             }
             ["api", "v1", plural, rest @ ..] => {
-                self.resource(user, method, "", "v1", plural, None, rest, uri.query(), &headers, body).await
+                let route = Route { group: "", version: "v1", plural, namespace: None, rest, query };
+                self.resource(user, method, route, &headers, body).await
             }
             ["apis", group, version, "namespaces", namespace, plural, rest @ ..] => {
-                self.resource(user, method, group, version, plural, Some(namespace), rest, uri.query(), &headers, body)
-                    .await
+                let route = Route { group, version, plural, namespace: Some(namespace), rest, query };
+                self.resource(user, method, route, &headers, body).await
             }
             ["apis", group, version, plural, rest @ ..] => {
-                self.resource(user, method, group, version, plural, None, rest, uri.query(), &headers, body).await
+                let route = Route { group, version, plural, namespace: None, rest, query };
+                self.resource(user, method, route, &headers, body).await
             }
             _ => Err(ApiError::not_found_path(&path)),
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn resource(
         self: &Arc<Self>,
         user: &str,
         method: Method,
-        group: &str,
-        version: &str,
-        plural: &str,
-        namespace: Option<&str>,
-        rest: &[&str],
-        raw_query: Option<&str>,
+        route: Route<'_>,
         headers: &HeaderMap,
         body: Body,
     ) -> ApiResult<Response> {
+        let Route { group, version, plural, namespace, rest, query: raw_query } = route;
         let path = if group.is_empty() {
             format!("/api/{version}/{plural}")
         } else {

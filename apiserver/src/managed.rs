@@ -12,7 +12,16 @@ use std::collections::BTreeSet;
 
 use serde_json::{Map, Value, json};
 
-use crate::objects::Part;
+/// Which part of an object a write may change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// Everything but `status` (when the kind has a status subresource).
+    Main,
+    /// Only `status`.
+    Status,
+    /// Only the replicas of the scale subresource.
+    Scale,
+}
 
 /// A field: its path of keys from the object's root, e.g. `["spec", "instances"]`.
 pub type Path = Vec<String>;

@@ -12,40 +12,24 @@ use baton_store::{Compare, KeyValue, Op, Txn};
 use jiff::Timestamp;
 use serde_json::{Value, json};
 
-use crate::graph::Guard;
+use crate::admission::{self, Context, Guard, Proposed};
 use crate::kinds::{Decoded, Kind, Source};
-use crate::managed;
-use crate::request::{FieldValidation, Query};
+use crate::managed::{self, Part};
+use crate::request::{FieldValidation, Patch, Query};
 use crate::status::{ApiError, ApiResult, Target};
 use crate::{ApiServer, Reply};
 
+/// Which object, and which part of it, a write changes.
+#[derive(Clone, Copy)]
+struct Spot<'a> {
+    kind: &'a Kind,
+    namespace: Option<&'a str>,
+    name: &'a str,
+    part: Part,
+}
+
 /// How many times a patch or unconditional update is re-applied after losing a race.
 pub const MAX_ATTEMPTS: usize = 16;
-
-/// Which part of an object a write may change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Part {
-    /// Everything but `status` (when the kind has a status subresource).
-    Main,
-    /// Only `status`.
-    Status,
-    /// Only the replicas of the scale subresource.
-    Scale,
-}
-
-/// The body of a patch, by media type.
-pub enum Patch {
-    Merge(Value),
-    Json(Vec<json_patch::PatchOperation>),
-    /// Only for the core kinds (see [`crate::strategic`]).
-    Strategic(Value),
-    /// Server-side apply: the configuration (see [`crate::managed`]).
-    Apply(Value),
-}
-
-pub fn target<'a>(kind: &'a Kind, name: &'a str) -> Target<'a> {
-    Target { group: &kind.group, plural: &kind.plural, kind: &kind.kind, name }
-}
 
 /// The object of a stored key, with its `resourceVersion`.
 pub fn object_of(kv: &KeyValue) -> ApiResult<Value> {
@@ -98,7 +82,21 @@ impl ApiServer {
         Ok(id)
     }
 
-    /// Writes `object` at `key` if `compares` hold (and the graph guard's, with its op),
+    /// Runs the kind's admission checks on a write of `after` over `before`.
+    async fn admit(
+        &self,
+        kind: &Kind,
+        namespace: Option<&str>,
+        name: &str,
+        before: Option<&Value>,
+        after: &Value,
+    ) -> ApiResult<Guard> {
+        let write = Proposed { target: kind.target(name), namespace, before, after };
+        let context = Context { store: self.store.as_ref(), keys: &self.keys };
+        admission::admit(&kind.admission, context, &write).await
+    }
+
+    /// Writes `object` at `key` if `compares` hold (and the admission guard's, with its ops),
     /// attached to the TTL lease when the kind has a TTL (retrying once with a fresh lease if
     /// the cached one is gone).
     async fn put_txn(
@@ -107,14 +105,11 @@ impl ApiServer {
         mut compares: Vec<Compare>,
         key: &str,
         object: &Value,
-        guard: Option<Guard>,
+        guard: Guard,
     ) -> ApiResult<baton_store::TxnResponse> {
         let value = strip_version(object).to_string();
-        let mut extra = Vec::new();
-        if let Some(guard) = guard {
-            compares.extend(guard.compares);
-            extra.extend(guard.ops);
-        }
+        compares.extend(guard.compares);
+        let extra = guard.ops;
         let Some(ttl) = kind.ttl else {
             let ops = std::iter::once(Op::put(key, value)).chain(extra);
             return Ok(self.store.txn(Txn::new().when(compares).and_then(ops)).await?);
@@ -147,7 +142,7 @@ impl ApiServer {
     ) -> ApiResult<Value> {
         let decoder = Self::decoder(kind)?;
         let Decoded { object, unknown_fields } =
-            decoder(object).map_err(|errors| ApiError::invalid(&target(kind, name), &errors))?;
+            decoder(object).map_err(|errors| ApiError::invalid(&kind.target(name), &errors))?;
         if !unknown_fields.is_empty() {
             match validation {
                 FieldValidation::Strict => {
@@ -155,7 +150,7 @@ impl ApiServer {
                         .iter()
                         .map(|f| baton_api::FieldError::unknown(f.clone(), format!("{} has no field {f:?}", kind.kind)))
                         .collect();
-                    return Err(ApiError::invalid(&target(kind, name), &errors));
+                    return Err(ApiError::invalid(&kind.target(name), &errors));
                 }
                 FieldValidation::Warn => warnings.extend(unknown_fields.iter().map(|f| format!("unknown field {f:?}"))),
                 FieldValidation::Ignore => {}
@@ -166,7 +161,7 @@ impl ApiServer {
 
     pub async fn get_object(&self, kind: &Kind, namespace: Option<&str>, name: &str) -> ApiResult<Value> {
         let kv = self.store.get(&self.object_key(kind, namespace, name)).await?;
-        let kv = kv.ok_or_else(|| ApiError::not_found(&target(kind, name)))?;
+        let kv = kv.ok_or_else(|| ApiError::not_found(&kind.target(name)))?;
         object_of(&kv)
     }
 
@@ -202,13 +197,13 @@ impl ApiServer {
                 Some(prefix) => format!("{prefix}{}", random_suffix()),
                 None => {
                     let error = baton_api::FieldError::required("metadata.name", "name or generateName is required");
-                    return Err(ApiError::invalid(&target(kind, ""), &[error]));
+                    return Err(ApiError::invalid(&kind.target(""), &[error]));
                 }
             },
         };
         if let Some(problem) = baton_api::names::dns_subdomain_problem(&name) {
             let error = baton_api::FieldError::invalid("metadata.name", name.as_str(), problem);
-            return Err(ApiError::invalid(&target(kind, &name), &[error]));
+            return Err(ApiError::invalid(&kind.target(&name), &[error]));
         }
         check_namespace(metadata.get("namespace"), namespace)?;
         for field in SERVER_MANAGED {
@@ -253,7 +248,7 @@ impl ApiServer {
         }
         let key = self.object_key(kind, namespace, &name);
         for _ in 0..MAX_ATTEMPTS {
-            let guard = self.check_graph(kind, namespace, &name, None, &object).await?;
+            let guard = self.admit(kind, namespace, &name, None, &object).await?;
             if query.dry_run {
                 return Ok(Reply::json(StatusCode::CREATED, object).with_warnings(warnings));
             }
@@ -263,11 +258,11 @@ impl ApiServer {
                 return Ok(Reply::json(StatusCode::CREATED, object).with_warnings(warnings));
             }
             if self.store.get(&key).await?.is_some() {
-                return Err(ApiError::already_exists(&target(kind, &name)));
+                return Err(ApiError::already_exists(&kind.target(&name)));
             }
-            // The namespace's dependency graph changed meanwhile: check again.
+            // What an admission check read changed meanwhile: check again.
         }
-        Err(ApiError::conflict(&target(kind, &name), "too many concurrent writers; try again"))
+        Err(ApiError::conflict(&kind.target(&name), "too many concurrent writers; try again"))
     }
 
     /// PUT: the body is the whole object (or its status, or a Scale).
@@ -295,7 +290,8 @@ impl ApiServer {
             _ => {}
         }
         let precondition = body.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(str::to_string);
-        self.write(kind, namespace, name, part, query, precondition, false, move |current| match part {
+        let spot = Spot { kind, namespace, name, part };
+        self.write(spot, query, precondition, false, move |current| match part {
             Part::Scale => with_replicas(kind, current, &body),
             Part::Main | Part::Status => Ok(body.clone()),
         })
@@ -322,16 +318,16 @@ impl ApiServer {
             }
             patch => patch,
         };
-        self.write(kind, namespace, name, part, query, None, false, |current| {
+        self.write(Spot { kind, namespace, name, part }, query, None, false, |current| {
             let view = if part == Part::Scale { scale_of(kind, current)? } else { current.clone() };
             let current_version = view.pointer("/metadata/resourceVersion").cloned();
-            let patched = apply_patch(view, &patch, &target(kind, name))?;
+            let patched = apply_patch(view, &patch, &kind.target(name))?;
             // A patch that names a resourceVersion is a precondition, as in Kubernetes.
             if let Some(asked) = patched.pointer("/metadata/resourceVersion")
                 && Some(asked) != current_version.as_ref()
             {
                 return Err(ApiError::conflict(
-                    &target(kind, name),
+                    &kind.target(name),
                     "the object has been modified; please apply your changes to the latest version and try again",
                 ));
             }
@@ -389,39 +385,37 @@ impl ApiServer {
                 managed::apply(Some(current), &config, &writer, scope, query.force)
                     .map_err(|conflicts| conflict_error(kind, name, &conflicts))
             };
-            match self.write(kind, namespace, name, part, query, precondition.clone(), true, change).await {
+            let spot = Spot { kind, namespace, name, part };
+            match self.write(spot, query, precondition.clone(), true, change).await {
                 Err(e) if e.code == StatusCode::NOT_FOUND && part == Part::Main => continue,
                 other => return other,
             }
         }
-        Err(ApiError::conflict(&target(kind, name), "too many concurrent writers; try again"))
+        Err(ApiError::conflict(&kind.target(name), "too many concurrent writers; try again"))
     }
 
     /// The read-modify-write loop behind every update: `change` maps the latest object to
     /// what the client wants; the server keeps what the client may not change, validates,
     /// and writes if the object is still the one it read. Managed fields record the change
     /// (an apply's `change` has computed them already).
-    #[allow(clippy::too_many_arguments)]
     async fn write(
         &self,
-        kind: &Kind,
-        namespace: Option<&str>,
-        name: &str,
-        part: Part,
+        spot: Spot<'_>,
         query: &Query,
         precondition: Option<String>,
         applying: bool,
         change: impl Fn(&Value) -> ApiResult<Value>,
     ) -> ApiResult<Reply> {
+        let Spot { kind, namespace, name, part } = spot;
         let key = self.object_key(kind, namespace, name);
         let stale = || {
             ApiError::conflict(
-                &target(kind, name),
+                &kind.target(name),
                 "the object has been modified; please apply your changes to the latest version and try again",
             )
         };
         for _ in 0..MAX_ATTEMPTS {
-            let kv = self.store.get(&key).await?.ok_or_else(|| ApiError::not_found(&target(kind, name)))?;
+            let kv = self.store.get(&key).await?.ok_or_else(|| ApiError::not_found(&kind.target(name)))?;
             if let Some(expected) = &precondition
                 && expected.as_str() != kv.mod_revision.to_string()
             {
@@ -457,8 +451,11 @@ impl ApiServer {
             let reply_object = |object: Value| -> ApiResult<Value> {
                 if part == Part::Scale { scale_of(kind, &object) } else { Ok(object) }
             };
-            let guard =
-                if finalized { None } else { self.check_graph(kind, namespace, name, Some(&current), &object).await? };
+            let guard = if finalized {
+                Guard::default()
+            } else {
+                self.admit(kind, namespace, name, Some(&current), &object).await?
+            };
             if query.dry_run || (unchanged && !finalized) {
                 // Kubernetes does not bump the resourceVersion of a write that changes nothing.
                 if unchanged {
@@ -481,7 +478,7 @@ impl ApiServer {
             }
             // The object (a precondition then fails above) or the dependency graph changed.
         }
-        Err(ApiError::conflict(&target(kind, name), "too many concurrent writers; try again"))
+        Err(ApiError::conflict(&kind.target(name), "too many concurrent writers; try again"))
     }
 
     pub async fn delete(
@@ -497,11 +494,11 @@ impl ApiServer {
         let wanted_version = options.pointer("/preconditions/resourceVersion").and_then(Value::as_str);
         let wanted_uid = options.pointer("/preconditions/uid").and_then(Value::as_str);
         for _ in 0..MAX_ATTEMPTS {
-            let kv = self.store.get(&key).await?.ok_or_else(|| ApiError::not_found(&target(kind, name)))?;
+            let kv = self.store.get(&key).await?.ok_or_else(|| ApiError::not_found(&kind.target(name)))?;
             let mut object = object_of(&kv)?;
             if wanted_version.is_some_and(|v| v != kv.mod_revision.to_string()) {
                 return Err(ApiError::conflict(
-                    &target(kind, name),
+                    &kind.target(name),
                     &format!(
                         "the ResourceVersion in the precondition ({}) does not match the ResourceVersion in record ({}). The object might have been modified",
                         wanted_version.unwrap_or_default(),
@@ -513,7 +510,7 @@ impl ApiServer {
                 && object.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid)
             {
                 return Err(ApiError::conflict(
-                    &target(kind, name),
+                    &kind.target(name),
                     &format!("the UID in the precondition ({uid}) does not match the UID in record"),
                 ));
             }
@@ -526,8 +523,9 @@ impl ApiServer {
                 }
                 object["metadata"]["deletionTimestamp"] = json!(now_seconds().to_string());
                 object["metadata"]["deletionGracePeriodSeconds"] = json!(0);
-                let response =
-                    self.put_txn(kind, vec![Compare::mod_revision(&key, kv.mod_revision)], &key, &object, None).await?;
+                // Marking for deletion changes nothing admission checks look at.
+                let compares = vec![Compare::mod_revision(&key, kv.mod_revision)];
+                let response = self.put_txn(kind, compares, &key, &object, Guard::default()).await?;
                 if response.succeeded {
                     object["metadata"]["resourceVersion"] = json!(response.revision.to_string());
                     return Ok(Reply::json(StatusCode::ACCEPTED, object));
@@ -543,7 +541,7 @@ impl ApiServer {
                 return Ok(Reply::json(StatusCode::OK, object));
             }
         }
-        Err(ApiError::conflict(&target(kind, name), "too many concurrent writers; try again"))
+        Err(ApiError::conflict(&kind.target(name), "too many concurrent writers; try again"))
     }
 
     /// GET of the scale subresource.
@@ -580,7 +578,7 @@ fn conflict_error(kind: &Kind, name: &str, conflicts: &[managed::Conflict]) -> A
                    "field": managed::display(&c.field)})
         })
         .collect();
-    let mut error = ApiError::conflict(&target(kind, name), "");
+    let mut error = ApiError::conflict(&kind.target(name), "");
     error.message = message;
     error.details = Some(json!({"name": name, "group": kind.group, "kind": kind.plural, "causes": causes}));
     error

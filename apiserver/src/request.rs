@@ -2,10 +2,19 @@
 
 use serde_json::Value;
 
-use crate::objects::Patch;
 use crate::selectors::{FieldSelector, LabelSelector, Selectors};
 use crate::status::{ApiError, ApiResult};
 use crate::table::IncludeObject;
+
+/// The body of a patch, by media type.
+pub enum Patch {
+    Merge(Value),
+    Json(Vec<json_patch::PatchOperation>),
+    /// Only for the core kinds (see [`crate::strategic`]).
+    Strategic(Value),
+    /// Server-side apply: the configuration (see [`crate::managed`]).
+    Apply(Value),
+}
 
 /// What to do with fields the schema does not have (`fieldValidation`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

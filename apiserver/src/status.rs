@@ -17,6 +17,7 @@ pub struct ApiError {
 }
 
 /// What an object is called in messages: `apps.baton.dev "web"`.
+#[derive(Debug, Clone, Copy)]
 pub struct Target<'a> {
     pub group: &'a str,
     pub plural: &'a str,

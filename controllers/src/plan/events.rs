@@ -5,43 +5,8 @@ use baton_api::{App, AppRef};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 use super::health::Due;
+pub use super::vocabulary::{Event, EventType, Regarding};
 use super::vocabulary::{Launch, Stop, StopReason};
-
-/// Normal or Warning, as in Kubernetes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventType {
-    Normal,
-    Warning,
-}
-
-impl EventType {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            EventType::Normal => "Normal",
-            EventType::Warning => "Warning",
-        }
-    }
-}
-
-/// What an event is about.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Regarding {
-    App(AppRef),
-    Agent(String),
-}
-
-/// One event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Event {
-    pub regarding: Regarding,
-    pub type_: EventType,
-    /// One CamelCase word: `Launched`, `Killing`, `Scaled`, `FailedScheduling`, `BackOff`…
-    pub reason: &'static str,
-    pub message: String,
-    /// Reports writes of the plan (launches, stops): true when it holds only if those
-    /// writes were made.
-    pub of_writes: bool,
-}
 
 /// Names shown in a message before the rest are counted.
 const LISTED: usize = 5;

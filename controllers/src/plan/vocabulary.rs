@@ -4,11 +4,10 @@
 
 use jiff::Timestamp;
 
-use baton_api::{App, AppGroupStatus, AppStatus, BackoffRecord, InstanceRecord};
+use baton_api::{App, AppGroupStatus, AppRef, AppStatus, BackoffRecord, InstanceRecord};
 use baton_store::Revision;
 
 use super::classify::Retention;
-use super::events;
 
 /// What the planner is given besides the snapshot.
 #[derive(Debug, Clone, Copy)]
@@ -192,7 +191,7 @@ pub struct Plan {
     /// Users' kill requests whose instances are gone.
     pub kills_done: Vec<KillDone>,
     /// What to report as Kubernetes events.
-    pub events: Vec<events::Event>,
+    pub events: Vec<Event>,
     /// Instances due to be killed for failing health checks that the health policy spares
     /// this tick (for metrics; the apps' statuses and events say why).
     pub withheld_kills: Vec<String>,
@@ -217,4 +216,40 @@ impl Plan {
             && self.kills_done.is_empty()
             && self.events.is_empty()
     }
+}
+
+/// Normal or Warning, as in Kubernetes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    Normal,
+    Warning,
+}
+
+impl EventType {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EventType::Normal => "Normal",
+            EventType::Warning => "Warning",
+        }
+    }
+}
+
+/// What an event is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Regarding {
+    App(AppRef),
+    Agent(String),
+}
+
+/// One event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub regarding: Regarding,
+    pub type_: EventType,
+    /// One CamelCase word: `Launched`, `Killing`, `Scaled`, `FailedScheduling`, `BackOff`…
+    pub reason: &'static str,
+    pub message: String,
+    /// Reports writes of the plan (launches, stops): true when it holds only if those
+    /// writes were made.
+    pub of_writes: bool,
 }
