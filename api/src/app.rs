@@ -105,6 +105,7 @@ pub struct AppSpec {
 
     /// A shell command, run as `sh -c CMD`. Exactly one of `cmd` and `args` is required.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = crate::limits::MAX_ARG_BYTES))]
     pub cmd: Option<String>,
 
     /// A program and its arguments, executed directly without a shell.
@@ -120,6 +121,7 @@ pub struct AppSpec {
     /// when `requirePorts` is set, and otherwise a service port (the instance gets a dynamic
     /// host port, also in `$PORT_<port>`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = crate::validation::MAX_PORTS))]
     pub ports: Vec<PortDefinition>,
 
     /// Fixed `ports` are the host ports: an instance goes only where they are free.
@@ -129,6 +131,7 @@ pub struct AppSpec {
     /// Placement constraints, Marathon's `[field, OPERATOR, value?]`: `[[hostname, UNIQUE]]`,
     /// `[[rack, GROUP_BY, "3"]]`, `[[rack, LIKE, "r[1-3]"]]`… (see `docs/apps.md`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = crate::limits::MAX_CONSTRAINTS))]
     pub constraints: Vec<Vec<String>>,
 
     /// Environment variables for every instance.
@@ -164,11 +167,13 @@ pub struct AppSpec {
     /// instance is healthy while it passes all of them, and is killed and replaced after
     /// `maxConsecutiveFailures` failures in a row, within `healthPolicy`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = crate::validation::MAX_HEALTH_CHECKS))]
     pub health_checks: Vec<HealthCheck>,
 
     /// At most one: a new instance counts towards a deployment's progress only once it
     /// passes. Never kills.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1))]
     pub readiness_checks: Vec<ReadinessCheck>,
 
     /// How many failing instances may be killed at once when much of the app is unhealthy.
@@ -186,6 +191,7 @@ pub struct AppSpec {
     /// together, it stops first. Absolute paths, or relative to the app's group (`db`,
     /// `../shared/cache`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = crate::limits::MAX_DEPENDENCIES))]
     pub dependencies: Vec<String>,
 }
 

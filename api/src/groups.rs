@@ -21,6 +21,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::app::App;
+use crate::limits::{MAX_DEPENDENCIES, MAX_GROUP_DEPTH};
 use crate::names;
 use crate::validation::FieldError;
 
@@ -71,6 +72,7 @@ pub struct AppGroupSpec {
     /// Apps or groups every app in this group depends on: absolute paths, or paths relative
     /// to this group's path (`../database` on `/product/service` is `/product/database`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_DEPENDENCIES))]
     pub dependencies: Vec<String>,
 
     /// Every app in the group (and below) runs `ceil(instances × factor)` instances, the
@@ -134,6 +136,10 @@ impl GroupPath {
         if rest.is_empty() {
             return Ok(Self::root());
         }
+        let depth = rest.split('/').count();
+        if depth > MAX_GROUP_DEPTH {
+            return Err(too_deep(depth));
+        }
         let mut segments = Vec::new();
         for segment in rest.split('/') {
             if segment == "." || segment == ".." {
@@ -173,6 +179,9 @@ impl GroupPath {
                     segments.push(segment.to_string());
                 }
             }
+        }
+        if segments.len() > MAX_GROUP_DEPTH {
+            return Err(format!("resolves to a path that {}", too_deep(segments.len())));
         }
         Ok(Self(segments))
     }
@@ -214,6 +223,11 @@ impl fmt::Display for GroupPath {
         }
         Ok(())
     }
+}
+
+/// The problem with a path of `depth` segments.
+fn too_deep(depth: usize) -> String {
+    format!("has {depth} segments; at most {MAX_GROUP_DEPTH} are allowed")
 }
 
 fn check_segment(segment: &str) -> Result<(), String> {
@@ -281,6 +295,14 @@ pub fn validate_app_group(group: &AppGroup) -> Vec<FieldError> {
 }
 
 fn validate_dependencies(dependencies: &[String], base: &GroupPath, errors: &mut Vec<FieldError>) {
+    if dependencies.len() > MAX_DEPENDENCIES {
+        errors.push(FieldError::invalid(
+            "spec.dependencies",
+            dependencies.len(),
+            format!("has {} dependencies; at most {MAX_DEPENDENCIES} are allowed", dependencies.len()),
+        ));
+        return;
+    }
     let mut seen = BTreeSet::new();
     for (i, written) in dependencies.iter().enumerate() {
         let field = format!("spec.dependencies[{i}]");

@@ -16,6 +16,7 @@ pub mod crds;
 pub mod groups;
 pub mod health;
 pub mod instance;
+pub mod limits;
 pub mod names;
 pub mod records;
 pub mod resources;

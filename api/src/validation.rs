@@ -12,6 +12,10 @@ use serde_json::Value;
 use crate::app::{App, AppSpec};
 use crate::constraints::Constraint;
 use crate::health::HealthProtocol;
+use crate::limits::{
+    InputLimits, MAX_ANNOTATIONS_BYTES, MAX_ARG_BYTES, MAX_COMMAND_BYTES, MAX_CONSTRAINTS, MAX_ENV_BYTES,
+    MAX_LABEL_VALUE_CHARS,
+};
 use crate::names;
 
 /// One problem with one field.
@@ -41,6 +45,8 @@ pub enum FieldErrorKind {
     NotSupported(Value, Vec<String>),
     /// The field does not exist in the schema.
     Unknown,
+    /// The value is longer or larger than allowed.
+    TooLong,
 }
 
 impl FieldError {
@@ -50,6 +56,11 @@ impl FieldError {
 
     pub fn invalid(field: impl Into<String>, value: impl Into<Value>, detail: impl Into<String>) -> Self {
         Self { field: field.into(), kind: FieldErrorKind::Invalid(value.into()), detail: detail.into() }
+    }
+
+    /// The value is too long or too large: `Too long: …`.
+    pub fn too_long(field: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self { field: field.into(), kind: FieldErrorKind::TooLong, detail: detail.into() }
     }
 
     pub fn forbidden(field: impl Into<String>, detail: impl Into<String>) -> Self {
@@ -85,6 +96,7 @@ impl FieldError {
             FieldErrorKind::Forbidden => "FieldValueForbidden",
             FieldErrorKind::Duplicate(_) => "FieldValueDuplicate",
             FieldErrorKind::NotSupported(..) => "FieldValueNotSupported",
+            FieldErrorKind::TooLong => "FieldValueTooLong",
         }
     }
 
@@ -101,6 +113,7 @@ impl FieldError {
                 format!("Unsupported value: {}: supported values: {}", short_json(v), list.join(", "))
             }
             FieldErrorKind::Unknown => "Unknown field".to_string(),
+            FieldErrorKind::TooLong => "Too long".to_string(),
         };
         if self.detail.is_empty() { head } else { format!("{head}: {}", self.detail) }
     }
@@ -123,15 +136,21 @@ fn short_json(v: &Value) -> String {
     }
 }
 
-/// Everything wrong with an App, in field order. Empty means valid.
+/// Everything wrong with an App, under the default limits, in field order. Empty means
+/// valid.
 pub fn validate_app(app: &App) -> Vec<FieldError> {
+    validate_app_with(app, &InputLimits::default())
+}
+
+/// Everything wrong with an App under `limits`, in field order. Empty means valid.
+pub fn validate_app_with(app: &App, limits: &InputLimits) -> Vec<FieldError> {
     let mut errors = Vec::new();
     if let Some(name) = &app.metadata.name
         && let Some(problem) = names::dns_label_problem(name)
     {
         errors.push(FieldError::invalid("metadata.name", name.as_str(), problem));
     }
-    validate_app_spec(&app.spec, &mut errors);
+    validate_app_spec(&app.spec, limits, &mut errors);
     crate::groups::validate_app_paths(app, &mut errors);
     errors
 }
@@ -153,9 +172,59 @@ fn reserved_env(name: &str) -> bool {
 /// The most ports one instance may ask for.
 pub const MAX_PORTS: usize = 64;
 
-fn validate_app_spec(spec: &AppSpec, errors: &mut Vec<FieldError>) {
+/// The metadata every object may carry, whatever its kind, as Kubernetes checks it: label
+/// keys and values, annotation keys, and the annotations' total size.
+pub fn validate_metadata(metadata: &Value) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    if let Some(labels) = metadata.get("labels").and_then(Value::as_object) {
+        for (key, value) in labels {
+            let field = format!("metadata.labels[{key}]");
+            if let Some(problem) = names::label_key_problem(key) {
+                errors.push(FieldError::invalid("metadata.labels", key.as_str(), problem));
+            } else if let Some(value) = value.as_str()
+                && let Some(problem) = names::label_value_problem(value)
+            {
+                let problem = if value.len() > MAX_LABEL_VALUE_CHARS {
+                    format!("has {} characters; {problem}", value.chars().count())
+                } else {
+                    problem
+                };
+                errors.push(FieldError::invalid(field, value, problem));
+            }
+        }
+    }
+    if let Some(annotations) = metadata.get("annotations").and_then(Value::as_object) {
+        let mut total = 0;
+        for (key, value) in annotations {
+            if let Some(problem) = names::label_key_problem(&key.to_lowercase()) {
+                errors.push(FieldError::invalid("metadata.annotations", key.as_str(), problem));
+            }
+            total += key.len() + value.as_str().map_or(0, str::len);
+        }
+        if total > MAX_ANNOTATIONS_BYTES {
+            errors.push(FieldError::too_long(
+                "metadata.annotations",
+                format!("the annotations take {total} bytes; at most {MAX_ANNOTATIONS_BYTES} are allowed"),
+            ));
+        }
+    }
+    errors
+}
+
+/// `what`'s size past `limit` bytes, said plainly.
+fn too_big(field: impl Into<String>, what: &str, bytes: usize, limit: usize) -> FieldError {
+    FieldError::too_long(field, format!("{what} takes {bytes} bytes; at most {limit} are allowed"))
+}
+
+fn validate_app_spec(spec: &AppSpec, limits: &InputLimits, errors: &mut Vec<FieldError>) {
     if spec.instances < 0 {
         errors.push(FieldError::invalid("spec.instances", spec.instances, "must be greater than or equal to 0"));
+    } else if spec.instances > limits.max_instances_per_app {
+        errors.push(FieldError::invalid(
+            "spec.instances",
+            spec.instances,
+            format!("must be at most {} (this cluster's limit per app)", limits.max_instances_per_app),
+        ));
     }
 
     match (&spec.cmd, &spec.args) {
@@ -164,6 +233,8 @@ fn validate_app_spec(spec: &AppSpec, errors: &mut Vec<FieldError>) {
         (Some(cmd), None) => {
             if cmd.trim().is_empty() {
                 errors.push(FieldError::invalid("spec.cmd", cmd.as_str(), "must not be empty"));
+            } else if cmd.len() > MAX_ARG_BYTES {
+                errors.push(too_big("spec.cmd", "the command", cmd.len(), MAX_ARG_BYTES));
             } else if cmd.contains('\0') {
                 errors.push(FieldError::invalid("spec.cmd", cmd.as_str(), "must not contain NUL characters"));
             }
@@ -178,8 +249,14 @@ fn validate_app_spec(spec: &AppSpec, errors: &mut Vec<FieldError>) {
                     "the program to run must not be empty",
                 ));
             }
+            let total: usize = args.iter().map(|a| a.len() + 1).sum();
+            if total > MAX_COMMAND_BYTES {
+                errors.push(too_big("spec.args", "the arguments together", total, MAX_COMMAND_BYTES));
+            }
             for (i, arg) in args.iter().enumerate() {
-                if arg.contains('\0') {
+                if arg.len() > MAX_ARG_BYTES {
+                    errors.push(too_big(format!("spec.args[{i}]"), "the argument", arg.len(), MAX_ARG_BYTES));
+                } else if arg.contains('\0') {
                     errors.push(FieldError::invalid(
                         format!("spec.args[{i}]"),
                         arg.as_str(),
@@ -228,7 +305,14 @@ fn validate_app_spec(spec: &AppSpec, errors: &mut Vec<FieldError>) {
         }
     }
 
-    for (i, parts) in spec.constraints.iter().enumerate() {
+    if spec.constraints.len() > MAX_CONSTRAINTS {
+        errors.push(FieldError::invalid(
+            "spec.constraints",
+            spec.constraints.len(),
+            format!("has {} constraints; at most {MAX_CONSTRAINTS} are allowed", spec.constraints.len()),
+        ));
+    }
+    for (i, parts) in spec.constraints.iter().enumerate().take(MAX_CONSTRAINTS) {
         if let Err(problem) = Constraint::parse(parts) {
             errors.push(FieldError::invalid(format!("spec.constraints[{i}]"), serde_json::json!(parts), problem));
         }
@@ -275,8 +359,17 @@ fn validate_app_spec(spec: &AppSpec, errors: &mut Vec<FieldError>) {
         ));
     }
 
+    // As the process gets them: NAME=value and a NUL each.
+    let env_bytes: usize = spec.env.iter().map(|(name, value)| name.len() + value.len() + 2).sum();
+    if env_bytes > MAX_ENV_BYTES {
+        errors.push(too_big("spec.env", "the environment", env_bytes, MAX_ENV_BYTES));
+    }
     for (name, value) in &spec.env {
         let field = format!("spec.env[{name}]");
+        if name.len() + value.len() + 2 > MAX_ARG_BYTES {
+            errors.push(too_big(field, "the variable", name.len() + value.len() + 2, MAX_ARG_BYTES));
+            continue;
+        }
         if name.is_empty() || name.contains('=') || name.contains('\0') {
             errors.push(FieldError::invalid(
                 field,

@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use baton_api::FieldError;
+use baton_api::limits::InputLimits;
 
 use crate::admission::Admission;
 use crate::graph::DependencyGraph;
@@ -74,8 +75,8 @@ pub struct Decoded {
     pub unknown_fields: Vec<String>,
 }
 
-/// Turns a request body into a stored object, or field errors.
-pub type Decoder = fn(&Value) -> Result<Decoded, Vec<FieldError>>;
+/// Turns a request body into a stored object, or field errors, under the operator's limits.
+pub type Decoder = fn(&Value, &InputLimits) -> Result<Decoded, Vec<FieldError>>;
 
 /// Where a kind's OpenAPI schema comes from.
 #[derive(Clone, Copy)]
@@ -439,7 +440,7 @@ fn event_kind() -> Kind {
 }
 
 /// Decodes a Namespace: its name must be a DNS label.
-fn decode_namespace(value: &Value) -> Result<Decoded, Vec<FieldError>> {
+fn decode_namespace(value: &Value, _: &InputLimits) -> Result<Decoded, Vec<FieldError>> {
     let (namespace, unknown_fields) =
         decode_typed::<k8s_openapi::api::core::v1::Namespace>(value).map_err(|e| vec![e])?;
     let name = namespace.metadata.name.clone().unwrap_or_default();
@@ -454,7 +455,7 @@ fn decode_namespace(value: &Value) -> Result<Decoded, Vec<FieldError>> {
 const MAX_EVENT_MESSAGE: usize = 4096;
 
 /// Decodes an Event: it must name the object it is about; its type is Normal or Warning.
-fn decode_event(value: &Value) -> Result<Decoded, Vec<FieldError>> {
+fn decode_event(value: &Value, _: &InputLimits) -> Result<Decoded, Vec<FieldError>> {
     let (event, unknown_fields) = decode_typed::<k8s_openapi::api::core::v1::Event>(value).map_err(|e| vec![e])?;
     let mut errors = Vec::new();
     if event.involved_object.kind.as_deref().unwrap_or_default().is_empty() {
@@ -486,18 +487,18 @@ fn decode_event(value: &Value) -> Result<Decoded, Vec<FieldError>> {
 
 /// Decodes an App: typed parse (type errors and unknown fields named by path), then
 /// validation, then the normalized form with defaults filled in.
-fn decode_app(value: &Value) -> Result<Decoded, Vec<FieldError>> {
-    decode_validated(value, baton_api::validation::validate_app)
+fn decode_app(value: &Value, limits: &InputLimits) -> Result<Decoded, Vec<FieldError>> {
+    decode_validated(value, |app| baton_api::validation::validate_app_with(app, limits))
 }
 
-fn decode_app_group(value: &Value) -> Result<Decoded, Vec<FieldError>> {
+fn decode_app_group(value: &Value, _: &InputLimits) -> Result<Decoded, Vec<FieldError>> {
     decode_validated(value, baton_api::groups::validate_app_group)
 }
 
 /// Decodes `T` and validates it; the stored object is `T` serialized (defaults filled in).
 fn decode_validated<T: DeserializeOwned + Serialize>(
     value: &Value,
-    validate: fn(&T) -> Vec<FieldError>,
+    validate: impl Fn(&T) -> Vec<FieldError>,
 ) -> Result<Decoded, Vec<FieldError>> {
     let (typed, unknown_fields) = decode_typed::<T>(value).map_err(|e| vec![e])?;
     let errors = validate(&typed);
@@ -605,12 +606,12 @@ mod tests {
     fn decoding_names_unknown_fields_and_type_errors() {
         let body = json!({"apiVersion": "baton.dev/v1alpha1", "kind": "App", "metadata": {"name": "web", "colour": 1},
                           "spec": {"cmd": "x", "replicas": 3, "ports": [{"port": 0, "protocol": "tcp"}]}});
-        let decoded = decode_app(&body).expect("valid apart from unknown fields");
+        let decoded = decode_app(&body, &InputLimits::default()).expect("valid apart from unknown fields");
         assert_eq!(decoded.unknown_fields, ["metadata.colour", "spec.ports[0].protocol", "spec.replicas"]);
         assert_eq!(decoded.object["spec"]["instances"], 1, "defaults are filled in");
 
         let body = json!({"metadata": {"name": "web"}, "spec": {"cmd": "x", "ports": [{"port": "http"}]}});
-        let errors = decode_app(&body).err().expect("a type error");
+        let errors = decode_app(&body, &InputLimits::default()).err().expect("a type error");
         assert_eq!(errors[0].field, "spec.ports[0].port");
         assert!(errors[0].to_string().contains("\"http\""), "{}", errors[0]);
     }

@@ -76,11 +76,17 @@ pub struct Limits {
     pub watches_per_user: usize,
     /// How often a watch that allows bookmarks gets one.
     pub bookmark_interval: std::time::Duration,
+    /// What objects may hold (see [`baton_api::limits`]).
+    pub input: baton_api::limits::InputLimits,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { watches_per_user: 1000, bookmark_interval: std::time::Duration::from_secs(60) }
+        Self {
+            watches_per_user: 1000,
+            bookmark_interval: std::time::Duration::from_secs(60),
+            input: Default::default(),
+        }
     }
 }
 

@@ -141,8 +141,13 @@ impl ApiServer {
         warnings: &mut Vec<String>,
     ) -> ApiResult<Value> {
         let decoder = Self::decoder(kind)?;
+        // What every object may carry is checked first, whatever the kind.
+        let errors = baton_api::validation::validate_metadata(&object["metadata"]);
+        if !errors.is_empty() {
+            return Err(ApiError::invalid(&kind.target(name), &errors));
+        }
         let Decoded { object, unknown_fields } =
-            decoder(object).map_err(|errors| ApiError::invalid(&kind.target(name), &errors))?;
+            decoder(object, &self.limits.input).map_err(|errors| ApiError::invalid(&kind.target(name), &errors))?;
         if !unknown_fields.is_empty() {
             match validation {
                 FieldValidation::Strict => {

@@ -41,7 +41,7 @@ impl Api {
             tokens: Tokens::parse("admin-token,admin,baton:admins\nalice-token,alice,team-a\nbob-token,bob\n").unwrap(),
             rules: Rules::parse("rules:\n- groups: [team-a]\n  namespaces: [default]\n  access: read\n").unwrap(),
         };
-        let limits = Limits { watches_per_user: 3, bookmark_interval: Duration::from_millis(300) };
+        let limits = Limits { watches_per_user: 3, bookmark_interval: Duration::from_millis(300), ..Limits::default() };
         let router = ApiServer::start(store.clone(), Keyspace::default(), security, limits).await.unwrap().router();
         Self { router, store, _dir: dir }
     }
@@ -1031,4 +1031,56 @@ async fn reading_one_instance_reads_one_instance() {
     assert_eq!(code, StatusCode::OK, "{view}");
     let (calls, keys) = counting.take();
     assert!(calls <= 3 && keys <= 1 + 2 * 50, "GET of one of 20 agents made {calls} reads of {keys} keys");
+}
+
+#[tokio::test]
+async fn oversized_input_is_refused_naming_the_field_its_size_and_the_limit() {
+    let api = Api::new().await;
+    let big = |n: usize| "x".repeat(n);
+    let with = |patch: Value| {
+        let mut app = app("web", 1);
+        json_patch::merge(&mut app, &patch);
+        app
+    };
+    let deep = format!("/{}", vec!["g"; 17].join("/"));
+    let cases: Vec<(Value, &str, &str)> = vec![
+        (with(json!({"spec": {"instances": 10_001}})), "spec.instances", "at most 10000"),
+        (with(json!({"spec": {"cmd": big(200 * 1024)}})), "spec.cmd", "at most 131071 are allowed"),
+        (with(json!({"spec": {"env": {"BIG": big(200 * 1024)}}})), "spec.env[BIG]", "at most 131071"),
+        (
+            with(json!({"spec": {"env": {"A": big(100_000), "B": big(100_000), "C": big(100_000)}}})),
+            "spec.env",
+            "takes 300009 bytes; at most 262144",
+        ),
+        (with(json!({"metadata": {"labels": {"tier": big(100)}}})), "metadata.labels[tier]", "has 100 characters"),
+        (
+            with(json!({"metadata": {"annotations": {"note": big(300 * 1024)}}})),
+            "metadata.annotations",
+            "at most 262144",
+        ),
+        (with(json!({"spec": {"group": deep}})), "spec.group", "has 17 segments; at most 16"),
+        (
+            with(json!({"spec": {"constraints": vec![json!(["hostname", "UNIQUE"]); 33]}})),
+            "spec.constraints",
+            "has 33 constraints; at most 32",
+        ),
+        (
+            with(json!({"spec": {"dependencies": (0..33).map(|i| format!("/d{i}")).collect::<Vec<_>>()}})),
+            "spec.dependencies",
+            "has 33 dependencies; at most 32",
+        ),
+        (with(json!({"spec": {"ports": vec![json!({"port": 0}); 65]}})), "spec.ports", "at most 64"),
+    ];
+    for (body, field, limit) in cases {
+        let (code, status) = api.call(Method::POST, APPS, Some(&body)).await;
+        assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{field}: {status}");
+        let message = status["message"].as_str().unwrap_or_default();
+        assert!(message.contains(field) && message.contains(limit), "{field}, {limit}: {message}");
+        assert!(message.len() < 2000, "the message stays short: {} bytes", message.len());
+    }
+    let (_, list) = api.call(Method::GET, APPS, None).await;
+    assert_eq!(list["items"], json!([]), "nothing was written");
+    // Within the limits it is accepted.
+    let (code, body) = api.call(Method::POST, APPS, Some(&with(json!({"spec": {"instances": 10_000}})))).await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
 }

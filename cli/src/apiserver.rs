@@ -46,6 +46,9 @@ pub struct ApiserverArgs {
     /// Watches one user may hold open at once.
     #[arg(long, default_value_t = Limits::default().watches_per_user)]
     max_watches_per_user: usize,
+    /// Instances one app may ask for (spec.instances); more is refused with a 422.
+    #[arg(long, default_value_t = baton_api::limits::DEFAULT_MAX_INSTANCES_PER_APP, value_parser = clap::value_parser!(i32).range(0..))]
+    max_instances_per_app: i32,
     /// Serve /metrics, /healthz and /readyz (ready while the store answers) here, over
     /// plain HTTP (the API port serves /healthz, /livez and /readyz too).
     #[arg(long)]
@@ -79,7 +82,11 @@ pub async fn run(args: ApiserverArgs) -> Result<()> {
             address.port()
         );
     }
-    let limits = Limits { watches_per_user: args.max_watches_per_user, bookmark_interval: args.bookmark_interval };
+    let limits = Limits {
+        watches_per_user: args.max_watches_per_user,
+        bookmark_interval: args.bookmark_interval,
+        input: baton_api::limits::InputLimits { max_instances_per_app: args.max_instances_per_app },
+    };
     let server = ApiServer::start(store, args.store.keys(), setup.security, limits)
         .await
         .map_err(|e| anyhow::anyhow!("preparing the store for the API server: {}", e.message))?;
