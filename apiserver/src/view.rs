@@ -154,6 +154,13 @@ impl Join {
         }
     }
 
+    /// Takes in records as read (puts).
+    fn ingest_all(&mut self, keys: &Keyspace, kvs: impl IntoIterator<Item = KeyValue>) {
+        for kv in kvs {
+            self.ingest(keys, &WatchEvent { kind: EventKind::Put, kv, prev_kv: None });
+        }
+    }
+
     /// Takes in one store change.
     fn ingest(&mut self, keys: &Keyspace, event: &WatchEvent) {
         let key = &event.kv.key;
@@ -231,6 +238,14 @@ fn parse<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Option<T> {
     }
 }
 
+/// The keys a transaction's gets found.
+fn found(responses: Vec<OpResponse>) -> impl Iterator<Item = KeyValue> {
+    responses.into_iter().filter_map(|r| match r {
+        OpResponse::Get(kv) => kv,
+        _ => None,
+    })
+}
+
 fn in_namespace(view: &Value, namespace: Option<&str>) -> bool {
     namespace.is_none_or(|ns| view.pointer("/metadata/namespace").and_then(Value::as_str) == Some(ns))
 }
@@ -246,15 +261,10 @@ impl ApiServer {
             prefixes.push(self.keys.unreachable_agents());
         }
         let mut join = Join::default();
-        let mut ingest = |kvs: Vec<KeyValue>| {
-            for kv in kvs {
-                join.ingest(&self.keys, &WatchEvent { kind: EventKind::Put, kv, prev_kv: None });
-            }
-        };
-        ingest(agents.kvs);
+        join.ingest_all(&self.keys, agents.kvs);
         for prefix in prefixes {
             let request = PageRequest { prefix, after: None, limit: 0, revision: Some(revision) };
-            ingest(self.store.range_page(&request).await?.kvs);
+            join.ingest_all(&self.keys, self.store.range_page(&request).await?.kvs);
         }
         Ok((join, revision))
     }
@@ -291,11 +301,7 @@ impl ApiServer {
         let keys = [self.keys.instance(agent, id), self.keys.status(agent, id), self.keys.agent(agent)];
         let response = self.store.txn(Txn::new().and_then(keys.iter().map(Op::get))).await?;
         let mut join = Join::default();
-        for response in response.responses {
-            if let OpResponse::Get(Some(kv)) = response {
-                join.ingest(&self.keys, &WatchEvent { kind: EventKind::Put, kv, prev_kv: None });
-            }
-        }
+        join.ingest_all(&self.keys, found(response.responses));
         Ok(join)
     }
 
@@ -305,24 +311,10 @@ impl ApiServer {
         let keys = [self.keys.agent(name), self.keys.unreachable_agent(name)];
         let response = self.store.txn(Txn::new().and_then(keys.iter().map(Op::get))).await?;
         let mut join = Join::default();
-        let mut ingest = |kvs: Vec<KeyValue>| {
-            for kv in kvs {
-                join.ingest(&self.keys, &WatchEvent { kind: EventKind::Put, kv, prev_kv: None });
-            }
-        };
-        ingest(
-            response
-                .responses
-                .into_iter()
-                .filter_map(|r| match r {
-                    OpResponse::Get(kv) => kv,
-                    _ => None,
-                })
-                .collect(),
-        );
+        join.ingest_all(&self.keys, found(response.responses));
         for prefix in [self.keys.agent_instances(name), self.keys.agent_statuses(name)] {
             let request = PageRequest { prefix, after: None, limit: 0, revision: Some(response.revision) };
-            ingest(self.store.range_page(&request).await?.kvs);
+            join.ingest_all(&self.keys, self.store.range_page(&request).await?.kvs);
         }
         Ok(join)
     }

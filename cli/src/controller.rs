@@ -56,8 +56,9 @@ pub async fn run(args: ControllerArgs) -> Result<()> {
     let mut registry = Registry::default();
     metrics.register(&mut registry);
     let watched = metrics.clone();
-    let ready: crate::serve::Readiness =
-        Arc::new(move || (watched.ready.get() == 0).then(|| "loading apps, groups and instances".to_string()));
+    let ready: crate::serve::Readiness = Arc::new(move || {
+        (watched.ready.get() == 0).then(|| "loading apps, groups, namespaces and instances".to_string())
+    });
     crate::serve::spawn_endpoints(args.metrics_listen, registry, ready, shutdown.clone()).await?;
     let controller = tokio::spawn(baton_controllers::runtime::run(store, client, config, metrics, shutdown.clone()));
     crate::wait_for_signal().await?;

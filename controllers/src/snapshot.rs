@@ -43,24 +43,33 @@ pub enum Key {
 
 impl Key {
     pub fn of(text: &str) -> Self {
-        let hex = |digits: &str| u128::from_str_radix(digits, 16).ok();
-        let is_lower_hex = |t: &str| t.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        if !text.is_empty()
-            && text.len() <= 32
-            && is_lower_hex(text)
-            && let Some(value) = hex(text)
-        {
-            return Key::Hex { len: text.len() as u8, value };
+        /// The number of lowercase hex digits, skipping the dashes at `dashes`; `None` if
+        /// any other byte is not one.
+        fn number(bytes: &[u8], dashes: &[usize]) -> Option<u128> {
+            let mut value: u128 = 0;
+            for (i, &b) in bytes.iter().enumerate() {
+                let digit = match b {
+                    b'0'..=b'9' => b - b'0',
+                    b'a'..=b'f' => b - b'a' + 10,
+                    b'-' if dashes.contains(&i) => continue,
+                    _ => return None,
+                };
+                value = (value << 4) | u128::from(digit);
+            }
+            Some(value)
         }
         let bytes = text.as_bytes();
-        if text.len() == 36 && [8, 13, 18, 23].iter().all(|&i| bytes[i] == b'-') {
-            let digits: String = text.chars().filter(|c| *c != '-').collect();
-            if digits.len() == 32
-                && is_lower_hex(&digits)
-                && let Some(value) = hex(&digits)
-            {
-                return Key::Uuid(value);
-            }
+        const UUID_DASHES: [usize; 4] = [8, 13, 18, 23];
+        if (1..=32).contains(&bytes.len())
+            && let Some(value) = number(bytes, &[])
+        {
+            return Key::Hex { len: bytes.len() as u8, value };
+        }
+        if bytes.len() == 36
+            && UUID_DASHES.iter().all(|&i| bytes[i] == b'-')
+            && let Some(value) = number(bytes, &UUID_DASHES)
+        {
+            return Key::Uuid(value);
         }
         Key::Text
     }
@@ -82,16 +91,40 @@ pub struct InstanceState {
     /// Mod revision of the record: writes to it compare against this.
     pub revision: Revision,
     pub status: Option<Arc<StatusRecord>>,
-    /// The record's app uid, made a [`Key`] with the state.
+    /// The record's app uid, as a [`Key`].
     pub app_key: Key,
-    /// The record's version, made a [`Key`] with the state.
+    /// The record's version, as a [`Key`].
     pub version_key: Key,
+}
+
+/// A record's app uid and version as [`Key`]s: made once per record (the runtime's cache
+/// keeps them with it), not once per tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordKeys {
+    pub app: Key,
+    pub version: Key,
+}
+
+impl RecordKeys {
+    pub fn of(record: &InstanceRecord) -> Self {
+        Self { app: Key::of(&record.app.uid), version: Key::of(&record.version) }
+    }
 }
 
 impl InstanceState {
     pub fn new(record: Arc<InstanceRecord>, revision: Revision, status: Option<Arc<StatusRecord>>) -> Self {
-        let (app_key, version_key) = (Key::of(&record.app.uid), Key::of(&record.version));
-        Self { record, revision, status, app_key, version_key }
+        let keys = RecordKeys::of(&record);
+        Self::with_keys(record, keys, revision, status)
+    }
+
+    /// With the record's keys made already.
+    pub fn with_keys(
+        record: Arc<InstanceRecord>,
+        keys: RecordKeys,
+        revision: Revision,
+        status: Option<Arc<StatusRecord>>,
+    ) -> Self {
+        Self { record, revision, status, app_key: keys.app, version_key: keys.version }
     }
 
     /// Whether it runs `version` (whose key is `key`).

@@ -20,15 +20,17 @@ use baton_api::{
 use baton_store::{EventKind, KeyValue, Keyspace, Revision, Store, WatchEvent};
 use k8s_openapi::api::core::v1::Namespace;
 
-use crate::snapshot::{InstanceState, Marker, Snapshot, held_in_agent_order};
+use crate::snapshot::{InstanceState, Marker, RecordKeys, Snapshot, held_in_agent_order};
 
 type Slot = (String, String);
 
+#[derive(Default)]
 struct Records {
     /// The controller's scope.
     scope: Scope,
     agents: BTreeMap<String, (Arc<AgentRecord>, Revision)>,
-    instances: BTreeMap<Slot, (Arc<InstanceRecord>, Revision)>,
+    /// With their keys, made as they come in.
+    instances: BTreeMap<Slot, ((Arc<InstanceRecord>, RecordKeys), Revision)>,
     statuses: BTreeMap<Slot, (Arc<StatusRecord>, Revision)>,
     markers: BTreeMap<String, (Arc<UnreachableMarker>, Revision)>,
     backoffs: BTreeMap<(String, String), (Arc<BackoffRecord>, Revision)>,
@@ -91,9 +93,9 @@ impl StoreCache {
         let by_agent: Vec<InstanceState> = records
             .instances
             .iter()
-            .map(|(slot, (record, revision))| {
+            .map(|(slot, ((record, keys), revision))| {
                 let status = records.statuses.get(slot).map(|(s, _)| s.clone());
-                InstanceState::new(record.clone(), *revision, status)
+                InstanceState::with_keys(record.clone(), *keys, *revision, status)
             })
             .collect();
         let held = held_in_agent_order(&by_agent);
@@ -132,15 +134,7 @@ fn clone_entry<K: Clone, V: Clone>((key, value): (&K, &V)) -> (K, V) {
 
 impl Records {
     fn new(scope: Scope) -> Self {
-        Records {
-            scope,
-            agents: BTreeMap::new(),
-            instances: BTreeMap::new(),
-            statuses: BTreeMap::new(),
-            markers: BTreeMap::new(),
-            backoffs: BTreeMap::new(),
-            kill_requests: BTreeMap::new(),
-        }
+        Records { scope, ..Records::default() }
     }
 
     /// Whether the cache keeps this instance: the platform keeps every scope's (it places
@@ -252,7 +246,8 @@ fn apply_put(records: &mut Records, keys: &Keyspace, kv: &KeyValue) {
         if let Some(record) = parse::<InstanceRecord>(kv)
             && records.keeps(&record)
         {
-            upsert(&mut records.instances, (agent.to_string(), id.to_string()), record, kv.mod_revision);
+            let keys = RecordKeys::of(&record);
+            upsert(&mut records.instances, (agent.to_string(), id.to_string()), (record, keys), kv.mod_revision);
         }
     } else if let Some((agent, id)) = keys.parse_status_key(&kv.key) {
         let slot = (agent.to_string(), id.to_string());
