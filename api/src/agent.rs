@@ -96,6 +96,28 @@ pub struct AgentStatus {
     /// Since when it does not report (set by the controller).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unreachable_since: Option<Time>,
+    /// Its state in a Maintenance, while it is in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<AgentMaintenance>,
+}
+
+/// An agent's part in a Maintenance.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[schemars(rename = "dev.baton.v1alpha1.AgentMaintenance")]
+#[serde(rename_all = "camelCase")]
+pub struct AgentMaintenance {
+    /// The Maintenance that takes it.
+    pub name: String,
+    /// `Draining`, `Drained` or `Released`.
+    pub state: String,
+    /// Since when it is in this state.
+    pub since: Time,
+}
+
+impl AgentMaintenance {
+    pub fn of(record: &crate::maintenance::DrainRecord) -> Self {
+        Self { name: record.maintenance.clone(), state: record.state.as_str().into(), since: Time(record.since) }
+    }
 }
 
 impl Agent {
@@ -150,6 +172,7 @@ impl Agent {
                 allocated: allocated.into(),
                 instances: live_instances.len() as u32,
                 unreachable_since: marker.filter(|_| record.is_none()).map(|m| Time(m.since)),
+                maintenance: None,
             },
         }
     }

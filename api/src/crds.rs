@@ -6,10 +6,11 @@ use kube::CustomResourceExt;
 
 use crate::app::App;
 use crate::groups::AppGroup;
+use crate::maintenance::Maintenance;
 
 /// Every CRD Baton defines.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![app(), app_group()]
+    vec![app(), app_group(), maintenance()]
 }
 
 /// The App CRD, its descriptions unwrapped (see [`unwrap_descriptions`]).
@@ -20,6 +21,11 @@ pub fn app() -> CustomResourceDefinition {
 /// The AppGroup CRD, its descriptions unwrapped (see [`unwrap_descriptions`]).
 pub fn app_group() -> CustomResourceDefinition {
     unwrapped(AppGroup::crd())
+}
+
+/// The Maintenance CRD, its descriptions unwrapped (see [`unwrap_descriptions`]).
+pub fn maintenance() -> CustomResourceDefinition {
+    unwrapped(Maintenance::crd())
 }
 
 fn unwrapped(crd: CustomResourceDefinition) -> CustomResourceDefinition {

@@ -17,6 +17,7 @@ pub mod groups;
 pub mod health;
 pub mod instance;
 pub mod limits;
+pub mod maintenance;
 pub mod names;
 pub mod records;
 pub mod resources;
@@ -28,6 +29,7 @@ pub use app::{App, AppSpec, AppStatus, Backoff, KillSelection, PortDefinition, U
 pub use groups::{AppGroup, AppGroupSpec, AppGroupStatus, GroupPath};
 pub use health::{CheckResult, HealthCheck, HealthPolicy, HealthProtocol, ReadinessCheck};
 pub use instance::{Instance, InstanceSpec, InstanceViewStatus};
+pub use maintenance::{DrainRecord, DrainState, Maintenance, MaintenanceSpec, MaintenanceStatus};
 pub use records::{
     AgentRecord, AppRef, BackoffRecord, Failure, Goal, InstanceRecord, KillRequest, Phase, PortRange, SandboxEndpoint,
     StatusRecord, UnreachableMarker,

@@ -108,6 +108,16 @@ impl ResourceAmounts {
         }
     }
 
+    /// `n` times these amounts, saturating.
+    pub fn times(self, n: u64) -> Self {
+        Self {
+            millicpus: self.millicpus.saturating_mul(n),
+            mem_mib: self.mem_mib.saturating_mul(n),
+            disk_mib: self.disk_mib.saturating_mul(n),
+            gpus: self.gpus.saturating_mul(n),
+        }
+    }
+
     /// Splits these amounts into `parts` equal shares (rounded down), e.g. a machine's
     /// resources among the agents `baton dev` runs on it.
     pub fn divided_by(self, parts: u64) -> Self {

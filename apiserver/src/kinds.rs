@@ -245,6 +245,7 @@ pub fn all() -> Vec<Kind> {
         Kind::from_crd(baton_api::crds::app_group, decode_app_group).admitted_by(DependencyGraph::Groups),
         instance_kind(),
         agent_kind(),
+        Kind::from_crd(baton_api::crds::maintenance, decode_maintenance),
         namespace_kind(),
         event_kind(),
     ]
@@ -335,6 +336,13 @@ fn agent_kind() -> Kind {
         columns: vec![
             column("Host", "string", ".spec.host", 0, "Where its instances are reached"),
             column("State", "string", ".status.state", 0, "Ready while it reports"),
+            column(
+                "Maintenance",
+                "string",
+                ".status.maintenance.state",
+                0,
+                "Draining, Drained or Released while a Maintenance takes it",
+            ),
             column("CPUs", "string", ".status.allocated.cpus", 0, "Allocated/capacity")
                 .computed(|o| allocation(o, "cpus")),
             column("Mem", "string", ".status.allocated.mem", 0, "Allocated/capacity, MiB")
@@ -493,6 +501,10 @@ fn decode_app(value: &Value, limits: &InputLimits) -> Result<Decoded, Vec<FieldE
 
 fn decode_app_group(value: &Value, _: &InputLimits) -> Result<Decoded, Vec<FieldError>> {
     decode_validated(value, baton_api::groups::validate_app_group)
+}
+
+fn decode_maintenance(value: &Value, _: &InputLimits) -> Result<Decoded, Vec<FieldError>> {
+    decode_validated(value, baton_api::maintenance::validate_maintenance)
 }
 
 /// Decodes `T` and validates it; the stored object is `T` serialized (defaults filled in).

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use axum::body::Bytes;
 use axum::response::Response;
-use baton_api::{Agent, AgentRecord, Instance, InstanceRecord, StatusRecord, UnreachableMarker};
+use baton_api::{Agent, AgentRecord, DrainRecord, Instance, InstanceRecord, StatusRecord, UnreachableMarker};
 use baton_store::{Compare, EventKind, KeyValue, Keyspace, Op, OpResponse, PageRequest, Revision, Txn, WatchEvent};
 use serde_json::{Value, json};
 
@@ -53,6 +53,8 @@ struct Join {
     statuses: BTreeMap<Slot, (StatusRecord, Revision)>,
     agents: BTreeMap<String, (AgentRecord, Revision)>,
     markers: BTreeMap<String, (UnreachableMarker, Revision)>,
+    /// Agents in maintenance.
+    drains: BTreeMap<String, (DrainRecord, Revision)>,
 }
 
 fn agent_range(agent: &str) -> std::ops::RangeFrom<Slot> {
@@ -82,7 +84,8 @@ impl Join {
     fn agent_view(&self, name: &str) -> Option<Value> {
         let agent = self.agents.get(name);
         let marker = self.markers.get(name);
-        let mut rev = agent.map_or(0, |(_, r)| *r).max(marker.map_or(0, |(_, r)| *r));
+        let drain = self.drains.get(name);
+        let mut rev = agent.map_or(0, |(_, r)| *r).max(marker.map_or(0, |(_, r)| *r)).max(drain.map_or(0, |(_, r)| *r));
         let mut live = Vec::new();
         for slot in self.instance_slots(name) {
             let (record, record_rev) = &self.records[slot];
@@ -96,7 +99,8 @@ impl Join {
         if agent.is_none() && marker.is_none() && live.is_empty() {
             return None;
         }
-        let view = Agent::from_records(name, agent.map(|(a, _)| a), &live, marker.map(|(m, _)| m), rev);
+        let mut view = Agent::from_records(name, agent.map(|(a, _)| a), &live, marker.map(|(m, _)| m), rev);
+        view.status.maintenance = drain.map(|(d, _)| baton_api::agent::AgentMaintenance::of(d));
         Some(serde_json::to_value(view).expect("an Agent serializes"))
     }
 
@@ -138,6 +142,7 @@ impl Join {
                 .or_else(|| keys.parse_instance_key(key).map(|(a, _)| a))
                 .or_else(|| keys.parse_status_key(key).map(|(a, _)| a))
                 .or_else(|| keys.parse_unreachable_key(key))
+                .or_else(|| keys.parse_drain_key(key))
         };
         match which {
             Which::Agents => agent_of().map(|a| Id::Agent(a.to_string())).into_iter().collect(),
@@ -175,6 +180,11 @@ impl Join {
             match parse::<UnreachableMarker>(&event.kv).filter(|_| put) {
                 Some(marker) => _ = self.markers.insert(agent.to_string(), (marker, rev)),
                 None => _ = self.markers.remove(agent),
+            }
+        } else if let Some(agent) = keys.parse_drain_key(key) {
+            match parse::<DrainRecord>(&event.kv).filter(|_| put) {
+                Some(drain) => _ = self.drains.insert(agent.to_string(), (drain, rev)),
+                None => _ = self.drains.remove(agent),
             }
         } else if let Some((agent, id)) = keys.parse_instance_key(key) {
             let slot = (agent.to_string(), id.to_string());
@@ -259,6 +269,7 @@ impl ApiServer {
         let mut prefixes = vec![self.keys.instances(), self.keys.statuses()];
         if which == Which::Agents {
             prefixes.push(self.keys.unreachable_agents());
+            prefixes.push(self.keys.drains());
         }
         let mut join = Join::default();
         join.ingest_all(&self.keys, agents.kvs);
@@ -308,7 +319,7 @@ impl ApiServer {
     /// The records of agent `name`: its own, its marker, its instances and their statuses,
     /// all as of one revision.
     async fn load_agent(&self, name: &str) -> ApiResult<Join> {
-        let keys = [self.keys.agent(name), self.keys.unreachable_agent(name)];
+        let keys = [self.keys.agent(name), self.keys.unreachable_agent(name), self.keys.drain(name)];
         let response = self.store.txn(Txn::new().and_then(keys.iter().map(Op::get))).await?;
         let mut join = Join::default();
         join.ingest_all(&self.keys, found(response.responses));

@@ -638,6 +638,7 @@ async fn agents_are_a_read_only_cluster_wide_view() {
             "a1",
             "10.0.0.1",
             "Ready",
+            null,
             "0/2",
             "0/1024",
             "0/0",
@@ -645,7 +646,7 @@ async fn agents_are_a_read_only_cluster_wide_view() {
             0,
             "rack=r1",
             "test",
-            table["rows"][0]["cells"][10]
+            table["rows"][0]["cells"][11]
         ])
     );
 }
@@ -1083,4 +1084,37 @@ async fn oversized_input_is_refused_naming_the_field_its_size_and_the_limit() {
     // Within the limits it is accepted.
     let (code, body) = api.call(Method::POST, APPS, Some(&with(json!({"spec": {"instances": 10_000}})))).await;
     assert_eq!(code, StatusCode::CREATED, "{body}");
+}
+
+#[tokio::test]
+async fn maintenances_are_cluster_scoped_and_bad_ones_are_refused_naming_field_and_value() {
+    let api = Api::new().await;
+    let path = "/apis/baton.dev/v1alpha1/maintenances";
+    let good = json!({
+        "apiVersion": "baton.dev/v1alpha1", "kind": "Maintenance", "metadata": {"name": "racks"},
+        "spec": {"partitionBy": "rack", "maxAgents": 2,
+                 "schedule": {"start": "2026-12-02T02:00:00Z", "every": "24h", "duration": "4h"}},
+    });
+    let (code, created) = api.call(Method::POST, path, Some(&good)).await;
+    assert_eq!(code, StatusCode::CREATED, "{created}");
+    assert_eq!(created["spec"]["horizonDays"], 7, "defaults are filled in");
+    assert!(created["metadata"].get("namespace").is_none(), "cluster-scoped");
+    let (code, _) = api.call(Method::GET, &format!("{path}/racks"), None).await;
+    assert_eq!(code, StatusCode::OK);
+
+    let bad = json!({
+        "apiVersion": "baton.dev/v1alpha1", "kind": "Maintenance", "metadata": {"name": "bad"},
+        "spec": {"maxAgents": 0, "partitions": ["r1"],
+                 "schedule": {"start": "2026-12-02T02:00:00Z", "every": "5m", "duration": "a while"}},
+    });
+    let (code, status) = api.call(Method::POST, path, Some(&bad)).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{status}");
+    let message = status["message"].as_str().unwrap_or_default();
+    for needle in
+        ["spec.maxAgents", "spec.schedule.every", "\"5m\"", "spec.schedule.duration", "\"a while\"", "spec.partitionBy"]
+    {
+        assert!(message.contains(needle), "{needle} is not in: {message}");
+    }
+    let (code, _) = api.call(Method::GET, &format!("{path}/bad"), None).await;
+    assert_eq!(code, StatusCode::NOT_FOUND, "nothing half-written");
 }

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use baton_api::{
-    AgentRecord, App, AppGroup, BackoffRecord, Goal, InstanceRecord, KillRequest, Phase, ResourceAmounts, Scope,
-    StatusRecord,
+    AgentRecord, App, AppGroup, BackoffRecord, DrainRecord, Goal, InstanceRecord, KillRequest, Maintenance, Phase,
+    ResourceAmounts, Scope, StatusRecord,
 };
 use baton_store::Revision;
 use jiff::Timestamp;
@@ -310,6 +310,11 @@ pub struct Snapshot {
     pub foreign: Vec<InstanceState>,
     /// Agents known to have stopped reporting, and since when.
     pub unreachable: BTreeMap<String, Marker>,
+    /// Every Maintenance (cluster-scoped: every scope drains its own instances), by name.
+    pub maintenances: Vec<Arc<Maintenance>>,
+    /// Agents in maintenance, as the platform's controller recorded them, with the revision
+    /// of each record.
+    pub drains: BTreeMap<String, (Arc<DrainRecord>, Revision)>,
     /// Launch backoffs by `(namespace, app)`, with the revision of each.
     pub backoffs: BTreeMap<(String, String), (Arc<BackoffRecord>, Revision)>,
     /// Users' requests to kill instances, by `(namespace, instance id)`, with the revision

@@ -405,8 +405,88 @@ pub fn snapshot(apps: &[&Arc<App>], agents: Vec<Arc<AgentRecord>>, instances: Ve
         instances: own.into_iter().map(|i| (i.record.id.clone(), i)).collect(),
         foreign,
         unreachable: Default::default(),
+        maintenances: Vec::new(),
+        drains: Default::default(),
         backoffs: Default::default(),
         kill_requests: Default::default(),
         held: None,
     }
+}
+
+/// A simulated world's instances after a plan: launches added, stops, slot releases and
+/// noted ends written into the records (each a new revision from `revision`), removals gone.
+pub fn apply_to_instances(
+    instances: &mut std::collections::BTreeMap<String, InstanceState>,
+    plan: &crate::plan::Plan,
+    revision: &mut i64,
+) {
+    let mut rewrite = |instances: &mut std::collections::BTreeMap<String, InstanceState>, record: InstanceRecord| {
+        *revision += 1;
+        if let Some(state) = instances.get_mut(&record.id) {
+            state.record = Arc::new(record);
+            state.revision = *revision;
+        }
+    };
+    for launch in &plan.launches {
+        let state = InstanceState::new(Arc::new(launch.record.clone()), 0, None);
+        instances.insert(launch.record.id.clone(), state);
+        rewrite(instances, launch.record.clone());
+    }
+    for stop in &plan.stops {
+        let record = InstanceRecord {
+            goal: Goal::Stopped,
+            stop_reason: Some(stop.reason.as_str().to_string()),
+            holds_slot: stop.takes_slot,
+            ..stop.record.clone()
+        };
+        rewrite(instances, record);
+    }
+    for release in &plan.slot_releases {
+        rewrite(instances, InstanceRecord { holds_slot: false, ..release.record.clone() });
+    }
+    for removal in &plan.removals {
+        instances.remove(&removal.id);
+    }
+    for counted in plan.backoffs.iter().flat_map(|b| &b.counted).chain(&plan.noted) {
+        rewrite(instances, InstanceRecord { end_noted: true, ..counted.record.clone() });
+    }
+}
+
+/// `instance` reported in `phase` at `now`: running since now (its checks not probed yet), or
+/// ended now.
+pub fn set_phase(instance: &mut InstanceState, phase: Phase, now: Timestamp) {
+    let mut status = instance.status.as_deref().cloned().unwrap_or_else(|| StatusRecord::new(phase));
+    status.phase = phase;
+    match phase {
+        Phase::Running => {
+            status.started_at = Some(now);
+            status.health = vec![baton_api::CheckResult::default(); instance.record.health_checks.len()];
+        }
+        _ => status.finished_at = Some(now),
+    }
+    instance.status = Some(Arc::new(status));
+}
+
+/// One probe of a running instance's first health check at `now`, as an agent makes it: a
+/// pass resets the failures; a failure counts once past the grace period (`started` +
+/// `grace`), or once the check has passed before.
+pub fn probe(instance: &mut InstanceState, passes: bool, grace: jiff::SignedDuration, now: Timestamp) {
+    let mut status = instance.status.as_deref().cloned().expect("running has a status");
+    let started = status.started_at.expect("running since");
+    let result = &mut status.health[0];
+    if passes {
+        result.passing = Some(true);
+        result.consecutive_failures = 0;
+        result.consecutive_successes += 1;
+        result.last_success = Some(now);
+    } else if result.last_success.is_some() || now >= started + grace {
+        result.passing = Some(false);
+        result.consecutive_failures += 1;
+        result.consecutive_successes = 0;
+        result.last_failure = Some(now);
+    }
+    if status.healthy_at.is_none() && status.passes_steadily(&instance.record.health_checks) {
+        status.healthy_at = Some(now);
+    }
+    instance.status = Some(Arc::new(status));
 }

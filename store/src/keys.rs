@@ -97,6 +97,20 @@ impl Keyspace {
         key.strip_prefix(&self.unreachable_agents()).filter(|name| !name.is_empty() && !name.contains('/'))
     }
 
+    /// `/baton/maintenance/`: the controller's records of agents in maintenance.
+    pub fn drains(&self) -> String {
+        format!("{}/maintenance/", self.root)
+    }
+
+    pub fn drain(&self, agent: &str) -> String {
+        format!("{}/maintenance/{agent}", self.root)
+    }
+
+    /// The agent name of a key under [`Keyspace::drains`].
+    pub fn parse_drain_key<'k>(&self, key: &'k str) -> Option<&'k str> {
+        key.strip_prefix(&self.drains()).filter(|name| !name.is_empty() && !name.contains('/'))
+    }
+
     /// `/baton/apps/`: what the controller keeps about apps across failovers.
     pub fn apps(&self) -> String {
         format!("{}/apps/", self.root)

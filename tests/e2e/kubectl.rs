@@ -229,7 +229,7 @@ fn watch_describe_and_the_views() {
 
     let agents = ok(&cluster, &["get", "agents"]);
     let header: Vec<&str> = agents.lines().next().unwrap().split_whitespace().collect();
-    assert_eq!(header, ["NAME", "HOST", "STATE", "CPUS", "MEM", "INSTANCES", "AGE"], "{agents}");
+    assert_eq!(header, ["NAME", "HOST", "STATE", "MAINTENANCE", "CPUS", "MEM", "INSTANCES", "AGE"], "{agents}");
     assert_eq!(agents.lines().filter(|l| l.contains("Ready")).count(), 2, "{agents}");
     let racked = ok(&cluster, &["get", "agents", "-l", "rack=r1", "-o", "wide"]);
     assert!(racked.contains("rack=r1") && !racked.contains("rack=r2"), "{racked}");

@@ -31,11 +31,22 @@ pub struct ClusterOptions {
     pub tokens: Vec<&'static str>,
     /// The API server's authorization rules (YAML), if any.
     pub rules: Option<&'static str>,
+    /// Agent `aI` has the attribute `rack=rK`: with `Some(n)`, K is (I − 1) mod n + 1 (n racks,
+    /// agents dealt round-robin); with `None`, K is I.
+    pub racks: Option<usize>,
 }
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        Self { controllers: 2, agents: 2, election_ttl: "2s", agent_lease_ttl: "2s", tokens: Vec::new(), rules: None }
+        Self {
+            controllers: 2,
+            agents: 2,
+            election_ttl: "2s",
+            agent_lease_ttl: "2s",
+            tokens: Vec::new(),
+            rules: None,
+            racks: None,
+        }
     }
 }
 
@@ -61,6 +72,17 @@ impl RecordWrite {
     pub fn is_stop(&self) -> bool {
         matches!((&self.before, &self.after), (Some(b), Some(a)) if b.goal == Goal::Running && a.goal == Goal::Stopped)
     }
+}
+
+/// One change of a key, from the store's history.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub revision: i64,
+    pub key: String,
+    /// The value after (None for a delete).
+    pub value: Option<Vec<u8>>,
+    /// The value before (None for a creation).
+    pub before: Option<Vec<u8>>,
 }
 
 pub struct Cluster {
@@ -155,6 +177,7 @@ impl Cluster {
             let name = format!("a{i}");
             let work_dir = cluster.dir.path().join(&name);
             let ports = format!("{}-{}", 20000 + 1000 * i, 20000 + 1000 * i + 999);
+            let rack = options.racks.map_or(i, |n| (i - 1) % n.max(1) + 1);
             let args = os(&[
                 "agent",
                 "--store",
@@ -168,7 +191,7 @@ impl Cluster {
                 "--resources",
                 "cpus=4,mem=4096,disk=1024",
                 "--attributes",
-                &format!("rack=r{i}"),
+                &format!("rack=r{rack}"),
                 "--ports",
                 &ports,
                 "--lease-ttl",
@@ -277,6 +300,20 @@ impl Cluster {
 
     /// Every write of an instance record since the cluster started, in order.
     pub fn history(&self) -> Vec<RecordWrite> {
+        let parse = |bytes: &[u8]| serde_json::from_slice::<InstanceRecord>(bytes).ok();
+        self.changes()
+            .into_iter()
+            .filter(|c| self.keys.parse_instance_key(&c.key).is_some())
+            .map(|c| RecordWrite {
+                revision: c.revision,
+                after: c.value.as_deref().and_then(parse),
+                before: c.before.as_deref().and_then(parse),
+            })
+            .collect()
+    }
+
+    /// Every change of the installation's keys since the cluster started, in order.
+    pub fn changes(&self) -> Vec<Change> {
         let store = self.store.clone();
         let keys = self.keys.clone();
         self.block_on(async move {
@@ -284,7 +321,7 @@ impl Cluster {
             // Every change of the installation is under its root, so the watch reaches the
             // current revision exactly.
             let mut watch = store.watch(&keys.root_prefix(), 1).await.expect("watching the history");
-            let mut writes = Vec::new();
+            let mut changes = Vec::new();
             let mut seen = 0;
             while seen < current {
                 let batch = tokio::time::timeout(Duration::from_secs(10), watch.next())
@@ -294,19 +331,21 @@ impl Cluster {
                     .expect("the history replays");
                 for event in batch.events {
                     seen = seen.max(event.revision());
-                    if keys.parse_instance_key(&event.kv.key).is_none() {
-                        continue;
-                    }
-                    let parse = |bytes: &[u8]| serde_json::from_slice::<InstanceRecord>(bytes).ok();
-                    writes.push(RecordWrite {
+                    changes.push(Change {
                         revision: event.revision(),
-                        after: (event.kind == EventKind::Put).then(|| parse(&event.kv.value)).flatten(),
-                        before: event.prev_kv.as_ref().and_then(|kv| parse(&kv.value)),
+                        value: (event.kind == EventKind::Put).then(|| event.kv.value.clone()),
+                        before: event.prev_kv.as_ref().map(|kv| kv.value.clone()),
+                        key: event.kv.key,
                     });
                 }
             }
-            writes
+            changes
         })
+    }
+
+    /// The store's keyspace.
+    pub fn keys(&self) -> &Keyspace {
+        &self.keys
     }
 
     /// `kubectl … -o json` of an app.

@@ -18,6 +18,7 @@ use baton_api::{App, BackoffRecord, Failure, Goal, Phase, Scope};
 use super::classify::{AppInstances, Reachability, kill_order};
 use super::events::{self, Event};
 use super::groups::Gate;
+use super::maintain::Drains;
 use super::observe::ObservedApp;
 use super::place::Demand;
 use super::slots::Slots;
@@ -50,6 +51,17 @@ pub struct Decision<'s> {
     /// The app's instances after this tick's kills (the killed ones are `stopping`).
     pub sets: AppInstances<'s>,
     pub course: Course<'s>,
+    /// Its instances on agents in maintenance that wait to move, and why.
+    pub moving: Option<Moving<'s>>,
+}
+
+/// Instances on agents in maintenance still there after this tick, and why they wait.
+pub struct Moving<'s> {
+    pub left: Vec<&'s InstanceState>,
+    /// `Replacing`, `MaxConcurrentStarts`, `BackingOff` or `Dependencies` (the report stage
+    /// says `NoRoom` when a replacement found no agent).
+    pub reason: &'static str,
+    pub message: String,
 }
 
 /// Whether the app runs or is being deleted, and what follows from it.
@@ -128,6 +140,7 @@ pub fn decide<'s>(
     apps: Vec<ObservedApp<'s>>,
     orphans: &[&'s InstanceState],
     gates: &[Gate],
+    drains: &Drains,
     ctx: &PlanContext,
 ) -> Decided<'s> {
     let leftovers = leftovers(snapshot, orphans, reach);
@@ -136,7 +149,7 @@ pub fn decide<'s>(
         .zip(gates)
         .map(|(app, gate)| match app.app.metadata.deletion_timestamp {
             Some(_) => deleting(app, gate),
-            None => running(app, gate, snapshot, ctx),
+            None => running(app, gate, snapshot, drains, ctx),
         })
         .collect();
     Decided { apps, leftovers }
@@ -178,6 +191,7 @@ fn empty<'s>(app: &'s App, version: String) -> Decision<'s> {
         next_wakeup: None,
         sets: AppInstances::default(),
         course: Course::Deleting { left: 0, gone: false },
+        moving: None,
     }
 }
 
@@ -221,7 +235,13 @@ fn deleting<'s>(observed: ObservedApp<'s>, gate: &Gate) -> Decision<'s> {
 }
 
 /// A running app: what goes, what is killed, one bounded step, the backoff, the demand.
-fn running<'s>(observed: ObservedApp<'s>, gate: &Gate, snapshot: &Snapshot, ctx: &PlanContext) -> Decision<'s> {
+fn running<'s>(
+    observed: ObservedApp<'s>,
+    gate: &Gate,
+    snapshot: &Snapshot,
+    drains: &Drains,
+    ctx: &PlanContext,
+) -> Decision<'s> {
     let ObservedApp { app, version, sets, .. } = observed;
     let wanted = gate.wanted;
     let spec = &app.spec;
@@ -256,6 +276,14 @@ fn running<'s>(observed: ObservedApp<'s>, gate: &Gate, snapshot: &Snapshot, ctx:
     let stops_before = d.stops.len();
     kill_requested(app, &mut sets, snapshot, &mut d);
     let health = kill_unhealthy(app, &mut sets, wanted, &slots, &mut d);
+    let (mut leaving_healthy, mut leaving_failing, mut leaving_other) = (Vec::new(), Vec::new(), Vec::new());
+    for i in leaving(&mut sets, drains, &mut d) {
+        match (i.health_state(), i.ever_healthy()) {
+            (HealthState::Healthy, _) => leaving_healthy.push(i),
+            (_, true) => leaving_failing.push(i),
+            _ => leaving_other.push(i),
+        }
+    }
 
     let mut old_healthy: Vec<&'s InstanceState> = Vec::new();
     let mut old_unknown: Vec<&'s InstanceState> = Vec::new();
@@ -280,6 +308,9 @@ fn running<'s>(observed: ObservedApp<'s>, gate: &Gate, snapshot: &Snapshot, ctx:
             old_unhealthy: old_unhealthy.len(),
             old_failing: old_failing.len(),
             stopping: sets.stopping.len(),
+            leaving_healthy: leaving_healthy.len(),
+            leaving_failing: leaving_failing.len(),
+            leaving_other: leaving_other.len(),
         },
         deploy::Strategy::of(spec),
     );
@@ -297,13 +328,15 @@ fn running<'s>(observed: ObservedApp<'s>, gate: &Gate, snapshot: &Snapshot, ctx:
         old_unhealthy.clear();
     }
 
-    // The first `n` of `set` in kill order (sorted only when some are taken).
+    // The first `n` of `set`: on agents in maintenance first (in drain order), then in kill
+    // order (sorted only when some are taken).
     let first = |set: &[&'s InstanceState], n: usize| -> Vec<&'s InstanceState> {
         if n == 0 {
             return Vec::new();
         }
         let mut sorted = set.to_vec();
-        sorted.sort_by(&order);
+        sorted
+            .sort_by(|a, b| drains.rank(&a.record.agent).cmp(&drains.rank(&b.record.agent)).then_with(|| order(a, b)));
         sorted.truncate(n);
         sorted
     };
@@ -322,10 +355,81 @@ fn running<'s>(observed: ObservedApp<'s>, gate: &Gate, snapshot: &Snapshot, ctx:
     let excess = step.excess.saturating_sub(sets.unreachable.len());
     d.stops.extend(first(&sets.current, excess).iter().map(|i| stop(i, StopReason::ScaledDown)));
 
+    // Leaving instances: those that carry nothing go at once; healthy ones as their
+    // replacements prove healthy, in drain order (an agent empties before the next).
+    let split = |set: &[&'s InstanceState], n: usize| {
+        let (moved, left) = set.split_at(n.min(set.len()));
+        (moved.to_vec(), left.to_vec())
+    };
+    let (other_moved, other_left) = split(&leaving_other, step.stop_leaving_other);
+    let (failing_moved, failing_left) = split(&leaving_failing, step.stop_leaving_failing);
+    let (healthy_moved, healthy_left) = split(&leaving_healthy, step.stop_leaving_healthy);
+    let moved: Vec<&'s InstanceState> = [other_moved, failing_moved, healthy_moved].concat();
+    d.stops.extend(moved.iter().map(|i| stop(i, StopReason::Moved)));
+    let left: Vec<&'s InstanceState> = [healthy_left, failing_left, other_left].concat();
+    if !left.is_empty() {
+        let starting = sets.current.len() - sets.current_healthy() + step.launch;
+        let (reason, message) = if backing_off.is_some() {
+            ("BackingOff", "replacements wait for the app's launch backoff".to_string())
+        } else if gated {
+            ("Dependencies", "replacements wait for the app's dependencies".to_string())
+        } else if let Some(max) = spec.upgrade_strategy.max_concurrent_starts.filter(|m| starting >= *m as usize) {
+            (
+                "MaxConcurrentStarts",
+                format!("{starting} instances are starting; maxConcurrentStarts allows {max} at once"),
+            )
+        } else {
+            (
+                "Replacing",
+                format!(
+                    "{} of {wanted} healthy off agents in maintenance; each moving instance stops once its \
+                     replacement is healthy and ready",
+                    sets.current_healthy()
+                ),
+            )
+        };
+        d.moving = Some(Moving { left: left.clone(), reason, message });
+    }
+    // They still run and serve: the status counts them.
+    sets.current.extend(left);
+    sets.stopping.extend(moved);
+
     let slots = slots_after(&slots, &health.new_slots, &d.stops[stops_before..]);
     d.sets = sets;
     d.course = Course::Running(Box::new(Running { backoff, backing_off, health, slots, gated, launch: step.launch }));
     d
+}
+
+/// Takes the app's instances on agents in maintenance out of `current` (they hold no place:
+/// each is replaced elsewhere first), in drain order; stops at once what is left on agents
+/// drained past their Maintenance's `forceAfter`.
+fn leaving<'s>(sets: &mut AppInstances<'s>, drains: &Drains, d: &mut Decision<'s>) -> Vec<&'s InstanceState> {
+    if drains.is_empty() {
+        return Vec::new();
+    }
+    let mut forced: Vec<&'s InstanceState> = Vec::new();
+    for set in [&mut sets.current, &mut sets.old] {
+        set.retain(|&i| {
+            let force = drains.forces(&i.record.agent);
+            if force {
+                forced.push(i);
+            }
+            !force
+        });
+    }
+    d.stops.extend(forced.iter().map(|i| stop(i, StopReason::MoveForced)));
+    sets.stopping.extend(forced);
+    let (mut leaving, staying): (Vec<&'s InstanceState>, Vec<&'s InstanceState>) =
+        sets.current.iter().partition(|i| drains.cordons(&i.record.agent));
+    sets.current = staying;
+    leaving.sort_by(|a, b| {
+        (drains.rank(&a.record.agent), &a.record.agent, &a.record.id).cmp(&(
+            drains.rank(&b.record.agent),
+            &b.record.agent,
+            &b.record.id,
+        ))
+    });
+    leaving
 }
 
 /// Puts the controller's finalizer on an App that lacks it, so that deleting the App stops

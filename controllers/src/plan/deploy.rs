@@ -19,6 +19,15 @@
 //! - when the minimum equals the maximum during a deployment, one instance may go over
 //!   (Marathon's rule), or no step would be possible.
 //!
+//! Instances of the current version on agents in maintenance (**leaving**, DESIGN.md §9) move
+//! replacement first: they hold no place, so a replacement launches elsewhere for each (within
+//! `maxConcurrentStarts`, not counted against `maximumOverCapacity`: the surge a move needs);
+//! one that carries nothing yet (never healthy) stops at once; a healthy one stops only once
+//! the healthy instances that stay number `n` without it — its replacement is healthy and
+//! ready; one that was healthy and now fails may recover, so it stops only once the healthy
+//! ones are `n` without it (until then only the health policy kills it).
+//! Counted over the app, not per agent, this holds however many agents drain at once.
+//!
 //! Fractions are in thousandths, so `ceil(10 × 0.1)` is 1, as written, not 2.
 
 /// The strategy's numbers.
@@ -79,6 +88,14 @@ pub struct Counts {
     pub old_failing: usize,
     /// Instances already being stopped: their processes still run.
     pub stopping: usize,
+    /// Current-version instances on agents in maintenance that are healthy (not in `current`).
+    pub leaving_healthy: usize,
+    /// Current-version instances on agents in maintenance that were healthy and now fail
+    /// their health checks: they may recover, so they wait as healthy ones do.
+    pub leaving_failing: usize,
+    /// Current-version instances on agents in maintenance never healthy yet: they carry
+    /// nothing.
+    pub leaving_other: usize,
 }
 
 /// What one tick may do for an app.
@@ -96,6 +113,12 @@ pub struct Step {
     pub launch: usize,
     /// Places (unreachable or current instances) beyond what the spec asks for.
     pub excess: usize,
+    /// Leaving instances that carry nothing to stop.
+    pub stop_leaving_other: usize,
+    /// Healthy leaving instances to stop: their replacements are healthy.
+    pub stop_leaving_healthy: usize,
+    /// Failing leaving instances to stop: the healthy ones that stay are enough without them.
+    pub stop_leaving_failing: usize,
 }
 
 /// One bounded step.
@@ -110,7 +133,11 @@ pub struct Step {
 /// limit), report the excess.
 pub fn step(c: Counts, s: Strategy) -> Step {
     let min_healthy = s.min_healthy(c.wanted);
-    let healthy = c.current_healthy + c.old_healthy;
+    // A healthy leaving instance goes once the healthy ones that stay are `wanted` without it.
+    let stop_leaving_healthy = c.leaving_healthy.min((c.current_healthy + c.leaving_healthy).saturating_sub(c.wanted));
+    let healthy = c.current_healthy + c.old_healthy + (c.leaving_healthy - stop_leaving_healthy);
+    let stop_leaving_failing =
+        if c.current_healthy + c.leaving_healthy - stop_leaving_healthy >= c.wanted { c.leaving_failing } else { 0 };
     // What may be stopped of the old instances that serve or may soon: those not judged yet
     // first (they serve nothing yet), then healthy ones. New instances not judged yet do not
     // count: old ones make way only for new ones that proved healthy.
@@ -130,7 +157,9 @@ pub fn step(c: Counts, s: Strategy) -> Step {
     }
     let mut launch = c.wanted.saturating_sub(places).min(max_total.saturating_sub(processes));
     if let Some(max_starts) = s.max_concurrent_starts {
-        let starting = c.current - c.current_healthy;
+        // Failing instances that stay on agents in maintenance count as starting, as failing
+        // current ones do.
+        let starting = c.current - c.current_healthy + (c.leaving_failing - stop_leaving_failing);
         launch = launch.min(max_starts.saturating_sub(starting));
     }
     Step {
@@ -140,6 +169,9 @@ pub fn step(c: Counts, s: Strategy) -> Step {
         stop_old_healthy,
         launch,
         excess: places.saturating_sub(c.wanted),
+        stop_leaving_other: c.leaving_other,
+        stop_leaving_healthy,
+        stop_leaving_failing,
     }
 }
 
@@ -276,6 +308,34 @@ mod tests {
         // New instances not judged yet free nothing.
         let c = Counts { old_unknown: 3, ..counts(3, 3, 0, 0) };
         assert_eq!(step(c, Strategy::default()), Step::default());
+    }
+
+    #[test]
+    fn leaving_instances_are_replaced_first_and_stop_once_the_replacement_is_healthy() {
+        let d = Strategy { max_concurrent_starts: Some(1), ..strategy(1000, 0) };
+        // Three healthy, one on an agent in maintenance: one replacement, nothing stops.
+        let c = Counts { leaving_healthy: 1, ..counts(3, 2, 2, 0) };
+        assert_eq!(step(c, d), Step { launch: 1, ..Step::default() }, "surge beyond maximumOverCapacity 0");
+        // The replacement starts: nothing more.
+        let c = Counts { leaving_healthy: 1, ..counts(3, 3, 2, 0) };
+        assert_eq!(step(c, d), Step::default());
+        // It is healthy: the leaving one stops.
+        let c = Counts { leaving_healthy: 1, ..counts(3, 3, 3, 0) };
+        assert_eq!(step(c, d), Step { stop_leaving_healthy: 1, ..Step::default() });
+        // Two agents drain at once: still one start at a time, none stops before its replacement.
+        let c = Counts { leaving_healthy: 2, ..counts(3, 1, 1, 0) };
+        assert_eq!(step(c, d), Step { launch: 1, ..Step::default() });
+        let c = Counts { leaving_healthy: 2, ..counts(3, 2, 2, 0) };
+        assert_eq!(step(c, d), Step { launch: 1, stop_leaving_healthy: 1, ..Step::default() });
+        // One instance in all: surge first.
+        let c = Counts { leaving_healthy: 1, ..counts(1, 0, 0, 0) };
+        assert_eq!(step(c, d), Step { launch: 1, ..Step::default() });
+        // Not healthy yet: it carries nothing and goes at once, replaced.
+        let c = Counts { leaving_other: 1, ..counts(2, 1, 1, 0) };
+        assert_eq!(step(c, d), Step { launch: 1, stop_leaving_other: 1, ..Step::default() });
+        // Scaled down meanwhile: leaving ones go first.
+        let c = Counts { leaving_healthy: 2, ..counts(2, 2, 2, 0) };
+        assert_eq!(step(c, d), Step { stop_leaving_healthy: 2, ..Step::default() });
     }
 
     #[test]

@@ -67,7 +67,7 @@ pub fn launched(app: &App, version: &str, launches: &[Launch], relaunching: bool
 /// `Killing`: the instances stopped this tick, one event per reason.
 pub fn killing(app: &App, version: &str, wanted: usize, stops: &[Stop]) -> Vec<Event> {
     // Health kills and users' kills have their own events.
-    [StopReason::ScaledDown, StopReason::Upgraded, StopReason::AppDeleted]
+    [StopReason::ScaledDown, StopReason::Upgraded, StopReason::AppDeleted, StopReason::Moved, StopReason::MoveForced]
         .into_iter()
         .filter_map(|reason| {
             let ids: Vec<String> = stops.iter().filter(|s| s.reason == reason).map(|s| s.record.id.clone()).collect();
@@ -80,11 +80,19 @@ pub fn killing(app: &App, version: &str, wanted: usize, stops: &[Stop]) -> Vec<E
                 StopReason::AppDeleted => "the app was deleted".to_string(),
                 StopReason::Unhealthy => "failing health checks".to_string(),
                 StopReason::Killed => "a user asked".to_string(),
+                StopReason::Moved => "their agents are in maintenance; their replacements are healthy".to_string(),
+                StopReason::MoveForced => {
+                    "their agents drained longer than the maintenance's forceAfter; not replaced yet".to_string()
+                }
+            };
+            let (type_, name) = match reason {
+                StopReason::MoveForced => (EventType::Warning, "DrainForced"),
+                _ => (EventType::Normal, "Killing"),
             };
             Some(Event::about(
                 app,
-                EventType::Normal,
-                "Killing",
+                type_,
+                name,
                 format!("stopping {} ({why}): {}", plural(ids.len(), "instance"), listing(&ids)),
                 true,
             ))

@@ -12,9 +12,10 @@
 //! |---|---|---|
 //! | observe | [`observe`] | every app's instances in named sets ([`classify`]); agents that stopped reporting |
 //! | groups | [`groups`] | each app's effective count, the dependencies that hold it back, deletion order |
-//! | decide | [`decide`] | per app: what goes, user and health kills ([`health`], [`slots`]), one bounded step ([`deploy`]), the backoff: stops and a **launch demand** |
-//! | (migrate, share) | | drains and tenants' fair shares come here: demand in, demand out |
-//! | place | [`place`] | every demand through one placer ([`crate::schedule`]), in one order |
+//! | maintain | [`maintain`] | which agents are in maintenance (draining, drained, released), from every Maintenance and the drain records |
+//! | decide | [`decide`] | per app: what goes, user and health kills ([`health`], [`slots`]), instances on agents in maintenance moved replacement first, one bounded step ([`deploy`]), the backoff: stops and a **launch demand** |
+//! | (share) | | tenants' fair shares come here: demand in, demand out |
+//! | place | [`place`] | every demand through one placer ([`crate::schedule`]), in one order, nothing on agents in maintenance, spread over their partitions |
 //! | report | [`report`] | the plan, and each app's status and events ([`status`], [`events`]) |
 //!
 //! The plan's vocabulary is in [`vocabulary`].
@@ -27,6 +28,7 @@ pub mod deploy;
 pub mod events;
 pub mod groups;
 pub mod health;
+pub mod maintain;
 pub mod observe;
 pub mod place;
 pub mod report;
@@ -42,11 +44,15 @@ pub fn plan(snapshot: &Snapshot, ctx: &PlanContext) -> Plan {
     let observed = observe::observe(snapshot, ctx);
     let gates = groups::gate(&observed, &snapshot.groups, &snapshot.apps, ctx);
     let observe::Observed { reach, apps, orphans, usage, marks, unmarks, events } = observed;
-    let decided = decide::decide(snapshot, &reach, apps, &orphans, &gates.apps, ctx);
-    let placed = place::place(snapshot, &usage, &decided.demand(&snapshot.scope), ctx.now, ctx.seed);
-    report::report(report::Parts { marks, unmarks, events, gates, decided, placed }, ctx)
+    let maintained = maintain::maintain(snapshot, &usage, ctx);
+    let decided = decide::decide(snapshot, &reach, apps, &orphans, &gates.apps, &maintained.drains, ctx);
+    let room = place::Room { drains: &maintained.drains, spread_over: maintained.partition_by };
+    let placed = place::place(snapshot, &usage, &decided.demand(&snapshot.scope), &room, ctx.now, ctx.seed);
+    report::report(report::Parts { marks, unmarks, events, gates, decided, placed, maintained }, snapshot, &usage, ctx)
 }
 
+#[cfg(test)]
+mod drain_simulation;
 #[cfg(test)]
 mod group_tests;
 #[cfg(test)]

@@ -7,14 +7,16 @@
 //! instance to an agent in its fenced transactions. A controller of another scope reports its
 //! demand as waiting for the platform (docs/contributors/planner.md says how it will get there).
 //!
-//! The stages that will order demand across tenants (share) and add the replacements of
-//! moves (migrate) sit between decide and place (DESIGN.md §5); they take and give a queue of
-//! [`Demand`].
+//! Agents in maintenance take nothing ([`Drains`]); apps spread over the maintenance
+//! partitions (soft, after constraints), so one window takes the smallest share of any app.
+//! The stage that will order demand across tenants (share) sits between decide and place
+//! (DESIGN.md §5); it takes and gives a queue of [`Demand`].
 
 use baton_api::constraints::Constraint;
 use baton_api::records::{AssignedPort, Command};
 use baton_api::{App, AppRef, Goal, InstanceRecord, Scope};
 
+use super::maintain::Drains;
 use super::status::Unplaced;
 use super::vocabulary::Launch;
 use crate::schedule::{Fit, Placer, PortAsk, Request, Usage};
@@ -43,10 +45,18 @@ pub struct Placed {
 
 /// Places the queue, in its order; `seed` drives instance ids and port choice. Returns what
 /// was placed for each demand, with its app's index.
+/// Where placement may go: agents in maintenance take nothing; apps spread over the
+/// partitions of `spread_over`.
+pub struct Room<'a> {
+    pub drains: &'a Drains,
+    pub spread_over: Option<&'a str>,
+}
+
 pub fn place<'s>(
     snapshot: &'s Snapshot,
     usage: &'s Usage<'s>,
     queue: &[Demand<'_>],
+    room: &Room<'_>,
     now: jiff::Timestamp,
     seed: u64,
 ) -> Vec<(usize, Placed)> {
@@ -58,7 +68,9 @@ pub fn place<'s>(
         .map(|demand| {
             let mut placed = Placed::default();
             placed.unplaced = if snapshot.scope.places() {
-                let placer = placer.get_or_insert_with(|| Placer::new(snapshot, usage));
+                let placer = placer.get_or_insert_with(|| {
+                    Placer::cordoning(snapshot, usage, |agent| room.drains.cordons(agent)).spread_over(room.spread_over)
+                });
                 launch(demand, now, placer, &mut ids, &mut placed.launches)
             } else {
                 Some(Unplaced {

@@ -3,12 +3,28 @@
 //! its events. Launches fill the replacement slots their app holds here, so the status shows
 //! each slot with what fills it.
 
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use baton_api::maintenance::Blocker;
+use baton_api::{MaintenanceStatus, ResourceAmounts};
+
 use super::decide::{Course, Decided, Decision, Running};
+use super::deploy::Strategy;
 use super::events;
 use super::groups::{Gate, Gates};
+use super::maintain::{self, Footprint, Maintained};
 use super::place::Placed;
 use super::status::{self, Filler, HeldSlot};
-use super::vocabulary::{Launch, Mark, Plan, PlanContext, StatusUpdate, Unmark};
+use super::vocabulary::{Launch, MaintenanceStatusUpdate, Mark, Plan, PlanContext, StatusUpdate, StopReason, Unmark};
+use crate::schedule::Usage;
+use crate::snapshot::Snapshot;
+
+/// Instances listed per app in a Maintenance's blockers (the count has them all).
+const LISTED_BLOCKED: usize = 5;
+/// Apps listed in a Maintenance's blockers and risks.
+const LISTED_APPS: usize = 50;
 
 /// Everything the stages decided, as one plan.
 pub struct Parts<'s> {
@@ -20,16 +36,22 @@ pub struct Parts<'s> {
     pub decided: Decided<'s>,
     /// What was placed, by the app's index in the decisions.
     pub placed: Vec<(usize, Placed)>,
+    pub maintained: Maintained<'s>,
 }
 
 /// The report stage.
-pub fn report(parts: Parts<'_>, ctx: &PlanContext) -> Plan {
-    let Parts { marks, unmarks, events, gates, decided, placed } = parts;
+pub fn report(parts: Parts<'_>, snapshot: &Snapshot, usage: &Usage<'_>, ctx: &PlanContext) -> Plan {
+    let Parts { marks, unmarks, events, gates, decided, placed, maintained } = parts;
     let mut plan = Plan { marks, unmarks, events, next_wakeup: gates.next_wakeup, ..Plan::default() };
     let mut by_app: Vec<Placed> = std::iter::repeat_with(Placed::default).take(decided.apps.len()).collect();
     for (index, placed) in placed {
         by_app[index] = placed;
     }
+    maintenance(&maintained, &decided, &gates.apps, &by_app, snapshot, usage, ctx, &mut plan);
+    let Maintained { writes, events, next_wakeup, .. } = maintained;
+    plan.drains = writes;
+    plan.events.extend(events);
+    plan.next_wakeup = min_time(plan.next_wakeup, next_wakeup);
     for ((decision, gate), placed) in decided.apps.into_iter().zip(&gates.apps).zip(by_app) {
         app(decision, gate, placed, ctx, &mut plan);
     }
@@ -75,6 +97,7 @@ fn app(decision: Decision<'_>, gate: &Gate, placed: Placed, ctx: &PlanContext, p
         next_wakeup,
         sets,
         course,
+        moving: _,
     } = decision;
     plan.finalizers.extend(finalizer);
     plan.removals.extend(removals);
@@ -154,5 +177,151 @@ fn app(decision: Decision<'_>, gate: &Gate, placed: Placed, ctx: &PlanContext, p
             name: app.metadata.name.clone().unwrap_or_default(),
             status,
         });
+    }
+}
+
+/// One app's instances on agents in maintenance that wait to move: `(agent, id)`, and why.
+struct Waiting<'a> {
+    app: String,
+    left: Vec<(&'a str, &'a str)>,
+    reason: &'static str,
+    message: String,
+}
+
+/// Each Maintenance's status (written by the platform's controller, where it changed): the
+/// states of its agents, what holds their drains back (from the apps' decisions and
+/// placements), the schedule, and the apps its coming windows put at risk.
+#[allow(clippy::too_many_arguments)]
+fn maintenance(
+    maintained: &Maintained<'_>,
+    decided: &Decided<'_>,
+    gates: &[Gate],
+    placed: &[Placed],
+    snapshot: &Snapshot,
+    usage: &Usage<'_>,
+    ctx: &PlanContext,
+    plan: &mut Plan,
+) {
+    if maintained.objects.is_empty() || !snapshot.scope.places() {
+        return;
+    }
+    // What waits to move, per app, and where.
+    let mut waiting: Vec<Waiting<'_>> = Vec::new();
+    for (decision, placed) in decided.apps.iter().zip(placed) {
+        let Some(moving) = &decision.moving else { continue };
+        let (reason, message) = match &placed.unplaced {
+            Some(unplaced) => ("NoRoom", format!("no agent takes a replacement: {}", unplaced.why)),
+            None => (moving.reason, moving.message.clone()),
+        };
+        let app = decision.app;
+        let name = format!(
+            "{}/{}",
+            app.metadata.namespace.as_deref().unwrap_or_default(),
+            app.metadata.name.as_deref().unwrap_or_default()
+        );
+        let left = moving.left.iter().map(|i| (i.record.agent.as_str(), i.id())).collect();
+        waiting.push(Waiting { app: name, left, reason, message });
+    }
+    let forced: BTreeMap<&str, u32> =
+        decided.apps.iter().flat_map(|d| &d.stops).filter(|s| s.reason == StopReason::MoveForced).fold(
+            BTreeMap::new(),
+            |mut counts, s| {
+                *counts.entry(s.record.agent.as_str()).or_default() += 1;
+                counts
+            },
+        );
+    let footprints = || -> Vec<Footprint<'_>> {
+        decided
+            .apps
+            .iter()
+            .zip(gates)
+            .filter(|(d, _)| matches!(d.course, Course::Running(_)))
+            .map(|(d, gate)| Footprint {
+                app: format!(
+                    "{}/{}",
+                    d.app.metadata.namespace.as_deref().unwrap_or_default(),
+                    d.app.metadata.name.as_deref().unwrap_or_default()
+                ),
+                wanted: gate.wanted,
+                minimum: Strategy::of(&d.app.spec).min_healthy(gate.wanted),
+                agents: d.sets.current.iter().map(|i| i.record.agent.as_str()).collect(),
+                resources: d.app.spec.resources.amounts(),
+            })
+            .collect()
+    };
+    let mut apps: Option<Vec<Footprint<'_>>> = None;
+    let held = usage.held.clone();
+    let free_outside = |taken: &BTreeSet<String>| {
+        snapshot.agents.values().filter(|a| !taken.contains(&a.name) && !maintained.drains.cordons(&a.name)).fold(
+            ResourceAmounts::default(),
+            |sum, a| {
+                let used = held.get(&a.name).map(|u| u.resources).unwrap_or_default();
+                sum.plus(a.resources.minus(used))
+            },
+        )
+    };
+    for object in &maintained.objects {
+        let m = object.maintenance;
+        let mut blocked: Vec<Blocker> = Vec::new();
+        let mut blocked_instances = 0u32;
+        for Waiting { app, left, reason, message } in &waiting {
+            let ids: Vec<&str> =
+                left.iter().filter(|(agent, _)| object.cordoned.contains(*agent)).map(|(_, id)| *id).collect();
+            if ids.is_empty() {
+                continue;
+            }
+            blocked_instances += ids.len() as u32;
+            if blocked.len() < LISTED_APPS {
+                blocked.push(Blocker {
+                    app: app.clone(),
+                    instances: ids.iter().take(LISTED_BLOCKED).map(|i| i.to_string()).collect(),
+                    count: ids.len() as u32,
+                    reason: reason.to_string(),
+                    message: message.clone(),
+                });
+            }
+        }
+        let at_risk = if object.coming.is_empty() {
+            Vec::new()
+        } else {
+            let apps = apps.get_or_insert_with(footprints);
+            let mut risks = maintain::risks(object, apps, &free_outside);
+            risks.truncate(LISTED_APPS);
+            risks
+        };
+        let count = |state: &str| object.agents.iter().filter(|a| a.state == state).count() as u32;
+        let forced_now: u32 = object.cordoned.iter().filter_map(|a| forced.get(a.as_str())).sum();
+        let before = m.status.as_ref();
+        let conditions = match &object.invalid {
+            Some(message) => vec![Condition {
+                type_: "Valid".into(),
+                status: "False".into(),
+                reason: "Invalid".into(),
+                message: message.clone(),
+                observed_generation: m.metadata.generation,
+                last_transition_time: before
+                    .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Valid"))
+                    .map_or(Time(ctx.now), |c| c.last_transition_time.clone()),
+            }],
+            None => Vec::new(),
+        };
+        let status = MaintenanceStatus {
+            observed_generation: m.metadata.generation,
+            window: object.open.join(","),
+            draining: count(baton_api::DrainState::Draining.as_str()),
+            drained: count(baton_api::DrainState::Drained.as_str()),
+            blocked_instances,
+            forced_instances: before.map_or(0, |s| s.forced_instances) + forced_now,
+            next_window: object.next_window.map(Time),
+            agents: object.agents.clone(),
+            blocked,
+            schedule: object.schedule.clone(),
+            at_risk,
+            conditions,
+        };
+        if maintain::status_changed(m, &status) {
+            plan.maintenance_statuses
+                .push(MaintenanceStatusUpdate { name: m.metadata.name.clone().unwrap_or_default(), status });
+        }
     }
 }

@@ -175,6 +175,8 @@ struct World {
     live: Vec<bool>,
     instances: BTreeMap<String, InstanceState>,
     markers: BTreeMap<String, Marker>,
+    maintenances: Vec<Arc<baton_api::Maintenance>>,
+    drains: BTreeMap<String, (Arc<baton_api::DrainRecord>, i64)>,
     backoff: Option<(Arc<BackoffRecord>, i64)>,
     now: Timestamp,
     revision: i64,
@@ -220,6 +222,8 @@ impl World {
             live: vec![true; 4],
             instances: BTreeMap::new(),
             markers: BTreeMap::new(),
+            maintenances: Vec::new(),
+            drains: BTreeMap::new(),
             backoff: None,
             now: now(),
             revision: 100,
@@ -253,6 +257,8 @@ impl World {
             agents,
             instances: self.instances.clone(),
             unreachable: self.markers.clone(),
+            maintenances: self.maintenances.clone(),
+            drains: self.drains.clone(),
             backoffs,
             kill_requests: Default::default(),
             foreign: Vec::new(),
@@ -270,18 +276,7 @@ impl World {
     }
 
     fn set_status(&mut self, id: &str, phase: Phase) {
-        let now = self.now;
-        let instance = self.instances.get_mut(id).expect("an instance");
-        let mut status = instance.status.as_deref().cloned().unwrap_or_else(|| StatusRecord::new(phase));
-        status.phase = phase;
-        match phase {
-            Phase::Running => {
-                status.started_at = Some(now);
-                status.health = vec![baton_api::CheckResult::default(); instance.record.health_checks.len()];
-            }
-            _ => status.finished_at = Some(now),
-        }
-        instance.status = Some(Arc::new(status));
+        crate::testing::set_phase(self.instances.get_mut(id).expect("an instance"), phase, self.now);
     }
 
     /// The n-th instance not yet running starts: it runs, or — while the dependency is down
@@ -312,26 +307,8 @@ impl World {
                 continue;
             }
             let passes = self.dependency_up && !self.sick.contains(id);
-            let mut status = instance.status.as_deref().cloned().expect("running has a status");
-            let check = &instance.record.health_checks[0];
-            let grace = SignedDuration::from_secs(check.grace_period_seconds);
-            let started = status.started_at.expect("running since");
-            let result = &mut status.health[0];
-            if passes {
-                result.passing = Some(true);
-                result.consecutive_failures = 0;
-                result.consecutive_successes += 1;
-                result.last_success = Some(now);
-            } else if result.last_success.is_some() || now >= started + grace {
-                result.passing = Some(false);
-                result.consecutive_failures += 1;
-                result.consecutive_successes = 0;
-                result.last_failure = Some(now);
-            }
-            if status.healthy_at.is_none() && status.passes_steadily(&instance.record.health_checks) {
-                status.healthy_at = Some(now);
-            }
-            instance.status = Some(Arc::new(status));
+            let grace = SignedDuration::from_secs(instance.record.health_checks[0].grace_period_seconds);
+            crate::testing::probe(instance, passes, grace, now);
         }
     }
 
@@ -430,43 +407,10 @@ impl World {
     }
 
     fn apply(&mut self, plan: &Plan) {
-        for launch in &plan.launches {
-            let revision = self.next_revision();
-            let state = InstanceState::new(Arc::new(launch.record.clone()), revision, None);
-            self.instances.insert(launch.record.id.clone(), state);
-        }
         for stop in &plan.stops {
-            let revision = self.next_revision();
-            let mut record = stop.record.clone();
-            record.goal = Goal::Stopped;
-            record.stop_reason = Some(stop.reason.as_str().to_string());
-            record.holds_slot = stop.takes_slot;
-            self.stopping_since.entry(record.id.clone()).or_insert(self.now);
-            if let Some(state) = self.instances.get_mut(&stop.record.id) {
-                state.record = Arc::new(record);
-                state.revision = revision;
-            }
+            self.stopping_since.entry(stop.record.id.clone()).or_insert(self.now);
         }
-        for release in &plan.slot_releases {
-            let revision = self.next_revision();
-            let mut record = release.record.clone();
-            record.holds_slot = false;
-            if let Some(state) = self.instances.get_mut(&record.id) {
-                state.record = Arc::new(record);
-                state.revision = revision;
-            }
-        }
-        for removal in &plan.removals {
-            self.instances.remove(&removal.id);
-        }
-        for counted in plan.backoffs.iter().flat_map(|b| &b.counted).chain(&plan.noted) {
-            let revision = self.next_revision();
-            let record = InstanceRecord { end_noted: true, ..counted.record.clone() };
-            if let Some(state) = self.instances.get_mut(&record.id) {
-                state.record = Arc::new(record);
-                state.revision = revision;
-            }
-        }
+        crate::testing::apply_to_instances(&mut self.instances, plan, &mut self.revision);
         for change in &plan.backoffs {
             let revision = self.next_revision();
             self.backoff = change.next.clone().map(|record| (Arc::new(record), revision));
@@ -686,7 +630,7 @@ impl World {
 }
 
 /// The snapshot as a new leader would read it: every record through its stored JSON form.
-fn round_trip(snapshot: &Snapshot) -> Snapshot {
+pub(super) fn round_trip(snapshot: &Snapshot) -> Snapshot {
     fn again<T: serde::Serialize + serde::de::DeserializeOwned>(value: &T) -> T {
         serde_json::from_slice(&serde_json::to_vec(value).expect("serializes")).expect("deserializes")
     }
@@ -703,6 +647,8 @@ fn round_trip(snapshot: &Snapshot) -> Snapshot {
         agents: snapshot.agents.iter().map(|(k, a)| (k.clone(), Arc::new(again(a.as_ref())))).collect(),
         instances: snapshot.instances.iter().map(|(id, i)| (id.clone(), instance(i))).collect(),
         unreachable: snapshot.unreachable.clone(),
+        maintenances: snapshot.maintenances.iter().map(|m| Arc::new(again(m.as_ref()))).collect(),
+        drains: snapshot.drains.iter().map(|(k, (d, rev))| (k.clone(), (Arc::new(again(d.as_ref())), *rev))).collect(),
         backoffs: snapshot
             .backoffs
             .iter()

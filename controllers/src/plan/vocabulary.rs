@@ -39,6 +39,11 @@ pub enum StopReason {
     Unhealthy,
     /// A user asked (`kubectl delete instance`).
     Killed,
+    /// Its agent is in maintenance, and its replacement elsewhere is healthy and ready.
+    Moved,
+    /// Its agent has been draining longer than the Maintenance's `forceAfter`: stopped
+    /// without waiting for a replacement.
+    MoveForced,
 }
 
 impl StopReason {
@@ -49,6 +54,8 @@ impl StopReason {
             StopReason::Upgraded => "Upgraded",
             StopReason::Unhealthy => "Unhealthy",
             StopReason::Killed => "Killed",
+            StopReason::Moved => "Moved",
+            StopReason::MoveForced => "MoveForced",
         }
     }
 }
@@ -141,6 +148,13 @@ pub struct StatusUpdate {
     pub status: AppStatus,
 }
 
+/// A status to write to a Maintenance (cluster-scoped).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MaintenanceStatusUpdate {
+    pub name: String,
+    pub status: baton_api::MaintenanceStatus,
+}
+
 /// A status to write to an AppGroup.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GroupStatusUpdate {
@@ -184,6 +198,10 @@ pub struct Plan {
     pub removals: Vec<Removal>,
     pub statuses: Vec<StatusUpdate>,
     pub group_statuses: Vec<GroupStatusUpdate>,
+    pub maintenance_statuses: Vec<MaintenanceStatusUpdate>,
+    /// Drain records to write or delete: agents entering, changing state in, or leaving
+    /// maintenance.
+    pub drains: Vec<super::maintain::DrainWrite>,
     pub finalizers: Vec<FinalizerChange>,
     pub marks: Vec<Mark>,
     pub unmarks: Vec<Unmark>,
@@ -209,6 +227,8 @@ impl Plan {
             && self.removals.is_empty()
             && self.statuses.is_empty()
             && self.group_statuses.is_empty()
+            && self.maintenance_statuses.is_empty()
+            && self.drains.is_empty()
             && self.finalizers.is_empty()
             && self.marks.is_empty()
             && self.unmarks.is_empty()
@@ -239,6 +259,8 @@ impl EventType {
 pub enum Regarding {
     App(AppRef),
     Agent(String),
+    /// A Maintenance: its name and uid.
+    Maintenance(String, String),
 }
 
 /// One event.

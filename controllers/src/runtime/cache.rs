@@ -15,7 +15,8 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use baton_api::{
-    AgentRecord, App, AppGroup, BackoffRecord, InstanceRecord, KillRequest, Scope, StatusRecord, UnreachableMarker,
+    AgentRecord, App, AppGroup, BackoffRecord, DrainRecord, InstanceRecord, KillRequest, Maintenance, Scope,
+    StatusRecord, UnreachableMarker,
 };
 use baton_store::{EventKind, KeyValue, Keyspace, Revision, Store, WatchEvent};
 use k8s_openapi::api::core::v1::Namespace;
@@ -33,6 +34,7 @@ struct Records {
     instances: BTreeMap<Slot, ((Arc<InstanceRecord>, RecordKeys), Revision)>,
     statuses: BTreeMap<Slot, (Arc<StatusRecord>, Revision)>,
     markers: BTreeMap<String, (Arc<UnreachableMarker>, Revision)>,
+    drains: BTreeMap<String, (Arc<DrainRecord>, Revision)>,
     backoffs: BTreeMap<(String, String), (Arc<BackoffRecord>, Revision)>,
     kill_requests: BTreeMap<(String, String), (Arc<KillRequest>, Revision)>,
 }
@@ -115,6 +117,8 @@ impl StoreCache {
             instances,
             foreign,
             unreachable,
+            maintenances: Vec::new(),
+            drains: records.drains.clone(),
             backoffs: records.backoffs.iter().filter(|((ns, _), _)| ours(Some(ns))).map(clone_entry).collect(),
             kill_requests: records
                 .kill_requests
@@ -174,10 +178,11 @@ async fn load_and_watch(
     let instances = store.range(&keys.instances()).await?;
     let statuses = store.range(&keys.statuses()).await?;
     let markers = store.range(&keys.unreachable_agents()).await?;
+    let drains = store.range(&keys.drains()).await?;
     let apps = store.range(&keys.apps()).await?;
     let kills = store.range(&keys.kill_requests()).await?;
     let mut fresh = Records::new(records.lock().expect("cache lock").scope.clone());
-    for kvs in [&agents.kvs, &instances.kvs, &statuses.kvs, &markers.kvs, &apps.kvs, &kills.kvs] {
+    for kvs in [&agents.kvs, &instances.kvs, &statuses.kvs, &markers.kvs, &drains.kvs, &apps.kvs, &kills.kvs] {
         for kv in kvs {
             apply_put(&mut fresh, keys, kv);
         }
@@ -262,6 +267,10 @@ fn apply_put(records: &mut Records, keys: &Keyspace, kv: &KeyValue) {
         if let Some(marker) = parse(kv) {
             upsert(&mut records.markers, agent.to_string(), marker, kv.mod_revision);
         }
+    } else if let Some(agent) = keys.parse_drain_key(&kv.key) {
+        if let Some(drain) = parse(kv) {
+            upsert(&mut records.drains, agent.to_string(), drain, kv.mod_revision);
+        }
     } else if let Some((namespace, app)) = keys.parse_app_backoff_key(&kv.key) {
         if let Some(backoff) = parse(kv) {
             upsert(&mut records.backoffs, (namespace.to_string(), app.to_string()), backoff, kv.mod_revision);
@@ -284,6 +293,8 @@ fn apply_delete(records: &mut Records, keys: &Keyspace, event: &WatchEvent) {
         remove(&mut records.statuses, &(agent.to_string(), id.to_string()), revision);
     } else if let Some(agent) = keys.parse_unreachable_key(key) {
         remove(&mut records.markers, &agent.to_string(), revision);
+    } else if let Some(agent) = keys.parse_drain_key(key) {
+        remove(&mut records.drains, &agent.to_string(), revision);
     } else if let Some((namespace, app)) = keys.parse_app_backoff_key(key) {
         remove(&mut records.backoffs, &(namespace.to_string(), app.to_string()), revision);
     } else if let Some((namespace, id)) = keys.parse_kill_request_key(key) {
@@ -304,6 +315,8 @@ pub struct ObjectCache<K: kube::Resource<DynamicType = ()> + 'static> {
 pub type AppCache = ObjectCache<App>;
 /// Every AppGroup.
 pub type GroupCache = ObjectCache<AppGroup>;
+/// Every Maintenance.
+pub type MaintenanceCache = ObjectCache<Maintenance>;
 /// Every Namespace: their labels tell their scopes.
 pub type NamespaceCache = ObjectCache<Namespace>;
 

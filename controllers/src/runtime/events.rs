@@ -125,10 +125,24 @@ impl Poster {
                     ..ObjectReference::default()
                 },
             ),
+            Regarding::Maintenance(name, uid) => (
+                CLUSTER_EVENTS_NAMESPACE.to_string(),
+                ObjectReference {
+                    api_version: Some(baton_api::API_VERSION.into()),
+                    kind: Some("Maintenance".into()),
+                    name: Some(name.clone()),
+                    uid: Some(uid.clone()),
+                    ..ObjectReference::default()
+                },
+            ),
         };
         let key = Key {
             namespace: namespace.clone(),
-            kind: if matches!(event.regarding, Regarding::App(_)) { "App" } else { "Agent" },
+            kind: match event.regarding {
+                Regarding::App(_) => "App",
+                Regarding::Agent(_) => "Agent",
+                Regarding::Maintenance(..) => "Maintenance",
+            },
             name: reference.name.clone().unwrap_or_default(),
             reason: event.reason,
             message: event.message.clone(),

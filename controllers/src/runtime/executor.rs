@@ -13,7 +13,7 @@ use std::sync::Arc;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
 
-use baton_api::{App, AppGroup, Goal, InstanceRecord, UnreachableMarker};
+use baton_api::{App, AppGroup, Goal, InstanceRecord, Maintenance, UnreachableMarker};
 use baton_store::election::Leadership;
 use baton_store::{Compare, Keyspace, Op, OpResponse, Revision, Store, Txn};
 
@@ -114,6 +114,16 @@ impl Executor {
             let marker = UnreachableMarker { since: mark.since };
             writes.push(Write::one(Step::Marker, Compare::absent(&key), Op::put(&key, to_json(&marker))));
         }
+        for drain in &plan.drains {
+            let key = self.keys.drain(&drain.agent);
+            let compare =
+                if drain.revision == 0 { Compare::absent(&key) } else { Compare::mod_revision(&key, drain.revision) };
+            let op = match &drain.next {
+                Some(record) => Op::put(&key, to_json(record)),
+                None => Op::delete(&key),
+            };
+            writes.push(Write::one(Step::Marker, compare, op));
+        }
         for unmark in &plan.unmarks {
             let key = self.keys.unreachable_agent(&unmark.agent);
             writes.push(Write::one(Step::Marker, Compare::mod_revision(&key, unmark.revision), Op::delete(&key)));
@@ -181,19 +191,36 @@ impl Executor {
                 "finalizers": change.finalizers,
                 "resourceVersion": change.resource_version,
             }}));
-            if self.patch::<App>(&change.namespace, &change.name, &params, &patch, false, leadership).await? {
+            let api = kube::Api::<App>::namespaced(self.client.clone(), &change.namespace);
+            if self.patch(api, &change.name, &params, &patch, false, leadership).await? {
                 applied.finalizers += 1;
             }
         }
         for update in &plan.statuses {
             let patch = Patch::Merge(json!({"status": update.status}));
-            if self.patch::<App>(&update.namespace, &update.name, &params, &patch, true, leadership).await? {
+            let api = kube::Api::<App>::namespaced(self.client.clone(), &update.namespace);
+            if self.patch(api, &update.name, &params, &patch, true, leadership).await? {
                 applied.statuses += 1;
             }
         }
         for update in &plan.group_statuses {
             let patch = Patch::Merge(json!({"status": update.status}));
-            if self.patch::<AppGroup>(&update.namespace, &update.name, &params, &patch, true, leadership).await? {
+            let api = kube::Api::<AppGroup>::namespaced(self.client.clone(), &update.namespace);
+            if self.patch(api, &update.name, &params, &patch, true, leadership).await? {
+                applied.statuses += 1;
+            }
+        }
+        for update in &plan.maintenance_statuses {
+            // A merge patch keeps what it does not name: fields left out (empty) are named null.
+            let mut status = json!(update.status);
+            if let Some(fields) = status.as_object_mut() {
+                for field in ["window", "nextWindow", "agents", "blocked", "schedule", "atRisk", "conditions"] {
+                    fields.entry(field).or_insert(serde_json::Value::Null);
+                }
+            }
+            let patch = Patch::Merge(json!({ "status": status }));
+            let api = kube::Api::<Maintenance>::all(self.client.clone());
+            if self.patch(api, &update.name, &params, &patch, true, leadership).await? {
                 applied.statuses += 1;
             }
         }
@@ -217,7 +244,7 @@ impl Executor {
     /// written: deleted or changed meanwhile, or refused (logged).
     async fn patch<K>(
         &self,
-        namespace: &str,
+        api: kube::Api<K>,
         name: &str,
         params: &PatchParams,
         patch: &Patch<serde_json::Value>,
@@ -225,15 +252,11 @@ impl Executor {
         leadership: &Leadership,
     ) -> Result<bool, Error>
     where
-        K: kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
-            + Clone
-            + std::fmt::Debug
-            + serde::de::DeserializeOwned,
+        K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
     {
         if leadership.is_lost() {
             return Err(Error::LostLeadership);
         }
-        let api: kube::Api<K> = kube::Api::namespaced(self.client.clone(), namespace);
         let result =
             if status { api.patch_status(name, params, patch).await } else { api.patch(name, params, patch).await };
         match result {
@@ -241,7 +264,7 @@ impl Executor {
             // Deleted or changed meanwhile: the next tick decides again.
             Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(false),
             Err(e) => {
-                tracing::warn!(kind = %K::kind(&()), object = %format!("{namespace}/{name}"), error = %e, "could not write");
+                tracing::warn!(kind = %K::kind(&()), object = name, error = %e, "could not write");
                 Ok(false)
             }
         }

@@ -33,7 +33,7 @@ pub mod metrics;
 #[cfg(test)]
 mod tests;
 
-use cache::{AppCache, GroupCache, NamespaceCache, StoreCache};
+use cache::{AppCache, GroupCache, MaintenanceCache, NamespaceCache, StoreCache};
 use executor::Executor;
 use metrics::{Metrics, ReasonLabel};
 
@@ -85,16 +85,18 @@ pub async fn run(
     let apps = AppCache::start(client.clone(), changed.clone(), shutdown.clone());
     let groups = GroupCache::start(client.clone(), changed.clone(), shutdown.clone());
     let namespaces = NamespaceCache::start(client.clone(), changed.clone(), shutdown.clone());
+    let maintenances = MaintenanceCache::start(client.clone(), changed.clone(), shutdown.clone());
     let recorder = events::Recorder::start(client.clone(), config.id.clone(), shutdown.clone());
     {
-        let caches = (records.clone(), apps.clone(), groups.clone(), namespaces.clone());
+        let caches = (records.clone(), apps.clone(), groups.clone(), namespaces.clone(), maintenances.clone());
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            let (records, apps, groups, namespaces) = caches;
+            let (records, apps, groups, namespaces, maintenances) = caches;
             records.ready().await;
             apps.ready().await;
             groups.ready().await;
             namespaces.ready().await;
+            maintenances.ready().await;
             metrics.ready.set(1);
         });
     }
@@ -121,6 +123,7 @@ pub async fn run(
             apps: &apps,
             groups: &groups,
             namespaces: &namespaces,
+            maintenances: &maintenances,
             executor: &executor,
             recorder: &recorder,
             config: &config,
@@ -145,6 +148,7 @@ struct Loop<'a> {
     apps: &'a AppCache,
     groups: &'a GroupCache,
     namespaces: &'a NamespaceCache,
+    maintenances: &'a MaintenanceCache,
     executor: &'a Executor,
     recorder: &'a events::Recorder,
     config: &'a ControllerConfig,
@@ -154,9 +158,16 @@ struct Loop<'a> {
 
 impl Loop<'_> {
     async fn lead(&self, leadership: &Leadership, shutdown: &CancellationToken) {
-        let Loop { records, apps, groups, namespaces, executor, recorder, config, changed, metrics } = self;
+        let Loop { records, apps, groups, namespaces, maintenances, executor, recorder, config, changed, metrics } =
+            self;
         tokio::select! {
-            _ = async { records.ready().await; apps.ready().await; groups.ready().await; namespaces.ready().await } => {}
+            _ = async {
+                records.ready().await;
+                apps.ready().await;
+                groups.ready().await;
+                namespaces.ready().await;
+                maintenances.ready().await;
+            } => {}
             _ = shutdown.cancelled() => return,
             _ = leadership.lost() => return,
         }
@@ -174,7 +185,8 @@ impl Loop<'_> {
                     _ = shutdown.cancelled() => return,
                 }
             }
-            let snapshot = records.snapshot(apps.objects(), groups.objects(), &namespaces.scopes());
+            let mut snapshot = records.snapshot(apps.objects(), groups.objects(), &namespaces.scopes());
+            snapshot.maintenances = maintenances.objects();
             let now = Timestamp::now();
             let started = std::time::Instant::now();
             let ctx = PlanContext { now, seed: rand::random(), retention: config.retention };

@@ -13,6 +13,8 @@ use super::{AgentSlot, AppState, PortAsk, Request};
 /// Why an agent cannot take an instance: the constant reason of the filter that rejected it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Reason {
+    /// The agent is in maintenance (draining, or drained): nothing new goes on it.
+    InMaintenance,
     InsufficientCpus,
     InsufficientMem,
     InsufficientDisk,
@@ -38,6 +40,7 @@ pub struct Rejection {
 impl Rejection {
     pub fn describe(self, constraints: &[Constraint]) -> String {
         match self.reason {
+            Reason::InMaintenance => "in maintenance".into(),
             Reason::InsufficientCpus => "insufficient cpus".into(),
             Reason::InsufficientMem => "insufficient mem".into(),
             Reason::InsufficientDisk => "insufficient disk".into(),
@@ -75,7 +78,9 @@ pub struct Filter {
 
 /// Every filter, in the order they run: cheapest and most often decisive first, since the
 /// first rejection ends an agent's checks and is the reason its app's status reports.
-pub const FILTERS: [Filter; 7] = [
+pub const FILTERS: [Filter; 8] = [
+    // An agent in maintenance takes nothing (it is not even indexed: only a full scan meets it).
+    Filter { name: "maintenance", reason: Reason::InMaintenance, rejects: |c| c.agent.cordoned.then_some(0) },
     // Room first: one comparison each, and in a busy cluster most agents are rejected for
     // lack of room. Cpus, mem, disk, gpus: the order in which a shortfall is named.
     Filter { name: "cpus", reason: Reason::InsufficientCpus, rejects: |c| short(c, |r| r.millicpus) },

@@ -121,6 +121,8 @@ pub struct AgentSlot<'a> {
     pub used_ports: HashSet<u16>,
     /// Ports of the agent's ranges not in use.
     pub free_ports: usize,
+    /// In maintenance: nothing new goes on it.
+    pub cordoned: bool,
 }
 
 impl AgentSlot<'_> {
@@ -178,6 +180,9 @@ pub struct AppState {
     pub counts: Vec<FieldCounts>,
     /// Per request constraint (same order, so a rejection names the constraint).
     pub compiled: Vec<Compiled>,
+    /// The maintenance partitions' field index and the app's instances per partition, when
+    /// the placer spreads apps over them.
+    pub partition: Option<(usize, FieldCounts)>,
 }
 
 /// What placement starts from: what each agent's instances hold ([`Snapshot::held`]) and
@@ -241,6 +246,8 @@ pub struct Placer<'a> {
     /// Value ids of each field any constraint reads, made on first use.
     fields: Vec<FieldIndex>,
     field_ids: HashMap<Field, usize>,
+    /// The attribute of the maintenance partitions apps spread over (soft: after constraints).
+    partition: Option<Field>,
 }
 
 impl<'a> Placer<'a> {
@@ -248,6 +255,11 @@ impl<'a> Placer<'a> {
     /// including those being stopped, whose processes still hold their resources), as
     /// `usage` gathered them: one pass over the agents.
     pub fn new(snapshot: &'a Snapshot, usage: &'a Usage<'a>) -> Self {
+        Self::cordoning(snapshot, usage, |_| false)
+    }
+
+    /// As [`Placer::new`], with the agents `cordoned` says are in maintenance taking nothing.
+    pub fn cordoning(snapshot: &'a Snapshot, usage: &'a Usage<'a>, cordoned: impl Fn(&str) -> bool) -> Self {
         // Both in name order: what each agent holds is found walking along.
         let mut held = usage.held.iter().peekable();
         let agents: Vec<AgentSlot<'a>> = snapshot
@@ -259,6 +271,7 @@ impl<'a> Placer<'a> {
                     free: record.resources,
                     used_ports: HashSet::default(),
                     free_ports: record.ports.iter().map(|r| r.len()).sum(),
+                    cordoned: cordoned(&record.name),
                 };
                 while held.next_if(|(agent, _)| agent.as_str() < record.name.as_str()).is_some() {}
                 if let Some((_, used)) = held.next_if(|(agent, _)| **agent == record.name) {
@@ -286,6 +299,7 @@ impl<'a> Placer<'a> {
             apps: HashMap::default(),
             fields: Vec::new(),
             field_ids: HashMap::default(),
+            partition: None,
         };
         for i in 0..placer.agents.len() {
             placer.index(i);
@@ -293,7 +307,19 @@ impl<'a> Placer<'a> {
         placer
     }
 
+    /// Spreads each app over the values of `attribute` (the maintenance partitions), softly:
+    /// among the agents that pass every filter, those of the values with the fewest of the
+    /// app's instances first, so a window takes the smallest share of any app. An app that
+    /// spreads by its own constraints keeps to them.
+    pub fn spread_over(mut self, attribute: Option<&str>) -> Self {
+        self.partition = attribute.map(|a| Field::Attribute(a.to_string()));
+        self
+    }
+
     fn index(&mut self, i: usize) {
+        if self.agents[i].cordoned {
+            return;
+        }
         let free = self.agents[i].free;
         self.by_cpus.insert((free.millicpus, i));
         self.by_mem.insert((free.mem_mib, i));
@@ -328,6 +354,25 @@ impl<'a> Placer<'a> {
             .map(|c| c.field)
             .collect();
         let chosen = match spreading.as_slice() {
+            [] if app.partition.is_some() => {
+                let (id, counts) = app.partition.as_ref().expect("checked");
+                let values = &self.fields[*id].value_of;
+                let mut levels = counts.per_value.clone();
+                levels.sort_unstable();
+                levels.dedup();
+                levels
+                    .into_iter()
+                    .find_map(|level| {
+                        let at_level =
+                            self.best_fit_order(request).filter(|i| values[*i].is_some_and(|v| counts.of(v) == level));
+                        self.select(request, &app, at_level, CANDIDATES)
+                    })
+                    // Agents without the attribute come last.
+                    .or_else(|| {
+                        let outside = self.best_fit_order(request).filter(|i| values[*i].is_none());
+                        self.select(request, &app, outside, CANDIDATES)
+                    })
+            }
             [] => self.select(request, &app, self.best_fit_order(request), CANDIDATES),
             [field] => self.spread_levels(&app, *field).into_iter().find_map(|level| {
                 let values = &self.fields[app.field_ids[*field]].value_of;
@@ -424,28 +469,37 @@ impl<'a> Placer<'a> {
         self.fields.len() - 1
     }
 
+    /// The app's live instances per value of the field with index `id`.
+    fn counts_of(&self, app_uid: &str, id: usize) -> FieldCounts {
+        let field = &self.fields[id];
+        let mut counts = FieldCounts::new(field.values.len());
+        let on = self
+            .usage
+            .instances_of(app_uid)
+            .filter(|i| !i.is_terminal())
+            .filter_map(|i| self.index_of.get(i.record.agent.as_str()));
+        for &i in on {
+            if let Some(value) = field.value_of[i] {
+                counts.add(value);
+            }
+        }
+        counts
+    }
+
     /// Compiles the app's constraints and counts its instances per value of each field.
     fn app_state(&mut self, request: &Request<'_>) -> AppState {
-        let mut app = AppState { field_ids: Vec::new(), counts: Vec::new(), compiled: Vec::new() };
+        let mut app = AppState { field_ids: Vec::new(), counts: Vec::new(), compiled: Vec::new(), partition: None };
+        if let Some(field) = self.partition.clone() {
+            let id = self.field_index(&field);
+            app.partition = Some((id, self.counts_of(request.app_uid, id)));
+        }
         for constraint in request.constraints {
             let id = self.field_index(&constraint.field);
             let position = match app.field_ids.iter().position(|f| *f == id) {
                 Some(position) => position,
                 None => {
-                    let field = &self.fields[id];
-                    let mut counts = FieldCounts::new(field.values.len());
-                    let on = self
-                        .usage
-                        .instances_of(request.app_uid)
-                        .filter(|i| !i.is_terminal())
-                        .filter_map(|i| self.index_of.get(i.record.agent.as_str()));
-                    for &i in on {
-                        if let Some(value) = field.value_of[i] {
-                            counts.add(value);
-                        }
-                    }
                     app.field_ids.push(id);
-                    app.counts.push(counts);
+                    app.counts.push(self.counts_of(request.app_uid, id));
                     app.field_ids.len() - 1
                 }
             };
@@ -477,6 +531,11 @@ impl<'a> Placer<'a> {
             if let Some(value) = self.fields[*id].value_of[i] {
                 app.counts[position].add(value);
             }
+        }
+        if let Some((id, counts)) = &mut app.partition
+            && let Some(value) = self.fields[*id].value_of[i]
+        {
+            counts.add(value);
         }
         self.index(i);
         let agent = &self.agents[i];

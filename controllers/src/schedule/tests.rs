@@ -192,6 +192,7 @@ fn scorers_are_pure_functions_of_the_slot() {
         free: ResourceAmounts { millicpus: 2000, mem_mib: 4096, disk_mib: 1024, gpus: 0 },
         used_ports: Default::default(),
         free_ports: 100,
+        cordoned: false,
     };
     let small = app("s").cpus(1.0).mem(100.0).build();
     let req = request(&small, &[], &[]);

@@ -1,0 +1,474 @@
+//! Stage 2b, maintain — the first half of the migrate stage (DESIGN.md §9): which agents are
+//! in maintenance now, from every [`Maintenance`], the agents and the drain records the
+//! platform's controller keeps in the store (so a new leader continues the same drain).
+//!
+//! For each Maintenance, in name order: the windows open now (a recurring schedule's, explicit
+//! ones, or — with neither — an immediate drain that lasts until the Maintenance is deleted)
+//! take their partition's covered agents, in name order, at most `maxAgents` at once (agents
+//! already in maintenance keep their place). An agent in maintenance is **Draining** while
+//! anything of any scope runs on it, **Drained** once nothing does, and **Released** when it
+//! restarts after being drained (it was patched); when its window closes its record goes. An
+//! agent another Maintenance holds is left to it.
+//!
+//! The decide stage moves the instances of agents in maintenance (replacement first, see
+//! [`super::deploy`]); the place stage puts nothing on them, and spreads apps over the
+//! partitions. Only the platform's controller writes drain records and statuses; another
+//! scope reads the records and drains its own instances.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use baton_api::maintenance::{
+    AgentState, MAX_LISTED_AGENTS, OpenWindow, Risk, STATE_WAITING, ScheduledWindow, validate_maintenance,
+};
+use baton_api::{AgentRecord, DrainRecord, DrainState, Maintenance, MaintenanceStatus, ResourceAmounts};
+use baton_store::Revision;
+
+use super::events::{Event, EventType, Regarding, plural};
+use super::vocabulary::PlanContext;
+use crate::schedule::Usage;
+use crate::snapshot::Snapshot;
+
+/// What the later stages need: the agents in maintenance.
+#[derive(Debug, Default, Clone)]
+pub struct Drains {
+    /// Agents nothing new goes on, each with its rank in drain order (the earliest to start
+    /// draining first), so moves finish one agent before the next.
+    cordoned: FxHashMap<String, usize>,
+    /// Agents drained longer than their Maintenance's `forceAfter`: what is left goes now.
+    forced: FxHashSet<String>,
+}
+
+impl Drains {
+    pub fn is_empty(&self) -> bool {
+        self.cordoned.is_empty()
+    }
+
+    /// Whether `agent` is in maintenance.
+    pub fn cordons(&self, agent: &str) -> bool {
+        !self.cordoned.is_empty() && self.cordoned.contains_key(agent)
+    }
+
+    /// `agent`'s rank in drain order (agents not in maintenance last).
+    pub fn rank(&self, agent: &str) -> usize {
+        self.cordoned.get(agent).copied().unwrap_or(usize::MAX)
+    }
+
+    /// Whether what is left on `agent` is forced off now.
+    pub fn forces(&self, agent: &str) -> bool {
+        !self.forced.is_empty() && self.forced.contains(agent)
+    }
+}
+
+/// A drain record to write (`next`) or delete (`None`), at the revision read (0: absent).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DrainWrite {
+    pub agent: String,
+    pub next: Option<DrainRecord>,
+    pub revision: Revision,
+}
+
+/// One Maintenance as this tick sees it: what its status reports, blockers aside.
+pub struct Object<'s> {
+    pub maintenance: &'s Maintenance,
+    /// Field errors, if it is invalid (stored under older rules): it then takes no agent.
+    pub invalid: Option<String>,
+    /// The partitions whose windows are open now (`all`: every covered agent).
+    pub open: Vec<String>,
+    /// The agents of the open windows, and their states.
+    pub agents: Vec<AgentState>,
+    /// Agents in maintenance for it now (draining or drained).
+    pub cordoned: BTreeSet<String>,
+    pub schedule: Vec<ScheduledWindow>,
+    /// Windows of the horizon not open yet, first of each partition, with their agents: the
+    /// report checks each app against them.
+    pub coming: Vec<(Timestamp, String, BTreeSet<String>)>,
+    pub next_window: Option<Timestamp>,
+}
+
+/// What the maintain stage decided.
+pub struct Maintained<'s> {
+    pub drains: Drains,
+    pub objects: Vec<Object<'s>>,
+    pub writes: Vec<DrainWrite>,
+    pub events: Vec<Event>,
+    /// The attribute apps spread over (the first Maintenance's `partitionBy`).
+    pub partition_by: Option<&'s str>,
+    pub next_wakeup: Option<Timestamp>,
+}
+
+fn min_time(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn agent_event(agent: &str, type_: EventType, reason: &'static str, message: String) -> Event {
+    Event { regarding: Regarding::Agent(agent.to_string()), type_, reason, message, of_writes: true }
+}
+
+/// The maintain stage.
+pub fn maintain<'s>(snapshot: &'s Snapshot, usage: &Usage<'_>, ctx: &PlanContext) -> Maintained<'s> {
+    let now = ctx.now;
+    let mut maintenances: Vec<&'s Maintenance> = snapshot.maintenances.iter().map(AsRef::as_ref).collect();
+    maintenances.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    let partition_by = maintenances.iter().find_map(|m| m.spec.partition_by.as_deref());
+    let mut out = Maintained {
+        drains: Drains::default(),
+        objects: Vec::new(),
+        writes: Vec::new(),
+        events: Vec::new(),
+        partition_by,
+        next_wakeup: None,
+    };
+    if maintenances.is_empty() && snapshot.drains.is_empty() {
+        return out;
+    }
+    let live = |agent: &str| usage.held.get(agent).map_or(0, |used| used.live);
+    // The records as they will be after this tick: what every later check reads.
+    let mut records: BTreeMap<String, DrainRecord> =
+        snapshot.drains.iter().map(|(agent, (record, _))| (agent.clone(), (**record).clone())).collect();
+    let names: BTreeSet<&str> = maintenances.iter().filter_map(|m| m.metadata.name.as_deref()).collect();
+    let places = snapshot.scope.places();
+    if places {
+        records.retain(|agent, record| {
+            let kept = names.contains(record.maintenance.as_str());
+            if !kept {
+                out.events.push(agent_event(
+                    agent,
+                    EventType::Normal,
+                    "AgentReleased",
+                    format!("maintenance {} was deleted; the agent is back in service", record.maintenance),
+                ));
+            }
+            kept
+        });
+    }
+    for maintenance in maintenances {
+        let object = one(maintenance, snapshot, &live, now, places, &mut records, &mut out);
+        out.objects.push(object);
+    }
+    // Drain order: the earliest to start draining first.
+    let mut order: Vec<(&Timestamp, &String)> =
+        records.iter().filter(|(_, r)| r.state.cordons()).map(|(agent, r)| (&r.draining_since, agent)).collect();
+    order.sort();
+    out.drains.cordoned = order.iter().enumerate().map(|(rank, (_, agent))| ((*agent).clone(), rank)).collect();
+    for (agent, record) in &records {
+        let force_after = snapshot
+            .maintenances
+            .iter()
+            .find(|m| m.metadata.name.as_deref() == Some(record.maintenance.as_str()))
+            .and_then(|m| m.spec.force_after());
+        if let (DrainState::Draining, Some(after)) = (record.state, force_after) {
+            let due = record.draining_since.saturating_add(after).unwrap_or(record.draining_since);
+            if due <= now {
+                out.drains.forced.insert(agent.clone());
+            } else {
+                out.next_wakeup = min_time(out.next_wakeup, Some(due));
+            }
+        }
+    }
+    if places {
+        for (agent, (before, revision)) in &snapshot.drains {
+            match records.get(agent) {
+                None => out.writes.push(DrainWrite { agent: agent.clone(), next: None, revision: *revision }),
+                Some(after) if after != before.as_ref() => {
+                    out.writes.push(DrainWrite { agent: agent.clone(), next: Some(after.clone()), revision: *revision })
+                }
+                Some(_) => {}
+            }
+        }
+        for (agent, record) in &records {
+            if !snapshot.drains.contains_key(agent) {
+                out.writes.push(DrainWrite { agent: agent.clone(), next: Some(record.clone()), revision: 0 });
+            }
+        }
+    }
+    out
+}
+
+/// One Maintenance: its windows, its agents' states (updating `records` when `places`).
+fn one<'s>(
+    maintenance: &'s Maintenance,
+    snapshot: &Snapshot,
+    live: &dyn Fn(&str) -> usize,
+    now: Timestamp,
+    places: bool,
+    records: &mut BTreeMap<String, DrainRecord>,
+    out: &mut Maintained<'_>,
+) -> Object<'s> {
+    let name = maintenance.metadata.name.clone().unwrap_or_default();
+    let spec = &maintenance.spec;
+    let mut object = Object {
+        maintenance,
+        invalid: None,
+        open: Vec::new(),
+        agents: Vec::new(),
+        cordoned: BTreeSet::new(),
+        schedule: Vec::new(),
+        coming: Vec::new(),
+        next_window: None,
+    };
+    let errors = validate_maintenance(maintenance);
+    if !errors.is_empty() {
+        object.invalid =
+            Some(errors.iter().map(|e| format!("{}: {}", e.field, e.message())).collect::<Vec<_>>().join("; "));
+        if places {
+            records.retain(|_, r| r.maintenance != name);
+        }
+        return object;
+    }
+    let covered: Vec<&AgentRecord> =
+        snapshot.agents.values().map(AsRef::as_ref).filter(|a| spec.covers(&a.name, &a.attributes)).collect();
+    let partitions = spec.partition_order(covered.iter().filter_map(|a| spec.partition_of(&a.attributes)));
+    let in_window = |agent: &AgentRecord, window: &OpenWindow| match &window.partition {
+        None => true,
+        Some(p) => spec.partition_of(&agent.attributes) == Some(p.as_str()),
+    };
+    // The windows open now, and the horizon's.
+    let horizon = now.saturating_add(SignedDuration::from_hours(24 * i64::from(spec.horizon_days))).unwrap_or(now);
+    let windows = spec.windows(&partitions, now, horizon);
+    let (open, coming): (Vec<&OpenWindow>, Vec<&OpenWindow>) =
+        windows.iter().partition(|w| w.start.is_none_or(|start| start <= now));
+    object.open = open.iter().map(|w| w.partition_name().to_string()).collect();
+    object.open.dedup();
+    object.next_window = coming.first().and_then(|w| w.start);
+    for window in &windows {
+        let agents: Vec<&str> = covered.iter().filter(|a| in_window(a, window)).map(|a| a.name.as_str()).collect();
+        if let (Some(start), Some(end)) = (window.start, window.end) {
+            object.schedule.push(ScheduledWindow {
+                start: Time(start),
+                end: Time(end),
+                partition: window.partition_name().to_string(),
+                agents: agents.iter().take(MAX_LISTED_AGENTS).map(|a| a.to_string()).collect(),
+                agent_count: agents.len() as u32,
+            });
+        }
+    }
+    let mut seen_partitions = BTreeSet::new();
+    for window in &coming {
+        if let Some(start) = window.start
+            && seen_partitions.insert(window.partition_name())
+        {
+            let agents = covered.iter().filter(|a| in_window(a, window)).map(|a| a.name.clone()).collect();
+            object.coming.push((start, window.partition_name().to_string(), agents));
+        }
+    }
+    // A window's end (or the next one's start) changes what is in maintenance.
+    let next_change = open.iter().filter_map(|w| w.end).chain(object.next_window).min();
+    out.next_wakeup = min_time(out.next_wakeup, next_change);
+
+    // Each agent of an open window, with the window that takes it (the earliest open).
+    let mut taken: BTreeMap<&str, Option<Timestamp>> = BTreeMap::new();
+    for window in &open {
+        for agent in covered.iter().filter(|a| in_window(a, window)) {
+            taken.entry(agent.name.as_str()).or_insert(window.start);
+        }
+    }
+    let open_starts: BTreeSet<Option<Timestamp>> = open.iter().map(|w| w.start).collect();
+    // Records of this Maintenance whose agent is no longer taken go: the window closed (an
+    // agent that does not report keeps its record while its window is open: it may be
+    // rebooting).
+    if places {
+        let mine: Vec<String> = records.iter().filter(|(_, r)| r.maintenance == name).map(|(a, _)| a.clone()).collect();
+        for agent in mine {
+            let record = &records[&agent];
+            let reports = snapshot.agents.contains_key(&agent);
+            let stays = if reports { taken.contains_key(agent.as_str()) } else { open_starts.contains(&record.window) };
+            if stays {
+                continue;
+            }
+            let left = live(&agent);
+            let event = if record.state == DrainState::Draining && left > 0 {
+                agent_event(
+                    &agent,
+                    EventType::Warning,
+                    "DrainIncomplete",
+                    format!(
+                        "the window of maintenance {name} closed with {} still on the agent; it is back in service",
+                        plural(left, "instance")
+                    ),
+                )
+            } else {
+                agent_event(
+                    &agent,
+                    EventType::Normal,
+                    "AgentReleased",
+                    format!("the window of maintenance {name} closed; the agent is back in service"),
+                )
+            };
+            out.events.push(event);
+            records.remove(&agent);
+        }
+    }
+    let cap = spec.max_agents.map_or(usize::MAX, |n| n as usize);
+    let mut in_maintenance = records.values().filter(|r| r.maintenance == name && r.state.cordons()).count();
+    // Agents already in maintenance keep their place: they come first.
+    let mut order: Vec<&str> = taken.keys().copied().collect();
+    order.sort_by_key(|agent| (records.get(*agent).is_none_or(|r| r.maintenance != name), *agent));
+    for agent in order {
+        let record = snapshot.agents.get(agent).map(AsRef::as_ref);
+        let left = live(agent);
+        let state = match records.get(agent) {
+            Some(r) if r.maintenance != name => None, // Another Maintenance holds it.
+            Some(r) => {
+                let next = match r.state {
+                    DrainState::Released => DrainState::Released,
+                    DrainState::Drained if record.is_some_and(|a| a.started_at > r.since) => DrainState::Released,
+                    _ if left > 0 => DrainState::Draining,
+                    _ => DrainState::Drained,
+                };
+                if next != r.state && places {
+                    out.events.push(transition(agent, &name, next, left));
+                    let record = records.get_mut(agent).expect("found");
+                    if next == DrainState::Released {
+                        in_maintenance = in_maintenance.saturating_sub(1);
+                    }
+                    record.state = next;
+                    record.since = now;
+                }
+                Some(records[agent].clone())
+            }
+            None if places && in_maintenance < cap => {
+                let state = if left > 0 { DrainState::Draining } else { DrainState::Drained };
+                let window = taken[agent];
+                let record = DrainRecord { maintenance: name.clone(), state, since: now, window, draining_since: now };
+                in_maintenance += 1;
+                out.events.push(started(agent, &name, window, left));
+                records.insert(agent.to_string(), record.clone());
+                Some(record)
+            }
+            None => None,
+        };
+        let since = state.as_ref().map(|r| Time(r.since));
+        let state_name = state.as_ref().map_or(STATE_WAITING, |r| r.state.as_str());
+        if let Some(r) = &state
+            && r.state.cordons()
+        {
+            object.cordoned.insert(agent.to_string());
+        }
+        object.agents.push(AgentState {
+            name: agent.to_string(),
+            state: state_name.to_string(),
+            instances: left as u32,
+            since,
+        });
+    }
+    // Agents that do not report but stay in maintenance (rebooting) are listed too.
+    for (agent, record) in records.iter().filter(|(a, r)| r.maintenance == name && !taken.contains_key(a.as_str())) {
+        if record.state.cordons() {
+            object.cordoned.insert(agent.clone());
+        }
+        object.agents.push(AgentState {
+            name: agent.clone(),
+            state: record.state.as_str().to_string(),
+            instances: live(agent) as u32,
+            since: Some(Time(record.since)),
+        });
+    }
+    object.agents.sort_by(|a, b| a.name.cmp(&b.name));
+    object
+}
+
+fn started(agent: &str, maintenance: &str, window: Option<Timestamp>, instances: usize) -> Event {
+    let when = match window {
+        Some(start) => format!("the window opened at {start}"),
+        None => "an immediate drain".to_string(),
+    };
+    agent_event(
+        agent,
+        EventType::Normal,
+        "DrainStarted",
+        format!(
+            "maintenance {maintenance} ({when}): nothing new goes on the agent; what runs on it ({}) moves \
+             elsewhere, each replacement first",
+            plural(instances, "instance")
+        ),
+    )
+}
+
+fn transition(agent: &str, maintenance: &str, state: DrainState, instances: usize) -> Event {
+    match state {
+        DrainState::Draining => agent_event(
+            agent,
+            EventType::Normal,
+            "Draining",
+            format!("maintenance {maintenance}: {} on the agent again move", plural(instances, "instance")),
+        ),
+        DrainState::Drained => agent_event(
+            agent,
+            EventType::Normal,
+            "AgentDrained",
+            format!("maintenance {maintenance}: nothing is left on the agent; it can be patched and restarted"),
+        ),
+        DrainState::Released => agent_event(
+            agent,
+            EventType::Normal,
+            "AgentReleased",
+            format!("maintenance {maintenance}: the agent restarted after its drain; it is back in service"),
+        ),
+    }
+}
+
+/// Whether `status` differs from what the Maintenance has (then it is written).
+pub fn status_changed(maintenance: &Maintenance, status: &MaintenanceStatus) -> bool {
+    maintenance.status.as_ref() != Some(status)
+}
+
+/// Where one app's instances are, for the check of coming windows.
+pub struct Footprint<'a> {
+    /// `namespace/name`.
+    pub app: String,
+    pub wanted: usize,
+    /// `ceil(wanted × minimumHealthCapacity)`.
+    pub minimum: usize,
+    /// The agents of its live instances, one entry per instance.
+    pub agents: Vec<&'a str>,
+    pub resources: ResourceAmounts,
+}
+
+/// Apps a coming window would take below their minimum if their instances there could not be
+/// replaced: counted per partition from where the apps' instances are now. An app whose
+/// instances on the partition leave fewer than its minimum elsewhere depends on replacements;
+/// it is at risk when the other agents (`free_outside` says what they have left) lack the
+/// room for every replacement the window needs (`NoRoom`).
+pub fn risks(
+    object: &Object<'_>,
+    apps: &[Footprint<'_>],
+    free_outside: &dyn Fn(&BTreeSet<String>) -> ResourceAmounts,
+) -> Vec<Risk> {
+    let mut risks = Vec::new();
+    for (start, partition, agents) in &object.coming {
+        let mut needed = ResourceAmounts::default();
+        let mut relying: Vec<(&Footprint<'_>, usize)> = Vec::new();
+        for app in apps {
+            let there = app.agents.iter().filter(|agent| agents.contains(**agent)).count();
+            if there == 0 {
+                continue;
+            }
+            needed = needed.plus(app.resources.times(there as u64));
+            if app.wanted.saturating_sub(there) < app.minimum {
+                relying.push((app, there));
+            }
+        }
+        let free = free_outside(agents);
+        if free.first_shortfall(needed).is_none() {
+            continue;
+        }
+        for (app, there) in relying {
+            risks.push(Risk {
+                window: Time(*start),
+                partition: partition.clone(),
+                app: app.app.clone(),
+                instances: there as u32,
+                minimum: app.minimum as u32,
+                reason: "NoRoom".into(),
+            });
+        }
+    }
+    risks
+}
