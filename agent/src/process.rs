@@ -393,6 +393,7 @@ mod tests {
             stop_reason: None,
             replaces: None,
             holds_slot: false,
+            whole_agent: false,
             end_noted: false,
             command: Command::Shell("echo hi".into()),
             env: [("GREETING".to_string(), "hello".to_string())].into(),

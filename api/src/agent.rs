@@ -106,7 +106,7 @@ pub struct AgentStatus {
 #[schemars(rename = "dev.baton.v1alpha1.AgentMaintenance")]
 #[serde(rename_all = "camelCase")]
 pub struct AgentMaintenance {
-    /// The Maintenance that takes it.
+    /// The Maintenance that takes it, or `defragmentation for NAMESPACE/APP`.
     pub name: String,
     /// `Draining`, `Drained` or `Released`.
     pub state: String,
@@ -116,7 +116,11 @@ pub struct AgentMaintenance {
 
 impl AgentMaintenance {
     pub fn of(record: &crate::maintenance::DrainRecord) -> Self {
-        Self { name: record.maintenance.clone(), state: record.state.as_str().into(), since: Time(record.since) }
+        let name = match &record.for_app {
+            Some(app) => format!("defragmentation for {app}"),
+            None => record.maintenance.clone(),
+        };
+        Self { name, state: record.state.as_str().into(), since: Time(record.since) }
     }
 }
 
@@ -211,6 +215,7 @@ mod tests {
             stop_reason: None,
             replaces: None,
             holds_slot: false,
+            whole_agent: false,
             end_noted: false,
             command: Command::Shell("x".into()),
             env: BTreeMap::new(),

@@ -128,6 +128,10 @@ pub struct AppSpec {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub require_ports: bool,
 
+    /// How instances are placed beyond constraints.
+    #[serde(default, skip_serializing_if = "Placement::is_default")]
+    pub placement: Placement,
+
     /// Placement constraints, Marathon's `[field, OPERATOR, value?]`: `[[hostname, UNIQUE]]`,
     /// `[[rack, GROUP_BY, "3"]]`, `[[rack, LIKE, "r[1-3]"]]`… (see `docs/apps.md`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -193,6 +197,23 @@ pub struct AppSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = crate::limits::MAX_DEPENDENCIES))]
     pub dependencies: Vec<String>,
+}
+
+/// How instances are placed beyond constraints.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Placement {
+    /// Each instance takes a whole agent: it goes only on an agent with nothing else on it,
+    /// and nothing else goes on its agent. When no agent is empty but the cluster has room,
+    /// the controller frees one by moving small instances off it (defragmentation).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub whole_agent: bool,
+}
+
+impl Placement {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// How a new version replaces the old one, as Marathon does it: with `n` instances wanted,
@@ -552,6 +573,9 @@ impl AppStatus {
 /// version; `instances` is deliberately not among them, so scaling restarts nothing.
 #[derive(Serialize)]
 struct RunDefinition<'a> {
+    // Left out when false, so other apps keep their versions.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    whole_agent: bool,
     cmd: &'a Option<String>,
     args: &'a Option<Vec<String>>,
     resources: &'a Resources,
@@ -586,6 +610,7 @@ impl AppSpec {
     fn version_with(&self, restarted_at: Option<&str>) -> String {
         use sha2::{Digest, Sha256};
         let run = RunDefinition {
+            whole_agent: self.placement.whole_agent,
             cmd: &self.cmd,
             args: &self.args,
             resources: &self.resources,

@@ -318,8 +318,17 @@ impl DrainState {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct DrainRecord {
-    /// The Maintenance that takes it.
+    /// The Maintenance that takes it; empty when it is freed for an app (`forApp`).
+    #[serde(default)]
     pub maintenance: String,
+    /// Defragmentation: the app (`namespace/name`) it is freed for — only that app may go on
+    /// it once it is drained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_app: Option<String>,
+    /// Defragmentation: the uids of the apps moved off it, which may not come back within
+    /// an hour.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub moved: Vec<String>,
     pub state: DrainState,
     /// When it entered this state.
     pub since: Timestamp,

@@ -245,6 +245,9 @@ pub struct InstanceRecord {
     /// an instance killed while it was itself filling a slot (that takes no second one).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub holds_slot: bool,
+    /// It takes its whole agent (`placement.wholeAgent`): nothing else goes on the agent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub whole_agent: bool,
     /// Ended on its own, and the controller has noted it: counted it as a failure in its app's
     /// launch backoff (in the same write), or reported it lost. So an end is noted once while
     /// the record is kept for its status and logs.

@@ -618,6 +618,7 @@ mod tests {
             args: None,
             resources: Resources::default(),
             ports: vec![PortDefinition { name: Some("http".into()), port: 0 }],
+            placement: Default::default(),
             env: Default::default(),
             labels: Default::default(),
             task_kill_grace_period_seconds: None,

@@ -493,6 +493,7 @@ mod tests {
             stop_reason: None,
             replaces: None,
             holds_slot: false,
+            whole_agent: false,
             end_noted: false,
             command: Command::Shell("x".into()),
             env: Default::default(),

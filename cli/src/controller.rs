@@ -38,6 +38,10 @@ pub struct ControllerArgs {
     metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     retention: RetentionFlags,
+    /// Empty agents kept free for instances that take whole agents (`placement.wholeAgent`):
+    /// other instances go on an empty agent only while more are empty. See docs/maintenance.md.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    keep_free_agents: usize,
 }
 
 pub async fn run(args: ControllerArgs) -> Result<()> {
@@ -51,6 +55,7 @@ pub async fn run(args: ControllerArgs) -> Result<()> {
     config.election_ttl = args.election_ttl;
     config.scope = args.scope;
     config.retention = args.retention.retention();
+    config.keep_free_agents = args.keep_free_agents;
     let metrics = Arc::new(Metrics::default());
     let shutdown = CancellationToken::new();
     let mut registry = Registry::default();

@@ -52,6 +52,9 @@ pub struct DevArgs {
     retention: crate::flags::RetentionFlags,
     #[command(flatten)]
     output: crate::flags::OutputFlags,
+    /// Empty agents kept free for instances that take whole agents (`placement.wholeAgent`).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    keep_free_agents: usize,
 }
 
 /// The most agents one `baton dev` runs (each gets its own slice of ports).
@@ -143,6 +146,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let controller_id = format!("{}:{}", crate::hostname(), std::process::id());
     let mut controller_config = ControllerConfig::new(controller_id, keys.clone());
     controller_config.retention = args.retention.retention();
+    controller_config.keep_free_agents = args.keep_free_agents;
     let controller = tokio::spawn(baton_controllers::runtime::run(
         store.clone(),
         client,

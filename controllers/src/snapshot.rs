@@ -258,6 +258,8 @@ pub struct AgentUse {
     pub live: usize,
     pub resources: ResourceAmounts,
     pub ports: Vec<u16>,
+    /// One of them takes the whole agent.
+    pub exclusive: bool,
 }
 
 impl AgentUse {
@@ -265,6 +267,7 @@ impl AgentUse {
     pub fn add(&mut self, instance: &InstanceState) {
         if !instance.is_terminal() {
             self.live += 1;
+            self.exclusive |= instance.record.whole_agent;
             self.resources = self.resources.plus(instance.record.resources);
             self.ports.extend(instance.record.ports.iter().map(|p| p.port));
         }

@@ -49,6 +49,12 @@ impl AppBuilder {
         self
     }
 
+    /// `placement: {wholeAgent: true}`.
+    pub fn whole_agent(mut self) -> Self {
+        self.0.spec.placement.whole_agent = true;
+        self
+    }
+
     pub fn ports(mut self, n: usize) -> Self {
         self.0.spec.ports = (0..n).map(|_| baton_api::PortDefinition { name: None, port: 0 }).collect();
         self
@@ -218,6 +224,7 @@ pub fn instance(app: &App, agent: &str, n: u32) -> InstanceBuilder {
             stop_reason: None,
             replaces: None,
             holds_slot: false,
+            whole_agent: false,
             end_noted: false,
             command: Command::Shell("sleep 1000".into()),
             env: Default::default(),

@@ -204,3 +204,70 @@ fn a_window_on_one_rack_drains_two_agents_within_every_budget_across_a_leader_ki
     assert_eq!(moved.len(), 2, "the two instances on the drained agents moved: {moved:?}");
     assert_eq!(created_after, 2, "one replacement each, across the failover");
 }
+
+fn small(name: &str, cpus: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: baton.dev/v1alpha1\nkind: App\nmetadata: {{name: {name}}}\nspec:\n  instances: 1\n  \
+         cmd: sleep 3600\n  resources: {{cpus: {cpus}, mem: 16}}\n{extra}"
+    )
+}
+
+/// Records of `app` wanted running whose process runs.
+fn running(cluster: &Cluster, app: &str) -> Vec<InstanceRecord> {
+    let statuses = cluster.statuses();
+    cluster
+        .records()
+        .into_values()
+        .filter(|r| r.app.name == app && r.goal == Goal::Running)
+        .filter(|r| statuses.get(&r.id).is_some_and(|s| s.phase == Phase::Running))
+        .collect()
+}
+
+#[test]
+fn a_whole_agent_app_is_placed_after_small_instances_move_off_an_agent() {
+    let cluster = Cluster::start(&baton_binary(), ClusterOptions { agents: 2, ..ClusterOptions::default() });
+    // Fragment the cluster: one small instance on each agent, none empty.
+    cluster.apply(&small("small1", "1", ""));
+    cluster.wait_for("small1 running", WAIT, |c| (running(c, "small1").len() == 1).then_some(()));
+    cluster.apply(&small("filler", "3", ""));
+    cluster.wait_for("filler running", WAIT, |c| (running(c, "filler").len() == 1).then_some(()));
+    cluster.apply(&small("small2", "1", ""));
+    let small2 = cluster.wait_for("small2 running", WAIT, |c| running(c, "small2").pop());
+    cluster.kubectl_ok(&["delete", "app", "filler"]);
+    let small1 = running(&cluster, "small1").pop().expect("small1 runs");
+    assert_ne!(small1.agent, small2.agent, "one small instance on each agent");
+
+    cluster.apply(&small("big", "2", "  placement: {wholeAgent: true}\n"));
+    let big = cluster.wait_for("big running on an agent of its own", WAIT, |c| {
+        let big = running(c, "big").pop()?;
+        let others = c.records().into_values().filter(|r| r.agent == big.agent && r.app.name != "big").count();
+        (others == 0).then_some(big)
+    });
+    assert_eq!(big.agent, small1.agent, "the agent freed is the least filled, first by name");
+    let moved = running(&cluster, "small1").pop().expect("small1 runs again");
+    assert_eq!(moved.agent, small2.agent, "small1 moved next to small2");
+
+    // From the history: small1's replacement ran before the original was stopped.
+    let history = cluster.history();
+    let created = history.iter().find(|w| w.is_creation() && w.after.as_ref().is_some_and(|r| r.id == moved.id));
+    let stopped = history.iter().find(|w| w.is_stop() && w.before.as_ref().is_some_and(|r| r.id == small1.id));
+    let (created, stopped) = (created.expect("the replacement's creation"), stopped.expect("the original's stop"));
+    assert!(created.revision < stopped.revision, "replacement first");
+    assert_eq!(stopped.after.as_ref().and_then(|r| r.stop_reason.as_deref()), Some("Moved"));
+    let changes = cluster.changes();
+    let ran_at = changes.iter().find(|c| {
+        cluster.keys().parse_status_key(&c.key).is_some_and(|(_, id)| id == moved.id)
+            && c.value
+                .as_deref()
+                .and_then(|v| serde_json::from_slice::<StatusRecord>(v).ok())
+                .is_some_and(|s| s.phase == Phase::Running)
+    });
+    assert!(ran_at.expect("the replacement ran").revision < stopped.revision, "the replacement ran before the stop");
+    let launches_of_small1 =
+        history.iter().filter(|w| w.is_creation() && w.after.as_ref().is_some_and(|r| r.app.name == "small1")).count();
+    assert_eq!(launches_of_small1, 2, "one move, no more");
+    let agents = cluster.kubectl_ok(&["get", "agents"]);
+    assert!(agents.lines().any(|l| l.starts_with(big.agent.as_str()) && l.contains("Released")), "{agents}");
+    let events = cluster.kubectl_ok(&["get", "events", "-A"]);
+    assert!(events.contains("Freeing") && events.contains("Defragmenting"), "{events}");
+}

@@ -61,6 +61,7 @@ fn tenant_instance(app: &App, n: u32) -> InstanceRecord {
         stop_reason: None,
         replaces: None,
         holds_slot: false,
+        whole_agent: false,
         end_noted: false,
         command: Command::Shell("sleep 3600".into()),
         env: Default::default(),

@@ -80,7 +80,11 @@ pub fn killing(app: &App, version: &str, wanted: usize, stops: &[Stop]) -> Vec<E
                 StopReason::AppDeleted => "the app was deleted".to_string(),
                 StopReason::Unhealthy => "failing health checks".to_string(),
                 StopReason::Killed => "a user asked".to_string(),
-                StopReason::Moved => "their agents are in maintenance; their replacements are healthy".to_string(),
+                StopReason::Moved => {
+                    "their agents are in maintenance or being freed for a whole-agent instance; their replacements are \
+                     healthy"
+                        .to_string()
+                }
                 StopReason::MoveForced => {
                     "their agents drained longer than the maintenance's forceAfter; not replaced yet".to_string()
                 }

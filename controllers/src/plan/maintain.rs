@@ -40,6 +40,34 @@ pub struct Drains {
     cordoned: FxHashMap<String, usize>,
     /// Agents drained longer than their Maintenance's `forceAfter`: what is left goes now.
     forced: FxHashSet<String>,
+    /// Drained agents freed for an app (`namespace/name`): only it goes on them.
+    reserved: FxHashMap<String, String>,
+    /// Agents freed for an app within the hour, and the uids of the apps moved off them.
+    barred: FxHashMap<String, Vec<String>>,
+}
+
+impl crate::schedule::AgentRules for Drains {
+    fn cordons(&self, agent: &str) -> bool {
+        Drains::cordons(self, agent)
+    }
+
+    fn reserved_for(&self, agent: &str) -> Option<&str> {
+        self.reserved.get(agent).map(String::as_str)
+    }
+
+    fn barred(&self, agent: &str) -> &[String] {
+        self.barred.get(agent).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// Whether nothing new (of any app) goes on an agent with this record: draining, or drained
+/// for a Maintenance (one drained for an app takes that app).
+fn cordons(record: &DrainRecord) -> bool {
+    match record.state {
+        DrainState::Draining => true,
+        DrainState::Drained => record.for_app.is_none(),
+        DrainState::Released => false,
+    }
 }
 
 impl Drains {
@@ -112,7 +140,12 @@ fn agent_event(agent: &str, type_: EventType, reason: &'static str, message: Str
 }
 
 /// The maintain stage.
-pub fn maintain<'s>(snapshot: &'s Snapshot, usage: &Usage<'_>, ctx: &PlanContext) -> Maintained<'s> {
+pub fn maintain<'s>(
+    snapshot: &'s Snapshot,
+    usage: &Usage<'_>,
+    needs: &super::defrag::Needs,
+    ctx: &PlanContext,
+) -> Maintained<'s> {
     let now = ctx.now;
     let mut maintenances: Vec<&'s Maintenance> = snapshot.maintenances.iter().map(AsRef::as_ref).collect();
     maintenances.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
@@ -135,8 +168,9 @@ pub fn maintain<'s>(snapshot: &'s Snapshot, usage: &Usage<'_>, ctx: &PlanContext
     let names: BTreeSet<&str> = maintenances.iter().filter_map(|m| m.metadata.name.as_deref()).collect();
     let places = snapshot.scope.places();
     if places {
+        super::defrag::follow(snapshot, usage, needs, now, &mut records, &mut out);
         records.retain(|agent, record| {
-            let kept = names.contains(record.maintenance.as_str());
+            let kept = record.for_app.is_some() || names.contains(record.maintenance.as_str());
             if !kept {
                 out.events.push(agent_event(
                     agent,
@@ -154,9 +188,16 @@ pub fn maintain<'s>(snapshot: &'s Snapshot, usage: &Usage<'_>, ctx: &PlanContext
     }
     // Drain order: the earliest to start draining first.
     let mut order: Vec<(&Timestamp, &String)> =
-        records.iter().filter(|(_, r)| r.state.cordons()).map(|(agent, r)| (&r.draining_since, agent)).collect();
+        records.iter().filter(|(_, r)| cordons(r)).map(|(agent, r)| (&r.draining_since, agent)).collect();
     order.sort();
     out.drains.cordoned = order.iter().enumerate().map(|(rank, (_, agent))| ((*agent).clone(), rank)).collect();
+    for (agent, record) in &records {
+        match (record.state, &record.for_app) {
+            (DrainState::Drained, Some(app)) => _ = out.drains.reserved.insert(agent.clone(), app.clone()),
+            (DrainState::Released, Some(_)) => _ = out.drains.barred.insert(agent.clone(), record.moved.clone()),
+            _ => {}
+        }
+    }
     for (agent, record) in &records {
         let force_after = snapshot
             .maintenances
@@ -306,7 +347,7 @@ fn one<'s>(
         }
     }
     let cap = spec.max_agents.map_or(usize::MAX, |n| n as usize);
-    let mut in_maintenance = records.values().filter(|r| r.maintenance == name && r.state.cordons()).count();
+    let mut in_maintenance = records.values().filter(|r| r.maintenance == name && cordons(r)).count();
     // Agents already in maintenance keep their place: they come first.
     let mut order: Vec<&str> = taken.keys().copied().collect();
     order.sort_by_key(|agent| (records.get(*agent).is_none_or(|r| r.maintenance != name), *agent));
@@ -336,7 +377,15 @@ fn one<'s>(
             None if places && in_maintenance < cap => {
                 let state = if left > 0 { DrainState::Draining } else { DrainState::Drained };
                 let window = taken[agent];
-                let record = DrainRecord { maintenance: name.clone(), state, since: now, window, draining_since: now };
+                let record = DrainRecord {
+                    maintenance: name.clone(),
+                    for_app: None,
+                    moved: Vec::new(),
+                    state,
+                    since: now,
+                    window,
+                    draining_since: now,
+                };
                 in_maintenance += 1;
                 out.events.push(started(agent, &name, window, left));
                 records.insert(agent.to_string(), record.clone());
@@ -347,7 +396,7 @@ fn one<'s>(
         let since = state.as_ref().map(|r| Time(r.since));
         let state_name = state.as_ref().map_or(STATE_WAITING, |r| r.state.as_str());
         if let Some(r) = &state
-            && r.state.cordons()
+            && cordons(r)
         {
             object.cordoned.insert(agent.to_string());
         }
@@ -360,7 +409,7 @@ fn one<'s>(
     }
     // Agents that do not report but stay in maintenance (rebooting) are listed too.
     for (agent, record) in records.iter().filter(|(a, r)| r.maintenance == name && !taken.contains_key(a.as_str())) {
-        if record.state.cordons() {
+        if cordons(record) {
             object.cordoned.insert(agent.clone());
         }
         object.agents.push(AgentState {
@@ -471,4 +520,153 @@ pub fn risks(
         }
     }
     risks
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use jiff::SignedDuration;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    use baton_api::maintenance::{Schedule, Window};
+    use baton_api::{DrainRecord, DrainState, Maintenance, MaintenanceSpec};
+
+    use crate::plan::{Plan, PlanContext, StopReason, plan};
+    use crate::snapshot::Snapshot;
+    use crate::testing::{agent, app, instance, now, snapshot};
+
+    fn spec() -> MaintenanceSpec {
+        MaintenanceSpec {
+            selector: Default::default(),
+            agents: Vec::new(),
+            partition_by: Some("rack".into()),
+            partitions: Vec::new(),
+            schedule: None,
+            windows: Vec::new(),
+            max_agents: None,
+            horizon_days: 7,
+            force_after: None,
+        }
+    }
+
+    fn with(mut snapshot: Snapshot, spec: MaintenanceSpec) -> Snapshot {
+        let mut maintenance = Maintenance::new("m", spec);
+        maintenance.metadata.uid = Some("uid-m".into());
+        snapshot.maintenances.push(Arc::new(maintenance));
+        snapshot
+    }
+
+    fn draining(mut snapshot: Snapshot, agent: &str, seconds_ago: i64, window: Option<jiff::Timestamp>) -> Snapshot {
+        let since = now() - SignedDuration::from_secs(seconds_ago);
+        let record = DrainRecord {
+            maintenance: "m".into(),
+            for_app: None,
+            moved: Vec::new(),
+            state: DrainState::Draining,
+            since,
+            window,
+            draining_since: since,
+        };
+        snapshot.drains.insert(agent.into(), (Arc::new(record), 9));
+        snapshot
+    }
+
+    fn tick(snapshot: &Snapshot) -> Plan {
+        plan(snapshot, &PlanContext::at(now(), 1))
+    }
+
+    #[test]
+    fn a_drain_past_force_after_stops_what_is_left_and_says_so() {
+        // One agent, one instance: its replacement has nowhere to go.
+        let web = app("web").instances(1).build();
+        let s = snapshot(&[&web], vec![agent("a1").build()], vec![instance(&web, "a1", 1).running().build()]);
+        let s = with(s, MaintenanceSpec { agents: vec!["a1".into()], force_after: Some("1h".into()), ..spec() });
+        let waiting = tick(&draining(s.clone(), "a1", 600, None));
+        assert!(waiting.stops.is_empty(), "10 minutes in: it waits");
+        let status = &waiting.maintenance_statuses[0].status;
+        assert_eq!(status.blocked[0].reason, "NoRoom", "{status:?}");
+        assert!(status.blocked[0].message.contains("in maintenance"), "{status:?}");
+        assert_eq!(waiting.next_wakeup, Some(now() + SignedDuration::from_secs(3000)), "woken when it is due");
+
+        let forced = tick(&draining(s, "a1", 3601, None));
+        assert_eq!(forced.stops.len(), 1);
+        assert_eq!(forced.stops[0].reason, StopReason::MoveForced);
+        assert!(forced.events.iter().any(|e| e.reason == "DrainForced"), "{:?}", forced.events);
+        assert_eq!(forced.maintenance_statuses[0].status.forced_instances, 1);
+    }
+
+    #[test]
+    fn a_closed_window_releases_its_agents_and_an_open_one_takes_the_next() {
+        let start = now() - SignedDuration::from_hours(5);
+        let window = |partition: &str, start: jiff::Timestamp| Window {
+            start: Time(start),
+            end: Time(start + SignedDuration::from_hours(4)),
+            partition: Some(partition.into()),
+        };
+        let agents = vec![agent("a1").attribute("rack", "r1").build(), agent("a2").attribute("rack", "r2").build()];
+        let s = snapshot(&[], agents, Vec::new());
+        let s = with(s, MaintenanceSpec { windows: vec![window("r1", start), window("r2", now())], ..spec() });
+        let p = tick(&draining(s, "a1", 3600, Some(start)));
+        let writes: Vec<(&str, Option<DrainState>)> =
+            p.drains.iter().map(|w| (w.agent.as_str(), w.next.as_ref().map(|r| r.state))).collect();
+        assert_eq!(writes, [("a1", None), ("a2", Some(DrainState::Drained))], "a1 released, a2 (empty) drained");
+        assert!(p.events.iter().any(|e| e.reason == "AgentReleased"));
+        assert_eq!(p.maintenance_statuses[0].status.window, "r2");
+    }
+
+    #[test]
+    fn max_agents_holds_and_a_restarted_drained_agent_makes_room_for_the_next() {
+        let agents: Vec<_> = (1..=3).map(|i| agent(&format!("a{i}")).attribute("rack", "r1").build()).collect();
+        let s = snapshot(&[], agents, Vec::new());
+        let schedule =
+            Schedule { start: Time(now() - SignedDuration::from_mins(1)), every: "24h".into(), duration: "4h".into() };
+        let s = with(s, MaintenanceSpec { schedule: Some(schedule), max_agents: Some(1), ..spec() });
+        let first = tick(&s);
+        let taken: Vec<&str> = first.drains.iter().map(|w| w.agent.as_str()).collect();
+        assert_eq!(taken, ["a1"], "one at a time, in name order");
+        let states: Vec<(&str, &str)> =
+            first.maintenance_statuses[0].status.agents.iter().map(|a| (a.name.as_str(), a.state.as_str())).collect();
+        assert_eq!(states, [("a1", "Drained"), ("a2", "Waiting"), ("a3", "Waiting")]);
+
+        // a1 restarts after its drain: released; a2 goes next.
+        let mut s2 = s.clone();
+        let record = first.drains[0].next.clone().unwrap();
+        s2.drains.insert("a1".into(), (Arc::new(record), 10));
+        let mut a1 = (*s2.agents["a1"]).clone();
+        a1.started_at = now() + SignedDuration::from_secs(30);
+        s2.agents.insert("a1".into(), Arc::new(a1));
+        let second = plan(&s2, &PlanContext::at(now() + SignedDuration::from_secs(60), 1));
+        let writes: Vec<(&str, Option<DrainState>)> =
+            second.drains.iter().map(|w| (w.agent.as_str(), w.next.as_ref().map(|r| r.state))).collect();
+        assert_eq!(writes, [("a1", Some(DrainState::Released)), ("a2", Some(DrainState::Drained))]);
+    }
+
+    #[test]
+    fn a_coming_window_without_room_for_the_replacements_puts_apps_at_risk() {
+        // Two racks of one small agent each; web fills both: draining either leaves no room.
+        let agents = vec![
+            agent("a1").mem(200).attribute("rack", "r1").build(),
+            agent("a2").mem(200).attribute("rack", "r2").build(),
+        ];
+        let web = app("web").instances(2).mem(150.0).build();
+        let s = snapshot(
+            &[&web],
+            agents,
+            vec![instance(&web, "a1", 1).running().build(), instance(&web, "a2", 2).running().build()],
+        );
+        let schedule = Schedule {
+            start: Time(now() + SignedDuration::from_hours(10)),
+            every: "24h".into(),
+            duration: "4h".into(),
+        };
+        let p = tick(&with(s, MaintenanceSpec { schedule: Some(schedule), ..spec() }));
+        let status = &p.maintenance_statuses[0].status;
+        let risks: Vec<(&str, &str, &str)> =
+            status.at_risk.iter().map(|r| (r.partition.as_str(), r.app.as_str(), r.reason.as_str())).collect();
+        assert_eq!(risks, [("r1", "default/web", "NoRoom"), ("r2", "default/web", "NoRoom")]);
+        assert_eq!(status.at_risk[0].minimum, 2);
+        assert_eq!(status.schedule.len(), 7, "a window a day for the 7-day horizon");
+        assert!(p.drains.is_empty(), "no window is open");
+    }
 }

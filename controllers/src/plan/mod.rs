@@ -16,6 +16,7 @@
 //! | decide | [`decide`] | per app: what goes, user and health kills ([`health`], [`slots`]), instances on agents in maintenance moved replacement first, one bounded step ([`deploy`]), the backoff: stops and a **launch demand** |
 //! | (share) | | tenants' fair shares come here: demand in, demand out |
 //! | place | [`place`] | every demand through one placer ([`crate::schedule`]), in one order, nothing on agents in maintenance, spread over their partitions |
+//! | defrag | [`defrag`] | whole-agent instances that found no empty agent: agents to free by moving small instances off |
 //! | report | [`report`] | the plan, and each app's status and events ([`status`], [`events`]) |
 //!
 //! The plan's vocabulary is in [`vocabulary`].
@@ -24,6 +25,7 @@ use crate::snapshot::Snapshot;
 
 pub mod classify;
 pub mod decide;
+pub mod defrag;
 pub mod deploy;
 pub mod events;
 pub mod groups;
@@ -43,12 +45,19 @@ pub use vocabulary::*;
 pub fn plan(snapshot: &Snapshot, ctx: &PlanContext) -> Plan {
     let observed = observe::observe(snapshot, ctx);
     let gates = groups::gate(&observed, &snapshot.groups, &snapshot.apps, ctx);
+    let needs = defrag::Needs::of(&observed.apps, &gates.apps);
     let observe::Observed { reach, apps, orphans, usage, marks, unmarks, events } = observed;
-    let maintained = maintain::maintain(snapshot, &usage, ctx);
+    let maintained = maintain::maintain(snapshot, &usage, &needs, ctx);
     let decided = decide::decide(snapshot, &reach, apps, &orphans, &gates.apps, &maintained.drains, ctx);
-    let room = place::Room { drains: &maintained.drains, spread_over: maintained.partition_by };
+    let room = place::Room {
+        drains: &maintained.drains,
+        spread_over: maintained.partition_by,
+        keep_free: ctx.keep_free_agents,
+    };
     let placed = place::place(snapshot, &usage, &decided.demand(&snapshot.scope), &room, ctx.now, ctx.seed);
-    report::report(report::Parts { marks, unmarks, events, gates, decided, placed, maintained }, snapshot, &usage, ctx)
+    let freed = defrag::free(snapshot, &usage, &decided, &placed, ctx);
+    let parts = report::Parts { marks, unmarks, events, gates, decided, placed, maintained, freed };
+    report::report(parts, snapshot, &usage, ctx)
 }
 
 #[cfg(test)]

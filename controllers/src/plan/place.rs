@@ -50,6 +50,8 @@ pub struct Placed {
 pub struct Room<'a> {
     pub drains: &'a Drains,
     pub spread_over: Option<&'a str>,
+    /// Empty agents kept for whole-agent instances.
+    pub keep_free: usize,
 }
 
 pub fn place<'s>(
@@ -69,7 +71,9 @@ pub fn place<'s>(
             let mut placed = Placed::default();
             placed.unplaced = if snapshot.scope.places() {
                 let placer = placer.get_or_insert_with(|| {
-                    Placer::cordoning(snapshot, usage, |agent| room.drains.cordons(agent)).spread_over(room.spread_over)
+                    Placer::with_rules(snapshot, usage, room.drains)
+                        .spread_over(room.spread_over)
+                        .keep_free(room.keep_free)
                 });
                 launch(demand, now, placer, &mut ids, &mut placed.launches)
             } else {
@@ -101,6 +105,7 @@ fn launch(
     };
     let uid = app.metadata.uid.clone().unwrap_or_default();
     let name = app.metadata.name.clone().unwrap_or_default();
+    let app_name = format!("{}/{name}", app.metadata.namespace.as_deref().unwrap_or_default());
     let resources = spec.resources.amounts();
     let asks: Vec<PortAsk> = spec
         .ports
@@ -108,8 +113,16 @@ fn launch(
         .map(|p| if spec.require_ports && p.port > 0 { PortAsk::Fixed(p.port as u16) } else { PortAsk::Dynamic })
         .collect();
     for placed in 0..count {
-        let request =
-            Request { scope, app_uid: &uid, resources, ports: &asks, constraints: &constraints, seed: ids.next() };
+        let request = Request {
+            scope,
+            app_uid: &uid,
+            app: &app_name,
+            whole_agent: spec.placement.whole_agent,
+            resources,
+            ports: &asks,
+            constraints: &constraints,
+            seed: ids.next(),
+        };
         let placement = match placer.place(&request) {
             Fit::Placed(placement) => placement,
             Fit::Unschedulable(rejections) => {
@@ -149,6 +162,7 @@ fn launch(
                 stop_reason: None,
                 replaces: None,
                 holds_slot: false,
+                whole_agent: spec.placement.whole_agent,
                 end_noted: false,
                 command: command.clone(),
                 env: spec.env.clone(),

@@ -37,11 +37,12 @@ pub struct Parts<'s> {
     /// What was placed, by the app's index in the decisions.
     pub placed: Vec<(usize, Placed)>,
     pub maintained: Maintained<'s>,
+    pub freed: super::defrag::Freed,
 }
 
 /// The report stage.
 pub fn report(parts: Parts<'_>, snapshot: &Snapshot, usage: &Usage<'_>, ctx: &PlanContext) -> Plan {
-    let Parts { marks, unmarks, events, gates, decided, placed, maintained } = parts;
+    let Parts { marks, unmarks, events, gates, decided, placed, maintained, freed } = parts;
     let mut plan = Plan { marks, unmarks, events, next_wakeup: gates.next_wakeup, ..Plan::default() };
     let mut by_app: Vec<Placed> = std::iter::repeat_with(Placed::default).take(decided.apps.len()).collect();
     for (index, placed) in placed {
@@ -51,6 +52,13 @@ pub fn report(parts: Parts<'_>, snapshot: &Snapshot, usage: &Usage<'_>, ctx: &Pl
     let Maintained { writes, events, next_wakeup, .. } = maintained;
     plan.drains = writes;
     plan.events.extend(events);
+    plan.drains.extend(freed.writes);
+    plan.events.extend(freed.events);
+    for (index, note) in freed.notes {
+        if let Some(unplaced) = &mut by_app[index].unplaced {
+            unplaced.why = format!("{}; {note}", unplaced.why);
+        }
+    }
     plan.next_wakeup = min_time(plan.next_wakeup, next_wakeup);
     for ((decision, gate), placed) in decided.apps.into_iter().zip(&gates.apps).zip(by_app) {
         app(decision, gate, placed, ctx, &mut plan);

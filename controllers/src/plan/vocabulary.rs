@@ -17,12 +17,14 @@ pub struct PlanContext {
     pub seed: u64,
     /// How long ended instances are kept.
     pub retention: Retention,
+    /// Empty agents kept free for instances that take whole agents.
+    pub keep_free_agents: usize,
 }
 
 impl PlanContext {
     /// A tick at `now`, with the default retention of ended instances.
     pub fn at(now: Timestamp, seed: u64) -> Self {
-        Self { now, seed, retention: Retention::default() }
+        Self { now, seed, retention: Retention::default(), keep_free_agents: 0 }
     }
 }
 

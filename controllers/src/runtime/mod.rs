@@ -54,6 +54,8 @@ pub struct ControllerConfig {
     pub debounce: Duration,
     /// How long ended instances (and their sandboxes and logs) are kept.
     pub retention: plan::Retention,
+    /// Empty agents kept free for instances that take whole agents.
+    pub keep_free_agents: usize,
 }
 
 impl ControllerConfig {
@@ -66,6 +68,7 @@ impl ControllerConfig {
             resync: Duration::from_secs(10),
             debounce: Duration::from_millis(20),
             retention: plan::Retention::default(),
+            keep_free_agents: 0,
         }
     }
 }
@@ -189,7 +192,12 @@ impl Loop<'_> {
             snapshot.maintenances = maintenances.objects();
             let now = Timestamp::now();
             let started = std::time::Instant::now();
-            let ctx = PlanContext { now, seed: rand::random(), retention: config.retention };
+            let ctx = PlanContext {
+                now,
+                seed: rand::random(),
+                retention: config.retention,
+                keep_free_agents: config.keep_free_agents,
+            };
             let plan = plan::plan(&snapshot, &ctx);
             let planned_in = started.elapsed();
             metrics.plans.inc();

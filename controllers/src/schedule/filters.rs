@@ -15,6 +15,16 @@ use super::{AgentSlot, AppState, PortAsk, Request};
 pub enum Reason {
     /// The agent is in maintenance (draining, or drained): nothing new goes on it.
     InMaintenance,
+    /// The agent is being freed for another app's whole-agent instance.
+    Reserved,
+    /// The app's instances were moved off the agent (to free it) within the hour.
+    RecentlyLeft,
+    /// Another instance takes the whole agent.
+    TakenWhole,
+    /// The instance takes a whole agent, and this one is not empty.
+    NotEmpty,
+    /// One of the empty agents kept free for instances that take whole agents.
+    KeptFree,
     InsufficientCpus,
     InsufficientMem,
     InsufficientDisk,
@@ -41,6 +51,11 @@ impl Rejection {
     pub fn describe(self, constraints: &[Constraint]) -> String {
         match self.reason {
             Reason::InMaintenance => "in maintenance".into(),
+            Reason::Reserved => "being freed for another app".into(),
+            Reason::RecentlyLeft => "the app was moved off it within the hour".into(),
+            Reason::TakenWhole => "taken whole by another instance".into(),
+            Reason::NotEmpty => "not empty (the app takes whole agents)".into(),
+            Reason::KeptFree => "kept free for whole-agent instances".into(),
             Reason::InsufficientCpus => "insufficient cpus".into(),
             Reason::InsufficientMem => "insufficient mem".into(),
             Reason::InsufficientDisk => "insufficient disk".into(),
@@ -63,6 +78,8 @@ pub struct Candidate<'c> {
     pub request: &'c Request<'c>,
     pub app: &'c AppState,
     pub fields: &'c [FieldIndex],
+    /// The empty agents are down to those kept free for whole-agent instances.
+    pub keep_empty: bool,
 }
 
 /// A feasibility check.
@@ -78,9 +95,33 @@ pub struct Filter {
 
 /// Every filter, in the order they run: cheapest and most often decisive first, since the
 /// first rejection ends an agent's checks and is the reason its app's status reports.
-pub const FILTERS: [Filter; 8] = [
+pub const FILTERS: [Filter; 13] = [
     // An agent in maintenance takes nothing (it is not even indexed: only a full scan meets it).
     Filter { name: "maintenance", reason: Reason::InMaintenance, rejects: |c| c.agent.cordoned.then_some(0) },
+    // Defragmentation: an agent being freed takes only the app it is freed for; the apps moved
+    // off it do not come back within the hour.
+    Filter {
+        name: "reserved",
+        reason: Reason::Reserved,
+        rejects: |c| c.agent.reserved_for.is_some_and(|app| app != c.request.app).then_some(0),
+    },
+    Filter {
+        name: "recently-left",
+        reason: Reason::RecentlyLeft,
+        rejects: |c| c.agent.barred.iter().any(|uid| uid == c.request.app_uid).then_some(0),
+    },
+    // Whole agents: one instance that takes its agent, on an agent with nothing else.
+    Filter { name: "taken-whole", reason: Reason::TakenWhole, rejects: |c| c.agent.exclusive.then_some(0) },
+    Filter {
+        name: "whole-agent",
+        reason: Reason::NotEmpty,
+        rejects: |c| (c.request.whole_agent && c.agent.live > 0).then_some(0),
+    },
+    Filter {
+        name: "kept-free",
+        reason: Reason::KeptFree,
+        rejects: |c| (!c.request.whole_agent && c.agent.live == 0 && c.keep_empty).then_some(0),
+    },
     // Room first: one comparison each, and in a busy cluster most agents are rejected for
     // lack of room. Cpus, mem, disk, gpus: the order in which a shortfall is named.
     Filter { name: "cpus", reason: Reason::InsufficientCpus, rejects: |c| short(c, |r| r.millicpus) },

@@ -59,6 +59,10 @@ pub struct Request<'a> {
     pub scope: &'a Scope,
     /// The app's uid: constraints count the instances of the same app.
     pub app_uid: &'a str,
+    /// The app's `namespace/name`: agents being freed for it take it.
+    pub app: &'a str,
+    /// It takes a whole agent.
+    pub whole_agent: bool,
     pub resources: ResourceAmounts,
     pub ports: &'a [PortAsk],
     pub constraints: &'a [Constraint],
@@ -123,9 +127,22 @@ pub struct AgentSlot<'a> {
     pub free_ports: usize,
     /// In maintenance: nothing new goes on it.
     pub cordoned: bool,
+    /// Being freed for this app (`namespace/name`): only it goes on it.
+    pub reserved_for: Option<&'a str>,
+    /// Apps (uids) moved off it within the hour.
+    pub barred: &'a [String],
+    /// Instances not over on it (and placed this tick).
+    pub live: usize,
+    /// One of them takes the whole agent.
+    pub exclusive: bool,
 }
 
 impl AgentSlot<'_> {
+    /// Nothing on it, and open to any app.
+    fn is_empty_and_open(&self) -> bool {
+        self.live == 0 && !self.cordoned && self.reserved_for.is_none()
+    }
+
     fn in_ranges(&self, port: u16) -> bool {
         self.record.ports.iter().any(|r| r.contains(port))
     }
@@ -168,6 +185,33 @@ impl AgentSlot<'_> {
                 PortAsk::Dynamic => dynamic.next().unwrap_or(0),
             })
             .collect()
+    }
+}
+
+/// What the plan says about agents beyond what they hold: maintenance and defragmentation.
+pub trait AgentRules {
+    /// In maintenance: nothing new goes on it.
+    fn cordons(&self, agent: &str) -> bool;
+    /// Being freed for this app (`namespace/name`): only it goes on it.
+    fn reserved_for(&self, agent: &str) -> Option<&str>;
+    /// The uids of apps moved off it within the hour.
+    fn barred(&self, agent: &str) -> &[String];
+}
+
+/// No agent is in maintenance, reserved or barred.
+pub struct NoRules;
+
+impl AgentRules for NoRules {
+    fn cordons(&self, _: &str) -> bool {
+        false
+    }
+
+    fn reserved_for(&self, _: &str) -> Option<&str> {
+        None
+    }
+
+    fn barred(&self, _: &str) -> &[String] {
+        &[]
     }
 }
 
@@ -248,6 +292,10 @@ pub struct Placer<'a> {
     field_ids: HashMap<Field, usize>,
     /// The attribute of the maintenance partitions apps spread over (soft: after constraints).
     partition: Option<Field>,
+    /// Empty agents other instances leave alone.
+    keep_free: usize,
+    /// Agents with nothing on them, not cordoned nor reserved.
+    empty: usize,
 }
 
 impl<'a> Placer<'a> {
@@ -255,11 +303,12 @@ impl<'a> Placer<'a> {
     /// including those being stopped, whose processes still hold their resources), as
     /// `usage` gathered them: one pass over the agents.
     pub fn new(snapshot: &'a Snapshot, usage: &'a Usage<'a>) -> Self {
-        Self::cordoning(snapshot, usage, |_| false)
+        Self::with_rules(snapshot, usage, &NoRules)
     }
 
-    /// As [`Placer::new`], with the agents `cordoned` says are in maintenance taking nothing.
-    pub fn cordoning(snapshot: &'a Snapshot, usage: &'a Usage<'a>, cordoned: impl Fn(&str) -> bool) -> Self {
+    /// As [`Placer::new`], with `rules` saying which agents are in maintenance (they take
+    /// nothing), being freed for an app, or barred to apps moved off them.
+    pub fn with_rules(snapshot: &'a Snapshot, usage: &'a Usage<'a>, rules: &'a dyn AgentRules) -> Self {
         // Both in name order: what each agent holds is found walking along.
         let mut held = usage.held.iter().peekable();
         let agents: Vec<AgentSlot<'a>> = snapshot
@@ -271,10 +320,16 @@ impl<'a> Placer<'a> {
                     free: record.resources,
                     used_ports: HashSet::default(),
                     free_ports: record.ports.iter().map(|r| r.len()).sum(),
-                    cordoned: cordoned(&record.name),
+                    cordoned: rules.cordons(&record.name),
+                    reserved_for: rules.reserved_for(&record.name),
+                    barred: rules.barred(&record.name),
+                    live: 0,
+                    exclusive: false,
                 };
                 while held.next_if(|(agent, _)| agent.as_str() < record.name.as_str()).is_some() {}
                 if let Some((_, used)) = held.next_if(|(agent, _)| **agent == record.name) {
+                    slot.live = used.live;
+                    slot.exclusive = used.exclusive;
                     slot.free = slot.free.minus(used.resources);
                     for port in &used.ports {
                         slot.use_port(*port);
@@ -300,11 +355,21 @@ impl<'a> Placer<'a> {
             fields: Vec::new(),
             field_ids: HashMap::default(),
             partition: None,
+            keep_free: 0,
+            empty: 0,
         };
+        placer.empty = placer.agents.iter().filter(|a| a.is_empty_and_open()).count();
         for i in 0..placer.agents.len() {
             placer.index(i);
         }
         placer
+    }
+
+    /// Keeps `n` empty agents for instances that take whole agents: other instances go on an
+    /// empty agent only while more than `n` are empty.
+    pub fn keep_free(mut self, n: usize) -> Self {
+        self.keep_free = n;
+        self
     }
 
     /// Spreads each app over the values of `attribute` (the maintenance partitions), softly:
@@ -445,7 +510,8 @@ impl<'a> Placer<'a> {
     }
 
     fn candidate<'c>(&'c self, index: usize, request: &'c Request<'c>, app: &'c AppState) -> Candidate<'c> {
-        Candidate { index, agent: &self.agents[index], request, app, fields: &self.fields }
+        let keep_empty = self.keep_free > 0 && self.empty <= self.keep_free;
+        Candidate { index, agent: &self.agents[index], request, app, fields: &self.fields, keep_empty }
     }
 
     /// The id of `field`'s index, made if needed.
@@ -522,7 +588,12 @@ impl<'a> Placer<'a> {
     fn reserve(&mut self, i: usize, request: &Request<'_>, app: &mut AppState) -> Placement {
         let ports = self.agents[i].pick_ports(request.ports, request.seed);
         self.unindex(i);
+        if self.agents[i].is_empty_and_open() {
+            self.empty -= 1;
+        }
         let agent = &mut self.agents[i];
+        agent.live += 1;
+        agent.exclusive |= request.whole_agent;
         agent.free = agent.free.minus(request.resources);
         for port in &ports {
             agent.use_port(*port);

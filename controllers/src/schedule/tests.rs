@@ -15,6 +15,8 @@ fn request<'a>(app: &'a App, asks: &'a [PortAsk], constraints: &'a [Constraint])
     Request {
         scope: &baton_api::Scope::Platform,
         app_uid: app.metadata.uid.as_deref().unwrap(),
+        app: app.metadata.name.as_deref().unwrap(),
+        whole_agent: app.spec.placement.whole_agent,
         resources: app.spec.resources.amounts(),
         ports: asks,
         constraints,
@@ -193,6 +195,10 @@ fn scorers_are_pure_functions_of_the_slot() {
         used_ports: Default::default(),
         free_ports: 100,
         cordoned: false,
+        reserved_for: None,
+        barred: &[],
+        live: 0,
+        exclusive: false,
     };
     let small = app("s").cpus(1.0).mem(100.0).build();
     let req = request(&small, &[], &[]);
