@@ -5,6 +5,7 @@
 #   hack/bench.sh plan       plan time of a steady tick (p50, p99) and of a change, at 100,000 instances
 #   hack/bench.sh api        writes/s and latency of the API server with 200 watchers (needs etcd)
 #   hack/bench.sh status     store writes/min of an agent with 1,000 healthy instances probed every 1 s
+#   hack/bench.sh drain      a scheduled drain of 100 of 1,000 agents (5,000 apps) and a defragmentation, in simulated time
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-}" in
@@ -13,8 +14,9 @@ case "${1:-}" in
   plan) cargo bench --locked -p baton-controllers --bench plan ;;
   api) cargo bench --locked -p baton --bench api ;;
   status) cargo bench --locked -p baton-agent --bench status_writes ;;
+  drain) cargo bench --locked -p baton-controllers --bench drain ;;
   *)
-    echo "usage: hack/bench.sh store|placement|plan|api|status" >&2
+    echo "usage: hack/bench.sh store|placement|plan|api|status|drain" >&2
     exit 2
     ;;
 esac

@@ -44,11 +44,14 @@ pub struct Drains {
     reserved: FxHashMap<String, String>,
     /// Agents freed for an app within the hour, and the uids of the apps moved off them.
     barred: FxHashMap<String, Vec<String>>,
+    /// Agents of an open window waiting for their turn (`maxAgents`): they are not drained
+    /// yet, but nothing new goes on them — a replacement placed there would move twice.
+    waiting: FxHashSet<String>,
 }
 
 impl crate::schedule::AgentRules for Drains {
     fn cordons(&self, agent: &str) -> bool {
-        Drains::cordons(self, agent)
+        Drains::cordons(self, agent) || (!self.waiting.is_empty() && self.waiting.contains(agent))
     }
 
     fn reserved_for(&self, agent: &str) -> Option<&str> {
@@ -395,6 +398,9 @@ fn one<'s>(
         };
         let since = state.as_ref().map(|r| Time(r.since));
         let state_name = state.as_ref().map_or(STATE_WAITING, |r| r.state.as_str());
+        if state.is_none() {
+            out.drains.waiting.insert(agent.to_string());
+        }
         if let Some(r) = &state
             && cordons(r)
         {
@@ -490,30 +496,45 @@ pub fn risks(
     apps: &[Footprint<'_>],
     free_outside: &dyn Fn(&BTreeSet<String>) -> ResourceAmounts,
 ) -> Vec<Risk> {
-    let mut risks = Vec::new();
-    for (start, partition, agents) in &object.coming {
-        let mut needed = ResourceAmounts::default();
-        let mut relying: Vec<(&Footprint<'_>, usize)> = Vec::new();
-        for app in apps {
-            let there = app.agents.iter().filter(|agent| agents.contains(**agent)).count();
-            if there == 0 {
-                continue;
-            }
-            needed = needed.plus(app.resources.times(there as u64));
-            if app.wanted.saturating_sub(there) < app.minimum {
-                relying.push((app, there));
+    if object.coming.is_empty() {
+        return Vec::new();
+    }
+    // Each agent's coming window (its first), so each app's instances are counted in one pass.
+    let mut window_of: FxHashMap<&str, usize> = FxHashMap::default();
+    for (w, (_, _, agents)) in object.coming.iter().enumerate() {
+        for agent in agents {
+            window_of.entry(agent.as_str()).or_insert(w);
+        }
+    }
+    let windows = object.coming.len();
+    let mut needed = vec![ResourceAmounts::default(); windows];
+    let mut relying: Vec<Vec<(&Footprint<'_>, usize)>> = vec![Vec::new(); windows];
+    let mut there = vec![0usize; windows];
+    for app in apps {
+        there.iter_mut().for_each(|n| *n = 0);
+        for agent in &app.agents {
+            if let Some(&w) = window_of.get(agent) {
+                there[w] += 1;
             }
         }
-        let free = free_outside(agents);
-        if free.first_shortfall(needed).is_none() {
+        for (w, &n) in there.iter().enumerate().filter(|(_, n)| **n > 0) {
+            needed[w] = needed[w].plus(app.resources.times(n as u64));
+            if app.wanted.saturating_sub(n) < app.minimum {
+                relying[w].push((app, n));
+            }
+        }
+    }
+    let mut risks = Vec::new();
+    for (w, (start, partition, agents)) in object.coming.iter().enumerate() {
+        if relying[w].is_empty() || free_outside(agents).first_shortfall(needed[w]).is_none() {
             continue;
         }
-        for (app, there) in relying {
+        for (app, n) in &relying[w] {
             risks.push(Risk {
                 window: Time(*start),
                 partition: partition.clone(),
                 app: app.app.clone(),
-                instances: there as u32,
+                instances: *n as u32,
                 minimum: app.minimum as u32,
                 reason: "NoRoom".into(),
             });
