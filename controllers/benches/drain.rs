@@ -36,24 +36,20 @@ use baton_api::{
 use baton_controllers::plan::{Plan, PlanContext, StopReason, plan};
 use baton_controllers::snapshot::{InstanceState, Snapshot};
 
-/// splitmix64: the same fleet every run.
-struct Rng(u64);
+/// The same fleet every run.
+struct Rng(rand::rngs::StdRng);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+    fn new(seed: u64) -> Self {
+        Self(rand::SeedableRng::seed_from_u64(seed))
     }
 
     fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+        rand::Rng::random(&mut self.0)
     }
 
     fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[(self.next() % items.len() as u64) as usize]
+        items[rand::Rng::random_range(&mut self.0, 0..items.len())]
     }
 }
 
@@ -238,7 +234,7 @@ fn drain(scale: f64) {
     let racks = 10;
     let max_agents = ((20.0 * scale).round() as u32).max(2);
     let restart = SignedDuration::from_secs(60);
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     let t0 = Timestamp::UNIX_EPOCH + SignedDuration::from_hours(24);
     let agents: Vec<AgentRecord> = (0..agents_n).map(|i| agent(i, racks, 64)).collect();
     let mut caps = Vec::new();
