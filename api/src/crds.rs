@@ -7,10 +7,11 @@ use kube::CustomResourceExt;
 use crate::app::App;
 use crate::groups::AppGroup;
 use crate::maintenance::Maintenance;
+use crate::tenant::Tenant;
 
 /// Every CRD Baton defines.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![app(), app_group(), maintenance()]
+    vec![app(), app_group(), maintenance(), tenant()]
 }
 
 /// The App CRD, its descriptions unwrapped (see [`unwrap_descriptions`]).
@@ -26,6 +27,11 @@ pub fn app_group() -> CustomResourceDefinition {
 /// The Maintenance CRD, its descriptions unwrapped (see [`unwrap_descriptions`]).
 pub fn maintenance() -> CustomResourceDefinition {
     unwrapped(Maintenance::crd())
+}
+
+/// The Tenant CRD, its descriptions unwrapped (see [`unwrap_descriptions`]).
+pub fn tenant() -> CustomResourceDefinition {
+    unwrapped(Tenant::crd())
 }
 
 fn unwrapped(crd: CustomResourceDefinition) -> CustomResourceDefinition {

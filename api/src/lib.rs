@@ -22,6 +22,7 @@ pub mod names;
 pub mod records;
 pub mod resources;
 pub mod scope;
+pub mod tenant;
 pub mod validation;
 
 pub use agent::{Agent, AgentSpec, AgentStatus};
@@ -36,6 +37,7 @@ pub use records::{
 };
 pub use resources::{ResourceAmounts, Resources};
 pub use scope::Scope;
+pub use tenant::{Tenant, TenantSpec, TenantStatus};
 pub use validation::{FieldError, FieldErrorKind};
 
 /// The API group of every Baton kind.

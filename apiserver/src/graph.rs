@@ -30,7 +30,7 @@ pub enum DependencyGraph {
 }
 
 /// A compare that holds while `key` is as it was read.
-fn unchanged(key: &str, seen: Option<&baton_store::KeyValue>) -> Compare {
+pub(crate) fn unchanged(key: &str, seen: Option<&baton_store::KeyValue>) -> Compare {
     match seen {
         Some(kv) => Compare::mod_revision(key, kv.mod_revision),
         None => Compare::absent(key),
@@ -127,7 +127,7 @@ impl Admission for DependencyGraph {
 }
 
 /// Every stored object of a Baton kind in `namespace` that still reads.
-async fn load<T: serde::de::DeserializeOwned>(
+pub(crate) async fn load<T: serde::de::DeserializeOwned>(
     context: Context<'_>,
     namespace: &str,
     plural: &str,

@@ -16,6 +16,7 @@ use baton_api::limits::InputLimits;
 
 use crate::admission::Admission;
 use crate::graph::DependencyGraph;
+use crate::quota::{QuotaCheck, TenantNamespaces};
 use crate::status::Target;
 
 /// One column of `kubectl get`.
@@ -241,11 +242,16 @@ pub const EVENT_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Every kind served, in discovery order: Baton's group, then the core group.
 pub fn all() -> Vec<Kind> {
     vec![
-        Kind::from_crd(baton_api::crds::app, decode_app).admitted_by(DependencyGraph::Apps),
-        Kind::from_crd(baton_api::crds::app_group, decode_app_group).admitted_by(DependencyGraph::Groups),
+        Kind::from_crd(baton_api::crds::app, decode_app)
+            .admitted_by(DependencyGraph::Apps)
+            .admitted_by(QuotaCheck::Apps),
+        Kind::from_crd(baton_api::crds::app_group, decode_app_group)
+            .admitted_by(DependencyGraph::Groups)
+            .admitted_by(QuotaCheck::Groups),
         instance_kind(),
         agent_kind(),
         Kind::from_crd(baton_api::crds::maintenance, decode_maintenance),
+        Kind::from_crd(baton_api::crds::tenant, decode_tenant).admitted_by(TenantNamespaces),
         namespace_kind(),
         event_kind(),
     ]
@@ -501,6 +507,10 @@ fn decode_app(value: &Value, limits: &InputLimits) -> Result<Decoded, Vec<FieldE
 
 fn decode_app_group(value: &Value, _: &InputLimits) -> Result<Decoded, Vec<FieldError>> {
     decode_validated(value, baton_api::groups::validate_app_group)
+}
+
+fn decode_tenant(value: &Value, _: &InputLimits) -> Result<Decoded, Vec<FieldError>> {
+    decode_validated(value, baton_api::tenant::validate_tenant)
 }
 
 fn decode_maintenance(value: &Value, _: &InputLimits) -> Result<Decoded, Vec<FieldError>> {

@@ -36,6 +36,7 @@ mod objects;
 mod openapi;
 mod openapi_v2;
 mod protobuf;
+mod quota;
 mod request;
 mod sandbox;
 mod selectors;

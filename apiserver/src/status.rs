@@ -26,11 +26,11 @@ pub struct Target<'a> {
 }
 
 impl Target<'_> {
-    fn qualified(&self) -> String {
+    pub(crate) fn qualified(&self) -> String {
         if self.group.is_empty() { self.plural.to_string() } else { format!("{}.{}", self.plural, self.group) }
     }
 
-    fn details(&self) -> Value {
+    pub(crate) fn details(&self) -> Value {
         json!({"name": self.name, "group": self.group, "kind": self.plural})
     }
 }

@@ -1118,3 +1118,76 @@ async fn maintenances_are_cluster_scoped_and_bad_ones_are_refused_naming_field_a
     let (code, _) = api.call(Method::GET, &format!("{path}/bad"), None).await;
     assert_eq!(code, StatusCode::NOT_FOUND, "nothing half-written");
 }
+
+#[tokio::test]
+async fn a_tenants_quota_is_checked_atomically_with_each_write_and_racing_writes_never_overshoot() {
+    let api = Arc::new(Api::new().await);
+    let tenants = "/apis/baton.dev/v1alpha1/tenants";
+    let tenant = json!({"apiVersion": "baton.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": "team-a"},
+                        "spec": {"namespaces": ["a"], "quota": {"instances": 10, "cpus": 4}}});
+    let (code, body) = api.call(Method::POST, tenants, Some(&tenant)).await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    // A namespace belongs to one tenant at most.
+    let thief = json!({"apiVersion": "baton.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": "team-b"},
+                       "spec": {"namespaces": ["b", "a"]}});
+    let (code, body) = api.call(Method::POST, tenants, Some(&thief)).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("spec.namespaces[1]"), "{body}");
+    let (code, _) = api.call(Method::POST, NAMESPACES, Some(&json!({"metadata": {"name": "a"}}))).await;
+    assert_eq!(code, StatusCode::CREATED);
+    let apps = "/apis/baton.dev/v1alpha1/namespaces/a/apps";
+
+    // 40 racing creates of one instance (0.1 cpus) each: exactly 10 fit.
+    let creates = (0..40).map(|i| {
+        let api = api.clone();
+        tokio::spawn(async move {
+            let mut app = app(&format!("w{i}"), 1);
+            app["spec"]["resources"] = json!({"cpus": 0.1});
+            api.call(Method::POST, apps, Some(&app)).await
+        })
+    });
+    let results = futures::future::join_all(creates).await;
+    let created = results.iter().filter(|r| r.as_ref().unwrap().0 == StatusCode::CREATED).count();
+    let refused: Vec<&Value> = results
+        .iter()
+        .map(|r| r.as_ref().unwrap())
+        .filter(|(c, _)| *c == StatusCode::FORBIDDEN)
+        .map(|(_, b)| b)
+        .collect();
+    assert_eq!(created, 10, "exactly the quota");
+    assert_eq!(refused.len(), 30, "the others refused, none failed otherwise");
+    let message = refused[0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("exceeded quota: team-a, requested: instances=1, used: instances=10, limited: instances=10"),
+        "{message}"
+    );
+    assert_eq!(refused[0]["reason"], "Forbidden");
+    let one = results
+        .iter()
+        .map(|r| r.as_ref().unwrap())
+        .find(|(c, _)| *c == StatusCode::CREATED)
+        .map(|(_, b)| b["metadata"]["name"].as_str().unwrap().to_string())
+        .unwrap();
+    let one = format!("{apps}/{one}");
+
+    // Scaling past the quota through the scale subresource: refused, naming the resource.
+    let scale = json!({"spec": {"replicas": 5}});
+    let (code, body) =
+        api.call_as(Method::PATCH, &format!("{one}/scale"), "application/merge-patch+json", Some(&scale)).await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{body}");
+    // Down is always allowed; then up again within the quota.
+    let (code, body) = api
+        .call_as(Method::PATCH, &one, "application/merge-patch+json", Some(&json!({"spec": {"instances": 0}})))
+        .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let big = json!({"spec": {"instances": 1, "resources": {"cpus": 3.5}}});
+    let (code, body) = api.call_as(Method::PATCH, &one, "application/merge-patch+json", Some(&big)).await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("requested: cpus=3.5, used: cpus=0.9, limited: cpus=4"),
+        "{body}"
+    );
+    // Outside the tenant's namespaces nothing is counted.
+    let (code, _) = api.call(Method::POST, APPS, Some(&app("free", 50))).await;
+    assert_eq!(code, StatusCode::CREATED);
+}

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use baton_api::{
     AgentRecord, App, AppGroup, BackoffRecord, DrainRecord, Goal, InstanceRecord, KillRequest, Maintenance, Phase,
-    ResourceAmounts, Scope, StatusRecord,
+    ResourceAmounts, Scope, StatusRecord, Tenant,
 };
 use baton_store::Revision;
 use jiff::Timestamp;
@@ -318,6 +318,15 @@ pub struct Snapshot {
     /// Agents in maintenance, as the platform's controller recorded them, with the revision
     /// of each record.
     pub drains: BTreeMap<String, (Arc<DrainRecord>, Revision)>,
+    /// Every Tenant: the platform's controller creates their namespaces and reports what
+    /// their apps ask for.
+    pub tenants: Vec<Arc<Tenant>>,
+    /// Every namespace, and its scope.
+    pub namespaces: BTreeMap<String, Scope>,
+    /// The Apps and AppGroups of other scopes, as the platform sees them: counted in their
+    /// tenants' usage, never planned. (Empty for a tenant's controller.)
+    pub other_apps: Vec<Arc<App>>,
+    pub other_groups: Vec<Arc<AppGroup>>,
     /// Launch backoffs by `(namespace, app)`, with the revision of each.
     pub backoffs: BTreeMap<(String, String), (Arc<BackoffRecord>, Revision)>,
     /// Users' requests to kill instances, by `(namespace, instance id)`, with the revision

@@ -151,6 +151,18 @@ impl Keyspace {
         format!("{}/graph/{namespace}", self.root)
     }
 
+    /// `/baton/quota/<tenant>`: bumped by every admitted write that may change what a
+    /// tenant's apps ask for, so two concurrent writes cannot both pass its quota.
+    pub fn quota_guard(&self, tenant: &str) -> String {
+        format!("{}/quota/{tenant}", self.root)
+    }
+
+    /// `/baton/quota-tenants`: bumped by every Tenant write, so two tenants cannot claim one
+    /// namespace at once.
+    pub fn tenants_guard(&self) -> String {
+        format!("{}/quota-tenants", self.root)
+    }
+
     /// `/baton/graph/<ns>/members`: bumped by apps without dependencies joining a group,
     /// which writes adding edges compare.
     pub fn dependency_graph_members(&self, namespace: &str) -> String {

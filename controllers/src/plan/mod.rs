@@ -18,6 +18,7 @@
 //! | place | [`place`] | every demand through one placer ([`crate::schedule`]), in one order, nothing on agents in maintenance, spread over their partitions |
 //! | defrag | [`defrag`] | whole-agent instances that found no empty agent: agents to free by moving small instances off |
 //! | report | [`report`] | the plan, and each app's status and events ([`status`], [`events`]) |
+//! | tenants | [`tenants`] | the platform's: tenants' namespaces to create, and what their apps ask for against their quota |
 //!
 //! The plan's vocabulary is in [`vocabulary`].
 
@@ -36,6 +37,7 @@ pub mod place;
 pub mod report;
 pub mod slots;
 pub mod status;
+pub mod tenants;
 pub mod vocabulary;
 
 pub use classify::Retention;
@@ -57,7 +59,9 @@ pub fn plan(snapshot: &Snapshot, ctx: &PlanContext) -> Plan {
     let placed = place::place(snapshot, &usage, &decided.demand(&snapshot.scope), &room, ctx.now, ctx.seed);
     let freed = defrag::free(snapshot, &usage, &decided, &placed, ctx);
     let parts = report::Parts { marks, unmarks, events, gates, decided, placed, maintained, freed };
-    report::report(parts, snapshot, &usage, ctx)
+    let mut plan = report::report(parts, snapshot, &usage, ctx);
+    (plan.namespace_creates, plan.tenant_statuses) = tenants::tenants(snapshot);
+    plan
 }
 
 #[cfg(test)]

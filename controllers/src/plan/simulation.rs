@@ -259,6 +259,10 @@ impl World {
             unreachable: self.markers.clone(),
             maintenances: self.maintenances.clone(),
             drains: self.drains.clone(),
+            tenants: Vec::new(),
+            namespaces: Default::default(),
+            other_apps: Vec::new(),
+            other_groups: Vec::new(),
             backoffs,
             kill_requests: Default::default(),
             foreign: Vec::new(),
@@ -649,6 +653,10 @@ pub(super) fn round_trip(snapshot: &Snapshot) -> Snapshot {
         unreachable: snapshot.unreachable.clone(),
         maintenances: snapshot.maintenances.iter().map(|m| Arc::new(again(m.as_ref()))).collect(),
         drains: snapshot.drains.iter().map(|(k, (d, rev))| (k.clone(), (Arc::new(again(d.as_ref())), *rev))).collect(),
+        tenants: snapshot.tenants.iter().map(|t| Arc::new(again(t.as_ref()))).collect(),
+        namespaces: snapshot.namespaces.clone(),
+        other_apps: snapshot.other_apps.iter().map(|a| Arc::new(again(a.as_ref()))).collect(),
+        other_groups: snapshot.other_groups.iter().map(|g| Arc::new(again(g.as_ref()))).collect(),
         backoffs: snapshot
             .backoffs
             .iter()

@@ -157,6 +157,20 @@ pub struct MaintenanceStatusUpdate {
     pub status: baton_api::MaintenanceStatus,
 }
 
+/// A namespace to create for a tenant, labelled `baton.dev/tenant=TENANT`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamespaceCreate {
+    pub name: String,
+    pub tenant: String,
+}
+
+/// A status to write to a Tenant (cluster-scoped).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantStatusUpdate {
+    pub name: String,
+    pub status: baton_api::TenantStatus,
+}
+
 /// A status to write to an AppGroup.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GroupStatusUpdate {
@@ -201,6 +215,9 @@ pub struct Plan {
     pub statuses: Vec<StatusUpdate>,
     pub group_statuses: Vec<GroupStatusUpdate>,
     pub maintenance_statuses: Vec<MaintenanceStatusUpdate>,
+    pub tenant_statuses: Vec<TenantStatusUpdate>,
+    /// Tenants' namespaces to create.
+    pub namespace_creates: Vec<NamespaceCreate>,
     /// Drain records to write or delete: agents entering, changing state in, or leaving
     /// maintenance.
     pub drains: Vec<super::maintain::DrainWrite>,
@@ -230,6 +247,8 @@ impl Plan {
             && self.statuses.is_empty()
             && self.group_statuses.is_empty()
             && self.maintenance_statuses.is_empty()
+            && self.tenant_statuses.is_empty()
+            && self.namespace_creates.is_empty()
             && self.drains.is_empty()
             && self.finalizers.is_empty()
             && self.marks.is_empty()

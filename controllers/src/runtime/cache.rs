@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use baton_api::{
     AgentRecord, App, AppGroup, BackoffRecord, DrainRecord, InstanceRecord, KillRequest, Maintenance, Scope,
-    StatusRecord, UnreachableMarker,
+    StatusRecord, Tenant, UnreachableMarker,
 };
 use baton_store::{EventKind, KeyValue, Keyspace, Revision, Store, WatchEvent};
 use k8s_openapi::api::core::v1::Namespace;
@@ -110,15 +110,26 @@ impl StoreCache {
             .iter()
             .map(|(agent, (marker, revision))| (agent.clone(), Marker { since: marker.since, revision: *revision }))
             .collect();
+        let (apps, other_apps): (Vec<Arc<App>>, Vec<Arc<App>>) =
+            apps.into_iter().partition(|a| ours(a.metadata.namespace.as_deref()));
+        let (groups, other_groups): (Vec<Arc<AppGroup>>, Vec<Arc<AppGroup>>) =
+            groups.into_iter().partition(|g| ours(g.metadata.namespace.as_deref()));
+        // Other scopes' apps only the platform counts (in their tenants' usage).
+        let (other_apps, other_groups) =
+            if scope.places() { (other_apps, other_groups) } else { (Vec::new(), Vec::new()) };
         Snapshot {
-            apps: apps.into_iter().filter(|a| ours(a.metadata.namespace.as_deref())).collect(),
-            groups: groups.into_iter().filter(|g| ours(g.metadata.namespace.as_deref())).collect(),
+            apps,
+            groups,
             agents,
             instances,
             foreign,
             unreachable,
             maintenances: Vec::new(),
             drains: records.drains.clone(),
+            tenants: Vec::new(),
+            namespaces: namespaces.0.clone(),
+            other_apps,
+            other_groups,
             backoffs: records.backoffs.iter().filter(|((ns, _), _)| ours(Some(ns))).map(clone_entry).collect(),
             kill_requests: records
                 .kill_requests
@@ -317,6 +328,8 @@ pub type AppCache = ObjectCache<App>;
 pub type GroupCache = ObjectCache<AppGroup>;
 /// Every Maintenance.
 pub type MaintenanceCache = ObjectCache<Maintenance>;
+/// Every Tenant.
+pub type TenantCache = ObjectCache<Tenant>;
 /// Every Namespace: their labels tell their scopes.
 pub type NamespaceCache = ObjectCache<Namespace>;
 

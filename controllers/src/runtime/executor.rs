@@ -13,9 +13,11 @@ use std::sync::Arc;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
 
-use baton_api::{App, AppGroup, Goal, InstanceRecord, Maintenance, UnreachableMarker};
+use baton_api::{App, AppGroup, Goal, InstanceRecord, Maintenance, Tenant, UnreachableMarker};
 use baton_store::election::Leadership;
 use baton_store::{Compare, Keyspace, Op, OpResponse, Revision, Store, Txn};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::plan::Plan;
 
@@ -206,6 +208,37 @@ impl Executor {
         for update in &plan.group_statuses {
             let patch = Patch::Merge(json!({"status": update.status}));
             let api = kube::Api::<AppGroup>::namespaced(self.client.clone(), &update.namespace);
+            if self.patch(api, &update.name, &params, &patch, true, leadership).await? {
+                applied.statuses += 1;
+            }
+        }
+        for create in &plan.namespace_creates {
+            if leadership.is_lost() {
+                return Err(Error::LostLeadership);
+            }
+            let namespace = Namespace {
+                metadata: ObjectMeta {
+                    name: Some(create.name.clone()),
+                    labels: Some([(baton_api::scope::TENANT_LABEL.to_string(), create.tenant.clone())].into()),
+                    ..ObjectMeta::default()
+                },
+                ..Namespace::default()
+            };
+            let api = kube::Api::<Namespace>::all(self.client.clone());
+            match api.create(&kube::api::PostParams::default(), &namespace).await {
+                Ok(_) => applied.statuses += 1,
+                // Made meanwhile: the next tick sees it.
+                Err(kube::Error::Api(status)) if status.code == 409 => {}
+                Err(e) => tracing::warn!(namespace = create.name, error = %e, "could not create a tenant's namespace"),
+            }
+        }
+        for update in &plan.tenant_statuses {
+            let mut status = json!(update.status);
+            if let Some(fields) = status.as_object_mut() {
+                fields.entry("namespacesTaken").or_insert(serde_json::Value::Null);
+            }
+            let patch = Patch::Merge(json!({ "status": status }));
+            let api = kube::Api::<Tenant>::all(self.client.clone());
             if self.patch(api, &update.name, &params, &patch, true, leadership).await? {
                 applied.statuses += 1;
             }

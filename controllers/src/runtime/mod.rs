@@ -33,7 +33,7 @@ pub mod metrics;
 #[cfg(test)]
 mod tests;
 
-use cache::{AppCache, GroupCache, MaintenanceCache, NamespaceCache, StoreCache};
+use cache::{AppCache, GroupCache, MaintenanceCache, NamespaceCache, StoreCache, TenantCache};
 use executor::Executor;
 use metrics::{Metrics, ReasonLabel};
 
@@ -89,12 +89,15 @@ pub async fn run(
     let groups = GroupCache::start(client.clone(), changed.clone(), shutdown.clone());
     let namespaces = NamespaceCache::start(client.clone(), changed.clone(), shutdown.clone());
     let maintenances = MaintenanceCache::start(client.clone(), changed.clone(), shutdown.clone());
+    let tenants = TenantCache::start(client.clone(), changed.clone(), shutdown.clone());
     let recorder = events::Recorder::start(client.clone(), config.id.clone(), shutdown.clone());
     {
-        let caches = (records.clone(), apps.clone(), groups.clone(), namespaces.clone(), maintenances.clone());
+        let caches =
+            (records.clone(), apps.clone(), groups.clone(), namespaces.clone(), maintenances.clone(), tenants.clone());
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            let (records, apps, groups, namespaces, maintenances) = caches;
+            let (records, apps, groups, namespaces, maintenances, tenants) = caches;
+            tenants.ready().await;
             records.ready().await;
             apps.ready().await;
             groups.ready().await;
@@ -127,6 +130,7 @@ pub async fn run(
             groups: &groups,
             namespaces: &namespaces,
             maintenances: &maintenances,
+            tenants: &tenants,
             executor: &executor,
             recorder: &recorder,
             config: &config,
@@ -152,6 +156,7 @@ struct Loop<'a> {
     groups: &'a GroupCache,
     namespaces: &'a NamespaceCache,
     maintenances: &'a MaintenanceCache,
+    tenants: &'a TenantCache,
     executor: &'a Executor,
     recorder: &'a events::Recorder,
     config: &'a ControllerConfig,
@@ -161,8 +166,19 @@ struct Loop<'a> {
 
 impl Loop<'_> {
     async fn lead(&self, leadership: &Leadership, shutdown: &CancellationToken) {
-        let Loop { records, apps, groups, namespaces, maintenances, executor, recorder, config, changed, metrics } =
-            self;
+        let Loop {
+            records,
+            apps,
+            groups,
+            namespaces,
+            maintenances,
+            tenants,
+            executor,
+            recorder,
+            config,
+            changed,
+            metrics,
+        } = self;
         tokio::select! {
             _ = async {
                 records.ready().await;
@@ -170,6 +186,7 @@ impl Loop<'_> {
                 groups.ready().await;
                 namespaces.ready().await;
                 maintenances.ready().await;
+                tenants.ready().await;
             } => {}
             _ = shutdown.cancelled() => return,
             _ = leadership.lost() => return,
@@ -190,6 +207,9 @@ impl Loop<'_> {
             }
             let mut snapshot = records.snapshot(apps.objects(), groups.objects(), &namespaces.scopes());
             snapshot.maintenances = maintenances.objects();
+            if config.scope.places() {
+                snapshot.tenants = tenants.objects();
+            }
             let now = Timestamp::now();
             let started = std::time::Instant::now();
             let ctx = PlanContext {

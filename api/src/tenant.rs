@@ -1,0 +1,319 @@
+//! `Tenant`: a team's share of the cluster (DESIGN.md §10). A Tenant names the namespaces it
+//! owns (the platform's controller creates them, labelled `baton.dev/tenant=NAME`, so their
+//! apps are the tenant's scope) and its quota: what its apps may ask for in all, checked when
+//! an App or AppGroup is written, atomically with the write.
+//!
+//! [`Usage`] is pure: the API server uses it to admit writes, the controller to report what a
+//! tenant uses.
+
+use std::collections::BTreeSet;
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::groups::{AppGroup, Graph};
+use crate::names;
+use crate::resources::ResourceAmounts;
+use crate::validation::FieldError;
+use crate::{App, Resources};
+
+/// At most this many namespaces per tenant.
+pub const MAX_TENANT_NAMESPACES: usize = 100;
+
+/// A team's share of the cluster: its namespaces and its quota.
+// Each printcolumn(...) repeats the same keys, which clippy mistakes for duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[kube(
+    group = "baton.dev",
+    version = "v1alpha1",
+    kind = "Tenant",
+    plural = "tenants",
+    status = "TenantStatus",
+    category = "baton",
+    derive = "PartialEq",
+    doc = "A team's share of the cluster: the namespaces it owns and the quota its apps may use in all.",
+    printcolumn(
+        name = "Namespaces",
+        type_ = "string",
+        json_path = ".status.namespaceList",
+        description = "The namespaces it owns"
+    ),
+    printcolumn(
+        name = "Used",
+        type_ = "string",
+        json_path = ".status.usedSummary",
+        description = "What its apps ask for in all, of the quota"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantSpec {
+    /// The namespaces it owns. The platform's controller creates those that do not exist,
+    /// labelled `baton.dev/tenant=NAME`; a namespace belongs to one tenant at most.
+    #[schemars(length(min = 1, max = MAX_TENANT_NAMESPACES))]
+    pub namespaces: Vec<String>,
+
+    /// What all its apps may ask for at once (instances × resources, scale factors applied).
+    /// A resource left out is not limited.
+    #[serde(default, skip_serializing_if = "Quota::is_empty")]
+    pub quota: Quota,
+}
+
+/// Limits on what a tenant's apps ask for in all.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Quota {
+    /// Cpus.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub cpus: Option<f64>,
+    /// Memory, MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub mem: Option<f64>,
+    /// Disk, MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub disk: Option<f64>,
+    /// Whole GPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub gpus: Option<i64>,
+    /// Instances.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub instances: Option<i64>,
+}
+
+impl Quota {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The limits in the units usage is counted in; `None` where unlimited.
+    pub fn limits(&self) -> [Option<u64>; 5] {
+        let as_amounts = Resources {
+            cpus: self.cpus.unwrap_or(0.0),
+            mem: self.mem.unwrap_or(0.0),
+            disk: self.disk.unwrap_or(0.0),
+            gpus: self.gpus.unwrap_or(0),
+        }
+        .amounts();
+        [
+            self.cpus.map(|_| as_amounts.millicpus),
+            self.mem.map(|_| as_amounts.mem_mib),
+            self.disk.map(|_| as_amounts.disk_mib),
+            self.gpus.map(|_| as_amounts.gpus),
+            self.instances.map(|n| n.max(0) as u64),
+        ]
+    }
+}
+
+/// What the controller observed.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantStatus {
+    /// The `metadata.generation` this status was computed from.
+    #[serde(default)]
+    pub observed_generation: Option<i64>,
+    /// Its namespaces, comma-separated, for `kubectl get tenants`.
+    #[serde(default)]
+    pub namespace_list: String,
+    /// What its apps ask for in all, in the quota's units.
+    #[serde(default)]
+    pub used: Used,
+    /// `used/quota` of each limited resource, e.g. `cpus=3/10 instances=12/50`.
+    #[serde(default)]
+    pub used_summary: String,
+    /// Namespaces it lists that exist without its label (another tenant's, or the
+    /// platform's): they are not given to it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces_taken: Vec<String>,
+}
+
+/// What a tenant's apps ask for in all.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Used {
+    /// Cpus.
+    pub cpus: f64,
+    /// Memory, MiB.
+    pub mem: u64,
+    /// Disk, MiB.
+    pub disk: u64,
+    /// Whole GPUs.
+    pub gpus: u64,
+    /// Instances (scale factors applied).
+    pub instances: u64,
+}
+
+/// What a tenant's apps ask for: instances (scale factors applied) × resources, summed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub resources: ResourceAmounts,
+    pub instances: u64,
+}
+
+/// The resources quota counts, in order, with their names.
+pub const QUOTA_RESOURCES: [&str; 5] = ["cpus", "mem", "disk", "gpus", "instances"];
+
+impl Usage {
+    /// The usage of `apps` (of one namespace, with its `groups`), apps being deleted left out.
+    pub fn of_namespace(apps: &[App], groups: &[AppGroup]) -> Self {
+        let graph = Graph::new(apps, groups);
+        apps.iter().filter(|a| a.metadata.deletion_timestamp.is_none()).fold(Usage::default(), |sum, app| {
+            let n = graph.effective_instances(&app.path(), app.spec.instances).max(0) as u64;
+            Usage { resources: sum.resources.plus(app.spec.resources.amounts().times(n)), instances: sum.instances + n }
+        })
+    }
+
+    pub fn plus(self, other: Usage) -> Usage {
+        Usage { resources: self.resources.plus(other.resources), instances: self.instances + other.instances }
+    }
+
+    /// In the order of [`QUOTA_RESOURCES`].
+    pub fn amounts(&self) -> [u64; 5] {
+        let r = self.resources;
+        [r.millicpus, r.mem_mib, r.disk_mib, r.gpus, self.instances]
+    }
+
+    pub fn to_used(self) -> Used {
+        let r = self.resources;
+        Used {
+            cpus: r.millicpus as f64 / 1000.0,
+            mem: r.mem_mib,
+            disk: r.disk_mib,
+            gpus: r.gpus,
+            instances: self.instances,
+        }
+    }
+}
+
+/// An amount of quota resource `index` in the units users write: `2.5` cpus, `512` MiB.
+fn number(index: usize, amount: u64) -> String {
+    if index == 0 { format!("{}", amount as f64 / 1000.0) } else { amount.to_string() }
+}
+
+/// An amount of quota resource `index` as users write it: `cpus=2.5`, `mem=512`, `instances=3`.
+pub fn show(index: usize, amount: u64) -> String {
+    format!("{}={}", QUOTA_RESOURCES[index], number(index, amount))
+}
+
+/// `cpus=3/10 instances=12/50`: each limited resource's usage and limit.
+pub fn summary(usage: &Usage, quota: &Quota) -> String {
+    let used = usage.amounts();
+    let parts: Vec<String> = quota
+        .limits()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, limit)| Some(format!("{}/{}", show(i, used[i]), number(i, (*limit)?))))
+        .collect();
+    if parts.is_empty() { "no quota".into() } else { parts.join(" ") }
+}
+
+/// Checks a Tenant: field errors naming the field and the value.
+pub fn validate_tenant(tenant: &Tenant) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    if let Some(name) = &tenant.metadata.name
+        && let Some(problem) = names::dns_label_problem(name)
+    {
+        errors.push(FieldError::invalid("metadata.name", name.as_str(), problem));
+    }
+    let spec = &tenant.spec;
+    if spec.namespaces.is_empty() {
+        errors.push(FieldError::required("spec.namespaces", "a tenant owns at least one namespace"));
+    }
+    if spec.namespaces.len() > MAX_TENANT_NAMESPACES {
+        errors.push(FieldError::too_long(
+            "spec.namespaces",
+            format!("has {} namespaces; at most {MAX_TENANT_NAMESPACES} are allowed", spec.namespaces.len()),
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for (i, namespace) in spec.namespaces.iter().enumerate() {
+        let field = format!("spec.namespaces[{i}]");
+        if let Some(problem) = names::dns_label_problem(namespace) {
+            errors.push(FieldError::invalid(field, namespace.as_str(), problem));
+        } else if !seen.insert(namespace) {
+            errors.push(FieldError::duplicate(field, namespace.as_str()));
+        } else if ["default", "kube-system", "kube-public", "baton-system"].contains(&namespace.as_str()) {
+            errors.push(FieldError::invalid(field, namespace.as_str(), "is the platform's; a tenant cannot own it"));
+        }
+    }
+    let q = &spec.quota;
+    for (field, value) in [("cpus", q.cpus), ("mem", q.mem), ("disk", q.disk)] {
+        if let Some(v) = value
+            && (!v.is_finite() || !(0.0..=1e12).contains(&v))
+        {
+            errors.push(FieldError::invalid(format!("spec.quota.{field}"), v, "must be between 0 and 10^12"));
+        }
+    }
+    for (field, value) in [("gpus", q.gpus), ("instances", q.instances)] {
+        if let Some(v) = value
+            && !(0..=1_000_000_000_000).contains(&v)
+        {
+            errors.push(FieldError::invalid(format!("spec.quota.{field}"), v, "must be between 0 and 10^12"));
+        }
+    }
+    errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(name: &str, instances: i32, cpus: f64, group: Option<&str>) -> App {
+        let mut spec: crate::AppSpec = serde_json::from_value(
+            serde_json::json!({"cmd": "x", "instances": instances, "resources": {"cpus": cpus, "mem": 100}}),
+        )
+        .unwrap();
+        spec.group = group.map(str::to_string);
+        let mut app = App::new(name, spec);
+        app.metadata.namespace = Some("a".into());
+        app
+    }
+
+    #[test]
+    fn usage_counts_effective_instances_and_skips_apps_being_deleted() {
+        let group = AppGroup::new(
+            "g",
+            crate::AppGroupSpec { path: "/shop".into(), dependencies: Vec::new(), scale_factor: 1.5 },
+        );
+        let mut gone = app("gone", 5, 1.0, None);
+        gone.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::UNIX_EPOCH));
+        let usage = Usage::of_namespace(&[app("web", 2, 0.5, Some("/shop")), app("db", 1, 2.0, None), gone], &[group]);
+        // web: ceil(2 × 1.5) = 3 × 0.5 cpus; db: 1 × 2 cpus.
+        assert_eq!(usage.instances, 4);
+        assert_eq!(usage.resources.millicpus, 3500);
+        assert_eq!(usage.resources.mem_mib, 400);
+        let quota = Quota { cpus: Some(4.0), instances: Some(10), ..Quota::default() };
+        assert_eq!(summary(&usage, &quota), "cpus=3.5/4 instances=4/10");
+    }
+
+    #[test]
+    fn bad_tenants_name_the_field_and_the_value() {
+        let tenant = Tenant::new(
+            "team-a",
+            TenantSpec {
+                namespaces: vec!["a".into(), "a".into(), "default".into(), "Bad_Name".into()],
+                quota: Quota { cpus: Some(-1.0), instances: Some(-3), ..Quota::default() },
+            },
+        );
+        let all: Vec<String> =
+            validate_tenant(&tenant).iter().map(|e| format!("{}: {}", e.field, e.message())).collect();
+        let all = all.join("\n");
+        for needle in [
+            "spec.namespaces[1]",
+            "spec.namespaces[2]",
+            "\"default\"",
+            "spec.namespaces[3]",
+            "spec.quota.cpus",
+            "spec.quota.instances",
+        ] {
+            assert!(all.contains(needle), "{needle} not in {all}");
+        }
+    }
+}
