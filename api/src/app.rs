@@ -452,12 +452,29 @@ pub struct AppStatus {
     /// The version the instances should run: a hash of the fields that change what runs.
     #[serde(default)]
     pub version: Option<String>,
+    /// Set by a tenant's controller: instances it asks the platform to place (it places
+    /// nothing itself). Served by the instances of the version created after `revision`.
+    #[serde(default)]
+    pub launch_request: Option<LaunchRequest>,
     /// `Available` (all instances ready at the current version), `Progressing` (a
     /// deployment or scaling under way, or stuck and why), `Pending` (some instances
     /// cannot be placed, with the reason) and `Healthy` (instances fail their health checks,
     /// and kills the health policy withholds, with the reason).
     #[serde(default)]
     pub conditions: Vec<Condition>,
+}
+
+/// A tenant's controller's request to the platform's, the one arbiter of capacity.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LaunchRequest {
+    /// The app version to launch.
+    pub version: String,
+    /// How many instances.
+    pub count: i32,
+    /// The store revision the tenant's controller decided on: instances of the version
+    /// created after it count as served.
+    pub revision: i64,
 }
 
 /// Why some instances of an app cannot be placed.

@@ -90,6 +90,8 @@ pub struct InstanceState {
     pub record: Arc<InstanceRecord>,
     /// Mod revision of the record: writes to it compare against this.
     pub revision: Revision,
+    /// The revision that created the record (what serves a tenant's launch request).
+    pub created: Revision,
     pub status: Option<Arc<StatusRecord>>,
     /// The record's app uid, as a [`Key`].
     pub app_key: Key,
@@ -124,7 +126,7 @@ impl InstanceState {
         revision: Revision,
         status: Option<Arc<StatusRecord>>,
     ) -> Self {
-        Self { record, revision, status, app_key: keys.app, version_key: keys.version }
+        Self { record, revision, created: revision, status, app_key: keys.app, version_key: keys.version }
     }
 
     /// Whether it runs `version` (whose key is `key`).
@@ -296,6 +298,8 @@ pub fn held_in_agent_order<'a>(instances: impl IntoIterator<Item = &'a InstanceS
 /// The full observed state for one tick.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
+    /// The store revision the snapshot's records are read through (0: not known).
+    pub revision: Revision,
     /// The scope of the controller that plans (DESIGN.md §5): the apps, groups, instances,
     /// backoffs and kill requests below are this scope's.
     pub scope: Scope,

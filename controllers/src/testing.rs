@@ -405,6 +405,7 @@ pub fn snapshot(apps: &[&Arc<App>], agents: Vec<Arc<AgentRecord>>, instances: Ve
     let (own, foreign): (Vec<InstanceState>, Vec<InstanceState>) =
         instances.into_iter().partition(|i| i.record.scope == Scope::Platform);
     Snapshot {
+        revision: 0,
         scope: Scope::Platform,
         apps: apps.iter().map(|a| Arc::clone(a)).collect(),
         groups: Vec::new(),

@@ -2,18 +2,17 @@
 //! and a tenant's that owns the namespace labelled `baton.dev/tenant=team-a`. Neither stops,
 //! rewrites or counts the other's instances; the platform places around the tenant's.
 //!
-//! Only the platform binds instances to agents; the tenant's launch demand reaching it comes
-//! with tenants (docs/contributors/planner.md). Here the tenant's instances are written into the
-//! store as the platform will write them for it, and real agents run them.
+//! Only the platform binds instances to agents: the tenant's controller asks it to launch its
+//! instances (`status.launchRequest`), the platform places them, with the tenant's scope, in its
+//! own fenced writes, and from then on the tenant's controller owns them.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton_api::records::Command;
-use baton_api::{App, AppRef, Goal, InstanceRecord, Phase, ResourceAmounts, Scope};
+use baton_api::{Goal, InstanceRecord, Phase, Scope};
 use baton_e2e::{Cluster, ClusterOptions};
-use baton_store::{Keyspace, Store, StoreExt};
+use baton_store::{Keyspace, Store};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -34,10 +33,6 @@ fn get_app(cluster: &Cluster, name: &str, namespace: &str) -> Value {
     cluster.kubectl.json(&["get", "app", name, "-n", namespace]).unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()))
 }
 
-fn condition(app: &Value, kind: &str) -> Option<Value> {
-    app["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == kind).cloned()
-}
-
 /// Records of `app` wanted running whose processes run, when there are exactly `n`.
 fn running(cluster: &Cluster, app: &str, n: usize) -> Option<Vec<InstanceRecord>> {
     let statuses = cluster.statuses();
@@ -45,34 +40,6 @@ fn running(cluster: &Cluster, app: &str, n: usize) -> Option<Vec<InstanceRecord>
         cluster.records().into_values().filter(|r| r.app.name == app && r.goal == Goal::Running).collect();
     let all_run = records.iter().all(|r| statuses.get(&r.id).is_some_and(|s| s.phase == Phase::Running));
     (records.len() == n && all_run).then_some(records)
-}
-
-/// An instance of the tenant's app, as the platform will write it for the tenant.
-fn tenant_instance(app: &App, n: u32) -> InstanceRecord {
-    InstanceRecord {
-        id: format!("api-tenant{n}"),
-        app: AppRef { namespace: "team-a".into(), name: "api".into(), uid: app.metadata.uid.clone().expect("a uid") },
-        scope: TENANT.parse().expect("a scope"),
-        agent: "a1".into(),
-        host: "127.0.0.1".into(),
-        version: app.version(),
-        created_at: jiff::Timestamp::now(),
-        goal: Goal::Running,
-        stop_reason: None,
-        replaces: None,
-        holds_slot: false,
-        whole_agent: false,
-        end_noted: false,
-        command: Command::Shell("sleep 3600".into()),
-        env: Default::default(),
-        labels: Default::default(),
-        resources: ResourceAmounts { millicpus: 1750, mem_mib: 1, disk_mib: 0, gpus: 0 },
-        ports: Vec::new(),
-        kill_grace_seconds: 2,
-        health_checks: Vec::new(),
-        readiness_checks: Vec::new(),
-        term: 0,
-    }
 }
 
 /// The term (election key's create revision) of `scope`'s leader.
@@ -90,24 +57,16 @@ fn two_scopes_on_one_store_leave_each_other_alone() {
     cluster.add_controller("t1", &["--scope", TENANT]);
     cluster.wait_for("the tenant's controller to lead its scope", WAIT, |c| c.leader_of(TENANT));
 
-    // The tenant's app: its controller plans it, and leaves placement to the platform.
+    // The tenant's app: its controller plans it and asks the platform to place it.
     cluster.apply(&app("api", "team-a", 2, 1.75));
-    let pending = cluster.wait_for("the tenant's controller to report its demand", WAIT, |c| {
-        condition(&get_app(c, "api", "team-a"), "Pending").filter(|p| p["status"] == "True")
+    let request = cluster.wait_for("the tenant's controller to ask for its launches", WAIT, |c| {
+        let request = get_app(c, "api", "team-a")["status"]["launchRequest"].clone();
+        (!request.is_null()).then_some(request)
     });
-    let message = pending["message"].as_str().unwrap_or_default();
-    assert!(message.contains("the tenant/team-a controller leaves placement to the platform's"), "{pending}");
-
-    // Its instances, placed for it on a1 (3.5 of 4 cpus), run.
-    let api: App = serde_json::from_value(get_app(&cluster, "api", "team-a")).expect("an App");
-    let store = cluster.store().clone();
-    for n in 0..2 {
-        let record = tenant_instance(&api, n);
-        let key = Keyspace::default().instance(&record.agent, &record.id);
-        let value = serde_json::to_string(&record).expect("a record");
-        cluster.block_on(store.put(&key, value.into_bytes())).expect("writing a tenant's instance");
-    }
-    cluster.wait_for("the tenant's instances to run", WAIT, |c| running(c, "api", 2));
+    assert_eq!(request["count"], 2, "{request}");
+    // The platform places them for it, on a1 (3.5 of 4 cpus), and they run.
+    let api = cluster.wait_for("the tenant's instances to run", WAIT, |c| running(c, "api", 2));
+    assert!(api.iter().all(|r| r.scope.to_string() == TENANT && r.agent == "a1"), "{api:?}");
     cluster.wait_for("the tenant's controller to count them", WAIT, |c| {
         let status = get_app(c, "api", "team-a")["status"].clone();
         (status["running"] == 2 && status["instances"] == 2).then_some(())
@@ -134,6 +93,7 @@ fn two_scopes_on_one_store_leave_each_other_alone() {
     cluster.wait_for("api's records to go", WAIT, |c| c.records().values().all(|r| r.app.name != "api").then_some(()));
 
     // Who wrote what: each scope's records only by its own leader.
+    let store = cluster.store().clone();
     let platform = term_of(&store, &cluster, "platform");
     let tenant = term_of(&store, &cluster, TENANT);
     assert_ne!(platform, tenant);
@@ -149,7 +109,7 @@ fn two_scopes_on_one_store_leave_each_other_alone() {
                     assert_eq!(after.term, tenant, "only the tenant's leader rewrites its instances: {write:?}");
                 }
                 if write.is_creation() {
-                    assert_eq!(record.term, 0, "nothing but the test created the tenant's instances: {write:?}");
+                    assert_eq!(record.term, platform, "only the platform places the tenant's instances: {write:?}");
                 }
             }
             "web" => {
@@ -160,6 +120,8 @@ fn two_scopes_on_one_store_leave_each_other_alone() {
             other => panic!("an instance of an unexpected app {other}: {write:?}"),
         }
     }
+    let created = history.iter().filter(|w| w.is_creation() && w.after.as_ref().is_some_and(|r| r.app.name == "api"));
+    assert_eq!(created.count(), 2, "each of the tenant's instances was placed once");
     let stops: Vec<(&str, Option<&str>)> = history
         .iter()
         .filter(|w| w.is_stop())

@@ -162,7 +162,8 @@ pub fn free(
     let pending: Vec<(usize, usize)> = placed
         .iter()
         .filter(|(index, p)| {
-            p.unplaced.is_some()
+            *index < decided.apps.len()
+                && p.unplaced.is_some()
                 && decided.apps[*index].app.spec.placement.whole_agent
                 && matches!(decided.apps[*index].course, Course::Running(_))
         })

@@ -56,7 +56,9 @@ pub fn plan(snapshot: &Snapshot, ctx: &PlanContext) -> Plan {
         spread_over: maintained.partition_by,
         keep_free: ctx.keep_free_agents,
     };
-    let placed = place::place(snapshot, &usage, &decided.demand(&snapshot.scope), &room, ctx.now, ctx.seed);
+    let mut queue = decided.demand(&snapshot.scope);
+    queue.extend(place::requests(snapshot, &usage, decided.apps.len()));
+    let placed = place::place(snapshot, &usage, &queue, &room, ctx.now, ctx.seed);
     let freed = defrag::free(snapshot, &usage, &decided, &placed, ctx);
     let parts = report::Parts { marks, unmarks, events, gates, decided, placed, maintained, freed };
     let mut plan = report::report(parts, snapshot, &usage, ctx);

@@ -43,6 +43,36 @@ pub struct Placed {
     pub unplaced: Option<Unplaced>,
 }
 
+/// Other scopes' apps whose controllers ask the platform to launch instances
+/// (`status.launchRequest`), as demand of their scope, indexed from `first`: what each asks for
+/// less the instances of its version created after the revision it decided on (those it has
+/// not seen yet). Only the platform serves them.
+pub fn requests<'s>(snapshot: &'s Snapshot, usage: &Usage<'s>, first: usize) -> Vec<Demand<'s>> {
+    if !snapshot.scope.places() {
+        return Vec::new();
+    }
+    snapshot
+        .other_apps
+        .iter()
+        .enumerate()
+        .filter_map(|(i, app)| {
+            let request = app.status.as_ref()?.launch_request.as_ref()?;
+            let namespace = app.metadata.namespace.as_deref().unwrap_or_default();
+            let scope = snapshot.namespaces.get(namespace).filter(|s| !s.places())?;
+            if app.metadata.deletion_timestamp.is_some() || request.version != app.version() {
+                return None; // Gone, or changed since: its controller asks again.
+            }
+            let uid = app.metadata.uid.as_deref().unwrap_or_default();
+            let served = usage
+                .foreign_of(uid)
+                .filter(|i| i.record.version == request.version && i.created > request.revision)
+                .count();
+            let count = (request.count.max(0) as usize).saturating_sub(served);
+            (count > 0).then_some(Demand { index: first + i, scope, app, version: &request.version, count })
+        })
+        .collect()
+}
+
 /// Places the queue, in its order; `seed` drives instance ids and port choice. Returns what
 /// was placed for each demand, with its app's index.
 /// Where placement may go: agents in maintenance take nothing; apps spread over the
@@ -79,7 +109,10 @@ pub fn place<'s>(
             } else {
                 Some(Unplaced {
                     count: demand.count,
-                    why: format!("the {} controller leaves placement to the platform's", snapshot.scope),
+                    why: format!(
+                        "the {} controller asks the platform's to place them (status.launchRequest)",
+                        snapshot.scope
+                    ),
                     rejections: Vec::new(),
                 })
             };

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+use baton_api::app::LaunchRequest;
 use baton_api::maintenance::Blocker;
 use baton_api::{MaintenanceStatus, ResourceAmounts};
 
@@ -43,10 +44,15 @@ pub struct Parts<'s> {
 /// The report stage.
 pub fn report(parts: Parts<'_>, snapshot: &Snapshot, usage: &Usage<'_>, ctx: &PlanContext) -> Plan {
     let Parts { marks, unmarks, events, gates, decided, placed, maintained, freed } = parts;
+    let requester = (!snapshot.scope.places()).then_some(snapshot.revision);
     let mut plan = Plan { marks, unmarks, events, next_wakeup: gates.next_wakeup, ..Plan::default() };
     let mut by_app: Vec<Placed> = std::iter::repeat_with(Placed::default).take(decided.apps.len()).collect();
     for (index, placed) in placed {
-        by_app[index] = placed;
+        match by_app.get_mut(index) {
+            Some(slot) => *slot = placed,
+            // Another scope's app, placed for its controller's request: the launches only.
+            None => plan.launches.extend(placed.launches),
+        }
     }
     maintenance(&maintained, &decided, &gates.apps, &by_app, snapshot, usage, ctx, &mut plan);
     let Maintained { writes, events, next_wakeup, .. } = maintained;
@@ -61,7 +67,7 @@ pub fn report(parts: Parts<'_>, snapshot: &Snapshot, usage: &Usage<'_>, ctx: &Pl
     }
     plan.next_wakeup = min_time(plan.next_wakeup, next_wakeup);
     for ((decision, gate), placed) in decided.apps.into_iter().zip(&gates.apps).zip(by_app) {
-        app(decision, gate, placed, ctx, &mut plan);
+        app(decision, gate, placed, requester, ctx, &mut plan);
     }
     plan.group_statuses = gates.group_statuses;
     let left = decided.leftovers;
@@ -91,7 +97,16 @@ fn fill_slots(slots: &mut [HeldSlot<'_>], launches: &mut [Launch]) {
 }
 
 /// One app's part of the plan.
-fn app(decision: Decision<'_>, gate: &Gate, placed: Placed, ctx: &PlanContext, plan: &mut Plan) {
+/// One app's part of the plan. `requester`: the revision a controller that does not place
+/// decided on — its app asks the platform for what it could not place.
+fn app(
+    decision: Decision<'_>,
+    gate: &Gate,
+    placed: Placed,
+    requester: Option<baton_store::Revision>,
+    ctx: &PlanContext,
+    plan: &mut Plan,
+) {
     let Decision {
         app,
         version,
@@ -160,7 +175,20 @@ fn app(decision: Decision<'_>, gate: &Gate, placed: Placed, ctx: &PlanContext, p
                 gated,
                 deletion: None,
             };
-            let desired = status::desired(app, &version, &sets, &progress);
+            let mut desired = status::desired(app, &version, &sets, &progress);
+            if let Some(revision) = requester {
+                let count = progress.unplaced.as_ref().map_or(0, |u| u.count) as i32;
+                desired.launch_request = (count > 0).then(|| {
+                    // Kept as it was while it asks for the same: a new revision would make the
+                    // platform count instances it already launched for it as not serving it.
+                    let before = app.status.as_ref().and_then(|s| s.launch_request.clone());
+                    before.filter(|r| r.version == version && r.count == count).unwrap_or(LaunchRequest {
+                        version: version.clone(),
+                        count,
+                        revision,
+                    })
+                });
+            }
             plan.events.extend(events::scaled(app, wanted));
             plan.events.extend(events::killing(app, &version, wanted, &stops));
             let relaunching = backoff.as_ref().is_some_and(|b| b.failures > 0);

@@ -251,6 +251,7 @@ impl World {
             .map(|(record, rev)| (("default".to_string(), "web".to_string()), (record.clone(), *rev)))
             .collect();
         Snapshot {
+            revision: self.revision,
             scope: Default::default(),
             apps: vec![Arc::new(self.app.clone())],
             groups: Vec::new(),
@@ -644,6 +645,7 @@ pub(super) fn round_trip(snapshot: &Snapshot) -> Snapshot {
         InstanceState::new(Arc::new(record), i.revision, status)
     };
     Snapshot {
+        revision: snapshot.revision,
         scope: again(&snapshot.scope),
         foreign: snapshot.foreign.iter().map(instance).collect(),
         apps: snapshot.apps.iter().map(|a| Arc::new(again(a.as_ref()))).collect(),

@@ -186,6 +186,7 @@ pub fn desired(app: &App, version: &str, sets: &AppInstances<'_>, progress: &Pro
     }
     let state = state(sets, progress, unhealthy, available);
     AppStatus {
+        launch_request: None,
         observed_generation: app.metadata.generation,
         observed_instances: Some(app.spec.instances),
         id: Some(app.path().to_string()),

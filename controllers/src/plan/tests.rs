@@ -1,6 +1,7 @@
 //! Planner table tests over built snapshots.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use baton_api::{Goal, Phase};
 
@@ -190,7 +191,7 @@ fn other_scopes_instances_take_capacity_and_nothing_else() {
 }
 
 #[test]
-fn a_tenant_scope_plans_its_apps_and_leaves_placement_to_the_platform() {
+fn a_tenant_scope_plans_its_apps_and_asks_the_platform_to_place_them() {
     let web = app("web").instances(3).build();
     let tenant = baton_api::Scope::Tenant("team-a".into());
     let own = vec![instance(&web, "a1", 0).scope(tenant.clone()).running().build()];
@@ -204,8 +205,11 @@ fn a_tenant_scope_plans_its_apps_and_leaves_placement_to_the_platform() {
     let pending = plan.statuses[0].status.condition(baton_api::app::CONDITION_PENDING).expect("Pending");
     assert_eq!(
         pending.message,
-        "2 of 3 instances cannot be placed: the tenant/team-a controller leaves placement to the platform's"
+        "2 of 3 instances cannot be placed: the tenant/team-a controller asks the platform's to place them \
+         (status.launchRequest)"
     );
+    let request = plan.statuses[0].status.launch_request.clone().expect("a launch request");
+    assert_eq!((request.count, request.revision), (2, snap.revision));
 }
 
 #[test]
@@ -687,4 +691,32 @@ fn a_lost_instance_is_reported_once_and_replaced_and_a_forced_kill_is_reported()
         event.message,
         "1 instance did not stop within the grace period after SIGTERM and was killed with SIGKILL: web-001 on a1 (grace period 3 s)"
     );
+}
+
+#[test]
+fn the_platform_places_a_tenants_launch_request_once() {
+    let tenant = baton_api::Scope::Tenant("team-a".into());
+    let mut api = (*app("api").instances(3).build()).clone();
+    api.metadata.namespace = Some("team-a".into());
+    // Its controller asked for 3 at revision 100; one was launched for it at revision 105
+    // (created after: serving it), one at 90 (before: the tenant's count already has it).
+    api.status = Some(baton_api::AppStatus {
+        launch_request: Some(baton_api::app::LaunchRequest { version: api.version(), count: 3, revision: 100 }),
+        ..Default::default()
+    });
+    let served = InstanceState { created: 105, ..instance(&api, "a1", 1).scope(tenant.clone()).build() };
+    let older = InstanceState { created: 90, ..instance(&api, "a1", 2).scope(tenant.clone()).build() };
+    let mut snap = snapshot(&[], vec![agent("a1").build()], vec![served, older]);
+    snap.namespaces.insert("team-a".into(), tenant.clone());
+    snap.other_apps.push(Arc::new(api.clone()));
+    let placed = plan(&snap, &ctx());
+    assert_eq!(placed.launches.len(), 2, "3 asked, 1 served");
+    assert!(placed.launches.iter().all(|l| l.record.scope == tenant && l.record.app.name == "api"));
+    assert!(placed.statuses.is_empty(), "the platform writes no status of another scope's app");
+
+    // A request for a version the app no longer has is not served (its controller asks again).
+    let mut changed = api.clone();
+    changed.spec.env.insert("V".into(), "2".into());
+    snap.other_apps = vec![Arc::new(changed)];
+    assert!(plan(&snap, &ctx()).launches.is_empty());
 }

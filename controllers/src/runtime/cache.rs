@@ -25,18 +25,23 @@ use crate::snapshot::{InstanceState, Marker, RecordKeys, Snapshot, held_in_agent
 
 type Slot = (String, String);
 
+/// An instance record, its keys, and the revision that created it.
+type StoredInstance = (Arc<InstanceRecord>, RecordKeys, Revision);
+
 #[derive(Default)]
 struct Records {
     /// The controller's scope.
     scope: Scope,
     agents: BTreeMap<String, (Arc<AgentRecord>, Revision)>,
-    /// With their keys, made as they come in.
-    instances: BTreeMap<Slot, ((Arc<InstanceRecord>, RecordKeys), Revision)>,
+    /// With their keys, made as they come in, and their create revisions.
+    instances: BTreeMap<Slot, (StoredInstance, Revision)>,
     statuses: BTreeMap<Slot, (Arc<StatusRecord>, Revision)>,
     markers: BTreeMap<String, (Arc<UnreachableMarker>, Revision)>,
     drains: BTreeMap<String, (Arc<DrainRecord>, Revision)>,
     backoffs: BTreeMap<(String, String), (Arc<BackoffRecord>, Revision)>,
     kill_requests: BTreeMap<(String, String), (Arc<KillRequest>, Revision)>,
+    /// The revision through which changes are applied to these records.
+    applied: Revision,
 }
 
 /// Store records, kept current by one watch over the keyspace (so changes apply in
@@ -95,9 +100,12 @@ impl StoreCache {
         let by_agent: Vec<InstanceState> = records
             .instances
             .iter()
-            .map(|(slot, ((record, keys), revision))| {
+            .map(|(slot, ((record, keys, created), revision))| {
                 let status = records.statuses.get(slot).map(|(s, _)| s.clone());
-                InstanceState::with_keys(record.clone(), *keys, *revision, status)
+                InstanceState {
+                    created: *created,
+                    ..InstanceState::with_keys(record.clone(), *keys, *revision, status)
+                }
             })
             .collect();
         let held = held_in_agent_order(&by_agent);
@@ -118,6 +126,7 @@ impl StoreCache {
         let (other_apps, other_groups) =
             if scope.places() { (other_apps, other_groups) } else { (Vec::new(), Vec::new()) };
         Snapshot {
+            revision: records.applied,
             apps,
             groups,
             agents,
@@ -198,6 +207,7 @@ async fn load_and_watch(
             apply_put(&mut fresh, keys, kv);
         }
     }
+    fresh.applied = kills.revision;
     *records.lock().expect("cache lock") = fresh;
     revision.send_replace(kills.revision);
     ready.send_replace(true);
@@ -214,6 +224,9 @@ async fn load_and_watch(
                     EventKind::Put => apply_put(&mut records, keys, &event.kv),
                     EventKind::Delete => apply_delete(&mut records, keys, event),
                 }
+            }
+            if let Some(last) = last {
+                records.applied = records.applied.max(last);
             }
         }
         if let Some(last) = last {
@@ -263,7 +276,8 @@ fn apply_put(records: &mut Records, keys: &Keyspace, kv: &KeyValue) {
             && records.keeps(&record)
         {
             let keys = RecordKeys::of(&record);
-            upsert(&mut records.instances, (agent.to_string(), id.to_string()), (record, keys), kv.mod_revision);
+            let value = (record, keys, kv.create_revision);
+            upsert(&mut records.instances, (agent.to_string(), id.to_string()), value, kv.mod_revision);
         }
     } else if let Some((agent, id)) = keys.parse_status_key(&kv.key) {
         let slot = (agent.to_string(), id.to_string());

@@ -241,6 +241,8 @@ pub struct Usage<'a> {
     /// Per app uid, where its instances are in `all`: ids start with the app's name, so an
     /// app's instances are mostly one run, found without hashing each instance.
     runs: HashMap<&'a str, Vec<std::ops::Range<usize>>>,
+    /// Other scopes' instances, per app uid (the platform places for their controllers).
+    foreign: HashMap<&'a str, Vec<&'a InstanceState>>,
 }
 
 impl<'a> Usage<'a> {
@@ -256,7 +258,16 @@ impl<'a> Usage<'a> {
                 start = end;
             }
         }
-        Usage { held: snapshot.held(), all, runs }
+        let mut foreign: HashMap<&'a str, Vec<&'a InstanceState>> = HashMap::default();
+        for instance in &snapshot.foreign {
+            foreign.entry(instance.record.app.uid.as_str()).or_default().push(instance);
+        }
+        Usage { held: snapshot.held(), all, runs, foreign }
+    }
+
+    /// The instances of another scope's app `uid`.
+    pub fn foreign_of(&self, uid: &str) -> impl Iterator<Item = &'a InstanceState> + '_ {
+        self.foreign.get(uid).into_iter().flatten().copied()
     }
 
     /// The instances of the app `uid`.
@@ -542,6 +553,7 @@ impl<'a> Placer<'a> {
         let on = self
             .usage
             .instances_of(app_uid)
+            .chain(self.usage.foreign_of(app_uid))
             .filter(|i| !i.is_terminal())
             .filter_map(|i| self.index_of.get(i.record.agent.as_str()));
         for &i in on {
