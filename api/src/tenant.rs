@@ -59,7 +59,21 @@ pub struct TenantSpec {
     /// A resource left out is not limited.
     #[serde(default, skip_serializing_if = "Quota::is_empty")]
     pub quota: Quota,
+
+    /// Its weight in fair sharing (default 1, up to 1,000,000): when tenants' launches compete
+    /// for room, the one with the smallest dominant share divided by its weight goes first; 0
+    /// gets only what no other tenant asks for.
+    #[serde(default = "one")]
+    #[schemars(range(max = 1_000_000))]
+    pub weight: u32,
 }
+
+fn one() -> u32 {
+    1
+}
+
+/// The largest weight.
+pub const MAX_WEIGHT: u32 = 1_000_000;
 
 /// Limits on what a tenant's apps ask for in all.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, JsonSchema)]
@@ -242,6 +256,9 @@ pub fn validate_tenant(tenant: &Tenant) -> Vec<FieldError> {
             errors.push(FieldError::invalid(field, namespace.as_str(), "is the platform's; a tenant cannot own it"));
         }
     }
+    if spec.weight > MAX_WEIGHT {
+        errors.push(FieldError::invalid("spec.weight", spec.weight, format!("must be at most {MAX_WEIGHT}")));
+    }
     let q = &spec.quota;
     for (field, value) in [("cpus", q.cpus), ("mem", q.mem), ("disk", q.disk)] {
         if let Some(v) = value
@@ -300,6 +317,7 @@ mod tests {
             TenantSpec {
                 namespaces: vec!["a".into(), "a".into(), "default".into(), "Bad_Name".into()],
                 quota: Quota { cpus: Some(-1.0), instances: Some(-3), ..Quota::default() },
+                weight: 2_000_000,
             },
         );
         let all: Vec<String> =

@@ -14,7 +14,7 @@
 //! | groups | [`groups`] | each app's effective count, the dependencies that hold it back, deletion order |
 //! | maintain | [`maintain`] | which agents are in maintenance (draining, drained, released), from every Maintenance and the drain records |
 //! | decide | [`decide`] | per app: what goes, user and health kills ([`health`], [`slots`]), instances on agents in maintenance moved replacement first, one bounded step ([`deploy`]), the backoff: stops and a **launch demand** |
-//! | (share) | | tenants' fair shares come here: demand in, demand out |
+//! | share | [`share`] | the platform's own demand first, then tenants' launch requests by weighted dominant-resource fairness, in exact integers |
 //! | place | [`place`] | every demand through one placer ([`crate::schedule`]), in one order, nothing on agents in maintenance, spread over their partitions |
 //! | defrag | [`defrag`] | whole-agent instances that found no empty agent: agents to free by moving small instances off |
 //! | report | [`report`] | the plan, and each app's status and events ([`status`], [`events`]) |
@@ -35,6 +35,7 @@ pub mod maintain;
 pub mod observe;
 pub mod place;
 pub mod report;
+pub mod share;
 pub mod slots;
 pub mod status;
 pub mod tenants;
@@ -58,6 +59,7 @@ pub fn plan(snapshot: &Snapshot, ctx: &PlanContext) -> Plan {
     };
     let mut queue = decided.demand(&snapshot.scope);
     queue.extend(place::requests(snapshot, &usage, decided.apps.len()));
+    let queue = share::order(snapshot, queue);
     let placed = place::place(snapshot, &usage, &queue, &room, ctx.now, ctx.seed);
     let freed = defrag::free(snapshot, &usage, &decided, &placed, ctx);
     let parts = report::Parts { marks, unmarks, events, gates, decided, placed, maintained, freed };

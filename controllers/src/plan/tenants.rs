@@ -85,6 +85,7 @@ mod tests {
         let spec = TenantSpec {
             namespaces: vec!["team-a".into(), "team-a-dev".into(), "shared".into()],
             quota: Quota { cpus: Some(4.0), instances: Some(10), ..Quota::default() },
+            weight: 1,
         };
         s.tenants.push(Arc::new(Tenant::new("a", spec)));
         let (creates, statuses) = tenants(&s);

@@ -720,3 +720,28 @@ fn the_platform_places_a_tenants_launch_request_once() {
     snap.other_apps = vec![Arc::new(changed)];
     assert!(plan(&snap, &ctx()).launches.is_empty());
 }
+
+#[test]
+fn tenants_launch_requests_are_served_by_weighted_dominant_share_when_room_is_short() {
+    // One agent of 4 cpus; team-a already holds 2, team-b nothing; both ask for 2 more of 1 cpu.
+    let mut snap = snapshot(&[], vec![agent("a1").build()], Vec::new());
+    let mut requesting = |team: &str| {
+        let scope = baton_api::Scope::Tenant(team.into());
+        let mut app = (*app(&format!("{team}-api")).instances(2).cpus(1.0).build()).clone();
+        app.metadata.namespace = Some(team.into());
+        app.metadata.uid = Some(format!("uid-{team}"));
+        app.status = Some(baton_api::AppStatus {
+            launch_request: Some(baton_api::app::LaunchRequest { version: app.version(), count: 2, revision: 100 }),
+            ..Default::default()
+        });
+        snap.namespaces.insert(team.into(), scope.clone());
+        snap.other_apps.push(Arc::new(app));
+        scope
+    };
+    let (a, _) = (requesting("team-a"), requesting("team-b"));
+    let holder = app("holder").cpus(2.0).build();
+    snap.foreign.push(InstanceState { created: 50, ..instance(&holder, "a1", 1).scope(a.clone()).running().build() });
+    let placed = plan(&snap, &ctx());
+    let teams: Vec<&str> = placed.launches.iter().map(|l| l.record.app.namespace.as_str()).collect();
+    assert_eq!(teams, ["team-b", "team-b"], "team-b, holding less, is served first; then the agent is full");
+}
