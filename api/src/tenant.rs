@@ -66,6 +66,28 @@ pub struct TenantSpec {
     #[serde(default = "one")]
     #[schemars(range(max = 1_000_000))]
     pub weight: u32,
+
+    /// Users (as the API server authenticates them) who may read and write everything in its
+    /// namespaces — and nothing outside them, beyond what the authorization rules give.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_TENANT_MEMBERS))]
+    pub users: Vec<String>,
+
+    /// Groups whose members may do the same.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_TENANT_MEMBERS))]
+    pub groups: Vec<String>,
+}
+
+/// At most this many users, and as many groups, per tenant.
+pub const MAX_TENANT_MEMBERS: usize = 100;
+
+impl Tenant {
+    /// Whether `user` (a member of `groups`) may act in `namespace` as this tenant's member.
+    pub fn grants(&self, user: &str, groups: &[String], namespace: &str) -> bool {
+        self.spec.namespaces.iter().any(|n| n == namespace)
+            && (self.spec.users.iter().any(|u| u == user) || self.spec.groups.iter().any(|g| groups.contains(g)))
+    }
 }
 
 fn one() -> u32 {
@@ -256,6 +278,23 @@ pub fn validate_tenant(tenant: &Tenant) -> Vec<FieldError> {
             errors.push(FieldError::invalid(field, namespace.as_str(), "is the platform's; a tenant cannot own it"));
         }
     }
+    for (field, members) in [("spec.users", &spec.users), ("spec.groups", &spec.groups)] {
+        if members.len() > MAX_TENANT_MEMBERS {
+            errors.push(FieldError::too_long(
+                field,
+                format!("has {} entries; at most {MAX_TENANT_MEMBERS} are allowed", members.len()),
+            ));
+        }
+        for (i, member) in members.iter().enumerate() {
+            if member.is_empty() || member.len() > 253 || member.contains(char::is_control) {
+                errors.push(FieldError::invalid(
+                    format!("{field}[{i}]"),
+                    member.as_str(),
+                    "must be 1 to 253 characters, none of them control characters",
+                ));
+            }
+        }
+    }
     if spec.weight > MAX_WEIGHT {
         errors.push(FieldError::invalid("spec.weight", spec.weight, format!("must be at most {MAX_WEIGHT}")));
     }
@@ -318,6 +357,8 @@ mod tests {
                 namespaces: vec!["a".into(), "a".into(), "default".into(), "Bad_Name".into()],
                 quota: Quota { cpus: Some(-1.0), instances: Some(-3), ..Quota::default() },
                 weight: 2_000_000,
+                users: vec![String::new()],
+                groups: Vec::new(),
             },
         );
         let all: Vec<String> =

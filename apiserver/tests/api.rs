@@ -1191,3 +1191,58 @@ async fn a_tenants_quota_is_checked_atomically_with_each_write_and_racing_writes
     let (code, _) = api.call(Method::POST, APPS, Some(&app("free", 50))).await;
     assert_eq!(code, StatusCode::CREATED);
 }
+
+/// A tenant's users act in its namespaces and nowhere else: every verb on every namespaced
+/// kind, for each pair of tenants, and the cluster scope.
+#[tokio::test]
+async fn tenants_users_act_in_their_namespaces_only() {
+    let api = Api::new().await;
+    for (name, ns, user) in [("t-a", "na", "alice"), ("t-b", "nb", "bob")] {
+        let tenant = json!({"apiVersion": "baton.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": name},
+                            "spec": {"namespaces": [ns], "users": [user]}});
+        let (code, body) = api.call(Method::POST, "/apis/baton.dev/v1alpha1/tenants", Some(&tenant)).await;
+        assert_eq!(code, StatusCode::CREATED, "{body}");
+        let (code, _) = api.call(Method::POST, NAMESPACES, Some(&json!({"metadata": {"name": ns}}))).await;
+        assert_eq!(code, StatusCode::CREATED);
+    }
+    let as_user = |token: &'static str, method: Method, path: String, body: Option<Value>| {
+        let request = Api::request_as(token, method, &path, "application/json", body.as_ref());
+        async { api.send(request).await.0 }
+    };
+    let group = |ns: &str, name: &str| {
+        json!({"apiVersion": "baton.dev/v1alpha1", "kind": "AppGroup", "metadata": {"name": name, "namespace": ns},
+               "spec": {"path": format!("/{name}")}})
+    };
+    for (token, own, other) in [("alice-token", "na", "nb"), ("bob-token", "nb", "na")] {
+        for (ns, allowed) in [(own, true), (other, false)] {
+            let apps = format!("/apis/baton.dev/v1alpha1/namespaces/{ns}/apps");
+            let groups = format!("/apis/baton.dev/v1alpha1/namespaces/{ns}/appgroups");
+            let name = format!("{}-{ns}", &token[..3]);
+            let mut app = app(&name, 0);
+            app["metadata"]["namespace"] = json!(ns);
+            let cases = [
+                (Method::POST, apps.clone(), Some(app.clone())),
+                (Method::GET, format!("{apps}/{name}"), None),
+                (Method::GET, apps.clone(), None),
+                (Method::POST, groups.clone(), Some(group(ns, &name))),
+                (Method::GET, groups.clone(), None),
+                (Method::GET, format!("/apis/baton.dev/v1alpha1/namespaces/{ns}/instances"), None),
+                (Method::GET, format!("/api/v1/namespaces/{ns}/events"), None),
+                (Method::DELETE, format!("{groups}/{name}"), None),
+                (Method::DELETE, format!("{apps}/{name}"), None),
+            ];
+            for (method, path, body) in cases {
+                let code = as_user(token, method.clone(), path.clone(), body).await;
+                if allowed {
+                    assert!(code.is_success(), "{token} {method} {path}: {code}");
+                } else {
+                    assert_eq!(code, StatusCode::FORBIDDEN, "{token} {method} {path}");
+                }
+            }
+        }
+        // Nothing at the cluster scope: not across namespaces, not the tenants.
+        for path in ["/apis/baton.dev/v1alpha1/apps", "/apis/baton.dev/v1alpha1/tenants", "/api/v1/namespaces"] {
+            assert_eq!(as_user(token, Method::GET, path.into(), None).await, StatusCode::FORBIDDEN, "{token} {path}");
+        }
+    }
+}

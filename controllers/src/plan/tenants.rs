@@ -86,6 +86,8 @@ mod tests {
             namespaces: vec!["team-a".into(), "team-a-dev".into(), "shared".into()],
             quota: Quota { cpus: Some(4.0), instances: Some(10), ..Quota::default() },
             weight: 1,
+            users: Vec::new(),
+            groups: Vec::new(),
         };
         s.tenants.push(Arc::new(Tenant::new("a", spec)));
         let (creates, statuses) = tenants(&s);
