@@ -549,6 +549,10 @@ pub const CONDITION_PROGRESSING: &str = "Progressing";
 pub const CONDITION_AVAILABLE: &str = "Available";
 /// Condition type: some instances cannot be placed on any agent; the message says why.
 pub const CONDITION_PENDING: &str = "Pending";
+/// `Planned` is False when the controller does not plan the app as written: it asks for more
+/// instances than the cluster's maximum per app (`TooManyInstances`), or deciding about it
+/// failed (`PlanningFailed`). Absent otherwise.
+pub const CONDITION_PLANNED: &str = "Planned";
 /// Condition type: every running instance passes its health checks (`False`/`Unhealthy`
 /// when some fail, `False`/`KillsWithheld` when the health policy spares some that are due
 /// to be killed, and why).

@@ -434,7 +434,20 @@ impl ApiServer {
             let applied_fields = wanted.pointer("/metadata/managedFields").cloned();
             let merged = merge_for_update(kind, &current, wanted, part);
             let mut warnings = Vec::new();
-            let mut object = self.decode(kind, &merged, name, query.field_validation, &mut warnings)?;
+            let mut object = match self.decode(kind, &merged, name, query.field_validation, &mut warnings) {
+                Ok(object) => object,
+                // Ratcheting, as Kubernetes does for custom resources: a write that leaves the
+                // spec as stored — a status, a finalizer, a label — is not refused for a spec
+                // stored under older rules (the controller must still report on it and let it
+                // go). Metadata is checked whatever.
+                Err(_)
+                    if merged.get("spec") == current.get("spec")
+                        && baton_api::validation::validate_metadata(&merged["metadata"]).is_empty() =>
+                {
+                    merged
+                }
+                Err(e) => return Err(e),
+            };
             count_generation(&current, &mut object);
             if applying {
                 match applied_fields {

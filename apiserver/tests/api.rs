@@ -1246,3 +1246,31 @@ async fn tenants_users_act_in_their_namespaces_only() {
         }
     }
 }
+
+/// An object stored under older rules (past today's limits) can still get its status and its
+/// finalizers written; a change of its spec is checked as any.
+#[tokio::test]
+async fn writes_that_leave_an_old_invalid_spec_alone_are_not_refused_for_it() {
+    let api = Api::new().await;
+    let mut old = app("old", 1_000_000_000);
+    old["metadata"]["namespace"] = json!("default");
+    old["metadata"]["uid"] = json!("0000-old");
+    let key = Keyspace::default().registry_object("baton.dev", "apps", Some("default"), "old");
+    api.store.put(&key, old.to_string().into_bytes()).await.unwrap();
+    let status = json!({"status": {"observedGeneration": 1}});
+    let (code, body) =
+        api.call_as(Method::PATCH, &format!("{APPS}/old/status"), "application/merge-patch+json", Some(&status)).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let finalizers = json!({"metadata": {"finalizers": ["baton.dev/stop-instances"]}});
+    let (code, body) =
+        api.call_as(Method::PATCH, &format!("{APPS}/old"), "application/merge-patch+json", Some(&finalizers)).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let spec = json!({"spec": {"instances": 2_000_000_000}});
+    let (code, body) =
+        api.call_as(Method::PATCH, &format!("{APPS}/old"), "application/merge-patch+json", Some(&spec)).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let fixed = json!({"spec": {"instances": 3}});
+    let (code, body) =
+        api.call_as(Method::PATCH, &format!("{APPS}/old"), "application/merge-patch+json", Some(&fixed)).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+}

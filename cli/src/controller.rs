@@ -42,6 +42,11 @@ pub struct ControllerArgs {
     /// other instances go on an empty agent only while more are empty. See docs/maintenance.md.
     #[arg(long, default_value_t = 0, value_name = "N")]
     keep_free_agents: usize,
+    /// The most instances one app runs, scale factors applied: as the API server's
+    /// `--max-instances-per-app`. An app stored past it (under older rules) runs this many and
+    /// says so in its status.
+    #[arg(long, default_value_t = baton_api::limits::DEFAULT_MAX_INSTANCES_PER_APP as usize, value_name = "N")]
+    max_instances_per_app: usize,
 }
 
 pub async fn run(args: ControllerArgs) -> Result<()> {
@@ -56,6 +61,7 @@ pub async fn run(args: ControllerArgs) -> Result<()> {
     config.scope = args.scope;
     config.retention = args.retention.retention();
     config.keep_free_agents = args.keep_free_agents;
+    config.max_instances_per_app = args.max_instances_per_app;
     let metrics = Arc::new(Metrics::default());
     let shutdown = CancellationToken::new();
     let mut registry = Registry::default();

@@ -260,3 +260,37 @@ fn etcd_stopped_and_started_on_its_data_loses_nothing() {
     let history = cluster.history();
     assert_eq!(writes_of(&history, "durable").iter().filter(|w| w.is_creation()).count(), 5);
 }
+
+/// Objects stored under older rules, bypassing the API server's validation — a billion
+/// instances, a 1 MiB env value, a 1,000-level group, 1,000 dependencies — stop nothing: the
+/// controller runs the others as usual, and says what it does not do.
+#[test]
+fn pathological_objects_in_the_store_do_not_stop_the_controller() {
+    let cluster = Cluster::start(&baton_binary(), ClusterOptions { controllers: 1, ..ClusterOptions::default() });
+    let deep = format!("/{}", vec!["g"; 1000].join("/"));
+    let dependencies: Vec<String> = (0..1000).map(|i| format!("/d{i}")).collect();
+    let poison = serde_json::json!({
+        "apiVersion": "baton.dev/v1alpha1", "kind": "App",
+        "metadata": {"name": "poison", "namespace": "default", "uid": "6ba7b810-0000-0000-0000-00000000dead",
+                     "generation": 1, "creationTimestamp": "2026-12-01T00:00:00Z"},
+        "spec": {"instances": 1_000_000_000, "cmd": "sleep 3600", "resources": {"cpus": 1000, "mem": 1},
+                 "env": {"BIG": "x".repeat(1 << 20)}, "group": deep, "dependencies": dependencies},
+    });
+    let key = cluster.keys().registry_object("baton.dev", "apps", Some("default"), "poison");
+    let store = cluster.store().clone();
+    cluster
+        .block_on(baton_store::StoreExt::put(&*store, &key, poison.to_string().into_bytes()))
+        .expect("storing the poison");
+    cluster.apply(&app("fine", 3, ""));
+    wait_running(&cluster, "fine", 3);
+    let planned = cluster.wait_for("the poison app's status to say what is not done", WAIT, |c| {
+        let app = c.app("poison");
+        let conditions = app["status"]["conditions"].as_array()?.clone();
+        conditions.into_iter().find(|c| c["type"] == "Planned")
+    });
+    assert_eq!(planned["reason"], "TooManyInstances", "{planned}");
+    assert!(cluster.records().values().all(|r| r.app.name != "poison"), "nothing of it fits, nothing launched");
+    // And the controller keeps reconciling: a scale of the fine app goes through.
+    cluster.kubectl_ok(&["scale", "app/fine", "--replicas=5"]);
+    wait_running(&cluster, "fine", 5);
+}

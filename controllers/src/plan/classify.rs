@@ -12,7 +12,7 @@ use rustc_hash::FxHashMap;
 use crate::snapshot::{InstanceState, Key, Snapshot};
 
 /// An app's instances, in disjoint sets.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct AppInstances<'s> {
     /// Wanted running, not over, on a live agent, at the app's current version.
     pub current: Vec<&'s InstanceState>,

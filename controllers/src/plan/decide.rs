@@ -53,6 +53,8 @@ pub struct Decision<'s> {
     pub course: Course<'s>,
     /// Its instances on agents in maintenance that wait to move, and why.
     pub moving: Option<Moving<'s>>,
+    /// Deciding about it failed this tick, and why: it does nothing, and says so.
+    pub failed: Option<String>,
 }
 
 /// Instances on agents in maintenance still there after this tick, and why they wait.
@@ -149,7 +151,7 @@ pub fn decide<'s>(
         .zip(gates)
         .map(|(app, gate)| match app.app.metadata.deletion_timestamp {
             Some(_) => deleting(app, gate),
-            None => running(app, gate, snapshot, drains, ctx),
+            None => isolated(app, gate, snapshot, drains, ctx),
         })
         .collect();
     Decided { apps, leftovers }
@@ -192,6 +194,7 @@ fn empty<'s>(app: &'s App, version: String) -> Decision<'s> {
         sets: AppInstances::default(),
         course: Course::Deleting { left: 0, gone: false },
         moving: None,
+        failed: None,
     }
 }
 
@@ -243,6 +246,10 @@ fn running<'s>(
     ctx: &PlanContext,
 ) -> Decision<'s> {
     let ObservedApp { app, version, sets, .. } = observed;
+    #[cfg(test)]
+    if POISONED.with(|p| p.borrow().iter().any(|uid| app.metadata.uid.as_deref() == Some(uid.as_str()))) {
+        panic!("poisoned for a test");
+    }
     let wanted = gate.wanted;
     let spec = &app.spec;
     let mut d = empty(app, version.clone());
@@ -430,6 +437,49 @@ fn leaving<'s>(sets: &mut AppInstances<'s>, drains: &Drains, d: &mut Decision<'s
         ))
     });
     leaving
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Apps (uids) whose decision panics, for the tests of [`isolated`].
+    pub static POISONED: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// [`running`], isolated: if deciding about one app fails (a bug, or an object stored under
+/// older rules that breaks an assumption), that app does nothing this tick and says why in
+/// its status; the rest of the cluster is planned as usual.
+fn isolated<'s>(
+    observed: ObservedApp<'s>,
+    gate: &Gate,
+    snapshot: &'s Snapshot,
+    drains: &Drains,
+    ctx: &PlanContext,
+) -> Decision<'s> {
+    let (app, version, sets) = (observed.app, observed.version.clone(), observed.sets.clone());
+    let decided =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| running(observed, gate, snapshot, drains, ctx)));
+    match decided {
+        Ok(decision) => decision,
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            let mut d = empty(app, version);
+            d.sets = sets;
+            d.failed = Some(why);
+            d.course = Course::Running(Box::new(Running {
+                backoff: None,
+                backing_off: None,
+                health: HealthKills { withheld: None, new_slots: Vec::new() },
+                slots: Vec::new(),
+                gated: false,
+                launch: 0,
+            }));
+            d
+        }
+    }
 }
 
 /// Puts the controller's finalizer on an App that lacks it, so that deleting the App stops

@@ -253,8 +253,11 @@ fn namespace_of(metadata: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Objec
 
 /// What the groups stage decided for one app.
 pub struct Gate {
-    /// `spec.instances` scaled by the app's groups (0 for an app being deleted).
+    /// `spec.instances` scaled by the app's groups (0 for an app being deleted), at most the
+    /// cluster's maximum per app.
     pub wanted: usize,
+    /// What it asks for when that is past the maximum.
+    pub asked: Option<usize>,
     /// Dependencies that are not available.
     pub waits: Vec<Wait>,
     /// For an app being deleted: the apps deleted with it that depend on it and still run
@@ -282,6 +285,7 @@ pub fn gate(observed: &Observed<'_>, groups: &[Arc<AppGroup>], apps: &[Arc<App>]
         .map(|o| {
             let deleting = o.app.metadata.deletion_timestamp.is_some();
             let wanted = if deleting { 0 } else { topology.wanted(o.namespace, &o.path, o.app.spec.instances) };
+            let wanted = wanted.min(ctx.max_instances_per_app);
             let state = Availability {
                 wanted,
                 available: o.sets.current_healthy(),
@@ -306,9 +310,18 @@ pub fn gate(observed: &Observed<'_>, groups: &[Arc<AppGroup>], apps: &[Arc<App>]
                 if settled > ctx.now {
                     next_wakeup = Some(next_wakeup.map_or(settled, |t| t.min(settled)));
                 }
-                Gate { wanted, waits: Vec::new(), dependents }
+                Gate { wanted, asked: None, waits: Vec::new(), dependents }
             }
-            None => Gate { wanted, waits: topology.waits(o.namespace, &o.path, &availability), dependents: Vec::new() },
+            None => {
+                let asked = topology.wanted(o.namespace, &o.path, o.app.spec.instances);
+                let asked = (asked > ctx.max_instances_per_app).then_some(asked);
+                Gate {
+                    wanted,
+                    asked,
+                    waits: topology.waits(o.namespace, &o.path, &availability),
+                    dependents: Vec::new(),
+                }
+            }
         })
         .collect();
     let group_statuses = topology

@@ -121,6 +121,7 @@ fn app(
         sets,
         course,
         moving: _,
+        failed,
     } = decision;
     plan.finalizers.extend(finalizer);
     plan.removals.extend(removals);
@@ -176,6 +177,32 @@ fn app(
                 deletion: None,
             };
             let mut desired = status::desired(app, &version, &sets, &progress);
+            let limited = gate.asked.map(|asked| {
+                (
+                    "TooManyInstances",
+                    format!(
+                        "asks for {asked} instances (scale factors applied); at most {wanted} run: the cluster's \
+                         maximum per app"
+                    ),
+                )
+            });
+            for (reason, message) in limited.into_iter().chain(failed.map(|why| {
+                ("PlanningFailed", format!("deciding about this app failed, so it does nothing this tick: {why}"))
+            })) {
+                desired.conditions.push(k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                    type_: baton_api::app::CONDITION_PLANNED.into(),
+                    status: "False".into(),
+                    reason: reason.into(),
+                    message,
+                    observed_generation: app.metadata.generation,
+                    // Moves only when the condition appears.
+                    last_transition_time: app
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.condition(baton_api::app::CONDITION_PLANNED))
+                        .map_or(Time(ctx.now), |c| c.last_transition_time.clone()),
+                });
+            }
             if let Some(revision) = requester {
                 let count = progress.unplaced.as_ref().map_or(0, |u| u.count) as i32;
                 desired.launch_request = (count > 0).then(|| {

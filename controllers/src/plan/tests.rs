@@ -745,3 +745,37 @@ fn tenants_launch_requests_are_served_by_weighted_dominant_share_when_room_is_sh
     let teams: Vec<&str> = placed.launches.iter().map(|l| l.record.app.namespace.as_str()).collect();
     assert_eq!(teams, ["team-b", "team-b"], "team-b, holding less, is served first; then the agent is full");
 }
+
+#[test]
+fn an_app_stored_past_the_maximum_runs_the_maximum_and_says_so() {
+    // Stored under older rules, bypassing the API server's limit.
+    let huge = app("huge").instances(1_000_000_000).cpus(0.001).mem(1.0).build();
+    let web = app("web").instances(2).build();
+    let snap = snapshot(&[&huge, &web], vec![agent("a1").build()], Vec::new());
+    let ctx = PlanContext { max_instances_per_app: 50, ..ctx() };
+    let started = std::time::Instant::now();
+    let placed = plan(&snap, &ctx);
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "bounded work");
+    let count = |name: &str| placed.launches.iter().filter(|l| l.record.app.name == name).count();
+    assert_eq!((count("huge"), count("web")), (50, 2), "the others are planned as usual");
+    let status = &placed.statuses.iter().find(|s| s.name == "huge").unwrap().status;
+    let planned = status.condition(baton_api::app::CONDITION_PLANNED).expect("Planned");
+    assert_eq!((planned.status.as_str(), planned.reason.as_str()), ("False", "TooManyInstances"));
+    assert!(planned.message.contains("asks for 1000000000 instances"), "{}", planned.message);
+}
+
+#[test]
+fn an_app_whose_decision_fails_does_nothing_and_says_so_while_the_others_are_planned() {
+    let bad = app("bad").instances(3).build();
+    let web = app("web").instances(2).build();
+    let snap = snapshot(&[&bad, &web], vec![agent("a1").build()], Vec::new());
+    super::decide::POISONED.with(|p| p.borrow_mut().push("uid-bad".into()));
+    let placed = plan(&snap, &ctx());
+    super::decide::POISONED.with(|p| p.borrow_mut().clear());
+    let count = |name: &str| placed.launches.iter().filter(|l| l.record.app.name == name).count();
+    assert_eq!((count("bad"), count("web")), (0, 2));
+    let status = &placed.statuses.iter().find(|s| s.name == "bad").unwrap().status;
+    let planned = status.condition(baton_api::app::CONDITION_PLANNED).expect("Planned");
+    assert_eq!(planned.reason, "PlanningFailed");
+    assert!(planned.message.contains("poisoned for a test"), "{}", planned.message);
+}

@@ -19,12 +19,21 @@ pub struct PlanContext {
     pub retention: Retention,
     /// Empty agents kept free for instances that take whole agents.
     pub keep_free_agents: usize,
+    /// The most instances one app runs, scale factors applied (what the API server admits;
+    /// an app stored past it under older rules runs this many and says so).
+    pub max_instances_per_app: usize,
 }
 
 impl PlanContext {
     /// A tick at `now`, with the default retention of ended instances.
     pub fn at(now: Timestamp, seed: u64) -> Self {
-        Self { now, seed, retention: Retention::default(), keep_free_agents: 0 }
+        Self {
+            now,
+            seed,
+            retention: Retention::default(),
+            keep_free_agents: 0,
+            max_instances_per_app: baton_api::limits::DEFAULT_MAX_INSTANCES_PER_APP as usize,
+        }
     }
 }
 

@@ -56,6 +56,8 @@ pub struct ControllerConfig {
     pub retention: plan::Retention,
     /// Empty agents kept free for instances that take whole agents.
     pub keep_free_agents: usize,
+    /// The most instances one app runs (the API server's `--max-instances-per-app`).
+    pub max_instances_per_app: usize,
 }
 
 impl ControllerConfig {
@@ -69,6 +71,7 @@ impl ControllerConfig {
             debounce: Duration::from_millis(20),
             retention: plan::Retention::default(),
             keep_free_agents: 0,
+            max_instances_per_app: baton_api::limits::DEFAULT_MAX_INSTANCES_PER_APP as usize,
         }
     }
 }
@@ -217,6 +220,7 @@ impl Loop<'_> {
                 seed: rand::random(),
                 retention: config.retention,
                 keep_free_agents: config.keep_free_agents,
+                max_instances_per_app: config.max_instances_per_app,
             };
             let plan = plan::plan(&snapshot, &ctx);
             let planned_in = started.elapsed();
