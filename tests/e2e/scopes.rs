@@ -131,3 +131,37 @@ fn two_scopes_on_one_store_leave_each_other_alone() {
     assert_eq!(stops.iter().filter(|(app, _)| *app == "api").count(), 2, "{stops:?}");
     assert!(stops.iter().all(|(_, reason)| *reason == Some("AppDeleted")), "{stops:?}");
 }
+
+/// A tenant's controller SIGKILLed loses nothing: none of the tenant's instances stops, its
+/// standby leads the scope within the election TTL and carries on (a scale-up is asked for
+/// and placed once).
+#[test]
+fn a_tenants_controller_killed_loses_nothing_and_its_standby_carries_on() {
+    let options = ClusterOptions { controllers: 1, ..ClusterOptions::default() };
+    let mut cluster = Cluster::start(&baton_binary(), options);
+    cluster
+        .apply("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: team-a\n  labels:\n    baton.dev/tenant: team-a\n");
+    cluster.add_controller("t1", &["--scope", TENANT]);
+    cluster.add_controller("t2", &["--scope", TENANT]);
+    let first = cluster.wait_for("a tenant controller to lead", WAIT, |c| c.leader_of(TENANT));
+    cluster.apply(&app("api", "team-a", 2, 0.5));
+    cluster.wait_for("the tenant's instances to run", WAIT, |c| running(c, "api", 2));
+
+    let killed_at = std::time::Instant::now();
+    cluster.controller(&first).kill();
+    let second = cluster
+        .wait_for("the standby to lead the tenant's scope", WAIT, |c| c.leader_of(TENANT).filter(|l| *l != first));
+    let took = killed_at.elapsed();
+    eprintln!("tenant failover: {first} SIGKILLed, {second} led {:.2} s later (election TTL 2 s)", took.as_secs_f64());
+    assert!(took < Duration::from_secs(30), "the replacement leads within 30 s");
+
+    cluster.kubectl_ok(&["scale", "app/api", "-n", "team-a", "--replicas=3"]);
+    cluster.wait_for("the scale-up, asked for by the new leader and placed", WAIT, |c| running(c, "api", 3));
+    let history = cluster.history();
+    let api: Vec<_> = history
+        .iter()
+        .filter(|w| w.after.as_ref().or(w.before.as_ref()).is_some_and(|r| r.app.name == "api"))
+        .collect();
+    assert_eq!(api.iter().filter(|w| w.is_stop()).count(), 0, "none of the tenant's instances stopped");
+    assert_eq!(api.iter().filter(|w| w.is_creation()).count(), 3, "each placed once");
+}
