@@ -46,6 +46,12 @@ pub const MAX_TENANT_NAMESPACES: usize = 100;
         json_path = ".status.usedSummary",
         description = "What its apps ask for in all, of the quota"
     ),
+    printcolumn(
+        name = "Share",
+        type_ = "string",
+        json_path = ".status.dominantShare",
+        description = "Its dominant share: the largest fraction of the cluster's cpus, mem, disk or gpus its instances hold"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
@@ -163,6 +169,10 @@ pub struct TenantStatus {
     /// `used/quota` of each limited resource, e.g. `cpus=3/10 instances=12/50`.
     #[serde(default)]
     pub used_summary: String,
+    /// Its dominant share now: the largest fraction of the cluster's cpus, memory, disk or
+    /// GPUs its instances hold, e.g. `cpus 12.5%` (rounded down to a tenth of a percent).
+    #[serde(default)]
+    pub dominant_share: String,
     /// Namespaces it lists that exist without its label (another tenant's, or the
     /// platform's): they are not given to it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -316,6 +326,28 @@ pub fn validate_tenant(tenant: &Tenant) -> Vec<FieldError> {
     errors
 }
 
+/// `cpus 12.5%`: the largest of `held / capacity` over cpus, mem, disk and gpus, rounded down
+/// to a tenth of a percent, compared exactly (in u128); `none` when it holds nothing.
+pub fn dominant_share(held: ResourceAmounts, capacity: ResourceAmounts) -> String {
+    let pairs = [
+        ("cpus", held.millicpus, capacity.millicpus),
+        ("mem", held.mem_mib, capacity.mem_mib),
+        ("disk", held.disk_mib, capacity.disk_mib),
+        ("gpus", held.gpus, capacity.gpus),
+    ];
+    let best = pairs
+        .iter()
+        .filter(|(_, h, c)| *c > 0 && *h > 0)
+        .max_by(|a, b| (u128::from(a.1) * u128::from(b.2)).cmp(&(u128::from(b.1) * u128::from(a.2))));
+    match best {
+        None => "none".into(),
+        Some((name, h, c)) => {
+            let permille = u128::from(*h) * 1000 / u128::from(*c);
+            format!("{name} {}.{}%", permille / 10, permille % 10)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -347,6 +379,9 @@ mod tests {
         assert_eq!(usage.resources.mem_mib, 400);
         let quota = Quota { cpus: Some(4.0), instances: Some(10), ..Quota::default() };
         assert_eq!(summary(&usage, &quota), "cpus=3.5/4 instances=4/10");
+        let capacity = ResourceAmounts { millicpus: 28_000, mem_mib: 1024, disk_mib: 0, gpus: 0 };
+        assert_eq!(dominant_share(usage.resources, capacity), "mem 39.0%", "400 of 1024 MiB beats 3.5 of 28 cpus");
+        assert_eq!(dominant_share(ResourceAmounts::default(), capacity), "none");
     }
 
     #[test]

@@ -8,7 +8,8 @@
 
 use std::collections::BTreeMap;
 
-use baton_api::tenant::{Usage, summary};
+use baton_api::ResourceAmounts;
+use baton_api::tenant::{Usage, dominant_share, summary};
 use baton_api::{App, AppGroup, Scope, TenantStatus};
 
 use super::vocabulary::{NamespaceCreate, TenantStatusUpdate};
@@ -28,6 +29,13 @@ pub fn tenants(snapshot: &Snapshot) -> (Vec<NamespaceCreate>, Vec<TenantStatusUp
     let mut groups: BTreeMap<&str, Vec<AppGroup>> = BTreeMap::new();
     for group in snapshot.groups.iter().chain(&snapshot.other_groups) {
         groups.entry(group.metadata.namespace.as_deref().unwrap_or_default()).or_default().push((**group).clone());
+    }
+    // What each tenant's live instances hold, of the cluster's capacity.
+    let capacity = snapshot.agents.values().fold(ResourceAmounts::default(), |sum, a| sum.plus(a.resources));
+    let mut held: BTreeMap<&Scope, ResourceAmounts> = BTreeMap::new();
+    for instance in snapshot.foreign.iter().filter(|i| !i.is_terminal()) {
+        let entry = held.entry(&instance.record.scope).or_default();
+        *entry = entry.plus(instance.record.resources);
     }
     let mut tenants: Vec<_> = snapshot.tenants.iter().collect();
     tenants.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
@@ -55,6 +63,7 @@ pub fn tenants(snapshot: &Snapshot) -> (Vec<NamespaceCreate>, Vec<TenantStatusUp
             namespace_list: owned.join(","),
             used: usage.to_used(),
             used_summary: summary(&usage, &tenant.spec.quota),
+            dominant_share: dominant_share(held.get(&scope).copied().unwrap_or_default(), capacity),
             namespaces_taken: taken,
         };
         if tenant.status.as_ref() != Some(&status) {
