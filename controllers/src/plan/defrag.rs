@@ -153,6 +153,7 @@ pub fn free(
     usage: &Usage<'_>,
     decided: &Decided<'_>,
     placed: &[(usize, Placed)],
+    drains: &super::maintain::Drains,
     ctx: &PlanContext,
 ) -> Freed {
     let mut freed = Freed::default();
@@ -219,7 +220,10 @@ pub fn free(
         entry.2 &= can;
     }
     let held = usage.held.clone();
-    let taken = |agent: &str| snapshot.drains.contains_key(agent);
+    // Agents with a drain record, or in maintenance from this tick on (their record is being
+    // written by the maintain stage): not candidates.
+    let taken =
+        |agent: &str| snapshot.drains.contains_key(agent) || crate::schedule::AgentRules::cordons(drains, agent);
     // What the agents that stay open have free.
     let mut free_elsewhere = snapshot
         .agents

@@ -61,7 +61,7 @@ pub fn plan(snapshot: &Snapshot, ctx: &PlanContext) -> Plan {
     queue.extend(place::requests(snapshot, &usage, decided.apps.len()));
     let queue = share::order(snapshot, queue);
     let placed = place::place(snapshot, &usage, &queue, &room, ctx.now, ctx.seed);
-    let freed = defrag::free(snapshot, &usage, &decided, &placed, ctx);
+    let freed = defrag::free(snapshot, &usage, &decided, &placed, &maintained.drains, ctx);
     let parts = report::Parts { marks, unmarks, events, gates, decided, placed, maintained, freed };
     let mut plan = report::report(parts, snapshot, &usage, ctx);
     (plan.namespace_creates, plan.tenant_statuses) = tenants::tenants(snapshot);
