@@ -207,9 +207,12 @@ pub const QUOTA_RESOURCES: [&str; 5] = ["cpus", "mem", "disk", "gpus", "instance
 
 impl Usage {
     /// The usage of `apps` (of one namespace, with its `groups`), apps being deleted left out.
-    pub fn of_namespace(apps: &[App], groups: &[AppGroup]) -> Self {
-        let graph = Graph::new(apps, groups);
-        apps.iter().filter(|a| a.metadata.deletion_timestamp.is_none()).fold(Usage::default(), |sum, app| {
+    pub fn of_namespace<'a>(
+        apps: impl IntoIterator<Item = &'a App> + Clone,
+        groups: impl IntoIterator<Item = &'a AppGroup>,
+    ) -> Self {
+        let graph = Graph::new(apps.clone(), groups);
+        apps.into_iter().filter(|a| a.metadata.deletion_timestamp.is_none()).fold(Usage::default(), |sum, app| {
             let n = graph.effective_instances(&app.path(), app.spec.instances).max(0) as u64;
             Usage { resources: sum.resources.plus(app.spec.resources.amounts().times(n)), instances: sum.instances + n }
         })
@@ -372,7 +375,8 @@ mod tests {
         let mut gone = app("gone", 5, 1.0, None);
         gone.metadata.deletion_timestamp =
             Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::UNIX_EPOCH));
-        let usage = Usage::of_namespace(&[app("web", 2, 0.5, Some("/shop")), app("db", 1, 2.0, None), gone], &[group]);
+        let apps = [app("web", 2, 0.5, Some("/shop")), app("db", 1, 2.0, None), gone];
+        let usage = Usage::of_namespace(&apps, &[group]);
         // web: ceil(2 × 1.5) = 3 × 0.5 cpus; db: 1 × 2 cpus.
         assert_eq!(usage.instances, 4);
         assert_eq!(usage.resources.millicpus, 3500);

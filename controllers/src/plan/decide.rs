@@ -427,7 +427,7 @@ fn leaving<'s>(sets: &mut AppInstances<'s>, drains: &Drains, d: &mut Decision<'s
     d.stops.extend(forced.iter().map(|i| stop(i, StopReason::MoveForced)));
     sets.stopping.extend(forced);
     let (mut leaving, staying): (Vec<&'s InstanceState>, Vec<&'s InstanceState>) =
-        sets.current.iter().partition(|i| drains.cordons(&i.record.agent));
+        sets.current.iter().partition(|i| drains.moves_off(&i.record.agent));
     sets.current = staying;
     leaving.sort_by(|a, b| {
         (drains.rank(&a.record.agent), &a.record.agent, &a.record.id).cmp(&(

@@ -51,7 +51,7 @@ pub struct Drains {
 
 impl crate::schedule::AgentRules for Drains {
     fn cordons(&self, agent: &str) -> bool {
-        Drains::cordons(self, agent) || (!self.waiting.is_empty() && self.waiting.contains(agent))
+        self.moves_off(agent) || (!self.waiting.is_empty() && self.waiting.contains(agent))
     }
 
     fn reserved_for(&self, agent: &str) -> Option<&str> {
@@ -78,8 +78,10 @@ impl Drains {
         self.cordoned.is_empty()
     }
 
-    /// Whether `agent` is in maintenance.
-    pub fn cordons(&self, agent: &str) -> bool {
+    /// Whether `agent` is in maintenance (draining, or drained): what runs on it moves off.
+    /// (For placement, agents of an open window still waiting their turn take nothing new
+    /// either: [`crate::schedule::AgentRules::cordons`].)
+    pub fn moves_off(&self, agent: &str) -> bool {
         !self.cordoned.is_empty() && self.cordoned.contains_key(agent)
     }
 

@@ -315,7 +315,7 @@ fn maintenance(
     let mut apps: Option<Vec<Footprint<'_>>> = None;
     let held = usage.held.clone();
     let free_outside = |taken: &BTreeSet<String>| {
-        snapshot.agents.values().filter(|a| !taken.contains(&a.name) && !maintained.drains.cordons(&a.name)).fold(
+        snapshot.agents.values().filter(|a| !taken.contains(&a.name) && !maintained.drains.moves_off(&a.name)).fold(
             ResourceAmounts::default(),
             |sum, a| {
                 let used = held.get(&a.name).map(|u| u.resources).unwrap_or_default();

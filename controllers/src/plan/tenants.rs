@@ -21,14 +21,14 @@ pub fn tenants(snapshot: &Snapshot) -> (Vec<NamespaceCreate>, Vec<TenantStatusUp
     if !snapshot.scope.places() || snapshot.tenants.is_empty() {
         return (creates, statuses);
     }
-    // Every app and group, by namespace.
-    let mut apps: BTreeMap<&str, Vec<App>> = BTreeMap::new();
+    // Every app and group, by namespace (referenced, not copied).
+    let mut apps: BTreeMap<&str, Vec<&App>> = BTreeMap::new();
     for app in snapshot.apps.iter().chain(&snapshot.other_apps) {
-        apps.entry(app.metadata.namespace.as_deref().unwrap_or_default()).or_default().push((**app).clone());
+        apps.entry(app.metadata.namespace.as_deref().unwrap_or_default()).or_default().push(app);
     }
-    let mut groups: BTreeMap<&str, Vec<AppGroup>> = BTreeMap::new();
+    let mut groups: BTreeMap<&str, Vec<&AppGroup>> = BTreeMap::new();
     for group in snapshot.groups.iter().chain(&snapshot.other_groups) {
-        groups.entry(group.metadata.namespace.as_deref().unwrap_or_default()).or_default().push((**group).clone());
+        groups.entry(group.metadata.namespace.as_deref().unwrap_or_default()).or_default().push(group);
     }
     // What each tenant's live instances hold, of the cluster's capacity.
     let capacity = snapshot.agents.values().fold(ResourceAmounts::default(), |sum, a| sum.plus(a.resources));
@@ -56,7 +56,7 @@ pub fn tenants(snapshot: &Snapshot) -> (Vec<NamespaceCreate>, Vec<TenantStatusUp
         let usage = owned.iter().fold(Usage::default(), |sum, ns| {
             let apps = apps.get(ns).map(Vec::as_slice).unwrap_or_default();
             let groups = groups.get(ns).map(Vec::as_slice).unwrap_or_default();
-            sum.plus(Usage::of_namespace(apps, groups))
+            sum.plus(Usage::of_namespace(apps.iter().copied(), groups.iter().copied()))
         });
         let status = TenantStatus {
             observed_generation: tenant.metadata.generation,

@@ -233,25 +233,15 @@ impl Executor {
             }
         }
         for update in &plan.tenant_statuses {
-            let mut status = json!(update.status);
-            if let Some(fields) = status.as_object_mut() {
-                fields.entry("namespacesTaken").or_insert(serde_json::Value::Null);
-            }
-            let patch = Patch::Merge(json!({ "status": status }));
+            let patch = status_patch(&update.status, &["namespacesTaken"]);
             let api = kube::Api::<Tenant>::all(self.client.clone());
             if self.patch(api, &update.name, &params, &patch, true, leadership).await? {
                 applied.statuses += 1;
             }
         }
         for update in &plan.maintenance_statuses {
-            // A merge patch keeps what it does not name: fields left out (empty) are named null.
-            let mut status = json!(update.status);
-            if let Some(fields) = status.as_object_mut() {
-                for field in ["window", "nextWindow", "agents", "blocked", "schedule", "atRisk", "conditions"] {
-                    fields.entry(field).or_insert(serde_json::Value::Null);
-                }
-            }
-            let patch = Patch::Merge(json!({ "status": status }));
+            let fields = ["window", "nextWindow", "agents", "blocked", "schedule", "atRisk", "conditions"];
+            let patch = status_patch(&update.status, &fields);
             let api = kube::Api::<Maintenance>::all(self.client.clone());
             if self.patch(api, &update.name, &params, &patch, true, leadership).await? {
                 applied.statuses += 1;
@@ -302,6 +292,18 @@ impl Executor {
             }
         }
     }
+}
+
+/// A merge patch replacing `status`. A merge patch keeps what it does not name, so `omitted`
+/// (the fields the status leaves out when empty) are named null.
+fn status_patch(status: &impl serde::Serialize, omitted: &[&str]) -> Patch<serde_json::Value> {
+    let mut status = json!(status);
+    if let Some(fields) = status.as_object_mut() {
+        for field in omitted {
+            fields.entry(*field).or_insert(serde_json::Value::Null);
+        }
+    }
+    Patch::Merge(json!({ "status": status }))
 }
 
 /// One step of a plan in the store: compares and operations that land together or not at all.
