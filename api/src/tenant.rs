@@ -47,6 +47,12 @@ pub const MAX_TENANT_NAMESPACES: usize = 100;
         description = "What its apps ask for in all, of the quota"
     ),
     printcolumn(
+        name = "Controller",
+        type_ = "string",
+        json_path = ".status.controller",
+        description = "Its controller's instances ready, of those asked for (none: it runs no controller of the platform's)"
+    ),
+    printcolumn(
         name = "Share",
         type_ = "string",
         json_path = ".status.dominantShare",
@@ -83,6 +89,119 @@ pub struct TenantSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = MAX_TENANT_MEMBERS))]
     pub groups: Vec<String>,
+
+    /// Its own controller, which the platform's controller runs as an app (`tenant-NAME` in
+    /// `baton-system`), with a credential limited to the tenant's namespaces.
+    #[serde(default)]
+    pub controller: ControllerSettings,
+}
+
+/// How the platform runs a tenant's controller.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ControllerSettings {
+    /// How many instances of it run (default 1, at most 5): one leads, the others stand by.
+    /// 0: the platform runs none (run `baton controller --scope tenant/NAME` yourself).
+    #[serde(default = "one")]
+    #[schemars(range(max = MAX_CONTROLLER_REPLICAS))]
+    pub replicas: u32,
+    /// Cpus for each (default 0.1).
+    #[serde(default = "controller_cpus")]
+    #[schemars(range(min = 0.0))]
+    pub cpus: f64,
+    /// Memory for each, MiB (default 128).
+    #[serde(default = "controller_mem")]
+    #[schemars(range(min = 32.0))]
+    pub mem: f64,
+}
+
+/// The most instances of a tenant's controller.
+pub const MAX_CONTROLLER_REPLICAS: u32 = 5;
+
+fn controller_cpus() -> f64 {
+    0.1
+}
+
+fn controller_mem() -> f64 {
+    128.0
+}
+
+impl Default for ControllerSettings {
+    fn default() -> Self {
+        Self { replicas: 1, cpus: controller_cpus(), mem: controller_mem() }
+    }
+}
+
+/// The namespace the platform runs tenants' controllers in.
+pub const SYSTEM_NAMESPACE: &str = "baton-system";
+
+/// The finalizer the platform's controller puts on every Tenant: a deleted Tenant's
+/// namespaces, apps and instances go first, then its controller, then the Tenant.
+pub const TENANT_FINALIZER: &str = "baton.dev/tenant";
+
+/// The label on a tenant controller's App naming its tenant.
+pub const CONTROLLER_LABEL: &str = "baton.dev/tenant-controller";
+
+/// The name of a tenant's controller App in [`SYSTEM_NAMESPACE`].
+pub fn controller_app_name(tenant: &str) -> String {
+    format!("tenant-{tenant}")
+}
+
+/// The user a tenant controller's credential authenticates as.
+pub fn controller_user(tenant: &str) -> String {
+    format!("{CONTROLLER_USER_PREFIX}{tenant}")
+}
+
+const CONTROLLER_USER_PREFIX: &str = "baton:tenant-controller:";
+
+/// The tenant whose controller `user` is.
+pub fn controller_of(user: &str) -> Option<&str> {
+    user.strip_prefix(CONTROLLER_USER_PREFIX)
+}
+
+/// The group of every tenant's controller.
+pub const CONTROLLERS_GROUP: &str = "baton:tenant-controllers";
+
+const TOKEN_PREFIX: &str = "baton-tenant-controller.";
+
+/// The bearer token of `tenant`'s controller: `baton-tenant-controller.NAME.MAC`, the MAC an
+/// HMAC-SHA256 of the tenant's name under the platform's secret. Only who holds the secret
+/// (the platform's controller and the API server) can make one; deleting the secret from
+/// the store (and restarting them) revokes every one.
+pub fn controller_token(secret: &[u8], tenant: &str) -> String {
+    format!("{TOKEN_PREFIX}{tenant}.{}", hex(&controller_mac(secret, tenant)))
+}
+
+/// The tenant a controller token is for, if `secret` made it.
+pub fn verify_controller_token<'t>(secret: &[u8], token: &'t str) -> Option<&'t str> {
+    use hmac::Mac;
+    let (tenant, mac) = token.strip_prefix(TOKEN_PREFIX)?.rsplit_once('.')?;
+    let mac = unhex(mac)?;
+    let mut expected = <hmac::Hmac<sha2::Sha256>>::new_from_slice(secret).ok()?;
+    expected.update(b"tenant-controller/");
+    expected.update(tenant.as_bytes());
+    // Constant time.
+    expected.verify_slice(&mac).ok()?;
+    Some(tenant)
+}
+
+fn controller_mac(secret: &[u8], tenant: &str) -> Vec<u8> {
+    use hmac::Mac;
+    let mut mac = <hmac::Hmac<sha2::Sha256>>::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(b"tenant-controller/");
+    mac.update(tenant.as_bytes());
+    mac.finalize().into_bytes().to_vec()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) || !text.is_ascii() {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok()).collect()
 }
 
 /// At most this many users, and as many groups, per tenant.
@@ -177,6 +296,10 @@ pub struct TenantStatus {
     /// platform's): they are not given to it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub namespaces_taken: Vec<String>,
+    /// Its controller's instances that pass their health checks, of those asked for
+    /// (`1/1`); `none` when the platform runs no controller for it.
+    #[serde(default)]
+    pub controller: String,
 }
 
 /// What a tenant's apps ask for in all.
@@ -326,8 +449,36 @@ pub fn validate_tenant(tenant: &Tenant) -> Vec<FieldError> {
             errors.push(FieldError::invalid(format!("spec.quota.{field}"), v, "must be between 0 and 10^12"));
         }
     }
+    if let Some(name) = &tenant.metadata.name
+        && name.len() > MAX_TENANT_NAME
+    {
+        errors.push(FieldError::too_long(
+            "metadata.name",
+            format!(
+                "has {} characters; at most {MAX_TENANT_NAME} are allowed (its controller's App is `tenant-NAME`)",
+                name.len()
+            ),
+        ));
+    }
+    let c = &spec.controller;
+    if c.replicas > MAX_CONTROLLER_REPLICAS {
+        errors.push(FieldError::invalid(
+            "spec.controller.replicas",
+            c.replicas,
+            format!("must be at most {MAX_CONTROLLER_REPLICAS}"),
+        ));
+    }
+    if !c.cpus.is_finite() || !(0.0..=1024.0).contains(&c.cpus) {
+        errors.push(FieldError::invalid("spec.controller.cpus", c.cpus, "must be between 0 and 1024"));
+    }
+    if !c.mem.is_finite() || !(32.0..=1_048_576.0).contains(&c.mem) {
+        errors.push(FieldError::invalid("spec.controller.mem", c.mem, "must be between 32 and 1048576 (MiB)"));
+    }
     errors
 }
+
+/// The longest tenant name: `tenant-` and it make its controller's App name, a DNS label.
+pub const MAX_TENANT_NAME: usize = 56;
 
 /// `cpus 12.5%`: the largest of `held / capacity` over cpus, mem, disk and gpus, rounded down
 /// to a tenth of a percent, compared exactly (in u128); `none` when it holds nothing.
@@ -398,6 +549,7 @@ mod tests {
                 weight: 2_000_000,
                 users: vec![String::new()],
                 groups: Vec::new(),
+                controller: ControllerSettings { replicas: 9, ..ControllerSettings::default() },
             },
         );
         let all: Vec<String> =
@@ -410,8 +562,22 @@ mod tests {
             "spec.namespaces[3]",
             "spec.quota.cpus",
             "spec.quota.instances",
+            "spec.controller.replicas",
         ] {
             assert!(all.contains(needle), "{needle} not in {all}");
         }
+    }
+
+    #[test]
+    fn controller_tokens_are_made_only_with_the_secret() {
+        let token = controller_token(b"secret", "team-a");
+        assert!(token.starts_with("baton-tenant-controller.team-a."), "{token}");
+        assert_eq!(verify_controller_token(b"secret", &token), Some("team-a"));
+        assert_eq!(verify_controller_token(b"other", &token), None);
+        let forged = token.replace("team-a", "team-b");
+        assert_eq!(verify_controller_token(b"secret", &forged), None, "the MAC covers the name");
+        assert_eq!(verify_controller_token(b"secret", "baton-tenant-controller.team-a.zz"), None);
+        assert_eq!(verify_controller_token(b"secret", "plain-token"), None);
+        assert_eq!(controller_of(&controller_user("team-a")), Some("team-a"));
     }
 }

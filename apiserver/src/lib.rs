@@ -42,6 +42,7 @@ mod sandbox;
 mod selectors;
 pub mod setup;
 pub mod status;
+mod store_proxy;
 mod strategic;
 mod table;
 pub mod tls;
@@ -112,6 +113,8 @@ pub struct ApiServer {
     ttl_lease: tokio::sync::Mutex<Option<(baton_store::LeaseId, std::time::Instant)>>,
     metrics: Arc<metrics::ApiMetrics>,
     shutdown: CancellationToken,
+    /// Signs tenants' controllers' credentials (read from the store at start).
+    controller_secret: std::sync::OnceLock<Vec<u8>>,
 }
 
 /// Counts one open watch of a user; uncounts it when dropped (the stream ends).
@@ -193,6 +196,10 @@ impl ApiServer {
         server.ensure_namespaces().await?;
         server.ensure_instance_index().await?;
         server.ensure_sandbox_token().await?;
+        let secret =
+            baton_store::get_or_create(server.store.as_ref(), &server.keys.tenant_controller_secret(), fresh_secret())
+                .await?;
+        let _ = server.controller_secret.set(secret);
         Ok(server)
     }
 
@@ -210,6 +217,7 @@ impl ApiServer {
             ttl_lease: Default::default(),
             metrics: Default::default(),
             shutdown: CancellationToken::new(),
+            controller_secret: Default::default(),
         })
     }
 
@@ -275,6 +283,13 @@ impl ApiServer {
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
         match bearer {
+            Some(token) if token.starts_with("baton-tenant-controller.") => {
+                let tenant = baton_api::tenant::verify_controller_token(self.controller_secret.get()?, token)?;
+                Some(auth::Identity {
+                    user: baton_api::tenant::controller_user(tenant),
+                    groups: vec![baton_api::tenant::CONTROLLERS_GROUP.to_string()],
+                })
+            }
             Some(token) => self.security.tokens.identify(token),
             None => match request.extensions().get::<PeerIdentity>().map(|p| &p.0) {
                 Some(tls::ClientIdentity::Verified { user, groups }) => {
@@ -533,15 +548,31 @@ impl ApiServer {
     /// Whether a Tenant lets `who`, one of its users or a member of one of its groups, do what
     /// `what` asks in one of its namespaces (read and write, there only). Read from the store
     /// when the authorization rules alone refuse.
+    ///
+    /// A tenant's controller may do the same in its tenant's namespaces (Apps, AppGroups,
+    /// Instances, Events), and read Maintenances; nothing else.
     async fn tenant_grants(&self, who: &auth::Identity, what: &auth::Attributes) -> bool {
-        let Some(namespace) = what.namespace.as_deref() else { return false };
+        let controller_of = baton_api::tenant::controller_of(&who.user);
+        let Some(namespace) = what.namespace.as_deref() else {
+            return controller_of.is_some()
+                && what.access == auth::Access::Read
+                && what.group == baton_api::GROUP
+                && what.resource == "maintenances";
+        };
+        if controller_of.is_some() && !["apps", "appgroups", "instances", "events"].contains(&what.resource.as_str()) {
+            return false;
+        }
         let prefix = self.keys.registry(baton_api::GROUP, "tenants", None);
         let Ok(listed) = self.store.range(&prefix).await else { return false };
-        listed
-            .kvs
-            .iter()
-            .filter_map(|kv| serde_json::from_slice::<baton_api::Tenant>(&kv.value).ok())
-            .any(|tenant| tenant.grants(&who.user, &who.groups, namespace))
+        listed.kvs.iter().filter_map(|kv| serde_json::from_slice::<baton_api::Tenant>(&kv.value).ok()).any(|tenant| {
+            match controller_of {
+                Some(name) => {
+                    tenant.metadata.name.as_deref() == Some(name)
+                        && tenant.spec.namespaces.iter().any(|n| n == namespace)
+                }
+                None => tenant.grants(&who.user, &who.groups, namespace),
+            }
+        })
     }
 }
 
@@ -553,6 +584,13 @@ async fn dispatch(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    if let Some(operation) = uri.path().strip_prefix(baton_store::wire::PATH).and_then(|p| p.strip_prefix('/')) {
+        return match (&identity, method) {
+            (Some(identity), Method::POST) => server.store_proxy(&identity.0, operation, body).await,
+            (None, _) => ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized").into_response(),
+            (Some(_), method) => ApiError::method_not_allowed(&format!("{method} {}", uri.path())).into_response(),
+        };
+    }
     let user = identity.map(|i| i.0.user).unwrap_or_default();
     let started = std::time::Instant::now();
     let (logged_method, logged_uri) = (method.clone(), uri.clone());
@@ -565,6 +603,13 @@ async fn dispatch(
     tracing::debug!(method = %logged_method, uri = %logged_uri, status = response.status().as_u16(),
                     micros = started.elapsed().as_micros() as u64, "request");
     response
+}
+
+/// 32 random bytes, for a secret the first API server makes.
+fn fresh_secret() -> Vec<u8> {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..32).map(|_| rng.random::<u8>()).collect()
 }
 
 /// The field manager of a write that names none: the client's name from its User-Agent

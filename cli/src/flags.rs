@@ -14,7 +14,7 @@ use baton_store::{Keyspace, Store};
 pub struct StoreFlags {
     /// The store: etcd://host:port[,host:port…]
     #[arg(long, value_name = "URL")]
-    pub store: String,
+    pub store: Option<String>,
     /// The prefix of every key, so several installations can share one etcd.
     #[arg(long, default_value = baton_store::keys::DEFAULT_ROOT)]
     pub prefix: String,
@@ -44,7 +44,10 @@ impl StoreFlags {
                 Some(baton_store::etcd::EtcdTls { ca_pem: read_pem("--store-ca-file", ca)?, client })
             }
         };
-        connect_with(&self.store, tls.as_ref()).await
+        let Some(url) = &self.store else {
+            anyhow::bail!("--store URL is required: where the store is (etcd://host:port[,host:port…])");
+        };
+        connect_with(url, tls.as_ref()).await
     }
 
     pub fn keys(&self) -> Keyspace {

@@ -115,10 +115,21 @@ pub async fn wait_for_signal() -> Result<()> {
 
 /// A client for the API server named by a kubeconfig file.
 pub async fn kube_client(kubeconfig: &Path) -> Result<kube::Client> {
+    Ok(kube::Client::try_from(kube_config(kubeconfig).await?)?)
+}
+
+/// The client configuration of a kubeconfig file.
+pub async fn kube_config(kubeconfig: &Path) -> Result<kube::Config> {
     let config = kube::config::Kubeconfig::read_from(kubeconfig)
         .map_err(|e| anyhow::anyhow!("--kubeconfig {}: {e}", kubeconfig.display()))?;
-    let config = kube::Config::from_custom_kubeconfig(config, &kube::config::KubeConfigOptions::default()).await?;
-    Ok(kube::Client::try_from(config)?)
+    Ok(kube::Config::from_custom_kubeconfig(config, &kube::config::KubeConfigOptions::default()).await?)
+}
+
+/// 32 random bytes: a secret for the store, if none is there yet.
+pub fn fresh_secret() -> Vec<u8> {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..32).map(|_| rng.random::<u8>()).collect()
 }
 
 /// A client for the API server kubectl would use: `$KUBECONFIG`, `~/.kube/config`, or the

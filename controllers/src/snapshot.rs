@@ -325,6 +325,8 @@ pub struct Snapshot {
     /// Every Tenant: the platform's controller creates their namespaces and reports what
     /// their apps ask for.
     pub tenants: Vec<Arc<Tenant>>,
+    /// How the platform runs tenants' controllers as apps (`None`: it runs none).
+    pub tenant_controllers: Option<Arc<crate::plan::tenants::ControllerTemplate>>,
     /// Every namespace, and its scope.
     pub namespaces: BTreeMap<String, Scope>,
     /// The Apps and AppGroups of other scopes, as the platform sees them: counted in their

@@ -416,6 +416,7 @@ pub fn snapshot(apps: &[&Arc<App>], agents: Vec<Arc<AgentRecord>>, instances: Ve
         maintenances: Vec::new(),
         drains: Default::default(),
         tenants: Vec::new(),
+        tenant_controllers: None,
         namespaces: Default::default(),
         other_apps: Vec::new(),
         other_groups: Vec::new(),

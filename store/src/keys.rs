@@ -175,6 +175,18 @@ impl Keyspace {
         format!("{}/secrets/sandbox-token", self.root)
     }
 
+    /// `/baton/secrets/tenant-controllers`: the key that signs the credentials the platform
+    /// gives tenants' controllers (made by the first API server or platform controller).
+    pub fn tenant_controller_secret(&self) -> String {
+        format!("{}/secrets/tenant-controllers", self.root)
+    }
+
+    /// `/baton/lease-owners/<lease>`: the scope a lease granted through the API server belongs
+    /// to (attached to that lease).
+    pub fn lease_owner(&self, lease: i64) -> String {
+        format!("{}/lease-owners/{lease:x}", self.root)
+    }
+
     /// `/baton/leader/<scope>`: the election key of a controller scope.
     pub fn leader(&self, scope: &str) -> String {
         format!("{}/leader/{scope}", self.root)

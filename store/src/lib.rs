@@ -25,6 +25,7 @@ pub mod election;
 pub mod embedded;
 pub mod etcd;
 pub mod keys;
+pub mod wire;
 
 pub use keys::Keyspace;
 
@@ -39,9 +40,10 @@ pub type LeaseId = i64;
 pub const MAX_TXN_OPS: usize = 128;
 
 /// A key with its value and revisions.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KeyValue {
     pub key: String,
+    #[serde(with = "wire::bytes")]
     pub value: Vec<u8>,
     /// Revision of the change that created this key (since it last did not exist).
     pub create_revision: Revision,
@@ -54,7 +56,7 @@ pub struct KeyValue {
 }
 
 /// What a compare looks at.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum CompareTarget {
     /// The key's create revision; 0 when the key does not exist.
     CreateRevision(Revision),
@@ -63,11 +65,11 @@ pub enum CompareTarget {
     /// The key's version; 0 when the key does not exist.
     Version(i64),
     /// The key's value (a missing key never compares equal).
-    Value(Vec<u8>),
+    Value(#[serde(with = "wire::bytes")] Vec<u8>),
 }
 
 /// How a compare compares (the key's attribute on the left).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum CompareOp {
     Equal,
     NotEqual,
@@ -76,7 +78,7 @@ pub enum CompareOp {
 }
 
 /// One condition of a transaction.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Compare {
     pub key: String,
     pub op: CompareOp,
@@ -122,10 +124,15 @@ impl Compare {
 }
 
 /// One operation of a transaction.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Op {
     /// Write `value` at `key`, attached to `lease` (0: none).
-    Put { key: String, value: Vec<u8>, lease: LeaseId },
+    Put {
+        key: String,
+        #[serde(with = "wire::bytes")]
+        value: Vec<u8>,
+        lease: LeaseId,
+    },
     /// Delete `key` if it exists.
     Delete { key: String },
     /// Delete every key that starts with `prefix`.
@@ -157,7 +164,7 @@ impl Op {
 }
 
 /// The result of one operation, in the order of the branch that ran.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum OpResponse {
     Put,
     /// How many keys were deleted.
@@ -166,7 +173,7 @@ pub enum OpResponse {
 }
 
 /// An etcd-style transaction: if every compare holds, run `success`, else `failure`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Txn {
     pub compares: Vec<Compare>,
     pub success: Vec<Op>,
@@ -204,7 +211,7 @@ impl Txn {
 }
 
 /// What a transaction did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TxnResponse {
     /// Whether every compare held (and `success` ran).
     pub succeeded: bool,
@@ -215,7 +222,7 @@ pub struct TxnResponse {
 }
 
 /// The keys under a prefix at one revision.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RangeResponse {
     pub kvs: Vec<KeyValue>,
     /// The store revision the range was read at; watch from `revision + 1` to see every
@@ -224,7 +231,7 @@ pub struct RangeResponse {
 }
 
 /// Which page of a prefix to read.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct PageRequest {
     pub prefix: String,
     /// Start after this key (the last key of the previous page); `None`: from the start.
@@ -237,7 +244,7 @@ pub struct PageRequest {
 }
 
 /// One page of keys under a prefix.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RangePage {
     pub kvs: Vec<KeyValue>,
     /// The revision the page was read at.
@@ -247,14 +254,14 @@ pub struct RangePage {
 }
 
 /// Whether a watch event wrote or deleted its key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum EventKind {
     Put,
     Delete,
 }
 
 /// One change of one key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WatchEvent {
     pub kind: EventKind,
     /// After the change. For a delete: the key, an empty value, and `mod_revision` = the
@@ -273,7 +280,7 @@ impl WatchEvent {
 
 /// The changes a watch delivers at once, in revision order. Changes of one transaction are
 /// never split across batches.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WatchBatch {
     pub events: Vec<WatchEvent>,
 }
@@ -366,6 +373,20 @@ pub trait StoreExt: Store {
 }
 
 impl<S: Store + ?Sized> StoreExt for S {}
+
+/// The value at `key`, first written as `fresh` if the key does not exist: a secret made by
+/// whichever part of Baton needs it first, the same for all of them after.
+pub async fn get_or_create(store: &dyn Store, key: &str, fresh: Vec<u8>) -> Result<Vec<u8>> {
+    let txn = Txn::new().when([Compare::absent(key)]).and_then([Op::put(key, fresh.clone())]).or_else([Op::get(key)]);
+    let response = store.txn(txn).await?;
+    if response.succeeded {
+        return Ok(fresh);
+    }
+    match response.responses.into_iter().next() {
+        Some(OpResponse::Get(Some(kv))) => Ok(kv.value),
+        _ => Err(Error::Backend(format!("{key} was neither absent nor readable"))),
+    }
+}
 
 /// The smallest prefix range that holds every key starting with `prefix`: used by backends
 /// that scan ordered keys.

@@ -73,3 +73,128 @@ fn a_tenants_quota_holds_against_100_concurrent_scales() {
     });
     assert!(table.contains("cpus=0.3/100") && table.contains("team-a"), "{table}");
 }
+
+/// The instances of a namespace as `name → (phase, pid)`, optionally of one app.
+fn instances(baton: &Baton, namespace: &str, app: Option<&str>) -> std::collections::BTreeMap<String, (String, u64)> {
+    let mut args = vec!["get", "instances", "-n", namespace];
+    let selector = app.map(|a| format!("app={a}"));
+    if let Some(selector) = &selector {
+        args.extend(["-l", selector.as_str()]);
+    }
+    let list = baton.kubectl_json(&args);
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| {
+            let name = i["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let phase = i["status"]["phase"].as_str().unwrap_or_default().to_string();
+            (name, (phase, i["status"]["pid"].as_u64().unwrap_or_default()))
+        })
+        .collect()
+}
+
+fn running(instances: &std::collections::BTreeMap<String, (String, u64)>) -> usize {
+    instances.values().filter(|(phase, _)| phase == "Running").count()
+}
+
+/// Marathon-on-Marathon on `baton dev` (its embedded store): each Tenant's controller runs as
+/// an app of the platform's with a credential limited to the tenant's namespaces, and plans
+/// the apps its users apply there; SIGKILLed, it is replaced within 30 s and no instance of
+/// the tenant stops; one tenant (its users, its controller) cannot see or touch the other's
+/// apps; a deleted Tenant's apps go first, then its controller, then the Tenant.
+#[test]
+fn each_tenant_runs_its_own_controller_as_an_app() {
+    let dir = tempfile::tempdir().expect("a temporary dir");
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "admin-token,admin,baton:admins\nalice-token,alice\nbob-token,bob\n").expect("tokens");
+    let mut baton = Baton::start_dev_with(&baton_binary(), 2, &["--tokens", tokens.to_str().expect("a UTF-8 path")]);
+    let tenants = "apiVersion: baton.dev/v1alpha1\nkind: Tenant\nmetadata: {name: team-a}\nspec:\n  \
+                   namespaces: [team-a]\n  users: [alice]\n  quota: {instances: 10}\n---\n\
+                   apiVersion: baton.dev/v1alpha1\nkind: Tenant\nmetadata: {name: team-b}\nspec:\n  \
+                   namespaces: [team-b]\n  users: [bob]\n  quota: {instances: 10}\n";
+    let out = baton.kubectl_with_input(&["apply", "-f", "-"], Some(tenants));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let controllers = "jsonpath={range .items[*]}{.metadata.name}={.status.controller} {end}";
+    baton.wait_for("both tenants' controllers to run and pass their health checks", WAIT, |b| {
+        let out = b.kubectl(&["get", "tenants", "-o", controllers]);
+        (String::from_utf8_lossy(&out.stdout) == "team-a=1/1 team-b=1/1 ").then_some(())
+    });
+
+    // Each tenant's user applies an app in its namespace; the tenant's controller plans it.
+    for (token, namespace) in [("alice-token", "team-a"), ("bob-token", "team-b")] {
+        let app = format!(
+            "apiVersion: baton.dev/v1alpha1\nkind: App\nmetadata: {{name: web, namespace: {namespace}}}\nspec:\n  \
+             instances: 2\n  cmd: sleep 3600\n  resources: {{cpus: 0.01, mem: 8}}\n"
+        );
+        let out = baton.kubectl_with_input(&["--token", token, "apply", "-f", "-"], Some(&app));
+        assert!(out.status.success(), "{token}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    for namespace in ["team-a", "team-b"] {
+        baton.wait_for("the tenant's controller to report its app running", WAIT, |b| {
+            let out = b.kubectl(&["get", "app", "web", "-n", namespace, "-o", "jsonpath={.status.running}"]);
+            (String::from_utf8_lossy(&out.stdout) == "2").then_some(())
+        });
+    }
+
+    // Neither tenant sees or touches the other's apps: not its user, not its controller.
+    for args in [["get", "apps", "-n", "team-b"].as_slice(), &["scale", "app/web", "-n", "team-b", "--replicas=0"]] {
+        let out = baton.kubectl(&[&["--token", "alice-token"], args].concat());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains("forbidden"), "alice {args:?}: {stderr}");
+    }
+    let env = "jsonpath={.spec.env.TENANT_CONTROLLER_TOKEN}";
+    let token_b = baton.kubectl_ok(&["get", "app", "tenant-team-b", "-n", "baton-system", "-o", env]);
+    assert!(token_b.starts_with("baton-tenant-controller.team-b."), "{token_b}");
+    let controller_b = baton.api().with_token(Some(&token_b));
+    let (code, body) = controller_b.get("/apis/baton.dev/v1alpha1/namespaces/team-a/apps");
+    assert_eq!(code, 403, "{body}");
+    let a_instances = instances(&baton, "team-a", None);
+    let (code, body) = controller_b.post_json("/baton/store/v1/range", r#"{"prefix": "/baton/"}"#);
+    assert_eq!(code, 200, "{body}");
+    for id in a_instances.keys() {
+        assert!(!body.contains(id.as_str()), "team-b's controller read team-a's instance {id}");
+    }
+    assert!(body.contains("/baton/leader/tenant/team-b"), "{body}");
+
+    // SIGKILL team-a's controller: replaced within 30 s; no instance of the tenant stops.
+    let controller = instances(&baton, "baton-system", Some("tenant-team-a"));
+    let (old_name, (_, pid)) =
+        controller.iter().find(|(_, (phase, _))| phase == "Running").expect("a running controller");
+    let (old_name, pid) = (old_name.clone(), *pid);
+    assert!(pid > 0, "{controller:?}");
+    let killed = std::time::Instant::now();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).expect("SIGKILL");
+    baton.wait_for("a replacement controller, healthy", Duration::from_secs(30), |b| {
+        let out = b.kubectl(&["get", "tenant", "team-a", "-o", "jsonpath={.status.controller}"]);
+        let replaced = instances(b, "baton-system", Some("tenant-team-a"))
+            .iter()
+            .any(|(name, (phase, _))| *name != old_name && phase == "Running");
+        (replaced && String::from_utf8_lossy(&out.stdout) == "1/1").then_some(())
+    });
+    eprintln!("team-a's controller SIGKILLed: a replacement healthy after {:.1} s", killed.elapsed().as_secs_f64());
+    baton.kubectl_ok(&["--token", "alice-token", "scale", "app/web", "-n", "team-a", "--replicas=3"]);
+    baton.wait_for("the replacement controller to carry on (3 running)", WAIT, |b| {
+        let out = b.kubectl(&["get", "app", "web", "-n", "team-a", "-o", "jsonpath={.status.running}"]);
+        (String::from_utf8_lossy(&out.stdout) == "3").then_some(())
+    });
+    eprintln!("…and planning again (a scale to 3 done) {:.1} s after the SIGKILL", killed.elapsed().as_secs_f64());
+    let now = instances(&baton, "team-a", None);
+    for (name, (phase, pid)) in &a_instances {
+        assert_eq!(now.get(name), Some(&(phase.clone(), *pid)), "{name} of team-a kept running, same process");
+    }
+    assert_eq!(running(&now), 3, "{now:?}");
+
+    // Deleting team-b: its apps' instances stop first, then its controller, then the Tenant.
+    let b_instances = instances(&baton, "team-b", None);
+    assert_eq!(running(&b_instances), 2, "{b_instances:?}");
+    let out = baton.kubectl(&["delete", "tenant", "team-b", "--timeout=60s"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = baton.kubectl(&["get", "namespace", "team-b"]);
+    assert!(!out.status.success(), "team-b's namespace is gone with it");
+    assert!(instances(&baton, "baton-system", Some("tenant-team-b")).is_empty(), "and its controller");
+    for (name, (_, pid)) in &b_instances {
+        assert!(!baton_e2e::ProcessId::of(*pid as u32).is_some_and(|p| p.is_alive()), "{name}'s process ended");
+    }
+    assert_eq!(running(&instances(&baton, "team-a", None)), 3, "team-a is untouched");
+}

@@ -18,7 +18,7 @@
 //! | place | [`place`] | every demand through one placer ([`crate::schedule`]), in one order, nothing on agents in maintenance, spread over their partitions |
 //! | defrag | [`defrag`] | whole-agent instances that found no empty agent: agents to free by moving small instances off |
 //! | report | [`report`] | the plan, and each app's status and events ([`status`], [`events`]) |
-//! | tenants | [`tenants`] | the platform's: tenants' namespaces to create, and what their apps ask for against their quota |
+//! | tenants | [`tenants`] | the platform's: tenants' namespaces to create (and delete), their controllers' Apps, their finalizers, and what their apps ask for against their quota |
 //!
 //! The plan's vocabulary is in [`vocabulary`].
 
@@ -64,7 +64,12 @@ pub fn plan(snapshot: &Snapshot, ctx: &PlanContext) -> Plan {
     let freed = defrag::free(snapshot, &usage, &decided, &placed, &maintained.drains, ctx);
     let parts = report::Parts { marks, unmarks, events, gates, decided, placed, maintained, freed };
     let mut plan = report::report(parts, snapshot, &usage, ctx);
-    (plan.namespace_creates, plan.tenant_statuses) = tenants::tenants(snapshot);
+    let served = tenants::tenants(snapshot, snapshot.tenant_controllers.as_deref());
+    plan.namespace_creates = served.namespace_creates;
+    plan.namespace_deletes = served.namespace_deletes;
+    plan.tenant_statuses = served.statuses;
+    plan.tenant_finalizers = served.finalizers;
+    plan.controller_apps = served.controller_apps;
     plan
 }
 

@@ -146,10 +146,12 @@ pub fn fill<T: Clone>(capacity: &[u64; 4], mut claims: Vec<Claim<T>>) -> Vec<(us
 /// The share stage: `queue` (the platform's own demand, then other scopes' requests) in the
 /// order the platform places it.
 pub fn order<'d>(snapshot: &Snapshot, queue: Vec<Demand<'d>>) -> Vec<Demand<'d>> {
-    if queue.iter().all(|d| d.scope.places()) {
-        return queue;
+    let (mut own, others): (Vec<Demand<'d>>, Vec<Demand<'d>>) = queue.into_iter().partition(|d| d.scope.places());
+    // Tenants' controllers before the platform's other apps: without them no tenant moves.
+    own.sort_by_key(|d| !is_tenant_controller(d.app));
+    if others.is_empty() {
+        return own;
     }
-    let (own, others): (Vec<Demand<'d>>, Vec<Demand<'d>>) = queue.into_iter().partition(|d| d.scope.places());
     let capacity = amounts(snapshot.agents.values().fold(ResourceAmounts::default(), |sum, a| sum.plus(a.resources)));
     // What each scope's live instances hold now.
     let mut held: BTreeMap<&Scope, [u64; 4]> = BTreeMap::new();
@@ -182,6 +184,12 @@ pub fn order<'d>(snapshot: &Snapshot, queue: Vec<Demand<'d>>) -> Vec<Demand<'d>>
         .collect();
     let filled = fill(&capacity, claims);
     own.into_iter().chain(filled.into_iter().map(|(_, demand, count)| Demand { count, ..demand })).collect()
+}
+
+/// Whether `app` is a tenant's controller the platform runs.
+fn is_tenant_controller(app: &baton_api::App) -> bool {
+    app.metadata.namespace.as_deref() == Some(baton_api::tenant::SYSTEM_NAMESPACE)
+        && app.metadata.labels.as_ref().is_some_and(|l| l.contains_key(baton_api::tenant::CONTROLLER_LABEL))
 }
 
 #[cfg(test)]

@@ -173,6 +173,32 @@ pub struct NamespaceCreate {
     pub tenant: String,
 }
 
+/// A tenant controller's App in `baton-system`: applied (created or brought to what the
+/// platform asks of it) or deleted.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ControllerApp {
+    Apply(Box<App>),
+    Delete { name: String },
+}
+
+/// A Tenant's finalizers to become `finalizers`, on the version read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantFinalizer {
+    pub name: String,
+    pub finalizers: Vec<String>,
+    pub resource_version: String,
+}
+
+impl TenantFinalizer {
+    pub(super) fn of(tenant: &baton_api::Tenant, finalizers: Vec<String>) -> Self {
+        Self {
+            name: tenant.metadata.name.clone().unwrap_or_default(),
+            finalizers,
+            resource_version: tenant.metadata.resource_version.clone().unwrap_or_default(),
+        }
+    }
+}
+
 /// A status to write to a Tenant (cluster-scoped).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TenantStatusUpdate {
@@ -227,6 +253,11 @@ pub struct Plan {
     pub tenant_statuses: Vec<TenantStatusUpdate>,
     /// Tenants' namespaces to create.
     pub namespace_creates: Vec<NamespaceCreate>,
+    /// Deleted tenants' namespaces to delete.
+    pub namespace_deletes: Vec<String>,
+    pub tenant_finalizers: Vec<TenantFinalizer>,
+    /// Tenants' controllers' Apps to apply or delete.
+    pub controller_apps: Vec<ControllerApp>,
     /// Drain records to write or delete: agents entering, changing state in, or leaving
     /// maintenance.
     pub drains: Vec<super::maintain::DrainWrite>,
@@ -258,6 +289,9 @@ impl Plan {
             && self.maintenance_statuses.is_empty()
             && self.tenant_statuses.is_empty()
             && self.namespace_creates.is_empty()
+            && self.namespace_deletes.is_empty()
+            && self.tenant_finalizers.is_empty()
+            && self.controller_apps.is_empty()
             && self.drains.is_empty()
             && self.finalizers.is_empty()
             && self.marks.is_empty()

@@ -136,6 +136,7 @@ impl StoreCache {
             maintenances: Vec::new(),
             drains: records.drains.clone(),
             tenants: Vec::new(),
+            tenant_controllers: None,
             namespaces: namespaces.0.clone(),
             other_apps,
             other_groups,
@@ -327,12 +328,14 @@ fn apply_delete(records: &mut Records, keys: &Keyspace, event: &WatchEvent) {
     }
 }
 
-/// Objects of one kind (Apps, AppGroups), kept current by a kube-rs reflector.
+/// Objects of one kind (Apps, AppGroups), kept current by kube-rs reflectors: one over
+/// every namespace, or one per namespace for a controller limited to some.
 #[derive(Clone)]
 pub struct ObjectCache<K: kube::Resource<DynamicType = ()> + 'static> {
-    reader: reflector::Store<K>,
-    /// True once the first full list is in. (Not the reflector's own `wait_until_ready`:
-    /// of several tasks waiting on it at once, only the last to poll is woken.)
+    readers: Vec<reflector::Store<K>>,
+    /// True once the first full list of every reflector is in. (Not the reflector's own
+    /// `wait_until_ready`: of several tasks waiting on it at once, only the last to poll is
+    /// woken.)
     ready: watch::Receiver<bool>,
 }
 
@@ -352,6 +355,11 @@ pub type NamespaceCache = ObjectCache<Namespace>;
 pub struct Scopes(BTreeMap<String, Scope>);
 
 impl Scopes {
+    /// `namespaces`, all of `scope` (a controller told which namespaces are its own).
+    pub fn fixed(namespaces: &[String], scope: &Scope) -> Self {
+        Scopes(namespaces.iter().map(|ns| (ns.clone(), scope.clone())).collect())
+    }
+
     /// `namespace`'s scope. One not known (yet) is the platform's, as an unlabelled one is.
     pub fn of(&self, namespace: &str) -> &Scope {
         static PLATFORM: Scope = Scope::Platform;
@@ -362,7 +370,7 @@ impl Scopes {
 impl NamespaceCache {
     /// Every namespace's scope, as the labels are now.
     pub fn scopes(&self) -> Scopes {
-        let namespaces = self.reader.state();
+        let namespaces = self.objects();
         let scopes = namespaces.iter().filter_map(|ns| {
             let name = ns.metadata.name.clone()?;
             Some((name, Scope::of_namespace(ns.metadata.labels.as_ref())))
@@ -377,22 +385,63 @@ where
 {
     /// Starts watching every object of the kind; `changed` is notified after each event.
     pub fn start(client: kube::Client, changed: Arc<Notify>, shutdown: CancellationToken) -> Self {
-        let (reader, writer) = reflector::store();
-        let api: kube::Api<K> = kube::Api::all(client);
-        let events = reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
-        let (ready_tx, ready) = watch::channel(false);
-        tokio::spawn(async move {
-            let mut events = std::pin::pin!(events.take_until(shutdown.cancelled_owned()));
-            while let Some(event) = events.next().await {
-                match event {
-                    Ok(watcher::Event::InitDone) => _ = ready_tx.send_replace(true),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(kind = %K::kind(&()), error = %e, "watching"),
-                }
-                changed.notify_one();
+        Self::start_with(vec![kube::Api::all(client)], changed, shutdown)
+    }
+
+    /// Holds no object, ready at once: for a kind this controller has no use for.
+    pub fn empty(changed: Arc<Notify>, shutdown: CancellationToken) -> Self {
+        Self::start_with(Vec::new(), changed, shutdown)
+    }
+
+    /// Starts watching the objects of the kind in `namespaces` only (`None`: in every one).
+    pub fn start_in(
+        client: kube::Client,
+        namespaces: Option<&[String]>,
+        changed: Arc<Notify>,
+        shutdown: CancellationToken,
+    ) -> Self
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    {
+        match namespaces {
+            None => Self::start(client, changed, shutdown),
+            Some(list) => {
+                let apis = list.iter().map(|ns| kube::Api::namespaced(client.clone(), ns)).collect();
+                Self::start_with(apis, changed, shutdown)
             }
-        });
-        Self { reader, ready }
+        }
+    }
+
+    fn start_with(apis: Vec<kube::Api<K>>, changed: Arc<Notify>, shutdown: CancellationToken) -> Self {
+        let (ready_tx, ready) = watch::channel(apis.is_empty());
+        let ready_tx = Arc::new(ready_tx);
+        let remaining = Arc::new(std::sync::atomic::AtomicUsize::new(apis.len()));
+        let mut readers = Vec::new();
+        for api in apis {
+            let (reader, writer) = reflector::store();
+            readers.push(reader);
+            let events = reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
+            let (ready_tx, remaining, changed, shutdown) =
+                (ready_tx.clone(), remaining.clone(), changed.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                let mut events = std::pin::pin!(events.take_until(shutdown.cancelled_owned()));
+                let mut listed = false;
+                while let Some(event) = events.next().await {
+                    match event {
+                        Ok(watcher::Event::InitDone) if !listed => {
+                            listed = true;
+                            if remaining.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+                                ready_tx.send_replace(true);
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(kind = %K::kind(&()), error = %e, "watching"),
+                    }
+                    changed.notify_one();
+                }
+            });
+        }
+        Self { readers, ready }
     }
 
     /// Waits until the first full list is in: planning before it would see every object as
@@ -405,7 +454,7 @@ where
 
     /// Every object, in (namespace, name) order.
     pub fn objects(&self) -> Vec<Arc<K>> {
-        let mut objects = self.reader.state();
+        let mut objects: Vec<Arc<K>> = self.readers.iter().flat_map(|r| r.state()).collect();
         objects.sort_by(|a, b| {
             let (a, b) = (a.meta(), b.meta());
             (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name))

@@ -19,7 +19,7 @@ use baton_store::{Compare, Keyspace, Op, OpResponse, Revision, Store, Txn};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::plan::Plan;
+use crate::plan::{ControllerApp, Plan};
 
 /// Executor errors.
 #[derive(Debug, thiserror::Error)]
@@ -232,6 +232,28 @@ impl Executor {
                 Err(e) => tracing::warn!(namespace = create.name, error = %e, "could not create a tenant's namespace"),
             }
         }
+        for change in &plan.tenant_finalizers {
+            let patch = Patch::Merge(json!({"metadata": {
+                "finalizers": change.finalizers,
+                "resourceVersion": change.resource_version,
+            }}));
+            let api = kube::Api::<Tenant>::all(self.client.clone());
+            if self.patch(api, &change.name, &params, &patch, false, leadership).await? {
+                applied.finalizers += 1;
+            }
+        }
+        for name in &plan.namespace_deletes {
+            if leadership.is_lost() {
+                return Err(Error::LostLeadership);
+            }
+            let api = kube::Api::<Namespace>::all(self.client.clone());
+            match api.delete(name, &kube::api::DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(e) => tracing::warn!(namespace = name, error = %e, "could not delete a deleted tenant's namespace"),
+            }
+        }
+        self.controller_apps(&plan.controller_apps, leadership).await?;
         for update in &plan.tenant_statuses {
             let patch = status_patch(&update.status, &["namespacesTaken"]);
             let api = kube::Api::<Tenant>::all(self.client.clone());
@@ -252,6 +274,50 @@ impl Executor {
 
     /// An instance record written again (stopped, marked), if it is still at `revision`;
     /// its index entry with it (records written before the index existed gain one).
+    /// Applies (server-side, as the platform's field manager) or deletes tenants'
+    /// controllers' Apps, in the system namespace (created first if missing).
+    async fn controller_apps(&self, changes: &[ControllerApp], leadership: &Leadership) -> Result<(), Error> {
+        use baton_api::tenant::SYSTEM_NAMESPACE;
+        if changes.is_empty() {
+            return Ok(());
+        }
+        if leadership.is_lost() {
+            return Err(Error::LostLeadership);
+        }
+        let namespace = Namespace {
+            metadata: ObjectMeta { name: Some(SYSTEM_NAMESPACE.into()), ..ObjectMeta::default() },
+            ..Namespace::default()
+        };
+        match kube::Api::<Namespace>::all(self.client.clone()).create(&Default::default(), &namespace).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            Err(e) => tracing::warn!(namespace = SYSTEM_NAMESPACE, error = %e, "could not create the system namespace"),
+        }
+        let api = kube::Api::<App>::namespaced(self.client.clone(), SYSTEM_NAMESPACE);
+        let params = PatchParams::apply(super::events::COMPONENT).force();
+        for change in changes {
+            if leadership.is_lost() {
+                return Err(Error::LostLeadership);
+            }
+            let (name, result) = match change {
+                ControllerApp::Apply(app) => {
+                    let name = app.metadata.name.clone().unwrap_or_default();
+                    let result = api.patch(&name, &params, &Patch::Apply(app.as_ref())).await.map(|_| ());
+                    (name, result)
+                }
+                ControllerApp::Delete { name } => {
+                    (name.clone(), api.delete(name, &kube::api::DeleteParams::default()).await.map(|_| ()))
+                }
+            };
+            match result {
+                Ok(()) => tracing::info!(app = name, "tenant controller's App written"),
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(e) => tracing::warn!(app = name, error = %e, "could not write a tenant controller's App"),
+            }
+        }
+        Ok(())
+    }
+
     fn rewrite(&self, step: Step, record: InstanceRecord, revision: Revision, term: Revision) -> Write {
         let key = self.keys.instance(&record.agent, &record.id);
         let index = Op::put(self.keys.instance_agent(&record.id), record.agent.as_bytes().to_vec());

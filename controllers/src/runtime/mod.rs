@@ -30,6 +30,7 @@ pub mod cache;
 pub mod events;
 pub mod executor;
 pub mod metrics;
+pub mod remote;
 #[cfg(test)]
 mod tests;
 
@@ -58,6 +59,12 @@ pub struct ControllerConfig {
     pub keep_free_agents: usize,
     /// The most instances one app runs (the API server's `--max-instances-per-app`).
     pub max_instances_per_app: usize,
+    /// The namespaces this controller owns, when told (a tenant's controller, whose
+    /// credential reaches only those): it watches apps there only, and no namespaces,
+    /// Tenants or Maintenances. `None`: every namespace labelled with its scope.
+    pub namespaces: Option<Vec<String>>,
+    /// How the platform runs tenants' controllers as apps (`None`: it runs none).
+    pub tenant_controllers: Option<Arc<crate::plan::tenants::ControllerTemplate>>,
 }
 
 impl ControllerConfig {
@@ -72,6 +79,8 @@ impl ControllerConfig {
             retention: plan::Retention::default(),
             keep_free_agents: 0,
             max_instances_per_app: baton_api::limits::DEFAULT_MAX_INSTANCES_PER_APP as usize,
+            namespaces: None,
+            tenant_controllers: None,
         }
     }
 }
@@ -88,11 +97,21 @@ pub async fn run(
     let changed = Arc::new(Notify::new());
     let records =
         StoreCache::start(store.clone(), config.keys.clone(), config.scope.clone(), changed.clone(), shutdown.clone());
-    let apps = AppCache::start(client.clone(), changed.clone(), shutdown.clone());
-    let groups = GroupCache::start(client.clone(), changed.clone(), shutdown.clone());
-    let namespaces = NamespaceCache::start(client.clone(), changed.clone(), shutdown.clone());
+    let only = config.namespaces.as_deref();
+    let apps = AppCache::start_in(client.clone(), only, changed.clone(), shutdown.clone());
+    let groups = GroupCache::start_in(client.clone(), only, changed.clone(), shutdown.clone());
+    let (namespaces, tenants) = if only.is_some() {
+        (
+            NamespaceCache::empty(changed.clone(), shutdown.clone()),
+            TenantCache::empty(changed.clone(), shutdown.clone()),
+        )
+    } else {
+        (
+            NamespaceCache::start(client.clone(), changed.clone(), shutdown.clone()),
+            TenantCache::start(client.clone(), changed.clone(), shutdown.clone()),
+        )
+    };
     let maintenances = MaintenanceCache::start(client.clone(), changed.clone(), shutdown.clone());
-    let tenants = TenantCache::start(client.clone(), changed.clone(), shutdown.clone());
     let recorder = events::Recorder::start(client.clone(), config.id.clone(), shutdown.clone());
     {
         let caches =
@@ -208,10 +227,15 @@ impl Loop<'_> {
                     _ = shutdown.cancelled() => return,
                 }
             }
-            let mut snapshot = records.snapshot(apps.objects(), groups.objects(), &namespaces.scopes());
+            let scopes = match &config.namespaces {
+                Some(list) => cache::Scopes::fixed(list, &config.scope),
+                None => namespaces.scopes(),
+            };
+            let mut snapshot = records.snapshot(apps.objects(), groups.objects(), &scopes);
             snapshot.maintenances = maintenances.objects();
             if config.scope.places() {
                 snapshot.tenants = tenants.objects();
+                snapshot.tenant_controllers = config.tenant_controllers.clone();
             }
             let now = Timestamp::now();
             let started = std::time::Instant::now();
