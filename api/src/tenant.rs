@@ -6,7 +6,7 @@
 //! [`Usage`] is pure: the API server uses it to admit writes, the controller to report what a
 //! tenant uses.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -45,6 +45,12 @@ pub const MAX_TENANT_NAMESPACES: usize = 100;
         type_ = "string",
         json_path = ".status.usedSummary",
         description = "What its apps ask for in all, of the quota"
+    ),
+    printcolumn(
+        name = "Guarantee",
+        type_ = "string",
+        json_path = ".status.guaranteeSummary",
+        description = "What it always gets (reclaimed from tenants above theirs), and agents reserved for it"
     ),
     printcolumn(
         name = "Controller",
@@ -90,10 +96,71 @@ pub struct TenantSpec {
     #[schemars(length(max = MAX_TENANT_MEMBERS))]
     pub groups: Vec<String>,
 
+    /// What it always gets: resources its instances may hold even when other tenants have
+    /// taken the cluster (they are reclaimed from tenants above their own guarantees), and/or
+    /// agents reserved for it.
+    #[serde(default, skip_serializing_if = "Guarantee::is_empty")]
+    pub guarantee: Guarantee,
+
     /// Its own controller, which the platform's controller runs as an app (`tenant-NAME` in
     /// `baton-system`), with a credential limited to the tenant's namespaces.
     #[serde(default)]
     pub controller: ControllerSettings,
+}
+
+/// What a tenant always gets.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Guarantee {
+    /// Cpus.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub cpus: Option<f64>,
+    /// Memory, MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub mem: Option<f64>,
+    /// Disk, MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub disk: Option<f64>,
+    /// Whole GPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub gpus: Option<i64>,
+    /// Agents reserved for it, by attribute (`{pool: team-a}`: every agent whose `pool`
+    /// attribute is `team-a`): they take only its instances.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub agents: BTreeMap<String, String>,
+}
+
+impl Guarantee {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The guaranteed amounts (milli-cpus, MiB, MiB, GPUs); `None` where nothing is.
+    pub fn amounts(&self) -> [Option<u64>; 4] {
+        let quota = Quota { cpus: self.cpus, mem: self.mem, disk: self.disk, gpus: self.gpus, instances: None };
+        let [cpus, mem, disk, gpus, _] = quota.limits();
+        [cpus, mem, disk, gpus]
+    }
+
+    /// Whether an agent with these attributes is reserved by this guarantee.
+    pub fn reserves(&self, attributes: &BTreeMap<String, String>) -> bool {
+        !self.agents.is_empty() && self.agents.iter().all(|(k, v)| attributes.get(k) == Some(v))
+    }
+
+    /// `cpus=2 mem=4096 agents=pool=a`, or `none`.
+    pub fn summary(&self) -> String {
+        let mut parts: Vec<String> =
+            self.amounts().iter().enumerate().filter_map(|(i, amount)| Some(show(i, (*amount)?))).collect();
+        if !self.agents.is_empty() {
+            let selector: Vec<String> = self.agents.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            parts.push(format!("agents={}", selector.join(",")));
+        }
+        if parts.is_empty() { "none".into() } else { parts.join(" ") }
+    }
 }
 
 /// How the platform runs a tenant's controller.
@@ -296,6 +363,9 @@ pub struct TenantStatus {
     /// platform's): they are not given to it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub namespaces_taken: Vec<String>,
+    /// Its guarantee, e.g. `cpus=2 agents=pool=a` (`none`).
+    #[serde(default)]
+    pub guarantee_summary: String,
     /// Its controller's instances that pass their health checks, of those asked for
     /// (`1/1`); `none` when the platform runs no controller for it.
     #[serde(default)]
@@ -460,6 +530,36 @@ pub fn validate_tenant(tenant: &Tenant) -> Vec<FieldError> {
             ),
         ));
     }
+    let g = &spec.guarantee;
+    for (field, value) in [("cpus", g.cpus), ("mem", g.mem), ("disk", g.disk)] {
+        if let Some(v) = value
+            && (!v.is_finite() || !(0.0..=1e12).contains(&v))
+        {
+            errors.push(FieldError::invalid(format!("spec.guarantee.{field}"), v, "must be between 0 and 10^12"));
+        }
+    }
+    if let Some(v) = g.gpus
+        && !(0..=1_000_000_000_000).contains(&v)
+    {
+        errors.push(FieldError::invalid("spec.guarantee.gpus", v, "must be between 0 and 10^12"));
+    }
+    if g.agents.len() > MAX_SELECTOR_TERMS {
+        errors.push(FieldError::too_long(
+            "spec.guarantee.agents",
+            format!("has {} terms; at most {MAX_SELECTOR_TERMS} are allowed", g.agents.len()),
+        ));
+    }
+    for (key, value) in &g.agents {
+        for text in [key, value] {
+            if text.is_empty() || text.len() > 253 || text.contains(char::is_control) {
+                errors.push(FieldError::invalid(
+                    format!("spec.guarantee.agents[{key}]"),
+                    text.as_str(),
+                    "must be 1 to 253 characters, none of them control characters",
+                ));
+            }
+        }
+    }
     let c = &spec.controller;
     if c.replicas > MAX_CONTROLLER_REPLICAS {
         errors.push(FieldError::invalid(
@@ -476,6 +576,9 @@ pub fn validate_tenant(tenant: &Tenant) -> Vec<FieldError> {
     }
     errors
 }
+
+/// At most this many attribute terms select a tenant's reserved agents.
+pub const MAX_SELECTOR_TERMS: usize = 16;
 
 /// The longest tenant name: `tenant-` and it make its controller's App name, a DNS label.
 pub const MAX_TENANT_NAME: usize = 56;
@@ -549,6 +652,7 @@ mod tests {
                 weight: 2_000_000,
                 users: vec![String::new()],
                 groups: Vec::new(),
+                guarantee: Guarantee { cpus: Some(-1.0), ..Guarantee::default() },
                 controller: ControllerSettings { replicas: 9, ..ControllerSettings::default() },
             },
         );
@@ -563,6 +667,7 @@ mod tests {
             "spec.quota.cpus",
             "spec.quota.instances",
             "spec.controller.replicas",
+            "spec.guarantee.cpus",
         ] {
             assert!(all.contains(needle), "{needle} not in {all}");
         }

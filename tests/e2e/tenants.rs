@@ -198,3 +198,70 @@ fn each_tenant_runs_its_own_controller_as_an_app() {
     }
     assert_eq!(running(&instances(&baton, "team-a", None)), 3, "team-a is untouched");
 }
+
+/// Instances of `name` in `namespace` that the app's status counts running.
+fn app_running(baton: &Baton, namespace: &str, name: &str) -> Option<i64> {
+    let out = baton.kubectl(&["get", "app", name, "-n", namespace, "-o", "jsonpath={.status.running}"]);
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+/// Events of `reason` in `namespace`.
+fn events(baton: &Baton, namespace: &str, reason: &str) -> usize {
+    let list = baton.kubectl_json(&["get", "events", "-n", namespace]);
+    list["items"].as_array().into_iter().flatten().filter(|e| e["reason"] == reason).count()
+}
+
+/// A tenant below its guarantee gets it back: team-b (no guarantee) fills the only agent,
+/// then team-a, guaranteed 0.6 cpus, asks for 3 instances of 0.2: the platform stops 3 of
+/// team-b's youngest instances (`Preempted`) and places team-a's; team-b's controller asks
+/// again, and gets nothing back (no ping-pong).
+#[test]
+fn a_tenant_under_its_guarantee_gets_it_back() {
+    let mut baton = Baton::start_dev(&baton_binary(), 1);
+    let tenants = "apiVersion: baton.dev/v1alpha1\nkind: Tenant\nmetadata: {name: team-a}\nspec:\n  \
+                   namespaces: [team-a]\n  guarantee: {cpus: 0.6}\n---\n\
+                   apiVersion: baton.dev/v1alpha1\nkind: Tenant\nmetadata: {name: team-b}\nspec:\n  \
+                   namespaces: [team-b]\n";
+    let out = baton.kubectl_with_input(&["apply", "-f", "-"], Some(tenants));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let controllers = "jsonpath={range .items[*]}{.metadata.name}={.status.controller} {end}";
+    baton.wait_for("both tenants' controllers to run", WAIT, |b| {
+        let out = b.kubectl(&["get", "tenants", "-o", controllers]);
+        (String::from_utf8_lossy(&out.stdout) == "team-a=1/1 team-b=1/1 ").then_some(())
+    });
+    let agents = baton.kubectl_json(&["get", "agents"]);
+    let agent = &agents["items"][0]["status"];
+    let free =
+        agent["capacity"]["cpus"].as_f64().expect("the agent's cpus") - agent["allocated"]["cpus"].as_f64().unwrap();
+    let fill = ((free + 1e-9) / 0.2).floor() as i64;
+    assert!(fill >= 3, "room for at least 3 instances of 0.2 cpus: {agent}");
+    let app = |namespace: &str, instances: i64| {
+        format!(
+            "apiVersion: baton.dev/v1alpha1\nkind: App\nmetadata: {{name: work, namespace: {namespace}}}\nspec:\n  \
+             instances: {instances}\n  cmd: sleep 3600\n  resources: {{cpus: 0.2, mem: 8}}\n  \
+             upgradeStrategy: {{minimumHealthCapacity: 0.5}}\n"
+        )
+    };
+    baton.kubectl_with_input(&["apply", "-f", "-"], Some(&app("team-b", fill)));
+    baton
+        .wait_for("team-b to fill the agent", WAIT, |b| (app_running(b, "team-b", "work") == Some(fill)).then_some(()));
+
+    let asked = std::time::Instant::now();
+    baton.kubectl_with_input(&["apply", "-f", "-"], Some(&app("team-a", 3)));
+    baton.wait_for("team-a to get its guarantee back", WAIT, |b| {
+        (app_running(b, "team-a", "work") == Some(3)).then_some(())
+    });
+    eprintln!("team-a got its guarantee (3 × 0.2 cpus) {:.1} s after asking", asked.elapsed().as_secs_f64());
+    baton.wait_for("team-b to run what is left", WAIT, |b| {
+        (app_running(b, "team-b", "work") == Some(fill - 3)).then_some(())
+    });
+    assert_eq!(events(&baton, "team-b", "Preempted"), 3, "exactly 3 of team-b's instances were preempted");
+
+    // Nothing moves after that: team-b (no guarantee) takes nothing back, team-a nothing more.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(app_running(&baton, "team-a", "work"), Some(3));
+    assert_eq!(app_running(&baton, "team-b", "work"), Some(fill - 3));
+    assert_eq!(events(&baton, "team-b", "Preempted"), 3, "no instance preempted twice, none more");
+    let running: usize = instances(&baton, "team-b", None).values().filter(|(phase, _)| phase == "Running").count();
+    assert_eq!(running as i64, fill - 3);
+}

@@ -88,6 +88,7 @@ pub fn killing(app: &App, version: &str, wanted: usize, stops: &[Stop]) -> Vec<E
                 StopReason::MoveForced => {
                     "their agents drained longer than the maintenance's forceAfter; not replaced yet".to_string()
                 }
+                StopReason::Preempted => "another tenant below its guarantee needs the room".to_string(),
             };
             let (type_, name) = match reason {
                 StopReason::MoveForced => (EventType::Warning, "DrainForced"),

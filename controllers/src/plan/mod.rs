@@ -14,9 +14,10 @@
 //! | groups | [`groups`] | each app's effective count, the dependencies that hold it back, deletion order |
 //! | maintain | [`maintain`] | which agents are in maintenance (draining, drained, released), from every Maintenance and the drain records |
 //! | decide | [`decide`] | per app: what goes, user and health kills ([`health`], [`slots`]), instances on agents in maintenance moved replacement first, one bounded step ([`deploy`]), the backoff: stops and a **launch demand** |
-//! | share | [`share`] | the platform's own demand first, then tenants' launch requests by weighted dominant-resource fairness, in exact integers |
+//! | share | [`share`] | the platform's own demand first, then what fits tenants' guarantees, then the rest by weighted dominant-resource fairness, in exact integers; agents reserved for tenants |
 //! | place | [`place`] | every demand through one placer ([`crate::schedule`]), in one order, nothing on agents in maintenance, spread over their partitions |
 //! | defrag | [`defrag`] | whole-agent instances that found no empty agent: agents to free by moving small instances off |
+//! | reclaim | [`reclaim`] | tenants below their guarantee whose launches found no room: instances of tenants above theirs to stop for it |
 //! | report | [`report`] | the plan, and each app's status and events ([`status`], [`events`]) |
 //! | tenants | [`tenants`] | the platform's: tenants' namespaces to create (and delete), their controllers' Apps, their finalizers, and what their apps ask for against their quota |
 //!
@@ -34,6 +35,7 @@ pub mod health;
 pub mod maintain;
 pub mod observe;
 pub mod place;
+pub mod reclaim;
 pub mod report;
 pub mod share;
 pub mod slots;
@@ -52,8 +54,10 @@ pub fn plan(snapshot: &Snapshot, ctx: &PlanContext) -> Plan {
     let observe::Observed { reach, apps, orphans, usage, marks, unmarks, events } = observed;
     let maintained = maintain::maintain(snapshot, &usage, &needs, ctx);
     let decided = decide::decide(snapshot, &reach, apps, &orphans, &gates.apps, &maintained.drains, ctx);
+    let reserved = share::Reserved::of(snapshot);
     let room = place::Room {
         drains: &maintained.drains,
+        reserved: &reserved,
         spread_over: maintained.partition_by,
         keep_free: ctx.keep_free_agents,
     };
@@ -62,8 +66,11 @@ pub fn plan(snapshot: &Snapshot, ctx: &PlanContext) -> Plan {
     let queue = share::order(snapshot, queue);
     let placed = place::place(snapshot, &usage, &queue, &room, ctx.now, ctx.seed);
     let freed = defrag::free(snapshot, &usage, &decided, &placed, &maintained.drains, ctx);
+    let reclaimed = reclaim::reclaim(snapshot, &usage, &queue, &placed, &maintained.drains, &reserved);
     let parts = report::Parts { marks, unmarks, events, gates, decided, placed, maintained, freed };
     let mut plan = report::report(parts, snapshot, &usage, ctx);
+    plan.stops.extend(reclaimed.stops);
+    plan.events.extend(reclaimed.events);
     let served = tenants::tenants(snapshot, snapshot.tenant_controllers.as_deref());
     plan.namespace_creates = served.namespace_creates;
     plan.namespace_deletes = served.namespace_deletes;

@@ -79,6 +79,8 @@ pub fn requests<'s>(snapshot: &'s Snapshot, usage: &Usage<'s>, first: usize) -> 
 /// partitions of `spread_over`.
 pub struct Room<'a> {
     pub drains: &'a Drains,
+    /// Agents reserved for tenants.
+    pub reserved: &'a super::share::Reserved,
     pub spread_over: Option<&'a str>,
     /// Empty agents kept for whole-agent instances.
     pub keep_free: usize,
@@ -92,6 +94,7 @@ pub fn place<'s>(
     now: jiff::Timestamp,
     seed: u64,
 ) -> Vec<(usize, Placed)> {
+    let rules = Rules { drains: room.drains, reserved: room.reserved };
     let mut placer: Option<Placer<'_>> = None;
     let mut ids = IdSource::new(seed);
     queue
@@ -101,9 +104,7 @@ pub fn place<'s>(
             let mut placed = Placed::default();
             placed.unplaced = if snapshot.scope.places() {
                 let placer = placer.get_or_insert_with(|| {
-                    Placer::with_rules(snapshot, usage, room.drains)
-                        .spread_over(room.spread_over)
-                        .keep_free(room.keep_free)
+                    Placer::with_rules(snapshot, usage, &rules).spread_over(room.spread_over).keep_free(room.keep_free)
                 });
                 launch(demand, now, placer, &mut ids, &mut placed.launches)
             } else {
@@ -119,6 +120,30 @@ pub fn place<'s>(
             (demand.index, placed)
         })
         .collect()
+}
+
+/// Maintenance's rules and tenants' reserved agents, for the placer.
+struct Rules<'a> {
+    drains: &'a Drains,
+    reserved: &'a super::share::Reserved,
+}
+
+impl crate::schedule::AgentRules for Rules<'_> {
+    fn cordons(&self, agent: &str) -> bool {
+        self.drains.cordons(agent)
+    }
+
+    fn reserved_for(&self, agent: &str) -> Option<&str> {
+        self.drains.reserved_for(agent)
+    }
+
+    fn barred(&self, agent: &str) -> &[String] {
+        self.drains.barred(agent)
+    }
+
+    fn tenant_of(&self, agent: &str) -> Option<&str> {
+        self.reserved.tenant_of(agent)
+    }
 }
 
 /// Places the demand's new instances into `launches`; returns what could not be placed and

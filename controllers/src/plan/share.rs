@@ -109,13 +109,21 @@ pub struct Claim<T> {
 /// Progressive filling over `claims` (in tie-break order): one instance at a time to the
 /// claimant with the smallest weighted dominant share of what it would hold. Returns the items
 /// in that order, consecutive instances of one item merged: `(claimant, item, instances)`.
-pub fn fill<T: Clone>(capacity: &[u64; 4], mut claims: Vec<Claim<T>>) -> Vec<(usize, T, usize)> {
+pub fn fill<T: Clone>(capacity: &[u64; 4], claims: Vec<Claim<T>>) -> Vec<(usize, T, usize)> {
+    fill_by(claims, |_, held, weight| Share::of(held, capacity, weight))
+}
+
+/// As [`fill`], each claimant's share measured by `share(claimant, held, weight)`.
+fn fill_by<T: Clone>(
+    mut claims: Vec<Claim<T>>,
+    share: impl Fn(usize, &[u64; 4], u64) -> Share,
+) -> Vec<(usize, T, usize)> {
     // Min-heap on (share, claimant index): ties go to the earlier claimant.
     let mut heap: BinaryHeap<std::cmp::Reverse<(Share, usize)>> = claims
         .iter()
         .enumerate()
         .filter(|(_, c)| c.asks.iter().any(|(_, n, _)| *n > 0))
-        .map(|(i, c)| std::cmp::Reverse((Share::of(&c.held, capacity, c.weight), i)))
+        .map(|(i, c)| std::cmp::Reverse((share(i, &c.held, c.weight), i)))
         .collect();
     let mut next: Vec<usize> = vec![0; claims.len()];
     let mut out: Vec<(usize, T, usize)> = Vec::new();
@@ -137,14 +145,18 @@ pub fn fill<T: Clone>(capacity: &[u64; 4], mut claims: Vec<Claim<T>>) -> Vec<(us
         }
         last = Some((i, next[i]));
         if claim.asks.iter().skip(next[i]).any(|(_, n, _)| *n > 0) {
-            heap.push(std::cmp::Reverse((Share::of(&claim.held, capacity, claim.weight), i)));
+            heap.push(std::cmp::Reverse((share(i, &claim.held, claim.weight), i)));
         }
     }
     out
 }
 
 /// The share stage: `queue` (the platform's own demand, then other scopes' requests) in the
-/// order the platform places it.
+/// order the platform places it: the platform's own first (tenants' controllers before its
+/// other apps); then, of each tenant's demand, what fits in its **guarantee** (as much of each
+/// guaranteed resource as it holds, at most) — by progressive filling on the share of its
+/// guarantee each would hold; then the rest by weighted dominant-resource fairness over the
+/// cluster, counting what the first pass gave.
 pub fn order<'d>(snapshot: &Snapshot, queue: Vec<Demand<'d>>) -> Vec<Demand<'d>> {
     let (mut own, others): (Vec<Demand<'d>>, Vec<Demand<'d>>) = queue.into_iter().partition(|d| d.scope.places());
     // Tenants' controllers before the platform's other apps: without them no tenant moves.
@@ -153,7 +165,72 @@ pub fn order<'d>(snapshot: &Snapshot, queue: Vec<Demand<'d>>) -> Vec<Demand<'d>>
         return own;
     }
     let capacity = amounts(snapshot.agents.values().fold(ResourceAmounts::default(), |sum, a| sum.plus(a.resources)));
-    // What each scope's live instances hold now.
+    let held = held_by_scope(snapshot);
+    let tenant = |scope: &Scope| match scope {
+        Scope::Tenant(name) => snapshot.tenants.iter().find(|t| t.metadata.name.as_deref() == Some(name.as_str())),
+        Scope::Platform => None,
+    };
+    // One claimant per scope, by scope (name order): ties go to the first.
+    let mut scopes: BTreeMap<&Scope, Vec<Demand<'d>>> = BTreeMap::new();
+    for demand in others {
+        scopes.entry(demand.scope).or_default().push(demand);
+    }
+    let (mut guaranteed, mut rest, mut guarantees) = (Vec::new(), Vec::new(), Vec::new());
+    for (scope, demands) in &scopes {
+        let holds = held.get(scope).copied().unwrap_or([0; 4]);
+        let guarantee = tenant(scope).map_or([None; 4], |t| t.spec.guarantee.amounts());
+        let weight = tenant(scope).map_or(1, |t| u64::from(t.spec.weight));
+        let mut would = holds;
+        let (mut within, mut beyond) = (Vec::new(), Vec::new());
+        for demand in demands {
+            let each = amounts(demand.app.spec.resources.amounts());
+            let n = fitting(&would, &each, &guarantee, demand.count);
+            for (w, e) in would.iter_mut().zip(each) {
+                *w = w.saturating_add(e.saturating_mul(n as u64));
+            }
+            if n > 0 {
+                within.push((*demand, n, each));
+            }
+            if demand.count > n {
+                beyond.push((*demand, demand.count - n, each));
+            }
+        }
+        guarantees.push(guarantee.map(|g| g.unwrap_or(0)));
+        guaranteed.push(Claim { held: holds, weight: 1, asks: within });
+        rest.push(Claim { held: holds, weight, asks: beyond });
+    }
+    let first = fill_by(guaranteed, |i, held, weight| Share::of(held, &guarantees[i], weight));
+    for (i, demand, n) in &first {
+        let each = amounts(demand.app.spec.resources.amounts());
+        for (h, e) in rest[*i].held.iter_mut().zip(each) {
+            *h = h.saturating_add(e.saturating_mul(*n as u64));
+        }
+    }
+    let second = fill(&capacity, rest);
+    own.into_iter()
+        .chain(first.into_iter().chain(second).map(|(_, demand, count)| Demand { count, ..demand }))
+        .collect()
+}
+
+/// How many of `count` instances of `each` fit in `guarantee` on top of `held` (0 when
+/// nothing is guaranteed).
+fn fitting(held: &[u64; 4], each: &[u64; 4], guarantee: &[Option<u64>; 4], count: usize) -> usize {
+    if guarantee.iter().all(Option::is_none) {
+        return 0;
+    }
+    let mut n = count as u64;
+    for ((h, e), g) in held.iter().zip(each).zip(guarantee) {
+        if let Some(g) = g
+            && *e > 0
+        {
+            n = n.min(g.saturating_sub(*h) / e);
+        }
+    }
+    n as usize
+}
+
+/// What each scope's live instances hold now.
+pub fn held_by_scope(snapshot: &Snapshot) -> BTreeMap<&Scope, [u64; 4]> {
     let mut held: BTreeMap<&Scope, [u64; 4]> = BTreeMap::new();
     for instance in snapshot.instances.values().chain(&snapshot.foreign).filter(|i| !i.is_terminal()) {
         let entry = held.entry(&instance.record.scope).or_insert([0; 4]);
@@ -161,29 +238,35 @@ pub fn order<'d>(snapshot: &Snapshot, queue: Vec<Demand<'d>>) -> Vec<Demand<'d>>
             *h = h.saturating_add(a);
         }
     }
-    let weight = |scope: &Scope| match scope {
-        Scope::Tenant(name) => snapshot
-            .tenants
-            .iter()
-            .find(|t| t.metadata.name.as_deref() == Some(name.as_str()))
-            .map_or(1, |t| u64::from(t.spec.weight)),
-        Scope::Platform => 1,
-    };
-    // One claimant per scope, by scope (name order): ties go to the first.
-    let mut scopes: BTreeMap<&Scope, Vec<Demand<'d>>> = BTreeMap::new();
-    for demand in others {
-        scopes.entry(demand.scope).or_default().push(demand);
+    held
+}
+
+/// Agents reserved for tenants by their guarantees' `agents` (the first tenant by name that
+/// selects an agent has it).
+#[derive(Debug, Default)]
+pub struct Reserved(BTreeMap<String, String>);
+
+impl Reserved {
+    pub fn of(snapshot: &Snapshot) -> Self {
+        let mut reserved = BTreeMap::new();
+        if !snapshot.scope.places() {
+            return Self(reserved);
+        }
+        let mut tenants: Vec<_> = snapshot.tenants.iter().filter(|t| !t.spec.guarantee.agents.is_empty()).collect();
+        tenants.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        for tenant in tenants {
+            let name = tenant.metadata.name.clone().unwrap_or_default();
+            for agent in snapshot.agents.values().filter(|a| tenant.spec.guarantee.reserves(&a.attributes)) {
+                reserved.entry(agent.name.clone()).or_insert_with(|| name.clone());
+            }
+        }
+        Self(reserved)
     }
-    let claims: Vec<Claim<Demand<'d>>> = scopes
-        .iter()
-        .map(|(scope, demands)| Claim {
-            held: held.get(scope).copied().unwrap_or([0; 4]),
-            weight: weight(scope),
-            asks: demands.iter().map(|d| (*d, d.count, amounts(d.app.spec.resources.amounts()))).collect(),
-        })
-        .collect();
-    let filled = fill(&capacity, claims);
-    own.into_iter().chain(filled.into_iter().map(|(_, demand, count)| Demand { count, ..demand })).collect()
+
+    /// The tenant `agent` is reserved for.
+    pub fn tenant_of(&self, agent: &str) -> Option<&str> {
+        self.0.get(agent).map(String::as_str)
+    }
 }
 
 /// Whether `app` is a tenant's controller the platform runs.

@@ -165,6 +165,7 @@ pub fn tenants(snapshot: &Snapshot, template: Option<&ControllerTemplate>) -> Se
             used_summary: summary(&usage, &tenant.spec.quota),
             dominant_share: dominant_share(held.get(&scope).copied().unwrap_or_default(), capacity),
             namespaces_taken: taken,
+            guarantee_summary: tenant.spec.guarantee.summary(),
             controller: controller_status,
         };
         if tenant.status.as_ref() != Some(&status) {
@@ -251,6 +252,7 @@ mod tests {
             weight: 1,
             users: Vec::new(),
             groups: Vec::new(),
+            guarantee: Default::default(),
             controller: Default::default(),
         };
         s.tenants.push(Arc::new(Tenant::new("a", spec)));

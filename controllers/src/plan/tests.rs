@@ -779,3 +779,130 @@ fn an_app_whose_decision_fails_does_nothing_and_says_so_while_the_others_are_pla
     assert_eq!(planned.reason, "PlanningFailed");
     assert!(planned.message.contains("poisoned for a test"), "{}", planned.message);
 }
+
+/// A tenant asking the platform for `count` instances of `cpus` each (`status.launchRequest`),
+/// with `guarantee` cpus; its apps' uid is `uid-<team>-api`.
+fn tenant_asking(snap: &mut crate::snapshot::Snapshot, team: &str, count: i32, cpus: f64, guarantee: Option<f64>) {
+    let scope = baton_api::Scope::Tenant(team.into());
+    let mut app = (*app(&format!("{team}-api")).instances(count).cpus(cpus).strategy(0.5, 1.0).build()).clone();
+    app.metadata.namespace = Some(team.into());
+    app.metadata.uid = Some(format!("uid-{team}-api"));
+    app.status = Some(baton_api::AppStatus {
+        launch_request: (count > 0).then(|| baton_api::app::LaunchRequest {
+            version: app.version(),
+            count,
+            revision: 1_000,
+        }),
+        ..Default::default()
+    });
+    snap.namespaces.insert(team.into(), scope);
+    snap.other_apps.push(Arc::new(app));
+    let spec = baton_api::tenant::TenantSpec {
+        namespaces: vec![team.into()],
+        quota: Default::default(),
+        weight: 1,
+        users: Vec::new(),
+        groups: Vec::new(),
+        guarantee: baton_api::tenant::Guarantee { cpus: guarantee, ..Default::default() },
+        controller: Default::default(),
+    };
+    snap.tenants.push(Arc::new(baton_api::tenant::Tenant::new(team, spec)));
+}
+
+/// `n` running instances of 1 cpu of `team`'s app on `agent`, created at revisions 10, 20, ….
+fn held_by(team: &str, agent: &str, n: u32) -> Vec<InstanceState> {
+    let mut holder = (*app(&format!("{team}-api")).cpus(1.0).build()).clone();
+    holder.metadata.uid = Some(format!("uid-{team}-api"));
+    (1..=n)
+        .map(|i| {
+            let built = instance(&holder, agent, i).scope(baton_api::Scope::Tenant(team.into())).running().passing();
+            InstanceState { created: i64::from(i) * 10, ..built.build() }
+        })
+        .collect()
+}
+
+#[test]
+fn a_tenant_below_its_guarantee_reclaims_the_youngest_instances_of_a_tenant_above_its_own() {
+    // One agent of 4 cpus, all held by team-b (no guarantee); team-a, guaranteed 2, asks for 2.
+    let mut snap = snapshot(&[], vec![agent("a1").build()], Vec::new());
+    tenant_asking(&mut snap, "team-a", 2, 1.0, Some(2.0));
+    tenant_asking(&mut snap, "team-b", 4, 1.0, None);
+    snap.foreign = held_by("team-b", "a1", 4);
+    let first = plan(&snap, &ctx());
+    let preempted: Vec<&str> = first.stops.iter().map(|s| s.record.id.as_str()).collect();
+    assert_eq!(preempted, ["team-b-api-004", "team-b-api-003"], "the youngest two");
+    assert!(first.stops.iter().all(|s| s.reason == StopReason::Preempted));
+    assert!(first.launches.is_empty(), "team-a waits for the room");
+    assert!(first.events.iter().any(|e| e.reason == "Preempted"));
+
+    // While they stop, nothing more is taken: the room being freed is counted.
+    for victim in snap.foreign.iter_mut().filter(|i| i.record.id.ends_with("003") || i.record.id.ends_with("004")) {
+        let mut record = (*victim.record).clone();
+        record.goal = Goal::Stopped;
+        record.stop_reason = Some("Preempted".into());
+        victim.record = Arc::new(record);
+    }
+    let waiting = plan(&snap, &ctx());
+    assert!(waiting.stops.is_empty() && waiting.launches.is_empty(), "{:?}", waiting.stops);
+
+    // Once they are gone, the room is team-a's, not back to team-b (whose controller asks again).
+    snap.foreign.retain(|i| i.record.goal == Goal::Running);
+    let b = snap.other_apps.iter_mut().find(|a| a.metadata.name.as_deref() == Some("team-b-api")).unwrap();
+    let mut b_app = (**b).clone();
+    b_app.status.as_mut().unwrap().launch_request.as_mut().unwrap().count = 2;
+    *b = Arc::new(b_app);
+    let served = plan(&snap, &ctx());
+    let teams: Vec<&str> = served.launches.iter().map(|l| l.record.app.namespace.as_str()).collect();
+    assert_eq!(teams, ["team-a", "team-a"]);
+    assert!(served.stops.is_empty(), "team-b, without a guarantee, takes nothing back");
+}
+
+#[test]
+fn reclaiming_never_takes_a_tenant_below_its_own_guarantee_nor_the_platforms_instances() {
+    let platform_app = app("platform").cpus(1.0).build();
+    let platform = instance(&platform_app, "a1", 1).running().passing().build();
+    let mut snap = snapshot(&[&platform_app], vec![agent("a1").build()], vec![platform]);
+    tenant_asking(&mut snap, "team-a", 2, 1.0, Some(2.0));
+    tenant_asking(&mut snap, "team-b", 3, 1.0, Some(2.0));
+    snap.foreign = held_by("team-b", "a1", 3);
+    let plan = plan(&snap, &ctx());
+    let preempted: Vec<&str> = plan.stops.iter().map(|s| s.record.id.as_str()).collect();
+    assert_eq!(preempted, ["team-b-api-003"], "team-b keeps its 2 guaranteed; the platform keeps its own");
+}
+
+#[test]
+fn guaranteed_demand_goes_before_fair_shares() {
+    // Room for one instance of 1 cpu; a-team would win a tie by name, but z-team is guaranteed.
+    let mut a1 = (*agent("a1").build()).clone();
+    a1.resources.millicpus = 1_000;
+    let mut snap = snapshot(&[], vec![Arc::new(a1)], Vec::new());
+    tenant_asking(&mut snap, "a-team", 1, 1.0, None);
+    tenant_asking(&mut snap, "z-team", 1, 1.0, Some(1.0));
+    let placed = plan(&snap, &ctx());
+    let teams: Vec<&str> = placed.launches.iter().map(|l| l.record.app.namespace.as_str()).collect();
+    assert_eq!(teams, ["z-team"]);
+}
+
+#[test]
+fn reserved_agents_take_their_tenants_instances_only() {
+    let mut a1 = (*agent("a1").build()).clone();
+    a1.resources.millicpus = 1_000;
+    let mut r1 = (*agent("r1").attribute("pool", "z").build()).clone();
+    r1.resources.millicpus = 2_000;
+    let platform_app = app("platform").instances(2).cpus(1.0).build();
+    let mut snap = snapshot(&[&platform_app], vec![Arc::new(a1), Arc::new(r1)], Vec::new());
+    tenant_asking(&mut snap, "a-team", 1, 1.0, None);
+    tenant_asking(&mut snap, "z-team", 3, 1.0, None);
+    let z = snap.tenants.iter_mut().find(|t| t.metadata.name.as_deref() == Some("z-team")).unwrap();
+    let mut z_tenant = (**z).clone();
+    z_tenant.spec.guarantee.agents.insert("pool".into(), "z".into());
+    *z = Arc::new(z_tenant);
+    let placed = plan(&snap, &ctx());
+    let mut on: Vec<(&str, &str)> =
+        placed.launches.iter().map(|l| (l.record.app.name.as_str(), l.record.agent.as_str())).collect();
+    on.sort();
+    assert_eq!(on, [("platform", "a1"), ("z-team-api", "r1"), ("z-team-api", "r1")], "r1 takes z-team only");
+    let status = &placed.statuses.iter().find(|s| s.name == "platform").unwrap().status;
+    let pending = status.condition(baton_api::app::CONDITION_PENDING).map(|c| c.message.clone()).unwrap_or_default();
+    assert!(pending.contains("reserved for another tenant"), "{pending}");
+}

@@ -55,6 +55,8 @@ pub enum StopReason {
     /// Its agent has been draining longer than the Maintenance's `forceAfter`: stopped
     /// without waiting for a replacement.
     MoveForced,
+    /// Its tenant is above its guarantee, and another tenant below its own needs the room.
+    Preempted,
 }
 
 impl StopReason {
@@ -67,6 +69,7 @@ impl StopReason {
             StopReason::Killed => "Killed",
             StopReason::Moved => "Moved",
             StopReason::MoveForced => "MoveForced",
+            StopReason::Preempted => "Preempted",
         }
     }
 }

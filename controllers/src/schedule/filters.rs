@@ -17,6 +17,9 @@ pub enum Reason {
     InMaintenance,
     /// The agent is being freed for another app's whole-agent instance.
     Reserved,
+    /// The agent is reserved for a tenant (its guarantee's `agents`), and the instance is not
+    /// that tenant's.
+    TenantReserved,
     /// The app's instances were moved off the agent (to free it) within the hour.
     RecentlyLeft,
     /// Another instance takes the whole agent.
@@ -52,6 +55,7 @@ impl Rejection {
         match self.reason {
             Reason::InMaintenance => "in maintenance".into(),
             Reason::Reserved => "being freed for another app".into(),
+            Reason::TenantReserved => "reserved for another tenant".into(),
             Reason::RecentlyLeft => "the app was moved off it within the hour".into(),
             Reason::TakenWhole => "taken whole by another instance".into(),
             Reason::NotEmpty => "not empty (the app takes whole agents)".into(),
@@ -95,7 +99,7 @@ pub struct Filter {
 
 /// Every filter, in the order they run: cheapest and most often decisive first, since the
 /// first rejection ends an agent's checks and is the reason its app's status reports.
-pub const FILTERS: [Filter; 13] = [
+pub const FILTERS: [Filter; 14] = [
     // An agent in maintenance takes nothing (it is not even indexed: only a full scan meets it).
     Filter { name: "maintenance", reason: Reason::InMaintenance, rejects: |c| c.agent.cordoned.then_some(0) },
     // Defragmentation: an agent being freed takes only the app it is freed for; the apps moved
@@ -104,6 +108,17 @@ pub const FILTERS: [Filter; 13] = [
         name: "reserved",
         reason: Reason::Reserved,
         rejects: |c| c.agent.reserved_for.is_some_and(|app| app != c.request.app).then_some(0),
+    },
+    // A tenant's reserved agents take its instances only.
+    Filter {
+        name: "tenant-reserved",
+        reason: Reason::TenantReserved,
+        rejects: |c| {
+            c.agent
+                .tenant
+                .is_some_and(|t| !matches!(c.request.scope, baton_api::Scope::Tenant(s) if s == t))
+                .then_some(0)
+        },
     },
     Filter {
         name: "recently-left",

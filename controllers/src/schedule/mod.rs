@@ -129,6 +129,8 @@ pub struct AgentSlot<'a> {
     pub cordoned: bool,
     /// Being freed for this app (`namespace/name`): only it goes on it.
     pub reserved_for: Option<&'a str>,
+    /// Reserved for this tenant (its guarantee's `agents`): only its instances go on it.
+    pub tenant: Option<&'a str>,
     /// Apps (uids) moved off it within the hour.
     pub barred: &'a [String],
     /// Instances not over on it (and placed this tick).
@@ -140,7 +142,7 @@ pub struct AgentSlot<'a> {
 impl AgentSlot<'_> {
     /// Nothing on it, and open to any app.
     fn is_empty_and_open(&self) -> bool {
-        self.live == 0 && !self.cordoned && self.reserved_for.is_none()
+        self.live == 0 && !self.cordoned && self.reserved_for.is_none() && self.tenant.is_none()
     }
 
     fn in_ranges(&self, port: u16) -> bool {
@@ -196,6 +198,10 @@ pub trait AgentRules {
     fn reserved_for(&self, agent: &str) -> Option<&str>;
     /// The uids of apps moved off it within the hour.
     fn barred(&self, agent: &str) -> &[String];
+    /// Reserved for this tenant: only its instances go on it.
+    fn tenant_of(&self, _agent: &str) -> Option<&str> {
+        None
+    }
 }
 
 /// No agent is in maintenance, reserved or barred.
@@ -333,6 +339,7 @@ impl<'a> Placer<'a> {
                     free_ports: record.ports.iter().map(|r| r.len()).sum(),
                     cordoned: rules.cordons(&record.name),
                     reserved_for: rules.reserved_for(&record.name),
+                    tenant: rules.tenant_of(&record.name),
                     barred: rules.barred(&record.name),
                     live: 0,
                     exclusive: false,

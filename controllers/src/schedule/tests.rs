@@ -196,6 +196,7 @@ fn scorers_are_pure_functions_of_the_slot() {
         free_ports: 100,
         cordoned: false,
         reserved_for: None,
+        tenant: None,
         barred: &[],
         live: 0,
         exclusive: false,
