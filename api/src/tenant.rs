@@ -505,20 +505,8 @@ pub fn validate_tenant(tenant: &Tenant) -> Vec<FieldError> {
         errors.push(FieldError::invalid("spec.weight", spec.weight, format!("must be at most {MAX_WEIGHT}")));
     }
     let q = &spec.quota;
-    for (field, value) in [("cpus", q.cpus), ("mem", q.mem), ("disk", q.disk)] {
-        if let Some(v) = value
-            && (!v.is_finite() || !(0.0..=1e12).contains(&v))
-        {
-            errors.push(FieldError::invalid(format!("spec.quota.{field}"), v, "must be between 0 and 10^12"));
-        }
-    }
-    for (field, value) in [("gpus", q.gpus), ("instances", q.instances)] {
-        if let Some(v) = value
-            && !(0..=1_000_000_000_000).contains(&v)
-        {
-            errors.push(FieldError::invalid(format!("spec.quota.{field}"), v, "must be between 0 and 10^12"));
-        }
-    }
+    check_amounts("spec.quota", [("cpus", q.cpus), ("mem", q.mem), ("disk", q.disk)], &mut errors);
+    check_counts("spec.quota", [("gpus", q.gpus), ("instances", q.instances)], &mut errors);
     if let Some(name) = &tenant.metadata.name
         && name.len() > MAX_TENANT_NAME
     {
@@ -531,18 +519,8 @@ pub fn validate_tenant(tenant: &Tenant) -> Vec<FieldError> {
         ));
     }
     let g = &spec.guarantee;
-    for (field, value) in [("cpus", g.cpus), ("mem", g.mem), ("disk", g.disk)] {
-        if let Some(v) = value
-            && (!v.is_finite() || !(0.0..=1e12).contains(&v))
-        {
-            errors.push(FieldError::invalid(format!("spec.guarantee.{field}"), v, "must be between 0 and 10^12"));
-        }
-    }
-    if let Some(v) = g.gpus
-        && !(0..=1_000_000_000_000).contains(&v)
-    {
-        errors.push(FieldError::invalid("spec.guarantee.gpus", v, "must be between 0 and 10^12"));
-    }
+    check_amounts("spec.guarantee", [("cpus", g.cpus), ("mem", g.mem), ("disk", g.disk)], &mut errors);
+    check_counts("spec.guarantee", [("gpus", g.gpus)], &mut errors);
     if g.agents.len() > MAX_SELECTOR_TERMS {
         errors.push(FieldError::too_long(
             "spec.guarantee.agents",
@@ -575,6 +553,28 @@ pub fn validate_tenant(tenant: &Tenant) -> Vec<FieldError> {
         errors.push(FieldError::invalid("spec.controller.mem", c.mem, "must be between 32 and 1048576 (MiB)"));
     }
     errors
+}
+
+/// Amounts (cpus, MiB) between 0 and 10^12.
+fn check_amounts<const N: usize>(prefix: &str, fields: [(&str, Option<f64>); N], errors: &mut Vec<FieldError>) {
+    for (field, value) in fields {
+        if let Some(v) = value
+            && (!v.is_finite() || !(0.0..=1e12).contains(&v))
+        {
+            errors.push(FieldError::invalid(format!("{prefix}.{field}"), v, "must be between 0 and 10^12"));
+        }
+    }
+}
+
+/// Counts (GPUs, instances) between 0 and 10^12.
+fn check_counts<const N: usize>(prefix: &str, fields: [(&str, Option<i64>); N], errors: &mut Vec<FieldError>) {
+    for (field, value) in fields {
+        if let Some(v) = value
+            && !(0..=1_000_000_000_000).contains(&v)
+        {
+            errors.push(FieldError::invalid(format!("{prefix}.{field}"), v, "must be between 0 and 10^12"));
+        }
+    }
 }
 
 /// At most this many attribute terms select a tenant's reserved agents.
