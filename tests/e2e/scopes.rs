@@ -165,3 +165,26 @@ fn a_tenants_controller_killed_loses_nothing_and_its_standby_carries_on() {
     assert_eq!(api.iter().filter(|w| w.is_stop()).count(), 0, "none of the tenant's instances stopped");
     assert_eq!(api.iter().filter(|w| w.is_creation()).count(), 3, "each placed once");
 }
+
+/// On etcd as on `baton dev`: for a Tenant the platform's controller runs the tenant's
+/// controller as an app on an agent (a real process, reaching the store only through the API
+/// server), and it plans the apps of the tenant's namespace.
+#[test]
+fn on_etcd_a_tenants_controller_runs_as_an_app_and_plans_its_apps() {
+    let options = ClusterOptions { controllers: 1, ..ClusterOptions::default() };
+    let cluster = Cluster::start(&baton_binary(), options);
+    cluster.apply("apiVersion: baton.dev/v1alpha1\nkind: Tenant\nmetadata: {name: team-a}\nspec:\n  namespaces: [team-a]\n");
+    cluster.wait_for("the tenant's controller to run as an app and lead its scope", WAIT, |c| {
+        let ready = c.kubectl.json(&["get", "tenant", "team-a"]).ok()?["status"]["controller"] == "1/1";
+        (ready && c.leader_of(TENANT).is_some()).then_some(())
+    });
+    let controller = cluster.wait_for("the controller's instance", WAIT, |c| running(c, "tenant-team-a", 1));
+    assert_eq!(controller[0].scope, Scope::Platform, "the platform's app");
+    cluster.apply(&app("api", "team-a", 2, 0.5));
+    let api = cluster.wait_for("the tenant's instances to run", WAIT, |c| running(c, "api", 2));
+    assert!(api.iter().all(|r| r.scope.to_string() == TENANT), "{api:?}");
+    cluster.wait_for("the tenant's controller to count them", WAIT, |c| {
+        let status = get_app(c, "api", "team-a")["status"].clone();
+        (status["running"] == 2 && status["instances"] == 2).then_some(())
+    });
+}
