@@ -776,7 +776,7 @@ fn with_replicas(kind: &Kind, current: &Value, scale: &Value) -> ApiResult<Value
 }
 
 /// Applies a merge or JSON patch; a patch that cannot apply is a 422 naming the problem.
-fn apply_patch(mut object: Value, patch: &Patch, target: &Target<'_>) -> ApiResult<Value> {
+pub(crate) fn apply_patch(mut object: Value, patch: &Patch, target: &Target<'_>) -> ApiResult<Value> {
     match patch {
         Patch::Merge(merge) => {
             if !merge.is_object() {

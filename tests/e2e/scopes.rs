@@ -173,7 +173,9 @@ fn a_tenants_controller_killed_loses_nothing_and_its_standby_carries_on() {
 fn on_etcd_a_tenants_controller_runs_as_an_app_and_plans_its_apps() {
     let options = ClusterOptions { controllers: 1, ..ClusterOptions::default() };
     let cluster = Cluster::start(&baton_binary(), options);
-    cluster.apply("apiVersion: baton.dev/v1alpha1\nkind: Tenant\nmetadata: {name: team-a}\nspec:\n  namespaces: [team-a]\n");
+    cluster.apply(
+        "apiVersion: baton.dev/v1alpha1\nkind: Tenant\nmetadata: {name: team-a}\nspec:\n  namespaces: [team-a]\n",
+    );
     cluster.wait_for("the tenant's controller to run as an app and lead its scope", WAIT, |c| {
         let ready = c.kubectl.json(&["get", "tenant", "team-a"]).ok()?["status"]["controller"] == "1/1";
         (ready && c.leader_of(TENANT).is_some()).then_some(())
