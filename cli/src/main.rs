@@ -15,6 +15,7 @@ mod dev;
 mod flags;
 mod kubeconfig;
 mod logs;
+mod rollout;
 mod serve;
 
 #[derive(Parser)]
@@ -38,6 +39,8 @@ enum Command {
     Kubeconfig(kubeconfig::KubeconfigArgs),
     /// Print an instance's output (stdout, or stderr), as `kubectl logs` does for a pod.
     Logs(logs::LogsArgs),
+    /// Follow an app's deployment: `baton rollout status app/NAME`, as kubectl's for a Deployment.
+    Rollout(rollout::RolloutArgs),
     /// Copy standard input to a log file, rotating it (what the agent runs between an
     /// instance and its log files).
     #[command(hide = true)]
@@ -85,6 +88,7 @@ fn main() -> Result<()> {
         Command::Controller(args) => runtime()?.block_on(controller::run(args)),
         Command::Agent(args) => runtime()?.block_on(agent::run(args)),
         Command::Logs(args) => runtime()?.block_on(logs::run(args)),
+        Command::Rollout(args) => runtime()?.block_on(rollout::run(args)),
         Command::Logger(_) => unreachable!("handled before logging starts"),
     }
 }

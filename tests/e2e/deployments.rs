@@ -148,3 +148,50 @@ fn the_restart_annotation_replaces_every_instance() {
     });
     assert!(after.is_disjoint(&before));
 }
+
+/// Runs `baton rollout status ARGS` against the cluster; `(exit code, stdout, stderr)`.
+fn rollout_status(baton: &Baton, args: &[&str]) -> (i32, String, String) {
+    let output = std::process::Command::new(baton_binary())
+        .args(["rollout", "status"])
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(&baton.kubeconfig)
+        .arg("--timeout")
+        .arg("60s")
+        .output()
+        .expect("baton rollout status runs");
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (output.status.code().unwrap_or(-1), text(&output.stdout), text(&output.stderr))
+}
+
+/// `baton rollout status` waits for a deployment as `kubectl rollout status` does: exit 0 once
+/// every instance runs the current version, healthy; 1, saying why, once it can make no
+/// progress for `--progress-deadline`.
+#[test]
+fn rollout_status_waits_for_a_deployment_and_fails_one_that_cannot_progress() {
+    let baton = Baton::start_dev(&baton_binary(), 1);
+    let app = |name: &str, cpus: f64, version: &str| {
+        format!(
+            "apiVersion: baton.dev/v1alpha1\nkind: App\nmetadata: {{name: {name}}}\nspec:\n  instances: 2\n  \
+             cmd: sleep 3600\n  resources: {{cpus: {cpus}, mem: 8}}\n  env: {{V: \"{version}\"}}\n"
+        )
+    };
+    for version in ["1", "2"] {
+        let out = baton.kubectl_with_input(&["apply", "-f", "-"], Some(&app("web", 0.01, version)));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let (code, stdout, stderr) = rollout_status(&baton, &["app/web"]);
+        assert_eq!(code, 0, "{stdout}{stderr}");
+        assert!(stdout.contains("app \"web\" successfully rolled out: 2 instances run version"), "{stdout}");
+    }
+    let out = baton.kubectl_with_input(&["apply", "-f", "-"], Some(&app("huge", 1000.0, "1")));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (code, stdout, stderr) = rollout_status(&baton, &["huge", "--progress-deadline", "2s"]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("app \"huge\" made no progress for 2s: Stuck: 2 of 2 instances cannot be placed"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = rollout_status(&baton, &["app/missing"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("app \"missing\" not found in namespace \"default\""), "{stderr}");
+}
