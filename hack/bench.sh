@@ -6,6 +6,7 @@
 #   hack/bench.sh api        writes/s and latency of the API server with 200 watchers (needs etcd)
 #   hack/bench.sh status     store writes/min of an agent with 1,000 healthy instances probed every 1 s
 #   hack/bench.sh drain      a scheduled drain of 100 of 1,000 agents (5,000 apps) and a defragmentation, in simulated time
+#   hack/bench.sh failover   leader changes in 30 min (MINUTES=…) with both cores saturated, default election TTL (needs etcd)
 #   hack/bench.sh share      fair shares of 500 tenants (400 bursty, one steady with large instances) and a guarantee reclaimed, in simulated ticks
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,8 +18,9 @@ case "${1:-}" in
   status) cargo bench --locked -p baton-agent --bench status_writes ;;
   drain) cargo bench --locked -p baton-controllers --bench drain ;;
   share) cargo bench --locked -p baton-controllers --bench share ;;
+  failover) cargo bench --locked -p baton --bench failover ;;
   *)
-    echo "usage: hack/bench.sh store|placement|plan|api|status|drain|share" >&2
+    echo "usage: hack/bench.sh store|placement|plan|api|status|drain|share|failover" >&2
     exit 2
     ;;
 esac

@@ -30,8 +30,11 @@ pub struct ControllerArgs {
     /// its own leader and never stops, rewrites or counts another's instances.
     #[arg(long, default_value = "platform")]
     scope: baton_api::Scope,
-    /// How long leadership outlives a controller that stopped renewing it.
-    #[arg(long, default_value = "10s", value_parser = duration)]
+    /// How long leadership outlives a controller that stopped renewing it: a crashed leader
+    /// is replaced about this long after (a leader asked to stop hands over at once). Shorter
+    /// fails over sooner; a leader stalled longer than two thirds of it (CPU starved, paused,
+    /// cut off from the store) loses its leadership. See docs/install.md.
+    #[arg(long, default_value = "2s", value_parser = duration)]
     election_ttl: Duration,
     /// Serve /metrics, /healthz and /readyz here.
     #[arg(long)]

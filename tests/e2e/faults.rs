@@ -294,3 +294,65 @@ fn pathological_objects_in_the_store_do_not_stop_the_controller() {
     cluster.kubectl_ok(&["scale", "app/fine", "--replicas=5"]);
     wait_running(&cluster, "fine", 5);
 }
+
+/// Every new leader of the platform's scope, as the store records it: `(when seen, id)`.
+fn leaders(cluster: &Cluster) -> std::sync::mpsc::Receiver<(Instant, String)> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let store = cluster.store().clone();
+    let key = cluster.keys().leader("platform");
+    let from =
+        cluster.block_on(baton_store::StoreExt::current_revision(store.as_ref())).expect("the store's revision") + 1;
+    cluster.spawn(async move {
+        use futures::StreamExt;
+        let Ok(mut watch) = store.watch(&key, from).await else { return };
+        while let Some(Ok(batch)) = watch.next().await {
+            for event in batch.events.iter().filter(|e| e.kind == baton_store::EventKind::Put && e.kv.key == key) {
+                if tx.send((Instant::now(), String::from_utf8_lossy(&event.kv.value).into_owned())).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// With the default election TTL: a leader asked to stop (SIGTERM) resigns and the standby
+/// leads at once; a crashed one (SIGKILL) is replaced within 3 s.
+#[test]
+fn failover_with_the_default_election_ttl() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let options = ClusterOptions { election_ttl: "", ..ClusterOptions::default() };
+    let mut cluster = Cluster::start(&baton_binary(), options);
+    let first = cluster.leader().expect("a leader");
+    let standby = if first == "c1" { "c2" } else { "c1" };
+    cluster.wait_for("the standby to campaign", WAIT, |c| {
+        c.logs().contains("waiting for the current leader to go").then_some(())
+    });
+    let leaders = leaders(&cluster);
+
+    let asked = Instant::now();
+    kill(Pid::from_raw(cluster.controller(&first).pid as i32), Signal::SIGTERM).expect("SIGTERM");
+    let (at, second) = leaders.recv_timeout(WAIT).expect("a new leader after SIGTERM");
+    let handover = at.duration_since(asked);
+    eprintln!("failover: {first} asked to stop (SIGTERM), {second} led {:.3} s later", handover.as_secs_f64());
+    assert_eq!(second, standby);
+    assert!(handover <= Duration::from_millis(500), "a leader asked to stop hands over at once: {handover:?}");
+
+    // The first comes back as the standby; then the leader crashes.
+    let status = cluster.controller(&first).stop();
+    assert!(status.success(), "{first} exits cleanly on SIGTERM: {status}");
+    let campaigning = cluster.controller(&first).log().matches("waiting for the current leader to go").count();
+    cluster.controller(&first).restart();
+    cluster.wait_for("the restarted controller to campaign", WAIT, |c| {
+        let log = c.controllers.iter().find(|p| p.name() == first).map(|p| p.log()).unwrap_or_default();
+        (log.matches("waiting for the current leader to go").count() > campaigning).then_some(())
+    });
+    let killed = Instant::now();
+    cluster.controller(&second).kill();
+    let (at, third) = leaders.recv_timeout(WAIT).expect("a new leader after SIGKILL");
+    let failover = at.duration_since(killed);
+    eprintln!("failover: {second} SIGKILLed, {third} led {:.2} s later (default TTL)", failover.as_secs_f64());
+    assert_eq!(third, first);
+    assert!(failover <= Duration::from_secs(3), "a crashed leader is replaced within 3 s: {failover:?}");
+}

@@ -22,7 +22,7 @@ use crate::{Kubectl, Proc, free_port, kill_processes_in, poll};
 pub struct ClusterOptions {
     pub controllers: usize,
     pub agents: usize,
-    /// `--election-ttl` of the controllers.
+    /// `--election-ttl` of the controllers ("": the default).
     pub election_ttl: &'static str,
     /// `--lease-ttl` of the agents.
     pub agent_lease_ttl: &'static str,
@@ -225,11 +225,12 @@ impl Cluster {
             &kubeconfig,
             "--id",
             id,
-            "--election-ttl",
-            self.options.election_ttl,
             "--metrics-listen",
             &format!("127.0.0.1:{metrics}"),
         ]);
+        if !self.options.election_ttl.is_empty() {
+            args.extend(os(&["--election-ttl", self.options.election_ttl]));
+        }
         args.extend(os(extra));
         let env = vec![("RUST_LOG".to_string(), "info,baton_controllers=debug".to_string())];
         let log = self.dir.path().join(format!("{id}.log"));

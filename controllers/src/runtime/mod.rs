@@ -38,6 +38,12 @@ use cache::{AppCache, GroupCache, MaintenanceCache, NamespaceCache, StoreCache, 
 use executor::Executor;
 use metrics::{Metrics, ReasonLabel};
 
+/// How long leadership outlives a leader that stopped renewing it, by default: a crashed
+/// leader is replaced within about 2.5 s (the lease's rest, etcd's expiry check, a campaign),
+/// and a leader renews every 0.67 s, so only a stall of over 1.3 s loses it (docs/install.md
+/// says how to choose).
+pub const DEFAULT_ELECTION_TTL: Duration = Duration::from_secs(2);
+
 /// How a controller runs.
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
@@ -73,7 +79,7 @@ impl ControllerConfig {
             id: id.into(),
             keys,
             scope: Scope::Platform,
-            election_ttl: Duration::from_secs(10),
+            election_ttl: DEFAULT_ELECTION_TTL,
             resync: Duration::from_secs(10),
             debounce: Duration::from_millis(20),
             retention: plan::Retention::default(),
