@@ -30,6 +30,7 @@ use baton_api::{AgentRecord, Goal, InstanceRecord, Phase, PortRange, ResourceAmo
 use baton_store::{EventKind, KeyValue, Keyspace, LeaseId, Op, Store, Txn};
 
 pub mod checks;
+pub mod hollow;
 pub mod logger;
 pub mod logs;
 pub mod machine;

@@ -17,8 +17,8 @@ pub struct AgentArgs {
     #[arg(long)]
     name: Option<String>,
     /// Where instances' sandboxes live.
-    #[arg(long)]
-    work_dir: PathBuf,
+    #[arg(long, required_unless_present = "hollow")]
+    work_dir: Option<PathBuf>,
     /// Where instances' ports are reachable from other machines (default: hostname).
     #[arg(long)]
     host: Option<String>,
@@ -46,18 +46,40 @@ pub struct AgentArgs {
     sandbox_listen: std::net::SocketAddr,
     #[command(flatten)]
     output: flags::OutputFlags,
+    /// Run N hollow agents instead (for measuring a cluster, as kubemark's hollow nodes):
+    /// named `NAME-00001`…, each offering --resources (all given) with `rack=r<i mod
+    /// --hollow-racks>`; they report their instances Staging, then Running, healthy and ready,
+    /// without starting any process.
+    #[arg(long, value_name = "N")]
+    hollow: Option<usize>,
+    /// Hollow agents: racks they are dealt over.
+    #[arg(long, default_value_t = 10, requires = "hollow")]
+    hollow_racks: usize,
+    /// Hollow agents: from assigned to Running.
+    #[arg(long, default_value = "1s", value_parser = duration, requires = "hollow")]
+    hollow_start_delay: Duration,
+    /// Hollow agents: one instance in N fails (exit 1) after --hollow-fail-after (0: none).
+    #[arg(long, default_value_t = 0, value_name = "N", requires = "hollow")]
+    hollow_fail_one_in: u64,
+    /// Hollow agents: how long a failing instance runs first.
+    #[arg(long, default_value = "30s", value_parser = duration, requires = "hollow")]
+    hollow_fail_after: Duration,
 }
 
 pub async fn run(args: AgentArgs) -> Result<()> {
-    std::fs::create_dir_all(&args.work_dir)
-        .map_err(|e| anyhow::anyhow!("--work-dir {}: cannot create it: {e}", args.work_dir.display()))?;
+    if let Some(count) = args.hollow {
+        return hollow(args, count).await;
+    }
+    let work_dir = args.work_dir.clone().expect("clap requires --work-dir without --hollow");
+    std::fs::create_dir_all(&work_dir)
+        .map_err(|e| anyhow::anyhow!("--work-dir {}: cannot create it: {e}", work_dir.display()))?;
     let config = AgentConfig {
         name: args.name.unwrap_or_else(crate::hostname),
         host: args.host.unwrap_or_else(crate::hostname),
-        resources: flags::resources(&args.resources, baton_agent::machine::resources(&args.work_dir))?,
+        resources: flags::resources(&args.resources, baton_agent::machine::resources(&work_dir))?,
         attributes: flags::attributes(&args.attributes)?,
         ports: flags::port_ranges(&args.ports)?,
-        work_dir: args.work_dir,
+        work_dir,
         lease_ttl: args.lease_ttl,
         keys: args.store.keys(),
         stop_instances_on_exit: args.stop_instances_on_exit,
@@ -86,6 +108,46 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         }
         // The agent stops on its own only when it cannot work (e.g. its work dir).
         ended = &mut agent => ended??,
+    }
+    Ok(())
+}
+
+/// `--hollow N`: N hollow agents in this process.
+async fn hollow(args: AgentArgs, count: usize) -> Result<()> {
+    if count == 0 || count > 100_000 {
+        anyhow::bail!("--hollow {count}: give between 1 and 100000 agents");
+    }
+    let resources = flags::resources(&args.resources, baton_api::ResourceAmounts::default())?;
+    if resources.millicpus == 0 || resources.mem_mib == 0 {
+        anyhow::bail!(
+            "--resources {:?}: hollow agents need cpus and mem given (e.g. cpus=16,mem=65536,disk=100000)",
+            args.resources
+        );
+    }
+    let config = baton_agent::hollow::HollowConfig {
+        prefix: args.name.unwrap_or_else(|| "hollow".into()),
+        count,
+        host: args.host.unwrap_or_else(|| "127.0.0.1".into()),
+        resources,
+        attributes: flags::attributes(&args.attributes)?,
+        racks: args.hollow_racks.max(1),
+        ports: flags::port_ranges(&args.ports)?,
+        lease_ttl: args.lease_ttl,
+        keys: args.store.keys(),
+        start_delay: args.hollow_start_delay,
+        fail_one_in: args.hollow_fail_one_in,
+        fail_after: args.hollow_fail_after,
+    };
+    let store = args.store.connect().await?;
+    let shutdown = CancellationToken::new();
+    let mut agents = tokio::spawn(baton_agent::hollow::run(store, config, shutdown.clone()));
+    tokio::select! {
+        signal = crate::wait_for_signal() => {
+            signal?;
+            shutdown.cancel();
+            agents.await??;
+        }
+        ended = &mut agents => ended??,
     }
     Ok(())
 }

@@ -213,6 +213,34 @@ impl Cluster {
         cluster
     }
 
+    /// Starts a process of `count` hollow agents (`baton agent --hollow`), named
+    /// `<name>-00001`…, each offering `resources`, with `extra` arguments; waits until they
+    /// are registered.
+    pub fn add_hollow_agents(&mut self, name: &str, count: usize, resources: &str, extra: &[&str]) {
+        let before = self.block_on(self.store.range(&self.keys.agents())).map(|r| r.kvs.len()).unwrap_or(0);
+        let mut args = os(&[
+            "agent",
+            "--store",
+            &self.url,
+            "--name",
+            name,
+            "--hollow",
+            &count.to_string(),
+            "--resources",
+            resources,
+            "--lease-ttl",
+            self.options.agent_lease_ttl,
+        ]);
+        args.extend(os(extra));
+        let env = vec![("RUST_LOG".to_string(), "info".to_string())];
+        let log = self.dir.path().join(format!("{name}.log"));
+        self.agents.push(Proc::start(name, &self.binary, args, env, log));
+        self.wait_for("the hollow agents to register", Duration::from_secs(60), |c| {
+            let now = c.block_on(c.store.range(&c.keys.agents())).map(|r| r.kvs.len()).unwrap_or(0);
+            (now >= before + count).then_some(())
+        });
+    }
+
     /// Starts one more controller, `id`, with `extra` arguments (e.g. `--scope tenant/a`).
     pub fn add_controller(&mut self, id: &str, extra: &[&str]) {
         let metrics = free_port();

@@ -1,0 +1,373 @@
+//! `hack/bench.sh cluster`: the whole cluster end to end on etcd, as an operator of a large
+//! fleet sees it — etcd, the API server, two controllers and hollow agents (`baton agent
+//! --hollow`: no processes, the same store traffic), on a release build. In one run it prints:
+//!
+//! (a) etcd's batched write ceiling on this machine, now: keys/s of 128-key transactions of
+//!     1 KiB values, 8 at a time;
+//! (b) 2,000 apps of 50 instances (100,000) created on 10,000 agents: time until every instance
+//!     is Running, launches/s, and their ratio to (a);
+//! (c) a rolling upgrade of 200 of those apps (10,000 instances, minimumHealthCapacity 0.8,
+//!     maximumOverCapacity 0.2): time, and the largest excess and smallest healthy fraction
+//!     seen (apps' statuses, read every second);
+//! (d) the leading controller's resident memory per agent and per instance;
+//! (e) its plan time p50/p99 during (b) and (c) (from its histogram: within 25 %);
+//! (f) the leader SIGKILLed at 100,000 instances with one app scaled up by one at once: time
+//!     until the new leader's first write, and what was launched or stopped meanwhile (exactly
+//!     that one launch, no stop).
+//!
+//! `SCALE=0.1` divides agents, apps and instances by ten, for a quick run.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use baton_api::{Goal, InstanceRecord, Phase, StatusRecord};
+use baton_e2e::{Cluster, ClusterOptions};
+use baton_store::{EventKind, Op, StoreExt, Txn};
+use futures::StreamExt;
+
+/// What the store says, as a watch from the bench follows it.
+#[derive(Default)]
+struct Seen {
+    /// Status phase by instance id.
+    phases: HashMap<String, Phase>,
+    running: u64,
+    /// Instance records by id: their version, goal and term.
+    records: HashMap<String, (String, Goal, i64)>,
+    creations: u64,
+    stops: u64,
+}
+
+fn main() {
+    let scale: f64 = std::env::var("SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0);
+    let n = |x: f64| ((x * scale).round() as usize).max(1);
+    let (agents, apps, per_app, upgraded) = (n(10_000.0), n(2_000.0), 50, n(200.0));
+    let binary = PathBuf::from(env!("CARGO_BIN_EXE_baton"));
+    let started = Instant::now();
+    let mut cluster = Cluster::start(
+        &binary,
+        ClusterOptions {
+            controllers: 2,
+            agents: 0,
+            election_ttl: "",
+            agent_lease_ttl: "10s",
+            ..ClusterOptions::default()
+        },
+    );
+    println!("cluster: {agents} hollow agents, {apps} apps × {per_app} instances; SCALE={scale}");
+
+    // (a) etcd's batched write ceiling.
+    let ceiling = write_ceiling(&cluster);
+    println!("(a) etcd batched write ceiling: {ceiling:.0} keys/s (128-key transactions of 1 KiB, 8 at a time)");
+
+    let seen = follow(&cluster);
+    let rss_empty = rss_kib(&cluster);
+    cluster.add_hollow_agents("h", agents, "cpus=16,mem=65536,disk=100000", &["--hollow-start-delay", "1s"]);
+    let leader = leader_index(&cluster);
+    std::thread::sleep(Duration::from_secs(3)); // a few ticks over the agents
+    let rss_agents = rss_kib(&cluster);
+
+    // (b) 2,000 apps of 50 instances.
+    let plans_before = plan_histogram(&cluster, leader);
+    let api = cluster.api();
+    let create_started = Instant::now();
+    create_apps(&api, apps, per_app);
+    let created_in = create_started.elapsed();
+    let total = (apps * per_app) as u64;
+    wait(&seen, Duration::from_secs(1800), "every instance Running", |s| s.running >= total);
+    let all_running = create_started.elapsed();
+    let launches_per_s = total as f64 / all_running.as_secs_f64();
+    let plans_b = plan_histogram(&cluster, leader);
+    println!(
+        "(b) {total} instances of {apps} apps on {agents} agents: all Running {:.1} s after the first create (creates took \
+         {:.1} s): {launches_per_s:.0} launches/s = {:.0} % of (a); each launch is 4 store writes (record, index, Staging, \
+         Running): {:.0} % of (a) in keys",
+        all_running.as_secs_f64(),
+        created_in.as_secs_f64(),
+        100.0 * launches_per_s / ceiling,
+        400.0 * launches_per_s / ceiling
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    let rss_instances = rss_kib(&cluster);
+    println!(
+        "(d) leader's resident memory: {:.1} MiB empty, {:.1} MiB with {agents} agents, {:.1} MiB with {total} instances: \
+         {:.2} KiB per agent, {:.2} KiB per instance",
+        rss_empty as f64 / 1024.0,
+        rss_agents as f64 / 1024.0,
+        rss_instances as f64 / 1024.0,
+        (rss_agents as f64 - rss_empty as f64) / agents as f64,
+        (rss_instances as f64 - rss_agents as f64) / total as f64
+    );
+
+    // (c) a rolling upgrade of `upgraded` apps.
+    let upgrade_started = Instant::now();
+    let (max_over, min_healthy) = rolling_upgrade(&cluster, &api, upgraded, per_app);
+    let upgrade_took = upgrade_started.elapsed();
+    let plans_c = plan_histogram(&cluster, leader);
+    println!(
+        "(c) rolling upgrade of {} instances ({upgraded} apps, minimumHealthCapacity 0.8, maximumOverCapacity 0.2): {:.1} s; \
+         largest excess seen {:.0} % (limit 20 %), smallest healthy fraction seen {:.0} % (limit 80 %)",
+        upgraded * per_app,
+        upgrade_took.as_secs_f64(),
+        max_over * 100.0,
+        min_healthy * 100.0
+    );
+    for (what, from, to) in [("(b)", &plans_before, &plans_b), ("(c)", &plans_b, &plans_c)] {
+        let (p50, p99, count) = quantiles(from, to);
+        println!("(e) plan time during {what}: p50 ≤ {p50:.1} ms, p99 ≤ {p99:.1} ms over {count} plans");
+    }
+    let steady_from = plan_histogram(&cluster, leader);
+    std::thread::sleep(Duration::from_secs(15));
+    let steady_to = plan_histogram(&cluster, leader);
+    let (p50, p99, count) = quantiles(&steady_from, &steady_to);
+    println!(
+        "(e) plan time at steady state ({total} instances): p50 ≤ {p50:.1} ms, p99 ≤ {p99:.1} ms over {count} plans"
+    );
+
+    // (f) the leader SIGKILLed at full size, one app scaled up by one at once.
+    let (creations, stops) = {
+        let s = seen.lock().expect("seen");
+        (s.creations, s.stops)
+    };
+    let old = cluster.leader().expect("a leader");
+    let old_term = current_term(&cluster);
+    let killed = Instant::now();
+    cluster.controller(&old).kill();
+    let out = cluster.kubectl.run(&["scale", "app/app-0000", &format!("--replicas={}", per_app + 1)], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let first_write = wait(&seen, Duration::from_secs(120), "the new leader's first write", |s| {
+        s.records.values().any(|(_, _, term)| *term > old_term)
+    });
+    let took = killed.elapsed();
+    let _ = first_write;
+    std::thread::sleep(Duration::from_secs(5));
+    let s = seen.lock().expect("seen");
+    println!(
+        "(f) leader {old} SIGKILLed at {total} instances: the new leader's first write {:.2} s later; meanwhile {} \
+         launched (1 asked) and {} stopped (0 asked)",
+        took.as_secs_f64(),
+        s.creations - creations,
+        s.stops - stops
+    );
+    println!("cluster: the whole run took {:.0} s", started.elapsed().as_secs_f64());
+}
+
+/// Keys/s etcd takes in 128-key transactions of 1 KiB values, 8 at a time, for 5 s.
+fn write_ceiling(cluster: &Cluster) -> f64 {
+    let store = cluster.store().clone();
+    let written = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let tasks: Vec<_> = (0..8)
+        .map(|t| {
+            let (store, written) = (store.clone(), written.clone());
+            cluster.spawn(async move {
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    let ops: Vec<Op> = (0..128)
+                        .map(|i| Op::put(format!("/ceiling/{t}/{}", (n * 128 + i) % 8192), vec![b'x'; 1024]))
+                        .collect();
+                    if store.txn(Txn::new().and_then(ops)).await.is_ok() {
+                        written.fetch_add(128, Ordering::SeqCst);
+                    }
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    let began = Instant::now();
+    for task in tasks {
+        let _ = cluster.block_on(task);
+    }
+    let rate = written.load(Ordering::SeqCst) as f64 / began.elapsed().as_secs_f64();
+    let _ = cluster.block_on(store.txn(Txn::new().and_then([Op::delete_prefix("/ceiling/")])));
+    rate
+}
+
+/// Follows instance records and statuses from now on.
+fn follow(cluster: &Cluster) -> Arc<Mutex<Seen>> {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let store = cluster.store().clone();
+    let keys = cluster.keys().clone();
+    let from = cluster.block_on(store.current_revision()).expect("the store's revision") + 1;
+    let shared = seen.clone();
+    cluster.spawn(async move {
+        let Ok(mut watch) = store.watch(&keys.root_prefix(), from).await else { return };
+        while let Some(Ok(batch)) = watch.next().await {
+            let mut s = shared.lock().expect("seen");
+            for event in &batch.events {
+                if let Some((_, id)) = keys.parse_status_key(&event.kv.key) {
+                    let before = s.phases.get(id).copied();
+                    let after = match event.kind {
+                        EventKind::Put => serde_json::from_slice::<StatusRecord>(&event.kv.value).ok().map(|r| r.phase),
+                        EventKind::Delete => None,
+                    };
+                    if before == Some(Phase::Running) {
+                        s.running -= 1;
+                    }
+                    if after == Some(Phase::Running) {
+                        s.running += 1;
+                    }
+                    match after {
+                        Some(phase) => _ = s.phases.insert(id.to_string(), phase),
+                        None => _ = s.phases.remove(id),
+                    }
+                } else if let Some((_, id)) = keys.parse_instance_key(&event.kv.key) {
+                    match event.kind {
+                        EventKind::Put => {
+                            let Ok(record) = serde_json::from_slice::<InstanceRecord>(&event.kv.value) else {
+                                continue;
+                            };
+                            let before = s.records.insert(id.to_string(), (record.version, record.goal, record.term));
+                            match before {
+                                None => s.creations += 1,
+                                Some((_, Goal::Running, _)) if record.goal == Goal::Stopped => s.stops += 1,
+                                _ => {}
+                            }
+                        }
+                        EventKind::Delete => _ = s.records.remove(id),
+                    }
+                }
+            }
+        }
+    });
+    seen
+}
+
+fn wait(seen: &Arc<Mutex<Seen>>, timeout: Duration, what: &str, done: impl Fn(&Seen) -> bool) -> Duration {
+    let began = Instant::now();
+    let mut last_print = Instant::now();
+    loop {
+        {
+            let s = seen.lock().expect("seen");
+            if done(&s) {
+                return began.elapsed();
+            }
+            if last_print.elapsed() > Duration::from_secs(10) {
+                println!("  … waiting for {what}: {} running, {} records", s.running, s.records.len());
+                last_print = Instant::now();
+            }
+        }
+        assert!(began.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Creates the apps through the API server, 16 at a time.
+fn create_apps(api: &baton_e2e::ApiClient, apps: usize, per_app: usize) {
+    let next = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..16 {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst) as usize;
+                    if i >= apps {
+                        return;
+                    }
+                    let body = app(i, per_app, "1").to_string();
+                    let (code, text) = api.post_json("/apis/baton.dev/v1alpha1/namespaces/default/apps", &body);
+                    assert_eq!(code, 201, "creating app-{i:04}: {text}");
+                }
+            });
+        }
+    });
+}
+
+fn app(i: usize, instances: usize, version: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "baton.dev/v1alpha1", "kind": "App",
+        "metadata": {"name": format!("app-{i:04}"), "namespace": "default"},
+        "spec": {
+            "instances": instances, "cmd": "sleep 3600",
+            "resources": {"cpus": 0.5, "mem": 512},
+            "env": {"V": version},
+            "upgradeStrategy": {"minimumHealthCapacity": 0.8, "maximumOverCapacity": 0.2},
+        },
+    })
+}
+
+/// Changes the first `apps` apps' version and waits until each completes; returns the largest
+/// excess over `instances` and the smallest healthy fraction seen in their statuses.
+fn rolling_upgrade(cluster: &Cluster, api: &baton_e2e::ApiClient, apps: usize, per_app: usize) -> (f64, f64) {
+    for i in 0..apps {
+        let patch = serde_json::json!({"spec": {"env": {"V": "2"}}}).to_string();
+        let path = format!("/apis/baton.dev/v1alpha1/namespaces/default/apps/app-{i:04}");
+        let (code, text) = api.call("PATCH", &path, "application/merge-patch+json", Some(&patch));
+        assert_eq!(code, 200, "upgrading app-{i:04}: {text}");
+    }
+    let (mut max_over, mut min_healthy) = (0.0f64, 1.0f64);
+    let began = Instant::now();
+    loop {
+        let list = api.get_json("/apis/baton.dev/v1alpha1/namespaces/default/apps");
+        let mut done = 0;
+        for item in list["items"].as_array().into_iter().flatten().take(apps) {
+            let status = &item["status"];
+            let live = status["instances"].as_f64().unwrap_or(0.0);
+            let healthy = status["healthy"].as_f64().unwrap_or(0.0);
+            max_over = max_over.max((live - per_app as f64) / per_app as f64);
+            min_healthy = min_healthy.min(healthy / per_app as f64);
+            let complete = status["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Progressing" && c["reason"] == "Complete")
+                && status["observedGeneration"] == item["metadata"]["generation"];
+            if complete {
+                done += 1;
+            }
+        }
+        if done == apps {
+            return (max_over, min_healthy);
+        }
+        assert!(began.elapsed() < Duration::from_secs(1800), "the rolling upgrade did not finish: {done} of {apps}");
+        let _ = cluster;
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// The index of the leading controller (`c1` → 0).
+fn leader_index(cluster: &Cluster) -> usize {
+    let leader = cluster.leader().expect("a leader");
+    leader.trim_start_matches('c').parse::<usize>().expect("controllers are c1, c2") - 1
+}
+
+/// The election key's create revision (the leader's term).
+fn current_term(cluster: &Cluster) -> i64 {
+    let key = cluster.keys().leader("platform");
+    cluster.block_on(cluster.store().get(&key)).ok().flatten().map_or(0, |kv| kv.create_revision)
+}
+
+/// The leading controller's resident memory, KiB.
+fn rss_kib(cluster: &Cluster) -> u64 {
+    let leader = cluster.leader().expect("a leader");
+    let pid = cluster.controllers.iter().find(|c| c.name() == leader).map(|c| c.pid).expect("the leader's process");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The controller's plan-time histogram: upper bound (s) → cumulative count.
+fn plan_histogram(cluster: &Cluster, controller: usize) -> BTreeMap<u64, f64> {
+    let port = cluster.metrics_ports[controller];
+    let (_, body) = baton_e2e::http("127.0.0.1", port, "GET", "/metrics", None).unwrap_or_default();
+    body.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("baton_controller_plan_seconds_bucket{le=\"")?;
+            let (bound, count) = rest.split_once("\"} ")?;
+            let bound: f64 = if bound == "+Inf" { f64::MAX } else { bound.parse().ok()? };
+            Some(((bound * 1e9).min(u64::MAX as f64) as u64, count.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// p50 and p99 (ms, bucket upper bounds) and the count of plans between two readings.
+fn quantiles(from: &BTreeMap<u64, f64>, to: &BTreeMap<u64, f64>) -> (f64, f64, u64) {
+    let diffs: Vec<(u64, f64)> = to.iter().map(|(b, c)| (*b, c - from.get(b).copied().unwrap_or(0.0))).collect();
+    let total = diffs.last().map_or(0.0, |(_, c)| *c);
+    let at = |p: f64| diffs.iter().find(|(_, c)| *c >= total * p).map_or(f64::NAN, |(b, _)| *b as f64 / 1e6);
+    (at(0.5), at(0.99), total as u64)
+}
