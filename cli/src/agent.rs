@@ -25,6 +25,10 @@ pub struct AgentArgs {
     /// Resources to offer, e.g. cpus=4,mem=4096,disk=1024 (MiB); what is not given is the machine's.
     #[arg(long, default_value = "")]
     resources: String,
+    /// Kept back from what is offered, e.g. cpus=0.5,mem=1024 (MiB): what the machine's own
+    /// services (and, on Kubernetes, the kubelet and the node's system) need.
+    #[arg(long, default_value = "")]
+    reserve: String,
     /// Attributes for constraints, e.g. rack=r1,zone=a.
     #[arg(long, default_value = "")]
     attributes: String,
@@ -73,10 +77,21 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let work_dir = args.work_dir.clone().expect("clap requires --work-dir without --hollow");
     std::fs::create_dir_all(&work_dir)
         .map_err(|e| anyhow::anyhow!("--work-dir {}: cannot create it: {e}", work_dir.display()))?;
+    let offered = flags::resources(&args.resources, baton_agent::machine::resources(&work_dir))?;
+    let reserved = flags::resources_of("--reserve", &args.reserve, baton_api::ResourceAmounts::default())?;
+    let resources = offered.minus(reserved);
+    if resources.millicpus == 0 || resources.mem_mib == 0 {
+        anyhow::bail!(
+            "--reserve {:?} leaves nothing to offer of {} (offered {})",
+            args.reserve,
+            offered.display(),
+            resources.display()
+        );
+    }
     let config = AgentConfig {
         name: args.name.unwrap_or_else(crate::hostname),
         host: args.host.unwrap_or_else(crate::hostname),
-        resources: flags::resources(&args.resources, baton_agent::machine::resources(&work_dir))?,
+        resources,
         attributes: flags::attributes(&args.attributes)?,
         ports: flags::port_ranges(&args.ports)?,
         work_dir,

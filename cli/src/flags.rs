@@ -158,26 +158,31 @@ pub fn duration(input: &str) -> Result<Duration, String> {
 
 /// `cpus=4,mem=4096,disk=1024,gpus=1`: the resources given override `base` (the machine's).
 pub fn resources(input: &str, base: ResourceAmounts) -> Result<ResourceAmounts> {
+    resources_of("--resources", input, base)
+}
+
+/// As [`resources`], for the flag named `flag`.
+pub fn resources_of(flag: &str, input: &str, base: ResourceAmounts) -> Result<ResourceAmounts> {
     let mut given = Resources {
         cpus: base.millicpus as f64 / 1000.0,
         mem: base.mem_mib as f64,
         disk: base.disk_mib as f64,
         gpus: base.gpus as i64,
     };
-    for (key, value) in pairs(input, "--resources")? {
+    for (key, value) in pairs(input, flag)? {
         let number: f64 = value
             .parse()
             .ok()
             .filter(|n: &f64| n.is_finite() && *n >= 0.0)
-            .with_context(|| format!("--resources {input:?}: {key}={value} is not a non-negative number"))?;
+            .with_context(|| format!("{flag} {input:?}: {key}={value} is not a non-negative number"))?;
         match key.as_str() {
             "cpus" => given.cpus = number,
             "mem" => given.mem = number,
             "disk" => given.disk = number,
             "gpus" if number.fract() == 0.0 => given.gpus = number as i64,
-            "gpus" => bail!("--resources {input:?}: gpus={value} is not a whole number"),
+            "gpus" => bail!("{flag} {input:?}: gpus={value} is not a whole number"),
             other => bail!(
-                "--resources {input:?}: unknown resource {other:?} (cpus, mem, disk and gpus are known; mem and disk in MiB)"
+                "{flag} {input:?}: unknown resource {other:?} (cpus, mem, disk and gpus are known; mem and disk in MiB)"
             ),
         }
     }
@@ -236,6 +241,13 @@ mod tests {
         assert!(resources("gpus=0.5", machine).unwrap_err().to_string().contains("whole number"));
         assert!(resources("mem=-1", machine).unwrap_err().to_string().contains("mem=-1"));
         assert!(resources("mem", machine).unwrap_err().to_string().contains("key=value"));
+        let reserved = resources_of("--reserve", "cpus=0.5,mem=1024", ResourceAmounts::default()).unwrap();
+        assert_eq!(
+            machine.minus(reserved),
+            ResourceAmounts { millicpus: 7500, mem_mib: 14976, disk_mib: 100, gpus: 0 }
+        );
+        let err = resources_of("--reserve", "ram=1", machine).unwrap_err().to_string();
+        assert!(err.starts_with("--reserve \"ram=1\""), "errors name the flag: {err}");
     }
 
     #[test]
