@@ -81,7 +81,14 @@ fn main() {
     let started = Instant::now();
     let total = Duration::from_secs_f64(minutes * 60.0);
     let mut scale = 0;
+    let mut compacted = Instant::now();
     while started.elapsed() < total {
+        // As etcd's --auto-compaction-retention does in production: without it the write
+        // stream fills etcd's quota and it refuses every write.
+        if compacted.elapsed() > Duration::from_secs(60) {
+            cluster.compact_etcd();
+            compacted = Instant::now();
+        }
         scale = if scale == 0 { 50 } else { 0 };
         let _ = cluster.kubectl.run(&["scale", "app/churn", &format!("--replicas={scale}")], None);
         std::thread::sleep(Duration::from_secs(5));
