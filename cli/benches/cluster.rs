@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use baton_api::{Goal, InstanceRecord, Phase, StatusRecord};
 use baton_e2e::{Cluster, ClusterOptions};
-use baton_store::{EventKind, Op, StoreExt, Txn};
+use baton_store::{EventKind, Op, Txn};
 use futures::StreamExt;
 
 /// What the store says, as a watch from the bench follows it.
@@ -185,54 +185,88 @@ fn write_ceiling(cluster: &Cluster) -> f64 {
     rate
 }
 
-/// Follows instance records and statuses from now on.
+/// Follows instance records and statuses: loads them, then watches; after a watch ends or
+/// fails (a slow reader may be cut off at this size), loads them again.
 fn follow(cluster: &Cluster) -> Arc<Mutex<Seen>> {
     let seen = Arc::new(Mutex::new(Seen::default()));
     let store = cluster.store().clone();
     let keys = cluster.keys().clone();
-    let from = cluster.block_on(store.current_revision()).expect("the store's revision") + 1;
     let shared = seen.clone();
     cluster.spawn(async move {
-        let Ok(mut watch) = store.watch(&keys.root_prefix(), from).await else { return };
-        while let Some(Ok(batch)) = watch.next().await {
-            let mut s = shared.lock().expect("seen");
-            for event in &batch.events {
-                if let Some((_, id)) = keys.parse_status_key(&event.kv.key) {
-                    let before = s.phases.get(id).copied();
-                    let after = match event.kind {
-                        EventKind::Put => serde_json::from_slice::<StatusRecord>(&event.kv.value).ok().map(|r| r.phase),
-                        EventKind::Delete => None,
-                    };
-                    if before == Some(Phase::Running) {
-                        s.running -= 1;
-                    }
-                    if after == Some(Phase::Running) {
-                        s.running += 1;
-                    }
-                    match after {
-                        Some(phase) => _ = s.phases.insert(id.to_string(), phase),
-                        None => _ = s.phases.remove(id),
-                    }
-                } else if let Some((_, id)) = keys.parse_instance_key(&event.kv.key) {
-                    match event.kind {
-                        EventKind::Put => {
-                            let Ok(record) = serde_json::from_slice::<InstanceRecord>(&event.kv.value) else {
-                                continue;
-                            };
-                            let before = s.records.insert(id.to_string(), (record.version, record.goal, record.term));
-                            match before {
-                                None => s.creations += 1,
-                                Some((_, Goal::Running, _)) if record.goal == Goal::Stopped => s.stops += 1,
-                                _ => {}
-                            }
-                        }
-                        EventKind::Delete => _ = s.records.remove(id),
-                    }
+        loop {
+            let (Ok(statuses), Ok(records)) =
+                (store.range(&keys.statuses()).await, store.range(&keys.instances()).await)
+            else {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            };
+            {
+                let mut s = shared.lock().expect("seen");
+                s.phases = statuses
+                    .kvs
+                    .iter()
+                    .filter_map(|kv| {
+                        let (_, id) = keys.parse_status_key(&kv.key)?;
+                        Some((id.to_string(), serde_json::from_slice::<StatusRecord>(&kv.value).ok()?.phase))
+                    })
+                    .collect();
+                s.running = s.phases.values().filter(|p| **p == Phase::Running).count() as u64;
+                s.records = records
+                    .kvs
+                    .iter()
+                    .filter_map(|kv| {
+                        let (_, id) = keys.parse_instance_key(&kv.key)?;
+                        let r = serde_json::from_slice::<InstanceRecord>(&kv.value).ok()?;
+                        Some((id.to_string(), (r.version, r.goal, r.term)))
+                    })
+                    .collect();
+            }
+            let from = statuses.revision.min(records.revision) + 1;
+            let Ok(mut watch) = store.watch(&keys.root_prefix(), from).await else { continue };
+            while let Some(Ok(batch)) = watch.next().await {
+                let mut s = shared.lock().expect("seen");
+                for event in &batch.events {
+                    apply(&keys, &mut s, event);
                 }
             }
+            println!("  (the bench's own watch ended; loading again)");
         }
     });
     seen
+}
+
+/// One change, into what the bench has seen.
+fn apply(keys: &baton_store::Keyspace, s: &mut Seen, event: &baton_store::WatchEvent) {
+    if let Some((_, id)) = keys.parse_status_key(&event.kv.key) {
+        let before = s.phases.get(id).copied();
+        let after = match event.kind {
+            EventKind::Put => serde_json::from_slice::<StatusRecord>(&event.kv.value).ok().map(|r| r.phase),
+            EventKind::Delete => None,
+        };
+        if before == Some(Phase::Running) {
+            s.running -= 1;
+        }
+        if after == Some(Phase::Running) {
+            s.running += 1;
+        }
+        match after {
+            Some(phase) => _ = s.phases.insert(id.to_string(), phase),
+            None => _ = s.phases.remove(id),
+        }
+    } else if let Some((_, id)) = keys.parse_instance_key(&event.kv.key) {
+        match event.kind {
+            EventKind::Put => {
+                let Ok(record) = serde_json::from_slice::<InstanceRecord>(&event.kv.value) else { return };
+                let before = s.records.insert(id.to_string(), (record.version, record.goal, record.term));
+                match before {
+                    None => s.creations += 1,
+                    Some((_, Goal::Running, _)) if record.goal == Goal::Stopped => s.stops += 1,
+                    _ => {}
+                }
+            }
+            EventKind::Delete => _ = s.records.remove(id),
+        }
+    }
 }
 
 fn wait(seen: &Arc<Mutex<Seen>>, timeout: Duration, what: &str, done: impl Fn(&Seen) -> bool) -> Duration {

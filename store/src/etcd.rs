@@ -52,6 +52,11 @@ const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Keys read per request when ranging over a prefix.
 const RANGE_PAGE: i64 = 1000;
 
+/// The largest answer read from etcd (gRPC's default is 4 MiB): a page of 1,000 objects of
+/// 5 KiB, or a watch batch of a large transaction, is more. etcd itself sends answers of any
+/// size; its own limit is on requests (`--max-request-bytes`, 1.5 MiB).
+const MAX_ANSWER_BYTES: usize = 256 * 1024 * 1024;
+
 /// TLS to etcd: the CA that signed etcd's serving certificate, and the client certificate
 /// and key (PEM) etcd asks for when it checks clients (`--client-cert-auth`).
 #[derive(Clone, Debug, Default)]
@@ -81,6 +86,16 @@ impl EtcdStore {
     /// `timeout`.
     pub async fn connect(endpoints: &[String], timeout: Duration) -> Result<Self> {
         Self::connect_with(endpoints, timeout, None).await
+    }
+
+    /// A KV client that reads answers of any size etcd sends.
+    fn kv(&self) -> etcd_client::KvClient {
+        self.client.kv_client().max_decoding_message_size(MAX_ANSWER_BYTES)
+    }
+
+    /// A watch client that reads batches of any size etcd sends.
+    fn watcher(&self) -> etcd_client::WatchClient {
+        self.client.watch_client().max_decoding_message_size(MAX_ANSWER_BYTES)
     }
 
     /// Connects over TLS when `tls` is given (`http://` endpoints become `https://`).
@@ -168,13 +183,13 @@ fn txn_op(op: &Op) -> TxnOp {
 #[async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        let response = self.client.kv_client().get(key, None).await.map_err(|e| backend("get", e))?;
+        let response = self.kv().get(key, None).await.map_err(|e| backend("get", e))?;
         Ok(response.kvs().first().map(key_value))
     }
 
     async fn range(&self, prefix: &str) -> Result<RangeResponse> {
         let end = prefix_end(prefix).map(String::into_bytes).unwrap_or_else(|| vec![0]);
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         let mut kvs = Vec::new();
         let mut from = prefix.as_bytes().to_vec();
         let mut revision: Revision = 0;
@@ -217,7 +232,7 @@ impl Store for EtcdStore {
         if let Some(revision) = request.revision.filter(|r| *r > 0) {
             options = options.with_revision(revision);
         }
-        let response = match self.client.kv_client().get(from, Some(options)).await {
+        let response = match self.kv().get(from, Some(options)).await {
             Ok(response) => response,
             Err(e) if e.to_string().contains("required revision has been compacted") => {
                 return Err(Error::Compacted { requested: request.revision.unwrap_or(0), compact_revision: 0 });
@@ -239,7 +254,7 @@ impl Store for EtcdStore {
             match &txn.success[0] {
                 Op::Put { key, value, lease } => {
                     let options = (*lease != 0).then(|| etcd_client::PutOptions::new().with_lease(*lease));
-                    let response = match self.client.kv_client().put(key.as_bytes(), value.clone(), options).await {
+                    let response = match self.kv().put(key.as_bytes(), value.clone(), options).await {
                         Ok(response) => response,
                         Err(e) if is_lease_not_found(&e) => return Err(Error::LeaseNotFound(*lease)),
                         Err(e) => return Err(backend("put", e)),
@@ -248,8 +263,7 @@ impl Store for EtcdStore {
                     return Ok(TxnResponse { succeeded: true, revision, responses: vec![OpResponse::Put] });
                 }
                 Op::Delete { key } => {
-                    let response =
-                        self.client.kv_client().delete(key.as_bytes(), None).await.map_err(|e| backend("delete", e))?;
+                    let response = self.kv().delete(key.as_bytes(), None).await.map_err(|e| backend("delete", e))?;
                     let revision = response.header().map_or(0, |h| h.revision());
                     return Ok(TxnResponse {
                         succeeded: true,
@@ -264,7 +278,7 @@ impl Store for EtcdStore {
             .when(txn.compares.iter().map(compare).collect::<Vec<_>>())
             .and_then(txn.success.iter().map(txn_op).collect::<Vec<_>>())
             .or_else(txn.failure.iter().map(txn_op).collect::<Vec<_>>());
-        let response = match self.client.kv_client().txn(request).await {
+        let response = match self.kv().txn(request).await {
             Ok(response) => response,
             Err(e) if is_lease_not_found(&e) => {
                 let lease = txn
@@ -304,7 +318,7 @@ impl Store for EtcdStore {
         if from > 0 {
             options = options.with_start_revision(from);
         }
-        let stream = self.client.watch_client().watch(prefix, Some(options)).await.map_err(|e| backend("watch", e))?;
+        let stream = self.watcher().watch(prefix, Some(options)).await.map_err(|e| backend("watch", e))?;
         let requested = from;
         Ok(futures::stream::unfold(Some(stream), move |state| async move {
             let mut stream = state?;
