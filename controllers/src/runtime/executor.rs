@@ -56,8 +56,8 @@ enum Step {
     Marker,
 }
 
-/// App status patches in flight at once.
-const STATUS_PATCHES_IN_FLIGHT: usize = 32;
+/// App finalizer and status patches in flight at once.
+const PATCHES_IN_FLIGHT: usize = 32;
 
 pub struct Executor {
     store: Arc<dyn Store>,
@@ -188,34 +188,13 @@ impl Executor {
         }
 
         let params = PatchParams { field_manager: Some(super::events::COMPONENT.into()), ..PatchParams::default() };
-        // Finalizers first: a status written in the same tick would move the resourceVersion
-        // they are conditional on.
-        for change in &plan.finalizers {
-            // The resourceVersion makes it conditional: a finalizer list changed meanwhile is
-            // not overwritten (409), and the next tick decides again.
-            let patch = Patch::Merge(json!({"metadata": {
-                "finalizers": change.finalizers,
-                "resourceVersion": change.resource_version,
-            }}));
-            let api = kube::Api::<App>::namespaced(self.client.clone(), &change.namespace);
-            if self.patch(api, &change.name, &params, &patch, false, leadership).await? {
-                applied.finalizers += 1;
-            }
-        }
-        // Apps' statuses, many at once: one at a time, a tick that changes 2,000 statuses
-        // spent seconds in round trips before the next tick could launch anything.
-        let mut updates = plan.statuses.iter();
-        let mut in_flight = futures::stream::FuturesUnordered::new();
-        loop {
-            while in_flight.len() < STATUS_PATCHES_IN_FLIGHT {
-                let Some(update) = updates.next() else { break };
-                in_flight.push(self.app_status(update, &params, leadership));
-            }
-            let Some(result) = in_flight.next().await else { break };
-            if result? {
-                applied.statuses += 1;
-            }
-        }
+        // Apps' finalizers, then their statuses (a status written first would move the
+        // resourceVersion a finalizer change is conditional on), each many at once: one at a
+        // time, a tick that launched for 2,000 new apps spent most of a minute in round trips.
+        let finalizers = plan.finalizers.iter().map(|change| self.app_finalizers(change, &params, leadership));
+        applied.finalizers += in_parallel(finalizers).await?;
+        let statuses = plan.statuses.iter().map(|update| self.app_status(update, &params, leadership));
+        applied.statuses += in_parallel(statuses).await?;
         for update in &plan.group_statuses {
             let patch = Patch::Merge(json!({"status": update.status}));
             let api = kube::Api::<AppGroup>::namespaced(self.client.clone(), &update.namespace);
@@ -329,6 +308,22 @@ impl Executor {
         Ok(())
     }
 
+    /// Writes one App's finalizers. The resourceVersion makes it conditional: a finalizer
+    /// list changed meanwhile is not overwritten (409), and the next tick decides again.
+    async fn app_finalizers(
+        &self,
+        change: &crate::plan::FinalizerChange,
+        params: &PatchParams,
+        leadership: &Leadership,
+    ) -> Result<bool, Error> {
+        let patch = Patch::Merge(json!({"metadata": {
+            "finalizers": change.finalizers,
+            "resourceVersion": change.resource_version,
+        }}));
+        let api = kube::Api::<App>::namespaced(self.client.clone(), &change.namespace);
+        self.patch(api, &change.name, params, &patch, false, leadership).await
+    }
+
     /// Writes one App's status.
     async fn app_status(
         &self,
@@ -385,6 +380,26 @@ impl Executor {
 
 /// A merge patch replacing `status`. A merge patch keeps what it does not name, so `omitted`
 /// (the fields the status leaves out when empty) are named null.
+/// Runs `writes`, [`PATCHES_IN_FLIGHT`] at a time; how many were made (the first error ends it).
+async fn in_parallel<F>(writes: impl Iterator<Item = F>) -> Result<usize, Error>
+where
+    F: std::future::Future<Output = Result<bool, Error>>,
+{
+    let mut writes = writes;
+    let mut in_flight = futures::stream::FuturesUnordered::new();
+    let mut made = 0;
+    loop {
+        while in_flight.len() < PATCHES_IN_FLIGHT {
+            let Some(write) = writes.next() else { break };
+            in_flight.push(write);
+        }
+        let Some(result) = in_flight.next().await else { return Ok(made) };
+        if result? {
+            made += 1;
+        }
+    }
+}
+
 fn status_patch(status: &impl serde::Serialize, omitted: &[&str]) -> Patch<serde_json::Value> {
     let mut status = json!(status);
     if let Some(fields) = status.as_object_mut() {
