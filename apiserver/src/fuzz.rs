@@ -184,30 +184,28 @@ fn validate_everything(value: &Value) {
     }
 }
 
+/// Decodes `body` as a body and as a patch of `media`, and validates what decodes.
+fn decode(what: &str, media: Option<String>, body: Vec<u8>) {
+    bounded(what, body.len(), move || {
+        if let Ok(value) = crate::request::parse_body(media.as_deref(), &body) {
+            validate_everything(&value);
+        }
+        let _ = crate::request::parse_patch(media.as_deref(), &body);
+    });
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn bodies_of_any_bytes_decode_or_are_refused(media in media(), body in prop::collection::vec(any::<u8>(), 0..512)) {
-        let len = body.len();
-        bounded("body", len, move || {
-            if let Ok(value) = crate::request::parse_body(media.as_deref(), &body) {
-                validate_everything(&value);
-            }
-            let _ = crate::request::parse_patch(media.as_deref(), &body);
-        });
+        decode("body", media, body);
     }
 
     #[test]
     fn deeply_nested_bodies_are_refused_without_overflowing(depth in 1usize..60_000, kind in any::<u8>(), media in media()) {
         let body = nested(depth, kind);
-        let len = body.len();
-        bounded("nested body", len, move || {
-            if let Ok(value) = crate::request::parse_body(media.as_deref(), &body) {
-                validate_everything(&value);
-            }
-            let _ = crate::request::parse_patch(media.as_deref(), &body);
-        });
+        decode("nested body", media, body);
     }
 
     #[test]

@@ -200,9 +200,7 @@ impl ApiServer {
         server.ensure_namespaces().await?;
         server.ensure_instance_index().await?;
         server.ensure_sandbox_token().await?;
-        let secret =
-            baton_store::get_or_create(server.store.as_ref(), &server.keys.tenant_controller_secret(), fresh_secret())
-                .await?;
+        let secret = baton_store::secret(server.store.as_ref(), &server.keys.tenant_controller_secret()).await?;
         let _ = server.controller_secret.set(secret);
         Ok(server)
     }
@@ -566,17 +564,16 @@ impl ApiServer {
         if controller_of.is_some() && !["apps", "appgroups", "instances", "events"].contains(&what.resource.as_str()) {
             return false;
         }
+        let parse = |kv: &baton_store::KeyValue| serde_json::from_slice::<baton_api::Tenant>(&kv.value).ok();
+        if let Some(name) = controller_of {
+            // A controller's every request comes here: read its one Tenant, not all of them.
+            let key = self.keys.registry_object(baton_api::GROUP, "tenants", None, name);
+            let Ok(Some(kv)) = self.store.get(&key).await else { return false };
+            return parse(&kv).is_some_and(|tenant| tenant.spec.namespaces.iter().any(|n| n == namespace));
+        }
         let prefix = self.keys.registry(baton_api::GROUP, "tenants", None);
         let Ok(listed) = self.store.range(&prefix).await else { return false };
-        listed.kvs.iter().filter_map(|kv| serde_json::from_slice::<baton_api::Tenant>(&kv.value).ok()).any(|tenant| {
-            match controller_of {
-                Some(name) => {
-                    tenant.metadata.name.as_deref() == Some(name)
-                        && tenant.spec.namespaces.iter().any(|n| n == namespace)
-                }
-                None => tenant.grants(&who.user, &who.groups, namespace),
-            }
-        })
+        listed.kvs.iter().filter_map(parse).any(|tenant| tenant.grants(&who.user, &who.groups, namespace))
     }
 }
 
@@ -607,13 +604,6 @@ async fn dispatch(
     tracing::debug!(method = %logged_method, uri = %logged_uri, status = response.status().as_u16(),
                     micros = started.elapsed().as_micros() as u64, "request");
     response
-}
-
-/// 32 random bytes, for a secret the first API server makes.
-fn fresh_secret() -> Vec<u8> {
-    use rand::Rng;
-    let mut rng = rand::rng();
-    (0..32).map(|_| rng.random::<u8>()).collect()
 }
 
 /// The field manager of a write that names none: the client's name from its User-Agent

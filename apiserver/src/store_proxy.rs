@@ -428,7 +428,10 @@ impl ApiServer {
             Err(e) => return reply::<()>(Err(store_error(e))),
         };
         let shutdown = self.shutdown.clone();
-        let lines = async_stream(move |tx| async move {
+        // Fed by a task through a small channel, so a slow reader slows the task.
+        let (tx, lines) = tokio::sync::mpsc::channel(16);
+        let lines = futures::stream::unfold(lines, |mut rx| async move { rx.recv().await.map(|line| (line, rx)) });
+        tokio::spawn(async move {
             let _slot = slot;
             loop {
                 let batch = tokio::select! {
@@ -504,21 +507,6 @@ fn line(value: &wire::WatchLine) -> Result<axum::body::Bytes, std::convert::Infa
     let mut text = json_text(value);
     text.push('\n');
     Ok(axum::body::Bytes::from(text))
-}
-
-/// A stream fed by a task through a small channel (so a slow reader slows the task).
-fn async_stream<F, Fut>(task: F) -> impl futures::Stream<Item = Result<axum::body::Bytes, std::convert::Infallible>>
-where
-    F: FnOnce(tokio::sync::mpsc::Sender<Result<axum::body::Bytes, std::convert::Infallible>>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    tokio::spawn(task(tx));
-    tokio_stream_from(rx)
-}
-
-fn tokio_stream_from<T: Send + 'static>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 /// Whether `new` differs from `old` only in what stopping or retiring an instance changes.

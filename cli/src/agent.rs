@@ -114,14 +114,21 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let ready: crate::serve::Readiness =
         std::sync::Arc::new(move || (!metrics.is_registered()).then(|| "not registered with the store".to_string()));
     crate::serve::spawn_endpoints(args.metrics_listen, registry, ready, shutdown.clone()).await?;
-    let mut agent = tokio::spawn(baton_agent::run(store, config, shutdown.clone()));
+    until_signal(tokio::spawn(baton_agent::run(store, config, shutdown.clone())), shutdown).await
+}
+
+/// Waits for `agent` to end — on its own only when it cannot work (e.g. its work dir) — or for
+/// SIGINT/SIGTERM, which stops it through `shutdown`.
+async fn until_signal(
+    mut agent: tokio::task::JoinHandle<Result<(), baton_agent::Error>>,
+    shutdown: CancellationToken,
+) -> Result<()> {
     tokio::select! {
         signal = crate::wait_for_signal() => {
             signal?;
             shutdown.cancel();
             agent.await??;
         }
-        // The agent stops on its own only when it cannot work (e.g. its work dir).
         ended = &mut agent => ended??,
     }
     Ok(())
@@ -155,14 +162,5 @@ async fn hollow(args: AgentArgs, count: usize) -> Result<()> {
     };
     let store = args.store.connect().await?;
     let shutdown = CancellationToken::new();
-    let mut agents = tokio::spawn(baton_agent::hollow::run(store, config, shutdown.clone()));
-    tokio::select! {
-        signal = crate::wait_for_signal() => {
-            signal?;
-            shutdown.cancel();
-            agents.await??;
-        }
-        ended = &mut agents => ended??,
-    }
-    Ok(())
+    until_signal(tokio::spawn(baton_agent::hollow::run(store, config, shutdown.clone())), shutdown).await
 }

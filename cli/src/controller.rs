@@ -109,8 +109,17 @@ pub async fn run(args: ControllerArgs) -> Result<()> {
     config.scope = scope;
     config.namespaces = args.namespaces.clone();
     if config.scope.places() && !args.no_tenant_controllers {
-        config.tenant_controllers =
-            Some(Arc::new(tenant_controllers(store.as_ref(), &config, &kube_config, &args).await?));
+        config.tenant_controllers = Some(Arc::new(
+            tenant_controllers(
+                store.as_ref(),
+                &config.keys,
+                &kube_config,
+                args.tenant_controller_executable.clone(),
+                args.tenant_controller_server.clone(),
+                args.tenant_controller_ca_file.as_deref(),
+            )
+            .await?,
+        ));
     }
     config.retention = args.retention.retention();
     config.keep_free_agents = args.keep_free_agents;
@@ -161,25 +170,29 @@ fn rustls_pemfile_certs(pem: &str) -> Result<Vec<Vec<u8>>> {
     Ok(certs)
 }
 
-/// How the platform's controller runs tenants' controllers.
-async fn tenant_controllers(
+/// How the platform's controller runs tenants' controllers: `executable`, `server` and the CA
+/// in `ca_file` given, or this program and the API server and CA of `kube_config`; the
+/// signing secret from the store (made if missing).
+pub async fn tenant_controllers(
     store: &dyn baton_store::Store,
-    config: &ControllerConfig,
+    keys: &baton_store::Keyspace,
     kube_config: &kube::Config,
-    args: &ControllerArgs,
+    executable: Option<String>,
+    server: Option<String>,
+    ca_file: Option<&std::path::Path>,
 ) -> Result<baton_controllers::plan::tenants::ControllerTemplate> {
-    let executable = match &args.tenant_controller_executable {
-        Some(path) => path.clone(),
+    let executable = match executable {
+        Some(path) => path,
         None => std::env::current_exe().context("finding this program")?.display().to_string(),
     };
-    let server = args.tenant_controller_server.clone().unwrap_or_else(|| kube_config.cluster_url.to_string());
-    let ca_pem = match &args.tenant_controller_ca_file {
+    let server = server.unwrap_or_else(|| kube_config.cluster_url.to_string());
+    let ca_pem = match ca_file {
         Some(path) => Some(
             std::fs::read_to_string(path).with_context(|| format!("--tenant-controller-ca-file {}", path.display()))?,
         ),
         None => kube_config.root_cert.as_ref().map(|certs| crate::certificates::pem_of_certificates(certs)),
     };
-    let secret = baton_store::get_or_create(store, &config.keys.tenant_controller_secret(), crate::fresh_secret())
+    let secret = baton_store::secret(store, &keys.tenant_controller_secret())
         .await
         .context("reading the secret for tenants' controllers' credentials from the store")?;
     Ok(baton_controllers::plan::tenants::ControllerTemplate { executable, server, ca_pem, secret })

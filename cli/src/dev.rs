@@ -149,15 +149,8 @@ pub async fn run(args: DevArgs) -> Result<()> {
     controller_config.retention = args.retention.retention();
     controller_config.keep_free_agents = args.keep_free_agents;
     // Tenants' controllers: this program, on this machine's API server, with its CA.
-    let secret = baton_store::get_or_create(store.as_ref(), &keys.tenant_controller_secret(), crate::fresh_secret())
-        .await
-        .context("reading the secret for tenants' controllers' credentials from the store")?;
-    controller_config.tenant_controllers = Some(Arc::new(baton_controllers::plan::tenants::ControllerTemplate {
-        executable: std::env::current_exe().context("finding this program")?.display().to_string(),
-        server: url.clone(),
-        ca_pem: kube_config.root_cert.as_ref().map(|certs| crate::certificates::pem_of_certificates(certs)),
-        secret,
-    }));
+    let template = crate::controller::tenant_controllers(store.as_ref(), &keys, &kube_config, None, None, None).await?;
+    controller_config.tenant_controllers = Some(Arc::new(template));
     let controller = tokio::spawn(baton_controllers::runtime::run(
         store.clone(),
         client,

@@ -129,13 +129,6 @@ pub async fn kube_config(kubeconfig: &Path) -> Result<kube::Config> {
     Ok(kube::Config::from_custom_kubeconfig(config, &kube::config::KubeConfigOptions::default()).await?)
 }
 
-/// 32 random bytes: a secret for the store, if none is there yet.
-pub fn fresh_secret() -> Vec<u8> {
-    use rand::Rng;
-    let mut rng = rand::rng();
-    (0..32).map(|_| rng.random::<u8>()).collect()
-}
-
 /// A client for the API server kubectl would use: `$KUBECONFIG`, `~/.kube/config`, or the
 /// pod's service account.
 pub async fn inferred_kube_client() -> Result<kube::Client> {

@@ -374,8 +374,15 @@ pub trait StoreExt: Store {
 
 impl<S: Store + ?Sized> StoreExt for S {}
 
-/// The value at `key`, first written as `fresh` if the key does not exist: a secret made by
-/// whichever part of Baton needs it first, the same for all of them after.
+/// The secret at `key`: 32 random bytes, made by whichever part of Baton needs it first, the
+/// same for all of them after.
+pub async fn secret(store: &dyn Store, key: &str) -> Result<Vec<u8>> {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    get_or_create(store, key, (0..32).map(|_| rng.random::<u8>()).collect()).await
+}
+
+/// The value at `key`, first written as `fresh` if the key does not exist.
 pub async fn get_or_create(store: &dyn Store, key: &str, fresh: Vec<u8>) -> Result<Vec<u8>> {
     let txn = Txn::new().when([Compare::absent(key)]).and_then([Op::put(key, fresh.clone())]).or_else([Op::get(key)]);
     let response = store.txn(txn).await?;
