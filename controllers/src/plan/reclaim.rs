@@ -186,22 +186,16 @@ impl<'s> Ledger<'s> {
         self.free.iter().find(|(agent, free)| fits(free, each) && eligible(agent)).map(|(agent, _)| *agent)
     }
 
-    /// Whether `victim` may be taken: its tenant stays at or above its guarantee, its app
-    /// within its pace.
-    fn may_take(&self, victim: &InstanceState, claimant: &str) -> bool {
+    /// Whether `victim` may be taken from a tenant other than `claimant` that keeps at least
+    /// its guarantee once it and what this choice `removed` already are gone.
+    fn may_take(&self, victim: &InstanceState, claimant: &str, removed: &[u64; 4]) -> bool {
         let Scope::Tenant(owner) = &victim.record.scope else { return false };
         if owner == claimant {
             return false;
         }
-        let (now, most) = self.preempting.get(victim.record.app.uid.as_str()).copied().unwrap_or((0, 1));
-        if now >= most {
-            return false;
-        }
-        let after = {
-            let mut h = self.held(&victim.record.scope);
-            sub(&mut h, &amounts(victim.record.resources));
-            h
-        };
+        let mut after = self.held(&victim.record.scope);
+        sub(&mut after, removed);
+        sub(&mut after, &amounts(victim.record.resources));
         let guarantee = self.guarantees.get(owner.as_str()).copied().unwrap_or([None; 4]);
         guarantee.iter().zip(after).all(|(g, h)| g.is_none_or(|g| h >= g))
     }
@@ -220,18 +214,21 @@ impl<'s> Ledger<'s> {
             }
             let mut room = self.free.get(agent).copied().unwrap_or([0; 4]);
             let mut chosen = Vec::new();
-            // Per app, as the pace allows within this choice.
+            // Per app, as the pace allows, and per tenant, within this choice.
             let mut taken: HashMap<&str, usize> = HashMap::new();
+            let mut removed: HashMap<&Scope, [u64; 4]> = HashMap::new();
             for victim in list {
                 if fits(&room, each) {
                     break;
                 }
                 let uid = victim.record.app.uid.as_str();
                 let (now, most) = self.preempting.get(uid).copied().unwrap_or((0, 1));
-                if !self.may_take(victim, claimant) || now + taken.get(uid).copied().unwrap_or(0) >= most {
+                let from_owner = removed.get(&victim.record.scope).copied().unwrap_or([0; 4]);
+                if now + taken.get(uid).copied().unwrap_or(0) >= most || !self.may_take(victim, claimant, &from_owner) {
                     continue;
                 }
                 *taken.entry(uid).or_default() += 1;
+                add(removed.entry(&victim.record.scope).or_insert([0; 4]), &amounts(victim.record.resources));
                 add(&mut room, &amounts(victim.record.resources));
                 chosen.push(*victim);
             }

@@ -906,3 +906,16 @@ fn reserved_agents_take_their_tenants_instances_only() {
     let pending = status.condition(baton_api::app::CONDITION_PENDING).map(|c| c.message.clone()).unwrap_or_default();
     assert!(pending.contains("reserved for another tenant"), "{pending}");
 }
+
+#[test]
+fn reclaiming_counts_every_instance_it_takes_from_one_tenant_against_that_tenants_guarantee() {
+    // team-a (guaranteed 3) needs 3 cpus on the one agent; team-b (guaranteed 2) holds all 4 in
+    // 1-cpu instances, its app's pace allowing 4 at once: room would need 3 of them, leaving
+    // team-b 1, below its guarantee — so none is taken.
+    let mut snap = snapshot(&[], vec![agent("a1").build()], Vec::new());
+    tenant_asking(&mut snap, "team-a", 1, 3.0, Some(3.0));
+    tenant_asking(&mut snap, "team-b", 8, 1.0, Some(2.0));
+    snap.foreign = held_by("team-b", "a1", 4);
+    let plan = plan(&snap, &ctx());
+    assert!(plan.stops.is_empty(), "{:?}", plan.stops.iter().map(|s| &s.record.id).collect::<Vec<_>>());
+}
