@@ -24,6 +24,15 @@ pub fn index_path(log: &Path) -> PathBuf {
     log.with_file_name(name)
 }
 
+/// The file a logger holds locked (an exclusive `flock`) for as long as it runs: a reader
+/// following the log knows that nothing more will be written once it can lock it too. The
+/// kernel releases the lock however the logger ends.
+pub fn writing_path(log: &Path) -> PathBuf {
+    let mut name = log.file_name().unwrap_or_default().to_os_string();
+    name.push(".writing");
+    log.with_file_name(name)
+}
+
 /// The `n`-th older generation of a log file: `stdout.1` is the newest rotated one.
 pub fn generation_path(log: &Path, n: usize) -> PathBuf {
     if n == 0 {
@@ -105,6 +114,8 @@ impl Writer {
 /// Copies `input` to the log file at `path` until `input` ends, rotating as `rotation` says.
 /// `now_millis` tells the time (for the index).
 pub fn run(mut input: impl Read, path: &Path, rotation: Rotation, now_millis: impl Fn() -> i64) -> io::Result<()> {
+    let writing = OpenOptions::new().create(true).truncate(false).write(true).open(writing_path(path))?;
+    writing.lock()?;
     let mut writer = Writer::open(path)?;
     let mut buffer = vec![0u8; 64 << 10];
     loop {

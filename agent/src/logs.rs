@@ -12,15 +12,33 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use crate::logger::{generation_path, index_path};
+use crate::logger::{generation_path, index_path, writing_path};
 
 /// Generations older than this are not looked for.
 const MAX_GENERATIONS: usize = 100;
 /// How often a followed file is checked for more.
 const POLL: Duration = Duration::from_millis(100);
-/// A followed log of an instance that no longer runs ends once nothing was written to it for
-/// this long (its logger writes the last bytes right after the process ends).
+/// How many times the generation after a rotated file is looked for (2 ms apart) before
+/// giving up, and after how many listings without the rotated file it is taken as dropped.
+const OPEN_NEXT_TRIES: usize = 250;
+const DROPPED_AFTER: usize = 25;
+/// A followed log of an instance that no longer runs, whose logger does not say when it has
+/// ended (one started by an older agent), ends once nothing was written to it for this long.
 const SETTLE: Duration = Duration::from_millis(500);
+/// A followed log of an instance that no longer runs, whose logger still runs (a process that
+/// left the instance's group still holds the pipe), ends once nothing was written for this long.
+const ORPHANED: Duration = Duration::from_secs(5);
+
+/// Whether the logger of `log` still runs: it holds [`writing_path`] locked while it does.
+/// `None` when there is no such file (a logger started by an older agent).
+fn logger_runs(log: &Path) -> Option<bool> {
+    let file = std::fs::OpenOptions::new().read(true).open(writing_path(log)).ok()?;
+    match file.try_lock_shared() {
+        Ok(()) => Some(false),
+        Err(std::fs::TryLockError::WouldBlock) => Some(true),
+        Err(std::fs::TryLockError::Error(_)) => None,
+    }
+}
 
 /// Which part of a log to read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -160,6 +178,8 @@ pub struct Reader {
     /// read is the log as it was then, not lines written while it is read.
     end: Option<(u64, u64)>,
     idle_since: Option<tokio::time::Instant>,
+    /// The instance ended and so did its logger: what is in the files is all there will be.
+    logger_ended: bool,
 }
 
 impl Reader {
@@ -186,6 +206,7 @@ impl Reader {
             follow,
             end,
             idle_since: None,
+            logger_ended: false,
         }))
     }
 
@@ -223,13 +244,23 @@ impl Reader {
                     self.offset = 0;
                     continue;
                 }
-                if !self.follow {
+                if !self.follow || self.logger_ended {
                     return Ok(None);
                 }
                 if !running() {
-                    let idle = *self.idle_since.get_or_insert_with(tokio::time::Instant::now);
-                    if idle.elapsed() >= SETTLE {
-                        return Ok(None);
+                    match logger_runs(&self.log) {
+                        // Everything is written: read to the end once more, then stop.
+                        Some(false) => {
+                            self.logger_ended = true;
+                            continue;
+                        }
+                        logger => {
+                            let quiet = if logger.is_some() { ORPHANED } else { SETTLE };
+                            let idle = *self.idle_since.get_or_insert_with(tokio::time::Instant::now);
+                            if idle.elapsed() >= quiet {
+                                return Ok(None);
+                            }
+                        }
                     }
                 }
                 tokio::time::sleep(POLL).await;
@@ -250,22 +281,39 @@ impl Reader {
 
     /// Opens the generation written after the open one (the oldest still there if the open
     /// one was dropped meanwhile).
+    ///
+    /// The logger may be rotating while the files are listed (renaming the oldest first), so a
+    /// listing can miss a file or see two generations at different moments; a choice is taken
+    /// only when it holds: the open file still sits where it was found after the next one was
+    /// opened — a rotation moves a file before the newer one takes its place, so what was at
+    /// the next place then is the file written after it.
     async fn open_next(&mut self) -> io::Result<()> {
-        for _ in 0..10 {
+        let inode_of = |p: &Path| std::fs::metadata(p).ok().map(|m| m.ino());
+        let mut missing = 0;
+        for _ in 0..OPEN_NEXT_TRIES {
             let files = generations(&self.log);
-            let inodes: Vec<Option<u64>> = files.iter().map(|p| std::fs::metadata(p).ok().map(|m| m.ino())).collect();
-            let next = match inodes.iter().position(|i| *i == Some(self.inode)) {
-                Some(k) if k + 1 < files.len() => k + 1,
-                Some(_) => return Ok(()), // It became the current file again: nothing to move to.
-                None => 0,
+            let next = match files.iter().position(|p| inode_of(p) == Some(self.inode)) {
+                Some(k) if k + 1 == files.len() => return Ok(()), // The current file again.
+                Some(k) => Some(k),
+                // Not listed: a rotation under way hid it, or it was dropped (too old).
+                None if missing < DROPPED_AFTER => {
+                    missing += 1;
+                    None
+                }
+                None => {
+                    let (open, inode) = open_at(&files[0], 0).await?;
+                    (self.open, self.inode, self.offset) = (open, inode, 0);
+                    return Ok(());
+                }
             };
-            let Ok((open, inode)) = open_at(&files[next], 0).await else { continue };
-            // Renamed again between the listing and the open: list again.
-            if inodes[next].is_some_and(|i| i != inode) {
-                continue;
+            if let Some(k) = next
+                && let Ok((open, inode)) = open_at(&files[k + 1], 0).await
+                && inode_of(&files[k]) == Some(self.inode)
+            {
+                (self.open, self.inode, self.offset) = (open, inode, 0);
+                return Ok(());
             }
-            (self.open, self.inode, self.offset) = (open, inode, 0);
-            return Ok(());
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
         Err(io::Error::other(format!("{}: rotated too fast to follow", self.log.display())))
     }
@@ -328,6 +376,26 @@ mod tests {
         assert!(Reader::open(&dir.path().join("nothing"), Selection::default(), false).await.unwrap().is_none());
     }
 
+    /// Input that stalls once for a second after its first kilobyte.
+    struct Slow<R> {
+        input: R,
+        read: usize,
+        stalled: bool,
+    }
+
+    impl<R: std::io::Read> std::io::Read for Slow<R> {
+        fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+            if self.read >= 1024 && !self.stalled {
+                self.stalled = true;
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            let most = buffer.len().min(64);
+            let n = self.input.read(&mut buffer[..most])?;
+            self.read += n;
+            Ok(n)
+        }
+    }
+
     #[tokio::test]
     async fn following_goes_on_across_rotations_and_ends_once_the_instance_has_ended() {
         let dir = tempfile::tempdir().unwrap();
@@ -338,7 +406,11 @@ mod tests {
         let logger = std::thread::spawn(move || {
             // Files of 64 bytes, enough of them kept that a follower polling every 100 ms
             // never finds the one it reads dropped.
-            run(pipe_out, &writer_log, Rotation { max_bytes: 64, keep: 100 }, || 0).unwrap();
+            // A logger that falls behind for longer than a reader used to wait (as on a busy
+            // machine: the failing CI run of 2026-12-01 read 1547 of 1800 bytes): reading
+            // ends only once it has written everything and ended.
+            let slow = Slow { input: pipe_out, read: 0, stalled: false };
+            run(slow, &writer_log, Rotation { max_bytes: 64, keep: 100 }, || 0).unwrap();
         });
         let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
         let mut reader = Reader::open(&log, Selection::default(), true).await.unwrap().unwrap();
