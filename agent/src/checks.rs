@@ -282,6 +282,7 @@ mod tests {
             health_checks: serde_json::from_value(checks).unwrap(),
             readiness_checks: serde_json::from_value(readiness).unwrap(),
             term: 1,
+            planned_at: 0,
         }
     }
 

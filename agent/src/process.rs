@@ -407,6 +407,7 @@ mod tests {
             health_checks: Vec::new(),
             readiness_checks: Vec::new(),
             term: 0,
+            planned_at: 0,
         }
     }
 

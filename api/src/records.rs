@@ -270,6 +270,15 @@ pub struct InstanceRecord {
     /// The leader term (the election key's create revision) that last wrote this record.
     #[serde(default)]
     pub term: i64,
+    /// The store revision of the view the last write of this record was planned on (0: not
+    /// known): with `term`, what the controller knew when it acted, for audits of its
+    /// decisions (the chaos checker replays the store to that revision).
+    #[serde(default, skip_serializing_if = "is_no_revision")]
+    pub planned_at: i64,
+}
+
+fn is_no_revision(revision: &i64) -> bool {
+    *revision == 0
 }
 
 /// The life of an instance's process, as its agent reports it.

@@ -521,10 +521,13 @@ fn only_stop_fields_change(old: &InstanceRecord, new: &InstanceRecord) -> Result
         holds_slot: old.holds_slot,
         end_noted: old.end_noted,
         term: old.term,
+        planned_at: old.planned_at,
         ..new.clone()
     };
     if same_otherwise != *old {
-        return Err("only the goal, stop reason, kill grace, slot, end noted and term of an instance may change".into());
+        return Err("only the goal, stop reason, kill grace, slot, end noted, term and planned-at revision of an
+        instance may change"
+            .into());
     }
     Ok(())
 }

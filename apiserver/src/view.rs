@@ -504,6 +504,7 @@ mod tests {
             health_checks: Vec::new(),
             readiness_checks: Vec::new(),
             term: 1,
+            planned_at: 0,
         })
         .unwrap()
     }

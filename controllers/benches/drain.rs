@@ -501,6 +501,7 @@ fn defragment() {
             health_checks: Vec::new(),
             readiness_checks: Vec::new(),
             term: 1,
+            planned_at: 0,
         };
         let mut status = StatusRecord::new(Phase::Running);
         status.started_at = Some(t0 - SignedDuration::from_hours(2));

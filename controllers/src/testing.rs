@@ -235,6 +235,7 @@ pub fn instance(app: &App, agent: &str, n: u32) -> InstanceBuilder {
             health_checks: app.spec.health_checks.clone(),
             readiness_checks: app.spec.readiness_checks.clone(),
             term: 0,
+            planned_at: 0,
         },
         status: None,
     }

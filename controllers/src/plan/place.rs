@@ -231,6 +231,7 @@ fn launch(
                 health_checks: spec.health_checks.clone(),
                 readiness_checks: spec.readiness_checks.clone(),
                 term: 0,
+                planned_at: 0,
             },
         });
     }

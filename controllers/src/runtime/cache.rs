@@ -18,7 +18,7 @@ use baton_api::{
     AgentRecord, App, AppGroup, BackoffRecord, DrainRecord, InstanceRecord, KillRequest, Maintenance, Scope,
     StatusRecord, Tenant, UnreachableMarker,
 };
-use baton_store::{EventKind, KeyValue, Keyspace, Revision, Store, WatchEvent};
+use baton_store::{EventKind, KeyValue, Keyspace, PageRequest, Revision, Store, WatchEvent};
 use k8s_openapi::api::core::v1::Namespace;
 
 use crate::snapshot::{InstanceState, Marker, RecordKeys, Snapshot, held_in_agent_order};
@@ -195,22 +195,25 @@ async fn load_and_watch(
     ready: &watch::Sender<bool>,
     changed: &Notify,
 ) -> baton_store::Result<()> {
+    // Every prefix as of the revision of the first: one consistent view. (Read each at its
+    // own revision, a view claimed the last one's revision while its instances were older:
+    // a leader planning on it, after etcd restarted, counted launches that were missing.)
     let agents = store.range(&keys.agents()).await?;
-    let instances = store.range(&keys.instances()).await?;
-    let statuses = store.range(&keys.statuses()).await?;
-    let markers = store.range(&keys.unreachable_agents()).await?;
-    let drains = store.range(&keys.drains()).await?;
-    let apps = store.range(&keys.apps()).await?;
-    let kills = store.range(&keys.kill_requests()).await?;
+    let at = agents.revision;
     let mut fresh = Records::new(records.lock().expect("cache lock").scope.clone());
-    for kvs in [&agents.kvs, &instances.kvs, &statuses.kvs, &markers.kvs, &drains.kvs, &apps.kvs, &kills.kvs] {
-        for kv in kvs {
-            apply_put(&mut fresh, keys, kv);
+    for kv in &agents.kvs {
+        apply_put(&mut fresh, keys, kv);
+    }
+    for prefix in
+        [keys.instances(), keys.statuses(), keys.unreachable_agents(), keys.drains(), keys.apps(), keys.kill_requests()]
+    {
+        for kv in range_at(store.as_ref(), &prefix, at).await? {
+            apply_put(&mut fresh, keys, &kv);
         }
     }
-    fresh.applied = kills.revision;
+    fresh.applied = at;
     *records.lock().expect("cache lock") = fresh;
-    revision.send_replace(kills.revision);
+    revision.send_replace(at);
     ready.send_replace(true);
     changed.notify_one();
     // Changes after the first range are applied (again); applying is idempotent by revision.
@@ -240,6 +243,23 @@ async fn load_and_watch(
         changed.notify_one();
     }
     Ok(())
+}
+
+/// Every key under `prefix` as of `revision`, a page at a time.
+async fn range_at(store: &dyn Store, prefix: &str, revision: Revision) -> baton_store::Result<Vec<KeyValue>> {
+    const PAGE: usize = 10_000;
+    let mut kvs = Vec::new();
+    let mut after = None;
+    loop {
+        let request = PageRequest { prefix: prefix.to_string(), after, limit: PAGE, revision: Some(revision) };
+        let page = store.range_page(&request).await?;
+        let more = page.more && !page.kvs.is_empty();
+        after = page.kvs.last().map(|kv| kv.key.clone());
+        kvs.extend(page.kvs);
+        if !more {
+            return Ok(kvs);
+        }
+    }
 }
 
 fn parse<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Option<Arc<T>> {

@@ -70,13 +70,14 @@ impl Executor {
         Self { store, keys, client }
     }
 
-    pub async fn apply(&self, plan: &Plan, leadership: &Leadership) -> Result<Applied, Error> {
+    /// Carries out `plan`, made on a view of the store through revision `planned_at`.
+    pub async fn apply(&self, plan: &Plan, planned_at: Revision, leadership: &Leadership) -> Result<Applied, Error> {
         let term = leadership.term();
         let mut writes: Vec<Write> = Vec::new();
         for launch in &plan.launches {
             let (agent, id) = (&launch.record.agent, &launch.record.id);
             let key = self.keys.instance(agent, id);
-            let record = InstanceRecord { term, ..launch.record.clone() };
+            let record = InstanceRecord { term, planned_at, ..launch.record.clone() };
             // The record and the index entry that finds it by id, together.
             let index = self.keys.instance_agent(id);
             writes.push(Write {
@@ -93,15 +94,15 @@ impl Executor {
                 record.kill_grace_seconds = grace;
             }
             record.holds_slot = stop.takes_slot;
-            writes.push(self.rewrite(Step::Stop(stop.reason.as_str()), record, stop.revision, term));
+            writes.push(self.rewrite(Step::Stop(stop.reason.as_str()), record, stop.revision, (term, planned_at)));
         }
         for noted in &plan.noted {
             let record = InstanceRecord { end_noted: true, ..noted.record.clone() };
-            writes.push(self.rewrite(Step::Marker, record, noted.revision, term));
+            writes.push(self.rewrite(Step::Marker, record, noted.revision, (term, planned_at)));
         }
         for release in &plan.slot_releases {
             let record = InstanceRecord { holds_slot: false, ..release.record.clone() };
-            writes.push(self.rewrite(Step::Marker, record, release.revision, term));
+            writes.push(self.rewrite(Step::Marker, record, release.revision, (term, planned_at)));
         }
         for removal in &plan.removals {
             let key = self.keys.instance(&removal.agent, &removal.id);
@@ -149,7 +150,7 @@ impl Executor {
             let mut unit = vec![Write::one(Step::Marker, compare, op)];
             for counted in &change.counted {
                 let record = InstanceRecord { end_noted: true, ..counted.record.clone() };
-                unit.push(self.rewrite(Step::Marker, record, counted.revision, term));
+                unit.push(self.rewrite(Step::Marker, record, counted.revision, (term, planned_at)));
             }
             batches.push(unit);
         }
@@ -336,10 +337,12 @@ impl Executor {
         self.patch(api, &update.name, params, &patch, true, leadership).await
     }
 
-    fn rewrite(&self, step: Step, record: InstanceRecord, revision: Revision, term: Revision) -> Write {
+    /// Rewrites `record` (at `revision`), by the leader of `term` on a view through `planned_at`.
+    fn rewrite(&self, step: Step, record: InstanceRecord, revision: Revision, by: (Revision, Revision)) -> Write {
         let key = self.keys.instance(&record.agent, &record.id);
         let index = Op::put(self.keys.instance_agent(&record.id), record.agent.as_bytes().to_vec());
-        let record = InstanceRecord { term, ..record };
+        let (term, planned_at) = by;
+        let record = InstanceRecord { term, planned_at, ..record };
         Write {
             step,
             compares: vec![Compare::mod_revision(&key, revision)],

@@ -219,7 +219,10 @@ impl Loop<'_> {
             _ = shutdown.cancelled() => return,
             _ = leadership.lost() => return,
         }
-        let mut last_write = 0;
+        // The first plan waits for a view through this term's election: every write of the
+        // leaders before it is then in the view (a standby's watch may lag, e.g. after etcd
+        // restarted), so nothing they launched is launched again.
+        let mut last_write = leadership.term();
         let mut first_tick = true;
         let mut withheld_before: HashSet<String> = HashSet::new();
         loop {
@@ -261,7 +264,7 @@ impl Loop<'_> {
             metrics.health_kills_withheld_now.set(withheld.len() as i64);
             withheld_before = withheld;
             if !plan.is_empty() {
-                match executor.apply(&plan, leadership).await {
+                match executor.apply(&plan, snapshot.revision, leadership).await {
                     Ok(applied) => {
                         if applied.revision > 0 {
                             last_write = applied.revision;

@@ -66,18 +66,18 @@ async fn a_deposed_leader_writes_nothing() {
     let executor = Executor::new(store.clone(), Keyspace::default(), client());
     let first = lead(&store, "c1").await;
     let all = records(6);
-    let applied = executor.apply(&launches(&all[..3]), &first).await.unwrap();
+    let applied = executor.apply(&launches(&all[..3]), 0, &first).await.unwrap();
     assert_eq!(applied.launched, 3);
 
     // c1 loses its election key; c2 is elected.
     store.delete(&Keyspace::default().leader("platform")).await.unwrap();
     let second = lead(&store, "c2").await;
     let before = store.current_revision().await.unwrap();
-    let refused = executor.apply(&launches(&all[3..]), &first).await;
+    let refused = executor.apply(&launches(&all[3..]), 0, &first).await;
     assert!(matches!(refused, Err(executor::Error::LostLeadership)), "{refused:?}");
     assert_eq!(store.current_revision().await.unwrap(), before, "the deposed leader wrote nothing");
 
-    let applied = executor.apply(&launches(&all[3..]), &second).await.unwrap();
+    let applied = executor.apply(&launches(&all[3..]), 0, &second).await.unwrap();
     assert_eq!(applied.launched, 3);
     let (ids, index) = stored(&store).await;
     assert_eq!((ids.len(), &ids), (6, &index), "every record with its index entry");
@@ -97,7 +97,7 @@ async fn writes_fill_transactions_to_the_limit_and_a_stale_one_drops_whole() {
 
     // A launch is 2 operations and 2 compares; with the fence, 63 fit in a transaction.
     let before = store.current_revision().await.unwrap();
-    let applied = executor.apply(&launches(&all), &leader).await.unwrap();
+    let applied = executor.apply(&launches(&all), 0, &leader).await.unwrap();
     assert_eq!((applied.launched, applied.stale), (200, 0));
     let transactions = store.current_revision().await.unwrap() - before;
     assert_eq!(transactions, 4, "200 launches in 4 transactions (63 + 63 + 63 + 11)");
@@ -111,7 +111,7 @@ async fn writes_fill_transactions_to_the_limit_and_a_stale_one_drops_whole() {
         removals.push(Removal { agent: record.agent.clone(), id: record.id.clone(), revision: kv.mod_revision });
     }
     removals[70].revision -= 1;
-    let applied = executor.apply(&Plan { removals, ..Plan::default() }, &leader).await.unwrap();
+    let applied = executor.apply(&Plan { removals, ..Plan::default() }, 0, &leader).await.unwrap();
     assert_eq!((applied.removed, applied.stale), (200 - 64, 64));
     let (ids, index) = stored(&store).await;
     assert_eq!(ids.len(), 64, "the second transaction's removals did not land");
