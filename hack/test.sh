@@ -33,6 +33,10 @@ step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo test"
+# The chaos test runs one seed, a different one each run unless BATON_CHAOS_SEED is set; it
+# is printed here, so that a run that passed still says which story it told.
+export BATON_CHAOS_SEED=${BATON_CHAOS_SEED:-$(( (RANDOM << 15 | RANDOM) % 1000000 ))}
+echo "chaos seed: $BATON_CHAOS_SEED (replay it: hack/chaos.sh $BATON_CHAOS_SEED)"
 started=$SECONDS
 cargo test --workspace --locked
 echo "tests passed in $((SECONDS - started)) s"

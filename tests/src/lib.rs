@@ -23,6 +23,7 @@ use serde_json::Value;
 pub use baton_agent::process::{live_group_members, start_ticks};
 
 pub mod api;
+pub mod chaos;
 pub mod cluster;
 pub mod kubectl;
 pub mod load;
