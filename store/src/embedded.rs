@@ -483,25 +483,45 @@ impl Inner {
 
     /// Deletes a lease and its keys in one revision.
     fn revoke(&self, id: LeaseId) -> Result<()> {
-        let keys: Vec<String> = {
-            let state = self.lock();
+        self.revoke_if(id, false)
+    }
+
+    /// Deletes a lease and its keys — with `expired_only`, only if its deadline has passed.
+    ///
+    /// The lease goes first, in the same lock as the check: from then on it cannot be renewed
+    /// and no key can be attached to it, so the keys taken with it are all there are. (Taken
+    /// after its keys were deleted, a renewal in between succeeded on a lease whose keys were
+    /// gone: the Loop's run 1 saw it.) If deleting the keys fails, the lease is put back, to be
+    /// expired again.
+    fn revoke_if(&self, id: LeaseId, expired_only: bool) -> Result<()> {
+        let lease = {
+            let mut state = self.lock();
             let lease = state.leases.get(&id).ok_or(Error::LeaseNotFound(id))?;
-            lease.keys.iter().cloned().collect()
+            if expired_only && lease.deadline > Instant::now() {
+                return Ok(());
+            }
+            state.leases.remove(&id).expect("the lease just read")
         };
+        let keys: Vec<&String> = lease.keys.iter().collect();
         // Keys go in batches of the transaction limit; a lease holding more than that is
         // deleted over several revisions.
-        for chunk in keys.chunks(crate::MAX_TXN_OPS) {
-            self.apply(Txn::new().and_then(chunk.iter().map(|k| Op::delete(k.as_str()))))?;
+        let deleted = keys
+            .chunks(crate::MAX_TXN_OPS)
+            .try_for_each(|chunk| {
+                self.apply(Txn::new().and_then(chunk.iter().map(|k| Op::delete(k.as_str())))).map(drop)
+            })
+            .and_then(|()| {
+                let txn = self.db.begin_write().map_err(|e| backend("lease", e))?;
+                {
+                    let mut leases = txn.open_table(LEASES).map_err(|e| backend("lease", e))?;
+                    leases.remove(id).map_err(|e| backend("lease", e))?;
+                }
+                txn.commit().map_err(|e| backend("lease", e))
+            });
+        if deleted.is_err() {
+            self.lock().leases.insert(id, lease);
         }
-        let mut state = self.lock();
-        let txn = self.db.begin_write().map_err(|e| backend("lease", e))?;
-        {
-            let mut leases = txn.open_table(LEASES).map_err(|e| backend("lease", e))?;
-            leases.remove(id).map_err(|e| backend("lease", e))?;
-        }
-        txn.commit().map_err(|e| backend("lease", e))?;
-        state.leases.remove(&id);
-        Ok(())
+        deleted
     }
 }
 
@@ -535,12 +555,8 @@ async fn reap_leases(weak: Weak<Inner>, leases_changed: Arc<Notify>) {
             };
             for id in expired {
                 let worker = inner.clone();
-                let result = tokio::task::spawn_blocking(move || {
-                    // Renewed meanwhile? Then it is not expired any more.
-                    let still_expired = worker.lock().leases.get(&id).is_some_and(|l| l.deadline <= Instant::now());
-                    if still_expired { worker.revoke(id) } else { Ok(()) }
-                })
-                .await;
+                // Renewed meanwhile? Then it is not expired any more.
+                let result = tokio::task::spawn_blocking(move || worker.revoke_if(id, true)).await;
                 match result {
                     Ok(Ok(())) | Ok(Err(Error::LeaseNotFound(_))) => {}
                     Ok(Err(e)) => tracing::warn!(lease = id, error = %e, "could not expire lease"),
