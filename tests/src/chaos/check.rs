@@ -19,7 +19,8 @@
 //!   not judged yet) at `ceil(n × minimumHealthCapacity)` or where they were; its launches
 //!   keep the instances whose process may run within `floor(n × (1 + maximumOverCapacity))`
 //!   (one more when that equals the minimum: Marathon's rule) and the starting ones within
-//!   `maxConcurrentStarts`;
+//!   `maxConcurrentStarts`; instances on agents in maintenance may be replaced beyond the
+//!   maximum (the surge a move needs), one each;
 //! - **health policy**: below `minHealthyRatio`, health kills hold at most
 //!   `maxConcurrentReplacements` slots (or no more than were held).
 
@@ -70,6 +71,8 @@ struct Tick {
     stops: Vec<(InstanceRecord, InstanceRecord)>,
     /// The first revision the tick wrote at.
     written_at: i64,
+    /// The last one (a tick's writes go in several transactions).
+    last_written: i64,
 }
 
 struct Replay<'h> {
@@ -273,6 +276,7 @@ pub fn check(history: &History<'_>) -> Report {
         if tick.written_at == 0 {
             tick.written_at = r;
         }
+        tick.last_written = r;
         match before {
             None => tick.launches.push(after),
             Some(before) => tick.stops.push((before, after)),
@@ -313,7 +317,10 @@ fn check_tick(replay: &Replay<'_>, uid: &str, s: i64, tick: &Tick, violations: &
             "Upgraded" => specs.iter().any(|a| a.version() != before.version),
             "Unhealthy" => failing(&status_at(&before.id)),
             "Killed" => replay.value(&keys.kill_request(&before.app.namespace, &before.id), s).is_some(),
-            "Moved" | "MoveForced" => replay.value(&keys.drain(&before.agent), s).is_some(),
+            // The drain record of the agent, or its first one, written by the same tick.
+            "Moved" | "MoveForced" => {
+                [s, tick.last_written].iter().any(|at| replay.value(&keys.drain(&before.agent), *at).is_some())
+            }
             "Preempted" => {
                 let tenants = keys.registry("baton.dev", "tenants", None);
                 replay.timeline.by_key.keys().any(|k| k.starts_with(&tenants) && replay.value(k, s).is_some())
@@ -342,7 +349,19 @@ fn check_tick(replay: &Replay<'_>, uid: &str, s: i64, tick: &Tick, violations: &
         let left = |count: &dyn Fn(&InstanceRecord, &Option<StatusRecord>) -> bool| {
             seen.iter().filter(wanted).filter(|(rec, st)| count(rec, st) && !stopped.contains(rec.id.as_str())).count()
         };
-        let (healthy_after, serving_after) = (left(&healthy), left(&serving));
+        let healthy_after = left(&healthy);
+        // A move counts only the healthy: an instance on an agent in maintenance that was
+        // never healthy carries nothing and moves at once (its replacement starts within
+        // maxConcurrentStarts).
+        let serving_after = seen
+            .iter()
+            .filter(wanted)
+            .filter(|(rec, st)| serving(rec, st))
+            .filter(|(rec, _)| {
+                let moved = tick.stops.iter().any(|(b, a)| b.id == rec.id && a.stop_reason.as_deref() == Some("Moved"));
+                moved || !stopped.contains(rec.id.as_str())
+            })
+            .count();
         if specs.iter().all(|a| healthy_after < min_healthy(a).min(healthy_before)) {
             violations.push(format!(
                 "rev {r}: stops of {app} planned at rev {s} took its healthy instances from {healthy_before} to \
@@ -362,10 +381,15 @@ fn check_tick(replay: &Replay<'_>, uid: &str, s: i64, tick: &Tick, violations: &
     // Launches: the processes that may run, and those starting.
     if !tick.launches.is_empty() && !specs.is_empty() {
         let processes = seen.iter().filter(|(_, st)| !terminal(st)).count() + tick.launches.len();
-        if specs.iter().all(|a| processes > max_total(a)) {
+        // Instances on agents in maintenance are replaced first, beyond the maximum: the
+        // surge a move needs.
+        let leaving =
+            seen.iter().filter(|(rec, st)| !terminal(st) && replay.value(&keys.drain(&rec.agent), s).is_some()).count();
+        if specs.iter().all(|a| processes > max_total(a) + leaving) {
             violations.push(format!(
-                "rev {r}: launches of {app} planned at rev {s} let {processes} processes run (at most {})",
-                specs.iter().map(max_total).max().unwrap_or(0)
+                "rev {r}: launches of {app} planned at rev {s} let {processes} processes run (at most {}{})",
+                specs.iter().map(max_total).max().unwrap_or(0),
+                if leaving > 0 { format!(" + {leaving} moving off agents in maintenance") } else { String::new() }
             ));
         }
         let version = &tick.launches[0].version;
@@ -552,6 +576,68 @@ mod tests {
         h.put(keys.instance("a1", "web-3"), with_check("web-3", seen));
         let report = h.check();
         assert_eq!(report.violations, Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_move_off_an_agent_in_maintenance_may_go_beyond_the_maximum() {
+        let (mut h, keys, v) = two_healthy();
+        h.put(keys.drain("a1"), json!({"maintenance": "disk"}));
+        let seen = h.changes.last().unwrap().revision;
+        // Both are replaced first, beside the 3 that may run (Marathon's one over counted
+        // leniently): 5 may run, not 6.
+        let on_a2 = |id: &str, planned_at: i64| {
+            let mut r = record(id, &v, 2, planned_at);
+            r["agent"] = json!("a2");
+            r
+        };
+        for id in ["web-3", "web-4", "web-5"] {
+            h.put(keys.instance("a2", id), on_a2(id, seen));
+        }
+        assert_eq!(h.check().violations, Vec::<String>::new());
+        let seen = h.changes.last().unwrap().revision;
+        h.put(keys.instance("a2", "web-6"), on_a2("web-6", seen));
+        let report = h.check();
+        assert_eq!(report.violations.len(), 1, "{:?}", report.violations);
+        assert!(
+            report.violations[0].contains("let 6 processes run (at most 3 + 2 moving off"),
+            "{:?}",
+            report.violations
+        );
+    }
+
+    /// Chaos seed 686766: both instances of an app, running but never healthy yet, on an agent
+    /// that a Maintenance just took out: the tick that starts the drain (its record written
+    /// with the moves) stops both and launches both replacements — a move counts only the
+    /// healthy.
+    #[test]
+    fn instances_never_healthy_move_off_a_drained_agent_at_once() {
+        let keys = Keyspace::default();
+        let mut h = Builder::default();
+        let term = h.put(keys.leader("platform"), json!("c1"));
+        let mut spec = app(2, 0.5, 1.0, "1");
+        spec["spec"]["healthChecks"] = json!([{"protocol": "COMMAND", "command": {"value": "true"}}]);
+        let at = h.put(keys.registry_object("baton.dev", "apps", Some("default"), "web"), spec.clone());
+        let v = version(&spec);
+        let on = |id: &str, agent: &str, planned_at: i64| {
+            let mut r = record(id, &v, term, planned_at);
+            r["agent"] = json!(agent);
+            r["healthChecks"] = spec["spec"]["healthChecks"].clone();
+            r
+        };
+        for id in ["web-1", "web-2"] {
+            h.put(keys.instance("a1", id), on(id, "a1", at));
+            h.put(keys.status("a1", id), json!({"phase": "Running", "health": [{}]}));
+        }
+        let seen = h.put(keys.registry_object("baton.dev", "maintenances", None, "disk"), json!({}));
+        // One transaction, written here as one change after another.
+        for id in ["web-3", "web-4"] {
+            h.put(keys.instance("a2", id), on(id, "a2", seen));
+        }
+        h.put(keys.drain("a1"), json!({"maintenance": "disk", "state": "Draining"}));
+        for id in ["web-1", "web-2"] {
+            h.put(keys.instance("a1", id), stopped(on(id, "a1", at), "Moved", seen));
+        }
+        assert_eq!(h.check().violations, Vec::<String>::new());
     }
 
     #[test]

@@ -121,6 +121,7 @@ enum Heal {
     ResumeAgent(String),
     StartAgent(String),
     Recover(String),
+    Undrain(String),
 }
 
 /// Instance processes as seen from outside: by (pid, start), the instance (its sandbox's
@@ -142,6 +143,9 @@ struct Seen {
 struct Run<'c> {
     cluster: &'c mut Cluster,
     rng: StdRng,
+    /// Draws for drains, apart from `rng`: a drain took the place of a step that only waited,
+    /// and the seeds found before keep the rest of their stories.
+    drains: StdRng,
     fail_dir: PathBuf,
     apps: BTreeMap<String, Model>,
     deleted: BTreeSet<String>,
@@ -238,6 +242,9 @@ impl Run<'_> {
             Heal::StartAgent(name) => self.cluster.agent(name).restart(),
             Heal::Recover(name) => {
                 let _ = std::fs::remove_file(self.fail_dir.join(format!("fail-{name}")));
+            }
+            Heal::Undrain(agent) => {
+                self.kubectl(&["delete", "maintenance", &format!("chaos-{agent}"), "--wait=false"], None)
             }
         }
         self.note(format!("heal: {heal:?}"));
@@ -374,6 +381,19 @@ impl Run<'_> {
                 std::fs::write(&flag, "").expect("writing a fail flag");
                 self.note(format!("fail the health checks of every {name} instance"));
                 self.later(2.0..8.0, Heal::Recover(name));
+            }
+            95..=97 => {
+                let agent = format!("a{}", self.drains.random_range(1..=self.cluster.agents.len()));
+                if self.pending.iter().any(|(_, h)| matches!(h, Heal::Undrain(a) if *a == agent)) {
+                    return self.note(format!("skip: {agent} is already drained"));
+                }
+                let manifest = format!(
+                    "apiVersion: baton.dev/v1alpha1\nkind: Maintenance\nmetadata:\n  name: chaos-{agent}\nspec:\n  agents: [{agent}]\n"
+                );
+                self.note(format!("drain agent {agent} (a Maintenance now)"));
+                self.kubectl(&["apply", "-f", "-"], Some(&manifest));
+                let after = Duration::from_secs_f64(self.drains.random_range(3.0..12.0));
+                self.pending.push((Instant::now() + after, Heal::Undrain(agent)));
             }
             _ => self.note("wait".into()),
         }
@@ -514,6 +534,7 @@ pub fn run(binary: &Path, options: Options<'_>) -> Outcome {
 
     let mut run = Run {
         rng: StdRng::seed_from_u64(options.seed),
+        drains: StdRng::seed_from_u64(options.seed ^ 0x6472_6169_6e73),
         fail_dir,
         apps: BTreeMap::new(),
         deleted: BTreeSet::new(),
