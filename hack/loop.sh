@@ -44,7 +44,7 @@ while (( runs == 0 || done_runs < runs )); do
   rm -f "$junit"
   # Failures are recorded, not fatal: the Loop goes on.
   # The suite with the chaos seeds that once failed; the random seeds run next, one by one.
-  cargo nextest run --locked --workspace --profile loop -E "not $random_seed" >"$out/run-$run.log" 2>&1 || true
+  cargo nextest run --locked --workspace --profile loop -E "not ($random_seed)" >"$out/run-$run.log" 2>&1 || true
   python3 hack/loop-report --lines "$junit" --run "$run" >>"$results"
   for _ in $(seq 1 "$seeds"); do
     seed=$(( (RANDOM << 15 | RANDOM) % 1000000 ))
