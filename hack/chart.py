@@ -6,10 +6,11 @@
                                        validate each manifest against the Kubernetes schemas;
                                        bad values are refused by values.schema.json
   hack/chart.py processes [JSON]       one render, with JSON values over the defaults: the
-                                       command and args of every container, and the
-                                       stringData of every Secret, as JSON
+                                       command and args of every container, and the data
+                                       (decoded) and stringData of every Secret, as JSON
 """
 
+import base64
 import json
 import pathlib
 import sys
@@ -91,7 +92,7 @@ def check():
 
 
 def processes(values_json):
-    """One render: each container's command and args, and each Secret's stringData."""
+    """One render: each container's command and args, and each Secret's data and stringData."""
     values = json.loads(values_json) if values_json else {}
     out = {"containers": {}, "secrets": {}}
     for path, doc in documents(render(values)):
@@ -99,7 +100,8 @@ def processes(values_json):
             for container in doc["spec"]["template"]["spec"]["containers"]:
                 out["containers"][container["name"]] = container["command"] + container["args"]
         elif doc.get("kind") == "Secret":
-            out["secrets"][doc["metadata"]["name"]] = doc.get("stringData", {})
+            data = {k: base64.b64decode(v).decode() for k, v in (doc.get("data") or {}).items()}
+            out["secrets"][doc["metadata"]["name"]] = {**data, **doc.get("stringData", {})}
     print(json.dumps(out, indent=2))
 
 

@@ -331,3 +331,88 @@ fn the_generated_certificates_secure_etcd() {
         assert!(refused, "a client without a certificate gets nowhere");
     });
 }
+
+/// The chart's own etcd (the default): three members speaking TLS to clients and to each other,
+/// run with exactly the arguments and the certificates the chart renders (one render: a CA
+/// and certificates made by the chart), on loopback. The members form a cluster (their peer
+/// certificates are good for each other), Baton connects with the chart's client certificate,
+/// and a client without one — or without TLS — gets nowhere.
+#[test]
+fn the_charts_etcd_speaks_tls_to_peers_and_lets_in_only_its_clients() {
+    let rendered = render(&json!({}));
+    let command: Vec<String> =
+        serde_json::from_value(rendered["containers"]["etcd"].clone()).expect("the chart runs etcd");
+    assert_eq!(command[0], "etcd");
+    for flag in ["--client-cert-auth=true", "--peer-client-cert-auth=true"] {
+        assert!(command.contains(&flag.to_string()), "the chart's etcd runs with {flag}: {command:?}");
+    }
+    let secret = |name: &str, key: &str| {
+        rendered["secrets"][name][key]
+            .as_str()
+            .unwrap_or_else(|| panic!("the chart's Secret {name} has {key}"))
+            .to_string()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    for key in ["ca.crt", "tls.crt", "tls.key"] {
+        write(root.join("etc/etcd/tls").join(key), &secret("baton-etcd-tls", key));
+    }
+    // Each member's client, peer and metrics ports on loopback stand in for its pod's.
+    let ports: Vec<[u16; 3]> = (0..3).map(|_| [free_port(), free_port(), free_port()]).collect();
+    let mut members = Vec::new();
+    for (i, _) in ports.iter().enumerate() {
+        let args: Vec<OsString> = command[1..]
+            .iter()
+            .map(|arg| {
+                let mut arg = arg.replace("$(POD_NAME)", &format!("baton-etcd-{i}"));
+                for (j, [client, peer, _]) in ports.iter().enumerate() {
+                    let host = format!("baton-etcd-{j}.baton-etcd-headless.baton-system.svc");
+                    arg = arg.replace(&format!("{host}:2379"), &format!("127.0.0.1:{client}"));
+                    arg = arg.replace(&format!("{host}:2380"), &format!("127.0.0.1:{peer}"));
+                }
+                let [client, peer, metrics] = ports[i];
+                arg = arg.replace("0.0.0.0:2379", &format!("127.0.0.1:{client}"));
+                arg = arg.replace("0.0.0.0:2380", &format!("127.0.0.1:{peer}"));
+                arg = arg.replace("0.0.0.0:2381", &format!("127.0.0.1:{metrics}"));
+                arg = arg.replace("=/var/lib/etcd/", &format!("={}/member-{i}/", root.display()));
+                arg.replace("=/etc/etcd/", &format!("={}/etc/etcd/", root.display())).into()
+            })
+            .collect();
+        let log = root.join(format!("etcd-{i}.log"));
+        members.push(Proc::start(&format!("etcd-{i}"), Path::new("etcd"), args, Vec::new(), log));
+    }
+    let logs = || members.iter().map(|m| m.log_tail(15)).collect::<Vec<_>>().join("\n");
+    wait_for("the three members to form a healthy cluster", WAIT, logs, || {
+        ports.iter().all(|[_, _, metrics]| get(*metrics, "/health").1.contains("\"health\":\"true\"")).then_some(())
+    });
+
+    let endpoints: Vec<String> = ports.iter().map(|[client, _, _]| format!("127.0.0.1:{client}")).collect();
+    let endpoints = baton_store::etcd::parse_url(&format!("etcd://{}", endpoints.join(","))).unwrap();
+    let ca = secret("baton-etcd-client", "ca.crt").into_bytes();
+    let with_client = baton_store::etcd::EtcdTls {
+        ca_pem: ca.clone(),
+        client: Some((
+            secret("baton-etcd-client", "tls.crt").into_bytes(),
+            secret("baton-etcd-client", "tls.key").into_bytes(),
+        )),
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let store = baton_store::etcd::EtcdStore::connect_with(&endpoints, Duration::from_secs(10), Some(&with_client))
+            .await
+            .unwrap_or_else(|e| panic!("connecting with the chart's client certificate: {e}\n{}", logs()));
+        baton_store::StoreExt::put(&store, "/chart-tls", b"ok".to_vec()).await.unwrap();
+        let refused = |store: Result<baton_store::etcd::EtcdStore, _>| async move {
+            match store {
+                Err(_) => true,
+                Ok(store) => baton_store::StoreExt::put(&store, "/chart-tls", b"no".to_vec()).await.is_err(),
+            }
+        };
+        let anonymous = baton_store::etcd::EtcdTls { ca_pem: ca, client: None };
+        let without_certificate =
+            baton_store::etcd::EtcdStore::connect_with(&endpoints, Duration::from_secs(3), Some(&anonymous)).await;
+        assert!(refused(without_certificate).await, "a client without a certificate gets nowhere");
+        let plain = baton_store::etcd::EtcdStore::connect_with(&endpoints, Duration::from_secs(3), None).await;
+        assert!(refused(plain).await, "a client without TLS gets nowhere");
+    });
+}

@@ -52,17 +52,22 @@ etcd://{{ join "," .Values.etcd.external.endpoints }}
 {{- define "baton.storeArgs" -}}
 - --store={{ include "baton.storeURL" . }}
 - --prefix={{ .Values.store.prefix }}
-{{- if and (not .Values.etcd.enabled) .Values.etcd.external.tls.enabled }}
+{{- if eq (include "baton.etcdTLS" .) "true" }}
 - --store-ca-file=/etc/baton/etcd/ca.crt
-{{- if .Values.etcd.external.tls.clientCertificate }}
+{{- if or .Values.etcd.enabled .Values.etcd.external.tls.clientCertificate }}
 - --store-cert-file=/etc/baton/etcd/tls.crt
 - --store-key-file=/etc/baton/etcd/tls.key
 {{- end }}
 {{- end }}
 {{- end -}}
 
+{{/* Whether Baton speaks TLS to etcd: the release's (etcd.tls) or an external one. */}}
 {{- define "baton.etcdTLS" -}}
-{{- and (not .Values.etcd.enabled) .Values.etcd.external.tls.enabled -}}
+{{- if .Values.etcd.enabled -}}
+{{- .Values.etcd.tls.enabled -}}
+{{- else -}}
+{{- .Values.etcd.external.tls.enabled -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "baton.etcdVolumeMount" -}}
@@ -73,14 +78,24 @@ etcd://{{ join "," .Values.etcd.external.endpoints }}
 {{- end }}
 {{- end -}}
 
+{{/* The Secret with etcd's CA and Baton's client certificate (ca.crt, tls.crt, tls.key). */}}
 {{- define "baton.etcdVolume" -}}
 {{- if eq (include "baton.etcdTLS" .) "true" }}
-{{- if not .Values.etcd.external.tls.secretName }}
-{{- fail "etcd.external.tls.enabled: give etcd.external.tls.secretName (a Secret with ca.crt, tls.crt, tls.key)" }}
+{{- $secret := "" -}}
+{{- if .Values.etcd.enabled -}}
+{{- if and .Values.etcd.tls.serverSecretName (not .Values.etcd.tls.clientSecretName) -}}
+{{- fail "etcd.tls.serverSecretName is given: give etcd.tls.clientSecretName too (a Secret with ca.crt, tls.crt, tls.key from the same CA)" -}}
+{{- end -}}
+{{- $secret = .Values.etcd.tls.clientSecretName | default (printf "%s-etcd-client" (include "baton.fullname" .)) -}}
+{{- else -}}
+{{- if not .Values.etcd.external.tls.secretName -}}
+{{- fail "etcd.external.tls.enabled: give etcd.external.tls.secretName (a Secret with ca.crt, tls.crt, tls.key)" -}}
+{{- end -}}
+{{- $secret = .Values.etcd.external.tls.secretName -}}
 {{- end }}
 - name: etcd-tls
   secret:
-    secretName: {{ .Values.etcd.external.tls.secretName }}
+    secretName: {{ $secret }}
 {{- end }}
 {{- end -}}
 
