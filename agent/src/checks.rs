@@ -63,6 +63,7 @@ impl Checks {
                 port: health_port(record, check),
                 sandbox: sandbox.to_path_buf(),
                 env: env.clone(),
+                user: record.user.clone(),
             };
             let sender = sender.clone();
             tasks.spawn(async move {
@@ -197,6 +198,8 @@ struct HealthProbe {
     port: Option<u16>,
     sandbox: PathBuf,
     env: BTreeMap<String, String>,
+    /// A command check runs as the instance's user: it is the app's code too.
+    user: Option<String>,
 }
 
 impl HealthProbe {
@@ -205,7 +208,7 @@ impl HealthProbe {
         let timeout = secs(check.timeout_seconds).max(Duration::from_secs(1));
         if check.protocol == HealthProtocol::Command {
             let script = check.command.as_ref().map_or("", |c| c.value.as_str());
-            return probe::command(script, &self.sandbox, &self.env, timeout).await;
+            return probe::command(script, &self.sandbox, &self.env, self.user.as_deref(), timeout).await;
         }
         let Some(port) = self.port else {
             return Outcome::Fail(format!("the instance has no port for {}", check.describe()));
@@ -274,6 +277,7 @@ mod tests {
             whole_agent: false,
             end_noted: false,
             command: Command::Shell("true".into()),
+            user: None,
             env: Default::default(),
             labels: Default::default(),
             resources: ResourceAmounts::default(),

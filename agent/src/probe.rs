@@ -121,10 +121,23 @@ pub async fn tcp(host: &str, port: u16, timeout: Duration) -> Outcome {
     }
 }
 
-/// Runs `script` by `sh -c` in `dir` with `env`, in its own process group (killed whole on
-/// timeout); passes on exit status 0. The output is the end of stdout and stderr.
-pub async fn command(script: &str, dir: &Path, env: &BTreeMap<String, String>, timeout: Duration) -> Outcome {
+/// Runs `script` by `sh -c` in `dir` with `env` (as `user`, if given), in its own process
+/// group (killed whole on timeout); passes on exit status 0. The output is the end of stdout
+/// and stderr.
+pub async fn command(
+    script: &str,
+    dir: &Path,
+    env: &BTreeMap<String, String>,
+    user: Option<&str>,
+    timeout: Duration,
+) -> Outcome {
     let mut command = tokio::process::Command::new("/bin/sh");
+    if let Some(user) = user {
+        match crate::process::run_as(user) {
+            Ok((uid, gid)) => _ = command.uid(uid.as_raw()).gid(gid.as_raw()),
+            Err(e) => return Outcome::Fail(format!("could not run the command: {e}")),
+        }
+    }
     command
         .arg("-c")
         .arg(script)

@@ -154,6 +154,49 @@ fn output(sandbox: &Path, stream: &str, logging: &Logging) -> std::io::Result<(S
     Ok((Stdio::from(writer), Some(logger)))
 }
 
+/// The uid and gid to run `user`'s processes as: an error naming the user when it is unknown
+/// on this machine, or when the agent (not root) cannot switch to it.
+pub fn run_as(user: &str) -> std::io::Result<(nix::unistd::Uid, nix::unistd::Gid)> {
+    let found = nix::unistd::User::from_name(user)
+        .map_err(|e| std::io::Error::other(format!("looking up user {user:?}: {e}")))?
+        .ok_or_else(|| std::io::Error::other(format!("no user {user:?} on this agent's machine")))?;
+    let me = nix::unistd::geteuid();
+    if !me.is_root() && me != found.uid {
+        return Err(std::io::Error::other(format!(
+            "cannot run as user {user:?}: the agent runs as uid {me}, not as root, and cannot switch users"
+        )));
+    }
+    Ok((found.uid, found.gid))
+}
+
+/// Whether `user` (`uid`, `gid`) can get to `dir`: every directory above it searchable by it.
+/// Else an error naming the first that is not, so the instance's status says what to fix
+/// (the agent's `--work-dir` must be reachable by the users apps run as).
+fn reachable_by(dir: &Path, user: &str, uid: nix::unistd::Uid, gid: nix::unistd::Gid) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    for ancestor in dir.ancestors().skip(1) {
+        let meta = std::fs::metadata(ancestor)?;
+        let mode = meta.mode();
+        let searchable = if meta.uid() == uid.as_raw() {
+            mode & 0o100 != 0
+        } else if meta.gid() == gid.as_raw() {
+            mode & 0o010 != 0
+        } else {
+            mode & 0o001 != 0
+        };
+        if !searchable {
+            return Err(std::io::Error::other(format!(
+                "user {user:?} cannot reach its sandbox {}: {} (mode {:o}) is not searchable by it; \
+                 make the agent's work dir reachable (e.g. chmod o+x)",
+                dir.display(),
+                ancestor.display(),
+                mode & 0o7777
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Starts the instance's command in `sandbox` (created if missing), with stdout and stderr
 /// going to log files there (see [`Logging`]), in a new process group.
 pub fn start(record: &InstanceRecord, sandbox: &Path, path: &str, logging: &Logging) -> std::io::Result<Process> {
@@ -174,6 +217,14 @@ pub fn start(record: &InstanceRecord, sandbox: &Path, path: &str, logging: &Logg
             c
         }
     };
+    if let Some(user) = &record.user {
+        let (uid, gid) = run_as(user)?;
+        // The sandbox is the process' own, as Mesos hands it over.
+        nix::unistd::chown(sandbox, Some(uid), Some(gid)).map_err(std::io::Error::from)?;
+        reachable_by(sandbox, user, uid, gid)?;
+        // As root, std drops the supplementary groups (setgroups) before setuid.
+        command.uid(uid.as_raw()).gid(gid.as_raw());
+    }
     command
         .current_dir(sandbox)
         .env_clear()
@@ -396,6 +447,7 @@ mod tests {
             whole_agent: false,
             end_noted: false,
             command: Command::Shell("echo hi".into()),
+            user: None,
             env: [("GREETING".to_string(), "hello".to_string())].into(),
             labels: Default::default(),
             resources: ResourceAmounts::default(),

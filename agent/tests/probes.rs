@@ -156,19 +156,19 @@ async fn commands_pass_on_exit_status_0_with_their_output() {
         BTreeMap::from([("PATH".to_string(), "/usr/bin:/bin".to_string()), ("PORT0".to_string(), "31000".to_string())]);
     let timeout = Duration::from_secs(2);
     assert_eq!(
-        probe::command("echo port $PORT0", dir.path(), &env, timeout).await,
+        probe::command("echo port $PORT0", dir.path(), &env, None, timeout).await,
         Outcome::Pass("exited with status 0: port 31000".into())
     );
     assert_eq!(
-        probe::command("echo broken >&2; exit 3", dir.path(), &env, timeout).await,
+        probe::command("echo broken >&2; exit 3", dir.path(), &env, None, timeout).await,
         Outcome::Fail("exited with status 3: broken".into())
     );
     // It runs in the sandbox.
     std::fs::write(dir.path().join("ready"), "").unwrap();
-    assert!(matches!(probe::command("test -f ready", dir.path(), &env, timeout).await, Outcome::Pass(_)));
+    assert!(matches!(probe::command("test -f ready", dir.path(), &env, None, timeout).await, Outcome::Pass(_)));
     // A command that takes too long is killed with its children.
     let started = Instant::now();
-    let outcome = probe::command("sleep 30 & sleep 30", dir.path(), &env, Duration::from_secs(1)).await;
+    let outcome = probe::command("sleep 30 & sleep 30", dir.path(), &env, None, Duration::from_secs(1)).await;
     assert_eq!(outcome, Outcome::Fail("timed out after 1 s".into()));
     assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
 }

@@ -218,6 +218,7 @@ mod tests {
             whole_agent: false,
             end_noted: false,
             command: Command::Shell("x".into()),
+            user: None,
             env: BTreeMap::new(),
             labels: BTreeMap::new(),
             resources: ResourceAmounts { millicpus, mem_mib: 128, disk_mib: 0, gpus: 0 },

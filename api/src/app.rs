@@ -112,6 +112,13 @@ pub struct AppSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub args: Option<Vec<String>>,
 
+    /// The user the process (and its command health checks) runs as: a user name known on
+    /// the agents' machines, as Marathon's `user`. Switching users needs an agent running as
+    /// root; an agent that cannot reports the instance Failed, saying why. Unset: the
+    /// agent's own user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+
     /// What each instance needs: `cpus`, `mem` (MiB), `disk` (MiB).
     #[serde(default)]
     pub resources: Resources,
@@ -599,6 +606,9 @@ struct RunDefinition<'a> {
     whole_agent: bool,
     cmd: &'a Option<String>,
     args: &'a Option<Vec<String>>,
+    // Left out when unset, so apps without it keep their versions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: &'a Option<String>,
     resources: &'a Resources,
     ports: &'a [PortDefinition],
     require_ports: bool,
@@ -634,6 +644,7 @@ impl AppSpec {
             whole_agent: self.placement.whole_agent,
             cmd: &self.cmd,
             args: &self.args,
+            user: &self.user,
             resources: &self.resources,
             ports: &self.ports,
             require_ports: self.require_ports,

@@ -254,6 +254,9 @@ pub struct InstanceRecord {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub end_noted: bool,
     pub command: Command,
+    /// The user the process runs as (the app's `user`); `None`: the agent's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

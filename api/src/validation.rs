@@ -216,6 +216,14 @@ fn too_big(field: impl Into<String>, what: &str, bytes: usize, limit: usize) -> 
     FieldError::too_long(field, format!("{what} takes {bytes} bytes; at most {limit} are allowed"))
 }
 
+/// A user name as `useradd` takes it by default (`[a-z_][a-z0-9_-]{0,31}`).
+fn is_user_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= 32
+        && chars.next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
 fn validate_app_spec(spec: &AppSpec, limits: &InputLimits, errors: &mut Vec<FieldError>) {
     if spec.instances < 0 {
         errors.push(FieldError::invalid("spec.instances", spec.instances, "must be greater than or equal to 0"));
@@ -227,6 +235,15 @@ fn validate_app_spec(spec: &AppSpec, limits: &InputLimits, errors: &mut Vec<Fiel
         ));
     }
 
+    if let Some(user) = &spec.user
+        && !is_user_name(user)
+    {
+        errors.push(FieldError::invalid(
+            "spec.user",
+            user.as_str(),
+            "must be a user name: a lowercase letter or '_', then at most 31 lowercase letters, digits, '_' or '-'",
+        ));
+    }
     match (&spec.cmd, &spec.args) {
         (None, None) => errors.push(FieldError::required("spec.cmd", "one of spec.cmd or spec.args is required")),
         (Some(_), Some(_)) => errors.push(FieldError::forbidden("spec.args", "may not be set together with spec.cmd")),
@@ -616,6 +633,7 @@ mod tests {
             instances: 3,
             cmd: Some("python3 -m http.server $PORT0".into()),
             args: None,
+            user: None,
             resources: Resources::default(),
             ports: vec![PortDefinition { name: Some("http".into()), port: 0 }],
             placement: Default::default(),
@@ -648,6 +666,9 @@ mod tests {
     #[test]
     fn a_good_app_has_no_errors() {
         assert!(errors_of(spec()).is_empty());
+        for user in ["nobody", "_apt", "www-data", "svc_01"] {
+            assert!(errors_of(AppSpec { user: Some(user.into()), ..spec() }).is_empty(), "{user}");
+        }
     }
 
     #[test]
@@ -672,6 +693,14 @@ mod tests {
             (
                 Box::new(|s| s.constraints = vec![vec!["hostname".into(), "UNIQ".into()]]),
                 "spec.constraints[0]: Invalid value: [\"hostname\",\"UNIQ\"]: unknown operator \"UNIQ\"",
+            ),
+            (
+                Box::new(|s| s.user = Some("Root User".into())),
+                "spec.user: Invalid value: \"Root User\": must be a user name",
+            ),
+            (
+                Box::new(|s| s.user = Some("a".repeat(33))),
+                "spec.user: Invalid value: \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\": must be a user name",
             ),
             (
                 Box::new(|s| s.upgrade_strategy.maximum_over_capacity = -0.5),

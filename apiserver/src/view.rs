@@ -496,6 +496,7 @@ mod tests {
             whole_agent: false,
             end_noted: false,
             command: Command::Shell("x".into()),
+            user: None,
             env: Default::default(),
             labels: Default::default(),
             resources: ResourceAmounts { millicpus: 500, mem_mib: 64, disk_mib: 0, gpus: 0 },

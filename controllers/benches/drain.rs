@@ -493,6 +493,7 @@ fn defragment() {
             whole_agent: false,
             end_noted: false,
             command: baton_api::records::Command::Shell("sleep 3600".into()),
+            user: None,
             env: Default::default(),
             labels: Default::default(),
             resources: app.spec.resources.amounts(),

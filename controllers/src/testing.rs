@@ -227,6 +227,7 @@ pub fn instance(app: &App, agent: &str, n: u32) -> InstanceBuilder {
             whole_agent: false,
             end_noted: false,
             command: Command::Shell("sleep 1000".into()),
+            user: None,
             env: Default::default(),
             labels: Default::default(),
             resources: app.spec.resources.amounts(),

@@ -223,6 +223,7 @@ fn launch(
                 whole_agent: spec.placement.whole_agent,
                 end_noted: false,
                 command: command.clone(),
+                user: spec.user.clone(),
                 env: spec.env.clone(),
                 labels: spec.labels.clone(),
                 resources,
