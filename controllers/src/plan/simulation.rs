@@ -338,7 +338,10 @@ impl World {
     fn heal_ledger(&mut self) {
         self.close_healed_slots();
         let wanted = self.app.spec.instances.max(0) as usize;
-        let mut shortfall = wanted.saturating_sub(self.live_instances().count());
+        // Only instances of the current version fill places: old ones are being replaced.
+        let version = self.app.version();
+        let mut shortfall =
+            wanted.saturating_sub(self.live_instances().filter(|i| i.record.version == version).count());
         let mut empty: Vec<(Timestamp, String)> = self
             .ledger
             .open

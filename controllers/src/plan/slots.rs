@@ -18,8 +18,10 @@
 //! - an instance launched to fill a slot names it in `replaces`, written with the launch.
 //!
 //! A slot is released when an instance that fills it (wanted running, not ended) has proved
-//! healthy ([`InstanceState::proven_healthy`]: `maxConsecutiveFailures` passes in a row), or when nothing fills it and the app needs no more instances than it has (it was
-//! scaled down, or an instance came back with its agent): then nothing is left to replace.
+//! healthy ([`InstanceState::proven_healthy`]: `maxConsecutiveFailures` passes in a row), or
+//! when nothing fills it and the app needs no more instances of its current version than it
+//! has (it was scaled down, or an instance came back with its agent): then nothing is left to
+//! replace. Old-version instances a deployment is replacing do not count: they fill no place.
 //! A released slot's record is unmarked; like any ended instance's, it goes when the retention
 //! of ended instances says.
 
@@ -65,8 +67,11 @@ impl<'s> Slots<'s> {
                 fillers.entry(slot).or_default().push(instance);
             }
         }
-        // Unfilled slots are held only while the app lacks instances.
-        let mut shortfall = wanted.saturating_sub(live.len());
+        // Unfilled slots are held only while the app lacks instances of its version: the old
+        // ones a deployment replaces fill no place. (Counting them, a pool failing during a
+        // deployment with room to surge freed each slot as soon as it was taken, and the
+        // policy killed past its budget: chaos seed 2026, 2 slots held under a budget of 1.)
+        let mut shortfall = wanted.saturating_sub(sets.current.len() + sets.unreachable.len());
         let mut slots = Self::default();
         for killed in killed {
             let filling = fillers.get(killed.id()).map(Vec::as_slice).unwrap_or_default();
@@ -158,6 +163,18 @@ mod tests {
         let snap = snapshot(&[&pool], vec![agent("a1").build()], instances);
         assert_eq!(slots_of(&snap, 3).len(), 1);
         assert!(slots_of(&snap, 2).is_empty(), "scaled down to what is left: nothing to replace");
+    }
+
+    /// Chaos seed 2026: app echo (4 wanted, a deployment under way) failing its checks; the
+    /// old-version instances still running did not make the killed one's place filled.
+    #[test]
+    fn old_instances_a_deployment_replaces_do_not_fill_a_slot() {
+        let old = app("pool").instances(3).tcp_check(3).env("CHANGE", "1").build();
+        let pool = app("pool").instances(3).tcp_check(3).env("CHANGE", "2").build();
+        let mut instances: Vec<_> = (1..4).map(|n| instance(&old, "a1", n).failing(2).build()).collect();
+        instances.push(instance(&old, "a1", 0).failed(1).killed_for_health().build());
+        let snap = snapshot(&[&pool], vec![agent("a1").build()], instances);
+        assert_eq!(slots_of(&snap, 3), [pair("pool-000", None)], "held until a new-version instance proves healthy");
     }
 
     #[test]
