@@ -338,10 +338,11 @@ impl World {
     fn heal_ledger(&mut self) {
         self.close_healed_slots();
         let wanted = self.app.spec.instances.max(0) as usize;
-        // Only instances of the current version fill places: old ones are being replaced.
+        // Only healthy instances of the current version fill places: old ones are being
+        // replaced, new ones not healthy yet may fail as the killed one did.
         let version = self.app.version();
-        let mut shortfall =
-            wanted.saturating_sub(self.live_instances().filter(|i| i.record.version == version).count());
+        let healthy = self.live_instances().filter(|i| i.record.version == version && i.is_healthy()).count();
+        let mut shortfall = wanted.saturating_sub(healthy);
         let mut empty: Vec<(Timestamp, String)> = self
             .ledger
             .open

@@ -19,9 +19,10 @@
 //!
 //! A slot is released when an instance that fills it (wanted running, not ended) has proved
 //! healthy ([`InstanceState::proven_healthy`]: `maxConsecutiveFailures` passes in a row), or
-//! when nothing fills it and the app needs no more instances of its current version than it
-//! has (it was scaled down, or an instance came back with its agent): then nothing is left to
-//! replace. Old-version instances a deployment is replacing do not count: they fill no place.
+//! when nothing fills it and the app has as many healthy instances of its current version as
+//! it wants (it was scaled down, or an instance came back with its agent): then nothing is
+//! left to replace. Old-version instances a deployment is replacing do not count, nor new
+//! ones not healthy yet: they may fail as the killed one did.
 //! A released slot's record is unmarked; like any ended instance's, it goes when the retention
 //! of ended instances says.
 
@@ -67,11 +68,13 @@ impl<'s> Slots<'s> {
                 fillers.entry(slot).or_default().push(instance);
             }
         }
-        // Unfilled slots are held only while the app lacks instances of its version: the old
-        // ones a deployment replaces fill no place. (Counting them, a pool failing during a
-        // deployment with room to surge freed each slot as soon as it was taken, and the
-        // policy killed past its budget: chaos seed 2026, 2 slots held under a budget of 1.)
-        let mut shortfall = wanted.saturating_sub(sets.current.len() + sets.unreachable.len());
+        // Unfilled slots are held only while the app lacks healthy instances of its version:
+        // the old ones a deployment replaces fill no place, and new ones not healthy yet may
+        // fail as the killed one did. (Counting them, a pool failing during a deployment freed
+        // each slot as soon as it was taken, and the policy killed past its budget: chaos
+        // seeds 2026, 3009, 3011 and 4005 — the whole old pool killed one per tick.)
+        let healthy = sets.current.iter().filter(|i| i.is_healthy()).count();
+        let mut shortfall = wanted.saturating_sub(healthy);
         let mut slots = Self::default();
         for killed in killed {
             let filling = fillers.get(killed.id()).map(Vec::as_slice).unwrap_or_default();
@@ -173,8 +176,17 @@ mod tests {
         let pool = app("pool").instances(3).tcp_check(3).env("CHANGE", "2").build();
         let mut instances: Vec<_> = (1..4).map(|n| instance(&old, "a1", n).failing(2).build()).collect();
         instances.push(instance(&old, "a1", 0).failed(1).killed_for_health().build());
-        let snap = snapshot(&[&pool], vec![agent("a1").build()], instances);
-        assert_eq!(slots_of(&snap, 3), [pair("pool-000", None)], "held until a new-version instance proves healthy");
+        // The deployment launched the new version in full; none is healthy yet.
+        instances.extend((5..8).map(|n| instance(&pool, "a1", n).running().build()));
+        let snap = snapshot(&[&pool], vec![agent("a1").build()], instances.clone());
+        assert_eq!(slots_of(&snap, 3), [pair("pool-000", None)], "held until the new version is healthy");
+        let healthy: Vec<_> = instances
+            .into_iter()
+            .filter(|i| i.id() < "pool-005")
+            .chain((5..8).map(|n| instance(&pool, "a1", n).passing().build()))
+            .collect();
+        let snap = snapshot(&[&pool], vec![agent("a1").build()], healthy);
+        assert!(slots_of(&snap, 3).is_empty(), "the app is at full healthy strength: nothing to replace");
     }
 
     #[test]

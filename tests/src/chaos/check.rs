@@ -73,6 +73,8 @@ struct Tick {
     written_at: i64,
     /// The last one (a tick's writes go in several transactions).
     last_written: i64,
+    /// Replacement slots it released (the killed instances' ids): records unmarked, or removed.
+    released: Vec<String>,
 }
 
 struct Replay<'h> {
@@ -243,12 +245,18 @@ pub fn check(history: &History<'_>) -> Report {
     let mut violations = Vec::new();
     let mut writes = 0;
     let mut ticks: BTreeMap<(String, i64, i64), Tick> = BTreeMap::new();
+    let mut removed_slots: Vec<(String, String, i64)> = Vec::new();
     for change in history.changes {
         if keys.parse_instance_key(&change.key).is_none() {
             continue;
         }
-        let Some(after) = change.value.as_deref().and_then(parse::<InstanceRecord>) else { continue };
         let before = change.before.as_deref().and_then(parse::<InstanceRecord>);
+        let Some(after) = change.value.as_deref().and_then(parse::<InstanceRecord>) else {
+            if let Some(gone) = before.filter(|b| b.holds_slot) {
+                removed_slots.push((gone.app.uid, gone.id, change.revision));
+            }
+            continue;
+        };
         let r = change.revision;
         writes += 1;
         if !replay.term_held(after.term, r) {
@@ -256,6 +264,10 @@ pub fn check(history: &History<'_>) -> Report {
                 "rev {r}: instance {} written with term {}, not the term of a leader holding its key then",
                 after.id, after.term
             ));
+        }
+        if before.as_ref().is_some_and(|b| b.holds_slot) && !after.holds_slot {
+            let tick = ticks.entry((after.app.uid.clone(), after.term, after.planned_at)).or_default();
+            tick.released.push(after.id.clone());
         }
         let launch = before.is_none();
         let stop = before.as_ref().is_some_and(|b| b.goal == Goal::Running) && after.goal == Goal::Stopped;
@@ -282,6 +294,17 @@ pub fn check(history: &History<'_>) -> Report {
             Some(before) => tick.stops.push((before, after)),
         }
     }
+    // A slot's record removed by a tick (written in the same transactions) was released by it.
+    for (uid, id, revision) in removed_slots {
+        if let Some(tick) = ticks
+            .iter_mut()
+            .find(|((u, _, _), t)| *u == uid && t.written_at <= revision && revision <= t.last_written)
+            .map(|(_, t)| t)
+        {
+            tick.released.push(id);
+        }
+    }
+    ticks.retain(|_, t| t.written_at > 0);
     for ((uid, _, planned_at), tick) in &ticks {
         check_tick(&replay, uid, *planned_at, tick, &mut violations);
     }
@@ -416,12 +439,36 @@ fn check_tick(replay: &Replay<'_>, uid: &str, s: i64, tick: &Tick, violations: &
         }
     }
 
+    // A slot is released only when its place is filled: an instance replacing it is healthy,
+    // or the app has as many healthy instances of its version as it wants (else a failing
+    // pool's slots free themselves and the policy kills it whole).
+    if !tick.released.is_empty() && !specs.is_empty() {
+        let healthy_current = |a: &App| {
+            let version = a.version();
+            seen.iter()
+                .filter(|(rec, st)| rec.goal == Goal::Running && rec.version == version && healthy(rec, st))
+                .count()
+        };
+        for killed in &tick.released {
+            let replaced = seen.iter().any(|(rec, st)| {
+                rec.replaces.as_deref() == Some(killed.as_str()) && rec.goal == Goal::Running && healthy(rec, st)
+            });
+            let full = specs.iter().any(|a| healthy_current(a) >= a.spec.instances.max(0) as usize);
+            if !replaced && !full {
+                violations.push(format!(
+                    "rev {r}: the replacement slot of {killed} ({app}) was released on the view at rev {s}, \
+                     with nothing healthy in its place"
+                ));
+            }
+        }
+    }
+
     // The health policy's replacement slots.
     let new_slots = tick.stops.iter().filter(|(_, a)| a.stop_reason.as_deref() == Some("Unhealthy") && a.holds_slot);
     let new_slots = new_slots.count();
     if new_slots > 0 && !specs.is_empty() {
         let held_before = seen.iter().filter(|(rec, _)| rec.holds_slot).count();
-        let held_after = held_before + new_slots;
+        let held_after = held_before - tick.released.len().min(held_before) + new_slots;
         let steady = seen.iter().filter(|(rec, st)| rec.goal == Goal::Running && healthy(rec, st)).count();
         let over = |a: &App| {
             let n = a.spec.instances.max(0) as u64;
