@@ -440,26 +440,33 @@ fn check_tick(replay: &Replay<'_>, uid: &str, s: i64, tick: &Tick, violations: &
     }
 
     // A slot is released only when its place is filled: an instance replacing it is healthy,
-    // or the app has as many healthy instances of its version as it wants (else a failing
-    // pool's slots free themselves and the policy kills it whole).
-    if !tick.released.is_empty() && !specs.is_empty() {
-        let healthy_current = |a: &App| {
-            let version = a.version();
-            seen.iter()
-                .filter(|(rec, st)| rec.goal == Goal::Running && rec.version == version && healthy(rec, st))
-                .count()
-        };
-        for killed in &tick.released {
-            let replaced = seen.iter().any(|(rec, st)| {
+    // or the app's healthy instances of its version leave fewer places empty than the slots
+    // still held (else a failing pool's slots free themselves and the policy kills it whole).
+    let deleting = specs.iter().any(|a| a.metadata.deletion_timestamp.is_some());
+    if !tick.released.is_empty() && !specs.is_empty() && !deleting {
+        let replaced = |killed: &String| {
+            seen.iter().any(|(rec, st)| {
                 rec.replaces.as_deref() == Some(killed.as_str()) && rec.goal == Goal::Running && healthy(rec, st)
-            });
-            let full = specs.iter().any(|a| healthy_current(a) >= a.spec.instances.max(0) as usize);
-            if !replaced && !full {
-                violations.push(format!(
-                    "rev {r}: the replacement slot of {killed} ({app}) was released on the view at rev {s}, \
-                     with nothing healthy in its place"
-                ));
-            }
+            })
+        };
+        let unfilled = tick.released.iter().filter(|k| !replaced(k)).count();
+        let held_before = seen.iter().filter(|(rec, _)| rec.holds_slot).count();
+        let kept = held_before.saturating_sub(unfilled);
+        let empty_places = |a: &App| {
+            let version = a.version();
+            let healthy_now = seen
+                .iter()
+                .filter(|(rec, st)| rec.goal == Goal::Running && rec.version == version && healthy(rec, st))
+                .count();
+            (a.spec.instances.max(0) as usize).saturating_sub(healthy_now)
+        };
+        if unfilled > 0 && specs.iter().all(|a| kept < held_before.min(empty_places(a))) {
+            violations.push(format!(
+                "rev {r}: {unfilled} replacement slot(s) of {app} released on the view at rev {s} with nothing healthy \
+                 in their place ({held_before} held, {kept} kept, {} place(s) without a healthy instance): {:?}",
+                specs.iter().map(empty_places).min().unwrap_or(0),
+                tick.released
+            ));
         }
     }
 
@@ -690,6 +697,51 @@ mod tests {
             h.put(keys.instance("a1", id), stopped(on(id, "a1", at), "Moved", seen));
         }
         assert_eq!(h.check().violations, Vec::<String>::new());
+    }
+
+    /// Chaos seeds 3009, 3011 and 4005 (before acddc0d): a failing pool's slot released while
+    /// nothing healthy was in its place, and the next instance killed — one per tick.
+    #[test]
+    fn a_slot_released_with_its_place_empty_is_named() {
+        let keys = Keyspace::default();
+        let mut h = Builder::default();
+        let term = h.put(keys.leader("platform"), json!("c1"));
+        let mut spec = app(3, 0.5, 1.0, "1");
+        spec["spec"]["healthChecks"] = json!([{"protocol": "COMMAND", "command": {"value": "true"}}]);
+        spec["spec"]["healthPolicy"] = json!({"minHealthyRatio": 0.5, "maxConcurrentReplacements": 1});
+        let at = h.put(keys.registry_object("baton.dev", "apps", Some("default"), "web"), spec.clone());
+        let v = version(&spec);
+        let with_check = |id: &str, planned_at: i64| {
+            let mut r = record(id, &v, term, planned_at);
+            r["healthChecks"] = spec["spec"]["healthChecks"].clone();
+            r
+        };
+        let failing = json!({"phase": "Running", "health": [{"passing": false, "consecutiveFailures": 3}]});
+        for id in ["web-1", "web-2", "web-3"] {
+            h.put(keys.instance("a1", id), with_check(id, at));
+            h.put(keys.status("a1", id), failing.clone());
+        }
+        let seen = h.changes.last().unwrap().revision;
+        let mut killed = with_check("web-1", at);
+        killed["holdsSlot"] = json!(true);
+        h.put(keys.instance("a1", "web-1"), stopped(killed.clone(), "Unhealthy", seen));
+        let seen = h.put(keys.status("a1", "web-1"), json!({"phase": "Killed"}));
+        // The next tick: web-1's slot removed, web-2 killed in its place.
+        let mut next = with_check("web-2", at);
+        next["holdsSlot"] = json!(true);
+        h.put(keys.instance("a1", "web-2"), stopped(next, "Unhealthy", seen));
+        h.changes.push(Change {
+            revision: h.changes.last().unwrap().revision,
+            key: keys.instance("a1", "web-1"),
+            value: None,
+            before: Some(serde_json::to_vec(&stopped(killed, "Unhealthy", seen)).unwrap()),
+        });
+        let report = h.check();
+        assert!(
+            report.violations.iter().any(|v| v.contains("1 replacement slot(s) of default/web released")),
+            "{:?}",
+            report.violations
+        );
     }
 
     #[test]
