@@ -22,7 +22,9 @@
 //!   `maxConcurrentStarts`; instances on agents in maintenance may be replaced beyond the
 //!   maximum (the surge a move needs), one each;
 //! - **health policy**: below `minHealthyRatio`, health kills hold at most
-//!   `maxConcurrentReplacements` slots (or no more than were held).
+//!   `maxConcurrentReplacements` slots (or no more than were held), counting those the tick
+//!   releases; and a slot is released only when its place is filled (an instance replacing
+//!   it is healthy, or the slots kept cover the places without a healthy instance).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
