@@ -268,11 +268,24 @@ impl ApiServer {
         Ok(reach.visible(&kv, &slots).then_some(kv))
     }
 
-    async fn proxy_page(&self, reach: &Reach, request: PageRequest) -> Result<baton_store::RangePage, WireError> {
-        let mut page = self.store.range_page(&request).await.map_err(store_error)?;
-        let slots = self.slots_for(reach, &page.kvs, page.revision).await?;
-        page.kvs.retain(|kv| reach.visible(kv, &slots));
-        Ok(page)
+    /// A page of what the identity may see. A page whose keys are all out of reach is not
+    /// returned empty with more to come (the caller, continuing after its last key, would
+    /// have none to continue from): the next pages are read, at the same revision, until one
+    /// has a visible key or none is left.
+    async fn proxy_page(&self, reach: &Reach, mut request: PageRequest) -> Result<baton_store::RangePage, WireError> {
+        loop {
+            let mut page = self.store.range_page(&request).await.map_err(store_error)?;
+            let last = page.kvs.last().map(|kv| kv.key.clone());
+            let slots = self.slots_for(reach, &page.kvs, page.revision).await?;
+            page.kvs.retain(|kv| reach.visible(kv, &slots));
+            match last {
+                Some(last) if page.kvs.is_empty() && page.more => {
+                    request.after = Some(last);
+                    request.revision = Some(page.revision);
+                }
+                _ => return Ok(page),
+            }
+        }
     }
 
     /// Checks every compare and operation; adds, for each instance it changes, a compare on

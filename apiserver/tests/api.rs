@@ -1332,6 +1332,20 @@ async fn tenant_controllers_reach_only_their_scope_in_the_store() {
     assert_eq!(code, StatusCode::OK, "{range}");
     let seen: Vec<&str> = range["kvs"].as_array().unwrap().iter().map(|kv| kv["key"].as_str().unwrap()).collect();
     assert_eq!(seen, ["/baton/apps/na/web/backoff", "/baton/instances/n1/a-1", "/baton/status/n1/a-1"], "{seen:?}");
+    // Pages of one key: those out of reach (b-1, then p-1) are skipped, not returned as
+    // empty pages with more to come — a caller paging after the last key would stop there.
+    let (code, page) =
+        store("page", json!({"prefix": keys.instances(), "after": keys.instance("n1", "a-1"), "limit": 1})).await;
+    assert_eq!(code, StatusCode::OK, "{page}");
+    assert_eq!((page["kvs"].as_array().map(Vec::len), page["more"].clone()), (Some(0), json!(false)), "{page}");
+    let (code, page) = store("page", json!({"prefix": keys.statuses(), "limit": 1})).await;
+    assert_eq!(code, StatusCode::OK, "{page}");
+    let first: Vec<&str> = page["kvs"].as_array().unwrap().iter().map(|kv| kv["key"].as_str().unwrap()).collect();
+    assert_eq!(first, [keys.status("n1", "a-1").as_str()], "{page}");
+    let (code, page) =
+        store("page", json!({"prefix": keys.statuses(), "after": keys.status("n1", "a-1"), "limit": 1})).await;
+    assert_eq!(code, StatusCode::OK, "{page}");
+    assert_eq!((page["kvs"].as_array().map(Vec::len), page["more"].clone()), (Some(0), json!(false)), "{page}");
     for key in
         [keys.instance("n1", "b-1"), keys.status("n1", "p-1"), keys.sandbox_token(), keys.tenant_controller_secret()]
     {
