@@ -556,6 +556,33 @@ mod tests {
         json!({"phase": "Running", "pid": 1})
     }
 
+    /// A leader, and `spec` (given a command health check) stored as app web: records of it
+    /// as its controller writes them.
+    struct Checked {
+        term: i64,
+        /// The revision the app was stored at.
+        at: i64,
+        version: String,
+        checks: serde_json::Value,
+    }
+
+    impl Checked {
+        fn store(h: &mut Builder, keys: &Keyspace, mut spec: serde_json::Value) -> Self {
+            let term = h.put(keys.leader("platform"), json!("c1"));
+            spec["spec"]["healthChecks"] = json!([{"protocol": "COMMAND", "command": {"value": "true"}}]);
+            let at = h.put(keys.registry_object("baton.dev", "apps", Some("default"), "web"), spec.clone());
+            Self { term, at, version: version(&spec), checks: spec["spec"]["healthChecks"].clone() }
+        }
+
+        /// Instance `id` on `agent`, written by the leader on a view through `planned_at`.
+        fn record(&self, id: &str, agent: &str, planned_at: i64) -> serde_json::Value {
+            let mut r = record(id, &self.version, self.term, planned_at);
+            r["agent"] = json!(agent);
+            r["healthChecks"] = self.checks.clone();
+            r
+        }
+    }
+
     /// A leader (term 2), an app of 2 instances with `minimumHealthCapacity` 1 and
     /// `maximumOverCapacity` 0 (so 3 may run during a deployment), both launched and healthy.
     fn two_healthy() -> (Builder, Keyspace, String) {
@@ -610,17 +637,11 @@ mod tests {
     fn a_health_kill_and_its_replacement_in_one_tick_are_not_two_starts() {
         let keys = Keyspace::default();
         let mut h = Builder::default();
-        let term = h.put(keys.leader("platform"), json!("c1"));
         let mut spec = app(4, 1.0, 0.5, "1");
         spec["spec"]["upgradeStrategy"]["maxConcurrentStarts"] = json!(2);
-        spec["spec"]["healthChecks"] = json!([{"protocol": "COMMAND", "command": {"value": "true"}}]);
-        let at = h.put(keys.registry_object("baton.dev", "apps", Some("default"), "web"), spec.clone());
-        let v = version(&spec);
-        let with_check = |id: &str, planned_at: i64| {
-            let mut r = record(id, &v, term, planned_at);
-            r["healthChecks"] = spec["spec"]["healthChecks"].clone();
-            r
-        };
+        let app = Checked::store(&mut h, &keys, spec);
+        let with_check = |id: &str, planned_at: i64| app.record(id, "a1", planned_at);
+        let at = app.at;
         h.put(keys.instance("a1", "web-1"), with_check("web-1", at));
         h.put(keys.instance("a1", "web-2"), with_check("web-2", at));
         h.put(keys.agent("a1"), json!({"name": "a1"}));
@@ -674,17 +695,9 @@ mod tests {
     fn instances_never_healthy_move_off_a_drained_agent_at_once() {
         let keys = Keyspace::default();
         let mut h = Builder::default();
-        let term = h.put(keys.leader("platform"), json!("c1"));
-        let mut spec = app(2, 0.5, 1.0, "1");
-        spec["spec"]["healthChecks"] = json!([{"protocol": "COMMAND", "command": {"value": "true"}}]);
-        let at = h.put(keys.registry_object("baton.dev", "apps", Some("default"), "web"), spec.clone());
-        let v = version(&spec);
-        let on = |id: &str, agent: &str, planned_at: i64| {
-            let mut r = record(id, &v, term, planned_at);
-            r["agent"] = json!(agent);
-            r["healthChecks"] = spec["spec"]["healthChecks"].clone();
-            r
-        };
+        let app = Checked::store(&mut h, &keys, app(2, 0.5, 1.0, "1"));
+        let on = |id: &str, agent: &str, planned_at: i64| app.record(id, agent, planned_at);
+        let at = app.at;
         for id in ["web-1", "web-2"] {
             h.put(keys.instance("a1", id), on(id, "a1", at));
             h.put(keys.status("a1", id), json!({"phase": "Running", "health": [{}]}));
@@ -707,17 +720,11 @@ mod tests {
     fn a_slot_released_with_its_place_empty_is_named() {
         let keys = Keyspace::default();
         let mut h = Builder::default();
-        let term = h.put(keys.leader("platform"), json!("c1"));
         let mut spec = app(3, 0.5, 1.0, "1");
-        spec["spec"]["healthChecks"] = json!([{"protocol": "COMMAND", "command": {"value": "true"}}]);
         spec["spec"]["healthPolicy"] = json!({"minHealthyRatio": 0.5, "maxConcurrentReplacements": 1});
-        let at = h.put(keys.registry_object("baton.dev", "apps", Some("default"), "web"), spec.clone());
-        let v = version(&spec);
-        let with_check = |id: &str, planned_at: i64| {
-            let mut r = record(id, &v, term, planned_at);
-            r["healthChecks"] = spec["spec"]["healthChecks"].clone();
-            r
-        };
+        let app = Checked::store(&mut h, &keys, spec);
+        let with_check = |id: &str, planned_at: i64| app.record(id, "a1", planned_at);
+        let at = app.at;
         let failing = json!({"phase": "Running", "health": [{"passing": false, "consecutiveFailures": 3}]});
         for id in ["web-1", "web-2", "web-3"] {
             h.put(keys.instance("a1", id), with_check(id, at));
