@@ -79,6 +79,8 @@ def check():
             sys.exit(f"{label}: NOTES.txt says nothing to do next")
         print(f"render ({label}): {len(kinds)} manifests valid: {', '.join(sorted(set(kinds)))}")
 
+    check_agent_isolation()
+
     for bad, field in [({"controller": {"replicas": 0}}, "replicas"), ({"controler": {}}, "controler"),
                        ({"agent": {"ports": "lots"}}, "ports")]:
         try:
@@ -89,6 +91,40 @@ def check():
             continue
         sys.exit(f"values {bad} were accepted; values.schema.json must refuse them")
     print("schema: bad values refused, naming the field")
+
+
+def agent_daemonset(values):
+    for _, doc in documents(render(values)):
+        if doc["kind"] == "DaemonSet":
+            return doc
+    sys.exit("no agent DaemonSet rendered")
+
+
+def check_agent_isolation():
+    """Instances live in the node's cgroups and pid namespace, so they outlive the agent's pod."""
+    pod = agent_daemonset({})["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    args = container["args"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v.get("hostPath", {}).get("path") for v in pod["volumes"]}
+    problems = []
+    if not pod.get("hostPID"):
+        problems.append("hostPID is not set: instances would die with the agent's pid namespace")
+    if "--cgroup-root=/host/sys/fs/cgroup" not in args or mounts.get("cgroup") != "/host/sys/fs/cgroup":
+        problems.append("the node's /sys/fs/cgroup is not the agent's --cgroup-root")
+    if volumes.get("cgroup") != "/sys/fs/cgroup":
+        problems.append("the cgroup volume is not the node's /sys/fs/cgroup")
+    if not container["securityContext"].get("privileged"):
+        problems.append("the agent is not privileged: it cannot manage the node's cgroups")
+    off = agent_daemonset({"agent": {"cgroups": {"mode": "off"}}})["spec"]["template"]["spec"]
+    off_container = off["containers"][0]
+    if off_container["securityContext"].get("privileged") or "cgroup" in {v["name"] for v in off["volumes"]}:
+        problems.append("with agent.cgroups.mode off the agent is still privileged or mounts the cgroups")
+    if "--cgroups=off" not in off_container["args"]:
+        problems.append("agent.cgroups.mode off does not reach the agent")
+    if problems:
+        sys.exit("agent isolation: " + "; ".join(problems))
+    print("agent: instances in the node's cgroups and pid namespace (hostPID, privileged); unprivileged when off")
 
 
 def processes(values_json):

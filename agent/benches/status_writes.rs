@@ -70,6 +70,8 @@ async fn measure(refresh: Duration, port: u16, window: Duration) -> (f64, f64) {
         logging: process::Logging { program: None, rotation: Default::default() },
         status_refresh: refresh,
         sandbox_listen: None,
+        cgroups: baton_agent::cgroups::Settings { mode: baton_agent::cgroups::Mode::Off, ..Default::default() },
+        usage_interval: Duration::from_secs(10),
     };
     let shutdown = CancellationToken::new();
     let agent = tokio::spawn(baton_agent::run(store.clone(), config, shutdown.clone()));

@@ -278,6 +278,7 @@ mod tests {
             end_noted: false,
             command: Command::Shell("true".into()),
             user: None,
+            fetch: Vec::new(),
             env: Default::default(),
             labels: Default::default(),
             resources: ResourceAmounts::default(),

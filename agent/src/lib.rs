@@ -29,7 +29,9 @@ use tokio_util::sync::CancellationToken;
 use baton_api::{AgentRecord, Goal, InstanceRecord, Phase, PortRange, ResourceAmounts, StatusRecord};
 use baton_store::{EventKind, KeyValue, Keyspace, LeaseId, Op, Store, Txn};
 
+pub mod cgroups;
 pub mod checks;
+pub mod fetch;
 pub mod hollow;
 pub mod logger;
 pub mod logs;
@@ -39,6 +41,7 @@ pub mod probe;
 pub mod process;
 pub mod sandbox;
 pub mod status;
+pub mod usage;
 
 use process::{Adopted, Handle};
 use status::StatusWriter;
@@ -72,6 +75,11 @@ pub struct AgentConfig {
     /// Where to serve the sandboxes (instances' output) to the API server, over TLS; `None`:
     /// not served.
     pub sandbox_listen: Option<std::net::SocketAddr>,
+    /// Which cgroups hold instances, and how they are limited.
+    pub cgroups: cgroups::Settings,
+    /// How often an instance's use of cpu, memory and disk is measured (and its sandbox held
+    /// to its `disk`).
+    pub usage_interval: Duration,
 }
 
 /// Agent errors.
@@ -83,6 +91,8 @@ pub enum Error {
     WorkDir { path: String, source: std::io::Error },
     #[error("serving sandboxes on {listen}: {source}")]
     Serve { listen: std::net::SocketAddr, source: std::io::Error },
+    #[error("{0}")]
+    Cgroups(String),
 }
 
 /// The PATH instances get: the agent's own, or a standard one.
@@ -95,6 +105,16 @@ pub async fn run(store: Arc<dyn Store>, config: AgentConfig, shutdown: Cancellat
     let sandboxes = config.work_dir.join("sandboxes");
     std::fs::create_dir_all(&sandboxes)
         .map_err(|source| Error::WorkDir { path: sandboxes.display().to_string(), source })?;
+    let hierarchy = cgroups::Hierarchy::detect(&config.cgroups, &config.name).map_err(Error::Cgroups)?.map(Arc::new);
+    match &hierarchy {
+        Some(h) => tracing::info!(
+            agent = config.name,
+            version = if h.is_v2() { "v2" } else { "v1" },
+            cpu = ?config.cgroups.cpu,
+            "instances run in their own cgroups"
+        ),
+        None => tracing::info!(agent = config.name, "instances run without cgroups"),
+    }
     let running = sandbox::Running::default();
     let served = CancellationToken::new();
     let endpoint = match config.sandbox_listen {
@@ -129,6 +149,7 @@ pub async fn run(store: Arc<dyn Store>, config: AgentConfig, shutdown: Cancellat
         ended: HashSet::new(),
         exits,
         running,
+        hierarchy,
     };
     agent.recover().await?;
     while !shutdown.is_cancelled() {
@@ -244,6 +265,8 @@ struct Agent {
     exits: mpsc::UnboundedSender<String>,
     /// Instances whose process runs, for followed logs.
     running: sandbox::Running,
+    /// Where instances' cgroups go; `None`: no cgroups.
+    hierarchy: Option<Arc<cgroups::Hierarchy>>,
 }
 
 /// How a supervised instance begins.
@@ -304,6 +327,7 @@ impl Agent {
                     status.message = Some("the process ended while the agent was not running".into());
                     tracing::info!(agent = self.config.name, instance = id, phase = %status.phase, "found ended while the agent was away");
                     self.writer.put(self.status_key(&id), &status);
+                    self.remove_cgroup(&id);
                 }
             }
         }
@@ -420,10 +444,25 @@ impl Agent {
         }
     }
 
-    /// Deletes the instance's status and sandbox.
+    /// Removes the instance's cgroup, if it has one left (what is in it is killed).
+    fn remove_cgroup(&self, id: &str) {
+        let Some(hierarchy) = &self.hierarchy else { return };
+        let cgroup = hierarchy.cgroup(id);
+        if cgroup.exists() {
+            let id = id.to_string();
+            tokio::spawn(async move {
+                if let Err(e) = cgroup.remove().await {
+                    tracing::warn!(instance = id, error = %e, "could not remove the cgroup");
+                }
+            });
+        }
+    }
+
+    /// Deletes the instance's status, sandbox and cgroup.
     fn forget(&mut self, id: &str) {
         self.ended.remove(id);
         self.writer.delete(self.status_key(id));
+        self.remove_cgroup(id);
         let sandbox = process::sandbox_dir(&self.config.work_dir, id);
         if let Err(e) = std::fs::remove_dir_all(&sandbox)
             && e.kind() != std::io::ErrorKind::NotFound
@@ -442,6 +481,9 @@ impl Agent {
             record,
             logging: self.config.logging.clone(),
             refresh: self.config.status_refresh,
+            hierarchy: self.hierarchy.clone(),
+            fetch_cache: fetch::cache_dir(&self.config.work_dir),
+            usage_interval: self.config.usage_interval,
         };
         if matches!(start, Start::New) {
             self.config.metrics.started.inc();
@@ -494,25 +536,37 @@ struct Instance {
     sandbox: PathBuf,
     record: InstanceRecord,
     logging: process::Logging,
-    /// Probe results that change no decision are written at most this often.
+    /// Probe results and usage that change no decision are written at most this often.
     refresh: Duration,
+    hierarchy: Option<Arc<cgroups::Hierarchy>>,
+    /// Where artifacts fetched with `cache` are kept.
+    fetch_cache: PathBuf,
+    /// How often usage is measured.
+    usage_interval: Duration,
 }
 
 impl Instance {
     async fn run(self, start: Start, mut stop: oneshot::Receiver<u32>, exits: mpsc::UnboundedSender<String>) {
         let id = self.record.id.clone();
-        if let Some((handle, status)) = self.begin(start, &mut stop) {
-            self.follow(handle, status, stop).await;
+        if let Some((handle, status, cgroup)) = self.begin(start, &mut stop).await {
+            self.follow(handle, status, cgroup, stop).await;
         }
         let _ = exits.send(id);
     }
 
-    /// Starts the process (or takes over the adopted one); `None` if it never ran.
-    fn begin(&self, start: Start, stop: &mut oneshot::Receiver<u32>) -> Option<(Handle, StatusRecord)> {
+    /// Starts the process (or takes over the adopted one) with its cgroup; `None` if it
+    /// never ran.
+    async fn begin(
+        &self,
+        start: Start,
+        stop: &mut oneshot::Receiver<u32>,
+    ) -> Option<(Handle, StatusRecord, Option<cgroups::Cgroup>)> {
         match start {
             Start::Adopted(process, mut status) => {
                 checks::prepare(&mut status, &self.record);
-                Some((Handle::Adopted(process), *status))
+                // Its cgroup is where the earlier run put it, found from its id.
+                let cgroup = self.hierarchy.as_ref().map(|h| h.cgroup(&self.record.id)).filter(|c| c.exists());
+                Some((Handle::Adopted(process), *status, cgroup))
             }
             Start::New => {
                 let mut status = StatusRecord::new(Phase::Staging);
@@ -521,7 +575,36 @@ impl Instance {
                     self.end(&mut status, Phase::Killed, "stopped before it started".into());
                     return None;
                 }
-                match process::start(&self.record, &self.sandbox, &instance_path(), &self.logging) {
+                if !self.record.fetch.is_empty() {
+                    tokio::select! {
+                        fetched = self.fetch() => if let Err(e) = fetched {
+                            tracing::info!(instance = self.record.id, error = %e, "fetching failed");
+                            status.reason = Some(baton_api::records::REASON_FETCH_FAILED.into());
+                            self.end(&mut status, Phase::Failed, e);
+                            return None;
+                        },
+                        _ = &mut *stop => {
+                            self.end(&mut status, Phase::Killed, "stopped while fetching its artifacts".into());
+                            return None;
+                        }
+                    }
+                }
+                let cgroup = match &self.hierarchy {
+                    Some(hierarchy) => match hierarchy.create(&self.record.id, &self.record.resources) {
+                        Ok(cgroup) => Some(cgroup),
+                        Err(e) => {
+                            self.end(&mut status, Phase::Failed, format!("could not create its cgroup: {e}"));
+                            return None;
+                        }
+                    },
+                    None => None,
+                };
+                let loggers = self.hierarchy.as_ref().map(|h| h.loggers());
+                let cgroups = cgroup
+                    .as_ref()
+                    .zip(loggers.as_ref())
+                    .map(|(instance, loggers)| process::Cgroups { instance, loggers });
+                match process::start(&self.record, &self.sandbox, &instance_path(), &self.logging, cgroups) {
                     Ok(process) => {
                         status.phase = Phase::Running;
                         status.pid = Some(process.pid);
@@ -530,9 +613,12 @@ impl Instance {
                         checks::prepare(&mut status, &self.record);
                         self.writer.put(self.status_key.clone(), &status);
                         tracing::info!(instance = self.record.id, pid = process.pid, "started");
-                        Some((Handle::Started(Box::new(process)), status))
+                        Some((Handle::Started(Box::new(process)), status, cgroup))
                     }
                     Err(e) => {
+                        if let Some(cgroup) = &cgroup {
+                            let _ = cgroup.remove().await;
+                        }
                         self.end(&mut status, Phase::Failed, format!("could not start the command: {e}"));
                         None
                     }
@@ -541,18 +627,53 @@ impl Instance {
         }
     }
 
-    /// Probes the process' health while it runs; waits for it to end on its own or to be
-    /// stopped, then reports the end.
-    async fn follow(&self, mut handle: Handle, mut status: StatusRecord, mut stop: oneshot::Receiver<u32>) {
+    /// Fetches the instance's artifacts into its sandbox; an error names the URI and why.
+    async fn fetch(&self) -> Result<(), String> {
+        let owner = match &self.record.user {
+            Some(user) => {
+                let (uid, gid) = process::run_as(user).map_err(|e| format!("could not start the command: {e}"))?;
+                Some((uid.as_raw(), gid.as_raw()))
+            }
+            None => None,
+        };
+        let disk = self.record.resources.disk_mib;
+        let limit = (disk > 0).then_some(disk << 20);
+        let (items, sandbox, cache) = (self.record.fetch.clone(), self.sandbox.clone(), self.fetch_cache.clone());
+        let started = tokio::time::Instant::now();
+        let fetched = tokio::task::spawn_blocking(move || fetch::fetch_all(&items, &sandbox, &cache, limit, owner))
+            .await
+            .map_err(|e| format!("fetching stopped: {e}"))?;
+        match fetched {
+            Ok(()) => {
+                tracing::info!(instance = self.record.id, seconds = started.elapsed().as_secs_f64(), "fetched");
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Probes the process' health and measures its use while it runs; waits for it to end on
+    /// its own, to be stopped, or to outgrow its disk, then reports the end.
+    async fn follow(
+        &self,
+        mut handle: Handle,
+        mut status: StatusRecord,
+        cgroup: Option<cgroups::Cgroup>,
+        mut stop: oneshot::Receiver<u32>,
+    ) {
         let mut checks = checks::Checks::start(
             &self.record,
             &self.sandbox,
             process::environment(&self.record, &self.sandbox, &instance_path()),
         );
+        let mut meter = usage::Meter::new(cgroup.clone(), self.sandbox.clone(), self.record.resources.disk_mib);
+        let mut measure = tokio::time::interval(self.usage_interval.max(Duration::from_millis(100)));
+        measure.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // What the store has: a probe's result is written when it changes what the controller
         // decides on, or when the last write is `refresh` old.
         let mut written = status.clone();
         let mut written_at = tokio::time::Instant::now();
+        let mut over_disk = None;
         let (exit, stopped) = loop {
             tokio::select! {
                 exit = handle.wait() => break (exit, false),
@@ -571,37 +692,84 @@ impl Instance {
                         let output = status.health.iter().filter_map(|r| r.last_output.as_deref()).collect::<Vec<_>>();
                         tracing::info!(instance = self.record.id, passing = ?now, ?output, "health changed");
                     }
-                    let decisive = written.differs_for_decisions(&status, &self.record.health_checks);
-                    if decisive || (status != written && written_at.elapsed() >= self.refresh) {
+                }
+                _ = measure.tick() => {
+                    let measured = meter.measure().await;
+                    status.usage = measured.usage;
+                    if let Some(over) = measured.over_disk {
+                        tracing::info!(instance = self.record.id, used = over.used, limit = over.limit, "over its disk");
+                        status.phase = Phase::Killing;
                         self.writer.put(self.status_key.clone(), &status);
-                        written = status.clone();
-                        written_at = tokio::time::Instant::now();
+                        over_disk = Some(over);
+                        break (handle.stop(Duration::from_secs(u64::from(self.record.kill_grace_seconds))).await, false);
                     }
                 }
+            }
+            let decisive = written.differs_for_decisions(&status, &self.record.health_checks);
+            if decisive || (status != written && written_at.elapsed() >= self.refresh) {
+                self.writer.put(self.status_key.clone(), &status);
+                written = status.clone();
+                written_at = tokio::time::Instant::now();
             }
         };
         drop(checks);
         handle.kill_leftovers();
+        // What the cgroup says at the end: the last usage, and whether the kernel killed
+        // anything in it for its memory.
+        let last = meter.measure_cpu_and_memory();
+        if last.is_some() {
+            status.usage = last;
+        }
+        let oom_kills = cgroup.as_ref().map_or(0, |c| c.counters().oom_kills);
+        let memory_limit = cgroup.as_ref().and_then(|c| c.memory_limit());
+        if let Some(cgroup) = &cgroup
+            && let Err(e) = cgroup.remove().await
+        {
+            tracing::warn!(instance = self.record.id, error = %e, "could not remove the cgroup");
+        }
         handle.flush_logs(Duration::from_secs(2)).await;
         status.exit_code = exit.code;
         status.signal = exit.signal;
         status.forced_after_seconds = exit.forced_after.map(|grace| grace.as_secs().min(u64::from(u32::MAX)) as u32);
+        let stderr = || {
+            let tail = process::tail(&self.sandbox.join("stderr"), 512);
+            if tail.is_empty() { String::new() } else { format!("; stderr ends with: {tail}") }
+        };
         let (phase, message) = if stopped {
             (Phase::Killed, format!("stopped: {}", exit.describe_stop()))
+        } else if let Some(over) = over_disk {
+            status.reason = Some(baton_api::records::REASON_DISK_LIMIT_EXCEEDED.into());
+            (
+                Phase::Failed,
+                format!(
+                    "{}: its sandbox took {} MiB, over its disk of {} MiB, so it was stopped: {}",
+                    baton_api::records::REASON_DISK_LIMIT_EXCEEDED,
+                    over.used >> 20,
+                    over.limit >> 20,
+                    exit.describe_stop()
+                ),
+            )
+        } else if oom_kills > 0 && !exit.success() {
+            status.reason = Some(baton_api::records::REASON_OOM_KILLED.into());
+            let limit = memory_limit.map_or_else(String::new, |bytes| format!(" of {} MiB", bytes >> 20));
+            let what = if oom_kills == 1 { "a process".to_string() } else { format!("{oom_kills} processes") };
+            (
+                Phase::Failed,
+                format!(
+                    "{}: it went over its memory limit{limit} and the kernel killed {what} of it; {}{}",
+                    baton_api::records::REASON_OOM_KILLED,
+                    exit.describe(),
+                    stderr()
+                ),
+            )
         } else if !exit.is_known() {
             (Phase::Lost, exit.describe())
         } else if exit.success() {
             (Phase::Finished, exit.describe())
         } else {
-            let stderr = process::tail(&self.sandbox.join("stderr"), 512);
-            let message = if stderr.is_empty() {
-                exit.describe()
-            } else {
-                format!("{}; stderr ends with: {stderr}", exit.describe())
-            };
-            (Phase::Failed, message)
+            (Phase::Failed, format!("{}{}", exit.describe(), stderr()))
         };
-        tracing::info!(instance = self.record.id, phase = %phase, exit = exit.describe(), "ended");
+        tracing::info!(instance = self.record.id, phase = %phase, exit = exit.describe(), reason = ?status.reason, "ended");
         self.end(&mut status, phase, message);
     }
 

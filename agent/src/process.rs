@@ -120,7 +120,8 @@ impl Exit {
 #[derive(Debug, Clone, Default)]
 pub struct Logging {
     /// The program run as `<program> logger --file F --max-bytes N --keep K` (the `baton`
-    /// binary); `None`: output goes straight to the files, unrotated.
+    /// binary), and as `<program> enter-cgroup …` to start an instance in its cgroup; `None`:
+    /// output goes straight to the files, unrotated.
     pub program: Option<PathBuf>,
     pub rotation: crate::logger::Rotation,
 }
@@ -197,34 +198,75 @@ fn reachable_by(dir: &Path, user: &str, uid: nix::unistd::Uid, gid: nix::unistd:
     Ok(())
 }
 
+/// An instance's cgroup, and the one its log writers go to.
+#[derive(Debug, Clone, Copy)]
+pub struct Cgroups<'a> {
+    pub instance: &'a crate::cgroups::Cgroup,
+    pub loggers: &'a crate::cgroups::Cgroup,
+}
+
 /// Starts the instance's command in `sandbox` (created if missing), with stdout and stderr
-/// going to log files there (see [`Logging`]), in a new process group.
-pub fn start(record: &InstanceRecord, sandbox: &Path, path: &str, logging: &Logging) -> std::io::Result<Process> {
+/// going to log files there (see [`Logging`]), in a new process group — and in its cgroup
+/// when given: through `baton enter-cgroup` (the [`Logging::program`]), which enters it
+/// before executing the command, so nothing the command starts is ever outside it.
+pub fn start(
+    record: &InstanceRecord,
+    sandbox: &Path,
+    path: &str,
+    logging: &Logging,
+    cgroups: Option<Cgroups<'_>>,
+) -> std::io::Result<Process> {
+    let cgroup = cgroups.map(|c| c.instance);
     std::fs::create_dir_all(sandbox)?;
+    let (program, args): (String, Vec<String>) = match &record.command {
+        Command::Shell(script) => ("/bin/sh".into(), vec!["-c".into(), script.clone()]),
+        Command::Exec(args) => {
+            let (program, rest) = args.split_first().ok_or_else(|| std::io::Error::other("empty args"))?;
+            (program.clone(), rest.to_vec())
+        }
+    };
+    let user = match &record.user {
+        Some(user) => {
+            let (uid, gid) = run_as(user)?;
+            // The sandbox is the process' own, as Mesos hands it over.
+            nix::unistd::chown(sandbox, Some(uid), Some(gid)).map_err(std::io::Error::from)?;
+            reachable_by(sandbox, user, uid, gid)?;
+            Some((uid, gid))
+        }
+        None => None,
+    };
     let (stdout, stdout_logger) = output(sandbox, "stdout", logging)?;
     let (stderr, stderr_logger) = output(sandbox, "stderr", logging)?;
     let loggers: Vec<tokio::process::Child> = stdout_logger.into_iter().chain(stderr_logger).collect();
-    let mut command = match &record.command {
-        Command::Shell(script) => {
-            let mut c = tokio::process::Command::new("/bin/sh");
-            c.arg("-c").arg(script);
+    if let Some(cgroups) = cgroups {
+        for pid in loggers.iter().filter_map(|l| l.id()) {
+            cgroups.loggers.enter(pid)?;
+        }
+    }
+    let entering = cgroup.zip(logging.program.as_ref());
+    let mut command = match entering {
+        Some((cgroup, baton)) => {
+            let mut c = tokio::process::Command::new(baton);
+            c.arg("enter-cgroup");
+            for file in cgroup.procs_files() {
+                c.arg("--procs").arg(file);
+            }
+            if let Some((uid, gid)) = user {
+                c.arg("--uid").arg(uid.to_string()).arg("--gid").arg(gid.to_string());
+            }
+            c.arg("--").arg(&program).args(&args);
             c
         }
-        Command::Exec(args) => {
-            let (program, rest) = args.split_first().ok_or_else(|| std::io::Error::other("empty args"))?;
-            let mut c = tokio::process::Command::new(program);
-            c.args(rest);
+        None => {
+            let mut c = tokio::process::Command::new(&program);
+            c.args(&args);
+            if let Some((uid, gid)) = user {
+                // As root, std drops the supplementary groups (setgroups) before setuid.
+                c.uid(uid.as_raw()).gid(gid.as_raw());
+            }
             c
         }
     };
-    if let Some(user) = &record.user {
-        let (uid, gid) = run_as(user)?;
-        // The sandbox is the process' own, as Mesos hands it over.
-        nix::unistd::chown(sandbox, Some(uid), Some(gid)).map_err(std::io::Error::from)?;
-        reachable_by(sandbox, user, uid, gid)?;
-        // As root, std drops the supplementary groups (setgroups) before setuid.
-        command.uid(uid.as_raw()).gid(gid.as_raw());
-    }
     command
         .current_dir(sandbox)
         .env_clear()
@@ -246,6 +288,11 @@ pub fn start(record: &InstanceRecord, sandbox: &Path, path: &str, logging: &Logg
         }
     };
     let pid = child.id().ok_or_else(|| std::io::Error::other("the process exited before its pid was read"))?;
+    if let (Some(cgroup), None) = (cgroup, entering) {
+        // No `baton` to enter it before the command runs (a library use without one): moved
+        // in at once, which misses only what it started in its first instants.
+        cgroup.enter(pid)?;
+    }
     Ok(Process { child, pid, start_ticks: start_ticks(pid), loggers })
 }
 
@@ -448,6 +495,7 @@ mod tests {
             end_noted: false,
             command: Command::Shell("echo hi".into()),
             user: None,
+            fetch: Vec::new(),
             env: [("GREETING".to_string(), "hello".to_string())].into(),
             labels: Default::default(),
             resources: ResourceAmounts::default(),
@@ -498,7 +546,7 @@ mod tests {
         r.command = Command::Shell("trap '' TERM; sleep 60 & echo $PORT_HTTP; wait".into());
         r.kill_grace_seconds = 1;
         let sandbox = dir.path().join("web-abc");
-        let mut process = start(&r, &sandbox, "/usr/bin:/bin", &Logging::default()).unwrap();
+        let mut process = start(&r, &sandbox, "/usr/bin:/bin", &Logging::default(), None).unwrap();
         assert!(process.start_ticks.is_some());
         tokio::time::sleep(Duration::from_millis(200)).await;
         let exit = process.stop(Duration::from_millis(300)).await;
@@ -519,7 +567,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut r = record();
         r.command = Command::Shell("sleep 60".into());
-        let process = start(&r, &dir.path().join("a"), "/usr/bin:/bin", &Logging::default()).unwrap();
+        let process = start(&r, &dir.path().join("a"), "/usr/bin:/bin", &Logging::default(), None).unwrap();
         let (pid, ticks) = (process.pid, process.start_ticks.unwrap());
         assert!(Adopted::find(pid, ticks + 1).is_none(), "another start time is another process");
         let mut adopted = Handle::Adopted(Adopted::find(pid, ticks).expect("it runs"));
@@ -537,7 +585,7 @@ mod tests {
         let mut r = record();
         r.command = Command::Exec(vec!["/bin/sh".into(), "-c".into(), "echo boom >&2; exit 3".into()]);
         let sandbox = dir.path().join("x");
-        let mut process = start(&r, &sandbox, "/usr/bin:/bin", &Logging::default()).unwrap();
+        let mut process = start(&r, &sandbox, "/usr/bin:/bin", &Logging::default(), None).unwrap();
         let exit = process.wait().await;
         assert_eq!(exit.code, Some(3));
         assert_eq!(exit.describe(), "exited with status 3");

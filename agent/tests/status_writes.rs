@@ -87,6 +87,8 @@ async fn probes_are_written_when_they_change_a_decision() {
         logging: process::Logging { program: None, rotation: Default::default() },
         status_refresh: Duration::from_secs(60),
         sandbox_listen: None,
+        cgroups: baton_agent::cgroups::Settings { mode: baton_agent::cgroups::Mode::Off, ..Default::default() },
+        usage_interval: Duration::from_secs(10),
     };
     let shutdown = CancellationToken::new();
     let agent = tokio::spawn(baton_agent::run(store.clone(), config, shutdown.clone()));

@@ -219,6 +219,7 @@ mod tests {
             end_noted: false,
             command: Command::Shell("x".into()),
             user: None,
+            fetch: Vec::new(),
             env: BTreeMap::new(),
             labels: BTreeMap::new(),
             resources: ResourceAmounts { millicpus, mem_mib: 128, disk_mib: 0, gpus: 0 },

@@ -119,6 +119,14 @@ pub struct AppSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
 
+    /// Artifacts the agent fetches into each instance's sandbox before starting it (as
+    /// Marathon's `fetch`): `http://`, `https://` or `file://` URIs; archives (`.tar`,
+    /// `.tar.gz`, `.tgz`, `.zip`) are extracted. An instance is `Staging` while fetching; a
+    /// failure ends it `Failed` with reason `FetchFailed`, naming the URI.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = crate::validation::MAX_FETCH))]
+    pub fetch: Vec<Fetch>,
+
     /// What each instance needs: `cpus`, `mem` (MiB), `disk` (MiB).
     #[serde(default)]
     pub resources: Resources,
@@ -597,6 +605,72 @@ impl AppStatus {
     }
 }
 
+/// One artifact to fetch into an instance's sandbox (Marathon's `fetch` item).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Fetch {
+    /// Where from: `http://…`, `https://…` or `file:///absolute/path` (on the agent's machine).
+    #[schemars(length(max = crate::validation::MAX_URI_BYTES))]
+    pub uri: String,
+    /// Extract it when it is an archive (`.tar`, `.tar.gz`, `.tgz`, `.zip`), into the
+    /// directory it is fetched to (default true).
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    pub extract: bool,
+    /// Make the fetched file executable (`chmod 0755`); for a program fetched as is.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub executable: bool,
+    /// Keep it in the agent's cache, keyed by URI, and use the cached copy for later
+    /// instances instead of fetching again (default false: fetched for every instance).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cache: bool,
+    /// Where in the sandbox to put it, relative (default: the URI's last path segment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dest_path: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_yes(b: &bool) -> bool {
+    *b
+}
+
+impl Fetch {
+    /// The sandbox-relative path it is fetched to: `destPath`, or the URI's last path segment
+    /// (without query or fragment). `None` when neither names a file.
+    pub fn file_name(&self) -> Option<String> {
+        if let Some(dest) = &self.dest_path {
+            return Some(dest.clone());
+        }
+        let path = self.uri.split(['?', '#']).next().unwrap_or_default();
+        let after_scheme = path.split_once("://").map_or(path, |(_, rest)| rest);
+        // `file:///x` has an empty host; `http://host` alone has no path.
+        let (_, path) = after_scheme.split_once('/')?;
+        let last = path.rsplit('/').next().unwrap_or_default();
+        let last = percent_decoded(last).filter(|d| !d.contains(['/', '\0'])).unwrap_or_else(|| last.to_string());
+        (!last.is_empty() && last != "." && last != "..").then_some(last)
+    }
+}
+
+/// `%XX` escapes decoded; `None` when one is malformed or the result is not UTF-8.
+pub fn percent_decoded(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// The fields of a spec that change what an instance runs. Their hash is the app's
 /// version; `instances` is deliberately not among them, so scaling restarts nothing.
 #[derive(Serialize)]
@@ -609,6 +683,8 @@ struct RunDefinition<'a> {
     // Left out when unset, so apps without it keep their versions.
     #[serde(skip_serializing_if = "Option::is_none")]
     user: &'a Option<String>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    fetch: &'a [Fetch],
     resources: &'a Resources,
     ports: &'a [PortDefinition],
     require_ports: bool,
@@ -645,6 +721,7 @@ impl AppSpec {
             cmd: &self.cmd,
             args: &self.args,
             user: &self.user,
+            fetch: &self.fetch,
             resources: &self.resources,
             ports: &self.ports,
             require_ports: self.require_ports,

@@ -111,6 +111,15 @@ pub struct InstanceViewStatus {
     /// end of its stderr.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Why the agent ended it, when it did: `OOMKilled` (over its memory limit),
+    /// `DiskLimitExceeded` (its sandbox over its disk) or `FetchFailed` (an artifact could
+    /// not be fetched).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What it uses, as its agent last measured (with cgroups; disk for instances with
+    /// `disk`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<UsageView>,
 }
 
 /// One check of an instance: what it probes and how it went.
@@ -209,7 +218,55 @@ impl Instance {
                 exit_code: status.and_then(|s| s.exit_code),
                 signal: status.and_then(|s| s.signal),
                 message: status.and_then(|s| s.message.clone()),
+                reason: status.and_then(|s| s.reason.clone()),
+                usage: status.and_then(|s| s.usage).map(UsageView::of),
             },
         }
+    }
+}
+
+/// What an instance uses, as its agent last measured, in Kubernetes quantities (as the
+/// metrics API's `usage`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[schemars(rename = "dev.baton.v1alpha1.InstanceUsage")]
+#[serde(rename_all = "camelCase")]
+pub struct UsageView {
+    /// CPU between the agent's last two measurements, e.g. `250m` (a quarter of a cpu).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<String>,
+    /// Memory in use, less the file cache it could give back, e.g. `45Mi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    /// Its sandbox on disk (measured for instances with `disk`), e.g. `3Mi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<String>,
+    /// CPU time used since it started, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_millis: Option<u64>,
+}
+
+impl UsageView {
+    pub fn of(usage: crate::records::Usage) -> Self {
+        UsageView {
+            cpu: usage.millicpus.map(|m| format!("{m}m")),
+            memory: usage.memory_bytes.map(bytes_quantity),
+            disk: usage.disk_bytes.map(bytes_quantity),
+            cpu_millis: usage.cpu_millis,
+        }
+    }
+}
+
+/// Bytes as a binary quantity, rounded up to whole Ki, Mi or Gi: `512Ki`, `45Mi`, `3Gi`.
+pub fn bytes_quantity(bytes: u64) -> String {
+    const KI: u64 = 1 << 10;
+    let up = |unit: u64| bytes.div_ceil(unit);
+    if bytes == 0 {
+        "0".to_string()
+    } else if bytes < 1 << 20 {
+        format!("{}Ki", up(KI))
+    } else if bytes < 10 << 30 {
+        format!("{}Mi", up(1 << 20))
+    } else {
+        format!("{}Gi", up(1 << 30))
     }
 }

@@ -257,6 +257,10 @@ pub struct InstanceRecord {
     /// The user the process runs as (the app's `user`); `None`: the agent's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// What the agent fetches into the sandbox before starting the process (the app's
+    /// `fetch`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fetch: Vec<crate::app::Fetch>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -364,6 +368,40 @@ pub struct StatusRecord {
     /// The result of its readiness check; `passing` stays true once it passed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub readiness: Option<CheckResult>,
+    /// Why the agent ended it, in one word, when the agent did (not the controller):
+    /// `OOMKilled` (over its memory limit), `DiskLimitExceeded` (its sandbox over its disk),
+    /// `FetchFailed` (an artifact could not be fetched).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What it uses, as the agent last measured (from its cgroup and sandbox); absent where
+    /// the agent does not measure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+/// `reason` of an instance the kernel killed for going over its memory limit.
+pub const REASON_OOM_KILLED: &str = "OOMKilled";
+/// `reason` of an instance stopped because its sandbox outgrew its `disk`.
+pub const REASON_DISK_LIMIT_EXCEEDED: &str = "DiskLimitExceeded";
+/// `reason` of an instance that never started because an artifact could not be fetched.
+pub const REASON_FETCH_FAILED: &str = "FetchFailed";
+
+/// What one instance uses, measured by its agent.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Usage {
+    /// CPU time used since it started, in milliseconds (its cgroup's counter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_millis: Option<u64>,
+    /// CPU used between the last two measurements, in thousandths of a cpu.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub millicpus: Option<u64>,
+    /// Memory in use (its cgroup's, less the file cache it could give back), bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// The size of its sandbox on disk, bytes (measured only for instances with `disk`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_bytes: Option<u64>,
 }
 
 impl StatusRecord {
@@ -382,6 +420,8 @@ impl StatusRecord {
             health: Vec::new(),
             healthy_at: None,
             readiness: None,
+            reason: None,
+            usage: None,
         }
     }
 
@@ -414,7 +454,8 @@ impl StatusRecord {
     /// same); whether the readiness check passes. The probe counters and times in between
     /// change none of it: agents write those at most every refresh period.
     pub fn differs_for_decisions(&self, later: &StatusRecord, checks: &[HealthCheck]) -> bool {
-        let rest = |s: &StatusRecord| StatusRecord { health: Vec::new(), readiness: None, ..s.clone() };
+        // Usage informs people, not decisions.
+        let rest = |s: &StatusRecord| StatusRecord { health: Vec::new(), readiness: None, usage: None, ..s.clone() };
         let facts = |s: &StatusRecord| -> Vec<(Option<bool>, bool, bool, bool)> {
             checks
                 .iter()

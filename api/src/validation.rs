@@ -172,6 +172,87 @@ fn reserved_env(name: &str) -> bool {
 /// The most ports one instance may ask for.
 pub const MAX_PORTS: usize = 64;
 
+/// The most artifacts one app may fetch.
+pub const MAX_FETCH: usize = 32;
+
+/// The longest fetch URI, in bytes (what browsers and proxies commonly accept).
+pub const MAX_URI_BYTES: usize = 8192;
+
+/// The longest `fetch[].destPath`, in bytes (Linux's PATH_MAX).
+pub const MAX_DEST_PATH_BYTES: usize = 4096;
+
+/// What is wrong with a fetch URI, if anything: only `http://`, `https://` and
+/// `file:///absolute` are fetched.
+fn fetch_uri_problem(uri: &str) -> Option<&'static str> {
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return Some("must be a URI: http://, https:// or file://");
+    };
+    if uri.chars().any(|c| c.is_control() || c == ' ') {
+        return Some("must not contain spaces or control characters (percent-encode them)");
+    }
+    match scheme {
+        "http" | "https" => {
+            let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+            host.is_empty().then_some("must name a host")
+        }
+        "file" => (!rest.starts_with('/')).then_some("a file:// URI must name an absolute path: file:///path"),
+        _ => Some("the scheme must be http, https or file"),
+    }
+}
+
+/// What is wrong with a sandbox-relative path, if anything: it must stay in the sandbox.
+fn relative_path_problem(path: &str) -> Option<&'static str> {
+    if path.is_empty() {
+        Some("must not be empty")
+    } else if path.starts_with('/') {
+        Some("must be relative to the sandbox")
+    } else if path.split('/').any(|part| part == "..") {
+        Some("must not contain '..': it must stay in the sandbox")
+    } else if path.contains('\0') {
+        Some("must not contain NUL characters")
+    } else if path.ends_with('/') || path.split('/').all(|p| p.is_empty() || p == ".") {
+        Some("must name a file")
+    } else {
+        None
+    }
+}
+
+fn validate_fetch(spec: &AppSpec, errors: &mut Vec<FieldError>) {
+    if spec.fetch.len() > MAX_FETCH {
+        errors.push(FieldError::too_long(
+            "spec.fetch",
+            format!("has {} items; at most {MAX_FETCH} are allowed", spec.fetch.len()),
+        ));
+        return;
+    }
+    for (i, fetch) in spec.fetch.iter().enumerate() {
+        let field = format!("spec.fetch[{i}].uri");
+        if fetch.uri.len() > MAX_URI_BYTES {
+            errors.push(too_big(field, "the URI", fetch.uri.len(), MAX_URI_BYTES));
+            continue;
+        }
+        if let Some(problem) = fetch_uri_problem(&fetch.uri) {
+            errors.push(FieldError::invalid(field, fetch.uri.as_str(), problem));
+            continue;
+        }
+        match &fetch.dest_path {
+            Some(dest) if dest.len() > MAX_DEST_PATH_BYTES => {
+                errors.push(too_big(format!("spec.fetch[{i}].destPath"), "the path", dest.len(), MAX_DEST_PATH_BYTES))
+            }
+            Some(dest) => {
+                if let Some(problem) = relative_path_problem(dest) {
+                    errors.push(FieldError::invalid(format!("spec.fetch[{i}].destPath"), dest.as_str(), problem));
+                }
+            }
+            None if fetch.file_name().is_none() => errors.push(FieldError::required(
+                format!("spec.fetch[{i}].destPath"),
+                format!("the URI {:?} names no file; say where to put it", fetch.uri),
+            )),
+            None => {}
+        }
+    }
+}
+
 /// The metadata every object may carry, whatever its kind, as Kubernetes checks it: label
 /// keys and values, annotation keys, and the annotations' total size.
 pub fn validate_metadata(metadata: &Value) -> Vec<FieldError> {
@@ -244,6 +325,7 @@ fn validate_app_spec(spec: &AppSpec, limits: &InputLimits, errors: &mut Vec<Fiel
             "must be a user name: a lowercase letter or '_', then at most 31 lowercase letters, digits, '_' or '-'",
         ));
     }
+    validate_fetch(spec, errors);
     match (&spec.cmd, &spec.args) {
         (None, None) => errors.push(FieldError::required("spec.cmd", "one of spec.cmd or spec.args is required")),
         (Some(_), Some(_)) => errors.push(FieldError::forbidden("spec.args", "may not be set together with spec.cmd")),
@@ -634,6 +716,7 @@ mod tests {
             cmd: Some("python3 -m http.server $PORT0".into()),
             args: None,
             user: None,
+            fetch: Vec::new(),
             resources: Resources::default(),
             ports: vec![PortDefinition { name: Some("http".into()), port: 0 }],
             placement: Default::default(),
@@ -669,6 +752,52 @@ mod tests {
         for user in ["nobody", "_apt", "www-data", "svc_01"] {
             assert!(errors_of(AppSpec { user: Some(user.into()), ..spec() }).is_empty(), "{user}");
         }
+        let fetch: Vec<crate::app::Fetch> = serde_json::from_value(serde_json::json!([
+            {"uri": "https://example.com/releases/app-1.2.tgz"},
+            {"uri": "http://127.0.0.1:8080/bin/tool?sig=1", "executable": true, "extract": false},
+            {"uri": "file:///opt/artifacts/app.zip", "cache": true, "destPath": "lib/app.zip"},
+            {"uri": "http://example.com", "destPath": "index.html"},
+        ]))
+        .unwrap();
+        assert_eq!(fetch[0].file_name().as_deref(), Some("app-1.2.tgz"));
+        assert_eq!(fetch[1].file_name().as_deref(), Some("tool"), "the query is not part of the name");
+        assert!(fetch[0].extract && !fetch[1].extract && fetch[2].cache);
+        assert_eq!(errors_of(AppSpec { fetch, ..spec() }), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_bad_fetch_is_named_with_its_uri_or_path() {
+        let fetch = |json: serde_json::Value| AppSpec { fetch: vec![serde_json::from_value(json).unwrap()], ..spec() };
+        let cases = [
+            (
+                serde_json::json!({"uri": "ftp://host/x.tgz"}),
+                "spec.fetch[0].uri: Invalid value: \"ftp://host/x.tgz\": the scheme",
+            ),
+            (serde_json::json!({"uri": "app.tgz"}), "spec.fetch[0].uri: Invalid value: \"app.tgz\": must be a URI"),
+            (serde_json::json!({"uri": "file://relative/x"}), "must name an absolute path"),
+            (serde_json::json!({"uri": "http:///x"}), "must name a host"),
+            (serde_json::json!({"uri": "http://h/a b"}), "must not contain spaces"),
+            (serde_json::json!({"uri": "http://h/"}), "spec.fetch[0].destPath: Required value: the URI"),
+            (
+                serde_json::json!({"uri": "http://h/x", "destPath": "../../etc/passwd"}),
+                "spec.fetch[0].destPath: Invalid value: \"../../etc/passwd\": must not contain '..'",
+            ),
+            (serde_json::json!({"uri": "http://h/x", "destPath": "/etc/x"}), "must be relative to the sandbox"),
+            (serde_json::json!({"uri": "http://h/x", "destPath": "dir/"}), "must name a file"),
+            (
+                serde_json::json!({"uri": format!("http://h/{}", "a".repeat(MAX_URI_BYTES))}),
+                "spec.fetch[0].uri: Too long",
+            ),
+        ];
+        for (json, expected) in cases {
+            let errors = errors_of(fetch(json.clone()));
+            assert!(errors.iter().any(|e| e.contains(expected)), "{json}: expected {expected:?}, got {errors:?}");
+        }
+        let many = AppSpec {
+            fetch: vec![serde_json::from_value(serde_json::json!({"uri": "http://h/x"})).unwrap(); MAX_FETCH + 1],
+            ..spec()
+        };
+        assert!(errors_of(many).iter().any(|e| e.starts_with("spec.fetch: Too long: has 33 items")));
     }
 
     #[test]

@@ -290,6 +290,15 @@ fn instance_kind() -> Kind {
             column("Exit", "string", ".status.exitCode", 0, "How it ended: its exit code, or the signal that ended it")
                 .computed(exit),
             column("Ended", "date", ".status.finishedAt", 0, "When its process ended"),
+            column(
+                "Reason",
+                "string",
+                ".status.reason",
+                1,
+                "Why the agent ended it: OOMKilled, DiskLimitExceeded, FetchFailed",
+            ),
+            column("CPU", "string", ".status.usage.cpu", 1, "CPU in use, as last measured (250m: a quarter of a cpu)"),
+            column("Memory", "string", ".status.usage.memory", 1, "Memory in use, as last measured"),
             column("Version", "string", ".spec.version", 1, "The app version it runs"),
             column("Pid", "integer", ".status.pid", 1, "The process id on the agent's host"),
             column("Replaces", "string", ".spec.replaces", 1, "The instance killed for its health it replaces"),

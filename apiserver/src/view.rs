@@ -497,6 +497,7 @@ mod tests {
             end_noted: false,
             command: Command::Shell("x".into()),
             user: None,
+            fetch: Vec::new(),
             env: Default::default(),
             labels: Default::default(),
             resources: ResourceAmounts { millicpus: 500, mem_mib: 64, disk_mib: 0, gpus: 0 },

@@ -50,6 +50,8 @@ pub struct AgentArgs {
     sandbox_listen: std::net::SocketAddr,
     #[command(flatten)]
     output: flags::OutputFlags,
+    #[command(flatten)]
+    isolation: flags::IsolationFlags,
     /// Run N hollow agents instead (for measuring a cluster, as kubemark's hollow nodes):
     /// named `NAME-00001`…, each offering --resources (all given) with `rack=r<i mod
     /// --hollow-racks>`; they report their instances Staging, then Running, healthy and ready,
@@ -102,6 +104,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         logging: args.output.logging()?,
         status_refresh: args.output.status_refresh,
         sandbox_listen: Some(args.sandbox_listen),
+        cgroups: args.isolation.cgroups(),
+        usage_interval: args.isolation.usage_interval,
     };
     if let Some(problem) = baton_api::names::dns_subdomain_problem(&config.name) {
         anyhow::bail!("--name {:?}: {problem}", config.name);

@@ -52,6 +52,8 @@ pub struct DevArgs {
     retention: crate::flags::RetentionFlags,
     #[command(flatten)]
     output: crate::flags::OutputFlags,
+    #[command(flatten)]
+    isolation: crate::flags::IsolationFlags,
     /// Empty agents kept free for instances that take whole agents (`placement.wholeAgent`).
     #[arg(long, default_value_t = 0, value_name = "N")]
     keep_free_agents: usize,
@@ -180,6 +182,8 @@ pub async fn run(args: DevArgs) -> Result<()> {
             logging: args.output.logging()?,
             status_refresh: args.output.status_refresh,
             sandbox_listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+            cgroups: args.isolation.cgroups(),
+            usage_interval: args.isolation.usage_interval,
         };
         config.metrics.register(registry.sub_registry_with_label(("agent".into(), config.name.clone().into())));
         agent_metrics.push(config.metrics.clone());

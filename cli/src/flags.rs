@@ -55,6 +55,48 @@ impl StoreFlags {
     }
 }
 
+/// How an agent holds instances to the resources they asked for.
+#[derive(clap::Args, Debug, Clone)]
+pub struct IsolationFlags {
+    /// Instances' cgroups: auto (v2 where mounted, else v1; none if the agent cannot create
+    /// them, e.g. not root), v1, v2, or off (resources are then only bookkeeping).
+    #[arg(long, value_enum, default_value = "auto", value_name = "MODE")]
+    pub cgroups: baton_agent::cgroups::Mode,
+    /// Where the cgroup hierarchies are mounted.
+    #[arg(long, default_value = "/sys/fs/cgroup", value_name = "DIR")]
+    pub cgroup_root: PathBuf,
+    /// The cgroup, from the hierarchy's root, that holds every agent's cgroup (each agent's is
+    /// <this>/<agent name>, and each instance's is below it).
+    #[arg(long, default_value = "baton", value_name = "PATH")]
+    pub cgroup_parent: PathBuf,
+    /// How `cpus` limits an instance: quota (at most that much cpu time, even on an idle
+    /// machine) or shares (a weight only: idle cpu may be used).
+    #[arg(long, value_enum, default_value = "quota", value_name = "HOW")]
+    pub cpu_limit: baton_agent::cgroups::CpuLimit,
+    /// The most processes and threads one instance may have (0: no limit).
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    pub instance_pids_max: u64,
+    /// How often each instance's cpu, memory and disk use is measured (and its sandbox held to
+    /// its `disk`); what is measured is written with its status at most every
+    /// --status-refresh.
+    #[arg(long, default_value = "10s", value_parser = duration, value_name = "DURATION")]
+    pub usage_interval: std::time::Duration,
+}
+
+impl IsolationFlags {
+    pub fn cgroups(&self) -> baton_agent::cgroups::Settings {
+        // Relative to the hierarchy's root, whatever the user wrote.
+        let parent = self.cgroup_parent.strip_prefix("/").unwrap_or(&self.cgroup_parent).to_path_buf();
+        baton_agent::cgroups::Settings {
+            mode: self.cgroups,
+            root: self.cgroup_root.clone(),
+            parent,
+            cpu: self.cpu_limit,
+            pids_max: self.instance_pids_max,
+        }
+    }
+}
+
 /// How an agent keeps instances' output and reports on them.
 #[derive(clap::Args, Debug, Clone)]
 pub struct OutputFlags {

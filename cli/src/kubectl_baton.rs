@@ -1,10 +1,11 @@
-//! `kubectl-baton`: the kubectl plugin (`kubectl baton logs INSTANCE …`). kubectl runs any
+//! `kubectl-baton`: the kubectl plugin (`kubectl baton logs INSTANCE …`, `kubectl baton top`). kubectl runs any
 //! `kubectl-<name>` on PATH as `kubectl <name>`; `cargo build` makes this one next to `baton`.
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod logs;
+mod top;
 
 #[derive(Parser)]
 #[command(name = "kubectl baton", version, about = "Baton's additions to kubectl")]
@@ -17,12 +18,15 @@ struct Cli {
 enum Command {
     /// Print an instance's output (stdout, or stderr), as `kubectl logs` does for a pod.
     Logs(logs::LogsArgs),
+    /// What running instances use (cpu, memory, disk), as `kubectl top pods` shows pods.
+    Top(top::TopArgs),
 }
 
 fn run(cli: Cli) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
         Command::Logs(args) => runtime.block_on(logs::run(args)),
+        Command::Top(args) => runtime.block_on(top::run(args)),
     }
 }
 

@@ -59,9 +59,11 @@ fn path(args: &LogsArgs, namespace: &str) -> String {
     format!("/apis/baton.dev/v1alpha1/namespaces/{namespace}/instances/{}/log?{}", args.instance, query.finish())
 }
 
-pub async fn run(args: LogsArgs) -> Result<()> {
-    let options = kube::config::KubeConfigOptions { context: args.context.clone(), ..Default::default() };
-    let config = match &args.kubeconfig {
+/// The client configuration from `--kubeconfig` (else $KUBECONFIG, ~/.kube/config) and
+/// `--context`.
+pub async fn kube_config(kubeconfig: Option<&std::path::Path>, context: Option<&str>) -> Result<kube::Config> {
+    let options = kube::config::KubeConfigOptions { context: context.map(str::to_string), ..Default::default() };
+    match kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("--kubeconfig {}: cannot read it", path.display()))?;
@@ -69,7 +71,11 @@ pub async fn run(args: LogsArgs) -> Result<()> {
         }
         None => kube::Config::from_kubeconfig(&options).await,
     }
-    .context("no kubeconfig: set KUBECONFIG, or give --kubeconfig (baton dev prints where its is)")?;
+    .context("no kubeconfig: set KUBECONFIG, or give --kubeconfig (baton dev prints where its is)")
+}
+
+pub async fn run(args: LogsArgs) -> Result<()> {
+    let config = kube_config(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
     let namespace = args.namespace.clone().unwrap_or_else(|| config.default_namespace.clone());
     let client = kube::Client::try_from(config).context("connecting to the API server")?;
     let request = http::Request::get(path(&args, &namespace)).body(Vec::new())?;

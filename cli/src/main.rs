@@ -45,6 +45,10 @@ enum Command {
     /// instance and its log files).
     #[command(hide = true)]
     Logger(LoggerArgs),
+    /// Enter an instance's cgroups, become its user, and execute its command (what the agent
+    /// runs to start an instance in its cgroup).
+    #[command(hide = true)]
+    EnterCgroup(EnterCgroupArgs),
     /// Make a CA and certificates for etcd over TLS, with a client certificate for Baton.
     Certificates(certificates::CertificatesArgs),
     /// Print Baton's CustomResourceDefinitions as YAML (what crds/ holds).
@@ -61,6 +65,30 @@ struct LoggerArgs {
     keep: usize,
 }
 
+#[derive(clap::Args)]
+struct EnterCgroupArgs {
+    /// A `cgroup.procs` file to write this process' pid to (one per hierarchy).
+    #[arg(long = "procs")]
+    procs: Vec<std::path::PathBuf>,
+    #[arg(long, requires = "gid")]
+    uid: Option<u32>,
+    #[arg(long, requires = "uid")]
+    gid: Option<u32>,
+    /// The command and its arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    command: Vec<String>,
+}
+
+/// `baton enter-cgroup`: returns only when it could not execute the command; what went
+/// wrong goes to stderr (the instance's), and the exit status is 127 as a shell's.
+fn enter_cgroup(args: EnterCgroupArgs) -> ! {
+    let (program, rest) = args.command.split_first().expect("clap requires a command");
+    let user = args.uid.zip(args.gid);
+    let error = baton_agent::cgroups::enter_and_exec(&args.procs, user, program, rest);
+    eprintln!("baton: could not start {program:?}: {error}");
+    std::process::exit(127)
+}
+
 /// `baton logger`: runs until its input ends (every writer of the pipe is gone).
 fn logger(args: LoggerArgs) -> Result<()> {
     let rotation = baton_agent::logger::Rotation { max_bytes: args.max_bytes.max(1), keep: args.keep };
@@ -71,12 +99,14 @@ fn logger(args: LoggerArgs) -> Result<()> {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    if let Command::Logger(args) = cli.command {
-        return logger(args);
-    }
+    let command = match cli.command {
+        Command::Logger(args) => return logger(args),
+        Command::EnterCgroup(args) => enter_cgroup(args),
+        other => other,
+    };
     init_logging();
     let runtime = || tokio::runtime::Runtime::new();
-    match cli.command {
+    match command {
         Command::Crds => {
             print!("{}", baton_api::crds::crds_yaml());
             Ok(())
@@ -89,7 +119,7 @@ fn main() -> Result<()> {
         Command::Agent(args) => runtime()?.block_on(agent::run(args)),
         Command::Logs(args) => runtime()?.block_on(logs::run(args)),
         Command::Rollout(args) => runtime()?.block_on(rollout::run(args)),
-        Command::Logger(_) => unreachable!("handled before logging starts"),
+        Command::Logger(_) | Command::EnterCgroup(_) => unreachable!("handled before logging starts"),
     }
 }
 

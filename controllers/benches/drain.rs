@@ -494,6 +494,7 @@ fn defragment() {
             end_noted: false,
             command: baton_api::records::Command::Shell("sleep 3600".into()),
             user: None,
+            fetch: Vec::new(),
             env: Default::default(),
             labels: Default::default(),
             resources: app.spec.resources.amounts(),

@@ -228,6 +228,7 @@ pub fn instance(app: &App, agent: &str, n: u32) -> InstanceBuilder {
             end_noted: false,
             command: Command::Shell("sleep 1000".into()),
             user: None,
+            fetch: Vec::new(),
             env: Default::default(),
             labels: Default::default(),
             resources: app.spec.resources.amounts(),

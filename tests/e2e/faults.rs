@@ -223,12 +223,118 @@ fn an_agent_restart_keeps_its_instances_and_their_pids() {
     let pids: BTreeSet<u32> = after.iter().filter_map(|r| statuses.get(&r.id)?.pid).collect();
     assert_eq!(pids, processes.iter().map(|p| p.pid).collect(), "with the same pids");
     assert!(processes.iter().all(|p| p.is_alive()), "none of them was restarted");
+    // Each is still in its own cgroup (found again from its id), held to its limits.
+    for record in &after {
+        let pid = statuses.get(&record.id).and_then(|s| s.pid).expect("a pid");
+        let members = cgroup_members("a1", &record.id);
+        assert!(members.contains(&pid), "{} (pid {pid}) in its cgroup after the restart: {members:?}", record.id);
+    }
     let history = cluster.history();
     assert_eq!(
         writes_of(&history, "steady").iter().filter(|w| w.is_creation()).count(),
         4,
         "nothing was launched again"
     );
+}
+
+/// A cgroup standing for a container's: what a container runtime kills when the pod goes.
+struct Container {
+    dir: PathBuf,
+}
+
+impl Container {
+    fn new() -> Self {
+        let dir = baton_e2e::cgroup_tree("memory").join(format!("baton-test-container-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e} (this test needs cgroups)", dir.display()));
+        Container { dir }
+    }
+
+    fn enter(&self, pid: u32) {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string()).expect("moving the agent into the container");
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        let text = std::fs::read_to_string(self.dir.join("cgroup.procs")).unwrap_or_default();
+        text.lines().filter_map(|l| l.trim().parse().ok()).collect()
+    }
+
+    /// SIGKILLs everything in it until it is empty, as a runtime stops a pod's container.
+    fn kill_all(&self) -> usize {
+        let mut killed = BTreeSet::new();
+        baton_e2e::wait_for(
+            "the container to be empty",
+            WAIT,
+            || format!("left: {:?}", self.pids()),
+            || {
+                let pids = self.pids();
+                for pid in &pids {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(*pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                    killed.insert(*pid);
+                }
+                pids.is_empty().then_some(())
+            },
+        );
+        killed.len()
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// As on Kubernetes, where the agent runs in a container of its pod: a runtime stopping the
+/// pod kills everything in the container's cgroup. The instances (in their own cgroups) and
+/// their log writers are not in it: they keep running and writing, and the next agent adopts
+/// them.
+#[test]
+fn instances_outlive_the_agents_container() {
+    let mut cluster = Cluster::start(&baton_binary(), ClusterOptions::default());
+    let container = Container::new();
+    container.enter(cluster.agent("a1").pid);
+    cluster.apply(
+        "apiVersion: baton.dev/v1alpha1\nkind: App\nmetadata:\n  name: talker\nspec:\n  instances: 2\n  \
+         cmd: \"while :; do echo tick; sleep 0.1; done\"\n  resources: {cpus: 0.05, mem: 32}\n  \
+         constraints: [[hostname, CLUSTER, a1]]\n",
+    );
+    let before = wait_running(&cluster, "talker", 2);
+    let statuses = cluster.statuses();
+    let processes: Vec<ProcessId> =
+        before.iter().filter_map(|r| statuses.get(&r.id)?.pid).filter_map(ProcessId::of).collect();
+    assert_eq!(processes.len(), 2);
+
+    let killed = container.kill_all();
+    cluster.agent("a1").kill();
+    assert_eq!(killed, 1, "only the agent was in its container");
+    assert!(processes.iter().all(|p| p.is_alive()), "the instances outlived the agent's container");
+    let stdout = |id: &str| cluster.dir().join("a1/sandboxes").join(id).join("stdout");
+    let sizes = |ids: &[InstanceRecord]| -> Vec<u64> {
+        ids.iter().map(|r| std::fs::metadata(stdout(&r.id)).map(|m| m.len()).unwrap_or(0)).collect()
+    };
+    let at_kill = sizes(&before);
+    std::thread::sleep(Duration::from_millis(500));
+    let later = sizes(&before);
+    assert!(later.iter().zip(&at_kill).all(|(l, k)| l > k), "their output is still written: {at_kill:?} → {later:?}");
+
+    cluster.agent("a1").restart();
+    cluster.wait_for("a1 to adopt its instances", WAIT, |c| {
+        (c.agents[0].log().matches("adopted a running instance").count() >= 2).then_some(())
+    });
+    let after = wait_running(&cluster, "talker", 2);
+    let ids = |records: &[InstanceRecord]| records.iter().map(|r| r.id.clone()).collect::<BTreeSet<_>>();
+    assert_eq!(ids(&after), ids(&before), "the same instances");
+    assert!(processes.iter().all(|p| p.is_alive()), "not restarted");
+}
+
+/// The processes in an instance's memory cgroup (v2: its one cgroup), as the agent places it.
+fn cgroup_members(agent: &str, id: &str) -> Vec<u32> {
+    let procs = baton_e2e::cgroup_tree("memory").join("baton").join(agent).join(id).join("cgroup.procs");
+    let text = std::fs::read_to_string(&procs).unwrap_or_else(|e| panic!("{}: {e}", procs.display()));
+    text.lines().filter_map(|l| l.trim().parse().ok()).collect()
 }
 
 #[test]

@@ -463,7 +463,9 @@ impl Drop for Cluster {
             proc.kill();
         }
         self.apiserver.kill();
-        // Agents leave their instances running when they stop: kill those too.
+        // Agents leave their instances running when they stop: kill those too, and remove
+        // their cgroups.
         kill_processes_in(self.dir.path());
+        crate::remove_instance_cgroups(self.dir.path());
     }
 }

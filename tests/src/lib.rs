@@ -137,6 +137,46 @@ pub fn kill_processes_in(dir: &Path) {
     }
 }
 
+/// Whether the machine has a cgroup v2 hierarchy at `/sys/fs/cgroup`.
+pub fn cgroup_v2() -> bool {
+    Path::new("/sys/fs/cgroup/cgroup.controllers").is_file()
+}
+
+/// The cgroup tree that has v1 `controller` (`/sys/fs/cgroup/<controller>`), or the one v2
+/// tree.
+pub fn cgroup_tree(controller: &str) -> PathBuf {
+    let root = Path::new("/sys/fs/cgroup");
+    if cgroup_v2() { root.to_path_buf() } else { root.join(controller) }
+}
+
+/// Removes the cgroups agents made for the instances whose sandboxes are under `dir`
+/// (`<dir>/<agent>/sandboxes/<id>`, in the default hierarchy `/sys/fs/cgroup`, parent
+/// `baton`): an agent killed by a test leaves them, empty once their processes are killed.
+pub fn remove_instance_cgroups(dir: &Path) {
+    let root = Path::new("/sys/fs/cgroup");
+    let trees: Vec<PathBuf> = std::iter::once(root.to_path_buf())
+        .chain(["cpu", "cpuacct", "memory", "pids"].iter().map(|c| root.join(c)))
+        .collect();
+    let Ok(agents) = std::fs::read_dir(dir) else { return };
+    let mut left = Vec::new();
+    for agent in agents.flatten() {
+        let Ok(sandboxes) = std::fs::read_dir(agent.path().join("sandboxes")) else { continue };
+        for sandbox in sandboxes.flatten() {
+            for tree in &trees {
+                let cgroup = tree.join("baton").join(agent.file_name()).join(sandbox.file_name());
+                if cgroup.is_dir() {
+                    left.push(cgroup);
+                }
+            }
+        }
+    }
+    // Killed processes leave their cgroup when the kernel has reaped them: a moment.
+    poll(Duration::from_secs(5), || {
+        left.retain(|cgroup| std::fs::remove_dir(cgroup).is_err() && cgroup.is_dir());
+        left.is_empty().then_some(())
+    });
+}
+
 /// Polls `check` until it returns `Some`; panics with `what` and `context()` (logs) on
 /// timeout.
 pub fn wait_for<T>(what: &str, timeout: Duration, context: impl Fn() -> String, check: impl FnMut() -> Option<T>) -> T {

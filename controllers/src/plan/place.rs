@@ -224,6 +224,7 @@ fn launch(
                 end_noted: false,
                 command: command.clone(),
                 user: spec.user.clone(),
+                fetch: spec.fetch.clone(),
                 env: spec.env.clone(),
                 labels: spec.labels.clone(),
                 resources,
