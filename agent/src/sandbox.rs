@@ -3,9 +3,9 @@
 //! HTTPS with a certificate the agent makes at start and publishes in its record in the store
 //! (`sandbox.certificate`): the API server trusts exactly that certificate for this agent, so
 //! the connection is encrypted and the agent authenticated without another PKI. The API
-//! server authenticates with a bearer token it keeps in the store
-//! ([`baton_store::Keyspace::sandbox_token`]); only it may ask, and it checks that the user
-//! may read the instance before it does.
+//! server authenticates with a bearer token it writes for this agent alone
+//! ([`baton_store::Keyspace::agent_sandbox_token`]); only it may ask, and it checks that the
+//! user may read the instance before it does.
 //!
 //! `GET /v1/sandboxes/<instance>/logs?stream=stdout|stderr&follow=true&tailLines=N&sinceMillis=T&limitBytes=N`
 //! answers the output, as it is written when following (see [`crate::logs`]).
@@ -54,6 +54,8 @@ pub struct Sandboxes {
 
 struct Served {
     sandboxes: Sandboxes,
+    /// The agent's name: its token is its own ([`Keyspace::agent_sandbox_token`]).
+    agent: String,
     /// The token last read from the store.
     token: Mutex<Option<String>>,
 }
@@ -70,7 +72,7 @@ pub async fn start(
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let port = listener.local_addr()?.port();
     let (config, certificate) = tls(name, host).map_err(std::io::Error::other)?;
-    let served = Arc::new(Served { sandboxes, token: Mutex::new(None) });
+    let served = Arc::new(Served { sandboxes, agent: name.to_string(), token: Mutex::new(None) });
     let router = axum::Router::new().route("/v1/sandboxes/{id}/logs", axum::routing::get(logs)).with_state(served);
     tokio::spawn(serve(listener, config, router, shutdown));
     let host = if host.parse::<std::net::Ipv6Addr>().is_ok() { format!("[{host}]") } else { host.to_string() };
@@ -152,7 +154,7 @@ impl Served {
             return true;
         }
         let Sandboxes { store, keys, .. } = &self.sandboxes;
-        let Ok(Some(kv)) = store.get(&keys.sandbox_token()).await else { return false };
+        let Ok(Some(kv)) = store.get(&keys.agent_sandbox_token(&self.agent)).await else { return false };
         let token = String::from_utf8_lossy(&kv.value).into_owned();
         let ok = !token.is_empty() && constant_time_eq(token.as_bytes(), presented.as_bytes());
         *self.token.lock().unwrap_or_else(|e| e.into_inner()) = Some(token);

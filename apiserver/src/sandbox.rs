@@ -250,17 +250,42 @@ impl ApiServer {
         let Some(endpoint) = record.sandbox else {
             return Err(unavailable(&agent, "it does not serve sandboxes (started without --sandbox-listen?)"));
         };
-        let token = match self.store.get(&self.keys.sandbox_token()).await? {
-            Some(kv) => String::from_utf8_lossy(&kv.value).into_owned(),
+        let secret = match self.store.get(&self.keys.sandbox_token()).await? {
+            Some(kv) => kv.value,
             None => return Err(ApiError::internal("no sandbox token in the store")),
         };
+        let token = agent_token(&secret, &agent);
+        // Where the agent reads it: written when missing or made from another secret.
+        let key = self.keys.agent_sandbox_token(&agent);
+        if self.store.get(&key).await?.is_none_or(|kv| kv.value != token.as_bytes()) {
+            self.store.txn(baton_store::Txn::new().and_then([baton_store::Op::put(&key, token.clone())])).await?;
+        }
         fetch(&agent, &endpoint, &token, name, &options).await
     }
+}
+
+/// Agent `agent`'s sandbox token: HMAC-SHA256 of its name under the API servers' secret, in
+/// hex. Knowing one agent's tells nothing of another's.
+pub fn agent_token(secret: &[u8], agent: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).expect("HMAC takes a key of any length");
+    mac.update(b"sandbox-token:");
+    mac.update(agent.as_bytes());
+    mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_agent_has_its_own_token() {
+        let a1 = agent_token(b"secret", "a1");
+        assert_eq!(a1.len(), 64);
+        assert_eq!(a1, agent_token(b"secret", "a1"), "the same for every API server");
+        assert_ne!(a1, agent_token(b"secret", "a2"));
+        assert_ne!(a1, agent_token(b"other secret", "a1"));
+    }
 
     #[test]
     fn log_options_parse_as_kubernetes_names_them_and_refuse_with_the_parameter_named() {

@@ -110,7 +110,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     if let Some(problem) = baton_api::names::dns_subdomain_problem(&config.name) {
         anyhow::bail!("--name {:?}: {problem}", config.name);
     }
-    let store = args.store.connect().await?;
+    let name = config.name.clone();
+    let store = args.store.connect().await.map_err(|e| hint(e, &name))?;
     let shutdown = CancellationToken::new();
     let mut registry = prometheus_client::registry::Registry::default();
     config.metrics.register(&mut registry);
@@ -118,15 +119,23 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let ready: crate::serve::Readiness =
         std::sync::Arc::new(move || (!metrics.is_registered()).then(|| "not registered with the store".to_string()));
     crate::serve::spawn_endpoints(args.metrics_listen, registry, ready, shutdown.clone()).await?;
-    until_signal(tokio::spawn(baton_agent::run(store, config, shutdown.clone())), shutdown).await
+    let agent = baton_agent::run(store, config, shutdown.clone());
+    until_signal(tokio::spawn(async move { agent.await.map_err(|e| hint(e.into(), &name)) }), shutdown).await
+}
+
+/// What to do when the store refuses the agent: its credential is not agent `name`'s.
+fn hint(error: anyhow::Error, name: &str) -> anyhow::Error {
+    if format!("{error:#}").contains("permission denied") {
+        return error.context(format!(
+            "the store refused agent {name}: its credential (--store-cert-file) is not agent {name}'s;              issue it one with `baton store add-agent {name} --pki DIR` and give that certificate"
+        ));
+    }
+    error
 }
 
 /// Waits for `agent` to end — on its own only when it cannot work (e.g. its work dir) — or for
 /// SIGINT/SIGTERM, which stops it through `shutdown`.
-async fn until_signal(
-    mut agent: tokio::task::JoinHandle<Result<(), baton_agent::Error>>,
-    shutdown: CancellationToken,
-) -> Result<()> {
+async fn until_signal(mut agent: tokio::task::JoinHandle<Result<()>>, shutdown: CancellationToken) -> Result<()> {
     tokio::select! {
         signal = crate::wait_for_signal() => {
             signal?;
@@ -166,5 +175,6 @@ async fn hollow(args: AgentArgs, count: usize) -> Result<()> {
     };
     let store = args.store.connect().await?;
     let shutdown = CancellationToken::new();
-    until_signal(tokio::spawn(baton_agent::hollow::run(store, config, shutdown.clone())), shutdown).await
+    let hollow = baton_agent::hollow::run(store, config, shutdown.clone());
+    until_signal(tokio::spawn(async move { hollow.await.map_err(anyhow::Error::from) }), shutdown).await
 }

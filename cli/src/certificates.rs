@@ -33,13 +33,22 @@ pub fn run(args: CertificatesArgs) -> Result<()> {
     std::fs::write(&client_cert, cert).with_context(|| format!("writing {}", client_cert.display()))?;
     baton_apiserver::setup::write_private(&client_key, &key)
         .with_context(|| format!("writing {}", client_key.display()))?;
+    // etcd's superuser, to turn authentication on and give agents their identities.
+    let (cert, key) = pki.client_certificate(baton_store::etcd_auth::ROOT, None)?;
+    let (root_cert, root_key) = (args.dir.join("root.crt"), args.dir.join("root.key"));
+    std::fs::write(&root_cert, cert).with_context(|| format!("writing {}", root_cert.display()))?;
+    baton_apiserver::setup::write_private(&root_key, &key)
+        .with_context(|| format!("writing {}", root_key.display()))?;
     let dir = std::fs::canonicalize(&args.dir)?;
     let d = dir.display();
     println!(
         "In {d}: ca.crt (and ca.key: keep it safe), server.crt/server.key for etcd (covering {}), \
-         client.crt/client.key for Baton's processes.\n\n\
+         client.crt/client.key for Baton's processes, root.crt/root.key for administering etcd.\n\n\
          etcd:   --cert-file {d}/server.crt --key-file {d}/server.key --client-cert-auth --trusted-ca-file {d}/ca.crt\n\
-         Baton:  --store-ca-file {d}/ca.crt --store-cert-file {d}/client.crt --store-key-file {d}/client.key",
+         Baton:  --store-ca-file {d}/ca.crt --store-cert-file {d}/client.crt --store-key-file {d}/client.key\n\n\
+         Least privilege (each agent only its own keys):\n  \
+         baton store enable-auth --store etcd://HOST:2379 --store-ca-file {d}/ca.crt --store-cert-file {d}/root.crt --store-key-file {d}/root.key\n  \
+         baton store add-agent NAME --pki {d} (same --store flags), for each agent",
         args.sans.join(", ")
     );
     Ok(())

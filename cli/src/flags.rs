@@ -32,6 +32,11 @@ pub struct StoreFlags {
 impl StoreFlags {
     /// Connects to the store (waiting at most 10 s for it to answer).
     pub async fn connect(&self) -> Result<Arc<dyn Store>> {
+        Ok(Arc::new(self.connect_etcd().await?))
+    }
+
+    /// Connects to etcd itself (for administering it: users, roles, authentication).
+    pub async fn connect_etcd(&self) -> Result<baton_store::etcd::EtcdStore> {
         let tls = match &self.store_ca_file {
             None => None,
             Some(ca) => {
@@ -47,7 +52,7 @@ impl StoreFlags {
         let Some(url) = &self.store else {
             anyhow::bail!("--store URL is required: where the store is (etcd://host:port[,host:port…])");
         };
-        connect_with(url, tls.as_ref()).await
+        connect_etcd(url, tls.as_ref()).await
     }
 
     pub fn keys(&self) -> Keyspace {
@@ -172,6 +177,10 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
 }
 
 async fn connect_with(url: &str, tls: Option<&baton_store::etcd::EtcdTls>) -> Result<Arc<dyn Store>> {
+    Ok(Arc::new(connect_etcd(url, tls).await?))
+}
+
+async fn connect_etcd(url: &str, tls: Option<&baton_store::etcd::EtcdTls>) -> Result<baton_store::etcd::EtcdStore> {
     let endpoints = baton_store::etcd::parse_url(url).map_err(|e| anyhow::anyhow!("--store {e}"))?;
     let store = baton_store::etcd::EtcdStore::connect_with(&endpoints, Duration::from_secs(10), tls)
         .await
@@ -181,7 +190,7 @@ async fn connect_with(url: &str, tls: Option<&baton_store::etcd::EtcdTls>) -> Re
                 "--store {url}: is etcd running there, and do --store-ca-file (and the client certificate) match it?"
             ),
         })?;
-    Ok(Arc::new(store))
+    Ok(store)
 }
 
 /// A PEM file a flag names, with an error naming the flag and the file.

@@ -17,6 +17,7 @@ mod kubeconfig;
 mod logs;
 mod rollout;
 mod serve;
+mod store;
 
 #[derive(Parser)]
 #[command(name = "baton", version, about = "Marathon's application model as Kubernetes-style controllers")]
@@ -51,6 +52,9 @@ enum Command {
     EnterCgroup(EnterCgroupArgs),
     /// Make a CA and certificates for etcd over TLS, with a client certificate for Baton.
     Certificates(certificates::CertificatesArgs),
+    /// Administer the store's access control: turn authentication on, give agents their own
+    /// identities.
+    Store(store::StoreArgs),
     /// Print Baton's CustomResourceDefinitions as YAML (what crds/ holds).
     Crds,
 }
@@ -113,6 +117,7 @@ fn main() -> Result<()> {
         }
         Command::Kubeconfig(args) => kubeconfig::run(args),
         Command::Certificates(args) => certificates::run(args),
+        Command::Store(args) => runtime()?.block_on(store::run(args)),
         Command::Dev(args) => runtime()?.block_on(dev::run(args)),
         Command::Apiserver(args) => runtime()?.block_on(apiserver::run(args)),
         Command::Controller(args) => runtime()?.block_on(controller::run(args)),

@@ -129,6 +129,11 @@ impl EtcdStore {
         Ok(Self { client, endpoints: endpoints.to_vec(), keepers: Mutex::new(HashMap::new()) })
     }
 
+    /// A handle on the connection (cheap: it shares the channel), for administration.
+    pub(crate) fn client(&self) -> Client {
+        self.client.clone()
+    }
+
     /// The endpoints this store talks to.
     pub fn endpoints(&self) -> &[String] {
         &self.endpoints

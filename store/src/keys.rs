@@ -175,6 +175,13 @@ impl Keyspace {
         format!("{}/secrets/sandbox-token", self.root)
     }
 
+    /// `/baton/sandbox-tokens/<agent>`: what the API server shows agent `agent` to read its
+    /// sandboxes — derived from the sandbox token for that agent alone, so an agent reads
+    /// only its own (and a stolen one opens no other agent's sandboxes).
+    pub fn agent_sandbox_token(&self, agent: &str) -> String {
+        format!("{}/sandbox-tokens/{agent}", self.root)
+    }
+
     /// `/baton/secrets/tenant-controllers`: the key that signs the credentials the platform
     /// gives tenants' controllers (made by the first API server or platform controller).
     pub fn tenant_controller_secret(&self) -> String {

@@ -24,6 +24,7 @@ pub mod contract;
 pub mod election;
 pub mod embedded;
 pub mod etcd;
+pub mod etcd_auth;
 pub mod keys;
 pub mod wire;
 

@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use baton_apiserver::tls::Pki;
-use baton_e2e::{Kubectl, Proc, free_port, http, wait_for};
+use baton_e2e::{Cluster, ClusterOptions, Kubectl, Proc, free_port, http, wait_for};
 use baton_store::contract::etcd_server::{ServerTls, TestEtcd};
 use serde_json::{Value, json};
 
@@ -57,6 +57,8 @@ fn as_in_pod(container: &Value, root: &Path, env: &BTreeMap<&str, String>) -> (P
             }
             arg = arg.replace("=/etc/baton/", &format!("={root}/etc/baton/"));
             arg = arg.replace("=/var/lib/", &format!("={root}/var/lib/"));
+            // The node's cgroups, which the chart mounts there.
+            arg = arg.replace("=/host/sys/fs/cgroup", "=/sys/fs/cgroup");
             arg.replace("=0.0.0.0:", "=127.0.0.1:").into()
         })
         .collect();
@@ -415,4 +417,116 @@ fn the_charts_etcd_speaks_tls_to_peers_and_lets_in_only_its_clients() {
         let plain = baton_store::etcd::EtcdStore::connect_with(&endpoints, Duration::from_secs(3), None).await;
         assert!(refused(plain).await, "a client without TLS gets nowhere");
     });
+}
+
+/// An agent's store credential, used directly on etcd (as someone who stole it would).
+fn agent_store(cluster: &Cluster, agent: &str) -> baton_store::etcd::EtcdStore {
+    let pki = cluster.pki();
+    let tls = baton_store::etcd::EtcdTls {
+        ca_pem: std::fs::read(pki.join("ca.crt")).unwrap(),
+        client: Some((
+            std::fs::read(pki.join(format!("agents/{agent}.crt"))).unwrap(),
+            std::fs::read(pki.join(format!("agents/{agent}.key"))).unwrap(),
+        )),
+    };
+    let endpoint = format!("https://{}", cluster_address(cluster));
+    cluster
+        .block_on(baton_store::etcd::EtcdStore::connect_with(&[endpoint], WAIT, Some(&tls)))
+        .expect("an agent's credential connects")
+}
+
+fn cluster_address(cluster: &Cluster) -> String {
+    cluster.url().trim_start_matches("etcd://").to_string()
+}
+
+fn denied<T: std::fmt::Debug>(what: &str, result: Result<T, baton_store::Error>) {
+    match result {
+        Err(e) if e.to_string().contains("permission denied") => {}
+        other => panic!("{what}: expected permission denied, got {other:?}"),
+    }
+}
+
+/// etcd with authentication on: each agent holds an identity of its own (`baton store
+/// add-agent`) that reaches its own keys only. The cluster works with them end to end — the
+/// agents register, run their instances, report, and serve their output (each with its own
+/// sandbox token) — and a stolen agent credential writes nothing of another agent's and reads
+/// none of its work.
+#[test]
+fn each_agent_holds_only_its_own_keys() {
+    use baton_store::{Op, Store, Txn};
+    let options = ClusterOptions { controllers: 1, store_auth: true, ..ClusterOptions::default() };
+    let cluster = Cluster::start(&baton_binary(), options);
+    cluster.apply(
+        "apiVersion: baton.dev/v1alpha1\nkind: App\nmetadata:\n  name: spread\nspec:\n  instances: 2\n  \
+         cmd: \"echo started; exec sleep 100000\"\n  resources: {cpus: 0.05, mem: 32}\n  \
+         constraints: [[hostname, UNIQUE]]\n",
+    );
+    let records = cluster.wait_for("an instance running on each agent", WAIT, |c| {
+        let statuses = c.statuses();
+        let records: Vec<_> = c.records().into_values().collect();
+        let running = records
+            .iter()
+            .filter(|r| statuses.get(&r.id).is_some_and(|s| s.phase == baton_api::Phase::Running))
+            .count();
+        (running == 2).then_some(records)
+    });
+    // Its output, through the API server, from the agent with that agent's own token.
+    let on_a1 = records.iter().find(|r| r.agent == "a1").expect("an instance on a1");
+    let log = cluster.wait_for("a1's instance's output", WAIT, |c| {
+        let out = c.kubectl_output(&[
+            "get",
+            "--raw",
+            &format!("/apis/baton.dev/v1alpha1/namespaces/default/instances/{}/log", on_a1.id),
+        ]);
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).to_string())
+    });
+    assert_eq!(log.trim(), "started");
+
+    let keys = cluster.keys().clone();
+    let a1 = agent_store(&cluster, "a1");
+    let on_a2 = records.iter().find(|r| r.agent == "a2").expect("an instance on a2");
+    cluster.block_on(async {
+        // Its own: its assignments (read), its statuses (written).
+        let mine = a1.range(&keys.agent_instances("a1")).await.expect("a1 reads its assignments");
+        assert_eq!(mine.kvs.len(), 1);
+        a1.txn(Txn::new().and_then([Op::put(keys.status("a1", "made-up"), b"{}".to_vec())]))
+            .await
+            .expect("a1 writes its statuses");
+        a1.txn(Txn::new().and_then([Op::delete(keys.status("a1", "made-up"))])).await.unwrap();
+        // Another agent's: neither its assignments, nor its statuses, nor its registration.
+        denied("reading a2's assignments", a1.range(&keys.agent_instances("a2")).await);
+        denied("reading a2's assignment", a1.get(&keys.instance("a2", &on_a2.id)).await);
+        denied("watching every assignment", a1.range(&keys.instances()).await);
+        denied(
+            "writing a2's status",
+            a1.txn(Txn::new().and_then([Op::put(keys.status("a2", &on_a2.id), b"{}".to_vec())])).await,
+        );
+        denied(
+            "writing a2's registration",
+            a1.txn(Txn::new().and_then([Op::put(keys.agent("a2"), b"{}".to_vec())])).await,
+        );
+        denied("reading a2's sandbox token", a1.get(&keys.agent_sandbox_token("a2")).await);
+        // Nor assign itself work, nor read apps, secrets or the sandbox secret.
+        denied(
+            "writing its own assignments",
+            a1.txn(Txn::new().and_then([Op::put(keys.instance("a1", "evil"), b"{}".to_vec())])).await,
+        );
+        denied("reading the sandbox secret", a1.get(&keys.sandbox_token()).await);
+        denied("reading everything", a1.range(&keys.root_prefix()).await);
+    });
+
+    // An agent started as a2 with a1's certificate is refused, and says what to do.
+    let pki = cluster.pki();
+    let file = |name: &str| pki.join(name).display().to_string();
+    let work = tempfile::tempdir().unwrap();
+    let output = Command::new(baton_binary())
+        .args(["agent", "--name", "a2", "--store", cluster.url(), "--store-ca-file", &file("ca.crt")])
+        .args(["--store-cert-file", &file("agents/a1.crt"), "--store-key-file", &file("agents/a1.key")])
+        .args(["--sandbox-listen", "127.0.0.1:0", "--cgroups", "off", "--work-dir"])
+        .arg(work.path())
+        .output()
+        .expect("baton agent runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "an agent with another agent's identity is refused");
+    assert!(stderr.contains("is not agent a2's") && stderr.contains("baton store add-agent a2"), "{stderr}");
 }

@@ -34,6 +34,11 @@ pub struct ClusterOptions {
     /// Agent `aI` has the attribute `rack=rK`: with `Some(n)`, K is (I − 1) mod n + 1 (n racks,
     /// agents dealt round-robin); with `None`, K is I.
     pub racks: Option<usize>,
+    /// etcd over TLS with client certificates and its authentication on (`baton store
+    /// enable-auth`): the API server and controllers as `baton`, each agent with its own
+    /// identity (`baton store add-agent`), the test as `root`. The certificates are in
+    /// [`Cluster::pki`].
+    pub store_auth: bool,
 }
 
 impl Default for ClusterOptions {
@@ -46,6 +51,7 @@ impl Default for ClusterOptions {
             tokens: Vec::new(),
             rules: None,
             racks: None,
+            store_auth: false,
         }
     }
 }
@@ -115,16 +121,63 @@ impl Cluster {
     /// controller leads.
     pub fn start(binary: &Path, options: ClusterOptions) -> Self {
         let dir = tempfile::Builder::new().prefix("baton-cluster-").tempdir().expect("a temporary dir");
-        let etcd = TestEtcd::start();
-        let url = format!("etcd://{}", etcd.endpoint().trim_start_matches("http://"));
+        let pki = dir.path().join("pki");
+        let etcd = if options.store_auth {
+            run_ok(binary, &["certificates", "--dir", &pki.display().to_string(), "--san", "127.0.0.1"]);
+            TestEtcd::start_tls(baton_store::contract::etcd_server::ServerTls {
+                ca: pki.join("ca.crt"),
+                cert: pki.join("server.crt"),
+                key: pki.join("server.key"),
+            })
+        } else {
+            TestEtcd::start()
+        };
+        let url = format!("etcd://{}", etcd.address());
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
         let endpoint = etcd.endpoint();
+        let tls = options.store_auth.then(|| baton_store::etcd::EtcdTls {
+            ca_pem: std::fs::read(pki.join("ca.crt")).expect("the CA"),
+            client: Some((
+                std::fs::read(pki.join("root.crt")).expect("root's certificate"),
+                std::fs::read(pki.join("root.key")).expect("root's key"),
+            )),
+        });
         let store: Arc<dyn Store> = Arc::new(
             runtime
-                .block_on(baton_store::etcd::EtcdStore::connect(&[endpoint], Duration::from_secs(10)))
+                .block_on(baton_store::etcd::EtcdStore::connect_with(
+                    &[endpoint],
+                    Duration::from_secs(10),
+                    tls.as_ref(),
+                ))
                 .expect("the test connects to etcd"),
         );
+        let store_flags = |cert: &str| -> Vec<String> {
+            if !options.store_auth {
+                return Vec::new();
+            }
+            let file = |name: String| pki.join(name).display().to_string();
+            vec![
+                "--store-ca-file".into(),
+                file("ca.crt".into()),
+                "--store-cert-file".into(),
+                file(format!("{cert}.crt")),
+                "--store-key-file".into(),
+                file(format!("{cert}.key")),
+            ]
+        };
+        if options.store_auth {
+            let mut enable = vec!["store".to_string(), "enable-auth".into(), "--store".into(), url.clone()];
+            enable.extend(store_flags("root"));
+            run_ok(binary, &enable.iter().map(String::as_str).collect::<Vec<_>>());
+            for i in 1..=options.agents {
+                let mut add =
+                    vec!["store".to_string(), "add-agent".into(), format!("a{i}"), "--store".into(), url.clone()];
+                add.extend(["--pki".into(), pki.display().to_string()]);
+                add.extend(store_flags("root"));
+                run_ok(binary, &add.iter().map(String::as_str).collect::<Vec<_>>());
+            }
+        }
         let env = vec![("RUST_LOG".to_string(), "info,baton_controllers=debug".to_string())];
         let root = dir.path().to_path_buf();
         let log = move |name: &str| root.join(format!("{name}.log"));
@@ -136,6 +189,7 @@ impl Cluster {
         // A fixed port, so that a restarted API server is where its clients expect it.
         let listen = format!("127.0.0.1:{}", free_port());
         let mut args = os(&["apiserver", "--store", &url, "--listen", &listen, "--bookmark-interval", "2s"]);
+        args.extend(store_flags("client").into_iter().map(OsString::from));
         args.extend([
             "--data-dir".into(),
             api_dir.clone().into_os_string(),
@@ -201,6 +255,8 @@ impl Cluster {
                 "--sandbox-listen",
                 "127.0.0.1:0",
             ]);
+            let mut args = args;
+            args.extend(store_flags(&format!("agents/{name}")).into_iter().map(OsString::from));
             cluster.agents.push(Proc::start(&name, binary, args, env.clone(), log(&name)));
         }
         let agents = options.agents;
@@ -259,6 +315,17 @@ impl Cluster {
         if !self.options.election_ttl.is_empty() {
             args.extend(os(&["--election-ttl", self.options.election_ttl]));
         }
+        if self.options.store_auth {
+            let file = |name: &str| self.pki().join(name).display().to_string();
+            args.extend(os(&[
+                "--store-ca-file",
+                &file("ca.crt"),
+                "--store-cert-file",
+                &file("client.crt"),
+                "--store-key-file",
+                &file("client.key"),
+            ]));
+        }
         args.extend(os(extra));
         let env = vec![("RUST_LOG".to_string(), "info,baton_controllers=debug".to_string())];
         let log = self.dir.path().join(format!("{id}.log"));
@@ -281,6 +348,12 @@ impl Cluster {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// The certificates of a cluster with [`ClusterOptions::store_auth`]: `ca.crt`,
+    /// `client.crt` (the platform's), `root.crt`, `agents/<name>.crt` (and their keys).
+    pub fn pki(&self) -> PathBuf {
+        self.dir.path().join("pki")
     }
 
     /// The id of the platform's leading controller.
@@ -382,6 +455,16 @@ impl Cluster {
         self.kubectl.json(&["get", "app", name]).unwrap_or_else(|e| panic!("{e}\n{}", self.logs()))
     }
 
+    /// `kubectl args…`, its output whatever its exit status.
+    pub fn kubectl_output(&self, args: &[&str]) -> std::process::Output {
+        self.kubectl.run(args, None)
+    }
+
+    /// The store's URL, as `--store` takes it (`etcd://127.0.0.1:PORT`).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
     pub fn kubectl_ok(&self, args: &[&str]) -> String {
         self.kubectl.ok(args, None).unwrap_or_else(|e| panic!("{e}\n{}", self.logs()))
     }
@@ -455,6 +538,18 @@ impl Cluster {
             revision
         })
     }
+}
+
+/// Runs `binary args…` to completion; fails the test with its output unless it succeeds.
+fn run_ok(binary: &Path, args: &[&str]) {
+    let output = std::process::Command::new(binary).args(args).output().expect("baton runs");
+    assert!(
+        output.status.success(),
+        "baton {}: {}\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 impl Drop for Cluster {
