@@ -593,6 +593,8 @@ impl Instance {
                     Some(hierarchy) => match hierarchy.create(&self.record.id, &self.record.resources) {
                         Ok(cgroup) => Some(cgroup),
                         Err(e) => {
+                            // What was made of it goes.
+                            let _ = hierarchy.cgroup(&self.record.id).remove().await;
                             self.end(&mut status, Phase::Failed, format!("could not create its cgroup: {e}"));
                             return None;
                         }

@@ -299,6 +299,8 @@ fn instance_kind() -> Kind {
             ),
             column("CPU", "string", ".status.usage.cpu", 1, "CPU in use, as last measured (250m: a quarter of a cpu)"),
             column("Memory", "string", ".status.usage.memory", 1, "Memory in use, as last measured"),
+            column("CPU Time", "string", ".status.usage.cpuMillis", 1, "CPU time used since it started")
+                .computed(cpu_time),
             column("Version", "string", ".spec.version", 1, "The app version it runs"),
             column("Pid", "integer", ".status.pid", 1, "The process id on the agent's host"),
             column("Replaces", "string", ".spec.replaces", 1, "The instance killed for its health it replaces"),
@@ -313,6 +315,12 @@ fn instance_kind() -> Kind {
         admission: Vec::new(),
         schema: SchemaOf::Typed(typed::<baton_api::Instance>),
     }
+}
+
+/// The cpu time an instance used, in seconds to a tenth: `12.3s`.
+fn cpu_time(object: &Value) -> Option<Value> {
+    let millis = object.pointer("/status/usage/cpuMillis").and_then(Value::as_u64)?;
+    Some(Value::String(format!("{}.{}s", millis / 1000, millis % 1000 / 100)))
 }
 
 /// How an instance ended: its exit code (`3`), or the signal (`SIGKILL`); empty while it runs.

@@ -1,5 +1,6 @@
-//! `kubectl baton top`: what each running instance uses — cpu, memory and disk, as its agent
-//! last measured them from its cgroup and sandbox — as `kubectl top pods` shows pods.
+//! `kubectl baton top`: what each running instance uses — cpu (now, and its time so far),
+//! memory and disk, as its agent last measured them from its cgroup and sandbox — as
+//! `kubectl top pods` shows pods.
 
 use std::path::PathBuf;
 
@@ -38,6 +39,8 @@ struct Row {
     cpu: Option<String>,
     memory: Option<String>,
     disk: Option<String>,
+    /// CPU time since it started, `12.3s`.
+    cpu_time: Option<String>,
 }
 
 impl Row {
@@ -54,6 +57,10 @@ impl Row {
             cpu: text("/status/usage/cpu"),
             memory: text("/status/usage/memory"),
             disk: text("/status/usage/disk"),
+            cpu_time: item
+                .pointer("/status/usage/cpuMillis")
+                .and_then(Value::as_u64)
+                .map(|ms| format!("{}.{}s", ms / 1000, ms % 1000 / 100)),
         })
     }
 }
@@ -80,7 +87,7 @@ fn table(mut rows: Vec<Row>, sort_by: Option<&str>, with_namespace: bool) -> Str
     }
     let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     let mut lines: Vec<Vec<String>> = vec![
-        ["NAMESPACE", "NAME", "APP", "AGENT", "CPU(cores)", "MEMORY(bytes)", "DISK(bytes)"]
+        ["NAMESPACE", "NAME", "APP", "AGENT", "CPU(cores)", "MEMORY(bytes)", "DISK(bytes)", "CPU-TIME"]
             .iter()
             .map(|s| s.to_string())
             .collect(),
@@ -94,6 +101,7 @@ fn table(mut rows: Vec<Row>, sort_by: Option<&str>, with_namespace: bool) -> Str
             dash(&r.cpu),
             dash(&r.memory),
             dash(&r.disk),
+            dash(&r.cpu_time),
         ]);
     }
     if !with_namespace {
@@ -150,7 +158,7 @@ mod tests {
         serde_json::json!({
             "metadata": {"name": name, "namespace": "default"},
             "spec": {"app": "web", "agent": "agent-1"},
-            "status": {"phase": phase, "usage": {"cpu": cpu, "memory": memory}},
+            "status": {"phase": phase, "usage": {"cpu": cpu, "memory": memory, "cpuMillis": 12345}},
         })
     }
 
@@ -168,6 +176,7 @@ mod tests {
         let lines: Vec<&str> = by_cpu.lines().collect();
         assert!(lines[0].starts_with("NAME") && lines[0].contains("CPU(cores)   MEMORY(bytes)"), "{by_cpu}");
         assert!(lines[1].starts_with("web-b") && lines[1].contains("250m"), "{by_cpu}");
+        assert!(lines[1].ends_with("12.3s"), "cpu time in seconds: {by_cpu}");
         assert!(lines[3].starts_with("web-d") && lines[3].contains(" -"), "unmeasured shows -: {by_cpu}");
         let by_memory = table(rows, Some("memory"), true);
         assert!(by_memory.lines().nth(1).unwrap().starts_with("default     web-a"), "{by_memory}");

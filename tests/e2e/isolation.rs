@@ -168,7 +168,7 @@ fn memory_cpu_and_disk_are_enforced_and_reported() {
     assert!((1..=300).contains(&millicpus), "held to its quota, and measured: {measured}");
     let wide = baton.kubectl_ok(&["get", "instances", "-o", "wide", "-l", "app=spin"]);
     let header = wide.lines().next().unwrap_or_default();
-    assert!(header.contains("CPU") && header.contains("MEMORY") && header.contains("REASON"), "{wide}");
+    assert!(header.contains("CPU TIME") && header.contains("MEMORY") && header.contains("REASON"), "{wide}");
     let top = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-baton"))
         .args(["top", "-l", "app=spin", "--kubeconfig"])
         .arg(&baton.kubeconfig)
