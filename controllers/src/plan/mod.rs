@@ -63,6 +63,7 @@ pub fn plan(snapshot: &Snapshot, ctx: &PlanContext) -> Plan {
     };
     let mut queue = decided.demand(&snapshot.scope);
     queue.extend(place::requests(snapshot, &usage, decided.apps.len()));
+    let (queue, over_quota) = share::within_quotas(snapshot, queue);
     let queue = share::order(snapshot, queue);
     let placed = place::place(snapshot, &usage, &queue, &room, ctx.now, ctx.seed);
     let freed = defrag::free(snapshot, &usage, &decided, &placed, &maintained.drains, ctx);
@@ -71,6 +72,7 @@ pub fn plan(snapshot: &Snapshot, ctx: &PlanContext) -> Plan {
     let mut plan = report::report(parts, snapshot, &usage, ctx);
     plan.stops.extend(reclaimed.stops);
     plan.events.extend(reclaimed.events);
+    plan.events.extend(over_quota);
     let served = tenants::tenants(snapshot, snapshot.tenant_controllers.as_deref());
     plan.namespace_creates = served.namespace_creates;
     plan.namespace_deletes = served.namespace_deletes;

@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, BinaryHeap};
 use baton_api::{ResourceAmounts, Scope};
 
 use super::place::Demand;
+use super::vocabulary::{Event, EventType, Regarding};
 use crate::snapshot::Snapshot;
 
 /// Compares `n1/d1` with `n2/d2` exactly; a zero denominator is infinity (two infinities are
@@ -227,6 +228,73 @@ fn fitting(held: &[u64; 4], each: &[u64; 4], guarantee: &[Option<u64>; 4], count
         }
     }
     n as usize
+}
+
+/// Tenants' demand cut to what their quotas leave (DESIGN.md §10: the platform places "never
+/// beyond a tenant's quota"), so a quota holds however apps were admitted — also where no
+/// Baton API server checks it at admission (apps as custom resources of a Kubernetes API
+/// server). What its live instances hold (cpus, mem, disk, gpus) and their number, plus what
+/// is placed, stays within each limit its Tenant sets; demands are served in queue order. As
+/// with Kubernetes' ResourceQuota, what runs is never stopped for a quota, and a rollout's
+/// extra instances count: a tenant at its quota rolls out without surge. Each demand cut gets a
+/// `QuotaExceeded` warning on its app.
+pub fn within_quotas<'d>(snapshot: &Snapshot, queue: Vec<Demand<'d>>) -> (Vec<Demand<'d>>, Vec<Event>) {
+    let mut held: BTreeMap<&Scope, [u64; 5]> = BTreeMap::new();
+    for instance in snapshot.instances.values().chain(&snapshot.foreign).filter(|i| !i.is_terminal()) {
+        let entry = held.entry(&instance.record.scope).or_insert([0; 5]);
+        for (h, a) in entry.iter_mut().zip(amounts(instance.record.resources).into_iter().chain([1])) {
+            *h = h.saturating_add(a);
+        }
+    }
+    let mut events = Vec::new();
+    let mut kept = Vec::with_capacity(queue.len());
+    for mut demand in queue {
+        let Scope::Tenant(name) = demand.scope else {
+            kept.push(demand);
+            continue;
+        };
+        let Some(tenant) = snapshot.tenants.iter().find(|t| t.metadata.name.as_deref() == Some(name.as_str())) else {
+            kept.push(demand);
+            continue;
+        };
+        let limits = tenant.spec.quota.limits();
+        let holds = held.entry(demand.scope).or_insert([0; 5]);
+        let each: Vec<u64> = amounts(demand.app.spec.resources.amounts()).into_iter().chain([1]).collect();
+        // How many each limited resource has room for; the least of them binds.
+        let rooms: Vec<(usize, u64, u64)> = limits
+            .iter()
+            .enumerate()
+            .filter_map(|(i, limit)| Some((i, (*limit)?)))
+            .filter(|(i, _)| each[*i] > 0)
+            .map(|(i, limit)| (i, limit, limit.saturating_sub(holds[i]) / each[i]))
+            .collect();
+        let n = rooms.iter().map(|(_, _, room)| *room).fold(demand.count as u64, u64::min);
+        let short: Vec<String> = rooms
+            .iter()
+            .filter(|(_, _, room)| *room == n)
+            .map(|(i, limit, _)| baton_api::tenant::show(*i, *limit))
+            .collect();
+        for (h, e) in holds.iter_mut().zip(&each) {
+            *h = h.saturating_add(e.saturating_mul(n));
+        }
+        if (n as usize) < demand.count {
+            events.push(Event {
+                regarding: Regarding::App(super::events::app_ref(demand.app)),
+                type_: EventType::Warning,
+                reason: "QuotaExceeded",
+                message: format!(
+                    "instances held back: they would take tenant {name} past its quota ({})",
+                    short.join(", ")
+                ),
+                of_writes: false,
+            });
+        }
+        if n > 0 {
+            demand.count = n as usize;
+            kept.push(demand);
+        }
+    }
+    (kept, events)
 }
 
 /// What each scope's live instances hold now.

@@ -919,3 +919,39 @@ fn reclaiming_counts_every_instance_it_takes_from_one_tenant_against_that_tenant
     let plan = plan(&snap, &ctx());
     assert!(plan.stops.is_empty(), "{:?}", plan.stops.iter().map(|s| &s.record.id).collect::<Vec<_>>());
 }
+
+#[test]
+fn the_platform_places_a_tenants_requests_only_within_its_quota() {
+    // team-a holds 2 instances of 1 cpu and asks for 4 more; its quota: 5 cpus, 4 instances.
+    let mut snap = snapshot(&[], vec![agent("a1").build(), agent("a2").build()], Vec::new());
+    tenant_asking(&mut snap, "team-a", 4, 1.0, None);
+    snap.foreign = held_by("team-a", "a1", 2);
+    let quota = baton_api::tenant::Quota { cpus: Some(5.0), instances: Some(4), ..Default::default() };
+    let mut tenant = (*snap.tenants[0]).clone();
+    tenant.spec.quota = quota;
+    snap.tenants[0] = Arc::new(tenant.clone());
+    let planned = plan(&snap, &ctx());
+    assert_eq!(planned.launches.len(), 2, "4 instances at most: 2 held, 2 placed");
+    let warning = planned.events.iter().find(|e| e.reason == "QuotaExceeded").expect("a QuotaExceeded event");
+    assert_eq!(warning.type_, EventType::Warning);
+    assert_eq!(
+        warning.message, "instances held back: they would take tenant team-a past its quota (instances=4)",
+        "the limit that binds is named"
+    );
+
+    // At its quota: nothing more, whatever the cluster has room for; what runs keeps running.
+    snap.foreign = held_by("team-a", "a1", 4);
+    let planned = plan(&snap, &ctx());
+    assert!(planned.launches.is_empty() && planned.stops.is_empty());
+    // Cpus bind first when they are the tighter limit.
+    tenant.spec.quota = baton_api::tenant::Quota { cpus: Some(3.5), ..Default::default() };
+    snap.tenants[0] = Arc::new(tenant.clone());
+    snap.foreign = held_by("team-a", "a1", 2);
+    let planned = plan(&snap, &ctx());
+    assert_eq!(planned.launches.len(), 1, "3.5 cpus: 2 held, 1 more");
+    assert!(planned.events.iter().any(|e| e.message.ends_with("(cpus=3.5)")));
+    // Without a quota, every request is placed.
+    tenant.spec.quota = Default::default();
+    snap.tenants[0] = Arc::new(tenant);
+    assert_eq!(plan(&snap, &ctx()).launches.len(), 4);
+}
