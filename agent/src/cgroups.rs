@@ -76,7 +76,7 @@ impl Default for Settings {
 const LOGGERS: &str = "_loggers";
 
 /// The cgroup v1 controllers used, each in its own tree (or comounted).
-const V1_CONTROLLERS: [&str; 4] = ["cpu", "cpuacct", "memory", "pids"];
+pub const V1_CONTROLLERS: [&str; 4] = ["cpu", "cpuacct", "memory", "pids"];
 /// The cgroup v2 controllers used.
 const V2_CONTROLLERS: [&str; 3] = ["cpu", "memory", "pids"];
 
@@ -339,23 +339,19 @@ impl Cgroup {
         let read = |controller: &str, file: &str| -> Option<String> {
             std::fs::read_to_string(self.dir(controller)?.join(file)).ok()
         };
-        if self.v2 {
-            let cpu_nanos = read("cpu", "cpu.stat").and_then(|s| field(&s, "usage_usec")).map(|us| us * 1000);
-            let inactive = read("memory", "memory.stat").and_then(|s| field(&s, "inactive_file")).unwrap_or(0);
-            let memory_bytes = read("memory", "memory.current")
-                .and_then(|s| s.trim().parse::<u64>().ok())
-                .map(|m| m.saturating_sub(inactive));
-            let oom_kills = read("memory", "memory.events").and_then(|s| field(&s, "oom_kill")).unwrap_or(0);
-            Counters { cpu_nanos, memory_bytes, oom_kills }
+        // The same counters under each hierarchy's names.
+        let (cpu_nanos, usage, inactive, oom) = if self.v2 {
+            let cpu = read("cpu", "cpu.stat").and_then(|s| field(&s, "usage_usec")).map(|us| us * 1000);
+            (cpu, "memory.current", "inactive_file", "memory.events")
         } else {
-            let cpu_nanos = read("cpuacct", "cpuacct.usage").and_then(|s| s.trim().parse().ok());
-            let inactive = read("memory", "memory.stat").and_then(|s| field(&s, "total_inactive_file")).unwrap_or(0);
-            let memory_bytes = read("memory", "memory.usage_in_bytes")
-                .and_then(|s| s.trim().parse::<u64>().ok())
-                .map(|m| m.saturating_sub(inactive));
-            let oom_kills = read("memory", "memory.oom_control").and_then(|s| field(&s, "oom_kill")).unwrap_or(0);
-            Counters { cpu_nanos, memory_bytes, oom_kills }
-        }
+            let cpu = read("cpuacct", "cpuacct.usage").and_then(|s| s.trim().parse().ok());
+            (cpu, "memory.usage_in_bytes", "total_inactive_file", "memory.oom_control")
+        };
+        let inactive = read("memory", "memory.stat").and_then(|s| field(&s, inactive)).unwrap_or(0);
+        let memory_bytes =
+            read("memory", usage).and_then(|s| s.trim().parse::<u64>().ok()).map(|m| m.saturating_sub(inactive));
+        let oom_kills = read("memory", oom).and_then(|s| field(&s, "oom_kill")).unwrap_or(0);
+        Counters { cpu_nanos, memory_bytes, oom_kills }
     }
 
     /// The memory limit set, bytes.

@@ -256,6 +256,11 @@ impl UsageView {
     }
 }
 
+/// CPU time as users read it, to a tenth of a second: `12.3s`.
+pub fn cpu_time_text(millis: u64) -> String {
+    format!("{}.{}s", millis / 1000, millis % 1000 / 100)
+}
+
 /// Bytes as a binary quantity, rounded up to whole Ki, Mi or Gi: `512Ki`, `45Mi`, `3Gi`.
 pub fn bytes_quantity(bytes: u64) -> String {
     const KI: u64 = 1 << 10;

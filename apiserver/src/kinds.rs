@@ -320,7 +320,7 @@ fn instance_kind() -> Kind {
 /// The cpu time an instance used, in seconds to a tenth: `12.3s`.
 fn cpu_time(object: &Value) -> Option<Value> {
     let millis = object.pointer("/status/usage/cpuMillis").and_then(Value::as_u64)?;
-    Some(Value::String(format!("{}.{}s", millis / 1000, millis % 1000 / 100)))
+    Some(Value::String(baton_api::instance::cpu_time_text(millis)))
 }
 
 /// How an instance ended: its exit code (`3`), or the signal (`SIGKILL`); empty while it runs.

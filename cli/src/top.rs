@@ -60,7 +60,7 @@ impl Row {
             cpu_time: item
                 .pointer("/status/usage/cpuMillis")
                 .and_then(Value::as_u64)
-                .map(|ms| format!("{}.{}s", ms / 1000, ms % 1000 / 100)),
+                .map(baton_api::instance::cpu_time_text),
         })
     }
 }

@@ -123,7 +123,7 @@ impl Cluster {
         let dir = tempfile::Builder::new().prefix("baton-cluster-").tempdir().expect("a temporary dir");
         let pki = dir.path().join("pki");
         let etcd = if options.store_auth {
-            run_ok(binary, &["certificates", "--dir", &pki.display().to_string(), "--san", "127.0.0.1"]);
+            run_ok(binary, &os(&["certificates", "--dir", &pki.display().to_string(), "--san", "127.0.0.1"]));
             TestEtcd::start_tls(baton_store::contract::etcd_server::ServerTls {
                 ca: pki.join("ca.crt"),
                 cert: pki.join("server.crt"),
@@ -152,30 +152,16 @@ impl Cluster {
                 ))
                 .expect("the test connects to etcd"),
         );
-        let store_flags = |cert: &str| -> Vec<String> {
-            if !options.store_auth {
-                return Vec::new();
-            }
-            let file = |name: String| pki.join(name).display().to_string();
-            vec![
-                "--store-ca-file".into(),
-                file("ca.crt".into()),
-                "--store-cert-file".into(),
-                file(format!("{cert}.crt")),
-                "--store-key-file".into(),
-                file(format!("{cert}.key")),
-            ]
-        };
+        let store_flags = |cert: &str| store_flags(&pki, options.store_auth, cert);
         if options.store_auth {
-            let mut enable = vec!["store".to_string(), "enable-auth".into(), "--store".into(), url.clone()];
+            let mut enable = os(&["store", "enable-auth", "--store", &url]);
             enable.extend(store_flags("root"));
-            run_ok(binary, &enable.iter().map(String::as_str).collect::<Vec<_>>());
+            run_ok(binary, &enable);
             for i in 1..=options.agents {
-                let mut add =
-                    vec!["store".to_string(), "add-agent".into(), format!("a{i}"), "--store".into(), url.clone()];
-                add.extend(["--pki".into(), pki.display().to_string()]);
+                let pki = pki.display().to_string();
+                let mut add = os(&["store", "add-agent", &format!("a{i}"), "--store", &url, "--pki", &pki]);
                 add.extend(store_flags("root"));
-                run_ok(binary, &add.iter().map(String::as_str).collect::<Vec<_>>());
+                run_ok(binary, &add);
             }
         }
         let env = vec![("RUST_LOG".to_string(), "info,baton_controllers=debug".to_string())];
@@ -189,7 +175,7 @@ impl Cluster {
         // A fixed port, so that a restarted API server is where its clients expect it.
         let listen = format!("127.0.0.1:{}", free_port());
         let mut args = os(&["apiserver", "--store", &url, "--listen", &listen, "--bookmark-interval", "2s"]);
-        args.extend(store_flags("client").into_iter().map(OsString::from));
+        args.extend(store_flags("client"));
         args.extend([
             "--data-dir".into(),
             api_dir.clone().into_os_string(),
@@ -232,7 +218,7 @@ impl Cluster {
             let work_dir = cluster.dir.path().join(&name);
             let ports = format!("{}-{}", 20000 + 1000 * i, 20000 + 1000 * i + 999);
             let rack = options.racks.map_or(i, |n| (i - 1) % n.max(1) + 1);
-            let args = os(&[
+            let mut args = os(&[
                 "agent",
                 "--store",
                 &url,
@@ -255,8 +241,7 @@ impl Cluster {
                 "--sandbox-listen",
                 "127.0.0.1:0",
             ]);
-            let mut args = args;
-            args.extend(store_flags(&format!("agents/{name}")).into_iter().map(OsString::from));
+            args.extend(store_flags(&format!("agents/{name}")));
             cluster.agents.push(Proc::start(&name, binary, args, env.clone(), log(&name)));
         }
         let agents = options.agents;
@@ -315,17 +300,7 @@ impl Cluster {
         if !self.options.election_ttl.is_empty() {
             args.extend(os(&["--election-ttl", self.options.election_ttl]));
         }
-        if self.options.store_auth {
-            let file = |name: &str| self.pki().join(name).display().to_string();
-            args.extend(os(&[
-                "--store-ca-file",
-                &file("ca.crt"),
-                "--store-cert-file",
-                &file("client.crt"),
-                "--store-key-file",
-                &file("client.key"),
-            ]));
-        }
+        args.extend(store_flags(&self.pki(), self.options.store_auth, "client"));
         args.extend(os(extra));
         let env = vec![("RUST_LOG".to_string(), "info,baton_controllers=debug".to_string())];
         let log = self.dir.path().join(format!("{id}.log"));
@@ -540,13 +515,29 @@ impl Cluster {
     }
 }
 
+/// With `enabled`, the flags that reach the store with certificate `<pki>/<cert>.crt`.
+fn store_flags(pki: &Path, enabled: bool, cert: &str) -> Vec<OsString> {
+    if !enabled {
+        return Vec::new();
+    }
+    let file = |name: String| pki.join(name).into_os_string();
+    vec![
+        "--store-ca-file".into(),
+        file("ca.crt".into()),
+        "--store-cert-file".into(),
+        file(format!("{cert}.crt")),
+        "--store-key-file".into(),
+        file(format!("{cert}.key")),
+    ]
+}
+
 /// Runs `binary args…` to completion; fails the test with its output unless it succeeds.
-fn run_ok(binary: &Path, args: &[&str]) {
+fn run_ok(binary: &Path, args: &[OsString]) {
     let output = std::process::Command::new(binary).args(args).output().expect("baton runs");
     assert!(
         output.status.success(),
         "baton {}: {}\n{}",
-        args.join(" "),
+        args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" "),
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );

@@ -155,7 +155,7 @@ pub fn cgroup_tree(controller: &str) -> PathBuf {
 pub fn remove_instance_cgroups(dir: &Path) {
     let root = Path::new("/sys/fs/cgroup");
     let trees: Vec<PathBuf> = std::iter::once(root.to_path_buf())
-        .chain(["cpu", "cpuacct", "memory", "pids"].iter().map(|c| root.join(c)))
+        .chain(baton_agent::cgroups::V1_CONTROLLERS.iter().map(|c| root.join(c)))
         .collect();
     let Ok(agents) = std::fs::read_dir(dir) else { return };
     let mut left = Vec::new();

@@ -239,6 +239,12 @@ fn fitting(held: &[u64; 4], each: &[u64; 4], guarantee: &[Option<u64>; 4], count
 /// extra instances count: a tenant at its quota rolls out without surge. Each demand cut gets a
 /// `QuotaExceeded` warning on its app.
 pub fn within_quotas<'d>(snapshot: &Snapshot, queue: Vec<Demand<'d>>) -> (Vec<Demand<'d>>, Vec<Event>) {
+    // Nothing to hold: no pass over every instance.
+    if snapshot.tenants.iter().all(|t| t.spec.quota.is_empty())
+        || !queue.iter().any(|d| matches!(d.scope, Scope::Tenant(_)))
+    {
+        return (queue, Vec::new());
+    }
     let mut held: BTreeMap<&Scope, [u64; 5]> = BTreeMap::new();
     for instance in snapshot.instances.values().chain(&snapshot.foreign).filter(|i| !i.is_terminal()) {
         let entry = held.entry(&instance.record.scope).or_insert([0; 5]);
