@@ -575,6 +575,16 @@ impl Instance {
                     self.end(&mut status, Phase::Killed, "stopped before it started".into());
                     return None;
                 }
+                if let Some((port, e)) = process::port_in_use(&self.record) {
+                    tracing::info!(instance = self.record.id, port, error = %e, "a host port is taken");
+                    status.reason = Some(baton_api::records::REASON_PORT_IN_USE.into());
+                    let message = format!(
+                        "host port {port} is held by another process on this agent's host ({e}); \
+                         the instance did not start"
+                    );
+                    self.end(&mut status, Phase::Failed, message);
+                    return None;
+                }
                 if !self.record.fetch.is_empty() {
                     tokio::select! {
                         fetched = self.fetch() => if let Err(e) = fetched {

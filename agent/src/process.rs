@@ -155,6 +155,21 @@ fn output(sandbox: &Path, stream: &str, logging: &Logging) -> std::io::Result<(S
     Ok((Stdio::from(writer), Some(logger)))
 }
 
+/// The first of the instance's host ports that something else on this host holds, and what
+/// binding it said. Checked before the process starts: a port taken by another process (a
+/// program outside Baton, another cluster's instance on the same machine) would otherwise
+/// answer the instance's health checks for it while it starts — an instance "healthy" before
+/// it listens — or make it fail to bind at once. Binding the wildcard address, as instances
+/// that listen on every interface do, conflicts with a listener on any address; a port in
+/// TIME_WAIT after an earlier instance does not count (the address is reused).
+pub fn port_in_use(record: &InstanceRecord) -> Option<(u16, std::io::Error)> {
+    record
+        .ports
+        .iter()
+        .filter(|p| p.port != 0)
+        .find_map(|p| std::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, p.port)).err().map(|e| (p.port, e)))
+}
+
 /// The uid and gid to run `user`'s processes as: an error naming the user when it is unknown
 /// on this machine, or when the agent (not root) cannot switch to it.
 pub fn run_as(user: &str) -> std::io::Result<(nix::unistd::Uid, nix::unistd::Gid)> {

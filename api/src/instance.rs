@@ -112,8 +112,8 @@ pub struct InstanceViewStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     /// Why the agent ended it, when it did: `OOMKilled` (over its memory limit),
-    /// `DiskLimitExceeded` (its sandbox over its disk) or `FetchFailed` (an artifact could
-    /// not be fetched).
+    /// `DiskLimitExceeded` (its sandbox over its disk), `FetchFailed` (an artifact could not
+    /// be fetched) or `PortInUse` (another process held one of its host ports).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// What it uses, as its agent last measured (with cgroups; disk for instances with

@@ -370,7 +370,8 @@ pub struct StatusRecord {
     pub readiness: Option<CheckResult>,
     /// Why the agent ended it, in one word, when the agent did (not the controller):
     /// `OOMKilled` (over its memory limit), `DiskLimitExceeded` (its sandbox over its disk),
-    /// `FetchFailed` (an artifact could not be fetched).
+    /// `FetchFailed` (an artifact could not be fetched), `PortInUse` (another process holds
+    /// one of its host ports).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// What it uses, as the agent last measured (from its cgroup and sandbox); absent where
@@ -385,6 +386,9 @@ pub const REASON_OOM_KILLED: &str = "OOMKilled";
 pub const REASON_DISK_LIMIT_EXCEEDED: &str = "DiskLimitExceeded";
 /// `reason` of an instance that never started because an artifact could not be fetched.
 pub const REASON_FETCH_FAILED: &str = "FetchFailed";
+/// `reason` of an instance that never started because another process held one of its host
+/// ports.
+pub const REASON_PORT_IN_USE: &str = "PortInUse";
 
 /// What one instance uses, measured by its agent.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]

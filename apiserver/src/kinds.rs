@@ -295,7 +295,7 @@ fn instance_kind() -> Kind {
                 "string",
                 ".status.reason",
                 1,
-                "Why the agent ended it: OOMKilled, DiskLimitExceeded, FetchFailed",
+                "Why the agent ended it: OOMKilled, DiskLimitExceeded, FetchFailed, PortInUse",
             ),
             column("CPU", "string", ".status.usage.cpu", 1, "CPU in use, as last measured (250m: a quarter of a cpu)"),
             column("Memory", "string", ".status.usage.memory", 1, "Memory in use, as last measured"),

@@ -68,11 +68,7 @@ fn a_snowball_kills_at_most_the_budget_while_replacements_fail_their_probes() {
 }
 
 fn snowball(replacements: Replacements) {
-    // cpus are a weight here, not a CFS quota: with a quota of 0.05 cpu (5 ms per 100 ms) the
-    // example's python servers take about a second to start and answer probes slowly, which is
-    // not what these tests are about. Loop run 17 (2026-12-02) saw a third kill under the quota;
-    // see the session note: the budget under throttled instances is to be investigated.
-    let mut baton = Baton::start_dev_with(&baton_binary(), 3, &["--cpu-limit", "shares"]);
+    let mut baton = Baton::start_dev(&baton_binary(), 3);
     let flag = baton.data_dir().join("broken");
     // The example as users run it, with the flag file in this test's directory.
     let mut manifest = example("snowball.yaml").replace("/tmp/baton-snowball-broken", flag.to_str().unwrap());

@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use baton_apiserver::tls::Pki;
-use baton_e2e::{Cluster, ClusterOptions, Kubectl, Proc, free_port, http, wait_for};
+use baton_e2e::{Cluster, ClusterOptions, Kubectl, PortBlock, Proc, free_port, http, wait_for};
 use baton_store::contract::etcd_server::{ServerTls, TestEtcd};
 use serde_json::{Value, json};
 
@@ -105,12 +105,12 @@ fn the_charts_processes_run_an_app_with_etcd_over_tls() {
 
     let (api_port, api_metrics, controller_metrics, agent_metrics) =
         (free_port(), free_port(), free_port(), free_port());
-    let first_port = 20000 + free_port() % 20000;
+    let port_block = PortBlock::take();
     let values = json!({
         "etcd": {"enabled": false, "external": {"endpoints": [etcd.address()], "tls": {"enabled": true, "secretName": "etcd-client"}}},
         "apiserver": {"enabled": true, "port": api_port, "metricsPort": api_metrics},
         "controller": {"metricsPort": controller_metrics},
-        "agent": {"metricsPort": agent_metrics, "sandboxPort": free_port(), "ports": format!("{first_port}-{}", first_port + 99)},
+        "agent": {"metricsPort": agent_metrics, "sandboxPort": free_port(), "ports": port_block.to_string()},
     });
     let rendered = render(&values);
     let secrets = &rendered["secrets"];
@@ -197,7 +197,7 @@ fn the_charts_processes_run_an_app_with_etcd_over_tls() {
         (ports.len() == 2 && ports.iter().all(|p| baton_e2e::http_status(*p) == Some(200))).then_some(ports)
     });
     assert!(
-        ports.iter().all(|p| (first_port..first_port + 100).contains(p)),
+        ports.iter().all(|p| (port_block.begin..=port_block.end()).contains(p)),
         "ports from the chart's range: {ports:?}"
     );
     assert_eq!(metric(agent_metrics, "baton_agent_instances"), Some(2.0));

@@ -289,3 +289,36 @@ fn fetched_archives_are_extracted_and_a_bad_uri_is_named() {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && stderr.contains("spec.fetch[0].uri"), "refused, naming the field: {stderr}");
 }
+
+/// An instance whose host port another process holds does not start: nothing else may answer
+/// its health checks for it (Loop run 17: another test's server, on the port a replacement
+/// was given, made it healthy 14 ms after it started). Once the port is free, it runs.
+#[test]
+fn an_instance_whose_port_another_process_holds_fails_saying_which() {
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = squatter.local_addr().unwrap().port();
+    // The agent has that one port to hand out.
+    let ports = format!("{port}-{port}");
+    let mut baton = Baton::start_dev_with(Path::new(BIN), 1, &["--ports", &ports]);
+    apply(
+        &baton,
+        "apiVersion: baton.dev/v1alpha1\nkind: App\nmetadata:\n  name: web\nspec:\n  \
+         cmd: \"exec sleep 100000\"\n  resources: {cpus: 0.1, mem: 16}\n  ports: [{name: http}]\n  \
+         backoff: {seconds: 1, maxLaunchDelaySeconds: 2}\n",
+    );
+    let failed = baton.wait_for("the instance to fail with PortInUse", WAIT, |b| {
+        let i = instance(b, "web")?;
+        (i["status"]["phase"] == "Failed").then_some(i)
+    });
+    assert_eq!(failed["status"]["reason"], "PortInUse", "{failed}");
+    let message = failed["status"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(&format!("host port {port} is held by another process")), "{message}");
+    let wide = baton.kubectl_ok(&["get", "instances", "-o", "wide"]);
+    assert!(wide.contains("PortInUse"), "{wide}");
+
+    drop(squatter);
+    baton.wait_for("an instance of web running on the freed port", WAIT, |b| {
+        let list = b.kubectl_json(&["get", "instances", "-l", "app=web"]);
+        list["items"].as_array()?.iter().find(|i| i["status"]["phase"] == "Running").map(|_| ())
+    });
+}

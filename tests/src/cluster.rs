@@ -108,6 +108,8 @@ pub struct Cluster {
     binary: PathBuf,
     url: String,
     options: ClusterOptions,
+    /// The host ports its agents hand out, a slice each.
+    ports: crate::PortBlock,
     // Last, so every process is stopped before the directory goes.
     dir: tempfile::TempDir,
 }
@@ -205,6 +207,7 @@ impl Cluster {
             binary: binary.to_path_buf(),
             url: url.clone(),
             options: options.clone(),
+            ports: crate::PortBlock::take(),
             dir,
         };
         cluster.wait_for("the API server to answer kubectl", Duration::from_secs(30), |c| {
@@ -216,7 +219,7 @@ impl Cluster {
         for i in 1..=options.agents {
             let name = format!("a{i}");
             let work_dir = cluster.dir.path().join(&name);
-            let ports = format!("{}-{}", 20000 + 1000 * i, 20000 + 1000 * i + 999);
+            let ports = cluster.ports.slice(i as u16 - 1, options.agents as u16);
             let rack = options.racks.map_or(i, |n| (i - 1) % n.max(1) + 1);
             let mut args = os(&[
                 "agent",

@@ -40,6 +40,62 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("a local address").port()
 }
 
+/// Host ports for one test's instances, held until dropped: tests run at once, each with
+/// its own cluster on the same machine, and two clusters handing out the same port would have
+/// one cluster's instance answer the other's health checks (Loop run 17: a replacement counted
+/// healthy 14 ms after it started, before it could listen, by another test's server on its
+/// port) or fail to bind. Blocks of [`PortBlock::SIZE`] ports lie between 10000 and the
+/// kernel's ephemeral range (32768); a block is held by an exclusive lock on its file in the
+/// temporary directory, which the kernel drops when the test's process ends however it ends.
+#[derive(Debug)]
+pub struct PortBlock {
+    /// The first port.
+    pub begin: u16,
+    _lock: std::fs::File,
+}
+
+impl PortBlock {
+    pub const SIZE: u16 = 1000;
+    const FIRST: u16 = 10000;
+    const BLOCKS: u16 = (32768 - Self::FIRST) / Self::SIZE;
+
+    /// A block no other test holds; waits (at most a minute) while all are held.
+    pub fn take() -> Self {
+        let dir = std::env::temp_dir().join("baton-test-ports");
+        std::fs::create_dir_all(&dir).expect("a directory for the port blocks' locks");
+        // Start at a different block in each process, so tests starting together do not all
+        // try the same one first.
+        let offset = (std::process::id() % u32::from(Self::BLOCKS)) as u16;
+        let taken = poll(Duration::from_secs(60), || {
+            (0..Self::BLOCKS).map(|i| (offset + i) % Self::BLOCKS).find_map(|block| {
+                let file = std::fs::File::create(dir.join(format!("block-{block}"))).ok()?;
+                file.try_lock().ok()?;
+                Some(Self { begin: Self::FIRST + block * Self::SIZE, _lock: file })
+            })
+        });
+        taken
+            .unwrap_or_else(|| panic!("all {} port blocks in {} stayed held for a minute", Self::BLOCKS, dir.display()))
+    }
+
+    /// The last port.
+    pub fn end(&self) -> u16 {
+        self.begin + Self::SIZE - 1
+    }
+
+    /// The `n`th of `parts` equal slices, as `begin-end` (`--ports`' syntax).
+    pub fn slice(&self, n: u16, parts: u16) -> String {
+        let size = Self::SIZE / parts.max(1);
+        let begin = self.begin + n * size;
+        format!("{begin}-{}", begin + size - 1)
+    }
+}
+
+impl std::fmt::Display for PortBlock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.begin, self.end())
+    }
+}
+
 /// Polls `check` every 100 ms until it returns `Some`, for at most `timeout`.
 pub fn poll<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
@@ -189,6 +245,8 @@ pub struct Baton {
     pub port: u16,
     pub kubeconfig: PathBuf,
     kubectl: Kubectl,
+    /// The host ports its agents hand out (unless the test gave `--ports`).
+    _ports: PortBlock,
     // Last, so the processes above are stopped before the directory goes.
     data_dir: tempfile::TempDir,
 }
@@ -215,11 +273,15 @@ impl Baton {
             "--agents".into(),
             agents.to_string().into(),
         ];
-        let args = args.into_iter().chain(extra.iter().map(Into::into)).collect();
+        let ports = PortBlock::take();
+        let mut args: Vec<std::ffi::OsString> = args.into_iter().chain(extra.iter().map(Into::into)).collect();
+        if !extra.contains(&"--ports") {
+            args.extend(["--ports".into(), ports.to_string().into()]);
+        }
         let env = vec![("RUST_LOG".to_string(), "info,baton_controllers=debug".to_string())];
         let proc = Proc::start("baton dev", binary, args, env, data_dir.path().join("baton.log"));
         let kubectl = Kubectl { kubeconfig: kubeconfig.clone(), home };
-        let mut baton = Baton { proc, port, kubeconfig, kubectl, data_dir };
+        let mut baton = Baton { proc, port, kubeconfig, kubectl, _ports: ports, data_dir };
         baton.wait_until_serving();
         baton
     }
