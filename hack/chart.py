@@ -80,6 +80,7 @@ def check():
         print(f"render ({label}): {len(kinds)} manifests valid: {', '.join(sorted(set(kinds)))}")
 
     check_agent_isolation()
+    check_dns()
 
     for bad, field in [({"controller": {"replicas": 0}}, "replicas"), ({"controler": {}}, "controler"),
                        ({"agent": {"ports": "lots"}}, "ports")]:
@@ -125,6 +126,30 @@ def check_agent_isolation():
     if problems:
         sys.exit("agent isolation: " + "; ".join(problems))
     print("agent: instances in the node's cgroups and pid namespace (hostPID, privileged); unprivileged when off")
+
+
+def check_dns():
+    """With Baton's API server, its pods answer DNS on a Service's port 53, UDP and TCP."""
+    def rendered(values):
+        docs = [doc for _, doc in documents(render(values))]
+        services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+        apiserver = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-apiserver")]
+        return services, apiserver[0]["spec"]["template"]["spec"]["containers"][0]["args"] if apiserver else []
+    services, args = rendered({"apiserver": {"enabled": True}})
+    dns = services.get(f"{RELEASE}-apiserver-dns")
+    problems = []
+    if not dns:
+        problems.append("no DNS Service with the API server enabled")
+    elif sorted((p["port"], p["protocol"]) for p in dns["spec"]["ports"]) != [(53, "TCP"), (53, "UDP")]:
+        problems.append(f"the DNS Service does not serve port 53 over UDP and TCP: {dns['spec']['ports']}")
+    if "--dns-listen=0.0.0.0:5353" not in args or "--cluster-domain=baton.local" not in args:
+        problems.append(f"the API server is not asked to answer DNS: {args}")
+    services, args = rendered({"apiserver": {"enabled": True, "dns": {"enabled": False}}})
+    if f"{RELEASE}-apiserver-dns" in services or any(a.startswith("--dns-listen") for a in args):
+        problems.append("apiserver.dns.enabled false still serves DNS")
+    if problems:
+        sys.exit("dns: " + "; ".join(problems))
+    print("dns: the API server's pods answer on the DNS Service (53, UDP and TCP); off when disabled")
 
 
 def processes(values_json):

@@ -38,6 +38,7 @@ prereqs_main() {
   need python3 "examples/web.yaml serves with python3 -m http.server" python3
   if ((want_tests)); then
     need etcd-server "the store and end-to-end tests start a real etcd" etcd
+    need bind9-dnsutils "the DNS tests ask the API server's DNS with dig" dig
   fi
 
   if ((${#missing[@]})); then
@@ -72,6 +73,7 @@ prereqs_main() {
   command -v python3 >/dev/null 2>&1 || still+=("python3 (package python3)")
   if ((want_tests)); then
     command -v etcd >/dev/null 2>&1 || still+=("etcd (package etcd-server)")
+    command -v dig >/dev/null 2>&1 || still+=("dig (package bind9-dnsutils)")
     if ! command -v kubectl >/dev/null 2>&1; then
       still+=("kubectl: the end-to-end tests drive Baton with the real kubectl; install it from https://kubernetes.io/docs/tasks/tools/")
     fi

@@ -18,6 +18,10 @@ use crate::resources::ResourceAmounts;
 use crate::validation::FieldError;
 use crate::{App, Resources};
 
+/// The longest service domain: `INSTANCE.APP.NAMESPACE.` (up to 140 characters with the
+/// longest app and namespace names) and it stay within DNS' 253.
+pub const MAX_SERVICE_DOMAIN: usize = 110;
+
 /// At most this many namespaces per tenant.
 pub const MAX_TENANT_NAMESPACES: usize = 100;
 
@@ -64,7 +68,14 @@ pub const MAX_TENANT_NAMESPACES: usize = 100;
         json_path = ".status.dominantShare",
         description = "Its dominant share: the largest fraction of the cluster's cpus, mem, disk or gpus its instances hold"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(
+        name = "Domain",
+        type_ = "string",
+        json_path = ".spec.serviceDomain",
+        priority = 1,
+        description = "Its apps' names in DNS: APP.NAMESPACE.DOMAIN"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct TenantSpec {
@@ -106,6 +117,23 @@ pub struct TenantSpec {
     /// `baton-system`), with a credential limited to the tenant's namespaces.
     #[serde(default)]
     pub controller: ControllerSettings,
+
+    /// The DNS domain its apps are found under, as each service Marathon had its own name in
+    /// Mesos-DNS: the API server's DNS answers `APP.NAMESPACE.DOMAIN` with the hosts of the
+    /// app's ready instances, `_PORT._tcp.APP.NAMESPACE.DOMAIN` with SRV records, and
+    /// `INSTANCE.APP.NAMESPACE.DOMAIN` with one instance's host. A DNS subdomain that no other
+    /// tenant's domain equals or contains, nor lies within.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_SERVICE_DOMAIN))]
+    pub service_domain: Option<String>,
+}
+
+/// Whether two service domains overlap: equal, or one within the other (`a.example` and
+/// `team.a.example`), so that a name could belong to either. Case does not matter in DNS.
+pub fn domains_overlap(a: &str, b: &str) -> bool {
+    let (a, b) = (a.trim_end_matches('.').to_ascii_lowercase(), b.trim_end_matches('.').to_ascii_lowercase());
+    let within = |inner: &str, outer: &str| inner.strip_suffix(outer).is_some_and(|rest| rest.ends_with('.'));
+    a == b || within(&a, &b) || within(&b, &a)
 }
 
 /// What a tenant always gets.
@@ -501,6 +529,28 @@ pub fn validate_tenant(tenant: &Tenant) -> Vec<FieldError> {
             }
         }
     }
+    if let Some(domain) = &spec.service_domain {
+        let field = "spec.serviceDomain";
+        if domain.len() > MAX_SERVICE_DOMAIN {
+            errors.push(FieldError::too_long(
+                field,
+                format!(
+                    "{domain:?} has {} characters; at most {MAX_SERVICE_DOMAIN} are allowed, so that \
+                     INSTANCE.APP.NAMESPACE.DOMAIN stays within DNS' 253",
+                    domain.len()
+                ),
+            ));
+        } else if let Some(problem) = names::dns_subdomain_problem(domain) {
+            errors.push(FieldError::invalid(field, domain.as_str(), problem));
+        } else if !domain.contains('.') {
+            // A single label would be a top-level domain: names under it leak to public DNS.
+            errors.push(FieldError::invalid(
+                field,
+                domain.as_str(),
+                "must have at least two labels, e.g. team-a.baton.internal",
+            ));
+        }
+    }
     if spec.weight > MAX_WEIGHT {
         errors.push(FieldError::invalid("spec.weight", spec.weight, format!("must be at most {MAX_WEIGHT}")));
     }
@@ -654,6 +704,7 @@ mod tests {
                 groups: Vec::new(),
                 guarantee: Guarantee { cpus: Some(-1.0), ..Guarantee::default() },
                 controller: ControllerSettings { replicas: 9, ..ControllerSettings::default() },
+                service_domain: Some("Team_A.example".into()),
             },
         );
         let all: Vec<String> =
@@ -668,8 +719,39 @@ mod tests {
             "spec.quota.instances",
             "spec.controller.replicas",
             "spec.guarantee.cpus",
+            "spec.serviceDomain: Invalid value: \"Team_A.example\"",
         ] {
             assert!(all.contains(needle), "{needle} not in {all}");
+        }
+    }
+
+    #[test]
+    fn service_domains_are_two_labels_or_more_and_overlap_only_within_each_other() {
+        let problems = |domain: &str| {
+            let spec = TenantSpec { service_domain: Some(domain.into()), ..Tenant::new("t", empty_spec()).spec };
+            validate_tenant(&Tenant::new("t", spec)).into_iter().map(|e| e.message()).collect::<Vec<_>>()
+        };
+        assert!(problems("team-a.baton.internal").is_empty());
+        assert!(problems("internal")[0].contains("at least two labels"), "{:?}", problems("internal"));
+        let long = format!("{}.example", "a".repeat(MAX_SERVICE_DOMAIN));
+        assert!(problems(&long)[0].contains("at most 110"), "{:?}", problems(&long));
+        assert!(domains_overlap("a.example", "A.Example."));
+        assert!(domains_overlap("team.a.example", "a.example"));
+        assert!(domains_overlap("a.example", "team.a.example"));
+        assert!(!domains_overlap("xa.example", "a.example"), "a suffix is not a subdomain");
+        assert!(!domains_overlap("a.example", "b.example"));
+    }
+
+    fn empty_spec() -> TenantSpec {
+        TenantSpec {
+            namespaces: vec!["ns".into()],
+            quota: Quota::default(),
+            weight: 1,
+            users: Vec::new(),
+            groups: Vec::new(),
+            guarantee: Guarantee::default(),
+            controller: ControllerSettings::default(),
+            service_domain: None,
         }
     }
 

@@ -16,7 +16,7 @@ use baton_api::limits::InputLimits;
 
 use crate::admission::Admission;
 use crate::graph::DependencyGraph;
-use crate::quota::{QuotaCheck, TenantNamespaces};
+use crate::quota::{QuotaCheck, TenantClaims};
 use crate::status::Target;
 
 /// One column of `kubectl get`.
@@ -251,7 +251,7 @@ pub fn all() -> Vec<Kind> {
         instance_kind(),
         agent_kind(),
         Kind::from_crd(baton_api::crds::maintenance, decode_maintenance),
-        Kind::from_crd(baton_api::crds::tenant, decode_tenant).admitted_by(TenantNamespaces),
+        Kind::from_crd(baton_api::crds::tenant, decode_tenant).admitted_by(TenantClaims),
         namespace_kind(),
         event_kind(),
     ]

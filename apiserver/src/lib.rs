@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 mod admission;
 pub mod auth;
 mod discovery;
+pub mod dns;
 #[cfg(test)]
 mod fuzz;
 mod graph;

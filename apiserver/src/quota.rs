@@ -11,9 +11,10 @@
 //! and is counted again — racing requests never overshoot.
 //!
 //! A Tenant's own writes are checked against the others: a namespace belongs to one tenant at
-//! most (`/baton/quota-tenants` keeps two concurrent claims honest).
+//! most, and no two tenants' service domains overlap (`/baton/quota-tenants` keeps two
+//! concurrent claims honest).
 
-use baton_api::tenant::{Tenant, Usage, show};
+use baton_api::tenant::{Tenant, Usage, domains_overlap, show};
 use baton_api::{App, AppGroup, FieldError};
 use baton_store::Op;
 use serde_json::{Value, json};
@@ -131,14 +132,16 @@ impl Admission for QuotaCheck {
     }
 }
 
-/// A namespace belongs to one tenant at most.
-pub struct TenantNamespaces;
+/// A namespace belongs to one tenant at most, and so does a DNS name: no two tenants' service
+/// domains overlap (equal, or one within the other).
+pub struct TenantClaims;
 
 #[async_trait::async_trait]
-impl Admission for TenantNamespaces {
+impl Admission for TenantClaims {
     async fn admit(&self, context: Context<'_>, write: &Proposed<'_>) -> ApiResult<Option<Guard>> {
         let Proposed { target, before, after, .. } = *write;
-        if before.is_some_and(|b| b["spec"]["namespaces"] == after["spec"]["namespaces"]) {
+        let claims = |t: &Value| json!([t["spec"]["namespaces"], t["spec"]["serviceDomain"]]);
+        if before.is_some_and(|b| claims(b) == claims(after)) {
             return Ok(None);
         }
         let key = context.keys.tenants_guard();
@@ -155,6 +158,18 @@ impl Admission for TenantNamespaces {
                         format!("belongs to the tenant {:?}", other.metadata.name.as_deref().unwrap_or_default()),
                     ));
                 }
+            }
+            if let (Some(domain), Some(theirs)) = (&tenant.spec.service_domain, &other.spec.service_domain)
+                && domains_overlap(domain, theirs)
+            {
+                errors.push(FieldError::invalid(
+                    "spec.serviceDomain",
+                    domain.as_str(),
+                    format!(
+                        "overlaps {theirs:?}, the service domain of the tenant {:?}: a name under both could be either's",
+                        other.metadata.name.as_deref().unwrap_or_default()
+                    ),
+                ));
             }
         }
         if !errors.is_empty() {

@@ -53,6 +53,8 @@ pub struct ApiserverArgs {
     /// plain HTTP (the API port serves /healthz, /livez and /readyz too).
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    dns: crate::flags::DnsFlags,
 }
 
 pub async fn run(args: ApiserverArgs) -> Result<()> {
@@ -87,7 +89,7 @@ pub async fn run(args: ApiserverArgs) -> Result<()> {
         bookmark_interval: args.bookmark_interval,
         input: baton_api::limits::InputLimits { max_instances_per_app: args.max_instances_per_app },
     };
-    let server = ApiServer::start(store, args.store.keys(), setup.security, limits)
+    let server = ApiServer::start(store.clone(), args.store.keys(), setup.security, limits)
         .await
         .map_err(|e| anyhow::anyhow!("preparing the store for the API server: {}", e.message))?;
     server.watch_store(std::time::Duration::from_secs(5));
@@ -98,6 +100,7 @@ pub async fn run(args: ApiserverArgs) -> Result<()> {
         std::sync::Arc::new(move || (metrics.store_up.get() == 0).then(|| "the store does not answer".to_string()));
     let endpoints_shutdown = tokio_util::sync::CancellationToken::new();
     crate::serve::spawn_endpoints(args.metrics_listen, registry, ready, endpoints_shutdown.clone()).await?;
+    args.dns.start(store.clone(), args.store.keys(), endpoints_shutdown.clone()).await?;
     let _stop_endpoints = endpoints_shutdown.drop_guard();
     baton_apiserver::serve(listener, server, setup.tls, async {
         let _ = crate::wait_for_signal().await;

@@ -54,6 +54,8 @@ pub struct DevArgs {
     output: crate::flags::OutputFlags,
     #[command(flatten)]
     isolation: crate::flags::IsolationFlags,
+    #[command(flatten)]
+    dns: crate::flags::DnsFlags,
     /// Empty agents kept free for instances that take whole agents (`placement.wholeAgent`).
     #[arg(long, default_value_t = 0, value_name = "N")]
     keep_free_agents: usize,
@@ -140,6 +142,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
     api.metrics().register(&mut registry);
     let controller_metrics = Arc::new(Metrics::default());
     controller_metrics.register(&mut registry);
+    args.dns.start(store.clone(), keys.clone(), shutdown.clone()).await?;
     let api_shutdown = shutdown.clone();
     let api_task =
         tokio::spawn(baton_apiserver::serve(listener, api, setup.tls, async move { api_shutdown.cancelled().await }));

@@ -102,6 +102,62 @@ impl IsolationFlags {
     }
 }
 
+/// The API server's DNS for apps (`APP.NAMESPACE.DOMAIN`; see docs/dns.md).
+#[derive(clap::Args, Debug, Clone)]
+pub struct DnsFlags {
+    /// Answer DNS queries (UDP and TCP) here for the names of apps' ready instances, under
+    /// each tenant's service domain and --cluster-domain, e.g. 127.0.0.1:5353 (default: no
+    /// DNS).
+    #[arg(long, value_name = "ADDRESS")]
+    pub dns_listen: Option<std::net::SocketAddr>,
+    /// The domain every namespace's apps are found under, as APP.NAMESPACE.DOMAIN ("" for
+    /// tenants' service domains only).
+    #[arg(long, default_value = "baton.local", value_name = "DOMAIN", value_parser = cluster_domain)]
+    pub cluster_domain: String,
+    /// Seconds resolvers may keep an answer.
+    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+    pub dns_ttl: u32,
+}
+
+impl DnsFlags {
+    /// Binds the DNS server, when one is asked for, and starts it on `store` until
+    /// `shutdown`; says where it listens.
+    pub async fn start(
+        &self,
+        store: std::sync::Arc<dyn baton_store::Store>,
+        keys: baton_store::Keyspace,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Result<()> {
+        let Some(address) = self.dns_listen else { return Ok(()) };
+        let server = baton_apiserver::dns::DnsServer::bind(address)
+            .await
+            .map_err(|e| anyhow::anyhow!("--dns-listen {address}: cannot listen there: {e}"))?;
+        let bound = server.local_addr()?;
+        let domain = (!self.cluster_domain.is_empty()).then(|| self.cluster_domain.clone());
+        match &domain {
+            Some(domain) => {
+                eprintln!("DNS on {bound} (UDP and TCP): APP.NAMESPACE.{domain} and tenants' service domains")
+            }
+            None => eprintln!("DNS on {bound} (UDP and TCP): tenants' service domains"),
+        }
+        let options = baton_apiserver::dns::DnsOptions { cluster_domain: domain, ttl: self.dns_ttl };
+        tokio::spawn(server.run(store, keys, options, shutdown));
+        Ok(())
+    }
+}
+
+/// `--cluster-domain`: empty, or a DNS subdomain.
+fn cluster_domain(input: &str) -> Result<String, String> {
+    let domain = input.trim_end_matches('.').to_ascii_lowercase();
+    if domain.is_empty() {
+        return Ok(domain);
+    }
+    match baton_api::names::dns_subdomain_problem(&domain) {
+        Some(problem) => Err(format!("{input:?}: {problem}")),
+        None => Ok(domain),
+    }
+}
+
 /// How an agent keeps instances' output and reports on them.
 #[derive(clap::Args, Debug, Clone)]
 pub struct OutputFlags {

@@ -78,6 +78,7 @@ impl World {
             groups: Vec::new(),
             guarantee: Guarantee { cpus: guarantee, ..Guarantee::default() },
             controller: Default::default(),
+            service_domain: None,
         };
         self.snapshot.tenants.push(Arc::new(Tenant::new(name, spec)));
         self.teams.push(Team { name: name.into(), app: self.snapshot.other_apps.len() - 1, wanted: instances });

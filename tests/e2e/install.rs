@@ -106,9 +106,10 @@ fn the_charts_processes_run_an_app_with_etcd_over_tls() {
     let (api_port, api_metrics, controller_metrics, agent_metrics) =
         (free_port(), free_port(), free_port(), free_port());
     let port_block = PortBlock::take();
+    let dns_port = free_port();
     let values = json!({
         "etcd": {"enabled": false, "external": {"endpoints": [etcd.address()], "tls": {"enabled": true, "secretName": "etcd-client"}}},
-        "apiserver": {"enabled": true, "port": api_port, "metricsPort": api_metrics},
+        "apiserver": {"enabled": true, "port": api_port, "metricsPort": api_metrics, "dns": {"port": dns_port}},
         "controller": {"metricsPort": controller_metrics},
         "agent": {"metricsPort": agent_metrics, "sandboxPort": free_port(), "ports": port_block.to_string()},
     });
@@ -201,6 +202,16 @@ fn the_charts_processes_run_an_app_with_etcd_over_tls() {
         "ports from the chart's range: {ports:?}"
     );
     assert_eq!(metric(agent_metrics, "baton_agent_instances"), Some(2.0));
+    // The API server answers the app's name in DNS, with the chart's cluster domain.
+    let srv = Command::new("dig")
+        .args(["@127.0.0.1", "-p", &dns_port.to_string(), "+short", "+tries=1", "+time=2"])
+        .args(["_http._tcp.web.default.baton.local", "SRV"])
+        .output()
+        .expect("dig runs (hack/prereqs.sh --tests installs bind9-dnsutils)");
+    let srv = String::from_utf8_lossy(&srv.stdout).into_owned();
+    for port in &ports {
+        assert!(srv.contains(&format!(" {port} ")), "port {port} not in the SRV answer: {srv}\n{}", logs());
+    }
     let requests = get(api_metrics, "/metrics").1;
     assert!(requests.contains("baton_apiserver_requests_total{method=\"GET\",code=\"200\"}"), "{requests}");
 

@@ -265,3 +265,101 @@ fn a_tenant_under_its_guarantee_gets_it_back() {
     let running: usize = instances(&baton, "team-b", None).values().filter(|(phase, _)| phase == "Running").count();
     assert_eq!(running as i64, fill - 3);
 }
+
+/// `dig @127.0.0.1 -p PORT +short NAME TYPE`, one answer per line, sorted.
+fn dig(port: u16, name: &str, kind: &str) -> Vec<String> {
+    let out = std::process::Command::new("dig")
+        .args(["@127.0.0.1", "-p", &port.to_string(), "+short", "+tries=1", "+time=2", name, kind])
+        .output()
+        .expect("dig runs (hack/prereqs.sh --tests installs bind9-dnsutils)");
+    assert!(out.status.success(), "dig {name} {kind}: {}", String::from_utf8_lossy(&out.stderr));
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect();
+    lines.sort();
+    lines
+}
+
+/// dig's status line (NOERROR, NXDOMAIN, REFUSED) for a name.
+fn dig_status(port: u16, name: &str) -> String {
+    let out = std::process::Command::new("dig")
+        .args(["@127.0.0.1", "-p", &port.to_string(), "+tries=1", "+time=2", name, "A"])
+        .output()
+        .expect("dig runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.split("status: ").nth(1).and_then(|s| s.split(',').next()).unwrap_or(&text).to_string()
+}
+
+/// A tenant's service domain names its apps' ready instances, as Mesos-DNS named each service
+/// Marathon's tasks; no two tenants' domains overlap.
+#[test]
+fn a_tenants_service_domain_names_its_apps_ready_instances() {
+    let dns = baton_e2e::free_port();
+    let listen = format!("127.0.0.1:{dns}");
+    let mut baton = Baton::start_dev_with(&baton_binary(), 2, &["--dns-listen", &listen]);
+    let tenant = "apiVersion: baton.dev/v1alpha1\nkind: Tenant\nmetadata: {name: team-a}\nspec:\n  \
+                  namespaces: [shop]\n  serviceDomain: team-a.baton.test\n";
+    let out = baton.kubectl_with_input(&["apply", "-f", "-"], Some(tenant));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let wide = baton.kubectl_ok(&["get", "tenants", "-o", "wide"]);
+    assert!(wide.contains("DOMAIN") && wide.contains("team-a.baton.test"), "{wide}");
+
+    // Another tenant cannot take a name within it.
+    let overlapping = "apiVersion: baton.dev/v1alpha1\nkind: Tenant\nmetadata: {name: team-b}\nspec:\n  \
+                       namespaces: [other]\n  serviceDomain: shop.team-a.baton.test\n";
+    let out = baton.kubectl_with_input(&["apply", "-f", "-"], Some(overlapping));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an overlapping domain was accepted");
+    assert!(
+        stderr.contains("spec.serviceDomain") && stderr.contains("shop.team-a.baton.test") && stderr.contains("team-a"),
+        "{stderr}"
+    );
+
+    baton.wait_for("the tenant's namespace", WAIT, |b| {
+        b.kubectl(&["get", "namespace", "shop"]).status.success().then_some(())
+    });
+
+    // Two instances serving HTTP, ready once their check passes; one app in a namespace that
+    // is not the tenant's.
+    let web = "apiVersion: baton.dev/v1alpha1\nkind: App\nmetadata: {name: web, namespace: shop}\nspec:\n  \
+               instances: 2\n  cmd: exec python3 -m http.server $PORT0 --bind 127.0.0.1\n  \
+               resources: {cpus: 0.1, mem: 64}\n  ports: [{name: http}]\n  healthChecks:\n  \
+               - {protocol: HTTP, portIndex: 0, path: /, intervalSeconds: 1, timeoutSeconds: 1, gracePeriodSeconds: 30}\n---\n\
+               apiVersion: baton.dev/v1alpha1\nkind: App\nmetadata: {name: db}\nspec:\n  \
+               cmd: exec sleep 100000\n  resources: {cpus: 0.1, mem: 16}\n";
+    let out = baton.kubectl_with_input(&["apply", "-f", "-"], Some(web));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let name = "web.shop.team-a.baton.test";
+    let ports = baton.wait_for("two ready instances of web behind _http._tcp", WAIT, |_| {
+        let srv = dig(dns, &format!("_http._tcp.{name}"), "SRV");
+        (srv.len() == 2).then_some(srv)
+    });
+    // SRV: priority weight port target; the ports are the instances' own.
+    let listed = instances(&baton, "shop", Some("web"));
+    for line in &ports {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (port, target) = (fields[2], fields[3]);
+        let id = target.split('.').next().unwrap();
+        assert!(listed.contains_key(id), "{target} is not an instance of web: {listed:?}");
+        assert!(target.ends_with(".web.shop.team-a.baton.test."), "{target}");
+        assert_eq!(dig(dns, target, "A"), ["127.0.0.1"], "{target}");
+        let answered = baton_e2e::http_status(port.parse().unwrap());
+        assert_eq!(answered, Some(200), "port {port} of {target} serves");
+    }
+    assert_eq!(dig(dns, name, "A"), ["127.0.0.1"]);
+    assert_eq!(dig(dns, "WEB.Shop.Team-A.baton.test", "A"), ["127.0.0.1"], "names are case-insensitive");
+    let tcp = std::process::Command::new("dig")
+        .args(["@127.0.0.1", "-p", &dns.to_string(), "+tcp", "+short", "+tries=1", "+time=2", name, "A"])
+        .output()
+        .expect("dig runs");
+    assert_eq!(String::from_utf8_lossy(&tcp.stdout).trim(), "127.0.0.1", "over TCP too");
+    // The cluster domain names every namespace's apps; the tenant's only its own.
+    assert_eq!(dig(dns, "web.shop.baton.local", "A"), ["127.0.0.1"]);
+    baton.wait_for("db in the cluster domain", WAIT, |_| {
+        (dig(dns, "db.default.baton.local", "A").len() == 1).then_some(())
+    });
+    assert_eq!(dig_status(dns, "db.default.team-a.baton.test"), "NXDOMAIN");
+    assert_eq!(dig_status(dns, "example.com"), "REFUSED", "not a recursive resolver");
+
+    // Scaled to nothing: the name goes.
+    baton.kubectl_ok(&["scale", "app", "web", "-n", "shop", "--replicas=0"]);
+    baton.wait_for("web's name to go", WAIT, |_| (dig_status(dns, name) == "NXDOMAIN").then_some(()));
+}

@@ -254,6 +254,7 @@ mod tests {
             groups: Vec::new(),
             guarantee: Default::default(),
             controller: Default::default(),
+            service_domain: None,
         };
         s.tenants.push(Arc::new(Tenant::new("a", spec)));
         let served = tenants(&s, None);

@@ -805,6 +805,7 @@ fn tenant_asking(snap: &mut crate::snapshot::Snapshot, team: &str, count: i32, c
         groups: Vec::new(),
         guarantee: baton_api::tenant::Guarantee { cpus: guarantee, ..Default::default() },
         controller: Default::default(),
+        service_domain: None,
     };
     snap.tenants.push(Arc::new(baton_api::tenant::Tenant::new(team, spec)));
 }
