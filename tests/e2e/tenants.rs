@@ -363,3 +363,149 @@ fn a_tenants_service_domain_names_its_apps_ready_instances() {
     baton.kubectl_ok(&["scale", "app", "web", "-n", "shop", "--replicas=0"]);
     baton.wait_for("web's name to go", WAIT, |_| (dig_status(dns, name) == "NXDOMAIN").then_some(()));
 }
+
+/// The isolation matrix: every verb on every namespaced kind (and its subresources), in each
+/// tenant's namespace, by each tenant's user and each tenant's controller — allowed in its
+/// own tenant's namespaces and refused (403) in the other's; cluster-scoped kinds refused to
+/// all of them but a controller's reading Maintenances. Writes are dry runs: what is
+/// checked is who may, not what happens.
+#[test]
+fn every_verb_on_every_kind_is_allowed_within_a_tenant_and_refused_across() {
+    let dir = tempfile::tempdir().expect("a temporary dir");
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "admin-token,admin,baton:admins\nalice-token,alice\nbob-token,bob\n").expect("tokens");
+    let mut baton = Baton::start_dev_with(&baton_binary(), 1, &["--tokens", tokens.to_str().expect("a UTF-8 path")]);
+    let tenants = "apiVersion: baton.dev/v1alpha1\nkind: Tenant\nmetadata: {name: team-a}\nspec:\n  \
+                   namespaces: [team-a]\n  users: [alice]\n---\n\
+                   apiVersion: baton.dev/v1alpha1\nkind: Tenant\nmetadata: {name: team-b}\nspec:\n  \
+                   namespaces: [team-b]\n  users: [bob]\n";
+    let out = baton.kubectl_with_input(&["apply", "-f", "-"], Some(tenants));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let env = "jsonpath={.spec.env.TENANT_CONTROLLER_TOKEN}";
+    let mut controller_tokens = Vec::new();
+    for team in ["team-a", "team-b"] {
+        let token = baton.wait_for("the tenant's controller app and its credential", WAIT, |b| {
+            let out = b.kubectl(&["get", "app", &format!("tenant-{team}"), "-n", "baton-system", "-o", env]);
+            let token = String::from_utf8_lossy(&out.stdout).into_owned();
+            (out.status.success() && !token.is_empty()).then_some(token)
+        });
+        controller_tokens.push(token);
+        baton.wait_for("the tenant's namespace", WAIT, |b| {
+            b.kubectl(&["get", "namespace", team]).status.success().then_some(())
+        });
+        let app = format!(
+            "apiVersion: baton.dev/v1alpha1\nkind: App\nmetadata: {{name: web, namespace: {team}}}\nspec:\n  \
+             instances: 0\n  cmd: sleep 3600\n  resources: {{cpus: 0.01, mem: 8}}\n"
+        );
+        let out = baton.kubectl_with_input(&["apply", "-f", "-"], Some(&app));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    // Who, and the tenant each belongs to.
+    let identities = [
+        ("alice (team-a's user)", "alice-token".to_string(), "team-a", false),
+        ("bob (team-b's user)", "bob-token".to_string(), "team-b", false),
+        ("team-a's controller", controller_tokens[0].clone(), "team-a", true),
+        ("team-b's controller", controller_tokens[1].clone(), "team-b", true),
+    ];
+    let group = "/apis/baton.dev/v1alpha1";
+    let kinds = [
+        (group, "apps", "App", "baton.dev/v1alpha1"),
+        (group, "appgroups", "AppGroup", "baton.dev/v1alpha1"),
+        (group, "instances", "Instance", "baton.dev/v1alpha1"),
+        ("/api/v1", "events", "Event", "v1"),
+    ];
+    let merge = "application/merge-patch+json";
+    let json = "application/json";
+    let mut checked = 0;
+    let mut wrong = Vec::new();
+    let mut answers = std::collections::BTreeMap::new();
+    for (who, token, own, controller) in &identities {
+        let api = baton.api().with_token(Some(token));
+        let mut expect = |what: String, (code, body): (u16, String), allowed: bool| {
+            checked += 1;
+            *answers.entry(code).or_insert(0) += 1;
+            let refused = code == 403;
+            // An allowed request may still be wrong otherwise (404, 405, 422), never a 5xx.
+            if refused == allowed || code == 401 || code >= 500 {
+                let expected = if allowed { "allowed" } else { "403" };
+                wrong.push(format!(
+                    "{who}: {what}: {code} (expected {expected}) {}",
+                    body.chars().take(160).collect::<String>()
+                ));
+            }
+        };
+        for namespace in ["team-a", "team-b"] {
+            let allowed = namespace == *own;
+            for (prefix, plural, kind, api_version) in kinds {
+                let base = format!("{prefix}/namespaces/{namespace}/{plural}");
+                let object = |name: &str| {
+                    format!(
+                        r#"{{"apiVersion":"{api_version}","kind":"{kind}","metadata":{{"name":"{name}","namespace":"{namespace}"}},"spec":{{"cmd":"sleep 1","instances":0}}}}"#
+                    )
+                };
+                let requests: Vec<(&str, String, &str, Option<String>)> = vec![
+                    ("GET", format!("{base}/web"), json, None),
+                    ("GET", base.clone(), json, None),
+                    ("GET", format!("{base}?watch=1&timeoutSeconds=1"), json, None),
+                    ("POST", format!("{base}?dryRun=All"), json, Some(object("matrix"))),
+                    ("PUT", format!("{base}/web?dryRun=All"), json, Some(object("web"))),
+                    (
+                        "PATCH",
+                        format!("{base}/web?dryRun=All"),
+                        merge,
+                        Some(r#"{"metadata":{"labels":{"x":"y"}}}"#.into()),
+                    ),
+                    ("DELETE", format!("{base}/web?dryRun=All"), json, None),
+                    ("DELETE", format!("{base}?dryRun=All"), json, None),
+                ];
+                let subresources: Vec<(&str, String, &str, Option<String>)> = match plural {
+                    "apps" => vec![
+                        ("GET", format!("{base}/web/scale"), json, None),
+                        (
+                            "PATCH",
+                            format!("{base}/web/scale?dryRun=All"),
+                            merge,
+                            Some(r#"{"spec":{"replicas":0}}"#.into()),
+                        ),
+                        ("GET", format!("{base}/web/status"), json, None),
+                        ("PATCH", format!("{base}/web/status?dryRun=All"), merge, Some(r#"{"status":{}}"#.into())),
+                    ],
+                    "instances" => vec![("GET", format!("{base}/web-0000000000/log"), json, None)],
+                    _ => Vec::new(),
+                };
+                for (method, path, content_type, body) in requests.into_iter().chain(subresources) {
+                    let answer = api.call(method, &path, content_type, body.as_deref());
+                    expect(format!("{method} {path}"), answer, allowed);
+                }
+            }
+            // Reading a namespace object takes a user's access to it; a controller has none.
+            let path = format!("/api/v1/namespaces/{namespace}");
+            expect(format!("GET {path}"), api.get(&path), allowed && !controller);
+        }
+        // Cluster-scoped kinds: a controller reads Maintenances; nothing else, for anyone (the
+        // named object is no tenant's: a namespace of one's own is read above).
+        for (prefix, plural) in
+            [(group, "tenants"), (group, "maintenances"), (group, "agents"), ("/api/v1", "namespaces")]
+        {
+            let base = format!("{prefix}/{plural}");
+            let readable = *controller && plural == "maintenances";
+            for (method, path, allowed) in [
+                ("GET", format!("{base}/kube-system"), readable),
+                ("GET", base.clone(), readable),
+                ("GET", format!("{base}?watch=1&timeoutSeconds=1"), readable),
+                ("POST", format!("{base}?dryRun=All"), false),
+                ("DELETE", format!("{base}/kube-system?dryRun=All"), false),
+            ] {
+                let body = (method == "POST").then_some(r#"{"metadata":{"name":"matrix"}}"#);
+                expect(format!("{method} {path}"), api.call(method, &path, json, body), allowed);
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{} of {checked} requests answered wrong:\n{}", wrong.len(), wrong.join("\n"));
+    eprintln!("isolation matrix: {checked} requests, each allowed within its tenant and refused across: {answers:?}");
+    // Nothing was written: the dry runs left the apps as they were.
+    for team in ["team-a", "team-b"] {
+        let apps = baton.kubectl_ok(&["get", "apps", "-n", team, "-o", "name"]);
+        assert_eq!(apps.trim(), "app.baton.dev/web", "{team}: {apps}");
+    }
+}
