@@ -98,6 +98,16 @@ fn running(instances: &std::collections::BTreeMap<String, (String, u64)>) -> usi
     instances.values().filter(|(phase, _)| phase == "Running").count()
 }
 
+/// `baton dev` with `agents` agents and the tokens of admin, alice and bob (kept while the
+/// returned directory is).
+fn dev_with_users(agents: u32) -> (tempfile::TempDir, Baton) {
+    let dir = tempfile::tempdir().expect("a temporary dir");
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "admin-token,admin,baton:admins\nalice-token,alice\nbob-token,bob\n").expect("tokens");
+    let baton = Baton::start_dev_with(&baton_binary(), agents, &["--tokens", tokens.to_str().expect("a UTF-8 path")]);
+    (dir, baton)
+}
+
 /// Marathon-on-Marathon on `baton dev` (its embedded store): each Tenant's controller runs as
 /// an app of the platform's with a credential limited to the tenant's namespaces, and plans
 /// the apps its users apply there; SIGKILLed, it is replaced within 30 s and no instance of
@@ -105,10 +115,7 @@ fn running(instances: &std::collections::BTreeMap<String, (String, u64)>) -> usi
 /// apps; a deleted Tenant's apps go first, then its controller, then the Tenant.
 #[test]
 fn each_tenant_runs_its_own_controller_as_an_app() {
-    let dir = tempfile::tempdir().expect("a temporary dir");
-    let tokens = dir.path().join("tokens");
-    std::fs::write(&tokens, "admin-token,admin,baton:admins\nalice-token,alice\nbob-token,bob\n").expect("tokens");
-    let mut baton = Baton::start_dev_with(&baton_binary(), 2, &["--tokens", tokens.to_str().expect("a UTF-8 path")]);
+    let (_tokens, mut baton) = dev_with_users(2);
     let tenants = "apiVersion: baton.dev/v1alpha1\nkind: Tenant\nmetadata: {name: team-a}\nspec:\n  \
                    namespaces: [team-a]\n  users: [alice]\n  quota: {instances: 10}\n---\n\
                    apiVersion: baton.dev/v1alpha1\nkind: Tenant\nmetadata: {name: team-b}\nspec:\n  \
@@ -371,10 +378,7 @@ fn a_tenants_service_domain_names_its_apps_ready_instances() {
 /// checked is who may, not what happens.
 #[test]
 fn every_verb_on_every_kind_is_allowed_within_a_tenant_and_refused_across() {
-    let dir = tempfile::tempdir().expect("a temporary dir");
-    let tokens = dir.path().join("tokens");
-    std::fs::write(&tokens, "admin-token,admin,baton:admins\nalice-token,alice\nbob-token,bob\n").expect("tokens");
-    let mut baton = Baton::start_dev_with(&baton_binary(), 1, &["--tokens", tokens.to_str().expect("a UTF-8 path")]);
+    let (_tokens, mut baton) = dev_with_users(1);
     let tenants = "apiVersion: baton.dev/v1alpha1\nkind: Tenant\nmetadata: {name: team-a}\nspec:\n  \
                    namespaces: [team-a]\n  users: [alice]\n---\n\
                    apiVersion: baton.dev/v1alpha1\nkind: Tenant\nmetadata: {name: team-b}\nspec:\n  \
