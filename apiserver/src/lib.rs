@@ -527,24 +527,77 @@ async fn authenticate(
 ) -> Response {
     let needs = auth::needs(request.method(), request.uri().path(), request.uri().query());
     if needs == auth::Needs::Nothing {
-        return next.run(request).await;
+        return match buffered(request).await {
+            Ok(request) => next.run(request).await,
+            Err(response) => response,
+        };
     }
     let Some(identity) = server.identify(&request) else {
         let message = match request.extensions().get::<PeerIdentity>().map(|p| &p.0) {
             Some(tls::ClientIdentity::Rejected(why)) => format!("Unauthorized: {why}"),
             _ => "Unauthorized: give a bearer token or a client certificate".to_string(),
         };
-        return ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", message).into_response();
+        return refuse(request, ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", message)).await;
     };
     if let auth::Needs::Authorization(attributes) = &needs
         && !server.security.rules.allows(&identity, attributes)
         && !server.tenant_grants(&identity, attributes).await
     {
-        return ApiError::new(StatusCode::FORBIDDEN, "Forbidden", auth::forbidden_message(&identity, attributes))
-            .into_response();
+        let message = auth::forbidden_message(&identity, attributes);
+        return refuse(request, ApiError::new(StatusCode::FORBIDDEN, "Forbidden", message)).await;
     }
     request.extensions_mut().insert(identity);
-    next.run(request).await
+    match buffered(request).await {
+        Ok(request) => next.run(request).await,
+        Err(response) => response,
+    }
+}
+
+/// The answer to a request refused before its body was read: the body is read and dropped
+/// first. A connection closed with request bytes still unread is reset by TCP, and the client
+/// may lose the answer with it (Loop run 23: `io: Peer disconnected` on a refused PUT). Bytes
+/// past [`MAX_DRAINED_BYTES`] are not read: the connection then closes after the answer.
+async fn refuse(request: axum::extract::Request, error: ApiError) -> Response {
+    use axum::body::HttpBody as _;
+    use futures::StreamExt as _;
+    let mut response = error.into_response();
+    let body = request.into_body();
+    let drained = body.size_hint().lower() <= MAX_DRAINED_BYTES && {
+        let mut seen: u64 = 0;
+        let mut chunks = body.into_data_stream();
+        loop {
+            match chunks.next().await {
+                None => break true,
+                Some(Ok(chunk)) => seen += chunk.len() as u64,
+                Some(Err(_)) => break false,
+            }
+            if seen > MAX_DRAINED_BYTES {
+                break false;
+            }
+        }
+    };
+    if !drained {
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// The request with its whole body read (at most [`MAX_BODY_BYTES`]), so that no answer —
+/// a 405, a 404 before the body is looked at — leaves bytes unread on the connection (see
+/// [`refuse`]); a larger body is answered 413 here.
+async fn buffered(request: axum::extract::Request) -> Result<axum::extract::Request, Response> {
+    let (parts, body) = request.into_parts();
+    match read_body(body).await {
+        Ok(bytes) => Ok(axum::extract::Request::from_parts(parts, Body::from(bytes))),
+        Err(e) => {
+            let mut response = e.into_response();
+            if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                // read_body stops reading past MAX_DRAINED_BYTES.
+                response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Err(response)
+        }
+    }
 }
 
 impl ApiServer {

@@ -519,3 +519,20 @@ fn bad_input_gets_a_status_and_nothing_is_half_written() {
     let (status, _) = api.call("POST", apps, "application/json", Some(&valid("web")));
     assert_eq!(status, 201);
 }
+
+/// A request refused before its body is read (no credential: 401) still gets its answer: the
+/// server reads the body first, so the connection is not reset with bytes unread (Loop run
+/// 23: `io: Peer disconnected` on a PUT refused with 403).
+#[test]
+fn a_refused_request_with_a_body_gets_its_answer() {
+    let cluster = cluster();
+    let anonymous = cluster.api().with_token(None);
+    let path = "/apis/baton.dev/v1alpha1/namespaces/default/apps/web?dryRun=All";
+    for (size, times) in [(64 * 1024, 200), (4 * 1024 * 1024, 5)] {
+        let body = format!(r#"{{"pad":"{}"}}"#, "x".repeat(size));
+        for i in 0..times {
+            let (status, answer) = anonymous.call("PUT", path, "application/json", Some(&body));
+            assert_eq!(status, 401, "PUT {i} of {size} bytes: {answer}");
+        }
+    }
+}
