@@ -101,7 +101,11 @@ pub async fn run(args: ControllerArgs) -> Result<()> {
                 format!("tenant/{tenant}").parse().map_err(|e| anyhow::anyhow!("--tenant {tenant}: {e}"))?;
             (Arc::new(baton_controllers::runtime::remote::RemoteStore::new(client.clone())), scope)
         }
-        None => (args.store.connect().await?, args.scope.clone()),
+        None => {
+            let store = args.store.connect().await?;
+            tracing::info!(store = args.store.store.as_deref().unwrap_or_default(), "connected to the store");
+            (store, args.scope.clone())
+        }
     };
     let id = args.id.clone().unwrap_or_else(|| format!("{}:{}", crate::hostname(), std::process::id()));
     let mut config = ControllerConfig::new(id, args.store.keys());
@@ -133,6 +137,7 @@ pub async fn run(args: ControllerArgs) -> Result<()> {
         (watched.ready.get() == 0).then(|| "loading apps, groups, namespaces and instances".to_string())
     });
     crate::serve::spawn_endpoints(args.metrics_listen, registry, ready, shutdown.clone()).await?;
+    tracing::info!(id = config.id, scope = %config.scope, "starting: loading the caches, campaigning for the lead");
     let controller = tokio::spawn(baton_controllers::runtime::run(store, client, config, metrics, shutdown.clone()));
     crate::wait_for_signal().await?;
     shutdown.cancel();

@@ -49,6 +49,9 @@ pub fn parse_url(url: &str) -> Result<Vec<String>, String> {
 /// How long a lease renewal may take before it counts as failed.
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Connections made before connecting gives up on an etcd that accepts but does not answer.
+const CONNECT_ATTEMPTS: u32 = 3;
+
 /// Keys read per request when ranging over a prefix.
 const RANGE_PAGE: i64 = 1000;
 
@@ -118,15 +121,35 @@ impl EtcdStore {
             }
         }
         let endpoints = endpoints.as_slice();
-        let mut client = Client::connect(endpoints, Some(options))
-            .await
-            .map_err(|e| Error::Backend(format!("cannot connect to etcd at {}: {e}", endpoints.join(","))))?;
-        // Connecting is lazy: make sure somebody answers.
-        client
-            .status()
-            .await
-            .map_err(|e| Error::Backend(format!("etcd at {} does not answer: {e}", endpoints.join(","))))?;
-        Ok(Self { client, endpoints: endpoints.to_vec(), keepers: Mutex::new(HashMap::new()) })
+        // Connecting is lazy: make sure somebody answers, within `timeout`, on a connection
+        // made afresh each time — a first request left unanswered on a new connection is not
+        // waited out for the whole request timeout (Loop run 29: a controller said nothing for
+        // 30 s after it started, while etcd answered everyone else).
+        let mut last = String::new();
+        for _ in 0..CONNECT_ATTEMPTS {
+            let mut client = Client::connect(endpoints, Some(options.clone()))
+                .await
+                .map_err(|e| Error::Backend(format!("cannot connect to etcd at {}: {e}", endpoints.join(","))))?;
+            match tokio::time::timeout(timeout, client.status()).await {
+                Ok(Ok(_)) => {
+                    return Ok(Self { client, endpoints: endpoints.to_vec(), keepers: Mutex::new(HashMap::new()) });
+                }
+                Ok(Err(e)) => {
+                    return Err(Error::Backend(format!("etcd at {} does not answer: {e}", endpoints.join(","))));
+                }
+                Err(_) => {
+                    last = format!("no answer within {timeout:?}");
+                    tracing::warn!(
+                        endpoints = endpoints.join(","),
+                        "etcd did not answer a new connection in time; connecting again"
+                    );
+                }
+            }
+        }
+        Err(Error::Backend(format!(
+            "etcd at {} does not answer: {last}, {CONNECT_ATTEMPTS} times",
+            endpoints.join(",")
+        )))
     }
 
     /// A handle on the connection (cheap: it shares the channel), for administration.
@@ -421,7 +444,32 @@ impl Store for EtcdStore {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_url;
+    use super::{CONNECT_ATTEMPTS, EtcdStore, parse_url};
+    use std::time::{Duration, Instant};
+
+    /// A server that accepts connections and never answers: connecting tries afresh, each
+    /// time for the connect timeout, and then says so.
+    #[tokio::test]
+    async fn an_endpoint_that_accepts_but_never_answers_is_given_up_on() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let mut connections = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                connections.push(socket);
+            }
+        });
+        let started = Instant::now();
+        let timeout = Duration::from_millis(300);
+        let Err(e) = EtcdStore::connect(&[format!("http://{address}")], timeout).await else {
+            panic!("connected to a server that never answers")
+        };
+        held.abort();
+        let message = e.to_string();
+        assert!(message.contains("does not answer") && message.contains("3 times"), "{message}");
+        assert!(started.elapsed() >= timeout * CONNECT_ATTEMPTS, "gave up after {:?}", started.elapsed());
+        assert!(started.elapsed() < Duration::from_secs(10), "gave up after {:?}", started.elapsed());
+    }
 
     #[test]
     fn store_urls() {
