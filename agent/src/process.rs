@@ -161,13 +161,16 @@ fn output(sandbox: &Path, stream: &str, logging: &Logging) -> std::io::Result<(S
 /// answer the instance's health checks for it while it starts — an instance "healthy" before
 /// it listens — or make it fail to bind at once. Binding the wildcard address, as instances
 /// that listen on every interface do, conflicts with a listener on any address; a port in
-/// TIME_WAIT after an earlier instance does not count (the address is reused).
+/// TIME_WAIT after an earlier instance does not count (the address is reused). Only "address
+/// in use" counts: a port the agent itself may not bind (below 1024, not root) may still be
+/// the instance's to bind.
 pub fn port_in_use(record: &InstanceRecord) -> Option<(u16, std::io::Error)> {
-    record
-        .ports
-        .iter()
-        .filter(|p| p.port != 0)
-        .find_map(|p| std::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, p.port)).err().map(|e| (p.port, e)))
+    record.ports.iter().filter(|p| p.port != 0).find_map(|p| {
+        match std::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, p.port)) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Some((p.port, e)),
+            _ => None,
+        }
+    })
 }
 
 /// The uid and gid to run `user`'s processes as: an error naming the user when it is unknown
@@ -524,6 +527,18 @@ mod tests {
             term: 0,
             planned_at: 0,
         }
+    }
+
+    #[test]
+    fn a_port_counts_as_taken_only_when_something_listens_on_it() {
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = held.local_addr().unwrap().port();
+        let mut record = record();
+        record.ports = vec![AssignedPort { name: None, port, requested: 0 }];
+        let (taken, e) = port_in_use(&record).expect("a listener on 127.0.0.1 holds the port");
+        assert_eq!((taken, e.kind()), (port, std::io::ErrorKind::AddrInUse));
+        drop(held);
+        assert!(port_in_use(&record).is_none(), "freed");
     }
 
     #[test]
