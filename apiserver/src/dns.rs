@@ -141,6 +141,19 @@ enum Lookup {
     Services { zone: String, targets: Vec<Target> },
 }
 
+impl Lookup {
+    /// The zone the name is in; `None` when refused.
+    fn zone(&self) -> Option<&str> {
+        match self {
+            Lookup::Refused => None,
+            Lookup::Empty { zone, .. }
+            | Lookup::Apex { zone }
+            | Lookup::Hosts { zone, .. }
+            | Lookup::Services { zone, .. } => Some(zone),
+        }
+    }
+}
+
 impl Table {
     fn ready(&self, slot: &Slot, entry: &Entry) -> bool {
         let Some(health) = self.health.get(slot) else { return false };
@@ -481,25 +494,15 @@ impl Shared {
         let qtype = query.query_type();
         let ttl = self.options.ttl;
         let wants = |t: RecordType| qtype == t || qtype == RecordType::ANY;
-        let zone = match &lookup {
-            Lookup::Refused => {
-                response.metadata.response_code = ResponseCode::Refused;
-                return Some(response);
-            }
-            Lookup::Empty { zone, .. }
-            | Lookup::Apex { zone }
-            | Lookup::Hosts { zone, .. }
-            | Lookup::Services { zone, .. } => zone.clone(),
+        let Some(zone) = lookup.zone().map(str::to_string) else {
+            response.metadata.response_code = ResponseCode::Refused;
+            return Some(response);
         };
         response.metadata.authoritative = true;
         let name = query.name().clone();
         match lookup {
-            Lookup::Refused => unreachable!("answered above"),
-            Lookup::Empty { exists, .. } => {
-                if !exists {
-                    response.metadata.response_code = ResponseCode::NXDomain;
-                }
-            }
+            Lookup::Refused | Lookup::Empty { exists: true, .. } => {}
+            Lookup::Empty { exists: false, .. } => response.metadata.response_code = ResponseCode::NXDomain,
             Lookup::Apex { .. } => {
                 if wants(RecordType::SOA) {
                     response.add_answer(soa(&zone, serial, ttl)?);

@@ -63,6 +63,11 @@ use table::{Format, negotiate};
 /// The largest request body accepted (as Kubernetes: 3 MiB).
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
+/// The largest body any route takes (the store proxy's, for tenants' controllers); the
+/// middleware reads every body whole up to this before a route holds it to its own limit.
+const MAX_BUFFERED_BYTES: usize = store_proxy::MAX_REQUEST_BYTES;
+const _: () = assert!(MAX_BUFFERED_BYTES >= MAX_BODY_BYTES);
+
 /// How much of a too-large body is read and dropped before answering 413. A client writes
 /// its whole body before it reads the answer: cut off mid-body it sees a broken pipe, not
 /// the Status that says what was wrong. Beyond this the connection is closed at once.
@@ -558,45 +563,32 @@ async fn authenticate(
 /// may lose the answer with it (Loop run 23: `io: Peer disconnected` on a refused PUT). Bytes
 /// past [`MAX_DRAINED_BYTES`] are not read: the connection then closes after the answer.
 async fn refuse(request: axum::extract::Request, error: ApiError) -> Response {
-    use axum::body::HttpBody as _;
-    use futures::StreamExt as _;
     let mut response = error.into_response();
-    let body = request.into_body();
-    let drained = body.size_hint().lower() <= MAX_DRAINED_BYTES && {
-        let mut seen: u64 = 0;
-        let mut chunks = body.into_data_stream();
-        loop {
-            match chunks.next().await {
-                None => break true,
-                Some(Ok(chunk)) => seen += chunk.len() as u64,
-                Some(Err(_)) => break false,
-            }
-            if seen > MAX_DRAINED_BYTES {
-                break false;
-            }
-        }
-    };
+    let drained = matches!(
+        read_to_end(request.into_body(), 0).await,
+        Ok(BodyRead::Kept(_) | BodyRead::TooLong { drained: true })
+    );
     if !drained {
         response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     response
 }
 
-/// The request with its whole body read (at most [`MAX_BODY_BYTES`]), so that no answer —
-/// a 405, a 404 before the body is looked at — leaves bytes unread on the connection (see
-/// [`refuse`]); a larger body is answered 413 here.
+/// The request with its whole body read (at most [`MAX_BUFFERED_BYTES`]; each route then
+/// holds it to its own limit), so that no answer — a 405, a 404 before the body is looked
+/// at — leaves bytes unread on the connection (see [`refuse`]); a longer body is answered 413
+/// here.
 async fn buffered(request: axum::extract::Request) -> Result<axum::extract::Request, Response> {
     let (parts, body) = request.into_parts();
-    match read_body(body).await {
-        Ok(bytes) => Ok(axum::extract::Request::from_parts(parts, Body::from(bytes))),
-        Err(e) => {
-            let mut response = e.into_response();
-            if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                // read_body stops reading past MAX_DRAINED_BYTES.
-                response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
+    match read_to_end(body, MAX_BUFFERED_BYTES).await {
+        Ok(BodyRead::Kept(bytes)) => Ok(axum::extract::Request::from_parts(parts, Body::from(bytes))),
+        Ok(BodyRead::TooLong { .. }) => {
+            let mut response = ApiError::too_large(MAX_BUFFERED_BYTES).into_response();
+            // Not all of it may have been read (past MAX_DRAINED_BYTES).
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
             Err(response)
         }
+        Err(e) => Err(e.into_response()),
     }
 }
 
@@ -649,12 +641,9 @@ async fn dispatch(
     let user = identity.map(|i| i.0.user).unwrap_or_default();
     let started = std::time::Instant::now();
     let (logged_method, logged_uri) = (method.clone(), uri.clone());
-    let mut response =
-        server.handle(&user, method, uri, headers, body).await.unwrap_or_else(IntoResponse::into_response);
-    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        // The rest of the body was not read: this connection cannot carry another request.
-        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
+    // The body was read whole before (see `buffered`): whatever the answer, nothing is left
+    // unread on the connection.
+    let response = server.handle(&user, method, uri, headers, body).await.unwrap_or_else(IntoResponse::into_response);
     tracing::debug!(method = %logged_method, uri = %logged_uri, status = response.status().as_u16(),
                     micros = started.elapsed().as_micros() as u64, "request");
     response
@@ -679,14 +668,29 @@ async fn delete_options(content_type: Option<&str>, body: Body, query: &mut Quer
     Ok(options)
 }
 
-/// The request body, at most [`MAX_BODY_BYTES`]. A larger one is read to its end (up to
-/// [`MAX_DRAINED_BYTES`]) and dropped, so the client gets to read the 413.
+/// The request body, at most [`MAX_BODY_BYTES`]; a longer one is a 413.
 async fn read_body(body: Body) -> ApiResult<axum::body::Bytes> {
+    match read_to_end(body, MAX_BODY_BYTES).await? {
+        BodyRead::Kept(bytes) => Ok(bytes),
+        BodyRead::TooLong { .. } => Err(ApiError::too_large(MAX_BODY_BYTES)),
+    }
+}
+
+/// A request body read to its end.
+enum BodyRead {
+    /// All of it, at most the bytes asked to keep.
+    Kept(axum::body::Bytes),
+    /// Longer: dropped, and read to its end unless that was past [`MAX_DRAINED_BYTES`] — so
+    /// the client, which writes its whole body before it reads, gets to read the answer.
+    TooLong { drained: bool },
+}
+
+/// Reads `body` to its end, keeping it if it is at most `keep` bytes.
+async fn read_to_end(body: Body, keep: usize) -> ApiResult<BodyRead> {
     use axum::body::HttpBody as _;
     use futures::StreamExt as _;
-    let too_large = || ApiError::too_large(MAX_BODY_BYTES);
     if body.size_hint().lower() > MAX_DRAINED_BYTES {
-        return Err(too_large());
+        return Ok(BodyRead::TooLong { drained: false });
     }
     let mut kept = Vec::new();
     let mut seen: u64 = 0;
@@ -694,13 +698,13 @@ async fn read_body(body: Body) -> ApiResult<axum::body::Bytes> {
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
         seen += chunk.len() as u64;
-        if seen <= MAX_BODY_BYTES as u64 {
+        if seen <= keep as u64 {
             kept.extend_from_slice(&chunk);
         } else if seen > MAX_DRAINED_BYTES {
-            break;
+            return Ok(BodyRead::TooLong { drained: false });
         }
     }
-    if seen > MAX_BODY_BYTES as u64 { Err(too_large()) } else { Ok(kept.into()) }
+    Ok(if seen > keep as u64 { BodyRead::TooLong { drained: true } } else { BodyRead::Kept(kept.into()) })
 }
 
 /// `/openapi/v2`: in protobuf (as kubectl asks) or JSON.

@@ -40,7 +40,7 @@ use crate::kinds::NAMESPACES;
 const HEARTBEAT: Duration = Duration::from_secs(30);
 
 /// The largest request body.
-const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+pub(crate) const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 
 /// What one tenant controller may reach.
 struct Reach {

@@ -125,7 +125,6 @@ impl EtcdStore {
         // made afresh each time — a first request left unanswered on a new connection is not
         // waited out for the whole request timeout (Loop run 29: a controller said nothing for
         // 30 s after it started, while etcd answered everyone else).
-        let mut last = String::new();
         for _ in 0..CONNECT_ATTEMPTS {
             let mut client = Client::connect(endpoints, Some(options.clone()))
                 .await
@@ -138,7 +137,6 @@ impl EtcdStore {
                     return Err(Error::Backend(format!("etcd at {} does not answer: {e}", endpoints.join(","))));
                 }
                 Err(_) => {
-                    last = format!("no answer within {timeout:?}");
                     tracing::warn!(
                         endpoints = endpoints.join(","),
                         "etcd did not answer a new connection in time; connecting again"
@@ -147,7 +145,7 @@ impl EtcdStore {
             }
         }
         Err(Error::Backend(format!(
-            "etcd at {} does not answer: {last}, {CONNECT_ATTEMPTS} times",
+            "etcd at {} does not answer: no answer within {timeout:?}, {CONNECT_ATTEMPTS} times",
             endpoints.join(",")
         )))
     }

@@ -203,12 +203,7 @@ fn the_charts_processes_run_an_app_with_etcd_over_tls() {
     );
     assert_eq!(metric(agent_metrics, "baton_agent_instances"), Some(2.0));
     // The API server answers the app's name in DNS, with the chart's cluster domain.
-    let srv = Command::new("dig")
-        .args(["@127.0.0.1", "-p", &dns_port.to_string(), "+short", "+tries=1", "+time=2"])
-        .args(["_http._tcp.web.default.baton.local", "SRV"])
-        .output()
-        .expect("dig runs (hack/prereqs.sh --tests installs bind9-dnsutils)");
-    let srv = String::from_utf8_lossy(&srv.stdout).into_owned();
+    let srv = baton_e2e::dig(dns_port, &["+short", "_http._tcp.web.default.baton.local", "SRV"]);
     for port in &ports {
         assert!(srv.contains(&format!(" {port} ")), "port {port} not in the SRV answer: {srv}\n{}", logs());
     }

@@ -273,25 +273,16 @@ fn a_tenant_under_its_guarantee_gets_it_back() {
     assert_eq!(running as i64, fill - 3);
 }
 
-/// `dig @127.0.0.1 -p PORT +short NAME TYPE`, one answer per line, sorted.
+/// `dig +short NAME TYPE`, one answer per line, sorted.
 fn dig(port: u16, name: &str, kind: &str) -> Vec<String> {
-    let out = std::process::Command::new("dig")
-        .args(["@127.0.0.1", "-p", &port.to_string(), "+short", "+tries=1", "+time=2", name, kind])
-        .output()
-        .expect("dig runs (hack/prereqs.sh --tests installs bind9-dnsutils)");
-    assert!(out.status.success(), "dig {name} {kind}: {}", String::from_utf8_lossy(&out.stderr));
-    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect();
+    let mut lines: Vec<String> = baton_e2e::dig(port, &["+short", name, kind]).lines().map(String::from).collect();
     lines.sort();
     lines
 }
 
 /// dig's status line (NOERROR, NXDOMAIN, REFUSED) for a name.
 fn dig_status(port: u16, name: &str) -> String {
-    let out = std::process::Command::new("dig")
-        .args(["@127.0.0.1", "-p", &port.to_string(), "+tries=1", "+time=2", name, "A"])
-        .output()
-        .expect("dig runs");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let text = baton_e2e::dig(port, &[name, "A"]);
     text.split("status: ").nth(1).and_then(|s| s.split(',').next()).unwrap_or(&text).to_string()
 }
 
@@ -353,11 +344,7 @@ fn a_tenants_service_domain_names_its_apps_ready_instances() {
     }
     assert_eq!(dig(dns, name, "A"), ["127.0.0.1"]);
     assert_eq!(dig(dns, "WEB.Shop.Team-A.baton.test", "A"), ["127.0.0.1"], "names are case-insensitive");
-    let tcp = std::process::Command::new("dig")
-        .args(["@127.0.0.1", "-p", &dns.to_string(), "+tcp", "+short", "+tries=1", "+time=2", name, "A"])
-        .output()
-        .expect("dig runs");
-    assert_eq!(String::from_utf8_lossy(&tcp.stdout).trim(), "127.0.0.1", "over TCP too");
+    assert_eq!(baton_e2e::dig(dns, &["+tcp", "+short", name, "A"]).trim(), "127.0.0.1", "over TCP too");
     // The cluster domain names every namespace's apps; the tenant's only its own.
     assert_eq!(dig(dns, "web.shop.baton.local", "A"), ["127.0.0.1"]);
     baton.wait_for("db in the cluster domain", WAIT, |_| {

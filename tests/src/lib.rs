@@ -96,6 +96,18 @@ impl std::fmt::Display for PortBlock {
     }
 }
 
+/// `dig @127.0.0.1 -p PORT +tries=1 +time=2 ARGS…` (the real DNS client, as users run it):
+/// its output.
+pub fn dig(port: u16, args: &[&str]) -> String {
+    let out = std::process::Command::new("dig")
+        .args(["@127.0.0.1", "-p", &port.to_string(), "+tries=1", "+time=2"])
+        .args(args)
+        .output()
+        .expect("dig runs (hack/prereqs.sh --tests installs bind9-dnsutils)");
+    assert!(out.status.success(), "dig {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Polls `check` every 100 ms until it returns `Some`, for at most `timeout`.
 pub fn poll<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
