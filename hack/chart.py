@@ -80,6 +80,7 @@ def check():
         print(f"render ({label}): {len(kinds)} manifests valid: {', '.join(sorted(set(kinds)))}")
 
     check_agent_isolation()
+    check_agent_identities()
     check_dns()
 
     for bad, field in [({"controller": {"replicas": 0}}, "replicas"), ({"controler": {}}, "controler"),
@@ -126,6 +127,49 @@ def check_agent_isolation():
     if problems:
         sys.exit("agent isolation: " + "; ".join(problems))
     print("agent: instances in the node's cgroups and pid namespace (hostPID, privileged); unprivileged when off")
+
+
+def check_agent_identities():
+    """By default each agent joins for a store identity of its own and never holds Baton's."""
+    def rendered(values):
+        docs = [doc for _, doc in documents(render(values))]
+        by = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+        agent = by[("DaemonSet", f"{RELEASE}-agent")]["spec"]["template"]["spec"]
+        return by, agent
+    by, agent = rendered({})
+    args = agent["containers"][0]["args"]
+    etcd_tls = next(v for v in agent["volumes"] if v["name"] == "etcd-tls")
+    problems = []
+    if f"--join=https://{RELEASE}-registrar.{NAMESPACE}.svc:8443" not in args:
+        problems.append(f"the agent does not join through the registrar: {args}")
+    if any(a.startswith("--store-cert-file") or a.startswith("--store-key-file") for a in args):
+        problems.append("the agent is given a store certificate of its own to share")
+    if etcd_tls["secret"].get("items") != [{"key": "ca.crt", "path": "ca.crt"}]:
+        problems.append(f"the agent mounts more of the etcd client Secret than its CA: {etcd_tls}")
+    registrar = by.get(("Deployment", f"{RELEASE}-registrar"))
+    if not registrar:
+        problems.append("no registrar Deployment")
+    else:
+        registrar_args = registrar["spec"]["template"]["spec"]["containers"][0]["args"]
+        if "--enable-store-auth" not in registrar_args:
+            problems.append("the registrar does not turn etcd's authentication on")
+    for kind, name in [("Secret", f"{RELEASE}-etcd-ca"), ("Secret", f"{RELEASE}-agent-join"),
+                       ("Service", f"{RELEASE}-registrar"), ("NetworkPolicy", f"{RELEASE}-registrar")]:
+        if (kind, name) not in by:
+            problems.append(f"no {kind} {name}")
+    by, agent = rendered({"agent": {"storeIdentity": "shared"}})
+    if ("Deployment", f"{RELEASE}-registrar") in by or any(a.startswith("--join") for a in agent["containers"][0]["args"]):
+        problems.append("agent.storeIdentity shared still joins")
+    try:
+        render({"etcd": {"enabled": False, "external": {"endpoints": ["etcd:2379"], "tls": {"enabled": True, "secretName": "s"}}},
+                "agent": {"storeIdentity": "join"}})
+        problems.append("agent.storeIdentity join without etcd's CA was accepted")
+    except helm_python.HelmError as e:
+        if "registrar.caSecretName" not in str(e):
+            problems.append(f"join without etcd's CA is refused without naming registrar.caSecretName: {e}")
+    if problems:
+        sys.exit("agent identities: " + "; ".join(problems))
+    print("agents: each joins for its own store identity (the registrar turns etcd's authentication on); shared when asked")
 
 
 def check_dns():

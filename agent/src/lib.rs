@@ -33,6 +33,8 @@ pub mod cgroups;
 pub mod checks;
 pub mod fetch;
 pub mod hollow;
+pub mod https;
+pub mod join;
 pub mod logger;
 pub mod logs;
 pub mod machine;

@@ -74,7 +74,7 @@ pub async fn start(
     let (config, certificate) = tls(name, host).map_err(std::io::Error::other)?;
     let served = Arc::new(Served { sandboxes, agent: name.to_string(), token: Mutex::new(None) });
     let router = axum::Router::new().route("/v1/sandboxes/{id}/logs", axum::routing::get(logs)).with_state(served);
-    tokio::spawn(serve(listener, config, router, shutdown));
+    tokio::spawn(crate::https::serve(listener, config, router, shutdown));
     let host = if host.parse::<std::net::Ipv6Addr>().is_ok() { format!("[{host}]") } else { host.to_string() };
     Ok(SandboxEndpoint { url: format!("https://{host}:{port}"), certificate })
 }
@@ -99,46 +99,6 @@ fn tls(name: &str, host: &str) -> Result<(Arc<rustls::ServerConfig>, String), St
         .map_err(|e| e.to_string())?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok((Arc::new(config), cert.pem()))
-}
-
-async fn serve(
-    listener: tokio::net::TcpListener,
-    config: Arc<rustls::ServerConfig>,
-    router: axum::Router,
-    shutdown: CancellationToken,
-) {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    use tower::ServiceExt;
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accepting a sandbox connection");
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => return,
-        };
-        let (acceptor, router, shutdown) = (acceptor.clone(), router.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            let Ok(Ok(stream)) = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await
-            else {
-                tracing::debug!(%peer, "sandbox TLS handshake failed");
-                return;
-            };
-            let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                router.clone().oneshot(request.map(axum::body::Body::new))
-            });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                _ = connection => {}
-                _ = shutdown.cancelled() => {}
-            }
-        });
-    }
 }
 
 fn refuse(status: StatusCode, message: impl Into<String>) -> Response {

@@ -16,6 +16,7 @@ pub mod crds;
 pub mod groups;
 pub mod health;
 pub mod instance;
+pub mod join;
 pub mod limits;
 pub mod maintenance;
 pub mod names;

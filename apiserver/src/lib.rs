@@ -42,6 +42,7 @@ mod openapi;
 mod openapi_v2;
 mod protobuf;
 mod quota;
+pub mod registrar;
 mod request;
 mod sandbox;
 mod selectors;

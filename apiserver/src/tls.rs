@@ -114,7 +114,8 @@ impl Pki {
     }
 
     fn issuer(&self) -> Result<Issuer<'static, KeyPair>> {
-        let key = KeyPair::from_pem(&read(&self.ca_key)?)?;
+        let key = ca_key(&read(&self.ca_key)?)
+            .map_err(|message| Error::File { path: self.ca_key.display().to_string(), message })?;
         Ok(Issuer::from_ca_cert_pem(&read(&self.ca_cert)?, key)?)
     }
 
@@ -135,6 +136,36 @@ impl Pki {
         let cert = params.signed_by(&key, &self.issuer()?)?;
         Ok((cert.pem(), key.serialize_pem()))
     }
+}
+
+/// A CA's key from PEM: PKCS #8, or PKCS #1 (an RSA key as Helm's `genCA` and OpenSSL
+/// write it), which is wrapped in PKCS #8 for the signer.
+pub fn ca_key(pem: &str) -> Result<KeyPair, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    let der = PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| e.to_string())?;
+    let pkcs8 = match der {
+        PrivateKeyDer::Pkcs8(pkcs8) => pkcs8,
+        PrivateKeyDer::Pkcs1(pkcs1) => {
+            // PrivateKeyInfo { version 0, rsaEncryption with NULL parameters, the RSA key }.
+            let rsa_encryption = yasna::models::ObjectIdentifier::from_slice(&[1, 2, 840, 113_549, 1, 1, 1]);
+            let wrapped = yasna::construct_der(|w| {
+                w.write_sequence(|w| {
+                    w.next().write_u8(0);
+                    w.next().write_sequence(|w| {
+                        w.next().write_oid(&rsa_encryption);
+                        w.next().write_null();
+                    });
+                    w.next().write_bytes(pkcs1.secret_pkcs1_der());
+                })
+            });
+            PrivatePkcs8KeyDer::from(wrapped)
+        }
+        _ => {
+            return Err("give it as PKCS #8 or PKCS #1 (openssl pkcs8 -topk8 -nocrypt converts it)".into());
+        }
+    };
+    KeyPair::try_from(&PrivateKeyDer::Pkcs8(pkcs8)).map_err(|e| e.to_string())
 }
 
 /// Whether a PEM certificate names every one of `names` in its subject alternative names.

@@ -42,6 +42,16 @@ pub struct AgentArgs {
     /// start of the agent adopts them).
     #[arg(long)]
     stop_instances_on_exit: bool,
+    /// Join through the registrar at this URL (https://host:port, `baton registrar`): the
+    /// agent gets a store identity of its own — a key made here and kept, with the
+    /// registrar's certificate for it, in <work-dir>/identity — instead of --store-cert-file.
+    /// The registrar's certificate is checked against --store-ca-file.
+    #[arg(long, value_name = "URL", requires = "join_token_file", requires = "store_ca_file",
+          conflicts_with_all = ["store_cert_file", "hollow"])]
+    join: Option<String>,
+    /// The cluster's join token (a file holding it), shown to the registrar.
+    #[arg(long, value_name = "FILE", requires = "join")]
+    join_token_file: Option<PathBuf>,
     /// Serve /metrics, /healthz and /readyz (ready while registered) here.
     #[arg(long)]
     metrics_listen: Option<std::net::SocketAddr>,
@@ -111,8 +121,16 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         anyhow::bail!("--name {:?}: {problem}", config.name);
     }
     let name = config.name.clone();
-    let store = args.store.connect().await.map_err(|e| hint(e, &name))?;
     let shutdown = CancellationToken::new();
+    let store: std::sync::Arc<dyn baton_store::Store> = match &args.join {
+        None => args.store.connect().await.map_err(|e| hint(e, &name))?,
+        Some(url) => {
+            let token_file = args.join_token_file.as_deref().expect("clap requires --join-token-file with --join");
+            let ca = args.store.store_ca_file.as_deref().expect("clap requires --store-ca-file with --join");
+            let identity = join(url, token_file, ca, &config, &shutdown).await?;
+            std::sync::Arc::new(args.store.connect_etcd_as(Some((identity.cert_pem, identity.key_pem))).await?)
+        }
+    };
     let mut registry = prometheus_client::registry::Registry::default();
     config.metrics.register(&mut registry);
     let metrics = config.metrics.clone();
@@ -123,11 +141,50 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     until_signal(tokio::spawn(async move { agent.await.map_err(|e| hint(e.into(), &name)) }), shutdown).await
 }
 
+/// `--join URL`: the identity kept in the work dir, or a new one from the registrar.
+async fn join(
+    url: &str,
+    token_file: &std::path::Path,
+    ca: &std::path::Path,
+    config: &AgentConfig,
+    shutdown: &CancellationToken,
+) -> Result<baton_agent::join::Identity> {
+    if !url.starts_with("https://") {
+        anyhow::bail!("--join {url:?}: give the registrar's https:// URL");
+    }
+    let token = std::fs::read_to_string(token_file)
+        .map_err(|e| anyhow::anyhow!("--join-token-file {}: cannot read it: {e}", token_file.display()))?;
+    // One token; blank lines and `#` comments aside, as in the registrar's tokens file.
+    let tokens: Vec<&str> = token.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    let [token] = tokens[..] else {
+        anyhow::bail!("--join-token-file {}: give one token, on a line of its own", token_file.display());
+    };
+    if token.contains(char::is_whitespace) {
+        anyhow::bail!("--join-token-file {}: the token has spaces in it", token_file.display());
+    }
+    let token = token.to_string();
+    let join = baton_agent::join::JoinConfig {
+        url: url.to_string(),
+        token,
+        ca_pem: flags::read_pem("--store-ca-file", ca)?,
+        dir: config.work_dir.join("identity"),
+        name: config.name.clone(),
+    };
+    tokio::select! {
+        identity = baton_agent::join::identity(&join, shutdown) => identity.map_err(|e| anyhow::anyhow!("--join {url}: {e}")),
+        signal = crate::wait_for_signal() => {
+            signal?;
+            anyhow::bail!("stopped while joining through {url}")
+        }
+    }
+}
+
 /// What to do when the store refuses the agent: its credential is not agent `name`'s.
 fn hint(error: anyhow::Error, name: &str) -> anyhow::Error {
     if format!("{error:#}").contains("permission denied") {
         return error.context(format!(
-            "the store refused agent {name}: its credential (--store-cert-file) is not agent {name}'s;              issue it one with `baton store add-agent {name} --pki DIR` and give that certificate"
+            "the store refused agent {name}: its credential (--store-cert-file) is not agent {name}'s; \
+             issue it one with `baton store add-agent {name} --pki DIR`, or join with --join"
         ));
     }
     error

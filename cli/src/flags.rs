@@ -37,17 +37,19 @@ impl StoreFlags {
 
     /// Connects to etcd itself (for administering it: users, roles, authentication).
     pub async fn connect_etcd(&self) -> Result<baton_store::etcd::EtcdStore> {
+        let client = match (&self.store_cert_file, &self.store_key_file) {
+            (Some(cert), Some(key)) => Some((read_pem("--store-cert-file", cert)?, read_pem("--store-key-file", key)?)),
+            _ => None,
+        };
+        self.connect_etcd_as(client).await
+    }
+
+    /// Connects to etcd showing `client` (certificate and key, PEM) rather than the files of
+    /// --store-cert-file and --store-key-file.
+    pub async fn connect_etcd_as(&self, client: Option<(Vec<u8>, Vec<u8>)>) -> Result<baton_store::etcd::EtcdStore> {
         let tls = match &self.store_ca_file {
             None => None,
-            Some(ca) => {
-                let client = match (&self.store_cert_file, &self.store_key_file) {
-                    (Some(cert), Some(key)) => {
-                        Some((read_pem("--store-cert-file", cert)?, read_pem("--store-key-file", key)?))
-                    }
-                    _ => None,
-                };
-                Some(baton_store::etcd::EtcdTls { ca_pem: read_pem("--store-ca-file", ca)?, client })
-            }
+            Some(ca) => Some(baton_store::etcd::EtcdTls { ca_pem: read_pem("--store-ca-file", ca)?, client }),
         };
         let Some(url) = &self.store else {
             anyhow::bail!("--store URL is required: where the store is (etcd://host:port[,host:port…])");
@@ -236,7 +238,7 @@ async fn connect_with(url: &str, tls: Option<&baton_store::etcd::EtcdTls>) -> Re
     Ok(Arc::new(connect_etcd(url, tls).await?))
 }
 
-async fn connect_etcd(url: &str, tls: Option<&baton_store::etcd::EtcdTls>) -> Result<baton_store::etcd::EtcdStore> {
+pub async fn connect_etcd(url: &str, tls: Option<&baton_store::etcd::EtcdTls>) -> Result<baton_store::etcd::EtcdStore> {
     let endpoints = baton_store::etcd::parse_url(url).map_err(|e| anyhow::anyhow!("--store {e}"))?;
     let store = baton_store::etcd::EtcdStore::connect_with(&endpoints, Duration::from_secs(10), tls)
         .await
@@ -250,7 +252,7 @@ async fn connect_etcd(url: &str, tls: Option<&baton_store::etcd::EtcdTls>) -> Re
 }
 
 /// A PEM file a flag names, with an error naming the flag and the file.
-fn read_pem(flag: &str, path: &std::path::Path) -> Result<Vec<u8>> {
+pub fn read_pem(flag: &str, path: &std::path::Path) -> Result<Vec<u8>> {
     let bytes = std::fs::read(path).with_context(|| format!("{flag} {}: cannot read it", path.display()))?;
     if !String::from_utf8_lossy(&bytes).contains("-----BEGIN ") {
         bail!("{flag} {}: not a PEM file (no -----BEGIN line)", path.display());

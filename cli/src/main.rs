@@ -15,6 +15,7 @@ mod dev;
 mod flags;
 mod kubeconfig;
 mod logs;
+mod registrar;
 mod rollout;
 mod serve;
 mod store;
@@ -55,6 +56,8 @@ enum Command {
     /// Administer the store's access control: turn authentication on, give agents their own
     /// identities.
     Store(store::StoreArgs),
+    /// Give each agent that joins (`baton agent --join`) a store identity of its own.
+    Registrar(registrar::RegistrarArgs),
     /// Print Baton's CustomResourceDefinitions as YAML (what crds/ holds).
     Crds,
 }
@@ -118,6 +121,7 @@ fn main() -> Result<()> {
         Command::Kubeconfig(args) => kubeconfig::run(args),
         Command::Certificates(args) => certificates::run(args),
         Command::Store(args) => runtime()?.block_on(store::run(args)),
+        Command::Registrar(args) => runtime()?.block_on(registrar::run(args)),
         Command::Dev(args) => runtime()?.block_on(dev::run(args)),
         Command::Apiserver(args) => runtime()?.block_on(apiserver::run(args)),
         Command::Controller(args) => runtime()?.block_on(controller::run(args)),

@@ -23,6 +23,17 @@ enum StoreCommand {
     /// Give an agent its own store identity: a user that reads only its assignments and
     /// writes only its registration and statuses, and (with --pki) a certificate for it.
     AddAgent(AddAgentArgs),
+    /// Take an agent's store identity away: its user and role, and the registrar's record
+    /// of the key that joined as it (so a rebuilt machine can join again under that name).
+    RemoveAgent(RemoveAgentArgs),
+}
+
+#[derive(clap::Args)]
+struct RemoveAgentArgs {
+    /// The agent's name.
+    name: String,
+    #[command(flatten)]
+    store: StoreFlags,
 }
 
 #[derive(clap::Args)]
@@ -59,7 +70,30 @@ pub async fn run(args: StoreArgs) -> Result<()> {
             Ok(())
         }
         StoreCommand::AddAgent(args) => add_agent(args).await,
+        StoreCommand::RemoveAgent(args) => remove_agent(args).await,
     }
+}
+
+async fn remove_agent(args: RemoveAgentArgs) -> Result<()> {
+    use baton_store::{Op, Store, Txn};
+    if let Some(problem) = baton_api::names::dns_subdomain_problem(&args.name) {
+        anyhow::bail!("agent name {:?}: {problem}", args.name);
+    }
+    let store = args.store.connect_etcd().await?;
+    let keys = args.store.keys();
+    store
+        .remove_agent(&args.name)
+        .await
+        .with_context(|| format!("removing agent {}'s identity (connect as etcd's root)", args.name))?;
+    store
+        .txn(Txn::new().and_then([Op::delete(keys.agent_identity(&args.name))]))
+        .await
+        .with_context(|| format!("forgetting the key that joined as agent {}", args.name))?;
+    println!(
+        "Agent {} has no store identity now: its certificates reach nothing, and it may join again (with any key).",
+        args.name
+    );
+    Ok(())
 }
 
 async fn add_agent(args: AddAgentArgs) -> Result<()> {

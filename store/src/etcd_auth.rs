@@ -107,6 +107,25 @@ impl EtcdStore {
         let user = agent_user(agent);
         self.ensure_user(&user, &user, &agent_grants(keys, agent)).await
     }
+
+    /// Removes agent `agent`'s user and role, so no certificate of it reaches the store any
+    /// more (until it is added again). Idempotent.
+    pub async fn remove_agent(&self, agent: &str) -> Result<()> {
+        let user = agent_user(agent);
+        let mut client = self.client();
+        let gone = |e: &etcd_client::Error| e.to_string().contains("not found");
+        match client.user_delete(user.as_str()).await {
+            Ok(_) => {}
+            Err(e) if gone(&e) => {}
+            Err(e) => return Err(failed(&format!("deleting user {user}"), e)),
+        }
+        match client.role_delete(user.as_str()).await {
+            Ok(_) => {}
+            Err(e) if gone(&e) => {}
+            Err(e) => return Err(failed(&format!("deleting role {user}"), e)),
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

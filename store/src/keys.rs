@@ -182,6 +182,13 @@ impl Keyspace {
         format!("{}/sandbox-tokens/{agent}", self.root)
     }
 
+    /// `/baton/agent-identities/<agent>`: which key holds agent `agent`'s store identity,
+    /// recorded by the registrar when the agent first joins (a later join must show the same
+    /// key: the first claim of a name wins).
+    pub fn agent_identity(&self, agent: &str) -> String {
+        format!("{}/agent-identities/{agent}", self.root)
+    }
+
     /// `/baton/secrets/tenant-controllers`: the key that signs the credentials the platform
     /// gives tenants' controllers (made by the first API server or platform controller).
     pub fn tenant_controller_secret(&self) -> String {

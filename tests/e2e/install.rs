@@ -43,8 +43,14 @@ fn render(values: &Value) -> Value {
     serde_json::from_slice(&output.stdout).expect("hack/chart.py prints JSON")
 }
 
-/// A container's arguments as its pod would run them, `root` standing in for `/`.
-fn as_in_pod(container: &Value, root: &Path, env: &BTreeMap<&str, String>) -> (PathBuf, Vec<OsString>) {
+/// A container's arguments as its pod would run them, `root` standing in for `/`, each of
+/// `hosts` (a Service's `host:port`) replaced by where it is on loopback.
+fn as_in_pod(
+    container: &Value,
+    root: &Path,
+    env: &BTreeMap<&str, String>,
+    hosts: &[(String, String)],
+) -> (PathBuf, Vec<OsString>) {
     let all: Vec<String> = serde_json::from_value(container.clone()).expect("a list of strings");
     assert_eq!(all[0], "baton", "the chart runs the baton binary");
     let root = root.display().to_string();
@@ -52,6 +58,9 @@ fn as_in_pod(container: &Value, root: &Path, env: &BTreeMap<&str, String>) -> (P
         .iter()
         .map(|arg| {
             let mut arg = arg.clone();
+            for (host, on_loopback) in hosts {
+                arg = arg.replace(host, on_loopback);
+            }
             for (name, value) in env {
                 arg = arg.replace(&format!("$({name})"), value);
             }
@@ -139,7 +148,7 @@ fn the_charts_processes_run_an_app_with_etcd_over_tls() {
     let log = |name: &str| dir.path().join(format!("{name}.log"));
     let rust_log = vec![("RUST_LOG".to_string(), "info".to_string())];
     let start = |name: &str| {
-        let (program, args) = as_in_pod(&rendered["containers"][name], &root, &env);
+        let (program, args) = as_in_pod(&rendered["containers"][name], &root, &env, &[]);
         Proc::start(name, &program, args, rust_log.clone(), log(name))
     };
     let _apiserver = start("apiserver");
@@ -347,7 +356,14 @@ fn the_generated_certificates_secure_etcd() {
 /// and a client without one — or without TLS — gets nowhere.
 #[test]
 fn the_charts_etcd_speaks_tls_to_peers_and_lets_in_only_its_clients() {
-    let rendered = render(&json!({}));
+    // The default values, but for ports that must not collide with other tests'.
+    let (registrar_port, registrar_metrics, agent_metrics) = (free_port(), free_port(), free_port());
+    let agent_ports = PortBlock::take();
+    let rendered = render(&json!({
+        "registrar": {"port": registrar_port, "metricsPort": registrar_metrics, "extraSANs": ["127.0.0.1"]},
+        "agent": {"metricsPort": agent_metrics, "sandboxPort": free_port(), "ports": agent_ports.to_string(),
+                  "cgroups": {"mode": "off"}},
+    }));
     let command: Vec<String> =
         serde_json::from_value(rendered["containers"]["etcd"].clone()).expect("the chart runs etcd");
     assert_eq!(command[0], "etcd");
@@ -422,6 +438,91 @@ fn the_charts_etcd_speaks_tls_to_peers_and_lets_in_only_its_clients() {
         assert!(refused(without_certificate).await, "a client without a certificate gets nowhere");
         let plain = baton_store::etcd::EtcdStore::connect_with(&endpoints, Duration::from_secs(3), None).await;
         assert!(refused(plain).await, "a client without TLS gets nowhere");
+    });
+
+    // The chart's registrar, with the CA the chart made (Helm's genCA: an RSA key in PKCS #1),
+    // turns etcd's authentication on, and the chart's agent joins through it for a store
+    // identity of its own: its node's keys, nothing else.
+    for key in ["ca.crt", "ca.key"] {
+        write(root.join("etc/baton/etcd-ca").join(key), &secret("baton-etcd-ca", key));
+    }
+    write(root.join("etc/baton/etcd/ca.crt"), &secret("baton-etcd-client", "ca.crt"));
+    write(root.join("etc/baton/join/token"), &secret("baton-agent-join", "token"));
+    let mut hosts: Vec<(String, String)> = ports
+        .iter()
+        .enumerate()
+        .map(|(j, [client, _, _])| {
+            (format!("baton-etcd-{j}.baton-etcd-headless.baton-system.svc:2379"), format!("127.0.0.1:{client}"))
+        })
+        .collect();
+    hosts.push(("https://baton-registrar.baton-system.svc:".into(), "https://127.0.0.1:".into()));
+    let env = BTreeMap::from([("NODE_NAME", "node-1".to_string()), ("NODE_IP", "127.0.0.1".to_string())]);
+    let start = |name: &str| {
+        let (program, args) = as_in_pod(&rendered["containers"][name], root, &env, &hosts);
+        let rust_log = vec![("RUST_LOG".to_string(), "info".to_string())];
+        Proc::start(name, &program, args, rust_log, root.join(format!("{name}.log")))
+    };
+    let registrar = start("registrar");
+    let agent = start("agent");
+    let logs = || format!("{}\n{}\n{}", registrar.log_tail(20), agent.log_tail(20), logs());
+    wait_for("the agent to join and register", WAIT, logs, || {
+        (metric(agent_metrics, "baton_agent_registered") == Some(1.0)).then_some(())
+    });
+    assert_eq!(get(registrar_metrics, "/readyz").0, 200, "the registrar's /readyz");
+    let identity = root.join("var/lib/baton/identity");
+    let as_agent = baton_store::etcd::EtcdTls {
+        ca_pem: secret("baton-etcd-client", "ca.crt").into_bytes(),
+        client: Some((
+            std::fs::read(identity.join("store.crt")).unwrap(),
+            std::fs::read(identity.join("store.key")).unwrap(),
+        )),
+    };
+    let keys = baton_store::Keyspace::new("/baton");
+    runtime.block_on(async {
+        use baton_store::{Op, Store, Txn};
+        let platform = baton_store::etcd::EtcdStore::connect_with(&endpoints, WAIT, Some(&with_client)).await.unwrap();
+        let registered = platform.get(&keys.agent("node-1")).await.expect("Baton's certificate reads the keyspace");
+        assert!(registered.is_some(), "node-1 is registered");
+        let agent = baton_store::etcd::EtcdStore::connect_with(&endpoints, WAIT, Some(&as_agent))
+            .await
+            .expect("the agent's own identity connects");
+        agent.range(&keys.agent_instances("node-1")).await.expect("node-1 reads its assignments");
+        denied("reading node-2's assignments", agent.range(&keys.agent_instances("node-2")).await);
+        denied(
+            "assigning itself work",
+            agent.txn(Txn::new().and_then([Op::put(keys.instance("node-1", "evil"), b"{}".to_vec())])).await,
+        );
+        denied("reading the keyspace", agent.range(&keys.root_prefix()).await);
+        denied("reading outside it", agent.get("/chart-tls").await);
+    });
+
+    // An operator frees node-1's name as docs/install.md says: a root certificate from the
+    // chart's CA (`baton certificates` signs with the CA it finds), then remove-agent.
+    let pki = root.join("etcd-pki");
+    for key in ["ca.crt", "ca.key"] {
+        write(pki.join(key), &secret("baton-etcd-ca", key));
+    }
+    let baton = |args: &[&str]| {
+        let output = Command::new(baton_binary()).args(args).output().unwrap();
+        assert!(output.status.success(), "baton {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    };
+    let pki_file = |name: &str| pki.join(name).display().to_string();
+    baton(&["certificates", "--dir", &pki_file(""), "--san", "localhost"]);
+    let store = format!("etcd://127.0.0.1:{}", ports[0][0]);
+    baton(
+        &["store", "remove-agent", "node-1", "--store", &store, "--store-ca-file", &pki_file("ca.crt")]
+            .into_iter()
+            .chain(["--store-cert-file", &pki_file("root.crt"), "--store-key-file", &pki_file("root.key")])
+            .collect::<Vec<_>>(),
+    );
+    runtime.block_on(async {
+        let agent =
+            baton_store::etcd::EtcdStore::connect_with(&endpoints, Duration::from_secs(5), Some(&as_agent)).await;
+        let cut_off = match agent {
+            Err(_) => true,
+            Ok(agent) => baton_store::Store::range(&agent, &keys.agent_instances("node-1")).await.is_err(),
+        };
+        assert!(cut_off, "node-1's identity reaches nothing once removed");
     });
 }
 
@@ -535,4 +636,154 @@ fn each_agent_holds_only_its_own_keys() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "an agent with another agent's identity is refused");
     assert!(stderr.contains("is not agent a2's") && stderr.contains("baton store add-agent a2"), "{stderr}");
+}
+
+/// `baton registrar` and `baton agent --join`: the first key to join under a name keeps it; an
+/// agent restarts on the identity it kept (the registrar need not be up); a wrong token or
+/// another key is refused saying what to do; `baton store remove-agent` takes the identity
+/// away and frees the name.
+#[test]
+fn a_joined_agent_keeps_its_name_and_its_key() {
+    use baton_store::{Op, Store, Txn};
+    let dir = tempfile::Builder::new().prefix("baton-join-").tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let output =
+        Command::new(baton_binary()).args(["certificates", "--san", "127.0.0.1", "--dir"]).arg(&pki).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let etcd = TestEtcd::start_tls(ServerTls {
+        ca: pki.join("ca.crt"),
+        cert: pki.join("server.crt"),
+        key: pki.join("server.key"),
+    });
+    let url = format!("etcd://{}", etcd.address());
+    let file = |name: &str| pki.join(name).display().to_string();
+    let token = dir.path().join("token");
+    write(token.clone(), "# the cluster's\nthe-join-token-of-this-test\n");
+    let (port, metrics) = (free_port(), free_port());
+    let registrar_args = |listen: u16| -> Vec<OsString> {
+        ["registrar", "--store", &url, "--pki", &file(""), "--san", "127.0.0.1", "--enable-store-auth"]
+            .iter()
+            .map(OsString::from)
+            .chain(["--token-file".into(), token.clone().into_os_string()])
+            .chain(["--listen".into(), format!("127.0.0.1:{listen}").into()])
+            .chain(["--metrics-listen".into(), format!("127.0.0.1:{metrics}").into()])
+            .collect()
+    };
+    let rust_log = vec![("RUST_LOG".to_string(), "info".to_string())];
+    let mut registrar = Proc::start(
+        "registrar",
+        &baton_binary(),
+        registrar_args(port),
+        rust_log.clone(),
+        dir.path().join("registrar.log"),
+    );
+    let agent_args = |name: &str, work: &Path, token: &Path| -> Vec<OsString> {
+        let mut args: Vec<OsString> = ["agent", "--name", name, "--store", &url, "--store-ca-file", &file("ca.crt")]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        args.extend(["--join".into(), format!("https://127.0.0.1:{port}").into(), "--join-token-file".into()]);
+        args.push(token.into());
+        args.extend(["--work-dir".into(), work.into()]);
+        args.extend(["--cgroups", "off", "--sandbox-listen", "127.0.0.1:0", "--lease-ttl", "2s"].map(OsString::from));
+        args
+    };
+    let (work1, work2) = (dir.path().join("n1"), dir.path().join("n1-rebuilt"));
+    let mut n1 = Proc::start(
+        "n1",
+        &baton_binary(),
+        agent_args("n1", &work1, &token),
+        rust_log.clone(),
+        dir.path().join("n1.log"),
+    );
+    let logs = || {
+        let tail = |name: &str| {
+            let text = std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            format!("--- {name}:\n{}", lines[lines.len().saturating_sub(20)..].join("\n"))
+        };
+        format!("{}\n{}", tail("registrar.log"), tail("n1.log"))
+    };
+
+    // Root, as the test: what `baton certificates` made.
+    let read = |name: &str| std::fs::read(pki.join(name)).unwrap();
+    let root_tls =
+        baton_store::etcd::EtcdTls { ca_pem: read("ca.crt"), client: Some((read("root.crt"), read("root.key"))) };
+    let endpoints = baton_store::etcd::parse_url(&url).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let root = runtime.block_on(baton_store::etcd::EtcdStore::connect_with(&endpoints, WAIT, Some(&root_tls))).unwrap();
+    let keys = baton_store::Keyspace::new("/baton");
+    let registered = |agent: &str| runtime.block_on(root.get(&keys.agent(agent))).ok().flatten().is_some();
+    wait_for("n1 to join and register", WAIT, logs, || registered("n1").then_some(()));
+    let identity = work1.join("identity");
+    let mode = |path: PathBuf| {
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(path).unwrap().permissions()) & 0o777
+    };
+    assert_eq!(mode(identity.join("store.key")), 0o600, "the key is the agent's alone");
+    assert_eq!(mode(identity.clone()), 0o700);
+    let as_n1 = baton_store::etcd::EtcdTls {
+        ca_pem: read("ca.crt"),
+        client: Some((
+            std::fs::read(identity.join("store.crt")).unwrap(),
+            std::fs::read(identity.join("store.key")).unwrap(),
+        )),
+    };
+    runtime.block_on(async {
+        let n1 = baton_store::etcd::EtcdStore::connect_with(&endpoints, WAIT, Some(&as_n1)).await.unwrap();
+        n1.range(&keys.agent_instances("n1")).await.expect("n1 reads its assignments");
+        denied("reading n2's assignments", n1.range(&keys.agent_instances("n2")).await);
+        denied(
+            "assigning itself work",
+            n1.txn(Txn::new().and_then([Op::put(keys.instance("n1", "evil"), b"{}".to_vec())])).await,
+        );
+    });
+
+    // Another machine (another key) joining as n1, and a wrong token, are refused.
+    let refused = |name: &str, work: &Path, token: &Path| {
+        let output = Command::new(baton_binary()).args(agent_args(name, work, token)).output().unwrap();
+        assert!(!output.status.success(), "the agent {name} must not start");
+        String::from_utf8_lossy(&output.stderr).to_string()
+    };
+    let stderr = refused("n1", &work2, &token);
+    assert!(stderr.contains("refused agent n1 (409)") && stderr.contains("baton store remove-agent n1"), "{stderr}");
+    let wrong = dir.path().join("wrong-token");
+    write(wrong.clone(), "not-the-join-token-at-all\n");
+    let stderr = refused("n2", &dir.path().join("n2"), &wrong);
+    assert!(stderr.contains("refused agent n2 (401)") && stderr.contains("--join-token-file"), "{stderr}");
+    assert!(!registered("n2"));
+
+    // n1 restarts on what it kept, with the registrar down.
+    registrar.stop();
+    n1.kill();
+    wait_for("n1's registration to lapse", WAIT, logs, || (!registered("n1")).then_some(()));
+    n1.restart();
+    wait_for("n1 to register again without the registrar", WAIT, logs, || registered("n1").then_some(()));
+    n1.stop();
+
+    // remove-agent takes n1's identity away and frees its name: the rebuilt machine joins.
+    let output = Command::new(baton_binary())
+        .args(["store", "remove-agent", "n1", "--store", &url, "--store-ca-file", &file("ca.crt")])
+        .args(["--store-cert-file", &file("root.crt"), "--store-key-file", &file("root.key")])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    runtime.block_on(async {
+        let old = baton_store::etcd::EtcdStore::connect_with(&endpoints, Duration::from_secs(5), Some(&as_n1)).await;
+        let cut_off = match old {
+            Err(_) => true,
+            Ok(old) => old.range(&keys.agent_instances("n1")).await.is_err(),
+        };
+        assert!(cut_off, "n1's old identity reaches nothing");
+        assert_eq!(root.get(&keys.agent_identity("n1")).await.unwrap(), None, "the claim is gone");
+    });
+    registrar.restart();
+    let mut rebuilt = Proc::start(
+        "n1-rebuilt",
+        &baton_binary(),
+        agent_args("n1", &work2, &token),
+        rust_log,
+        dir.path().join("n1-rebuilt.log"),
+    );
+    wait_for("the rebuilt n1 to join", WAIT, || rebuilt.log_tail(20), || registered("n1").then_some(()));
+    rebuilt.stop();
 }

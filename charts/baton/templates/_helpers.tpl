@@ -81,6 +81,22 @@ etcd://{{ join "," .Values.etcd.external.endpoints }}
 {{/* The Secret with etcd's CA and Baton's client certificate (ca.crt, tls.crt, tls.key). */}}
 {{- define "baton.etcdVolume" -}}
 {{- if eq (include "baton.etcdTLS" .) "true" }}
+- name: etcd-tls
+  secret:
+    secretName: {{ include "baton.etcdClientSecret" . }}
+{{- end }}
+{{- end -}}
+
+{{/* The same Secret's CA alone: for agents, which join for an identity of their own. */}}
+{{- define "baton.etcdCAVolume" -}}
+- name: etcd-tls
+  secret:
+    secretName: {{ include "baton.etcdClientSecret" . }}
+    items: [{key: ca.crt, path: ca.crt}]
+{{- end -}}
+
+{{/* The name of the Secret with etcd's CA and Baton's client certificate. */}}
+{{- define "baton.etcdClientSecret" -}}
 {{- $secret := "" -}}
 {{- if .Values.etcd.enabled -}}
 {{- if and .Values.etcd.tls.serverSecretName (not .Values.etcd.tls.clientSecretName) -}}
@@ -92,11 +108,38 @@ etcd://{{ join "," .Values.etcd.external.endpoints }}
 {{- fail "etcd.external.tls.enabled: give etcd.external.tls.secretName (a Secret with ca.crt, tls.crt, tls.key)" -}}
 {{- end -}}
 {{- $secret = .Values.etcd.external.tls.secretName -}}
-{{- end }}
-- name: etcd-tls
-  secret:
-    secretName: {{ $secret }}
-{{- end }}
+{{- end -}}
+{{- $secret -}}
+{{- end -}}
+
+{{/* Whether agents join through the registrar, each for a store identity of its own
+     (agent.storeIdentity): "true", or empty when they share Baton's client certificate. */}}
+{{- define "baton.agentsJoin" -}}
+{{- $mode := .Values.agent.storeIdentity -}}
+{{- $tls := eq (include "baton.etcdTLS" .) "true" -}}
+{{- $chartCA := and .Values.etcd.enabled .Values.etcd.tls.enabled (not .Values.etcd.tls.serverSecretName) -}}
+{{- $ca := or .Values.registrar.caSecretName $chartCA -}}
+{{- if eq $mode "join" -}}
+{{- if not $tls -}}
+{{- fail "agent.storeIdentity join: etcd must speak TLS (etcd.tls.enabled, or etcd.external.tls.enabled with a client certificate)" -}}
+{{- end -}}
+{{- if not $ca -}}
+{{- fail "agent.storeIdentity join: give registrar.caSecretName (a Secret with etcd's ca.crt and ca.key): the chart did not make etcd's CA" -}}
+{{- end -}}
+true
+{{- else if and (eq $mode "auto") $tls $ca -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret with etcd's CA certificate and key (ca.crt, ca.key): the registrar's alone. */}}
+{{- define "baton.etcdCASecret" -}}
+{{- .Values.registrar.caSecretName | default (printf "%s-etcd-ca" (include "baton.fullname" .)) -}}
+{{- end -}}
+
+{{/* The registrar's URL, as agents reach it. */}}
+{{- define "baton.registrarURL" -}}
+https://{{ include "baton.fullname" . }}-registrar.{{ .Release.Namespace }}.svc:{{ .Values.registrar.port }}
 {{- end -}}
 
 {{/* Liveness and readiness probes on a command's --metrics-listen port. */}}
