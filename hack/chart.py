@@ -157,6 +157,12 @@ def check_agent_identities():
                        ("Service", f"{RELEASE}-registrar"), ("NetworkPolicy", f"{RELEASE}-registrar")]:
         if (kind, name) not in by:
             problems.append(f"no {kind} {name}")
+    by, _ = rendered({"apiserver": {"enabled": True}})
+    for component in ("controller", "apiserver"):
+        pod = by[("Deployment", f"{RELEASE}-{component}")]["spec"]["template"]["spec"]
+        secret = next(v for v in pod["volumes"] if v["name"] == "etcd-tls")["secret"]["secretName"]
+        if secret != f"{RELEASE}-etcd-{component}" or ("Secret", secret) not in by:
+            problems.append(f"the {component} does not show etcd a certificate of its own: {secret}")
     by, agent = rendered({"agent": {"storeIdentity": "shared"}})
     if ("Deployment", f"{RELEASE}-registrar") in by or any(a.startswith("--join") for a in agent["containers"][0]["args"]):
         problems.append("agent.storeIdentity shared still joins")
@@ -169,7 +175,8 @@ def check_agent_identities():
             problems.append(f"join without etcd's CA is refused without naming registrar.caSecretName: {e}")
     if problems:
         sys.exit("agent identities: " + "; ".join(problems))
-    print("agents: each joins for its own store identity (the registrar turns etcd's authentication on); shared when asked")
+    print("identities: each agent joins for its own (the registrar turns etcd's authentication on; shared when asked);"
+          " the controllers and API servers each have theirs")
 
 
 def check_dns():

@@ -478,6 +478,7 @@ fn the_charts_etcd_speaks_tls_to_peers_and_lets_in_only_its_clients() {
         )),
     };
     let keys = baton_store::Keyspace::new("/baton");
+    let secret_of = &secret;
     runtime.block_on(async {
         use baton_store::{Op, Store, Txn};
         let platform = baton_store::etcd::EtcdStore::connect_with(&endpoints, WAIT, Some(&with_client)).await.unwrap();
@@ -494,6 +495,21 @@ fn the_charts_etcd_speaks_tls_to_peers_and_lets_in_only_its_clients() {
         );
         denied("reading the keyspace", agent.range(&keys.root_prefix()).await);
         denied("reading outside it", agent.get("/chart-tls").await);
+        // The controllers and API servers each show their own certificate, which reaches
+        // Baton's keyspace (and nothing else) now that etcd checks who asks.
+        for component in ["controller", "apiserver"] {
+            let secret = format!("baton-etcd-{component}");
+            let tls = baton_store::etcd::EtcdTls {
+                ca_pem: secret_of(&secret, "ca.crt").into_bytes(),
+                client: Some((secret_of(&secret, "tls.crt").into_bytes(), secret_of(&secret, "tls.key").into_bytes())),
+            };
+            let store = baton_store::etcd::EtcdStore::connect_with(&endpoints, WAIT, Some(&tls)).await.unwrap();
+            store
+                .txn(Txn::new().and_then([Op::put(format!("/baton/test/{component}"), b"ok".to_vec())]))
+                .await
+                .unwrap_or_else(|e| panic!("the {component}'s certificate writes Baton's keyspace: {e}"));
+            denied(&format!("the {component} reading outside it"), store.get("/chart-tls").await);
+        }
     });
 
     // An operator frees node-1's name as docs/install.md says: a root certificate from the

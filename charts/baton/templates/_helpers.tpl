@@ -87,6 +87,29 @@ etcd://{{ join "," .Values.etcd.external.endpoints }}
 {{- end }}
 {{- end -}}
 
+{{/* The Secret a platform component ((list . "controller") or "apiserver") shows etcd: a
+     certificate of its own (baton-controller, baton-apiserver) when the chart makes them,
+     else Baton's client Secret. */}}
+{{- define "baton.etcdComponentVolume" -}}
+{{- $root := index . 0 -}}
+{{- if eq (include "baton.etcdTLS" $root) "true" }}
+- name: etcd-tls
+  secret:
+    secretName: {{ include "baton.etcdComponentSecret" . }}
+{{- end }}
+{{- end -}}
+
+{{- define "baton.etcdComponentSecret" -}}
+{{- $root := index . 0 -}}
+{{- $component := index . 1 -}}
+{{- $etcd := $root.Values.etcd -}}
+{{- if and $etcd.enabled $etcd.tls.enabled (not $etcd.tls.serverSecretName) (not $etcd.tls.clientSecretName) -}}
+{{- printf "%s-etcd-%s" (include "baton.fullname" $root) $component -}}
+{{- else -}}
+{{- include "baton.etcdClientSecret" $root -}}
+{{- end -}}
+{{- end -}}
+
 {{/* The same Secret's CA alone: for agents, which join for an identity of their own. */}}
 {{- define "baton.etcdCAVolume" -}}
 - name: etcd-tls
