@@ -81,6 +81,7 @@ def check():
 
     check_agent_isolation()
     check_agent_identities()
+    check_views()
     check_dns()
 
     for bad, field in [({"controller": {"replicas": 0}}, "replicas"), ({"controler": {}}, "controler"),
@@ -177,6 +178,44 @@ def check_agent_identities():
         sys.exit("agent identities: " + "; ".join(problems))
     print("identities: each agent joins for its own (the registrar turns etcd's authentication on; shared when asked);"
           " the controllers and API servers each have theirs")
+
+
+def check_views():
+    """kubectl get instances on the Kubernetes API: an APIService for Baton's views server."""
+    docs = [doc for _, doc in documents(render({}))]
+    by = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    problems = []
+    api_service = by.get(("APIService", "v1alpha1.views.baton.dev"))
+    deployment = by.get(("Deployment", f"{RELEASE}-views"))
+    service = by.get(("Service", f"{RELEASE}-views"))
+    secret = by.get(("Secret", f"{RELEASE}-views-tls"))
+    if not (api_service and deployment and service and secret):
+        sys.exit("views: the default install has no APIService, views Deployment, Service and certificate")
+    spec = api_service["spec"]
+    if spec["group"] != "views.baton.dev" or spec["service"] != {"name": f"{RELEASE}-views", "namespace": NAMESPACE, "port": 443}:
+        problems.append(f"the APIService does not send views.baton.dev to the views Service: {spec}")
+    if spec.get("caBundle") != secret["data"]["ca.crt"] or spec.get("insecureSkipTLSVerify"):
+        problems.append("the APIService does not check the views server's certificate against its CA")
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    for flag in ("--aggregated-views", "--requestheader-from-kubernetes", "--authorize-with-kubernetes"):
+        if flag not in container["args"]:
+            problems.append(f"the views server runs without {flag}")
+    target = service["spec"]["ports"][0]["targetPort"]
+    if target not in [p["name"] for p in container["ports"]]:
+        problems.append(f"the views Service targets {target}, which the pod does not name")
+    bindings = {(d["kind"], d["roleRef"]["name"]) for d in docs if d["kind"] in ("ClusterRoleBinding", "RoleBinding")}
+    for needed in [("ClusterRoleBinding", "system:auth-delegator"), ("RoleBinding", "extension-apiserver-authentication-reader")]:
+        if needed not in bindings:
+            problems.append(f"the views server's service account lacks {needed[1]}")
+    view = by[("ClusterRole", f"{RELEASE}-view")]
+    if not any("views.baton.dev" in r["apiGroups"] and "instances" in r["resources"] for r in view["rules"]):
+        problems.append("the view role does not read instances")
+    if ("APIService", "v1alpha1.views.baton.dev") in {(d["kind"], d["metadata"]["name"]) for _, d in documents(render({"aggregation": {"enabled": False}}))}:
+        problems.append("aggregation.enabled false still registers the APIService")
+    if problems:
+        sys.exit("views: " + "; ".join(problems))
+    print("views: an APIService sends views.baton.dev to Baton's views server (certificate checked, Kubernetes' RBAC decides)")
 
 
 def check_dns():

@@ -148,6 +148,10 @@ pub struct Attributes {
     /// For messages: `apps`, `namespaces`…
     pub resource: String,
     pub group: String,
+    /// The object's name, when the request names one.
+    pub name: Option<String>,
+    /// `status`, `scale`, `log`…
+    pub subresource: Option<String>,
 }
 
 /// The authorization rules.
@@ -216,6 +220,8 @@ mod tests {
             verb: "get".into(),
             resource: "apps".into(),
             group: "baton.dev".into(),
+            name: None,
+            subresource: None,
         }
     }
 
@@ -296,14 +302,16 @@ pub fn needs(method: &http::Method, path: &str, query: Option<&str>) -> Needs {
         let access = if matches!(verb, "get" | "list" | "watch") { Access::Read } else { Access::Write };
         (access, verb.to_string())
     };
-    let attributes = |group: &str, resource: &str, namespace: Option<&str>, named: bool| {
-        let (access, verb) = verb(named);
+    let attributes = |group: &str, resource: &str, namespace: Option<&str>, rest: &[&str]| {
+        let (access, verb) = verb(!rest.is_empty());
         Needs::Authorization(Attributes {
             access,
             namespace: namespace.map(str::to_string),
             verb,
             resource: resource.to_string(),
             group: group.to_string(),
+            name: rest.first().map(|n| n.to_string()),
+            subresource: rest.get(1).map(|s| s.to_string()),
         })
     };
     match segments.as_slice() {
@@ -311,21 +319,18 @@ pub fn needs(method: &http::Method, path: &str, query: Option<&str>) -> Needs {
         // Core group: namespaces are cluster-scoped, except that reading one needs access
         // to that namespace; other core kinds are namespaced.
         ["api", "v1", "namespaces", name] if matches!(*method, http::Method::GET | http::Method::HEAD) && !watching => {
-            attributes("", "namespaces", Some(name), true)
+            attributes("", "namespaces", Some(name), &[name])
         }
-        ["api", "v1", "namespaces", _name, ..]
-            if segments.len() == 4 || segments.len() == 5 && segments[4] == "status" =>
-        {
-            attributes("", "namespaces", None, true)
+        ["api", "v1", "namespaces", name, rest @ ..] if rest.is_empty() || rest == ["status"] => {
+            let named: Vec<&str> = std::iter::once(*name).chain(rest.iter().copied()).collect();
+            attributes("", "namespaces", None, &named)
         }
-        ["api", "v1", "namespaces", namespace, resource, rest @ ..] => {
-            attributes("", resource, Some(namespace), !rest.is_empty())
-        }
-        ["api", "v1", resource, rest @ ..] => attributes("", resource, None, !rest.is_empty()),
+        ["api", "v1", "namespaces", namespace, resource, rest @ ..] => attributes("", resource, Some(namespace), rest),
+        ["api", "v1", resource, rest @ ..] => attributes("", resource, None, rest),
         ["apis", group, _version, "namespaces", namespace, resource, rest @ ..] => {
-            attributes(group, resource, Some(namespace), !rest.is_empty())
+            attributes(group, resource, Some(namespace), rest)
         }
-        ["apis", group, _version, resource, rest @ ..] => attributes(group, resource, None, !rest.is_empty()),
+        ["apis", group, _version, resource, rest @ ..] => attributes(group, resource, None, rest),
         _ => Needs::Authentication,
     }
 }

@@ -257,6 +257,17 @@ pub fn all() -> Vec<Kind> {
     ]
 }
 
+/// The group of the views when they are served apart from Baton's other kinds: on a
+/// Kubernetes cluster whose API server holds Apps and AppGroups (CRDs of `baton.dev`), Baton's
+/// API server serves the views behind the aggregation layer, in a group of their own.
+pub const VIEWS_GROUP: &str = "views.baton.dev";
+
+/// The kinds an API server behind the Kubernetes aggregation layer serves: the `Instance` and
+/// `Agent` views, in [`VIEWS_GROUP`].
+pub fn aggregated_views() -> Vec<Kind> {
+    [instance_kind(), agent_kind()].into_iter().map(|kind| Kind { group: VIEWS_GROUP.into(), ..kind }).collect()
+}
+
 fn fields(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs.iter().map(|(f, p)| (f.to_string(), p.to_string())).collect()
 }

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 mod admission;
 pub mod auth;
+pub mod delegated;
 mod discovery;
 pub mod dns;
 #[cfg(test)]
@@ -80,6 +81,8 @@ const MAX_DRAINED_BYTES: u64 = 4 * MAX_BODY_BYTES as u64;
 pub struct Security {
     pub tokens: auth::Tokens,
     pub rules: auth::Rules,
+    /// Kubernetes, asked about what the rules do not allow (behind the aggregation layer).
+    pub delegated: Option<Arc<delegated::Delegated>>,
 }
 
 /// Limits that keep one client from crowding out the others.
@@ -203,7 +206,18 @@ impl ApiServer {
         security: Security,
         limits: Limits,
     ) -> Result<Arc<Self>, ApiError> {
-        let server = Self::new(store, keys, security, limits);
+        Self::start_serving(store, keys, security, limits, kinds::all()).await
+    }
+
+    /// Starts a server of `kinds` alone (e.g. [`kinds::aggregated_views`]).
+    pub async fn start_serving(
+        store: Arc<dyn Store>,
+        keys: Keyspace,
+        security: Security,
+        limits: Limits,
+        kinds: Vec<Kind>,
+    ) -> Result<Arc<Self>, ApiError> {
+        let server = Self::with_kinds(store, keys, security, limits, kinds);
         server.ensure_namespaces().await?;
         server.ensure_instance_index().await?;
         server.ensure_sandbox_token().await?;
@@ -212,8 +226,13 @@ impl ApiServer {
         Ok(server)
     }
 
-    fn new(store: Arc<dyn Store>, keys: Keyspace, security: Security, limits: Limits) -> Arc<Self> {
-        let kinds = kinds::all();
+    fn with_kinds(
+        store: Arc<dyn Store>,
+        keys: Keyspace,
+        security: Security,
+        limits: Limits,
+        kinds: Vec<Kind>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             store,
             keys,
@@ -285,6 +304,11 @@ impl ApiServer {
 
     /// Who is asking: a bearer token, else the connection's client certificate.
     fn identify(&self, request: &axum::extract::Request) -> Option<auth::Identity> {
+        // The front proxy authenticated the user; its headers say who (nothing else counts).
+        if let Some(tls::ClientIdentity::FrontProxy(proxy)) = request.extensions().get::<PeerIdentity>().map(|p| &p.0) {
+            let (user, groups) = proxy.identity(request.headers())?;
+            return Some(auth::Identity { user, groups });
+        }
         let bearer = request
             .headers()
             .get(header::AUTHORIZATION)
@@ -307,6 +331,16 @@ impl ApiServer {
                 _ => None,
             },
         }
+    }
+
+    /// Whether Kubernetes allows it, when the server asks Kubernetes (a kind it serves only).
+    async fn delegated_allows(&self, identity: &auth::Identity, attributes: &auth::Attributes) -> bool {
+        let Some(delegated) = &self.security.delegated else { return false };
+        let Some(kind) = self.kinds.iter().find(|k| k.group == attributes.group && k.plural == attributes.resource)
+        else {
+            return false;
+        };
+        delegated.allows(identity, attributes, &kind.version).await
     }
 
     fn kind(&self, group: &str, version: &str, plural: &str) -> Option<&Kind> {
@@ -361,8 +395,8 @@ impl ApiServer {
             ["api"] => discovery(discovery::aggregated(&core, "v2"), discovery::core_versions()),
             ["api", "v1"] => ok(discovery::resource_list(&core)),
             ["apis"] => discovery(discovery::aggregated(&named, "v2"), discovery::group_list(&named)),
-            ["apis", group] if *group == baton_api::GROUP => ok(discovery::group(&named)),
-            ["apis", group, version] if *group == baton_api::GROUP && *version == baton_api::VERSION => {
+            ["apis", group] if named.first().is_some_and(|k| k.group == *group) => ok(discovery::group(&named)),
+            ["apis", group, version] if named.first().is_some_and(|k| k.group == *group && k.version == *version) => {
                 ok(discovery::resource_list(&named))
             }
             ["openapi", "v2"] => Ok(openapi_v2(accept, self.openapi.v2())),
@@ -541,6 +575,9 @@ async fn authenticate(
     let Some(identity) = server.identify(&request) else {
         let message = match request.extensions().get::<PeerIdentity>().map(|p| &p.0) {
             Some(tls::ClientIdentity::Rejected(why)) => format!("Unauthorized: {why}"),
+            Some(tls::ClientIdentity::FrontProxy(proxy)) => {
+                format!("Unauthorized: the front proxy named no user ({})", proxy.username_headers.join(", "))
+            }
             _ => "Unauthorized: give a bearer token or a client certificate".to_string(),
         };
         return refuse(request, ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", message)).await;
@@ -548,6 +585,7 @@ async fn authenticate(
     if let auth::Needs::Authorization(attributes) = &needs
         && !server.security.rules.allows(&identity, attributes)
         && !server.tenant_grants(&identity, attributes).await
+        && !server.delegated_allows(&identity, attributes).await
     {
         let message = auth::forbidden_message(&identity, attributes);
         return refuse(request, ApiError::new(StatusCode::FORBIDDEN, "Forbidden", message)).await;

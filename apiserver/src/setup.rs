@@ -25,6 +25,9 @@ pub struct Options {
     /// More names (DNS names or IP addresses) the generated certificate covers, for clients
     /// on other machines.
     pub tls_names: Vec<String>,
+    /// A front proxy (the Kubernetes aggregation layer) whose certificate makes the users it
+    /// names in headers count.
+    pub front_proxy: Option<tls::FrontProxy>,
 }
 
 /// Setup errors: each names what was wrong with which input.
@@ -112,7 +115,7 @@ pub fn prepare(data_dir: &Path, address: SocketAddr, options: &Options) -> Resul
             ));
         }
     };
-    let tls = tls::server_config(&cert, &key, client_ca.as_deref())?;
+    let tls = tls::server_config(&cert, &key, client_ca.as_deref(), options.front_proxy.as_ref())?;
 
     let tokens_path = options.tokens.clone().unwrap_or_else(|| data_dir.join("tokens"));
     if options.tokens.is_none() && !tokens_path.exists() {
@@ -135,5 +138,5 @@ pub fn prepare(data_dir: &Path, address: SocketAddr, options: &Options) -> Resul
         None => Credentials::None,
     };
     let admin_kubeconfig = kubeconfig(&server_url(address), ca_pem.as_deref(), credentials, "default");
-    Ok(Setup { tls, security: Security { tokens, rules }, admin_kubeconfig })
+    Ok(Setup { tls, security: Security { tokens, rules, delegated: None }, admin_kubeconfig })
 }

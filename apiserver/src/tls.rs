@@ -196,6 +196,77 @@ fn covers(pem: &str, names: &[String]) -> bool {
 pub struct ServerTls {
     pub config: Arc<rustls::ServerConfig>,
     clients: Option<Arc<dyn ClientCertVerifier>>,
+    front_proxy: Option<(Arc<dyn ClientCertVerifier>, FrontProxy)>,
+}
+
+/// A front proxy — kube-apiserver's aggregation layer — that authenticates users itself and
+/// names them in request headers, shown by a client certificate of its own CA (Kubernetes'
+/// `--requestheader-*` flags; the ConfigMap kube-system/extension-apiserver-authentication).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrontProxy {
+    /// Its CA (PEM): only a certificate it signed makes the headers count.
+    pub ca_pem: String,
+    /// The common names its certificate may have; empty: any.
+    pub allowed_names: Vec<String>,
+    /// The headers naming the user (the first present counts), e.g. `X-Remote-User`.
+    pub username_headers: Vec<String>,
+    /// The headers naming the user's groups (every value of each), e.g. `X-Remote-Group`.
+    pub group_headers: Vec<String>,
+}
+
+impl FrontProxy {
+    /// Kubernetes' header names.
+    pub fn new(ca_pem: String, allowed_names: Vec<String>) -> Self {
+        FrontProxy {
+            ca_pem,
+            allowed_names,
+            username_headers: vec!["X-Remote-User".into()],
+            group_headers: vec!["X-Remote-Group".into()],
+        }
+    }
+
+    /// The front proxy Kubernetes describes in the ConfigMap
+    /// kube-system/extension-apiserver-authentication (its `data`): the CA, and JSON lists of
+    /// the allowed names and the headers.
+    pub fn from_configmap(data: &std::collections::BTreeMap<String, String>) -> std::result::Result<Self, String> {
+        let ca_pem = data
+            .get("requestheader-client-ca-file")
+            .filter(|ca| !ca.trim().is_empty())
+            .ok_or("it has no requestheader-client-ca-file: is the API server's aggregation layer configured?")?;
+        let list = |key: &str| -> std::result::Result<Vec<String>, String> {
+            match data.get(key) {
+                None => Ok(Vec::new()),
+                Some(text) => serde_json::from_str(text).map_err(|e| format!("{key}: {e}")),
+            }
+        };
+        let mut proxy = FrontProxy::new(ca_pem.clone(), list("requestheader-allowed-names")?);
+        let (users, groups) = (list("requestheader-username-headers")?, list("requestheader-group-headers")?);
+        if !users.is_empty() {
+            proxy.username_headers = users;
+        }
+        if !groups.is_empty() {
+            proxy.group_headers = groups;
+        }
+        Ok(proxy)
+    }
+
+    /// The user and groups the proxy names in `headers`; `None` when it names no user.
+    pub fn identity(&self, headers: &http::HeaderMap) -> Option<(String, Vec<String>)> {
+        let user = self
+            .username_headers
+            .iter()
+            .find_map(|h| headers.get(h.as_str()).and_then(|v| v.to_str().ok()))
+            .filter(|u| !u.is_empty())?
+            .to_string();
+        let groups = self
+            .group_headers
+            .iter()
+            .flat_map(|h| headers.get_all(h.as_str()).iter())
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_string)
+            .collect();
+        Some((user, groups))
+    }
 }
 
 /// What a connection's client certificate says about its user.
@@ -207,14 +278,29 @@ pub enum ClientIdentity {
     Verified { user: String, groups: Vec<String> },
     /// Not accepted, and why.
     Rejected(String),
+    /// The front proxy's: each request names its user in the proxy's headers.
+    FrontProxy(FrontProxy),
 }
 
 impl ServerTls {
-    /// Checks a connection's client certificate chain against the client CA.
+    /// Checks a connection's client certificate chain against the front proxy's CA, then the
+    /// client CA.
     pub fn identify(&self, chain: Option<&[CertificateDer<'_>]>) -> ClientIdentity {
         let Some((end_entity, intermediates)) = chain.and_then(<[_]>::split_first) else {
             return ClientIdentity::None;
         };
+        if let Some((verifier, proxy)) = &self.front_proxy
+            && verifier.verify_client_cert(end_entity, intermediates, rustls::pki_types::UnixTime::now()).is_ok()
+        {
+            let name = certificate_identity(end_entity).map(|(user, _)| user).unwrap_or_default();
+            if proxy.allowed_names.is_empty() || proxy.allowed_names.contains(&name) {
+                return ClientIdentity::FrontProxy(proxy.clone());
+            }
+            return ClientIdentity::Rejected(format!(
+                "the front proxy's certificate names {name:?}, not one of {:?} (--requestheader-allowed-names)",
+                proxy.allowed_names
+            ));
+        }
         let Some(verifier) = &self.clients else {
             return ClientIdentity::Rejected("this server accepts no client certificates".into());
         };
@@ -229,9 +315,11 @@ impl ServerTls {
 }
 
 /// Completes the handshake with any client certificate whose key the client holds; whether
-/// it chains to the client CA is checked after ([`ServerTls::identify`]).
+/// it chains to the client CA (or the front proxy's) is checked after
+/// ([`ServerTls::identify`]). The CAs named to clients are both: a Go client (kube-apiserver)
+/// sends its certificate only when its CA is named.
 #[derive(Debug)]
-struct CheckedLater(Arc<dyn ClientCertVerifier>);
+struct CheckedLater(Arc<dyn ClientCertVerifier>, Vec<rustls::DistinguishedName>);
 
 impl ClientCertVerifier for CheckedLater {
     fn offer_client_auth(&self) -> bool {
@@ -243,7 +331,7 @@ impl ClientCertVerifier for CheckedLater {
     }
 
     fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
-        self.0.root_hint_subjects()
+        &self.1
     }
 
     fn verify_client_cert(
@@ -278,9 +366,34 @@ impl ClientCertVerifier for CheckedLater {
     }
 }
 
+/// A client verifier for the CAs in `pem`, which `source` names in errors.
+fn verifier_of(
+    pem: &[u8],
+    source: &str,
+    provider: &Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>> {
+    let failed = |message: String| Error::File { path: source.to_string(), message };
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(pem) {
+        roots.add(ca.map_err(|e| failed(e.to_string()))?).map_err(|e| failed(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(failed("no certificate in it".into()));
+    }
+    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| Error::Config(e.to_string()))
+}
+
 /// The TLS configuration: serve `cert`/`key` (PEM files), accept client certificates
-/// signed by `client_ca` (PEM file) without requiring one.
-pub fn server_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<ServerTls> {
+/// signed by `client_ca` (PEM file) — or by the `front_proxy`'s CA — without requiring one.
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+    front_proxy: Option<&FrontProxy>,
+) -> Result<ServerTls> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|e| Error::File { path: cert.display().to_string(), message: e.to_string() })?
@@ -294,28 +407,33 @@ pub fn server_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Resul
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Config(e.to_string()))?;
-    let mut clients = None;
-    let builder = match client_ca {
+    let clients = match client_ca {
         Some(path) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for ca in CertificateDer::pem_file_iter(path)
-                .map_err(|e| Error::File { path: path.display().to_string(), message: e.to_string() })?
-            {
-                let ca = ca.map_err(|e| Error::File { path: path.display().to_string(), message: e.to_string() })?;
-                roots.add(ca).map_err(|e| Error::File { path: path.display().to_string(), message: e.to_string() })?;
-            }
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .allow_unauthenticated()
-                .build()
-                .map_err(|e| Error::Config(e.to_string()))?;
-            clients = Some(verifier.clone());
-            builder.with_client_cert_verifier(Arc::new(CheckedLater(verifier)))
+            let pem = std::fs::read(path)
+                .map_err(|e| Error::File { path: path.display().to_string(), message: e.to_string() })?;
+            Some(verifier_of(&pem, &path.display().to_string(), &provider)?)
+        }
+        None => None,
+    };
+    let front_proxy = match front_proxy {
+        Some(proxy) => {
+            let verifier = verifier_of(proxy.ca_pem.as_bytes(), "the front proxy's CA", &provider)?;
+            Some((verifier, proxy.clone()))
+        }
+        None => None,
+    };
+    let verifiers: Vec<&Arc<dyn ClientCertVerifier>> =
+        clients.iter().chain(front_proxy.iter().map(|(verifier, _)| verifier)).collect();
+    let builder = match verifiers.first() {
+        Some(&first) => {
+            let hints = verifiers.iter().flat_map(|v| v.root_hint_subjects().iter().cloned()).collect();
+            builder.with_client_cert_verifier(Arc::new(CheckedLater(first.clone(), hints)))
         }
         None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_single_cert(certs, key).map_err(|e| Error::Config(e.to_string()))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(ServerTls { config: Arc::new(config), clients })
+    Ok(ServerTls { config: Arc::new(config), clients, front_proxy })
 }
 
 /// The user (CN) and groups (O) a client certificate names.
@@ -344,10 +462,42 @@ mod tests {
         let more = vec!["127.0.0.1".to_string(), "10.1.2.3".to_string()];
         pki.ensure(&more).unwrap();
         assert!(covers(&read(&pki.server_cert).unwrap(), &more), "reissued for a new address");
-        server_config(&pki.server_cert, &pki.server_key, Some(&pki.ca_cert)).unwrap();
+        server_config(&pki.server_cert, &pki.server_key, Some(&pki.ca_cert), None).unwrap();
 
         let (cert, _) = pki.client_certificate("alice", Some("team-a")).unwrap();
         let der = CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
         assert_eq!(certificate_identity(&der), Some(("alice".into(), vec!["team-a".into()])));
+    }
+
+    #[test]
+    fn the_front_proxy_as_kubernetes_describes_it() {
+        let data: std::collections::BTreeMap<String, String> = [
+            ("requestheader-client-ca-file", "-----BEGIN CERTIFICATE-----\n"),
+            ("requestheader-allowed-names", "[\"front-proxy-client\"]"),
+            ("requestheader-username-headers", "[\"X-Remote-User\"]"),
+            ("requestheader-group-headers", "[\"X-Remote-Group\"]"),
+            ("requestheader-extra-headers-prefix", "[\"X-Remote-Extra-\"]"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let proxy = FrontProxy::from_configmap(&data).unwrap();
+        assert_eq!(proxy.allowed_names, ["front-proxy-client"]);
+        assert_eq!(
+            (proxy.username_headers.as_slice(), proxy.group_headers.as_slice()),
+            (&["X-Remote-User".to_string()][..], &["X-Remote-Group".to_string()][..])
+        );
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-remote-user", "alice".parse().unwrap());
+        headers.append("x-remote-group", "dev".parse().unwrap());
+        headers.append("x-remote-group", "system:authenticated".parse().unwrap());
+        assert_eq!(proxy.identity(&headers), Some(("alice".into(), vec!["dev".into(), "system:authenticated".into()])));
+        headers.remove("x-remote-user");
+        assert_eq!(proxy.identity(&headers), None, "no user, no identity");
+        let mut broken = data.clone();
+        broken.insert("requestheader-allowed-names".into(), "front-proxy-client".into());
+        assert!(FrontProxy::from_configmap(&broken).unwrap_err().starts_with("requestheader-allowed-names: "));
+        broken.remove("requestheader-client-ca-file");
+        assert!(FrontProxy::from_configmap(&broken).unwrap_err().contains("aggregation layer"));
     }
 }

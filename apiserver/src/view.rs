@@ -55,6 +55,9 @@ struct Join {
     markers: BTreeMap<String, (UnreachableMarker, Revision)>,
     /// Agents in maintenance.
     drains: BTreeMap<String, (DrainRecord, Revision)>,
+    /// The `apiVersion` of the kind served, when not the views' own (`baton.dev/v1alpha1`):
+    /// behind the Kubernetes aggregation layer they are `views.baton.dev`.
+    api_version: Option<String>,
 }
 
 fn agent_range(agent: &str) -> std::ops::RangeFrom<Slot> {
@@ -105,10 +108,25 @@ impl Join {
     }
 
     fn view(&self, id: &Id) -> Option<Value> {
-        match id {
+        let view = match id {
             Id::Instance(slot) => self.instance_view(slot),
             Id::Agent(name) => self.agent_view(name),
+        };
+        view.map(|v| self.versioned(v))
+    }
+
+    /// `view` as the kind served names itself.
+    fn versioned(&self, mut view: Value) -> Value {
+        if let Some(api_version) = &self.api_version {
+            view["apiVersion"] = json!(api_version);
         }
+        view
+    }
+
+    /// The views to be served as `kind`.
+    fn served_as(mut self, kind: &Kind) -> Self {
+        self.api_version = Some(kind.api_version());
+        self
     }
 
     fn ids(&self, which: Which) -> Vec<Id> {
@@ -214,7 +232,7 @@ impl Join {
             (Which::Instances, [None], Some(prev)) if keys.parse_instance_key(&prev.key).is_some() => {
                 let rebuilt = parse::<InstanceRecord>(prev).map(|record| {
                     let view = Instance::from_records(&record, None, true, prev.mod_revision);
-                    serde_json::to_value(view).expect("an Instance serializes")
+                    self.versioned(serde_json::to_value(view).expect("an Instance serializes"))
                 });
                 vec![rebuilt]
             }
@@ -284,6 +302,7 @@ impl ApiServer {
     pub async fn list_view(&self, kind: &Kind, namespace: Option<&str>) -> ApiResult<(Vec<Value>, Revision)> {
         let which = Which::of(kind)?;
         let (join, revision) = self.load_join(which).await?;
+        let join = join.served_as(kind);
         Ok((join.views(which).into_iter().filter(|v| in_namespace(v, namespace)).collect(), revision))
     }
 
@@ -304,7 +323,7 @@ impl ApiServer {
             }
             Which::Agents => (self.load_agent(name).await?, Id::Agent(name.to_string())),
         };
-        join.view(&id).filter(|v| in_namespace(v, namespace)).ok_or_else(not_found)
+        join.served_as(kind).view(&id).filter(|v| in_namespace(v, namespace)).ok_or_else(not_found)
     }
 
     /// The records of instance `id` on `agent`, in one transaction (so as of one revision).
@@ -424,7 +443,8 @@ impl ApiServer {
     ) -> ApiResult<Response> {
         let which = Which::of(kind)?;
         let encoder = Encoder { kind: kind.clone(), format, include: query.include_object };
-        let (mut join, loaded_at) = self.load_join(which).await?;
+        let (join, loaded_at) = self.load_join(which).await?;
+        let mut join = join.served_as(kind);
         let mut initial: Vec<Bytes> = Vec::new();
         let from = match start_revision(query)? {
             Some(revision) => revision + 1,

@@ -40,6 +40,7 @@ impl Api {
         let security = Security {
             tokens: Tokens::parse("admin-token,admin,baton:admins\nalice-token,alice,team-a\nbob-token,bob\n").unwrap(),
             rules: Rules::parse("rules:\n- groups: [team-a]\n  namespaces: [default]\n  access: read\n").unwrap(),
+            delegated: None,
         };
         let limits = Limits { watches_per_user: 3, bookmark_interval: Duration::from_millis(300), ..Limits::default() };
         let router = ApiServer::start(store.clone(), Keyspace::default(), security, limits).await.unwrap().router();

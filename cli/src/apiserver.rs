@@ -55,9 +55,56 @@ pub struct ApiserverArgs {
     metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     dns: crate::flags::DnsFlags,
+    /// Serve only the instances and agents views, in group views.baton.dev: Baton's API
+    /// server behind the Kubernetes aggregation layer (an APIService), on a cluster whose API
+    /// server holds Apps and AppGroups as CRDs (the Helm chart's default).
+    #[arg(long)]
+    aggregated_views: bool,
+    /// A front proxy's CA (PEM): a client certificate it signed makes the user and groups in
+    /// the request's X-Remote-User and X-Remote-Group headers count, as Kubernetes'
+    /// --requestheader-client-ca-file.
+    #[arg(long, value_name = "FILE")]
+    requestheader_client_ca_file: Option<PathBuf>,
+    /// The common names the front proxy's certificate may have (comma-separated; none: any).
+    #[arg(long, value_delimiter = ',', value_name = "NAMES", requires = "requestheader_client_ca_file")]
+    requestheader_allowed_names: Vec<String>,
+    /// Take the front proxy's CA, names and headers from Kubernetes — the ConfigMap
+    /// kube-system/extension-apiserver-authentication — with the pod's service account (or
+    /// $KUBECONFIG).
+    #[arg(long, conflicts_with = "requestheader_client_ca_file")]
+    requestheader_from_kubernetes: bool,
+    /// Ask Kubernetes (a SubjectAccessReview) about each request Baton's own rules do not
+    /// allow, so Kubernetes' RBAC decides, as API servers behind the aggregation layer do.
+    #[arg(long)]
+    authorize_with_kubernetes: bool,
+}
+
+/// The front proxy the flags describe, if any.
+async fn front_proxy(args: &ApiserverArgs) -> Result<Option<baton_apiserver::tls::FrontProxy>> {
+    use baton_apiserver::tls::FrontProxy;
+    if let Some(file) = &args.requestheader_client_ca_file {
+        let ca = std::fs::read_to_string(file)
+            .with_context(|| format!("--requestheader-client-ca-file {}: cannot read it", file.display()))?;
+        return Ok(Some(FrontProxy::new(ca, args.requestheader_allowed_names.clone())));
+    }
+    if !args.requestheader_from_kubernetes {
+        return Ok(None);
+    }
+    let client = kube::Client::try_default()
+        .await
+        .context("--requestheader-from-kubernetes: no Kubernetes to ask (not in a pod, and no $KUBECONFIG)")?;
+    let configmaps: kube::Api<k8s_openapi::api::core::v1::ConfigMap> = kube::Api::namespaced(client, "kube-system");
+    let configmap = configmaps.get("extension-apiserver-authentication").await.context(
+        "--requestheader-from-kubernetes: reading the ConfigMap kube-system/extension-apiserver-authentication \
+         (the service account needs the Role extension-apiserver-authentication-reader there)",
+    )?;
+    let proxy = FrontProxy::from_configmap(&configmap.data.unwrap_or_default())
+        .map_err(|e| anyhow::anyhow!("the ConfigMap kube-system/extension-apiserver-authentication: {e}"))?;
+    Ok(Some(proxy))
 }
 
 pub async fn run(args: ApiserverArgs) -> Result<()> {
+    let front_proxy = front_proxy(&args).await?;
     let store = args.store.connect().await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -70,8 +117,15 @@ pub async fn run(args: ApiserverArgs) -> Result<()> {
         tokens: args.tokens,
         rules: args.authorization_rules,
         tls_names: args.tls_sans,
+        front_proxy,
     };
-    let setup = setup::prepare(&args.data_dir, address, &options)?;
+    let mut setup = setup::prepare(&args.data_dir, address, &options)?;
+    if args.authorize_with_kubernetes {
+        let client = kube::Client::try_default()
+            .await
+            .context("--authorize-with-kubernetes: no Kubernetes to ask (not in a pod, and no $KUBECONFIG)")?;
+        setup.security.delegated = Some(std::sync::Arc::new(baton_apiserver::delegated::Delegated::new(client)));
+    }
     let kubeconfig = args.data_dir.join("kubeconfig");
     setup::write_private(&kubeconfig, &setup.admin_kubeconfig)
         .with_context(|| format!("writing {}", kubeconfig.display()))?;
@@ -89,7 +143,9 @@ pub async fn run(args: ApiserverArgs) -> Result<()> {
         bookmark_interval: args.bookmark_interval,
         input: baton_api::limits::InputLimits { max_instances_per_app: args.max_instances_per_app },
     };
-    let server = ApiServer::start(store.clone(), args.store.keys(), setup.security, limits)
+    let kinds =
+        if args.aggregated_views { baton_apiserver::kinds::aggregated_views() } else { baton_apiserver::kinds::all() };
+    let server = ApiServer::start_serving(store.clone(), args.store.keys(), setup.security, limits, kinds)
         .await
         .map_err(|e| anyhow::anyhow!("preparing the store for the API server: {}", e.message))?;
     server.watch_store(std::time::Duration::from_secs(5));

@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use baton_apiserver::tls::Pki;
-use baton_e2e::{Cluster, ClusterOptions, Kubectl, PortBlock, Proc, free_port, http, wait_for};
+use baton_e2e::{ApiClient, Cluster, ClusterOptions, Kubectl, PortBlock, Proc, free_port, http, wait_for};
 use baton_store::contract::etcd_server::{ServerTls, TestEtcd};
 use serde_json::{Value, json};
 
@@ -802,4 +802,113 @@ fn a_joined_agent_keeps_its_name_and_its_key() {
     );
     wait_for("the rebuilt n1 to join", WAIT, || rebuilt.log_tail(20), || registered("n1").then_some(()));
     rebuilt.stop();
+}
+
+/// Baton's API server behind the Kubernetes aggregation layer (`--aggregated-views`, what the
+/// Helm chart's APIService points at): it serves the instances and agents views in
+/// `views.baton.dev` and nothing else, kubectl finds them by their names, and it takes the
+/// users a front proxy names in its headers only from a certificate of the front proxy's CA
+/// with an allowed name — as kube-apiserver's proxy presents them.
+#[test]
+fn the_views_are_served_behind_the_aggregation_layer() {
+    let options = ClusterOptions { controllers: 1, agents: 1, ..ClusterOptions::default() };
+    let cluster = Cluster::start(&baton_binary(), options);
+    cluster.apply(
+        "apiVersion: baton.dev/v1alpha1\nkind: App\nmetadata:\n  name: web\nspec:\n  instances: 2\n  \
+         cmd: \"exec sleep 100000\"\n  resources: {cpus: 0.05, mem: 16}\n",
+    );
+    cluster.wait_for("2 instances running", WAIT, |c| {
+        let running = c.statuses().values().filter(|s| s.phase == baton_api::Phase::Running).count();
+        (running == 2).then_some(())
+    });
+
+    // The front proxy's CA and certificates: kube-apiserver's, and one with a name not allowed.
+    let dir = tempfile::Builder::new().prefix("baton-views-").tempdir().unwrap();
+    let proxy_pki = Pki::in_dir(dir.path());
+    proxy_pki.ensure(&["127.0.0.1".into()]).unwrap();
+    let (proxy_cert, proxy_key) = proxy_pki.client_certificate("front-proxy-client", None).unwrap();
+    let (stranger_cert, stranger_key) = proxy_pki.client_certificate("someone-else", None).unwrap();
+    let rules = dir.path().join("rules.yaml");
+    write(rules.clone(), "rules:\n- users: [alice]\n  namespaces: [default]\n  access: read\n");
+    let data_dir = dir.path().join("views");
+    let port = free_port();
+    let args: Vec<OsString> = [
+        "apiserver",
+        "--aggregated-views",
+        "--store",
+        cluster.url(),
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--requestheader-allowed-names",
+        "front-proxy-client",
+    ]
+    .iter()
+    .map(OsString::from)
+    .chain(["--data-dir".into(), data_dir.clone().into_os_string()])
+    .chain(["--requestheader-client-ca-file".into(), proxy_pki.ca_cert.clone().into_os_string()])
+    .chain(["--authorization-rules".into(), rules.into_os_string()])
+    .collect();
+    let views = Proc::start("views", &baton_binary(), args, Vec::new(), dir.path().join("views.log"));
+    let kubeconfig = data_dir.join("kubeconfig");
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let kubectl = Kubectl { kubeconfig: kubeconfig.clone(), home };
+    let logs = || views.log_tail(30);
+    wait_for("the views server's /readyz", WAIT, logs, || {
+        (kubeconfig.exists() && kubectl.run(&["get", "--raw", "/readyz"], None).status.success()).then_some(())
+    });
+
+    // kubectl finds the views by name in their own group, and nothing else is served.
+    let resources = kubectl.ok(&["api-resources", "--api-group", "views.baton.dev", "-o", "name"], None).unwrap();
+    assert_eq!(resources.lines().collect::<Vec<_>>(), ["agents.views.baton.dev", "instances.views.baton.dev"]);
+    let table = kubectl.ok(&["get", "instances"], None).unwrap_or_else(|e| panic!("{e}\n{}", logs()));
+    assert_eq!(table.lines().filter(|l| l.starts_with("web-")).count(), 2, "{table}");
+    let list = kubectl.json(&["get", "instances.views.baton.dev", "-l", "app=web"]).unwrap();
+    let items = list["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    assert!(items.iter().all(|i| i["apiVersion"] == "views.baton.dev/v1alpha1"), "{list}");
+    assert!(kubectl.ok(&["get", "agents"], None).unwrap().contains("a1"));
+    let api = ApiClient::from_kubeconfig(&kubeconfig);
+    assert_eq!(api.get("/apis/baton.dev/v1alpha1/namespaces/default/apps").0, 404, "Apps are Kubernetes' here");
+
+    // As kube-apiserver's proxy presents a user: its certificate, the user in its headers.
+    let proxy = api.with_token(None).with_client_certificate(&proxy_cert, &proxy_key);
+    let instances = "/apis/views.baton.dev/v1alpha1/namespaces/default/instances";
+    let alice = [("X-Remote-User", "alice"), ("X-Remote-Group", "system:authenticated")];
+    let (status, body) = proxy.get_with_headers(instances, &alice);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["items"].as_array().map(Vec::len), Some(2));
+    let (status, body) = proxy.get_with_headers("/apis/views.baton.dev/v1alpha1/agents", &alice);
+    assert_eq!(status, 403, "alice reads the default namespace only: {body}");
+    assert!(body.contains("alice"), "{body}");
+    let admin = [("X-Remote-User", "root-of-all"), ("X-Remote-Group", "baton:admins")];
+    assert_eq!(proxy.get_with_headers("/apis/views.baton.dev/v1alpha1/agents", &admin).0, 200);
+    // The headers count only from the proxy's certificate with an allowed name.
+    let (status, body) = proxy.get_with_headers(instances, &[]);
+    assert_eq!(status, 401, "the proxy named no user: {body}");
+    let anonymous = api.with_token(None);
+    assert_eq!(anonymous.get_with_headers(instances, &admin).0, 401, "headers without the proxy's certificate");
+    let stranger = api.with_token(None).with_client_certificate(&stranger_cert, &stranger_key);
+    let (status, body) = stranger.get_with_headers(instances, &admin);
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("--requestheader-allowed-names"), "{body}");
+}
+
+/// The chart's views server runs `baton apiserver` with flags baton has; away from Kubernetes
+/// (no service account, no $KUBECONFIG) it stops at once and says what it needs.
+#[test]
+fn the_charts_views_server_asks_kubernetes_and_says_so_without_it() {
+    let rendered = render(&json!({}));
+    let dir = tempfile::tempdir().unwrap();
+    let (program, args) = as_in_pod(&rendered["containers"]["views"], dir.path(), &BTreeMap::new(), &[]);
+    let output = Command::new(program)
+        .args(args)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("KUBECONFIG", dir.path().join("no-kubeconfig"))
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("--requestheader-from-kubernetes: no Kubernetes to ask"), "{stderr}");
 }

@@ -55,8 +55,27 @@ impl ApiClient {
 
     /// `method path` with an optional body and content type: (status, body).
     pub fn call(&self, method: &str, path: &str, content_type: &str, body: Option<&str>) -> (u16, String) {
+        self.call_with_headers(method, path, content_type, body, &[])
+    }
+
+    /// `GET path` with more `headers` (e.g. a front proxy's `X-Remote-User`).
+    pub fn get_with_headers(&self, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+        self.call_with_headers("GET", path, "application/json", None, headers)
+    }
+
+    fn call_with_headers(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> (u16, String) {
         let url = format!("{}{path}", self.server);
-        let request = ureq::http::Request::builder().method(method).uri(&url).header("Content-Type", content_type);
+        let mut request = ureq::http::Request::builder().method(method).uri(&url).header("Content-Type", content_type);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
         let request = match &self.token {
             Some(token) => request.header("Authorization", format!("Bearer {token}")),
             None => request,
