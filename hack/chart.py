@@ -79,6 +79,7 @@ def check():
             sys.exit(f"{label}: NOTES.txt says nothing to do next")
         print(f"render ({label}): {len(kinds)} manifests valid: {', '.join(sorted(set(kinds)))}")
 
+    check_secure_store()
     check_agent_isolation()
     check_agent_identities()
     check_views()
@@ -94,6 +95,42 @@ def check():
             continue
         sys.exit(f"values {bad} were accepted; values.schema.json must refuse them")
     print("schema: bad values refused, naming the field")
+
+
+def check_secure_store():
+    """By default etcd speaks only TLS and asks every client for a certificate, and
+    NetworkPolicies admit only Baton's parts to it."""
+    docs = [doc for _, doc in documents(render({}))]
+    by = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    problems = []
+    etcd = by[("StatefulSet", f"{RELEASE}-etcd")]["spec"]["template"]["spec"]["containers"][0]
+    args = etcd["command"] + etcd["args"]
+    for flag in ("--client-cert-auth=true", "--peer-client-cert-auth=true", "--trusted-ca-file=/etc/etcd/tls/ca.crt",
+                 "--peer-trusted-ca-file=/etc/etcd/tls/ca.crt", "--listen-client-urls=https://0.0.0.0:2379",
+                 "--listen-peer-urls=https://0.0.0.0:2380"):
+        if flag not in args:
+            problems.append(f"etcd runs without {flag}")
+    if any(a.startswith("--listen-client-urls=http:") for a in args):
+        problems.append("etcd takes plain HTTP clients")
+    policy = by.get(("NetworkPolicy", f"{RELEASE}-etcd"))
+    if not policy:
+        problems.append("no NetworkPolicy for etcd")
+    else:
+        def components(rule):
+            return sorted(p["podSelector"]["matchLabels"].get("app.kubernetes.io/component", "?")
+                          for p in rule.get("from", []) if "podSelector" in p)
+        rules = policy["spec"]["ingress"]
+        peers = [r for r in rules if {"port": 2380, "protocol": "TCP"} in r["ports"]]
+        if [components(r) for r in peers] != [["etcd"]]:
+            problems.append(f"etcd's peer port is open to more than its members: {peers}")
+        clients = [components(r) for r in rules if {"port": 2379, "protocol": "TCP"} in r["ports"] and r.get("from")]
+        if ["apiserver", "controller", "registrar", "views"] not in clients:
+            problems.append(f"etcd's client port does not admit exactly Baton's parts: {clients}")
+    if ("NetworkPolicy", f"{RELEASE}-controller") not in by:
+        problems.append("no NetworkPolicy for the controllers")
+    if problems:
+        sys.exit("store: " + "; ".join(problems))
+    print("store: etcd speaks TLS to clients and peers and asks each for a certificate; NetworkPolicies admit only Baton's parts")
 
 
 def agent_daemonset(values):
