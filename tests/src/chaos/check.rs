@@ -373,6 +373,14 @@ fn check_tick(replay: &Replay<'_>, uid: &str, s: i64, tick: &Tick, violations: &
         .collect();
     if !stopped.is_empty() && !specs.is_empty() {
         let wanted = |(rec, _): &&(InstanceRecord, Option<StatusRecord>)| rec.goal == Goal::Running;
+        // What an agent no longer registered last reported is not known to hold any more: its
+        // instances count as neither healthy nor serving (chaos seed 662054: a SIGSTOPped
+        // agent's instances, its lease just expired, were stopped as the extra ones beside
+        // their replacements; the planner counted them out, as Marathon counts unreachable
+        // tasks).
+        let reporting = |rec: &InstanceRecord| replay.value(&keys.agent(&rec.agent), s).is_some();
+        let healthy = |rec: &InstanceRecord, st: &Option<StatusRecord>| reporting(rec) && healthy(rec, st);
+        let serving = |rec: &InstanceRecord, st: &Option<StatusRecord>| reporting(rec) && serving(rec, st);
         let healthy_before = seen.iter().filter(wanted).filter(|(rec, st)| healthy(rec, st)).count();
         let serving_before = seen.iter().filter(wanted).filter(|(rec, st)| serving(rec, st)).count();
         let left = |count: &dyn Fn(&InstanceRecord, &Option<StatusRecord>) -> bool| {
@@ -522,6 +530,13 @@ mod tests {
         }
     }
 
+    /// Registers agents a1 and a2 (as in every real history).
+    fn register_agents(h: &mut Builder, keys: &Keyspace) {
+        for agent in ["a1", "a2"] {
+            h.put(keys.agent(agent), json!({"name": agent}));
+        }
+    }
+
     fn app(instances: i32, min_health: f64, max_over: f64, change: &str) -> serde_json::Value {
         json!({
             "apiVersion": "baton.dev/v1alpha1", "kind": "App",
@@ -571,6 +586,7 @@ mod tests {
             let term = h.put(keys.leader("platform"), json!("c1"));
             spec["spec"]["healthChecks"] = json!([{"protocol": "COMMAND", "command": {"value": "true"}}]);
             let at = h.put(keys.registry_object("baton.dev", "apps", Some("default"), "web"), spec.clone());
+            register_agents(h, keys);
             Self { term, at, version: version(&spec), checks: spec["spec"]["healthChecks"].clone() }
         }
 
@@ -591,6 +607,7 @@ mod tests {
         let term = h.put(keys.leader("platform"), json!("c1"));
         let spec = app(2, 1.0, 0.0, "1");
         let at = h.put(keys.registry_object("baton.dev", "apps", Some("default"), "web"), spec.clone());
+        register_agents(&mut h, &keys);
         let v = version(&spec);
         for id in ["web-1", "web-2"] {
             h.put(keys.instance("a1", id), record(id, &v, term, at));
@@ -751,6 +768,40 @@ mod tests {
             "{:?}",
             report.violations
         );
+    }
+
+    /// Chaos seed 662054: an agent SIGSTOPped, its registration lapsed; the next tick stopped
+    /// its two instances (healthy when last heard of) as the extra ones beside the two
+    /// replacements a drain had started elsewhere, not healthy yet. What a gone agent last
+    /// reported is not known to hold: no budget was spent.
+    #[test]
+    fn stopping_instances_of_an_agent_gone_spends_no_budget() {
+        let keys = Keyspace::default();
+        let mut h = Builder::default();
+        let app = Checked::store(&mut h, &keys, app(2, 1.0, 0.0, "1"));
+        let on = |id: &str, agent: &str, planned_at: i64| app.record(id, agent, planned_at);
+        let passing = json!({"phase": "Running", "health": [{"passing": true, "consecutiveSuccesses": 3}]});
+        for id in ["web-1", "web-2"] {
+            h.put(keys.instance("a1", id), on(id, "a1", app.at));
+            h.put(keys.status("a1", id), passing.clone());
+        }
+        // a1 in maintenance: its instances' replacements start on a2 first.
+        let seen = h.put(keys.drain("a1"), json!({"maintenance": "disk"}));
+        for id in ["web-3", "web-4"] {
+            h.put(keys.instance("a2", id), on(id, "a2", seen));
+            h.put(keys.status("a2", id), json!({"phase": "Running", "health": [{}]}));
+        }
+        h.changes.push(Change {
+            revision: h.changes.len() as i64 + 2,
+            key: keys.agent("a1"),
+            value: None,
+            before: h.values.remove(&keys.agent("a1")),
+        });
+        let gone = h.changes.last().unwrap().revision;
+        for id in ["web-1", "web-2"] {
+            h.put(keys.instance("a1", id), stopped(on(id, "a1", app.at), "ScaledDown", gone));
+        }
+        assert_eq!(h.check().violations, Vec::<String>::new());
     }
 
     #[test]
