@@ -122,13 +122,15 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     }
     let name = config.name.clone();
     let shutdown = CancellationToken::new();
+    let refused = Refused { name: name.clone(), joined: args.join.is_some().then(|| config.work_dir.join("identity")) };
     let store: std::sync::Arc<dyn baton_store::Store> = match &args.join {
-        None => args.store.connect().await.map_err(|e| hint(e, &name))?,
+        None => args.store.connect().await.map_err(|e| refused.hint(e))?,
         Some(url) => {
             let token_file = args.join_token_file.as_deref().expect("clap requires --join-token-file with --join");
             let ca = args.store.store_ca_file.as_deref().expect("clap requires --store-ca-file with --join");
             let identity = join(url, token_file, ca, &config, &shutdown).await?;
-            std::sync::Arc::new(args.store.connect_etcd_as(Some((identity.cert_pem, identity.key_pem))).await?)
+            let store = args.store.connect_etcd_as(Some((identity.cert_pem, identity.key_pem)));
+            std::sync::Arc::new(store.await.map_err(|e| refused.hint(e))?)
         }
     };
     let mut registry = prometheus_client::registry::Registry::default();
@@ -138,7 +140,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         std::sync::Arc::new(move || (!metrics.is_registered()).then(|| "not registered with the store".to_string()));
     crate::serve::spawn_endpoints(args.metrics_listen, registry, ready, shutdown.clone()).await?;
     let agent = baton_agent::run(store, config, shutdown.clone());
-    until_signal(tokio::spawn(async move { agent.await.map_err(|e| hint(e.into(), &name)) }), shutdown).await
+    until_signal(tokio::spawn(async move { agent.await.map_err(|e| refused.hint(e.into())) }), shutdown).await
 }
 
 /// `--join URL`: the identity kept in the work dir, or a new one from the registrar.
@@ -179,15 +181,32 @@ async fn join(
     }
 }
 
-/// What to do when the store refuses the agent: its credential is not agent `name`'s.
-fn hint(error: anyhow::Error, name: &str) -> anyhow::Error {
-    if format!("{error:#}").contains("permission denied") {
-        return error.context(format!(
-            "the store refused agent {name}: its credential (--store-cert-file) is not agent {name}'s; \
-             issue it one with `baton store add-agent {name} --pki DIR`, or join with --join"
-        ));
+/// What to say when the store refuses agent `name`: its credential is not that agent's, or
+/// (`joined`: the identity kept there) was taken away.
+struct Refused {
+    name: String,
+    joined: Option<std::path::PathBuf>,
+}
+
+impl Refused {
+    fn hint(&self, error: anyhow::Error) -> anyhow::Error {
+        let message = format!("{error:#}");
+        if !message.contains("permission denied") && !message.contains("user name not found") {
+            return error;
+        }
+        let name = &self.name;
+        error.context(match &self.joined {
+            None => format!(
+                "the store refused agent {name}: its credential (--store-cert-file) is not agent {name}'s; \
+                 issue it one with `baton store add-agent {name} --pki DIR`, or join with --join"
+            ),
+            Some(identity) => format!(
+                "the store refused the identity agent {name} joined for (kept in {}): it was taken away \
+                 (`baton store remove-agent {name}`); to join again, remove that directory and start the agent",
+                identity.display()
+            ),
+        })
     }
-    error
 }
 
 /// Waits for `agent` to end — on its own only when it cannot work (e.g. its work dir) — or for

@@ -792,6 +792,12 @@ fn a_joined_agent_keeps_its_name_and_its_key() {
         assert!(cut_off, "n1's old identity reaches nothing");
         assert_eq!(root.get(&keys.agent_identity("n1")).await.unwrap(), None, "the claim is gone");
     });
+    // The agent started again on the identity taken away says so, and how to join again.
+    let stderr = refused("n1", &work1, &token);
+    assert!(
+        stderr.contains("was taken away") && stderr.contains(&work1.join("identity").display().to_string()),
+        "{stderr}"
+    );
     registrar.restart();
     let mut rebuilt = Proc::start(
         "n1-rebuilt",
