@@ -306,10 +306,20 @@ pub fn start(
         }
     };
     let pid = child.id().ok_or_else(|| std::io::Error::other("the process exited before its pid was read"))?;
-    if let (Some(cgroup), None) = (cgroup, entering) {
+    match (cgroup, entering) {
+        // `baton enter-cgroup` moves itself in before it runs the command, but spawn returns
+        // as soon as it runs, maybe before it has: the agent moves it too, so that it is in its
+        // cgroup before anything is reported of it. Otherwise a container runtime killing the
+        // agent's cgroup just after "Running" takes the instance with it (Loop run 37). Writing
+        // a member's pid again changes nothing; a process already gone is no error here.
+        (Some(cgroup), Some(_)) => match cgroup.enter(pid) {
+            Err(e) if e.raw_os_error() != Some(nix::errno::Errno::ESRCH as i32) => return Err(e),
+            _ => {}
+        },
         // No `baton` to enter it before the command runs (a library use without one): moved
         // in at once, which misses only what it started in its first instants.
-        cgroup.enter(pid)?;
+        (Some(cgroup), None) => cgroup.enter(pid)?,
+        (None, _) => {}
     }
     Ok(Process { child, pid, start_ticks: start_ticks(pid), loggers })
 }
