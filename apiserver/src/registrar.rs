@@ -73,8 +73,8 @@ impl IntoResponse for JoinError {
 /// The registrar's state: the store (as etcd's `root`), the tokens it takes, and the CA it
 /// signs with.
 pub struct Registrar {
-    pub store: EtcdStore,
-    pub keys: Keyspace,
+    store: EtcdStore,
+    keys: Keyspace,
     tokens: Vec<String>,
     signer: Signer,
 }
@@ -167,11 +167,15 @@ fn expire_at(params: &mut CertificateParams, at: jiff::Timestamp) {
     params.not_after = rcgen::date_time_ymd(date.year().into(), date.month() as u8, date.day() as u8);
 }
 
+/// The lines of a tokens file that hold a token: blank lines and `#` comments aside.
+pub fn token_lines(text: &str) -> impl Iterator<Item = &str> {
+    text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'))
+}
+
 /// The join tokens in a tokens file: one per line; blank lines and `#` comments skipped.
 /// Several let a token be rotated (add the new one, move the agents, remove the old).
 pub fn parse_tokens(text: &str) -> Result<Vec<String>, String> {
-    let tokens: Vec<String> =
-        text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect();
+    let tokens: Vec<String> = token_lines(text).map(String::from).collect();
     if tokens.is_empty() {
         return Err("no token in it (one per line)".into());
     }
@@ -179,10 +183,6 @@ pub fn parse_tokens(text: &str) -> Result<Vec<String>, String> {
         return Err(format!("token {} is shorter than {MIN_TOKEN_LEN} characters", line + 1));
     }
     Ok(tokens)
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl Registrar {
@@ -197,7 +197,9 @@ impl Registrar {
             return false;
         };
         // Every token is compared, so the time taken does not say which one came close.
-        self.tokens.iter().fold(false, |found, t| constant_time_eq(t.as_bytes(), presented.as_bytes()) | found)
+        self.tokens
+            .iter()
+            .fold(false, |found, t| crate::auth::constant_time_eq(t.as_bytes(), presented.as_bytes()) | found)
     }
 
     /// Claims `name` for the key with `fingerprint`, unless another key claimed it first.

@@ -123,9 +123,9 @@ impl Join {
         view
     }
 
-    /// The views to be served as `kind`.
+    /// The views to be served as `kind` (renamed only outside their own group).
     fn served_as(mut self, kind: &Kind) -> Self {
-        self.api_version = Some(kind.api_version());
+        self.api_version = (kind.group != baton_api::GROUP).then(|| kind.api_version());
         self
     }
 

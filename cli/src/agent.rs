@@ -157,7 +157,7 @@ async fn join(
     let token = std::fs::read_to_string(token_file)
         .map_err(|e| anyhow::anyhow!("--join-token-file {}: cannot read it: {e}", token_file.display()))?;
     // One token; blank lines and `#` comments aside, as in the registrar's tokens file.
-    let tokens: Vec<&str> = token.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    let tokens: Vec<&str> = baton_apiserver::registrar::token_lines(&token).collect();
     let [token] = tokens[..] else {
         anyhow::bail!("--join-token-file {}: give one token, on a line of its own", token_file.display());
     };

@@ -60,8 +60,9 @@ pub async fn run(args: RegistrarArgs) -> Result<()> {
             )
         })
     };
-    let signer = Signer::new(&read("ca.crt")?, &read("ca.key")?)
-        .map_err(|e| anyhow::anyhow!("--pki {}: {e}", args.pki.display()))?;
+    let ca_pem = read("ca.crt")?;
+    let signer =
+        Signer::new(&ca_pem, &read("ca.key")?).map_err(|e| anyhow::anyhow!("--pki {}: {e}", args.pki.display()))?;
     let tokens = std::fs::read_to_string(&args.token_file)
         .with_context(|| format!("--token-file {}: cannot read it", args.token_file.display()))?;
     let tokens =
@@ -71,7 +72,7 @@ pub async fn run(args: RegistrarArgs) -> Result<()> {
     let tls = baton_store::etcd::EtcdTls {
         ca_pem: match &args.store_ca_file {
             Some(file) => crate::flags::read_pem("--store-ca-file", file)?,
-            None => read("ca.crt")?.into_bytes(),
+            None => ca_pem.into_bytes(),
         },
         client: Some((root_cert.into_bytes(), root_key.into_bytes())),
     };
