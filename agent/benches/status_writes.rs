@@ -102,7 +102,7 @@ async fn measure(refresh: Duration, port: u16, window: Duration) -> (f64, f64) {
     // writes in a window of steady health.
     tokio::time::sleep(Duration::from_secs(10)).await;
     let from = store.current_revision().await.expect("the revision") + 1;
-    let mut watch = store.watch(&keys.statuses(), from).await.expect("watching statuses");
+    let mut watch = store.watch_current(&keys.statuses(), from).await.expect("watching statuses");
     let (mut writes, mut revisions) = (0usize, std::collections::BTreeSet::new());
     let end = tokio::time::Instant::now() + window;
     while let Ok(Some(batch)) = tokio::time::timeout_at(end, watch.next()).await {

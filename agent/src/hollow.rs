@@ -154,7 +154,7 @@ impl Hollow {
                     self.assigned(record);
                 }
             }
-            let mut watch = store.watch(&keys.instances(), listed.revision + 1).await?;
+            let mut watch = store.watch_current(&keys.instances(), listed.revision + 1).await?;
             loop {
                 let next_due = self.due.peek().map(|std::cmp::Reverse((at, _, _))| *at);
                 let batch = tokio::select! {

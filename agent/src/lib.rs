@@ -369,7 +369,7 @@ impl Agent {
         for id in gone {
             self.on_deleted(&id);
         }
-        let mut watch = self.store.watch(&prefix, records.revision + 1).await?;
+        let mut watch = self.store.watch_current(&prefix, records.revision + 1).await?;
         loop {
             tokio::select! {
                 batch = watch.next() => {

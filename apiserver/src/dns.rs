@@ -380,7 +380,7 @@ async fn load_and_watch(store: &dyn Store, keys: &Keyspace, tenants: &str, share
     *shared.table.write().unwrap_or_else(|p| p.into_inner()) = table;
     let mut watches = Vec::new();
     for prefix in &prefixes {
-        watches.push(store.watch(prefix, revision + 1).await?);
+        watches.push(store.watch_current(prefix, revision + 1).await?);
     }
     let mut changes = futures::stream::select_all(watches);
     while let Some(batch) = changes.next().await {

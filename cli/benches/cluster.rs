@@ -222,7 +222,7 @@ fn follow(cluster: &Cluster) -> Arc<Mutex<Seen>> {
                     .collect();
             }
             let from = statuses.revision.min(records.revision) + 1;
-            let Ok(mut watch) = store.watch(&keys.root_prefix(), from).await else { continue };
+            let Ok(mut watch) = store.watch_current(&keys.root_prefix(), from).await else { continue };
             while let Some(Ok(batch)) = watch.next().await {
                 let mut s = shared.lock().expect("seen");
                 for event in &batch.events {

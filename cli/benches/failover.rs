@@ -29,7 +29,7 @@ fn main() {
     let from = cluster.block_on(store.current_revision()).expect("the store's revision") + 1;
     let seen = changes.clone();
     cluster.spawn(async move {
-        let Ok(mut watch) = store.watch(&key, from).await else { return };
+        let Ok(mut watch) = store.watch_current(&key, from).await else { return };
         while let Some(Ok(batch)) = watch.next().await {
             for event in batch.events.iter().filter(|e| e.kv.key == key && e.kind == baton_store::EventKind::Put) {
                 seen.fetch_add(1, Ordering::SeqCst);

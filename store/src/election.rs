@@ -127,7 +127,7 @@ pub async fn campaign(store: Arc<dyn Store>, key: &str, id: &str, ttl: Duration)
 
 /// Waits until `key` is deleted, watching from `from`.
 async fn wait_for_delete(store: &dyn Store, key: &str, from: Revision) -> Result<()> {
-    let mut watch = store.watch(key, from).await?;
+    let mut watch = store.watch_current(key, from).await?;
     while let Some(batch) = watch.next().await {
         if batch?.events.iter().any(|e| e.kv.key == key && e.kind == EventKind::Delete) {
             return Ok(());
@@ -162,7 +162,7 @@ async fn keep_lease_alive(store: Arc<dyn Store>, lease: LeaseId, ttl: Duration, 
 
 /// Declares leadership lost when the election key is deleted or re-created.
 async fn watch_term(store: Arc<dyn Store>, key: String, term: Revision, lost: Arc<watch::Sender<bool>>) {
-    let mut watch = match store.watch(&key, term + 1).await {
+    let mut watch = match store.watch_current(&key, term + 1).await {
         Ok(watch) => watch,
         Err(e) => {
             tracing::warn!(key, error = %e, "cannot watch the election key; giving leadership up");

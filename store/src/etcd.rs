@@ -159,6 +159,58 @@ impl EtcdStore {
     pub fn endpoints(&self) -> &[String] {
         &self.endpoints
     }
+
+    /// A watch of `prefix` from `from`, with each change's previous value if `previous`.
+    async fn watch_with(&self, prefix: &str, from: Revision, previous: bool) -> Result<WatchStream> {
+        let mut options = WatchOptions::new();
+        if previous {
+            options = options.with_prev_key();
+        }
+        options = match prefix_end(prefix) {
+            Some(end) => options.with_range(end.into_bytes()),
+            None => options.with_all_keys(),
+        };
+        if from > 0 {
+            options = options.with_start_revision(from);
+        }
+        let stream = self.watcher().watch(prefix, Some(options)).await.map_err(|e| backend("watch", e))?;
+        let requested = from;
+        Ok(futures::stream::unfold(Some(stream), move |state| async move {
+            let mut stream = state?;
+            loop {
+                let response = match stream.message().await {
+                    Ok(Some(response)) => response,
+                    Ok(None) => return None,
+                    Err(e) => return Some((Err(backend("watch", e)), None)),
+                };
+                if response.canceled() {
+                    let error = if response.compact_revision() > 0 {
+                        Error::Compacted { requested, compact_revision: response.compact_revision() }
+                    } else {
+                        Error::Backend(format!("etcd canceled the watch: {}", response.cancel_reason()))
+                    };
+                    return Some((Err(error), None));
+                }
+                let events: Vec<WatchEvent> = response
+                    .events()
+                    .iter()
+                    .filter_map(|event| {
+                        let kv = key_value(event.kv()?);
+                        let kind = match event.event_type() {
+                            EventType::Put => EventKind::Put,
+                            EventType::Delete => EventKind::Delete,
+                        };
+                        Some(WatchEvent { kind, kv, prev_kv: event.prev_kv().map(key_value) })
+                    })
+                    .collect();
+                // Creation and progress notices carry no events.
+                if !events.is_empty() {
+                    return Some((Ok(WatchBatch { events }), Some(stream)));
+                }
+            }
+        })
+        .boxed())
+    }
 }
 
 fn key_value(kv: &etcd_client::KeyValue) -> KeyValue {
@@ -336,51 +388,11 @@ impl Store for EtcdStore {
     }
 
     async fn watch(&self, prefix: &str, from: Revision) -> Result<WatchStream> {
-        let mut options = WatchOptions::new().with_prev_key();
-        options = match prefix_end(prefix) {
-            Some(end) => options.with_range(end.into_bytes()),
-            None => options.with_all_keys(),
-        };
-        if from > 0 {
-            options = options.with_start_revision(from);
-        }
-        let stream = self.watcher().watch(prefix, Some(options)).await.map_err(|e| backend("watch", e))?;
-        let requested = from;
-        Ok(futures::stream::unfold(Some(stream), move |state| async move {
-            let mut stream = state?;
-            loop {
-                let response = match stream.message().await {
-                    Ok(Some(response)) => response,
-                    Ok(None) => return None,
-                    Err(e) => return Some((Err(backend("watch", e)), None)),
-                };
-                if response.canceled() {
-                    let error = if response.compact_revision() > 0 {
-                        Error::Compacted { requested, compact_revision: response.compact_revision() }
-                    } else {
-                        Error::Backend(format!("etcd canceled the watch: {}", response.cancel_reason()))
-                    };
-                    return Some((Err(error), None));
-                }
-                let events: Vec<WatchEvent> = response
-                    .events()
-                    .iter()
-                    .filter_map(|event| {
-                        let kv = key_value(event.kv()?);
-                        let kind = match event.event_type() {
-                            EventType::Put => EventKind::Put,
-                            EventType::Delete => EventKind::Delete,
-                        };
-                        Some(WatchEvent { kind, kv, prev_kv: event.prev_kv().map(key_value) })
-                    })
-                    .collect();
-                // Creation and progress notices carry no events.
-                if !events.is_empty() {
-                    return Some((Ok(WatchBatch { events }), Some(stream)));
-                }
-            }
-        })
-        .boxed())
+        self.watch_with(prefix, from, true).await
+    }
+
+    async fn watch_current(&self, prefix: &str, from: Revision) -> Result<WatchStream> {
+        self.watch_with(prefix, from, false).await
     }
 
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId> {

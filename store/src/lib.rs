@@ -341,6 +341,25 @@ pub trait Store: Send + Sync + 'static {
     /// yields [`Error::Compacted`]. `from = 0` starts after the current revision.
     async fn watch(&self, prefix: &str, from: Revision) -> Result<WatchStream>;
 
+    /// As [`Store::watch`], without the values before each change (`prev_kv` is always
+    /// `None`): for a follower of the current values (a cache, an agent), at a fraction of
+    /// etcd's cost. etcd reads the previous value of every update and delete for a watch
+    /// that asks for it, and in etcd 3.4 each such read copies its whole buffer of writes not
+    /// yet committed: with five such watches over 10,000 instances, those reads were 85 % of
+    /// etcd's CPU and held the cluster to 300 launches/s.
+    async fn watch_current(&self, prefix: &str, from: Revision) -> Result<WatchStream> {
+        use futures::StreamExt;
+        let stream = self.watch(prefix, from).await?;
+        Ok(stream
+            .map(|batch| {
+                batch.map(|mut batch| {
+                    batch.events.iter_mut().for_each(|event| event.prev_kv = None);
+                    batch
+                })
+            })
+            .boxed())
+    }
+
     /// Grants a lease that expires `ttl` after the last keep-alive.
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId>;
 

@@ -217,7 +217,7 @@ async fn load_and_watch(
     ready.send_replace(true);
     changed.notify_one();
     // Changes after the first range are applied (again); applying is idempotent by revision.
-    let mut watch = store.watch(&keys.root_prefix(), agents.revision + 1).await?;
+    let mut watch = store.watch_current(&keys.root_prefix(), agents.revision + 1).await?;
     while let Some(batch) = watch.next().await {
         let batch = batch?;
         let last = batch.events.last().map(WatchEvent::revision);

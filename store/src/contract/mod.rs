@@ -34,7 +34,7 @@ macro_rules! contract_suite {
         $crate::contract_suite!(@tests $make;
             revisions_increase, txn_compares_decide_the_branch, failed_or_oversized_txn_writes_nothing,
             range_reads_a_prefix, range_reads_more_than_a_page, range_pages_read_one_revision,
-            delete_prefix_removes_only_the_prefix, watch_replays_then_streams,
+            delete_prefix_removes_only_the_prefix, watch_replays_then_streams, watch_current_carries_no_previous_values,
             watch_filters_by_prefix_and_keeps_txns_together, lease_expiry_deletes_attached_keys,
             revoke_deletes_attached_keys, data_survives_close_and_reopen, election_fences_a_deposed_leader);
     };
@@ -299,6 +299,25 @@ pub async fn watch_replays_then_streams(backend: &mut dyn Backend) {
     let burst = events(&mut watch, 300, "a burst of 300 puts").await;
     assert_eq!(burst.last().unwrap().revision(), last);
     assert!(burst.windows(2).all(|w| w[0].revision() < w[1].revision()), "events arrive in revision order");
+}
+
+pub async fn watch_current_carries_no_previous_values(backend: &mut dyn Backend) {
+    let store = backend.open().await;
+    let r1 = store.put("/v/a", b"1".to_vec()).await.unwrap();
+    let r2 = store.put("/v/a", b"2".to_vec()).await.unwrap();
+    assert!(store.delete("/v/a").await.unwrap());
+    let r3 = store.current_revision().await.unwrap();
+
+    // The same changes as `watch`, replayed then live, without what came before each.
+    let mut watch = store.watch_current("/v/", r1).await.unwrap();
+    let replayed = events(&mut watch, 3, "the replay of history from r1").await;
+    assert_eq!(keys(&replayed), [("/v/a", EventKind::Put), ("/v/a", EventKind::Put), ("/v/a", EventKind::Delete)]);
+    assert_eq!(replayed.iter().map(|e| e.revision()).collect::<Vec<_>>(), [r1, r2, r3]);
+    assert_eq!(replayed[1].kv.value, b"2", "an update carries its new value");
+    assert!(replayed.iter().all(|e| e.prev_kv.is_none()), "no previous values: {replayed:?}");
+    let r4 = store.put("/v/a", b"4".to_vec()).await.unwrap();
+    let live = events(&mut watch, 1, "a live put after the replay").await;
+    assert_eq!((live[0].revision(), live[0].prev_kv.is_none()), (r4, true));
 }
 
 pub async fn watch_filters_by_prefix_and_keeps_txns_together(backend: &mut dyn Backend) {
