@@ -3,6 +3,12 @@
 //! and fanned out; the JSON line of each event is encoded once for every watcher that
 //! sends JSON. A client watch that starts from a revision still in the ring is served from
 //! memory; an older one gets a store watch of its own (which replays or answers 410).
+//!
+//! A hub also holds the latest version of every object of its kind: what a change replaced
+//! (so the store need not read each change's previous value for it: etcd 3.4 copies its
+//! buffer of uncommitted writes for every such read), and a first guess for the writes of
+//! the API server, which read an object, change it and write it if its revision is still
+//! the one they read (Kubernetes' `GuaranteedUpdate` with the watch cache's object).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -25,20 +31,28 @@ const LAG: usize = 4096;
 pub struct Change {
     pub revision: Revision,
     /// The object before the change (absent when created).
-    pub before: Option<Value>,
+    pub before: Option<Arc<Value>>,
     /// The object after the change (absent when deleted).
-    pub after: Option<Value>,
+    pub after: Option<Arc<Value>>,
     /// The JSON watch line for ADDED, MODIFIED and DELETED, each encoded once.
     lines: [OnceLock<Bytes>; 3],
 }
 
 impl Change {
-    fn of(event: &WatchEvent) -> Option<Self> {
-        let before = event.prev_kv.as_ref().and_then(|kv| object_of(kv).ok());
+    /// The change `event` makes to `objects` (made there too); `None` for a value that does
+    /// not read, which is then forgotten.
+    fn apply(event: &WatchEvent, objects: &mut HashMap<String, Arc<Value>>) -> Option<Self> {
         let after = match event.kind {
-            EventKind::Put => Some(object_of(&event.kv).ok()?),
+            EventKind::Put => object_of(&event.kv).ok().map(Arc::new),
             EventKind::Delete => None,
         };
+        let before = match &after {
+            Some(after) => objects.insert(event.kv.key.clone(), after.clone()),
+            None => objects.remove(&event.kv.key),
+        };
+        if event.kind == EventKind::Put && after.is_none() {
+            return None;
+        }
         Some(Change { revision: event.revision(), before, after, lines: Default::default() })
     }
 
@@ -46,11 +60,11 @@ impl Change {
     /// deletion the object before it, at the revision of the deletion.
     pub fn object(&self, type_: &str) -> Option<Value> {
         if type_ == "DELETED" {
-            let mut before = self.before.clone().or_else(|| self.after.clone())?;
+            let mut before = Value::clone(self.before.as_ref().or(self.after.as_ref())?);
             before["metadata"]["resourceVersion"] = json!(self.revision.to_string());
             Some(before)
         } else {
-            self.after.clone()
+            self.after.as_deref().cloned()
         }
     }
 
@@ -70,6 +84,8 @@ impl Change {
 }
 
 struct State {
+    /// The latest version of every object, by key, as of `latest`.
+    objects: HashMap<String, Arc<Value>>,
     ring: VecDeque<Arc<Change>>,
     /// The ring holds every change after this revision.
     complete_after: Revision,
@@ -104,6 +120,14 @@ impl Hub {
     }
 }
 
+impl Hub {
+    /// The object at `key` as this hub saw it last (with its `resourceVersion`): what the
+    /// store holds, or held a moment ago.
+    pub fn object(&self, key: &str) -> Option<Arc<Value>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).objects.get(key).cloned()
+    }
+}
+
 /// The hubs of a server, by key prefix.
 #[derive(Default)]
 pub struct Hubs {
@@ -111,16 +135,32 @@ pub struct Hubs {
 }
 
 impl Hubs {
-    /// The hub of `prefix`, started (watching from the store's current revision) if there is
-    /// none.
-    pub async fn get(&self, store: &Arc<dyn Store>, prefix: &str) -> baton_store::Result<Arc<Hub>> {
+    /// The object at `key` as a running hub over it saw it last; `None` when no hub covers the
+    /// key (nobody watches its kind) or it holds no such object.
+    pub fn object(&self, key: &str) -> Option<Arc<Value>> {
+        let hubs = self.hubs.lock().unwrap_or_else(|p| p.into_inner());
+        hubs.iter().filter(|(prefix, _)| key.starts_with(prefix.as_str())).find_map(|(_, hub)| hub.object(key))
+    }
+
+    /// The hub of `prefix`, started if there is none: it reads every object as of just before
+    /// `from` (the revision the first watcher wants changes from, so that it is served from
+    /// the hub; 0: now), then watches from there.
+    pub async fn get(&self, store: &Arc<dyn Store>, prefix: &str, from: Revision) -> baton_store::Result<Arc<Hub>> {
         if let Some(hub) = self.hubs.lock().unwrap_or_else(|p| p.into_inner()).get(prefix) {
             return Ok(hub.clone());
         }
-        let latest = baton_store::StoreExt::current_revision(store.as_ref()).await?;
-        let watch = store.watch(prefix, latest + 1).await?;
+        let at = (from > 1).then(|| from - 1);
+        let (latest, kvs) = match read_all(store.as_ref(), prefix, at).await {
+            Ok(read) => read,
+            // Compacted, or ahead of the store: the hub starts now, and that watcher gets a
+            // store watch of its own (which answers 410 or waits).
+            Err(_) if at.is_some() => read_all(store.as_ref(), prefix, None).await?,
+            Err(e) => return Err(e),
+        };
+        let objects = kvs.iter().filter_map(|kv| Some((kv.key.clone(), Arc::new(object_of(kv).ok()?)))).collect();
+        let watch = store.watch_current(prefix, latest + 1).await?;
         let (live, _) = broadcast::channel(LAG);
-        let state = State { ring: VecDeque::new(), complete_after: latest, latest };
+        let state = State { objects, ring: VecDeque::new(), complete_after: latest, latest };
         let hub = Arc::new(Hub { state: Mutex::new(state), live });
         {
             let mut hubs = self.hubs.lock().unwrap_or_else(|p| p.into_inner());
@@ -146,7 +186,7 @@ impl Hubs {
                 let mut state = hub.state.lock().unwrap_or_else(|p| p.into_inner());
                 for event in &batch.events {
                     state.latest = state.latest.max(event.revision());
-                    let Some(change) = Change::of(event) else { continue };
+                    let Some(change) = Change::apply(event, &mut state.objects) else { continue };
                     let change = Arc::new(change);
                     state.ring.push_back(change.clone());
                     if state.ring.len() > RING
@@ -163,5 +203,26 @@ impl Hubs {
             registry.lock().unwrap_or_else(|p| p.into_inner()).remove(&prefix_owned);
         });
         Ok(hub)
+    }
+}
+
+/// Every key under `prefix` as of `revision` (`None`: now), a page at a time; and the
+/// revision read.
+async fn read_all(
+    store: &dyn Store,
+    prefix: &str,
+    revision: Option<Revision>,
+) -> baton_store::Result<(Revision, Vec<baton_store::KeyValue>)> {
+    const PAGE: usize = 1000;
+    let mut request = baton_store::PageRequest { prefix: prefix.to_string(), after: None, limit: PAGE, revision };
+    let mut kvs = Vec::new();
+    loop {
+        let page = store.range_page(&request).await?;
+        request.revision = Some(page.revision);
+        request.after = page.kvs.last().map(|kv| kv.key.clone());
+        kvs.extend(page.kvs);
+        if !page.more || request.after.is_none() {
+            return Ok((page.revision, kvs));
+        }
     }
 }

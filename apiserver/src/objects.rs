@@ -8,7 +8,7 @@
 //! is stale; a patch or an unconditional update is re-applied to the latest version.
 
 use axum::http::StatusCode;
-use baton_store::{Compare, KeyValue, Op, Txn};
+use baton_store::{Compare, KeyValue, Op, Revision, Txn};
 use jiff::Timestamp;
 use serde_json::{Value, json};
 
@@ -26,6 +26,16 @@ struct Spot<'a> {
     namespace: Option<&'a str>,
     name: &'a str,
     part: Part,
+}
+
+/// What one attempt of a read-modify-write came to.
+enum Attempt {
+    /// It wrote: the answer.
+    Wrote(Reply),
+    /// The answer without a write (nothing changed, or a dry run).
+    Answered(Reply),
+    /// The object changed since it was read: read it again.
+    Lost,
 }
 
 /// How many times a patch or unconditional update is re-applied after losing a race.
@@ -403,6 +413,12 @@ impl ApiServer {
     /// what the client wants; the server keeps what the client may not change, validates,
     /// and writes if the object is still the one it read. Managed fields record the change
     /// (an apply's `change` has computed them already).
+    ///
+    /// The first attempt starts from the object as a shared watch of its kind last saw it,
+    /// when one runs (the controllers watch every App): if that is still the stored version,
+    /// the write's compare holds and the store was read once less — for a controller's status
+    /// patch, one read of two. Anything but a write made from that guess (a refusal, an
+    /// answer without a write, a lost compare) is done again from the store.
     async fn write(
         &self,
         spot: Spot<'_>,
@@ -411,92 +427,124 @@ impl ApiServer {
         applying: bool,
         change: impl Fn(&Value) -> ApiResult<Value>,
     ) -> ApiResult<Reply> {
-        let Spot { kind, namespace, name, part } = spot;
+        let Spot { kind, namespace, name, .. } = spot;
         let key = self.object_key(kind, namespace, name);
-        let stale = || {
-            ApiError::conflict(
-                &kind.target(name),
-                "the object has been modified; please apply your changes to the latest version and try again",
-            )
-        };
+        let mut guess = self.hubs.object(&key).and_then(|object| {
+            let revision = object.pointer("/metadata/resourceVersion")?.as_str()?.parse().ok()?;
+            Some((Value::clone(&object), revision))
+        });
         for _ in 0..MAX_ATTEMPTS {
-            let kv = self.store.get(&key).await?.ok_or_else(|| ApiError::not_found(&kind.target(name)))?;
-            if let Some(expected) = &precondition
-                && expected.as_str() != kv.mod_revision.to_string()
-            {
-                return Err(stale());
-            }
-            let current = object_of(&kv)?;
-            let wanted = change(&current)?;
-            if !wanted.is_object() {
-                return Err(ApiError::bad_request(format!("the {} must stay a JSON object", kind.kind)));
-            }
-            let applied_fields = wanted.pointer("/metadata/managedFields").cloned();
-            let merged = merge_for_update(kind, &current, wanted, part);
-            let mut warnings = Vec::new();
-            let mut object = match self.decode(kind, &merged, name, query.field_validation, &mut warnings) {
-                Ok(object) => object,
-                // Ratcheting, as Kubernetes does for custom resources: a write that leaves the
-                // spec as stored — a status, a finalizer, a label — is not refused for a spec
-                // stored under older rules (the controller must still report on it and let it
-                // go). Metadata is checked whatever.
-                Err(_)
-                    if merged.get("spec") == current.get("spec")
-                        && baton_api::validation::validate_metadata(&merged["metadata"]).is_empty() =>
-                {
-                    merged
+            let guessed = guess.is_some();
+            let (current, revision) = match guess.take() {
+                Some(seen) => seen,
+                None => {
+                    let kv = self.store.get(&key).await?.ok_or_else(|| ApiError::not_found(&kind.target(name)))?;
+                    (object_of(&kv)?, kv.mod_revision)
                 }
+            };
+            match self.write_once(&spot, &key, query, &precondition, applying, &change, current, revision).await {
+                Ok(Attempt::Wrote(reply)) => return Ok(reply),
+                Ok(Attempt::Lost) => {}
+                // Answered or refused on a guess: the store decides.
+                _ if guessed => {}
+                Ok(Attempt::Answered(reply)) => return Ok(reply),
                 Err(e) => return Err(e),
-            };
-            count_generation(&current, &mut object);
-            if applying {
-                match applied_fields {
-                    Some(fields) => object["metadata"]["managedFields"] = fields,
-                    None => _ = object["metadata"].as_object_mut().map(|m| m.remove("managedFields")),
-                }
-            } else {
-                let (api_version, time) = (kind.api_version(), now_seconds().to_string());
-                let writer = Self::writer(query, &api_version, &time);
-                let scope = Self::scope(kind, part);
-                managed::record_update(&current, &mut object, &writer, scope);
             }
-            if only_managed_times_differ(&object, &current) {
-                object["metadata"]["managedFields"] = current["metadata"]["managedFields"].clone();
-            }
-            let finalized = object.pointer("/metadata/deletionTimestamp").is_some()
-                && object.pointer("/metadata/finalizers").and_then(Value::as_array).is_none_or(|f| f.is_empty());
-            let unchanged = strip_version(&object) == strip_version(&current);
-            let reply_object = |object: Value| -> ApiResult<Value> {
-                if part == Part::Scale { scale_of(kind, &object) } else { Ok(object) }
-            };
-            let guard = if finalized {
-                Guard::default()
-            } else {
-                self.admit(kind, namespace, name, Some(&current), &object).await?
-            };
-            if query.dry_run || (unchanged && !finalized) {
-                // Kubernetes does not bump the resourceVersion of a write that changes nothing.
-                if unchanged {
-                    object["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
-                }
-                return Ok(Reply::json(StatusCode::OK, reply_object(object)?).with_warnings(warnings));
-            }
-            let compares = vec![Compare::mod_revision(&key, kv.mod_revision)];
-            let response = if finalized {
-                self.store.txn(Txn::new().when(compares).and_then([Op::delete(&key)])).await?
-            } else {
-                self.put_txn(kind, compares, &key, &object, guard).await?
-            };
-            if response.succeeded {
-                if finalized {
-                    self.object_removed(namespace).await;
-                }
-                object["metadata"]["resourceVersion"] = json!(response.revision.to_string());
-                return Ok(Reply::json(StatusCode::OK, reply_object(object)?).with_warnings(warnings));
-            }
-            // The object (a precondition then fails above) or the dependency graph changed.
         }
         Err(ApiError::conflict(&kind.target(name), "too many concurrent writers; try again"))
+    }
+
+    /// One attempt of [`Self::write`] from `current`, the object at `revision`.
+    #[allow(clippy::too_many_arguments)]
+    async fn write_once(
+        &self,
+        spot: &Spot<'_>,
+        key: &str,
+        query: &Query,
+        precondition: &Option<String>,
+        applying: bool,
+        change: &impl Fn(&Value) -> ApiResult<Value>,
+        current: Value,
+        revision: Revision,
+    ) -> ApiResult<Attempt> {
+        let Spot { kind, namespace, name, part } = *spot;
+        if let Some(expected) = precondition
+            && expected.as_str() != revision.to_string()
+        {
+            return Err(ApiError::conflict(
+                &kind.target(name),
+                "the object has been modified; please apply your changes to the latest version and try again",
+            ));
+        }
+        let wanted = change(&current)?;
+        if !wanted.is_object() {
+            return Err(ApiError::bad_request(format!("the {} must stay a JSON object", kind.kind)));
+        }
+        let applied_fields = wanted.pointer("/metadata/managedFields").cloned();
+        let merged = merge_for_update(kind, &current, wanted, part);
+        let mut warnings = Vec::new();
+        let mut object = match self.decode(kind, &merged, name, query.field_validation, &mut warnings) {
+            Ok(object) => object,
+            // Ratcheting, as Kubernetes does for custom resources: a write that leaves the
+            // spec as stored — a status, a finalizer, a label — is not refused for a spec
+            // stored under older rules (the controller must still report on it and let it
+            // go). Metadata is checked whatever.
+            Err(_)
+                if merged.get("spec") == current.get("spec")
+                    && baton_api::validation::validate_metadata(&merged["metadata"]).is_empty() =>
+            {
+                merged
+            }
+            Err(e) => return Err(e),
+        };
+        count_generation(&current, &mut object);
+        if applying {
+            match applied_fields {
+                Some(fields) => object["metadata"]["managedFields"] = fields,
+                None => _ = object["metadata"].as_object_mut().map(|m| m.remove("managedFields")),
+            }
+        } else {
+            let (api_version, time) = (kind.api_version(), now_seconds().to_string());
+            let writer = Self::writer(query, &api_version, &time);
+            let scope = Self::scope(kind, part);
+            managed::record_update(&current, &mut object, &writer, scope);
+        }
+        if only_managed_times_differ(&object, &current) {
+            object["metadata"]["managedFields"] = current["metadata"]["managedFields"].clone();
+        }
+        let finalized = object.pointer("/metadata/deletionTimestamp").is_some()
+            && object.pointer("/metadata/finalizers").and_then(Value::as_array).is_none_or(|f| f.is_empty());
+        let unchanged = strip_version(&object) == strip_version(&current);
+        let reply_object = |object: Value| -> ApiResult<Value> {
+            if part == Part::Scale { scale_of(kind, &object) } else { Ok(object) }
+        };
+        let guard = if finalized {
+            Guard::default()
+        } else {
+            self.admit(kind, namespace, name, Some(&current), &object).await?
+        };
+        if query.dry_run || (unchanged && !finalized) {
+            // Kubernetes does not bump the resourceVersion of a write that changes nothing.
+            if unchanged {
+                object["metadata"]["resourceVersion"] = json!(revision.to_string());
+            }
+            return Ok(Attempt::Answered(Reply::json(StatusCode::OK, reply_object(object)?).with_warnings(warnings)));
+        }
+        let compares = vec![Compare::mod_revision(key, revision)];
+        let response = if finalized {
+            self.store.txn(Txn::new().when(compares).and_then([Op::delete(key)])).await?
+        } else {
+            self.put_txn(kind, compares, key, &object, guard).await?
+        };
+        if !response.succeeded {
+            // The object (a precondition then fails above) or the dependency graph changed.
+            return Ok(Attempt::Lost);
+        }
+        if finalized {
+            self.object_removed(namespace).await;
+        }
+        object["metadata"]["resourceVersion"] = json!(response.revision.to_string());
+        Ok(Attempt::Wrote(Reply::json(StatusCode::OK, reply_object(object)?).with_warnings(warnings)))
     }
 
     pub async fn delete(

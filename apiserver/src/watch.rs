@@ -208,7 +208,7 @@ impl ApiServer {
         };
         let selectors = query.selectors.clone();
         let all_prefix = self.keys.registry(kind.store_group(), &kind.plural, None);
-        let hub = self.hubs.get(&self.store, &all_prefix).await?;
+        let hub = self.hubs.get(&self.store, &all_prefix, from).await?;
         let live = match hub.subscribe(from) {
             Some(subscription) => {
                 let namespace = namespace.map(str::to_string);
@@ -328,7 +328,7 @@ fn change_event(encoder: &Encoder, selectors: &Selectors, namespace: Option<&str
         namespace.is_none_or(|ns| object.pointer("/metadata/namespace").and_then(Value::as_str) == Some(ns))
             && selectors.matches(object)
     };
-    let type_ = transition(change.before.as_ref().map(matches), change.after.as_ref().map(matches))?;
+    let type_ = transition(change.before.as_deref().map(matches), change.after.as_deref().map(matches))?;
     match encoder.format {
         Format::Json => change.json_line(type_, |object| encoder.event(type_, object)),
         Format::Table(_) => Some(encoder.event(type_, &change.object(type_)?)),

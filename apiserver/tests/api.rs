@@ -657,7 +657,7 @@ async fn idle_watches_get_bookmarks_with_the_revision_they_have_seen() {
     let api = Api::new().await;
     let created = api.create("web", 1).await;
     // A write elsewhere in the store moves the revision on without an event for apps.
-    let other = api.store.put("/baton/registry/baton.dev/apps/elsewhere/x", b"{}".to_vec()).await;
+    let other = api.store.put("/baton/registry/baton.dev/appgroups/elsewhere/x", b"{}".to_vec()).await;
     assert!(other.is_ok());
     let events =
         api.watch(&format!("{APPS}?watch=true&allowWatchBookmarks=true&resourceVersion={}", rv(&created)), 1).await;
@@ -1442,4 +1442,59 @@ async fn writes_that_leave_an_old_invalid_spec_alone_are_not_refused_for_it() {
     let (code, body) =
         api.call_as(Method::PATCH, &format!("{APPS}/old"), "application/merge-patch+json", Some(&fixed)).await;
     assert_eq!(code, StatusCode::OK, "{body}");
+}
+
+/// Merge-patches web's status to `running` instances; the App after.
+async fn patch_status(api: &Api, running: i32) -> Value {
+    let status = json!({"status": {"running": running, "desired": 3}});
+    let path = format!("{APPS}/web/status");
+    let (code, body) = api.call_as(Method::PATCH, &path, "application/merge-patch+json", Some(&status)).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    body
+}
+
+#[tokio::test]
+async fn a_watched_kinds_patches_read_from_the_shared_watch() {
+    let dir = tempfile::tempdir().unwrap();
+    let embedded: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).await.unwrap());
+    let counting = Arc::new(Counting { inner: embedded.clone(), calls: Default::default(), keys: Default::default() });
+    let api = Api::on(counting.clone(), dir).await;
+    api.create("web", 3).await;
+    counting.take();
+    patch_status(&api, 1).await;
+    assert_eq!(counting.take().0, 2, "unwatched, a status patch reads the App, then writes");
+
+    // Once a client watches Apps (as the controllers do), the shared watch holds the latest
+    // App: a patch only writes.
+    let events = api.watch(&format!("{APPS}?watch=true&resourceVersion=1"), 2).await;
+    assert_eq!(events.len(), 2, "{events:?}");
+    counting.take();
+    let patched = patch_status(&api, 2).await;
+    assert_eq!(patched["status"]["running"], 2);
+    assert_eq!(counting.take().0, 1, "watched, a status patch only writes");
+
+    // A write the shared watch has not seen yet (straight to the store): the guess loses
+    // its compare, and the patch applies to the stored version, losing nothing.
+    let key = "/baton/registry/baton.dev/apps/default/web";
+    let kv = embedded.get(key).await.unwrap().expect("the stored App");
+    let mut stored: Value = serde_json::from_slice(&kv.value).unwrap();
+    stored["metadata"]["labels"]["tier"] = json!("edge");
+    embedded.put(key, stored.to_string().into_bytes()).await.unwrap();
+    let patched = patch_status(&api, 3).await;
+    assert_eq!(
+        (patched["status"]["running"].as_i64(), patched["metadata"]["labels"]["tier"].as_str()),
+        (Some(3), Some("edge"))
+    );
+
+    // A patch that would change nothing on the watch's version but does on the store's is
+    // still written; one that changes nothing is answered without a write.
+    let kv = embedded.get(key).await.unwrap().expect("the stored App");
+    let mut stored: Value = serde_json::from_slice(&kv.value).unwrap();
+    stored["status"]["running"] = json!(0);
+    embedded.put(key, stored.to_string().into_bytes()).await.unwrap();
+    let patched = patch_status(&api, 3).await;
+    assert_eq!(patched["status"]["running"], 3, "{patched}");
+    let after = embedded.get(key).await.unwrap().expect("the stored App");
+    let after: Value = serde_json::from_slice(&after.value).unwrap();
+    assert_eq!(after["status"]["running"], 3, "written to the store");
 }
