@@ -142,7 +142,7 @@ impl World {
                 let mut record = stop.record.clone();
                 record.goal = Goal::Stopped;
                 record.stop_reason = Some(stop.reason.as_str().into());
-                state.record = Arc::new(record);
+                state.set_record(Arc::new(record));
                 state.revision = self.revision;
                 self.ends_at.insert(stop.record.id.clone(), self.now + SignedDuration::from_secs(1));
                 self.runs_at.remove(&stop.record.id);
@@ -203,7 +203,7 @@ impl World {
             } else {
                 status.started_at = Some(self.now);
             }
-            state.status = Some(Arc::new(status));
+            state.set_status(Some(Arc::new(status)));
         }
     }
 

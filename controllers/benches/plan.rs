@@ -62,7 +62,7 @@ fn apply(snapshot: &mut Snapshot, plan: &Plan, now: jiff::Timestamp, revision: &
         if let Some(state) = snapshot.instances.get_mut(&stop.record.id) {
             let mut record = stop.record.clone();
             record.goal = Goal::Stopped;
-            state.record = Arc::new(record);
+            state.set_record(Arc::new(record));
         }
     }
     for update in &plan.statuses {

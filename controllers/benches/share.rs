@@ -131,7 +131,7 @@ impl World {
             let mut status = StatusRecord::new(Phase::Running);
             status.started_at = Some(Timestamp::UNIX_EPOCH);
             let state = InstanceState::new(Arc::new(launch.record.clone()), self.revision, Some(Arc::new(status)));
-            self.snapshot.foreign.push(InstanceState { created: self.revision, ..state });
+            self.snapshot.foreign.push(state.with_created(self.revision));
         }
         let mut preempted = 0;
         for stop in decided.stops.iter().filter(|s| s.reason == StopReason::Preempted) {
@@ -141,7 +141,7 @@ impl World {
                 let mut record = (*victim.record).clone();
                 record.goal = Goal::Stopped;
                 record.stop_reason = Some(stop.reason.as_str().into());
-                victim.record = Arc::new(record);
+                victim.set_record(Arc::new(record));
             }
         }
         self.snapshot.foreign.sort_by(|a, b| (&a.record.agent, &a.record.id).cmp(&(&b.record.agent, &b.record.id)));

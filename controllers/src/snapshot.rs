@@ -85,6 +85,9 @@ impl Key {
 }
 
 /// One instance: what the controller assigned and what the agent reported.
+///
+/// Who changes `record` or `status` calls [`InstanceState::refresh`] (debug builds check
+/// that every predicate reads facts that are current).
 #[derive(Debug, Clone, PartialEq)]
 pub struct InstanceState {
     pub record: Arc<InstanceRecord>,
@@ -97,6 +100,54 @@ pub struct InstanceState {
     pub app_key: Key,
     /// The record's version, as a [`Key`].
     pub version_key: Key,
+    /// What the predicates below answer, from `record` and `status`.
+    facts: Facts,
+}
+
+/// What a tick asks of an instance again and again — its phase, its health — worked out
+/// once from its record and status (none of it depends on the time). Read through the
+/// record, the status and their check lists, each such question cost ~1.5 ms a pass at
+/// 100,000 instances, and a tick asks several per instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Facts {
+    phase: Option<Phase>,
+    active: bool,
+    passes_health_checks: bool,
+    healthy: bool,
+    fails_health_checks: bool,
+    steadily_healthy: bool,
+    proven_healthy: bool,
+    kill_due: bool,
+    ever_healthy: bool,
+}
+
+impl Facts {
+    fn of(record: &InstanceRecord, status: Option<&StatusRecord>) -> Self {
+        let phase = status.map(|s| s.phase);
+        let active = record.goal == Goal::Running && !phase.is_some_and(Phase::is_terminal);
+        let Some(status) = status else { return Facts { phase, active, ..Facts::default() } };
+        let checks = &record.health_checks;
+        let running = phase == Some(Phase::Running);
+        let passes_health_checks = running && status.passes_health_checks(checks.len());
+        let healthy = passes_health_checks && status.is_ready(!record.readiness_checks.is_empty());
+        let pairs = || checks.iter().zip(&status.health);
+        Facts {
+            phase,
+            active,
+            passes_health_checks,
+            healthy,
+            fails_health_checks: running && status.fails_a_health_check(),
+            steadily_healthy: running && status.passes_steadily(checks),
+            proven_healthy: healthy
+                && status.health.len() == checks.len()
+                && pairs().all(|(check, r)| {
+                    r.passing == Some(true) && r.consecutive_successes >= check.kill_after().unwrap_or(1)
+                }),
+            kill_due: running
+                && pairs().any(|(check, r)| check.kill_after().is_some_and(|limit| r.consecutive_failures >= limit)),
+            ever_healthy: status.healthy_at.is_some() || (checks.is_empty() && healthy),
+        }
+    }
 }
 
 /// A record's app uid and version as [`Key`]s: made once per record (the runtime's cache
@@ -126,7 +177,43 @@ impl InstanceState {
         revision: Revision,
         status: Option<Arc<StatusRecord>>,
     ) -> Self {
-        Self { record, revision, created: revision, status, app_key: keys.app, version_key: keys.version }
+        let facts = Facts::of(&record, status.as_deref());
+        Self { record, revision, created: revision, status, app_key: keys.app, version_key: keys.version, facts }
+    }
+
+    /// The same, created at `revision`.
+    pub fn with_created(self, revision: Revision) -> Self {
+        Self { created: revision, ..self }
+    }
+
+    /// Replaces its status.
+    pub fn set_status(&mut self, status: Option<Arc<StatusRecord>>) {
+        self.status = status;
+        self.refresh();
+    }
+
+    /// Replaces its record.
+    pub fn set_record(&mut self, record: Arc<InstanceRecord>) {
+        self.record = record;
+        self.refresh();
+    }
+
+    /// Works out its facts again, after `record` or `status` changed.
+    pub fn refresh(&mut self) {
+        let keys = RecordKeys::of(&self.record);
+        (self.app_key, self.version_key) = (keys.app, keys.version);
+        self.facts = Facts::of(&self.record, self.status.as_deref());
+    }
+
+    /// Its facts; debug builds check they were refreshed after a change.
+    fn facts(&self) -> &Facts {
+        debug_assert_eq!(
+            self.facts,
+            Facts::of(&self.record, self.status.as_deref()),
+            "instance {}: its record or status changed without refresh()",
+            self.record.id
+        );
+        &self.facts
     }
 
     /// Whether it runs `version` (whose key is `key`).
@@ -141,7 +228,7 @@ impl InstanceState {
 
     /// The phase the agent reported, if any.
     pub fn phase(&self) -> Option<Phase> {
-        self.status.as_ref().map(|s| s.phase)
+        self.facts().phase
     }
 
     /// Over: the process ran and ended (or never will run).
@@ -157,8 +244,7 @@ impl InstanceState {
     /// It counts towards the app's capacity: its process runs, passes every health check
     /// and has passed its readiness check (those it has).
     pub fn is_healthy(&self) -> bool {
-        self.passes_health_checks()
-            && self.status.as_ref().is_some_and(|s| s.is_ready(!self.record.readiness_checks.is_empty()))
+        self.facts().healthy
     }
 
     /// What is known of its health.
@@ -176,14 +262,13 @@ impl InstanceState {
 
     /// Its process runs and passes every health check it has (readiness aside).
     pub fn passes_health_checks(&self) -> bool {
-        self.is_running()
-            && self.status.as_ref().is_some_and(|s| s.passes_health_checks(self.record.health_checks.len()))
+        self.facts().passes_health_checks
     }
 
     /// Its process runs and passes every health check steadily (see
     /// [`baton_api::CheckResult::is_steady`]): it counts towards `minHealthyRatio`.
     pub fn steadily_healthy(&self) -> bool {
-        self.is_running() && self.status.as_ref().is_some_and(|s| s.passes_steadily(&self.record.health_checks))
+        self.facts().steadily_healthy
     }
 
     /// It has proved itself as a replacement: its process runs, it is healthy (and ready),
@@ -193,25 +278,19 @@ impl InstanceState {
     /// policy spared pass their next probe well before a fresh replacement has passed that
     /// many, so none of them is killed in the moment the budget frees.
     pub fn proven_healthy(&self) -> bool {
-        self.is_healthy()
-            && self.status.as_ref().is_some_and(|s| {
-                s.health.len() == self.record.health_checks.len()
-                    && self.record.health_checks.iter().zip(&s.health).all(|(check, r)| {
-                        r.passing == Some(true) && r.consecutive_successes >= check.kill_after().unwrap_or(1)
-                    })
-            })
+        self.facts().proven_healthy
     }
 
     /// Its process runs and failed a health check's last probe.
     pub fn fails_health_checks(&self) -> bool {
-        self.is_running() && self.status.as_ref().is_some_and(|s| s.fails_a_health_check())
+        self.facts().fails_health_checks
     }
 
     /// Its process runs and has failed a health check `maxConsecutiveFailures` times in a
     /// row after its grace period: it is due to be killed. Returns the failures and the
     /// check's last output.
     pub fn health_kill_due(&self) -> Option<(u32, &str)> {
-        if !self.is_running() {
+        if !self.facts().kill_due {
             return None;
         }
         let status = self.status.as_ref()?;
@@ -225,8 +304,7 @@ impl InstanceState {
     /// It has been (steadily) healthy since it started: for an app with health checks, its
     /// agent noted when; without, it is healthy now.
     pub fn ever_healthy(&self) -> bool {
-        self.status.as_ref().is_some_and(|s| s.healthy_at.is_some())
-            || (self.record.health_checks.is_empty() && self.is_healthy())
+        self.facts().ever_healthy
     }
 
     /// Since when its process has run, when it does.
@@ -236,7 +314,7 @@ impl InstanceState {
 
     /// The controller wants it to run, and it has not ended.
     pub fn is_active(&self) -> bool {
-        self.record.goal == Goal::Running && !self.is_terminal()
+        self.facts().active
     }
 
     pub fn id(&self) -> &str {

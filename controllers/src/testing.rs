@@ -439,7 +439,7 @@ pub fn apply_to_instances(
     let mut rewrite = |instances: &mut std::collections::BTreeMap<String, InstanceState>, record: InstanceRecord| {
         *revision += 1;
         if let Some(state) = instances.get_mut(&record.id) {
-            state.record = Arc::new(record);
+            state.set_record(Arc::new(record));
             state.revision = *revision;
         }
     };
@@ -480,7 +480,7 @@ pub fn set_phase(instance: &mut InstanceState, phase: Phase, now: Timestamp) {
         }
         _ => status.finished_at = Some(now),
     }
-    instance.status = Some(Arc::new(status));
+    instance.set_status(Some(Arc::new(status)));
 }
 
 /// One probe of a running instance's first health check at `now`, as an agent makes it: a
@@ -504,5 +504,5 @@ pub fn probe(instance: &mut InstanceState, passes: bool, grace: jiff::SignedDura
     if status.healthy_at.is_none() && status.passes_steadily(&instance.record.health_checks) {
         status.healthy_at = Some(now);
     }
-    instance.status = Some(Arc::new(status));
+    instance.set_status(Some(Arc::new(status)));
 }

@@ -62,7 +62,7 @@ impl World {
         // What was launched last tick runs now (healthy: these apps have no checks).
         for state in self.instances.values_mut() {
             if state.phase() == Some(Phase::Staging) {
-                state.status = Some(Arc::new(StatusRecord::new(Phase::Running)));
+                state.set_status(Some(Arc::new(StatusRecord::new(Phase::Running))));
             }
         }
         let mut snapshot = snapshot(&[], vec![agent("a1").mem(64 * 1024).build()], Vec::new());

@@ -295,7 +295,7 @@ impl World {
             let mut status = instance.status.as_deref().cloned().expect("a status");
             status.exit_code = Some(1);
             status.message = Some("exited with status 1; stderr ends with: cannot reach the database".into());
-            instance.status = Some(Arc::new(status));
+            instance.set_status(Some(Arc::new(status)));
         }
     }
 

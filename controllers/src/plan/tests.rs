@@ -704,8 +704,8 @@ fn the_platform_places_a_tenants_launch_request_once() {
         launch_request: Some(baton_api::app::LaunchRequest { version: api.version(), count: 3, revision: 100 }),
         ..Default::default()
     });
-    let served = InstanceState { created: 105, ..instance(&api, "a1", 1).scope(tenant.clone()).build() };
-    let older = InstanceState { created: 90, ..instance(&api, "a1", 2).scope(tenant.clone()).build() };
+    let served = instance(&api, "a1", 1).scope(tenant.clone()).build().with_created(105);
+    let older = instance(&api, "a1", 2).scope(tenant.clone()).build().with_created(90);
     let mut snap = snapshot(&[], vec![agent("a1").build()], vec![served, older]);
     snap.namespaces.insert("team-a".into(), tenant.clone());
     snap.other_apps.push(Arc::new(api.clone()));
@@ -740,7 +740,7 @@ fn tenants_launch_requests_are_served_by_weighted_dominant_share_when_room_is_sh
     };
     let (a, _) = (requesting("team-a"), requesting("team-b"));
     let holder = app("holder").cpus(2.0).build();
-    snap.foreign.push(InstanceState { created: 50, ..instance(&holder, "a1", 1).scope(a.clone()).running().build() });
+    snap.foreign.push(instance(&holder, "a1", 1).scope(a.clone()).running().build().with_created(50));
     let placed = plan(&snap, &ctx());
     let teams: Vec<&str> = placed.launches.iter().map(|l| l.record.app.namespace.as_str()).collect();
     assert_eq!(teams, ["team-b", "team-b"], "team-b, holding less, is served first; then the agent is full");
@@ -817,7 +817,7 @@ fn held_by(team: &str, agent: &str, n: u32) -> Vec<InstanceState> {
     (1..=n)
         .map(|i| {
             let built = instance(&holder, agent, i).scope(baton_api::Scope::Tenant(team.into())).running().passing();
-            InstanceState { created: i64::from(i) * 10, ..built.build() }
+            built.build().with_created(i64::from(i) * 10)
         })
         .collect()
 }
@@ -841,7 +841,7 @@ fn a_tenant_below_its_guarantee_reclaims_the_youngest_instances_of_a_tenant_abov
         let mut record = (*victim.record).clone();
         record.goal = Goal::Stopped;
         record.stop_reason = Some("Preempted".into());
-        victim.record = Arc::new(record);
+        victim.set_record(Arc::new(record));
     }
     let waiting = plan(&snap, &ctx());
     assert!(waiting.stops.is_empty() && waiting.launches.is_empty(), "{:?}", waiting.stops);

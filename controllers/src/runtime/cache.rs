@@ -102,10 +102,7 @@ impl StoreCache {
             .iter()
             .map(|(slot, ((record, keys, created), revision))| {
                 let status = records.statuses.get(slot).map(|(s, _)| s.clone());
-                InstanceState {
-                    created: *created,
-                    ..InstanceState::with_keys(record.clone(), *keys, *revision, status)
-                }
+                InstanceState::with_keys(record.clone(), *keys, *revision, status).with_created(*created)
             })
             .collect();
         let held = held_in_agent_order(&by_agent);
