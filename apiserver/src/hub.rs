@@ -107,6 +107,12 @@ pub struct Subscription {
 }
 
 impl Hub {
+    /// The object at `key` as this hub saw it last (with its `resourceVersion`): what the
+    /// store holds, or held a moment ago.
+    pub fn object(&self, key: &str) -> Option<Arc<Value>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).objects.get(key).cloned()
+    }
+
     /// Subscribes a watch that wants every change from `from` on; `None` when the ring no
     /// longer holds all of them.
     pub fn subscribe(&self, from: Revision) -> Option<Subscription> {
@@ -117,14 +123,6 @@ impl Hub {
         }
         (from > state.complete_after)
             .then(|| Subscription { replay: state.ring.iter().filter(|c| c.revision >= from).cloned().collect(), live })
-    }
-}
-
-impl Hub {
-    /// The object at `key` as this hub saw it last (with its `resourceVersion`): what the
-    /// store holds, or held a moment ago.
-    pub fn object(&self, key: &str) -> Option<Arc<Value>> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).objects.get(key).cloned()
     }
 }
 
