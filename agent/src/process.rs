@@ -524,7 +524,7 @@ mod tests {
             command: Command::Shell("echo hi".into()),
             user: None,
             fetch: Vec::new(),
-            env: [("GREETING".to_string(), "hello".to_string())].into(),
+            env: std::sync::Arc::new([("GREETING".to_string(), "hello".to_string())].into()),
             labels: Default::default(),
             resources: ResourceAmounts::default(),
             ports: vec![

@@ -156,7 +156,7 @@ impl Instance {
         agent_live: bool,
         resource_version: i64,
     ) -> Self {
-        let mut labels: BTreeMap<String, String> = record.labels.clone();
+        let mut labels: BTreeMap<String, String> = BTreeMap::clone(&record.labels);
         labels.insert(crate::APP_LABEL.to_string(), record.app.name.clone());
         let phase = match status {
             Some(s) if s.phase.is_terminal() => s.phase.as_str().to_string(),

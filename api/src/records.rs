@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -261,10 +262,12 @@ pub struct InstanceRecord {
     /// `fetch`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fetch: Vec<crate::app::Fetch>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub env: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
+    /// Shared, as the labels are, by the records of one app version that hold the same
+    /// (the controller's cache makes them one): a map of even one entry is a 0.5 KiB node.
+    #[serde(default, skip_serializing_if = "is_empty_map")]
+    pub env: Arc<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "is_empty_map")]
+    pub labels: Arc<BTreeMap<String, String>>,
     pub resources: ResourceAmounts,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<AssignedPort>,
@@ -282,6 +285,10 @@ pub struct InstanceRecord {
     /// decisions (the chaos checker replays the store to that revision).
     #[serde(default, skip_serializing_if = "is_no_revision")]
     pub planned_at: i64,
+}
+
+fn is_empty_map(map: &Arc<BTreeMap<String, String>>) -> bool {
+    map.is_empty()
 }
 
 fn is_no_revision(revision: &i64) -> bool {

@@ -12,6 +12,8 @@
 //! The stage that will order demand across tenants (share) sits between decide and place
 //! (DESIGN.md §5); it takes and gives a queue of [`Demand`].
 
+use std::sync::Arc;
+
 use baton_api::constraints::Constraint;
 use baton_api::records::{AssignedPort, Command};
 use baton_api::{App, AppRef, Goal, InstanceRecord, Scope};
@@ -165,6 +167,8 @@ fn launch(
     let name = app.metadata.name.clone().unwrap_or_default();
     let app_name = format!("{}/{name}", app.metadata.namespace.as_deref().unwrap_or_default());
     let resources = spec.resources.amounts();
+    // One copy for every instance placed here.
+    let (env, labels) = (Arc::new(spec.env.clone()), Arc::new(spec.labels.clone()));
     let asks: Vec<PortAsk> = spec
         .ports
         .iter()
@@ -225,8 +229,8 @@ fn launch(
                 command: command.clone(),
                 user: spec.user.clone(),
                 fetch: spec.fetch.clone(),
-                env: spec.env.clone(),
-                labels: spec.labels.clone(),
+                env: env.clone(),
+                labels: labels.clone(),
                 resources,
                 ports,
                 kill_grace_seconds: spec.kill_grace_seconds(),

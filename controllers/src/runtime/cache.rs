@@ -5,7 +5,7 @@
 //! platform's cache also holds other scopes' instances, for the capacity they take; a
 //! tenant's holds only its own).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,8 +40,19 @@ struct Records {
     drains: BTreeMap<String, (Arc<DrainRecord>, Revision)>,
     backoffs: BTreeMap<(String, String), (Arc<BackoffRecord>, Revision)>,
     kill_requests: BTreeMap<(String, String), (Arc<KillRequest>, Revision)>,
+    /// The environment and labels of each app version (uid, version), shared by its
+    /// records: parsed, each record would hold a copy of its own.
+    shared: HashMap<(String, String), Shared>,
     /// The revision through which changes are applied to these records.
     applied: Revision,
+}
+
+type Map = Arc<BTreeMap<String, String>>;
+
+/// What the records of one app version hold alike.
+struct Shared {
+    env: Map,
+    labels: Map,
 }
 
 /// Store records, kept current by one watch over the keyspace (so changes apply in
@@ -93,7 +104,8 @@ impl StoreCache {
     /// The scope's state as it is now: `apps` and `groups` are every App and AppGroup,
     /// `namespaces` tells each namespace's scope.
     pub fn snapshot(&self, apps: Vec<Arc<App>>, groups: Vec<Arc<AppGroup>>, namespaces: &Scopes) -> Snapshot {
-        let records = self.records.lock().expect("cache lock");
+        let mut records = self.records.lock().expect("cache lock");
+        records.forget_unshared();
         let scope = records.scope.clone();
         let ours = |namespace: Option<&str>| namespaces.of(namespace.unwrap_or_default()) == &scope;
         // In the store's key order, by agent: what each agent holds is gathered on the way.
@@ -163,6 +175,25 @@ impl Records {
     /// around them); another scope only its own.
     fn keeps(&self, record: &InstanceRecord) -> bool {
         self.scope.places() || record.scope == self.scope
+    }
+
+    /// Makes `record` hold its app version's environment and labels as the other records
+    /// of that version do (the first record of a version sets them).
+    fn share(&mut self, record: &mut InstanceRecord) {
+        let key = (record.app.uid.clone(), record.version.clone());
+        let shared =
+            self.shared.entry(key).or_insert_with(|| Shared { env: record.env.clone(), labels: record.labels.clone() });
+        if shared.env == record.env {
+            record.env = shared.env.clone();
+        }
+        if shared.labels == record.labels {
+            record.labels = shared.labels.clone();
+        }
+    }
+
+    /// Forgets the app versions no record holds any more.
+    fn forget_unshared(&mut self) {
+        self.shared.retain(|_, shared| Arc::strong_count(&shared.env) > 1 || Arc::strong_count(&shared.labels) > 1);
     }
 }
 
@@ -260,8 +291,12 @@ async fn range_at(store: &dyn Store, prefix: &str, revision: Revision) -> baton_
 }
 
 fn parse<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Option<Arc<T>> {
+    parse_value(kv).map(Arc::new)
+}
+
+fn parse_value<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Option<T> {
     match serde_json::from_slice(&kv.value) {
-        Ok(value) => Some(Arc::new(value)),
+        Ok(value) => Some(value),
         Err(e) => {
             tracing::warn!(key = kv.key, error = %e, "ignoring an unreadable record");
             None
@@ -290,9 +325,11 @@ fn apply_put(records: &mut Records, keys: &Keyspace, kv: &KeyValue) {
             upsert(&mut records.agents, name.to_string(), agent, kv.mod_revision);
         }
     } else if let Some((agent, id)) = keys.parse_instance_key(&kv.key) {
-        if let Some(record) = parse::<InstanceRecord>(kv)
+        if let Some(mut record) = parse_value::<InstanceRecord>(kv)
             && records.keeps(&record)
         {
+            records.share(&mut record);
+            let record = Arc::new(record);
             let keys = RecordKeys::of(&record);
             let value = (record, keys, kv.create_revision);
             upsert(&mut records.instances, (agent.to_string(), id.to_string()), value, kv.mod_revision);

@@ -259,3 +259,32 @@ async fn a_tenants_cache_holds_only_its_scope_and_the_platforms_counts_the_rest_
     assert!(snapshot.foreign.is_empty(), "a tenant's cache does not hold the platform's instances");
     shutdown.cancel();
 }
+
+#[tokio::test]
+async fn records_of_one_app_version_share_its_environment_and_labels_in_the_cache() {
+    let (store, _dir) = embedded().await;
+    let web = app("web").build();
+    let env: std::collections::BTreeMap<String, String> =
+        [("DB".to_string(), "db.internal:5432".to_string()), ("MODE".to_string(), "production".to_string())].into();
+    let mut all: Vec<InstanceRecord> = (0..4)
+        .map(|i| InstanceRecord {
+            env: Arc::new(env.clone()),
+            ..instance(&web, &format!("a{i}"), i).build().record.as_ref().clone()
+        })
+        .collect();
+    all[3].labels = Arc::new([("tier".to_string(), "web".to_string())].into());
+    for record in &all {
+        put_record(&store, record).await;
+    }
+    let shutdown = CancellationToken::new();
+    let cache =
+        StoreCache::start(store.clone(), Keyspace::default(), Scope::Platform, Arc::new(Notify::new()), shutdown);
+    cache.ready().await;
+    let snapshot = cache.snapshot(Vec::new(), Vec::new(), &Scopes::default());
+    let held: Vec<&InstanceRecord> = all.iter().map(|r| snapshot.instances[&r.id].record.as_ref()).collect();
+    assert_eq!(held.iter().map(|r| (*r).clone()).collect::<Vec<_>>(), all, "read as written");
+    assert_eq!(held[0].env.len(), 2);
+    assert!(held.iter().all(|r| Arc::ptr_eq(&r.env, &held[0].env)), "one environment for the version");
+    assert!(Arc::ptr_eq(&held[1].labels, &held[0].labels), "equal labels are one map");
+    assert!(!Arc::ptr_eq(&held[3].labels, &held[0].labels), "other labels are kept as they are");
+}
