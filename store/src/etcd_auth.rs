@@ -5,11 +5,17 @@
 //! kubelet to its node. A stolen agent credential runs nothing on other agents and reads
 //! none of their work.
 
+use std::time::Duration;
+
 use etcd_client::{Permission, UserAddOptions};
 
 use crate::Keyspace;
 use crate::etcd::EtcdStore;
 use crate::{Error, Result};
+
+/// How long one request to turn etcd's authentication on may take, and how many are made.
+const AUTH_ENABLE_WAIT: Duration = Duration::from_secs(5);
+const AUTH_ENABLE_ATTEMPTS: u32 = 5;
 
 /// etcd's superuser: needed to turn authentication on, and to manage users afterwards.
 pub const ROOT: &str = "root";
@@ -97,9 +103,23 @@ impl EtcdStore {
         for user in PLATFORM_USERS {
             self.ensure_user(user, PLATFORM_ROLE, &platform_grants(keys)).await?;
         }
+        // Bounded and asked again: once (Loop run 51) etcd applied it — every member logged
+        // "Authentication enabled" — and the answer never came, so the registrar waited and
+        // never served. etcd 3.4 answers a second AuthEnable with success when it is on.
         let mut client = self.client();
-        client.auth_enable().await.map_err(|e| failed("enabling authentication", e))?;
-        Ok(())
+        for attempt in 1..=AUTH_ENABLE_ATTEMPTS {
+            match tokio::time::timeout(AUTH_ENABLE_WAIT, client.auth_enable()).await {
+                Ok(answer) => return answer.map(drop).map_err(|e| failed("enabling authentication", e)),
+                Err(_) => tracing::warn!(
+                    attempt,
+                    wait = ?AUTH_ENABLE_WAIT,
+                    "etcd did not answer the request to turn its authentication on; asking again"
+                ),
+            }
+        }
+        Err(Error::Backend(format!(
+            "enabling authentication: etcd did not answer within {AUTH_ENABLE_WAIT:?}, {AUTH_ENABLE_ATTEMPTS} times"
+        )))
     }
 
     /// Makes agent `agent`'s user and role ([`agent_user`]) with [`agent_grants`]. Idempotent.
