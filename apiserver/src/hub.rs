@@ -14,7 +14,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use axum::body::Bytes;
-use baton_store::{EventKind, Revision, Store, WatchEvent};
+use baton_store::{EventKind, Revision, Store, StoreExt, WatchEvent};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
@@ -148,14 +148,16 @@ impl Hubs {
             return Ok(hub.clone());
         }
         let at = (from > 1).then(|| from - 1);
-        let (latest, kvs) = match read_all(store.as_ref(), prefix, at).await {
-            Ok(read) => read,
+        let listed = match store.range_at(prefix, at).await {
+            Ok(listed) => listed,
             // Compacted, or ahead of the store: the hub starts now, and that watcher gets a
             // store watch of its own (which answers 410 or waits).
-            Err(_) if at.is_some() => read_all(store.as_ref(), prefix, None).await?,
+            Err(_) if at.is_some() => store.range_at(prefix, None).await?,
             Err(e) => return Err(e),
         };
-        let objects = kvs.iter().filter_map(|kv| Some((kv.key.clone(), Arc::new(object_of(kv).ok()?)))).collect();
+        let latest = listed.revision;
+        let objects =
+            listed.kvs.iter().filter_map(|kv| Some((kv.key.clone(), Arc::new(object_of(kv).ok()?)))).collect();
         let watch = store.watch_current(prefix, latest + 1).await?;
         let (live, _) = broadcast::channel(LAG);
         let state = State { objects, ring: VecDeque::new(), complete_after: latest, latest };
@@ -201,26 +203,5 @@ impl Hubs {
             registry.lock().unwrap_or_else(|p| p.into_inner()).remove(&prefix_owned);
         });
         Ok(hub)
-    }
-}
-
-/// Every key under `prefix` as of `revision` (`None`: now), a page at a time; and the
-/// revision read.
-async fn read_all(
-    store: &dyn Store,
-    prefix: &str,
-    revision: Option<Revision>,
-) -> baton_store::Result<(Revision, Vec<baton_store::KeyValue>)> {
-    const PAGE: usize = 1000;
-    let mut request = baton_store::PageRequest { prefix: prefix.to_string(), after: None, limit: PAGE, revision };
-    let mut kvs = Vec::new();
-    loop {
-        let page = store.range_page(&request).await?;
-        request.revision = Some(page.revision);
-        request.after = page.kvs.last().map(|kv| kv.key.clone());
-        kvs.extend(page.kvs);
-        if !page.more || request.after.is_none() {
-            return Ok((page.revision, kvs));
-        }
     }
 }

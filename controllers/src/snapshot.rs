@@ -86,8 +86,9 @@ impl Key {
 
 /// One instance: what the controller assigned and what the agent reported.
 ///
-/// Who changes `record` or `status` calls [`InstanceState::refresh`] (debug builds check
-/// that every predicate reads facts that are current).
+/// Its `record` and `status` change through [`InstanceState::set_record`] and
+/// [`InstanceState::set_status`], which work its facts out again (debug builds check that
+/// every predicate reads facts that are current).
 #[derive(Debug, Clone, PartialEq)]
 pub struct InstanceState {
     pub record: Arc<InstanceRecord>,
@@ -199,7 +200,7 @@ impl InstanceState {
     }
 
     /// Works out its facts again, after `record` or `status` changed.
-    pub fn refresh(&mut self) {
+    fn refresh(&mut self) {
         let keys = RecordKeys::of(&self.record);
         (self.app_key, self.version_key) = (keys.app, keys.version);
         self.facts = Facts::of(&self.record, self.status.as_deref());
@@ -210,7 +211,7 @@ impl InstanceState {
         debug_assert_eq!(
             self.facts,
             Facts::of(&self.record, self.status.as_deref()),
-            "instance {}: its record or status changed without refresh()",
+            "instance {}: its record or status changed without set_record or set_status",
             self.record.id
         );
         &self.facts

@@ -385,6 +385,23 @@ pub trait StoreExt: Store {
         Ok(matches!(response.responses.first(), Some(OpResponse::Delete(n)) if *n > 0))
     }
 
+    /// Every key under `prefix` as of `revision` (`None`: now), read a page at a time at
+    /// that one revision.
+    async fn range_at(&self, prefix: &str, revision: Option<Revision>) -> Result<RangeResponse> {
+        const PAGE: usize = 10_000;
+        let mut request = PageRequest { prefix: prefix.to_string(), after: None, limit: PAGE, revision };
+        let mut kvs = Vec::new();
+        loop {
+            let page = self.range_page(&request).await?;
+            request.revision = Some(page.revision);
+            request.after = page.kvs.last().map(|kv| kv.key.clone());
+            kvs.extend(page.kvs);
+            if !page.more || request.after.is_none() {
+                return Ok(RangeResponse { kvs, revision: page.revision });
+            }
+        }
+    }
+
     /// The current revision of the store.
     async fn current_revision(&self) -> Result<Revision> {
         // A read-only transaction returns the revision without changing anything.

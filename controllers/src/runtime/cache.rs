@@ -18,7 +18,7 @@ use baton_api::{
     AgentRecord, App, AppGroup, BackoffRecord, DrainRecord, InstanceRecord, KillRequest, Maintenance, Scope,
     StatusRecord, Tenant, UnreachableMarker,
 };
-use baton_store::{EventKind, KeyValue, Keyspace, PageRequest, Revision, Store, WatchEvent};
+use baton_store::{EventKind, KeyValue, Keyspace, Revision, Store, StoreExt, WatchEvent};
 use k8s_openapi::api::core::v1::Namespace;
 
 use crate::snapshot::{InstanceState, Marker, RecordKeys, Snapshot, held_in_agent_order};
@@ -235,7 +235,7 @@ async fn load_and_watch(
     for prefix in
         [keys.instances(), keys.statuses(), keys.unreachable_agents(), keys.drains(), keys.apps(), keys.kill_requests()]
     {
-        for kv in range_at(store.as_ref(), &prefix, at).await? {
+        for kv in store.range_at(&prefix, Some(at)).await?.kvs {
             apply_put(&mut fresh, keys, &kv);
         }
     }
@@ -271,23 +271,6 @@ async fn load_and_watch(
         changed.notify_one();
     }
     Ok(())
-}
-
-/// Every key under `prefix` as of `revision`, a page at a time.
-async fn range_at(store: &dyn Store, prefix: &str, revision: Revision) -> baton_store::Result<Vec<KeyValue>> {
-    const PAGE: usize = 10_000;
-    let mut kvs = Vec::new();
-    let mut after = None;
-    loop {
-        let request = PageRequest { prefix: prefix.to_string(), after, limit: PAGE, revision: Some(revision) };
-        let page = store.range_page(&request).await?;
-        let more = page.more && !page.kvs.is_empty();
-        after = page.kvs.last().map(|kv| kv.key.clone());
-        kvs.extend(page.kvs);
-        if !more {
-            return Ok(kvs);
-        }
-    }
 }
 
 fn parse<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Option<Arc<T>> {
