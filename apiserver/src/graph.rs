@@ -15,10 +15,10 @@
 
 use baton_api::groups::{Graph, GroupPath};
 use baton_api::{App, AppGroup, FieldError};
-use baton_store::{Compare, Op};
+use baton_store::{Compare, Keyspace, Op};
 use serde_json::{Value, json};
 
-use crate::admission::{Admission, Context, Guard, Proposed};
+use crate::admission::{Admission, Context, Guard, Proposed, Read};
 use crate::status::{ApiError, ApiResult};
 
 /// The dependency graph's check, for the two kinds that shape it.
@@ -47,28 +47,49 @@ impl DependencyGraph {
         };
         json!([object["metadata"]["name"], position, spec["dependencies"]])
     }
+
+    /// The namespace of a write that changes the graph.
+    fn changed_in<'a>(&self, write: &Proposed<'a>) -> Option<&'a str> {
+        let Proposed { namespace, before, after, .. } = *write;
+        let namespace = namespace?;
+        (before.map(|b| self.shape(b)) != Some(self.shape(after))).then_some(namespace)
+    }
 }
 
 #[async_trait::async_trait]
 impl Admission for DependencyGraph {
+    /// The graph's guard keys and the namespace's groups; its apps too when the write
+    /// declares dependencies (a group always may).
+    fn reads(&self, keys: &Keyspace, write: &Proposed<'_>) -> Vec<Read> {
+        let Some(namespace) = self.changed_in(write) else { return Vec::new() };
+        let mut reads = vec![
+            Read::Key(keys.dependency_graph(namespace)),
+            Read::Key(keys.dependency_graph_members(namespace)),
+            Read::Prefix(registry(keys, namespace, "appgroups")),
+        ];
+        let declares =
+            write.after.pointer("/spec/dependencies").and_then(Value::as_array).is_some_and(|d| !d.is_empty());
+        if declares || matches!(self, DependencyGraph::Groups) {
+            reads.push(Read::Prefix(registry(keys, namespace, "apps")));
+        }
+        reads
+    }
+
     /// Checks a write against the rest of the namespace's apps and groups. `None` when the
     /// write does not change the graph.
     async fn admit(&self, context: Context<'_>, write: &Proposed<'_>) -> ApiResult<Option<Guard>> {
-        let Proposed { target, namespace, before, after } = *write;
-        let Some(namespace) = namespace else {
+        let Some(namespace) = self.changed_in(write) else {
             return Ok(None);
         };
-        let shape_after = self.shape(after);
-        if before.map(|b| self.shape(b)).as_ref() == Some(&shape_after) {
-            return Ok(None);
-        }
-        let (store, keys) = (context.store, context.keys);
+        let Proposed { target, after, .. } = *write;
+        let keys = context.keys;
         let name = target.name;
         let graph_key = keys.dependency_graph(namespace);
         let members_key = keys.dependency_graph_members(namespace);
-        // Both read before the objects, so that a write after these reads is noticed.
-        let graph_seen = store.get(&graph_key).await?;
-        let members_seen = store.get(&members_key).await?;
+        // Both read with the objects (or before them), so that a write after these reads is
+        // noticed.
+        let graph_seen = context.get(&graph_key).await?;
+        let members_seen = context.get(&members_key).await?;
         let changed_by = json!({"changedBy": format!("{}/{name}", target.plural)}).to_string();
         let mut groups: Vec<AppGroup> = load(context, namespace, "appgroups").await?;
         let decode_error =
@@ -132,9 +153,13 @@ pub(crate) async fn load<T: serde::de::DeserializeOwned>(
     namespace: &str,
     plural: &str,
 ) -> ApiResult<Vec<T>> {
-    let prefix = context.keys.registry(baton_api::GROUP, plural, Some(namespace));
-    let listed = context.store.range(&prefix).await?;
-    Ok(listed.kvs.iter().filter_map(|kv| serde_json::from_slice(&kv.value).ok()).collect())
+    let listed = context.range(&registry(context.keys, namespace, plural)).await?;
+    Ok(listed.iter().filter_map(|kv| serde_json::from_slice(&kv.value).ok()).collect())
+}
+
+/// Where the objects of a Baton kind in `namespace` are stored.
+pub(crate) fn registry(keys: &Keyspace, namespace: &str, plural: &str) -> String {
+    keys.registry(baton_api::GROUP, plural, Some(namespace))
 }
 
 /// A cycle the write would close, reported on its dependencies — or, for an object without

@@ -5,7 +5,7 @@
 //! Kubernetes namespace controller does.
 
 use axum::http::StatusCode;
-use baton_store::{Compare, Op, Txn};
+use baton_store::{Compare, KeyValue, Op, Txn};
 use serde_json::{Value, json};
 
 use crate::ApiServer;
@@ -43,7 +43,7 @@ fn is_terminating(namespace: &Value) -> bool {
 }
 
 impl ApiServer {
-    fn namespace_key(&self, name: &str) -> String {
+    pub(crate) fn namespace_key(&self, name: &str) -> String {
         self.keys.registry_object("core", NAMESPACES, None, name)
     }
 
@@ -86,11 +86,12 @@ impl ApiServer {
 
     /// Refuses to create an object in a namespace that does not exist (404) or is being
     /// deleted (403), as Kubernetes' namespace lifecycle admission does.
-    pub async fn check_namespace_open(&self, kind: &Kind, namespace: &str, name: &str) -> ApiResult<()> {
-        let Some(kv) = self.store.get(&self.namespace_key(namespace)).await? else {
+    /// `stored`: the namespace's key as read.
+    pub fn check_namespace_open(kind: &Kind, namespace: &str, name: &str, stored: Option<&KeyValue>) -> ApiResult<()> {
+        let Some(kv) = stored else {
             return Err(ApiError::not_found(&namespace_target(namespace)));
         };
-        if is_terminating(&object_of(&kv)?) {
+        if is_terminating(&object_of(kv)?) {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "Forbidden",

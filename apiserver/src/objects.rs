@@ -12,7 +12,7 @@ use baton_store::{Compare, KeyValue, Op, Revision, Txn};
 use jiff::Timestamp;
 use serde_json::{Value, json};
 
-use crate::admission::{self, Context, Guard, Proposed};
+use crate::admission::{self, Context, Guard, Proposed, Read, Reads};
 use crate::kinds::{Decoded, Kind, Source};
 use crate::managed::{self, Part};
 use crate::request::{FieldValidation, Patch, Query};
@@ -92,7 +92,8 @@ impl ApiServer {
         Ok(id)
     }
 
-    /// Runs the kind's admission checks on a write of `after` over `before`.
+    /// Runs `kind`'s admission checks of a write (of a create when `before` is `None`: its
+    /// namespace must be open), after reading what they read in one store request.
     async fn admit(
         &self,
         kind: &Kind,
@@ -102,7 +103,14 @@ impl ApiServer {
         after: &Value,
     ) -> ApiResult<Guard> {
         let write = Proposed { target: kind.target(name), namespace, before, after };
-        let context = Context { store: self.store.as_ref(), keys: &self.keys };
+        let opening = namespace.filter(|_| before.is_none()).map(|ns| (ns, self.namespace_key(ns)));
+        let also = opening.iter().map(|(_, key)| Read::Key(key.clone())).collect();
+        let wanted = admission::reads(&kind.admission, &self.keys, &write, also);
+        let read = Reads::of(self.store.as_ref(), &wanted).await?;
+        if let Some((namespace, key)) = &opening {
+            Self::check_namespace_open(kind, namespace, name, read.key(key).flatten())?;
+        }
+        let context = Context { store: self.store.as_ref(), keys: &self.keys, read: Some(&read) };
         admission::admit(&kind.admission, context, &write).await
     }
 
@@ -257,9 +265,6 @@ impl ApiServer {
                 }],
             ),
             None => managed::record_update(&json!({}), &mut object, &writer, scope),
-        }
-        if let Some(namespace) = namespace {
-            self.check_namespace_open(kind, namespace, &name).await?;
         }
         let key = self.object_key(kind, namespace, &name);
         for _ in 0..MAX_ATTEMPTS {

@@ -16,10 +16,10 @@
 
 use baton_api::tenant::{Tenant, Usage, domains_overlap, show};
 use baton_api::{App, AppGroup, FieldError};
-use baton_store::Op;
+use baton_store::{Keyspace, Op};
 use serde_json::{Value, json};
 
-use crate::admission::{Admission, Context, Guard, Proposed};
+use crate::admission::{Admission, Context, Guard, Proposed, Read};
 use crate::graph::{load, unchanged};
 use crate::status::{ApiError, ApiResult};
 
@@ -40,15 +40,20 @@ impl QuotaCheck {
     }
 }
 
+/// Where Tenants are stored.
+fn tenants_prefix(keys: &Keyspace) -> String {
+    keys.registry(baton_api::GROUP, "tenants", None)
+}
+
 /// Every Tenant.
 async fn tenants(context: Context<'_>) -> ApiResult<Vec<Tenant>> {
-    let prefix = context.keys.registry(baton_api::GROUP, "tenants", None);
-    let listed = context.store.range(&prefix).await?;
-    Ok(listed.kvs.iter().filter_map(|kv| serde_json::from_slice(&kv.value).ok()).collect())
+    let listed = context.range(&tenants_prefix(context.keys)).await?;
+    Ok(listed.iter().filter_map(|kv| serde_json::from_slice(&kv.value).ok()).collect())
 }
 
 /// What the apps of `tenant`'s namespaces ask for without and with this write (`namespace`,
-/// `name`, the object as it would be stored), counted from one read of each namespace.
+/// `name`, the object as it would be stored), counted from one read of each namespace, from
+/// the store (after the quota's guard key was read).
 async fn usage(
     context: Context<'_>,
     tenant: &Tenant,
@@ -57,6 +62,7 @@ async fn usage(
 ) -> ApiResult<(Usage, Usage)> {
     let (mut without, mut with) = (Usage::default(), Usage::default());
     let (written_in, name, object) = write;
+    let context = context.fresh();
     for namespace in &tenant.spec.namespaces {
         let apps: Vec<App> = load(context, namespace, "apps").await?;
         let all_groups: Vec<AppGroup> = load(context, namespace, "appgroups").await?;
@@ -80,14 +86,28 @@ async fn usage(
     Ok((without, with))
 }
 
+impl QuotaCheck {
+    /// The namespace of a write that may change what its apps ask for.
+    fn changed_in<'a>(&self, write: &Proposed<'a>) -> Option<&'a str> {
+        let Proposed { namespace, before, after, .. } = *write;
+        let namespace = namespace?;
+        (before.map(|b| self.shape(b)) != Some(self.shape(after))).then_some(namespace)
+    }
+}
+
 #[async_trait::async_trait]
 impl Admission for QuotaCheck {
-    async fn admit(&self, context: Context<'_>, write: &Proposed<'_>) -> ApiResult<Option<Guard>> {
-        let Proposed { target, namespace, before, after } = *write;
-        let Some(namespace) = namespace else { return Ok(None) };
-        if before.map(|b| self.shape(b)).as_ref() == Some(&self.shape(after)) {
-            return Ok(None);
+    /// The Tenants (one may hold the namespace); the rest depends on which does.
+    fn reads(&self, keys: &Keyspace, write: &Proposed<'_>) -> Vec<Read> {
+        match self.changed_in(write) {
+            Some(_) => vec![Read::Prefix(tenants_prefix(keys))],
+            None => Vec::new(),
         }
+    }
+
+    async fn admit(&self, context: Context<'_>, write: &Proposed<'_>) -> ApiResult<Option<Guard>> {
+        let Some(namespace) = self.changed_in(write) else { return Ok(None) };
+        let Proposed { target, after, .. } = *write;
         let Some(tenant) =
             tenants(context).await?.into_iter().find(|t| t.spec.namespaces.iter().any(|n| n == namespace))
         else {
@@ -96,7 +116,7 @@ impl Admission for QuotaCheck {
         let tenant_name = tenant.metadata.name.clone().unwrap_or_default();
         let key = context.keys.quota_guard(&tenant_name);
         // Read before the apps, so a write after this read is noticed.
-        let seen = context.store.get(&key).await?;
+        let seen = context.fresh().get(&key).await?;
         let guard = Guard {
             compares: vec![unchanged(&key, seen.as_ref())],
             ops: vec![Op::put(
@@ -136,16 +156,29 @@ impl Admission for QuotaCheck {
 /// domains overlap (equal, or one within the other).
 pub struct TenantClaims;
 
+/// Whether a write of a Tenant changes what it claims.
+fn claims_change(write: &Proposed<'_>) -> bool {
+    let claims = |t: &Value| json!([t["spec"]["namespaces"], t["spec"]["serviceDomain"]]);
+    write.before.is_none_or(|b| claims(b) != claims(write.after))
+}
+
 #[async_trait::async_trait]
 impl Admission for TenantClaims {
+    /// The claims' guard key with the Tenants.
+    fn reads(&self, keys: &Keyspace, write: &Proposed<'_>) -> Vec<Read> {
+        match claims_change(write) {
+            true => vec![Read::Key(keys.tenants_guard()), Read::Prefix(tenants_prefix(keys))],
+            false => Vec::new(),
+        }
+    }
+
     async fn admit(&self, context: Context<'_>, write: &Proposed<'_>) -> ApiResult<Option<Guard>> {
-        let Proposed { target, before, after, .. } = *write;
-        let claims = |t: &Value| json!([t["spec"]["namespaces"], t["spec"]["serviceDomain"]]);
-        if before.is_some_and(|b| claims(b) == claims(after)) {
+        if !claims_change(write) {
             return Ok(None);
         }
+        let Proposed { target, after, .. } = *write;
         let key = context.keys.tenants_guard();
-        let seen = context.store.get(&key).await?;
+        let seen = context.get(&key).await?;
         let tenant: Tenant = serde_json::from_value(after.clone())
             .map_err(|e| ApiError::internal(format!("a decoded Tenant no longer reads: {e}")))?;
         let mut errors = Vec::new();

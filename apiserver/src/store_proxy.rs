@@ -313,11 +313,19 @@ impl ApiServer {
         txn.compares.extend(checked);
         let mut response = self.store.txn(txn).await.map_err(store_error)?;
         for answer in &mut response.responses {
-            if let OpResponse::Get(Some(kv)) = answer {
-                let slots = self.slots_for(reach, std::slice::from_ref(kv), 0).await?;
-                if !reach.visible(kv, &slots) {
-                    *answer = OpResponse::Get(None);
+            match answer {
+                OpResponse::Get(Some(kv)) => {
+                    let slots = self.slots_for(reach, std::slice::from_ref(kv), 0).await?;
+                    if !reach.visible(kv, &slots) {
+                        *answer = OpResponse::Get(None);
+                    }
                 }
+                // What a range read outside the scope is left out, as in a plain range.
+                OpResponse::Range { kvs, .. } => {
+                    let slots = self.slots_for(reach, kvs, 0).await?;
+                    kvs.retain(|kv| reach.visible(kv, &slots));
+                }
+                _ => {}
             }
         }
         Ok(response)
@@ -331,7 +339,7 @@ impl ApiServer {
         let mut deleted_ids: Vec<&str> = Vec::new();
         for op in ops {
             let (key, value) = match op {
-                Op::Get { .. } => continue,
+                Op::Get { .. } | Op::Range { .. } => continue,
                 Op::DeletePrefix { prefix } => {
                     return Err(forbidden(format!("deleting the prefix {prefix} is not allowed")));
                 }

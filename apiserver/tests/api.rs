@@ -956,7 +956,15 @@ impl Store for Counting {
 
     async fn txn(&self, txn: baton_store::Txn) -> baton_store::Result<baton_store::TxnResponse> {
         let response = self.inner.txn(txn).await?;
-        let read = response.responses.iter().filter(|r| matches!(r, baton_store::OpResponse::Get(Some(_)))).count();
+        let read = response
+            .responses
+            .iter()
+            .map(|r| match r {
+                baton_store::OpResponse::Get(Some(_)) => 1,
+                baton_store::OpResponse::Range { kvs, .. } => kvs.len(),
+                _ => 0,
+            })
+            .sum();
         self.count(read);
         Ok(response)
     }
@@ -1453,12 +1461,39 @@ async fn patch_status(api: &Api, running: i32) -> Value {
     body
 }
 
-#[tokio::test]
-async fn a_watched_kinds_patches_read_from_the_shared_watch() {
+/// An API server on an embedded store, reading through a [`Counting`] store.
+async fn counted_api() -> (Api, Arc<Counting>, Arc<dyn Store>) {
     let dir = tempfile::tempdir().unwrap();
     let embedded: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).await.unwrap());
     let counting = Arc::new(Counting { inner: embedded.clone(), calls: Default::default(), keys: Default::default() });
     let api = Api::on(counting.clone(), dir).await;
+    (api, counting, embedded)
+}
+
+#[tokio::test]
+async fn a_create_reads_what_its_checks_need_in_one_request() {
+    let (api, counting, _) = counted_api().await;
+    api.create("db", 1).await;
+    counting.take();
+    // Its namespace, the dependency graph's keys, the AppGroups and the Tenants, then the write.
+    api.create("web", 3).await;
+    assert_eq!(counting.take().0, 2, "an App's create reads once, then writes");
+    let (code, body) = api.call(Method::POST, APPS, Some(&grouped("api", "/back", &["/front"]))).await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+    assert_eq!(counting.take().0, 2, "with dependencies too (the namespace's Apps are read with the rest)");
+    // What the checks read still decides: a cycle is refused; in a missing namespace, nothing is made.
+    let (code, body) = api.call(Method::POST, APPS, Some(&grouped("ui", "/front", &["/back"]))).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body["message"].as_str().is_some_and(|m| m.contains("spec.dependencies")), "{body}");
+    let missing = "/apis/baton.dev/v1alpha1/namespaces/nowhere/apps";
+    let (code, body) = api.call(Method::POST, missing, Some(&app("web", 1))).await;
+    assert_eq!(code, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["details"]["name"], "nowhere", "{body}");
+}
+
+#[tokio::test]
+async fn a_watched_kinds_patches_read_from_the_shared_watch() {
+    let (api, counting, embedded) = counted_api().await;
     api.create("web", 3).await;
     counting.take();
     patch_status(&api, 1).await;

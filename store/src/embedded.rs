@@ -398,6 +398,24 @@ impl Inner {
                         responses.push(OpResponse::Delete(deleted));
                     }
                     Op::Get { key } => responses.push(OpResponse::Get(read(&kv, key)?)),
+                    Op::Range { prefix, limit } => {
+                        let end = prefix_end(prefix);
+                        let iter = match &end {
+                            Some(end) => kv.range::<&str>(prefix.as_str()..end.as_str()),
+                            None => kv.range::<&str>(prefix.as_str()..),
+                        }
+                        .map_err(|e| backend("txn", e))?;
+                        let (mut kvs, mut more) = (Vec::new(), false);
+                        for entry in iter {
+                            if *limit > 0 && kvs.len() == *limit {
+                                more = true;
+                                break;
+                            }
+                            let (key, value) = entry.map_err(|e| backend("txn", e))?;
+                            kvs.push(decode_record(key.value(), value.value())?);
+                        }
+                        responses.push(OpResponse::Range { kvs, more });
+                    }
                 }
             }
         }

@@ -255,6 +255,10 @@ fn txn_op(op: &Op) -> TxnOp {
             TxnOp::delete(prefix.as_bytes(), Some(options))
         }
         Op::Get { key } => TxnOp::get(key.as_bytes(), None),
+        Op::Range { prefix, limit } => {
+            let end = prefix_end(prefix).map(String::into_bytes).unwrap_or_else(|| vec![0]);
+            TxnOp::get(prefix.as_bytes(), Some(GetOptions::new().with_range(end).with_limit(*limit as i64)))
+        }
     }
 }
 
@@ -373,15 +377,21 @@ impl Store for EtcdStore {
             Err(e) => return Err(backend("txn", e)),
         };
         let revision = response.header().map_or(0, |h| h.revision());
+        // A get and a range answer alike: the branch that ran tells them apart.
+        let ran = if response.succeeded() { &txn.success } else { &txn.failure };
         let responses = response
             .op_responses()
             .into_iter()
-            .map(|r| match r {
-                TxnOpResponse::Put(_) => OpResponse::Put,
-                TxnOpResponse::Delete(d) => OpResponse::Delete(d.deleted()),
-                TxnOpResponse::Get(g) => OpResponse::Get(g.kvs().first().map(key_value)),
+            .zip(ran)
+            .map(|(r, op)| match (r, op) {
+                (TxnOpResponse::Get(g), Op::Range { .. }) => {
+                    OpResponse::Range { kvs: g.kvs().iter().map(key_value).collect(), more: g.more() }
+                }
+                (TxnOpResponse::Get(g), _) => OpResponse::Get(g.kvs().first().map(key_value)),
+                (TxnOpResponse::Put(_), _) => OpResponse::Put,
+                (TxnOpResponse::Delete(d), _) => OpResponse::Delete(d.deleted()),
                 // Nested transactions are never sent.
-                TxnOpResponse::Txn(_) => OpResponse::Put,
+                (TxnOpResponse::Txn(_), _) => OpResponse::Put,
             })
             .collect();
         Ok(TxnResponse { succeeded: response.succeeded(), revision, responses })

@@ -140,6 +140,10 @@ pub enum Op {
     DeletePrefix { prefix: String },
     /// Read `key` as of this transaction.
     Get { key: String },
+    /// Read the first `limit` keys (0: all) that start with `prefix`, as of this transaction: several
+    /// reads in one request see one revision, and cost the store one read (etcd copies its
+    /// buffer of uncommitted writes once per read request).
+    Range { prefix: String, limit: usize },
 }
 
 impl Op {
@@ -162,6 +166,10 @@ impl Op {
     pub fn get(key: impl Into<String>) -> Self {
         Op::Get { key: key.into() }
     }
+
+    pub fn range(prefix: impl Into<String>, limit: usize) -> Self {
+        Op::Range { prefix: prefix.into(), limit }
+    }
 }
 
 /// The result of one operation, in the order of the branch that ran.
@@ -171,6 +179,11 @@ pub enum OpResponse {
     /// How many keys were deleted.
     Delete(i64),
     Get(Option<KeyValue>),
+    /// The keys of an [`Op::Range`], in key order; `more`: there were keys past `limit`.
+    Range {
+        kvs: Vec<KeyValue>,
+        more: bool,
+    },
 }
 
 /// An etcd-style transaction: if every compare holds, run `success`, else `failure`.

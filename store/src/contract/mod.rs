@@ -33,7 +33,7 @@ macro_rules! contract_suite {
     ($make:expr) => {
         $crate::contract_suite!(@tests $make;
             revisions_increase, txn_compares_decide_the_branch, failed_or_oversized_txn_writes_nothing,
-            range_reads_a_prefix, range_reads_more_than_a_page, range_pages_read_one_revision,
+            range_reads_a_prefix, txn_reads_keys_and_prefixes_at_one_revision, range_reads_more_than_a_page, range_pages_read_one_revision,
             delete_prefix_removes_only_the_prefix, watch_replays_then_streams, watch_current_carries_no_previous_values,
             watch_filters_by_prefix_and_keeps_txns_together, lease_expiry_deletes_attached_keys,
             revoke_deletes_attached_keys, data_survives_close_and_reopen, election_fences_a_deposed_leader);
@@ -184,6 +184,50 @@ pub async fn range_reads_a_prefix(backend: &mut dyn Backend) {
     assert_eq!(range.revision, store.current_revision().await.unwrap());
     assert!(store.range("/nothing/").await.unwrap().kvs.is_empty());
     assert_eq!(store.get("/t/zzz").await.unwrap(), None);
+}
+
+pub async fn txn_reads_keys_and_prefixes_at_one_revision(backend: &mut dyn Backend) {
+    let store = backend.open().await;
+    for key in ["/t/a/2", "/t/a/1", "/t/ab", "/t/b/1", "/t/a/3"] {
+        store.put(key, key.as_bytes().to_vec()).await.unwrap();
+    }
+    let now = store.current_revision().await.unwrap();
+    let reads = Txn::new().and_then([
+        Op::range("/t/a/", 0),
+        Op::get("/t/b/1"),
+        Op::range("/t/a/", 2),
+        Op::get("/t/missing"),
+        Op::range("/none/", 5),
+    ]);
+    let response = store.txn(reads).await.unwrap();
+    assert!(response.succeeded);
+    assert_eq!(response.revision, now, "reads write nothing: the revision stays");
+    let keys = |kvs: &[crate::KeyValue]| kvs.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>();
+    match &response.responses[..] {
+        [
+            OpResponse::Range { kvs: all, more: false },
+            OpResponse::Get(Some(b)),
+            OpResponse::Range { kvs: first, more: true },
+            OpResponse::Get(None),
+            OpResponse::Range { kvs: none, more: false },
+        ] => {
+            assert_eq!(keys(all), ["/t/a/1", "/t/a/2", "/t/a/3"], "a range reads its prefix in key order");
+            assert!(all.iter().all(|kv| kv.value == kv.key.as_bytes() && kv.mod_revision > 0));
+            assert_eq!(b.key, "/t/b/1");
+            assert_eq!(keys(first), ["/t/a/1", "/t/a/2"], "a limited range reads the first keys and says more");
+            assert!(none.is_empty());
+        }
+        other => panic!("one answer per read, in order, got {other:?}"),
+    }
+    // In the failure branch too, when a compare fails.
+    let failing = Txn::new().when([Compare::absent("/t/ab")]).or_else([Op::range("/t/b/", 0)]);
+    let response = store.txn(failing).await.unwrap();
+    assert!(!response.succeeded);
+    assert!(
+        matches!(&response.responses[..], [OpResponse::Range { kvs, more: false }] if keys(kvs) == ["/t/b/1"]),
+        "the failure branch's range answers as a range: {:?}",
+        response.responses
+    );
 }
 
 pub async fn range_reads_more_than_a_page(backend: &mut dyn Backend) {
