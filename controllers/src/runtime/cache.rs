@@ -5,6 +5,7 @@
 //! platform's cache also holds other scopes' instances, for the capacity they take; a
 //! tenant's holds only its own).
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,17 +26,24 @@ use crate::snapshot::{InstanceState, Marker, RecordKeys, Snapshot, held_in_agent
 
 type Slot = (String, String);
 
-/// An instance record, its keys, and the revision that created it.
-type StoredInstance = (Arc<InstanceRecord>, RecordKeys, Revision);
+/// An instance the cache keeps: its record, with its keys and the revisions that created and
+/// last changed it, and its agent's last report on it. One map entry per instance (a second
+/// map of statuses by slot cost ~150 bytes and a lookup per instance per snapshot).
+struct Kept {
+    record: Arc<InstanceRecord>,
+    keys: RecordKeys,
+    created: Revision,
+    revision: Revision,
+    status: Option<(Arc<StatusRecord>, Revision)>,
+}
 
 #[derive(Default)]
 struct Records {
     /// The controller's scope.
     scope: Scope,
     agents: BTreeMap<String, (Arc<AgentRecord>, Revision)>,
-    /// With their keys, made as they come in, and their create revisions.
-    instances: BTreeMap<Slot, (StoredInstance, Revision)>,
-    statuses: BTreeMap<Slot, (Arc<StatusRecord>, Revision)>,
+    /// By (agent, id): the store's key order.
+    instances: BTreeMap<Slot, Kept>,
     markers: BTreeMap<String, (Arc<UnreachableMarker>, Revision)>,
     drains: BTreeMap<String, (Arc<DrainRecord>, Revision)>,
     backoffs: BTreeMap<(String, String), (Arc<BackoffRecord>, Revision)>,
@@ -111,10 +119,11 @@ impl StoreCache {
         // In the store's key order, by agent: what each agent holds is gathered on the way.
         let by_agent: Vec<InstanceState> = records
             .instances
-            .iter()
-            .map(|(slot, ((record, keys, created), revision))| {
-                let status = records.statuses.get(slot).map(|(s, _)| s.clone());
-                InstanceState::with_keys(record.clone(), *keys, *revision, status).with_created(*created)
+            .values()
+            .map(|kept| {
+                let status = kept.status.as_ref().map(|(s, _)| s.clone());
+                InstanceState::with_keys(kept.record.clone(), kept.keys, kept.revision, status)
+                    .with_created(kept.created)
             })
             .collect();
         let held = held_in_agent_order(&by_agent);
@@ -313,18 +322,24 @@ fn apply_put(records: &mut Records, keys: &Keyspace, kv: &KeyValue) {
         {
             records.share(&mut record);
             let record = Arc::new(record);
-            let keys = RecordKeys::of(&record);
-            let value = (record, keys, kv.create_revision);
-            upsert(&mut records.instances, (agent.to_string(), id.to_string()), value, kv.mod_revision);
+            let (keys, created, revision) = (RecordKeys::of(&record), kv.create_revision, kv.mod_revision);
+            match records.instances.entry((agent.to_string(), id.to_string())) {
+                Entry::Vacant(entry) => _ = entry.insert(Kept { record, keys, created, revision, status: None }),
+                Entry::Occupied(mut entry) if entry.get().revision < revision => {
+                    let kept = entry.get_mut();
+                    (kept.record, kept.keys, kept.created, kept.revision) = (record, keys, created, revision);
+                }
+                Entry::Occupied(_) => {}
+            }
         }
     } else if let Some((agent, id)) = keys.parse_status_key(&kv.key) {
-        let slot = (agent.to_string(), id.to_string());
         // Statuses of instances the cache keeps (an instance's record is written before its
         // agent reports on it).
-        if let Some(status) = parse(kv)
-            && records.instances.contains_key(&slot)
+        if let Some(kept) = records.instances.get_mut(&(agent.to_string(), id.to_string()))
+            && kept.status.as_ref().is_none_or(|(_, known)| *known < kv.mod_revision)
+            && let Some(status) = parse(kv)
         {
-            upsert(&mut records.statuses, slot, status, kv.mod_revision);
+            kept.status = Some((status, kv.mod_revision));
         }
     } else if let Some(agent) = keys.parse_unreachable_key(&kv.key) {
         if let Some(marker) = parse(kv) {
@@ -351,9 +366,16 @@ fn apply_delete(records: &mut Records, keys: &Keyspace, event: &WatchEvent) {
     if let Some(name) = keys.parse_agent_key(key) {
         remove(&mut records.agents, &name.to_string(), revision);
     } else if let Some((agent, id)) = keys.parse_instance_key(key) {
-        remove(&mut records.instances, &(agent.to_string(), id.to_string()), revision);
+        let slot = (agent.to_string(), id.to_string());
+        if records.instances.get(&slot).is_some_and(|kept| kept.revision < revision) {
+            records.instances.remove(&slot);
+        }
     } else if let Some((agent, id)) = keys.parse_status_key(key) {
-        remove(&mut records.statuses, &(agent.to_string(), id.to_string()), revision);
+        if let Some(kept) = records.instances.get_mut(&(agent.to_string(), id.to_string()))
+            && kept.status.as_ref().is_some_and(|(_, known)| *known < revision)
+        {
+            kept.status = None;
+        }
     } else if let Some(agent) = keys.parse_unreachable_key(key) {
         remove(&mut records.markers, &agent.to_string(), revision);
     } else if let Some(agent) = keys.parse_drain_key(key) {
