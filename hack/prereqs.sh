@@ -35,6 +35,7 @@ prereqs_main() {
   need libprotobuf-dev "etcd-client's protos import google/protobuf/descriptor.proto" \
     /usr/include/google/protobuf/descriptor.proto /usr/local/include/google/protobuf/descriptor.proto
   need gcc "crates with C code (ring) build with cc" cc gcc
+  need make "the allocator (tikv-jemalloc-sys) builds jemalloc with make" make
   need python3 "examples/web.yaml serves with python3 -m http.server" python3
   if ((want_tests)); then
     need etcd-server "the store and end-to-end tests start a real etcd" etcd
