@@ -38,6 +38,13 @@ pub struct Proposed<'a> {
     pub after: &'a Value,
 }
 
+impl Proposed<'_> {
+    /// Whether the write changes what `shape` takes of the object (a create always does).
+    pub fn changes(&self, shape: impl Fn(&Value) -> Value) -> bool {
+        self.before.is_none_or(|before| shape(before) != shape(self.after))
+    }
+}
+
 /// A read a check makes of the store.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Read {

@@ -50,9 +50,7 @@ impl DependencyGraph {
 
     /// The namespace of a write that changes the graph.
     fn changed_in<'a>(&self, write: &Proposed<'a>) -> Option<&'a str> {
-        let Proposed { namespace, before, after, .. } = *write;
-        let namespace = namespace?;
-        (before.map(|b| self.shape(b)) != Some(self.shape(after))).then_some(namespace)
+        write.namespace.filter(|_| write.changes(|object| self.shape(object)))
     }
 }
 

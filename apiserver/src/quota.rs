@@ -89,9 +89,7 @@ async fn usage(
 impl QuotaCheck {
     /// The namespace of a write that may change what its apps ask for.
     fn changed_in<'a>(&self, write: &Proposed<'a>) -> Option<&'a str> {
-        let Proposed { namespace, before, after, .. } = *write;
-        let namespace = namespace?;
-        (before.map(|b| self.shape(b)) != Some(self.shape(after))).then_some(namespace)
+        write.namespace.filter(|_| write.changes(|object| self.shape(object)))
     }
 }
 
@@ -158,8 +156,7 @@ pub struct TenantClaims;
 
 /// Whether a write of a Tenant changes what it claims.
 fn claims_change(write: &Proposed<'_>) -> bool {
-    let claims = |t: &Value| json!([t["spec"]["namespaces"], t["spec"]["serviceDomain"]]);
-    write.before.is_none_or(|b| claims(b) != claims(write.after))
+    write.changes(|tenant| json!([tenant["spec"]["namespaces"], tenant["spec"]["serviceDomain"]]))
 }
 
 #[async_trait::async_trait]

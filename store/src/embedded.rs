@@ -232,17 +232,7 @@ impl Inner {
         let meta = txn.open_table(META).map_err(|e| backend("range", e))?;
         let revision = meta.get("revision").map_err(|e| backend("range", e))?.map_or(0, |v| v.value());
         let kv = txn.open_table(KV).map_err(|e| backend("range", e))?;
-        let end = prefix_end(prefix);
-        let iter = match &end {
-            Some(end) => kv.range::<&str>(prefix..end.as_str()),
-            None => kv.range::<&str>(prefix..),
-        }
-        .map_err(|e| backend("range", e))?;
-        let mut kvs = Vec::new();
-        for entry in iter {
-            let (key, value) = entry.map_err(|e| backend("range", e))?;
-            kvs.push(decode_record(key.value(), value.value())?);
-        }
+        let (kvs, _) = read_prefix(&kv, prefix, 0, "range")?;
         Ok(RangeResponse { kvs, revision })
     }
 
@@ -377,19 +367,7 @@ impl Inner {
                         responses.push(OpResponse::Delete(deleted));
                     }
                     Op::DeletePrefix { prefix } => {
-                        let mut doomed = Vec::new();
-                        {
-                            let end = prefix_end(prefix);
-                            let iter = match &end {
-                                Some(end) => kv.range::<&str>(prefix.as_str()..end.as_str()),
-                                None => kv.range::<&str>(prefix.as_str()..),
-                            }
-                            .map_err(|e| backend("txn", e))?;
-                            for entry in iter {
-                                let (key, value) = entry.map_err(|e| backend("txn", e))?;
-                                doomed.push(decode_record(key.value(), value.value())?);
-                            }
-                        }
+                        let (doomed, _) = read_prefix(&kv, prefix, 0, "txn")?;
                         let deleted = doomed.len() as i64;
                         for prev in doomed {
                             kv.remove(prev.key.as_str()).map_err(|e| backend("txn", e))?;
@@ -399,21 +377,7 @@ impl Inner {
                     }
                     Op::Get { key } => responses.push(OpResponse::Get(read(&kv, key)?)),
                     Op::Range { prefix, limit } => {
-                        let end = prefix_end(prefix);
-                        let iter = match &end {
-                            Some(end) => kv.range::<&str>(prefix.as_str()..end.as_str()),
-                            None => kv.range::<&str>(prefix.as_str()..),
-                        }
-                        .map_err(|e| backend("txn", e))?;
-                        let (mut kvs, mut more) = (Vec::new(), false);
-                        for entry in iter {
-                            if *limit > 0 && kvs.len() == *limit {
-                                more = true;
-                                break;
-                            }
-                            let (key, value) = entry.map_err(|e| backend("txn", e))?;
-                            kvs.push(decode_record(key.value(), value.value())?);
-                        }
+                        let (kvs, more) = read_prefix(&kv, prefix, *limit, "txn")?;
                         responses.push(OpResponse::Range { kvs, more });
                     }
                 }
@@ -740,6 +704,31 @@ fn encode_record(kv: &KeyValue) -> Vec<u8> {
     }
     out.extend_from_slice(&kv.value);
     out
+}
+
+/// The records under `prefix` in `table`, in key order: the first `limit` (0: all), and
+/// whether there were more. `op` names the operation in errors.
+fn read_prefix(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    prefix: &str,
+    limit: usize,
+    op: &str,
+) -> Result<(Vec<KeyValue>, bool)> {
+    let end = prefix_end(prefix);
+    let entries = match &end {
+        Some(end) => table.range::<&str>(prefix..end.as_str()),
+        None => table.range::<&str>(prefix..),
+    }
+    .map_err(|e| backend(op, e))?;
+    let mut kvs = Vec::new();
+    for entry in entries {
+        if limit > 0 && kvs.len() == limit {
+            return Ok((kvs, true));
+        }
+        let (key, value) = entry.map_err(|e| backend(op, e))?;
+        kvs.push(decode_record(key.value(), value.value())?);
+    }
+    Ok((kvs, false))
 }
 
 fn decode_record(key: &str, bytes: &[u8]) -> Result<KeyValue> {

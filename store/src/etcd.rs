@@ -240,6 +240,11 @@ fn compare(c: &crate::Compare) -> EtcdCompare {
     }
 }
 
+/// The end of etcd's range over the keys under `prefix` (`\0`: to the end of the keyspace).
+fn range_end(prefix: &str) -> Vec<u8> {
+    prefix_end(prefix).map(String::into_bytes).unwrap_or_else(|| vec![0])
+}
+
 fn txn_op(op: &Op) -> TxnOp {
     match op {
         Op::Put { key, value, lease } => {
@@ -256,7 +261,7 @@ fn txn_op(op: &Op) -> TxnOp {
         }
         Op::Get { key } => TxnOp::get(key.as_bytes(), None),
         Op::Range { prefix, limit } => {
-            let end = prefix_end(prefix).map(String::into_bytes).unwrap_or_else(|| vec![0]);
+            let end = range_end(prefix);
             TxnOp::get(prefix.as_bytes(), Some(GetOptions::new().with_range(end).with_limit(*limit as i64)))
         }
     }
@@ -270,7 +275,7 @@ impl Store for EtcdStore {
     }
 
     async fn range(&self, prefix: &str) -> Result<RangeResponse> {
-        let end = prefix_end(prefix).map(String::into_bytes).unwrap_or_else(|| vec![0]);
+        let end = range_end(prefix);
         let mut kv = self.kv();
         let mut kvs = Vec::new();
         let mut from = prefix.as_bytes().to_vec();
@@ -298,7 +303,7 @@ impl Store for EtcdStore {
     }
 
     async fn range_page(&self, request: &PageRequest) -> Result<RangePage> {
-        let end = prefix_end(&request.prefix).map(String::into_bytes).unwrap_or_else(|| vec![0]);
+        let end = range_end(&request.prefix);
         let from = match &request.after {
             Some(after) if after.as_str() >= request.prefix.as_str() => {
                 let mut from = after.as_bytes().to_vec();

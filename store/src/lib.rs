@@ -140,9 +140,9 @@ pub enum Op {
     DeletePrefix { prefix: String },
     /// Read `key` as of this transaction.
     Get { key: String },
-    /// Read the first `limit` keys (0: all) that start with `prefix`, as of this transaction: several
-    /// reads in one request see one revision, and cost the store one read (etcd copies its
-    /// buffer of uncommitted writes once per read request).
+    /// Read the first `limit` keys (0: all) that start with `prefix`, as of this transaction:
+    /// several reads in one request see one revision, and cost the store one read (etcd
+    /// copies its buffer of uncommitted writes once per read request).
     Range { prefix: String, limit: usize },
 }
 
