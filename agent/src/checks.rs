@@ -56,14 +56,14 @@ impl Checks {
     pub fn start(record: &InstanceRecord, sandbox: &Path, env: BTreeMap<String, String>) -> Self {
         let (sender, results) = mpsc::unbounded_channel();
         let mut tasks = JoinSet::new();
-        for (index, check) in record.health_checks.iter().enumerate() {
+        for (index, check) in record.run.health_checks.iter().enumerate() {
             let probe = HealthProbe {
                 check: check.clone(),
                 host: record.host.clone(),
                 port: health_port(record, check),
                 sandbox: sandbox.to_path_buf(),
                 env: env.clone(),
-                user: record.user.clone(),
+                user: record.run.user.clone(),
             };
             let sender = sender.clone();
             tasks.spawn(async move {
@@ -80,7 +80,7 @@ impl Checks {
                 }
             });
         }
-        if let Some(check) = record.readiness_checks.first() {
+        if let Some(check) = record.run.readiness_checks.first() {
             let check = check.clone();
             let host = record.host.clone();
             let port =
@@ -113,8 +113,8 @@ impl Checks {
 
 /// Gives `status` a result slot per check of `record` (keeping those it has).
 pub fn prepare(status: &mut StatusRecord, record: &InstanceRecord) {
-    status.health.resize(record.health_checks.len(), CheckResult::default());
-    if record.readiness_checks.is_empty() {
+    status.health.resize(record.run.health_checks.len(), CheckResult::default());
+    if record.run.readiness_checks.is_empty() {
         status.readiness = None;
     } else {
         status.readiness.get_or_insert_with(CheckResult::default);
@@ -127,7 +127,8 @@ pub fn apply(status: &mut StatusRecord, record: &InstanceRecord, report: Report)
     let Report { which, outcome, at } = report;
     match which {
         Which::Health(index) => {
-            let (Some(check), Some(result)) = (record.health_checks.get(index), status.health.get_mut(index)) else {
+            let (Some(check), Some(result)) = (record.run.health_checks.get(index), status.health.get_mut(index))
+            else {
                 return;
             };
             let grace = SignedDuration::from_secs(check.grace_period_seconds.max(0));
@@ -174,8 +175,8 @@ pub fn apply(status: &mut StatusRecord, record: &InstanceRecord, report: Report)
         }
     }
     if status.healthy_at.is_none()
-        && status.passes_steadily(&record.health_checks)
-        && status.is_ready(!record.readiness_checks.is_empty())
+        && status.passes_steadily(&record.run.health_checks)
+        && status.is_ready(!record.run.readiness_checks.is_empty())
     {
         status.healthy_at = Some(at);
     }
@@ -259,35 +260,38 @@ fn secs(seconds: i64) -> Duration {
 mod tests {
     use super::*;
     use baton_api::records::{AppRef, AssignedPort, Command};
-    use baton_api::{Goal, Phase, ResourceAmounts};
+    use baton_api::{Goal, Phase, ResourceAmounts, RunSpec};
+    use std::sync::Arc;
 
     fn record(checks: serde_json::Value, readiness: serde_json::Value) -> InstanceRecord {
         InstanceRecord {
             id: "web-1".into(),
-            app: AppRef { namespace: "default".into(), name: "web".into(), uid: "u".into() },
-            scope: Default::default(),
             agent: "a1".into(),
             host: "127.0.0.1".into(),
-            version: "v".into(),
             created_at: Timestamp::UNIX_EPOCH,
             goal: Goal::Running,
             stop_reason: None,
             replaces: None,
             holds_slot: false,
-            whole_agent: false,
             end_noted: false,
-            command: Command::Shell("true".into()),
-            user: None,
-            fetch: Vec::new(),
-            env: Default::default(),
-            labels: Default::default(),
-            resources: ResourceAmounts::default(),
             ports: vec![AssignedPort { name: Some("http".into()), port: 31000, requested: 0 }],
-            kill_grace_seconds: 3,
-            health_checks: serde_json::from_value(checks).unwrap(),
-            readiness_checks: serde_json::from_value(readiness).unwrap(),
             term: 1,
             planned_at: 0,
+            run: Arc::new(RunSpec {
+                app: AppRef { namespace: "default".into(), name: "web".into(), uid: "u".into() },
+                scope: Default::default(),
+                version: "v".into(),
+                whole_agent: false,
+                command: Command::Shell("true".into()),
+                user: None,
+                fetch: Vec::new(),
+                env: Default::default(),
+                labels: Default::default(),
+                resources: ResourceAmounts::default(),
+                kill_grace_seconds: 3,
+                health_checks: serde_json::from_value(checks).unwrap(),
+                readiness_checks: serde_json::from_value(readiness).unwrap(),
+            }),
         }
     }
 
@@ -324,7 +328,7 @@ mod tests {
         apply(&mut status, &r, report(Which::Health(0), true, 12));
         assert_eq!((status.health[0].passing, status.health[0].consecutive_failures), (Some(true), 0));
         assert_eq!(status.health[0].consecutive_successes, 1);
-        let check = &r.health_checks[0];
+        let check = &r.run.health_checks[0];
         assert!(!status.health[0].is_steady(check), "1 pass after a failure; 3 make it steady");
         assert_eq!(status.healthy_at, None, "healthy, not yet steadily");
         apply(&mut status, &r, report(Which::Health(0), true, 13));

@@ -262,9 +262,9 @@ fn running(record: &InstanceRecord, pid: u32) -> StatusRecord {
     let mut status = StatusRecord::new(Phase::Running);
     status.pid = Some(pid);
     status.started_at = Some(now);
-    status.health = record.health_checks.iter().map(|_| passing()).collect();
+    status.health = record.run.health_checks.iter().map(|_| passing()).collect();
     status.healthy_at = Some(now);
-    status.readiness = (!record.readiness_checks.is_empty()).then(passing);
+    status.readiness = (!record.run.readiness_checks.is_empty()).then(passing);
     status
 }
 

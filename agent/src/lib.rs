@@ -418,7 +418,7 @@ impl Agent {
             (Goal::Running, None) => self.supervise(record, Start::New),
             (Goal::Stopped, Some(supervised)) => {
                 if let Some(stop) = supervised.stop.take() {
-                    let _ = stop.send(record.kill_grace_seconds);
+                    let _ = stop.send(record.run.kill_grace_seconds);
                 }
             }
             (Goal::Stopped, None) => {
@@ -587,7 +587,7 @@ impl Instance {
                     self.end(&mut status, Phase::Failed, message);
                     return None;
                 }
-                if !self.record.fetch.is_empty() {
+                if !self.record.run.fetch.is_empty() {
                     tokio::select! {
                         fetched = self.fetch() => if let Err(e) = fetched {
                             tracing::info!(instance = self.record.id, error = %e, "fetching failed");
@@ -602,7 +602,7 @@ impl Instance {
                     }
                 }
                 let cgroup = match &self.hierarchy {
-                    Some(hierarchy) => match hierarchy.create(&self.record.id, &self.record.resources) {
+                    Some(hierarchy) => match hierarchy.create(&self.record.id, &self.record.run.resources) {
                         Ok(cgroup) => Some(cgroup),
                         Err(e) => {
                             // What was made of it goes.
@@ -643,16 +643,16 @@ impl Instance {
 
     /// Fetches the instance's artifacts into its sandbox; an error names the URI and why.
     async fn fetch(&self) -> Result<(), String> {
-        let owner = match &self.record.user {
+        let owner = match &self.record.run.user {
             Some(user) => {
                 let (uid, gid) = process::run_as(user).map_err(|e| format!("could not start the command: {e}"))?;
                 Some((uid.as_raw(), gid.as_raw()))
             }
             None => None,
         };
-        let disk = self.record.resources.disk_mib;
+        let disk = self.record.run.resources.disk_mib;
         let limit = (disk > 0).then_some(disk << 20);
-        let (items, sandbox, cache) = (self.record.fetch.clone(), self.sandbox.clone(), self.fetch_cache.clone());
+        let (items, sandbox, cache) = (self.record.run.fetch.clone(), self.sandbox.clone(), self.fetch_cache.clone());
         let started = tokio::time::Instant::now();
         let fetched = tokio::task::spawn_blocking(move || fetch::fetch_all(&items, &sandbox, &cache, limit, owner))
             .await
@@ -680,7 +680,7 @@ impl Instance {
             &self.sandbox,
             process::environment(&self.record, &self.sandbox, &instance_path()),
         );
-        let mut meter = usage::Meter::new(cgroup.clone(), self.sandbox.clone(), self.record.resources.disk_mib);
+        let mut meter = usage::Meter::new(cgroup.clone(), self.sandbox.clone(), self.record.run.resources.disk_mib);
         let mut measure = tokio::time::interval(self.usage_interval.max(Duration::from_millis(100)));
         measure.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // What the store has: a probe's result is written when it changes what the controller
@@ -715,11 +715,11 @@ impl Instance {
                         status.phase = Phase::Killing;
                         self.writer.put(self.status_key.clone(), &status);
                         over_disk = Some(over);
-                        break (handle.stop(Duration::from_secs(u64::from(self.record.kill_grace_seconds))).await, false);
+                        break (handle.stop(Duration::from_secs(u64::from(self.record.run.kill_grace_seconds))).await, false);
                     }
                 }
             }
-            let decisive = written.differs_for_decisions(&status, &self.record.health_checks);
+            let decisive = written.differs_for_decisions(&status, &self.record.run.health_checks);
             if decisive || (status != written && written_at.elapsed() >= self.refresh) {
                 self.writer.put(self.status_key.clone(), &status);
                 written = status.clone();

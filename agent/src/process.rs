@@ -28,7 +28,7 @@ pub fn environment(record: &InstanceRecord, sandbox: &Path, path: &str) -> BTree
         env.insert("LANG".to_string(), lang);
     }
     env.insert("HOME".to_string(), sandbox.display().to_string());
-    env.extend(record.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env.extend(record.run.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     for (index, port) in record.ports.iter().enumerate() {
         env.insert(format!("PORT{index}"), port.port.to_string());
         if let Some(name) = &port.name {
@@ -44,9 +44,9 @@ pub fn environment(record: &InstanceRecord, sandbox: &Path, path: &str) -> BTree
     let all: Vec<String> = record.ports.iter().map(|p| p.port.to_string()).collect();
     env.insert("PORTS".to_string(), all.join(","));
     env.insert("HOST".to_string(), record.host.clone());
-    env.insert("BATON_APP".to_string(), record.app.name.clone());
-    env.insert("BATON_NAMESPACE".to_string(), record.app.namespace.clone());
-    env.insert("BATON_APP_VERSION".to_string(), record.version.clone());
+    env.insert("BATON_APP".to_string(), record.run.app.name.clone());
+    env.insert("BATON_NAMESPACE".to_string(), record.run.app.namespace.clone());
+    env.insert("BATON_APP_VERSION".to_string(), record.run.version.clone());
     env.insert("BATON_INSTANCE".to_string(), record.id.clone());
     env.insert("BATON_AGENT".to_string(), record.agent.clone());
     env.insert("BATON_SANDBOX".to_string(), sandbox.display().to_string());
@@ -236,14 +236,14 @@ pub fn start(
 ) -> std::io::Result<Process> {
     let cgroup = cgroups.map(|c| c.instance);
     std::fs::create_dir_all(sandbox)?;
-    let (program, args): (String, Vec<String>) = match &record.command {
+    let (program, args): (String, Vec<String>) = match &record.run.command {
         Command::Shell(script) => ("/bin/sh".into(), vec!["-c".into(), script.clone()]),
         Command::Exec(args) => {
             let (program, rest) = args.split_first().ok_or_else(|| std::io::Error::other("empty args"))?;
             (program.clone(), rest.to_vec())
         }
     };
-    let user = match &record.user {
+    let user = match &record.run.user {
         Some(user) => {
             let (uid, gid) = run_as(user)?;
             // The sandbox is the process' own, as Mesos hands it over.
@@ -504,38 +504,41 @@ pub fn tail(path: &Path, max: u64) -> String {
 mod tests {
     use super::*;
     use baton_api::records::AssignedPort;
-    use baton_api::{AppRef, Goal, ResourceAmounts};
+    use baton_api::{AppRef, Goal, ResourceAmounts, RunSpec};
+    use std::sync::Arc;
 
     fn record() -> InstanceRecord {
         InstanceRecord {
             id: "web-abc".into(),
-            app: AppRef { namespace: "default".into(), name: "web".into(), uid: "u".into() },
-            scope: Default::default(),
             agent: "a1".into(),
             host: "127.0.0.1".into(),
-            version: "v1".into(),
             created_at: jiff::Timestamp::UNIX_EPOCH,
             goal: Goal::Running,
             stop_reason: None,
             replaces: None,
             holds_slot: false,
-            whole_agent: false,
             end_noted: false,
-            command: Command::Shell("echo hi".into()),
-            user: None,
-            fetch: Vec::new(),
-            env: std::sync::Arc::new([("GREETING".to_string(), "hello".to_string())].into()),
-            labels: Default::default(),
-            resources: ResourceAmounts::default(),
             ports: vec![
                 AssignedPort { name: Some("http".into()), port: 31000, requested: 0 },
                 AssignedPort { name: Some("metrics-http".into()), port: 31001, requested: 8080 },
             ],
-            kill_grace_seconds: 3,
-            health_checks: Vec::new(),
-            readiness_checks: Vec::new(),
             term: 0,
             planned_at: 0,
+            run: Arc::new(RunSpec {
+                app: AppRef { namespace: "default".into(), name: "web".into(), uid: "u".into() },
+                scope: Default::default(),
+                version: "v1".into(),
+                whole_agent: false,
+                command: Command::Shell("echo hi".into()),
+                user: None,
+                fetch: Vec::new(),
+                env: [("GREETING".to_string(), "hello".to_string())].into(),
+                labels: Default::default(),
+                resources: ResourceAmounts::default(),
+                kill_grace_seconds: 3,
+                health_checks: Vec::new(),
+                readiness_checks: Vec::new(),
+            }),
         }
     }
 
@@ -583,8 +586,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut r = record();
         // A shell that starts a child and ignores SIGTERM: only SIGKILL ends the group.
-        r.command = Command::Shell("trap '' TERM; sleep 60 & echo $PORT_HTTP; wait".into());
-        r.kill_grace_seconds = 1;
+        Arc::make_mut(&mut r.run).command = Command::Shell("trap '' TERM; sleep 60 & echo $PORT_HTTP; wait".into());
+        Arc::make_mut(&mut r.run).kill_grace_seconds = 1;
         let sandbox = dir.path().join("web-abc");
         let mut process = start(&r, &sandbox, "/usr/bin:/bin", &Logging::default(), None).unwrap();
         assert!(process.start_ticks.is_some());
@@ -606,7 +609,7 @@ mod tests {
     async fn an_adopted_process_is_followed_and_stopped_by_pid_and_start_time() {
         let dir = tempfile::tempdir().unwrap();
         let mut r = record();
-        r.command = Command::Shell("sleep 60".into());
+        Arc::make_mut(&mut r.run).command = Command::Shell("sleep 60".into());
         let process = start(&r, &dir.path().join("a"), "/usr/bin:/bin", &Logging::default(), None).unwrap();
         let (pid, ticks) = (process.pid, process.start_ticks.unwrap());
         assert!(Adopted::find(pid, ticks + 1).is_none(), "another start time is another process");
@@ -623,7 +626,8 @@ mod tests {
     async fn a_failing_command_reports_its_status_and_stderr() {
         let dir = tempfile::tempdir().unwrap();
         let mut r = record();
-        r.command = Command::Exec(vec!["/bin/sh".into(), "-c".into(), "echo boom >&2; exit 3".into()]);
+        Arc::make_mut(&mut r.run).command =
+            Command::Exec(vec!["/bin/sh".into(), "-c".into(), "echo boom >&2; exit 3".into()]);
         let sandbox = dir.path().join("x");
         let mut process = start(&r, &sandbox, "/usr/bin:/bin", &Logging::default(), None).unwrap();
         let exit = process.wait().await;

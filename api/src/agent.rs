@@ -135,7 +135,7 @@ impl Agent {
         marker: Option<&UnreachableMarker>,
         resource_version: i64,
     ) -> Self {
-        let allocated = live_instances.iter().fold(ResourceAmounts::default(), |sum, i| sum.plus(i.resources));
+        let allocated = live_instances.iter().fold(ResourceAmounts::default(), |sum, i| sum.plus(i.run.resources));
         let labels: BTreeMap<String, String> = record
             .map(|r| {
                 r.attributes
@@ -185,8 +185,9 @@ impl Agent {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::records::{AppRef, Command, Goal};
+    use crate::records::{AppRef, Command, Goal, RunSpec};
     use jiff::Timestamp;
+    use std::sync::Arc;
 
     fn agent() -> AgentRecord {
         AgentRecord {
@@ -205,30 +206,32 @@ mod tests {
     fn instance(millicpus: u64) -> InstanceRecord {
         InstanceRecord {
             id: format!("web-{millicpus}"),
-            app: AppRef { namespace: "default".into(), name: "web".into(), uid: "u".into() },
-            scope: Default::default(),
             agent: "a1".into(),
             host: "10.0.0.1".into(),
-            version: "v".into(),
             created_at: Timestamp::UNIX_EPOCH,
             goal: Goal::Running,
             stop_reason: None,
             replaces: None,
             holds_slot: false,
-            whole_agent: false,
             end_noted: false,
-            command: Command::Shell("x".into()),
-            user: None,
-            fetch: Vec::new(),
-            env: Default::default(),
-            labels: Default::default(),
-            resources: ResourceAmounts { millicpus, mem_mib: 128, disk_mib: 0, gpus: 0 },
             ports: vec![],
-            kill_grace_seconds: 3,
-            health_checks: Vec::new(),
-            readiness_checks: Vec::new(),
             term: 1,
             planned_at: 0,
+            run: Arc::new(RunSpec {
+                app: AppRef { namespace: "default".into(), name: "web".into(), uid: "u".into() },
+                scope: Default::default(),
+                version: "v".into(),
+                whole_agent: false,
+                command: Command::Shell("x".into()),
+                user: None,
+                fetch: Vec::new(),
+                env: Default::default(),
+                labels: Default::default(),
+                resources: ResourceAmounts { millicpus, mem_mib: 128, disk_mib: 0, gpus: 0 },
+                kill_grace_seconds: 3,
+                health_checks: Vec::new(),
+                readiness_checks: Vec::new(),
+            }),
         }
     }
 

@@ -135,12 +135,12 @@ pub struct CheckView {
 
 /// The health column of a running instance.
 fn health(record: &InstanceRecord, status: &StatusRecord) -> &'static str {
-    let checks = record.health_checks.len();
+    let checks = record.run.health_checks.len();
     if status.fails_a_health_check() {
         UNHEALTHY
     } else if !status.passes_health_checks(checks) {
         UNKNOWN
-    } else if !status.is_ready(!record.readiness_checks.is_empty()) {
+    } else if !status.is_ready(!record.run.readiness_checks.is_empty()) {
         NOT_READY
     } else {
         HEALTHY
@@ -156,8 +156,8 @@ impl Instance {
         agent_live: bool,
         resource_version: i64,
     ) -> Self {
-        let mut labels: BTreeMap<String, String> = BTreeMap::clone(&record.labels);
-        labels.insert(crate::APP_LABEL.to_string(), record.app.name.clone());
+        let mut labels: BTreeMap<String, String> = BTreeMap::clone(&record.run.labels);
+        labels.insert(crate::APP_LABEL.to_string(), record.run.app.name.clone());
         let phase = match status {
             Some(s) if s.phase.is_terminal() => s.phase.as_str().to_string(),
             _ if !agent_live => PHASE_UNREACHABLE.to_string(),
@@ -169,7 +169,7 @@ impl Instance {
             kind: INSTANCE_KIND.to_string(),
             metadata: ObjectMeta {
                 name: Some(record.id.clone()),
-                namespace: Some(record.app.namespace.clone()),
+                namespace: Some(record.run.app.namespace.clone()),
                 uid: Some(record.id.clone()),
                 labels: Some(labels),
                 creation_timestamp: Some(Time(record.created_at)),
@@ -177,19 +177,19 @@ impl Instance {
                 owner_references: Some(vec![OwnerReference {
                     api_version: crate::API_VERSION.to_string(),
                     kind: "App".to_string(),
-                    name: record.app.name.clone(),
-                    uid: record.app.uid.clone(),
+                    name: record.run.app.name.clone(),
+                    uid: record.run.app.uid.clone(),
                     controller: Some(true),
                     block_owner_deletion: None,
                 }]),
                 ..ObjectMeta::default()
             },
             spec: InstanceSpec {
-                app: record.app.name.clone(),
+                app: record.run.app.name.clone(),
                 agent: record.agent.clone(),
                 host: record.host.clone(),
                 ports: record.ports.iter().map(|p| p.port).collect(),
-                version: record.version.clone(),
+                version: record.run.version.clone(),
                 goal: record.goal,
                 stop_reason: record.stop_reason.clone(),
                 replaces: record.replaces.clone(),
@@ -199,6 +199,7 @@ impl Instance {
                     .filter(|_| phase == crate::Phase::Running.as_str())
                     .map(|s| health(record, s).to_string()),
                 health_checks: record
+                    .run
                     .health_checks
                     .iter()
                     .enumerate()
@@ -207,7 +208,7 @@ impl Instance {
                         result: status.and_then(|s| s.health.get(i)).cloned().unwrap_or_default(),
                     })
                     .collect(),
-                readiness_check: record.readiness_checks.first().map(|check| CheckView {
+                readiness_check: record.run.readiness_checks.first().map(|check| CheckView {
                     check: check.describe(),
                     result: status.and_then(|s| s.readiness.clone()).unwrap_or_default(),
                 }),

@@ -33,8 +33,8 @@ pub use health::{CheckResult, HealthCheck, HealthPolicy, HealthProtocol, Readine
 pub use instance::{Instance, InstanceSpec, InstanceViewStatus};
 pub use maintenance::{DrainRecord, DrainState, Maintenance, MaintenanceSpec, MaintenanceStatus};
 pub use records::{
-    AgentRecord, AppRef, BackoffRecord, Failure, Goal, InstanceRecord, KillRequest, Phase, PortRange, SandboxEndpoint,
-    StatusRecord, UnreachableMarker,
+    AgentRecord, AppRef, BackoffRecord, Failure, Goal, InstanceRecord, KillRequest, Phase, PortRange, RunSpec,
+    SandboxEndpoint, StatusRecord, UnreachableMarker,
 };
 pub use resources::{ResourceAmounts, Resources};
 pub use scope::Scope;

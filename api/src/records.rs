@@ -218,77 +218,172 @@ fn is_zero(n: &u16) -> bool {
 }
 
 /// One instance, assigned to one agent: everything the agent needs to run it.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+///
+/// What it runs (its [`RunSpec`]) is its app version's, alike for every instance of that
+/// version: held in one `Arc` that the records of a version share (the planner makes one per
+/// version and tick; the controller's cache makes those it parses one). In the store the
+/// record is one flat JSON object, as it always was.
+#[derive(Serialize, Debug, Clone, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct InstanceRecord {
     /// Unique in the installation; also the name of the `Instance` view.
     pub id: String,
-    pub app: AppRef,
-    /// The scope of the app it runs for: only that scope's controller stops, rewrites or
-    /// counts it (records written before scopes are the platform's).
-    #[serde(default)]
-    pub scope: crate::Scope,
     pub agent: String,
     pub host: String,
-    /// The app version this instance runs (see [`crate::app::AppSpec::version`]).
-    pub version: String,
     pub created_at: Timestamp,
     pub goal: Goal,
     /// Why the goal became `Stopped` (scale down, app deleted…).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub stop_reason: Option<String>,
     /// The instance killed for its health that this one was launched to replace: the
     /// health policy's replacement slot it fills (see the controller's `plan::slots`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub replaces: Option<String>,
     /// Killed for its health, this instance took a replacement slot of the health policy:
     /// its record is kept until an instance replacing it has been steadily healthy. False for
     /// an instance killed while it was itself filling a slot (that takes no second one).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub holds_slot: bool,
-    /// It takes its whole agent (`placement.wholeAgent`): nothing else goes on the agent.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub whole_agent: bool,
     /// Ended on its own, and the controller has noted it: counted it as a failure in its app's
     /// launch backoff (in the same write), or reported it lost. So an end is noted once while
     /// the record is kept for its status and logs.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub end_noted: bool,
-    pub command: Command,
-    /// The user the process runs as (the app's `user`); `None`: the agent's own.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
-    /// What the agent fetches into the sandbox before starting the process (the app's
-    /// `fetch`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub fetch: Vec<crate::app::Fetch>,
-    /// Shared, as the labels are, by the records of one app version that hold the same
-    /// (the controller's cache makes them one): a map of even one entry is a 0.5 KiB node.
-    #[serde(default, skip_serializing_if = "is_empty_map")]
-    pub env: Arc<BTreeMap<String, String>>,
-    #[serde(default, skip_serializing_if = "is_empty_map")]
-    pub labels: Arc<BTreeMap<String, String>>,
-    pub resources: ResourceAmounts,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<AssignedPort>,
-    pub kill_grace_seconds: u32,
-    /// The probes the agent runs on the instance, as the app had them.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub health_checks: Vec<HealthCheck>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub readiness_checks: Vec<ReadinessCheck>,
     /// The leader term (the election key's create revision) that last wrote this record.
-    #[serde(default)]
     pub term: i64,
     /// The store revision of the view the last write of this record was planned on (0: not
     /// known): with `term`, what the controller knew when it acted, for audits of its
     /// decisions (the chaos checker replays the store to that revision).
-    #[serde(default, skip_serializing_if = "is_no_revision")]
+    #[serde(skip_serializing_if = "is_no_revision")]
     pub planned_at: i64,
+    /// What it runs, as every instance of its app version does.
+    #[serde(flatten)]
+    pub run: Arc<RunSpec>,
 }
 
-fn is_empty_map(map: &Arc<BTreeMap<String, String>>) -> bool {
-    map.is_empty()
+/// What every instance of one app version runs, alike (Marathon's name for an app's
+/// definition): the part of an [`InstanceRecord`] its version's records share.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RunSpec {
+    pub app: AppRef,
+    /// The scope of the app it runs for: only that scope's controller stops, rewrites or
+    /// counts it (records written before scopes are the platform's).
+    pub scope: crate::Scope,
+    /// The app version this instance runs (see [`crate::app::AppSpec::version`]).
+    pub version: String,
+    /// It takes its whole agent (`placement.wholeAgent`): nothing else goes on the agent.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub whole_agent: bool,
+    pub command: Command,
+    /// The user the process runs as (the app's `user`); `None`: the agent's own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// What the agent fetches into the sandbox before starting the process (the app's
+    /// `fetch`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fetch: Vec<crate::app::Fetch>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    pub resources: ResourceAmounts,
+    pub kill_grace_seconds: u32,
+    /// The probes the agent runs on the instance, as the app had them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub health_checks: Vec<HealthCheck>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub readiness_checks: Vec<ReadinessCheck>,
+}
+
+/// An [`InstanceRecord`] as stored: one flat object. (Read through `#[serde(flatten)]`, a
+/// record would be buffered whole before its run spec is read: twice the parse.)
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireRecord {
+    id: String,
+    app: AppRef,
+    #[serde(default)]
+    scope: crate::Scope,
+    agent: String,
+    host: String,
+    version: String,
+    created_at: Timestamp,
+    goal: Goal,
+    #[serde(default)]
+    stop_reason: Option<String>,
+    #[serde(default)]
+    replaces: Option<String>,
+    #[serde(default)]
+    holds_slot: bool,
+    #[serde(default)]
+    whole_agent: bool,
+    #[serde(default)]
+    end_noted: bool,
+    command: Command,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    fetch: Vec<crate::app::Fetch>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    resources: ResourceAmounts,
+    #[serde(default)]
+    ports: Vec<AssignedPort>,
+    kill_grace_seconds: u32,
+    #[serde(default)]
+    health_checks: Vec<HealthCheck>,
+    #[serde(default)]
+    readiness_checks: Vec<ReadinessCheck>,
+    #[serde(default)]
+    term: i64,
+    #[serde(default)]
+    planned_at: i64,
+}
+
+impl From<WireRecord> for InstanceRecord {
+    fn from(wire: WireRecord) -> Self {
+        let run = RunSpec {
+            app: wire.app,
+            scope: wire.scope,
+            version: wire.version,
+            whole_agent: wire.whole_agent,
+            command: wire.command,
+            user: wire.user,
+            fetch: wire.fetch,
+            env: wire.env,
+            labels: wire.labels,
+            resources: wire.resources,
+            kill_grace_seconds: wire.kill_grace_seconds,
+            health_checks: wire.health_checks,
+            readiness_checks: wire.readiness_checks,
+        };
+        InstanceRecord {
+            id: wire.id,
+            agent: wire.agent,
+            host: wire.host,
+            created_at: wire.created_at,
+            goal: wire.goal,
+            stop_reason: wire.stop_reason,
+            replaces: wire.replaces,
+            holds_slot: wire.holds_slot,
+            end_noted: wire.end_noted,
+            ports: wire.ports,
+            term: wire.term,
+            planned_at: wire.planned_at,
+            run: Arc::new(run),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for InstanceRecord {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        WireRecord::deserialize(deserializer).map(InstanceRecord::from)
+    }
 }
 
 fn is_no_revision(revision: &i64) -> bool {
@@ -493,6 +588,52 @@ impl StatusRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_instance_record_is_one_flat_object_in_the_store() {
+        // As a controller before run specs wrote it, every field there is.
+        let stored = serde_json::json!({
+            "id": "web-1", "app": {"namespace": "shop", "name": "web", "uid": "u1"}, "scope": "tenant/team-a",
+            "agent": "a1", "host": "10.0.0.1", "version": "v7", "createdAt": "2026-01-01T00:00:00Z",
+            "goal": "Stopped", "stopReason": "ScaledDown", "replaces": "web-0", "holdsSlot": true,
+            "wholeAgent": true, "endNoted": true, "command": {"exec": ["/bin/web", "--port", "8080"]},
+            "user": "nobody", "fetch": [{"uri": "https://example.com/web.tgz", "extract": true}],
+            "env": {"MODE": "production"}, "labels": {"tier": "web"},
+            "resources": {"millicpus": 500, "memMib": 512, "diskMib": 10, "gpus": 0},
+            "ports": [{"name": "http", "port": 31000, "requested": 8080}], "killGraceSeconds": 7,
+            "healthChecks": [{"protocol": "TCP", "maxConsecutiveFailures": 3}],
+            "readinessChecks": [{"name": "ready", "portName": "http", "path": "/ready"}],
+            "term": 12, "plannedAt": 345,
+        });
+        let record: InstanceRecord = serde_json::from_value(stored.clone()).unwrap();
+        assert_eq!(
+            (record.id.as_str(), record.run.app.name.as_str(), record.run.version.as_str()),
+            ("web-1", "web", "v7")
+        );
+        assert_eq!(record.run.scope, crate::Scope::Tenant("team-a".into()));
+        assert_eq!((record.run.kill_grace_seconds, record.planned_at), (7, 345));
+        let written = serde_json::to_value(&record).unwrap();
+        let parsed_again: InstanceRecord = serde_json::from_value(written.clone()).unwrap();
+        assert_eq!(parsed_again, record, "read back as written");
+        let keys =
+            |v: &serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<std::collections::BTreeSet<_>>();
+        assert_eq!(keys(&written), keys(&stored), "the same flat keys, no nested run spec");
+
+        // What is left out takes its default, and defaults are left out when written.
+        let minimal = serde_json::json!({
+            "id": "web-2", "app": {"namespace": "shop", "name": "web", "uid": "u1"}, "agent": "a1",
+            "host": "10.0.0.1", "version": "v7", "createdAt": "2026-01-01T00:00:00Z", "goal": "Running",
+            "command": {"shell": "sleep 1"}, "resources": {"millicpus": 100, "memMib": 32, "diskMib": 0, "gpus": 0},
+            "killGraceSeconds": 3,
+        });
+        let record: InstanceRecord = serde_json::from_value(minimal.clone()).unwrap();
+        assert_eq!(record.run.scope, crate::Scope::Platform);
+        assert!(record.run.env.is_empty() && record.ports.is_empty() && !record.holds_slot);
+        let mut expected = minimal;
+        expected["scope"] = "platform".into();
+        expected["term"] = 0.into();
+        assert_eq!(serde_json::to_value(&record).unwrap(), expected);
+    }
 
     #[test]
     fn only_what_decisions_read_makes_a_status_differ() {

@@ -68,13 +68,13 @@ struct Entry {
 impl Entry {
     fn of(record: &InstanceRecord) -> Self {
         Self {
-            namespace: record.app.namespace.clone(),
-            app: record.app.name.clone(),
+            namespace: record.run.app.namespace.clone(),
+            app: record.run.app.name.clone(),
             host: record.host.clone(),
             ports: record.ports.iter().map(|p| (p.name.clone(), p.port)).collect(),
             wanted: record.goal == Goal::Running,
-            checks: record.health_checks.len(),
-            readiness: !record.readiness_checks.is_empty(),
+            checks: record.run.health_checks.len(),
+            readiness: !record.run.readiness_checks.is_empty(),
         }
     }
 }
@@ -667,7 +667,8 @@ mod tests {
         let mut failing = running();
         failing.health = vec![CheckResult { passing: Some(false), ..CheckResult::default() }];
         let mut checked = record("shop", "web", "web-3", "a1", "10.0.0.3");
-        checked.health_checks = vec![serde_json::from_value(serde_json::json!({"protocol": "TCP"})).unwrap()];
+        std::sync::Arc::make_mut(&mut checked.run).health_checks =
+            vec![serde_json::from_value(serde_json::json!({"protocol": "TCP"})).unwrap()];
         let stopping = InstanceRecord { goal: Goal::Stopped, ..record("shop", "web", "web-4", "a1", "10.0.0.4") };
         let table = table(&[
             (record("shop", "web", "web-1", "a1", "10.0.0.1"), running()),

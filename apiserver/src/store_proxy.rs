@@ -26,7 +26,7 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
 
-use baton_api::{InstanceRecord, Scope};
+use baton_api::{InstanceRecord, RunSpec, Scope};
 use baton_store::wire::{self, WireError};
 use baton_store::{
     Compare, EventKind, KeyValue, Keyspace, Op, OpResponse, PageRequest, Revision, Txn, TxnResponse, WatchEvent,
@@ -96,7 +96,7 @@ impl Reach {
     }
 
     fn ours(&self, record: &InstanceRecord) -> bool {
-        record.scope == self.scope
+        record.run.scope == self.scope
     }
 
     fn owns_namespace(&self, namespace: &str) -> bool {
@@ -535,19 +535,20 @@ fn only_stop_fields_change(old: &InstanceRecord, new: &InstanceRecord) -> Result
     if old.goal == baton_api::Goal::Stopped && new.goal != baton_api::Goal::Stopped {
         return Err("a stopped instance is not started again (the platform launches a new one)".into());
     }
+    let run = RunSpec { kill_grace_seconds: old.run.kill_grace_seconds, ..(*new.run).clone() };
     let same_otherwise = InstanceRecord {
         goal: old.goal,
         stop_reason: old.stop_reason.clone(),
-        kill_grace_seconds: old.kill_grace_seconds,
         holds_slot: old.holds_slot,
         end_noted: old.end_noted,
         term: old.term,
         planned_at: old.planned_at,
+        run: Arc::new(run),
         ..new.clone()
     };
     if same_otherwise != *old {
-        return Err("only the goal, stop reason, kill grace, slot, end noted, term and planned-at revision of an
-        instance may change"
+        return Err("only the goal, stop reason, kill grace, slot, end noted, term and planned-at revision of an \
+                    instance may change"
             .into());
     }
     Ok(())

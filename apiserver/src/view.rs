@@ -485,8 +485,9 @@ impl ApiServer {
 mod tests {
     use super::*;
     use baton_api::records::Command;
-    use baton_api::{AppRef, Goal, Phase, ResourceAmounts};
+    use baton_api::{AppRef, Goal, Phase, ResourceAmounts, RunSpec};
     use jiff::Timestamp;
+    use std::sync::Arc;
 
     fn put(key: String, value: Value, rev: Revision) -> WatchEvent {
         let kv = KeyValue {
@@ -503,30 +504,32 @@ mod tests {
     fn record(agent: &str, id: &str) -> Value {
         serde_json::to_value(InstanceRecord {
             id: id.into(),
-            app: AppRef { namespace: "default".into(), name: "web".into(), uid: "u".into() },
-            scope: Default::default(),
             agent: agent.into(),
             host: "h".into(),
-            version: "v".into(),
             created_at: Timestamp::UNIX_EPOCH,
             goal: Goal::Running,
             stop_reason: None,
             replaces: None,
             holds_slot: false,
-            whole_agent: false,
             end_noted: false,
-            command: Command::Shell("x".into()),
-            user: None,
-            fetch: Vec::new(),
-            env: Default::default(),
-            labels: Default::default(),
-            resources: ResourceAmounts { millicpus: 500, mem_mib: 64, disk_mib: 0, gpus: 0 },
             ports: vec![],
-            kill_grace_seconds: 3,
-            health_checks: Vec::new(),
-            readiness_checks: Vec::new(),
             term: 1,
             planned_at: 0,
+            run: Arc::new(RunSpec {
+                app: AppRef { namespace: "default".into(), name: "web".into(), uid: "u".into() },
+                scope: Default::default(),
+                version: "v".into(),
+                whole_agent: false,
+                command: Command::Shell("x".into()),
+                user: None,
+                fetch: Vec::new(),
+                env: Default::default(),
+                labels: Default::default(),
+                resources: ResourceAmounts { millicpus: 500, mem_mib: 64, disk_mib: 0, gpus: 0 },
+                kill_grace_seconds: 3,
+                health_checks: Vec::new(),
+                readiness_checks: Vec::new(),
+            }),
         })
         .unwrap()
     }

@@ -1365,7 +1365,7 @@ async fn tenant_controllers_reach_only_their_scope_in_the_store() {
     let stop = |id: &str, ns: &str, scope: &str, command: &str| {
         let mut record = instance_record(id, ns, scope);
         record.goal = baton_api::Goal::Stopped;
-        record.command = baton_api::records::Command::Shell(command.into());
+        std::sync::Arc::make_mut(&mut record.run).command = baton_api::records::Command::Shell(command.into());
         let value = base64_of(&serde_json::to_vec(&record).unwrap());
         json!({"compares": [], "success": [{"Put": {"key": keys.instance("n1", id), "value": value, "lease": 0}}], "failure": []})
     };

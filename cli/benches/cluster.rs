@@ -217,7 +217,7 @@ fn follow(cluster: &Cluster) -> Arc<Mutex<Seen>> {
                     .filter_map(|kv| {
                         let (_, id) = keys.parse_instance_key(&kv.key)?;
                         let r = serde_json::from_slice::<InstanceRecord>(&kv.value).ok()?;
-                        Some((id.to_string(), (r.version, r.goal, r.term)))
+                        Some((id.to_string(), (r.run.version.clone(), r.goal, r.term)))
                     })
                     .collect();
             }
@@ -257,7 +257,7 @@ fn apply(keys: &baton_store::Keyspace, s: &mut Seen, event: &baton_store::WatchE
         match event.kind {
             EventKind::Put => {
                 let Ok(record) = serde_json::from_slice::<InstanceRecord>(&event.kv.value) else { return };
-                let before = s.records.insert(id.to_string(), (record.version, record.goal, record.term));
+                let before = s.records.insert(id.to_string(), (record.run.version.clone(), record.goal, record.term));
                 match before {
                     None => s.creations += 1,
                     Some((_, Goal::Running, _)) if record.goal == Goal::Stopped => s.stops += 1,

@@ -31,7 +31,7 @@ use rustc_hash::FxHashMap;
 use baton_api::maintenance::Schedule;
 use baton_api::{
     AgentRecord, App, AppSpec, DrainState, Goal, Maintenance, MaintenanceSpec, Phase, PortRange, ResourceAmounts,
-    StatusRecord,
+    RunSpec, StatusRecord,
 };
 use baton_controllers::plan::{Plan, PlanContext, StopReason, plan};
 use baton_controllers::snapshot::{InstanceState, Snapshot};
@@ -126,7 +126,7 @@ impl World {
     fn apply(&mut self, plan: &Plan, at_once: bool) {
         for launch in &plan.launches {
             self.revision += 1;
-            let delay = if at_once { SignedDuration::ZERO } else { self.delay[&launch.record.app.uid] };
+            let delay = if at_once { SignedDuration::ZERO } else { self.delay[&launch.record.run.app.uid] };
             let phase = if delay.is_zero() { Phase::Running } else { Phase::Staging };
             let mut status = StatusRecord::new(phase);
             status.started_at = Some(self.now);
@@ -323,10 +323,10 @@ fn drain(scale: f64) {
     let mut slowest: FxHashMap<&str, SignedDuration> = FxHashMap::default();
     let mut moved_per_app: FxHashMap<&str, usize> = FxHashMap::default();
     for i in world.snapshot.instances.values().filter(|i| rack.contains(&i.record.agent)) {
-        let d = world.delay[&i.record.app.uid];
+        let d = world.delay[&i.record.run.app.uid];
         let e = slowest.entry(i.record.agent.as_str()).or_insert(SignedDuration::ZERO);
         *e = (*e).max(d);
-        *moved_per_app.entry(i.record.app.uid.as_str()).or_default() += 1;
+        *moved_per_app.entry(i.record.run.app.uid.as_str()).or_default() += 1;
     }
     let per_agent: Vec<f64> =
         rack.iter().map(|a| (slowest.get(a.as_str()).copied().unwrap_or_default() + restart).as_secs_f64()).collect();
@@ -436,7 +436,7 @@ fn healthy_per_app(world: &World) -> Vec<usize> {
     let mut by_uid: FxHashMap<&str, usize> = FxHashMap::default();
     for i in world.snapshot.instances.values() {
         if i.record.goal == Goal::Running && i.is_healthy() {
-            *by_uid.entry(i.record.app.uid.as_str()).or_default() += 1;
+            *by_uid.entry(i.record.run.app.uid.as_str()).or_default() += 1;
         }
     }
     world.snapshot.apps.iter().map(|a| by_uid.get(a.metadata.uid.as_deref().unwrap()).copied().unwrap_or(0)).collect()
@@ -446,7 +446,7 @@ fn starting_per_app(world: &World) -> Vec<usize> {
     let mut by_uid: FxHashMap<&str, usize> = FxHashMap::default();
     for i in world.snapshot.instances.values() {
         if i.record.goal == Goal::Running && !i.is_terminal() && !i.is_healthy() {
-            *by_uid.entry(i.record.app.uid.as_str()).or_default() += 1;
+            *by_uid.entry(i.record.run.app.uid.as_str()).or_default() += 1;
         }
     }
     world.snapshot.apps.iter().map(|a| by_uid.get(a.metadata.uid.as_deref().unwrap()).copied().unwrap_or(0)).collect()
@@ -476,34 +476,36 @@ fn defragment() {
         let agent = &world.snapshot.agents[&names[n % names.len()]];
         let record = baton_api::InstanceRecord {
             id: format!("{}-{n:06}", app.metadata.name.as_deref().unwrap()),
-            app: baton_api::AppRef {
-                namespace: "bench".into(),
-                name: app.metadata.name.clone().unwrap(),
-                uid: app.metadata.uid.clone().unwrap(),
-            },
-            scope: Default::default(),
             agent: agent.name.clone(),
             host: agent.host.clone(),
-            version: app.version(),
             created_at: t0 - SignedDuration::from_hours(2),
             goal: Goal::Running,
             stop_reason: None,
             replaces: None,
             holds_slot: false,
-            whole_agent: false,
             end_noted: false,
-            command: baton_api::records::Command::Shell("sleep 3600".into()),
-            user: None,
-            fetch: Vec::new(),
-            env: Default::default(),
-            labels: Default::default(),
-            resources: app.spec.resources.amounts(),
             ports: Vec::new(),
-            kill_grace_seconds: 3,
-            health_checks: Vec::new(),
-            readiness_checks: Vec::new(),
             term: 1,
             planned_at: 0,
+            run: Arc::new(RunSpec {
+                app: baton_api::AppRef {
+                    namespace: "bench".into(),
+                    name: app.metadata.name.clone().unwrap(),
+                    uid: app.metadata.uid.clone().unwrap(),
+                },
+                scope: Default::default(),
+                version: app.version(),
+                whole_agent: false,
+                command: baton_api::records::Command::Shell("sleep 3600".into()),
+                user: None,
+                fetch: Vec::new(),
+                env: Default::default(),
+                labels: Default::default(),
+                resources: app.spec.resources.amounts(),
+                kill_grace_seconds: 3,
+                health_checks: Vec::new(),
+                readiness_checks: Vec::new(),
+            }),
         };
         let mut status = StatusRecord::new(Phase::Running);
         status.started_at = Some(t0 - SignedDuration::from_hours(2));
@@ -527,7 +529,7 @@ fn defragment() {
         drop(live);
         let p = world.tick();
         moves += p.stops.iter().filter(|s| s.reason == StopReason::Moved).count();
-        for launch in p.launches.iter().filter(|l| l.record.app.uid == big_uid) {
+        for launch in p.launches.iter().filter(|l| l.record.run.app.uid == big_uid) {
             let empty = empty_since.get(&launch.record.agent).copied().unwrap_or(world.now);
             placed.push((world.now.duration_since(t0).as_secs(), world.now.duration_since(empty).as_secs()));
         }

@@ -87,7 +87,7 @@ impl World {
     /// Running instances of `team`'s app.
     fn live(&self, team: &Team) -> i64 {
         let uid = format!("uid-{}", team.name);
-        self.snapshot.foreign.iter().filter(|i| i.record.app.uid == uid && i.record.goal == Goal::Running).count()
+        self.snapshot.foreign.iter().filter(|i| i.record.run.app.uid == uid && i.record.goal == Goal::Running).count()
             as i64
     }
 
@@ -95,7 +95,7 @@ impl World {
     fn ask(&mut self) {
         let mut live: BTreeMap<&str, i64> = BTreeMap::new();
         for i in self.snapshot.foreign.iter().filter(|i| i.record.goal == Goal::Running) {
-            *live.entry(i.record.app.uid.as_str()).or_default() += 1;
+            *live.entry(i.record.run.app.uid.as_str()).or_default() += 1;
         }
         let asks: Vec<(usize, i64)> = self
             .teams

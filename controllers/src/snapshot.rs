@@ -127,10 +127,10 @@ impl Facts {
         let phase = status.map(|s| s.phase);
         let active = record.goal == Goal::Running && !phase.is_some_and(Phase::is_terminal);
         let Some(status) = status else { return Facts { phase, active, ..Facts::default() } };
-        let checks = &record.health_checks;
+        let checks = &record.run.health_checks;
         let running = phase == Some(Phase::Running);
         let passes_health_checks = running && status.passes_health_checks(checks.len());
-        let healthy = passes_health_checks && status.is_ready(!record.readiness_checks.is_empty());
+        let healthy = passes_health_checks && status.is_ready(!record.run.readiness_checks.is_empty());
         let pairs = || checks.iter().zip(&status.health);
         Facts {
             phase,
@@ -161,7 +161,7 @@ pub struct RecordKeys {
 
 impl RecordKeys {
     pub fn of(record: &InstanceRecord) -> Self {
-        Self { app: Key::of(&record.app.uid), version: Key::of(&record.version) }
+        Self { app: Key::of(&record.run.app.uid), version: Key::of(&record.run.version) }
     }
 }
 
@@ -219,12 +219,12 @@ impl InstanceState {
 
     /// Whether it runs `version` (whose key is `key`).
     pub fn runs_version(&self, version: &str, key: Key) -> bool {
-        self.version_key.same(key, || self.record.version == version)
+        self.version_key.same(key, || self.record.run.version == version)
     }
 
     /// Whether it belongs to the same app as `other`.
     pub fn same_app(&self, other: &InstanceState) -> bool {
-        self.app_key.same(other.app_key, || self.record.app.uid == other.record.app.uid)
+        self.app_key.same(other.app_key, || self.record.run.app.uid == other.record.run.app.uid)
     }
 
     /// The phase the agent reported, if any.
@@ -295,7 +295,7 @@ impl InstanceState {
             return None;
         }
         let status = self.status.as_ref()?;
-        self.record.health_checks.iter().zip(&status.health).find_map(|(check, result)| {
+        self.record.run.health_checks.iter().zip(&status.health).find_map(|(check, result)| {
             let limit = check.kill_after()?;
             (result.consecutive_failures >= limit)
                 .then(|| (result.consecutive_failures, result.last_output.as_deref().unwrap_or("")))
@@ -348,8 +348,8 @@ impl AgentUse {
     pub fn add(&mut self, instance: &InstanceState) {
         if !instance.is_terminal() {
             self.live += 1;
-            self.exclusive |= instance.record.whole_agent;
-            self.resources = self.resources.plus(instance.record.resources);
+            self.exclusive |= instance.record.run.whole_agent;
+            self.resources = self.resources.plus(instance.record.run.resources);
             self.ports.extend(instance.record.ports.iter().map(|p| p.port));
         }
     }

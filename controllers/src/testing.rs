@@ -7,7 +7,8 @@ use jiff::Timestamp;
 
 use baton_api::records::{AssignedPort, Command};
 use baton_api::{
-    AgentRecord, App, AppRef, AppSpec, Goal, InstanceRecord, Phase, PortRange, ResourceAmounts, Scope, StatusRecord,
+    AgentRecord, App, AppRef, AppSpec, Goal, InstanceRecord, Phase, PortRange, ResourceAmounts, RunSpec, Scope,
+    StatusRecord,
 };
 
 use crate::snapshot::{InstanceState, Snapshot};
@@ -210,34 +211,36 @@ pub fn instance(app: &App, agent: &str, n: u32) -> InstanceBuilder {
     InstanceBuilder {
         record: InstanceRecord {
             id: format!("{}-{n:03}", app.metadata.name.as_deref().unwrap()),
-            app: AppRef {
-                namespace: "default".into(),
-                name: app.metadata.name.clone().unwrap(),
-                uid: app.metadata.uid.clone().unwrap(),
-            },
-            scope: Scope::Platform,
             agent: agent.into(),
             host: "127.0.0.1".into(),
-            version: app.version(),
             created_at: now() - jiff::SignedDuration::from_secs(3600 - i64::from(n)),
             goal: Goal::Running,
             stop_reason: None,
             replaces: None,
             holds_slot: false,
-            whole_agent: false,
             end_noted: false,
-            command: Command::Shell("sleep 1000".into()),
-            user: None,
-            fetch: Vec::new(),
-            env: Default::default(),
-            labels: Default::default(),
-            resources: app.spec.resources.amounts(),
             ports: Vec::new(),
-            kill_grace_seconds: 3,
-            health_checks: app.spec.health_checks.clone(),
-            readiness_checks: app.spec.readiness_checks.clone(),
             term: 0,
             planned_at: 0,
+            run: Arc::new(RunSpec {
+                app: AppRef {
+                    namespace: "default".into(),
+                    name: app.metadata.name.clone().unwrap(),
+                    uid: app.metadata.uid.clone().unwrap(),
+                },
+                scope: Scope::Platform,
+                version: app.version(),
+                whole_agent: false,
+                command: Command::Shell("sleep 1000".into()),
+                user: None,
+                fetch: Vec::new(),
+                env: Default::default(),
+                labels: Default::default(),
+                resources: app.spec.resources.amounts(),
+                kill_grace_seconds: 3,
+                health_checks: app.spec.health_checks.clone(),
+                readiness_checks: app.spec.readiness_checks.clone(),
+            }),
         },
         status: None,
     }
@@ -246,7 +249,7 @@ pub fn instance(app: &App, agent: &str, n: u32) -> InstanceBuilder {
 impl InstanceBuilder {
     /// Launched for another scope's app.
     pub fn scope(mut self, scope: Scope) -> Self {
-        self.record.scope = scope;
+        Arc::make_mut(&mut self.record.run).scope = scope;
         self
     }
 
@@ -325,7 +328,7 @@ impl InstanceBuilder {
             last_failure: (failures > 0).then(now),
             last_output: Some(if failures > 0 { "connection refused" } else { "connected" }.into()),
         };
-        status.health = vec![result; self.record.health_checks.len()];
+        status.health = vec![result; self.record.run.health_checks.len()];
         self.status = Some(status);
         self
     }
@@ -361,7 +364,7 @@ impl InstanceBuilder {
     }
 
     pub fn version(mut self, version: &str) -> Self {
-        self.record.version = version.into();
+        Arc::make_mut(&mut self.record.run).version = version.into();
         self
     }
 
@@ -406,7 +409,7 @@ pub fn with_marker(mut snapshot: Snapshot, agent: &str, seconds_ago: i64) -> Sna
 /// scopes are foreign).
 pub fn snapshot(apps: &[&Arc<App>], agents: Vec<Arc<AgentRecord>>, instances: Vec<InstanceState>) -> Snapshot {
     let (own, foreign): (Vec<InstanceState>, Vec<InstanceState>) =
-        instances.into_iter().partition(|i| i.record.scope == Scope::Platform);
+        instances.into_iter().partition(|i| i.record.run.scope == Scope::Platform);
     Snapshot {
         revision: 0,
         scope: Scope::Platform,
@@ -476,7 +479,7 @@ pub fn set_phase(instance: &mut InstanceState, phase: Phase, now: Timestamp) {
     match phase {
         Phase::Running => {
             status.started_at = Some(now);
-            status.health = vec![baton_api::CheckResult::default(); instance.record.health_checks.len()];
+            status.health = vec![baton_api::CheckResult::default(); instance.record.run.health_checks.len()];
         }
         _ => status.finished_at = Some(now),
     }
@@ -501,7 +504,7 @@ pub fn probe(instance: &mut InstanceState, passes: bool, grace: jiff::SignedDura
         result.consecutive_successes = 0;
         result.last_failure = Some(now);
     }
-    if status.healthy_at.is_none() && status.passes_steadily(&instance.record.health_checks) {
+    if status.healthy_at.is_none() && status.passes_steadily(&instance.record.run.health_checks) {
         status.healthy_at = Some(now);
     }
     instance.set_status(Some(Arc::new(status)));

@@ -26,7 +26,7 @@ fn app(name: &str, instances: u32, extra: &str) -> String {
 
 /// Records of `app` that are wanted running.
 fn running_records(cluster: &Cluster, app: &str) -> Vec<InstanceRecord> {
-    cluster.records().into_values().filter(|r| r.app.name == app && r.goal == Goal::Running).collect()
+    cluster.records().into_values().filter(|r| r.run.app.name == app && r.goal == Goal::Running).collect()
 }
 
 /// Waits until exactly `n` instances of `app` are wanted running and their processes run.
@@ -40,7 +40,7 @@ fn wait_running(cluster: &Cluster, app: &str, n: usize) -> Vec<InstanceRecord> {
 }
 
 fn writes_of<'h>(history: &'h [RecordWrite], app: &str) -> Vec<&'h RecordWrite> {
-    history.iter().filter(|w| w.after.as_ref().or(w.before.as_ref()).is_some_and(|r| r.app.name == app)).collect()
+    history.iter().filter(|w| w.after.as_ref().or(w.before.as_ref()).is_some_and(|r| r.run.app.name == app)).collect()
 }
 
 /// Kills the leader; returns its id and how long until the standby led.
@@ -83,21 +83,21 @@ fn leader_killed_mid_rolling_replacement_stops_only_the_old_version() {
     let mut cluster = Cluster::start(&baton_binary(), ClusterOptions::default());
     cluster.apply(&app("roll", 10, "  env: {V: \"1\"}\n"));
     let old_records = wait_running(&cluster, "roll", 10);
-    let old_version = old_records[0].version.clone();
+    let old_version = old_records[0].run.version.clone();
     cluster.kubectl_ok(&["patch", "app", "roll", "--type", "merge", "-p", r#"{"spec":{"env":{"V":"2"}}}"#]);
     cluster.wait_for("the first new-version instance", WAIT, |c| {
-        running_records(c, "roll").iter().any(|r| r.version != old_version).then_some(())
+        running_records(c, "roll").iter().any(|r| r.run.version != old_version).then_some(())
     });
     kill_leader(&mut cluster);
     let done = cluster.wait_for("the rollout to finish", WAIT, |c| {
-        let records: Vec<InstanceRecord> = c.records().into_values().filter(|r| r.app.name == "roll").collect();
+        let records: Vec<InstanceRecord> = c.records().into_values().filter(|r| r.run.app.name == "roll").collect();
         let statuses = c.statuses();
         let finished = records.len() == 10
-            && records.iter().all(|r| r.version != old_version && r.goal == Goal::Running)
+            && records.iter().all(|r| r.run.version != old_version && r.goal == Goal::Running)
             && records.iter().all(|r| statuses.get(&r.id).is_some_and(|s| s.phase == Phase::Running));
         finished.then_some(records)
     });
-    let new_version = done[0].version.clone();
+    let new_version = done[0].run.version.clone();
 
     let history = cluster.history();
     let writes = writes_of(&history, "roll");
@@ -106,9 +106,9 @@ fn leader_killed_mid_rolling_replacement_stops_only_the_old_version() {
     let stopped: Vec<&InstanceRecord> =
         writes.iter().filter(|w| w.is_stop()).filter_map(|w| w.before.as_ref()).collect();
     assert_eq!(created.len(), 20, "10 at the start and 10 of the new version, no more");
-    assert_eq!(created.iter().filter(|r| r.version == new_version).count(), 10);
+    assert_eq!(created.iter().filter(|r| r.run.version == new_version).count(), 10);
     assert_eq!(stopped.len(), 10, "exactly the 10 old instances were stopped");
-    assert!(stopped.iter().all(|r| r.version == old_version), "no new-version instance was stopped");
+    assert!(stopped.iter().all(|r| r.run.version == old_version), "no new-version instance was stopped");
     let stopped_ids: BTreeSet<&str> = stopped.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(stopped_ids.len(), 10, "no instance was stopped twice");
 }
@@ -395,7 +395,7 @@ fn pathological_objects_in_the_store_do_not_stop_the_controller() {
         conditions.into_iter().find(|c| c["type"] == "Planned")
     });
     assert_eq!(planned["reason"], "TooManyInstances", "{planned}");
-    assert!(cluster.records().values().all(|r| r.app.name != "poison"), "nothing of it fits, nothing launched");
+    assert!(cluster.records().values().all(|r| r.run.app.name != "poison"), "nothing of it fits, nothing launched");
     // And the controller keeps reconciling: a scale of the fine app goes through.
     cluster.kubectl_ok(&["scale", "app/fine", "--replicas=5"]);
     wait_running(&cluster, "fine", 5);

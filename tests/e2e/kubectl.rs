@@ -350,7 +350,7 @@ fn namespaces_hold_apps_and_go_with_them() {
     assert!(stderr.contains("not found"), "{stderr}");
     assert_eq!(graph_keys(), Vec::<String>::new(), "the graph keys went with the namespace");
     cluster.wait_for("the app's instances to stop", WAIT, |c| {
-        c.records().values().all(|r| r.app.namespace != "shop").then_some(())
+        c.records().values().all(|r| r.run.app.namespace != "shop").then_some(())
     });
     let stderr = fails(&cluster, &["delete", "namespace", "default"]);
     assert!(stderr.contains("may not be deleted"), "{stderr}");

@@ -73,7 +73,7 @@ fn a_window_on_one_rack_drains_two_agents_within_every_budget_across_a_leader_ki
         let statuses = c.statuses();
         c.records()
             .into_values()
-            .filter(|r| r.app.name == "slow" && r.goal == Goal::Running)
+            .filter(|r| r.run.app.name == "slow" && r.goal == Goal::Running)
             .filter(|r| {
                 statuses.get(&r.id).is_some_and(|s| {
                     s.phase == Phase::Running
@@ -100,7 +100,7 @@ fn a_window_on_one_rack_drains_two_agents_within_every_budget_across_a_leader_ki
     cluster.apply(&maintenance(rack, Timestamp::now() - SignedDuration::from_mins(1)));
     // Kill the leader once the first replacement has been launched.
     cluster.wait_for("a replacement launched", WAIT, |c| {
-        c.records().values().any(|r| r.app.name == "slow" && !before.iter().any(|b| b.id == r.id)).then_some(())
+        c.records().values().any(|r| r.run.app.name == "slow" && !before.iter().any(|b| b.id == r.id)).then_some(())
     });
     let leader = cluster.leader().expect("a leader");
     cluster.controller(&leader).kill();
@@ -144,7 +144,7 @@ fn a_window_on_one_rack_drains_two_agents_within_every_budget_across_a_leader_ki
         let value = change.value.as_deref();
         if let Some((_, id)) = keys.parse_instance_key(&change.key) {
             let record = value.and_then(|v| serde_json::from_slice::<InstanceRecord>(v).ok());
-            if record.as_ref().is_some_and(|r| r.app.name != "slow") {
+            if record.as_ref().is_some_and(|r| r.run.app.name != "slow") {
                 continue;
             }
             if change.before.is_none() && change.revision > opened_at {
@@ -218,7 +218,7 @@ fn running(cluster: &Cluster, app: &str) -> Vec<InstanceRecord> {
     cluster
         .records()
         .into_values()
-        .filter(|r| r.app.name == app && r.goal == Goal::Running)
+        .filter(|r| r.run.app.name == app && r.goal == Goal::Running)
         .filter(|r| statuses.get(&r.id).is_some_and(|s| s.phase == Phase::Running))
         .collect()
 }
@@ -240,7 +240,7 @@ fn a_whole_agent_app_is_placed_after_small_instances_move_off_an_agent() {
     cluster.apply(&small("big", "2", "  placement: {wholeAgent: true}\n"));
     let big = cluster.wait_for("big running on an agent of its own", WAIT, |c| {
         let big = running(c, "big").pop()?;
-        let others = c.records().into_values().filter(|r| r.agent == big.agent && r.app.name != "big").count();
+        let others = c.records().into_values().filter(|r| r.agent == big.agent && r.run.app.name != "big").count();
         (others == 0).then_some(big)
     });
     assert_eq!(big.agent, small1.agent, "the agent freed is the least filled, first by name");
@@ -263,8 +263,10 @@ fn a_whole_agent_app_is_placed_after_small_instances_move_off_an_agent() {
                 .is_some_and(|s| s.phase == Phase::Running)
     });
     assert!(ran_at.expect("the replacement ran").revision < stopped.revision, "the replacement ran before the stop");
-    let launches_of_small1 =
-        history.iter().filter(|w| w.is_creation() && w.after.as_ref().is_some_and(|r| r.app.name == "small1")).count();
+    let launches_of_small1 = history
+        .iter()
+        .filter(|w| w.is_creation() && w.after.as_ref().is_some_and(|r| r.run.app.name == "small1"))
+        .count();
     assert_eq!(launches_of_small1, 2, "one move, no more");
     let agents = cluster.kubectl_ok(&["get", "agents"]);
     assert!(agents.lines().any(|l| l.starts_with(big.agent.as_str()) && l.contains("Released")), "{agents}");

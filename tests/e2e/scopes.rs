@@ -37,7 +37,7 @@ fn get_app(cluster: &Cluster, name: &str, namespace: &str) -> Value {
 fn running(cluster: &Cluster, app: &str, n: usize) -> Option<Vec<InstanceRecord>> {
     let statuses = cluster.statuses();
     let records: Vec<InstanceRecord> =
-        cluster.records().into_values().filter(|r| r.app.name == app && r.goal == Goal::Running).collect();
+        cluster.records().into_values().filter(|r| r.run.app.name == app && r.goal == Goal::Running).collect();
     let all_run = records.iter().all(|r| statuses.get(&r.id).is_some_and(|s| s.phase == Phase::Running));
     (records.len() == n && all_run).then_some(records)
 }
@@ -61,7 +61,7 @@ fn two_scopes_on_one_store_leave_each_other_alone() {
     cluster.apply(&app("api", "team-a", 2, 1.75));
     // The platform places them for it, on a1 (3.5 of 4 cpus), and they run.
     let api = cluster.wait_for("the tenant's instances to run", WAIT, |c| running(c, "api", 2));
-    assert!(api.iter().all(|r| r.scope.to_string() == TENANT && r.agent == "a1"), "{api:?}");
+    assert!(api.iter().all(|r| r.run.scope.to_string() == TENANT && r.agent == "a1"), "{api:?}");
     // Served: the tenant's controller asks for nothing more (its request may have come and
     // gone before the first look).
     cluster.wait_for("the tenant's request to be withdrawn", WAIT, |c| {
@@ -75,7 +75,7 @@ fn two_scopes_on_one_store_leave_each_other_alone() {
     // The platform's app: placed around the tenant's instances, counted on its own.
     cluster.apply(&app("web", "default", 4, 1.0));
     let web = cluster.wait_for("the platform's 4 instances to run", WAIT, |c| running(c, "web", 4));
-    assert!(web.iter().all(|r| r.agent == "a2" && r.scope == Scope::Platform), "a1 is taken: {web:?}");
+    assert!(web.iter().all(|r| r.agent == "a2" && r.run.scope == Scope::Platform), "a1 is taken: {web:?}");
     cluster.wait_for("the platform to count its own", WAIT, |c| {
         let status = c.app("web")["status"].clone();
         (status["running"] == 4 && status["instances"] == 4).then_some(())
@@ -85,12 +85,14 @@ fn two_scopes_on_one_store_leave_each_other_alone() {
 
     // Deleting the platform's app stops its instances only.
     cluster.kubectl_ok(&["delete", "app", "web", "--wait=true"]);
-    cluster.wait_for("web's records to go", WAIT, |c| c.records().values().all(|r| r.app.name != "web").then_some(()));
+    cluster
+        .wait_for("web's records to go", WAIT, |c| c.records().values().all(|r| r.run.app.name != "web").then_some(()));
     assert!(running(&cluster, "api", 2).is_some(), "the tenant's instances still run: {:?}", cluster.records());
 
     // The tenant's controller stops its own.
     cluster.kubectl_ok(&["delete", "app", "api", "-n", "team-a", "--wait=true"]);
-    cluster.wait_for("api's records to go", WAIT, |c| c.records().values().all(|r| r.app.name != "api").then_some(()));
+    cluster
+        .wait_for("api's records to go", WAIT, |c| c.records().values().all(|r| r.run.app.name != "api").then_some(()));
 
     // Who wrote what: each scope's records only by its own leader.
     let store = cluster.store().clone();
@@ -100,9 +102,9 @@ fn two_scopes_on_one_store_leave_each_other_alone() {
     let history = cluster.history();
     for write in &history {
         let record = write.after.as_ref().or(write.before.as_ref()).expect("a record");
-        match record.app.name.as_str() {
+        match record.run.app.name.as_str() {
             "api" => {
-                assert_eq!(record.scope.to_string(), TENANT, "{write:?}");
+                assert_eq!(record.run.scope.to_string(), TENANT, "{write:?}");
                 if let Some(after) = &write.after
                     && !write.is_creation()
                 {
@@ -120,13 +122,14 @@ fn two_scopes_on_one_store_leave_each_other_alone() {
             other => panic!("an instance of an unexpected app {other}: {write:?}"),
         }
     }
-    let created = history.iter().filter(|w| w.is_creation() && w.after.as_ref().is_some_and(|r| r.app.name == "api"));
+    let created =
+        history.iter().filter(|w| w.is_creation() && w.after.as_ref().is_some_and(|r| r.run.app.name == "api"));
     assert_eq!(created.count(), 2, "each of the tenant's instances was placed once");
     let stops: Vec<(&str, Option<&str>)> = history
         .iter()
         .filter(|w| w.is_stop())
         .filter_map(|w| w.after.as_ref())
-        .map(|r| (r.app.name.as_str(), r.stop_reason.as_deref()))
+        .map(|r| (r.run.app.name.as_str(), r.stop_reason.as_deref()))
         .collect();
     assert_eq!(stops.iter().filter(|(app, _)| *app == "api").count(), 2, "{stops:?}");
     assert!(stops.iter().all(|(_, reason)| *reason == Some("AppDeleted")), "{stops:?}");
@@ -160,7 +163,7 @@ fn a_tenants_controller_killed_loses_nothing_and_its_standby_carries_on() {
     let history = cluster.history();
     let api: Vec<_> = history
         .iter()
-        .filter(|w| w.after.as_ref().or(w.before.as_ref()).is_some_and(|r| r.app.name == "api"))
+        .filter(|w| w.after.as_ref().or(w.before.as_ref()).is_some_and(|r| r.run.app.name == "api"))
         .collect();
     assert_eq!(api.iter().filter(|w| w.is_stop()).count(), 0, "none of the tenant's instances stopped");
     assert_eq!(api.iter().filter(|w| w.is_creation()).count(), 3, "each placed once");
@@ -181,10 +184,10 @@ fn on_etcd_a_tenants_controller_runs_as_an_app_and_plans_its_apps() {
         (ready && c.leader_of(TENANT).is_some()).then_some(())
     });
     let controller = cluster.wait_for("the controller's instance", WAIT, |c| running(c, "tenant-team-a", 1));
-    assert_eq!(controller[0].scope, Scope::Platform, "the platform's app");
+    assert_eq!(controller[0].run.scope, Scope::Platform, "the platform's app");
     cluster.apply(&app("api", "team-a", 2, 0.5));
     let api = cluster.wait_for("the tenant's instances to run", WAIT, |c| running(c, "api", 2));
-    assert!(api.iter().all(|r| r.scope.to_string() == TENANT), "{api:?}");
+    assert!(api.iter().all(|r| r.run.scope.to_string() == TENANT), "{api:?}");
     cluster.wait_for("the tenant's controller to count them", WAIT, |c| {
         let status = get_app(c, "api", "team-a")["status"].clone();
         (status["running"] == 2 && status["instances"] == 2).then_some(())

@@ -647,7 +647,7 @@ fn backoff(
         next.last_failure = Some(Failure {
             instance: last.record.id.clone(),
             agent: last.record.agent.clone(),
-            version: last.record.version.clone(),
+            version: last.record.run.version.clone(),
             phase: last.phase().unwrap_or(Phase::Failed),
             message: status.and_then(|s| s.message.clone()).unwrap_or_default(),
             time: status.and_then(|s| s.finished_at).unwrap_or(ctx.now),
@@ -688,7 +688,7 @@ fn leftovers(snapshot: &Snapshot, orphans: &[&InstanceState], reach: &Reachabili
         }
     }
     for ((namespace, id), (_, revision)) in &snapshot.kill_requests {
-        if snapshot.instances.get(id).is_none_or(|i| i.record.app.namespace != *namespace) {
+        if snapshot.instances.get(id).is_none_or(|i| i.record.run.app.namespace != *namespace) {
             left.kills_done.push(KillDone { namespace: namespace.clone(), id: id.clone(), revision: *revision });
         }
     }

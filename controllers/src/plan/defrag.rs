@@ -209,14 +209,14 @@ pub fn free(
     let mut on: BTreeMap<&str, OnAgent<'_>> = BTreeMap::new();
     for instance in snapshot.instances.values().chain(&snapshot.foreign).filter(|i| !i.is_terminal()) {
         let entry = on.entry(instance.record.agent.as_str()).or_insert((Vec::new(), ResourceAmounts::default(), true));
-        let own = snapshot.instances.contains_key(instance.id()) && instance.record.scope == snapshot.scope;
+        let own = snapshot.instances.contains_key(instance.id()) && instance.record.run.scope == snapshot.scope;
         let can = own
             && instance.record.goal == Goal::Running
-            && !instance.record.whole_agent
-            && !recently_moved.contains(instance.record.app.uid.as_str())
-            && movable_app(&instance.record.app.uid);
-        entry.0.push(instance.record.app.uid.as_str());
-        entry.1 = entry.1.plus(instance.record.resources);
+            && !instance.record.run.whole_agent
+            && !recently_moved.contains(instance.record.run.app.uid.as_str())
+            && movable_app(&instance.record.run.app.uid);
+        entry.0.push(instance.record.run.app.uid.as_str());
+        entry.1 = entry.1.plus(instance.record.run.resources);
         entry.2 &= can;
     }
     let held = usage.held.clone();
@@ -357,7 +357,7 @@ mod tests {
             instances.retain(|_, i| !(i.is_terminal() && i.record.goal == Goal::Stopped));
             s.instances = instances;
             s.held = None;
-            let launches = p.launches.iter().map(|l| (l.record.app.name.clone(), l.record.agent.clone())).collect();
+            let launches = p.launches.iter().map(|l| (l.record.run.app.name.clone(), l.record.agent.clone())).collect();
             let stops = p.stops.iter().map(|s| (s.record.id.clone(), s.reason)).collect();
             log.push((launches, stops));
         }
@@ -393,7 +393,7 @@ mod tests {
         let record = &after.drains["a1"].0;
         assert_eq!(record.state, DrainState::Released);
         assert_eq!(record.moved, ["uid-small1"], "small1 stays off a1 for the hour");
-        assert!(!after.instances.values().any(|i| i.record.app.name == "small2" && i.record.agent == "a1"));
+        assert!(!after.instances.values().any(|i| i.record.run.app.name == "small2" && i.record.agent == "a1"));
     }
 
     #[test]

@@ -216,7 +216,7 @@ impl World {
     fn probe(&mut self) {
         let now = self.now;
         for (id, instance) in self.instances.iter_mut() {
-            if instance.is_running() && !instance.record.health_checks.is_empty() {
+            if instance.is_running() && !instance.record.run.health_checks.is_empty() {
                 // Past the grace period at once: a sick instance fails from its first probe.
                 crate::testing::probe(instance, !self.sick.contains(id), SignedDuration::ZERO, now);
             }
@@ -225,7 +225,7 @@ impl World {
 
     fn of_app<'w>(&'w self, app: &'w App) -> impl Iterator<Item = &'w InstanceState> + 'w {
         let uid = app.metadata.uid.clone().unwrap_or_default();
-        self.instances.values().filter(move |i| i.record.app.uid == uid)
+        self.instances.values().filter(move |i| i.record.run.app.uid == uid)
     }
 
     fn healthy(&self, app: &App) -> usize {
@@ -235,7 +235,7 @@ impl World {
     fn starting(&self, app: &App) -> usize {
         let version = app.version();
         self.of_app(app)
-            .filter(|i| i.record.goal == Goal::Running && i.record.version == version && !i.is_terminal())
+            .filter(|i| i.record.goal == Goal::Running && i.record.run.version == version && !i.is_terminal())
             .filter(|i| !i.is_healthy())
             .count()
     }
@@ -323,7 +323,7 @@ impl World {
             let uid = app.metadata.uid.as_deref().unwrap_or_default();
             // A healthy instance moved: its replacement is healthy (ids of the healthy before).
             let moved = decided.stops.iter().any(|s| {
-                s.reason == StopReason::Moved && s.record.app.uid == uid && healthy_ids.contains(&s.record.id)
+                s.reason == StopReason::Moved && s.record.run.app.uid == uid && healthy_ids.contains(&s.record.id)
             });
             let healthy = self.healthy(app);
             if moved {
@@ -345,7 +345,7 @@ impl World {
                 healthy,
                 min_healthy
             );
-            let launched = decided.launches.iter().any(|l| l.record.app.uid == uid);
+            let launched = decided.launches.iter().any(|l| l.record.run.app.uid == uid);
             if let (true, Some(max)) = (launched, s.max_concurrent_starts) {
                 prop_assert!(
                     self.starting(app) <= max as usize,
@@ -371,7 +371,7 @@ impl World {
                 }
             }
             Event::Sick(n) => {
-                if let Some(id) = self.nth(*n, |i| i.is_running() && !i.record.health_checks.is_empty())
+                if let Some(id) = self.nth(*n, |i| i.is_running() && !i.record.run.health_checks.is_empty())
                     && !self.sick.remove(&id)
                 {
                     self.sick.insert(id);
@@ -439,7 +439,7 @@ proptest! {
         for app in &world.apps {
             let wanted = app.spec.instances.max(0) as usize;
             let version = app.version();
-            let healthy = world.of_app(app).filter(|i| i.record.goal == Goal::Running && i.is_healthy() && i.record.version == version).count();
+            let healthy = world.of_app(app).filter(|i| i.record.goal == Goal::Running && i.is_healthy() && i.record.run.version == version).count();
             prop_assert_eq!(healthy, wanted, "{} did not converge", app.metadata.name.clone().unwrap_or_default());
         }
     }

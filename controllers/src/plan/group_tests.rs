@@ -47,7 +47,7 @@ impl World {
 
     /// Instances of `app` whose process runs.
     fn running(&self, name: &str) -> usize {
-        self.instances.values().filter(|i| i.record.app.name == name && i.is_running()).count()
+        self.instances.values().filter(|i| i.record.run.app.name == name && i.is_running()).count()
     }
 
     fn replace_app(&mut self, name: &str, change: impl FnOnce(&mut App)) {
@@ -117,7 +117,7 @@ impl World {
         for _ in 0..ticks {
             let tick = self.ticks + 1;
             for launch in self.tick().launches {
-                first.entry(launch.record.app.name.clone()).or_insert(tick);
+                first.entry(launch.record.run.app.name.clone()).or_insert(tick);
             }
         }
         first
@@ -157,7 +157,7 @@ fn a_failing_dependency_blocks_its_dependents_with_the_reason() {
     // db runs but has never passed its health check.
     let failing = instance(&db, "a1", 0).failing(1).never_healthy().build();
     let plan = plan(&snapshot(&[&db, &api], vec![agent("a1").build()], vec![failing]), &ctx());
-    assert!(plan.launches.iter().all(|l| l.record.app.name != "api"), "api must not start");
+    assert!(plan.launches.iter().all(|l| l.record.run.app.name != "api"), "api must not start");
     let status = &plan.statuses.iter().find(|s| s.name == "api").expect("api's status").status;
     assert_eq!(status.waiting_for, ["/shop/db"]);
     let dependencies = status.condition(CONDITION_DEPENDENCIES).unwrap();
@@ -226,7 +226,7 @@ fn an_app_at_its_current_version_keeps_scaling_while_a_dependency_is_down() {
     let api = app("api").instances(3).dependencies(&["/db"]).build();
     let instances = vec![instance(&api, "a1", 0).running().build()];
     let plan = plan(&snapshot(&[&db, &api], vec![agent("a1").build()], instances), &ctx());
-    let api_launches = plan.launches.iter().filter(|l| l.record.app.name == "api").count();
+    let api_launches = plan.launches.iter().filter(|l| l.record.run.app.name == "api").count();
     assert_eq!(api_launches, 2, "scaling is not held back");
     let status = &plan.statuses.iter().find(|s| s.name == "api").unwrap().status;
     assert!(status.waiting_for.is_empty());
@@ -247,7 +247,7 @@ fn deleted_together_dependents_stop_before_what_they_depend_on() {
         let plan = world.tick();
         for stop in &plan.stops {
             assert_eq!(stop.reason, StopReason::AppDeleted);
-            stopped.push((tick, stop.record.app.name.clone()));
+            stopped.push((tick, stop.record.run.app.name.clone()));
         }
         if tick == 1 {
             assert_eq!(world.condition("db", CONDITION_PROGRESSING).0, "WaitingForDependents");
@@ -280,7 +280,7 @@ fn a_deleted_app_alone_waits_a_moment_for_its_dependents_then_stops() {
     assert_eq!(plan.next_wakeup, Some(now() + jiff::SignedDuration::from_secs(2)), "and looks again when it settles");
     world.replace_app("db", deleted_at(3));
     let plan = world.tick();
-    assert_eq!(plan.stops.iter().map(|s| s.record.app.name.as_str()).collect::<Vec<_>>(), ["db"]);
+    assert_eq!(plan.stops.iter().map(|s| s.record.run.app.name.as_str()).collect::<Vec<_>>(), ["db"]);
     world.tick();
     assert!(world.apps.iter().all(|a| a.metadata.name.as_deref() != Some("db")));
     assert_eq!(world.running("api"), 2, "dependents already running keep running");
@@ -337,7 +337,7 @@ fn a_stored_cycle_holds_its_apps_and_is_named() {
     let b = app("b").dependencies(&["/a"]).build();
     let c = app("c").build();
     let plan = plan(&snapshot(&[&a, &b, &c], vec![agent("a1").build()], Vec::new()), &ctx());
-    let launched: Vec<&str> = plan.launches.iter().map(|l| l.record.app.name.as_str()).collect();
+    let launched: Vec<&str> = plan.launches.iter().map(|l| l.record.run.app.name.as_str()).collect();
     assert_eq!(launched, ["c"], "only the app outside the cycle starts");
     let status = &plan.statuses.iter().find(|s| s.name == "b").unwrap().status;
     let message = &status.condition(CONDITION_DEPENDENCIES).unwrap().message;

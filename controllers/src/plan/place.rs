@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use baton_api::constraints::Constraint;
 use baton_api::records::{AssignedPort, Command};
-use baton_api::{App, AppRef, Goal, InstanceRecord, Scope};
+use baton_api::{App, AppRef, Goal, InstanceRecord, RunSpec, Scope};
 
 use super::maintain::Drains;
 use super::status::Unplaced;
@@ -67,7 +67,7 @@ pub fn requests<'s>(snapshot: &'s Snapshot, usage: &Usage<'s>, first: usize) -> 
             let uid = app.metadata.uid.as_deref().unwrap_or_default();
             let served = usage
                 .foreign_of(uid)
-                .filter(|i| i.record.version == request.version && i.created > request.revision)
+                .filter(|i| i.record.run.version == request.version && i.created > request.revision)
                 .count();
             let count = (request.count.max(0) as usize).saturating_sub(served);
             (count > 0).then_some(Demand { index: first + i, scope, app, version: &request.version, count })
@@ -167,8 +167,26 @@ fn launch(
     let name = app.metadata.name.clone().unwrap_or_default();
     let app_name = format!("{}/{name}", app.metadata.namespace.as_deref().unwrap_or_default());
     let resources = spec.resources.amounts();
-    // One copy for every instance placed here.
-    let (env, labels) = (Arc::new(spec.env.clone()), Arc::new(spec.labels.clone()));
+    // One run spec for every instance placed here.
+    let run = Arc::new(RunSpec {
+        app: AppRef {
+            namespace: app.metadata.namespace.clone().unwrap_or_default(),
+            name: name.clone(),
+            uid: uid.clone(),
+        },
+        scope: scope.clone(),
+        version: version.to_string(),
+        whole_agent: spec.placement.whole_agent,
+        command,
+        user: spec.user.clone(),
+        fetch: spec.fetch.clone(),
+        env: spec.env.clone(),
+        labels: spec.labels.clone(),
+        resources,
+        kill_grace_seconds: spec.kill_grace_seconds(),
+        health_checks: spec.health_checks.clone(),
+        readiness_checks: spec.readiness_checks.clone(),
+    });
     let asks: Vec<PortAsk> = spec
         .ports
         .iter()
@@ -210,34 +228,18 @@ fn launch(
         launches.push(Launch {
             record: InstanceRecord {
                 id: format!("{name}-{}", ids.suffix()),
-                app: AppRef {
-                    namespace: app.metadata.namespace.clone().unwrap_or_default(),
-                    name: name.clone(),
-                    uid: uid.clone(),
-                },
-                scope: request.scope.clone(),
                 agent: placement.agent,
                 host: placement.host,
-                version: version.to_string(),
                 created_at: now,
                 goal: Goal::Running,
                 stop_reason: None,
                 replaces: None,
                 holds_slot: false,
-                whole_agent: spec.placement.whole_agent,
                 end_noted: false,
-                command: command.clone(),
-                user: spec.user.clone(),
-                fetch: spec.fetch.clone(),
-                env: env.clone(),
-                labels: labels.clone(),
-                resources,
                 ports,
-                kill_grace_seconds: spec.kill_grace_seconds(),
-                health_checks: spec.health_checks.clone(),
-                readiness_checks: spec.readiness_checks.clone(),
                 term: 0,
                 planned_at: 0,
+                run: run.clone(),
             },
         });
     }

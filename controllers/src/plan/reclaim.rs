@@ -107,7 +107,7 @@ pub fn reclaim(
                     takes_slot: false,
                 });
                 out.events.push(Event {
-                    regarding: Regarding::App(victim.record.app.clone()),
+                    regarding: Regarding::App(victim.record.run.app.clone()),
                     type_: EventType::Warning,
                     reason: "Preempted",
                     message: format!(
@@ -141,8 +141,8 @@ impl<'s> Ledger<'s> {
             })
             .collect();
         for launch in placed.iter().flat_map(|(_, p)| &p.launches) {
-            let each = amounts(launch.record.resources);
-            add(held.entry(launch.record.scope.clone()).or_insert([0; 4]), &each);
+            let each = amounts(launch.record.run.resources);
+            add(held.entry(launch.record.run.scope.clone()).or_insert([0; 4]), &each);
             if let Some(f) = free.get_mut(launch.record.agent.as_str()) {
                 sub(f, &each);
             }
@@ -152,15 +152,15 @@ impl<'s> Ledger<'s> {
         let mut victims: BTreeMap<&str, Vec<&InstanceState>> = BTreeMap::new();
         let mut preempting: HashMap<&str, (usize, usize)> = HashMap::new();
         for instance in snapshot.foreign.iter().filter(|i| !i.is_terminal()) {
-            let Scope::Tenant(_) = &instance.record.scope else { continue };
-            let uid = instance.record.app.uid.as_str();
+            let Scope::Tenant(_) = &instance.record.run.scope else { continue };
+            let uid = instance.record.run.app.uid.as_str();
             let entry = preempting.entry(uid).or_insert_with(|| (0, budget(apps.get(uid).copied())));
             if instance.record.goal == Goal::Running {
                 victims.entry(instance.record.agent.as_str()).or_default().push(instance);
             } else if instance.record.stop_reason.as_deref() == Some(StopReason::Preempted.as_str()) {
                 entry.0 += 1;
                 if let Some(f) = free.get_mut(instance.record.agent.as_str()) {
-                    add(f, &amounts(instance.record.resources));
+                    add(f, &amounts(instance.record.run.resources));
                 }
             }
         }
@@ -189,13 +189,13 @@ impl<'s> Ledger<'s> {
     /// Whether `victim` may be taken from a tenant other than `claimant` that keeps at least
     /// its guarantee once it and what this choice `removed` already are gone.
     fn may_take(&self, victim: &InstanceState, claimant: &str, removed: &[u64; 4]) -> bool {
-        let Scope::Tenant(owner) = &victim.record.scope else { return false };
+        let Scope::Tenant(owner) = &victim.record.run.scope else { return false };
         if owner == claimant {
             return false;
         }
-        let mut after = self.held(&victim.record.scope);
+        let mut after = self.held(&victim.record.run.scope);
         sub(&mut after, removed);
-        sub(&mut after, &amounts(victim.record.resources));
+        sub(&mut after, &amounts(victim.record.run.resources));
         let guarantee = self.guarantees.get(owner.as_str()).copied().unwrap_or([None; 4]);
         guarantee.iter().zip(after).all(|(g, h)| g.is_none_or(|g| h >= g))
     }
@@ -221,15 +221,15 @@ impl<'s> Ledger<'s> {
                 if fits(&room, each) {
                     break;
                 }
-                let uid = victim.record.app.uid.as_str();
+                let uid = victim.record.run.app.uid.as_str();
                 let (now, most) = self.preempting.get(uid).copied().unwrap_or((0, 1));
-                let from_owner = removed.get(&victim.record.scope).copied().unwrap_or([0; 4]);
+                let from_owner = removed.get(&victim.record.run.scope).copied().unwrap_or([0; 4]);
                 if now + taken.get(uid).copied().unwrap_or(0) >= most || !self.may_take(victim, claimant, &from_owner) {
                     continue;
                 }
                 *taken.entry(uid).or_default() += 1;
-                add(removed.entry(&victim.record.scope).or_insert([0; 4]), &amounts(victim.record.resources));
-                add(&mut room, &amounts(victim.record.resources));
+                add(removed.entry(&victim.record.run.scope).or_insert([0; 4]), &amounts(victim.record.run.resources));
+                add(&mut room, &amounts(victim.record.run.resources));
                 chosen.push(*victim);
             }
             if !fits(&room, each) || chosen.is_empty() {
@@ -250,14 +250,14 @@ impl<'s> Ledger<'s> {
     }
 
     fn preempt(&mut self, agent: &str, victim: &InstanceState) {
-        let each = amounts(victim.record.resources);
-        if let Some(held) = self.held.get_mut(&victim.record.scope) {
+        let each = amounts(victim.record.run.resources);
+        if let Some(held) = self.held.get_mut(&victim.record.run.scope) {
             sub(held, &each);
         }
         if let Some(f) = self.free.get_mut(agent) {
             add(f, &each);
         }
-        if let Some(entry) = self.preempting.get_mut(victim.record.app.uid.as_str()) {
+        if let Some(entry) = self.preempting.get_mut(victim.record.run.app.uid.as_str()) {
             entry.0 += 1;
         }
         if let Some(list) = self.victims.get_mut(agent) {

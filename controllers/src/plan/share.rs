@@ -247,8 +247,8 @@ pub fn within_quotas<'d>(snapshot: &Snapshot, queue: Vec<Demand<'d>>) -> (Vec<De
     }
     let mut held: BTreeMap<&Scope, [u64; 5]> = BTreeMap::new();
     for instance in snapshot.instances.values().chain(&snapshot.foreign).filter(|i| !i.is_terminal()) {
-        let entry = held.entry(&instance.record.scope).or_insert([0; 5]);
-        for (h, a) in entry.iter_mut().zip(amounts(instance.record.resources).into_iter().chain([1])) {
+        let entry = held.entry(&instance.record.run.scope).or_insert([0; 5]);
+        for (h, a) in entry.iter_mut().zip(amounts(instance.record.run.resources).into_iter().chain([1])) {
             *h = h.saturating_add(a);
         }
     }
@@ -307,8 +307,8 @@ pub fn within_quotas<'d>(snapshot: &Snapshot, queue: Vec<Demand<'d>>) -> (Vec<De
 pub fn held_by_scope(snapshot: &Snapshot) -> BTreeMap<&Scope, [u64; 4]> {
     let mut held: BTreeMap<&Scope, [u64; 4]> = BTreeMap::new();
     for instance in snapshot.instances.values().chain(&snapshot.foreign).filter(|i| !i.is_terminal()) {
-        let entry = held.entry(&instance.record.scope).or_insert([0; 4]);
-        for (h, a) in entry.iter_mut().zip(amounts(instance.record.resources)) {
+        let entry = held.entry(&instance.record.run.scope).or_insert([0; 4]);
+        for (h, a) in entry.iter_mut().zip(amounts(instance.record.run.resources)) {
             *h = h.saturating_add(a);
         }
     }

@@ -308,12 +308,12 @@ impl World {
         for (id, instance) in self.instances.iter_mut() {
             if !instance.is_running()
                 || !live.contains(&instance.record.agent)
-                || instance.record.health_checks.is_empty()
+                || instance.record.run.health_checks.is_empty()
             {
                 continue;
             }
             let passes = self.dependency_up && !self.sick.contains(id);
-            let grace = SignedDuration::from_secs(instance.record.health_checks[0].grace_period_seconds);
+            let grace = SignedDuration::from_secs(instance.record.run.health_checks[0].grace_period_seconds);
             crate::testing::probe(instance, passes, grace, now);
         }
     }
@@ -341,7 +341,7 @@ impl World {
         // Only healthy instances of the current version fill places: old ones are being
         // replaced, new ones not healthy yet may fail as the killed one did.
         let version = self.app.version();
-        let healthy = self.live_instances().filter(|i| i.record.version == version && i.is_healthy()).count();
+        let healthy = self.live_instances().filter(|i| i.record.run.version == version && i.is_healthy()).count();
         let mut shortfall = wanted.saturating_sub(healthy);
         let mut empty: Vec<(Timestamp, String)> = self
             .ledger
@@ -472,7 +472,7 @@ impl World {
         let version = self.app.version();
         self.instances
             .values()
-            .filter(|i| i.record.goal == Goal::Running && i.record.version == version && !i.is_terminal())
+            .filter(|i| i.record.goal == Goal::Running && i.record.run.version == version && !i.is_terminal())
             .filter(|i| self.live_agent(&i.record.agent) && !i.is_healthy())
             .count()
     }
@@ -497,7 +497,7 @@ impl World {
         let deploying = self
             .instances
             .values()
-            .any(|i| i.record.goal == Goal::Running && !i.is_terminal() && i.record.version != self.app.version());
+            .any(|i| i.record.goal == Goal::Running && !i.is_terminal() && i.record.run.version != self.app.version());
         if min_healthy == max_total && deploying {
             max_total += 1;
         }
@@ -710,8 +710,8 @@ proptest! {
             (n, true) => wanted.min(n),
             (_, false) => wanted,
         };
-        let converged = live.iter().filter(|i| i.record.version == version).count() == placeable
-            && live.iter().all(|i| i.record.version == version);
+        let converged = live.iter().filter(|i| i.record.run.version == version).count() == placeable
+            && live.iter().all(|i| i.record.run.version == version);
         // A UNIQUE app on every agent cannot move with minimumHealthCapacity 1 (no agent is
         // free for a new instance, and no old one may stop first): it must say so.
         let stuck = world.app.status.as_ref().and_then(|s| s.condition(baton_api::app::CONDITION_PROGRESSING)).is_some_and(|c| c.reason == "Stuck");
@@ -740,7 +740,7 @@ proptest! {
         world.run(60, 2)?;
         let wanted = world.app.spec.instances as usize;
         let version = world.app.version();
-        let healthy = world.live_instances().filter(|i| i.record.version == version && i.steadily_healthy()).count();
+        let healthy = world.live_instances().filter(|i| i.record.run.version == version && i.steadily_healthy()).count();
         prop_assert_eq!(healthy, wanted, "the pool did not recover: {:?}", world.instances.values().map(|i| (i.id(), i.record.goal, i.phase())).collect::<Vec<_>>());
         prop_assert!(world.ledger.open.is_empty(), "slots left open: {:?}", world.ledger.open);
     }

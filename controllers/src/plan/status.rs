@@ -58,7 +58,7 @@ impl HeldSlot<'_> {
         let (replacement, waiting_for) = match &self.filler {
             Some(Filler::Launched(id)) => (Some(id.clone()), format!("{id} to start")),
             Some(Filler::Running(r)) => {
-                let in_a_row = r.record.health_checks.iter().filter_map(|c| c.kill_after()).max().unwrap_or(1);
+                let in_a_row = r.record.run.health_checks.iter().filter_map(|c| c.kill_after()).max().unwrap_or(1);
                 let waits = match r.health_state() {
                     HealthState::NotRunning => "to start".to_string(),
                     HealthState::Failing => "to pass its health checks (it fails them)".to_string(),

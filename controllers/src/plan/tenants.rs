@@ -81,9 +81,9 @@ pub fn tenants(snapshot: &Snapshot, template: Option<&ControllerTemplate>) -> Se
     let capacity = snapshot.agents.values().fold(ResourceAmounts::default(), |sum, a| sum.plus(a.resources));
     let mut held: BTreeMap<&Scope, ResourceAmounts> = BTreeMap::new();
     for instance in &snapshot.foreign {
-        let entry = held.entry(&instance.record.scope).or_default();
+        let entry = held.entry(&instance.record.run.scope).or_default();
         if !instance.is_terminal() {
-            *entry = entry.plus(instance.record.resources);
+            *entry = entry.plus(instance.record.run.resources);
         }
     }
     let mut tenants: Vec<_> = snapshot.tenants.iter().collect();

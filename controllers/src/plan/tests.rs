@@ -28,7 +28,7 @@ fn scale_up_launches_the_missing_instances() {
     let agents: Vec<&str> = plan.launches.iter().map(|l| l.record.agent.as_str()).collect();
     assert_eq!(agents, ["a1", "a1"]);
     let record = &plan.launches[0].record;
-    assert_eq!((record.goal, record.version.as_str()), (Goal::Running, web.version().as_str()));
+    assert_eq!((record.goal, record.run.version.as_str()), (Goal::Running, web.version().as_str()));
     assert!(record.id.starts_with("web-") && record.id.len() == "web-".len() + 10, "{}", record.id);
 }
 
@@ -185,7 +185,7 @@ fn other_scopes_instances_take_capacity_and_nothing_else() {
     assert!(plan.backoffs.is_empty(), "another scope's failure is not this scope's to count");
     let agents: Vec<&str> = plan.launches.iter().map(|l| l.record.agent.as_str()).collect();
     assert_eq!(agents, ["a2"], "a1's cpus are taken by the other scope's instances");
-    assert_eq!(plan.launches[0].record.scope, baton_api::Scope::Platform);
+    assert_eq!(plan.launches[0].record.run.scope, baton_api::Scope::Platform);
     let status = &plan.statuses[0].status;
     assert_eq!((status.instances, status.running), (1, 1), "only the app's own instances are counted");
 }
@@ -711,7 +711,7 @@ fn the_platform_places_a_tenants_launch_request_once() {
     snap.other_apps.push(Arc::new(api.clone()));
     let placed = plan(&snap, &ctx());
     assert_eq!(placed.launches.len(), 2, "3 asked, 1 served");
-    assert!(placed.launches.iter().all(|l| l.record.scope == tenant && l.record.app.name == "api"));
+    assert!(placed.launches.iter().all(|l| l.record.run.scope == tenant && l.record.run.app.name == "api"));
     assert!(placed.statuses.is_empty(), "the platform writes no status of another scope's app");
 
     // A request for a version the app no longer has is not served (its controller asks again).
@@ -742,7 +742,7 @@ fn tenants_launch_requests_are_served_by_weighted_dominant_share_when_room_is_sh
     let holder = app("holder").cpus(2.0).build();
     snap.foreign.push(instance(&holder, "a1", 1).scope(a.clone()).running().build().with_created(50));
     let placed = plan(&snap, &ctx());
-    let teams: Vec<&str> = placed.launches.iter().map(|l| l.record.app.namespace.as_str()).collect();
+    let teams: Vec<&str> = placed.launches.iter().map(|l| l.record.run.app.namespace.as_str()).collect();
     assert_eq!(teams, ["team-b", "team-b"], "team-b, holding less, is served first; then the agent is full");
 }
 
@@ -756,7 +756,7 @@ fn an_app_stored_past_the_maximum_runs_the_maximum_and_says_so() {
     let started = std::time::Instant::now();
     let placed = plan(&snap, &ctx);
     assert!(started.elapsed() < std::time::Duration::from_secs(5), "bounded work");
-    let count = |name: &str| placed.launches.iter().filter(|l| l.record.app.name == name).count();
+    let count = |name: &str| placed.launches.iter().filter(|l| l.record.run.app.name == name).count();
     assert_eq!((count("huge"), count("web")), (50, 2), "the others are planned as usual");
     let status = &placed.statuses.iter().find(|s| s.name == "huge").unwrap().status;
     let planned = status.condition(baton_api::app::CONDITION_PLANNED).expect("Planned");
@@ -772,7 +772,7 @@ fn an_app_whose_decision_fails_does_nothing_and_says_so_while_the_others_are_pla
     super::decide::POISONED.with(|p| p.borrow_mut().push("uid-bad".into()));
     let placed = plan(&snap, &ctx());
     super::decide::POISONED.with(|p| p.borrow_mut().clear());
-    let count = |name: &str| placed.launches.iter().filter(|l| l.record.app.name == name).count();
+    let count = |name: &str| placed.launches.iter().filter(|l| l.record.run.app.name == name).count();
     assert_eq!((count("bad"), count("web")), (0, 2));
     let status = &placed.statuses.iter().find(|s| s.name == "bad").unwrap().status;
     let planned = status.condition(baton_api::app::CONDITION_PLANNED).expect("Planned");
@@ -853,7 +853,7 @@ fn a_tenant_below_its_guarantee_reclaims_the_youngest_instances_of_a_tenant_abov
     b_app.status.as_mut().unwrap().launch_request.as_mut().unwrap().count = 2;
     *b = Arc::new(b_app);
     let served = plan(&snap, &ctx());
-    let teams: Vec<&str> = served.launches.iter().map(|l| l.record.app.namespace.as_str()).collect();
+    let teams: Vec<&str> = served.launches.iter().map(|l| l.record.run.app.namespace.as_str()).collect();
     assert_eq!(teams, ["team-a", "team-a"]);
     assert!(served.stops.is_empty(), "team-b, without a guarantee, takes nothing back");
 }
@@ -880,7 +880,7 @@ fn guaranteed_demand_goes_before_fair_shares() {
     tenant_asking(&mut snap, "a-team", 1, 1.0, None);
     tenant_asking(&mut snap, "z-team", 1, 1.0, Some(1.0));
     let placed = plan(&snap, &ctx());
-    let teams: Vec<&str> = placed.launches.iter().map(|l| l.record.app.namespace.as_str()).collect();
+    let teams: Vec<&str> = placed.launches.iter().map(|l| l.record.run.app.namespace.as_str()).collect();
     assert_eq!(teams, ["z-team"]);
 }
 
@@ -900,7 +900,7 @@ fn reserved_agents_take_their_tenants_instances_only() {
     *z = Arc::new(z_tenant);
     let placed = plan(&snap, &ctx());
     let mut on: Vec<(&str, &str)> =
-        placed.launches.iter().map(|l| (l.record.app.name.as_str(), l.record.agent.as_str())).collect();
+        placed.launches.iter().map(|l| (l.record.run.app.name.as_str(), l.record.agent.as_str())).collect();
     on.sort();
     assert_eq!(on, [("platform", "a1"), ("z-team-api", "r1"), ("z-team-api", "r1")], "r1 takes z-team only");
     let status = &placed.statuses.iter().find(|s| s.name == "platform").unwrap().status;

@@ -16,7 +16,7 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use baton_api::{
-    AgentRecord, App, AppGroup, BackoffRecord, DrainRecord, InstanceRecord, KillRequest, Maintenance, Scope,
+    AgentRecord, App, AppGroup, BackoffRecord, DrainRecord, InstanceRecord, KillRequest, Maintenance, RunSpec, Scope,
     StatusRecord, Tenant, UnreachableMarker,
 };
 use baton_store::{EventKind, KeyValue, Keyspace, Revision, Store, StoreExt, WatchEvent};
@@ -48,19 +48,11 @@ struct Records {
     drains: BTreeMap<String, (Arc<DrainRecord>, Revision)>,
     backoffs: BTreeMap<(String, String), (Arc<BackoffRecord>, Revision)>,
     kill_requests: BTreeMap<(String, String), (Arc<KillRequest>, Revision)>,
-    /// The environment and labels of each app version (uid, version), shared by its
-    /// records: parsed, each record would hold a copy of its own.
-    shared: HashMap<(String, String), Shared>,
+    /// What the records of each app version (uid, version) run, shared by them: parsed,
+    /// each record would hold a copy of its own (~0.4 KiB with its strings).
+    shared: HashMap<(String, String), Arc<RunSpec>>,
     /// The revision through which changes are applied to these records.
     applied: Revision,
-}
-
-type Map = Arc<BTreeMap<String, String>>;
-
-/// What the records of one app version hold alike.
-struct Shared {
-    env: Map,
-    labels: Map,
 }
 
 /// Store records, kept current by one watch over the keyspace (so changes apply in
@@ -128,7 +120,7 @@ impl StoreCache {
             .collect();
         let held = held_in_agent_order(&by_agent);
         let (own, foreign): (Vec<InstanceState>, Vec<InstanceState>) =
-            by_agent.into_iter().partition(|i| i.record.scope == scope);
+            by_agent.into_iter().partition(|i| i.record.run.scope == scope);
         let instances = own.into_iter().map(|i| (i.record.id.clone(), i)).collect();
         let agents = records.agents.iter().map(|(name, (agent, _))| (name.clone(), agent.clone())).collect();
         let unreachable = records
@@ -183,26 +175,22 @@ impl Records {
     /// Whether the cache keeps this instance: the platform keeps every scope's (it places
     /// around them); another scope only its own.
     fn keeps(&self, record: &InstanceRecord) -> bool {
-        self.scope.places() || record.scope == self.scope
+        self.scope.places() || record.run.scope == self.scope
     }
 
-    /// Makes `record` hold its app version's environment and labels as the other records
-    /// of that version do (the first record of a version sets them).
+    /// Makes `record` hold its app version's run spec as the other records of that version
+    /// do (the first record of a version sets it; one that differs keeps its own).
     fn share(&mut self, record: &mut InstanceRecord) {
-        let key = (record.app.uid.clone(), record.version.clone());
-        let shared =
-            self.shared.entry(key).or_insert_with(|| Shared { env: record.env.clone(), labels: record.labels.clone() });
-        if shared.env == record.env {
-            record.env = shared.env.clone();
-        }
-        if shared.labels == record.labels {
-            record.labels = shared.labels.clone();
+        let key = (record.run.app.uid.clone(), record.run.version.clone());
+        let shared = self.shared.entry(key).or_insert_with(|| record.run.clone());
+        if !Arc::ptr_eq(shared, &record.run) && **shared == *record.run {
+            record.run = shared.clone();
         }
     }
 
     /// Forgets the app versions no record holds any more.
     fn forget_unshared(&mut self) {
-        self.shared.retain(|_, shared| Arc::strong_count(&shared.env) > 1 || Arc::strong_count(&shared.labels) > 1);
+        self.shared.retain(|_, shared| Arc::strong_count(shared) > 1);
     }
 }
 

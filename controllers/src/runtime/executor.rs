@@ -4,7 +4,7 @@
 //! each carrying the leader's fence plus the compares of its writes (a launch creates keys
 //! that must not exist — the record and its `instance-agents` index entry; a stop or removal
 //! must find the record at the revision the plan read). A write is never split across
-//! transactions ([`pack`]). A transaction whose fence fails means leadership is lost: nothing
+//! transactions ([`Packed`]). A transaction whose fence fails means leadership is lost: nothing
 //! more is written. One whose other compares fail was planned on a stale view: it is dropped and
 //! the next tick decides again. App statuses go to the API server, and only while leading.
 
@@ -72,56 +72,57 @@ impl Executor {
 
     /// Carries out `plan`, made on a view of the store through revision `planned_at`.
     pub async fn apply(&self, plan: &Plan, planned_at: Revision, leadership: &Leadership) -> Result<Applied, Error> {
-        let term = leadership.term();
-        let mut writes: Vec<Write> = Vec::new();
-        for launch in &plan.launches {
+        let by = (leadership.term(), planned_at);
+        // Built as the transactions go out, not all first: the writes of a tick that launched
+        // 100,000 instances took ~100 MiB at once, which the allocator then kept.
+        let launches = plan.launches.iter().map(|launch| {
             let (agent, id) = (&launch.record.agent, &launch.record.id);
             let key = self.keys.instance(agent, id);
-            let record = InstanceRecord { term, planned_at, ..launch.record.clone() };
+            let record = InstanceRecord { term: by.0, planned_at, ..launch.record.clone() };
             // The record and the index entry that finds it by id, together.
             let index = self.keys.instance_agent(id);
-            writes.push(Write {
+            Write {
                 step: Step::Launch,
                 compares: vec![Compare::absent(&key), Compare::absent(&index)],
                 ops: vec![Op::put(&key, to_json(&record)), Op::put(&index, agent.as_bytes().to_vec())],
-            });
-        }
-        for stop in &plan.stops {
+            }
+        });
+        let stops = plan.stops.iter().map(|stop| {
             let mut record = stop.record.clone();
             record.goal = Goal::Stopped;
             record.stop_reason = Some(stop.reason.as_str().to_string());
             if let Some(grace) = stop.grace_seconds {
-                record.kill_grace_seconds = grace;
+                Arc::make_mut(&mut record.run).kill_grace_seconds = grace;
             }
             record.holds_slot = stop.takes_slot;
-            writes.push(self.rewrite(Step::Stop(stop.reason.as_str()), record, stop.revision, (term, planned_at)));
-        }
-        for noted in &plan.noted {
+            self.rewrite(Step::Stop(stop.reason.as_str()), record, stop.revision, by)
+        });
+        let noted = plan.noted.iter().map(|noted| {
             let record = InstanceRecord { end_noted: true, ..noted.record.clone() };
-            writes.push(self.rewrite(Step::Marker, record, noted.revision, (term, planned_at)));
-        }
-        for release in &plan.slot_releases {
+            self.rewrite(Step::Marker, record, noted.revision, by)
+        });
+        let releases = plan.slot_releases.iter().map(|release| {
             let record = InstanceRecord { holds_slot: false, ..release.record.clone() };
-            writes.push(self.rewrite(Step::Marker, record, release.revision, (term, planned_at)));
-        }
-        for removal in &plan.removals {
+            self.rewrite(Step::Marker, record, release.revision, by)
+        });
+        let removals = plan.removals.iter().map(|removal| {
             let key = self.keys.instance(&removal.agent, &removal.id);
-            writes.push(Write {
+            Write {
                 step: Step::Removal,
                 compares: vec![Compare::mod_revision(&key, removal.revision)],
                 ops: vec![Op::delete(&key), Op::delete(self.keys.instance_agent(&removal.id))],
-            });
-        }
-        for done in &plan.kills_done {
+            }
+        });
+        let kills_done = plan.kills_done.iter().map(|done| {
             let key = self.keys.kill_request(&done.namespace, &done.id);
-            writes.push(Write::one(Step::Marker, Compare::mod_revision(&key, done.revision), Op::delete(&key)));
-        }
-        for mark in &plan.marks {
+            Write::one(Step::Marker, Compare::mod_revision(&key, done.revision), Op::delete(&key))
+        });
+        let marks = plan.marks.iter().map(|mark| {
             let key = self.keys.unreachable_agent(&mark.agent);
             let marker = UnreachableMarker { since: mark.since };
-            writes.push(Write::one(Step::Marker, Compare::absent(&key), Op::put(&key, to_json(&marker))));
-        }
-        for drain in &plan.drains {
+            Write::one(Step::Marker, Compare::absent(&key), Op::put(&key, to_json(&marker)))
+        });
+        let drains = plan.drains.iter().map(|drain| {
             let key = self.keys.drain(&drain.agent);
             let compare =
                 if drain.revision == 0 { Compare::absent(&key) } else { Compare::mod_revision(&key, drain.revision) };
@@ -129,17 +130,20 @@ impl Executor {
                 Some(record) => Op::put(&key, to_json(record)),
                 None => Op::delete(&key),
             };
-            writes.push(Write::one(Step::Marker, compare, op));
-        }
-        for unmark in &plan.unmarks {
+            Write::one(Step::Marker, compare, op)
+        });
+        let unmarks = plan.unmarks.iter().map(|unmark| {
             let key = self.keys.unreachable_agent(&unmark.agent);
-            writes.push(Write::one(Step::Marker, Compare::mod_revision(&key, unmark.revision), Op::delete(&key)));
-        }
+            Write::one(Step::Marker, Compare::mod_revision(&key, unmark.revision), Op::delete(&key))
+        });
+        let writes = launches.chain(stops).chain(noted).chain(releases).chain(removals).chain(kills_done).chain(marks);
+        // Boxed: held across the awaits below, the closures' types defeat the check that the
+        // future is Send.
+        let writes: Box<dyn Iterator<Item = Write> + Send + '_> = Box::new(writes.chain(drains).chain(unmarks));
 
         // A backoff change and the marks on the failed instances it counts go in one
         // transaction of their own; everything else in batches.
-        let mut batches = pack(writes);
-        for change in &plan.backoffs {
+        let backoffs = plan.backoffs.iter().map(|change| {
             let key = self.keys.app_backoff(&change.namespace, &change.name);
             let compare =
                 if change.revision == 0 { Compare::absent(&key) } else { Compare::mod_revision(&key, change.revision) };
@@ -150,21 +154,22 @@ impl Executor {
             let mut unit = vec![Write::one(Step::Marker, compare, op)];
             for counted in &change.counted {
                 let record = InstanceRecord { end_noted: true, ..counted.record.clone() };
-                unit.push(self.rewrite(Step::Marker, record, counted.revision, (term, planned_at)));
+                unit.push(self.rewrite(Step::Marker, record, counted.revision, by));
             }
-            batches.push(unit);
-        }
+            unit
+        });
+        let batches: Box<dyn Iterator<Item = Vec<Write>> + Send + '_> = Box::new(Packed::new(writes).chain(backoffs));
 
+        // One transaction at a time: measured with 4 or 8 in flight, 100,000 launches took
+        // longer (24 and 32 s against 20 s, `hack/bench.sh cluster`): on two cores the
+        // commits competed with the agents' and the API server's writes.
         let mut applied = Applied::default();
-        for batch in &batches {
-            let txn = Txn::new()
-                .when(std::iter::once(leadership.fence()).chain(batch.iter().flat_map(|w| w.compares.iter().cloned())))
-                .and_then(batch.iter().flat_map(|w| w.ops.iter().cloned()))
-                .or_else([Op::get(leadership.key())]);
-            let response = self.store.txn(txn).await?;
+        for batch in batches {
+            let (steps, response) = self.commit(batch, leadership).await;
+            let response = response?;
             if response.succeeded {
-                applied.revision = response.revision;
-                for Write { step, .. } in batch {
+                applied.revision = applied.revision.max(response.revision);
+                for step in &steps {
                     match step {
                         Step::Launch => applied.launched += 1,
                         Step::Stop(reason) => applied.stopped.push(reason),
@@ -182,10 +187,10 @@ impl Executor {
                 return Err(Error::LostLeadership);
             }
             tracing::debug!(
-                writes = batch.len(),
+                writes = steps.len(),
                 "dropped a batch planned on a stale view; the next tick decides again"
             );
-            applied.stale += batch.len();
+            applied.stale += steps.len();
         }
 
         let params = PatchParams { field_manager: Some(super::events::COMPONENT.into()), ..PatchParams::default() };
@@ -337,6 +342,21 @@ impl Executor {
         self.patch(api, &update.name, params, &patch, true, leadership).await
     }
 
+    /// Sends one batch of writes in a transaction fenced by `leadership`.
+    async fn commit(
+        &self,
+        batch: Vec<Write>,
+        leadership: &Leadership,
+    ) -> (Vec<Step>, baton_store::Result<baton_store::TxnResponse>) {
+        let steps = batch.iter().map(|w| w.step).collect();
+        let (compares, ops): (Vec<Vec<Compare>>, Vec<Vec<Op>>) = batch.into_iter().map(|w| (w.compares, w.ops)).unzip();
+        let txn = Txn::new()
+            .when(std::iter::once(leadership.fence()).chain(compares.into_iter().flatten()))
+            .and_then(ops.into_iter().flatten())
+            .or_else([Op::get(leadership.key())]);
+        (steps, self.store.txn(txn).await)
+    }
+
     /// Rewrites `record` (at `revision`), by the leader of `term` on a view through `planned_at`.
     fn rewrite(&self, step: Step, record: InstanceRecord, revision: Revision, by: (Revision, Revision)) -> Write {
         let key = self.keys.instance(&record.agent, &record.id);
@@ -427,23 +447,36 @@ impl Write {
     }
 }
 
-/// Packs writes, in order and each whole, into transactions of at most
-/// [`baton_store::MAX_TXN_OPS`] compares (one of them the leader's fence) and operations.
-pub fn pack(writes: Vec<Write>) -> Vec<Vec<Write>> {
-    let mut batches: Vec<Vec<Write>> = Vec::new();
-    let (mut compares, mut ops) = (0, 0);
-    for write in writes {
-        let fits = compares + write.compares.len() < baton_store::MAX_TXN_OPS
-            && ops + write.ops.len() <= baton_store::MAX_TXN_OPS;
-        if batches.is_empty() || !fits {
-            batches.push(Vec::new());
-            (compares, ops) = (0, 0);
-        }
-        compares += write.compares.len();
-        ops += write.ops.len();
-        batches.last_mut().expect("a batch").push(write);
+/// Writes packed, in order and each whole, into transactions of at most
+/// [`baton_store::MAX_TXN_OPS`] compares (one of them the leader's fence) and operations: one
+/// transaction's writes at a time, as they are asked for.
+pub struct Packed<I: Iterator<Item = Write>> {
+    writes: std::iter::Peekable<I>,
+}
+
+impl<I: Iterator<Item = Write>> Packed<I> {
+    pub fn new(writes: impl IntoIterator<IntoIter = I>) -> Self {
+        Packed { writes: writes.into_iter().peekable() }
     }
-    batches
+}
+
+impl<I: Iterator<Item = Write>> Iterator for Packed<I> {
+    type Item = Vec<Write>;
+
+    fn next(&mut self) -> Option<Vec<Write>> {
+        let mut batch: Vec<Write> = Vec::new();
+        let (mut compares, mut ops) = (0, 0);
+        while let Some(write) = self.writes.next_if(|write| {
+            batch.is_empty()
+                || (compares + write.compares.len() < baton_store::MAX_TXN_OPS
+                    && ops + write.ops.len() <= baton_store::MAX_TXN_OPS)
+        }) {
+            compares += write.compares.len();
+            ops += write.ops.len();
+            batch.push(write);
+        }
+        (!batch.is_empty()).then_some(batch)
+    }
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {

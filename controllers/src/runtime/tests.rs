@@ -9,7 +9,7 @@ use futures::StreamExt;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use baton_api::{InstanceRecord, Scope};
+use baton_api::{InstanceRecord, RunSpec, Scope};
 use baton_store::election::{self, Leadership};
 use baton_store::embedded::{EmbeddedOptions, EmbeddedStore};
 use baton_store::{Error as StoreError, Keyspace, Store, StoreExt};
@@ -242,7 +242,9 @@ async fn a_tenants_cache_holds_only_its_scope_and_the_platforms_counts_the_rest_
     let all = records(2);
     let tenant = Scope::Tenant("team-a".into());
     put_record(&store, &all[0]).await;
-    put_record(&store, &InstanceRecord { scope: tenant.clone(), ..all[1].clone() }).await;
+    let mut theirs = all[1].clone();
+    Arc::make_mut(&mut theirs.run).scope = tenant.clone();
+    put_record(&store, &theirs).await;
     let shutdown = CancellationToken::new();
     let start = |scope: Scope| {
         StoreCache::start(store.clone(), Keyspace::default(), scope, Arc::new(Notify::new()), shutdown.clone())
@@ -261,18 +263,20 @@ async fn a_tenants_cache_holds_only_its_scope_and_the_platforms_counts_the_rest_
 }
 
 #[tokio::test]
-async fn records_of_one_app_version_share_its_environment_and_labels_in_the_cache() {
+async fn records_of_one_app_version_share_its_run_spec_in_the_cache() {
     let (store, _dir) = embedded().await;
     let web = app("web").build();
     let env: std::collections::BTreeMap<String, String> =
         [("DB".to_string(), "db.internal:5432".to_string()), ("MODE".to_string(), "production".to_string())].into();
     let mut all: Vec<InstanceRecord> = (0..4)
-        .map(|i| InstanceRecord {
-            env: Arc::new(env.clone()),
-            ..instance(&web, &format!("a{i}"), i).build().record.as_ref().clone()
+        .map(|i| {
+            let mut record = instance(&web, &format!("a{i}"), i).build().record.as_ref().clone();
+            // Each its own copy, as parsed.
+            record.run = Arc::new(RunSpec { env: env.clone(), ..(*record.run).clone() });
+            record
         })
         .collect();
-    all[3].labels = Arc::new([("tier".to_string(), "web".to_string())].into());
+    Arc::make_mut(&mut all[3].run).labels = [("tier".to_string(), "web".to_string())].into();
     for record in &all {
         put_record(&store, record).await;
     }
@@ -283,8 +287,8 @@ async fn records_of_one_app_version_share_its_environment_and_labels_in_the_cach
     let snapshot = cache.snapshot(Vec::new(), Vec::new(), &Scopes::default());
     let held: Vec<&InstanceRecord> = all.iter().map(|r| snapshot.instances[&r.id].record.as_ref()).collect();
     assert_eq!(held.iter().map(|r| (*r).clone()).collect::<Vec<_>>(), all, "read as written");
-    assert_eq!(held[0].env.len(), 2);
-    assert!(held.iter().all(|r| Arc::ptr_eq(&r.env, &held[0].env)), "one environment for the version");
-    assert!(Arc::ptr_eq(&held[1].labels, &held[0].labels), "equal labels are one map");
-    assert!(!Arc::ptr_eq(&held[3].labels, &held[0].labels), "other labels are kept as they are");
+    assert_eq!(held[0].run.env.len(), 2);
+    assert!(held[..3].iter().all(|r| Arc::ptr_eq(&r.run, &held[0].run)), "one run spec for the version");
+    assert!(!Arc::ptr_eq(&held[3].run, &held[0].run), "one that differs is kept as it is");
+    assert_eq!(held[3].run.labels.len(), 1);
 }

@@ -260,13 +260,13 @@ impl<'a> Usage<'a> {
         let mut start = 0;
         for end in 1..=all.len() {
             if end == all.len() || !all[end].same_app(all[start]) {
-                runs.entry(all[start].record.app.uid.as_str()).or_default().push(start..end);
+                runs.entry(all[start].record.run.app.uid.as_str()).or_default().push(start..end);
                 start = end;
             }
         }
         let mut foreign: HashMap<&'a str, Vec<&'a InstanceState>> = HashMap::default();
         for instance in &snapshot.foreign {
-            foreign.entry(instance.record.app.uid.as_str()).or_default().push(instance);
+            foreign.entry(instance.record.run.app.uid.as_str()).or_default().push(instance);
         }
         Usage { held: snapshot.held(), all, runs, foreign }
     }

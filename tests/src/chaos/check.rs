@@ -111,7 +111,7 @@ impl<'h> Replay<'h> {
             replay.timeline.by_key.entry(change.key.clone()).or_default().push((change.revision, value));
             if keys.parse_instance_key(&change.key).is_some() {
                 if let Some(record) = change.value.as_deref().and_then(parse::<InstanceRecord>) {
-                    replay.instance_keys.entry(record.app.uid.clone()).or_default().insert(change.key.clone());
+                    replay.instance_keys.entry(record.run.app.uid.clone()).or_default().insert(change.key.clone());
                 }
             } else if change.key.starts_with(&apps_prefix) {
                 if let Some(app) = change.value.as_deref().and_then(parse::<App>) {
@@ -181,7 +181,7 @@ impl<'h> Replay<'h> {
         let Some(keys) = self.instance_keys.get(uid) else { return Vec::new() };
         keys.iter()
             .filter_map(|key| self.record(key, revision))
-            .filter(|r| r.app.uid == uid)
+            .filter(|r| r.run.app.uid == uid)
             .map(|r| {
                 let status = self.status(&r, revision);
                 (r, status)
@@ -201,7 +201,8 @@ fn running(status: &Option<StatusRecord>) -> bool {
 fn healthy(record: &InstanceRecord, status: &Option<StatusRecord>) -> bool {
     running(status)
         && status.as_ref().is_some_and(|s| {
-            s.passes_health_checks(record.health_checks.len()) && s.is_ready(!record.readiness_checks.is_empty())
+            s.passes_health_checks(record.run.health_checks.len())
+                && s.is_ready(!record.run.readiness_checks.is_empty())
         })
 }
 
@@ -255,7 +256,7 @@ pub fn check(history: &History<'_>) -> Report {
         let before = change.before.as_deref().and_then(parse::<InstanceRecord>);
         let Some(after) = change.value.as_deref().and_then(parse::<InstanceRecord>) else {
             if let Some(gone) = before.filter(|b| b.holds_slot) {
-                removed_slots.push((gone.app.uid, gone.id, change.revision));
+                removed_slots.push((gone.run.app.uid.clone(), gone.id, change.revision));
             }
             continue;
         };
@@ -268,7 +269,7 @@ pub fn check(history: &History<'_>) -> Report {
             ));
         }
         if before.as_ref().is_some_and(|b| b.holds_slot) && !after.holds_slot {
-            let tick = ticks.entry((after.app.uid.clone(), after.term, after.planned_at)).or_default();
+            let tick = ticks.entry((after.run.app.uid.clone(), after.term, after.planned_at)).or_default();
             tick.released.push(after.id.clone());
         }
         let launch = before.is_none();
@@ -286,7 +287,7 @@ pub fn check(history: &History<'_>) -> Report {
                 after.id, after.term, after.planned_at
             ));
         }
-        let tick = ticks.entry((after.app.uid.clone(), after.term, after.planned_at)).or_default();
+        let tick = ticks.entry((after.run.app.uid.clone(), after.term, after.planned_at)).or_default();
         if tick.written_at == 0 {
             tick.written_at = r;
         }
@@ -325,7 +326,9 @@ fn check_tick(replay: &Replay<'_>, uid: &str, s: i64, tick: &Tick, violations: &
     let specs = replay.specs(uid, s, tick.written_at);
     let seen = replay.instances(uid, s);
     let r = tick.written_at;
-    let Some(name) = tick.launches.first().map(|l| &l.app).or(tick.stops.first().map(|s| &s.1.app)) else { return };
+    let Some(name) = tick.launches.first().map(|l| &l.run.app).or(tick.stops.first().map(|s| &s.1.run.app)) else {
+        return;
+    };
     let app = format!("{}/{}", name.namespace, name.name);
     // (Stops of an app gone are AppDeleted ones: checked below.)
     if specs.is_empty() && !tick.launches.is_empty() {
@@ -346,9 +349,9 @@ fn check_tick(replay: &Replay<'_>, uid: &str, s: i64, tick: &Tick, violations: &
                 let wanted_running = seen.iter().filter(|(rec, _)| rec.goal == Goal::Running).count();
                 specs.iter().any(|a| (a.spec.instances.max(0) as usize) < wanted_running)
             }
-            "Upgraded" => specs.iter().any(|a| a.version() != before.version),
+            "Upgraded" => specs.iter().any(|a| a.version() != before.run.version),
             "Unhealthy" => failing(&status_at(&before.id)),
-            "Killed" => replay.value(&keys.kill_request(&before.app.namespace, &before.id), s).is_some(),
+            "Killed" => replay.value(&keys.kill_request(&before.run.app.namespace, &before.id), s).is_some(),
             "Moved" | "MoveForced" => drained(replay, &before.agent, s, tick),
             "Preempted" => {
                 let tenants = keys.registry("baton.dev", "tenants", None);
@@ -428,13 +431,13 @@ fn check_tick(replay: &Replay<'_>, uid: &str, s: i64, tick: &Tick, violations: &
                 if leaving > 0 { format!(" + {leaving} moving off agents in maintenance") } else { String::new() }
             ));
         }
-        let version = &tick.launches[0].version;
+        let version = &tick.launches[0].run.version;
         let live = |agent: &str| replay.value(&keys.agent(agent), s).is_some();
         // An instance the same tick stops (a health kill) is no longer starting.
         let stopping: BTreeSet<&str> = tick.stops.iter().map(|(b, _)| b.id.as_str()).collect();
         let starting = seen
             .iter()
-            .filter(|(rec, st)| rec.goal == Goal::Running && &rec.version == version && !terminal(st))
+            .filter(|(rec, st)| rec.goal == Goal::Running && &rec.run.version == version && !terminal(st))
             .filter(|(rec, _)| !stopping.contains(rec.id.as_str()))
             .filter(|(rec, st)| live(&rec.agent) && !healthy(rec, st))
             .count()
@@ -466,7 +469,7 @@ fn check_tick(replay: &Replay<'_>, uid: &str, s: i64, tick: &Tick, violations: &
             let version = a.version();
             let healthy_now = seen
                 .iter()
-                .filter(|(rec, st)| rec.goal == Goal::Running && rec.version == version && healthy(rec, st))
+                .filter(|(rec, st)| rec.goal == Goal::Running && rec.run.version == version && healthy(rec, st))
                 .count();
             (a.spec.instances.max(0) as usize).saturating_sub(healthy_now)
         };

@@ -433,20 +433,23 @@ impl Run<'_> {
             let app = apps.get(name).ok_or_else(|| format!("app {name} is not in the store"))?;
             let uid = app.metadata.uid.clone().unwrap_or_default();
             let version = app.version();
-            let mine: Vec<&InstanceRecord> = records.iter().filter(|r| r.app.uid == uid).collect();
+            let mine: Vec<&InstanceRecord> = records.iter().filter(|r| r.run.app.uid == uid).collect();
             let healthy = mine
                 .iter()
-                .filter(|r| r.goal == Goal::Running && r.version == version)
+                .filter(|r| r.goal == Goal::Running && r.run.version == version)
                 .filter(|r| {
                     statuses.get(&r.id).is_some_and(|s| {
-                        s.phase == baton_api::records::Phase::Running && s.passes_health_checks(r.health_checks.len())
+                        s.phase == baton_api::records::Phase::Running
+                            && s.passes_health_checks(r.run.health_checks.len())
                     })
                 })
                 .count();
             if healthy != model.instances as usize {
                 return Err(format!("{name}: {healthy} healthy of the current version, {} wanted", model.instances));
             }
-            if let Some(extra) = mine.iter().find(|r| !ended(r) && (r.goal != Goal::Running || r.version != version)) {
+            if let Some(extra) =
+                mine.iter().find(|r| !ended(r) && (r.goal != Goal::Running || r.run.version != version))
+            {
                 return Err(format!(
                     "{name}: {} ({:?}, an older version or stopped) has not ended",
                     extra.id, extra.goal
@@ -459,13 +462,13 @@ impl Run<'_> {
             }
         }
         let live_uids: BTreeSet<String> = apps.values().filter_map(|a| a.metadata.uid.clone()).collect();
-        if let Some(orphan) = records.iter().find(|r| !live_uids.contains(&r.app.uid) && !ended(r)) {
-            return Err(format!("instance {} of deleted app {} has not ended", orphan.id, orphan.app.name));
+        if let Some(orphan) = records.iter().find(|r| !live_uids.contains(&r.run.app.uid) && !ended(r)) {
+            return Err(format!("instance {} of deleted app {} has not ended", orphan.id, orphan.run.app.name));
         }
         // No process but those of instances wanted running.
         let wanted: BTreeSet<&str> = records
             .iter()
-            .filter(|r| r.goal == Goal::Running && live_uids.contains(&r.app.uid))
+            .filter(|r| r.goal == Goal::Running && live_uids.contains(&r.run.app.uid))
             .map(|r| r.id.as_str())
             .collect();
         for pid in processes_in(&self.cluster.dir()) {
