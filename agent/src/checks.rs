@@ -117,7 +117,7 @@ pub fn prepare(status: &mut StatusRecord, record: &InstanceRecord) {
     if record.run.readiness_checks.is_empty() {
         status.readiness = None;
     } else {
-        status.readiness.get_or_insert_with(CheckResult::default);
+        status.readiness.get_or_insert_default();
     }
 }
 
@@ -154,7 +154,7 @@ pub fn apply(status: &mut StatusRecord, record: &InstanceRecord, report: Report)
             }
         }
         Which::Readiness => {
-            let result = status.readiness.get_or_insert_with(CheckResult::default);
+            let result = status.readiness.get_or_insert_default();
             if result.passing == Some(true) {
                 return; // Ready stays ready.
             }

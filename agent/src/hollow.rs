@@ -264,7 +264,7 @@ fn running(record: &InstanceRecord, pid: u32) -> StatusRecord {
     status.started_at = Some(now);
     status.health = record.run.health_checks.iter().map(|_| passing()).collect();
     status.healthy_at = Some(now);
-    status.readiness = (!record.run.readiness_checks.is_empty()).then(passing);
+    status.readiness = (!record.run.readiness_checks.is_empty()).then(|| Box::new(passing()));
     status
 }
 

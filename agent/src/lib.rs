@@ -709,7 +709,7 @@ impl Instance {
                 }
                 _ = measure.tick() => {
                     let measured = meter.measure().await;
-                    status.usage = measured.usage;
+                    status.usage = measured.usage.map(Box::new);
                     if let Some(over) = measured.over_disk {
                         tracing::info!(instance = self.record.id, used = over.used, limit = over.limit, "over its disk");
                         status.phase = Phase::Killing;
@@ -732,7 +732,7 @@ impl Instance {
         // anything in it for its memory.
         let last = meter.measure_cpu_and_memory();
         if last.is_some() {
-            status.usage = last;
+            status.usage = last.map(Box::new);
         }
         let oom_kills = cgroup.as_ref().map_or(0, |c| c.counters().oom_kills);
         let memory_limit = cgroup.as_ref().and_then(|c| c.memory_limit());

@@ -210,7 +210,7 @@ impl Instance {
                     .collect(),
                 readiness_check: record.run.readiness_checks.first().map(|check| CheckView {
                     check: check.describe(),
-                    result: status.and_then(|s| s.readiness.clone()).unwrap_or_default(),
+                    result: status.and_then(|s| s.readiness.as_deref().cloned()).unwrap_or_default(),
                 }),
                 phase,
                 pid: status.and_then(|s| s.pid),
@@ -220,7 +220,7 @@ impl Instance {
                 signal: status.and_then(|s| s.signal),
                 message: status.and_then(|s| s.message.clone()),
                 reason: status.and_then(|s| s.reason.clone()),
-                usage: status.and_then(|s| s.usage).map(UsageView::of),
+                usage: status.and_then(|s| s.usage.as_deref().copied()).map(UsageView::of),
             },
         }
     }

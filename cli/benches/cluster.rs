@@ -72,31 +72,40 @@ fn main() {
     // (b) 2,000 apps of 50 instances.
     let plans_before = plan_histogram(&cluster, leader);
     let api = cluster.api();
+    let revision_before = store_revision(&cluster);
     let create_started = Instant::now();
     create_apps(&api, apps, per_app);
     let created_in = create_started.elapsed();
     let total = (apps * per_app) as u64;
+    wait(&seen, Duration::from_secs(1800), "every instance's record", |s| s.records.len() as u64 >= total);
+    let all_written = create_started.elapsed();
     wait(&seen, Duration::from_secs(1800), "every instance Running", |s| s.running >= total);
     let all_running = create_started.elapsed();
+    let revisions = store_revision(&cluster) - revision_before;
     let launches_per_s = total as f64 / all_running.as_secs_f64();
     let plans_b = plan_histogram(&cluster, leader);
     println!(
         "(b) {total} instances of {apps} apps on {agents} agents: all Running {:.1} s after the first create (creates took \
-         {:.1} s): {launches_per_s:.0} launches/s = {:.0} % of (a); each launch is 4 store writes (record, index, Staging, \
-         Running): {:.0} % of (a) in keys",
+         {:.1} s, every record written after {:.1} s): {launches_per_s:.0} launches/s = {:.0} % of (a); each launch is 4 store writes (record, index, Staging, \
+         Running): {:.0} % of (a) in keys; the store took {revisions} write transactions ({:.2} per instance, \
+         every process's, the Apps' creates and status patches included)",
         all_running.as_secs_f64(),
         created_in.as_secs_f64(),
+        all_written.as_secs_f64(),
         100.0 * launches_per_s / ceiling,
-        400.0 * launches_per_s / ceiling
+        400.0 * launches_per_s / ceiling,
+        revisions as f64 / total as f64
     );
     std::thread::sleep(Duration::from_secs(5));
     let rss_instances = rss_kib(&cluster);
+    let peak = leader_memory_kib(&cluster, "VmHWM:");
     println!(
-        "(d) leader's resident memory: {:.1} MiB empty, {:.1} MiB with {agents} agents, {:.1} MiB with {total} instances: \
-         {:.2} KiB per agent, {:.2} KiB per instance",
+        "(d) leader's resident memory: {:.1} MiB empty, {:.1} MiB with {agents} agents, {:.1} MiB with {total} instances \
+         (at most {:.1} MiB on the way): {:.2} KiB per agent, {:.2} KiB per instance",
         rss_empty as f64 / 1024.0,
         rss_agents as f64 / 1024.0,
         rss_instances as f64 / 1024.0,
+        peak as f64 / 1024.0,
         (rss_agents as f64 - rss_empty as f64) / agents as f64,
         (rss_instances as f64 - rss_agents as f64) / total as f64
     );
@@ -372,14 +381,26 @@ fn current_term(cluster: &Cluster) -> i64 {
     cluster.block_on(cluster.store().get(&key)).ok().flatten().map_or(0, |kv| kv.create_revision)
 }
 
+/// The store's current revision: how many writes (transactions) it has taken.
+fn store_revision(cluster: &Cluster) -> i64 {
+    let key = cluster.keys().leader("platform");
+    cluster.block_on(cluster.store().range(&key)).map_or(0, |r| r.revision)
+}
+
 /// The leading controller's resident memory, KiB.
 fn rss_kib(cluster: &Cluster) -> u64 {
+    leader_memory_kib(cluster, "VmRSS:")
+}
+
+/// The leading controller's `/proc/PID/status` figure `field` (VmRSS: now, VmHWM: the most
+/// it was), KiB.
+fn leader_memory_kib(cluster: &Cluster, field: &str) -> u64 {
     let leader = cluster.leader().expect("a leader");
     let pid = cluster.controllers.iter().find(|c| c.name() == leader).map(|c| c.pid).expect("the leader's process");
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
 }

@@ -312,7 +312,7 @@ impl InstanceBuilder {
     /// Ready (its readiness check passed) or not.
     pub fn ready(mut self, ready: bool) -> Self {
         let status = self.status.get_or_insert_with(|| StatusRecord::new(Phase::Running));
-        status.readiness = Some(baton_api::CheckResult { passing: Some(ready), ..Default::default() });
+        status.readiness = Some(Box::new(baton_api::CheckResult { passing: Some(ready), ..Default::default() }));
         self
     }
 
