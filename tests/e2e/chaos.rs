@@ -74,3 +74,70 @@ fn a_random_seed_keeps_every_promise() {
     let record = Path::new(env!("CARGO_TARGET_TMPDIR")).join("chaos").join(format!("seed-{seed}"));
     report(&chaos::run(Path::new(BIN), Options { seed, steps: steps(), record_to: Some(&record) }));
 }
+
+/// The Loop's record (`hack/loop-report`, run by `hack/loop.sh`): a run's JUnit outcomes
+/// become lines stamped with the commit, the run goes into the record whole and only once,
+/// and the record reads back for the next run's number, a run's summary and the page.
+#[test]
+fn the_loop_records_a_whole_run_once_and_reads_it_back() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let script = root.join("hack/loop-report");
+    let dir = tempfile::tempdir().unwrap();
+    let junit = dir.path().join("junit.xml");
+    std::fs::write(
+        &junit,
+        r#"<testsuites><testsuite name="baton::faults">
+<testcase classname="baton::faults" name="passes" time="1.25"/>
+<testcase classname="baton::faults" name="fails" time="2"><failure message="test failed">thread 'fails' panicked at tests/e2e/faults.rs:10:5:
+the leader wrote after it was deposed</failure></testcase>
+</testsuite></testsuites>"#,
+    )
+    .unwrap();
+    let loop_report = |args: &[&str]| {
+        let out = std::process::Command::new("python3").arg(&script).args(args).current_dir(root).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let lines = dir.path().join("run-12.jsonl");
+    let record = dir.path().join("record");
+    let (ok, out) = loop_report(&["--lines", junit.to_str().unwrap(), "--run", "12"]);
+    assert!(ok, "--lines failed: {out}");
+    std::fs::write(&lines, &out).unwrap();
+    let parsed: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(parsed.len(), 2, "one line per test: {out}");
+    let failed = parsed.iter().find(|l| l["name"] == "baton::faults fails").unwrap();
+    assert_eq!(failed["pass"], false);
+    assert_eq!(failed["failure"], "the leader wrote after it was deposed");
+    assert_eq!(failed["seconds"], 2.0);
+    assert!(failed["commit"].as_str().is_some_and(|c| !c.is_empty()), "stamped with the commit: {failed}");
+    assert!(failed["at"].as_str().is_some_and(|t| t.ends_with('Z')), "stamped with the time: {failed}");
+
+    let (ok, out) = loop_report(&["--keep", lines.to_str().unwrap(), "--into", record.to_str().unwrap()]);
+    assert!(ok, "--keep failed: {out}");
+    let kept = record.join("run-0012.jsonl.gz");
+    let bytes = std::fs::read(&kept).unwrap_or_else(|e| panic!("{} not written ({e}): {out}", kept.display()));
+    assert_eq!(&bytes[..2], &[0x1f, 0x8b], "a gzip file");
+    assert!(!lines.exists(), "the run's working lines are gone once recorded");
+
+    // A second run 12 is refused, and the first stays as it was.
+    std::fs::write(
+        &lines,
+        "{\"run\": 12, \"name\": \"x\", \"seed\": null, \"pass\": true, \"seconds\": 0, \"failure\": null}\n",
+    )
+    .unwrap();
+    let (ok, out) = loop_report(&["--keep", lines.to_str().unwrap(), "--into", record.to_str().unwrap()]);
+    assert!(!ok && out.contains("run 12 is recorded"), "a run is recorded once: {out}");
+    assert_eq!(std::fs::read(&kept).unwrap(), bytes);
+
+    let (ok, out) = loop_report(&["--last-run", record.to_str().unwrap()]);
+    assert!(ok && out.trim() == "12", "the next run is numbered on from 12: {out}");
+    let (ok, out) = loop_report(&["--failures", record.to_str().unwrap(), "--run", "12"]);
+    assert!(ok && out.trim() == "1 of 2 failed: baton::faults fails", "{out}");
+    let page = dir.path().join("report.html");
+    let (ok, out) = loop_report(&[record.to_str().unwrap(), "-o", page.to_str().unwrap()]);
+    assert!(ok, "the page: {out}");
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.contains("<b>1 failed</b>") && html.contains("the leader wrote after it was deposed"), "{html}");
+}
