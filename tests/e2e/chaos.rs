@@ -140,4 +140,5 @@ the leader wrote after it was deposed</failure></testcase>
     assert!(ok, "the page: {out}");
     let html = std::fs::read_to_string(&page).unwrap();
     assert!(html.contains("<b>1 failed</b>") && html.contains("the leader wrote after it was deposed"), "{html}");
+    assert!(html.contains("Passed in a row since the last failure: <b>0</b>"), "{html}");
 }
