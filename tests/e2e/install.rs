@@ -594,6 +594,8 @@ fn each_agent_holds_only_its_own_keys() {
         (running == 2).then_some(records)
     });
     // Its output, through the API server, from the agent with that agent's own token.
+    // (Running says the process started, not that its shell has echoed yet: Loop run 7 read
+    // the log in between, empty.)
     let on_a1 = records.iter().find(|r| r.agent == "a1").expect("an instance on a1");
     let log = cluster.wait_for("a1's instance's output", WAIT, |c| {
         let out = c.kubectl_output(&[
@@ -601,7 +603,8 @@ fn each_agent_holds_only_its_own_keys() {
             "--raw",
             &format!("/apis/baton.dev/v1alpha1/namespaces/default/instances/{}/log", on_a1.id),
         ]);
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).to_string())
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        (out.status.success() && !text.trim().is_empty()).then_some(text)
     });
     assert_eq!(log.trim(), "started");
 
