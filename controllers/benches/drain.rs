@@ -134,11 +134,11 @@ impl World {
                 self.runs_at.insert(launch.record.id.clone(), self.now + delay);
             }
             let state = InstanceState::new(Arc::new(launch.record.clone()), self.revision, Some(Arc::new(status)));
-            self.snapshot.instances.insert(launch.record.id.clone(), state);
+            self.snapshot.instances_mut().insert(launch.record.id.clone(), state);
         }
         for stop in &plan.stops {
             self.revision += 1;
-            if let Some(state) = self.snapshot.instances.get_mut(&stop.record.id) {
+            if let Some(state) = self.snapshot.instances_mut().get_mut(&stop.record.id) {
                 let mut record = stop.record.clone();
                 record.goal = Goal::Stopped;
                 record.stop_reason = Some(stop.reason.as_str().into());
@@ -149,7 +149,7 @@ impl World {
             }
         }
         for removal in &plan.removals {
-            self.snapshot.instances.remove(&removal.id);
+            self.snapshot.instances_mut().remove(&removal.id);
         }
         for write in &plan.drains {
             self.revision += 1;
@@ -195,7 +195,7 @@ impl World {
     }
 
     fn set_phase(&mut self, id: &str, phase: Phase) {
-        if let Some(state) = self.snapshot.instances.get_mut(id) {
+        if let Some(state) = self.snapshot.instances_mut().get_mut(id) {
             let mut status = state.status.as_deref().cloned().unwrap_or_else(|| StatusRecord::new(phase));
             status.phase = phase;
             if phase.is_terminal() {
@@ -511,7 +511,7 @@ fn defragment() {
         status.started_at = Some(t0 - SignedDuration::from_hours(2));
         world.revision += 1;
         let state = InstanceState::new(Arc::new(record), world.revision, Some(Arc::new(status)));
-        world.snapshot.instances.insert(state.record.id.clone(), state);
+        world.snapshot.instances_mut().insert(state.record.id.clone(), state);
     }
     let big_uid = world.snapshot.apps[100].metadata.uid.clone().unwrap();
     let mut moves = 0;

@@ -56,10 +56,10 @@ fn apply(snapshot: &mut Snapshot, plan: &Plan, now: jiff::Timestamp, revision: &
         status.pid = Some(1000);
         let record = Arc::new(launch.record.clone());
         let state = InstanceState::new(record, *revision, Some(Arc::new(status)));
-        snapshot.instances.insert(launch.record.id.clone(), state);
+        snapshot.instances_mut().insert(launch.record.id.clone(), state);
     }
     for stop in &plan.stops {
-        if let Some(state) = snapshot.instances.get_mut(&stop.record.id) {
+        if let Some(state) = snapshot.instances_mut().get_mut(&stop.record.id) {
             let mut record = stop.record.clone();
             record.goal = Goal::Stopped;
             state.set_record(Arc::new(record));
@@ -120,7 +120,7 @@ fn main() {
         instance_bytes as f64 / instances as f64
     );
 
-    // As the runtime gathers it from the store's agent-ordered keys, with the instances.
+    // As the runtime's cache keeps it beside the instances.
     snapshot.held = Some(snapshot.held());
     // Steady ticks.
     let mut times: Vec<f64> = (0..ticks)

@@ -388,8 +388,9 @@ pub struct Snapshot {
     pub groups: Vec<Arc<AppGroup>>,
     /// Registered (live) agents by name.
     pub agents: BTreeMap<String, Arc<AgentRecord>>,
-    /// Every instance record of the scope, by id.
-    pub instances: BTreeMap<String, InstanceState>,
+    /// Every instance record of the scope, by id. Shared: the runtime's cache hands out its
+    /// own map (see [`Snapshot::instances_mut`] to change it).
+    pub instances: Arc<BTreeMap<String, InstanceState>>,
     /// Instances of other scopes, as the platform sees them: they hold resources and ports
     /// on their agents, which placement leaves alone, and are never stopped, rewritten or
     /// counted here. (A tenant's controller does not place, and holds none.)
@@ -417,13 +418,18 @@ pub struct Snapshot {
     /// Users' requests to kill instances, by `(namespace, instance id)`, with the revision
     /// of each.
     pub kill_requests: BTreeMap<(String, String), (Arc<KillRequest>, Revision)>,
-    /// What each agent's instances hold, by agent name, when the snapshot's builder gathered
-    /// it with the instances (the runtime does, from the store's agent-ordered keys): it must
-    /// be that of `instances` and `foreign`. `None`: [`Snapshot::held`] gathers it.
+    /// What each agent's instances hold, by agent name, when the snapshot's builder has it
+    /// (the runtime's cache keeps it while no change could move it): it must be that of
+    /// `instances` and `foreign`. `None`: [`Snapshot::held`] gathers it.
     pub held: Option<Arc<BTreeMap<String, AgentUse>>>,
 }
 
 impl Snapshot {
+    /// The instances, to change (a copy first, if another snapshot shares them).
+    pub fn instances_mut(&mut self) -> &mut BTreeMap<String, InstanceState> {
+        Arc::make_mut(&mut self.instances)
+    }
+
     /// What each agent's instances hold (of every scope the snapshot has), by agent name.
     pub fn held(&self) -> Arc<BTreeMap<String, AgentUse>> {
         if let Some(held) = &self.held {

@@ -416,7 +416,7 @@ pub fn snapshot(apps: &[&Arc<App>], agents: Vec<Arc<AgentRecord>>, instances: Ve
         apps: apps.iter().map(|a| Arc::clone(a)).collect(),
         groups: Vec::new(),
         agents: agents.into_iter().map(|a| (a.name.clone(), a)).collect(),
-        instances: own.into_iter().map(|i| (i.record.id.clone(), i)).collect(),
+        instances: Arc::new(own.into_iter().map(|i| (i.record.id.clone(), i)).collect()),
         foreign,
         unreachable: Default::default(),
         maintenances: Vec::new(),

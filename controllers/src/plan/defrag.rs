@@ -338,7 +338,7 @@ mod tests {
         for t in 0..ticks {
             let at = now() + SignedDuration::from_secs(t as i64);
             let p = plan(&s, &PlanContext::at(at, t as u64));
-            let mut instances: BTreeMap<String, InstanceState> = std::mem::take(&mut s.instances);
+            let mut instances: BTreeMap<String, InstanceState> = std::mem::take(s.instances_mut());
             apply_to_instances(&mut instances, &p, &mut revision);
             for write in &p.drains {
                 revision += 1;
@@ -355,7 +355,7 @@ mod tests {
                 }
             }
             instances.retain(|_, i| !(i.is_terminal() && i.record.goal == Goal::Stopped));
-            s.instances = instances;
+            s.instances = instances.into();
             s.held = None;
             let launches = p.launches.iter().map(|l| (l.record.run.app.name.clone(), l.record.agent.clone())).collect();
             let stops = p.stops.iter().map(|s| (s.record.id.clone(), s.reason)).collect();

@@ -197,7 +197,7 @@ impl World {
         Snapshot {
             apps: self.apps.iter().cloned().map(Arc::new).collect(),
             agents: self.agents.iter().map(|a| (a.name.clone(), a.clone())).collect(),
-            instances: self.instances.clone(),
+            instances: Arc::new(self.instances.clone()),
             maintenances: self.maintenance.iter().cloned().collect(),
             drains: self.drains.clone(),
             ..Snapshot::default()

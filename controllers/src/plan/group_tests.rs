@@ -68,7 +68,7 @@ impl World {
         let mut snapshot = snapshot(&[], vec![agent("a1").mem(64 * 1024).build()], Vec::new());
         snapshot.apps = self.apps.clone();
         snapshot.groups = self.groups.clone();
-        snapshot.instances = self.instances.clone();
+        snapshot.instances = self.instances.clone().into();
         // A seed per tick, as the controller draws one: ids must not repeat.
         let plan = plan(&snapshot, &PlanContext::at(now(), self.ticks as u64));
         for launch in &plan.launches {

@@ -197,7 +197,7 @@ fn a_tenant_scope_plans_its_apps_and_asks_the_platform_to_place_them() {
     let own = vec![instance(&web, "a1", 0).scope(tenant.clone()).running().build()];
     let mut snap = snapshot(&[&web], vec![agent("a1").build()], vec![]);
     snap.scope = tenant.clone();
-    snap.instances = own.into_iter().map(|i| (i.record.id.clone(), i)).collect();
+    snap.instances = Arc::new(own.into_iter().map(|i| (i.record.id.clone(), i)).collect());
     // An agent with an instance that stopped reporting: the platform marks it, not a tenant.
     snap.agents.clear();
     let plan = plan(&snap, &ctx());
@@ -562,13 +562,13 @@ fn a_kill_request_stops_the_instance_at_once_and_a_replacement_launches() {
 
     // Once it is stopping, the request asks nothing more; once it is gone, it is forgotten.
     let mut stopping = base.clone();
-    let victim = stopping.instances.get_mut("web-001").unwrap();
+    let victim = stopping.instances_mut().get_mut("web-001").unwrap();
     *victim = instance(&web, "a1", 1).running().stopped("Killed").build();
     let replacement = instance(&web, "a1", 7).build();
-    stopping.instances.insert(replacement.record.id.clone(), replacement);
+    stopping.instances_mut().insert(replacement.record.id.clone(), replacement);
     let plan = super::plan(&with_kill_request(stopping.clone(), "web-001", None), &ctx());
     assert!(plan.stops.is_empty() && plan.launches.is_empty() && plan.kills_done.is_empty(), "{plan:?}");
-    stopping.instances.remove("web-001");
+    stopping.instances_mut().remove("web-001");
     let plan = super::plan(&with_kill_request(stopping, "web-001", None), &ctx());
     assert_eq!(plan.kills_done, [KillDone { namespace: "default".into(), id: "web-001".into(), revision: 11 }]);
 }

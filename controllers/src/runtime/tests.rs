@@ -180,7 +180,7 @@ async fn put_record(store: &Arc<dyn Store>, record: &InstanceRecord) {
 async fn wait_for_ids(cache: &StoreCache, want: &[&str]) {
     let mut seen = Vec::new();
     for _ in 0..200 {
-        seen = cache.snapshot(Vec::new(), Vec::new(), &Scopes::default()).instances.into_keys().collect::<Vec<_>>();
+        seen = cache.snapshot(Vec::new(), Vec::new(), &Scopes::default()).instances.keys().cloned().collect::<Vec<_>>();
         if seen == want {
             return;
         }
@@ -291,4 +291,61 @@ async fn records_of_one_app_version_share_its_run_spec_in_the_cache() {
     assert!(held[..3].iter().all(|r| Arc::ptr_eq(&r.run, &held[0].run)), "one run spec for the version");
     assert!(!Arc::ptr_eq(&held[3].run, &held[0].run), "one that differs is kept as it is");
     assert_eq!(held[3].run.labels.len(), 1);
+}
+
+/// A snapshot hands out the cache's own map of instances, not a copy: one still held while
+/// changes come keeps what it saw, the next one sees every change (records put and deleted,
+/// reports that end an instance, in what each agent holds too), and with nothing changed
+/// two snapshots share one map.
+#[tokio::test]
+async fn a_held_snapshot_keeps_its_view_and_the_next_one_sees_every_change() {
+    use baton_api::{Phase, StatusRecord};
+    let (store, _dir) = embedded().await;
+    let keys = Keyspace::default();
+    let all = records(4);
+    for record in &all[..3] {
+        put_record(&store, record).await;
+    }
+    let shutdown = CancellationToken::new();
+    let cache =
+        StoreCache::start(store.clone(), keys.clone(), Scope::Platform, Arc::new(Notify::new()), shutdown.clone());
+    cache.ready().await;
+    let scopes = Scopes::default();
+    let first = cache.snapshot(Vec::new(), Vec::new(), &scopes);
+
+    // While the first is held: the first instance's process fails, the second's record goes,
+    // a fourth comes.
+    let failed = serde_json::to_vec(&StatusRecord::new(Phase::Failed)).unwrap();
+    store.put(&keys.status(&all[0].agent, &all[0].id), failed).await.unwrap();
+    store.delete(&keys.instance(&all[1].agent, &all[1].id)).await.unwrap();
+    put_record(&store, &all[3]).await;
+    let now = store.current_revision().await.unwrap();
+    assert!(cache.caught_up(now, Duration::from_secs(10)).await, "the cache follows the store");
+
+    let ids = |s: &crate::snapshot::Snapshot| s.instances.keys().cloned().collect::<Vec<_>>();
+    let live = |s: &crate::snapshot::Snapshot| s.held().values().map(|used| used.live).sum::<usize>();
+    assert_eq!(ids(&first), [all[0].id.clone(), all[1].id.clone(), all[2].id.clone()], "the held view is as it was");
+    assert!(first.instances[&all[0].id].status.is_none());
+    assert_eq!(live(&first), 3);
+    let second = cache.snapshot(Vec::new(), Vec::new(), &scopes);
+    assert_eq!(ids(&second), [all[0].id.clone(), all[2].id.clone(), all[3].id.clone()], "the next sees every change");
+    assert_eq!(second.instances[&all[0].id].phase(), Some(Phase::Failed));
+    assert_eq!(live(&second), 2, "an ended instance holds nothing");
+    assert!(!Arc::ptr_eq(&first.instances, &second.instances));
+    drop(first);
+
+    // With nothing changed, the next snapshot shares the map.
+    let third = cache.snapshot(Vec::new(), Vec::new(), &scopes);
+    assert!(Arc::ptr_eq(&second.instances, &third.instances), "one map while nothing changed");
+    drop((second, third));
+
+    // Once let go, changes go on coming in: a report that the third instance runs.
+    let running = serde_json::to_vec(&StatusRecord::new(Phase::Running)).unwrap();
+    store.put(&keys.status(&all[2].agent, &all[2].id), running).await.unwrap();
+    let now = store.current_revision().await.unwrap();
+    assert!(cache.caught_up(now, Duration::from_secs(10)).await, "the cache follows the store");
+    let fourth = cache.snapshot(Vec::new(), Vec::new(), &scopes);
+    assert_eq!(fourth.instances[&all[2].id].phase(), Some(Phase::Running));
+    assert_eq!(live(&fourth), 2);
+    shutdown.cancel();
 }
