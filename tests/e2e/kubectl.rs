@@ -281,7 +281,10 @@ fn deleting_an_instance_kills_it_and_a_replacement_starts() {
         (running.len() == 2).then_some(running)
     });
     let (victim, pid) = before[0].clone();
-    assert!(sleeps(pid), "{victim}'s process {pid} runs");
+    // Running comes with the pid of the agent's `baton enter-cgroup`, which then execs the
+    // shell, which execs sleep: while an exec is under way the process' command line reads
+    // empty (Loop run 12 read it then).
+    cluster.wait_for(&format!("{victim}'s process {pid} to be the sleep"), WAIT, |_| sleeps(pid).then_some(()));
 
     // kubectl waits until the instance is gone, which is when its process has ended.
     let out = ok(&cluster, &["delete", "instance", &victim]);
