@@ -4,7 +4,7 @@
 //! and every instance record with the status its agent reported — so a plan computed from
 //! it depends on nothing else, and a new leader given the same snapshot decides the same.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use baton_api::{
@@ -355,23 +355,13 @@ impl AgentUse {
     }
 }
 
-/// Per agent (in name order), what its instances hold, gathered from `instances` given in
-/// agent order — as the store keys them (`instances/<agent>/<id>`), so agents come one after
-/// another and nothing is looked up.
-pub fn held_in_agent_order<'a>(instances: impl IntoIterator<Item = &'a InstanceState>) -> BTreeMap<String, AgentUse> {
-    let mut held: Vec<(String, AgentUse)> = Vec::new();
+/// Per agent, what its instances hold (each agent's in the order `instances` gives them).
+pub fn held_by_agent<'a>(instances: impl IntoIterator<Item = &'a InstanceState>) -> BTreeMap<String, AgentUse> {
+    let mut held: HashMap<&str, AgentUse> = HashMap::new();
     for instance in instances {
-        let agent = instance.record.agent.as_str();
-        match held.last_mut() {
-            Some((name, used)) if name == agent => used.add(instance),
-            _ => {
-                let mut used = AgentUse::default();
-                used.add(instance);
-                held.push((agent.to_string(), used));
-            }
-        }
+        held.entry(instance.record.agent.as_str()).or_default().add(instance);
     }
-    held.into_iter().collect()
+    held.into_iter().map(|(agent, used)| (agent.to_string(), used)).collect()
 }
 
 /// The full observed state for one tick.
@@ -435,9 +425,7 @@ impl Snapshot {
         if let Some(held) = &self.held {
             return held.clone();
         }
-        let mut by_agent: Vec<&InstanceState> = self.instances.values().chain(&self.foreign).collect();
-        by_agent.sort_by(|a, b| a.record.agent.cmp(&b.record.agent));
-        Arc::new(held_in_agent_order(by_agent))
+        Arc::new(held_by_agent(self.instances.values().chain(&self.foreign)))
     }
 }
 

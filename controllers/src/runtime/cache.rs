@@ -22,7 +22,7 @@ use baton_api::{
 use baton_store::{EventKind, KeyValue, Keyspace, Revision, Store, StoreExt, WatchEvent};
 use k8s_openapi::api::core::v1::Namespace;
 
-use crate::snapshot::{AgentUse, InstanceState, Marker, RecordKeys, Snapshot};
+use crate::snapshot::{AgentUse, InstanceState, Marker, RecordKeys, Snapshot, held_by_agent};
 
 /// A change to an instance's record or status the cache has not put into its map yet: a
 /// snapshot still held the map when it came (see [`Records::instances`]).
@@ -298,15 +298,6 @@ fn apply_change(
             was_over != state.is_terminal()
         }
     }
-}
-
-/// Per agent, what its instances hold.
-fn held_by_agent<'a>(instances: impl Iterator<Item = &'a InstanceState>) -> BTreeMap<String, AgentUse> {
-    let mut held: HashMap<&str, AgentUse> = HashMap::new();
-    for instance in instances {
-        held.entry(instance.record.agent.as_str()).or_default().add(instance);
-    }
-    held.into_iter().map(|(agent, used)| (agent.to_string(), used)).collect()
 }
 
 /// Loads, then follows; after a watch failure (e.g. compacted history), loads again.
