@@ -22,10 +22,17 @@ mod fleet;
 struct Counting;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
+/// The most `LIVE` reached since it was last reset.
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+fn grew(size: usize) {
+    let live = LIVE.fetch_add(size, Ordering::Relaxed) + size;
+    PEAK.fetch_max(live, Ordering::Relaxed);
+}
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        grew(layout.size());
         unsafe { System.alloc(layout) }
     }
 
@@ -35,7 +42,7 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size, Ordering::Relaxed);
+        grew(new_size);
         LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -123,12 +130,16 @@ fn main() {
     // As the runtime's cache keeps it beside the instances.
     snapshot.held = Some(snapshot.held());
     // Steady ticks.
+    let mut transient = 0;
     let mut times: Vec<f64> = (0..ticks)
         .map(|tick| {
             let ctx = PlanContext::at(now + jiff::SignedDuration::from_secs(tick as i64), tick as u64);
+            let before = LIVE.load(Ordering::Relaxed);
+            PEAK.store(before, Ordering::Relaxed);
             let started = Instant::now();
             let decided = plan(&snapshot, &ctx);
             let elapsed = started.elapsed().as_secs_f64() * 1000.0;
+            transient = transient.max(PEAK.load(Ordering::Relaxed) - before);
             assert!(decided.launches.is_empty() && decided.stops.is_empty());
             elapsed
         })
@@ -139,6 +150,11 @@ fn main() {
         percentile(&times, 0.5),
         percentile(&times, 0.99),
         times[times.len() - 1]
+    );
+    println!(
+        "steady tick: allocates at most {:.0} bytes per instance while it plans ({:.1} MiB), freed when done",
+        transient as f64 / instances as f64,
+        transient as f64 / (1 << 20) as f64
     );
 
     // One app's spec changes: a rollout starts.
