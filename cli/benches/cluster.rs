@@ -68,6 +68,7 @@ fn main() {
     let leader = leader_index(&cluster);
     std::thread::sleep(Duration::from_secs(3)); // a few ticks over the agents
     let rss_agents = rss_kib(&cluster);
+    let live_agents = allocated(&cluster, leader);
 
     // (b) 2,000 apps of 50 instances.
     let plans_before = plan_histogram(&cluster, leader);
@@ -98,16 +99,21 @@ fn main() {
     );
     std::thread::sleep(Duration::from_secs(5));
     let rss_instances = rss_kib(&cluster);
+    let live_instances = allocated(&cluster, leader);
     let peak = leader_memory_kib(&cluster, "VmHWM:");
     println!(
         "(d) leader's resident memory: {:.1} MiB empty, {:.1} MiB with {agents} agents, {:.1} MiB with {total} instances \
-         (at most {:.1} MiB on the way): {:.2} KiB per agent, {:.2} KiB per instance",
+         (at most {:.1} MiB on the way): {:.2} KiB per agent, {:.2} KiB per instance; of it in live allocations \
+         {:.1} MiB with the agents, {:.1} MiB with the instances: {:.2} KiB per instance",
         rss_empty as f64 / 1024.0,
         rss_agents as f64 / 1024.0,
         rss_instances as f64 / 1024.0,
         peak as f64 / 1024.0,
         (rss_agents as f64 - rss_empty as f64) / agents as f64,
-        (rss_instances as f64 - rss_agents as f64) / total as f64
+        (rss_instances as f64 - rss_agents as f64) / total as f64,
+        live_agents / (1 << 20) as f64,
+        live_instances / (1 << 20) as f64,
+        (live_instances - live_agents) / 1024.0 / total as f64
     );
 
     // (c) a rolling upgrade of `upgraded` apps.
@@ -403,6 +409,11 @@ fn leader_memory_kib(cluster: &Cluster, field: &str) -> u64 {
         .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
+}
+
+/// Bytes controller `controller` holds in live allocations (its allocator's figure).
+fn allocated(cluster: &Cluster, controller: usize) -> f64 {
+    cluster.metric(controller, "baton_allocator_allocated_bytes").expect("the controller's allocator figures")
 }
 
 /// The controller's plan-time histogram: upper bound (s) → cumulative count.

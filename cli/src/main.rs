@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use tokio::signal::unix::{SignalKind, signal};
 
 mod agent;
+mod allocator;
 mod apiserver;
 mod certificates;
 mod controller;

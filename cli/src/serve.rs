@@ -16,10 +16,11 @@ use tokio_util::sync::CancellationToken;
 pub type Readiness = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 
 /// Listens on `addr` (when given) and serves the endpoints in the background until
-/// `shutdown`. A port that cannot be had is an error now, naming the flag.
+/// `shutdown`. A port that cannot be had is an error now, naming the flag. `/metrics` shows
+/// `registry` and the allocator's figures (`baton_allocator_…`).
 pub async fn spawn_endpoints(
     addr: Option<SocketAddr>,
-    registry: Registry,
+    mut registry: Registry,
     ready: Readiness,
     shutdown: CancellationToken,
 ) -> Result<()> {
@@ -28,6 +29,7 @@ pub async fn spawn_endpoints(
         .await
         .with_context(|| format!("--metrics-listen {addr}: cannot listen there"))?;
     tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+    registry.sub_registry_with_prefix("baton").register_collector(Box::new(crate::allocator::Figures));
     let router = router(Arc::new(registry), ready);
     tokio::spawn(async move {
         let served = axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await });

@@ -173,6 +173,12 @@ fn the_charts_processes_run_an_app_with_etcd_over_tls() {
     assert_eq!(metric(controller_metrics, "baton_controller_ready"), Some(1.0));
     assert_eq!(metric(agent_metrics, "baton_agent_registered"), Some(1.0));
     assert_eq!(metric(api_metrics, "baton_apiserver_store_up"), Some(1.0));
+    // Each shows what its allocator holds: live allocations, within what it keeps resident.
+    for (what, port) in [("apiserver", api_metrics), ("controller", controller_metrics), ("agent", agent_metrics)] {
+        let allocated = metric(port, "baton_allocator_allocated_bytes").unwrap_or(0.0);
+        let resident = metric(port, "baton_allocator_resident_bytes").unwrap_or(0.0);
+        assert!(allocated > 0.0 && allocated <= resident, "{what}: allocated {allocated}, resident {resident}");
+    }
     wait_for("the controller to lead", WAIT, logs, || {
         (metric(controller_metrics, "baton_controller_leader") == Some(1.0)).then_some(())
     });

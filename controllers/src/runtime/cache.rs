@@ -480,6 +480,22 @@ pub struct ObjectCache<K: kube::Resource<DynamicType = ()> + 'static> {
     ready: watch::Receiver<bool>,
 }
 
+/// What the API server keeps on an object for its writers, not for its controller: which
+/// writer owns which fields (`managedFields`, a tree per writer) and kubectl's copy of the
+/// object as last applied. Planning reads neither, and the controller writes patches, never
+/// whole cached objects, so its caches leave them out. (At 2,000 Apps with their status
+/// written by the controller, the fields trees alone were ~20 MB of the leader's ~120 MB.)
+fn forget_bookkeeping<K: kube::Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
+/// The annotation `kubectl apply` keeps the applied manifest in.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
 /// Every App.
 pub type AppCache = ObjectCache<App>;
 /// Every AppGroup.
@@ -561,7 +577,8 @@ where
         for api in apis {
             let (reader, writer) = reflector::store();
             readers.push(reader);
-            let events = reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
+            let events = reflector(writer, watcher(api, watcher::Config::default()).modify(forget_bookkeeping))
+                .default_backoff();
             let (ready_tx, remaining, changed, shutdown) =
                 (ready_tx.clone(), remaining.clone(), changed.clone(), shutdown.clone());
             tokio::spawn(async move {
@@ -601,5 +618,32 @@ where
             (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name))
         });
         objects
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+
+    #[test]
+    fn cached_objects_leave_out_the_servers_bookkeeping_and_keep_the_rest() {
+        let mut namespace = Namespace::default();
+        namespace.metadata.name = Some("team-a".into());
+        namespace.metadata.managed_fields =
+            Some(vec![ManagedFieldsEntry { manager: Some("kubectl".into()), ..ManagedFieldsEntry::default() }]);
+        namespace.metadata.annotations = Some(BTreeMap::from([
+            (LAST_APPLIED.to_string(), r#"{"kind":"Namespace"}"#.to_string()),
+            ("baton.dev/tenant".to_string(), "a".to_string()),
+        ]));
+        namespace.metadata.labels = Some(BTreeMap::from([("team".to_string(), "a".to_string())]));
+        forget_bookkeeping(&mut namespace);
+        assert_eq!(namespace.metadata.managed_fields, None);
+        assert_eq!(
+            namespace.metadata.annotations,
+            Some(BTreeMap::from([("baton.dev/tenant".to_string(), "a".to_string())]))
+        );
+        assert_eq!(namespace.metadata.labels, Some(BTreeMap::from([("team".to_string(), "a".to_string())])));
+        assert_eq!(namespace.metadata.name.as_deref(), Some("team-a"));
     }
 }
