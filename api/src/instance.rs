@@ -191,8 +191,8 @@ impl Instance {
                 ports: record.ports.iter().map(|p| p.port).collect(),
                 version: record.run.version.clone(),
                 goal: record.goal,
-                stop_reason: record.stop_reason.clone(),
-                replaces: record.replaces.clone(),
+                stop_reason: record.stop_reason.as_deref().map(String::from),
+                replaces: record.replaces.as_deref().map(String::from),
             },
             status: InstanceViewStatus {
                 health: status
@@ -219,7 +219,7 @@ impl Instance {
                 exit_code: status.and_then(|s| s.exit_code),
                 signal: status.and_then(|s| s.signal),
                 message: status.and_then(|s| s.message.clone()),
-                reason: status.and_then(|s| s.reason.clone()),
+                reason: status.and_then(|s| s.reason.as_deref().map(String::from)),
                 usage: status.and_then(|s| s.usage.as_deref().copied()).map(UsageView::of),
             },
         }

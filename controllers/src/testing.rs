@@ -454,7 +454,7 @@ pub fn apply_to_instances(
     for stop in &plan.stops {
         let record = InstanceRecord {
             goal: Goal::Stopped,
-            stop_reason: Some(stop.reason.as_str().to_string()),
+            stop_reason: Some(stop.reason.as_str().into()),
             holds_slot: stop.takes_slot,
             ..stop.record.clone()
         };

@@ -91,7 +91,7 @@ fn fill_slots(slots: &mut [HeldSlot<'_>], launches: &mut [Launch]) {
     let mut empty = slots.iter_mut().filter(|s| s.filler.is_none());
     for launch in launches {
         let Some(slot) = empty.next() else { return };
-        launch.record.replaces = Some(slot.killed.id().to_string());
+        launch.record.replaces = Some(slot.killed.id().into());
         slot.filler = Some(Filler::Launched(launch.record.id.clone()));
     }
 }

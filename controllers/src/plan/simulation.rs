@@ -385,7 +385,7 @@ impl World {
     /// Whether instance `id` fills an open slot now (wanted running, not ended).
     fn fills_open_slot(&self, id: &str) -> Option<String> {
         let instance = self.instances.get(id).filter(|i| i.record.goal == Goal::Running && !i.is_terminal())?;
-        let slot = instance.record.replaces.clone()?;
+        let slot = instance.record.replaces.as_deref()?.to_string();
         (self.ledger.open.get(&slot)? == &Some(id.to_string())).then_some(slot)
     }
 
@@ -401,7 +401,7 @@ impl World {
             }
         }
         for launch in &plan.launches {
-            if let Some(slot) = &launch.record.replaces {
+            if let Some(slot) = launch.record.replaces.as_deref() {
                 let filler = self.ledger.open.get(slot);
                 prop_assert!(
                     filler.is_some_and(|f| f.as_ref().is_none_or(|f| self.fills_open_slot(f).is_none())),
@@ -410,7 +410,7 @@ impl World {
                     slot,
                     self.ledger.open
                 );
-                self.ledger.open.insert(slot.clone(), Some(launch.record.id.clone()));
+                self.ledger.open.insert(slot.to_string(), Some(launch.record.id.clone()));
             }
         }
         Ok(())

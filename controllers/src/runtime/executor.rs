@@ -90,7 +90,7 @@ impl Executor {
         let stops = plan.stops.iter().map(|stop| {
             let mut record = stop.record.clone();
             record.goal = Goal::Stopped;
-            record.stop_reason = Some(stop.reason.as_str().to_string());
+            record.stop_reason = Some(stop.reason.as_str().into());
             if let Some(grace) = stop.grace_seconds {
                 Arc::make_mut(&mut record.run).kill_grace_seconds = grace;
             }
