@@ -84,7 +84,11 @@ fn get(port: u16, path: &str) -> (u16, String) {
 }
 
 fn metric(port: u16, name: &str) -> Option<f64> {
-    let (_, text) = get(port, "/metrics");
+    value_in(&get(port, "/metrics").1, name)
+}
+
+/// The value of metric `name` in a Prometheus text.
+fn value_in(text: &str, name: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
@@ -175,8 +179,11 @@ fn the_charts_processes_run_an_app_with_etcd_over_tls() {
     assert_eq!(metric(api_metrics, "baton_apiserver_store_up"), Some(1.0));
     // Each shows what its allocator holds: live allocations, within what it keeps resident.
     for (what, port) in [("apiserver", api_metrics), ("controller", controller_metrics), ("agent", agent_metrics)] {
-        let allocated = metric(port, "baton_allocator_allocated_bytes").unwrap_or(0.0);
-        let resident = metric(port, "baton_allocator_resident_bytes").unwrap_or(0.0);
+        // Both from one scrape: they are read together.
+        let (_, text) = get(port, "/metrics");
+        let figure = |name: &str| value_in(&text, name).unwrap_or(0.0);
+        let (allocated, resident) =
+            (figure("baton_allocator_allocated_bytes"), figure("baton_allocator_resident_bytes"));
         assert!(allocated > 0.0 && allocated <= resident, "{what}: allocated {allocated}, resident {resident}");
     }
     wait_for("the controller to lead", WAIT, logs, || {
