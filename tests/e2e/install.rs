@@ -15,7 +15,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use baton_apiserver::tls::Pki;
-use baton_e2e::{ApiClient, Cluster, ClusterOptions, Kubectl, PortBlock, Proc, free_port, http, wait_for};
+use baton_e2e::{
+    ApiClient, Cluster, ClusterOptions, Kubectl, PortBlock, Proc, free_port, http, metric_value, wait_for,
+};
 use baton_store::contract::etcd_server::{ServerTls, TestEtcd};
 use serde_json::{Value, json};
 
@@ -84,12 +86,7 @@ fn get(port: u16, path: &str) -> (u16, String) {
 }
 
 fn metric(port: u16, name: &str) -> Option<f64> {
-    value_in(&get(port, "/metrics").1, name)
-}
-
-/// The value of metric `name` in a Prometheus text.
-fn value_in(text: &str, name: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    metric_value(&get(port, "/metrics").1, name)
 }
 
 #[test]
@@ -181,7 +178,7 @@ fn the_charts_processes_run_an_app_with_etcd_over_tls() {
     for (what, port) in [("apiserver", api_metrics), ("controller", controller_metrics), ("agent", agent_metrics)] {
         // Both from one scrape: they are read together.
         let (_, text) = get(port, "/metrics");
-        let figure = |name: &str| value_in(&text, name).unwrap_or(0.0);
+        let figure = |name: &str| metric_value(&text, name).unwrap_or(0.0);
         let (allocated, resident) =
             (figure("baton_allocator_allocated_bytes"), figure("baton_allocator_resident_bytes"));
         assert!(allocated > 0.0 && allocated <= resident, "{what}: allocated {allocated}, resident {resident}");

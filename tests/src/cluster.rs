@@ -454,7 +454,7 @@ impl Cluster {
     /// A value from a controller's /metrics.
     pub fn metric(&self, controller: usize, name: &str) -> Option<f64> {
         let (_, body) = crate::http("127.0.0.1", self.metrics_ports[controller], "GET", "/metrics", None).ok()?;
-        body.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        crate::metric_value(&body, name)
     }
 
     /// The ends of every component's log.

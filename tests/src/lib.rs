@@ -174,6 +174,11 @@ pub fn process_groups_in(dir: &Path) -> std::collections::BTreeSet<u32> {
         .collect()
 }
 
+/// The value of metric `name` (without labels) in a Prometheus text.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 /// A minimal HTTP/1.0 request on loopback: (status, body).
 pub fn http(
     host: &str,
