@@ -481,7 +481,12 @@ impl Graph {
             OnPath,
             Done,
         }
-        let mut marks: BTreeMap<&GroupPath, Mark> = self.apps.keys().map(|p| (p, Mark::New)).collect();
+        // Apps not yet seen are New. An app with no dependency, of its own or of an AppGroup
+        // above it, has no edge: no cycle goes through it, and in most fleets most apps are
+        // such, so only the others start a search.
+        let groups_depend = self.groups.values().any(|g| !g.dependencies.is_empty());
+        let mut marks: BTreeMap<&GroupPath, Mark> = BTreeMap::new();
+        let mark = |marks: &BTreeMap<&GroupPath, Mark>, app: &GroupPath| marks.get(app).copied().unwrap_or(Mark::New);
         // Iterative depth-first search: a chain of thousands of apps must not overflow
         // the stack. Each frame: the app, its edges, the next edge to follow.
         struct Frame<'g> {
@@ -489,8 +494,8 @@ impl Graph {
             edges: Vec<(&'g GroupPath, Dependency)>,
             next: usize,
         }
-        for start in self.apps.keys() {
-            if marks[start] != Mark::New {
+        for (start, entry) in &self.apps {
+            if (entry.dependencies.is_empty() && !groups_depend) || mark(&marks, start) != Mark::New {
                 continue;
             }
             let mut stack = vec![Frame { app: start, edges: self.edges(start), next: 0 }];
@@ -503,7 +508,7 @@ impl Graph {
                 };
                 let to: &GroupPath = to;
                 frame.next += 1;
-                match marks[to] {
+                match mark(&marks, to) {
                     Mark::Done => {}
                     Mark::OnPath => {
                         let from = stack.iter().position(|f| f.app == to).expect("on the path");

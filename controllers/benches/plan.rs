@@ -127,8 +127,11 @@ fn main() {
         instance_bytes as f64 / instances as f64
     );
 
-    // As the runtime's cache keeps it beside the instances.
+    // As the runtime's cache keeps it beside the instances, and the runtime the versions.
     snapshot.held = Some(snapshot.held());
+    let mut versions = baton_controllers::snapshot::AppVersions::default();
+    versions.refresh(&snapshot.apps);
+    snapshot.versions = Some(Arc::new(versions));
     // Steady ticks.
     let mut transient = 0;
     let mut times: Vec<f64> = (0..ticks)

@@ -423,6 +423,41 @@ pub struct Snapshot {
     /// (the runtime's cache keeps it while no change could move it): it must be that of
     /// `instances` and `foreign`. `None`: [`Snapshot::held`] gathers it.
     pub held: Option<Arc<BTreeMap<String, AgentUse>>>,
+    /// The versions of `apps` and `other_apps`, when the snapshot's builder keeps them (the
+    /// runtime computes each App's once, not every tick); each is used only for the very App
+    /// it was computed from. `None`: [`Snapshot::version_of`] computes them.
+    pub versions: Option<Arc<AppVersions>>,
+}
+
+/// Each App's version ([`App::version`], a hash of its run definition: a twentieth of a
+/// steady plan when computed for 2,000 Apps every tick), by uid, with the App it is of.
+#[derive(Debug, Clone, Default)]
+pub struct AppVersions(HashMap<String, (Arc<App>, Box<str>)>);
+
+impl AppVersions {
+    /// The version of `app`, if kept for this very object (not a copy, not an older one).
+    pub fn get(&self, app: &Arc<App>) -> Option<&str> {
+        let (of, version) = self.0.get(app.metadata.uid.as_deref().unwrap_or_default())?;
+        Arc::ptr_eq(of, app).then_some(version)
+    }
+
+    /// Keeps the versions of exactly `apps`: computes those of Apps not seen before (new, or
+    /// changed since: a changed App is a new object), forgets those of Apps not among them.
+    pub fn refresh<'a>(&mut self, apps: impl IntoIterator<Item = &'a Arc<App>> + Clone) {
+        let mut count = 0;
+        for app in apps.clone() {
+            count += 1;
+            if self.get(app).is_none() {
+                let uid = app.metadata.uid.clone().unwrap_or_default();
+                self.0.insert(uid, (app.clone(), app.version().into()));
+            }
+        }
+        if self.0.len() > count {
+            let now: std::collections::HashSet<&str> =
+                apps.into_iter().map(|a| a.metadata.uid.as_deref().unwrap_or_default()).collect();
+            self.0.retain(|uid, _| now.contains(uid.as_str()));
+        }
+    }
 }
 
 impl Snapshot {
@@ -437,6 +472,14 @@ impl Snapshot {
             return held.clone();
         }
         Arc::new(held_by_agent(self.instances.values().chain(&self.foreign)))
+    }
+
+    /// The version of `app` (one of `apps` or `other_apps`): as kept, or computed.
+    pub fn version_of(&self, app: &Arc<App>) -> std::borrow::Cow<'_, str> {
+        match self.versions.as_ref().and_then(|v| v.get(app)) {
+            Some(version) => version.into(),
+            None => app.version().into(),
+        }
     }
 }
 
@@ -457,5 +500,32 @@ mod tests {
         assert_eq!(Key::of("6ba7b810-9dad-11d1-80b4-00c04fd430c-"), Key::Text, "31 digits is text");
         assert_eq!(Key::of("6BA7B810-9DAD-11D1-80B4-00C04FD430C8"), Key::Text, "upper case is text");
         assert!(Key::of("old").same(Key::of("12952d44a1"), || true), "text is compared as text");
+    }
+
+    /// A kept version is used only for the object it was computed from: a changed App (a
+    /// new object, even with the same uid) gets its own, and Apps that went are forgotten.
+    #[test]
+    fn versions_are_kept_per_object() {
+        use crate::testing::app;
+        let (web, db) = (app("web").build(), app("db").build());
+        let mut versions = AppVersions::default();
+        versions.refresh([&web, &db]);
+        assert_eq!(versions.get(&web), Some(web.version().as_str()));
+        assert_eq!(versions.get(&db), Some(db.version().as_str()));
+
+        let mut changed = App::clone(&web);
+        changed.spec.env.insert("RELEASE".into(), "2".into());
+        let changed = Arc::new(changed);
+        assert_ne!(changed.version(), web.version());
+        assert_eq!(versions.get(&changed), None, "not the object it was computed from");
+        let snapshot =
+            Snapshot { apps: vec![changed.clone()], versions: Some(Arc::new(versions.clone())), ..Snapshot::default() };
+        assert_eq!(snapshot.version_of(&changed), changed.version(), "computed when not kept");
+
+        versions.refresh([&changed]);
+        assert_eq!(versions.get(&changed), Some(changed.version().as_str()));
+        assert_eq!(versions.get(&web), None);
+        assert_eq!(versions.get(&db), None, "db went");
+        assert_eq!(versions.0.len(), 1);
     }
 }

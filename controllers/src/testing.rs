@@ -429,6 +429,7 @@ pub fn snapshot(apps: &[&Arc<App>], agents: Vec<Arc<AgentRecord>>, instances: Ve
         backoffs: Default::default(),
         kill_requests: Default::default(),
         held: None,
+        versions: None,
     }
 }
 

@@ -68,7 +68,7 @@ pub fn observe<'s>(snapshot: &'s Snapshot, ctx: &PlanContext) -> Observed<'s> {
         .map(|app| {
             let uid = app.metadata.uid.as_deref().unwrap_or_default();
             uids.insert(uid);
-            let version = app.version();
+            let version = snapshot.version_of(app).into_owned();
             let sets = AppInstances::classify(usage.instances_of(uid), &version, app.spec.unreachable_strategy, &reach);
             let namespace = app.metadata.namespace.as_deref().unwrap_or_default();
             ObservedApp { app, namespace, path: app.path(), version, sets }

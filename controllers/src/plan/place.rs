@@ -61,7 +61,7 @@ pub fn requests<'s>(snapshot: &'s Snapshot, usage: &Usage<'s>, first: usize) -> 
             let request = app.status.as_ref()?.launch_request.as_ref()?;
             let namespace = app.metadata.namespace.as_deref().unwrap_or_default();
             let scope = snapshot.namespaces.get(namespace).filter(|s| !s.places())?;
-            if app.metadata.deletion_timestamp.is_some() || request.version != app.version() {
+            if app.metadata.deletion_timestamp.is_some() || request.version != snapshot.version_of(app) {
                 return None; // Gone, or changed since: its controller asks again.
             }
             let uid = app.metadata.uid.as_deref().unwrap_or_default();

@@ -269,6 +269,7 @@ impl World {
             kill_requests: Default::default(),
             foreign: Vec::new(),
             held: None,
+            versions: None,
         }
     }
 
@@ -676,6 +677,7 @@ pub(super) fn round_trip(snapshot: &Snapshot) -> Snapshot {
             .map(|(k, (r, rev))| (k.clone(), (Arc::new(again(r.as_ref())), *rev)))
             .collect(),
         held: None,
+        versions: None,
     }
 }
 

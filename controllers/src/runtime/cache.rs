@@ -162,6 +162,7 @@ impl StoreCache {
                 .map(clone_entry)
                 .collect(),
             held: Some(held),
+            versions: None,
             scope,
         }
     }

@@ -25,6 +25,7 @@ use baton_store::election::{self, Leadership};
 use baton_store::{Keyspace, Store};
 
 use crate::plan::{self, PlanContext};
+use crate::snapshot::AppVersions;
 
 pub mod cache;
 pub mod events;
@@ -225,6 +226,8 @@ impl Loop<'_> {
         let mut last_write = leadership.term();
         let mut first_tick = true;
         let mut withheld_before: HashSet<String> = HashSet::new();
+        // Each App's version, computed once per object rather than once per tick.
+        let mut versions: Arc<AppVersions> = Arc::default();
         loop {
             if last_write > 0 {
                 tokio::select! {
@@ -241,6 +244,9 @@ impl Loop<'_> {
                 None => namespaces.scopes(),
             };
             let mut snapshot = records.snapshot(apps.objects(), groups.objects(), &scopes);
+            // Unique again once the last tick's snapshot is gone: refreshed in place.
+            Arc::make_mut(&mut versions).refresh(snapshot.apps.iter().chain(&snapshot.other_apps));
+            snapshot.versions = Some(versions.clone());
             snapshot.maintenances = maintenances.objects();
             if config.scope.places() {
                 snapshot.tenants = tenants.objects();

@@ -117,12 +117,49 @@ pub enum Fit {
     Unschedulable(Rejections),
 }
 
+/// The host ports in use on an agent, sorted: an agent's instances hold a handful each, so a
+/// sorted vector (one allocation, no hashing) beats a hash set, and 10,000 agents' sets are
+/// built every plan that places.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UsedPorts(Vec<u16>);
+
+impl UsedPorts {
+    fn of(ports: &[u16]) -> Self {
+        let mut ports = ports.to_vec();
+        ports.sort_unstable();
+        ports.dedup();
+        Self(ports)
+    }
+
+    pub fn contains(&self, port: &u16) -> bool {
+        self.0.binary_search(port).is_ok()
+    }
+
+    /// Adds `port`; false if it was in use already.
+    fn insert(&mut self, port: u16) -> bool {
+        match self.0.binary_search(&port) {
+            Ok(_) => false,
+            Err(at) => {
+                self.0.insert(at, port);
+                true
+            }
+        }
+    }
+}
+
+/// An agent's keys in the best-fit indexes.
+struct IndexKeys {
+    millicpus: u64,
+    mem_mib: u64,
+    gpus: Option<u64>,
+}
+
 /// An agent as placement sees it: what is left on it.
 #[derive(Debug, Clone)]
 pub struct AgentSlot<'a> {
     pub record: &'a AgentRecord,
     pub free: ResourceAmounts,
-    pub used_ports: HashSet<u16>,
+    pub used_ports: UsedPorts,
     /// Ports of the agent's ranges not in use.
     pub free_ports: usize,
     /// In maintenance: nothing new goes on it.
@@ -154,6 +191,24 @@ impl AgentSlot<'_> {
         if self.used_ports.insert(port) && self.in_ranges(port) {
             self.free_ports = self.free_ports.saturating_sub(1);
         }
+    }
+
+    /// Where it stands in the best-fit indexes: none while cordoned; in the GPU index only
+    /// if it has GPUs.
+    fn index_keys(&self) -> Option<IndexKeys> {
+        let free = self.free;
+        (!self.cordoned).then(|| IndexKeys {
+            millicpus: free.millicpus,
+            mem_mib: free.mem_mib,
+            gpus: (self.record.resources.gpus > 0).then_some(free.gpus),
+        })
+    }
+
+    /// Takes the ports its instances hold, all at once.
+    fn use_ports(&mut self, held: &[u16]) {
+        self.used_ports = UsedPorts::of(held);
+        let in_ranges = self.used_ports.0.iter().filter(|p| self.in_ranges(**p)).count();
+        self.free_ports = self.free_ports.saturating_sub(in_ranges);
     }
 
     /// Host ports for `asks`: fixed ones as asked, dynamic ones scanning the agent's ranges
@@ -335,7 +390,7 @@ impl<'a> Placer<'a> {
                 let mut slot = AgentSlot {
                     record: record.as_ref(),
                     free: record.resources,
-                    used_ports: HashSet::default(),
+                    used_ports: UsedPorts::default(),
                     free_ports: record.ports.iter().map(|r| r.len()).sum(),
                     cordoned: rules.cordons(&record.name),
                     reserved_for: rules.reserved_for(&record.name),
@@ -349,9 +404,7 @@ impl<'a> Placer<'a> {
                     slot.live = used.live;
                     slot.exclusive = used.exclusive;
                     slot.free = slot.free.minus(used.resources);
-                    for port in &used.ports {
-                        slot.use_port(*port);
-                    }
+                    slot.use_ports(&used.ports);
                 }
                 slot
             })
@@ -377,9 +430,13 @@ impl<'a> Placer<'a> {
             empty: 0,
         };
         placer.empty = placer.agents.iter().filter(|a| a.is_empty_and_open()).count();
-        for i in 0..placer.agents.len() {
-            placer.index(i);
-        }
+        // The best-fit indexes, built sorted in one go (10,000 inserts one by one were a
+        // twentieth of a steady plan).
+        let keys: Vec<(usize, IndexKeys)> =
+            placer.agents.iter().enumerate().filter_map(|(i, a)| Some((i, a.index_keys()?))).collect();
+        placer.by_cpus = keys.iter().map(|(i, k)| (k.millicpus, *i)).collect();
+        placer.by_mem = keys.iter().map(|(i, k)| (k.mem_mib, *i)).collect();
+        placer.by_gpus = keys.iter().filter_map(|(i, k)| Some((k.gpus?, *i))).collect();
         placer
     }
 
@@ -400,14 +457,11 @@ impl<'a> Placer<'a> {
     }
 
     fn index(&mut self, i: usize) {
-        if self.agents[i].cordoned {
-            return;
-        }
-        let free = self.agents[i].free;
-        self.by_cpus.insert((free.millicpus, i));
-        self.by_mem.insert((free.mem_mib, i));
-        if self.agents[i].record.resources.gpus > 0 {
-            self.by_gpus.insert((free.gpus, i));
+        let Some(keys) = self.agents[i].index_keys() else { return };
+        self.by_cpus.insert((keys.millicpus, i));
+        self.by_mem.insert((keys.mem_mib, i));
+        if let Some(gpus) = keys.gpus {
+            self.by_gpus.insert((gpus, i));
         }
     }
 
