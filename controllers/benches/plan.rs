@@ -162,7 +162,10 @@ fn main() {
 
     // One app's spec changes: a rollout starts.
     let changed = &mut snapshot.apps[7];
-    Arc::make_mut(changed).spec.env.insert("RELEASE".into(), "2".into());
+    let changed = Arc::make_mut(changed);
+    changed.spec.env.insert("RELEASE".into(), "2".into());
+    // As the API server marks every change.
+    changed.metadata.resource_version = Some("2".into());
     let started = Instant::now();
     let rollout = plan(&snapshot, &ctx);
     println!(

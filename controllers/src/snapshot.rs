@@ -123,6 +123,9 @@ const _: () = assert!(std::mem::size_of::<InstanceState>() <= 88);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 struct Facts {
     phase: Option<Phase>,
+    /// Its goal is `Stopped` (read for every instance every tick: kept here, it costs no
+    /// visit to the record).
+    stopped: bool,
     active: bool,
     passes_health_checks: bool,
     healthy: bool,
@@ -136,8 +139,12 @@ struct Facts {
 impl Facts {
     fn of(record: &InstanceRecord, status: Option<&StatusRecord>) -> Self {
         let phase = status.map(|s| s.phase);
-        let active = record.goal == Goal::Running && !phase.is_some_and(Phase::is_terminal);
-        let Some(status) = status else { return Facts { phase, active, ..Facts::default() } };
+        let stopped = match record.goal {
+            Goal::Running => false,
+            Goal::Stopped => true,
+        };
+        let active = !stopped && !phase.is_some_and(Phase::is_terminal);
+        let Some(status) = status else { return Facts { phase, stopped, active, ..Facts::default() } };
         let checks = &record.run.health_checks;
         let running = phase == Some(Phase::Running);
         let passes_health_checks = running && status.passes_health_checks(checks.len());
@@ -145,6 +152,7 @@ impl Facts {
         let pairs = || checks.iter().zip(&status.health);
         Facts {
             phase,
+            stopped,
             active,
             passes_health_checks,
             healthy,
@@ -238,6 +246,11 @@ impl InstanceState {
         self.app_key.same(other.app_key, || self.record.run.app.uid == other.record.run.app.uid)
     }
 
+    /// What the controller wants of it (the record's goal).
+    pub fn goal(&self) -> Goal {
+        if self.facts().stopped { Goal::Stopped } else { Goal::Running }
+    }
+
     /// The phase the agent reported, if any.
     pub fn phase(&self) -> Option<Phase> {
         self.facts().phase
@@ -302,7 +315,7 @@ impl InstanceState {
     /// row after its grace period: it is due to be killed. Returns the failures and the
     /// check's last output.
     pub fn health_kill_due(&self) -> Option<(u32, &str)> {
-        if !self.facts().kill_due {
+        if !self.kill_due() {
             return None;
         }
         let status = self.status.as_ref()?;
@@ -311,6 +324,12 @@ impl InstanceState {
             (result.consecutive_failures >= limit)
                 .then(|| (result.consecutive_failures, result.last_output.as_deref().unwrap_or("")))
         })
+    }
+
+    /// It runs and has failed a health check as many times in a row as the check allows
+    /// after its grace period ([`InstanceState::health_kill_due`] says which).
+    pub fn kill_due(&self) -> bool {
+        self.facts().kill_due
     }
 
     /// It has been (steadily) healthy since it started: for an app with health checks, its
@@ -424,37 +443,42 @@ pub struct Snapshot {
     /// `instances` and `foreign`. `None`: [`Snapshot::held`] gathers it.
     pub held: Option<Arc<BTreeMap<String, AgentUse>>>,
     /// The versions of `apps` and `other_apps`, when the snapshot's builder keeps them (the
-    /// runtime computes each App's once, not every tick); each is used only for the very App
-    /// it was computed from. `None`: [`Snapshot::version_of`] computes them.
+    /// runtime computes each App's once, not every tick); each is used only for an App of the
+    /// same uid and resourceVersion. `None`: [`Snapshot::version_of`] computes them.
     pub versions: Option<Arc<AppVersions>>,
 }
 
 /// Each App's version ([`App::version`], a hash of its run definition: a twentieth of a
-/// steady plan when computed for 2,000 Apps every tick), by uid, with the App it is of.
+/// steady plan when computed for 2,000 Apps every tick), by uid, with the `resourceVersion`
+/// of the App it was computed from: the API server gives every change of an object a new
+/// one, so an App with the same uid and resourceVersion is the same App. (Not the objects
+/// themselves: between two ticks that would keep the Apps the cache has replaced.)
 #[derive(Debug, Clone, Default)]
-pub struct AppVersions(HashMap<String, (Arc<App>, Box<str>)>);
+pub struct AppVersions(HashMap<String, (String, Box<str>)>);
 
 impl AppVersions {
-    /// The version of `app`, if kept for this very object (not a copy, not an older one).
-    pub fn get(&self, app: &Arc<App>) -> Option<&str> {
-        let (of, version) = self.0.get(app.metadata.uid.as_deref().unwrap_or_default())?;
-        Arc::ptr_eq(of, app).then_some(version)
+    /// The version of `app`, if kept for it: same uid, same resourceVersion.
+    pub fn get(&self, app: &App) -> Option<&str> {
+        let (of, version) = self.0.get(app.metadata.uid.as_deref()?)?;
+        (app.metadata.resource_version.as_ref() == Some(of)).then_some(version)
     }
 
     /// Keeps the versions of exactly `apps`: computes those of Apps not seen before (new, or
-    /// changed since: a changed App is a new object), forgets those of Apps not among them.
+    /// changed since), forgets those of Apps not among them. Apps without a uid and a
+    /// resourceVersion (not from an API server) are not kept.
     pub fn refresh<'a>(&mut self, apps: impl IntoIterator<Item = &'a Arc<App>> + Clone) {
+        let kept = |app: &'a Arc<App>| Some((app.metadata.uid.as_ref()?, app.metadata.resource_version.as_ref()?));
         let mut count = 0;
         for app in apps.clone() {
+            let Some((uid, of)) = kept(app) else { continue };
             count += 1;
             if self.get(app).is_none() {
-                let uid = app.metadata.uid.clone().unwrap_or_default();
-                self.0.insert(uid, (app.clone(), app.version().into()));
+                self.0.insert(uid.clone(), (of.clone(), app.version().into()));
             }
         }
         if self.0.len() > count {
             let now: std::collections::HashSet<&str> =
-                apps.into_iter().map(|a| a.metadata.uid.as_deref().unwrap_or_default()).collect();
+                apps.into_iter().filter_map(kept).map(|(uid, _)| uid.as_str()).collect();
             self.0.retain(|uid, _| now.contains(uid.as_str()));
         }
     }
@@ -475,7 +499,7 @@ impl Snapshot {
     }
 
     /// The version of `app` (one of `apps` or `other_apps`): as kept, or computed.
-    pub fn version_of(&self, app: &Arc<App>) -> std::borrow::Cow<'_, str> {
+    pub fn version_of(&self, app: &App) -> std::borrow::Cow<'_, str> {
         match self.versions.as_ref().and_then(|v| v.get(app)) {
             Some(version) => version.into(),
             None => app.version().into(),
@@ -502,10 +526,10 @@ mod tests {
         assert!(Key::of("old").same(Key::of("12952d44a1"), || true), "text is compared as text");
     }
 
-    /// A kept version is used only for the object it was computed from: a changed App (a
-    /// new object, even with the same uid) gets its own, and Apps that went are forgotten.
+    /// A kept version is used only for the App it was computed from: a changed App (a new
+    /// resourceVersion, with the same uid) gets its own, and Apps that went are forgotten.
     #[test]
-    fn versions_are_kept_per_object() {
+    fn versions_are_kept_per_resource_version() {
         use crate::testing::app;
         let (web, db) = (app("web").build(), app("db").build());
         let mut versions = AppVersions::default();
@@ -515,9 +539,10 @@ mod tests {
 
         let mut changed = App::clone(&web);
         changed.spec.env.insert("RELEASE".into(), "2".into());
+        changed.metadata.resource_version = Some("11".into());
         let changed = Arc::new(changed);
         assert_ne!(changed.version(), web.version());
-        assert_eq!(versions.get(&changed), None, "not the object it was computed from");
+        assert_eq!(versions.get(&changed), None, "not the App it was computed from");
         let snapshot =
             Snapshot { apps: vec![changed.clone()], versions: Some(Arc::new(versions.clone())), ..Snapshot::default() };
         assert_eq!(snapshot.version_of(&changed), changed.version(), "computed when not kept");
@@ -527,5 +552,11 @@ mod tests {
         assert_eq!(versions.get(&web), None);
         assert_eq!(versions.get(&db), None, "db went");
         assert_eq!(versions.0.len(), 1);
+
+        let mut unversioned = App::clone(&db);
+        unversioned.metadata.resource_version = None;
+        versions.refresh([&Arc::new(unversioned.clone())]);
+        assert_eq!(versions.get(&unversioned), None, "not kept without a resourceVersion");
+        assert!(versions.0.is_empty());
     }
 }

@@ -69,6 +69,7 @@ pub fn apps() -> Vec<Arc<App>> {
             // As the API server assigns them: UUIDs.
             app.metadata.uid = Some(format!("6ba7b810-9dad-41d1-80b4-{i:012x}"));
             app.metadata.generation = Some(1);
+            app.metadata.resource_version = Some("1".into());
             Arc::new(app)
         })
         .collect()

@@ -41,6 +41,63 @@ pub struct AppInstances<'s> {
     pub expunged: Vec<&'s InstanceState>,
     /// The earliest moment a set changes by time alone.
     pub next_change: Option<Timestamp>,
+    /// Counted while classifying, so that later stages need not visit every instance again
+    /// (at 100,000 instances each such pass is ~100,000 cache misses).
+    pub observed: Tally,
+}
+
+/// What classifying counted. As observed: a tick's later stages take instances out of
+/// `current` and `old` (kills, moves; those moving are put back), never add others, and
+/// these do not follow (see [`AppInstances::health_counts`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// How many were in `current` and in `old`.
+    pub current: usize,
+    pub old: usize,
+    pub counts: HealthCounts,
+    /// Some instance of `current` or `old` is due to be killed for its health.
+    pub kill_due: bool,
+}
+
+/// How the instances of `current` and `old` run: what an app's status reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HealthCounts {
+    /// Their process runs.
+    pub running: usize,
+    /// Healthy (passing their health checks) and ready.
+    pub ready: usize,
+    /// Of `current`, healthy and ready: what counts towards capacity.
+    pub available: usize,
+    /// Running, and passing every health check; failing one; neither known yet.
+    pub passing: usize,
+    pub failing: usize,
+    pub unknown: usize,
+}
+
+impl HealthCounts {
+    fn add(&mut self, instance: &InstanceState, current: bool) {
+        if !instance.is_running() {
+            return;
+        }
+        self.running += 1;
+        let healthy = instance.is_healthy();
+        self.ready += usize::from(healthy);
+        self.available += usize::from(healthy && current);
+        if instance.passes_health_checks() {
+            self.passing += 1;
+        } else if instance.fails_health_checks() {
+            self.failing += 1;
+        } else {
+            self.unknown += 1;
+        }
+    }
+
+    fn of(sets: &AppInstances<'_>) -> Self {
+        let mut counts = Self::default();
+        sets.current.iter().for_each(|i| counts.add(i, true));
+        sets.old.iter().for_each(|i| counts.add(i, false));
+        counts
+    }
 }
 
 /// Whether an instance's agent reports, and since when it does not: known once per agent,
@@ -91,7 +148,7 @@ impl<'s> AppInstances<'s> {
         let inactive_after = SignedDuration::from_secs(strategy.inactive_after_seconds.max(0));
         let expunge_after = SignedDuration::from_secs(strategy.expunge_after_seconds.max(0));
         for instance in instances {
-            let goal = instance.record.goal;
+            let goal = instance.goal();
             let set = if instance.is_terminal() {
                 let ended_on_its_own = matches!(instance.phase(), Some(Phase::Failed | Phase::Finished));
                 let unnoted = goal == Goal::Running && !instance.record.end_noted;
@@ -118,13 +175,15 @@ impl<'s> AppInstances<'s> {
                 }
             } else if goal == Goal::Stopped {
                 &mut sets.stopping
-            } else if instance.runs_version(version, version_key) {
-                &mut sets.current
             } else {
-                &mut sets.old
+                let current = instance.runs_version(version, version_key);
+                sets.observed.counts.add(instance, current);
+                sets.observed.kill_due |= instance.kill_due();
+                if current { &mut sets.current } else { &mut sets.old }
             };
             set.push(instance);
         }
+        (sets.observed.current, sets.observed.old) = (sets.current.len(), sets.old.len());
         sets
     }
 
@@ -139,7 +198,18 @@ impl<'s> AppInstances<'s> {
 
     /// Instances of the current version that are healthy.
     pub fn current_healthy(&self) -> usize {
-        self.current.iter().filter(|i| i.is_healthy()).count()
+        self.health_counts().available
+    }
+
+    /// How the instances of `current` and `old` run: as counted when classified while both
+    /// hold as many as then (they only ever lose instances, so then they hold the same), else
+    /// counted again.
+    pub fn health_counts(&self) -> HealthCounts {
+        if (self.current.len(), self.old.len()) == (self.observed.current, self.observed.old) {
+            debug_assert_eq!(self.observed.counts, HealthCounts::of(self), "current or old gained an instance");
+            return self.observed.counts;
+        }
+        HealthCounts::of(self)
     }
 }
 

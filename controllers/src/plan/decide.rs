@@ -547,6 +547,11 @@ fn kill_unhealthy<'s>(
     slots: &Slots<'s>,
     d: &mut Decision<'s>,
 ) -> HealthKills<'s> {
+    // The usual case, known without visiting the instances again: none is due (the sets
+    // have only lost instances since they were counted).
+    if !sets.observed.kill_due {
+        return HealthKills { withheld: None, new_slots: Vec::new() };
+    }
     let live: Vec<&'s InstanceState> = sets.current.iter().chain(&sets.old).copied().collect();
     let policy = health::Policy::of(&app.spec, wanted);
     let decision = health::decide(wanted, &live, slots, policy);

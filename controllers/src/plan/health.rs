@@ -160,6 +160,36 @@ mod tests {
         pool
     }
 
+    /// Classifying counts what the stages after it would otherwise visit every instance for.
+    #[test]
+    fn classifying_counts_the_healthy_and_whether_any_is_due() {
+        let web = web();
+        let tally = |instances: Vec<InstanceState>| {
+            let snap = snapshot(&[&web], vec![agent("a1").build()], instances);
+            let reach = Reachability::new(&snap, now());
+            let sets =
+                AppInstances::classify(snap.instances.values(), &web.version(), web.spec.unreachable_strategy, &reach);
+            assert_eq!(sets.observed.counts.available, sets.current.iter().filter(|i| i.is_healthy()).count());
+            let due = sets.current.iter().chain(&sets.old).any(|i| i.health_kill_due().is_some());
+            assert_eq!(sets.observed.kill_due, due);
+            let observed = (sets.observed.counts.available, sets.observed.kill_due);
+            // Once an instance has left `current`, it is counted again.
+            let mut sets = sets;
+            sets.current.remove(0);
+            assert_eq!(sets.current_healthy(), sets.current.iter().filter(|i| i.is_healthy()).count());
+            observed
+        };
+        assert_eq!(tally(pool(9, 0)), (9, false));
+        assert_eq!(tally(pool(7, 2)), (7, true));
+        let mut not_yet = pool(3, 0);
+        not_yet.push(instance(&web, "a1", 3).failing(2).build());
+        assert_eq!(tally(not_yet), (3, false), "2 failures of 3");
+        let mut old = pool(3, 0);
+        old.push(instance(&web, "a1", 3).version("0123456789").failing(3).build());
+        old.push(instance(&web, "a1", 4).version("0123456789").passing().build());
+        assert_eq!(tally(old), (3, true), "an old instance is due");
+    }
+
     #[test]
     fn one_unhealthy_of_ten_is_killed() {
         let d = decided(&pool(9, 1), policy(500, 2));

@@ -10,7 +10,7 @@ use baton_api::app::{
 };
 use baton_api::{App, BackoffRecord};
 
-use super::classify::AppInstances;
+use super::classify::{AppInstances, HealthCounts};
 use crate::snapshot::{HealthState, InstanceState};
 
 /// Why an app is not fully placed, for its `Pending` condition and `status.pending`.
@@ -121,24 +121,8 @@ pub struct Progress<'a> {
 /// The status `app` should have now.
 pub fn desired(app: &App, version: &str, sets: &AppInstances<'_>, progress: &Progress<'_>) -> AppStatus {
     let wanted = progress.wanted;
-    // One pass over the instances that report: how many run, and in which health.
-    let (mut running, mut ready, mut healthy, mut unhealthy, mut health_unknown, mut available) = (0, 0, 0, 0, 0, 0);
-    for (current, instance) in sets.current.iter().map(|i| (true, i)).chain(sets.old.iter().map(|i| (false, i))) {
-        if !instance.is_running() {
-            continue;
-        }
-        running += 1;
-        let is_healthy = instance.is_healthy();
-        ready += usize::from(is_healthy);
-        available += usize::from(is_healthy && current);
-        if instance.passes_health_checks() {
-            healthy += 1;
-        } else if instance.fails_health_checks() {
-            unhealthy += 1;
-        } else {
-            health_unknown += 1;
-        }
-    }
+    let HealthCounts { running, ready, available, passing: healthy, failing: unhealthy, unknown: health_unknown } =
+        sets.health_counts();
     let unreachable = sets.unreachable.len() + sets.inactive.len();
     let placed = sets.current.len() + sets.old.len();
     let previous = app.status.as_ref();
@@ -197,9 +181,9 @@ pub fn desired(app: &App, version: &str, sets: &AppInstances<'_>, progress: &Pro
         instances: (placed + unreachable) as i32,
         running: running as i32,
         staged: (placed - running) as i32,
-        healthy,
+        healthy: healthy as i32,
         unhealthy: unhealthy as i32,
-        health_unknown,
+        health_unknown: health_unknown as i32,
         replacements: progress.slots.iter().map(|s| s.describe(progress)).collect(),
         unreachable: unreachable as i32,
         updated: sets.current.len() as i32,
