@@ -226,7 +226,7 @@ impl Loop<'_> {
         let mut last_write = leadership.term();
         let mut first_tick = true;
         let mut withheld_before: HashSet<String> = HashSet::new();
-        // Each App's version, computed once per object rather than once per tick.
+        // Each App's version, computed once per resourceVersion rather than once per tick.
         let mut versions: Arc<AppVersions> = Arc::default();
         loop {
             if last_write > 0 {
