@@ -368,6 +368,8 @@ struct GroupEntry {
 pub struct Graph {
     apps: BTreeMap<GroupPath, AppEntry>,
     groups: BTreeMap<GroupPath, GroupEntry>,
+    /// Some app or AppGroup declares a dependency (in most namespaces none does).
+    depends: bool,
 }
 
 /// A dependency cycle: each app depends on the next, and the last on the first.
@@ -406,18 +408,24 @@ impl Graph {
     /// The graph of `apps` and `groups` (all of one namespace). Of several AppGroups with
     /// one path (which the API server refuses), the first counts.
     pub fn new<'a>(apps: impl IntoIterator<Item = &'a App>, groups: impl IntoIterator<Item = &'a AppGroup>) -> Self {
-        let mut graph = Self::default();
-        for app in apps {
-            let base = app.group_path();
-            let dependencies = resolve_all(&app.spec.dependencies, &base);
-            let name = app.metadata.name.clone().unwrap_or_default();
-            graph.apps.insert(app.path(), AppEntry { name, dependencies });
-        }
+        // Built in one go (paths are unique: an app's name is, in its namespace).
+        let apps = apps
+            .into_iter()
+            .map(|app| {
+                let base = app.group_path();
+                let dependencies = resolve_all(&app.spec.dependencies, &base);
+                let name = app.metadata.name.clone().unwrap_or_default();
+                (base.child(&name), AppEntry { name, dependencies })
+            })
+            .collect();
+        let mut graph = Self { apps, ..Self::default() };
         for group in groups {
             let path = group.group_path();
             let dependencies = resolve_all(&group.spec.dependencies, &path);
             graph.groups.entry(path).or_insert(GroupEntry { dependencies, scale_factor: group.spec.scale_factor });
         }
+        graph.depends = graph.apps.values().any(|a| !a.dependencies.is_empty())
+            || graph.groups.values().any(|g| !g.dependencies.is_empty());
         graph
     }
 
@@ -437,6 +445,9 @@ impl Graph {
     /// group and above, nearest first.
     pub fn dependencies_of(&self, app: &GroupPath) -> Vec<Dependency> {
         let mut all = Vec::new();
+        if !self.depends {
+            return all;
+        }
         if let Some(entry) = self.apps.get(app) {
             all.extend(entry.dependencies.iter().map(|(written, path)| Dependency {
                 written: written.clone(),
@@ -444,7 +455,9 @@ impl Graph {
                 origin: Origin::App,
             }));
         }
-        for ancestor in app.parent().ancestors() {
+        // Most namespaces have no AppGroups: then nothing to look up level by level.
+        let ancestors = if self.groups.is_empty() { None } else { Some(app.parent()) };
+        for ancestor in ancestors.iter().flat_map(GroupPath::ancestors) {
             if let Some(group) = self.groups.get(&ancestor) {
                 all.extend(group.dependencies.iter().map(|(written, path)| Dependency {
                     written: written.clone(),
@@ -458,11 +471,17 @@ impl Graph {
 
     /// The product of the scale factors of the AppGroups at `group` and above.
     pub fn scale_of_group(&self, group: &GroupPath) -> f64 {
+        if self.groups.is_empty() {
+            return 1.0;
+        }
         group.ancestors().filter_map(|p| self.groups.get(&p)).map(|g| g.scale_factor).product()
     }
 
     /// `ceil(instances × the product of the factors of the app's AppGroups)`.
     pub fn effective_instances(&self, app: &GroupPath, instances: i32) -> i32 {
+        if self.groups.is_empty() {
+            return instances.max(0);
+        }
         let scaled = f64::from(instances.max(0)) * self.scale_of_group(&app.parent());
         // Less a rounding allowance: 10 × 1.1 is 11.000000000000002 in binary, and means 11.
         (scaled - 1e-9).ceil().clamp(0.0, f64::from(i32::MAX)) as i32

@@ -7,7 +7,7 @@
 //! the plan time after one app's spec changed (a rollout starts); and the memory the
 //! snapshot's instances take, per instance.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -18,8 +18,12 @@ use baton_controllers::snapshot::{InstanceState, Snapshot};
 
 mod fleet;
 
-/// Counts the bytes allocated and not yet freed.
+/// Counts the bytes allocated and not yet freed, allocating with jemalloc as the `baton`
+/// binary does (glibc's malloc made allocation ~23 % of a steady tick's instructions here,
+/// which the controller does not pay).
 struct Counting;
+
+static INNER: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 /// The most `LIVE` reached since it was last reset.
@@ -33,18 +37,18 @@ fn grew(size: usize) {
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         grew(layout.size());
-        unsafe { System.alloc(layout) }
+        unsafe { INNER.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
+        unsafe { INNER.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         grew(new_size);
         LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        unsafe { System.realloc(ptr, layout, new_size) }
+        unsafe { INNER.realloc(ptr, layout, new_size) }
     }
 }
 

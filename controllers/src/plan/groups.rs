@@ -19,7 +19,7 @@ use super::vocabulary::{GroupStatusUpdate, PlanContext};
 /// What the rest of the tick needs to know about an app from the others: whether it is
 /// available, and how many of its instances are.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Availability {
+pub struct Availability<'o> {
     pub wanted: usize,
     /// Healthy instances at the current version.
     pub available: usize,
@@ -28,10 +28,10 @@ pub struct Availability {
     /// Instances whose process may still run (not over), whatever their goal.
     pub live: usize,
     pub deleting: bool,
-    pub version: String,
+    pub version: &'o str,
 }
 
-impl Availability {
+impl Availability<'_> {
     /// Every instance healthy at the current version, and no older one left.
     pub fn is_available(&self) -> bool {
         !self.deleting && self.available >= self.wanted && self.old == 0
@@ -77,22 +77,22 @@ pub struct Topology {
 
 impl Topology {
     pub fn new(apps: &[Arc<App>], groups: &[Arc<AppGroup>]) -> Self {
-        let mut apps_by_ns: BTreeMap<String, Vec<&App>> = BTreeMap::new();
+        let mut apps_by_ns: BTreeMap<&str, Vec<&App>> = BTreeMap::new();
         for app in apps {
-            apps_by_ns.entry(namespace_of(&app.metadata)).or_default().push(app);
+            apps_by_ns.entry(app.metadata.namespace.as_deref().unwrap_or_default()).or_default().push(app);
         }
-        let mut groups_by_ns: BTreeMap<String, Vec<&AppGroup>> = BTreeMap::new();
+        let mut groups_by_ns: BTreeMap<&str, Vec<&AppGroup>> = BTreeMap::new();
         for group in groups {
-            groups_by_ns.entry(namespace_of(&group.metadata)).or_default().push(group);
+            groups_by_ns.entry(group.metadata.namespace.as_deref().unwrap_or_default()).or_default().push(group);
         }
-        let namespaces: Vec<String> = apps_by_ns.keys().chain(groups_by_ns.keys()).cloned().collect();
+        let namespaces: std::collections::BTreeSet<&str> =
+            apps_by_ns.keys().chain(groups_by_ns.keys()).copied().collect();
         let graphs: BTreeMap<String, Graph> = namespaces
             .into_iter()
             .map(|ns| {
-                let apps = apps_by_ns.get(&ns).map(Vec::as_slice).unwrap_or_default().iter().copied();
-                let groups = groups_by_ns.get(&ns).map(Vec::as_slice).unwrap_or_default().iter().copied();
-                let graph = Graph::new(apps, groups);
-                (ns, graph)
+                let apps = apps_by_ns.get(ns).map(Vec::as_slice).unwrap_or_default().iter().copied();
+                let groups = groups_by_ns.get(ns).map(Vec::as_slice).unwrap_or_default().iter().copied();
+                (ns.to_string(), Graph::new(apps, groups))
             })
             .collect();
         let cycles = graphs.iter().filter_map(|(ns, g)| Some((ns.clone(), g.find_cycle()?))).collect();
@@ -114,7 +114,7 @@ impl Topology {
 
     /// What the app at `me` waits for: each app it depends on that is not available, and
     /// each dependency that names nothing.
-    pub fn waits(&self, namespace: &str, me: &GroupPath, availability: &Availabilities) -> Vec<Wait> {
+    pub fn waits(&self, namespace: &str, me: &GroupPath, availability: &Availabilities<'_>) -> Vec<Wait> {
         let Some(graph) = self.graph(namespace) else { return Vec::new() };
         let states = availability.get(namespace);
         let mut waits: Vec<Wait> = Vec::new();
@@ -156,7 +156,7 @@ impl Topology {
         namespace: &str,
         me: &GroupPath,
         deleted: jiff::Timestamp,
-        availability: &Availabilities,
+        availability: &Availabilities<'_>,
         now: jiff::Timestamp,
     ) -> Vec<String> {
         let (Some(graph), Some(states)) = (self.graph(namespace), availability.get(namespace)) else {
@@ -165,7 +165,7 @@ impl Topology {
         let settling = now < deleted + DELETION_SETTLE;
         states
             .iter()
-            .filter(|(path, state)| (state.deleting || settling) && state.live > 0 && *path != me)
+            .filter(|(path, state)| (state.deleting || settling) && state.live > 0 && **path != me)
             .filter(|(path, _)| {
                 graph.dependencies_of(path).iter().any(|d| d.path.as_ref().is_some_and(|p| p.contains(me)))
             })
@@ -177,16 +177,16 @@ impl Topology {
     pub fn group_statuses<'g>(
         &self,
         groups: &'g [Arc<AppGroup>],
-        availability: &Availabilities,
+        availability: &Availabilities<'_>,
         now: jiff::Timestamp,
     ) -> Vec<(&'g AppGroup, AppGroupStatus)> {
         let mut statuses = Vec::new();
         for group in groups {
             let namespace = namespace_of(&group.metadata);
             let path = group.group_path();
-            let members: Vec<(&GroupPath, Option<&Availability>)> = match self.graph(&namespace) {
+            let members: Vec<(&GroupPath, Option<&Availability<'_>>)> = match self.graph(&namespace) {
                 Some(graph) => {
-                    let states = availability.get(&namespace);
+                    let states = availability.get(namespace.as_str());
                     graph.members(&path).map(|m| (m, states.and_then(|s| s.get(m)))).collect()
                 }
                 None => Vec::new(),
@@ -238,8 +238,8 @@ impl Topology {
 /// it stops regardless of those that stay.
 pub const DELETION_SETTLE: jiff::SignedDuration = jiff::SignedDuration::from_secs(3);
 
-/// Every app's availability, by namespace and path.
-pub type Availabilities = BTreeMap<String, BTreeMap<GroupPath, Availability>>;
+/// Every app's availability, by namespace and path (borrowed from the observed apps).
+pub type Availabilities<'o> = BTreeMap<&'o str, BTreeMap<&'o GroupPath, Availability<'o>>>;
 
 fn push_once(waits: &mut Vec<Wait>, path: String, why: String) {
     if !waits.iter().any(|w| w.path == path) {
@@ -292,9 +292,9 @@ pub fn gate(observed: &Observed<'_>, groups: &[Arc<AppGroup>], apps: &[Arc<App>]
                 old: o.sets.old.len(),
                 live: o.sets.live(),
                 deleting,
-                version: o.version.clone(),
+                version: &o.version,
             };
-            availability.entry(o.namespace.to_string()).or_default().insert(o.path.clone(), state);
+            availability.entry(o.namespace).or_default().insert(&o.path, state);
             wanted
         })
         .collect();

@@ -159,12 +159,13 @@ pub fn desired(app: &App, version: &str, sets: &AppInstances<'_>, progress: &Pro
         None => condition(CONDITION_PENDING, false, "AllPlaced", "every instance is placed on an agent".into()),
     };
     let waiting_for = if progress.gated { progress.waits.iter().map(|w| w.path.clone()).collect() } else { Vec::new() };
-    let mut conditions = vec![
+    let mut conditions = Vec::with_capacity(6); // Five, and at times `Planned`.
+    conditions.extend([
         available_condition,
         progressing(version, sets, progress, &condition),
         pending,
         health_condition(app, wanted, running, unhealthy, progress.health, &condition),
-    ];
+    ]);
     if progress.deletion.is_none() {
         conditions.push(dependencies_condition(version, sets, progress, &condition));
     }

@@ -331,10 +331,11 @@ impl<'a> Usage<'a> {
         self.foreign.get(uid).into_iter().flatten().copied()
     }
 
-    /// The instances of the app `uid`.
-    pub fn instances_of(&self, uid: &str) -> impl Iterator<Item = &'a InstanceState> + '_ {
+    /// The instances of the app `uid` (an exact size: their sets are made at the right size).
+    pub fn instances_of(&self, uid: &str) -> InstancesOf<'_, 'a> {
         let runs = self.runs.get(uid).map(Vec::as_slice).unwrap_or_default();
-        runs.iter().flat_map(|run| self.all[run.clone()].iter().copied())
+        let left = runs.iter().map(|run| run.len()).sum();
+        InstancesOf { all: &self.all, runs: runs.iter(), run: [].iter(), left }
     }
 
     /// The uids of the apps that have instances.
@@ -342,6 +343,34 @@ impl<'a> Usage<'a> {
         self.runs.keys().copied()
     }
 }
+
+/// An app's instances, run after run ([`Usage::instances_of`]).
+pub struct InstancesOf<'u, 'a> {
+    all: &'u [&'a InstanceState],
+    runs: std::slice::Iter<'u, std::ops::Range<usize>>,
+    run: std::slice::Iter<'u, &'a InstanceState>,
+    left: usize,
+}
+
+impl<'a> Iterator for InstancesOf<'_, 'a> {
+    type Item = &'a InstanceState;
+
+    fn next(&mut self) -> Option<&'a InstanceState> {
+        loop {
+            if let Some(instance) = self.run.next() {
+                self.left -= 1;
+                return Some(instance);
+            }
+            self.run = self.all[self.runs.next()?.clone()].iter();
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+
+impl ExactSizeIterator for InstancesOf<'_, '_> {}
 
 /// Places instances on the agents of one snapshot.
 pub struct Placer<'a> {

@@ -231,3 +231,28 @@ fn max_concurrent_starts_and_the_strategy_reach_the_plan() {
     let plan2 = plan(&snapshot(&[&half], vec![agent("a1").build()], old), &PlanContext::at(now(), 1));
     assert_eq!((plan2.stops.len(), plan2.launches.len()), (2, 0), "half stop first; the new start once they are gone");
 }
+
+#[test]
+fn an_apps_instances_are_found_in_each_of_their_runs() {
+    // In id order "web-1-000" comes between "web-005" and "web-100": web's instances are in
+    // two runs, and the iterator knows how many are left all along.
+    let (web, web1) = (app("web").build(), app("web-1").build());
+    let instances =
+        vec![instance(&web, "a1", 5).build(), instance(&web, "a1", 100).build(), instance(&web1, "a1", 0).build()];
+    let snap = snapshot(&[&web, &web1], vec![agent("a1").build()], instances);
+    let usage = Usage::of(&snap);
+    let ids = |app: &App| {
+        let mut found = usage.instances_of(app.metadata.uid.as_deref().unwrap());
+        let mut ids = Vec::new();
+        while found.len() > 0 {
+            let before = found.len();
+            ids.push(found.next().expect("as many as it said").id().to_string());
+            assert_eq!(found.len(), before - 1);
+        }
+        assert!(found.next().is_none());
+        ids
+    };
+    assert_eq!(ids(&web), ["web-005", "web-100"]);
+    assert_eq!(ids(&web1), ["web-1-000"]);
+    assert_eq!(usage.instances_of("no-such-uid").len(), 0);
+}
