@@ -353,13 +353,18 @@ async fn load_and_watch(
     while let Some(batch) = watch.next().await {
         let batch = batch?;
         let last = batch.events.last().map(WatchEvent::revision);
+        // Whether any change is to what the cache follows: the rest of the root (the API
+        // server's objects, Kubernetes Events among them) moves the revision but is no news
+        // to the planner. (Each Event the controller recorded after a rollout woke it for a
+        // plan of nothing, ~500 in 15 s after `hack/bench.sh cluster`'s upgrade.)
+        let mut followed = false;
         {
             let mut records = records.lock().expect("cache lock");
             for event in &batch.events {
-                match event.kind {
+                followed |= match event.kind {
                     EventKind::Put => apply_put(&mut records, keys, &event.kv),
                     EventKind::Delete => apply_delete(&mut records, keys, event),
-                }
+                };
             }
             if let Some(last) = last {
                 records.applied = records.applied.max(last);
@@ -372,7 +377,9 @@ async fn load_and_watch(
                 newer
             });
         }
-        changed.notify_one();
+        if followed {
+            changed.notify_one();
+        }
     }
     Ok(())
 }
@@ -406,7 +413,8 @@ fn remove<K: Ord, V>(map: &mut BTreeMap<K, (V, Revision)>, key: &K, revision: Re
     }
 }
 
-fn apply_put(records: &mut Records, keys: &Keyspace, kv: &KeyValue) {
+/// Applies a put; false when the key is not one the cache follows.
+fn apply_put(records: &mut Records, keys: &Keyspace, kv: &KeyValue) -> bool {
     if let Some(name) = keys.parse_agent_key(&kv.key) {
         if let Some(agent) = parse(kv) {
             upsert(&mut records.agents, name.to_string(), agent, kv.mod_revision);
@@ -417,7 +425,7 @@ fn apply_put(records: &mut Records, keys: &Keyspace, kv: &KeyValue) {
         {
             if record.id != id {
                 tracing::warn!(key = kv.key, id = record.id, "ignoring an instance record whose id is not its key's");
-                return;
+                return true;
             }
             records.share(&mut record);
             let record = Arc::new(record);
@@ -443,14 +451,18 @@ fn apply_put(records: &mut Records, keys: &Keyspace, kv: &KeyValue) {
         if let Some(backoff) = parse(kv) {
             upsert(&mut records.backoffs, (namespace.to_string(), app.to_string()), backoff, kv.mod_revision);
         }
-    } else if let Some((namespace, id)) = keys.parse_kill_request_key(&kv.key)
-        && let Some(request) = parse(kv)
-    {
-        upsert(&mut records.kill_requests, (namespace.to_string(), id.to_string()), request, kv.mod_revision);
+    } else if let Some((namespace, id)) = keys.parse_kill_request_key(&kv.key) {
+        if let Some(request) = parse(kv) {
+            upsert(&mut records.kill_requests, (namespace.to_string(), id.to_string()), request, kv.mod_revision);
+        }
+    } else {
+        return false;
     }
+    true
 }
 
-fn apply_delete(records: &mut Records, keys: &Keyspace, event: &WatchEvent) {
+/// Applies a delete; false when the key is not one the cache follows.
+fn apply_delete(records: &mut Records, keys: &Keyspace, event: &WatchEvent) -> bool {
     let key = &event.kv.key;
     let revision = event.revision();
     if let Some(name) = keys.parse_agent_key(key) {
@@ -467,7 +479,10 @@ fn apply_delete(records: &mut Records, keys: &Keyspace, event: &WatchEvent) {
         remove(&mut records.backoffs, &(namespace.to_string(), app.to_string()), revision);
     } else if let Some((namespace, id)) = keys.parse_kill_request_key(key) {
         remove(&mut records.kill_requests, &(namespace.to_string(), id.to_string()), revision);
+    } else {
+        return false;
     }
+    true
 }
 
 /// Objects of one kind (Apps, AppGroups), kept current by kube-rs reflectors: one over

@@ -349,3 +349,31 @@ async fn a_held_snapshot_keeps_its_view_and_the_next_one_sees_every_change() {
     assert_eq!(live(&fourth), 2);
     shutdown.cancel();
 }
+
+/// The cache wakes the planner for changes to what it follows, not for the rest of the
+/// root (the API server's objects: an Event recorded after a rollout is no news to plan on).
+#[tokio::test]
+async fn the_cache_wakes_the_planner_only_for_what_it_follows() {
+    let (store, _dir) = embedded().await;
+    let keys = Keyspace::default();
+    let changed = Arc::new(Notify::new());
+    let shutdown = CancellationToken::new();
+    let cache = StoreCache::start(store.clone(), keys.clone(), Scope::Platform, changed.clone(), shutdown.clone());
+    cache.ready().await;
+    let woken = || tokio::time::timeout(Duration::from_secs(10), changed.notified());
+    woken().await.expect("woken once the cache holds a full view");
+
+    let event = format!("{}registry/core/events/default/web.17f3a", keys.root_prefix());
+    store.put(&event, br#"{"kind":"Event"}"#.to_vec()).await.unwrap();
+    let now = store.current_revision().await.unwrap();
+    assert!(cache.caught_up(now, Duration::from_secs(10)).await, "the cache follows the store");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), changed.notified()).await.is_err(),
+        "an Event woke the planner"
+    );
+
+    put_record(&store, &records(1)[0]).await;
+    woken().await.expect("a new instance record wakes the planner");
+    shutdown.cancel();
+}
