@@ -368,6 +368,7 @@ pub struct AgentUse {
     /// Instances not over.
     pub live: usize,
     pub resources: ResourceAmounts,
+    /// The host ports they hold, in order, each once (as [`held_by_agent`] leaves them).
     pub ports: Vec<u16>,
     /// One of them takes the whole agent.
     pub exclusive: bool,
@@ -385,13 +386,20 @@ impl AgentUse {
     }
 }
 
-/// Per agent, what its instances hold (each agent's in the order `instances` gives them).
+/// Per agent, what its instances hold.
 pub fn held_by_agent<'a>(instances: impl IntoIterator<Item = &'a InstanceState>) -> BTreeMap<String, AgentUse> {
     let mut held: HashMap<&str, AgentUse> = HashMap::new();
     for instance in instances {
         held.entry(instance.record.agent.as_str()).or_default().add(instance);
     }
-    held.into_iter().map(|(agent, used)| (agent.to_string(), used)).collect()
+    held.into_iter()
+        .map(|(agent, mut used)| {
+            // Once here, not on every plan that places (whose placer looks ports up).
+            used.ports.sort_unstable();
+            used.ports.dedup();
+            (agent.to_string(), used)
+        })
+        .collect()
 }
 
 /// The full observed state for one tick.

@@ -20,6 +20,7 @@
 //! ([`compiled`]), so no check hashes or compares strings. Pure: no I/O, no clock; the port
 //! choice is driven by a seed.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
@@ -117,18 +118,18 @@ pub enum Fit {
     Unschedulable(Rejections),
 }
 
-/// The host ports in use on an agent, sorted: an agent's instances hold a handful each, so a
-/// sorted vector (one allocation, no hashing) beats a hash set, and 10,000 agents' sets are
-/// built every plan that places.
+/// The host ports in use on an agent, in order: what its instances hold, as the snapshot
+/// has it (sorted once there), copied only for an agent that takes an instance. An agent's
+/// instances hold a handful of ports each, and 10,000 agents' sets are made every plan that
+/// places: no hashing, no allocation.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct UsedPorts(Vec<u16>);
+pub struct UsedPorts<'a>(Cow<'a, [u16]>);
 
-impl UsedPorts {
-    fn of(ports: &[u16]) -> Self {
-        let mut ports = ports.to_vec();
-        ports.sort_unstable();
-        ports.dedup();
-        Self(ports)
+impl<'a> UsedPorts<'a> {
+    /// `ports` in order, each once ([`AgentUse::ports`]).
+    fn of(ports: &'a [u16]) -> Self {
+        debug_assert!(ports.windows(2).all(|w| w[0] < w[1]), "held ports in order, each once: {ports:?}");
+        Self(Cow::Borrowed(ports))
     }
 
     pub fn contains(&self, port: &u16) -> bool {
@@ -140,7 +141,7 @@ impl UsedPorts {
         match self.0.binary_search(&port) {
             Ok(_) => false,
             Err(at) => {
-                self.0.insert(at, port);
+                self.0.to_mut().insert(at, port);
                 true
             }
         }
@@ -159,7 +160,7 @@ struct IndexKeys {
 pub struct AgentSlot<'a> {
     pub record: &'a AgentRecord,
     pub free: ResourceAmounts,
-    pub used_ports: UsedPorts,
+    pub used_ports: UsedPorts<'a>,
     /// Ports of the agent's ranges not in use.
     pub free_ports: usize,
     /// In maintenance: nothing new goes on it.
@@ -176,7 +177,7 @@ pub struct AgentSlot<'a> {
     pub exclusive: bool,
 }
 
-impl AgentSlot<'_> {
+impl<'a> AgentSlot<'a> {
     /// Nothing on it, and open to any app.
     fn is_empty_and_open(&self) -> bool {
         self.live == 0 && !self.cordoned && self.reserved_for.is_none() && self.tenant.is_none()
@@ -205,7 +206,7 @@ impl AgentSlot<'_> {
     }
 
     /// Takes the ports its instances hold, all at once.
-    fn use_ports(&mut self, held: &[u16]) {
+    fn use_ports(&mut self, held: &'a [u16]) {
         self.used_ports = UsedPorts::of(held);
         let in_ranges = self.used_ports.0.iter().filter(|p| self.in_ranges(**p)).count();
         self.free_ports = self.free_ports.saturating_sub(in_ranges);
