@@ -35,6 +35,10 @@ impl Proc {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("a log file");
         let child = Command::new(&self.program)
             .args(&self.args)
+            // An error a command returns prints without a backtrace (a panic still has one):
+            // the end of its log, which goes into failure messages, then holds its message.
+            // (Loop run 63: a controller's error was 30 lines of backtrace, its cause cut off.)
+            .env("RUST_LIB_BACKTRACE", "0")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
