@@ -79,11 +79,11 @@ impl Topology {
     pub fn new(apps: &[Arc<App>], groups: &[Arc<AppGroup>]) -> Self {
         let mut apps_by_ns: BTreeMap<&str, Vec<&App>> = BTreeMap::new();
         for app in apps {
-            apps_by_ns.entry(app.metadata.namespace.as_deref().unwrap_or_default()).or_default().push(app);
+            apps_by_ns.entry(namespace_of(&app.metadata)).or_default().push(app);
         }
         let mut groups_by_ns: BTreeMap<&str, Vec<&AppGroup>> = BTreeMap::new();
         for group in groups {
-            groups_by_ns.entry(group.metadata.namespace.as_deref().unwrap_or_default()).or_default().push(group);
+            groups_by_ns.entry(namespace_of(&group.metadata)).or_default().push(group);
         }
         let namespaces: std::collections::BTreeSet<&str> =
             apps_by_ns.keys().chain(groups_by_ns.keys()).copied().collect();
@@ -184,9 +184,9 @@ impl Topology {
         for group in groups {
             let namespace = namespace_of(&group.metadata);
             let path = group.group_path();
-            let members: Vec<(&GroupPath, Option<&Availability<'_>>)> = match self.graph(&namespace) {
+            let members: Vec<(&GroupPath, Option<&Availability<'_>>)> = match self.graph(namespace) {
                 Some(graph) => {
-                    let states = availability.get(namespace.as_str());
+                    let states = availability.get(namespace);
                     graph.members(&path).map(|m| (m, states.and_then(|s| s.get(m)))).collect()
                 }
                 None => Vec::new(),
@@ -208,7 +208,7 @@ impl Topology {
             };
             let previous = group.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Available"));
             let since = previous.filter(|c| c.status == status).map_or(Time(now), |c| c.last_transition_time.clone());
-            let scale = self.graph(&namespace).map_or(group.spec.scale_factor, |g| g.scale_of_group(&path));
+            let scale = self.graph(namespace).map_or(group.spec.scale_factor, |g| g.scale_of_group(&path));
             let desired = AppGroupStatus {
                 observed_generation: group.metadata.generation,
                 apps: members.len() as i32,
@@ -247,8 +247,8 @@ fn push_once(waits: &mut Vec<Wait>, path: String, why: String) {
     }
 }
 
-fn namespace_of(metadata: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
-    metadata.namespace.clone().unwrap_or_default()
+fn namespace_of(metadata: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> &str {
+    metadata.namespace.as_deref().unwrap_or_default()
 }
 
 /// What the groups stage decided for one app.
