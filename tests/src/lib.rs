@@ -34,10 +34,36 @@ pub use cluster::{Cluster, ClusterOptions};
 pub use kubectl::Kubectl;
 pub use proc::Proc;
 
-/// A port nobody listens on right now, on 127.0.0.1.
+/// A port on 127.0.0.1 for a listener a test starts (an API server, a metrics endpoint), no
+/// other test holds and nobody listens on right now.
+///
+/// Not a port the kernel hands out for `:0`: that one is free only until the kernel hands it
+/// to another socket, and every outgoing connection of the tests running at once takes one
+/// from the same ephemeral range (32768 and up) — Loop run 63: a controller exited at start,
+/// its metrics port taken between the test picking it and the controller binding it. These
+/// come from blocks below 10000 that this test process holds (see [`PortBlock`]), one port
+/// after the other, never twice.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("binding an ephemeral loopback port");
-    listener.local_addr().expect("a local address").port()
+    struct Held {
+        blocks: Vec<PortBlock>,
+        next: u16,
+    }
+    static HELD: std::sync::Mutex<Held> = std::sync::Mutex::new(Held { blocks: Vec::new(), next: 0 });
+    let mut held = HELD.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        // A used-up block stays held until the process ends: its ports may still be in use.
+        if held.blocks.last().is_none_or(|block| held.next > block.end()) {
+            let block = PortBlock::take_from(&PortBlock::LISTENERS);
+            held.next = block.begin;
+            held.blocks.push(block);
+        }
+        let port = held.next;
+        held.next += 1;
+        // Something outside the tests (a system service) may listen in the range.
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Host ports for one test's instances, held until dropped: tests run at once, each with
@@ -45,46 +71,67 @@ pub fn free_port() -> u16 {
 /// one cluster's instance answer the other's health checks (Loop run 17: a replacement counted
 /// healthy 14 ms after it started, before it could listen, by another test's server on its
 /// port) or fail to bind. Blocks of [`PortBlock::SIZE`] ports lie between 10000 and the
-/// kernel's ephemeral range (32768); a block is held by an exclusive lock on its file in the
-/// temporary directory, which the kernel drops when the test's process ends however it ends.
+/// kernel's ephemeral range (32768), [`free_port`]'s blocks of 100 below 10000; a block is
+/// held by an exclusive lock on its file in the temporary directory, which the kernel drops
+/// when the test's process ends however it ends.
 #[derive(Debug)]
 pub struct PortBlock {
     /// The first port.
     pub begin: u16,
+    size: u16,
     _lock: std::fs::File,
+}
+
+/// A range of ports cut into blocks of one size, each locked by its own file.
+#[derive(Debug)]
+pub struct Blocks {
+    /// The lock files' prefix.
+    name: &'static str,
+    first: u16,
+    size: u16,
+    count: u16,
 }
 
 impl PortBlock {
     pub const SIZE: u16 = 1000;
-    const FIRST: u16 = 10000;
-    const BLOCKS: u16 = (32768 - Self::FIRST) / Self::SIZE;
+    /// Instances' host ports: 10000 up to the ephemeral range.
+    const INSTANCES: Blocks =
+        Blocks { name: "block", first: 10000, size: Self::SIZE, count: (32768 - 10000) / Self::SIZE };
+    /// Listeners' ports ([`free_port`]): 3000–9999, 100 to a block.
+    const LISTENERS: Blocks = Blocks { name: "listen", first: 3000, size: 100, count: 70 };
 
-    /// A block no other test holds; waits (at most a minute) while all are held.
+    /// A block of instance ports no other test holds; waits (at most a minute) while all
+    /// are held.
     pub fn take() -> Self {
+        Self::take_from(&Self::INSTANCES)
+    }
+
+    fn take_from(blocks: &Blocks) -> Self {
         let dir = std::env::temp_dir().join("baton-test-ports");
         std::fs::create_dir_all(&dir).expect("a directory for the port blocks' locks");
         // Start at a different block in each process, so tests starting together do not all
         // try the same one first.
-        let offset = (std::process::id() % u32::from(Self::BLOCKS)) as u16;
+        let offset = (std::process::id() % u32::from(blocks.count)) as u16;
         let taken = poll(Duration::from_secs(60), || {
-            (0..Self::BLOCKS).map(|i| (offset + i) % Self::BLOCKS).find_map(|block| {
-                let file = std::fs::File::create(dir.join(format!("block-{block}"))).ok()?;
+            (0..blocks.count).map(|i| (offset + i) % blocks.count).find_map(|block| {
+                let file = std::fs::File::create(dir.join(format!("{}-{block}", blocks.name))).ok()?;
                 file.try_lock().ok()?;
-                Some(Self { begin: Self::FIRST + block * Self::SIZE, _lock: file })
+                Some(Self { begin: blocks.first + block * blocks.size, size: blocks.size, _lock: file })
             })
         });
-        taken
-            .unwrap_or_else(|| panic!("all {} port blocks in {} stayed held for a minute", Self::BLOCKS, dir.display()))
+        taken.unwrap_or_else(|| {
+            panic!("all {} {} port blocks in {} stayed held for a minute", blocks.count, blocks.name, dir.display())
+        })
     }
 
     /// The last port.
     pub fn end(&self) -> u16 {
-        self.begin + Self::SIZE - 1
+        self.begin + self.size - 1
     }
 
     /// The `n`th of `parts` equal slices, as `begin-end` (`--ports`' syntax).
     pub fn slice(&self, n: u16, parts: u16) -> String {
-        let size = Self::SIZE / parts.max(1);
+        let size = self.size / parts.max(1);
         let begin = self.begin + n * size;
         format!("{begin}-{}", begin + size - 1)
     }
