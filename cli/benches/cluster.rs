@@ -40,6 +40,9 @@ struct Seen {
     records: HashMap<String, (String, Goal, i64)>,
     creations: u64,
     stops: u64,
+    /// Write transactions by what their first change was (see [`kind_of`]).
+    txns: BTreeMap<String, u64>,
+    last_revision: i64,
 }
 
 fn main() {
@@ -76,6 +79,7 @@ fn main() {
     let plans_before = plan_histogram(&cluster, leader);
     let api = cluster.api();
     let revision_before = store_revision(&cluster);
+    let txns_before = seen.lock().expect("seen").txns.clone();
     let create_started = Instant::now();
     create_apps(&api, apps, per_app);
     let created_in = create_started.elapsed();
@@ -87,11 +91,12 @@ fn main() {
     let revisions = store_revision(&cluster) - revision_before;
     let launches_per_s = total as f64 / all_running.as_secs_f64();
     let plans_b = plan_histogram(&cluster, leader);
+    let txns_b = txns_between(&txns_before, &seen.lock().expect("seen").txns);
     println!(
         "(b) {total} instances of {apps} apps on {agents} agents: all Running {:.1} s after the first create (creates took \
          {:.1} s, every record written after {:.1} s): {launches_per_s:.0} launches/s = {:.0} % of (a); each launch is 4 store writes (record, index, Staging, \
          Running): {:.0} % of (a) in keys; the store took {revisions} write transactions ({:.2} per instance, \
-         every process's, the Apps' creates and status patches included)",
+         every process's, the Apps' creates and status patches included; by their first change: {txns_b})",
         all_running.as_secs_f64(),
         created_in.as_secs_f64(),
         all_written.as_secs_f64(),
@@ -261,6 +266,11 @@ fn follow(cluster: &Cluster) -> Arc<Mutex<Seen>> {
 
 /// One change, into what the bench has seen.
 fn apply(keys: &baton_store::Keyspace, s: &mut Seen, event: &baton_store::WatchEvent) {
+    // The changes of one transaction share its revision.
+    if event.kv.mod_revision != s.last_revision {
+        s.last_revision = event.kv.mod_revision;
+        *s.txns.entry(kind_of(keys, event)).or_default() += 1;
+    }
     if let Some((_, id)) = keys.parse_status_key(&event.kv.key) {
         let before = s.phases.get(id).copied();
         let after = match event.kind {
@@ -291,6 +301,33 @@ fn apply(keys: &baton_store::Keyspace, s: &mut Seen, event: &baton_store::WatchE
             EventKind::Delete => _ = s.records.remove(id),
         }
     }
+}
+
+/// What a change is, for the tally of write transactions: the key's first part under the
+/// root (`statuses`, `instances`, …), or an API object's plural and whether it was created,
+/// changed or deleted.
+fn kind_of(keys: &baton_store::Keyspace, event: &baton_store::WatchEvent) -> String {
+    let rest = event.kv.key.strip_prefix(&keys.root_prefix()).unwrap_or(&event.kv.key);
+    let mut parts = rest.split('/');
+    let first = parts.next().unwrap_or_default();
+    if first != "registry" {
+        return first.to_string();
+    }
+    let plural = parts.nth(1).unwrap_or_default();
+    let how = match event.kind {
+        EventKind::Delete => "deletes",
+        EventKind::Put if event.kv.create_revision == event.kv.mod_revision => "creates",
+        EventKind::Put => "updates",
+    };
+    format!("{plural} {how}")
+}
+
+/// The transactions tallied in `to` and not in `from`, largest first.
+fn txns_between(from: &BTreeMap<String, u64>, to: &BTreeMap<String, u64>) -> String {
+    let mut counts: Vec<(&String, u64)> =
+        to.iter().map(|(kind, n)| (kind, n - from.get(kind).copied().unwrap_or(0))).filter(|(_, n)| *n > 0).collect();
+    counts.sort_by(|a, b| b.1.cmp(&a.1));
+    counts.iter().map(|(kind, n)| format!("{kind} {n}")).collect::<Vec<_>>().join(", ")
 }
 
 fn wait(seen: &Arc<Mutex<Seen>>, timeout: Duration, what: &str, done: impl Fn(&Seen) -> bool) -> Duration {
