@@ -301,8 +301,12 @@ fn deleting_an_instance_kills_it_and_a_replacement_starts() {
     });
     assert!(events.contains("(requested by admin)"), "{events}");
 
-    // A dry run kills nothing.
+    // A dry run kills nothing. (The replacement may be Running while its process is still
+    // between execs, its command line empty: Loop run 69 read it then.)
     let (survivor, survivor_pid) = after[0].clone();
+    cluster.wait_for(&format!("{survivor}'s process {survivor_pid} to be the sleep"), WAIT, |_| {
+        sleeps(survivor_pid).then_some(())
+    });
     let out = ok(&cluster, &["delete", "instance", &survivor, "--dry-run=server"]);
     assert!(out.contains("deleted (server dry run)"), "{out}");
     let now = running_instances(&cluster, "web");
