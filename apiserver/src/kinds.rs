@@ -242,7 +242,7 @@ pub const EVENT_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Every kind served, in discovery order: Baton's group, then the core group.
 pub fn all() -> Vec<Kind> {
     vec![
-        Kind::from_crd(baton_api::crds::app, decode_app)
+        Kind { on_create: Some(with_stop_finalizer), ..Kind::from_crd(baton_api::crds::app, decode_app) }
             .admitted_by(DependencyGraph::Apps)
             .admitted_by(QuotaCheck::Apps),
         Kind::from_crd(baton_api::crds::app_group, decode_app_group)
@@ -255,6 +255,24 @@ pub fn all() -> Vec<Kind> {
         namespace_kind(),
         event_kind(),
     ]
+}
+
+/// A new App carries the controller's finalizer from its create on, as Kubernetes' admission
+/// puts `kubernetes.io/pvc-protection` on each new PersistentVolumeClaim: deleting the App
+/// stops its instances before it goes, and the controller does not patch every new App to
+/// add it (2,000 new Apps: 2,000 patches fewer, `hack/bench.sh cluster`). The controller
+/// still adds it to an App without it (one created on a Kubernetes API server, or whose
+/// finalizer someone removed). A `finalizers` that is not a list is left to validation.
+fn with_stop_finalizer(object: &mut Value) {
+    let finalizers = &mut object["metadata"]["finalizers"];
+    if finalizers.is_null() {
+        *finalizers = Value::Array(Vec::new());
+    }
+    if let Some(list) = finalizers.as_array_mut()
+        && !list.iter().any(|f| f == baton_api::app::STOP_FINALIZER)
+    {
+        list.push(baton_api::app::STOP_FINALIZER.into());
+    }
 }
 
 /// The group of the views when they are served apart from Baton's other kinds: on a

@@ -7,6 +7,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
+use baton_api::app::STOP_FINALIZER;
 use baton_apiserver::auth::{Rules, Tokens};
 use baton_apiserver::{ApiServer, Limits, Security};
 use baton_store::embedded::{EmbeddedOptions, EmbeddedStore};
@@ -283,7 +284,8 @@ async fn list_filters_by_selectors_and_renders_tables() {
 async fn watch_replays_from_a_version_and_follows() {
     let api = Api::new().await;
     let created = api.create("web", 1).await;
-    let patch = json!({"spec": {"instances": 2}});
+    // Without the controller's finalizer (no controller runs here), so the delete is final.
+    let patch = json!({"spec": {"instances": 2}, "metadata": {"finalizers": null}});
     api.call_as(Method::PATCH, &format!("{APPS}/web"), "application/merge-patch+json", Some(&patch)).await;
     api.call(Method::DELETE, &format!("{APPS}/web"), None).await;
     let events = api.watch(&format!("{APPS}?watch=true&resourceVersion={}", rv(&created)), 2).await;
@@ -500,23 +502,43 @@ async fn objects_live_in_namespaces_that_exist() {
     assert_eq!((code, created["status"]["phase"].as_str()), (StatusCode::CREATED, Some("Active")), "{created}");
     let (code, body) = api.call(Method::POST, NAMESPACES, Some(&namespace("Not_A_Label"))).await;
     assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-    let (code, _) = api.call(Method::POST, shop_apps, Some(&app("web", 1))).await;
+    // A new App carries the controller's finalizer (once, whatever else it lists).
+    let (code, web) = api.call(Method::POST, shop_apps, Some(&app("web", 1))).await;
     assert_eq!(code, StatusCode::CREATED);
+    assert_eq!(web["metadata"]["finalizers"], json!([STOP_FINALIZER]), "{web}");
     let mut held = app("held", 1);
     held["metadata"]["finalizers"] = json!(["example.dev/hold"]);
-    api.call(Method::POST, shop_apps, Some(&held)).await;
+    let (_, held) = api.call(Method::POST, shop_apps, Some(&held)).await;
+    assert_eq!(held["metadata"]["finalizers"], json!(["example.dev/hold", STOP_FINALIZER]), "{held}");
+    let mut listed = app("listed", 1);
+    listed["metadata"]["finalizers"] = json!([STOP_FINALIZER]);
+    let (_, listed) = api.call(Method::POST, shop_apps, Some(&listed)).await;
+    assert_eq!(listed["metadata"]["finalizers"], json!([STOP_FINALIZER]), "{listed}");
     let (_, list) = api.call(Method::GET, NAMESPACES, None).await;
     assert_eq!(names(&list), ["default", "shop"]);
 
     // Deleting the namespace deletes what it holds; an object with a finalizer keeps it
-    // Terminating, and nothing new may be created in it meanwhile.
+    // Terminating, and nothing new may be created in it meanwhile. Released by its
+    // finalizers' owners (here, as the controller does once an App's instances are stopped),
+    // each goes.
     let (code, deleting) = api.call(Method::DELETE, &format!("{NAMESPACES}/shop"), None).await;
     assert_eq!((code, deleting["status"]["phase"].as_str()), (StatusCode::OK, Some("Terminating")));
+    let release = json!({"metadata": {"finalizers": null}});
+    for name in ["web", "listed"] {
+        let marked = wait_until(|| async {
+            let (_, app) = api.call(Method::GET, &format!("{shop_apps}/{name}"), None).await;
+            app["metadata"]["deletionTimestamp"].is_string()
+        })
+        .await;
+        assert!(marked, "{name} is marked deleted with its namespace");
+        api.call_as(Method::PATCH, &format!("{shop_apps}/{name}"), "application/merge-patch+json", Some(&release))
+            .await;
+    }
     let web_gone = wait_until(|| async {
         api.call(Method::GET, &format!("{shop_apps}/web"), None).await.0 == StatusCode::NOT_FOUND
     })
     .await;
-    assert!(web_gone, "the namespace's app without finalizers is deleted");
+    assert!(web_gone, "the namespace's app whose finalizers are done is deleted");
     let (_, held) = api.call(Method::GET, &format!("{shop_apps}/held"), None).await;
     assert!(held["metadata"]["deletionTimestamp"].is_string(), "{held}");
     let (code, body) = api.call(Method::POST, shop_apps, Some(&app("late", 1))).await;
@@ -524,7 +546,6 @@ async fn objects_live_in_namespaces_that_exist() {
     assert!(body["message"].as_str().unwrap().contains("being terminated"), "{body}");
     let (code, _) = api.call(Method::GET, &format!("{NAMESPACES}/shop"), None).await;
     assert_eq!(code, StatusCode::OK, "still Terminating while an object waits for its finalizer");
-    let release = json!({"metadata": {"finalizers": null}});
     api.call_as(Method::PATCH, &format!("{shop_apps}/held"), "application/merge-patch+json", Some(&release)).await;
     let ns_gone = wait_until(|| async {
         api.call(Method::GET, &format!("{NAMESPACES}/shop"), None).await.0 == StatusCode::NOT_FOUND
@@ -780,23 +801,26 @@ async fn watchers_share_one_watch_per_kind_and_resume_from_its_memory() {
     let elsewhere = "/apis/baton.dev/v1alpha1/namespaces/other/apps";
     let (code, _) = api.call(Method::POST, elsewhere, Some(&app("db", 1))).await;
     assert_eq!(code, StatusCode::CREATED);
+    // Without the controller's finalizer (no controller runs here), so the delete is final.
+    let release = json!({"metadata": {"finalizers": null}});
+    api.call_as(Method::PATCH, &format!("{APPS}/web"), "application/merge-patch+json", Some(&release)).await;
     api.call(Method::DELETE, &format!("{APPS}/web"), None).await;
 
     // A watch from the start is served from memory: only this namespace, in order.
-    let events = api.watch(&first, 2).await;
+    let events = api.watch(&first, 3).await;
     let seen: Vec<(&str, &str)> = events
         .iter()
         .map(|e| (e["type"].as_str().unwrap(), e["object"]["metadata"]["name"].as_str().unwrap()))
         .collect();
-    assert_eq!(seen, [("ADDED", "web"), ("DELETED", "web")]);
+    assert_eq!(seen, [("ADDED", "web"), ("MODIFIED", "web"), ("DELETED", "web")]);
     assert_eq!(rv(&events[0]["object"]), rv(&created));
-    assert!(rv(&events[1]["object"]).parse::<i64>().unwrap() > rv(&created).parse::<i64>().unwrap());
+    assert!(rv(&events[2]["object"]).parse::<i64>().unwrap() > rv(&events[1]["object"]).parse::<i64>().unwrap());
     // Across namespaces, with a selector.
     let everywhere =
         format!("/apis/baton.dev/v1alpha1/apps?watch=true&resourceVersion={start}&labelSelector=tier%3Dweb");
-    let events = api.watch(&everywhere, 3).await;
+    let events = api.watch(&everywhere, 4).await;
     let names: Vec<&str> = events.iter().map(|e| e["object"]["metadata"]["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["web", "db", "web"]);
+    assert_eq!(names, ["web", "db", "web", "web"]);
 }
 
 const GROUPS: &str = "/apis/baton.dev/v1alpha1/namespaces/default/appgroups";

@@ -61,7 +61,14 @@ fn typed_crud_status_and_scale() {
         let api = apps.patch("api", &PatchParams::apply("tests"), &applied).await.expect("server-side apply creates");
         assert_eq!(api.metadata.managed_fields.as_ref().map(|m| m[0].manager.clone()), Some(Some("tests".into())));
 
+        // A deleted App is held by the controller's finalizer until its instances are
+        // stopped; no controller runs here, so the test lets it go as the controller would.
         apps.delete("web", &DeleteParams::default()).await.expect("delete");
+        let held = apps.get("web").await.expect("held by its finalizer");
+        assert!(held.metadata.deletion_timestamp.is_some(), "{held:?}");
+        assert_eq!(held.metadata.finalizers, Some(vec![baton_api::app::STOP_FINALIZER.to_string()]));
+        let release = Patch::Merge(json!({"metadata": {"finalizers": null}}));
+        apps.patch("web", &PatchParams::default(), &release).await.expect("the finalizer removed");
         let gone = apps.get("web").await.expect_err("deleted");
         assert!(matches!(gone, kube::Error::Api(ref s) if s.code == 404), "{gone}");
     });
@@ -158,6 +165,9 @@ fn the_finalizer_helper_cleans_up_before_deletion() {
     cluster.block_on(async {
         let apps: Api<App> = Api::namespaced(cluster.kube_client().await, "default");
         apps.create(&PostParams::default(), &app("web", 1)).await.expect("create");
+        // Without the controller's finalizer (no controller runs here): only the helper's holds it.
+        let release = Patch::Merge(json!({"metadata": {"finalizers": null}}));
+        apps.patch("web", &PatchParams::default(), &release).await.expect("the controller's finalizer removed");
         let cleaned = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let reconcile = |apps: Api<App>, cleaned: std::sync::Arc<std::sync::atomic::AtomicBool>| async move {
             let current = std::sync::Arc::new(apps.get("web").await.expect("get"));
