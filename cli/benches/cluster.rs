@@ -80,6 +80,7 @@ fn main() {
     let api = cluster.api();
     let revision_before = store_revision(&cluster);
     let txns_before = seen.lock().expect("seen").txns.clone();
+    let cpu_before = cpu_seconds(&cluster);
     let create_started = Instant::now();
     create_apps(&api, apps, per_app);
     let created_in = create_started.elapsed();
@@ -92,6 +93,11 @@ fn main() {
     let launches_per_s = total as f64 / all_running.as_secs_f64();
     let plans_b = plan_histogram(&cluster, leader);
     let txns_b = txns_between(&txns_before, &seen.lock().expect("seen").txns);
+    let cpu_b: Vec<String> = cpu_seconds(&cluster)
+        .iter()
+        .zip(&cpu_before)
+        .map(|((who, after), (_, before))| format!("{who} {:.1}", after - before))
+        .collect();
     println!(
         "(b) {total} instances of {apps} apps on {agents} agents: all Running {:.1} s after the first create (creates took \
          {:.1} s, every record written after {:.1} s): {launches_per_s:.0} launches/s = {:.0} % of (a); each launch is 4 store writes (record, index, Staging, \
@@ -103,6 +109,12 @@ fn main() {
         100.0 * launches_per_s / ceiling,
         400.0 * launches_per_s / ceiling,
         revisions as f64 / total as f64
+    );
+    println!(
+        "(b) CPU seconds used meanwhile (2 cores × {:.1} s = {:.1}): {}",
+        all_running.as_secs_f64(),
+        2.0 * all_running.as_secs_f64(),
+        cpu_b.join(", ")
     );
     std::thread::sleep(Duration::from_secs(5));
     let rss_instances = rss_kib(&cluster);
@@ -440,6 +452,28 @@ fn store_revision(cluster: &Cluster) -> i64 {
 }
 
 /// The leading controller's resident memory, KiB.
+/// CPU seconds (user and system) each part has used so far: etcd, the API server, each
+/// controller, the agents together, and this bench (its watch reads every change).
+fn cpu_seconds(cluster: &Cluster) -> Vec<(String, f64)> {
+    let tick = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
+    let of = |pid: u32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // After the command's closing parenthesis: state, ppid, …; utime and stime are the
+        // 12th and 13th fields there.
+        let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+        (ticks(11) + ticks(12)) / tick
+    };
+    let mut all = vec![
+        ("etcd".to_string(), cluster.etcd.pid().map_or(0.0, of)),
+        ("apiserver".to_string(), of(cluster.apiserver.pid)),
+    ];
+    all.extend(cluster.controllers.iter().enumerate().map(|(i, c)| (format!("c{}", i + 1), of(c.pid))));
+    all.push(("agents".to_string(), cluster.agents.iter().map(|a| of(a.pid)).sum()));
+    all.push(("bench".to_string(), of(std::process::id())));
+    all
+}
+
 fn rss_kib(cluster: &Cluster) -> u64 {
     leader_memory_kib(cluster, "VmRSS:")
 }
