@@ -338,7 +338,7 @@ fn kind_of(keys: &baton_store::Keyspace, event: &baton_store::WatchEvent) -> Str
 fn txns_between(from: &BTreeMap<String, u64>, to: &BTreeMap<String, u64>) -> String {
     let mut counts: Vec<(&String, u64)> =
         to.iter().map(|(kind, n)| (kind, n - from.get(kind).copied().unwrap_or(0))).filter(|(_, n)| *n > 0).collect();
-    counts.sort_by(|a, b| b.1.cmp(&a.1));
+    counts.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
     counts.iter().map(|(kind, n)| format!("{kind} {n}")).collect::<Vec<_>>().join(", ")
 }
 
