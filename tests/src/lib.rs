@@ -84,7 +84,7 @@ pub struct PortBlock {
 
 /// A range of ports cut into blocks of one size, each locked by its own file.
 #[derive(Debug)]
-pub struct Blocks {
+struct Blocks {
     /// The lock files' prefix.
     name: &'static str,
     first: u16,
