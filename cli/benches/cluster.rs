@@ -451,9 +451,9 @@ fn store_revision(cluster: &Cluster) -> i64 {
     cluster.block_on(cluster.store().range(&key)).map_or(0, |r| r.revision)
 }
 
-/// The leading controller's resident memory, KiB.
 /// CPU seconds (user and system) each part has used so far: etcd, the API server, each
-/// controller, the agents together, and this bench (its watch reads every change).
+/// controller, the agents together, and this bench (its creates, and its watch, which reads
+/// every change).
 fn cpu_seconds(cluster: &Cluster) -> Vec<(String, f64)> {
     let tick = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
     let of = |pid: u32| {
@@ -474,6 +474,7 @@ fn cpu_seconds(cluster: &Cluster) -> Vec<(String, f64)> {
     all
 }
 
+/// The leading controller's resident memory, KiB.
 fn rss_kib(cluster: &Cluster) -> u64 {
     leader_memory_kib(cluster, "VmRSS:")
 }
