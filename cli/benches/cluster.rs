@@ -455,15 +455,7 @@ fn store_revision(cluster: &Cluster) -> i64 {
 /// controller, the agents together, and this bench (its creates, and its watch, which reads
 /// every change).
 fn cpu_seconds(cluster: &Cluster) -> Vec<(String, f64)> {
-    let tick = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
-    let of = |pid: u32| {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        // After the command's closing parenthesis: state, ppid, …; utime and stime are the
-        // 12th and 13th fields there.
-        let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
-        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
-        (ticks(11) + ticks(12)) / tick
-    };
+    let of = |pid: u32| baton_e2e::cpu_time(pid).as_secs_f64();
     let mut all = vec![
         ("etcd".to_string(), cluster.etcd.pid().map_or(0.0, of)),
         ("apiserver".to_string(), of(cluster.apiserver.pid)),

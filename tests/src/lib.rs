@@ -221,6 +221,16 @@ pub fn process_groups_in(dir: &Path) -> std::collections::BTreeSet<u32> {
         .collect()
 }
 
+/// CPU time (user + system) a process has used.
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_command = &stat[stat.rfind(')').map_or(0, |i| i + 1)..];
+    // utime and stime are fields 14 and 15: the 12th and 13th after the command.
+    let ticks: u64 = after_command.split_whitespace().skip(11).take(2).filter_map(|t| t.parse::<u64>().ok()).sum();
+    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as u64;
+    Duration::from_millis(ticks * 1000 / per_second.max(1))
+}
+
 /// The value of metric `name` (without labels) in a Prometheus text.
 pub fn metric_value(text: &str, name: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())

@@ -82,21 +82,11 @@ fn app(name: &str) -> App {
     App::new(name, spec)
 }
 
-/// CPU time (user + system) a process has used.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after_command = &stat[stat.rfind(')').map_or(0, |i| i + 1)..];
-    // utime and stime are fields 14 and 15: the 12th and 13th after the command.
-    let ticks: u64 = after_command.split_whitespace().skip(11).take(2).filter_map(|t| t.parse::<u64>().ok()).sum();
-    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as u64;
-    Duration::from_millis(ticks * 1000 / per_second.max(1))
-}
-
 /// Runs `load` against the cluster's API server; fails if a write fails or a watcher misses
 /// an event within `deadline`.
 pub fn run(cluster: &Cluster, load: Load, deadline: Duration) -> Report {
     let server = cluster.apiserver.pid;
-    let cpu_before = cpu_time(server);
+    let cpu_before = crate::cpu_time(server);
     let mut report = cluster.block_on(async {
         let admin: Api<App> = Api::namespaced(cluster.kube_client().await, "default");
         let start = admin.list(&ListParams::default()).await.expect("listing apps").metadata.resource_version;
@@ -180,6 +170,6 @@ pub fn run(cluster: &Cluster, load: Load, deadline: Duration) -> Report {
         latencies.sort();
         Report { load, writing, delivering, latencies, server_cpu: Duration::ZERO }
     });
-    report.server_cpu = cpu_time(server).saturating_sub(cpu_before);
+    report.server_cpu = crate::cpu_time(server).saturating_sub(cpu_before);
     report
 }
