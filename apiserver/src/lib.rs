@@ -123,6 +123,8 @@ pub struct ApiServer {
     watches: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     /// The shared watch of each stored kind.
     hubs: hub::Hubs,
+    /// Admission's reads, shared by concurrent writes.
+    reads: admission::SharedReads,
     /// The lease objects with a TTL are written with, and when it was granted.
     ttl_lease: tokio::sync::Mutex<Option<(baton_store::LeaseId, std::time::Instant)>>,
     metrics: Arc<metrics::ApiMetrics>,
@@ -233,7 +235,9 @@ impl ApiServer {
         limits: Limits,
         kinds: Vec<Kind>,
     ) -> Arc<Self> {
+        let metrics: Arc<metrics::ApiMetrics> = Default::default();
         Arc::new(Self {
+            reads: admission::SharedReads::new(store.clone(), metrics.admission_reads.clone()),
             store,
             keys,
             openapi: openapi::OpenApi::build(&kinds),
@@ -243,7 +247,7 @@ impl ApiServer {
             watches: Default::default(),
             hubs: Default::default(),
             ttl_lease: Default::default(),
-            metrics: Default::default(),
+            metrics,
             shutdown: CancellationToken::new(),
             controller_secret: Default::default(),
         })

@@ -1,5 +1,5 @@
-//! The API server's Prometheus metrics: requests by verb and code, open watches, and
-//! whether the store answers.
+//! The API server's Prometheus metrics: requests by verb and code, open watches, whether
+//! the store answers, and how admission's store reads were shared.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -23,6 +23,16 @@ pub struct ApiMetrics {
     pub watches: Gauge,
     /// 1 while the store answered the last check.
     pub store_up: Gauge,
+    /// Writes whose admission checks read the store, and the store requests that read for
+    /// them (concurrent writes share one).
+    pub admission_reads: AdmissionReads,
+}
+
+/// How admission's reads were shared ([`crate::admission::SharedReads`]).
+#[derive(Debug, Default, Clone)]
+pub struct AdmissionReads {
+    pub writes: Counter,
+    pub requests: Counter,
 }
 
 impl ApiMetrics {
@@ -31,5 +41,16 @@ impl ApiMetrics {
         registry.register("requests", "Requests answered, by method and status code", self.requests.clone());
         registry.register("watches", "Watches open now", self.watches.clone());
         registry.register("store_up", "1 while the store answered the last check", self.store_up.clone());
+        let admission = &self.admission_reads;
+        registry.register(
+            "admission_reads_writes",
+            "Writes whose admission checks read the store",
+            admission.writes.clone(),
+        );
+        registry.register(
+            "admission_reads_requests",
+            "Store requests that read for admission checks (concurrent writes share one)",
+            admission.requests.clone(),
+        );
     }
 }

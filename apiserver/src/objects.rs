@@ -12,7 +12,7 @@ use baton_store::{Compare, KeyValue, Op, Revision, Txn};
 use jiff::Timestamp;
 use serde_json::{Value, json};
 
-use crate::admission::{self, Context, Guard, Proposed, Read, Reads};
+use crate::admission::{self, Context, Guard, Proposed, Read};
 use crate::kinds::{Decoded, Kind, Source};
 use crate::managed::{self, Part};
 use crate::request::{FieldValidation, Patch, Query};
@@ -106,11 +106,11 @@ impl ApiServer {
         let opening = namespace.filter(|_| before.is_none()).map(|ns| (ns, self.namespace_key(ns)));
         let also = opening.iter().map(|(_, key)| Read::Key(key.clone())).collect();
         let wanted = admission::reads(&kind.admission, &self.keys, &write, also);
-        let read = Reads::of(self.store.as_ref(), &wanted).await?;
+        let read = self.reads.read(wanted).await?;
         if let Some((namespace, key)) = &opening {
             Self::check_namespace_open(kind, namespace, name, read.key(key).flatten())?;
         }
-        let context = Context { store: self.store.as_ref(), keys: &self.keys, read: Some(&read) };
+        let context = Context { store: self.store.as_ref(), keys: &self.keys, read: Some(&*read) };
         admission::admit(&kind.admission, context, &write).await
     }
 
