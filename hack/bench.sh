@@ -8,6 +8,7 @@
 #   hack/bench.sh drain      a scheduled drain of 100 of 1,000 agents (5,000 apps) and a defragmentation, in simulated time
 #   hack/bench.sh failover   leader changes in 30 min (MINUTES=…) with both cores saturated, default election TTL (needs etcd)
 #   hack/bench.sh cluster    etcd + API server + 2 controllers + 10,000 hollow agents: 100,000 instances, a rolling upgrade, failover (SCALE=0.1 for a tenth; needs etcd)
+#                            with etcd 3.5 instead of the 3.4 on PATH: PATH="$(hack/etcd-3.5.sh):$PATH" hack/bench.sh cluster
 #   hack/bench.sh start      create → first instance Running (p50, p99) over 100 apps with real processes on baton dev
 #   hack/bench.sh share      fair shares of 500 tenants (400 bursty, one steady with large instances) and a guarantee reclaimed, in simulated ticks
 set -euo pipefail

@@ -81,6 +81,7 @@ fn main() {
     let revision_before = store_revision(&cluster);
     let txns_before = seen.lock().expect("seen").txns.clone();
     let cpu_before = cpu_seconds(&cluster);
+    let requests_before = etcd_requests(&cluster);
     let create_started = Instant::now();
     create_apps(&api, apps, per_app);
     let created_in = create_started.elapsed();
@@ -93,6 +94,7 @@ fn main() {
     let launches_per_s = total as f64 / all_running.as_secs_f64();
     let plans_b = plan_histogram(&cluster, leader);
     let txns_b = txns_between(&txns_before, &seen.lock().expect("seen").txns);
+    let requests_b = txns_between(&requests_before, &etcd_requests(&cluster));
     let cpu_b: Vec<String> = cpu_seconds(&cluster)
         .iter()
         .zip(&cpu_before)
@@ -110,6 +112,7 @@ fn main() {
         400.0 * launches_per_s / ceiling,
         revisions as f64 / total as f64
     );
+    println!("(b) requests etcd answered meanwhile, by method (each reads its buffer of writes): {requests_b}");
     println!(
         "(b) CPU seconds used meanwhile (2 cores × {:.1} s = {:.1}): {}",
         all_running.as_secs_f64(),
@@ -446,6 +449,22 @@ fn current_term(cluster: &Cluster) -> i64 {
 }
 
 /// The store's current revision: how many writes (transactions) it has taken.
+/// The requests etcd has answered so far, by method (from its /metrics, on its client port):
+/// each of them reads, writes included (a transaction checks its compares on a read view).
+fn etcd_requests(cluster: &Cluster) -> BTreeMap<String, u64> {
+    let port: u16 = cluster.url().rsplit(':').next().and_then(|p| p.parse().ok()).expect("etcd's port");
+    let (_, body) = baton_e2e::http("127.0.0.1", port, "GET", "/metrics", None).unwrap_or_default();
+    let mut requests = BTreeMap::new();
+    for line in body.lines().filter(|l| l.starts_with("grpc_server_handled_total{") && l.contains("etcdserverpb.KV")) {
+        let method = line.split("grpc_method=\"").nth(1).and_then(|rest| rest.split('"').next());
+        let count = line.rsplit(' ').next().and_then(|c| c.parse::<f64>().ok());
+        if let (Some(method), Some(count)) = (method, count) {
+            *requests.entry(method.to_string()).or_default() += count as u64;
+        }
+    }
+    requests
+}
+
 fn store_revision(cluster: &Cluster) -> i64 {
     let key = cluster.keys().leader("platform");
     cluster.block_on(cluster.store().range(&key)).map_or(0, |r| r.revision)
