@@ -225,7 +225,22 @@ fn write_ceiling(cluster: &Cluster) -> f64 {
         let _ = cluster.block_on(task);
     }
     let rate = written.load(Ordering::SeqCst) as f64 / began.elapsed().as_secs_f64();
-    let _ = cluster.block_on(store.txn(Txn::new().and_then([Op::delete_prefix("/ceiling/")])));
+    // etcd holds the keys a commit (every 100 ms) writes in a buffer that keeps its largest
+    // length, and copies it whole for every transaction after (3.4; 3.5 for its reads) — until
+    // a commit leaves it unused. The 65,536 keys deleted in one transaction here made each of
+    // (b)'s ~9,000 transactions copy that much, in most runs: etcd's CPU in (b) doubled or
+    // tripled. So (a) leaves etcd as it found it: its keys deleted a writer's at a time, each
+    // in a commit of its own, then two commits that write no key (a lease granted, then
+    // revoked) for the buffer to be let go.
+    for t in 0..8 {
+        let _ = cluster.block_on(store.txn(Txn::new().and_then([Op::delete_prefix(format!("/ceiling/{t}/"))])));
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    if let Ok(lease) = cluster.block_on(store.grant_lease(Duration::from_secs(60))) {
+        std::thread::sleep(Duration::from_millis(250));
+        let _ = cluster.block_on(store.revoke_lease(lease));
+        std::thread::sleep(Duration::from_millis(250));
+    }
     rate
 }
 
