@@ -112,7 +112,9 @@ fn main() {
         400.0 * launches_per_s / ceiling,
         revisions as f64 / total as f64
     );
-    println!("(b) requests etcd answered meanwhile, by method (each reads its buffer of writes): {requests_b}");
+    println!(
+        "(b) requests etcd answered meanwhile, by method (etcd 3.4 copies its buffer of writes for each): {requests_b}"
+    );
     println!(
         "(b) CPU seconds used meanwhile (2 cores × {:.1} s = {:.1}): {}",
         all_running.as_secs_f64(),
@@ -227,7 +229,7 @@ fn write_ceiling(cluster: &Cluster) -> f64 {
     let rate = written.load(Ordering::SeqCst) as f64 / began.elapsed().as_secs_f64();
     // etcd holds the keys a commit (every 100 ms) writes in a buffer that keeps its largest
     // length, and copies it whole for every transaction after (3.4; 3.5 for its reads) — until
-    // a commit leaves it unused. The 65,536 keys deleted in one transaction here made each of
+    // a commit leaves it unused. Deleted in one transaction, (a)'s 65,536 keys made each of
     // (b)'s ~9,000 transactions copy that much, in most runs: etcd's CPU in (b) doubled or
     // tripled. So (a) leaves etcd as it found it: its keys deleted a writer's at a time, each
     // in a commit of its own, then two commits that write no key (a lease granted, then
@@ -463,9 +465,9 @@ fn current_term(cluster: &Cluster) -> i64 {
     cluster.block_on(cluster.store().get(&key)).ok().flatten().map_or(0, |kv| kv.create_revision)
 }
 
-/// The store's current revision: how many writes (transactions) it has taken.
 /// The requests etcd has answered so far, by method (from its /metrics, on its client port):
-/// each of them reads, writes included (a transaction checks its compares on a read view).
+/// etcd 3.4 copies its buffer of writes for each, writes included (a transaction checks its
+/// compares on a copy).
 fn etcd_requests(cluster: &Cluster) -> BTreeMap<String, u64> {
     let port: u16 = cluster.url().rsplit(':').next().and_then(|p| p.parse().ok()).expect("etcd's port");
     let (_, body) = baton_e2e::http("127.0.0.1", port, "GET", "/metrics", None).unwrap_or_default();
@@ -480,6 +482,7 @@ fn etcd_requests(cluster: &Cluster) -> BTreeMap<String, u64> {
     requests
 }
 
+/// The store's current revision: how many writes (transactions) it has taken.
 fn store_revision(cluster: &Cluster) -> i64 {
     let key = cluster.keys().leader("platform");
     cluster.block_on(cluster.store().range(&key)).map_or(0, |r| r.revision)
