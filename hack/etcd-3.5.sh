@@ -33,7 +33,7 @@ if [ ! -x "$bin/etcd" ]; then
     exit 1
   }
   dpkg-deb -x "$tmp/etcd.deb" "$tmp/root"
-  mkdir -p "$dir"
+  mkdir -p "$(dirname "$dir")"
   rm -rf "$dir"
   mv "$tmp/root" "$dir"
 fi
