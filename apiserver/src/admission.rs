@@ -163,24 +163,19 @@ impl SharedReads {
 async fn fly(store: Arc<dyn Store>, state: Arc<Mutex<Waiting>>, requests: Counter) {
     let _unwinding = Unwinding(state.clone());
     loop {
-        let batch = {
+        let (writes, all) = {
             let mut waiting = state.lock().unwrap_or_else(|p| p.into_inner());
             if waiting.writes.is_empty() {
                 waiting.flying = false;
                 return;
             }
-            let taken = batch_len(waiting.writes.iter().map(|(reads, _)| reads.as_slice()));
-            waiting.writes.drain(..taken).collect::<Vec<_>>()
+            let (taken, all) = batch(waiting.writes.iter().map(|(reads, _)| reads.as_slice()));
+            let all: Vec<Read> = all.into_iter().cloned().collect();
+            (waiting.writes.drain(..taken).collect::<Vec<_>>(), all)
         };
-        let mut all: Vec<Read> = Vec::new();
-        for read in batch.iter().flat_map(|(reads, _)| reads) {
-            if !all.contains(read) {
-                all.push(read.clone());
-            }
-        }
         requests.inc();
         let read = Reads::of(store.as_ref(), &all).await.ok().map(Arc::new);
-        for (_, answer) in batch {
+        for (_, answer) in writes {
             // A write that stopped waiting has nothing to be told.
             let _ = answer.send(read.clone());
         }
@@ -201,10 +196,10 @@ impl Drop for Unwinding {
     }
 }
 
-/// How many of the waiting writes, first come first, one request reads for: the first
+/// How many of the waiting writes, first come first, one request reads for — the first
 /// always, then each whose reads keep the union within [`SHARED_READS`] and
-/// [`SHARED_PREFIXES`].
-fn batch_len<'a>(waiting: impl Iterator<Item = &'a [Read]>) -> usize {
+/// [`SHARED_PREFIXES`] — and that union, each read once.
+fn batch<'a>(waiting: impl Iterator<Item = &'a [Read]>) -> (usize, Vec<&'a Read>) {
     let mut union: Vec<&Read> = Vec::new();
     let mut taken = 0;
     for reads in waiting {
@@ -221,7 +216,7 @@ fn batch_len<'a>(waiting: impl Iterator<Item = &'a [Read]>) -> usize {
         union = next;
         taken += 1;
     }
-    taken
+    (taken, union)
 }
 
 /// What a check reads the other objects from: what was read for the write, else the store.
@@ -309,15 +304,15 @@ mod tests {
     #[test]
     fn a_shared_read_takes_writes_first_come_while_their_reads_fit() {
         let same = [key("/ns/default"), key("/graph"), prefix("/appgroups/"), prefix("/tenants/")];
-        assert_eq!(batch_len(std::iter::repeat_n(same.as_slice(), 16)), 16, "the same reads share one request");
+        assert_eq!(batch(std::iter::repeat_n(same.as_slice(), 16)).0, 16, "the same reads share one request");
         let others: Vec<Vec<Read>> = (0..6).map(|i| vec![prefix(&format!("/apps/{i}/"))]).collect();
-        assert_eq!(batch_len(others.iter().map(Vec::as_slice)), SHARED_PREFIXES, "prefixes are capped");
+        assert_eq!(batch(others.iter().map(Vec::as_slice)).0, SHARED_PREFIXES, "prefixes are capped");
         let many: Vec<Vec<Read>> = (0..100).map(|i| vec![key(&format!("/k/{i}"))]).collect();
-        assert_eq!(batch_len(many.iter().map(Vec::as_slice)), SHARED_READS, "reads are capped");
+        assert_eq!(batch(many.iter().map(Vec::as_slice)).0, SHARED_READS, "reads are capped");
         let huge: Vec<Read> = (0..200).map(|i| key(&format!("/k/{i}"))).collect();
         let waiting = [huge.as_slice(), &same[..1]];
-        assert_eq!(batch_len(waiting.into_iter()), 1, "the first write is read for, whatever it reads");
-        assert_eq!(batch_len(std::iter::empty()), 0);
+        assert_eq!(batch(waiting.into_iter()).0, 1, "the first write is read for, whatever it reads");
+        assert_eq!(batch(std::iter::empty()).0, 0);
     }
 
     /// Each write's reads see every store write that finished before it asked, while other

@@ -93,8 +93,8 @@ fn main() {
     let revisions = store_revision(&cluster) - revision_before;
     let launches_per_s = total as f64 / all_running.as_secs_f64();
     let plans_b = plan_histogram(&cluster, leader);
-    let txns_b = txns_between(&txns_before, &seen.lock().expect("seen").txns);
-    let requests_b = txns_between(&requests_before, &etcd_requests(&cluster));
+    let txns_b = counts_between(&txns_before, &seen.lock().expect("seen").txns);
+    let requests_b = counts_between(&requests_before, &etcd_requests(&cluster));
     let cpu_b: Vec<String> = cpu_seconds(&cluster)
         .iter()
         .zip(&cpu_before)
@@ -354,8 +354,8 @@ fn kind_of(keys: &baton_store::Keyspace, event: &baton_store::WatchEvent) -> Str
     format!("{plural} {how}")
 }
 
-/// The transactions tallied in `to` and not in `from`, largest first.
-fn txns_between(from: &BTreeMap<String, u64>, to: &BTreeMap<String, u64>) -> String {
+/// What is counted in `to` beyond `from` (transactions by kind, requests by method), largest first.
+fn counts_between(from: &BTreeMap<String, u64>, to: &BTreeMap<String, u64>) -> String {
     let mut counts: Vec<(&String, u64)> =
         to.iter().map(|(kind, n)| (kind, n - from.get(kind).copied().unwrap_or(0))).filter(|(_, n)| *n > 0).collect();
     counts.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
@@ -469,7 +469,7 @@ fn current_term(cluster: &Cluster) -> i64 {
 /// etcd 3.4 copies its buffer of writes for each, writes included (a transaction checks its
 /// compares on a copy).
 fn etcd_requests(cluster: &Cluster) -> BTreeMap<String, u64> {
-    let port: u16 = cluster.url().rsplit(':').next().and_then(|p| p.parse().ok()).expect("etcd's port");
+    let port: u16 = cluster.etcd.address().rsplit(':').next().and_then(|p| p.parse().ok()).expect("etcd's port");
     let (_, body) = baton_e2e::http("127.0.0.1", port, "GET", "/metrics", None).unwrap_or_default();
     let mut requests = BTreeMap::new();
     for line in body.lines().filter(|l| l.starts_with("grpc_server_handled_total{") && l.contains("etcdserverpb.KV")) {
