@@ -137,6 +137,11 @@ impl TestEtcd {
         format!("127.0.0.1:{}", self.client_port)
     }
 
+    /// The port of its plain-HTTP `/health` and `/metrics`, with or without TLS.
+    pub fn metrics_port(&self) -> u16 {
+        self.metrics_port
+    }
+
     /// The process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
