@@ -292,6 +292,7 @@ impl Loop<'_> {
                             finalizers = applied.finalizers,
                             stale = applied.stale,
                             plan_micros = planned_in.as_micros() as u64,
+                            store_writes_micros = applied.store_writes.as_micros() as u64,
                             "applied plan"
                         );
                         for launch in &plan.launches {
