@@ -4,9 +4,11 @@
 //! each carrying the leader's fence plus the compares of its writes (a launch creates keys
 //! that must not exist — the record and its `instance-agents` index entry; a stop or removal
 //! must find the record at the revision the plan read). A write is never split across
-//! transactions ([`Packed`]). A transaction whose fence fails means leadership is lost: nothing
-//! more is written. One whose other compares fail was planned on a stale view: it is dropped and
-//! the next tick decides again. App statuses go to the API server, and only while leading.
+//! transactions ([`Packed`]); `TXNS_IN_FLIGHT` transactions go out at once. A transaction
+//! whose fence fails means leadership is lost: nothing more is sent, and what is in flight
+//! fails its fence too. One whose other compares fail was planned on a stale view: it is
+//! dropped and the next tick decides again. App statuses go to the API server, and only
+//! while leading.
 
 use std::sync::Arc;
 
