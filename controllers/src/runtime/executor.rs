@@ -5,10 +5,10 @@
 //! that must not exist — the record and its `instance-agents` index entry; a stop or removal
 //! must find the record at the revision the plan read). A write is never split across
 //! transactions ([`Packed`]); `TXNS_IN_FLIGHT` transactions go out at once. A transaction
-//! whose fence fails means leadership is lost: nothing more is sent, and what is in flight
-//! fails its fence too. One whose other compares fail was planned on a stale view: it is
-//! dropped and the next tick decides again. App statuses go to the API server, and only
-//! while leading.
+//! whose fence fails means leadership is lost: nothing more is sent (what is in flight is
+//! fenced as well: it lands only if the store took it before the leadership ended). One
+//! whose other compares fail was planned on a stale view: it is dropped and the next tick
+//! decides again. App statuses go to the API server, and only while leading.
 
 use std::sync::Arc;
 
@@ -63,14 +63,15 @@ enum Step {
 /// App finalizer and status patches in flight at once.
 const PATCHES_IN_FLIGHT: usize = 32;
 
-/// Store transactions of one plan in flight at once. No write of a plan assumes another landed
-/// first: each carries its own compares (two that touch one key cannot both land, whichever
-/// goes first), a kill request is marked done only once its instance is gone, and a backoff
-/// and the failures it counts share one transaction. Measured on 2 cores (`hack/bench.sh cluster`, 100,000
-/// launches, runs alternated on 2026-12-03): one at a time the leader wrote a launch in
-/// 91–124 µs, three at a time in 63–108 µs, and every instance ran 9.9–12.8 s after the first
-/// create instead of 12.3–15.6 s. (With 4 and 8, on 2026-12-02, before etcd's watches stopped
-/// asking for previous values, it took longer than with one.)
+/// Store transactions of one plan in flight at once. No write of a plan assumes another
+/// landed first: each carries its own compares (two that touch one key cannot both land,
+/// whichever goes first), a kill request is marked done only once its instance is gone, and
+/// a backoff and the failures it counts share one transaction. Measured on 2 cores
+/// (`hack/bench.sh cluster`, 100,000 launches, ten runs alternated on 2026-12-03): in ticks
+/// of over 20,000 launches the leader wrote a launch in 91–160 µs one transaction at a time,
+/// in 62–108 µs three at a time, and every instance ran 9.1–12.8 s after the first create
+/// instead of 12.3–15.8 s. (With 4 and 8, on 2026-12-02, before etcd's watches stopped asking
+/// for previous values, it took longer than with one.)
 const TXNS_IN_FLIGHT: usize = 3;
 
 pub struct Executor {
@@ -247,8 +248,8 @@ impl Executor {
     }
 
     /// Commits `batches`, each fenced by `leadership`, [`TXNS_IN_FLIGHT`] at a time; their
-    /// outcomes are counted in order. A failed fence ends it: what is still in flight fails
-    /// its fence too.
+    /// outcomes are counted in order. A failed fence ends it (what is still in flight lands
+    /// only if the store took it before the leadership ended).
     async fn store_writes(
         &self,
         batches: impl Iterator<Item = Vec<Write>> + Send,
