@@ -9,9 +9,9 @@
 //! status deleted with its record. Optionally one instance in `fail_one_in` fails (exit 1)
 //! after running for `fail_after`. Statuses go through [`StatusWriter`]s, as a real agent's
 //! do (batched transactions), each agent's always through the same one of [`WRITERS`];
-//! registration too is batched, all the agents of one process under
-//! one lease (a real agent keeps one each: 10,000 keep-alive streams would measure etcd's
-//! lease handling, not Baton).
+//! registration too is batched, all the agents of one process under one lease (a real agent
+//! keeps one each: 10,000 keep-alive streams would measure etcd's lease handling, not
+//! Baton).
 
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::sync::Arc;
@@ -260,7 +260,7 @@ impl Hollow {
 /// once; through one writer (one transaction at a time) the statuses of 10,000 fell behind
 /// the controller: with its launches written three transactions at a time, every record was
 /// written 8.3 s after the first create and every instance Running only 4.7 s later, with a
-/// start delay of 1 s. Through four, ~1.1 s later (`hack/bench.sh cluster`).
+/// start delay of 1 s. Through four, 1.0–1.2 s later (`hack/bench.sh cluster`).
 const WRITERS: usize = 4;
 
 /// The status writers of the hollow agents, each agent's statuses always through the same
