@@ -323,6 +323,21 @@ impl Agent {
                     self.forget(&id);
                 }
                 (None, record) => {
+                    // Its pid was never recorded if the earlier run was killed just after
+                    // starting it: what still runs of it goes, and it does not start again
+                    // (chaos seed 414869: it ran as two processes at once).
+                    let cgroup = self.hierarchy.as_ref().map(|h| h.cgroup(&id));
+                    let sandbox = process::sandbox_dir(&self.config.work_dir, &id);
+                    let killed = process::kill_unrecorded(cgroup.as_ref(), &sandbox);
+                    if killed > 0 {
+                        tracing::warn!(
+                            agent = self.config.name,
+                            instance = id,
+                            killed,
+                            "killed an instance's processes an earlier run started but never recorded"
+                        );
+                    }
+                    self.ended.insert(id.clone());
                     let stopping = record.is_some_and(|r| r.goal == Goal::Stopped);
                     status.phase = if stopping { Phase::Killed } else { Phase::Lost };
                     status.finished_at = Some(Timestamp::now());
@@ -600,6 +615,17 @@ impl Instance {
                             return None;
                         }
                     }
+                }
+                // An earlier run of the agent may have started it and been killed before it
+                // wrote anything of it.
+                let leftover = self.hierarchy.as_ref().map(|h| h.cgroup(&self.record.id));
+                let killed = process::kill_unrecorded(leftover.as_ref(), &self.sandbox);
+                if killed > 0 {
+                    tracing::warn!(
+                        instance = self.record.id,
+                        killed,
+                        "killed processes an earlier run of the agent started for it but never recorded"
+                    );
                 }
                 let cgroup = match &self.hierarchy {
                     Some(hierarchy) => match hierarchy.create(&self.record.id, &self.record.run.resources) {

@@ -450,6 +450,43 @@ pub fn signal_group(pgid: u32, signal: Signal) {
     }
 }
 
+/// Kills what an earlier run of the agent started for an instance but never recorded (it was
+/// killed between starting the process and writing its pid): the processes in the instance's
+/// cgroup and those whose working directory is its sandbox (a process not yet in its cgroup,
+/// still entering it, is found there), each with its process group; then waits (at most 1 s)
+/// for them to be gone. How many were found.
+pub fn kill_unrecorded(cgroup: Option<&crate::cgroups::Cgroup>, sandbox: &Path) -> usize {
+    let mut pids: Vec<u32> = cgroup.filter(|c| c.exists()).map(|c| c.pids()).unwrap_or_default();
+    if sandbox.exists() {
+        pids.extend(processes_in_sandbox(sandbox));
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    for &pid in &pids {
+        signal_group(pid, Signal::SIGKILL);
+        if let Ok(raw) = i32::try_from(pid) {
+            let _ = nix::sys::signal::kill(Pid::from_raw(raw), Signal::SIGKILL);
+        }
+    }
+    let live = |pid: &u32| start_ticks(*pid).is_some_and(|ticks| is_alive(*pid, ticks));
+    for _ in 0..100 {
+        if !pids.iter().any(live) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    pids.len()
+}
+
+/// The processes whose working directory is `sandbox`.
+fn processes_in_sandbox(sandbox: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == sandbox))
+        .collect()
+}
+
 /// The start time of `pid` in clock ticks after boot (`/proc/<pid>/stat`, field 22), or
 /// `None` if there is no such process.
 pub fn start_ticks(pid: u32) -> Option<u64> {
@@ -506,6 +543,27 @@ mod tests {
     use baton_api::records::AssignedPort;
     use baton_api::{AppRef, Goal, ResourceAmounts, RunSpec};
     use std::sync::Arc;
+
+    #[test]
+    fn what_an_earlier_run_started_in_a_sandbox_is_found_and_killed() {
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().unwrap();
+        let sandbox = dir.path().join("sandboxes").join("web-001");
+        std::fs::create_dir_all(&sandbox).unwrap();
+        let sandbox = sandbox.canonicalize().unwrap();
+        assert_eq!(kill_unrecorded(None, &sandbox), 0, "nothing runs there yet");
+        let mut leftover =
+            std::process::Command::new("sleep").arg("100").current_dir(&sandbox).process_group(0).spawn().unwrap();
+        let mut elsewhere =
+            std::process::Command::new("sleep").arg("100").current_dir(dir.path()).process_group(0).spawn().unwrap();
+        assert_eq!(kill_unrecorded(None, &sandbox), 1);
+        let status = leftover.wait().unwrap();
+        assert_eq!(status.signal(), Some(9), "the leftover is killed");
+        assert!(elsewhere.try_wait().unwrap().is_none(), "a process elsewhere is left alone");
+        elsewhere.kill().unwrap();
+        elsewhere.wait().unwrap();
+        assert_eq!(kill_unrecorded(None, &dir.path().join("sandboxes").join("gone")), 0, "no sandbox, nothing");
+    }
 
     fn record() -> InstanceRecord {
         InstanceRecord {

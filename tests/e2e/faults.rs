@@ -462,3 +462,49 @@ fn failover_with_the_default_election_ttl() {
     assert_eq!(third, first);
     assert!(failover <= Duration::from_secs(3), "a crashed leader is replaced within 3 s: {failover:?}");
 }
+
+/// An agent killed just after starting instances, before what it wrote of them reached the
+/// store (chaos seed 414869, Loop run 118: the next run of the agent started one again while
+/// its first process still ran — two processes at once). Its next run finds one with a status
+/// without a pid, the other with no status at all. The first is over (`Lost`, replaced by the
+/// controller) and never starts again under its id; the second starts again, as the agent
+/// cannot know it ran; and each process the earlier run left is killed first.
+#[test]
+fn instances_started_but_never_recorded_by_a_killed_agent_never_run_twice_at_once() {
+    use baton_store::StoreExt;
+    let mut cluster = Cluster::start(&baton_binary(), ClusterOptions { agents: 1, ..ClusterOptions::default() });
+    cluster.apply(&app("once", 2, ""));
+    let first = wait_running(&cluster, "once", 2);
+    let statuses = cluster.statuses();
+    let process = |record: &InstanceRecord| {
+        let pid = statuses.get(&record.id).and_then(|s| s.pid).expect("a pid");
+        ProcessId::of(pid).expect("its process runs")
+    };
+    let (lost, again) = (&first[0], &first[1]);
+    let (lost_process, again_process) = (process(lost), process(again));
+
+    cluster.agent("a1").kill();
+    // What the store holds when the agent dies between starting a process and writing its pid
+    // (Staging), or before writing anything of it.
+    let staging = serde_json::to_vec(&baton_api::StatusRecord::new(Phase::Staging)).expect("a status");
+    cluster.block_on(cluster.store().put(&cluster.keys().status("a1", &lost.id), staging)).expect("a status put");
+    cluster.block_on(cluster.store().delete(&cluster.keys().status("a1", &again.id))).expect("a status deleted");
+    cluster.agent("a1").restart();
+
+    let started = |c: &Cluster, id: &str| c.agents[0].log().matches(&format!("started instance=\"{id}\"")).count();
+    cluster
+        .wait_for("the instance without a status to start again", WAIT, |c| (started(c, &again.id) == 2).then_some(()));
+    assert!(!again_process.is_alive(), "{}'s first process was killed before it started again", again.id);
+    cluster.wait_for("the instance without a pid to be replaced", WAIT, |c| {
+        let records = running_records(c, "once");
+        let statuses = c.statuses();
+        let running = records.iter().filter(|r| statuses.get(&r.id).is_some_and(|s| s.phase == Phase::Running));
+        (running.filter(|r| r.id != lost.id).count() == 2).then_some(())
+    });
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", lost_process.pid)).unwrap_or_default();
+    assert!(!lost_process.is_alive(), "{}'s process was killed: {stat}", lost.id);
+    assert_eq!(started(&cluster, &lost.id), 1, "{} did not start again:\n{}", lost.id, cluster.agents[0].log());
+    if let Some(status) = cluster.statuses().get(&lost.id) {
+        assert!(status.phase.is_terminal(), "{} is over: {status:?}", lost.id);
+    }
+}
