@@ -478,12 +478,13 @@ pub fn kill_unrecorded(cgroup: Option<&crate::cgroups::Cgroup>, sandbox: &Path) 
     pids.len()
 }
 
-/// The processes whose working directory is `sandbox`.
+/// The processes whose working directory is `sandbox` (as the kernel names it: resolved).
 fn processes_in_sandbox(sandbox: &Path) -> Vec<u32> {
+    let Ok(sandbox) = sandbox.canonicalize() else { return Vec::new() };
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     entries
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == sandbox))
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == *sandbox))
         .collect()
 }
 
@@ -550,7 +551,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sandbox = dir.path().join("sandboxes").join("web-001");
         std::fs::create_dir_all(&sandbox).unwrap();
-        let sandbox = sandbox.canonicalize().unwrap();
+        // Named through a `..`: the kernel names a working directory resolved.
+        let sandbox = dir.path().join("sandboxes").join("..").join("sandboxes").join("web-001");
         assert_eq!(kill_unrecorded(None, &sandbox), 0, "nothing runs there yet");
         let mut leftover =
             std::process::Command::new("sleep").arg("100").current_dir(&sandbox).process_group(0).spawn().unwrap();
