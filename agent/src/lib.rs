@@ -328,15 +328,7 @@ impl Agent {
                     // (chaos seed 414869: it ran as two processes at once).
                     let cgroup = self.hierarchy.as_ref().map(|h| h.cgroup(&id));
                     let sandbox = process::sandbox_dir(&self.config.work_dir, &id);
-                    let killed = process::kill_unrecorded(cgroup.as_ref(), &sandbox);
-                    if killed > 0 {
-                        tracing::warn!(
-                            agent = self.config.name,
-                            instance = id,
-                            killed,
-                            "killed an instance's processes an earlier run started but never recorded"
-                        );
-                    }
+                    process::kill_unrecorded(&id, cgroup.as_ref(), &sandbox).await;
                     self.ended.insert(id.clone());
                     let stopping = record.is_some_and(|r| r.goal == Goal::Stopped);
                     status.phase = if stopping { Phase::Killed } else { Phase::Lost };
@@ -619,14 +611,7 @@ impl Instance {
                 // An earlier run of the agent may have started it and been killed before it
                 // wrote anything of it.
                 let leftover = self.hierarchy.as_ref().map(|h| h.cgroup(&self.record.id));
-                let killed = process::kill_unrecorded(leftover.as_ref(), &self.sandbox);
-                if killed > 0 {
-                    tracing::warn!(
-                        instance = self.record.id,
-                        killed,
-                        "killed processes an earlier run of the agent started for it but never recorded"
-                    );
-                }
+                process::kill_unrecorded(&self.record.id, leftover.as_ref(), &self.sandbox).await;
                 let cgroup = match &self.hierarchy {
                     Some(hierarchy) => match hierarchy.create(&self.record.id, &self.record.run.resources) {
                         Ok(cgroup) => Some(cgroup),

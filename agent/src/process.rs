@@ -450,32 +450,46 @@ pub fn signal_group(pgid: u32, signal: Signal) {
     }
 }
 
-/// Kills what an earlier run of the agent started for an instance but never recorded (it was
-/// killed between starting the process and writing its pid): the processes in the instance's
-/// cgroup and those whose working directory is its sandbox (a process not yet in its cgroup,
-/// still entering it, is found there), each with its process group; then waits (at most 1 s)
-/// for them to be gone. How many were found.
-pub fn kill_unrecorded(cgroup: Option<&crate::cgroups::Cgroup>, sandbox: &Path) -> usize {
-    let mut pids: Vec<u32> = cgroup.filter(|c| c.exists()).map(|c| c.pids()).unwrap_or_default();
-    if sandbox.exists() {
-        pids.extend(processes_in_sandbox(sandbox));
-    }
-    pids.sort_unstable();
-    pids.dedup();
-    for &pid in &pids {
+/// Kills what an earlier run of the agent started for instance `id` but never recorded (it
+/// was killed between starting the process and writing its pid): the processes whose working
+/// directory is its sandbox, each with its process group (one still entering its cgroup is not
+/// in it yet), then whatever is in its cgroup, which goes with it ([`Cgroup::remove`]). How
+/// many processes were found.
+///
+/// [`Cgroup::remove`]: crate::cgroups::Cgroup::remove
+pub async fn kill_unrecorded(id: &str, cgroup: Option<&crate::cgroups::Cgroup>, sandbox: &Path) -> usize {
+    let cgroup = cgroup.filter(|c| c.exists());
+    let in_sandbox = if sandbox.exists() { processes_in_sandbox(sandbox) } else { Vec::new() };
+    let in_cgroup = cgroup.map(|c| c.pids()).unwrap_or_default();
+    for &pid in &in_sandbox {
         signal_group(pid, Signal::SIGKILL);
         if let Ok(raw) = i32::try_from(pid) {
             let _ = nix::sys::signal::kill(Pid::from_raw(raw), Signal::SIGKILL);
         }
     }
+    if let Some(cgroup) = cgroup
+        && let Err(e) = cgroup.remove().await
+    {
+        tracing::warn!(instance = id, error = %e, "could not remove a cgroup an earlier run left");
+    }
     let live = |pid: &u32| start_ticks(*pid).is_some_and(|ticks| is_alive(*pid, ticks));
     for _ in 0..100 {
-        if !pids.iter().any(live) {
+        if !in_sandbox.iter().any(live) {
             break;
         }
-        std::thread::sleep(Duration::from_millis(10));
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    pids.len()
+    let mut found: Vec<u32> = in_sandbox.into_iter().chain(in_cgroup).collect();
+    found.sort_unstable();
+    found.dedup();
+    if !found.is_empty() {
+        tracing::warn!(
+            instance = id,
+            killed = found.len(),
+            "killed processes an earlier run of the agent started for it but never recorded"
+        );
+    }
+    found.len()
 }
 
 /// The processes whose working directory is `sandbox` (as the kernel names it: resolved).
@@ -545,26 +559,30 @@ mod tests {
     use baton_api::{AppRef, Goal, ResourceAmounts, RunSpec};
     use std::sync::Arc;
 
-    #[test]
-    fn what_an_earlier_run_started_in_a_sandbox_is_found_and_killed() {
+    #[tokio::test]
+    async fn what_an_earlier_run_started_in_a_sandbox_is_found_and_killed() {
         use std::os::unix::process::CommandExt;
         let dir = tempfile::tempdir().unwrap();
         let sandbox = dir.path().join("sandboxes").join("web-001");
         std::fs::create_dir_all(&sandbox).unwrap();
         // Named through a `..`: the kernel names a working directory resolved.
         let sandbox = dir.path().join("sandboxes").join("..").join("sandboxes").join("web-001");
-        assert_eq!(kill_unrecorded(None, &sandbox), 0, "nothing runs there yet");
+        assert_eq!(kill_unrecorded("web-001", None, &sandbox).await, 0, "nothing runs there yet");
         let mut leftover =
             std::process::Command::new("sleep").arg("100").current_dir(&sandbox).process_group(0).spawn().unwrap();
         let mut elsewhere =
             std::process::Command::new("sleep").arg("100").current_dir(dir.path()).process_group(0).spawn().unwrap();
-        assert_eq!(kill_unrecorded(None, &sandbox), 1);
+        assert_eq!(kill_unrecorded("web-001", None, &sandbox).await, 1);
         let status = leftover.wait().unwrap();
         assert_eq!(status.signal(), Some(9), "the leftover is killed");
         assert!(elsewhere.try_wait().unwrap().is_none(), "a process elsewhere is left alone");
         elsewhere.kill().unwrap();
         elsewhere.wait().unwrap();
-        assert_eq!(kill_unrecorded(None, &dir.path().join("sandboxes").join("gone")), 0, "no sandbox, nothing");
+        assert_eq!(
+            kill_unrecorded("gone", None, &dir.path().join("sandboxes").join("gone")).await,
+            0,
+            "no sandbox, nothing"
+        );
     }
 
     fn record() -> InstanceRecord {

@@ -11,8 +11,9 @@
 //! has been healthy, until it is stopped or ends; it starts until it is first healthy. A
 //! health check that a starved machine times out (Loop run 83: in a stall, python's
 //! http.server passed its first 1 s HTTP check 14–24 s after starting, not ~1 s) makes a
-//! serving instance unhealthy for a while without anyone stopping it; the drain's budget is about what the controller stops and launches,
-//! and counting such a check against it failed the test for the machine, not the code.
+//! serving instance unhealthy for a while without anyone stopping it; the drain's budget is
+//! about what the controller stops and launches, and counting such a check against it failed
+//! the test for the machine, not the code.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
