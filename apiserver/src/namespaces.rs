@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::ApiServer;
 use crate::kinds::{Kind, NAMESPACES};
-use crate::objects::{MAX_ATTEMPTS, now_seconds, object_of, strip_version};
+use crate::objects::{MAX_ATTEMPTS, now_seconds, object_of, without_version};
 use crate::status::{ApiError, ApiResult, Target};
 
 /// The namespace that always exists.
@@ -126,7 +126,7 @@ impl ApiServer {
             namespace["status"] = json!({"phase": PHASE_TERMINATING});
             let txn = Txn::new()
                 .when([Compare::mod_revision(&key, kv.mod_revision)])
-                .and_then([Op::put(&key, strip_version(&namespace).to_string())]);
+                .and_then([Op::put(&key, without_version(&namespace))]);
             let response = self.store.txn(txn).await?;
             if response.succeeded {
                 namespace["metadata"]["resourceVersion"] = json!(response.revision.to_string());
@@ -168,7 +168,7 @@ impl ApiServer {
                 if object.pointer("/metadata/deletionTimestamp").is_none() {
                     object["metadata"]["deletionTimestamp"] = json!(now_seconds().to_string());
                     object["metadata"]["deletionGracePeriodSeconds"] = json!(0);
-                    let op = Op::put(&kv.key, strip_version(&object).to_string());
+                    let op = Op::put(&kv.key, without_version(&object));
                     self.store.txn(Txn::new().when(when).and_then([op])).await?;
                 }
             }

@@ -125,7 +125,7 @@ impl ApiServer {
         object: &Value,
         guard: Guard,
     ) -> ApiResult<baton_store::TxnResponse> {
-        let value = strip_version(object).to_string();
+        let value = without_version(object);
         compares.extend(guard.compares);
         let extra = guard.ops;
         let Some(ttl) = kind.ttl else {
@@ -519,7 +519,7 @@ impl ApiServer {
         }
         let finalized = object.pointer("/metadata/deletionTimestamp").is_some()
             && object.pointer("/metadata/finalizers").and_then(Value::as_array).is_none_or(|f| f.is_empty());
-        let unchanged = strip_version(&object) == strip_version(&current);
+        let unchanged = same_but_version(&object, &current, false);
         let reply_object = |object: Value| -> ApiResult<Value> {
             if part == Part::Scale { scale_of(kind, &object) } else { Ok(object) }
         };
@@ -710,24 +710,79 @@ fn count_generation(current: &Value, object: &mut Value) {
 /// Whether `object` differs from `current` only in the times of its managed fields: a write
 /// that changes nothing else changes nothing (as Kubernetes treats a no-op apply).
 fn only_managed_times_differ(object: &Value, current: &Value) -> bool {
-    let without_times = |v: &Value| {
-        let mut v = strip_version(v);
-        if let Some(entries) = v.pointer_mut("/metadata/managedFields").and_then(Value::as_array_mut) {
-            for entry in entries.iter_mut().filter_map(Value::as_object_mut) {
-                entry.remove("time");
-            }
-        }
-        v
-    };
-    object != current && without_times(object) == without_times(current)
+    object != current && same_but_version(object, current, true)
 }
 
-pub fn strip_version(object: &Value) -> Value {
-    let mut object = object.clone();
-    if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
-        metadata.remove("resourceVersion");
+/// Whether `a` and `b` are equal but for their `resourceVersion` and, with `managed_times`,
+/// the times of their managed fields — compared in place, without the copies of both
+/// objects taking those two fields out would need (a write compares its object twice).
+fn same_but_version(a: &Value, b: &Value, managed_times: bool) -> bool {
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else { return a == b };
+    a.len() == b.len()
+        && a.iter().all(|(key, va)| match (key.as_str(), b.get(key)) {
+            (_, None) => false,
+            ("metadata", Some(vb)) => same_metadata(va, vb, managed_times),
+            (_, Some(vb)) => va == vb,
+        })
+}
+
+fn same_metadata(a: &Value, b: &Value, managed_times: bool) -> bool {
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else { return a == b };
+    let counted = |m: &serde_json::Map<String, Value>| m.len() - usize::from(m.contains_key("resourceVersion"));
+    counted(a) == counted(b)
+        && a.iter().filter(|(key, _)| *key != "resourceVersion").all(|(key, va)| match (key.as_str(), b.get(key)) {
+            (_, None) => false,
+            ("managedFields", Some(vb)) if managed_times => same_but_times(va, vb),
+            (_, Some(vb)) => va == vb,
+        })
+}
+
+/// Whether two lists of managed fields are equal but for their entries' times.
+fn same_but_times(a: &Value, b: &Value) -> bool {
+    let (Some(a), Some(b)) = (a.as_array(), b.as_array()) else { return a == b };
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(ea, eb)| {
+            let (Some(ea), Some(eb)) = (ea.as_object(), eb.as_object()) else { return ea == eb };
+            let counted = |m: &serde_json::Map<String, Value>| m.len() - usize::from(m.contains_key("time"));
+            counted(ea) == counted(eb)
+                && ea.iter().filter(|(key, _)| *key != "time").all(|(key, va)| eb.get(key) == Some(va))
+        })
+}
+
+/// `object` as stored: its JSON without `metadata.resourceVersion` (the store's revision
+/// says it), written without a copy of the object.
+pub fn without_version(object: &Value) -> String {
+    use serde::ser::{Serialize, SerializeMap, Serializer};
+    /// An object, its metadata written as [`Metadata`].
+    struct Stored<'a>(&'a serde_json::Map<String, Value>);
+    /// Metadata without its `resourceVersion`.
+    struct Metadata<'a>(&'a serde_json::Map<String, Value>);
+    impl Serialize for Stored<'_> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            let mut out = serializer.serialize_map(Some(self.0.len()))?;
+            for (key, value) in self.0 {
+                match (key.as_str(), value.as_object()) {
+                    ("metadata", Some(metadata)) => out.serialize_entry(key, &Metadata(metadata))?,
+                    _ => out.serialize_entry(key, value)?,
+                }
+            }
+            out.end()
+        }
     }
-    object
+    impl Serialize for Metadata<'_> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            let mut out = serializer.serialize_map(None)?;
+            for (key, value) in self.0.iter().filter(|(key, _)| *key != "resourceVersion") {
+                out.serialize_entry(key, value)?;
+            }
+            out.end()
+        }
+    }
+    match object.as_object() {
+        // Serializing JSON values to a string cannot fail: their keys are strings.
+        Some(map) => serde_json::to_string(&Stored(map)).expect("JSON values serialize"),
+        None => object.to_string(),
+    }
 }
 
 /// Fills in or checks `apiVersion` and `kind` of a request body.
@@ -920,6 +975,58 @@ mod tests {
         assert_eq!((scale["spec"]["replicas"].clone(), scale["status"]["replicas"].clone()), (json!(3), json!(0)));
         let scaled = with_replicas(&kind, &stored(), &json!({"spec": {"replicas": 5}})).unwrap();
         assert_eq!(scaled["spec"]["instances"], 5);
+    }
+
+    /// The comparisons and the stored form made in place agree with the same made on copies
+    /// with the version (and the managed times) taken out.
+    #[test]
+    fn comparisons_without_version_agree_with_copies_without_it() {
+        let strip = |v: &Value, times: bool| {
+            let mut v = v.clone();
+            if let Some(metadata) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+                metadata.remove("resourceVersion");
+                if let Some(entries) = metadata.get_mut("managedFields").and_then(Value::as_array_mut)
+                    && times
+                {
+                    entries.iter_mut().filter_map(Value::as_object_mut).for_each(|e| _ = e.remove("time"));
+                }
+            }
+            v
+        };
+        let managed = |time: &str, manager: &str| json!([{"manager": manager, "operation": "Update", "time": time, "fieldsV1": {"f:status": {}}}]);
+        let base = {
+            let mut v = stored();
+            v["metadata"]["managedFields"] = managed("1", "baton");
+            v
+        };
+        let mut variants = vec![base.clone(), stored(), json!({"kind": "App"}), json!(null), json!({"metadata": 1})];
+        let edits: [fn(&mut Value); 9] = [
+            |v| v["metadata"]["resourceVersion"] = json!("8"),
+            |v| _ = v["metadata"].as_object_mut().unwrap().remove("resourceVersion"),
+            |v| v["metadata"]["managedFields"][0]["time"] = json!("2"),
+            |v| _ = v["metadata"]["managedFields"][0].as_object_mut().unwrap().remove("time"),
+            |v| v["metadata"]["managedFields"][0]["manager"] = json!("kubectl"),
+            |v| v["metadata"]["labels"] = json!({"a": "b"}),
+            |v| v["status"]["running"] = json!(2),
+            |v| v["extra"] = json!(true),
+            |v| _ = v.as_object_mut().unwrap().remove("metadata"),
+        ];
+        for edit in edits {
+            let mut v = base.clone();
+            edit(&mut v);
+            variants.push(v.clone());
+            // Two edits at once: the version and something else.
+            v["metadata"]["resourceVersion"] = json!("9");
+            variants.push(v);
+        }
+        for a in &variants {
+            assert_eq!(serde_json::from_str::<Value>(&without_version(a)).unwrap(), strip(a, false), "{a}");
+            for b in &variants {
+                assert_eq!(same_but_version(a, b, false), strip(a, false) == strip(b, false), "{a} / {b}");
+                let differ = a != b && strip(a, true) == strip(b, true);
+                assert_eq!(only_managed_times_differ(a, b), differ, "{a} / {b}");
+            }
+        }
     }
 
     #[test]
