@@ -11,7 +11,7 @@ use baton_api::app::STOP_FINALIZER;
 use baton_apiserver::auth::{Rules, Tokens};
 use baton_apiserver::{ApiServer, Limits, Security};
 use baton_store::embedded::{EmbeddedOptions, EmbeddedStore};
-use baton_store::{Keyspace, Store, StoreExt};
+use baton_store::{Keyspace, Op, Store, StoreExt, Txn};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -1011,21 +1011,29 @@ impl Store for Counting {
 }
 
 /// Instance `n` on agent `a{n % 20}`, its status, and (when `indexed`) its index entry.
-async fn put_instance(store: &Arc<dyn Store>, n: usize, indexed: bool) {
-    let (agent, id) = (format!("a{}", n % 20), format!("web-{n:04}"));
-    let record = json!({
-        "id": id, "app": {"namespace": "default", "name": "web", "uid": "u1"}, "agent": agent,
-        "host": "127.0.0.1", "version": "v1", "createdAt": "2026-11-21T00:00:00Z", "goal": "Running",
-        "command": {"shell": "sleep 1"}, "resources": {"millicpus": 100, "memMib": 64, "diskMib": 0},
-        "killGraceSeconds": 3
-    });
-    store.put(&format!("/baton/instances/{agent}/{id}"), record.to_string().into_bytes()).await.unwrap();
-    store
-        .put(&format!("/baton/status/{agent}/{id}"), json!({"phase": "Running"}).to_string().into_bytes())
-        .await
-        .unwrap();
-    if indexed {
-        store.put(&format!("/baton/instance-agents/{id}"), agent.into_bytes()).await.unwrap();
+/// Writes instances `numbers` (their records, Running statuses and, if `indexed`, index
+/// entries), 40 to a transaction: one at a time, each write waiting for its own fsync, the
+/// 1,000 of the test below took 15-26 s on a busy machine.
+async fn put_instances(store: &Arc<dyn Store>, numbers: std::ops::Range<usize>, indexed: bool) {
+    let numbers: Vec<usize> = numbers.collect();
+    for chunk in numbers.chunks(40) {
+        let mut ops = Vec::new();
+        for n in chunk {
+            let (agent, id) = (format!("a{}", n % 20), format!("web-{n:04}"));
+            let record = json!({
+                "id": id, "app": {"namespace": "default", "name": "web", "uid": "u1"}, "agent": agent,
+                "host": "127.0.0.1", "version": "v1", "createdAt": "2026-11-21T00:00:00Z", "goal": "Running",
+                "command": {"shell": "sleep 1"}, "resources": {"millicpus": 100, "memMib": 64, "diskMib": 0},
+                "killGraceSeconds": 3
+            });
+            ops.push(Op::put(format!("/baton/instances/{agent}/{id}"), record.to_string().into_bytes()));
+            let status = json!({"phase": "Running"}).to_string().into_bytes();
+            ops.push(Op::put(format!("/baton/status/{agent}/{id}"), status));
+            if indexed {
+                ops.push(Op::put(format!("/baton/instance-agents/{id}"), agent.into_bytes()));
+            }
+        }
+        assert!(store.txn(Txn::new().and_then(ops)).await.unwrap().succeeded);
     }
 }
 
@@ -1034,15 +1042,11 @@ async fn reading_one_instance_reads_one_instance() {
     let dir = tempfile::tempdir().unwrap();
     let embedded: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).await.unwrap());
     // Records from before the index: the API server indexes them when it starts.
-    for n in 0..100 {
-        put_instance(&embedded, n, false).await;
-    }
+    put_instances(&embedded, 0..100, false).await;
     let counting = Arc::new(Counting { inner: embedded.clone(), calls: Default::default(), keys: Default::default() });
     let api = Api::on(counting.clone(), dir).await;
     // And as the controller writes them now, with their index entries.
-    for n in 100..1000 {
-        put_instance(&embedded, n, true).await;
-    }
+    put_instances(&embedded, 100..1000, true).await;
     let agent = json!({"name": "a7", "host": "127.0.0.1", "resources": {"millicpus": 1000, "memMib": 1024, "diskMib": 0},
                        "version": "test", "startedAt": "2026-11-21T00:00:00Z"});
     embedded.put("/baton/agents/a7", agent.to_string().into_bytes()).await.unwrap();
