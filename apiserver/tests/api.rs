@@ -1010,10 +1010,10 @@ impl Store for Counting {
     }
 }
 
-/// Instance `n` on agent `a{n % 20}`, its status, and (when `indexed`) its index entry.
-/// Writes instances `numbers` (their records, Running statuses and, if `indexed`, index
-/// entries), 40 to a transaction: one at a time, each write waiting for its own fsync, the
-/// 1,000 of the test below took 15-26 s on a busy machine.
+/// Writes instances `numbers`, instance `n` on agent `a{n % 20}` (its record, its Running
+/// status and, if `indexed`, its index entry), 40 to a transaction (at most 120 operations
+/// of the 128 allowed): one write at a time, each waiting for its own fsync, the 1,000 of
+/// the test below took 15-26 s on a busy machine.
 async fn put_instances(store: &Arc<dyn Store>, numbers: std::ops::Range<usize>, indexed: bool) {
     let numbers: Vec<usize> = numbers.collect();
     for chunk in numbers.chunks(40) {
