@@ -325,10 +325,13 @@ impl Agent {
                 (None, record) => {
                     // Its pid was never recorded if the earlier run was killed just after
                     // starting it: what still runs of it goes, and it does not start again
-                    // (chaos seed 414869: it ran as two processes at once).
-                    let cgroup = self.hierarchy.as_ref().map(|h| h.cgroup(&id));
-                    let sandbox = process::sandbox_dir(&self.config.work_dir, &id);
-                    process::kill_unrecorded(&id, cgroup.as_ref(), &sandbox).await;
+                    // (chaos seed 414869: it ran as two processes at once). One whose
+                    // recorded process ended needs no search for it.
+                    if status.pid.is_none() {
+                        let cgroup = self.hierarchy.as_ref().map(|h| h.cgroup(&id));
+                        let sandbox = process::sandbox_dir(&self.config.work_dir, &id);
+                        process::kill_unrecorded(&id, cgroup.as_ref(), &sandbox).await;
+                    }
                     self.ended.insert(id.clone());
                     let stopping = record.is_some_and(|r| r.goal == Goal::Stopped);
                     status.phase = if stopping { Phase::Killed } else { Phase::Lost };
@@ -584,6 +587,12 @@ impl Instance {
                     self.end(&mut status, Phase::Killed, "stopped before it started".into());
                     return None;
                 }
+                // An earlier run of the agent may have started it and been killed before it
+                // wrote anything of it. Before the port check (what it left may hold the
+                // instance's ports) and the fetch (which makes the sandbox: a new instance has
+                // none yet, so nothing is searched for it).
+                let leftover = self.hierarchy.as_ref().map(|h| h.cgroup(&self.record.id));
+                process::kill_unrecorded(&self.record.id, leftover.as_ref(), &self.sandbox).await;
                 if let Some((port, e)) = process::port_in_use(&self.record) {
                     tracing::info!(instance = self.record.id, port, error = %e, "a host port is taken");
                     status.reason = Some(baton_api::records::REASON_PORT_IN_USE.into());
@@ -608,10 +617,6 @@ impl Instance {
                         }
                     }
                 }
-                // An earlier run of the agent may have started it and been killed before it
-                // wrote anything of it.
-                let leftover = self.hierarchy.as_ref().map(|h| h.cgroup(&self.record.id));
-                process::kill_unrecorded(&self.record.id, leftover.as_ref(), &self.sandbox).await;
                 let cgroup = match &self.hierarchy {
                     Some(hierarchy) => match hierarchy.create(&self.record.id, &self.record.run.resources) {
                         Ok(cgroup) => Some(cgroup),

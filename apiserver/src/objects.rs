@@ -717,36 +717,30 @@ fn only_managed_times_differ(object: &Value, current: &Value) -> bool {
 /// the times of their managed fields — compared in place, without the copies of both
 /// objects taking those two fields out would need (a write compares its object twice).
 fn same_but_version(a: &Value, b: &Value, managed_times: bool) -> bool {
-    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else { return a == b };
-    a.len() == b.len()
-        && a.iter().all(|(key, va)| match (key.as_str(), b.get(key)) {
-            (_, None) => false,
-            ("metadata", Some(vb)) => same_metadata(va, vb, managed_times),
-            (_, Some(vb)) => va == vb,
-        })
-}
-
-fn same_metadata(a: &Value, b: &Value, managed_times: bool) -> bool {
-    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else { return a == b };
-    let counted = |m: &serde_json::Map<String, Value>| m.len() - usize::from(m.contains_key("resourceVersion"));
-    counted(a) == counted(b)
-        && a.iter().filter(|(key, _)| *key != "resourceVersion").all(|(key, va)| match (key.as_str(), b.get(key)) {
-            (_, None) => false,
-            ("managedFields", Some(vb)) if managed_times => same_but_times(va, vb),
-            (_, Some(vb)) => va == vb,
-        })
+    same_but(a, b, None, |key, va, vb| match key {
+        "metadata" => same_but(va, vb, Some("resourceVersion"), |key, va, vb| match key {
+            "managedFields" if managed_times => same_but_times(va, vb),
+            _ => va == vb,
+        }),
+        _ => va == vb,
+    })
 }
 
 /// Whether two lists of managed fields are equal but for their entries' times.
 fn same_but_times(a: &Value, b: &Value) -> bool {
     let (Some(a), Some(b)) = (a.as_array(), b.as_array()) else { return a == b };
-    a.len() == b.len()
-        && a.iter().zip(b).all(|(ea, eb)| {
-            let (Some(ea), Some(eb)) = (ea.as_object(), eb.as_object()) else { return ea == eb };
-            let counted = |m: &serde_json::Map<String, Value>| m.len() - usize::from(m.contains_key("time"));
-            counted(ea) == counted(eb)
-                && ea.iter().filter(|(key, _)| *key != "time").all(|(key, va)| eb.get(key) == Some(va))
-        })
+    a.len() == b.len() && a.iter().zip(b).all(|(ea, eb)| same_but(ea, eb, Some("time"), |_, va, vb| va == vb))
+}
+
+/// Whether `a` and `b` are equal but for the key `skipped`, their other keys' values
+/// compared by `same`; values other than objects as they are.
+fn same_but(a: &Value, b: &Value, skipped: Option<&str>, same: impl Fn(&str, &Value, &Value) -> bool) -> bool {
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else { return a == b };
+    let counted = |m: &serde_json::Map<String, Value>| m.len() - skipped.map_or(0, |k| usize::from(m.contains_key(k)));
+    counted(a) == counted(b)
+        && a.iter()
+            .filter(|(key, _)| Some(key.as_str()) != skipped)
+            .all(|(key, va)| b.get(key).is_some_and(|vb| same(key, va, vb)))
 }
 
 /// `object` as stored: its JSON without `metadata.resourceVersion` (the store's revision
