@@ -5,7 +5,9 @@
 //! - ranges are read in pages at one revision, so a large prefix never exceeds a message
 //!   size limit and is still a consistent view;
 //! - one keep-alive stream per lease is kept open and reused for renewals;
-//! - etcd's errors become the trait's ([`Error::LeaseNotFound`], [`Error::Compacted`]).
+//! - etcd's errors become the trait's ([`Error::LeaseNotFound`], [`Error::Compacted`]);
+//! - small write transactions made at the same time go to etcd together, each with its own
+//!   compares and outcome (group commit, in `etcd_group`).
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -73,6 +75,8 @@ pub struct EtcdStore {
     client: Client,
     endpoints: Vec<String>,
     keepers: Mutex<HashMap<LeaseId, (LeaseKeeper, LeaseKeepAliveStream)>>,
+    /// Small writes sent together (group commit).
+    groups: crate::etcd_group::Groups,
 }
 
 fn backend(context: &str, e: etcd_client::Error) -> Error {
@@ -131,7 +135,12 @@ impl EtcdStore {
                 .map_err(|e| Error::Backend(format!("cannot connect to etcd at {}: {e}", endpoints.join(","))))?;
             match tokio::time::timeout(timeout, client.status()).await {
                 Ok(Ok(_)) => {
-                    return Ok(Self { client, endpoints: endpoints.to_vec(), keepers: Mutex::new(HashMap::new()) });
+                    return Ok(Self {
+                        client,
+                        endpoints: endpoints.to_vec(),
+                        keepers: Mutex::new(HashMap::new()),
+                        groups: Default::default(),
+                    });
                 }
                 Ok(Err(e)) => {
                     return Err(Error::Backend(format!("etcd at {} does not answer: {e}", endpoints.join(","))));
@@ -267,6 +276,86 @@ fn txn_op(op: &Op) -> TxnOp {
     }
 }
 
+/// Sends `txn` on its own.
+pub(crate) async fn send(kv: &mut etcd_client::KvClient, txn: &Txn) -> Result<TxnResponse> {
+    // etcd serves a plain put or delete at about twice the rate of a transaction; one
+    // unconditional operation is the same thing either way.
+    if txn.compares.is_empty() && txn.success.len() == 1 {
+        match &txn.success[0] {
+            Op::Put { key, value, lease } => {
+                let options = (*lease != 0).then(|| etcd_client::PutOptions::new().with_lease(*lease));
+                let response = match kv.put(key.as_bytes(), value.clone(), options).await {
+                    Ok(response) => response,
+                    Err(e) if is_lease_not_found(&e) => return Err(Error::LeaseNotFound(*lease)),
+                    Err(e) => return Err(backend("put", e)),
+                };
+                let revision = response.header().map_or(0, |h| h.revision());
+                return Ok(TxnResponse { succeeded: true, revision, responses: vec![OpResponse::Put] });
+            }
+            Op::Delete { key } => {
+                let response = kv.delete(key.as_bytes(), None).await.map_err(|e| backend("delete", e))?;
+                let revision = response.header().map_or(0, |h| h.revision());
+                return Ok(TxnResponse {
+                    succeeded: true,
+                    revision,
+                    responses: vec![OpResponse::Delete(response.deleted())],
+                });
+            }
+            _ => {}
+        }
+    }
+    let response = kv.txn(request(txn)).await.map_err(|e| txn_error(txn, e))?;
+    let revision = response.header().map_or(0, |h| h.revision());
+    Ok(answer(txn, response.succeeded(), response.op_responses(), revision))
+}
+
+/// `txn` as etcd's request.
+pub(crate) fn request(txn: &Txn) -> etcd_client::Txn {
+    etcd_client::Txn::new()
+        .when(txn.compares.iter().map(compare).collect::<Vec<_>>())
+        .and_then(txn.success.iter().map(txn_op).collect::<Vec<_>>())
+        .or_else(txn.failure.iter().map(txn_op).collect::<Vec<_>>())
+}
+
+/// `txn`'s error from etcd's: a missing lease names the lease the transaction used.
+pub(crate) fn txn_error(txn: &Txn, e: etcd_client::Error) -> Error {
+    if !is_lease_not_found(&e) {
+        return backend("txn", e);
+    }
+    let lease = txn
+        .success
+        .iter()
+        .chain(&txn.failure)
+        .find_map(|op| match op {
+            Op::Put { lease, .. } if *lease != 0 => Some(*lease),
+            _ => None,
+        })
+        .unwrap_or(0);
+    Error::LeaseNotFound(lease)
+}
+
+/// What `txn` did, from etcd's answer: whether its compares held, the responses of the
+/// branch that ran, and the store's revision after it.
+pub(crate) fn answer(txn: &Txn, succeeded: bool, responses: Vec<TxnOpResponse>, revision: Revision) -> TxnResponse {
+    // A get and a range answer alike: the branch that ran tells them apart.
+    let ran = if succeeded { &txn.success } else { &txn.failure };
+    let responses = responses
+        .into_iter()
+        .zip(ran)
+        .map(|(r, op)| match (r, op) {
+            (TxnOpResponse::Get(g), Op::Range { .. }) => {
+                OpResponse::Range { kvs: g.kvs().iter().map(key_value).collect(), more: g.more() }
+            }
+            (TxnOpResponse::Get(g), _) => OpResponse::Get(g.kvs().first().map(key_value)),
+            (TxnOpResponse::Put(_), _) => OpResponse::Put,
+            (TxnOpResponse::Delete(d), _) => OpResponse::Delete(d.deleted()),
+            // A transaction's own operations are never transactions.
+            (TxnOpResponse::Txn(_), _) => OpResponse::Put,
+        })
+        .collect();
+    TxnResponse { succeeded, revision, responses }
+}
+
 #[async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
@@ -335,71 +424,11 @@ impl Store for EtcdStore {
 
     async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
         txn.check_size()?;
-        // etcd serves a plain put or delete at about twice the rate of a transaction; one
-        // unconditional operation is the same thing either way.
-        if txn.compares.is_empty() && txn.success.len() == 1 {
-            match &txn.success[0] {
-                Op::Put { key, value, lease } => {
-                    let options = (*lease != 0).then(|| etcd_client::PutOptions::new().with_lease(*lease));
-                    let response = match self.kv().put(key.as_bytes(), value.clone(), options).await {
-                        Ok(response) => response,
-                        Err(e) if is_lease_not_found(&e) => return Err(Error::LeaseNotFound(*lease)),
-                        Err(e) => return Err(backend("put", e)),
-                    };
-                    let revision = response.header().map_or(0, |h| h.revision());
-                    return Ok(TxnResponse { succeeded: true, revision, responses: vec![OpResponse::Put] });
-                }
-                Op::Delete { key } => {
-                    let response = self.kv().delete(key.as_bytes(), None).await.map_err(|e| backend("delete", e))?;
-                    let revision = response.header().map_or(0, |h| h.revision());
-                    return Ok(TxnResponse {
-                        succeeded: true,
-                        revision,
-                        responses: vec![OpResponse::Delete(response.deleted())],
-                    });
-                }
-                _ => {}
-            }
+        if crate::etcd_group::joins(&txn) {
+            self.groups.send(txn, self.kv()).await
+        } else {
+            send(&mut self.kv(), &txn).await
         }
-        let request = etcd_client::Txn::new()
-            .when(txn.compares.iter().map(compare).collect::<Vec<_>>())
-            .and_then(txn.success.iter().map(txn_op).collect::<Vec<_>>())
-            .or_else(txn.failure.iter().map(txn_op).collect::<Vec<_>>());
-        let response = match self.kv().txn(request).await {
-            Ok(response) => response,
-            Err(e) if is_lease_not_found(&e) => {
-                let lease = txn
-                    .success
-                    .iter()
-                    .chain(&txn.failure)
-                    .find_map(|op| match op {
-                        Op::Put { lease, .. } if *lease != 0 => Some(*lease),
-                        _ => None,
-                    })
-                    .unwrap_or(0);
-                return Err(Error::LeaseNotFound(lease));
-            }
-            Err(e) => return Err(backend("txn", e)),
-        };
-        let revision = response.header().map_or(0, |h| h.revision());
-        // A get and a range answer alike: the branch that ran tells them apart.
-        let ran = if response.succeeded() { &txn.success } else { &txn.failure };
-        let responses = response
-            .op_responses()
-            .into_iter()
-            .zip(ran)
-            .map(|(r, op)| match (r, op) {
-                (TxnOpResponse::Get(g), Op::Range { .. }) => {
-                    OpResponse::Range { kvs: g.kvs().iter().map(key_value).collect(), more: g.more() }
-                }
-                (TxnOpResponse::Get(g), _) => OpResponse::Get(g.kvs().first().map(key_value)),
-                (TxnOpResponse::Put(_), _) => OpResponse::Put,
-                (TxnOpResponse::Delete(d), _) => OpResponse::Delete(d.deleted()),
-                // Nested transactions are never sent.
-                (TxnOpResponse::Txn(_), _) => OpResponse::Put,
-            })
-            .collect();
-        Ok(TxnResponse { succeeded: response.succeeded(), revision, responses })
     }
 
     async fn watch(&self, prefix: &str, from: Revision) -> Result<WatchStream> {

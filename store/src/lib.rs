@@ -25,6 +25,7 @@ pub mod election;
 pub mod embedded;
 pub mod etcd;
 pub mod etcd_auth;
+mod etcd_group;
 pub mod keys;
 pub mod wire;
 
@@ -229,7 +230,9 @@ impl Txn {
 pub struct TxnResponse {
     /// Whether every compare held (and `success` ran).
     pub succeeded: bool,
-    /// The store revision after the transaction (unchanged if it wrote nothing).
+    /// The store revision after the transaction: that of every key it wrote. One that wrote
+    /// nothing may be told a later revision than its read (etcd: the revision of the request
+    /// it went in with others), never an earlier one; what it read did not change between.
     pub revision: Revision,
     /// One response per operation of the branch that ran.
     pub responses: Vec<OpResponse>,

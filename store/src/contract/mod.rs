@@ -36,7 +36,8 @@ macro_rules! contract_suite {
             range_reads_a_prefix, txn_reads_keys_and_prefixes_at_one_revision, range_reads_more_than_a_page, range_pages_read_one_revision,
             delete_prefix_removes_only_the_prefix, watch_replays_then_streams, watch_current_carries_no_previous_values,
             watch_filters_by_prefix_and_keeps_txns_together, lease_expiry_deletes_attached_keys,
-            revoke_deletes_attached_keys, data_survives_close_and_reopen, election_fences_a_deposed_leader);
+            revoke_deletes_attached_keys, data_survives_close_and_reopen, election_fences_a_deposed_leader,
+            concurrent_txns_each_get_their_own_outcome, concurrent_increments_of_one_key_all_count);
     };
     (@tests $make:expr; $($name:ident),*) => {
         $(
@@ -170,6 +171,92 @@ pub async fn failed_or_oversized_txn_writes_nothing(backend: &mut dyn Backend) {
         other => panic!("a put with a revoked lease must fail with LeaseNotFound, got {other:?}"),
     }
     assert_eq!(store.get("/t/a").await.unwrap(), None, "a failed transaction writes none of its operations");
+}
+
+/// Transactions made at once (which a backend may send together) each succeed or fail by
+/// their own compares, see their own reads and fail for their own lease.
+pub async fn concurrent_txns_each_get_their_own_outcome(backend: &mut dyn Backend) {
+    let store = backend.open().await;
+    let n = 60;
+    let mut written = Vec::new();
+    for i in 0..n {
+        written.push(store.put(&format!("/c/{i:02}"), b"0".to_vec()).await.unwrap());
+    }
+    let lease = store.grant_lease(Duration::from_secs(5)).await.unwrap();
+    store.revoke_lease(lease).await.unwrap();
+    let txn = |i: usize| -> Txn {
+        let key = format!("/c/{i:02}");
+        match i % 4 {
+            // A compare-and-put that holds.
+            0 => Txn::new().when([Compare::mod_revision(&key, written[i])]).and_then([Op::put(&key, &b"1"[..])]),
+            // One that does not, reading the key instead.
+            1 => Txn::new()
+                .when([Compare::mod_revision(&key, written[i] - 1)])
+                .and_then([Op::put(&key, &b"1"[..])])
+                .or_else([Op::get(&key)]),
+            // A create of a key that exists, and of one that does not.
+            2 => Txn::new().when([Compare::absent(&key)]).and_then([Op::put(&key, &b"1"[..])]),
+            _ => Txn::new()
+                .when([Compare::absent(format!("/c/new/{i:02}"))])
+                .and_then([Op::put(format!("/c/new/{i:02}"), &b"1"[..]), Op::get(&key)]),
+        }
+    };
+    let bad_lease = Txn::new().and_then([Op::put_with_lease("/c/leased", &b"1"[..], lease)]);
+    let (answers, leased) =
+        futures::join!(futures::future::join_all((0..n).map(|i| store.txn(txn(i)))), store.txn(bad_lease));
+    assert!(matches!(leased, Err(Error::LeaseNotFound(id)) if id == lease), "the put with a revoked lease: {leased:?}");
+    for (i, answer) in answers.into_iter().enumerate() {
+        let answer = answer.unwrap_or_else(|e| panic!("transaction {i}: {e}"));
+        let key = format!("/c/{i:02}");
+        let now = store.get(&key).await.unwrap().expect("the key stays");
+        match i % 4 {
+            0 => {
+                assert!(answer.succeeded, "transaction {i}: its compare held");
+                assert_eq!((now.value.as_slice(), now.mod_revision), (&b"1"[..], answer.revision), "{key}");
+            }
+            1 | 2 => {
+                assert!(!answer.succeeded, "transaction {i}: its compare did not hold");
+                assert_eq!((now.value.as_slice(), now.mod_revision), (&b"0"[..], written[i]), "{key}");
+                if i % 4 == 1 {
+                    assert!(
+                        matches!(&answer.responses[..], [OpResponse::Get(Some(kv))] if kv.mod_revision == written[i])
+                    );
+                }
+                assert!(answer.revision >= written[n - 1], "transaction {i} told revision {}", answer.revision);
+            }
+            _ => {
+                assert!(answer.succeeded, "transaction {i}: the key was missing");
+                let new = store.get(&format!("/c/new/{i:02}")).await.unwrap().expect("created");
+                assert_eq!(new.mod_revision, answer.revision, "{key}");
+                match &answer.responses[..] {
+                    [OpResponse::Put, OpResponse::Get(Some(kv))] => assert_eq!(kv.value, b"0"),
+                    other => panic!("transaction {i}'s responses: {other:?}"),
+                }
+            }
+        }
+    }
+    assert_eq!(store.get("/c/leased").await.unwrap(), None, "the put with a revoked lease wrote nothing");
+}
+
+/// Many writers of one key, each reading it and writing it back one higher if unchanged:
+/// every increment counts once.
+pub async fn concurrent_increments_of_one_key_all_count(backend: &mut dyn Backend) {
+    let store = backend.open().await;
+    store.put("/n", b"0".to_vec()).await.unwrap();
+    let writers = 16;
+    let increment = |store: Arc<dyn Store>| async move {
+        loop {
+            let kv = store.get("/n").await.unwrap().expect("/n exists");
+            let n: u32 = std::str::from_utf8(&kv.value).unwrap().parse().unwrap();
+            let next = (n + 1).to_string().into_bytes();
+            let txn = Txn::new().when([Compare::mod_revision("/n", kv.mod_revision)]).and_then([Op::put("/n", next)]);
+            if store.txn(txn).await.unwrap().succeeded {
+                return;
+            }
+        }
+    };
+    futures::future::join_all((0..writers).map(|_| increment(store.clone()))).await;
+    assert_eq!(store.get("/n").await.unwrap().unwrap().value, writers.to_string().into_bytes());
 }
 
 pub async fn range_reads_a_prefix(backend: &mut dyn Backend) {
