@@ -318,7 +318,7 @@ pub(crate) fn request(txn: &Txn) -> etcd_client::Txn {
 }
 
 /// `txn`'s error from etcd's: a missing lease names the lease the transaction used.
-pub(crate) fn txn_error(txn: &Txn, e: etcd_client::Error) -> Error {
+fn txn_error(txn: &Txn, e: etcd_client::Error) -> Error {
     if !is_lease_not_found(&e) {
         return backend("txn", e);
     }

@@ -10,6 +10,8 @@
 //!
 //! Nothing waits to be grouped: a transaction goes out at once while fewer than
 //! [`IN_FLIGHT`] requests are out, and those made meanwhile go together in the next one.
+//! One whose caller stopped waiting before it went out is not sent (as a request dropped
+//! before it left is not).
 //!
 //! A request of several transactions must do what they would do one after the other. etcd
 //! evaluates every compare of a request before it applies any operation, so a transaction
@@ -148,6 +150,7 @@ enum Goes {
     InTheGroup,
     Alone,
     Later,
+    Nowhere,
 }
 
 /// Takes the next request's transactions from `waiting`, in order, and those passed over
@@ -161,6 +164,12 @@ fn next_group(waiting: &mut VecDeque<Waiting>) -> (Vec<Waiting>, Vec<Waiting>) {
         let mut read: HashSet<&str> = HashSet::new();
         let (mut count, mut bytes) = (0, 0);
         for member in waiting.iter() {
+            if member.reply.is_closed() {
+                // Its caller stopped waiting before it went out: it is not sent, as a
+                // request dropped before it left is not.
+                goes.push(Goes::Nowhere);
+                continue;
+            }
             let txn = &member.txn;
             let (writes, reads) = keys(txn);
             let size = size(txn);
@@ -187,6 +196,7 @@ fn next_group(waiting: &mut VecDeque<Waiting>) -> (Vec<Waiting>, Vec<Waiting>) {
             Goes::InTheGroup => group.push(member),
             Goes::Alone => alone.push(member),
             Goes::Later => waiting.push_back(member),
+            Goes::Nowhere => {}
         }
     }
     (group, alone)
@@ -272,8 +282,12 @@ mod tests {
     use super::*;
     use crate::Compare;
 
+    /// A transaction whose caller waits (for as long as the test runs: its receiver is
+    /// leaked).
     fn waiting(txn: Txn) -> Waiting {
-        Waiting { txn, reply: oneshot::channel().0 }
+        let (reply, answer) = oneshot::channel();
+        std::mem::forget(answer);
+        Waiting { txn, reply }
     }
 
     fn cas(key: &str) -> Txn {
@@ -328,6 +342,15 @@ mod tests {
         let read = Txn::new().and_then([Op::put("/c", &b"v"[..]), Op::get("/a")]);
         let mut queue: VecDeque<_> = [cas("/a"), read].into_iter().map(waiting).collect();
         assert_eq!(taken(&mut queue), (1, 1));
+    }
+
+    #[test]
+    fn a_transaction_whose_caller_stopped_waiting_is_not_sent() {
+        let (reply, answer) = oneshot::channel();
+        drop(answer);
+        let mut queue: VecDeque<_> = [waiting(cas("/a")), Waiting { txn: cas("/b"), reply }, waiting(cas("/c"))].into();
+        let (group, alone) = next_group(&mut queue);
+        assert_eq!((first_keys(&group), alone.len(), queue.len()), (vec!["/a", "/c"], 0, 0));
     }
 
     #[test]
