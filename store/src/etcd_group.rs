@@ -112,9 +112,16 @@ struct Sender {
 }
 
 impl Drop for Sender {
+    /// Only for a task stopped before it was done (its runtime shut down): when no sender
+    /// is left, what waits is answered with an error rather than never (the next
+    /// transaction would start a sender, but none may come).
     fn drop(&mut self) {
         if self.counted {
-            lock(&self.queue).senders -= 1;
+            let mut queue = lock(&self.queue);
+            queue.senders -= 1;
+            if queue.senders == 0 {
+                queue.waiting.clear();
+            }
         }
     }
 }
@@ -342,6 +349,25 @@ mod tests {
         let read = Txn::new().and_then([Op::put("/c", &b"v"[..]), Op::get("/a")]);
         let mut queue: VecDeque<_> = [cas("/a"), read].into_iter().map(waiting).collect();
         assert_eq!(taken(&mut queue), (1, 1));
+    }
+
+    #[test]
+    fn the_last_sender_stopped_before_it_was_done_answers_what_waits() {
+        let queue = Arc::new(Mutex::new(Queue::default()));
+        let (reply, mut answer) = oneshot::channel();
+        {
+            let mut queue = lock(&queue);
+            queue.waiting.push_back(Waiting { txn: cas("/a"), reply });
+            queue.senders = 2;
+        }
+        drop(Sender { queue: queue.clone(), counted: true });
+        assert!(answer.try_recv().is_err_and(|e| e == oneshot::error::TryRecvError::Empty), "another sender is left");
+        drop(Sender { queue: queue.clone(), counted: true });
+        assert!(
+            answer.try_recv().is_err_and(|e| e == oneshot::error::TryRecvError::Closed),
+            "no sender left: answered"
+        );
+        assert_eq!(lock(&queue).senders, 0);
     }
 
     #[test]
