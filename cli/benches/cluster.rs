@@ -465,21 +465,10 @@ fn current_term(cluster: &Cluster) -> i64 {
     cluster.block_on(cluster.store().get(&key)).ok().flatten().map_or(0, |kv| kv.create_revision)
 }
 
-/// The requests etcd has answered so far, by method (from its plain-HTTP /metrics):
-/// etcd 3.4 copies its buffer of writes for each, writes included (a transaction checks its
-/// compares on a copy).
+/// The requests etcd has answered so far, by method: etcd 3.4 copies its buffer of writes
+/// for each, writes included (a transaction checks its compares on a copy).
 fn etcd_requests(cluster: &Cluster) -> BTreeMap<String, u64> {
-    let (_, body) =
-        baton_e2e::http("127.0.0.1", cluster.etcd.metrics_port(), "GET", "/metrics", None).unwrap_or_default();
-    let mut requests = BTreeMap::new();
-    for line in body.lines().filter(|l| l.starts_with("grpc_server_handled_total{") && l.contains("etcdserverpb.KV")) {
-        let method = line.split("grpc_method=\"").nth(1).and_then(|rest| rest.split('"').next());
-        let count = line.rsplit(' ').next().and_then(|c| c.parse::<f64>().ok());
-        if let (Some(method), Some(count)) = (method, count) {
-            *requests.entry(method.to_string()).or_default() += count as u64;
-        }
-    }
-    requests
+    cluster.etcd.requests_answered()
 }
 
 /// The store's current revision: how many writes (transactions) it has taken.

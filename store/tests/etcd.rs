@@ -108,22 +108,6 @@ async fn tls_with_client_certificates() {
     assert!(plaintext.is_err(), "etcd speaks only TLS to clients");
 }
 
-/// How many `method` requests etcd has answered, from its metrics.
-async fn requests_answered(endpoint: &str, method: &str) -> u64 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let address = endpoint.strip_prefix("http://").expect("an http endpoint");
-    let mut connection = tokio::net::TcpStream::connect(address).await.expect("etcd's client port");
-    let request = format!("GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n");
-    connection.write_all(request.as_bytes()).await.unwrap();
-    let mut page = String::new();
-    connection.read_to_string(&mut page).await.unwrap();
-    let series = format!("grpc_method=\"{method}\"");
-    page.lines()
-        .filter(|line| line.starts_with("grpc_server_handled_total{") && line.contains(&series))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
-
 /// Small writes made at once go to etcd in fewer requests than there are writes (group
 /// commit), and each still gets its own answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,13 +116,14 @@ async fn small_writes_made_at_once_share_requests() {
     let server = TestEtcd::start();
     let store = EtcdStore::connect(&[server.endpoint()], Duration::from_secs(10)).await.expect("etcd answers");
     let n = 300;
-    let before = requests_answered(&server.endpoint(), "Txn").await;
+    let txns = || server.requests_answered().get("Txn").copied().unwrap_or(0);
+    let before = txns();
     let creates = (0..n).map(|i| {
         let key = format!("/g/{i:03}");
         store.txn(Txn::new().when([Compare::absent(&key)]).and_then([Op::put(&key, vec![b'v'; 2048])]))
     });
     let answers = futures::future::join_all(creates).await;
-    let requests = requests_answered(&server.endpoint(), "Txn").await - before;
+    let requests = txns() - before;
     for (i, answer) in answers.into_iter().enumerate() {
         let answer = answer.unwrap_or_else(|e| panic!("create {i}: {e}"));
         let kv = store.get(&format!("/g/{i:03}")).await.unwrap().expect("created");

@@ -30,16 +30,19 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
 }
 
-/// Whether etcd at `port` says it is healthy.
-fn healthy(port: u16) -> bool {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else { return false };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-    if stream.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_err() {
-        return false;
-    }
+/// The answer to a plain-HTTP GET of `path` from etcd at `port` (what it sent within 2 s).
+fn get(port: u16, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes()).ok()?;
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
-    response.contains("\"health\":\"true\"")
+    Some(response)
+}
+
+/// Whether etcd at `port` says it is healthy.
+fn healthy(port: u16) -> bool {
+    get(port, "/health").is_some_and(|response| response.contains("\"health\":\"true\""))
 }
 
 impl TestEtcd {
@@ -140,6 +143,23 @@ impl TestEtcd {
     /// The port of its plain-HTTP `/health` and `/metrics`, with or without TLS.
     pub fn metrics_port(&self) -> u16 {
         self.metrics_port
+    }
+
+    /// The KV requests etcd has answered so far, by method (`Txn`, `Range`, `Put`…), from
+    /// its `/metrics`; empty if it does not answer.
+    pub fn requests_answered(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut requests = std::collections::BTreeMap::new();
+        let page = get(self.metrics_port, "/metrics").unwrap_or_default();
+        for line in
+            page.lines().filter(|l| l.starts_with("grpc_server_handled_total{") && l.contains("etcdserverpb.KV"))
+        {
+            let method = line.split("grpc_method=\"").nth(1).and_then(|rest| rest.split('"').next());
+            let count = line.rsplit(' ').next().and_then(|c| c.parse::<f64>().ok());
+            if let (Some(method), Some(count)) = (method, count) {
+                *requests.entry(method.to_string()).or_default() += count as u64;
+            }
+        }
+        requests
     }
 
     /// The process id, while it runs.
