@@ -2,16 +2,18 @@
 //! dependency graph (an app's group or dependencies, a group's path or dependencies) is
 //! refused if it would close a dependency cycle or give two AppGroups one path.
 //!
-//! Two keys per namespace keep concurrent writes honest, each compared or written in the
-//! same transaction as the object:
+//! Two keys per namespace, and the namespace's apps, keep concurrent writes honest, each
+//! compared or written in the same transaction as the object:
 //! - a write that may add dependency edges (an app with dependencies, own or inherited, or
-//!   any AppGroup) compares both keys as it read them and bumps `/baton/graph/<ns>`: of two
-//!   such writes that would each close half of a cycle, the second finds the key moved and
-//!   is checked again;
+//!   any AppGroup) compares both keys as it read them, and that no app was created since the
+//!   apps it read, and bumps `/baton/graph/<ns>`: of two such writes that would each close
+//!   half of a cycle, the second finds the key moved and is checked again;
 //! - an app with no dependencies, own or inherited, cannot be on a cycle, but joining a group
 //!   it may make one for a concurrent write that gives the group dependencies: it compares
-//!   `/baton/graph/<ns>` and bumps `/baton/graph/<ns>/members`, which such writes compare.
-//!   Writes of this kind do not wait for each other.
+//!   `/baton/graph/<ns>`, and when it moves an app already stored to another group it bumps
+//!   `/baton/graph/<ns>/members`, which such writes compare (a new app is noticed by its
+//!   create revision). Writes of this kind do not wait for each other, and creates of them
+//!   write no key but their own.
 
 use baton_api::groups::{Graph, GroupPath};
 use baton_api::{App, AppGroup, FieldError};
@@ -100,13 +102,19 @@ impl Admission for DependencyGraph {
             let group = app.group_path();
             let inherits = groups.iter().any(|g| !g.spec.dependencies.is_empty() && g.group_path().contains(&group));
             if app.spec.dependencies.is_empty() && !inherits {
+                // A create is noticed by its key's create revision; an app moved is not.
+                let moved = write.before.map(|_| Op::put(&members_key, changed_by));
                 return Ok(Some(Guard {
                     compares: vec![unchanged(&graph_key, graph_seen.as_ref())],
-                    ops: vec![Op::put(&members_key, changed_by)],
+                    ops: moved.into_iter().collect(),
                 }));
             }
         }
-        let mut apps: Vec<App> = load(context, namespace, "apps").await?;
+        let apps_key = registry(keys, namespace, "apps");
+        let stored = context.range(&apps_key).await?;
+        // Every app created since `stored` was read would be newer than the newest in it.
+        let newest = stored.iter().map(|kv| kv.create_revision).max().unwrap_or(0);
+        let mut apps: Vec<App> = decoded(&stored);
         let before_graph = Graph::new(&apps, &groups);
         let errors = match app {
             Some(app) => {
@@ -139,7 +147,11 @@ impl Admission for DependencyGraph {
             return Err(ApiError::invalid(&target, &errors));
         }
         Ok(Some(Guard {
-            compares: vec![unchanged(&graph_key, graph_seen.as_ref()), unchanged(&members_key, members_seen.as_ref())],
+            compares: vec![
+                unchanged(&graph_key, graph_seen.as_ref()),
+                unchanged(&members_key, members_seen.as_ref()),
+                Compare::none_created_after(apps_key, newest),
+            ],
             ops: vec![Op::put(&graph_key, changed_by)],
         }))
     }
@@ -151,8 +163,12 @@ pub(crate) async fn load<T: serde::de::DeserializeOwned>(
     namespace: &str,
     plural: &str,
 ) -> ApiResult<Vec<T>> {
-    let listed = context.range(&registry(context.keys, namespace, plural)).await?;
-    Ok(listed.iter().filter_map(|kv| serde_json::from_slice(&kv.value).ok()).collect())
+    Ok(decoded(&context.range(&registry(context.keys, namespace, plural)).await?))
+}
+
+/// The objects of `listed` that still read.
+fn decoded<T: serde::de::DeserializeOwned>(listed: &[baton_store::KeyValue]) -> Vec<T> {
+    listed.iter().filter_map(|kv| serde_json::from_slice(&kv.value).ok()).collect()
 }
 
 /// Where the objects of a Baton kind in `namespace` are stored.

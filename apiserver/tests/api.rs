@@ -935,6 +935,40 @@ async fn joining_a_group_while_it_gains_dependencies_cannot_close_a_cycle() {
     }
 }
 
+/// The same with apps already stored moved into the group: a move, unlike a create, is not
+/// told by the app's create revision, so it bumps the namespace's member key. Any app in
+/// the group with its dependencies closes the cycle: if the group lands, no move does.
+#[tokio::test]
+async fn moving_into_a_group_while_it_gains_dependencies_cannot_close_a_cycle() {
+    let movers = 4;
+    for round in 0..20 {
+        let api = Api::new().await;
+        let (status, _) = api.call(Method::POST, APPS, Some(&grouped("api", "/back", &["/front"]))).await;
+        assert_eq!(status, StatusCode::CREATED);
+        for i in 0..movers {
+            let (status, body) = api.call(Method::POST, APPS, Some(&grouped(&format!("web-{i}"), "/side", &[]))).await;
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+        }
+        let group = app_group("front", "/front", &["/back"]);
+        let moved = json!({"spec": {"group": "/front"}});
+        let paths: Vec<String> = (0..movers).map(|i| format!("{APPS}/web-{i}")).collect();
+        let moves =
+            paths.iter().map(|path| api.call_as(Method::PATCH, path, "application/merge-patch+json", Some(&moved)));
+        let (grouped, moves) =
+            tokio::join!(api.call(Method::POST, GROUPS, Some(&group)), futures::future::join_all(moves));
+        let landed = moves.iter().filter(|(status, _)| *status == StatusCode::OK).count();
+        let refused = moves.iter().filter(|(status, _)| *status == StatusCode::UNPROCESSABLE_ENTITY).count();
+        let (status, body) = &grouped;
+        match *status {
+            StatusCode::CREATED => {
+                assert_eq!(refused, movers, "round {round}: the group landed, and so did {landed} moves")
+            }
+            StatusCode::UNPROCESSABLE_ENTITY => assert_eq!(landed, movers, "round {round}: {body}"),
+            other => panic!("round {round}: {other} {body}"),
+        }
+    }
+}
+
 /// A store that counts what is read through it.
 struct Counting {
     inner: Arc<dyn Store>,

@@ -351,6 +351,8 @@ fn namespaces_hold_apps_and_go_with_them() {
         let range = cluster.block_on(baton_store::Store::range(cluster.store().as_ref(), &prefix)).expect("reading");
         range.kvs.into_iter().map(|kv| kv.key).collect::<Vec<_>>()
     };
+    // An app with dependencies is checked against the namespace's graph, and bumps its key.
+    ok_in(&cluster, &["apply", "-n", "shop", "-f", "-"], Some(&app("worker", 0, "  dependencies: [web]\n")));
     assert!(!graph_keys().is_empty(), "the app's write serialized on the namespace's dependency graph");
     ok(&cluster, &["delete", "namespace", "shop", "--wait", "--timeout=60s"]);
     let stderr = fails(&cluster, &["get", "namespace", "shop"]);
