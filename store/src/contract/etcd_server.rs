@@ -162,6 +162,13 @@ impl TestEtcd {
         requests
     }
 
+    /// The version etcd says it runs (`3.4.23`), from its `/metrics`.
+    pub fn version(&self) -> Option<String> {
+        let page = get(self.metrics_port, "/metrics")?;
+        let line = page.lines().find(|l| l.starts_with("etcd_server_version{"))?;
+        Some(line.split("server_version=\"").nth(1)?.split('"').next()?.to_string())
+    }
+
     /// The process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
