@@ -2,18 +2,17 @@
 //! dependency graph (an app's group or dependencies, a group's path or dependencies) is
 //! refused if it would close a dependency cycle or give two AppGroups one path.
 //!
-//! Two keys per namespace, and the namespace's apps, keep concurrent writes honest, each
-//! compared or written in the same transaction as the object:
+//! Keys per namespace keep concurrent writes honest, each compared or written in the same
+//! transaction as the object:
 //! - a write that may add dependency edges (an app with dependencies, own or inherited, or
-//!   any AppGroup) compares both keys as it read them, and that no app was created since the
-//!   apps it read, and bumps `/baton/graph/<ns>`: of two such writes that would each close
-//!   half of a cycle, the second finds the key moved and is checked again;
+//!   any AppGroup) compares them all as it read them and bumps `/baton/graph/<ns>`: of two
+//!   such writes that would each close half of a cycle, the second finds the key moved and
+//!   is checked again;
 //! - an app with no dependencies, own or inherited, cannot be on a cycle, but joining a group
 //!   it may make one for a concurrent write that gives the group dependencies: it compares
-//!   `/baton/graph/<ns>`, and when it moves an app already stored to another group it bumps
-//!   `/baton/graph/<ns>/members`, which such writes compare (a new app is noticed by its
-//!   create revision). Writes of this kind do not wait for each other, and creates of them
-//!   write no key but their own.
+//!   `/baton/graph/<ns>` and bumps its mark under `/baton/graph/<ns>/members/` (one of a fixed
+//!   set of keys, by its name), which such writes compare. Writes of this kind do not wait
+//!   for each other, and seldom write one key (so they can go to the store together).
 
 use baton_api::groups::{Graph, GroupPath};
 use baton_api::{App, AppGroup, FieldError};
@@ -62,14 +61,13 @@ impl Admission for DependencyGraph {
     /// declares dependencies (a group always may).
     fn reads(&self, keys: &Keyspace, write: &Proposed<'_>) -> Vec<Read> {
         let Some(namespace) = self.changed_in(write) else { return Vec::new() };
-        let mut reads = vec![
-            Read::Key(keys.dependency_graph(namespace)),
-            Read::Key(keys.dependency_graph_members(namespace)),
-            Read::Prefix(registry(keys, namespace, "appgroups")),
-        ];
+        let mut reads =
+            vec![Read::Key(keys.dependency_graph(namespace)), Read::Prefix(registry(keys, namespace, "appgroups"))];
         let declares =
             write.after.pointer("/spec/dependencies").and_then(Value::as_array).is_some_and(|d| !d.is_empty());
         if declares || matches!(self, DependencyGraph::Groups) {
+            // The marks with the apps: see `admit`.
+            reads.push(Read::Prefix(keys.dependency_graph_members(namespace)));
             reads.push(Read::Prefix(registry(keys, namespace, "apps")));
         }
         reads
@@ -85,11 +83,8 @@ impl Admission for DependencyGraph {
         let keys = context.keys;
         let name = target.name;
         let graph_key = keys.dependency_graph(namespace);
-        let members_key = keys.dependency_graph_members(namespace);
-        // Both read with the objects (or before them), so that a write after these reads is
-        // noticed.
+        // Read with the objects (or before them), so that a write after this read is noticed.
         let graph_seen = context.get(&graph_key).await?;
-        let members_seen = context.get(&members_key).await?;
         let changed_by = json!({"changedBy": format!("{}/{name}", target.plural)}).to_string();
         let mut groups: Vec<AppGroup> = load(context, namespace, "appgroups").await?;
         let decode_error =
@@ -102,19 +97,16 @@ impl Admission for DependencyGraph {
             let group = app.group_path();
             let inherits = groups.iter().any(|g| !g.spec.dependencies.is_empty() && g.group_path().contains(&group));
             if app.spec.dependencies.is_empty() && !inherits {
-                // A create is noticed by its key's create revision; an app moved is not.
-                let moved = write.before.map(|_| Op::put(&members_key, changed_by));
                 return Ok(Some(Guard {
                     compares: vec![unchanged(&graph_key, graph_seen.as_ref())],
-                    ops: moved.into_iter().collect(),
+                    ops: vec![Op::put(keys.dependency_graph_member(namespace, name), changed_by)],
                 }));
             }
         }
-        let apps_key = registry(keys, namespace, "apps");
-        let stored = context.range(&apps_key).await?;
-        // Every app created since `stored` was read would be newer than the newest in it.
-        let newest = stored.iter().map(|kv| kv.create_revision).max().unwrap_or(0);
-        let mut apps: Vec<App> = decoded(&stored);
+        // The members' marks before (or with) the apps: an app that joined after the apps
+        // were read moved its mark after this read too.
+        let marks = context.range(&keys.dependency_graph_members(namespace)).await?;
+        let mut apps: Vec<App> = load(context, namespace, "apps").await?;
         let before_graph = Graph::new(&apps, &groups);
         let errors = match app {
             Some(app) => {
@@ -146,12 +138,12 @@ impl Admission for DependencyGraph {
         if !errors.is_empty() {
             return Err(ApiError::invalid(&target, &errors));
         }
+        let marks_unchanged = keys.dependency_graph_member_keys(namespace).map(|key| {
+            let seen = marks.iter().find(|kv| kv.key == key);
+            unchanged(&key, seen)
+        });
         Ok(Some(Guard {
-            compares: vec![
-                unchanged(&graph_key, graph_seen.as_ref()),
-                unchanged(&members_key, members_seen.as_ref()),
-                Compare::none_created_after(apps_key, newest),
-            ],
+            compares: std::iter::once(unchanged(&graph_key, graph_seen.as_ref())).chain(marks_unchanged).collect(),
             ops: vec![Op::put(&graph_key, changed_by)],
         }))
     }
@@ -163,12 +155,8 @@ pub(crate) async fn load<T: serde::de::DeserializeOwned>(
     namespace: &str,
     plural: &str,
 ) -> ApiResult<Vec<T>> {
-    Ok(decoded(&context.range(&registry(context.keys, namespace, plural)).await?))
-}
-
-/// The objects of `listed` that still read.
-fn decoded<T: serde::de::DeserializeOwned>(listed: &[baton_store::KeyValue]) -> Vec<T> {
-    listed.iter().filter_map(|kv| serde_json::from_slice(&kv.value).ok()).collect()
+    let listed = context.range(&registry(context.keys, namespace, plural)).await?;
+    Ok(listed.iter().filter_map(|kv| serde_json::from_slice(&kv.value).ok()).collect())
 }
 
 /// Where the objects of a Baton kind in `namespace` are stored.

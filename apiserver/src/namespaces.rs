@@ -179,10 +179,12 @@ impl ApiServer {
                 && is_terminating(&object_of(&kv)?)
             {
                 // The dependency graph's serialization keys go with the namespace.
-                let graph = [self.keys.dependency_graph(name), self.keys.dependency_graph_members(name)];
-                let txn = Txn::new()
-                    .when([Compare::mod_revision(&key, kv.mod_revision)])
-                    .and_then([Op::delete(&key)].into_iter().chain(graph.into_iter().map(Op::delete)));
+                let graph = self.keys.dependency_graph(name);
+                let txn = Txn::new().when([Compare::mod_revision(&key, kv.mod_revision)]).and_then([
+                    Op::delete(&key),
+                    Op::delete(&graph),
+                    Op::delete_prefix(format!("{graph}/")),
+                ]);
                 if self.store.txn(txn).await?.succeeded {
                     tracing::info!(namespace = %name, "deleted namespace");
                 }

@@ -935,9 +935,9 @@ async fn joining_a_group_while_it_gains_dependencies_cannot_close_a_cycle() {
     }
 }
 
-/// The same with apps already stored moved into the group: a move, unlike a create, is not
-/// told by the app's create revision, so it bumps the namespace's member key. Any app in
-/// the group with its dependencies closes the cycle: if the group lands, no move does.
+/// The same with apps already stored moved into the group, several at once (each bumps its
+/// mark among the namespace's member keys). Any app in the group with its dependencies
+/// closes the cycle: if the group lands, no move does.
 #[tokio::test]
 async fn moving_into_a_group_while_it_gains_dependencies_cannot_close_a_cycle() {
     let movers = 4;

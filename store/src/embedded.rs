@@ -325,23 +325,7 @@ impl Inner {
             };
             let mut all_hold = true;
             for compare in &txn.compares {
-                let holds = if compare.prefix {
-                    let mut under = kv.range(compare.key.as_str()..).map_err(|e| backend("txn", e))?;
-                    let mut any = false;
-                    let mut holds = true;
-                    while holds && let Some(entry) = under.next().transpose().map_err(|e| backend("txn", e))? {
-                        let (key, value) = entry;
-                        if !key.value().starts_with(compare.key.as_str()) {
-                            break;
-                        }
-                        any = true;
-                        holds = compare.matches(Some(&decode_record(key.value(), value.value())?));
-                    }
-                    holds && (any || compare.matches(None))
-                } else {
-                    compare.matches(read(&kv, &compare.key)?.as_ref())
-                };
-                if !holds {
+                if !compare.matches(read(&kv, &compare.key)?.as_ref()) {
                     all_hold = false;
                     break;
                 }

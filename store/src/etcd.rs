@@ -241,13 +241,12 @@ fn compare(c: &crate::Compare) -> EtcdCompare {
         CompareOp::Less => EtcdCompareOp::Less,
     };
     let key = c.key.as_bytes().to_vec();
-    let compare = match &c.target {
+    match &c.target {
         CompareTarget::CreateRevision(r) => EtcdCompare::create_revision(key, op, *r),
         CompareTarget::ModRevision(r) => EtcdCompare::mod_revision(key, op, *r),
         CompareTarget::Version(v) => EtcdCompare::version(key, op, *v),
         CompareTarget::Value(v) => EtcdCompare::value(key, op, v.clone()),
-    };
-    if c.prefix { compare.with_range(range_end(&c.key)) } else { compare }
+    }
 }
 
 /// The end of etcd's range over the keys under `prefix` (`\0`: to the end of the keyspace).

@@ -53,12 +53,11 @@ const MAX_BYTES: usize = 512 * 1024;
 /// ones are requests worth their cost already.
 const MAX_OPS: usize = 16;
 
-/// Whether `txn` may be sent with others: a small transaction that writes, with no range,
-/// prefix delete or compare over a prefix (their keys are not known in advance).
+/// Whether `txn` may be sent with others: a small transaction that writes, with no range
+/// or prefix delete (their keys are not known in advance).
 pub(crate) fn joins(txn: &Txn) -> bool {
     let ops = || txn.success.iter().chain(&txn.failure);
     txn.compares.len() <= MAX_OPS
-        && txn.compares.iter().all(|c| !c.prefix)
         && txn.success.len() <= MAX_OPS
         && txn.failure.len() <= MAX_OPS
         && ops().all(|op| matches!(op, Op::Put { .. } | Op::Delete { .. } | Op::Get { .. }))

@@ -7,6 +7,11 @@
 /// The default root of every key.
 pub const DEFAULT_ROOT: &str = "/baton";
 
+/// How many keys the apps of a namespace spread their marks of joining a group over
+/// ([`Keyspace::dependency_graph_member`]); a write adding dependency edges compares them
+/// all (within etcd's 128 compares a transaction).
+pub const GRAPH_MEMBER_SHARDS: u32 = 64;
+
 /// Builds and parses the keys of one installation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keyspace {
@@ -163,10 +168,26 @@ impl Keyspace {
         format!("{}/quota-tenants", self.root)
     }
 
-    /// `/baton/graph/<ns>/members`: bumped by apps without dependencies joining a group,
-    /// which writes adding edges compare.
+    /// `/baton/graph/<ns>/members/`: where apps without dependencies joining a group leave
+    /// their mark, which writes adding edges compare: one of [`GRAPH_MEMBER_SHARDS`] keys,
+    /// by the app's name ([`Keyspace::dependency_graph_member`]).
     pub fn dependency_graph_members(&self, namespace: &str) -> String {
-        format!("{}/members", self.dependency_graph(namespace))
+        format!("{}/members/", self.dependency_graph(namespace))
+    }
+
+    /// The key of [`Keyspace::dependency_graph_members`] that the app `name` bumps: apps
+    /// spread over a fixed set, so that joins of different apps seldom write one key (and
+    /// can go to the store together) while a write adding edges compares every key of the
+    /// set. The shard of a name is FNV-1a, stable across versions.
+    pub fn dependency_graph_member(&self, namespace: &str, name: &str) -> String {
+        let hash = name.bytes().fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+        format!("{}{:02}", self.dependency_graph_members(namespace), hash % GRAPH_MEMBER_SHARDS)
+    }
+
+    /// Every key of [`Keyspace::dependency_graph_members`], in shard order.
+    pub fn dependency_graph_member_keys(&self, namespace: &str) -> impl Iterator<Item = String> + use<> {
+        let prefix = self.dependency_graph_members(namespace);
+        (0..GRAPH_MEMBER_SHARDS).map(move |shard| format!("{prefix}{shard:02}"))
     }
 
     /// `/baton/secrets/sandbox-token`: what the API server shows agents to read sandboxes
@@ -246,6 +267,23 @@ impl Keyspace {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The mark of an app is one of the set, by its name alone, the same in every version
+    /// (API servers of two versions must agree during an upgrade).
+    #[test]
+    fn graph_member_marks_are_stable_and_among_the_set() {
+        let ks = Keyspace::default();
+        assert_eq!(ks.dependency_graph_member("shop", "web"), "/baton/graph/shop/members/17");
+        assert_eq!(ks.dependency_graph_member("shop", "db"), "/baton/graph/shop/members/03");
+        let all: Vec<String> = ks.dependency_graph_member_keys("shop").collect();
+        assert_eq!(all.len(), GRAPH_MEMBER_SHARDS as usize);
+        for name in ["web", "db", "", "a-very-long-app-name-0123456789"] {
+            assert!(all.contains(&ks.dependency_graph_member("shop", name)), "{name}");
+        }
+        let spread: std::collections::HashSet<String> =
+            (0..1000).map(|i| ks.dependency_graph_member("shop", &format!("app-{i}"))).collect();
+        assert_eq!(spread.len(), GRAPH_MEMBER_SHARDS as usize, "1,000 names use every key");
+    }
 
     #[test]
     fn keys_round_trip() {

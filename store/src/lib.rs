@@ -83,11 +83,6 @@ pub enum CompareOp {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Compare {
     pub key: String,
-    /// Compare every key that starts with `key`, not `key` alone: the compare holds when it
-    /// holds for each of them — and, when there is none, as for a missing key (as etcd's
-    /// compare over a range does).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub prefix: bool,
     pub op: CompareOp,
     pub target: CompareTarget,
 }
@@ -95,33 +90,20 @@ pub struct Compare {
 impl Compare {
     /// The key does not exist.
     pub fn absent(key: impl Into<String>) -> Self {
-        Self { key: key.into(), prefix: false, op: CompareOp::Equal, target: CompareTarget::CreateRevision(0) }
+        Self { key: key.into(), op: CompareOp::Equal, target: CompareTarget::CreateRevision(0) }
     }
 
     /// The key was last written at `revision` (0: it does not exist).
     pub fn mod_revision(key: impl Into<String>, revision: Revision) -> Self {
-        Self { key: key.into(), prefix: false, op: CompareOp::Equal, target: CompareTarget::ModRevision(revision) }
+        Self { key: key.into(), op: CompareOp::Equal, target: CompareTarget::ModRevision(revision) }
     }
 
     /// The key was created at `revision`: the fence of a leader whose key was created then.
     pub fn create_revision(key: impl Into<String>, revision: Revision) -> Self {
-        Self { key: key.into(), prefix: false, op: CompareOp::Equal, target: CompareTarget::CreateRevision(revision) }
+        Self { key: key.into(), op: CompareOp::Equal, target: CompareTarget::CreateRevision(revision) }
     }
 
-    /// No key that starts with `prefix` was created after `revision`: every key created
-    /// since was seen by a read of the prefix at `revision` or later that saw none created
-    /// after `revision`. (Keys deleted meanwhile are not noticed.)
-    pub fn none_created_after(prefix: impl Into<String>, revision: Revision) -> Self {
-        Self {
-            key: prefix.into(),
-            prefix: true,
-            op: CompareOp::Less,
-            target: CompareTarget::CreateRevision(revision + 1),
-        }
-    }
-
-    /// Whether `kv` (None: the key does not exist) satisfies this compare (of `kv`'s key
-    /// alone, or of one of the keys under a prefix).
+    /// Whether `kv` (None: the key does not exist) satisfies this compare.
     pub fn matches(&self, kv: Option<&KeyValue>) -> bool {
         use std::cmp::Ordering;
         let ordering = match &self.target {
@@ -502,16 +484,10 @@ mod tests {
         assert!(Compare::mod_revision("k", 5).matches(Some(&kv(3, 5))));
         assert!(!Compare::mod_revision("k", 4).matches(Some(&kv(3, 5))));
         assert!(Compare::create_revision("k", 3).matches(Some(&kv(3, 5))));
-        let value_eq = Compare {
-            key: "k".into(),
-            prefix: false,
-            op: CompareOp::Equal,
-            target: CompareTarget::Value(b"v".to_vec()),
-        };
+        let value_eq = Compare { key: "k".into(), op: CompareOp::Equal, target: CompareTarget::Value(b"v".to_vec()) };
         assert!(value_eq.matches(Some(&kv(1, 1))));
         assert!(!value_eq.matches(None));
-        let greater =
-            Compare { key: "k".into(), prefix: false, op: CompareOp::Greater, target: CompareTarget::ModRevision(4) };
+        let greater = Compare { key: "k".into(), op: CompareOp::Greater, target: CompareTarget::ModRevision(4) };
         assert!(greater.matches(Some(&kv(1, 5))));
         assert!(!greater.matches(None));
     }

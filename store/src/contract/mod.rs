@@ -37,8 +37,7 @@ macro_rules! contract_suite {
             delete_prefix_removes_only_the_prefix, watch_replays_then_streams, watch_current_carries_no_previous_values,
             watch_filters_by_prefix_and_keeps_txns_together, lease_expiry_deletes_attached_keys,
             revoke_deletes_attached_keys, data_survives_close_and_reopen, election_fences_a_deposed_leader,
-            concurrent_txns_each_get_their_own_outcome, concurrent_increments_of_one_key_all_count,
-            compares_over_a_prefix_hold_for_every_key);
+            concurrent_txns_each_get_their_own_outcome, concurrent_increments_of_one_key_all_count);
     };
     (@tests $make:expr; $($name:ident),*) => {
         $(
@@ -132,33 +131,16 @@ pub async fn txn_compares_decide_the_branch(backend: &mut dyn Backend) {
     assert_eq!(store.get("/t/never").await.unwrap(), None);
 
     // Value compares and the other operators.
-    let value =
-        |op, v: &[u8]| Compare { key: "/t/k".into(), prefix: false, op, target: CompareTarget::Value(v.to_vec()) };
+    let value = |op, v: &[u8]| Compare { key: "/t/k".into(), op, target: CompareTarget::Value(v.to_vec()) };
     for (compare, expected) in [
         (value(CompareOp::Equal, b"y"), true),
         (value(CompareOp::NotEqual, b"y"), false),
         (value(CompareOp::Greater, b"x"), true),
         (value(CompareOp::Less, b"x"), false),
+        (Compare { key: "/t/missing".into(), op: CompareOp::Equal, target: CompareTarget::Value(vec![]) }, false),
+        (Compare { key: "/t/k".into(), op: CompareOp::Greater, target: CompareTarget::Version(1) }, true),
         (
-            Compare {
-                key: "/t/missing".into(),
-                prefix: false,
-                op: CompareOp::Equal,
-                target: CompareTarget::Value(vec![]),
-            },
-            false,
-        ),
-        (
-            Compare { key: "/t/k".into(), prefix: false, op: CompareOp::Greater, target: CompareTarget::Version(1) },
-            true,
-        ),
-        (
-            Compare {
-                key: "/t/k".into(),
-                prefix: false,
-                op: CompareOp::Less,
-                target: CompareTarget::ModRevision(fresh.revision),
-            },
+            Compare { key: "/t/k".into(), op: CompareOp::Less, target: CompareTarget::ModRevision(fresh.revision) },
             false,
         ),
     ] {
@@ -275,47 +257,6 @@ pub async fn concurrent_increments_of_one_key_all_count(backend: &mut dyn Backen
     };
     futures::future::join_all((0..writers).map(|_| increment(store.clone()))).await;
     assert_eq!(store.get("/n").await.unwrap().unwrap().value, writers.to_string().into_bytes());
-}
-
-/// A compare over a prefix holds when it holds for every key under the prefix (and, when
-/// there is none, as for a missing key); keys beside the prefix do not count.
-pub async fn compares_over_a_prefix_hold_for_every_key(backend: &mut dyn Backend) {
-    let store = backend.open().await;
-    let holds = |compare: Compare| {
-        let store = store.clone();
-        async move { store.txn(Txn::new().when([compare]).and_then([Op::put("/p/done", &b"1"[..])])).await.unwrap() }
-    };
-    let empty = holds(Compare::none_created_after("/p/apps/", 0)).await;
-    assert!(empty.succeeded, "no key under an empty prefix was created after anything");
-    let value = |op| Compare { key: "/p/apps/".into(), prefix: true, op, target: CompareTarget::Value(vec![]) };
-    assert!(
-        !holds(value(CompareOp::NotEqual)).await.succeeded,
-        "a value compare over no key fails, as on a missing key"
-    );
-
-    let a = store.put("/p/apps/a", b"a".to_vec()).await.unwrap();
-    let b = store.put("/p/apps/b", b"b".to_vec()).await.unwrap();
-    store.put("/p/apps", b"beside".to_vec()).await.unwrap();
-    let later = store.put("/p/appsz", b"beside".to_vec()).await.unwrap();
-    assert!(!holds(Compare::none_created_after("/p/apps/", a)).await.succeeded, "b was created after a");
-    assert!(holds(Compare::none_created_after("/p/apps/", b)).await.succeeded, "keys beside the prefix do not count");
-    // Updates keep the create revision; a compare of mod revisions sees them.
-    store.put("/p/apps/a", b"a2".to_vec()).await.unwrap();
-    assert!(holds(Compare::none_created_after("/p/apps/", b)).await.succeeded, "an update creates nothing");
-    let modified = Compare {
-        key: "/p/apps/".into(),
-        prefix: true,
-        op: CompareOp::Less,
-        target: CompareTarget::ModRevision(later + 1),
-    };
-    assert!(!holds(modified).await.succeeded, "a was written after `later`");
-    assert!(holds(value(CompareOp::NotEqual)).await.succeeded, "no value under the prefix is empty");
-    // A key re-created after a delete is created anew.
-    store.delete("/p/apps/b").await.unwrap();
-    let now = store.current_revision().await.unwrap();
-    assert!(holds(Compare::none_created_after("/p/apps/", now)).await.succeeded);
-    store.put("/p/apps/b", b"b".to_vec()).await.unwrap();
-    assert!(!holds(Compare::none_created_after("/p/apps/", now)).await.succeeded, "b was created again after `now`");
 }
 
 pub async fn range_reads_a_prefix(backend: &mut dyn Backend) {
