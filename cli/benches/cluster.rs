@@ -82,7 +82,7 @@ fn main() {
     let revision_before = store_revision(&cluster);
     let txns_before = seen.lock().expect("seen").txns.clone();
     let cpu_before = cpu_seconds(&cluster);
-    let requests_before = etcd_requests(&cluster);
+    let requests_before = cluster.etcd.requests_answered();
     let create_started = Instant::now();
     create_apps(&api, apps, per_app);
     let created_in = create_started.elapsed();
@@ -95,7 +95,7 @@ fn main() {
     let launches_per_s = total as f64 / all_running.as_secs_f64();
     let plans_b = plan_histogram(&cluster, leader);
     let txns_b = counts_between(&txns_before, &seen.lock().expect("seen").txns);
-    let requests_b = counts_between(&requests_before, &etcd_requests(&cluster));
+    let requests_b = counts_between(&requests_before, &cluster.etcd.requests_answered());
     let cpu_b: Vec<String> = cpu_seconds(&cluster)
         .iter()
         .zip(&cpu_before)
@@ -481,12 +481,6 @@ fn leader_index(cluster: &Cluster) -> usize {
 fn current_term(cluster: &Cluster) -> i64 {
     let key = cluster.keys().leader("platform");
     cluster.block_on(cluster.store().get(&key)).ok().flatten().map_or(0, |kv| kv.create_revision)
-}
-
-/// The requests etcd has answered so far, by method: etcd 3.4 copies its buffer of writes
-/// for each, writes included (a transaction checks its compares on a copy).
-fn etcd_requests(cluster: &Cluster) -> BTreeMap<String, u64> {
-    cluster.etcd.requests_answered()
 }
 
 /// The store's current revision: how many writes (transactions) it has taken.
