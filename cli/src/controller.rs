@@ -50,6 +50,13 @@ pub struct ControllerArgs {
     /// says so in its status.
     #[arg(long, default_value_t = baton_api::limits::DEFAULT_MAX_INSTANCES_PER_APP as usize, value_name = "N")]
     max_instances_per_app: usize,
+    /// Threads a plan may use for its passes over every instance, side by side, on a pool of
+    /// that many. A pass is split only in parts of 4,096 instances or more, so only large
+    /// clusters use more than one; the plan is the same whatever the number. More plan sooner
+    /// where cores are free, and keep more memory (an allocator arena per thread): see
+    /// docs/performance.md.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    plan_threads: u16,
     /// Run as tenant NAME's controller, the way the platform launches it (scope
     /// `tenant/NAME`): reaching the cluster only through the API server (no --store), with
     /// the credential of $TENANT_CONTROLLER_TOKEN, at $TENANT_CONTROLLER_SERVER trusting $TENANT_CONTROLLER_CA (or
@@ -128,6 +135,7 @@ pub async fn run(args: ControllerArgs) -> Result<()> {
     config.retention = args.retention.retention();
     config.keep_free_agents = args.keep_free_agents;
     config.max_instances_per_app = args.max_instances_per_app;
+    config.plan_threads = args.plan_threads.into();
     let metrics = Arc::new(Metrics::default());
     let shutdown = CancellationToken::new();
     let mut registry = Registry::default();

@@ -3,7 +3,8 @@
 //! `fleet/mod.rs`).
 //!
 //! Prints: the placement throughput of the empty cluster; the plan time of a steady tick
-//! (everything runs, healthy, statuses current: nothing to do), p50 and p99 over the ticks;
+//! (everything runs, healthy, statuses current: nothing to do), p50 and p99 over the ticks, on
+//! one thread (the controller's default) and on as many as the machine has cores;
 //! the plan time after one app's spec changed (a rollout starts); and the memory the
 //! snapshot's instances take, per instance.
 
@@ -136,33 +137,44 @@ fn main() {
     let mut versions = baton_controllers::snapshot::AppVersions::default();
     versions.refresh(&snapshot.apps);
     snapshot.versions = Some(Arc::new(versions));
-    // Steady ticks.
-    let mut transient = 0;
-    let mut times: Vec<f64> = (0..ticks)
-        .map(|tick| {
-            let ctx = PlanContext::at(now + jiff::SignedDuration::from_secs(tick as i64), tick as u64);
-            let before = LIVE.load(Ordering::Relaxed);
-            PEAK.store(before, Ordering::Relaxed);
-            let started = Instant::now();
-            let decided = plan(&snapshot, &ctx);
-            let elapsed = started.elapsed().as_secs_f64() * 1000.0;
-            transient = transient.max(PEAK.load(Ordering::Relaxed) - before);
-            assert!(decided.launches.is_empty() && decided.stops.is_empty());
-            elapsed
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    println!(
-        "steady tick: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {ticks} ticks",
-        percentile(&times, 0.5),
-        percentile(&times, 0.99),
-        times[times.len() - 1]
-    );
-    println!(
-        "steady tick: allocates at most {:.0} bytes per instance while it plans ({:.1} MiB), freed when done",
-        transient as f64 / instances as f64,
-        transient as f64 / (1 << 20) as f64
-    );
+    // Steady ticks: on one thread (the controller's default), then on as many as the machine
+    // has cores (`baton controller --plan-threads`).
+    let mut threads = vec![1, std::thread::available_parallelism().map_or(1, |n| n.get())];
+    threads.dedup();
+    for threads in threads {
+        let mut transient = 0;
+        let mut times: Vec<f64> = (0..ticks)
+            .map(|tick| {
+                let ctx = PlanContext {
+                    threads,
+                    ..PlanContext::at(now + jiff::SignedDuration::from_secs(tick as i64), tick as u64)
+                };
+                let before = LIVE.load(Ordering::Relaxed);
+                PEAK.store(before, Ordering::Relaxed);
+                let started = Instant::now();
+                let decided = plan(&snapshot, &ctx);
+                let elapsed = started.elapsed().as_secs_f64() * 1000.0;
+                transient = transient.max(PEAK.load(Ordering::Relaxed) - before);
+                assert!(decided.launches.is_empty() && decided.stops.is_empty());
+                elapsed
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        println!(
+            "steady tick, {threads} thread{}: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {ticks} ticks",
+            if threads == 1 { "" } else { "s" },
+            percentile(&times, 0.5),
+            percentile(&times, 0.99),
+            times[times.len() - 1]
+        );
+        println!(
+            "steady tick, {threads} thread{}: allocates at most {:.0} bytes per instance while it plans ({:.1} MiB), \
+             freed when done",
+            if threads == 1 { "" } else { "s" },
+            transient as f64 / instances as f64,
+            transient as f64 / (1 << 20) as f64
+        );
+    }
 
     // One app's spec changes: a rollout starts.
     let changed = &mut snapshot.apps[7];

@@ -9,6 +9,7 @@
 #![deny(warnings, rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+mod parallel;
 pub mod plan;
 pub mod runtime;
 pub mod schedule;

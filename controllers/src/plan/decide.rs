@@ -146,14 +146,21 @@ pub fn decide<'s>(
     ctx: &PlanContext,
 ) -> Decided<'s> {
     let leftovers = leftovers(snapshot, orphans, reach);
-    let apps = apps
-        .into_iter()
-        .zip(gates)
-        .map(|(app, gate)| match app.app.metadata.deletion_timestamp {
-            Some(_) => deleting(app, gate),
-            None => isolated(app, gate, snapshot, drains, ctx),
-        })
-        .collect();
+    // Each app on its own, the apps in parts of about as many instances side by side.
+    let weights: Vec<usize> = apps.iter().map(|app| app.sets.live() + 1).collect();
+    let parts = crate::parallel::parts_by_weight(&weights, ctx.threads, crate::parallel::MIN_PER_PART);
+    let apps: Vec<_> = apps.into_iter().zip(gates).collect();
+    let apps = crate::parallel::map(crate::parallel::split_owned(apps, &parts), |part| {
+        part.into_iter()
+            .map(|(app, gate)| match app.app.metadata.deletion_timestamp {
+                Some(_) => deleting(app, gate),
+                None => isolated(app, gate, snapshot, drains, ctx),
+            })
+            .collect::<Vec<_>>()
+    })
+    .into_iter()
+    .flatten()
+    .collect();
     Decided { apps, leftovers }
 }
 
@@ -441,7 +448,8 @@ fn leaving<'s>(sets: &mut AppInstances<'s>, drains: &Drains, d: &mut Decision<'s
 
 #[cfg(test)]
 thread_local! {
-    /// Apps (uids) whose decision panics, for the tests of [`isolated`].
+    /// Apps (uids) whose decision panics, for the tests of [`isolated`] (on the test's thread:
+    /// the small snapshots these tests plan are decided on the caller's thread alone).
     pub static POISONED: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 

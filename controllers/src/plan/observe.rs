@@ -46,7 +46,7 @@ pub struct Observed<'s> {
 /// Observes the snapshot.
 pub fn observe<'s>(snapshot: &'s Snapshot, ctx: &PlanContext) -> Observed<'s> {
     // One pass over the instances, by app; what each agent holds, as the snapshot has it.
-    let usage = Usage::of(snapshot);
+    let usage = Usage::in_parts(snapshot, ctx.threads);
     // Agents holding instances that do not report (usually none): both in name order.
     let mut registered = snapshot.agents.keys().peekable();
     let unregistered: Vec<&str> = usage
@@ -61,19 +61,28 @@ pub fn observe<'s>(snapshot: &'s Snapshot, ctx: &PlanContext) -> Observed<'s> {
     let reach = Reachability::of(snapshot, unregistered.iter().copied(), ctx.now);
     let (marks, unmarks, events) =
         if snapshot.scope.places() { markers(snapshot, &unregistered, &usage, ctx) } else { Default::default() };
-    let mut uids: FxHashSet<&str> = FxHashSet::default();
-    let apps = snapshot
-        .apps
-        .iter()
-        .map(|app| {
-            let uid = app.metadata.uid.as_deref().unwrap_or_default();
-            uids.insert(uid);
-            let version = snapshot.version_of(app).into_owned();
-            let sets = AppInstances::classify(usage.instances_of(uid), &version, app.spec.unreachable_strategy, &reach);
-            let namespace = app.metadata.namespace.as_deref().unwrap_or_default();
-            ObservedApp { app, namespace, path: app.path(), version, sets }
-        })
-        .collect();
+    // Each app's instances classified, the apps in parts of about as many instances side by
+    // side.
+    let uids: Vec<&str> = snapshot.apps.iter().map(|app| app.metadata.uid.as_deref().unwrap_or_default()).collect();
+    let weights: Vec<usize> = uids.iter().map(|uid| usage.instances_of(uid).len()).collect();
+    let parts = crate::parallel::parts_by_weight(&weights, ctx.threads, crate::parallel::MIN_PER_PART);
+    let apps: Vec<ObservedApp<'s>> = crate::parallel::map(parts, |part| {
+        snapshot.apps[part.clone()]
+            .iter()
+            .zip(&uids[part])
+            .map(|(app, uid)| {
+                let version = snapshot.version_of(app).into_owned();
+                let sets =
+                    AppInstances::classify(usage.instances_of(uid), &version, app.spec.unreachable_strategy, &reach);
+                let namespace = app.metadata.namespace.as_deref().unwrap_or_default();
+                ObservedApp { app, namespace, path: app.path(), version, sets }
+            })
+            .collect::<Vec<_>>()
+    })
+    .into_iter()
+    .flatten()
+    .collect();
+    let uids: FxHashSet<&str> = uids.into_iter().collect();
     let mut orphans: Vec<&'s InstanceState> =
         usage.apps().filter(|uid| !uids.contains(*uid)).flat_map(|uid| usage.instances_of(uid)).collect();
     orphans.sort_by(|a, b| a.id().cmp(b.id()));

@@ -26,6 +26,8 @@ use crate::snapshot::Snapshot;
 const LISTED_BLOCKED: usize = 5;
 /// Apps listed in a Maintenance's blockers and risks.
 const LISTED_APPS: usize = 50;
+/// Apps reported on one thread at least (an app's status is built and compared in ~2 µs).
+const APPS_PER_PART: usize = 256;
 
 /// Everything the stages decided, as one plan.
 pub struct Parts<'s> {
@@ -66,8 +68,20 @@ pub fn report(parts: Parts<'_>, snapshot: &Snapshot, usage: &Usage<'_>, ctx: &Pl
         }
     }
     plan.next_wakeup = min_time(plan.next_wakeup, next_wakeup);
-    for ((decision, gate), placed) in decided.apps.into_iter().zip(&gates.apps).zip(by_app) {
-        app(decision, gate, placed, requester, ctx, &mut plan);
+    // Each app's part (mostly its status, built and compared), the apps in parts side by
+    // side, each part's plan added in order.
+    let apps: Vec<_> = decided.apps.into_iter().zip(&gates.apps).zip(by_app).collect();
+    let parts = crate::parallel::parts(apps.len(), ctx.threads, APPS_PER_PART);
+    let chunks = crate::parallel::split_owned(apps, &parts);
+    let reported = crate::parallel::map(chunks, |chunk| {
+        let mut part = Plan::default();
+        for ((decision, gate), placed) in chunk {
+            app(decision, gate, placed, requester, ctx, &mut part);
+        }
+        part
+    });
+    for part in reported {
+        plan.append(part);
     }
     plan.group_statuses = gates.group_statuses;
     let left = decided.leftovers;

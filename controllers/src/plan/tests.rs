@@ -956,3 +956,72 @@ fn the_platform_places_a_tenants_requests_only_within_its_quota() {
     snap.tenants[0] = Arc::new(tenant);
     assert_eq!(plan(&snap, &ctx()).launches.len(), 4);
 }
+
+/// A tick's passes over every instance are split over threads at scale: the plan is the same
+/// whatever the number of threads. 13,000 instances (parts of 4,096 at least) of 520 apps
+/// (reported in parts of 256 at least),
+/// some of whose ids interleave (`a1-1-000` sorts between `a1-005` and `a1-100`), at old
+/// versions, failed, failing their checks, on an agent that stopped reporting, scaled up and
+/// down, a new app, and the instances of a deleted app.
+#[test]
+fn a_plan_is_the_same_on_any_number_of_threads() {
+    use crate::schedule::Usage;
+    let mut apps = Vec::new();
+    for i in 0..520 {
+        let name = if i % 8 == 7 { format!("a{}-1", i / 8) } else { format!("a{i}") };
+        let builder = app(&name).instances(25 + (i % 5) - 2);
+        apps.push(if i % 3 == 0 { builder.tcp_check(3).build() } else { builder.build() });
+    }
+    // And a new app: nothing runs yet.
+    apps.push(app("new").instances(30).build());
+    let deleted = app("z-deleted").build();
+    let mut instances = Vec::new();
+    for app in apps.iter().filter(|a| a.metadata.name.as_deref() != Some("new")).chain([&deleted]) {
+        for n in 0..25u32 {
+            let agent = if n % 7 == 3 { "gone".to_string() } else { format!("n{}", n % 50) };
+            let built = instance(app, &agent, n);
+            instances.push(match n % 10 {
+                0 => built.version("old").running().build(),
+                1 => built.failed(30).build(),
+                2 if !app.spec.health_checks.is_empty() => built.failing(3).build(),
+                _ if !app.spec.health_checks.is_empty() => built.passing().build(),
+                _ => built.running().build(),
+            });
+        }
+    }
+    let agents = (0..50).map(|n| agent(&format!("n{n}")).mem(1 << 20).build()).collect();
+    let snap = snapshot(&apps.iter().collect::<Vec<_>>(), agents, instances);
+    assert!(snap.instances.len() >= 3 * crate::parallel::MIN_PER_PART, "{} instances", snap.instances.len());
+
+    let one = Usage::of(&snap);
+    for threads in [2, 3, 8] {
+        let split = Usage::in_parts(&snap, threads);
+        assert_eq!(split.apps().collect::<BTreeSet<_>>(), one.apps().collect::<BTreeSet<_>>());
+        for uid in one.apps() {
+            let ids = |usage: &Usage<'_>| usage.instances_of(uid).map(|i| i.id().to_string()).collect::<Vec<_>>();
+            assert_eq!(ids(&split), ids(&one), "{uid} in {threads} parts");
+        }
+    }
+
+    let on_one = plan(&snap, &ctx());
+    assert!(
+        !on_one.launches.is_empty() && !on_one.stops.is_empty() && !on_one.removals.is_empty(),
+        "a tick with work of every kind: {} launches, {} stops, {} removals",
+        on_one.launches.len(),
+        on_one.stops.len(),
+        on_one.removals.len()
+    );
+    for threads in [2, 3, 8] {
+        let on_more = plan(&snap, &PlanContext { threads, ..ctx() });
+        assert!(
+            on_more == on_one,
+            "{threads} threads planned otherwise: {} launches, {} stops, {} statuses (one thread: {}, {}, {})",
+            on_more.launches.len(),
+            on_more.stops.len(),
+            on_more.statuses.len(),
+            on_one.launches.len(),
+            on_one.stops.len(),
+            on_one.statuses.len()
+        );
+    }
+}

@@ -22,6 +22,9 @@ pub struct PlanContext {
     /// The most instances one app runs, scale factors applied (what the API server admits;
     /// an app stored past it under older rules runs this many and says so).
     pub max_instances_per_app: usize,
+    /// How many threads a tick may use for the passes over every instance (the plan is the
+    /// same whatever the number; 1 plans on the caller's thread alone).
+    pub threads: usize,
 }
 
 impl PlanContext {
@@ -33,6 +36,7 @@ impl PlanContext {
             retention: Retention::default(),
             keep_free_agents: 0,
             max_instances_per_app: baton_api::limits::DEFAULT_MAX_INSTANCES_PER_APP as usize,
+            threads: 1,
         }
     }
 }
@@ -281,6 +285,61 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Adds `other`'s decisions after this one's (a part of the plan made on its own: the
+    /// same plan as if made here, in order).
+    pub fn append(&mut self, other: Plan) {
+        // Every field named: one added to the plan cannot be forgotten here.
+        let Plan {
+            launches,
+            stops,
+            slot_releases,
+            noted,
+            removals,
+            statuses,
+            group_statuses,
+            maintenance_statuses,
+            tenant_statuses,
+            namespace_creates,
+            namespace_deletes,
+            tenant_finalizers,
+            controller_apps,
+            drains,
+            finalizers,
+            marks,
+            unmarks,
+            backoffs,
+            kills_done,
+            events,
+            withheld_kills,
+            next_wakeup,
+        } = other;
+        self.launches.extend(launches);
+        self.stops.extend(stops);
+        self.slot_releases.extend(slot_releases);
+        self.noted.extend(noted);
+        self.removals.extend(removals);
+        self.statuses.extend(statuses);
+        self.group_statuses.extend(group_statuses);
+        self.maintenance_statuses.extend(maintenance_statuses);
+        self.tenant_statuses.extend(tenant_statuses);
+        self.namespace_creates.extend(namespace_creates);
+        self.namespace_deletes.extend(namespace_deletes);
+        self.tenant_finalizers.extend(tenant_finalizers);
+        self.controller_apps.extend(controller_apps);
+        self.drains.extend(drains);
+        self.finalizers.extend(finalizers);
+        self.marks.extend(marks);
+        self.unmarks.extend(unmarks);
+        self.backoffs.extend(backoffs);
+        self.kills_done.extend(kills_done);
+        self.events.extend(events);
+        self.withheld_kills.extend(withheld_kills);
+        self.next_wakeup = match (self.next_wakeup, next_wakeup) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+
     pub fn is_empty(&self) -> bool {
         self.launches.is_empty()
             && self.stops.is_empty()

@@ -66,6 +66,9 @@ pub struct ControllerConfig {
     pub keep_free_agents: usize,
     /// The most instances one app runs (the API server's `--max-instances-per-app`).
     pub max_instances_per_app: usize,
+    /// How many threads a plan may use for its passes over every instance (1: the planning
+    /// task's own; see docs/performance.md for what more cost and gain).
+    pub plan_threads: usize,
     /// The namespaces this controller owns, when told (a tenant's controller, whose
     /// credential reaches only those): it watches apps there only, and no namespaces,
     /// Tenants or Maintenances. `None`: every namespace labelled with its scope.
@@ -86,6 +89,7 @@ impl ControllerConfig {
             retention: plan::Retention::default(),
             keep_free_agents: 0,
             max_instances_per_app: baton_api::limits::DEFAULT_MAX_INSTANCES_PER_APP as usize,
+            plan_threads: 1,
             namespaces: None,
             tenant_controllers: None,
         }
@@ -101,6 +105,17 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
+    if config.plan_threads > 1 {
+        // The planner's pool, as many threads as a plan may use (once per process: a second
+        // controller in the process shares the first one's).
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(config.plan_threads)
+            .thread_name(|i| format!("baton-plan-{i}"))
+            .build_global();
+        if let Err(e) = pool {
+            tracing::debug!(error = %e, "the planner's pool of threads was made already");
+        }
+    }
     let changed = Arc::new(Notify::new());
     let records =
         StoreCache::start(store.clone(), config.keys.clone(), config.scope.clone(), changed.clone(), shutdown.clone());
@@ -260,6 +275,7 @@ impl Loop<'_> {
                 retention: config.retention,
                 keep_free_agents: config.keep_free_agents,
                 max_instances_per_app: config.max_instances_per_app,
+                threads: config.plan_threads,
             };
             let plan = plan::plan(&snapshot, &ctx);
             let planned_in = started.elapsed();

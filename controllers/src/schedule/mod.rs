@@ -300,8 +300,7 @@ pub struct Usage<'a> {
     pub held: Arc<BTreeMap<String, AgentUse>>,
     /// Every instance, in id order.
     all: Vec<&'a InstanceState>,
-    /// Per app uid, where its instances are in `all`: ids start with the app's name, so an
-    /// app's instances are mostly one run, found without hashing each instance.
+    /// Per app uid, where its instances are in `all`, in id order.
     runs: HashMap<&'a str, Vec<std::ops::Range<usize>>>,
     /// Other scopes' instances, per app uid (the platform places for their controllers).
     foreign: HashMap<&'a str, Vec<&'a InstanceState>>,
@@ -310,14 +309,49 @@ pub struct Usage<'a> {
 impl<'a> Usage<'a> {
     /// Every instance of `snapshot`.
     pub fn of(snapshot: &'a Snapshot) -> Self {
-        let all: Vec<&'a InstanceState> = snapshot.instances.values().collect();
+        Self::in_parts(snapshot, 1)
+    }
+
+    /// The same, gathered in up to `threads` parts side by side (one pass over 100,000
+    /// instances takes ~3 ms): parts of the id order, split at the names of apps spaced
+    /// evenly in the app list (an instance's id starts with its app's name).
+    pub fn in_parts(snapshot: &'a Snapshot, threads: usize) -> Self {
+        use std::ops::Bound::{Excluded, Included, Unbounded};
+        let instances = &snapshot.instances;
+        let n = crate::parallel::parts(instances.len(), threads, crate::parallel::MIN_PER_PART).len();
+        let mut splits: Vec<&str> =
+            (1..n).filter_map(|i| snapshot.apps.get(snapshot.apps.len() * i / n)?.metadata.name.as_deref()).collect();
+        splits.sort_unstable();
+        splits.dedup();
+        let bounds: Vec<_> = (0..=splits.len())
+            .map(|i| {
+                let start = if i == 0 { Unbounded } else { Included(splits[i - 1]) };
+                let end = splits.get(i).map_or(Unbounded, |&split| Excluded(split));
+                (start, end)
+            })
+            .collect();
+        let pieces = crate::parallel::map(bounds, |bounds| {
+            let all: Vec<&'a InstanceState> = instances.range::<str, _>(bounds).map(|(_, i)| i).collect();
+            // Where each app's runs are: ids start with the app's name, so an app's instances
+            // are mostly one run, found without hashing each instance.
+            let mut runs: Vec<(&'a str, std::ops::Range<usize>)> = Vec::new();
+            let mut start = 0;
+            for end in 1..=all.len() {
+                if end == all.len() || !all[end].same_app(all[start]) {
+                    runs.push((all[start].record.run.app.uid.as_str(), start..end));
+                    start = end;
+                }
+            }
+            (all, runs)
+        });
+        let mut all = Vec::with_capacity(instances.len());
         let mut runs: HashMap<&'a str, Vec<std::ops::Range<usize>>> = HashMap::default();
         runs.reserve(snapshot.apps.len());
-        let mut start = 0;
-        for end in 1..=all.len() {
-            if end == all.len() || !all[end].same_app(all[start]) {
-                runs.entry(all[start].record.run.app.uid.as_str()).or_default().push(start..end);
-                start = end;
+        for (piece, piece_runs) in pieces {
+            let offset = all.len();
+            all.extend(piece);
+            for (uid, run) in piece_runs {
+                runs.entry(uid).or_default().push(run.start + offset..run.end + offset);
             }
         }
         let mut foreign: HashMap<&'a str, Vec<&'a InstanceState>> = HashMap::default();

@@ -1,0 +1,125 @@
+//! A tick's work split over threads: the parts side by side on a pool of threads, the
+//! results joined in the parts' order. Whatever the split, the result is
+//! the one a single thread gets, so a plan does not depend on how many threads made it.
+//! Pure, as the planner is: threads, no I/O, no clock.
+
+use std::ops::Range;
+
+/// Below this many items per part, a thread costs more than it saves (starting one costs
+/// ~20–50 µs; a tick's passes cost ~10–60 ns an instance).
+pub const MIN_PER_PART: usize = 4096;
+
+/// `0..len` in at most `threads` contiguous parts of nearly equal size, none smaller than
+/// `min` (one part when `len` is small or `threads` is 0 or 1).
+pub fn parts(len: usize, threads: usize, min: usize) -> Vec<Range<usize>> {
+    let n = threads.min(len / min.max(1)).max(1);
+    (0..n).map(|i| len * i / n..len * (i + 1) / n).collect()
+}
+
+/// The items of `weights` in at most `threads` contiguous parts of nearly equal weight, none
+/// lighter than `min` but perhaps the last (one part when the total is small or `threads` is
+/// 0 or 1); no part is empty, but for one part of no items.
+pub fn parts_by_weight(weights: &[usize], threads: usize, min: usize) -> Vec<Range<usize>> {
+    let total: usize = weights.iter().sum();
+    let n = threads.min(total / min.max(1)).max(1);
+    let mut parts = Vec::with_capacity(n);
+    let (mut start, mut sum) = (0, 0);
+    for (i, weight) in weights.iter().enumerate() {
+        sum += weight;
+        // Cut once this part holds its share of the total so far.
+        if parts.len() + 1 < n && sum * n >= total * (parts.len() + 1) {
+            parts.push(start..i + 1);
+            start = i + 1;
+        }
+    }
+    if start < weights.len() || parts.is_empty() {
+        parts.push(start..weights.len());
+    }
+    parts
+}
+
+/// `items` cut into `parts` (contiguous, in order, covering them all).
+pub fn split_owned<T>(items: Vec<T>, parts: &[Range<usize>]) -> Vec<Vec<T>> {
+    debug_assert_eq!(parts.last().map_or(0, |p| p.end), items.len(), "parts cover every item");
+    let mut rest = items.into_iter();
+    parts.iter().map(|part| rest.by_ref().take(part.len()).collect()).collect()
+}
+
+/// `f` of each part, in order, the parts on rayon's pool of threads (made once, one per core:
+/// a thread started per part cost more than it saved — a fresh stack and allocator cache each
+/// time). One part runs on the caller's thread. A panic in any part is the caller's panic.
+pub fn map<P: Send, R: Send>(parts: Vec<P>, f: impl Fn(P) -> R + Sync) -> Vec<R> {
+    use rayon::prelude::*;
+    if parts.len() <= 1 {
+        return parts.into_iter().map(f).collect();
+    }
+    parts.into_par_iter().map(&f).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_cover_everything_once_in_order() {
+        for len in [0, 1, 5, 4095, 4096, 8191, 8192, 10_000, 100_003] {
+            for threads in [0, 1, 2, 3, 8] {
+                let split = parts(len, threads, 4096);
+                assert!(!split.is_empty());
+                assert!(split.len() <= threads.max(1), "{len} in {threads}: {split:?}");
+                assert_eq!(split.first().unwrap().start, 0);
+                assert_eq!(split.last().unwrap().end, len);
+                assert!(split.windows(2).all(|w| w[0].end == w[1].start), "{split:?}");
+                if split.len() > 1 {
+                    assert!(split.iter().all(|p| p.len() >= 4096), "{len} in {threads}: {split:?}");
+                }
+            }
+        }
+        assert_eq!(parts(10_000, 2, 4096), vec![0..5000, 5000..10_000]);
+        assert_eq!(parts(8191, 2, 4096), vec![0..8191], "too few for two parts of 4,096");
+    }
+
+    #[test]
+    fn parts_by_weight_cover_everything_once_in_order() {
+        let even = vec![50; 2000];
+        assert_eq!(parts_by_weight(&even, 2, 4096), vec![0..1000, 1000..2000]);
+        assert_eq!(parts_by_weight(&even, 1, 4096), vec![0..2000]);
+        assert_eq!(parts_by_weight(&even[..100], 2, 4096), vec![0..100], "5,000 in all: one part");
+        assert_eq!(parts_by_weight(&[], 4, 4096), vec![0..0]);
+        // One heavy item: fewer parts than threads, none empty.
+        let heavy = [1, 100_000, 1, 1];
+        let split = parts_by_weight(&heavy, 4, 4096);
+        assert!(split.iter().all(|p| !p.is_empty()), "{split:?}");
+        assert_eq!(split.first().unwrap().start, 0);
+        assert_eq!(split.last().unwrap().end, 4);
+        assert!(split.windows(2).all(|w| w[0].end == w[1].start), "{split:?}");
+        // Uneven weights: each part near its share.
+        let uneven: Vec<usize> = (0..2000).map(|i| 1 + (i * 7919) % 100).collect();
+        let split = parts_by_weight(&uneven, 3, 4096);
+        assert_eq!(split.len(), 3);
+        let total: usize = uneven.iter().sum();
+        for part in &split {
+            let weight: usize = uneven[part.clone()].iter().sum();
+            assert!(weight.abs_diff(total / 3) <= 200, "{weight} of {total}: {split:?}");
+        }
+    }
+
+    #[test]
+    fn results_come_in_the_parts_order() {
+        let squares = map((0..7u64).collect(), |n| {
+            // Later parts finish first.
+            std::thread::sleep(std::time::Duration::from_millis(10 * (7 - n)));
+            n * n
+        });
+        assert_eq!(squares, vec![0, 1, 4, 9, 16, 25, 36]);
+        assert_eq!(map(Vec::<u8>::new(), |n| n), Vec::<u8>::new());
+        let items: Vec<u32> = (0..10).collect();
+        assert_eq!(split_owned(items, &[0..3, 3..3, 3..10]), vec![vec![0, 1, 2], vec![], (3..10).collect()]);
+    }
+
+    #[test]
+    #[should_panic(expected = "part 2 fails")]
+    fn a_part_that_panics_panics_the_caller() {
+        map(vec![1, 2, 3], |n| assert_ne!(n, 2, "part {n} fails"));
+    }
+}
