@@ -16,10 +16,15 @@ pub fn parts(len: usize, threads: usize, min: usize) -> Vec<Range<usize>> {
     (0..n).map(|i| len * i / n..len * (i + 1) / n).collect()
 }
 
-/// The items of `weights` in at most `threads` contiguous parts of nearly equal weight, none
-/// lighter than `min` but perhaps the last (one part when the total is small or `threads` is
-/// 0 or 1); no part is empty, but for one part of no items.
-pub fn parts_by_weight(weights: &[usize], threads: usize, min: usize) -> Vec<Range<usize>> {
+/// `len` items in at most `threads` contiguous parts of nearly equal weight (`weight` of
+/// each item, asked only when there are threads to share), none lighter than `min` but
+/// perhaps the last (one part when the total is small or `threads` is 0 or 1); no part is
+/// empty, but for one part of no items.
+pub fn parts_by_weight(len: usize, threads: usize, min: usize, weight: impl Fn(usize) -> usize) -> Vec<Range<usize>> {
+    if threads <= 1 {
+        return std::iter::once(0..len).collect();
+    }
+    let weights: Vec<usize> = (0..len).map(weight).collect();
     let total: usize = weights.iter().sum();
     let n = threads.min(total / min.max(1)).max(1);
     let mut parts = Vec::with_capacity(n);
@@ -32,8 +37,8 @@ pub fn parts_by_weight(weights: &[usize], threads: usize, min: usize) -> Vec<Ran
             start = i + 1;
         }
     }
-    if start < weights.len() || parts.is_empty() {
-        parts.push(start..weights.len());
+    if start < len || parts.is_empty() {
+        parts.push(start..len);
     }
     parts
 }
@@ -81,21 +86,23 @@ mod tests {
 
     #[test]
     fn parts_by_weight_cover_everything_once_in_order() {
+        let by = |weights: &[usize], threads| parts_by_weight(weights.len(), threads, 4096, |i| weights[i]);
         let even = vec![50; 2000];
-        assert_eq!(parts_by_weight(&even, 2, 4096), vec![0..1000, 1000..2000]);
-        assert_eq!(parts_by_weight(&even, 1, 4096), vec![0..2000]);
-        assert_eq!(parts_by_weight(&even[..100], 2, 4096), vec![0..100], "5,000 in all: one part");
-        assert_eq!(parts_by_weight(&[], 4, 4096), vec![0..0]);
+        assert_eq!(by(&even, 2), vec![0..1000, 1000..2000]);
+        assert_eq!(by(&even, 1), vec![0..2000]);
+        assert_eq!(parts_by_weight(2000, 1, 4096, |_| unreachable!("no weight asked for one thread")), vec![0..2000]);
+        assert_eq!(by(&even[..100], 2), vec![0..100], "5,000 in all: one part");
+        assert_eq!(by(&[], 4), vec![0..0]);
         // One heavy item: fewer parts than threads, none empty.
         let heavy = [1, 100_000, 1, 1];
-        let split = parts_by_weight(&heavy, 4, 4096);
+        let split = by(&heavy, 4);
         assert!(split.iter().all(|p| !p.is_empty()), "{split:?}");
         assert_eq!(split.first().unwrap().start, 0);
         assert_eq!(split.last().unwrap().end, 4);
         assert!(split.windows(2).all(|w| w[0].end == w[1].start), "{split:?}");
         // Uneven weights: each part near its share.
         let uneven: Vec<usize> = (0..2000).map(|i| 1 + (i * 7919) % 100).collect();
-        let split = parts_by_weight(&uneven, 3, 4096);
+        let split = by(&uneven, 3);
         assert_eq!(split.len(), 3);
         let total: usize = uneven.iter().sum();
         for part in &split {

@@ -147,8 +147,9 @@ pub fn decide<'s>(
 ) -> Decided<'s> {
     let leftovers = leftovers(snapshot, orphans, reach);
     // Each app on its own, the apps in parts of about as many instances side by side.
-    let weights: Vec<usize> = apps.iter().map(|app| app.sets.live() + 1).collect();
-    let parts = crate::parallel::parts_by_weight(&weights, ctx.threads, crate::parallel::MIN_PER_PART);
+    let parts = crate::parallel::parts_by_weight(apps.len(), ctx.threads, crate::parallel::MIN_PER_PART, |i| {
+        apps[i].sets.live() + 1
+    });
     let apps: Vec<_> = apps.into_iter().zip(gates).collect();
     let apps = crate::parallel::map(crate::parallel::split_owned(apps, &parts), |part| {
         part.into_iter()

@@ -64,8 +64,9 @@ pub fn observe<'s>(snapshot: &'s Snapshot, ctx: &PlanContext) -> Observed<'s> {
     // Each app's instances classified, the apps in parts of about as many instances side by
     // side.
     let uids: Vec<&str> = snapshot.apps.iter().map(|app| app.metadata.uid.as_deref().unwrap_or_default()).collect();
-    let weights: Vec<usize> = uids.iter().map(|uid| usage.instances_of(uid).len()).collect();
-    let parts = crate::parallel::parts_by_weight(&weights, ctx.threads, crate::parallel::MIN_PER_PART);
+    let parts = crate::parallel::parts_by_weight(uids.len(), ctx.threads, crate::parallel::MIN_PER_PART, |i| {
+        usage.instances_of(uids[i]).len()
+    });
     let apps: Vec<ObservedApp<'s>> = crate::parallel::map(parts, |part| {
         snapshot.apps[part.clone()]
             .iter()

@@ -344,12 +344,18 @@ impl<'a> Usage<'a> {
             }
             (all, runs)
         });
-        let mut all = Vec::with_capacity(instances.len());
+        let mut all: Vec<&'a InstanceState> = Vec::new();
         let mut runs: HashMap<&'a str, Vec<std::ops::Range<usize>>> = HashMap::default();
         runs.reserve(snapshot.apps.len());
         for (piece, piece_runs) in pieces {
             let offset = all.len();
-            all.extend(piece);
+            if all.is_empty() {
+                // The first (on one thread, the only) piece, not copied.
+                all = piece;
+                all.reserve(instances.len() - all.len());
+            } else {
+                all.extend(piece);
+            }
             for (uid, run) in piece_runs {
                 runs.entry(uid).or_default().push(run.start + offset..run.end + offset);
             }
