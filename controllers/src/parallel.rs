@@ -5,8 +5,9 @@
 
 use std::ops::Range;
 
-/// Below this many items per part, a thread costs more than it saves (starting one costs
-/// ~20–50 µs; a tick's passes cost ~10–60 ns an instance).
+/// Below this many instances per part, handing a part to another thread costs more than it
+/// saves (a tick's passes cost ~10–60 ns an instance; a part's hand-over and its cold caches
+/// some tens of microseconds).
 pub const MIN_PER_PART: usize = 4096;
 
 /// `0..len` in at most `threads` contiguous parts of nearly equal size, none smaller than
@@ -50,9 +51,10 @@ pub fn split_owned<T>(items: Vec<T>, parts: &[Range<usize>]) -> Vec<Vec<T>> {
     parts.iter().map(|part| rest.by_ref().take(part.len()).collect()).collect()
 }
 
-/// `f` of each part, in order, the parts on rayon's pool of threads (made once, one per core:
-/// a thread started per part cost more than it saved — a fresh stack and allocator cache each
-/// time). One part runs on the caller's thread. A panic in any part is the caller's panic.
+/// `f` of each part, in order. Several parts run on rayon's pool of threads, made once (the
+/// controller makes it `--plan-threads` strong; threads started per part cost more than they
+/// saved: a fresh stack and allocator cache each time); one part alone runs on the caller's
+/// thread. A panic in any part is the caller's panic.
 pub fn map<P: Send, R: Send>(parts: Vec<P>, f: impl Fn(P) -> R + Sync) -> Vec<R> {
     use rayon::prelude::*;
     if parts.len() <= 1 {
