@@ -2,7 +2,7 @@
 # Benchmarks, on release builds; each prints its figures.
 #   hack/bench.sh store      keys/s of the embedded and the etcd store (needs etcd on PATH)
 #   hack/bench.sh placement  placements/s: 100,000 instances of mixed apps on 10,000 agents
-#   hack/bench.sh plan       plan time of a steady tick (p50, p99) and of a change, at 100,000 instances
+#   hack/bench.sh plan       plan time of a steady tick (p50, p99; one thread, then all cores) and of a change, at 100,000 instances
 #   hack/bench.sh api        writes/s and latency of the API server with 200 watchers (needs etcd)
 #   hack/bench.sh status     store writes/min of an agent with 1,000 healthy instances probed every 1 s
 #   hack/bench.sh drain      a scheduled drain of 100 of 1,000 agents (5,000 apps) and a defragmentation, in simulated time
