@@ -24,7 +24,7 @@ use super::place::Demand;
 use super::slots::Slots;
 use super::status::{self, Filler, HeldSlot};
 use super::vocabulary::{
-    BackoffChange, Counted, FinalizerChange, KillDone, PlanContext, Removal, SlotRelease, Stop, StopReason,
+    BackoffChange, Counted, FinalizerChange, KillDone, PlanContext, Removal, SlotRelease, Stop, StopReason, min_time,
 };
 use super::{deploy, health};
 use crate::snapshot::{HealthState, InstanceState, Snapshot};
@@ -177,13 +177,6 @@ fn stop(instance: &InstanceState, reason: StopReason) -> Stop {
 
 fn removal(instance: &InstanceState) -> Removal {
     Removal { agent: instance.record.agent.clone(), id: instance.record.id.clone(), revision: instance.revision }
-}
-
-fn min_time(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
 }
 
 /// A decision about `app` with nothing decided yet.

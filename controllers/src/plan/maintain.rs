@@ -28,7 +28,7 @@ use baton_api::{AgentRecord, DrainRecord, DrainState, Maintenance, MaintenanceSt
 use baton_store::Revision;
 
 use super::events::{Event, EventType, Regarding, plural};
-use super::vocabulary::PlanContext;
+use super::vocabulary::{PlanContext, min_time};
 use crate::schedule::Usage;
 use crate::snapshot::Snapshot;
 
@@ -131,13 +131,6 @@ pub struct Maintained<'s> {
     /// The attribute apps spread over (the first Maintenance's `partitionBy`).
     pub partition_by: Option<&'s str>,
     pub next_wakeup: Option<Timestamp>,
-}
-
-fn min_time(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
 }
 
 fn agent_event(agent: &str, type_: EventType, reason: &'static str, message: String) -> Event {

@@ -18,7 +18,9 @@ use super::groups::{Gate, Gates};
 use super::maintain::{self, Footprint, Maintained};
 use super::place::Placed;
 use super::status::{self, Filler, HeldSlot};
-use super::vocabulary::{Launch, MaintenanceStatusUpdate, Mark, Plan, PlanContext, StatusUpdate, StopReason, Unmark};
+use super::vocabulary::{
+    Launch, MaintenanceStatusUpdate, Mark, Plan, PlanContext, StatusUpdate, StopReason, Unmark, min_time,
+};
 use crate::schedule::Usage;
 use crate::snapshot::Snapshot;
 
@@ -90,13 +92,6 @@ pub fn report(parts: Parts<'_>, snapshot: &Snapshot, usage: &Usage<'_>, ctx: &Pl
     plan.removals.extend(left.removals);
     plan.stops.extend(left.stops);
     plan
-}
-
-fn min_time(a: Option<jiff::Timestamp>, b: Option<jiff::Timestamp>) -> Option<jiff::Timestamp> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
 }
 
 /// Each launch fills the next empty slot, oldest first, while there is one: it names the

@@ -245,6 +245,15 @@ impl FinalizerChange {
     }
 }
 
+/// The earlier of two moments, either of which may be unknown (when the next decision
+/// falls due: the earliest of every stage's and app's).
+pub(crate) fn min_time(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// Everything one tick decided.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Plan {
@@ -334,10 +343,7 @@ impl Plan {
         self.kills_done.extend(kills_done);
         self.events.extend(events);
         self.withheld_kills.extend(withheld_kills);
-        self.next_wakeup = match (self.next_wakeup, next_wakeup) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        self.next_wakeup = min_time(self.next_wakeup, next_wakeup);
     }
 
     pub fn is_empty(&self) -> bool {
