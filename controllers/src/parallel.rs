@@ -45,10 +45,24 @@ pub fn parts_by_weight(len: usize, threads: usize, min: usize, weight: impl Fn(u
 }
 
 /// `items` cut into `parts` (contiguous, in order, covering them all).
+/// One part is `items` as they are: nothing moved (a tick's decisions are ~1 KiB each).
 pub fn split_owned<T>(items: Vec<T>, parts: &[Range<usize>]) -> Vec<Vec<T>> {
     debug_assert_eq!(parts.last().map_or(0, |p| p.end), items.len(), "parts cover every item");
+    if parts.len() <= 1 {
+        return vec![items];
+    }
     let mut rest = items.into_iter();
     parts.iter().map(|part| rest.by_ref().take(part.len()).collect()).collect()
+}
+
+/// The parts' results joined in order; one part's as it is, nothing moved.
+pub fn concat<T>(parts: Vec<Vec<T>>) -> Vec<T> {
+    let mut parts = parts.into_iter();
+    let mut all = parts.next().unwrap_or_default();
+    for part in parts {
+        all.extend(part);
+    }
+    all
 }
 
 /// `f` of each part, in order. Several parts run on rayon's pool of threads, made once (the
@@ -124,6 +138,19 @@ mod tests {
         assert_eq!(map(Vec::<u8>::new(), |n| n), Vec::<u8>::new());
         let items: Vec<u32> = (0..10).collect();
         assert_eq!(split_owned(items, &[0..3, 3..3, 3..10]), vec![vec![0, 1, 2], vec![], (3..10).collect()]);
+        assert_eq!(concat(vec![vec![0, 1, 2], vec![], vec![3, 4]]), vec![0, 1, 2, 3, 4]);
+        assert_eq!(concat(Vec::<Vec<u8>>::new()), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn one_part_is_the_items_themselves() {
+        let items: Vec<u32> = (0..10).collect();
+        let at = items.as_ptr();
+        let parts = split_owned(items, &[0..10]);
+        assert_eq!(parts.len(), 1);
+        assert_eq!(parts[0].as_ptr(), at, "split: not moved");
+        let joined = concat(parts);
+        assert_eq!((joined.as_ptr(), joined.len()), (at, 10), "joined: not moved");
     }
 
     #[test]

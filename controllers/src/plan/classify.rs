@@ -92,6 +92,16 @@ impl HealthCounts {
         }
     }
 
+    fn plus(&mut self, other: Self) {
+        let Self { running, ready, available, passing, failing, unknown } = other;
+        self.running += running;
+        self.ready += ready;
+        self.available += available;
+        self.passing += passing;
+        self.failing += failing;
+        self.unknown += unknown;
+    }
+
     fn of(sets: &AppInstances<'_>) -> Self {
         let mut counts = Self::default();
         sets.current.iter().for_each(|i| counts.add(i, true));
@@ -188,6 +198,39 @@ impl<'s> AppInstances<'s> {
         }
         (sets.observed.current, sets.observed.old) = (sets.current.len(), sets.old.len());
         sets
+    }
+
+    /// Adds what classifying a later run of the same app's instances found (in id order, so
+    /// each set stays in id order).
+    pub fn absorb(&mut self, later: Self) {
+        let Self {
+            current,
+            old,
+            unreachable,
+            inactive,
+            stopping,
+            failed,
+            lost,
+            finished,
+            expunged,
+            next_change,
+            observed: Tally { current: _, old: _, counts, kill_due },
+        } = later;
+        self.current.extend(current);
+        self.old.extend(old);
+        self.unreachable.extend(unreachable);
+        self.inactive.extend(inactive);
+        self.stopping.extend(stopping);
+        self.failed.extend(failed);
+        self.lost.extend(lost);
+        self.finished.extend(finished);
+        self.expunged.extend(expunged);
+        if let Some(at) = next_change {
+            self.note_change(at);
+        }
+        self.observed.counts.plus(counts);
+        self.observed.kill_due |= kill_due;
+        (self.observed.current, self.observed.old) = (self.current.len(), self.old.len());
     }
 
     fn note_change(&mut self, at: Timestamp) {

@@ -150,19 +150,18 @@ pub fn decide<'s>(
     let parts = crate::parallel::parts_by_weight(apps.len(), ctx.threads, crate::parallel::MIN_PER_PART, |i| {
         apps[i].sets.live() + 1
     });
-    let apps: Vec<_> = apps.into_iter().zip(gates).collect();
-    let apps = crate::parallel::map(crate::parallel::split_owned(apps, &parts), |part| {
-        part.into_iter()
+    let gates: Vec<&[Gate]> = parts.iter().map(|part| &gates[part.clone()]).collect();
+    let parts: Vec<_> = crate::parallel::split_owned(apps, &parts).into_iter().zip(gates).collect();
+    let apps = crate::parallel::map(parts, |(apps, gates)| {
+        apps.into_iter()
+            .zip(gates)
             .map(|(app, gate)| match app.app.metadata.deletion_timestamp {
                 Some(_) => deleting(app, gate),
                 None => isolated(app, gate, snapshot, drains, ctx),
             })
             .collect::<Vec<_>>()
-    })
-    .into_iter()
-    .flatten()
-    .collect();
-    Decided { apps, leftovers }
+    });
+    Decided { apps: crate::parallel::concat(apps), leftovers }
 }
 
 fn stop(instance: &InstanceState, reason: StopReason) -> Stop {

@@ -7,7 +7,7 @@
 //!
 //! The later stages read these sets and never classify again.
 
-use rustc_hash::FxHashSet;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use baton_api::{App, GroupPath};
 
@@ -45,12 +45,11 @@ pub struct Observed<'s> {
 
 /// Observes the snapshot.
 pub fn observe<'s>(snapshot: &'s Snapshot, ctx: &PlanContext) -> Observed<'s> {
-    // One pass over the instances, by app; what each agent holds, as the snapshot has it.
-    let usage = Usage::in_parts(snapshot, ctx.threads);
-    // Agents holding instances that do not report (usually none): both in name order.
+    // What each agent holds, as the snapshot has it; the agents holding instances that do not
+    // report (usually none): both in name order.
+    let held = snapshot.held();
     let mut registered = snapshot.agents.keys().peekable();
-    let unregistered: Vec<&str> = usage
-        .held
+    let unregistered: Vec<&str> = held
         .keys()
         .filter(|agent| {
             while registered.next_if(|name| *name < *agent).is_some() {}
@@ -59,30 +58,44 @@ pub fn observe<'s>(snapshot: &'s Snapshot, ctx: &PlanContext) -> Observed<'s> {
         .map(String::as_str)
         .collect();
     let reach = Reachability::of(snapshot, unregistered.iter().copied(), ctx.now);
+    // One pass over the instances, by app (in parts side by side on more threads): each run
+    // of an app's instances is classified as it is gathered, while they are in the cache.
+    let versions: Vec<String> = snapshot.apps.iter().map(|app| snapshot.version_of(app).into_owned()).collect();
+    let uids: Vec<&str> = snapshot.apps.iter().map(|app| app.metadata.uid.as_deref().unwrap_or_default()).collect();
+    // Each app by its uid, where only one app has it (tests make apps without uids).
+    let mut by_uid: FxHashMap<&str, Option<usize>> = FxHashMap::default();
+    for (i, uid) in uids.iter().enumerate() {
+        by_uid.entry(uid).and_modify(|only| *only = None).or_insert(Some(i));
+    }
+    let (usage, classified) = Usage::visiting(snapshot, held.clone(), ctx.threads, |uid, run| {
+        let i = (*by_uid.get(uid)?)?;
+        let strategy = snapshot.apps[i].spec.unreachable_strategy;
+        Some((i, AppInstances::classify(run.iter().copied(), &versions[i], strategy, &reach)))
+    });
+    let mut found: Vec<Option<AppInstances<'s>>> = std::iter::repeat_with(|| None).take(uids.len()).collect();
+    for (i, sets) in classified.into_iter().filter_map(|(_, run)| run) {
+        match &mut found[i] {
+            Some(earlier) => earlier.absorb(sets),
+            none => *none = Some(sets),
+        }
+    }
     let (marks, unmarks, events) =
         if snapshot.scope.places() { markers(snapshot, &unregistered, &usage, ctx) } else { Default::default() };
-    // Each app's instances classified, the apps in parts of about as many instances side by
-    // side.
-    let uids: Vec<&str> = snapshot.apps.iter().map(|app| app.metadata.uid.as_deref().unwrap_or_default()).collect();
-    let parts = crate::parallel::parts_by_weight(uids.len(), ctx.threads, crate::parallel::MIN_PER_PART, |i| {
-        usage.instances_of(uids[i]).len()
-    });
-    let apps: Vec<ObservedApp<'s>> = crate::parallel::map(parts, |part| {
-        snapshot.apps[part.clone()]
-            .iter()
-            .zip(&uids[part])
-            .map(|(app, uid)| {
-                let version = snapshot.version_of(app).into_owned();
-                let sets =
-                    AppInstances::classify(usage.instances_of(uid), &version, app.spec.unreachable_strategy, &reach);
-                let namespace = app.metadata.namespace.as_deref().unwrap_or_default();
-                ObservedApp { app, namespace, path: app.path(), version, sets }
-            })
-            .collect::<Vec<_>>()
-    })
-    .into_iter()
-    .flatten()
-    .collect();
+    let apps: Vec<ObservedApp<'s>> = snapshot
+        .apps
+        .iter()
+        .zip(versions)
+        .zip(found)
+        .zip(&uids)
+        .map(|(((app, version), found), uid)| {
+            // An app without instances, or one that shares its uid: classified here.
+            let sets = found.unwrap_or_else(|| {
+                AppInstances::classify(usage.instances_of(uid), &version, app.spec.unreachable_strategy, &reach)
+            });
+            let namespace = app.metadata.namespace.as_deref().unwrap_or_default();
+            ObservedApp { app, namespace, path: app.path(), version, sets }
+        })
+        .collect();
     let uids: FxHashSet<&str> = uids.into_iter().collect();
     let mut orphans: Vec<&'s InstanceState> =
         usage.apps().filter(|uid| !uids.contains(*uid)).flat_map(|uid| usage.instances_of(uid)).collect();

@@ -72,12 +72,16 @@ pub fn report(parts: Parts<'_>, snapshot: &Snapshot, usage: &Usage<'_>, ctx: &Pl
     plan.next_wakeup = min_time(plan.next_wakeup, next_wakeup);
     // Each app's part (mostly its status, built and compared), the apps in parts side by
     // side, each part's plan added in order.
-    let apps: Vec<_> = decided.apps.into_iter().zip(&gates.apps).zip(by_app).collect();
-    let parts = crate::parallel::parts(apps.len(), ctx.threads, APPS_PER_PART);
-    let chunks = crate::parallel::split_owned(apps, &parts);
-    let reported = crate::parallel::map(chunks, |chunk| {
+    let parts = crate::parallel::parts(decided.apps.len(), ctx.threads, APPS_PER_PART);
+    let gate_parts = parts.iter().map(|part| &gates.apps[part.clone()]);
+    let chunks: Vec<_> = crate::parallel::split_owned(decided.apps, &parts)
+        .into_iter()
+        .zip(crate::parallel::split_owned(by_app, &parts))
+        .zip(gate_parts)
+        .collect();
+    let reported = crate::parallel::map(chunks, |((decisions, placed), gates)| {
         let mut part = Plan::default();
-        for ((decision, gate), placed) in chunk {
+        for ((decision, placed), gate) in decisions.into_iter().zip(placed).zip(gates) {
             app(decision, gate, placed, requester, ctx, &mut part);
         }
         part

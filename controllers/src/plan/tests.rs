@@ -960,7 +960,7 @@ fn the_platform_places_a_tenants_requests_only_within_its_quota() {
 /// A tick's passes over every instance are split over threads at scale: the plan is the same
 /// whatever the number of threads. 13,000 instances (parts of 4,096 at least) of 520 apps
 /// (reported in parts of 256 at least),
-/// some of whose ids interleave (`a1-1-000` sorts between `a1-005` and `a1-100`), at old
+/// some of whose ids interleave (`a1-1-000` sorts between `a1-019` and `a1-120`), at old
 /// versions, failed, failing their checks, on an agent that stopped reporting, scaled up and
 /// down, a new app, and the instances of a deleted app.
 #[test]
@@ -979,7 +979,8 @@ fn a_plan_is_the_same_on_any_number_of_threads() {
     for app in apps.iter().filter(|a| a.metadata.name.as_deref() != Some("new")).chain([&deleted]) {
         for n in 0..25u32 {
             let agent = if n % 7 == 3 { "gone".to_string() } else { format!("n{}", n % 50) };
-            let built = instance(app, &agent, n);
+            // The last five after a gap: `a1-1-000` sorts between `a1-019` and `a1-120`.
+            let built = instance(app, &agent, if n < 20 { n } else { 100 + n });
             instances.push(match n % 10 {
                 0 => built.version("old").running().build(),
                 1 => built.failed(30).build(),
@@ -1000,6 +1001,40 @@ fn a_plan_is_the_same_on_any_number_of_threads() {
         for uid in one.apps() {
             let ids = |usage: &Usage<'_>| usage.instances_of(uid).map(|i| i.id().to_string()).collect::<Vec<_>>();
             assert_eq!(ids(&split), ids(&one), "{uid} in {threads} parts");
+        }
+    }
+
+    // Each app's instances, classified run by run as they are gathered, fall into the same
+    // sets as when classified in one go — some apps' ids in more than one run.
+    use super::classify::AppInstances;
+    let runs = 1 + snap.instances.values().zip(snap.instances.values().skip(1)).filter(|(a, b)| !a.same_app(b)).count();
+    assert!(runs > 521, "{runs} runs of 521 apps' instances: some apps' ids interleave");
+    let described = |sets: &AppInstances<'_>| {
+        let ids = |set: &[&InstanceState]| set.iter().map(|i| i.id()).collect::<Vec<_>>().join(" ");
+        let AppInstances {
+            current,
+            old,
+            unreachable,
+            inactive,
+            stopping,
+            failed,
+            lost,
+            finished,
+            expunged,
+            next_change,
+            observed,
+        } = sets;
+        let all = [current, old, unreachable, inactive, stopping, failed, lost, finished, expunged];
+        format!("{:?} {next_change:?} {observed:?}", all.map(|set| ids(set)))
+    };
+    for threads in [1, 2, 3, 8] {
+        let observed = super::observe::observe(&snap, &PlanContext { threads, ..ctx() });
+        for seen in &observed.apps {
+            let uid = seen.app.metadata.uid.as_deref().unwrap();
+            let strategy = seen.app.spec.unreachable_strategy;
+            let whole =
+                AppInstances::classify(observed.usage.instances_of(uid), &seen.version, strategy, &observed.reach);
+            assert_eq!(described(&seen.sets), described(&whole), "{} on {threads} threads", seen.path);
         }
     }
 

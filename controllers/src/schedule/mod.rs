@@ -316,6 +316,20 @@ impl<'a> Usage<'a> {
     /// instances takes ~3 ms): parts of the id order, split at the names of apps spaced
     /// evenly in the app list (an instance's id starts with its app's name).
     pub fn in_parts(snapshot: &'a Snapshot, threads: usize) -> Self {
+        Self::visiting(snapshot, snapshot.held(), threads, |_, _| ()).0
+    }
+
+    /// As [`Usage::in_parts`], calling `visit` on each run of one app's instances (the app's
+    /// uid, the run) as soon as the run is gathered, while its instances are still in the
+    /// processor's cache: a second pass over 100,000 instances would miss it for most of
+    /// them. With what each call gave, in id order (an app's runs in the order of its ids).
+    /// `held`: what each agent holds, as [`Snapshot::held`] has it.
+    pub fn visiting<R: Send>(
+        snapshot: &'a Snapshot,
+        held: Arc<BTreeMap<String, AgentUse>>,
+        threads: usize,
+        visit: impl Fn(&'a str, &[&'a InstanceState]) -> R + Sync,
+    ) -> (Self, Vec<(&'a str, R)>) {
         use std::ops::Bound::{Excluded, Included, Unbounded};
         let instances = &snapshot.instances;
         let n = crate::parallel::parts(instances.len(), threads, crate::parallel::MIN_PER_PART).len();
@@ -330,24 +344,36 @@ impl<'a> Usage<'a> {
                 (start, end)
             })
             .collect();
+        let expected = instances.len() / bounds.len();
         let pieces = crate::parallel::map(bounds, |bounds| {
-            let all: Vec<&'a InstanceState> = instances.range::<str, _>(bounds).map(|(_, i)| i).collect();
+            let mut all: Vec<&'a InstanceState> = Vec::with_capacity(expected);
             // Where each app's runs are: ids start with the app's name, so an app's instances
             // are mostly one run, found without hashing each instance.
             let mut runs: Vec<(&'a str, std::ops::Range<usize>)> = Vec::new();
+            let mut visited = Vec::new();
             let mut start = 0;
-            for end in 1..=all.len() {
-                if end == all.len() || !all[end].same_app(all[start]) {
-                    runs.push((all[start].record.run.app.uid.as_str(), start..end));
-                    start = end;
+            let mut end_run = |all: &[&'a InstanceState], start: usize| {
+                let uid = all[start].record.run.app.uid.as_str();
+                visited.push((uid, visit(uid, &all[start..])));
+                runs.push((uid, start..all.len()));
+            };
+            for (_, instance) in instances.range::<str, _>(bounds) {
+                if all.get(start).is_some_and(|first| !instance.same_app(first)) {
+                    end_run(&all, start);
+                    start = all.len();
                 }
+                all.push(instance);
             }
-            (all, runs)
+            if start < all.len() {
+                end_run(&all, start);
+            }
+            (all, runs, visited)
         });
         let mut all: Vec<&'a InstanceState> = Vec::new();
         let mut runs: HashMap<&'a str, Vec<std::ops::Range<usize>>> = HashMap::default();
         runs.reserve(snapshot.apps.len());
-        for (piece, piece_runs) in pieces {
+        let mut visits = Vec::new();
+        for (piece, piece_runs, piece_visits) in pieces {
             let offset = all.len();
             if all.is_empty() {
                 // The first (on one thread, the only) piece, not copied.
@@ -359,12 +385,13 @@ impl<'a> Usage<'a> {
             for (uid, run) in piece_runs {
                 runs.entry(uid).or_default().push(run.start + offset..run.end + offset);
             }
+            visits.extend(piece_visits);
         }
         let mut foreign: HashMap<&'a str, Vec<&'a InstanceState>> = HashMap::default();
         for instance in &snapshot.foreign {
             foreign.entry(instance.record.run.app.uid.as_str()).or_default().push(instance);
         }
-        Usage { held: snapshot.held(), all, runs, foreign }
+        (Usage { held, all, runs, foreign }, visits)
     }
 
     /// The instances of another scope's app `uid`.
