@@ -486,11 +486,11 @@ fn isolated<'s>(
 /// Puts the controller's finalizer on an App that lacks it, so that deleting the App stops
 /// its instances (in dependency order) before the App goes.
 fn finalizer(app: &App) -> Option<FinalizerChange> {
-    let finalizers = app.metadata.finalizers.clone().unwrap_or_default();
+    let finalizers = app.metadata.finalizers.as_deref().unwrap_or_default();
     if finalizers.iter().any(|f| f == STOP_FINALIZER) {
         return None;
     }
-    let with_ours = finalizers.into_iter().chain([STOP_FINALIZER.to_string()]).collect();
+    let with_ours = finalizers.iter().cloned().chain([STOP_FINALIZER.to_string()]).collect();
     Some(FinalizerChange::of(app, with_ours))
 }
 
@@ -610,10 +610,13 @@ fn backoff(
     ctx: &PlanContext,
     d: &mut Decision<'_>,
 ) -> Option<BackoffRecord> {
-    let namespace = app.metadata.namespace.clone().unwrap_or_default();
-    let name = app.metadata.name.clone().unwrap_or_default();
+    let key = (app.metadata.namespace.clone().unwrap_or_default(), app.metadata.name.clone().unwrap_or_default());
+    let stored = snapshot.backoffs.get(&key);
+    if stored.is_none() && sets.failed.is_empty() {
+        return None; // Nothing to remember (the usual case: checked before anything is built).
+    }
+    let (namespace, name) = key;
     let uid = app.metadata.uid.clone().unwrap_or_default();
-    let stored = snapshot.backoffs.get(&(namespace.clone(), name.clone()));
     let fresh = BackoffRecord {
         uid: uid.clone(),
         version: version.to_string(),
