@@ -146,7 +146,7 @@ mod tests {
     fn one_part_is_the_items_themselves() {
         let items: Vec<u32> = (0..10).collect();
         let at = items.as_ptr();
-        let parts = split_owned(items, &[0..10]);
+        let parts = split_owned(items, std::slice::from_ref(&(0..10)));
         assert_eq!(parts.len(), 1);
         assert_eq!(parts[0].as_ptr(), at, "split: not moved");
         let joined = concat(parts);

@@ -454,6 +454,10 @@ pub struct Snapshot {
     /// runtime computes each App's once, not every tick); each is used only for an App of the
     /// same uid and resourceVersion. `None`: [`Snapshot::version_of`] computes them.
     pub versions: Option<Arc<AppVersions>>,
+    /// Apps whose status the last tick found up to date, with what it was built from (the
+    /// runtime keeps the last plan's [`Plan::settled`](crate::plan::Plan::settled)): one built
+    /// from the same is not built again. `None`: every status is built.
+    pub settled: Option<Arc<crate::plan::status::Settled>>,
 }
 
 /// Each App's version ([`App::version`], a hash of its run definition: a twentieth of a

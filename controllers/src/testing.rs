@@ -430,6 +430,7 @@ pub fn snapshot(apps: &[&Arc<App>], agents: Vec<Arc<AgentRecord>>, instances: Ve
         kill_requests: Default::default(),
         held: None,
         versions: None,
+        settled: None,
     }
 }
 

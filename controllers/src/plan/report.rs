@@ -17,7 +17,7 @@ use super::events;
 use super::groups::{Gate, Gates};
 use super::maintain::{self, Footprint, Maintained};
 use super::place::Placed;
-use super::status::{self, Filler, HeldSlot};
+use super::status::{self, Filler, HeldSlot, Settled};
 use super::vocabulary::{
     Launch, MaintenanceStatusUpdate, Mark, Plan, PlanContext, StatusUpdate, StopReason, Unmark, min_time,
 };
@@ -82,7 +82,7 @@ pub fn report(parts: Parts<'_>, snapshot: &Snapshot, usage: &Usage<'_>, ctx: &Pl
     let reported = crate::parallel::map(chunks, |((decisions, placed), gates)| {
         let mut part = Plan::default();
         for ((decision, placed), gate) in decisions.into_iter().zip(placed).zip(gates) {
-            app(decision, gate, placed, requester, ctx, &mut part);
+            app(decision, gate, placed, requester, snapshot.settled.as_deref(), ctx, &mut part);
         }
         part
     });
@@ -109,14 +109,15 @@ fn fill_slots(slots: &mut [HeldSlot<'_>], launches: &mut [Launch]) {
     }
 }
 
-/// One app's part of the plan.
 /// One app's part of the plan. `requester`: the revision a controller that does not place
-/// decided on — its app asks the platform for what it could not place.
+/// decided on — its app asks the platform for what it could not place. `settled`: the
+/// statuses found up to date before, with what they were built from.
 fn app(
     decision: Decision<'_>,
     gate: &Gate,
     placed: Placed,
     requester: Option<baton_store::Revision>,
+    settled: Option<&Settled>,
     ctx: &PlanContext,
     plan: &mut Plan,
 ) {
@@ -144,6 +145,7 @@ fn app(
     plan.events.extend(events);
     plan.next_wakeup = min_time(plan.next_wakeup, next_wakeup);
     let Placed { mut launches, unplaced } = placed;
+    let mut basis = None;
     let desired = match course {
         Course::Deleting { gone: true, .. } => {
             plan.stops.extend(stops);
@@ -168,7 +170,7 @@ fn app(
             if let Some(progressing) = desired.condition(baton_api::app::CONDITION_PROGRESSING) {
                 plan.events.extend(events::waiting_for_dependents(app, progressing));
             }
-            desired
+            Some(desired)
         }
         Course::Running(running) => {
             let Running { backoff, backing_off, health, mut slots, gated, .. } = *running;
@@ -189,70 +191,105 @@ fn app(
                 gated,
                 deletion: None,
             };
-            let mut desired = status::desired(app, &version, &sets, &progress);
-            let limited = gate.asked.map(|asked| {
-                (
-                    "TooManyInstances",
-                    format!(
-                        "asks for {asked} instances (scale factors applied); at most {wanted} run: the cluster's \
-                         maximum per app"
-                    ),
-                )
-            });
-            for (reason, message) in limited.into_iter().chain(failed.map(|why| {
-                ("PlanningFailed", format!("deciding about this app failed, so it does nothing this tick: {why}"))
-            })) {
-                desired.conditions.push(k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
-                    type_: baton_api::app::CONDITION_PLANNED.into(),
-                    status: "False".into(),
-                    reason: reason.into(),
-                    message,
-                    observed_generation: app.metadata.generation,
-                    // Moves only when the condition appears.
-                    last_transition_time: app
-                        .status
-                        .as_ref()
-                        .and_then(|s| s.condition(baton_api::app::CONDITION_PLANNED))
-                        .map_or(Time(ctx.now), |c| c.last_transition_time.clone()),
+            // Nothing of its own to add to the status (a limit, a failed decision, a request
+            // to the platform) and the status found up to date from the same basis before:
+            // up to date now (debug builds check it).
+            basis = status::Basis::of(app, &sets, &progress)
+                .filter(|_| gate.asked.is_none() && failed.is_none() && requester.is_none());
+            let uid = app.metadata.uid.as_deref().unwrap_or_default();
+            let up_to_date = basis.is_some() && basis.as_ref() == settled.and_then(|s| s.get(uid));
+            let build = || {
+                let mut desired = status::desired(app, &version, &sets, &progress);
+                let limited = gate.asked.map(|asked| {
+                    (
+                        "TooManyInstances",
+                        format!(
+                            "asks for {asked} instances (scale factors applied); at most {wanted} run: the \
+                             cluster's maximum per app"
+                        ),
+                    )
                 });
-            }
-            if let Some(revision) = requester {
-                let count = progress.unplaced.as_ref().map_or(0, |u| u.count) as i32;
-                desired.launch_request = (count > 0).then(|| {
-                    // Kept as it was while it asks for the same: a new revision would make the
-                    // platform count instances it already launched for it as not serving it.
-                    let before = app.status.as_ref().and_then(|s| s.launch_request.clone());
-                    before.filter(|r| r.version == version && r.count == count).unwrap_or(LaunchRequest {
-                        version: version.clone(),
-                        count,
-                        revision,
-                    })
-                });
-            }
+                for (reason, message) in limited.into_iter().chain(failed.map(|why| {
+                    ("PlanningFailed", format!("deciding about this app failed, so it does nothing this tick: {why}"))
+                })) {
+                    desired.conditions.push(k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                        type_: baton_api::app::CONDITION_PLANNED.into(),
+                        status: "False".into(),
+                        reason: reason.into(),
+                        message,
+                        observed_generation: app.metadata.generation,
+                        // Moves only when the condition appears.
+                        last_transition_time: app
+                            .status
+                            .as_ref()
+                            .and_then(|s| s.condition(baton_api::app::CONDITION_PLANNED))
+                            .map_or(Time(ctx.now), |c| c.last_transition_time.clone()),
+                    });
+                }
+                if let Some(revision) = requester {
+                    let count = progress.unplaced.as_ref().map_or(0, |u| u.count) as i32;
+                    desired.launch_request = (count > 0).then(|| {
+                        // Kept as it was while it asks for the same: a new revision would make
+                        // the platform count instances it already launched for it as not
+                        // serving it.
+                        let before = app.status.as_ref().and_then(|s| s.launch_request.clone());
+                        before.filter(|r| r.version == version && r.count == count).unwrap_or(LaunchRequest {
+                            version: version.clone(),
+                            count,
+                            revision,
+                        })
+                    });
+                }
+                desired
+            };
+            let desired = match app.status.as_ref().filter(|_| up_to_date) {
+                Some(status) => {
+                    if cfg!(debug_assertions) {
+                        let built = build();
+                        assert!(
+                            &built == status,
+                            "{}: its status built from an unchanged basis ({basis:?}) differs from the one \
+                             it has:\n{built:?}\n{status:?}",
+                            app.path()
+                        );
+                    }
+                    None
+                }
+                None => Some(build()),
+            };
             plan.events.extend(events::scaled(app, wanted));
             plan.events.extend(events::killing(app, &version, wanted, &stops));
             let relaunching = backoff.as_ref().is_some_and(|b| b.failures > 0);
             plan.events.extend(events::launched(app, &version, &launches, relaunching));
-            if let Some(pending) = desired.condition(baton_api::app::CONDITION_PENDING) {
-                plan.events.extend(events::failed_scheduling(app, pending));
-            }
-            if let Some(healthy) = desired.condition(baton_api::app::CONDITION_HEALTHY) {
-                plan.events.extend(events::kills_withheld(app, healthy));
-            }
-            if let Some(dependencies) = desired.condition(baton_api::app::CONDITION_DEPENDENCIES) {
-                plan.events.extend(events::waiting(app, dependencies));
+            // Up to date, the status it has is the one it should have.
+            if let Some(shown) = desired.as_ref().or(app.status.as_ref()) {
+                if let Some(pending) = shown.condition(baton_api::app::CONDITION_PENDING) {
+                    plan.events.extend(events::failed_scheduling(app, pending));
+                }
+                if let Some(healthy) = shown.condition(baton_api::app::CONDITION_HEALTHY) {
+                    plan.events.extend(events::kills_withheld(app, healthy));
+                }
+                if let Some(dependencies) = shown.condition(baton_api::app::CONDITION_DEPENDENCIES) {
+                    plan.events.extend(events::waiting(app, dependencies));
+                }
             }
             desired
         }
     };
     plan.stops.extend(stops);
     plan.launches.extend(launches);
-    if let Some(status) = status::changed(app, desired) {
-        plan.statuses.push(StatusUpdate {
+    match desired.map(|desired| status::changed(app, desired)) {
+        Some(Some(status)) => plan.statuses.push(StatusUpdate {
             namespace: app.metadata.namespace.clone().unwrap_or_default(),
             name: app.metadata.name.clone().unwrap_or_default(),
             status,
-        });
+        }),
+        // Up to date (found so now, or known to be): so is it next time from the same basis.
+        _ => {
+            if let Some(basis) = basis {
+                plan.settled.push((app.metadata.uid.clone().unwrap_or_default(), basis));
+            }
+        }
     }
 }
 

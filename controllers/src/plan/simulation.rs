@@ -182,6 +182,8 @@ struct World {
     revision: i64,
     version_counter: u32,
     seed: u64,
+    /// The statuses the last tick found up to date, as the runtime keeps them.
+    settled: Option<Arc<super::status::Settled>>,
 }
 
 impl World {
@@ -229,6 +231,7 @@ impl World {
             revision: 100,
             version_counter: 0,
             seed: 1,
+            settled: None,
         }
     }
 
@@ -250,10 +253,20 @@ impl World {
             .iter()
             .map(|(record, rev)| (("default".to_string(), "web".to_string()), (record.clone(), *rev)))
             .collect();
+        // A resourceVersion as the API server gives one: new with every change of the App.
+        let mut app = self.app.clone();
+        app.metadata.resource_version = None;
+        let digest = {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::hash::DefaultHasher::new();
+            serde_json::to_string(&app).expect("serializes").hash(&mut hasher);
+            hasher.finish()
+        };
+        app.metadata.resource_version = Some(format!("{digest:x}"));
         Snapshot {
             revision: self.revision,
             scope: Default::default(),
-            apps: vec![Arc::new(self.app.clone())],
+            apps: vec![Arc::new(app)],
             groups: Vec::new(),
             agents,
             instances: Arc::new(self.instances.clone()),
@@ -270,6 +283,7 @@ impl World {
             foreign: Vec::new(),
             held: None,
             versions: None,
+            settled: self.settled.clone(),
         }
     }
 
@@ -489,6 +503,7 @@ impl World {
         // A new leader reads the same state back from the store: it must decide the same.
         let reread = round_trip(&snapshot);
         prop_assert_eq!(&plan(&reread, &ctx), &decided, "a fresh planner on the stored state decides differently");
+        self.settled = Some(Arc::new(decided.settled.iter().cloned().collect()));
 
         let n = self.app.spec.instances.max(0) as u64;
         let strategy = self.app.spec.upgrade_strategy;
@@ -678,6 +693,8 @@ pub(super) fn round_trip(snapshot: &Snapshot) -> Snapshot {
             .collect(),
         held: None,
         versions: None,
+        // A new leader has found no status up to date yet.
+        settled: None,
     }
 }
 

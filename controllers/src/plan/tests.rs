@@ -1060,3 +1060,58 @@ fn a_plan_is_the_same_on_any_number_of_threads() {
         );
     }
 }
+
+/// A status found up to date is not built again while what it is built from stays (the App,
+/// by its resourceVersion, and its counts); when any of it changes, it is built and written.
+/// (Debug builds, as here, build it anyway and check it is the same.)
+#[test]
+fn a_status_found_up_to_date_is_built_again_only_when_its_basis_changes() {
+    let web = app("web").instances(3).build();
+    let agents = || vec![agent("a1").build()];
+    let running = |web: &Arc<baton_api::App>| (0..3).map(|n| instance(web, "a1", n).running().build()).collect();
+    let first = plan(&snapshot(&[&web], agents(), running(&web)), &ctx());
+    assert_eq!(first.statuses.len(), 1, "a new App gets its status");
+    assert!(first.settled.is_empty(), "nothing up to date yet");
+
+    // As the API server has it once the status is written.
+    let mut written = (*web).clone();
+    written.status = Some(first.statuses[0].status.clone());
+    written.metadata.resource_version = Some("2".into());
+    let web = Arc::new(written);
+    let found = plan(&snapshot(&[&web], agents(), running(&web)), &ctx());
+    assert!(found.statuses.is_empty(), "up to date: {:?}", found.statuses);
+    let uids: Vec<&str> = found.settled.iter().map(|(uid, _)| uid.as_str()).collect();
+    assert_eq!(uids, ["uid-web"]);
+    let settled = || Some(Arc::new(found.settled.iter().cloned().collect::<super::status::Settled>()));
+
+    // The next tick, the same: nothing to write, up to date again.
+    let snap = Snapshot { settled: settled(), ..snapshot(&[&web], agents(), running(&web)) };
+    let again = plan(&snap, &PlanContext::at(now() + jiff::SignedDuration::from_secs(30), 7));
+    assert!(again.statuses.is_empty(), "{:?}", again.statuses);
+    assert_eq!(again.settled, found.settled);
+
+    // An instance stops running: its counts change, the status is written.
+    let mut instances: Vec<InstanceState> = running(&web);
+    instances[2] = instance(&web, "a1", 2).phase(Phase::Staging).build();
+    let snap = Snapshot { settled: settled(), ..snapshot(&[&web], agents(), instances) };
+    let changed = plan(&snap, &ctx());
+    assert_eq!(changed.statuses.len(), 1);
+    assert_eq!(changed.statuses[0].status.running, 2);
+    assert!(changed.settled.is_empty());
+
+    // Someone else writes the status (a new resourceVersion): it is built, and written back.
+    let mut overwritten = (*web).clone();
+    overwritten.status.as_mut().unwrap().running = 0;
+    overwritten.metadata.resource_version = Some("3".into());
+    let overwritten = Arc::new(overwritten);
+    let snap = Snapshot { settled: settled(), ..snapshot(&[&overwritten], agents(), running(&overwritten)) };
+    let restored = plan(&snap, &ctx());
+    assert_eq!(restored.statuses.len(), 1);
+    assert_eq!(restored.statuses[0].status.running, 3);
+
+    // Without a resourceVersion (not read from the API server), never taken as settled.
+    let mut unversioned = (*web).clone();
+    unversioned.metadata.resource_version = None;
+    let unversioned = Arc::new(unversioned);
+    assert!(plan(&snapshot(&[&unversioned], agents(), running(&unversioned)), &ctx()).settled.is_empty());
+}

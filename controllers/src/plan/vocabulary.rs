@@ -291,6 +291,9 @@ pub struct Plan {
     /// When the next decision that depends on time falls due (a replacement delay ends, an
     /// unreachable instance becomes inactive or is expunged).
     pub next_wakeup: Option<Timestamp>,
+    /// Apps whose status is up to date, by uid, with what it was built from: for the next
+    /// tick's [`Snapshot::settled`](crate::snapshot::Snapshot::settled). Nothing to write.
+    pub settled: Vec<(String, super::status::Basis)>,
 }
 
 impl Plan {
@@ -321,6 +324,7 @@ impl Plan {
             events,
             withheld_kills,
             next_wakeup,
+            settled,
         } = other;
         self.launches.extend(launches);
         self.stops.extend(stops);
@@ -344,6 +348,7 @@ impl Plan {
         self.events.extend(events);
         self.withheld_kills.extend(withheld_kills);
         self.next_wakeup = min_time(self.next_wakeup, next_wakeup);
+        self.settled.extend(settled);
     }
 
     pub fn is_empty(&self) -> bool {

@@ -163,6 +163,7 @@ impl StoreCache {
                 .collect(),
             held: Some(held),
             versions: None,
+            settled: None,
             scope,
         }
     }

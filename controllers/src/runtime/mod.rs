@@ -243,6 +243,8 @@ impl Loop<'_> {
         let mut withheld_before: HashSet<String> = HashSet::new();
         // Each App's version, computed once per resourceVersion rather than once per tick.
         let mut versions: Arc<AppVersions> = Arc::default();
+        // The statuses the last tick found up to date, and what each was built from.
+        let mut settled: Arc<plan::status::Settled> = Arc::default();
         loop {
             if last_write > 0 {
                 tokio::select! {
@@ -262,6 +264,7 @@ impl Loop<'_> {
             // Unique again once the last tick's snapshot is gone: refreshed in place.
             Arc::make_mut(&mut versions).refresh(snapshot.apps.iter().chain(&snapshot.other_apps));
             snapshot.versions = Some(versions.clone());
+            snapshot.settled = Some(settled.clone());
             snapshot.maintenances = maintenances.objects();
             if config.scope.places() {
                 snapshot.tenants = tenants.objects();
@@ -277,12 +280,16 @@ impl Loop<'_> {
                 max_instances_per_app: config.max_instances_per_app,
                 threads: config.plan_threads,
             };
-            let plan = plan::plan(&snapshot, &ctx);
+            let mut plan = plan::plan(&snapshot, &ctx);
             let planned_in = started.elapsed();
             // Gone before the writes and the wait: at 100,000 instances the view is ~0.3 KiB
             // an instance that an idle controller would hold until the next tick.
             let planned_on = snapshot.revision;
             drop(snapshot);
+            // Unique again once the snapshot is gone: refilled in place.
+            let next = Arc::make_mut(&mut settled);
+            next.clear();
+            next.extend(std::mem::take(&mut plan.settled));
             metrics.plans.inc();
             metrics.plan_seconds.observe(planned_in.as_secs_f64());
             let withheld: HashSet<String> = plan.withheld_kills.iter().cloned().collect();
