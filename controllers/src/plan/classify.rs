@@ -200,9 +200,9 @@ impl<'s> AppInstances<'s> {
         sets
     }
 
-    /// Adds what classifying a later run of the same app's instances found (in id order, so
-    /// each set stays in id order).
-    pub fn absorb(&mut self, later: Self) {
+    /// Its nine sets, in the order they are declared: for what treats every set alike (every
+    /// field named, so that a set added is not left out).
+    pub fn sets(&self) -> [&Vec<&'s InstanceState>; 9] {
         let Self {
             current,
             old,
@@ -213,21 +213,39 @@ impl<'s> AppInstances<'s> {
             lost,
             finished,
             expunged,
-            next_change,
-            observed: Tally { current: _, old: _, counts, kill_due },
-        } = later;
-        self.current.extend(current);
-        self.old.extend(old);
-        self.unreachable.extend(unreachable);
-        self.inactive.extend(inactive);
-        self.stopping.extend(stopping);
-        self.failed.extend(failed);
-        self.lost.extend(lost);
-        self.finished.extend(finished);
-        self.expunged.extend(expunged);
-        if let Some(at) = next_change {
+            next_change: _,
+            observed: _,
+        } = self;
+        [current, old, unreachable, inactive, stopping, failed, lost, finished, expunged]
+    }
+
+    fn sets_mut(&mut self) -> [&mut Vec<&'s InstanceState>; 9] {
+        let Self {
+            current,
+            old,
+            unreachable,
+            inactive,
+            stopping,
+            failed,
+            lost,
+            finished,
+            expunged,
+            next_change: _,
+            observed: _,
+        } = self;
+        [current, old, unreachable, inactive, stopping, failed, lost, finished, expunged]
+    }
+
+    /// Adds what classifying a later run of the same app's instances found (in id order, so
+    /// each set stays in id order).
+    pub fn absorb(&mut self, mut later: Self) {
+        for (mine, theirs) in self.sets_mut().into_iter().zip(later.sets_mut()) {
+            mine.append(theirs);
+        }
+        if let Some(at) = later.next_change {
             self.note_change(at);
         }
+        let Tally { current: _, old: _, counts, kill_due } = later.observed;
         self.observed.counts.plus(counts);
         self.observed.kill_due |= kill_due;
         (self.observed.current, self.observed.old) = (self.current.len(), self.old.len());

@@ -402,20 +402,7 @@ impl Basis {
             && deletion.is_none();
         let resource_version = app.metadata.resource_version.clone().filter(|_| ordinary)?;
         let health = sets.health_counts();
-        let AppInstances {
-            current,
-            old,
-            unreachable,
-            inactive,
-            stopping,
-            failed,
-            lost,
-            finished,
-            expunged,
-            next_change: _,
-            observed: _,
-        } = sets;
-        let sets = [current, old, unreachable, inactive, stopping, failed, lost, finished, expunged].map(Vec::len);
+        let sets = sets.sets().map(|set| set.len());
         Some(Basis { resource_version, wanted: *wanted, sets, health })
     }
 }

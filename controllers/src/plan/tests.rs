@@ -1011,21 +1011,7 @@ fn a_plan_is_the_same_on_any_number_of_threads() {
     assert!(runs > 521, "{runs} runs of 521 apps' instances: some apps' ids interleave");
     let described = |sets: &AppInstances<'_>| {
         let ids = |set: &[&InstanceState]| set.iter().map(|i| i.id()).collect::<Vec<_>>().join(" ");
-        let AppInstances {
-            current,
-            old,
-            unreachable,
-            inactive,
-            stopping,
-            failed,
-            lost,
-            finished,
-            expunged,
-            next_change,
-            observed,
-        } = sets;
-        let all = [current, old, unreachable, inactive, stopping, failed, lost, finished, expunged];
-        format!("{:?} {next_change:?} {observed:?}", all.map(|set| ids(set)))
+        format!("{:?} {:?} {:?}", sets.sets().map(|set| ids(set)), sets.next_change, sets.observed)
     };
     for threads in [1, 2, 3, 8] {
         let observed = super::observe::observe(&snap, &PlanContext { threads, ..ctx() });
