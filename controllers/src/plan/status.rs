@@ -388,7 +388,7 @@ pub struct Basis {
 
 impl Basis {
     /// The basis of `app`'s status with `progress`; `None` when out of the ordinary, or the
-    /// App has no resourceVersion (not read from the API server).
+    /// App has no resourceVersion or uid (not read from the API server).
     pub fn of(app: &App, sets: &AppInstances<'_>, progress: &Progress<'_>) -> Option<Self> {
         let Progress { wanted, unplaced, backoff, backing_off, now: _, health, slots, waits, gated, deletion } =
             progress;
@@ -400,7 +400,8 @@ impl Basis {
             && waits.is_empty()
             && !gated
             && deletion.is_none();
-        let resource_version = app.metadata.resource_version.clone().filter(|_| ordinary)?;
+        let resource_version =
+            app.metadata.resource_version.clone().filter(|_| ordinary && app.metadata.uid.is_some())?;
         let health = sets.health_counts();
         let sets = sets.sets().map(|set| set.len());
         Some(Basis { resource_version, wanted: *wanted, sets, health })
