@@ -457,7 +457,7 @@ pub struct Snapshot {
     /// Apps whose status the last tick found up to date, with what it was built from (the
     /// runtime keeps the last plan's [`Plan::settled`](crate::plan::Plan::settled)): one built
     /// from the same is not built again. `None`: every status is built.
-    pub settled: Option<Arc<crate::plan::status::Settled>>,
+    pub settled: Option<Arc<crate::plan::Settled>>,
 }
 
 /// Each App's version ([`App::version`], a hash of its run definition: a twentieth of a

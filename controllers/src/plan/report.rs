@@ -17,9 +17,9 @@ use super::events;
 use super::groups::{Gate, Gates};
 use super::maintain::{self, Footprint, Maintained};
 use super::place::Placed;
-use super::status::{self, Filler, HeldSlot, Settled};
+use super::status::{self, Filler, HeldSlot};
 use super::vocabulary::{
-    Launch, MaintenanceStatusUpdate, Mark, Plan, PlanContext, StatusUpdate, StopReason, Unmark, min_time,
+    Launch, MaintenanceStatusUpdate, Mark, Plan, PlanContext, Settled, StatusUpdate, StopReason, Unmark, min_time,
 };
 use crate::schedule::Usage;
 use crate::snapshot::Snapshot;
@@ -194,7 +194,7 @@ fn app(
             // Nothing of its own to add to the status (a limit, a failed decision, a request
             // to the platform) and the status found up to date from the same basis before:
             // up to date now (debug builds check it).
-            basis = status::Basis::of(app, &sets, &progress)
+            basis = status::basis(app, &sets, &progress)
                 .filter(|_| gate.asked.is_none() && failed.is_none() && requester.is_none());
             let uid = app.metadata.uid.as_deref().unwrap_or_default();
             let up_to_date = basis.is_some() && basis.as_ref() == settled.and_then(|s| s.get(uid));

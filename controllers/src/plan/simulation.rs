@@ -183,7 +183,7 @@ struct World {
     version_counter: u32,
     seed: u64,
     /// The statuses the last tick found up to date, as the runtime keeps them.
-    settled: Option<Arc<super::status::Settled>>,
+    settled: Option<Arc<super::Settled>>,
 }
 
 impl World {

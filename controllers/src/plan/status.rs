@@ -11,6 +11,7 @@ use baton_api::app::{
 use baton_api::{App, BackoffRecord};
 
 use super::classify::{AppInstances, HealthCounts};
+use super::vocabulary::Basis;
 use crate::snapshot::{HealthState, InstanceState};
 
 /// Why an app is not fully placed, for its `Pending` condition and `status.pending`.
@@ -370,47 +371,23 @@ fn progressing(
     condition(CONDITION_PROGRESSING, true, "Complete", format!("{wanted} instances run version {version}"))
 }
 
-/// What an app's status is built from when nothing out of the ordinary holds for it — no
-/// replacement slot, nothing unplaced or withheld, no backoff, no dependency waited for, not
-/// deleted — besides the App itself: its counts. Built again from the same App (same uid and
-/// resourceVersion: the API server gives every change a new one) and the same counts, its
-/// status is the same (`now` only stamps a condition whose status changes, and none does),
-/// so a tick that finds one [`Settled`] need not build the status again to know there is
-/// nothing to write (building and comparing 2,000 statuses was ~12 % of a steady tick).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Basis {
-    resource_version: String,
-    wanted: usize,
-    /// How many are in each set.
-    sets: [usize; 9],
-    health: HealthCounts,
+/// The [`Basis`] of `app`'s status with `progress`; `None` when out of the ordinary, or the
+/// App has no resourceVersion or uid (not read from the API server).
+pub fn basis(app: &App, sets: &AppInstances<'_>, progress: &Progress<'_>) -> Option<Basis> {
+    let Progress { wanted, unplaced, backoff, backing_off, now: _, health, slots, waits, gated, deletion } = progress;
+    let ordinary = unplaced.is_none()
+        && backoff.is_none()
+        && backing_off.is_none()
+        && health.is_none()
+        && slots.is_empty()
+        && waits.is_empty()
+        && !gated
+        && deletion.is_none();
+    let resource_version = app.metadata.resource_version.clone().filter(|_| ordinary && app.metadata.uid.is_some())?;
+    let health = sets.health_counts();
+    let sets = sets.sets().map(|set| set.len());
+    Some(Basis { resource_version, wanted: *wanted, sets, health })
 }
-
-impl Basis {
-    /// The basis of `app`'s status with `progress`; `None` when out of the ordinary, or the
-    /// App has no resourceVersion or uid (not read from the API server).
-    pub fn of(app: &App, sets: &AppInstances<'_>, progress: &Progress<'_>) -> Option<Self> {
-        let Progress { wanted, unplaced, backoff, backing_off, now: _, health, slots, waits, gated, deletion } =
-            progress;
-        let ordinary = unplaced.is_none()
-            && backoff.is_none()
-            && backing_off.is_none()
-            && health.is_none()
-            && slots.is_empty()
-            && waits.is_empty()
-            && !gated
-            && deletion.is_none();
-        let resource_version =
-            app.metadata.resource_version.clone().filter(|_| ordinary && app.metadata.uid.is_some())?;
-        let health = sets.health_counts();
-        let sets = sets.sets().map(|set| set.len());
-        Some(Basis { resource_version, wanted: *wanted, sets, health })
-    }
-}
-
-/// Apps whose status was found up to date, by uid, with its [`Basis`]: what a tick hands the
-/// next (the runtime keeps it between ticks; a new leader starts without).
-pub type Settled = rustc_hash::FxHashMap<String, Basis>;
 
 /// `Some(desired)` when it differs from what the app has.
 pub fn changed(app: &App, desired: AppStatus) -> Option<AppStatus> {

@@ -1068,7 +1068,7 @@ fn a_status_found_up_to_date_is_built_again_only_when_its_basis_changes() {
     assert!(found.statuses.is_empty(), "up to date: {:?}", found.statuses);
     let uids: Vec<&str> = found.settled.iter().map(|(uid, _)| uid.as_str()).collect();
     assert_eq!(uids, ["uid-web"]);
-    let settled = || Some(Arc::new(found.settled.iter().cloned().collect::<super::status::Settled>()));
+    let settled = || Some(Arc::new(found.settled.iter().cloned().collect::<super::Settled>()));
 
     // The next tick, the same: nothing to write, up to date again.
     let snap = Snapshot { settled: settled(), ..snapshot(&[&web], agents(), running(&web)) };

@@ -7,7 +7,7 @@ use jiff::Timestamp;
 use baton_api::{App, AppGroupStatus, AppRef, AppStatus, BackoffRecord, InstanceRecord};
 use baton_store::Revision;
 
-use super::classify::Retention;
+use super::classify::{HealthCounts, Retention};
 
 /// What the planner is given besides the snapshot.
 #[derive(Debug, Clone, Copy)]
@@ -254,6 +254,27 @@ pub(crate) fn min_time(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Tim
     }
 }
 
+/// What an app's status is built from when nothing out of the ordinary holds for it — no
+/// replacement slot, nothing unplaced or withheld, no backoff, no dependency waited for, not
+/// deleted — besides the App itself: its counts ([`super::status::basis`]). Built again from
+/// the same App (same uid and resourceVersion: the API server gives every change a new one)
+/// and the same counts, its status is the same (`now` only stamps a condition whose status
+/// changes, and none does), so a tick that finds one [`Settled`] need not build the status
+/// again to know there is nothing to write (building and comparing 2,000 statuses was ~12 %
+/// of a steady tick).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Basis {
+    pub resource_version: String,
+    pub wanted: usize,
+    /// How many are in each of the app's sets ([`super::classify::AppInstances::sets`]).
+    pub sets: [usize; 9],
+    pub health: HealthCounts,
+}
+
+/// Apps whose status was found up to date, by uid, with its [`Basis`]: what a tick hands the
+/// next (the runtime keeps it between ticks; a new leader starts without).
+pub type Settled = rustc_hash::FxHashMap<String, Basis>;
+
 /// Everything one tick decided.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Plan {
@@ -293,7 +314,7 @@ pub struct Plan {
     pub next_wakeup: Option<Timestamp>,
     /// Apps whose status is up to date, by uid, with what it was built from: for the next
     /// tick's [`Snapshot::settled`](crate::snapshot::Snapshot::settled). Nothing to write.
-    pub settled: Vec<(String, super::status::Basis)>,
+    pub settled: Vec<(String, Basis)>,
 }
 
 impl Plan {

@@ -244,7 +244,7 @@ impl Loop<'_> {
         // Each App's version, computed once per resourceVersion rather than once per tick.
         let mut versions: Arc<AppVersions> = Arc::default();
         // The statuses the last tick found up to date, and what each was built from.
-        let mut settled: Arc<plan::status::Settled> = Arc::default();
+        let mut settled: Arc<plan::Settled> = Arc::default();
         loop {
             if last_write > 0 {
                 tokio::select! {
